@@ -1,0 +1,332 @@
+"""The challenge's data contract in one place.
+
+What a MAIC 2021 Sleep epoch image is (21 signals in 15 groups, each in a
+fixed pixel band of a 480 x 270 RGB PNG that was rendered at 1920 x 1080),
+the five stages and their ints, how files are named, and how the challenge
+CSVs are read and written. The synthetic generator, the EDF renderer, the
+loaders and every script that reads a CSV use this module, so the layout is
+defined exactly once.
+
+It imports only NumPy and the standard library, so light scripts (blend,
+post-processing, evaluation) stay light.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+# --------------------------------------------------------------------------
+# Stages
+# --------------------------------------------------------------------------
+STAGES = ("Wake", "N1", "N2", "N3", "REM")
+STAGE_TO_INT = {name: index for index, name in enumerate(STAGES)}
+NUM_CLASSES = len(STAGES)
+
+# --------------------------------------------------------------------------
+# Image geometry
+# --------------------------------------------------------------------------
+EPOCH_SECONDS = 30
+IMAGE_WIDTH, IMAGE_HEIGHT = 480, 270  # what the challenge ships
+RENDER_WIDTH, RENDER_HEIGHT = 1920, 1080  # what the organisers drew at
+RENDER_SCALE = RENDER_HEIGHT // IMAGE_HEIGHT  # 4
+
+
+@dataclass(frozen=True)
+class Signal:
+    """One row of the image.
+
+    Attributes
+    ----------
+    name : str
+        The organisers' signal name (``"C3-M2"``, ``"SpO2 (85-100 %)"``...).
+    group : int
+        1-based group number; signals of one group may overlap each other's
+        band, signals of different groups never do (drawing is clipped to
+        the group's band).
+    top_1080, height_1080 : int
+        The signal's own band in rows of the 1080-row rendering.
+    unit : str
+        Physical unit of the raw signal.
+    fs : float
+        Native sampling rate in Hz used by the synthetic generator (and
+        written to its EDF files).
+    low, high : float
+        Physical values drawn at the bottom and at the top edge of the
+        signal's band (the fixed gain of the channel). Values outside are
+        drawn beyond the band, up to the group's edge, then clipped.
+    """
+
+    name: str
+    group: int
+    top_1080: int
+    height_1080: int
+    unit: str
+    fs: float
+    low: float
+    high: float
+
+    @property
+    def top_270(self) -> float:
+        return self.top_1080 / RENDER_SCALE
+
+    @property
+    def height_270(self) -> float:
+        return self.height_1080 / RENDER_SCALE
+
+    @property
+    def centre_1080(self) -> float:
+        return self.top_1080 + self.height_1080 / 2
+
+
+def _build_signals():
+    # (name, group, height at 1080, unit, fs, low, high), top to bottom.
+    table = [
+        ("X Axis", 1, 43, "g", 25, -1.0, 1.0),
+        ("Y Axis", 1, 43, "g", 25, -1.0, 1.0),
+        ("Z Axis", 1, 43, "g", 25, -1.0, 1.0),
+        ("C3-M2", 2, 43, "uV", 100, -75.0, 75.0),
+        ("C4-M1", 2, 43, "uV", 100, -75.0, 75.0),
+        ("O1-M2", 2, 43, "uV", 100, -75.0, 75.0),
+        ("O2-M1", 2, 43, "uV", 100, -75.0, 75.0),
+        ("E1-M2", 3, 43, "uV", 100, -150.0, 150.0),
+        ("E2-M1", 3, 43, "uV", 100, -150.0, 150.0),
+        ("Chin EMG", 4, 43, "uV", 200, -50.0, 50.0),
+        ("ECG", 5, 43, "mV", 200, -1.5, 1.5),
+        ("Flow", 6, 129, "a.u.", 25, -1.0, 1.0),
+        ("Thermistor", 7, 43, "a.u.", 25, -1.0, 1.0),
+        ("Thorax", 8, 43, "a.u.", 25, -1.0, 1.0),
+        ("Abdomen", 9, 43, "a.u.", 25, -1.0, 1.0),
+        ("Snore", 10, 43, "a.u.", 200, -1.0, 1.0),
+        ("Audio Volume", 11, 43, "dB", 25, 30.0, 90.0),
+        ("Left Leg EMG", 12, 43, "uV", 200, -50.0, 50.0),
+        ("Right Leg EMG", 12, 43, "uV", 200, -50.0, 50.0),
+        ("SpO2 (85-100 %)", 13, 86, "%", 1, 85.0, 100.0),
+        ("SpO2 (40-100 %)", 14, 86, "%", 1, 40.0, 100.0),
+    ]
+    signals, top = [], 0
+    for name, group, height, unit, fs, low, high in table:
+        signals.append(Signal(name, group, top, height, unit, fs, low, high))
+        top += height
+    return tuple(signals)
+
+
+SIGNALS = _build_signals()
+SIGNAL_NAMES = tuple(s.name for s in SIGNALS)
+SIGNAL_BY_NAME = {s.name: s for s in SIGNALS}
+BLANK_HEIGHT_1080 = 5  # group 15: an empty strip at the bottom
+assert SIGNALS[-1].top_1080 + SIGNALS[-1].height_1080 + BLANK_HEIGHT_1080 == RENDER_HEIGHT
+
+
+def group_band_1080(group: int) -> tuple[int, int]:
+    """Return ``(top, height)`` of a group's band in rows of the 1080 rendering."""
+    members = [s for s in SIGNALS if s.group == group]
+    if not members:
+        raise ValueError(f"no signal group {group}")
+    top = members[0].top_1080
+    bottom = members[-1].top_1080 + members[-1].height_1080
+    return top, bottom - top
+
+
+def group_band_270(group: int) -> tuple[float, float]:
+    """Return ``(top, height)`` of a group's band in rows of the 270-row image."""
+    top, height = group_band_1080(group)
+    return top / RENDER_SCALE, height / RENDER_SCALE
+
+
+# --------------------------------------------------------------------------
+# File naming
+# --------------------------------------------------------------------------
+TRAIN_CSV = "trainset-for_user.csv"
+TEST_CSV = "testset-for_user.csv"
+TEST_LABELS_CSV = "testset-labels.csv"  # synthetic/rendered answers, scoring only
+
+
+def image_name(recording_id: str, epoch_number: int) -> str:
+    """``<ID>_NNNN.png`` with a 1-based, zero-padded 4-digit epoch number."""
+    if epoch_number < 1:
+        raise ValueError(f"epoch numbers are 1-based, got {epoch_number}")
+    return f"{recording_id}_{epoch_number:04d}.png"
+
+
+def image_path(data_root: Path | str, recording_id: str, idnum: str) -> Path:
+    """``<root>/<ID>/<IDnum>``, the challenge's image location."""
+    return Path(data_root) / recording_id / idnum
+
+
+# --------------------------------------------------------------------------
+# Errors the user can act on: one line, exit status 2, no traceback
+# --------------------------------------------------------------------------
+class InputError(Exception):
+    """Bad input. The message names what is wrong and where (file:row)."""
+
+
+def where(path: Path | str, row: int | None = None) -> str:
+    """``(file:row)`` or ``(file)``, the location suffix of error messages."""
+    return f"({path}:{row})" if row is not None else f"({path})"
+
+
+def run_main(main) -> None:
+    """Run ``main()``; an :class:`InputError` ends with ``error: ...`` and exit 2."""
+    try:
+        main()
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path | str):
+    """Yield a temporary path beside ``path``; rename it into place on success.
+
+    On any exception the temporary file is removed and ``path`` keeps its old
+    content (or stays absent), so readers never see a half-written file.
+    The temporary name keeps the suffix, so libraries that dispatch on it
+    (``np.save``, ``cv2.imwrite``) behave.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_csv_rows(path: Path | str, rows) -> None:
+    """Write rows (sequences of strings) as a headerless CSV, atomically."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        csv.writer(handle, lineterminator="\n").writerows(rows)
+
+
+def write_lines(path: Path | str, lines) -> None:
+    """Write one string per line, atomically (the submission format)."""
+    with atomic_path(path) as tmp, open(tmp, "w") as handle:
+        handle.writelines(f"{line}\n" for line in lines)
+
+
+# --------------------------------------------------------------------------
+# Reading the challenge CSVs
+# --------------------------------------------------------------------------
+@dataclass
+class EpochTable:
+    """The rows of a challenge CSV, in file order.
+
+    Attributes
+    ----------
+    path : Path
+        The CSV it came from.
+    recording_ids : list of str
+        ``ID`` column: the recording each row belongs to.
+    idnums : list of str
+        ``IDnum`` column: the image file name, ``<ID>_NNNN.png``.
+    labels : np.ndarray of int64, shape (rows,) or None
+        Stage ints (Wake=0 ... REM=4) when the CSV has a label column.
+    """
+
+    path: Path
+    recording_ids: list
+    idnums: list
+    labels: np.ndarray | None
+
+    def __len__(self) -> int:
+        return len(self.idnums)
+
+
+def _looks_like_header(fields: list[str]) -> bool:
+    return [f.strip().lower() for f in fields[:2]] == ["id", "idnum"]
+
+
+def _list_rows(problems: list[tuple[str, int]], limit: int = 10) -> str:
+    shown = ", ".join(f"{text} at row {row}" for text, row in problems[:limit])
+    more = f" and {len(problems) - limit} more" if len(problems) > limit else ""
+    return shown + more
+
+
+def _safe_component(text: str) -> bool:
+    """A plain file or folder name: no separators, no '..', not absolute."""
+    return bool(text) and text not in (".", "..") and "/" not in text and "\\" not in text and "\0" not in text
+
+
+def read_epoch_csv(path: Path | str, with_labels: bool) -> EpochTable:
+    """Read and validate a challenge CSV (``ID,IDnum[,label]``, no header).
+
+    A header row (``ID,IDnum...``) is recognised and skipped. Every problem
+    of one kind is reported at once (all bad labels, all duplicates), with
+    1-based row numbers of the file.
+
+    Parameters
+    ----------
+    path : path-like
+        ``trainset-for_user.csv``, ``testset-for_user.csv`` or a file of the
+        same shape.
+    with_labels : bool
+        True for three columns ending in a stage name, False for two.
+
+    Raises
+    ------
+    InputError
+        Missing or empty file, wrong column count, unknown stage name,
+        an ``IDnum`` listed twice, or an ``ID``/``IDnum`` that is not a plain
+        file name (it could lead outside the data root).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"CSV file not found {where(path)}")
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = list(csv.reader(handle))
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise InputError(f"not a readable CSV file: {err} {where(path)}") from None
+
+    expected = 3 if with_labels else 2
+    recording_ids, idnums, stage_names = [], [], []
+    bad_labels, seen, duplicates = [], {}, []
+    for row_number, fields in enumerate(rows, start=1):
+        if not fields or all(not f.strip() for f in fields):
+            continue
+        if row_number == 1 and _looks_like_header(fields):
+            continue
+        if len(fields) != expected:
+            raise InputError(
+                f"expected {expected} columns (ID,IDnum{',label' if with_labels else ''}), "
+                f"found {len(fields)} {where(path, row_number)}"
+            )
+        recording_id, idnum = fields[0].strip(), fields[1].strip()
+        if not (_safe_component(recording_id) and _safe_component(idnum)):
+            raise InputError(
+                f"ID and IDnum must be plain names inside the data root, got {recording_id!r}, {idnum!r} "
+                f"{where(path, row_number)}"
+            )
+        if idnum in seen:
+            duplicates.append((repr(idnum), row_number))
+        seen[idnum] = row_number
+        if with_labels:
+            label = fields[2].strip()
+            if label not in STAGE_TO_INT:
+                bad_labels.append((repr(label), row_number))
+            stage_names.append(label)
+        recording_ids.append(recording_id)
+        idnums.append(idnum)
+
+    if not idnums:
+        raise InputError(f"CSV file has no rows {where(path)}")
+    if bad_labels:
+        raise InputError(
+            f"unknown stage labels (expected one of {', '.join(STAGES)}): "
+            f"{_list_rows(bad_labels)} {where(path, bad_labels[0][1])}"
+        )
+    if duplicates:
+        raise InputError(f"IDnum listed twice: {_list_rows(duplicates)} {where(path, duplicates[0][1])}")
+    labels = np.array([STAGE_TO_INT[s] for s in stage_names], dtype=np.int64) if with_labels else None
+    return EpochTable(path, recording_ids, idnums, labels)
