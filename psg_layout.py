@@ -141,6 +141,132 @@ def group_band_270(group: int) -> tuple[float, float]:
 
 
 # --------------------------------------------------------------------------
+# Rendering one epoch the way the organisers did
+# --------------------------------------------------------------------------
+SUBPIXEL_BITS = 4  # cv2 draws at 1/16-pixel precision (its `shift` argument)
+# A trace far outside its group is invisible either way; bounding its rows
+# keeps fixed-point coordinates inside int32 without bending visible segments.
+_FAR_ROWS = 10_000.0
+# Fixed encoder settings, so the same pixels give the same bytes. Mostly black
+# images compress best unfiltered, and zlib level 1 is the fastest.
+PNG_COMPRESSION = 1
+
+
+def _groups():
+    groups = {}
+    for signal in SIGNALS:
+        groups.setdefault(signal.group, []).append(signal)
+    return tuple((group, group_band_1080(group), tuple(members)) for group, members in groups.items())
+
+
+SIGNAL_GROUPS = _groups()  # ((group, (top, height) at 1080, (Signal, ...)), ...) top to bottom
+
+
+def _trace_points(signal: Signal, samples: np.ndarray, rate: float, group_top: int) -> np.ndarray:
+    """Fixed-point cv2 polyline vertices of one trace inside its group's strip.
+
+    Sample ``i`` sits at ``i / rate`` seconds, i.e. column ``i * 64 / rate``
+    of the 1920-wide canvas; the last value is held to the epoch's end, so a
+    slow channel reaches the right edge as a fast one does. A value maps linearly from ``high`` (top edge of
+    the signal's band) to ``low`` (bottom edge); row ``r`` is the centre of
+    pixel row ``r``, so the band's edges are half a pixel outside its first
+    and last rows and the band centre falls on a pixel centre.
+    """
+    scale = 1 << SUBPIXEL_BITS
+    columns = np.arange(len(samples) + 1, dtype=np.float64) * (RENDER_WIDTH / (rate * EPOCH_SECONDS))
+    rows_per_unit = signal.height_1080 / (signal.high - signal.low)
+    rows = (signal.top_1080 - group_top - 0.5) + (signal.high - samples) * rows_per_unit
+    np.clip(rows, -_FAR_ROWS, _FAR_ROWS, out=rows)
+    points = np.empty((len(samples) + 1, 2), dtype=np.int32)
+    points[:, 0] = np.rint(columns * scale)
+    points[:-1, 1] = np.rint(rows * scale)
+    points[-1, 1] = points[-2, 1]  # hold the last sample to the epoch's end (matters for 1-Hz SpO2)
+    return points
+
+
+def render_epoch(epoch_signals, fs=None) -> np.ndarray:
+    """Draw one 30-s epoch as the challenge's 480 x 270 RGB image.
+
+    Every trace is an anti-aliased 1-pixel polyline on a black 1920 x 1080
+    canvas, placed by its signal's ``low``/``high`` over the signal's own band
+    and clipped to its group's band (each group is drawn on its own strip,
+    so a large wave never leaks into another group). The canvas is then
+    shrunk to 480 x 270 with area interpolation, as the organisers did.
+
+    Parameters
+    ----------
+    epoch_signals : Mapping[str, np.ndarray | None]
+        Keys are names from :data:`SIGNAL_NAMES`; each value holds that row's
+        samples over the 30-s epoch in the signal's physical unit, shape
+        ``(round(fs * 30),)``. Missing names or ``None`` leave the row empty.
+        Both SpO2 rows take the same saturation samples.
+    fs : Mapping[str, float] or None
+        Sampling rate in Hz per signal name; names not given use the table's
+        ``Signal.fs``.
+
+    Returns
+    -------
+    np.ndarray of uint8, shape (270, 480, 3)
+        Grey image (R = G = B), white traces on black.
+
+    Raises
+    ------
+    ValueError
+        Unknown signal name, a sample count that is not 30 s at the rate, or
+        non-finite samples.
+    """
+    import cv2
+
+    fs = fs or {}
+    unknown = set(epoch_signals) - set(SIGNAL_BY_NAME)
+    if unknown:
+        raise ValueError(f"unknown signal names {sorted(unknown)}; expected names from psg_layout.SIGNAL_NAMES")
+    canvas = np.zeros((RENDER_HEIGHT, RENDER_WIDTH), dtype=np.uint8)
+    for _, (group_top, group_height), members in SIGNAL_GROUPS:
+        strip = canvas[group_top:group_top + group_height]  # a view: drawing is clipped to it
+        traces = []
+        for signal in members:
+            samples = epoch_signals.get(signal.name)
+            if samples is None:
+                continue
+            rate = float(fs.get(signal.name, signal.fs))
+            samples = np.asarray(samples, dtype=np.float64)
+            if samples.ndim != 1 or len(samples) != round(rate * EPOCH_SECONDS):
+                raise ValueError(
+                    f"{signal.name}: expected {round(rate * EPOCH_SECONDS)} samples (30 s at {rate:g} Hz), "
+                    f"got shape {samples.shape}"
+                )
+            if not np.isfinite(samples).all():
+                raise ValueError(f"{signal.name}: non-finite samples")
+            traces.append(_trace_points(signal, samples, rate, group_top))
+        if traces:
+            cv2.polylines(strip, traces, False, 255, 1, cv2.LINE_AA, SUBPIXEL_BITS)
+    small = cv2.resize(canvas, (IMAGE_WIDTH, IMAGE_HEIGHT), interpolation=cv2.INTER_AREA)
+    return cv2.cvtColor(small, cv2.COLOR_GRAY2BGR)
+
+
+def write_png(path: Path | str, image: np.ndarray) -> None:
+    """Write an image as PNG with fixed encoder settings (same pixels, same bytes), atomically.
+
+    Parameters
+    ----------
+    path : path-like
+        Destination ``.png`` file.
+    image : np.ndarray of uint8, shape (H, W) or (H, W, 3)
+        Pixels; 3-channel images are taken as BGR, as cv2 does (grey images
+        are the same either way).
+    """
+    import cv2
+
+    params = [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE]
+    ok, encoded = cv2.imencode(".png", image, params)
+    if not ok:
+        raise ValueError(f"cv2 could not encode an image of shape {image.shape} as PNG")
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(encoded.tobytes())
+
+
+# --------------------------------------------------------------------------
 # File naming
 # --------------------------------------------------------------------------
 TRAIN_CSV = "trainset-for_user.csv"
