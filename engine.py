@@ -1,0 +1,756 @@
+"""The shared training machinery of both trainers (and the model side of inference).
+
+One place for: the command line of the trainers, the timm model factory,
+safetensors weights and checkpoint names, the label-smoothed soft-target
+loss, the training loop (mixed precision, gradient accumulation), validation
+metrics, the learning-rate schedule, checkpoints and ``--resume``, and
+data-parallel training under ``torchrun``.
+
+Files written into ``--weights-dir`` for architecture ``A`` and fold ``k``
+(the seed's names, so its README can be followed):
+
+- ``A_fold_k_<epoch>``: model weights after each epoch (safetensors content,
+  no extension; epochs count from 0 as in the seed);
+- ``A_fold_k_last.pt``: optimizer, scheduler, gradient scaler, RNG states
+  and the epoch, for ``--resume`` (plain tensors and dicts, loaded with
+  ``torch.load(weights_only=True)``);
+- ``A_fold_k_config.json``: the resolved configuration (inference reads
+  ``model_arch``, ``img_size``, ``num_classes`` from it);
+- ``A_fold_k_log.csv``: one row of validation metrics per epoch.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import json
+import os
+import random
+import struct
+import sys
+import time
+from pathlib import Path
+
+import adamp
+import numpy as np
+import safetensors
+import safetensors.torch
+import timm
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+import loader_vit_rgb
+import psg_layout
+from psg_layout import InputError, where
+
+LABEL_SMOOTHING = 0.1  # the seed's SmoothCrossEntropyLoss(smoothing=0.1)
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamp": adamp.AdamP}
+AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+# Settings that define the training recipe: --resume refuses to continue a
+# run whose saved configuration differs in any of them.
+RECIPE_KEYS = ("model_arch", "img_size", "optimizer", "fold", "folds", "cv", "seed", "batch_size",
+               "accum_iter", "lr", "min_lr", "weight_decay", "t0", "sched_steps_per_epoch",
+               "no_fmix", "cutmix", "pretrained")
+
+
+# --------------------------------------------------------------------------
+# Command line (shared by main_vit_rgb.py and main_eff.py)
+# --------------------------------------------------------------------------
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows defaults and keeps the script docstring's line breaks."""
+
+
+def build_parser(defaults: dict, description: str) -> argparse.ArgumentParser:
+    """The trainers' argument parser, with a script's seed defaults.
+
+    Parameters
+    ----------
+    defaults : dict
+        Default of every option (keys as the option names with ``_``) plus
+        ``optimizer`` (``"adam"`` or ``"adamp"``, fixed per script).
+    description : str
+        The script's docstring.
+    """
+    parser = argparse.ArgumentParser(description=description, formatter_class=_HelpFormatter)
+    d = defaults
+    parser.add_argument("--data-root", default=d["data_root"], help="folder with the challenge CSVs and images")
+    parser.add_argument("--weights-dir", default=d["weights_dir"], help="where checkpoints, config and log go")
+    parser.add_argument("--fold", type=int, default=d["fold"], help="validation fold to train against")
+    parser.add_argument("--folds", type=int, default=d["folds"], help="number of folds")
+    parser.add_argument("--cv", choices=("subject", "stratified"), default=d["cv"],
+                        help="subject: folds by recording (no leak); stratified: the seed's split over epochs")
+    parser.add_argument("--epochs", type=int, default=d["epochs"], help="number of epochs")
+    parser.add_argument("--model-arch", default=d["model_arch"], help="timm architecture name")
+    parser.add_argument("--img-size", type=int, default=d["img_size"], help="model input height and width, pixels")
+    parser.add_argument("--batch-size", type=int, default=d["batch_size"], help="training batch per process")
+    parser.add_argument("--valid-batch-size", type=int, default=d["valid_batch_size"], help="validation batch")
+    parser.add_argument("--accum-iter", type=int, default=d["accum_iter"],
+                        help="batches accumulated per optimizer step")
+    parser.add_argument("--lr", type=float, default=d["lr"], help="initial learning rate")
+    parser.add_argument("--min-lr", type=float, default=d["min_lr"], help="cosine schedule's minimum (eta_min)")
+    parser.add_argument("--weight-decay", type=float, default=d["weight_decay"], help="optimizer weight decay")
+    parser.add_argument("--t0", type=int, default=d["t0"], help="scheduler steps per cosine cycle (T_0)")
+    parser.add_argument("--sched-steps-per-epoch", type=int, choices=(1, 2), default=d["sched_steps_per_epoch"],
+                        help="2: the seed's steps after training and after validation (a cycle of T_0/2 "
+                             "epochs); 1: one step per epoch (a cycle of T_0 epochs)")
+    parser.add_argument("--workers", type=int, default=d["workers"], help="DataLoader worker processes")
+    parser.add_argument("--seed", type=int, default=d["seed"], help="seed of folds, initialisation and augmentation")
+    parser.add_argument("--pretrained", default=None,
+                        help="local file of pretrained weights (safetensors or a timm .pth); none: random init")
+    parser.add_argument("--amp", choices=("fp16", "bf16", "off"), default=d["amp"],
+                        help="mixed precision on CUDA (fp16 with a gradient scaler); always off on CPU")
+    parser.add_argument("--resume", action="store_true", help="continue from <arch>_fold_<k>_last.pt")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d["device"],
+                        help="auto: CUDA when available")
+    parser.add_argument("--no-fmix", action="store_true", help="turn off FMix (on in the seed)")
+    parser.add_argument("--cutmix", action="store_true", help="turn on CutMix (off in the seed)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(optimizer=d["optimizer"])
+    return parser
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    positive = ("folds", "epochs", "img_size", "batch_size", "valid_batch_size", "accum_iter", "t0")
+    for name in positive:
+        if getattr(args, name) < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.folds < 2:
+        raise InputError(f"--folds must be at least 2, got {args.folds}")
+    if not 0 <= args.fold < args.folds:
+        raise InputError(f"--fold must be in 0..{args.folds - 1}, got {args.fold}")
+    if args.workers < 0:
+        raise InputError(f"--workers must be 0 or more, got {args.workers}")
+    if not args.lr > 0 or args.min_lr < 0 or args.weight_decay < 0:
+        raise InputError("--lr must be positive, --min-lr and --weight-decay not negative")
+    if args.pretrained is not None and not Path(args.pretrained).is_file():
+        raise InputError(f"pretrained weights file not found {where(args.pretrained)}")
+
+
+# --------------------------------------------------------------------------
+# Device, precision, processes
+# --------------------------------------------------------------------------
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``"auto"``, ``"cpu"`` or ``"cuda"`` to a device (``cuda:<local_rank>``).
+
+    Raises
+    ------
+    InputError
+        ``"cuda"`` asked for on a machine without CUDA.
+    """
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise InputError("--device cuda asked for, but no CUDA device is available")
+    return torch.device("cuda", local_rank)
+
+
+def resolve_amp(amp: str, device: torch.device) -> str:
+    """The precision actually used: ``amp`` on CUDA, ``"off"`` on CPU."""
+    return amp if device.type == "cuda" else "off"
+
+
+def _autocast(device: torch.device, amp: str):
+    return torch.autocast(device_type=device.type, dtype=AMP_DTYPES.get(amp, torch.float32),
+                          enabled=device.type == "cuda" and amp in AMP_DTYPES)
+
+
+def _distributed_env() -> tuple[int, int, int]:
+    """``(rank, world_size, local_rank)`` as set by torchrun (0, 1, 0 otherwise)."""
+    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+            int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def _all_reduce_sum(values: torch.Tensor, world_size: int) -> torch.Tensor:
+    if world_size > 1:
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
+def progress_enabled(quiet: bool) -> bool:
+    """Progress bars only for a person watching: stderr a terminal and not ``--quiet``."""
+    return not quiet and sys.stderr.isatty()
+
+
+# --------------------------------------------------------------------------
+# Models and their weights
+# --------------------------------------------------------------------------
+def create_model(arch: str, img_size: int, num_classes: int = psg_layout.NUM_CLASSES,
+                 pretrained: str | Path | None = None) -> torch.nn.Module:
+    """A timm classifier with ``num_classes`` outputs.
+
+    Parameters
+    ----------
+    arch : str
+        timm architecture name (``vit_base_patch16_224``, ``tf_efficientnet_b4_ns``...).
+    img_size : int
+        Input size in pixels, passed to architectures that take it (vision
+        transformers); convolutional networks take any size.
+    num_classes : int
+        Classifier outputs (the five stages).
+    pretrained : path-like, optional
+        Local weights file (safetensors, or a timm ``.pth`` read with
+        ``weights_only=True``); its classifier is dropped when the class
+        count differs. Nothing is ever downloaded.
+
+    Raises
+    ------
+    InputError
+        Unknown architecture, or pretrained weights that do not fit it.
+    """
+    options = dict(num_classes=num_classes)
+    if pretrained is not None:
+        options.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(pretrained)))
+    try:
+        try:
+            model = timm.create_model(arch, img_size=img_size, **options)
+        except TypeError as err:
+            if "img_size" not in str(err):
+                raise
+            model = timm.create_model(arch, **options)
+        if pretrained is not None:
+            _check_pretrained_coverage(model, pretrained)
+        return model
+    except InputError:
+        raise
+    except Exception as err:
+        message = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        if isinstance(err, RuntimeError) and message.startswith("Unknown model"):
+            raise InputError(f"unknown model architecture {arch!r} (not in timm {timm.__version__})") from None
+        if pretrained is None:
+            raise
+        # A pretrained file that is unreadable (pickle, zip or safetensors errors) or does not fit.
+        raise InputError(f"cannot use pretrained weights for {arch}: {message} {where(pretrained)}") from None
+
+
+def _check_pretrained_coverage(model: torch.nn.Module, pretrained: str | Path) -> None:
+    """Refuse a pretrained file that lacks weights of the model's body.
+
+    timm loads non-strictly whenever the classifier is replaced (5 classes
+    instead of 1000), so a file of another architecture would otherwise
+    leave the model silently at random initialisation.
+    """
+    classifiers = model.pretrained_cfg.get("classifier") or ()
+    classifiers = (classifiers,) if isinstance(classifiers, str) else tuple(classifiers)
+    available = set(timm.models.load_state_dict(str(pretrained)))
+    missing = [name for name in model.state_dict()
+               if name not in available and not name.endswith("num_batches_tracked")
+               and not any(name.startswith(c + ".") for c in classifiers)]
+    if missing:
+        raise InputError(f"pretrained weights do not fit {model.pretrained_cfg.get('architecture')}: "
+                         f"{len(missing)} tensors missing (first: {missing[0]}) {where(pretrained)}")
+
+
+def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def save_weights(model: torch.nn.Module, path: Path | str) -> None:
+    """Write the model's weights as a safetensors file, atomically.
+
+    The file's metadata records the timm architecture and class count, so a
+    mismatched load can say what the file holds.
+    """
+    model = _unwrapped(model)
+    tensors = {name: value.detach().cpu().contiguous() for name, value in model.state_dict().items()}
+    metadata = {"architecture": str(getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)),
+                "num_classes": str(getattr(model, "num_classes", ""))}
+    with psg_layout.atomic_path(path) as tmp:
+        safetensors.torch.save_file(tensors, str(tmp), metadata=metadata)
+
+
+def _safetensors_header_ok(path: Path) -> bool:
+    """Whether the file starts like safetensors: an 8-byte length, then a JSON object."""
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    if len(head) < 9:
+        return False
+    header_length = struct.unpack("<Q", head[:8])[0]
+    return head[8:9] == b"{" and 8 + header_length <= path.stat().st_size
+
+
+def load_weights(model: torch.nn.Module, path: Path | str) -> torch.nn.Module:
+    """Load a safetensors checkpoint into ``model`` (strict: same names and shapes).
+
+    Raises
+    ------
+    InputError
+        Missing file; a file that is not safetensors (pickled ``torch.save``
+        checkpoints are refused, never unpickled); or a checkpoint of another
+        architecture or class count.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"checkpoint not found {where(path)}")
+    if not _safetensors_header_ok(path):
+        raise InputError(f"not a safetensors checkpoint (pickled torch.save files are refused) {where(path)}")
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        saved = safetensors.torch.load_file(str(path))
+    except (safetensors.SafetensorError, OSError, ValueError) as err:
+        raise InputError(f"unreadable safetensors checkpoint: {err} {where(path)}") from None
+    target = _unwrapped(model)
+    expected = target.state_dict()
+    missing = sorted(set(expected) - set(saved))
+    unexpected = sorted(set(saved) - set(expected))
+    wrong_shape = [name for name in expected if name in saved and saved[name].shape != expected[name].shape]
+    if missing or unexpected or wrong_shape:
+        holds = (f"it holds {metadata.get('architecture', 'another model')} with "
+                 f"{metadata.get('num_classes', '?')} classes")
+        wants = f"the model is {target.pretrained_cfg.get('architecture', type(target).__name__)} " \
+                f"with {getattr(target, 'num_classes', '?')} classes" if hasattr(target, "pretrained_cfg") else ""
+        detail = (f"{len(missing)} missing, {len(unexpected)} unexpected, "
+                  f"{len(wrong_shape)} wrongly shaped tensors" + (f" (first: {wrong_shape[0]})" if wrong_shape else ""))
+        raise InputError(f"checkpoint does not fit the model: {holds}; {wants}; {detail} {where(path)}")
+    target.load_state_dict(saved, strict=True)
+    return model
+
+
+def checkpoint_path(weights_dir: Path | str, arch: str, fold: int, epoch: int) -> Path:
+    """``<weights_dir>/<arch>_fold_<fold>_<epoch>``, the seed's checkpoint name (no extension)."""
+    return Path(weights_dir) / f"{arch}_fold_{fold}_{epoch}"
+
+
+def last_state_path(weights_dir: Path | str, arch: str, fold: int) -> Path:
+    """``<weights_dir>/<arch>_fold_<fold>_last.pt``: what ``--resume`` continues from."""
+    return Path(weights_dir) / f"{arch}_fold_{fold}_last.pt"
+
+
+def run_config_path(weights_dir: Path | str, arch: str, fold: int) -> Path:
+    """``<weights_dir>/<arch>_fold_<fold>_config.json``: the run's resolved configuration."""
+    return Path(weights_dir) / f"{arch}_fold_{fold}_config.json"
+
+
+def log_path(weights_dir: Path | str, arch: str, fold: int) -> Path:
+    """``<weights_dir>/<arch>_fold_<fold>_log.csv``: validation metrics per epoch."""
+    return Path(weights_dir) / f"{arch}_fold_{fold}_log.csv"
+
+
+def read_run_config(weights_dir: Path | str, arch: str, fold: int) -> dict:
+    """Read the configuration a training run saved beside its checkpoints.
+
+    Returns
+    -------
+    dict
+        At least ``model_arch`` (str), ``img_size`` (int, pixels) and
+        ``num_classes`` (int), plus every resolved training option.
+
+    Raises
+    ------
+    InputError
+        Missing file (the message says to train first or fix
+        ``--weights-dir``), invalid JSON, or missing keys.
+    """
+    path = run_config_path(weights_dir, arch, fold)
+    if not path.is_file():
+        raise InputError(f"no training configuration for {arch} fold {fold}: train it first "
+                         f"(main_vit_rgb.py / main_eff.py) or point --weights-dir to its folder {where(path)}")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(f"not a valid JSON configuration: {err} {where(path)}") from None
+    if not isinstance(config, dict):
+        raise InputError(f"configuration is not a JSON object {where(path)}")
+    missing = [key for key in ("model_arch", "img_size", "num_classes") if key not in config]
+    if missing:
+        raise InputError(f"configuration lacks {', '.join(missing)} {where(path)}")
+    return config
+
+
+# --------------------------------------------------------------------------
+# Loss and metrics
+# --------------------------------------------------------------------------
+def smooth_targets(targets: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """The seed's label smoothing: one-hot 1 -> ``1 - eps``, 0 -> ``eps / (C - 1)``.
+
+    Being affine, it maps a mixture of one-hot targets (weights summing to
+    1) to the same mixture of smoothed targets, so applying it after FMix
+    equals applying it to each one-hot target before mixing.
+
+    Parameters
+    ----------
+    targets : torch.Tensor, shape (batch, C)
+        Rows summing to 1.
+    smoothing : float
+        eps, in [0, 1).
+    """
+    classes = targets.shape[-1]
+    off_value = smoothing / (classes - 1)
+    return targets * (1.0 - smoothing - off_value) + off_value
+
+
+def soft_target_cross_entropy(logits: torch.Tensor, targets: torch.Tensor,
+                              smoothing: float = LABEL_SMOOTHING) -> torch.Tensor:
+    """Mean cross entropy of ``logits`` (batch, C) against smoothed soft ``targets`` (batch, C), in nats."""
+    log_probabilities = F.log_softmax(logits.float(), dim=-1)
+    return -(smooth_targets(targets.float(), smoothing) * log_probabilities).sum(dim=-1).mean()
+
+
+def classification_metrics(confusion: np.ndarray) -> dict:
+    """Accuracy, macro-F1 and per-class F1 from a confusion matrix.
+
+    Parameters
+    ----------
+    confusion : np.ndarray of int, shape (C, C)
+        Rows: true class; columns: predicted class.
+
+    Returns
+    -------
+    dict
+        ``accuracy`` (float), ``macro_f1`` (float: mean F1 over the classes
+        that occur in truth or prediction, as ``sklearn.metrics.f1_score(average="macro")``),
+        ``f1`` (np.ndarray (C,), NaN for classes that occur in neither).
+    """
+    confusion = np.asarray(confusion, dtype=np.float64)
+    true_positive = np.diag(confusion)
+    denominator = confusion.sum(0) + confusion.sum(1)  # 2 TP + FP + FN
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1 = np.where(denominator > 0, 2 * true_positive / denominator, np.nan)
+    total = confusion.sum()
+    return {
+        "accuracy": float(true_positive.sum() / total) if total else float("nan"),
+        "macro_f1": float(np.nanmean(f1)) if np.any(denominator > 0) else float("nan"),
+        "f1": f1,
+    }
+
+
+# --------------------------------------------------------------------------
+# Training, validation, prediction
+# --------------------------------------------------------------------------
+def device_batches(loader, device: torch.device):
+    """Yield ``(images, targets)`` batches of the loader, moved to ``device``."""
+    for images, targets in loader_vit_rgb.iterate_batches(loader):
+        yield images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+
+
+def train_one_epoch(model: torch.nn.Module, batches, n_batches: int, optimizer: torch.optim.Optimizer,
+                    scaler: torch.amp.GradScaler, device: torch.device, amp: str, accum_iter: int,
+                    smoothing: float = LABEL_SMOOTHING, progress: bool = False,
+                    description: str = "train") -> tuple[float, int]:
+    """One pass over ``batches`` with gradient accumulation.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        In training mode afterwards; may be wrapped in DistributedDataParallel.
+    batches : iterable of (images, targets)
+        Float tensors on ``device``: (batch, 3, H, W) and soft targets (batch, C).
+    n_batches : int
+        Number of batches (for the accumulation of the last, partial group).
+    optimizer, scaler
+        The scaler is a disabled ``GradScaler`` unless ``amp == "fp16"``.
+    accum_iter : int
+        Batches per optimizer step; the loss is averaged over a group.
+
+    Returns
+    -------
+    (loss_sum, images) : (float, int)
+        Sum over images of the training loss, and the number of images.
+    """
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    images_seen = 0
+    bar = tqdm(batches, total=n_batches, desc=description, disable=not progress, dynamic_ncols=True)
+    for step, (images, targets) in enumerate(bar):
+        group_start = step - step % accum_iter
+        group_size = min(accum_iter, n_batches - group_start)
+        steps_now = step + 1 == group_start + group_size
+        # Under DDP, gradients are averaged over processes only on the last batch of a group.
+        sync = contextlib.nullcontext() if steps_now or not isinstance(model, DistributedDataParallel) \
+            else model.no_sync()
+        with sync:
+            with _autocast(device, amp):
+                logits = model(images)
+            loss = soft_target_cross_entropy(logits, targets, smoothing)
+            scaler.scale(loss / group_size).backward()
+        if steps_now:
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+        loss_sum += loss.detach().double() * images.shape[0]
+        images_seen += images.shape[0]
+        if progress and (step % 10 == 0 or step + 1 == n_batches):
+            bar.set_postfix(loss=f"{loss_sum.item() / images_seen:.4f}")
+    return float(loss_sum.item()), images_seen
+
+
+@torch.no_grad()
+def validate(model: torch.nn.Module, batches, n_batches: int, device: torch.device, amp: str,
+             smoothing: float = LABEL_SMOOTHING, progress: bool = False) -> tuple[float, int, np.ndarray]:
+    """Loss and confusion matrix of ``model`` over ``batches`` of (images, one-hot targets).
+
+    Returns
+    -------
+    (loss_sum, images, confusion) : (float, int, np.ndarray of int64 (C, C))
+        Summed (label-smoothed, as the seed) loss, image count and the
+        confusion matrix (rows true, columns predicted) of this process.
+    """
+    model.eval()
+    classes = psg_layout.NUM_CLASSES
+    confusion = torch.zeros(classes * classes, dtype=torch.int64, device=device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    images_seen = 0
+    for images, targets in tqdm(batches, total=n_batches, desc="valid", disable=not progress, dynamic_ncols=True):
+        with _autocast(device, amp):
+            logits = model(images)
+        loss_sum += soft_target_cross_entropy(logits, targets, smoothing).double() * images.shape[0]
+        truth, predicted = targets.argmax(dim=1), logits.argmax(dim=1)
+        confusion += torch.bincount(truth * classes + predicted, minlength=classes * classes)
+        images_seen += images.shape[0]
+    return float(loss_sum.item()), images_seen, confusion.reshape(classes, classes).cpu().numpy()
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, loader, device: torch.device, amp: str = "off",
+            progress: bool = False) -> np.ndarray:
+    """Softmax probabilities of ``model`` for every item of ``loader``, in loader order.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Already on ``device``.
+    loader : DataLoader
+        Yields images (batch, 3, H, W), or ``(images, targets)`` tuples.
+    device : torch.device
+    amp : {"fp16", "bf16", "off"}
+        Autocast precision on CUDA (ignored on CPU).
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    np.ndarray of float32, shape (rows, num_classes)
+    """
+    model.eval()
+    probabilities = []
+    for batch in tqdm(loader_vit_rgb.iterate_batches(loader), total=len(loader), desc="predict",
+                      disable=not progress, dynamic_ncols=True):
+        images = batch[0] if isinstance(batch, (list, tuple)) else batch
+        with _autocast(device, amp):
+            logits = model(images.to(device, non_blocking=True))
+        probabilities.append(torch.softmax(logits.float(), dim=1).cpu())
+    if not probabilities:
+        return np.zeros((0, getattr(_unwrapped(model), "num_classes", psg_layout.NUM_CLASSES)), dtype=np.float32)
+    return torch.cat(probabilities).numpy().astype(np.float32)
+
+
+# --------------------------------------------------------------------------
+# Reproducibility and resumable state
+# --------------------------------------------------------------------------
+def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
+    """Reseed the global generators from (seed, epoch, rank) at the start of an epoch.
+
+    With the data side keyed by (seed, epoch, sample), this makes an epoch's
+    randomness independent of what ran before it, so a resumed run repeats
+    the uninterrupted one exactly.
+    """
+    torch_seed, numpy_seed, python_seed = np.random.SeedSequence([seed, epoch, rank]).generate_state(3)
+    torch.manual_seed(int(torch_seed))
+    np.random.seed(int(numpy_seed))
+    random.seed(int(python_seed))
+
+
+def _rng_state() -> dict:
+    """The global RNG states as plain tensors and numbers (loadable with weights_only=True)."""
+    _, numpy_keys, numpy_position, numpy_has_gauss, numpy_gauss = np.random.get_state()
+    python_version, python_internal, python_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy_keys": torch.from_numpy(numpy_keys.astype(np.int64)),
+        "numpy_position": int(numpy_position), "numpy_has_gauss": int(numpy_has_gauss),
+        "numpy_gauss": float(numpy_gauss),
+        "python_version": int(python_version), "python_internal": torch.tensor(python_internal, dtype=torch.int64),
+        "python_gauss": python_gauss,
+    }
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_position"],
+                         state["numpy_has_gauss"], state["numpy_gauss"]))
+    random.setstate((state["python_version"], tuple(state["python_internal"].tolist()), state["python_gauss"]))
+
+
+def _save_last_state(path: Path, epoch: int, optimizer, scheduler, scaler) -> None:
+    state = {"epoch": epoch, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+             "scaler": scaler.state_dict(), "rng": _rng_state()}
+    with psg_layout.atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _load_last_state(path: Path) -> dict:
+    if not path.is_file():
+        raise InputError(f"nothing to resume: no saved training state; run without --resume {where(path)}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises UnpicklingError, RuntimeError or zip errors for bad files
+        raise InputError(f"unreadable training state: {str(err).splitlines()[0]} {where(path)}") from None
+
+
+def _check_resume_config(config: dict, weights_dir: Path) -> None:
+    path = run_config_path(weights_dir, config["model_arch"], config["fold"])
+    saved = read_run_config(weights_dir, config["model_arch"], config["fold"])
+    changed = [f"{key} {saved.get(key)!r} -> {config[key]!r}" for key in RECIPE_KEYS if saved.get(key) != config[key]]
+    if changed:
+        raise InputError(f"--resume with settings that differ from the saved run: {', '.join(changed)} {where(path)}")
+
+
+# --------------------------------------------------------------------------
+# Logs
+# --------------------------------------------------------------------------
+LOG_COLUMNS = ["epoch", "lr", "train_loss", "train_images_per_s", "valid_loss", "valid_accuracy",
+               "valid_macro_f1", *(f"f1_{stage}" for stage in psg_layout.STAGES), "confusion"]
+
+
+def _write_log(path: Path, row: dict) -> None:
+    """Rewrite the log with the rows of earlier epochs plus ``row`` (atomically).
+
+    Rows of this epoch or later (left by an earlier run of the same fold) are dropped.
+    """
+    rows = []
+    if path.is_file():
+        with open(path, newline="") as handle:
+            rows = [r for r in csv.DictReader(handle) if int(r["epoch"]) < row["epoch"]]
+    rows.append(row)
+    psg_layout.write_csv_rows(path, [LOG_COLUMNS] + [[str(r[c]) for c in LOG_COLUMNS] for r in rows])
+
+
+def _report(epoch: int, lr: float, train_loss: float, images_per_s: float, valid_loss: float,
+            metrics: dict, confusion: np.ndarray) -> None:
+    per_class = " ".join(f"{stage} {f1:.3f}" for stage, f1 in zip(psg_layout.STAGES, metrics["f1"]))
+    print(f"epoch {epoch}: lr {lr:.3g} train loss {train_loss:.4f} ({images_per_s:.1f} images/s) | "
+          f"valid loss {valid_loss:.4f} accuracy {metrics['accuracy']:.4f} macro-F1 {metrics['macro_f1']:.4f} | "
+          f"F1 {per_class}")
+    print("  confusion (rows true, columns predicted, " + " ".join(psg_layout.STAGES) + "):")
+    for stage, row in zip(psg_layout.STAGES, confusion):
+        print(f"  {stage:>5} " + " ".join(f"{count:6d}" for count in row))
+    sys.stdout.flush()
+
+
+# --------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------
+def train(args: argparse.Namespace) -> None:
+    """Train one fold as configured by :func:`build_parser`'s options.
+
+    Under ``torchrun`` (``WORLD_SIZE > 1``), trains data-parallel: NCCL on
+    CUDA, gloo on CPU; rank 0 prints and writes.
+    """
+    _check_args(args)
+    rank, world_size, local_rank = _distributed_env()
+    device = resolve_device(args.device, local_rank)
+    if world_size > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+    try:
+        _train(args, device, rank, world_size)
+    finally:
+        if world_size > 1:
+            dist.destroy_process_group()
+
+
+def _train(args: argparse.Namespace, device: torch.device, rank: int, world_size: int) -> None:
+    is_writer = rank == 0
+    progress = is_writer and progress_enabled(args.quiet)
+    weights_dir = Path(args.weights_dir)
+    arch, fold = args.model_arch, args.fold
+
+    table = loader_vit_rgb.read_train_table(args.data_root)
+    folds = loader_vit_rgb.make_folds(table, n_folds=args.folds, seed=args.seed, cv=args.cv)
+    train_rows, valid_rows = np.flatnonzero(folds != fold), np.flatnonzero(folds == fold)
+
+    config = dict(vars(args))
+    config.update(
+        device=str(device), amp=resolve_amp(args.amp, device), world_size=world_size,
+        num_classes=psg_layout.NUM_CLASSES, label_smoothing=LABEL_SMOOTHING,
+        train_images=int(train_rows.size), valid_images=int(valid_rows.size),
+        valid_recordings=sorted({table.recording_ids[r] for r in valid_rows}),
+        versions={"torch": torch.__version__, "timm": timm.__version__},
+    )
+    if args.resume:
+        _check_resume_config(config, weights_dir)
+    if is_writer:
+        print(json.dumps(config, indent=2))
+        try:
+            weights_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise InputError(f"cannot create the weights folder: {err.strerror} {where(weights_dir)}") from None
+        with psg_layout.atomic_path(run_config_path(weights_dir, arch, fold)) as tmp:
+            tmp.write_text(json.dumps(config, indent=2) + "\n")
+
+    pin_memory = device.type == "cuda"
+    train_loader = loader_vit_rgb.make_train_loader(
+        args.data_root, table, train_rows, args.img_size, args.batch_size, args.workers, args.seed,
+        fmix_enabled=not args.no_fmix, cutmix_enabled=args.cutmix, rank=rank, world_size=world_size,
+        pin_memory=pin_memory)
+    valid_loader = loader_vit_rgb.make_eval_loader(
+        args.data_root, table, args.img_size, args.valid_batch_size, args.workers, rows=valid_rows,
+        rank=rank, world_size=world_size, pin_memory=pin_memory)
+
+    torch.manual_seed(args.seed)  # the same initial weights on every rank and every run
+    model = create_model(arch, args.img_size, psg_layout.NUM_CLASSES, args.pretrained).to(device)
+    optimizer = OPTIMIZERS[args.optimizer](model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=args.t0, T_mult=1,
+                                                                     eta_min=args.min_lr)
+    scaler = torch.amp.GradScaler(device.type, enabled=config["amp"] == "fp16")
+
+    start_epoch = 0
+    if args.resume:
+        state = _load_last_state(last_state_path(weights_dir, arch, fold))
+        load_weights(model, checkpoint_path(weights_dir, arch, fold, state["epoch"]))
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler.is_enabled() and state["scaler"]:
+            scaler.load_state_dict(state["scaler"])
+        _set_rng_state(state["rng"])
+        start_epoch = state["epoch"] + 1
+        if is_writer:
+            print(f"resuming after epoch {state['epoch']}")
+    if world_size > 1:
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    for epoch in range(start_epoch, args.epochs):
+        _seed_epoch(args.seed, epoch, rank)
+        loader_vit_rgb.set_loader_epoch(train_loader, epoch)
+        lr = optimizer.param_groups[0]["lr"]
+        started = time.perf_counter()
+        loss_sum, images = train_one_epoch(
+            model, device_batches(train_loader, device), len(train_loader), optimizer, scaler, device,
+            config["amp"], args.accum_iter, progress=progress, description=f"epoch {epoch}")
+        seconds = time.perf_counter() - started
+        scheduler.step()  # the seed stepped once after training ...
+        valid_loss_sum, valid_images, confusion = validate(
+            _unwrapped(model), device_batches(valid_loader, device), len(valid_loader), device, config["amp"],
+            progress=progress)
+        if args.sched_steps_per_epoch == 2:
+            scheduler.step()  # ... and once more after validation
+
+        totals = _all_reduce_sum(torch.tensor([loss_sum, images, valid_loss_sum, valid_images],
+                                              dtype=torch.float64, device=device), world_size).tolist()
+        confusion = _all_reduce_sum(torch.from_numpy(confusion).to(device), world_size).cpu().numpy()
+        # Images per second of the whole job: every rank trained its shard in parallel.
+        images_per_s = totals[1] / seconds
+        if is_writer:
+            train_loss = totals[0] / max(totals[1], 1)
+            valid_loss = totals[2] / max(totals[3], 1)
+            metrics = classification_metrics(confusion)
+            _report(epoch, lr, train_loss, images_per_s, valid_loss, metrics, confusion)
+            save_weights(model, checkpoint_path(weights_dir, arch, fold, epoch))
+            _save_last_state(last_state_path(weights_dir, arch, fold), epoch, optimizer, scheduler, scaler)
+            _write_log(log_path(weights_dir, arch, fold), {
+                "epoch": epoch, "lr": f"{lr:.6g}", "train_loss": f"{train_loss:.6f}",
+                "train_images_per_s": f"{images_per_s:.2f}", "valid_loss": f"{valid_loss:.6f}",
+                "valid_accuracy": f"{metrics['accuracy']:.6f}", "valid_macro_f1": f"{metrics['macro_f1']:.6f}",
+                **{f"f1_{s}": f"{f:.6f}" for s, f in zip(psg_layout.STAGES, metrics["f1"])},
+                "confusion": json.dumps(confusion.tolist(), separators=(",", ":")),
+            })
+        if world_size > 1:
+            dist.barrier()

@@ -1,0 +1,46 @@
+"""Train the ViT-B/16 sleep-stage classifier (the seed's mainViTrgb.py).
+
+Seed recipe: vit_base_patch16_224 at 224 x 224, Adam (lr 1e-4, weight decay
+1e-6), batch 32 accumulated over 2 batches, fp16 mixed precision on CUDA,
+label smoothing 0.1, FMix, two CoarseDropouts, CosineAnnealingWarmRestarts
+(T_0=10, eta_min=1e-6) stepped twice per epoch, 10 epochs, fold 0 of 5,
+seed 72. Writes weights/vit_base_patch16_224_fold_0_<epoch> after every
+epoch (the seed kept epoch 4), plus _last.pt, _config.json and _log.csv.
+
+Data-parallel: torchrun --nproc_per_node=N main_vit_rgb.py ...
+"""
+import engine
+from psg_layout import run_main
+
+DEFAULTS = dict(
+    model_arch="vit_base_patch16_224",
+    img_size=224,
+    optimizer="adam",
+    lr=1e-4,
+    min_lr=1e-6,
+    weight_decay=1e-6,
+    batch_size=32,
+    valid_batch_size=32,
+    accum_iter=2,
+    epochs=10,
+    t0=10,
+    sched_steps_per_epoch=2,
+    folds=5,
+    fold=0,
+    cv="subject",
+    seed=72,
+    workers=4,
+    amp="fp16",
+    device="auto",
+    data_root="DATA",
+    weights_dir="weights",
+)
+
+
+def main():
+    args = engine.build_parser(DEFAULTS, __doc__).parse_args()
+    engine.train(args)
+
+
+if __name__ == "__main__":
+    run_main(main)
