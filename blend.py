@@ -1,0 +1,442 @@
+"""Blend the two models' test probabilities into one prediction per epoch.
+
+Reads the per-model probability dumps written by infer_blend.py
+(``outputs/<arch>_fold_<k>_<epochs>.npy``, float32 [rows, 5], classes Wake,
+N1, N2, N3, REM, rows in test CSV order), combines them with one of the
+seed's blend methods and writes
+
+* ``outputs/filesblend_<method>_<vit-epochs>_<eff-epochs>.csv``: one stage
+  name per line, no header, test CSV order (the seed's pre-post-processing
+  submission), and
+* ``outputs/filesblend_<method>_<vit-epochs>_<eff-epochs>.npy``: the blend
+  beside it as probabilities, float32 [rows, 5] (see
+  :func:`blend_probabilities`), which ``postprocess.py --method hmm`` uses
+  for its emissions.
+
+With p1 = model 1 (ViT), p2 = model 2 (EfficientNet), w = ``--ens-weight``:
+
+==========  ==================================================
+``avg``     w*p1 + (1-w)*p2
+``sqrt``    w*sqrt(p1) + (1-w)*sqrt(p2)          (seed, w=0.06)
+``log1p``   w*log1p(p1) + (1-w)*log1p(p2)
+``square``  w*p1**power + (1-w)*p2**power         (power 0.25)
+``expm1``   w*expm1(p1) + (1-w)*expm1(p2)
+``rank``    per row, each model's classes ranked 0..4 (ties: the lower
+            class index gets the lower rank), ranks summed; w ignored
+            (recorded as 0.5 by ``--tune``)
+==========  ==================================================
+
+The predicted stage is the argmax (the first class on ties).
+
+``--tune`` searches method x weight (0 to 1 in steps of 0.01) on the
+validation dumps (``..._valid.npy`` with ``fold_<k>_valid.csv``) and saves the
+best setting as ``outputs/blend_tune.json``; ``--from-tune`` applies it. The
+seed chose w=0.06 by probing the public leaderboard.
+
+This module imports no torch, so it stays fast; infer_blend.py and
+evaluate.py import its file naming and blend functions.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+import psg_layout
+from psg_layout import STAGES, NUM_CLASSES, InputError, where
+
+# fmt: off
+parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+parser.add_argument("--data-root", default="DATA", help="folder with testset-for_user.csv")
+parser.add_argument("--out", default="outputs", help="folder with the .npy dumps; the blend is written here")
+parser.add_argument("--method", default="sqrt", help="avg, sqrt, log1p, square, expm1 or rank")
+parser.add_argument("--ens-weight", type=float, default=0.06, help="weight w of model 1 (ViT), in [0, 1]")
+parser.add_argument("--power", type=float, default=0.25, help="exponent of the 'square' method, > 0")
+parser.add_argument("--vit-arch", default="vit_base_patch16_224")
+parser.add_argument("--eff-arch", default="tf_efficientnet_b4_ns")
+parser.add_argument("--vit-epochs", type=int, nargs="+", default=[4], help="checkpoint epochs of model 1's dump")
+parser.add_argument("--eff-epochs", type=int, nargs="+", default=[1], help="checkpoint epochs of model 2's dump")
+parser.add_argument("--fold", type=int, default=0, help="the fold the models were trained on")
+parser.add_argument("--tune", action="store_true",
+                    help="search method x weight on the fold's validation dumps, save outputs/blend_tune.json")
+parser.add_argument("--from-tune", type=Path, default=None, metavar="JSON",
+                    help="take method, ens-weight and power from a blend_tune.json")
+parser.add_argument("--quiet", action="store_true", help="no progress bar")
+# fmt: on
+
+METHODS = ("avg", "sqrt", "log1p", "square", "expm1", "rank")
+TUNE_WEIGHTS = np.round(np.arange(101) * 0.01, 2)  # 0.00, 0.01, ..., 1.00
+TUNE_JSON = "blend_tune.json"
+
+
+# --------------------------------------------------------------------------
+# File naming (shared with infer_blend.py, postprocess.py and evaluate.py)
+# --------------------------------------------------------------------------
+def dump_path(out_dir: Path | str, arch: str, fold: int, epochs, split: str = "test") -> Path:
+    """Path of one model's probability dump, named as the seed named it.
+
+    Parameters
+    ----------
+    out_dir : path-like
+        The outputs folder.
+    arch : str
+        timm architecture name, e.g. ``vit_base_patch16_224``.
+    fold : int
+        Fold the model was trained on.
+    epochs : sequence of int
+        Checkpoint epochs averaged into the dump; written as Python prints a
+        list (``[4]``, ``[3, 4]``).
+    split : {"test", "valid"}
+        ``valid`` adds the ``_valid`` suffix of the fold's validation rows.
+    """
+    suffix = {"test": "", "valid": "_valid"}[split]
+    return Path(out_dir) / f"{arch}_fold_{fold}_{list(epochs)}{suffix}.npy"
+
+
+def valid_csv_path(out_dir: Path | str, fold: int) -> Path:
+    """``outputs/fold_<k>_valid.csv``: ``ID,IDnum,label`` of the validation dumps' rows."""
+    return Path(out_dir) / f"fold_{fold}_valid.csv"
+
+
+def blend_csv_path(out_dir: Path | str, method: str, vit_epochs, eff_epochs) -> Path:
+    """``outputs/filesblend_<method>_<vit-epochs>_<eff-epochs>.csv``, the seed's name."""
+    return Path(out_dir) / f"filesblend_{method}_{list(vit_epochs)}_{list(eff_epochs)}.csv"
+
+
+def probabilities_path(blend_csv: Path | str) -> Path:
+    """The blended probabilities saved beside a blend CSV: same name, ``.npy``."""
+    return Path(blend_csv).with_suffix(".npy")
+
+
+# --------------------------------------------------------------------------
+# Reading inputs
+# --------------------------------------------------------------------------
+def read_test_csv(data_root: Path | str) -> psg_layout.EpochTable:
+    """Read ``<data_root>/testset-for_user.csv``, saying how to make it when missing."""
+    path = Path(data_root) / psg_layout.TEST_CSV
+    if not path.is_file():
+        raise InputError(
+            f"no test CSV {where(path)}; make a data set with make_synthetic.py (or render_edf.py "
+            f"for EDF recordings), or point --data-root at one"
+        )
+    return psg_layout.read_epoch_csv(path, with_labels=False)
+
+
+def load_probabilities(path: Path | str, rows: int, rows_source: str, how_to_make: str) -> np.ndarray:
+    """Load and check a ``[rows, 5]`` probability array saved with ``np.save``.
+
+    Parameters
+    ----------
+    path : path-like
+        The ``.npy`` file.
+    rows : int
+        Expected row count.
+    rows_source : str
+        What ``rows`` comes from, for the error message (e.g. the test CSV).
+    how_to_make : str
+        Hint shown when the file is missing, e.g. ``"make it with infer_blend.py"``.
+
+    Returns
+    -------
+    np.ndarray of float64, shape (rows, 5)
+
+    Raises
+    ------
+    InputError
+        Missing or unreadable file, object or non-float dtype, wrong shape,
+        NaN/inf, values outside [0, 1], or a row that does not sum to 1
+        (within 1e-3). Rows in messages are 1-based, like the lines of the
+        CSV they belong to.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"no probability file {where(path)}; {how_to_make}")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise InputError(f"not a readable .npy array: {str(err).splitlines()[0]} {where(path)}") from None
+    if not isinstance(array, np.ndarray) or array.dtype.kind != "f":
+        dtype = getattr(array, "dtype", type(array).__name__)
+        raise InputError(f"expected a float array, found dtype {dtype} {where(path)}")
+    if array.ndim != 2 or array.shape[1] != NUM_CLASSES:
+        raise InputError(f"expected shape (rows, {NUM_CLASSES}), found {array.shape} {where(path)}")
+    if array.shape[0] != rows:
+        raise InputError(f"has {array.shape[0]} rows, {rows_source} has {rows} {where(path)}")
+    array = array.astype(np.float64)
+    checks = (
+        (~np.isfinite(array).all(axis=1), "NaN or inf"),
+        (((array < 0) | (array > 1)).any(axis=1), "values outside [0, 1]"),
+        (np.abs(array.sum(axis=1) - 1.0) > 1e-3, "a sum other than 1"),
+    )
+    for bad, what in checks:
+        bad_rows = np.flatnonzero(bad)
+        if bad_rows.size:
+            raise InputError(f"{bad_rows.size} rows of probabilities have {what} {where(path, bad_rows[0] + 1)}")
+    return array
+
+
+# --------------------------------------------------------------------------
+# Blending
+# --------------------------------------------------------------------------
+def check_blend_settings(method: str, weight: float, power: float) -> None:
+    """Raise :class:`InputError` for an unknown method, w outside [0, 1] or power <= 0."""
+    if method not in METHODS:
+        raise InputError(f"unknown blend method {method!r} (expected one of {', '.join(METHODS)})")
+    if not 0.0 <= weight <= 1.0:
+        raise InputError(f"blend weight must lie in [0, 1], got {weight}")
+    if not power > 0:
+        raise InputError(f"power must be > 0, got {power}")
+
+
+def class_ranks(probabilities: np.ndarray) -> np.ndarray:
+    """Per row, rank the classes 0 (least likely) .. 4 (most likely).
+
+    A stable argsort of a stable argsort: tied classes are ranked in class
+    order, the lower class index getting the lower rank (the seed's numpy
+    argsort gave the same order for 5 values).
+    """
+    order = np.argsort(probabilities, axis=1, kind="stable")
+    return np.argsort(order, axis=1, kind="stable")
+
+
+def transform_scores(probabilities: np.ndarray, method: str, power: float = 0.25) -> np.ndarray:
+    """Apply a method's per-model transform (before the weighted sum).
+
+    Parameters
+    ----------
+    probabilities : np.ndarray, shape (rows, 5)
+    method : str
+        One of :data:`METHODS`.
+    power : float
+        Exponent of ``square``.
+
+    Returns
+    -------
+    np.ndarray of float64, shape (rows, 5)
+    """
+    transforms = {
+        "avg": lambda p: p,
+        "sqrt": np.sqrt,
+        "log1p": np.log1p,
+        "square": lambda p: p**power,
+        "expm1": np.expm1,
+        "rank": class_ranks,
+    }
+    return transforms[method](np.asarray(probabilities, dtype=np.float64)).astype(np.float64)
+
+
+def blend_scores(p1: np.ndarray, p2: np.ndarray, method: str = "sqrt", weight: float = 0.06,
+                 power: float = 0.25) -> np.ndarray:
+    """Blend two models' probabilities.
+
+    Parameters
+    ----------
+    p1, p2 : np.ndarray, shape (rows, 5)
+        Probabilities of model 1 (ViT) and model 2 (EfficientNet).
+    method : str
+        One of :data:`METHODS` (see the module docstring).
+    weight : float
+        Weight of model 1 in [0, 1]; model 2 gets ``1 - weight``. Ignored by
+        ``rank``, which sums the two models' ranks.
+    power : float
+        Exponent of ``square``.
+
+    Returns
+    -------
+    np.ndarray of float64, shape (rows, 5)
+        Blended scores; the predicted stage is their argmax.
+    """
+    check_blend_settings(method, weight, power)
+    t1, t2 = transform_scores(p1, method, power), transform_scores(p2, method, power)
+    if method == "rank":
+        return t1 + t2
+    return weight * t1 + (1.0 - weight) * t2
+
+
+def blend_probabilities(p1: np.ndarray, p2: np.ndarray, method: str = "sqrt", weight: float = 0.06,
+                        power: float = 0.25) -> np.ndarray:
+    """The blend mapped back to the probability scale, rows summing to 1.
+
+    The inverse of the method's transform undoes it (``sqrt`` -> square,
+    ``log1p`` -> expm1, ``square`` -> power 1/power, ``expm1`` -> log1p), so
+    the result is the weighted quasi-arithmetic mean of the two models'
+    probabilities, then normalised per row. The transforms are increasing,
+    so the argmax is that of :func:`blend_scores`. ``rank`` has no inverse:
+    its rank sums are normalised as they are (a ranking, not probabilities).
+    This is what the hmm post-processing takes as class posteriors; the raw
+    scores of ``sqrt`` or ``square`` are flattened posteriors, and dividing
+    them by class priors would favour rare stages far too much.
+
+    Returns
+    -------
+    np.ndarray of float64, shape (rows, 5)
+    """
+    inverses = {
+        "avg": lambda s: s,
+        "sqrt": np.square,
+        "log1p": np.expm1,
+        "square": lambda s: s ** (1.0 / power),
+        "expm1": np.log1p,
+        "rank": lambda s: s,
+    }
+    probabilities = inverses[method](blend_scores(p1, p2, method, weight, power))
+    return probabilities / probabilities.sum(axis=1, keepdims=True)
+
+
+def predict_stages(scores: np.ndarray) -> np.ndarray:
+    """Stage ints (Wake=0 ... REM=4) as the argmax of each row, first class on ties."""
+    return np.argmax(scores, axis=1)
+
+
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Macro-averaged F1, the challenge metric, as scikit-learn computes it.
+
+    Averaged over the classes present in ``y_true`` or ``y_pred``
+    (scikit-learn's default label set); a class never predicted but present
+    scores 0. Computed from a bincount so that tuning stays fast.
+    """
+    y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
+    confusion = np.bincount(y_true * NUM_CLASSES + y_pred, minlength=NUM_CLASSES**2).reshape(NUM_CLASSES, NUM_CLASSES)
+    true_positives = np.diag(confusion)
+    denominators = confusion.sum(axis=0) + confusion.sum(axis=1)  # 2tp + fp + fn
+    present = denominators > 0
+    return float(np.mean(2.0 * true_positives[present] / denominators[present]))
+
+
+def tune_blend(p1: np.ndarray, p2: np.ndarray, labels: np.ndarray, power: float = 0.25,
+               quiet: bool = True) -> dict:
+    """Search method x weight for the best validation macro-F1.
+
+    Weights run over 0.00, 0.01, ..., 1.00 (``rank`` ignores the weight and
+    is scored once). Ties go to the earlier method in :data:`METHODS`, then
+    to the lower weight.
+
+    Parameters
+    ----------
+    p1, p2 : np.ndarray, shape (rows, 5)
+        Validation probabilities of model 1 and model 2.
+    labels : np.ndarray of int, shape (rows,)
+        True stages of those rows.
+    power : float
+        Exponent of ``square``.
+    quiet : bool
+        No progress bar.
+
+    Returns
+    -------
+    dict
+        ``method``, ``ens_weight``, ``power``, ``val_macro_f1`` of the best
+        setting; ``per_method``: for each method its best ``ens_weight`` and
+        ``val_macro_f1``; ``curves``: for each method the macro-F1 at every
+        weight (one value for ``rank``).
+    """
+    per_method, curves = {}, {}
+    for method in tqdm(METHODS, desc="tune", disable=quiet):
+        t1, t2 = transform_scores(p1, method, power), transform_scores(p2, method, power)
+        if method == "rank":
+            scores = [macro_f1(labels, predict_stages(t1 + t2))]
+        else:
+            scores = [macro_f1(labels, predict_stages(w * t1 + (1.0 - w) * t2)) for w in TUNE_WEIGHTS]
+        best = int(np.argmax(scores))
+        # rank ignores the weight; 0.5 records that both models count equally
+        per_method[method] = {"ens_weight": 0.5 if method == "rank" else float(TUNE_WEIGHTS[best]),
+                              "val_macro_f1": scores[best]}
+        curves[method] = scores
+    best_method = max(METHODS, key=lambda m: (per_method[m]["val_macro_f1"], -METHODS.index(m)))
+    return {
+        "method": best_method,
+        "ens_weight": per_method[best_method]["ens_weight"],
+        "power": power,
+        "val_macro_f1": per_method[best_method]["val_macro_f1"],
+        "per_method": per_method,
+        "curves": curves,
+    }
+
+
+def format_tune_table(result: dict) -> str:
+    """The tuning table: per method its best weight, best macro-F1, and F1 at w = 0, 0.1, ..., 1."""
+    shown = list(range(0, 101, 10))
+    lines = ["method  best_w  val_F1 | F1 at w = " + " ".join(f"{w / 100:.1f}".rjust(5) for w in shown)]
+    for method in METHODS:
+        best, curve = result["per_method"][method], result["curves"][method]
+        weight = "-" if method == "rank" else f"{best['ens_weight']:.2f}"
+        values = [curve[0]] * len(shown) if len(curve) == 1 else [curve[i] for i in shown]
+        lines.append(f"{method:<7} {weight:>6}  {best['val_macro_f1']:.4f} | "
+                     + " ".join(f"{v:.3f}".rjust(5) for v in values))
+    return "\n".join(lines)
+
+
+def read_tune_json(path: Path | str) -> dict:
+    """Read ``method``, ``ens_weight`` and ``power`` from a blend_tune.json."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"no tuning file {where(path)}; make it with blend.py --tune")
+    try:
+        tuned = json.loads(path.read_text())
+        settings = {key: tuned[key] for key in ("method", "ens_weight", "power")}
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise InputError(f"not a blend_tune.json (missing {err}) {where(path)}") from None
+    return settings
+
+
+# --------------------------------------------------------------------------
+def main(argv=None) -> None:
+    args = parser.parse_args(argv)
+    if args.from_tune is not None:
+        for key, value in read_tune_json(args.from_tune).items():
+            setattr(args, key, value)
+    check_blend_settings(args.method, args.ens_weight, args.power)
+    config = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()}
+    print("config: " + json.dumps(config))
+    quiet = args.quiet or not sys.stderr.isatty()
+    out = Path(args.out)
+
+    if args.tune:
+        labels_csv = valid_csv_path(out, args.fold)
+        if not labels_csv.is_file():
+            raise InputError(f"no validation rows {where(labels_csv)}; make them with infer_blend.py "
+                             f"(it writes the validation dumps and this CSV), or point --out at them")
+        labels = psg_layout.read_epoch_csv(labels_csv, with_labels=True).labels
+        hint = "make it with infer_blend.py, or point --out at the folder that has it"
+        p1 = load_probabilities(dump_path(out, args.vit_arch, args.fold, args.vit_epochs, "valid"),
+                                len(labels), str(labels_csv), hint)
+        p2 = load_probabilities(dump_path(out, args.eff_arch, args.fold, args.eff_epochs, "valid"),
+                                len(labels), str(labels_csv), hint)
+        result = tune_blend(p1, p2, labels, args.power, quiet)
+        print(format_tune_table(result))
+        print(f"best: --method {result['method']} --ens-weight {result['ens_weight']} "
+              f"(power {result['power']}): validation macro-F1 {result['val_macro_f1']:.4f} "
+              f"on {len(labels)} rows")
+        result["config"] = config
+        result["valid_rows"] = len(labels)
+        tune_json = out / TUNE_JSON
+        with psg_layout.atomic_path(tune_json) as tmp:
+            tmp.write_text(json.dumps(result, indent=2))
+        print(f"{tune_json} is saved")
+        return
+
+    test = read_test_csv(args.data_root)
+    hint = "make it with infer_blend.py, or point --out at the folder that has it"
+    p1 = load_probabilities(dump_path(out, args.vit_arch, args.fold, args.vit_epochs), len(test), str(test.path), hint)
+    p2 = load_probabilities(dump_path(out, args.eff_arch, args.fold, args.eff_epochs), len(test), str(test.path), hint)
+    stages = predict_stages(blend_scores(p1, p2, args.method, args.ens_weight, args.power))
+    probabilities = blend_probabilities(p1, p2, args.method, args.ens_weight, args.power)
+
+    blend_csv = blend_csv_path(out, args.method, args.vit_epochs, args.eff_epochs)
+    with psg_layout.atomic_path(probabilities_path(blend_csv)) as tmp:
+        np.save(tmp, probabilities.astype(np.float32), allow_pickle=False)
+    psg_layout.write_lines(blend_csv, (STAGES[s] for s in stages))
+    with psg_layout.atomic_path(blend_csv.with_suffix(".json")) as tmp:
+        tmp.write_text(json.dumps(config, indent=2))
+    counts = np.bincount(stages, minlength=NUM_CLASSES)
+    print("predicted stages: " + ", ".join(f"{name} {count}" for name, count in zip(STAGES, counts)))
+    print(f"{blend_csv} is saved ({len(stages)} rows), blended probabilities in {probabilities_path(blend_csv)}")
+
+
+if __name__ == "__main__":
+    psg_layout.run_main(main)

@@ -1,0 +1,380 @@
+"""Score a submission against the test answers and write a report.
+
+Reads the submission (``outputs/files_post.csv``, one stage per line, test
+CSV order) and the answers (``DATA/testset-labels.csv``, ``ID,IDnum,label``;
+the challenge's answers are private, the synthetic generator and the EDF
+renderer write them), and writes to ``--out``:
+
+* ``metrics.json``: macro-F1 (the challenge metric), accuracy, Cohen's
+  kappa, per-class precision/recall/F1/support, the confusion matrix (counts
+  and row-normalised: each true stage's row sums to 1), per-recording
+  macro-F1, and the validation table below when it was made;
+* ``confusion_matrix.png``, ``hypnograms.png`` (true versus predicted
+  stages of the first ``--hypnograms`` recordings), ``training_curves.png``
+  (from the trainers' ``weights/*_log.csv``, when present);
+* ``report.md``, which shows all of it.
+
+When the fold's validation dumps exist (``outputs/<arch>_fold_<k>_<epochs>_valid.npy``
+and ``outputs/fold_<k>_valid.csv``, written by infer_blend.py), the report
+adds a validation table: each model alone, every blend method at its tuned
+weight, then post-processing none / rules / hmm of the best blend, so one
+sees what each step buys. The hmm there is estimated from the training rows
+outside the validation fold.
+
+Macro-F1 is scikit-learn's: averaged over the stages present in the
+answers or the prediction.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure  # without pyplot: no display backend, nothing global to close
+from sklearn.metrics import (accuracy_score, cohen_kappa_score, confusion_matrix, f1_score,
+                             precision_recall_fscore_support)
+from tqdm import tqdm
+
+import psg_layout
+from blend import (METHODS, blend_probabilities, blend_scores, dump_path, load_probabilities, predict_stages,
+                   read_test_csv, tune_blend, valid_csv_path)
+from postprocess import apply_rules, estimate_hmm, hmm_decode, read_stage_lines
+from psg_layout import NUM_CLASSES, STAGES, InputError, where
+
+# fmt: off
+parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+parser.add_argument("--data-root", default="DATA", help="folder with testset-for_user.csv")
+parser.add_argument("--pred", type=Path, default=Path("outputs/files_post.csv"), help="the submission to score")
+parser.add_argument("--labels", type=Path, default=None,
+                    help="test answers ID,IDnum,label (default: <data-root>/testset-labels.csv)")
+parser.add_argument("--out", type=Path, default=Path("outputs/report"), help="report folder")
+parser.add_argument("--outputs", type=Path, default=Path("outputs"),
+                    help="folder with the validation dumps and fold_<k>_valid.csv (for the validation table)")
+parser.add_argument("--weights-dir", type=Path, default=Path("weights"), help="folder with the trainers' *_log.csv")
+parser.add_argument("--vit-arch", default="vit_base_patch16_224")
+parser.add_argument("--eff-arch", default="tf_efficientnet_b4_ns")
+parser.add_argument("--vit-epochs", type=int, nargs="+", default=[4])
+parser.add_argument("--eff-epochs", type=int, nargs="+", default=[1])
+parser.add_argument("--fold", type=int, default=0)
+parser.add_argument("--power", type=float, default=0.25, help="exponent of the 'square' blend")
+parser.add_argument("--hypnograms", type=int, default=3, help="how many recordings to draw")
+parser.add_argument("--quiet", action="store_true", help="no progress bar")
+# fmt: on
+
+# Hypnograms are drawn with Wake on top and N3 at the bottom, REM between
+# Wake and N1 (the clinical convention).
+HYPNOGRAM_ORDER = ("N3", "N2", "N1", "REM", "Wake")
+LOG_CURVES = (("train_loss", "valid_loss"), ("valid_macro_f1", "valid_accuracy"))
+
+
+# --------------------------------------------------------------------------
+# Inputs
+# --------------------------------------------------------------------------
+def read_answers(labels_csv: Path, test: psg_layout.EpochTable) -> np.ndarray:
+    """Stage ints of the test rows, in test CSV order, from an answers CSV.
+
+    The answers may list the rows in any order but must hold exactly the
+    test CSV's ``IDnum`` values, with the same ``ID``.
+    """
+    if not labels_csv.is_file():
+        raise InputError(f"no test answers {where(labels_csv)}; the challenge's are private: "
+                         f"make_synthetic.py and render_edf.py write {psg_layout.TEST_LABELS_CSV}, or pass --labels")
+    answers = psg_layout.read_epoch_csv(labels_csv, with_labels=True)
+    by_idnum = {idnum: (row, recording) for row, (idnum, recording)
+                in enumerate(zip(answers.idnums, answers.recording_ids))}
+    rows = np.empty(len(test), dtype=np.int64)
+    for test_row, (idnum, recording) in enumerate(zip(test.idnums, test.recording_ids)):
+        found = by_idnum.get(idnum)
+        if found is None or found[1] != recording:
+            raise InputError(f"test row {recording},{idnum} ({test.path}:{test_row + 1}) has no answer "
+                             f"{where(labels_csv)}")
+        rows[test_row] = found[0]
+    if len(answers) != len(test):
+        test_idnums = set(test.idnums)
+        extra = next(row for row, idnum in enumerate(answers.idnums) if idnum not in test_idnums)
+        raise InputError(f"answers list {len(answers)} rows, the test CSV {len(test)}; "
+                         f"{answers.idnums[extra]} is not a test row {where(labels_csv, extra + 1)}")
+    return answers.labels[rows]
+
+
+# --------------------------------------------------------------------------
+# Metrics
+# --------------------------------------------------------------------------
+def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray, recording_ids) -> dict:
+    """The report's numbers, all from scikit-learn.
+
+    Parameters
+    ----------
+    y_true, y_pred : np.ndarray of int, shape (rows,)
+        True and predicted stage ints.
+    recording_ids : sequence of str, length rows
+
+    Returns
+    -------
+    dict
+        ``rows``, ``recordings``, ``macro_f1``, ``accuracy``,
+        ``cohen_kappa``, ``per_class`` (stage -> precision, recall, f1,
+        support), ``confusion_matrix`` (true stage rows x predicted stage
+        columns, counts), ``confusion_matrix_row_normalised`` (each row
+        divided by its sum; 0 for a stage absent from the answers),
+        ``per_recording_macro_f1`` (ID -> macro-F1 of its rows).
+    """
+    classes = list(range(NUM_CLASSES))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=classes, zero_division=0)
+    counts = confusion_matrix(y_true, y_pred, labels=classes)
+    row_sums = counts.sum(axis=1, keepdims=True)
+    normalised = np.divide(counts, row_sums, out=np.zeros(counts.shape), where=row_sums > 0)
+    recording_array = np.asarray(recording_ids)
+    per_recording = {}
+    for recording in dict.fromkeys(recording_ids):
+        rows = recording_array == recording
+        per_recording[recording] = float(f1_score(y_true[rows], y_pred[rows], average="macro"))
+    return {
+        "rows": int(len(y_true)),
+        "recordings": len(per_recording),
+        "macro_f1": float(f1_score(y_true, y_pred, average="macro")),
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "cohen_kappa": float(cohen_kappa_score(y_true, y_pred)),
+        "per_class": {name: {"precision": float(precision[c]), "recall": float(recall[c]),
+                             "f1": float(f1[c]), "support": int(support[c])} for c, name in enumerate(STAGES)},
+        "confusion_matrix": counts.tolist(),
+        "confusion_matrix_row_normalised": normalised.round(6).tolist(),
+        "per_recording_macro_f1": per_recording,
+    }
+
+
+def validation_table(outputs: Path, data_root: Path, args, quiet: bool) -> dict | None:
+    """Macro-F1 and accuracy on the fold's validation rows of each step of the flow.
+
+    Returns None when the validation dumps or ``fold_<k>_valid.csv`` are
+    absent. Otherwise a dict with ``rows`` (validation rows), ``blend``
+    (the best tuned method, weight, power) and ``table``: a list of
+    ``{"step", "setting", "macro_f1", "accuracy"}``.
+    """
+    labels_csv = valid_csv_path(outputs, args.fold)
+    dumps = [dump_path(outputs, args.vit_arch, args.fold, args.vit_epochs, "valid"),
+             dump_path(outputs, args.eff_arch, args.fold, args.eff_epochs, "valid")]
+    if not (labels_csv.is_file() and all(path.is_file() for path in dumps)):
+        return None
+    valid = psg_layout.read_epoch_csv(labels_csv, with_labels=True)
+    labels = valid.labels
+    hint = "make it with infer_blend.py"
+    p1, p2 = (load_probabilities(path, len(labels), str(labels_csv), hint) for path in dumps)
+
+    def row(step, setting, stages):
+        return {"step": step, "setting": setting, "macro_f1": float(f1_score(labels, stages, average="macro")),
+                "accuracy": float(accuracy_score(labels, stages))}
+
+    table = [row("model 1 alone", args.vit_arch, predict_stages(p1)),
+             row("model 2 alone", args.eff_arch, predict_stages(p2))]
+    tuned = tune_blend(p1, p2, labels, args.power, quiet)
+    for method in METHODS:
+        weight = tuned["per_method"][method]["ens_weight"]
+        setting = "w ignored" if method == "rank" else f"w={weight:.2f}"
+        table.append(row(f"blend {method}", setting, predict_stages(blend_scores(p1, p2, method, weight, args.power))))
+
+    best = {key: tuned[key] for key in ("method", "ens_weight", "power")}
+    blended = predict_stages(blend_scores(p1, p2, best["method"], best["ens_weight"], best["power"]))
+    setting = f"on blend {best['method']}"
+    table.append(row("post-processing none", setting, blended))
+    table.append(row("post-processing rules", setting, apply_rules(blended, valid.recording_ids)[0]))
+    table.append(row("post-processing rules across recordings (seed)", setting,
+                     apply_rules(blended, valid.recording_ids, across_recordings=True)[0]))
+    train_csv = Path(data_root) / psg_layout.TRAIN_CSV
+    if train_csv.is_file():
+        train = psg_layout.read_epoch_csv(train_csv, with_labels=True)
+        held_out = set(valid.idnums)
+        keep = np.array([idnum not in held_out for idnum in train.idnums])
+        hmm = estimate_hmm(train.labels[keep], [r for r, k in zip(train.recording_ids, keep) if k])
+        table.append(row("post-processing hmm", setting + ", HMM from the other folds",
+                         hmm_decode(blend_probabilities(p1, p2, best["method"], best["ens_weight"], best["power"]),
+                                    valid.recording_ids, *hmm)))
+    return {"rows": int(len(labels)), "blend": best, "table": table}
+
+
+# --------------------------------------------------------------------------
+# Figures
+# --------------------------------------------------------------------------
+def plot_confusion(metrics: dict, path: Path) -> None:
+    """Counts and row-normalised confusion matrices side by side."""
+    fig = Figure(figsize=(11, 4.6))
+    axes = fig.subplots(1, 2)
+    for ax, key, title, fmt in ((axes[0], "confusion_matrix", "counts", "d"),
+                                (axes[1], "confusion_matrix_row_normalised", "row-normalised (recall)", ".2f")):
+        matrix = np.array(metrics[key])
+        ax.imshow(matrix if key.endswith("normalised") else matrix / max(matrix.max(), 1), cmap="Blues", vmin=0, vmax=1)
+        for (i, j), value in np.ndenumerate(matrix):
+            ax.text(j, i, format(value, fmt), ha="center", va="center", fontsize=9)
+        ax.set_xticks(range(NUM_CLASSES), STAGES)
+        ax.set_yticks(range(NUM_CLASSES), STAGES)
+        ax.set_xlabel("predicted stage")
+        ax.set_ylabel("true stage")
+        ax.set_title(title)
+    fig.suptitle(f"macro-F1 {metrics['macro_f1']:.4f}, accuracy {metrics['accuracy']:.4f}")
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def plot_hypnograms(y_true: np.ndarray, y_pred: np.ndarray, recording_ids, count: int, path: Path) -> list:
+    """True and predicted hypnograms of the first ``count`` recordings; returns their IDs."""
+    recording_array = np.asarray(recording_ids)
+    shown = list(dict.fromkeys(recording_ids))[:count]
+    height_of = np.array([HYPNOGRAM_ORDER.index(name) for name in STAGES])
+    fig = Figure(figsize=(11, 2.4 * len(shown)))
+    axes = fig.subplots(len(shown), 1, squeeze=False)
+    for ax, recording in zip(axes[:, 0], shown):
+        rows = np.flatnonzero(recording_array == recording)
+        hours = np.arange(len(rows) + 1) * psg_layout.EPOCH_SECONDS / 3600
+        # the true hypnogram wide and grey underneath, the prediction thin on top: where
+        # they differ, red leaves the grey band
+        for stages, style, label in ((y_true, dict(color="0.6", lw=3.0), "true"),
+                                     (y_pred, dict(color="tab:red", lw=0.7), "predicted")):
+            heights = height_of[stages[rows]]
+            ax.stairs(heights, hours, baseline=None, label=label, **style)
+        ax.set_yticks(range(NUM_CLASSES), HYPNOGRAM_ORDER)
+        ax.set_xlim(0, hours[-1])
+        f1 = f1_score(y_true[rows], y_pred[rows], average="macro")
+        ax.set_title(f"{recording}: macro-F1 {f1:.3f}", fontsize=10)
+        ax.legend(loc="upper right", fontsize=8)
+    axes[-1, 0].set_xlabel("hours from the first scored epoch")
+    fig.tight_layout()
+    save_figure(fig, path)
+    return shown
+
+
+def read_training_logs(weights_dir: Path) -> dict:
+    """The trainers' ``*_log.csv`` files as DataFrames, keyed by file stem.
+
+    Tolerant of their columns: a file is kept when it has an ``epoch``
+    column and at least one of the curves in :data:`LOG_CURVES`; unreadable
+    files are skipped.
+    """
+    logs = {}
+    for path in sorted(Path(weights_dir).glob("*_log.csv")):
+        try:
+            frame = pd.read_csv(path)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+            continue
+        curves = [c for pair in LOG_CURVES for c in pair if c in frame.columns]
+        if "epoch" in frame.columns and curves:
+            logs[path.stem] = frame
+    return logs
+
+
+def plot_training_curves(logs: dict, path: Path) -> None:
+    """Losses (left) and validation scores (right) per epoch of each training log."""
+    fig = Figure(figsize=(11, 4))
+    axes = fig.subplots(1, 2)
+    for name, frame in logs.items():
+        for ax, columns in zip(axes, LOG_CURVES):
+            for column, style in zip(columns, ("-o", "--s")):
+                if column in frame.columns:
+                    ax.plot(frame["epoch"], frame[column], style, ms=3, label=f"{name}: {column}")
+    axes[0].set_title("loss")
+    axes[1].set_title("validation")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def save_figure(fig, path: Path) -> None:
+    with psg_layout.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
+
+
+# --------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------
+def render_report(metrics: dict, config: dict, hypnogram_ids: list, has_curves: bool) -> str:
+    """``report.md``: the metrics as tables, the figures as images."""
+    lines = ["# Evaluation report", "",
+             f"Submission `{config['pred']}` against `{config['labels']}`: "
+             f"{metrics['rows']} epochs of {metrics['recordings']} recordings.", "",
+             "| macro-F1 (challenge metric) | accuracy | Cohen's kappa |", "|---|---|---|",
+             f"| {metrics['macro_f1']:.4f} | {metrics['accuracy']:.4f} | {metrics['cohen_kappa']:.4f} |", "",
+             "## Per stage", "", "| stage | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+    for name, values in metrics["per_class"].items():
+        lines.append(f"| {name} | {values['precision']:.4f} | {values['recall']:.4f} | {values['f1']:.4f} "
+                     f"| {values['support']} |")
+    lines += ["", "## Confusion matrix", "", "Rows: true stage; columns: predicted stage.", "",
+              "![confusion matrix](confusion_matrix.png)", ""]
+    per_recording = metrics["per_recording_macro_f1"]
+    values = np.array(list(per_recording.values()))
+    lines += ["## Per recording", "",
+              f"Macro-F1 over {len(values)} recordings: mean {values.mean():.4f}, median {np.median(values):.4f}, "
+              f"min {values.min():.4f}, max {values.max():.4f} (all in `metrics.json`). The five lowest:", "",
+              "| recording | macro-F1 |", "|---|---|"]
+    for recording, value in sorted(per_recording.items(), key=lambda item: item[1])[:5]:
+        lines.append(f"| {recording} | {value:.4f} |")
+    lines += ["", f"## Hypnograms ({', '.join(hypnogram_ids)})", "", "![hypnograms](hypnograms.png)", ""]
+    validation = metrics.get("validation")
+    if validation:
+        best = validation["blend"]
+        lines += ["## Validation: what each step buys", "",
+                  f"Fold {config['fold']}, {validation['rows']} validation epochs. Blend weights tuned on these "
+                  f"rows (`blend.py --tune`); best: {best['method']}, w={best['ens_weight']:.2f}.", "",
+                  "| step | setting | macro-F1 | accuracy |", "|---|---|---|---|"]
+        for entry in validation["table"]:
+            lines.append(f"| {entry['step']} | {entry['setting']} | {entry['macro_f1']:.4f} | {entry['accuracy']:.4f} |")
+        lines.append("")
+    if has_curves:
+        lines += ["## Training curves", "", f"From `{config['weights_dir']}/*_log.csv`.", "",
+                  "![training curves](training_curves.png)", ""]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------
+def main(argv=None) -> None:
+    args = parser.parse_args(argv)
+    if args.labels is None:
+        args.labels = Path(args.data_root) / psg_layout.TEST_LABELS_CSV
+    config = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()}
+    print("config: " + json.dumps(config))
+    quiet = args.quiet or not sys.stderr.isatty()
+
+    test = read_test_csv(args.data_root)
+    y_pred = read_stage_lines(args.pred, len(test), str(test.path),
+                              "make it with postprocess.py (or blend.py), or pass --pred")
+    y_true = read_answers(args.labels, test)
+    metrics = compute_metrics(y_true, y_pred, test.recording_ids)
+    validation = validation_table(args.outputs, args.data_root, args, quiet)
+    if validation is not None:
+        metrics["validation"] = validation
+
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    steps = tqdm(total=4, desc="report", disable=quiet)
+    plot_confusion(metrics, out / "confusion_matrix.png")
+    steps.update()
+    hypnogram_ids = plot_hypnograms(y_true, y_pred, test.recording_ids, args.hypnograms, out / "hypnograms.png")
+    steps.update()
+    logs = read_training_logs(args.weights_dir)
+    if logs:
+        plot_training_curves(logs, out / "training_curves.png")
+    steps.update()
+    with psg_layout.atomic_path(out / "metrics.json") as tmp:
+        tmp.write_text(json.dumps(metrics, indent=2))
+    with psg_layout.atomic_path(out / "report.md") as tmp:
+        tmp.write_text(render_report(metrics, config, hypnogram_ids, bool(logs)))
+    with psg_layout.atomic_path(out / "config.json") as tmp:
+        tmp.write_text(json.dumps(config, indent=2))
+    steps.update()
+    steps.close()
+
+    print(f"test macro-F1 {metrics['macro_f1']:.4f}, accuracy {metrics['accuracy']:.4f}, "
+          f"kappa {metrics['cohen_kappa']:.4f} on {metrics['rows']} epochs")
+    if validation is not None:
+        for entry in validation["table"]:
+            print(f"  validation {entry['step']:<48} {entry['setting']:<36} macro-F1 {entry['macro_f1']:.4f}")
+    print(f"{out / 'report.md'} is saved")
+
+
+if __name__ == "__main__":
+    psg_layout.run_main(main)

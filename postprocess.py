@@ -1,0 +1,362 @@
+"""Context post-processing of the blended prediction: the submission file.
+
+Reads the blend's stage per test epoch (``outputs/filesblend_*.csv``, one
+stage name per line, test CSV order) and writes the submission
+(``outputs/files_post.csv``, same format) after one of
+
+* ``rules`` (default): the seed team's context rules, written with a
+  psychiatrist to score as human scorers do. Over each recording's sequence
+  s of predicted stages:
+
+  1. s[i:i+2] == [N1, N3]                 -> s[i+1] becomes N2
+  2. s[i:i+5] == [N2, N2, REM, N2, N2]    -> s[i+2] becomes N2
+  3. s[i:i+5] == [N3, N3, REM, N3, N3]    -> s[i+2] becomes N3
+  4. s[i:i+3] == [N1, REM, REM]           -> s[i] becomes REM
+  5. s[i:i+3] == [N2, REM, REM]           -> s[i] becomes REM
+  6. s[i:i+3] == [REM, N1, REM]           -> s[i+1] becomes REM
+  7. s[i:i+3] == [REM, N2, REM]           -> s[i+1] becomes REM
+
+  Patterns are matched on the sequence as it was before post-processing
+  and the changes written to a copy; in the order i ascending, then rule
+  number, a later write to a position wins. A recording is the test CSV's
+  ``ID``, its rows taken in CSV order; patterns never span two recordings
+  (the seed ran them over all recordings concatenated; ``--across-recordings``
+  reproduces that).
+* ``hmm``: per recording, Viterbi decoding (log space) of a hidden Markov
+  model whose transition matrix and initial distribution are counted from
+  the training labels (per recording, add-one smoothing) and whose
+  emissions are the blended probabilities (the ``.npy`` blend.py writes
+  beside its CSV: the blend mapped back to the probability scale),
+  normalised per row and divided by the training class priors (a posterior
+  over a prior is proportional to a likelihood).
+* ``none``: a copy.
+
+Imports no torch, so it stays fast; evaluate.py imports the rules and the
+decoder for its validation table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+import psg_layout
+from blend import load_probabilities, probabilities_path, read_test_csv
+from psg_layout import NUM_CLASSES, STAGE_TO_INT, STAGES, InputError, where
+
+# fmt: off
+parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+parser.add_argument("--data-root", default="DATA", help="folder with testset-for_user.csv (and the trainset for hmm)")
+parser.add_argument("--in", dest="in_csv", type=Path, default=Path("outputs/filesblend_sqrt_[4]_[1].csv"),
+                    help="blend CSV written by blend.py")
+parser.add_argument("--out", type=Path, default=Path("outputs/files_post.csv"), help="the submission file")
+parser.add_argument("--method", default="rules", help="rules, hmm or none")
+parser.add_argument("--across-recordings", action="store_true",
+                    help="rules: match patterns across recording boundaries, as the seed did")
+parser.add_argument("--probabilities", type=Path, default=None,
+                    help="hmm: blended probabilities .npy (default: --in with .npy)")
+parser.add_argument("--quiet", action="store_true", help="print only the configuration and what is saved")
+# fmt: on
+
+POSTPROCESS_METHODS = ("rules", "hmm", "none")
+_S = STAGE_TO_INT
+# (pattern, position in the pattern that is rewritten, new stage), in the seed's order
+RULES = (
+    ((_S["N1"], _S["N3"]), 1, _S["N2"]),
+    ((_S["N2"], _S["N2"], _S["REM"], _S["N2"], _S["N2"]), 2, _S["N2"]),
+    ((_S["N3"], _S["N3"], _S["REM"], _S["N3"], _S["N3"]), 2, _S["N3"]),
+    ((_S["N1"], _S["REM"], _S["REM"]), 0, _S["REM"]),
+    ((_S["N2"], _S["REM"], _S["REM"]), 0, _S["REM"]),
+    ((_S["REM"], _S["N1"], _S["REM"]), 1, _S["REM"]),
+    ((_S["REM"], _S["N2"], _S["REM"]), 1, _S["REM"]),
+)
+
+
+# --------------------------------------------------------------------------
+# Recordings
+# --------------------------------------------------------------------------
+def group_by_recording(recording_ids) -> tuple[np.ndarray, np.ndarray]:
+    """Order rows recording by recording, each recording's rows in CSV order.
+
+    Parameters
+    ----------
+    recording_ids : sequence of str, length rows
+
+    Returns
+    -------
+    order : np.ndarray of int64, shape (rows,)
+        Row indices such that ``x[order]`` lists the first recording's rows,
+        then the second's... (recordings in order of first appearance). The
+        identity when every recording's rows are contiguous, as in the
+        challenge CSVs.
+    segment : np.ndarray of int64, shape (rows,)
+        Recording number of each row of ``x[order]`` (0, 0, ..., 1, 1, ...).
+    """
+    first_seen: dict[str, int] = {}
+    codes = np.fromiter((first_seen.setdefault(r, len(first_seen)) for r in recording_ids),
+                        dtype=np.int64, count=len(recording_ids))
+    order = np.argsort(codes, kind="stable")
+    return order, codes[order]
+
+
+# --------------------------------------------------------------------------
+# The seed's rules
+# --------------------------------------------------------------------------
+def rule_matches(stages: np.ndarray, segment: np.ndarray, pattern) -> np.ndarray:
+    """Start positions i where ``stages[i:i+len(pattern)] == pattern`` inside one segment.
+
+    ``segment`` must be non-decreasing (rows grouped by recording), so a
+    window lies in one recording when its two ends do.
+    """
+    width, n = len(pattern), len(stages)
+    if n < width:
+        return np.empty(0, dtype=np.int64)
+    starts = n - width + 1
+    match = segment[:starts] == segment[width - 1:]
+    for offset, stage in enumerate(pattern):
+        match &= stages[offset:offset + starts] == stage
+    return np.flatnonzero(match)
+
+
+def apply_rules(stages: np.ndarray, recording_ids, across_recordings: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Apply the seed's context rules (see the module docstring).
+
+    Parameters
+    ----------
+    stages : np.ndarray of int, shape (rows,)
+        Predicted stage ints (Wake=0 ... REM=4) in CSV order.
+    recording_ids : sequence of str, length rows
+        Recording of each row; patterns never span two recordings.
+    across_recordings : bool
+        Ignore recordings and treat the rows, in CSV order, as one sequence
+        (the seed's behaviour).
+
+    Returns
+    -------
+    new_stages : np.ndarray of int64, shape (rows,)
+        The post-processed stages, CSV order.
+    matches : np.ndarray of int64, shape (7,)
+        How many times each rule matched.
+    """
+    stages = np.asarray(stages, dtype=np.int64)
+    if across_recordings:
+        order, segment = np.arange(len(stages)), np.zeros(len(stages), dtype=np.int64)
+    else:
+        order, segment = group_by_recording(recording_ids)
+    sequence = stages[order]
+
+    targets, starts, rule_numbers, values = [], [], [], []
+    for number, (pattern, position, new_stage) in enumerate(RULES):
+        found = rule_matches(sequence, segment, pattern)
+        targets.append(found + position)
+        starts.append(found)
+        rule_numbers.append(np.full(found.size, number))
+        values.append(np.full(found.size, new_stage))
+    targets, starts, rule_numbers, values = map(np.concatenate, (targets, starts, rule_numbers, values))
+
+    # Replay the writes in the seed's order (i ascending, then rule number):
+    # the last write to each position is the one that stays.
+    replay = np.lexsort((rule_numbers, starts))
+    targets, values = targets[replay][::-1], values[replay][::-1]
+    positions, last_write = np.unique(targets, return_index=True)
+    sequence = sequence.copy()
+    sequence[positions] = values[last_write]
+
+    new_stages = np.empty_like(stages)
+    new_stages[order] = sequence
+    return new_stages, np.bincount(rule_numbers, minlength=len(RULES))
+
+
+# --------------------------------------------------------------------------
+# Hidden Markov model
+# --------------------------------------------------------------------------
+def estimate_hmm(labels: np.ndarray, recording_ids) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Count stage transitions, first stages and stage frequencies, add-one smoothed.
+
+    Parameters
+    ----------
+    labels : np.ndarray of int, shape (rows,)
+        True stages of the training rows.
+    recording_ids : sequence of str, length rows
+        Their recordings; transitions are counted between consecutive rows
+        (CSV order) of the same recording.
+
+    Returns
+    -------
+    transition : np.ndarray, shape (5, 5)
+        ``transition[a, b]`` = P(next stage b | stage a); rows sum to 1.
+    initial : np.ndarray, shape (5,)
+        P(first stage of a recording).
+    priors : np.ndarray, shape (5,)
+        P(stage) over all rows.
+    """
+    order, segment = group_by_recording(recording_ids)
+    sequence = np.asarray(labels, dtype=np.int64)[order]
+    same_recording = segment[1:] == segment[:-1]
+    pairs = sequence[:-1][same_recording] * NUM_CLASSES + sequence[1:][same_recording]
+    transition = np.bincount(pairs, minlength=NUM_CLASSES**2).reshape(NUM_CLASSES, NUM_CLASSES) + 1.0
+    first_rows = np.flatnonzero(np.r_[True, ~same_recording])
+    initial = np.bincount(sequence[first_rows], minlength=NUM_CLASSES) + 1.0
+    priors = np.bincount(sequence, minlength=NUM_CLASSES) + 1.0
+    return transition / transition.sum(axis=1, keepdims=True), initial / initial.sum(), priors / priors.sum()
+
+
+def viterbi(log_emissions: np.ndarray, lengths: np.ndarray, log_transition: np.ndarray,
+            log_initial: np.ndarray) -> np.ndarray:
+    """Most likely state paths of several sequences at once (log space).
+
+    Parameters
+    ----------
+    log_emissions : np.ndarray, shape (sequences, T, K)
+        log P(observation_t | state); positions t >= the sequence's length
+        are padding and ignored.
+    lengths : np.ndarray of int, shape (sequences,)
+        Length of each sequence, 1..T.
+    log_transition : np.ndarray, shape (K, K)
+        log P(state_t+1 = b | state_t = a) at ``[a, b]``.
+    log_initial : np.ndarray, shape (K,)
+        log P(state_0).
+
+    Returns
+    -------
+    np.ndarray of int64, shape (sequences, T)
+        The decoded states; at padding positions the sequence's last state.
+        Ties go to the lower state index.
+    """
+    sequences, steps, classes = log_emissions.shape
+    valid = np.arange(steps)[None, :] < np.asarray(lengths)[:, None]
+    stay = np.broadcast_to(np.arange(classes), (sequences, classes))
+    delta = log_initial[None, :] + log_emissions[:, 0]
+    backpointers = np.empty((sequences, steps, classes), dtype=np.int64)
+    backpointers[:, 0] = stay
+    for t in range(1, steps):
+        candidates = delta[:, :, None] + log_transition[None, :, :]  # (sequences, from, to)
+        best_previous = candidates.argmax(axis=1)
+        step = np.take_along_axis(candidates, best_previous[:, None, :], axis=1)[:, 0] + log_emissions[:, t]
+        # a finished sequence carries its scores and keeps its state, so
+        # backtracking from the last column walks back to its own end
+        delta = np.where(valid[:, t, None], step, delta)
+        backpointers[:, t] = np.where(valid[:, t, None], best_previous, stay)
+    path = np.empty((sequences, steps), dtype=np.int64)
+    path[:, -1] = delta.argmax(axis=1)
+    for t in range(steps - 1, 0, -1):
+        path[:, t - 1] = np.take_along_axis(backpointers[:, t], path[:, t, None], axis=1)[:, 0]
+    return path
+
+
+def hmm_decode(probabilities: np.ndarray, recording_ids, transition: np.ndarray, initial: np.ndarray,
+               priors: np.ndarray) -> np.ndarray:
+    """Decode each recording's stages with :func:`viterbi`.
+
+    Parameters
+    ----------
+    probabilities : np.ndarray, shape (rows, 5)
+        Blended class probabilities (>= 0, positive row sums), CSV order.
+    recording_ids : sequence of str, length rows
+    transition, initial, priors : np.ndarray
+        From :func:`estimate_hmm`.
+
+    Returns
+    -------
+    np.ndarray of int64, shape (rows,)
+        Decoded stage ints, CSV order.
+    """
+    posteriors = probabilities / probabilities.sum(axis=1, keepdims=True)
+    with np.errstate(divide="ignore"):  # a zero probability is log 0 = -inf: that stage is impossible there
+        log_emissions = np.log(posteriors / priors[None, :])
+        log_transition, log_initial = np.log(transition), np.log(initial)
+
+    order, segment = group_by_recording(recording_ids)
+    lengths = np.bincount(segment)
+    position = np.arange(len(segment)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    padded = np.zeros((len(lengths), lengths.max(), NUM_CLASSES))
+    padded[segment, position] = log_emissions[order]
+    paths = viterbi(padded, lengths, log_transition, log_initial)
+
+    stages = np.empty(len(segment), dtype=np.int64)
+    stages[order] = paths[segment, position]
+    return stages
+
+
+# --------------------------------------------------------------------------
+# Reading and writing stage files
+# --------------------------------------------------------------------------
+def read_stage_lines(path: Path | str, rows: int, rows_source: str, how_to_make: str) -> np.ndarray:
+    """Read a file of one stage name per line (a blend CSV or a submission).
+
+    Returns
+    -------
+    np.ndarray of int64, shape (rows,)
+
+    Raises
+    ------
+    InputError
+        Missing file, a line that is not a stage name (all reported), or a
+        line count different from ``rows``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"no stage file {where(path)}; {how_to_make}")
+    try:
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    except UnicodeDecodeError:
+        raise InputError(f"not a text file {where(path)}") from None
+    bad = [(number, line) for number, line in enumerate(lines, start=1) if line not in STAGE_TO_INT]
+    if bad:
+        shown = ", ".join(f"{line!r} at line {number}" for number, line in bad[:5])
+        raise InputError(f"expected one stage name ({', '.join(STAGES)}) per line, found {shown}"
+                         f"{' and more' if len(bad) > 5 else ''} {where(path, bad[0][0])}")
+    if len(lines) != rows:
+        raise InputError(f"has {len(lines)} lines, {rows_source} has {rows} rows {where(path)}")
+    return np.array([STAGE_TO_INT[line] for line in lines], dtype=np.int64)
+
+
+def stage_counts(stages: np.ndarray) -> str:
+    """``Wake 12, N1 3, ...``: how often each stage occurs."""
+    return ", ".join(f"{name} {count}" for name, count in zip(STAGES, np.bincount(stages, minlength=NUM_CLASSES)))
+
+
+# --------------------------------------------------------------------------
+def main(argv=None) -> None:
+    args = parser.parse_args(argv)
+    if args.method not in POSTPROCESS_METHODS:
+        raise InputError(f"unknown post-processing method {args.method!r} (expected rules, hmm or none)")
+    if args.probabilities is None:
+        args.probabilities = probabilities_path(args.in_csv)
+    config = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()}
+    print("config: " + json.dumps(config))
+
+    test = read_test_csv(args.data_root)
+    stages = read_stage_lines(args.in_csv, len(test), str(test.path),
+                              "make it with blend.py, or point --in at a blend CSV")
+    say = (lambda text: None) if args.quiet else print
+    say(f"before: {stage_counts(stages)}")
+
+    if args.method == "rules":
+        new_stages, matches = apply_rules(stages, test.recording_ids, args.across_recordings)
+        say("rule matches: " + ", ".join(f"{number} x{count}" for number, count in enumerate(matches, start=1)))
+    elif args.method == "hmm":
+        probabilities = load_probabilities(args.probabilities, len(test), str(test.path),
+                                           "blend.py writes it beside its CSV; point --probabilities at it")
+        train_csv = Path(args.data_root) / psg_layout.TRAIN_CSV
+        if not train_csv.is_file():
+            raise InputError(f"no training CSV {where(train_csv)}; the hmm counts its transitions from "
+                             f"the training labels (make_synthetic.py or render_edf.py write it)")
+        train = psg_layout.read_epoch_csv(train_csv, with_labels=True)
+        new_stages = hmm_decode(probabilities, test.recording_ids, *estimate_hmm(train.labels, train.recording_ids))
+    else:
+        new_stages = stages
+    say(f"after:  {stage_counts(new_stages)} ({int((new_stages != stages).sum())} rows changed)")
+
+    psg_layout.write_lines(args.out, (STAGES[s] for s in new_stages))
+    with psg_layout.atomic_path(args.out.with_suffix(".json")) as tmp:
+        tmp.write_text(json.dumps(config, indent=2))
+    print(f"{args.out} is saved ({len(new_stages)} rows)")
+
+
+if __name__ == "__main__":
+    psg_layout.run_main(main)

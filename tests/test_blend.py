@@ -1,0 +1,213 @@
+"""blend.py: every method against hand-computed numbers, tuning, and bad input."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from sklearn.metrics import f1_score
+
+import psg_layout
+from blend import (blend_probabilities, blend_scores, class_ranks, dump_path, macro_f1, predict_stages, tune_blend,
+                   valid_csv_path)
+from conftest import run_script
+
+# Squares of 0.7, 0.5, 0.4, 0.3, 0.1 (they sum to 1), and the same reversed,
+# so that square roots and squares are easy to do by hand.
+P1 = np.array([[0.49, 0.25, 0.16, 0.09, 0.01]])
+P2 = P1[:, ::-1].copy()
+
+
+def test_avg_by_hand():
+    # 0.25 * P1 + 0.75 * P2
+    expected = [[0.1225 + 0.0075, 0.0625 + 0.0675, 0.04 + 0.12, 0.0225 + 0.1875, 0.0025 + 0.3675]]
+    np.testing.assert_allclose(blend_scores(P1, P2, "avg", 0.25), expected)
+    np.testing.assert_allclose(expected, [[0.13, 0.13, 0.16, 0.21, 0.37]])
+
+
+def test_sqrt_by_hand():
+    # 0.25 * [0.7, 0.5, 0.4, 0.3, 0.1] + 0.75 * [0.1, 0.3, 0.4, 0.5, 0.7]
+    np.testing.assert_allclose(blend_scores(P1, P2, "sqrt", 0.25), [[0.25, 0.35, 0.4, 0.45, 0.55]])
+
+
+def test_square_by_hand():
+    # power 0.5 is the square root; power 2 squares: 0.49**2 = 0.2401, 0.25**2 = 0.0625 ...
+    np.testing.assert_allclose(blend_scores(P1, P2, "square", 0.25, power=0.5), [[0.25, 0.35, 0.4, 0.45, 0.55]])
+    np.testing.assert_allclose(blend_scores(P1, P2, "square", 0.5, power=2.0),
+                               [[0.1201, 0.0353, 0.0256, 0.0353, 0.1201]])
+
+
+def test_log1p_and_expm1_by_hand():
+    pairs = [(0.49, 0.01), (0.25, 0.09), (0.16, 0.16), (0.09, 0.25), (0.01, 0.49)]
+    log1p = [[0.3 * math.log(1 + a) + 0.7 * math.log(1 + b) for a, b in pairs]]
+    expm1 = [[0.3 * (math.exp(a) - 1) + 0.7 * (math.exp(b) - 1) for a, b in pairs]]
+    np.testing.assert_allclose(blend_scores(P1, P2, "log1p", 0.3), log1p)
+    np.testing.assert_allclose(blend_scores(P1, P2, "expm1", 0.3), expm1)
+
+
+def test_rank_by_hand_with_ties():
+    # P1 ranks 4 3 2 1 0, P2 ranks 0 1 2 3 4: every class sums to 4, whatever w is.
+    for weight in (0.0, 0.06, 1.0):
+        np.testing.assert_array_equal(blend_scores(P1, P2, "rank", weight), [[4, 4, 4, 4, 4]])
+    # Ties: the lower class index gets the lower rank. Sorted (stably):
+    # class 0 (0.1), class 4 (0.1), class 3 (0.2), class 1 (0.3), class 2 (0.3).
+    tied = np.array([[0.1, 0.3, 0.3, 0.2, 0.1], [0.2, 0.2, 0.2, 0.2, 0.2]])
+    np.testing.assert_array_equal(class_ranks(tied), [[0, 3, 4, 2, 1], [0, 1, 2, 3, 4]])
+    other = np.array([[0.5, 0.2, 0.1, 0.1, 0.1], [0.1, 0.1, 0.1, 0.1, 0.6]])  # ranks 4 3 0 1 2 / 0 1 2 3 4
+    np.testing.assert_array_equal(blend_scores(tied, other, "rank", 0.5), [[4, 6, 4, 3, 3], [0, 2, 4, 6, 8]])
+    np.testing.assert_array_equal(predict_stages(blend_scores(tied, other, "rank", 0.5)), [1, 4])
+
+
+def test_argmax_takes_the_first_class_on_ties():
+    assert predict_stages(np.array([[0.13, 0.13, 0.3, 0.3, 0.14]])).tolist() == [2]
+    assert predict_stages(blend_scores(P1, P2, "rank", 0.5)).tolist() == [0]
+
+
+def test_weight_zero_and_one_pick_one_model():
+    rng = np.random.default_rng(1)
+    p1, p2 = rng.dirichlet(np.ones(5), 50), rng.dirichlet(np.ones(5), 50)
+    for method in ("avg", "sqrt", "log1p", "square", "expm1"):
+        assert np.array_equal(predict_stages(blend_scores(p1, p2, method, 1.0)), p1.argmax(1))
+        assert np.array_equal(predict_stages(blend_scores(p1, p2, method, 0.0)), p2.argmax(1))
+
+
+def test_blend_probabilities_undo_the_transform():
+    # sqrt: (0.25*0.7 + 0.75*0.1)^2 = 0.0625 ... then rows normalised
+    raw = np.array([0.25, 0.35, 0.4, 0.45, 0.55]) ** 2
+    np.testing.assert_allclose(blend_probabilities(P1, P2, "sqrt", 0.25), [raw / raw.sum()])
+    # two identical models: every method but rank gives the model back
+    for method in ("avg", "sqrt", "log1p", "square", "expm1"):
+        np.testing.assert_allclose(blend_probabilities(P1, P1, method, 0.3), P1)
+    np.testing.assert_allclose(blend_probabilities(P1, P2, "rank", 0.3), [[0.2] * 5])
+
+
+@pytest.mark.parametrize("method, weight, power", [("avg", 1.01, 0.25), ("sqrt", -0.1, 0.25),
+                                                   ("median", 0.5, 0.25), ("square", 0.5, 0.0)])
+def test_bad_settings_are_errors(method, weight, power):
+    with pytest.raises(psg_layout.InputError):
+        blend_scores(P1, P2, method, weight, power)
+
+
+def test_macro_f1_equals_scikit_learn():
+    rng = np.random.default_rng(0)
+    for size in (1, 7, 300):
+        for classes in (2, 4, 5):  # some stages absent from both, or from one side only
+            y_true, y_pred = rng.integers(0, classes, size), rng.integers(0, 5, size)
+            assert macro_f1(y_true, y_pred) == pytest.approx(f1_score(y_true, y_pred, average="macro"))
+    # by hand: true [0, 1], predicted [1, 1] -> F1(Wake) 0, F1(N1) 2/3 -> 1/3
+    assert macro_f1([0, 1], [1, 1]) == pytest.approx(1 / 3)
+
+
+def two_row_problem():
+    """Row A (Wake) is right when w > 0.3/1.1 = 0.2727; row B (N1) when w < 0.7/0.9 = 0.7778 (avg)."""
+    p1 = np.array([[0.9, 0.1, 0, 0, 0], [0.6, 0.4, 0, 0, 0]])
+    p2 = np.array([[0.35, 0.65, 0, 0, 0], [0.15, 0.85, 0, 0, 0]])
+    return p1, p2, np.array([0, 1])
+
+
+def test_tune_finds_the_hand_computed_window():
+    p1, p2, labels = two_row_problem()
+    result = tune_blend(p1, p2, labels)
+    assert result["per_method"]["avg"] == {"ens_weight": 0.28, "val_macro_f1": 1.0}
+    assert result["curves"]["avg"][10] == pytest.approx(1 / 3)  # w = 0.1: both rows called N1
+    assert result["curves"]["avg"][80] == pytest.approx(1 / 3)  # w = 0.8: both rows called Wake
+    assert result["method"] == "avg" and result["ens_weight"] == 0.28 and result["val_macro_f1"] == 1.0
+    assert len(result["curves"]["sqrt"]) == 101 and len(result["curves"]["rank"]) == 1
+
+
+# --------------------------------------------------------------------------
+# The command
+# --------------------------------------------------------------------------
+def write_test_set(root, recordings=(("R1", 3), ("R2", 2))):
+    rows = [(rec, psg_layout.image_name(rec, n)) for rec, count in recordings for n in range(1, count + 1)]
+    psg_layout.write_csv_rows(root / psg_layout.TEST_CSV, rows)
+    return rows
+
+
+def test_command_writes_the_blend_csv_and_probabilities(tmp_path):
+    data, out = tmp_path / "DATA", tmp_path / "outputs"
+    write_test_set(data)
+    p1 = np.array([[0.49, 0.25, 0.16, 0.09, 0.01]] * 2 + [[0.2] * 5] * 3, dtype=np.float32)
+    p2 = np.array([[0.01, 0.09, 0.16, 0.25, 0.49]] * 3 + [[0.0, 0.0, 1.0, 0.0, 0.0]] * 2, dtype=np.float32)
+    save_dumps(out, p1, p2)
+    result = run_script("blend.py", "--data-root", data, "--out", out, "--ens-weight", 0.25)
+    # rows 1-2: sqrt scores 0.25 0.35 0.4 0.45 0.55 -> REM; row 3: P2 alone wins -> REM; rows 4-5: N2
+    blend_csv = out / "filesblend_sqrt_[4]_[1].csv"
+    assert blend_csv.read_text() == "REM\nREM\nREM\nN2\nN2\n"
+    probabilities = np.load(out / "filesblend_sqrt_[4]_[1].npy")
+    assert probabilities.shape == (5, 5) and probabilities.dtype == np.float32
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1, atol=1e-6)
+    assert json.loads((out / "filesblend_sqrt_[4]_[1].json").read_text())["ens_weight"] == 0.25
+    assert '"method": "sqrt"' in result.stdout
+
+
+def test_tune_then_from_tune(tmp_path):
+    data, out = tmp_path / "DATA", tmp_path / "outputs"
+    rows = write_test_set(data, (("R1", 2),))
+    p1, p2, labels = two_row_problem()
+    valid_rows = [(rec, idnum, psg_layout.STAGES[label]) for (rec, idnum), label in zip(rows, labels)]
+    psg_layout.write_csv_rows(valid_csv_path(out, 0), valid_rows)  # also makes the folder
+    for arch, epochs, p in (("vit_base_patch16_224", [4], p1), ("tf_efficientnet_b4_ns", [1], p2)):
+        np.save(dump_path(out, arch, 0, epochs, "valid"), p)
+        np.save(dump_path(out, arch, 0, epochs), p)
+    result = run_script("blend.py", "--out", out, "--tune")
+    assert "best: --method avg --ens-weight 0.28" in result.stdout
+    tuned = json.loads((out / "blend_tune.json").read_text())
+    assert (tuned["method"], tuned["ens_weight"], tuned["power"], tuned["val_macro_f1"]) == ("avg", 0.28, 0.25, 1.0)
+    run_script("blend.py", "--data-root", data, "--out", out, "--from-tune", out / "blend_tune.json")
+    assert (out / "filesblend_avg_[4]_[1].csv").read_text() == "Wake\nN1\n"
+
+
+def save_dumps(out, p1, p2):
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(dump_path(out, "vit_base_patch16_224", 0, [4]), p1, allow_pickle=True)
+    np.save(dump_path(out, "tf_efficientnet_b4_ns", 0, [1]), p2, allow_pickle=True)
+
+
+GOOD = np.full((5, 5), 0.2, dtype=np.float32)
+
+
+@pytest.mark.parametrize("p1, message", [
+    (np.full((4, 5), 0.2, dtype=np.float32), "has 4 rows, "),
+    (np.full((5, 4), 0.25, dtype=np.float32), "expected shape (rows, 5), found (5, 4)"),
+    (np.where(np.eye(5, dtype=bool), np.nan, 0.2).astype(np.float32), "NaN or inf"),
+    (np.full((5, 5), 0.2, dtype=object), "Object arrays cannot be loaded"),
+    (np.ones((5, 5), dtype=np.int64), "dtype int64"),
+    (np.full((5, 5), 0.25, dtype=np.float32), "a sum other than 1"),
+])
+def test_bad_dumps_end_with_one_line_and_exit_2(tmp_path, p1, message):
+    data, out = tmp_path / "DATA", tmp_path / "outputs"
+    write_test_set(data)
+    save_dumps(out, p1, GOOD)
+    result = run_script("blend.py", "--data-root", data, "--out", out, check=False)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ")
+    assert message in result.stderr and "vit_base_patch16_224_fold_0_[4].npy" in result.stderr
+    assert not list(out.glob("filesblend*"))
+
+
+def test_missing_inputs_say_how_to_make_them(tmp_path):
+    result = run_script("blend.py", "--data-root", tmp_path / "none", check=False)
+    assert result.returncode == 2 and "make_synthetic.py" in result.stderr and result.stderr.count("\n") == 1
+    write_test_set(tmp_path / "DATA")
+    result = run_script("blend.py", "--data-root", tmp_path / "DATA", "--out", tmp_path / "outputs", check=False)
+    assert result.returncode == 2 and "infer_blend.py" in result.stderr and "[4].npy" in result.stderr
+    result = run_script("blend.py", "--out", tmp_path / "outputs", "--tune", check=False)
+    assert result.returncode == 2 and "fold_0_valid.csv" in result.stderr and "infer_blend.py" in result.stderr
+    result = run_script("blend.py", "--ens-weight", 1.5, check=False)
+    assert result.returncode == 2 and result.stderr == "error: blend weight must lie in [0, 1], got 1.5\n"
+
+
+def test_blend_of_tiny_data(tiny_data, tmp_path):
+    """The real test CSV of the tiny synthetic set: one line per test row, in order."""
+    test = psg_layout.read_epoch_csv(tiny_data / psg_layout.TEST_CSV, with_labels=False)
+    rng = np.random.default_rng(3)
+    p1 = rng.dirichlet(np.ones(5), len(test)).astype(np.float32)
+    p2 = rng.dirichlet(np.ones(5), len(test)).astype(np.float32)
+    out = tmp_path / "outputs"
+    save_dumps(out, p1, p2)
+    run_script("blend.py", "--data-root", tiny_data, "--out", out, "--method", "avg", "--ens-weight", 0.5)
+    lines = (out / "filesblend_avg_[4]_[1].csv").read_text().splitlines()
+    expected = (0.5 * p1.astype(np.float64) + 0.5 * p2).argmax(axis=1)
+    assert lines == [psg_layout.STAGES[s] for s in expected]

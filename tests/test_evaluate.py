@@ -1,0 +1,149 @@
+"""evaluate.py: metrics equal scikit-learn's and hand-computed ones; the report; bad input."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score, precision_score, recall_score
+
+import psg_layout
+from blend import dump_path, valid_csv_path
+from evaluate import compute_metrics, main as evaluate_main
+from conftest import run_script
+
+
+def test_metrics_by_hand():
+    # true Wake Wake N1 N2, predicted Wake N1 N1 N2
+    metrics = compute_metrics(np.array([0, 0, 1, 2]), np.array([0, 1, 1, 2]), ["a", "a", "b", "b"])
+    assert metrics["accuracy"] == 0.75
+    # F1 Wake: tp 1, fp 0, fn 1 -> 2/3; N1: tp 1, fp 1, fn 0 -> 2/3; N2: 1
+    assert metrics["macro_f1"] == pytest.approx((2 / 3 + 2 / 3 + 1) / 3)
+    assert metrics["per_class"]["N1"] == {"precision": 0.5, "recall": 1.0, "f1": pytest.approx(2 / 3), "support": 1}
+    assert metrics["per_class"]["REM"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    assert metrics["confusion_matrix"][:3] == [[1, 1, 0, 0, 0], [0, 1, 0, 0, 0], [0, 0, 1, 0, 0]]
+    assert metrics["confusion_matrix_row_normalised"][0] == [0.5, 0.5, 0, 0, 0]
+    assert metrics["confusion_matrix_row_normalised"][4] == [0, 0, 0, 0, 0]
+    # recording a: true W W, predicted W N1 -> F1 Wake 2/3, N1 0 -> 1/3; b: all right -> 1
+    assert metrics["per_recording_macro_f1"] == {"a": pytest.approx(1 / 3), "b": 1.0}
+
+
+def test_metrics_equal_scikit_learn():
+    rng = np.random.default_rng(0)
+    y_true = rng.integers(0, 5, 500)
+    y_pred = np.where(rng.random(500) < 0.6, y_true, rng.integers(0, 5, 500))
+    ids = np.repeat(["r1", "r2", "r3", "r4", "r5"], 100).tolist()
+    metrics = compute_metrics(y_true, y_pred, ids)
+    assert metrics["macro_f1"] == pytest.approx(f1_score(y_true, y_pred, average="macro"))
+    assert metrics["accuracy"] == pytest.approx(accuracy_score(y_true, y_pred))
+    assert metrics["cohen_kappa"] == pytest.approx(cohen_kappa_score(y_true, y_pred))
+    for c, stage in enumerate(psg_layout.STAGES):
+        assert metrics["per_class"][stage]["precision"] == pytest.approx(
+            precision_score(y_true, y_pred, labels=[c], average="macro"))
+        assert metrics["per_class"][stage]["recall"] == pytest.approx(
+            recall_score(y_true, y_pred, labels=[c], average="macro"))
+        assert metrics["per_class"][stage]["support"] == int((y_true == c).sum())
+    assert np.array(metrics["confusion_matrix"]).sum() == 500
+    np.testing.assert_allclose(np.array(metrics["confusion_matrix_row_normalised"]).sum(axis=1), 1, atol=1e-5)
+    for k, recording in enumerate(["r1", "r2", "r3", "r4", "r5"]):
+        rows = slice(100 * k, 100 * (k + 1))
+        assert metrics["per_recording_macro_f1"][recording] == pytest.approx(
+            f1_score(y_true[rows], y_pred[rows], average="macro"))
+
+
+def corrupt(labels, every, shift=1):
+    """Labels with every ``every``-th one moved to the next stage."""
+    predicted = labels.copy()
+    predicted[::every] = (predicted[::every] + shift) % 5
+    return predicted
+
+
+def test_report_on_tiny_data(tiny_data, tmp_path):
+    answers = psg_layout.read_epoch_csv(tiny_data / psg_layout.TEST_LABELS_CSV, with_labels=True)
+    test = psg_layout.read_epoch_csv(tiny_data / psg_layout.TEST_CSV, with_labels=False)
+    assert answers.idnums == test.idnums
+    predicted = corrupt(answers.labels, 4)
+    pred = tmp_path / "files_post.csv"
+    psg_layout.write_lines(pred, [psg_layout.STAGES[s] for s in predicted])
+
+    # validation dumps for the first training recording, and a training log
+    train = psg_layout.read_epoch_csv(tiny_data / psg_layout.TRAIN_CSV, with_labels=True)
+    valid_rows = [i for i, r in enumerate(train.recording_ids) if r == train.recording_ids[0]]
+    outputs = tmp_path / "outputs"
+    psg_layout.write_csv_rows(valid_csv_path(outputs, 0), [
+        (train.recording_ids[i], train.idnums[i], psg_layout.STAGES[train.labels[i]]) for i in valid_rows])
+    valid_labels = train.labels[valid_rows]
+    rows = np.arange(len(valid_rows))
+    # model 1: right and sure (0.6), except every 3rd row: wrong and unsure (0.3 wrong, 0.25 right);
+    # model 2: 0.4 on its stage, wrong every 5th row. avg gets both right for 1/3 < w < 5/6.
+    p1 = np.full((len(rows), 5), 0.1, dtype=np.float32)
+    p1[rows, valid_labels] = 0.6
+    p1[::3] = 0.15
+    p1[rows[::3], valid_labels[::3]] = 0.25
+    p1[rows[::3], corrupt(valid_labels, 3)[::3]] = 0.3
+    p2 = np.full((len(rows), 5), 0.15, dtype=np.float32)
+    p2[rows, corrupt(valid_labels, 5, 2)] = 0.4
+    np.save(dump_path(outputs, "vit_base_patch16_224", 0, [4], "valid"), p1)
+    np.save(dump_path(outputs, "tf_efficientnet_b4_ns", 0, [1], "valid"), p2)
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / "vit_base_patch16_224_fold_0_log.csv").write_text(
+        "epoch,lr,train_loss,valid_loss,valid_accuracy,valid_macro_f1,extra\n"
+        "0,1e-4,1.5,1.4,0.4,0.3,x\n1,1e-4,1.2,1.1,0.5,0.45,y\n")
+    (weights / "broken_log.csv").write_text("no,useful\ncolumns,here\n")
+
+    report = tmp_path / "report"
+    result = run_script("evaluate.py", "--data-root", tiny_data, "--pred", pred, "--out", report,
+                        "--outputs", outputs, "--weights-dir", weights, "--hypnograms", 2)
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert metrics["macro_f1"] == pytest.approx(f1_score(answers.labels, predicted, average="macro"))
+    assert metrics["accuracy"] == pytest.approx(accuracy_score(answers.labels, predicted))
+    assert metrics["rows"] == len(test) and metrics["recordings"] == len(set(test.recording_ids))
+    assert f"test macro-F1 {metrics['macro_f1']:.4f}" in result.stdout
+
+    table = {entry["step"]: entry for entry in metrics["validation"]["table"]}
+    assert table["model 1 alone"]["macro_f1"] == pytest.approx(
+        f1_score(valid_labels, p1.argmax(1), average="macro"))
+    assert table["model 2 alone"]["accuracy"] == pytest.approx(accuracy_score(valid_labels, p2.argmax(1)))
+    # the two models err on different rows, and model 1 is unsure where it errs: the blend beats both
+    best = max(entry["macro_f1"] for step, entry in table.items() if step.startswith("blend"))
+    assert best > max(table["model 1 alone"]["macro_f1"], table["model 2 alone"]["macro_f1"])
+    assert {"post-processing none", "post-processing rules", "post-processing hmm"} <= set(table)
+    assert table["post-processing none"]["macro_f1"] == pytest.approx(best)
+
+    for figure in ("confusion_matrix.png", "hypnograms.png", "training_curves.png"):
+        assert (report / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = (report / "report.md").read_text()
+    assert f"| {metrics['macro_f1']:.4f} | {metrics['accuracy']:.4f} |" in text
+    assert "![training curves](training_curves.png)" in text and "what each step buys" in text
+    assert (report / "config.json").is_file()
+
+
+def test_bad_input_ends_with_one_line_and_exit_2(tiny_data, tmp_path):
+    test = psg_layout.read_epoch_csv(tiny_data / psg_layout.TEST_CSV, with_labels=False)
+    pred = tmp_path / "files_post.csv"
+    report = tmp_path / "report"
+    result = run_script("evaluate.py", "--data-root", tiny_data, "--pred", pred, "--out", report, check=False)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert result.stderr.startswith("error: no stage file") and "postprocess.py" in result.stderr
+
+    def evaluate(*args):  # in process: the same main, without paying the imports again
+        with pytest.raises(psg_layout.InputError) as error:
+            evaluate_main([str(a) for a in ("--data-root", tiny_data, "--pred", pred, "--out", report,
+                                            "--outputs", tmp_path, "--quiet", *args)])
+        return str(error.value)
+
+    psg_layout.write_lines(pred, ["N2"] * (len(test) - 1))
+    assert f"has {len(test) - 1} lines, " in evaluate()
+    psg_layout.write_lines(pred, ["N2"] * len(test))
+    assert "make_synthetic.py" in evaluate("--labels", tmp_path / "nothing.csv")
+    answers = (tiny_data / psg_layout.TEST_LABELS_CSV).read_text().splitlines()
+    short = tmp_path / "short.csv"
+    short.write_text("\n".join(answers[1:]) + "\n")
+    assert "has no answer" in evaluate("--labels", short)
+    longer = tmp_path / "longer.csv"
+    longer.write_text("\n".join(answers + ["X,X_0001.png,N2"]) + "\n")
+    assert "X_0001.png is not a test row" in evaluate("--labels", longer)
+    assert not report.exists()
+    with pytest.raises(psg_layout.InputError, match="make_synthetic.py"):
+        evaluate_main(["--data-root", str(tmp_path / "none")])

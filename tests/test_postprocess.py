@@ -1,0 +1,245 @@
+"""postprocess.py: each rule, their order, recording boundaries, the HMM, and bad input."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import postprocess
+import psg_layout
+from postprocess import apply_rules, estimate_hmm, hmm_decode, viterbi
+from conftest import run_script
+
+CODE = {"W": "Wake", "1": "N1", "2": "N2", "3": "N3", "R": "REM"}
+
+
+def encode(text: str) -> np.ndarray:
+    """'W12R' -> stage ints."""
+    return np.array([psg_layout.STAGE_TO_INT[CODE[c]] for c in text])
+
+
+def decode(stages) -> str:
+    return "".join("W123R"[s] for s in stages)
+
+
+def rules(text: str, recordings: str | None = None, across: bool = False) -> str:
+    """Apply the rules to a coded sequence; ``recordings`` gives each row's recording as one letter."""
+    ids = list(recordings) if recordings else ["a"] * len(text)
+    return decode(apply_rules(encode(text), ids, across)[0])
+
+
+@pytest.mark.parametrize("before, after, rule", [
+    ("W13W", "W12W", 1),
+    ("22R22", "22222", 2),
+    ("33R33", "33333", 3),
+    ("1RR", "RRR", 4),
+    ("2RR", "RRR", 5),
+    ("R1R", "RRR", 6),
+    ("R2R", "RRR", 7),
+])
+def test_each_rule(before, after, rule):
+    assert rules(before) == after
+    matches = apply_rules(encode(before), ["a"] * len(before))[1]
+    assert matches.tolist() == [1 if number == rule else 0 for number in range(1, 8)]
+
+
+@pytest.mark.parametrize("text", ["31", "2R2", "22R2", "3R33", "R1", "RR1", "WRW", "2R3R2"])
+def test_near_misses_are_left_alone(text):
+    assert rules(text) == text
+
+
+def test_patterns_are_matched_on_the_original_sequence():
+    # Rule 1 turns position 1 into N2; rewritten in place, [N2, REM, REM]
+    # would then match rule 5 and make it REM. Matching on the original does not.
+    assert rules("13RR") == "12RR"
+    # Rule 1 twice, two positions apart: both match on the original.
+    assert rules("1313") == "1212"
+
+
+def test_overlapping_rules():
+    # Rule 7 at i=0 and rule 5 at i=1 both write position 1 (both REM).
+    assert rules("R2RR") == "RRRR"
+    # Rule 2 at i=0 rewrites position 2; rule 5 at i=4 rewrites position 4.
+    assert rules("22R22RR") == "2222RRR"
+    # Chains of REM/N2 alternations: every N2 between two REMs becomes REM.
+    assert rules("R2R2R") == "RRRRR"
+
+
+def test_later_write_wins(monkeypatch):
+    n1, n2, n3 = 1, 2, 3
+    # Rule 0 writes N2 at i; rule 1 writes N3 at i+1. On [N1, N1], position 1
+    # gets rule 1 at i=0 (N3), then rule 0 at i=1 (N2): i ascending first.
+    monkeypatch.setattr(postprocess, "RULES", (((n1,), 0, n2), ((n1, n1), 1, n3)))
+    assert rules("11") == "22"
+    # Same i: the later rule wins.
+    monkeypatch.setattr(postprocess, "RULES", (((n1,), 0, n2), ((n1,), 0, n3)))
+    assert rules("11") == "33"
+
+
+def test_patterns_never_span_two_recordings():
+    # Recording a ends N2 N2, recording b starts REM N2 N2: rule 2 spans them.
+    assert rules("W2222" + "R22W", "aaaaa" + "bbbb") == "W2222R22W"
+    assert rules("W2222" + "R22W", "aaaaa" + "bbbb", across=True) == "W2222" + "222W"
+    # Rule 1 across the boundary: N1 ends a, N3 starts b.
+    assert rules("W1" + "3W", "aabb") == "W13W"
+    assert rules("W1" + "3W", "aabb", across=True) == "W12W"
+
+
+def test_a_recording_is_its_rows_in_csv_order_even_when_interleaved():
+    # Rows of a and b alternate: a reads R 2 R, b reads W W W.
+    assert rules("RW2WRW", "ababab") == "RWRWRW"
+
+
+# --------------------------------------------------------------------------
+# HMM
+# --------------------------------------------------------------------------
+def test_viterbi_by_hand():
+    """Two states, sticky transitions, a one-epoch blip in the emissions.
+
+    Sequence 1, emissions [.8 .2], [.4 .6], [.8 .2], initial [.5 .5],
+    transitions [[.9 .1], [.1 .9]]:
+      d0 = [.4, .1]
+      d1 = [max(.4*.9, .1*.1)*.4, max(.4*.1, .1*.9)*.6] = [.144 (from 0), .054 (from 1)]
+      d2 = [max(.144*.9, .054*.1)*.8, max(.144*.1, .054*.9)*.2] = [.10368 (from 0), .00972 (from 1)]
+      best path 0 0 0 (the per-epoch argmax would say 0 1 0).
+    Sequence 2 (length 2, padded), emissions [.2 .8], [.6 .4]:
+      d0 = [.1, .4]; d1 = [max(.09, .04)*.6, max(.01, .36)*.4] = [.054, .144 (from 1)] -> 1 1.
+    """
+    emissions = np.array([[[.8, .2], [.4, .6], [.8, .2]], [[.2, .8], [.6, .4], [.5, .5]]])
+    transition = np.array([[.9, .1], [.1, .9]])
+    path = viterbi(np.log(emissions), np.array([3, 2]), np.log(transition), np.log([.5, .5]))
+    assert path[0].tolist() == [0, 0, 0]
+    assert path[1, :2].tolist() == [1, 1]
+    # A weaker pull to stay lets the blip through. Transitions [[.55 .45], [.45 .55]]:
+    #   d1 = [max(.22, .045)*.4, max(.18, .055)*.6] = [.088 (from 0), .108 (from 0)]
+    #   d2 = [max(.0484, .0486)*.8, max(.0396, .0594)*.2] = [.03888 (from 1), .01188 (from 1)] -> 0 1 0
+    loose = np.log([[.55, .45], [.45, .55]])
+    assert viterbi(np.log(emissions[:1]), np.array([3]), loose, np.log([.5, .5]))[0].tolist() == [0, 1, 0]
+
+
+def test_estimate_hmm_counts_by_hand():
+    labels = encode("W12" + "22" + "W")
+    ids = list("aaa" + "bb" + "c")
+    transition, initial, priors = estimate_hmm(labels, ids)
+    # transitions: W->N1, N1->N2 (a), N2->N2 (b); nothing across recordings; +1 everywhere
+    np.testing.assert_allclose(transition[0], [1, 2, 1, 1, 1] / np.float64(6))
+    np.testing.assert_allclose(transition[1], [1, 1, 2, 1, 1] / np.float64(6))
+    np.testing.assert_allclose(transition[2], [1, 1, 2, 1, 1] / np.float64(6))
+    np.testing.assert_allclose(transition[4], [0.2] * 5)
+    # first stages W (a), N2 (b), W (c)
+    np.testing.assert_allclose(initial, [3, 1, 2, 1, 1] / np.float64(8))
+    # stage counts W 2, N1 1, N2 3
+    np.testing.assert_allclose(priors, [3, 2, 4, 1, 1] / np.float64(11))
+
+
+def test_hmm_decode_divides_by_priors_and_keeps_recordings_apart():
+    uniform_transition, uniform_initial = np.full((5, 5), 0.2), np.full(5, 0.2)
+    priors = np.array([0.1, 0.05, 0.6, 0.15, 0.1])
+    # posterior / prior = [3, 2, 0.67, 0.67, 1]: Wake, although N2 has the largest posterior
+    row = np.array([[0.3, 0.1, 0.4, 0.1, 0.1]])
+    assert hmm_decode(row, ["a"], uniform_transition, uniform_initial, priors).tolist() == [0]
+    # Sticky transitions: decoding two recordings together equals decoding each alone.
+    rng = np.random.default_rng(0)
+    probabilities = rng.dirichlet(np.ones(5) * 0.5, 40)
+    sticky = np.full((5, 5), 0.02) + np.eye(5) * 0.9
+    ids = ["a"] * 25 + ["b"] * 15
+    together = hmm_decode(probabilities, ids, sticky, uniform_initial, np.full(5, 0.2))
+    alone = [hmm_decode(probabilities[s], ids[s], sticky, uniform_initial, np.full(5, 0.2))
+             for s in (slice(0, 25), slice(25, 40))]
+    assert together.tolist() == np.concatenate(alone).tolist()
+    assert len(np.unique(together)) < len(np.unique(probabilities.argmax(1)))  # smoothed
+
+
+# --------------------------------------------------------------------------
+# The command
+# --------------------------------------------------------------------------
+def write_case(root, stages_text, recordings_text):
+    """A test CSV (one recording per letter) and a blend CSV of the coded stages."""
+    data, out = root / "DATA", root / "outputs"
+    counters = {}
+    rows = []
+    for rec in recordings_text:
+        counters[rec] = counters.get(rec, 0) + 1
+        rows.append((f"REC{rec}", psg_layout.image_name(f"REC{rec}", counters[rec])))
+    psg_layout.write_csv_rows(data / psg_layout.TEST_CSV, rows)
+    blend_csv = out / "filesblend_sqrt_[4]_[1].csv"
+    psg_layout.write_lines(blend_csv, [CODE[c] for c in stages_text])
+    return data, blend_csv
+
+
+def test_command_rules_and_across(tmp_path):
+    data, blend_csv = write_case(tmp_path, "W2222" + "R22W", "aaaaa" + "bbbb")
+    out = tmp_path / "outputs" / "files_post.csv"
+    result = run_script("postprocess.py", "--data-root", data, "--in", blend_csv, "--out", out)
+    assert out.read_text().split() == [CODE[c] for c in "W2222R22W"]
+    assert "0 rows changed" in result.stdout
+    run_script("postprocess.py", "--data-root", data, "--in", blend_csv, "--out", out, "--across-recordings")
+    assert out.read_text().split() == [CODE[c] for c in "W2222222W"]
+    assert (tmp_path / "outputs" / "files_post.json").is_file()
+    run_script("postprocess.py", "--data-root", data, "--in", blend_csv, "--out", out, "--method", "none")
+    assert out.read_text() == blend_csv.read_text()
+
+
+def test_command_hmm(tmp_path):
+    data, blend_csv = write_case(tmp_path, "22R22", "aaaaa")
+    # training labels: long N2 runs, REM runs; the N2 -> REM -> N2 blip is unlikely
+    train = [("T1", psg_layout.image_name("T1", n), "N2") for n in range(1, 41)]
+    train += [("T2", psg_layout.image_name("T2", n), "REM") for n in range(1, 41)]
+    psg_layout.write_csv_rows(data / psg_layout.TRAIN_CSV, train)
+    probabilities = np.array([[0, 0, .9, 0, .1], [0, 0, .9, 0, .1], [0, 0, .4, 0, .6], [0, 0, .9, 0, .1],
+                              [0, 0, .9, 0, .1]], dtype=np.float32)
+    np.save(blend_csv.with_suffix(".npy"), probabilities)
+    out = tmp_path / "outputs" / "files_post.csv"
+    run_script("postprocess.py", "--data-root", data, "--in", blend_csv, "--out", out, "--method", "hmm")
+    assert out.read_text().split() == ["N2"] * 5
+
+
+@pytest.mark.parametrize("blend_lines, message", [
+    (["N2"] * 4, "has 4 lines, "),
+    (["N2", "N2", "REM", "Stage 2", "N2"], "'Stage 2' at line 4"),
+])
+def test_bad_blend_csv_ends_with_one_line_and_exit_2(tmp_path, blend_lines, message):
+    data, blend_csv = write_case(tmp_path, "22R22", "aaaaa")
+    psg_layout.write_lines(blend_csv, blend_lines)
+    out = tmp_path / "outputs" / "files_post.csv"
+    result = run_script("postprocess.py", "--data-root", data, "--in", blend_csv, "--out", out, check=False)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert message in result.stderr and "filesblend_sqrt_[4]_[1].csv" in result.stderr
+    assert not out.exists()
+
+
+def test_missing_inputs_say_how_to_make_them(tmp_path):
+    result = run_script("postprocess.py", "--data-root", tmp_path / "none", check=False)
+    assert result.returncode == 2 and "make_synthetic.py" in result.stderr and result.stderr.count("\n") == 1
+    data, blend_csv = write_case(tmp_path, "22R22", "aaaaa")
+    result = run_script("postprocess.py", "--data-root", data, "--in", tmp_path / "x.csv", check=False)
+    assert result.returncode == 2 and "blend.py" in result.stderr
+    result = run_script("postprocess.py", "--data-root", data, "--in", blend_csv, "--method", "hmm",
+                        "--out", tmp_path / "post.csv", check=False)
+    assert result.returncode == 2 and "filesblend_sqrt_[4]_[1].npy" in result.stderr and "blend.py" in result.stderr
+    wrong = np.full((4, 5), 0.2, dtype=np.float32)
+    np.save(blend_csv.with_suffix(".npy"), wrong)
+    result = run_script("postprocess.py", "--data-root", data, "--in", blend_csv, "--method", "hmm",
+                        "--out", tmp_path / "post.csv", check=False)
+    assert result.returncode == 2 and "has 4 rows, " in result.stderr
+    result = run_script("postprocess.py", "--method", "smooth", check=False)
+    assert result.returncode == 2 and "unknown post-processing method 'smooth'" in result.stderr
+    assert not (tmp_path / "post.csv").exists()
+
+
+def test_rules_on_tiny_data_stop_at_the_recording_boundary(tiny_data, tmp_path):
+    test = psg_layout.read_epoch_csv(tiny_data / psg_layout.TEST_CSV, with_labels=False)
+    first = test.recording_ids[0]
+    boundary = sum(1 for r in test.recording_ids if r == first)
+    assert 5 < boundary < len(test) - 5
+    # ... N2 N2 | REM N2 N2 ...: rule 2 would span the boundary; N1 REM REM inside recording 2 is fixed.
+    stages = ["N2"] * len(test)
+    stages[boundary:boundary + 6] = ["REM", "N2", "N2", "N1", "REM", "REM"]
+    blend_csv = tmp_path / "blend.csv"
+    psg_layout.write_lines(blend_csv, stages)
+    out = tmp_path / "files_post.csv"
+    run_script("postprocess.py", "--data-root", tiny_data, "--in", blend_csv, "--out", out)
+    after = out.read_text().split()
+    assert after[boundary:boundary + 6] == ["REM", "N2", "N2", "REM", "REM", "REM"]
+    assert after[:boundary] == stages[:boundary] and after[boundary + 6:] == stages[boundary + 6:]
+    run_script("postprocess.py", "--data-root", tiny_data, "--in", blend_csv, "--out", out, "--across-recordings")
+    assert out.read_text().split()[boundary] == "N2"
