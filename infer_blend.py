@@ -1,0 +1,231 @@
+"""Per-model probabilities of the test set and of the fold's validation rows.
+
+For each of the two models (ViT, EfficientNet) trained on fold ``k``, loads
+the checkpoints of the chosen epochs
+(``weights/<arch>_fold_<k>_<epoch>``, architecture and image size from
+``weights/<arch>_fold_<k>_config.json``) and writes the mean softmax over
+those checkpoints and over the TTA rounds:
+
+* ``outputs/<arch>_fold_<k>_<epochs>.npy``: test rows, in
+  ``testset-for_user.csv`` order (the seed's name, the epoch list written
+  as Python prints it: ``vit_base_patch16_224_fold_0_[4].npy``,
+  ``..._fold_0_[3, 4].npy``);
+* ``outputs/<arch>_fold_<k>_<epochs>_valid.npy``: the fold's validation rows,
+  with ``outputs/fold_<k>_valid.csv`` (``ID,IDnum,label`` of those rows, same
+  order), for ``blend.py --tune`` and ``evaluate.py``.
+
+All arrays are float32 [rows, 5], classes Wake, N1, N2, N3, REM, rows
+summing to 1. The validation rows are the fold's rows of the split the
+models were trained with (``folds``, ``seed`` and ``cv`` from the training
+configuration; both models must share it). Prints validation accuracy and
+macro-F1 of each model and of their 50/50 average, as the seed did.
+
+TTA: round 1 reads the images as validation does (resize, normalise);
+each further round adds the training pipeline's two CoarseDropouts (8 holes
+of 8 x 8 pixels, each applied with probability 0.5), drawn from a seed fixed
+per round and image, so reruns give the same numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+import engine
+import loader_vit_rgb
+import psg_layout
+from blend import dump_path, macro_f1, valid_csv_path
+from psg_layout import NUM_CLASSES, STAGES, InputError, where
+
+# fmt: off
+parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+parser.add_argument("--data-root", default="DATA", help="folder with the challenge CSVs and images")
+parser.add_argument("--weights-dir", default="weights", help="checkpoints and training configurations")
+parser.add_argument("--out", default="outputs", help="where the .npy dumps and fold_<k>_valid.csv go")
+parser.add_argument("--fold", type=int, default=0, help="the fold the models were trained against")
+parser.add_argument("--vit-arch", default="vit_base_patch16_224", help="model 1")
+parser.add_argument("--eff-arch", default="tf_efficientnet_b4_ns", help="model 2")
+parser.add_argument("--vit-epochs", type=int, nargs="+", default=[4], help="model 1 checkpoints averaged (seed: 4)")
+parser.add_argument("--eff-epochs", type=int, nargs="+", default=[1], help="model 2 checkpoints averaged (seed: 1)")
+parser.add_argument("--tta", type=int, default=1, help="rounds per checkpoint; rounds after the first add dropouts")
+parser.add_argument("--batch-size", type=int, default=32)
+parser.add_argument("--workers", type=int, default=4, help="DataLoader worker processes")
+parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: CUDA when available")
+parser.add_argument("--amp", default="off", choices=("fp16", "bf16", "off"),
+                    help="mixed precision on CUDA (the seed inferred in float32)")
+parser.add_argument("--quiet", action="store_true", help="no progress bars")
+# fmt: on
+
+SPLIT_KEYS = ("folds", "seed", "cv")  # training options that define the validation rows
+
+
+def check_args(args) -> None:
+    for name in ("tta", "batch_size"):
+        if getattr(args, name) < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.workers < 0:
+        raise InputError(f"--workers must be 0 or more, got {args.workers}")
+    for option, epochs in (("--vit-epochs", args.vit_epochs), ("--eff-epochs", args.eff_epochs)):
+        if min(epochs) < 0 or len(set(epochs)) != len(epochs):
+            raise InputError(f"{option} must list distinct epochs >= 0, got {epochs}")
+
+
+def read_model_config(weights_dir: str, arch: str, fold: int, epochs, trainer: str) -> dict:
+    """The training configuration of one model, checked against what inference needs.
+
+    ``trainer`` is the script that trains this model, named in the message
+    when a checkpoint is missing.
+
+    Raises
+    ------
+    InputError
+        No configuration or checkpoint (the message says how to train),
+        a configuration of another architecture, another class count, or
+        without the options that define the folds.
+    """
+    config = engine.read_run_config(weights_dir, arch, fold)
+    path = engine.run_config_path(weights_dir, arch, fold)
+    if config["model_arch"] != arch or config["num_classes"] != NUM_CLASSES:
+        raise InputError(f"configuration is of {config['model_arch']} with {config['num_classes']} classes, "
+                         f"expected {arch} with {NUM_CLASSES} {where(path)}")
+    missing = [key for key in SPLIT_KEYS if key not in config]
+    if missing:
+        raise InputError(f"configuration lacks {', '.join(missing)}, needed to find the validation rows {where(path)}")
+    for epoch in epochs:
+        checkpoint = engine.checkpoint_path(weights_dir, arch, fold, epoch)
+        if not checkpoint.is_file():
+            raise InputError(f"no checkpoint of epoch {epoch} {where(checkpoint)}; train {arch} with {trainer} "
+                             f"for more than {epoch} epochs (epochs count from 0), or pick saved epochs")
+    return config
+
+
+def validation_rows(table: psg_layout.EpochTable, config: dict, fold: int, config_path: Path) -> np.ndarray:
+    """Row indices (train CSV order) of fold ``fold`` of the split the model was trained with."""
+    folds = loader_vit_rgb.make_folds(table, n_folds=config["folds"], seed=config["seed"], cv=config["cv"])
+    rows = np.flatnonzero(folds == fold)
+    trained_against = config.get("valid_recordings")
+    if trained_against is not None and sorted({table.recording_ids[r] for r in rows}) != sorted(trained_against):
+        raise InputError(f"fold {fold} of {table.path} no longer holds the recordings the model was validated on "
+                         f"(the training CSV changed since training?) {where(config_path)}")
+    return rows
+
+
+def tta_loader(data_root, table, rows, img_size: int, batch_size: int, workers: int, tta_round: int,
+               pin_memory: bool) -> DataLoader:
+    """Images of ``rows`` in order: round 0 as validation reads them, later rounds with the two dropouts.
+
+    Returns
+    -------
+    DataLoader
+        Yields float32 images (batch, 3, img_size, img_size) (with targets
+        in round 0 when the table has labels; predict ignores them).
+    """
+    if tta_round == 0:
+        return loader_vit_rgb.make_eval_loader(data_root, table, img_size, batch_size, workers, rows=rows,
+                                               pin_memory=pin_memory)
+    paths = loader_vit_rgb.table_image_paths(data_root, table)
+    # No labels, no mixing: only the augmentation part of the training pipeline.
+    dataset = loader_vit_rgb.EpochImageDataset([paths[r] for r in rows], None,
+                                               loader_vit_rgb.get_train_transforms(img_size), seed=tta_round)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=pin_memory)
+
+
+def model_probabilities(arch: str, epochs, config: dict, args, inputs: dict, device: torch.device) -> dict:
+    """Mean softmax of one architecture over its checkpoints and TTA rounds.
+
+    Parameters
+    ----------
+    arch : str
+        timm architecture.
+    epochs : sequence of int
+        Checkpoint epochs to average.
+    config : dict
+        Its training configuration (``img_size``).
+    args : argparse.Namespace
+        This script's options.
+    inputs : dict
+        Split name -> ``(table, rows)`` to predict.
+    device : torch.device
+
+    Returns
+    -------
+    dict
+        Split name -> np.ndarray of float32, shape (len(rows), 5).
+    """
+    img_size = int(config["img_size"])
+    amp = engine.resolve_amp(args.amp, device)
+    progress = engine.progress_enabled(args.quiet)
+    sums = {split: np.zeros((len(rows), NUM_CLASSES)) for split, (_, rows) in inputs.items()}
+    for epoch in epochs:
+        model = engine.create_model(arch, img_size, NUM_CLASSES)
+        engine.load_weights(model, engine.checkpoint_path(args.weights_dir, arch, args.fold, epoch))
+        model.to(device)
+        for split, (table, rows) in inputs.items():
+            for tta_round in range(args.tta):
+                if progress:
+                    print(f"{arch} epoch {epoch}, {split}, TTA round {tta_round + 1}/{args.tta}", flush=True)
+                loader = tta_loader(args.data_root, table, rows, img_size, args.batch_size, args.workers, tta_round,
+                                    pin_memory=device.type == "cuda")
+                sums[split] += engine.predict(model, loader, device, amp, progress)
+        del model
+    rounds = len(epochs) * args.tta
+    return {split: (total / rounds).astype(np.float32) for split, total in sums.items()}
+
+
+def main(argv=None) -> None:
+    args = parser.parse_args(argv)
+    check_args(args)
+    device = engine.resolve_device(args.device)
+    config = dict(vars(args), device=str(device), amp=engine.resolve_amp(args.amp, device))
+    print("config: " + json.dumps(config))
+
+    train = loader_vit_rgb.read_train_table(args.data_root)
+    test = loader_vit_rgb.read_test_table(args.data_root)
+
+    models = {"vit": (args.vit_arch, args.vit_epochs), "eff": (args.eff_arch, args.eff_epochs)}
+    trainers = {"vit": "main_vit_rgb.py", "eff": "main_eff.py"}
+    configs = {key: read_model_config(args.weights_dir, arch, args.fold, epochs, trainers[key])
+               for key, (arch, epochs) in models.items()}
+    split = {key: configs["vit"][key] for key in SPLIT_KEYS}
+    other = {key: configs["eff"][key] for key in SPLIT_KEYS}
+    if split != other:
+        raise InputError(f"the two models were trained on different splits ({split} and {other}): their "
+                         f"validation rows differ {where(engine.run_config_path(args.weights_dir, args.eff_arch, args.fold))}")
+
+    valid_rows = validation_rows(train, configs["vit"], args.fold,
+                                 engine.run_config_path(args.weights_dir, args.vit_arch, args.fold))
+    inputs = {"valid": (train, valid_rows), "test": (test, np.arange(len(test)))}
+    print(f"{len(valid_rows)} validation rows (fold {args.fold}), {len(test)} test rows")
+
+    probabilities = {key: model_probabilities(arch, epochs, configs[key], args, inputs, device)
+                     for key, (arch, epochs) in models.items()}
+
+    out = Path(args.out)
+    for key, (arch, epochs) in models.items():
+        for split in ("valid", "test"):
+            with psg_layout.atomic_path(dump_path(out, arch, args.fold, epochs, split)) as tmp:
+                np.save(tmp, probabilities[key][split], allow_pickle=False)
+    psg_layout.write_csv_rows(valid_csv_path(out, args.fold), (
+        (train.recording_ids[r], train.idnums[r], STAGES[train.labels[r]]) for r in valid_rows))
+    with psg_layout.atomic_path(out / f"infer_blend_fold_{args.fold}.json") as tmp:
+        tmp.write_text(json.dumps(config, indent=2))
+
+    labels = train.labels[valid_rows]
+    average = 0.5 * probabilities["vit"]["valid"] + 0.5 * probabilities["eff"]["valid"]
+    for name, valid in ((args.vit_arch, probabilities["vit"]["valid"]), (args.eff_arch, probabilities["eff"]["valid"]),
+                        ("50/50 average", average)):
+        predicted = valid.argmax(axis=1)
+        print(f"fold {args.fold} {name}: validation accuracy {np.mean(predicted == labels):.5f}, "
+              f"macro-F1 {macro_f1(labels, predicted):.5f}")
+    for key, (arch, epochs) in models.items():
+        print(f"{dump_path(out, arch, args.fold, epochs)} and its _valid.npy are saved")
+    print(f"{valid_csv_path(out, args.fold)} is saved")
+
+
+if __name__ == "__main__":
+    psg_layout.run_main(main)

@@ -1,0 +1,152 @@
+"""infer_blend.py on the tiny synthetic set with tiny timm models (test_vit, test_efficientnet)."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import engine
+import loader_vit_rgb
+import psg_layout
+from blend import dump_path, macro_f1, valid_csv_path
+from infer_blend import main as infer_main
+from conftest import run_script
+
+VIT, EFF, IMG = "test_vit", "test_efficientnet", 32
+SPLIT = {"folds": 3, "seed": 72, "cv": "subject"}
+
+
+@pytest.fixture(scope="module")
+def weights(tiny_data, tmp_path_factory):
+    """Checkpoints of epochs 0 and 1 of both tiny models (fresh random weights) and their configs."""
+    folder = tmp_path_factory.mktemp("weights")
+    table = psg_layout.read_epoch_csv(tiny_data / psg_layout.TRAIN_CSV, with_labels=True)
+    folds = loader_vit_rgb.make_folds(table, n_folds=SPLIT["folds"], seed=SPLIT["seed"], cv=SPLIT["cv"])
+    valid_recordings = sorted({table.recording_ids[r] for r in np.flatnonzero(folds == 0)})
+    for number, arch in enumerate((VIT, EFF)):
+        for epoch in (0, 1):
+            torch.manual_seed(10 * number + epoch)
+            engine.save_weights(engine.create_model(arch, IMG), engine.checkpoint_path(folder, arch, 0, epoch))
+        config = dict(model_arch=arch, img_size=IMG, num_classes=5, fold=0, valid_recordings=valid_recordings, **SPLIT)
+        engine.run_config_path(folder, arch, 0).write_text(json.dumps(config))
+    return folder
+
+
+def by_hand(weights, arch, epoch, image_path) -> np.ndarray:
+    """Softmax of one checkpoint on one image, read and normalised without the project's loader."""
+    model = engine.load_weights(engine.create_model(arch, IMG), engine.checkpoint_path(weights, arch, 0, epoch))
+    image = cv2.cvtColor(cv2.imread(str(image_path)), cv2.COLOR_BGR2RGB)
+    image = cv2.resize(image, (IMG, IMG), interpolation=cv2.INTER_LINEAR).astype(np.float32) / 255.0
+    image = (image - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+    batch = torch.from_numpy(image.transpose(2, 0, 1)[None].astype(np.float32))
+    with torch.no_grad():
+        return torch.softmax(model.eval()(batch), dim=1)[0].numpy()
+
+
+def infer(tiny_data, weights, out, *args, check=True):
+    # one torch thread: on a shared 2-core machine more threads only fight
+    return run_script("infer_blend.py", "--data-root", tiny_data, "--weights-dir", weights, "--out", out,
+                      "--vit-arch", VIT, "--eff-arch", EFF, "--workers", 0, "--batch-size", 16, *args, check=check,
+                      env={"OMP_NUM_THREADS": "1"})
+
+
+@pytest.fixture(scope="module")
+def inferred(tiny_data, weights, tmp_path_factory):
+    """One run: ViT epochs 0 and 1 averaged, EfficientNet epoch 1, one TTA round."""
+    out = tmp_path_factory.mktemp("inferred") / "outputs"
+    return out, infer(tiny_data, weights, out, "--vit-epochs", 0, 1, "--eff-epochs", 1)
+
+
+def test_dumps_rows_classes_and_names(tiny_data, weights, inferred):
+    out, result = inferred
+    test = psg_layout.read_epoch_csv(tiny_data / psg_layout.TEST_CSV, with_labels=False)
+    train = psg_layout.read_epoch_csv(tiny_data / psg_layout.TRAIN_CSV, with_labels=True)
+
+    vit_test = np.load(out / "test_vit_fold_0_[0, 1].npy")
+    eff_test = np.load(out / "test_efficientnet_fold_0_[1].npy")
+    for array in (vit_test, eff_test):
+        assert array.shape == (len(test), 5) and array.dtype == np.float32
+        np.testing.assert_allclose(array.sum(axis=1), 1, atol=1e-5)
+    # rows in test CSV order; the ViT's is the mean of epochs 0 and 1
+    for row in (0, len(test) // 2, len(test) - 1):
+        image = psg_layout.image_path(tiny_data, test.recording_ids[row], test.idnums[row])
+        expected = (by_hand(weights, VIT, 0, image) + by_hand(weights, VIT, 1, image)) / 2
+        np.testing.assert_allclose(vit_test[row], expected, atol=2e-4)
+        np.testing.assert_allclose(eff_test[row], by_hand(weights, EFF, 1, image), atol=2e-4)
+
+    # validation rows: fold 0 of the training split, in training CSV order
+    folds = loader_vit_rgb.make_folds(train, n_folds=3, seed=72, cv="subject")
+    rows = np.flatnonzero(folds == 0)
+    valid = psg_layout.read_epoch_csv(valid_csv_path(out, 0), with_labels=True)
+    assert valid.idnums == [train.idnums[r] for r in rows]
+    assert valid.labels.tolist() == train.labels[rows].tolist()
+    vit_valid = np.load(dump_path(out, VIT, 0, [0, 1], "valid"))
+    eff_valid = np.load(dump_path(out, EFF, 0, [1], "valid"))
+    assert vit_valid.shape == eff_valid.shape == (len(rows), 5)
+    image = psg_layout.image_path(tiny_data, train.recording_ids[rows[3]], train.idnums[rows[3]])
+    np.testing.assert_allclose(eff_valid[3], by_hand(weights, EFF, 1, image), atol=2e-4)
+
+    # the printed validation scores are those of the dumps
+    labels = valid.labels
+    average = (vit_valid + eff_valid) / 2
+    for name, p in ((VIT, vit_valid), (EFF, eff_valid), ("50/50 average", average)):
+        predicted = p.argmax(axis=1)
+        assert (f"fold 0 {name}: validation accuracy {np.mean(predicted == labels):.5f}, "
+                f"macro-F1 {macro_f1(labels, predicted):.5f}") in result.stdout
+    assert json.loads((out / "infer_blend_fold_0.json").read_text())["vit_epochs"] == [0, 1]
+
+    # the dumps feed blend.py as they are
+    run_script("blend.py", "--out", out, "--tune", "--vit-arch", VIT, "--eff-arch", EFF,
+               "--vit-epochs", 0, 1, "--eff-epochs", 1, "--quiet")
+    tuned = json.loads((out / "blend_tune.json").read_text())
+    run_script("blend.py", "--data-root", tiny_data, "--out", out, "--vit-arch", VIT, "--eff-arch", EFF,
+               "--vit-epochs", 0, 1, "--eff-epochs", 1, "--method", tuned["method"], "--ens-weight", tuned["ens_weight"])
+    lines = (out / f"filesblend_{tuned['method']}_[0, 1]_[1].csv").read_text().splitlines()
+    assert len(lines) == len(test) and set(lines) <= set(psg_layout.STAGES)
+
+
+def test_tta_rounds_average_plain_and_dropout_views(tiny_data, weights, inferred, tmp_path):
+    tta = tmp_path / "tta"
+    infer(tiny_data, weights, tta, "--vit-epochs", 0, "--eff-epochs", 1, "--tta", 2)
+    one = np.load(inferred[0] / "test_efficientnet_fold_0_[1].npy").astype(np.float64)
+    two = np.load(tta / "test_efficientnet_fold_0_[1].npy").astype(np.float64)
+    dropout_round = 2 * two - one  # the second round alone
+    assert not np.allclose(dropout_round, one, atol=1e-4)  # dropouts change what the model sees
+    np.testing.assert_allclose(dropout_round.sum(axis=1), 1, atol=1e-4)
+    assert dropout_round.min() > -1e-4
+
+
+def test_bad_checkpoints_end_with_one_line_and_exit_2(tiny_data, weights, tmp_path):
+    result = infer(tiny_data, weights, tmp_path / "out", "--vit-epochs", 5, check=False)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "no checkpoint of epoch 5" in result.stderr and "main_vit_rgb.py" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+    mixed = tmp_path / "weights"
+    shutil.copytree(weights, mixed)
+
+    def infer_error(*args):  # in process: the same main, without loading torch again
+        with pytest.raises(psg_layout.InputError) as error:
+            infer_main([str(a) for a in ("--data-root", tiny_data, "--weights-dir", mixed, "--out", tmp_path / "o",
+                                         "--vit-arch", VIT, "--eff-arch", EFF, "--workers", 0, "--quiet", *args)])
+        return str(error.value)
+
+    # an EfficientNet checkpoint under the ViT's name
+    shutil.copy(engine.checkpoint_path(mixed, EFF, 0, 0), engine.checkpoint_path(mixed, VIT, 0, 7))
+    assert "does not fit" in infer_error("--vit-epochs", 7, "--eff-epochs", 0)
+    # models trained on different splits have different validation rows
+    path = engine.run_config_path(mixed, EFF, 0)
+    path.write_text(json.dumps(dict(json.loads(path.read_text()), seed=1)))
+    assert "different splits" in infer_error("--vit-epochs", 0, "--eff-epochs", 0)
+    # a training CSV whose fold 0 is no longer what the model was validated on
+    path = engine.run_config_path(mixed, VIT, 0)
+    path.write_text(json.dumps(dict(json.loads(path.read_text()), valid_recordings=["elsewhere"])))
+    path = engine.run_config_path(mixed, EFF, 0)
+    path.write_text(json.dumps(dict(json.loads(path.read_text()), seed=72)))
+    assert "no longer holds the recordings" in infer_error("--vit-epochs", 0, "--eff-epochs", 0)
+    assert "--tta must be at least 1" in infer_error("--tta", 0)
+    assert not (tmp_path / "o").exists()
