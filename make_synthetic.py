@@ -75,7 +75,8 @@ EPOCHS_PER_HOUR = 3600 // EPOCH_S
 NOMINAL_NIGHT_HOURS = 6.0  # shorter nights are the same architecture, squeezed in time...
 MIN_SQUEEZE = 0.25  # ...down to this factor, so 0.5 h still passes through every stage
 TRANSITION_S = 6.0  # Gaussian sigma (s) over which stage parameters fade across epoch borders
-EPOCH_JITTER = 0.25  # log-normal sigma of per-epoch variation of each stage parameter
+EPOCH_JITTER = 0.25  # log-normal sigma of per-epoch variation of each stage parameter...
+STEADY_JITTER = {"heart_rate": 0.03, "breath_rate": 0.05}  # ...except these, which vary little
 
 W, N1, N2, N3, REM = (STAGE_TO_INT[s] for s in STAGES)
 
@@ -93,7 +94,7 @@ STAGE_TABLE = {
     "vertex_waves":      (0.0,  3.0,  0.4,  0.0,  0.0),   # per minute
     "sawtooth":          (0.0,  0.0,  0.0,  0.0,  1.5),   # bursts per minute
     "rapid_eye":         (0.0,  0.0,  0.0,  0.0,  3.0),   # bursts of rapid eye movements per minute
-    "slow_eye":          (0.15, 1.0,  0.12, 0.0,  0.0),   # slow rolling eye movements, x 70 uV
+    "slow_eye":          (0.25, 0.7,  0.15, 0.0,  0.0),    # slow rolling eye movements, x 70 uV
     "blinks":            (12.0, 1.0,  0.0,  0.0,  0.0),   # per minute with eyes open
     "saccades":          (10.0, 0.5,  0.0,  0.0,  0.0),   # per minute with eyes open
     "chin_emg":          (1.0,  0.65, 0.5,  0.45, 0.15),  # x subject chin tone (uV rms)
@@ -107,6 +108,15 @@ STAGE_TABLE = {
     "snoring":           (0.0,  0.5,  1.0,  1.0,  0.3),   # x subject snoring loudness
     "leg_movements":     (0.8,  0.3,  0.2,  0.05, 0.05),  # per minute
     "arousals":          (0.0,  0.25, 0.15, 0.05, 0.15),  # spontaneous arousals per minute
+}
+
+# Each stage's parameters lie up to this share of the way towards a neighbour stage.
+BLUR_TOWARDS = {
+    W: ((N1, 0.6),),
+    N1: ((W, 0.5), (N2, 0.5)),
+    N2: ((N1, 0.35), (N3, 0.4)),
+    N3: ((N2, 0.4),),
+    REM: ((N1, 0.5),),
 }
 
 # EDF channels: the image rows, except that both SpO2 rows come from one channel.
@@ -180,34 +190,35 @@ def make_hypnogram(rng: np.random.Generator, hours: float) -> np.ndarray:
     def epochs(low_min: float, high_min: float) -> int:
         return max(1, round(rng.uniform(low_min, high_min) * 2 * squeeze))
 
-    bouts = [(W, epochs(5, 25))]  # sleep-onset latency
+    bouts = [(W, epochs(6, 25))]  # sleep-onset latency
     for _ in range(rng.integers(0, 3)):  # drifting in and out of sleep before it settles
         bouts += [(N1, epochs(0.5, 2)), (W, epochs(0.5, 2))]
     bouts.append((N1, epochs(2, 6)))
 
     def fragmented(stage: int, length: int, per_minute: float, intrusion: int, intrusion_min: tuple) -> list:
-        """A bout of ``stage`` broken by brief intrusions (awakenings, lighter sleep)."""
+        """``length`` epochs of ``stage``, part of them taken by brief intrusions (awakenings, lighter sleep)."""
         pieces, left = [], length
         for _ in range(rng.poisson(per_minute * length / 2)):
-            cut = int(rng.integers(1, left)) if left > 1 else 0
-            if cut == 0:
-                break
-            pieces.append((stage, cut))
-            pieces.append((intrusion, epochs(*intrusion_min)))
+            brief = [(intrusion, epochs(*intrusion_min))]
             if intrusion == W:  # waking up from sleep goes back through N1
-                pieces.append((N1, epochs(0.5, 1.5)))
-            left -= cut
-        pieces.append((stage, left))
-        return pieces
+                brief.append((N1, epochs(0.5, 1.5)))
+            taken = sum(n for _, n in brief)
+            if left <= taken + 1:
+                break
+            cut = int(rng.integers(1, left - taken))
+            pieces += [(stage, cut), *brief]
+            left -= cut + taken
+        return pieces + [(stage, left)]
 
-    # NREM-REM cycles of 85-105 min: N3 takes a shrinking share, REM a growing one
-    n3_share, rem_share = (0.35, 0.2, 0.06), (0.14, 0.23, 0.3, 0.35)
-    cycle, final_wake = 0, epochs(2, 10)
-    while (left := n_scored - final_wake - sum(n for _, n in bouts)) > 0:
-        length = epochs(85, 105)
-        if left < 1.4 * length:  # the last cycle stretches or shrinks to end the night
-            length = left
-        n3 = round(length * n3_share[cycle] * rng.uniform(0.7, 1.3)) if cycle < len(n3_share) else 0
+    # NREM-REM cycles of about 90-100 min fill the night; N3 takes a shrinking
+    # share of each cycle, REM a growing one
+    n3_share, rem_share = (0.45, 0.15, 0.04), (0.14, 0.23, 0.3, 0.35)
+    final_wake = epochs(2, 10)
+    asleep = max(1, n_scored - final_wake - sum(n for _, n in bouts))
+    n_cycles = max(1, round(asleep / epochs(90, 100)))
+    cycle_weights = rng.uniform(0.85, 1.15, n_cycles)
+    for cycle, length in enumerate(np.maximum(1, np.round(asleep * cycle_weights / cycle_weights.sum())).astype(int)):
+        n3 = round(length * n3_share[cycle] * rng.uniform(0.75, 1.25)) if cycle < len(n3_share) else 0
         rem = max(1, round(length * rem_share[min(cycle, len(rem_share) - 1)] * rng.uniform(0.9, 1.1)))
         if rng.random() < 0.5:  # awake between cycles, then falling asleep again
             between = [(W, epochs(1, 6)), (N1, epochs(1, 4))]
@@ -223,7 +234,6 @@ def make_hypnogram(rng: np.random.Generator, hours: float) -> np.ndarray:
             bouts += fragmented(N2, n2, 1 / 30, W, (0.5, 1.5))
         bouts += fragmented(REM, rem, 1 / 40, W, (0.5, 1))
         bouts += between
-        cycle += 1
     scored = np.concatenate([np.full(n, stage, dtype=np.int8) for stage, n in bouts])[: n_scored - final_wake]
     scored = np.concatenate([scored, np.full(n_scored - len(scored), W, dtype=np.int8)])
     leading = np.full(rng.integers(UNSCORED_LEADING[0], UNSCORED_LEADING[1] + 1), UNSCORED, dtype=np.int8)
@@ -283,7 +293,7 @@ def draw_subject(rng: np.random.Generator) -> Subject:
         slow_wave_uv=rng.uniform(32, 55),
         noise_uv=rng.uniform(2, 5),
         eye_gain=rng.lognormal(0, 0.2),
-        chin_uv=rng.uniform(8, 18),
+        chin_uv=rng.uniform(5, 14),
         leg_uv=rng.uniform(1.0, 2.5),
         plm=bool(rng.random() < 0.25),
         heart_bpm=rng.uniform(52, 72),
@@ -317,15 +327,27 @@ def upsample(per_second: np.ndarray, fs: float) -> np.ndarray:
 
 
 def stage_controls(stages: np.ndarray, rng: np.random.Generator) -> dict:
-    """Per-second stage parameters, jittered per epoch and faded across borders.
+    """Per-second stage parameters, blurred towards a neighbour stage, jittered, faded across borders.
+
+    Sleep is a continuum that scorers cut into stages, so each epoch's
+    parameters lie part of the way (a random share up to ``BLUR_TOWARDS``)
+    towards a neighbouring stage: drowsy wake looks like N1, light N1 like
+    wake, deep N1 like N2, and so on. This is what makes N1 hard.
 
     Returns a dict of ``STAGE_TABLE`` names -> float arrays of shape
     (epochs * 30,), one value per second.
     """
     scored = np.where(stages == UNSCORED, W, stages)  # before lights out the subject is awake
+    neighbour, share = np.empty_like(scored), np.empty(len(scored))
+    for epoch, stage in enumerate(scored):
+        options = BLUR_TOWARDS[stage]
+        neighbour[epoch], most = options[rng.integers(len(options))]
+        share[epoch] = rng.uniform(0, most)
     controls = {}
     for name, per_stage in STAGE_TABLE.items():
-        per_epoch = np.asarray(per_stage)[scored] * rng.lognormal(0, EPOCH_JITTER, len(stages))
+        table = np.asarray(per_stage)
+        jitter = rng.lognormal(0, STEADY_JITTER.get(name, EPOCH_JITTER), len(stages))
+        per_epoch = ((1 - share) * table[scored] + share * table[neighbour]) * jitter
         controls[name] = smooth(np.repeat(per_epoch, EPOCH_S), TRANSITION_S)
     return controls
 
