@@ -85,7 +85,7 @@ W, N1, N2, N3, REM = (STAGE_TO_INT[s] for s in STAGES)
 STAGE_TABLE = {
     #                     Wake  N1    N2    N3    REM
     "alpha":             (1.0,  0.35, 0.06, 0.03, 0.18),  # x subject alpha (uV rms at O1/O2)
-    "theta":             (4.0,  10.0, 9.0,  8.0,  9.0),   # uV rms, 4-7.5 Hz
+    "theta":             (5.0,  12.0, 11.0, 10.0, 11.0),  # uV rms, 4-7.5 Hz
     "delta":             (3.0,  6.0,  13.0, 14.0, 6.0),   # uV rms, 0.5-2 Hz background
     "slow_wave_time":    (0.0,  0.0,  0.07, 0.45, 0.0),   # fraction of time with >75 uV p-p slow waves
     "beta":              (4.0,  2.5,  1.8,  1.5,  3.0),   # uV rms, 15-30 Hz
@@ -267,6 +267,7 @@ class Subject:
     heart_bpm: float         # heart rate in N2
     ecg_mv: float            # R-wave amplitude
     ecg_in_chin: float       # cardiac artefact on the chin EMG (fraction of ECG)
+    ecg_in_legs: float       # cardiac artefact on the leg EMG
     breath_per_min: float    # breathing rate in N2
     flow_gain: float
     ahi: float               # apnea-hypopnea events per hour of sleep
@@ -291,14 +292,15 @@ def draw_subject(rng: np.random.Generator) -> Subject:
         spindle_hz=rng.uniform(12.0, 14.5),
         spindle_uv=rng.uniform(15, 35),
         slow_wave_uv=rng.uniform(32, 55),
-        noise_uv=rng.uniform(2, 5),
+        noise_uv=rng.uniform(3, 7),
         eye_gain=rng.lognormal(0, 0.2),
         chin_uv=rng.uniform(5, 14),
-        leg_uv=rng.uniform(1.0, 2.5),
+        leg_uv=rng.uniform(2, 6),
         plm=bool(rng.random() < 0.25),
         heart_bpm=rng.uniform(52, 72),
         ecg_mv=rng.uniform(0.5, 1.3),
         ecg_in_chin=rng.choice([0.0, rng.uniform(0.005, 0.02)], p=[0.6, 0.4]),
+        ecg_in_legs=rng.choice([0.0, rng.uniform(0.005, 0.02)], p=[0.6, 0.4]),
         breath_per_min=rng.uniform(12, 17),
         flow_gain=rng.uniform(0.6, 1.2),
         ahi=ahi,
@@ -639,15 +641,15 @@ def chin_emg(stages, controls, events, subject, ecg_signal, rng) -> np.ndarray:
     return out + subject.ecg_in_chin * 1000 * ecg_signal  # ECG in mV, EMG in uV
 
 
-def leg_emg(stages, controls, events, subject, rng) -> np.ndarray:
-    """Left and right leg EMG in uV, shape (2, samples): rest noise plus leg movements."""
+def leg_emg(stages, controls, events, subject, ecg_signal, rng) -> np.ndarray:
+    """Left and right leg EMG in uV, shape (2, samples): rest noise, leg movements, cardiac artefact."""
     fs = channel_rate("Left Leg EMG")
     n_sec = len(stages) * EPOCH_S
     n = int(n_sec * fs)
     out = subject.leg_uv * np.stack([emg_noise(rng, n), emg_noise(rng, n)])
     starts = list(event_times(rng, controls["leg_movements"] + 6 * events.movement / 60))
     if subject.plm:  # trains of periodic limb movements, 20-40 s apart, in light sleep
-        light = (controls["spindles"] > 1) | ((controls["theta"] > 8) & (controls["alpha"] < 0.5))
+        light = np.isin(np.repeat(stages, EPOCH_S), (N1, N2))
         for train in event_times(rng, 0.08 * light):
             starts += list(train + np.cumsum(rng.uniform(20, 40, rng.integers(4, 15))))
     for start in starts:
@@ -656,7 +658,7 @@ def leg_emg(stages, controls, events, subject, rng) -> np.ndarray:
         sides = [0, 1] if rng.random() < 0.5 else [int(rng.integers(0, 2))]
         for side in sides:
             stamp(out[side], fs, start, burst * emg_noise(rng, length))
-    return out
+    return out + subject.ecg_in_legs * 1000 * ecg_signal  # ECG in mV, EMG in uV
 
 
 def breathing(stages, controls, events, subject, rng) -> dict:
@@ -847,7 +849,7 @@ def synthesize_recording(seed: int, index: int, hours: float) -> Recording:
     eog_signals = eog(stages, controls, events, subject, eeg_signals, rng)
     breath = breathing(stages, controls, events, subject, rng)
     ecg_signal = ecg(stages, controls, events, subject, breath["phase"], rng)
-    legs = leg_emg(stages, controls, events, subject, rng)
+    legs = leg_emg(stages, controls, events, subject, ecg_signal, rng)
     snore, volume = snore_and_sound(stages, controls, events, subject, breath, rng)
     axes = accelerometer(stages, events, subject, breath, rng)
     raw = {

@@ -235,8 +235,10 @@ def test_delta_and_slow_waves_are_highest_in_n3(nights):
 
 def test_chin_tone_is_lowest_in_rem_and_eyes_move_out_of_phase(nights):
     for night in nights:
-        chin = mean_by_stage(per_epoch(night, "Chin EMG").std(axis=1), night.stages)
-        assert chin.argmin() == REM and chin.argmax() == W
+        # tone: the typical epoch's rms (twitches and movement bursts are phasic, not tone)
+        rms = per_epoch(night, "Chin EMG").std(axis=1)
+        tone = np.array([np.median(rms[night.stages == stage]) for stage in range(5)])
+        assert tone.argmin() == REM and tone.argmax() == W
         e1, e2 = per_epoch(night, "E1-M2"), per_epoch(night, "E2-M1")
         correlation = mean_by_stage(np.array([np.corrcoef(a, b)[0, 1] for a, b in zip(e1, e2)]), night.stages)
         assert correlation[REM] < -0.5 and correlation[W] < -0.5  # eye movements: out of phase
