@@ -48,6 +48,7 @@ from psg_layout import InputError, where
 
 LABEL_SMOOTHING = 0.1  # the seed's SmoothCrossEntropyLoss(smoothing=0.1)
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamp": adamp.AdamP}
+WEIGHTS_METADATA_KEY = "model"  # safetensors metadata: JSON {"architecture": ..., "num_classes": ...}
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 # Settings that define the training recipe: --resume refuses to continue a
 # run whose saved configuration differs in any of them.
@@ -251,14 +252,27 @@ def save_weights(model: torch.nn.Module, path: Path | str) -> None:
     """Write the model's weights as a safetensors file, atomically.
 
     The file's metadata records the timm architecture and class count, so a
-    mismatched load can say what the file holds.
+    mismatched load can say what the file holds. They are one JSON value
+    under one key: safetensors writes metadata keys in a random order per
+    process, and the same weights must give the same bytes.
     """
     model = _unwrapped(model)
     tensors = {name: value.detach().cpu().contiguous() for name, value in model.state_dict().items()}
-    metadata = {"architecture": str(getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)),
-                "num_classes": str(getattr(model, "num_classes", ""))}
+    described = {"architecture": str(getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)),
+                 "num_classes": str(getattr(model, "num_classes", ""))}
+    metadata = {WEIGHTS_METADATA_KEY: json.dumps(described, sort_keys=True)}
     with psg_layout.atomic_path(path) as tmp:
         safetensors.torch.save_file(tensors, str(tmp), metadata=metadata)
+
+
+def _described_model(metadata: dict) -> dict:
+    """``architecture`` and ``num_classes`` from a checkpoint's metadata (``{}`` when it has none)."""
+    try:
+        described = json.loads(metadata.get(WEIGHTS_METADATA_KEY, "{}"))
+    except json.JSONDecodeError:
+        return {}
+    # files written before the one-key form held the two keys directly
+    return described if isinstance(described, dict) and described else metadata
 
 
 def _safetensors_header_ok(path: Path) -> bool:
@@ -288,7 +302,7 @@ def load_weights(model: torch.nn.Module, path: Path | str) -> torch.nn.Module:
         raise InputError(f"not a safetensors checkpoint (pickled torch.save files are refused) {where(path)}")
     try:
         with safetensors.safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
+            metadata = _described_model(handle.metadata() or {})
         saved = safetensors.torch.load_file(str(path))
     except (safetensors.SafetensorError, OSError, ValueError) as err:
         raise InputError(f"unreadable safetensors checkpoint: {err} {where(path)}") from None
@@ -581,8 +595,11 @@ def _set_rng_state(state: dict) -> None:
 def _save_last_state(path: Path, epoch: int, optimizer, scheduler, scaler) -> None:
     state = {"epoch": epoch, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
              "scaler": scaler.state_dict(), "rng": _rng_state()}
-    with psg_layout.atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    # Through a file object: given a path, torch.save names the archive's
+    # records after the (random) temporary file name, so equal states would
+    # not give equal bytes.
+    with psg_layout.atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        torch.save(state, handle)
 
 
 def _load_last_state(path: Path) -> dict:
@@ -592,6 +609,26 @@ def _load_last_state(path: Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises UnpicklingError, RuntimeError or zip errors for bad files
         raise InputError(f"unreadable training state: {str(err).splitlines()[0]} {where(path)}") from None
+
+
+def _check_weights_dir(weights_dir: Path) -> None:
+    """Refuse, before training, a weights folder that could not be made or written (nothing is created)."""
+    existing = weights_dir.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"cannot create the weights folder: {existing} is not a folder {where(weights_dir)}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"cannot create the weights folder: {existing} is not writable {where(weights_dir)}")
+
+
+def _write_run_config(weights_dir: Path, path: Path, config: dict) -> None:
+    try:
+        weights_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"cannot create the weights folder: {err.strerror} {where(weights_dir)}") from None
+    with psg_layout.atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(config, indent=2) + "\n")
 
 
 def _check_resume_config(config: dict, weights_dir: Path) -> None:
@@ -679,12 +716,9 @@ def _train(args: argparse.Namespace, device: torch.device, rank: int, world_size
         _check_resume_config(config, weights_dir)
     if is_writer:
         print(json.dumps(config, indent=2))
-        try:
-            weights_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise InputError(f"cannot create the weights folder: {err.strerror} {where(weights_dir)}") from None
-        with psg_layout.atomic_path(run_config_path(weights_dir, arch, fold)) as tmp:
-            tmp.write_text(json.dumps(config, indent=2) + "\n")
+        # Nothing is written until the first epoch has read every image: input
+        # that fails (a corrupt image, a pickled --pretrained file) leaves no file.
+        _check_weights_dir(weights_dir)
 
     pin_memory = device.type == "cuda"
     train_loader = loader_vit_rgb.make_train_loader(
@@ -743,6 +777,8 @@ def _train(args: argparse.Namespace, device: torch.device, rank: int, world_size
             valid_loss = totals[2] / max(totals[3], 1)
             metrics = classification_metrics(confusion)
             _report(epoch, lr, train_loss, images_per_s, valid_loss, metrics, confusion)
+            if epoch == start_epoch:
+                _write_run_config(weights_dir, run_config_path(weights_dir, arch, fold), config)
             save_weights(model, checkpoint_path(weights_dir, arch, fold, epoch))
             _save_last_state(last_state_path(weights_dir, arch, fold), epoch, optimizer, scheduler, scaler)
             _write_log(log_path(weights_dir, arch, fold), {
