@@ -378,52 +378,49 @@ def read_tune_json(path: Path | str) -> dict:
         raise InputError(f"no tuning file {where(path)}; make it with blend.py --tune")
     try:
         tuned = json.loads(path.read_text())
-        settings = {key: tuned[key] for key in ("method", "ens_weight", "power")}
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise InputError(f"not a blend_tune.json (missing {err}) {where(path)}") from None
-    return settings
+        return {"method": str(tuned["method"]), "ens_weight": float(tuned["ens_weight"]),
+                "power": float(tuned["power"])}
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as err:
+        raise InputError(f"not a blend_tune.json with method, ens_weight and power ({type(err).__name__}: "
+                         f"{err}) {where(path)}") from None
+
+
+def stage_counts(stages: np.ndarray) -> str:
+    """``Wake 12, N1 3, ...``: how often each stage occurs."""
+    return ", ".join(f"{name} {count}" for name, count in zip(STAGES, np.bincount(stages, minlength=NUM_CLASSES)))
 
 
 # --------------------------------------------------------------------------
-def main(argv=None) -> None:
-    args = parser.parse_args(argv)
-    if args.from_tune is not None:
-        for key, value in read_tune_json(args.from_tune).items():
-            setattr(args, key, value)
-    check_blend_settings(args.method, args.ens_weight, args.power)
-    config = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()}
-    print("config: " + json.dumps(config))
-    quiet = args.quiet or not sys.stderr.isatty()
+DUMP_HINT = "make it with infer_blend.py, or point --out at the folder that has it"
+
+
+def run_tune(args, config: dict, quiet: bool) -> None:
+    """``--tune``: search on the validation dumps, print the table, save blend_tune.json."""
     out = Path(args.out)
+    labels_csv = valid_csv_path(out, args.fold)
+    if not labels_csv.is_file():
+        raise InputError(f"no validation rows {where(labels_csv)}; make them with infer_blend.py "
+                         f"(it writes the validation dumps and this CSV), or point --out at them")
+    labels = psg_layout.read_epoch_csv(labels_csv, with_labels=True).labels
+    p1, p2 = (load_probabilities(dump_path(out, arch, args.fold, epochs, "valid"), len(labels), str(labels_csv),
+                                 DUMP_HINT)
+              for arch, epochs in ((args.vit_arch, args.vit_epochs), (args.eff_arch, args.eff_epochs)))
+    result = tune_blend(p1, p2, labels, args.power, quiet)
+    print(format_tune_table(result))
+    print(f"best: --method {result['method']} --ens-weight {result['ens_weight']} (power {result['power']}): "
+          f"validation macro-F1 {result['val_macro_f1']:.4f} on {len(labels)} rows")
+    result.update(config=config, valid_rows=len(labels))
+    with psg_layout.atomic_path(out / TUNE_JSON) as tmp:
+        tmp.write_text(json.dumps(result, indent=2))
+    print(f"{out / TUNE_JSON} is saved")
 
-    if args.tune:
-        labels_csv = valid_csv_path(out, args.fold)
-        if not labels_csv.is_file():
-            raise InputError(f"no validation rows {where(labels_csv)}; make them with infer_blend.py "
-                             f"(it writes the validation dumps and this CSV), or point --out at them")
-        labels = psg_layout.read_epoch_csv(labels_csv, with_labels=True).labels
-        hint = "make it with infer_blend.py, or point --out at the folder that has it"
-        p1 = load_probabilities(dump_path(out, args.vit_arch, args.fold, args.vit_epochs, "valid"),
-                                len(labels), str(labels_csv), hint)
-        p2 = load_probabilities(dump_path(out, args.eff_arch, args.fold, args.eff_epochs, "valid"),
-                                len(labels), str(labels_csv), hint)
-        result = tune_blend(p1, p2, labels, args.power, quiet)
-        print(format_tune_table(result))
-        print(f"best: --method {result['method']} --ens-weight {result['ens_weight']} "
-              f"(power {result['power']}): validation macro-F1 {result['val_macro_f1']:.4f} "
-              f"on {len(labels)} rows")
-        result["config"] = config
-        result["valid_rows"] = len(labels)
-        tune_json = out / TUNE_JSON
-        with psg_layout.atomic_path(tune_json) as tmp:
-            tmp.write_text(json.dumps(result, indent=2))
-        print(f"{tune_json} is saved")
-        return
 
+def run_blend(args, config: dict) -> None:
+    """Blend the test dumps; write the blend CSV, its probabilities and its configuration."""
+    out = Path(args.out)
     test = read_test_csv(args.data_root)
-    hint = "make it with infer_blend.py, or point --out at the folder that has it"
-    p1 = load_probabilities(dump_path(out, args.vit_arch, args.fold, args.vit_epochs), len(test), str(test.path), hint)
-    p2 = load_probabilities(dump_path(out, args.eff_arch, args.fold, args.eff_epochs), len(test), str(test.path), hint)
+    p1, p2 = (load_probabilities(dump_path(out, arch, args.fold, epochs), len(test), str(test.path), DUMP_HINT)
+              for arch, epochs in ((args.vit_arch, args.vit_epochs), (args.eff_arch, args.eff_epochs)))
     stages = predict_stages(blend_scores(p1, p2, args.method, args.ens_weight, args.power))
     probabilities = blend_probabilities(p1, p2, args.method, args.ens_weight, args.power)
 
@@ -433,9 +430,22 @@ def main(argv=None) -> None:
     psg_layout.write_lines(blend_csv, (STAGES[s] for s in stages))
     with psg_layout.atomic_path(blend_csv.with_suffix(".json")) as tmp:
         tmp.write_text(json.dumps(config, indent=2))
-    counts = np.bincount(stages, minlength=NUM_CLASSES)
-    print("predicted stages: " + ", ".join(f"{name} {count}" for name, count in zip(STAGES, counts)))
+    print(f"predicted stages: {stage_counts(stages)}")
     print(f"{blend_csv} is saved ({len(stages)} rows), blended probabilities in {probabilities_path(blend_csv)}")
+
+
+def main(argv=None) -> None:
+    args = parser.parse_args(argv)
+    if args.from_tune is not None:
+        for key, value in read_tune_json(args.from_tune).items():
+            setattr(args, key, value)
+    check_blend_settings(args.method, args.ens_weight, args.power)
+    config = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()}
+    print("config: " + json.dumps(config))
+    if args.tune:
+        run_tune(args, config, quiet=args.quiet or not sys.stderr.isatty())
+    else:
+        run_blend(args, config)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,6 @@ import pandas as pd
 from matplotlib.figure import Figure  # without pyplot: no display backend, nothing global to close
 from sklearn.metrics import (accuracy_score, cohen_kappa_score, confusion_matrix, f1_score,
                              precision_recall_fscore_support)
-from tqdm import tqdm
 
 import psg_layout
 from blend import (METHODS, blend_probabilities, blend_scores, dump_path, load_probabilities, predict_stages,
@@ -148,23 +147,39 @@ def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray, recording_ids) -> di
     }
 
 
-def validation_table(outputs: Path, data_root: Path, args, quiet: bool) -> dict | None:
+def hmm_outside_fold(data_root: Path | str, valid: psg_layout.EpochTable):
+    """The HMM estimated from the training rows that are not validation rows; None without a training CSV."""
+    train_csv = Path(data_root) / psg_layout.TRAIN_CSV
+    if not train_csv.is_file():
+        return None
+    train = psg_layout.read_epoch_csv(train_csv, with_labels=True)
+    held_out = set(valid.idnums)
+    keep = np.array([idnum not in held_out for idnum in train.idnums])
+    return estimate_hmm(train.labels[keep], [r for r, k in zip(train.recording_ids, keep) if k])
+
+
+def validation_table(args, quiet: bool) -> dict | None:
     """Macro-F1 and accuracy on the fold's validation rows of each step of the flow.
 
-    Returns None when the validation dumps or ``fold_<k>_valid.csv`` are
-    absent. Otherwise a dict with ``rows`` (validation rows), ``blend``
-    (the best tuned method, weight, power) and ``table``: a list of
-    ``{"step", "setting", "macro_f1", "accuracy"}``.
+    Reads ``--outputs``' validation dumps and ``fold_<k>_valid.csv``; the hmm
+    row needs ``--data-root``'s training CSV.
+
+    Returns
+    -------
+    dict or None
+        None when the validation dumps or ``fold_<k>_valid.csv`` are absent.
+        Otherwise ``rows`` (validation rows), ``blend`` (the best tuned
+        method, weight, power) and ``table``: a list of ``{"step",
+        "setting", "macro_f1", "accuracy"}``.
     """
-    labels_csv = valid_csv_path(outputs, args.fold)
-    dumps = [dump_path(outputs, args.vit_arch, args.fold, args.vit_epochs, "valid"),
-             dump_path(outputs, args.eff_arch, args.fold, args.eff_epochs, "valid")]
+    labels_csv = valid_csv_path(args.outputs, args.fold)
+    dumps = [dump_path(args.outputs, args.vit_arch, args.fold, args.vit_epochs, "valid"),
+             dump_path(args.outputs, args.eff_arch, args.fold, args.eff_epochs, "valid")]
     if not (labels_csv.is_file() and all(path.is_file() for path in dumps)):
         return None
     valid = psg_layout.read_epoch_csv(labels_csv, with_labels=True)
     labels = valid.labels
-    hint = "make it with infer_blend.py"
-    p1, p2 = (load_probabilities(path, len(labels), str(labels_csv), hint) for path in dumps)
+    p1, p2 = (load_probabilities(path, len(labels), str(labels_csv), "make it with infer_blend.py") for path in dumps)
 
     def row(step, setting, stages):
         return {"step": step, "setting": setting, "macro_f1": float(f1_score(labels, stages, average="macro")),
@@ -178,23 +193,18 @@ def validation_table(outputs: Path, data_root: Path, args, quiet: bool) -> dict 
         setting = "w ignored" if method == "rank" else f"w={weight:.2f}"
         table.append(row(f"blend {method}", setting, predict_stages(blend_scores(p1, p2, method, weight, args.power))))
 
-    best = {key: tuned[key] for key in ("method", "ens_weight", "power")}
-    blended = predict_stages(blend_scores(p1, p2, best["method"], best["ens_weight"], best["power"]))
-    setting = f"on blend {best['method']}"
+    best = (tuned["method"], tuned["ens_weight"], tuned["power"])
+    blended = predict_stages(blend_scores(p1, p2, *best))
+    setting = f"on blend {best[0]}"
     table.append(row("post-processing none", setting, blended))
     table.append(row("post-processing rules", setting, apply_rules(blended, valid.recording_ids)[0]))
     table.append(row("post-processing rules across recordings (seed)", setting,
                      apply_rules(blended, valid.recording_ids, across_recordings=True)[0]))
-    train_csv = Path(data_root) / psg_layout.TRAIN_CSV
-    if train_csv.is_file():
-        train = psg_layout.read_epoch_csv(train_csv, with_labels=True)
-        held_out = set(valid.idnums)
-        keep = np.array([idnum not in held_out for idnum in train.idnums])
-        hmm = estimate_hmm(train.labels[keep], [r for r, k in zip(train.recording_ids, keep) if k])
-        table.append(row("post-processing hmm", setting + ", HMM from the other folds",
-                         hmm_decode(blend_probabilities(p1, p2, best["method"], best["ens_weight"], best["power"]),
-                                    valid.recording_ids, *hmm)))
-    return {"rows": int(len(labels)), "blend": best, "table": table}
+    hmm = hmm_outside_fold(args.data_root, valid)
+    if hmm is not None:
+        decoded = hmm_decode(blend_probabilities(p1, p2, *best), valid.recording_ids, *hmm)
+        table.append(row("post-processing hmm", setting + ", HMM from the other folds", decoded))
+    return {"rows": int(len(labels)), "blend": dict(zip(("method", "ens_weight", "power"), best)), "table": table}
 
 
 # --------------------------------------------------------------------------
@@ -330,50 +340,49 @@ def render_report(metrics: dict, config: dict, hypnogram_ids: list, has_curves: 
     return "\n".join(lines)
 
 
-# --------------------------------------------------------------------------
-def main(argv=None) -> None:
-    args = parser.parse_args(argv)
-    if args.labels is None:
-        args.labels = Path(args.data_root) / psg_layout.TEST_LABELS_CSV
-    config = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()}
-    print("config: " + json.dumps(config))
-    quiet = args.quiet or not sys.stderr.isatty()
-
-    test = read_test_csv(args.data_root)
-    y_pred = read_stage_lines(args.pred, len(test), str(test.path),
-                              "make it with postprocess.py (or blend.py), or pass --pred")
-    y_true = read_answers(args.labels, test)
-    metrics = compute_metrics(y_true, y_pred, test.recording_ids)
-    validation = validation_table(args.outputs, args.data_root, args, quiet)
-    if validation is not None:
-        metrics["validation"] = validation
-
-    out = args.out
+def write_report(out: Path, metrics: dict, config: dict, y_true: np.ndarray, y_pred: np.ndarray, recording_ids,
+                 args) -> None:
+    """Write the figures, ``metrics.json``, ``report.md`` and ``config.json`` into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    steps = tqdm(total=4, desc="report", disable=quiet)
     plot_confusion(metrics, out / "confusion_matrix.png")
-    steps.update()
-    hypnogram_ids = plot_hypnograms(y_true, y_pred, test.recording_ids, args.hypnograms, out / "hypnograms.png")
-    steps.update()
+    hypnogram_ids = plot_hypnograms(y_true, y_pred, recording_ids, args.hypnograms, out / "hypnograms.png")
     logs = read_training_logs(args.weights_dir)
     if logs:
         plot_training_curves(logs, out / "training_curves.png")
-    steps.update()
     with psg_layout.atomic_path(out / "metrics.json") as tmp:
         tmp.write_text(json.dumps(metrics, indent=2))
     with psg_layout.atomic_path(out / "report.md") as tmp:
         tmp.write_text(render_report(metrics, config, hypnogram_ids, bool(logs)))
     with psg_layout.atomic_path(out / "config.json") as tmp:
         tmp.write_text(json.dumps(config, indent=2))
-    steps.update()
-    steps.close()
+
+
+# --------------------------------------------------------------------------
+def main(argv=None) -> None:
+    args = parser.parse_args(argv)
+    if args.hypnograms < 1:
+        raise InputError(f"--hypnograms must be at least 1, got {args.hypnograms}")
+    if args.labels is None:
+        args.labels = Path(args.data_root) / psg_layout.TEST_LABELS_CSV
+    config = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()}
+    print("config: " + json.dumps(config))
+    test = read_test_csv(args.data_root)
+    y_pred = read_stage_lines(args.pred, len(test), str(test.path),
+                              "make it with postprocess.py (or blend.py), or pass --pred")
+    y_true = read_answers(args.labels, test)
+    metrics = compute_metrics(y_true, y_pred, test.recording_ids)
+    validation = validation_table(args, quiet=args.quiet or not sys.stderr.isatty())
+    if validation is not None:
+        metrics["validation"] = validation
+
+    write_report(args.out, metrics, config, y_true, y_pred, test.recording_ids, args)
 
     print(f"test macro-F1 {metrics['macro_f1']:.4f}, accuracy {metrics['accuracy']:.4f}, "
           f"kappa {metrics['cohen_kappa']:.4f} on {metrics['rows']} epochs")
     if validation is not None:
         for entry in validation["table"]:
             print(f"  validation {entry['step']:<48} {entry['setting']:<36} macro-F1 {entry['macro_f1']:.4f}")
-    print(f"{out / 'report.md'} is saved")
+    print(f"{args.out / 'report.md'} is saved")
 
 
 if __name__ == "__main__":

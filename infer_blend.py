@@ -172,9 +172,36 @@ def model_probabilities(arch: str, epochs, config: dict, args, inputs: dict, dev
                 loader = tta_loader(args.data_root, table, rows, img_size, args.batch_size, args.workers, tta_round,
                                     pin_memory=device.type == "cuda")
                 sums[split] += engine.predict(model, loader, device, amp, progress)
-        del model
+        del model  # free its (GPU) memory before the next checkpoint's model is built
     rounds = len(epochs) * args.tta
     return {split: (total / rounds).astype(np.float32) for split, total in sums.items()}
+
+
+def read_model_configs(args, models: dict) -> dict:
+    """Both models' training configurations; refused unless they share one split."""
+    trainers = {"vit": "main_vit_rgb.py", "eff": "main_eff.py"}
+    configs = {key: read_model_config(args.weights_dir, arch, args.fold, epochs, trainers[key])
+               for key, (arch, epochs) in models.items()}
+    split, other = ({key: configs[model][key] for key in SPLIT_KEYS} for model in ("vit", "eff"))
+    if split != other:
+        path = engine.run_config_path(args.weights_dir, args.eff_arch, args.fold)
+        raise InputError(f"the two models were trained on different splits ({split} and {other}): "
+                         f"their validation rows differ {where(path)}")
+    return configs
+
+
+def write_outputs(out: Path, args, models: dict, probabilities: dict, train, valid_rows, config: dict) -> None:
+    """The four dumps, ``fold_<k>_valid.csv`` and this run's configuration, each atomically."""
+    for key, (arch, epochs) in models.items():
+        for split in ("valid", "test"):
+            with psg_layout.atomic_path(dump_path(out, arch, args.fold, epochs, split)) as tmp:
+                np.save(tmp, probabilities[key][split], allow_pickle=False)
+        print(f"{dump_path(out, arch, args.fold, epochs)} and its _valid.npy are saved")
+    psg_layout.write_csv_rows(valid_csv_path(out, args.fold), (
+        (train.recording_ids[r], train.idnums[r], STAGES[train.labels[r]]) for r in valid_rows))
+    with psg_layout.atomic_path(out / f"infer_blend_fold_{args.fold}.json") as tmp:
+        tmp.write_text(json.dumps(config, indent=2))
+    print(f"{valid_csv_path(out, args.fold)} is saved")
 
 
 def main(argv=None) -> None:
@@ -186,17 +213,8 @@ def main(argv=None) -> None:
 
     train = loader_vit_rgb.read_train_table(args.data_root)
     test = loader_vit_rgb.read_test_table(args.data_root)
-
     models = {"vit": (args.vit_arch, args.vit_epochs), "eff": (args.eff_arch, args.eff_epochs)}
-    trainers = {"vit": "main_vit_rgb.py", "eff": "main_eff.py"}
-    configs = {key: read_model_config(args.weights_dir, arch, args.fold, epochs, trainers[key])
-               for key, (arch, epochs) in models.items()}
-    split = {key: configs["vit"][key] for key in SPLIT_KEYS}
-    other = {key: configs["eff"][key] for key in SPLIT_KEYS}
-    if split != other:
-        raise InputError(f"the two models were trained on different splits ({split} and {other}): their "
-                         f"validation rows differ {where(engine.run_config_path(args.weights_dir, args.eff_arch, args.fold))}")
-
+    configs = read_model_configs(args, models)
     valid_rows = validation_rows(train, configs["vit"], args.fold,
                                  engine.run_config_path(args.weights_dir, args.vit_arch, args.fold))
     inputs = {"valid": (train, valid_rows), "test": (test, np.arange(len(test)))}
@@ -205,26 +223,13 @@ def main(argv=None) -> None:
     probabilities = {key: model_probabilities(arch, epochs, configs[key], args, inputs, device)
                      for key, (arch, epochs) in models.items()}
 
-    out = Path(args.out)
-    for key, (arch, epochs) in models.items():
-        for split in ("valid", "test"):
-            with psg_layout.atomic_path(dump_path(out, arch, args.fold, epochs, split)) as tmp:
-                np.save(tmp, probabilities[key][split], allow_pickle=False)
-    psg_layout.write_csv_rows(valid_csv_path(out, args.fold), (
-        (train.recording_ids[r], train.idnums[r], STAGES[train.labels[r]]) for r in valid_rows))
-    with psg_layout.atomic_path(out / f"infer_blend_fold_{args.fold}.json") as tmp:
-        tmp.write_text(json.dumps(config, indent=2))
-
     labels = train.labels[valid_rows]
-    average = 0.5 * probabilities["vit"]["valid"] + 0.5 * probabilities["eff"]["valid"]
-    for name, valid in ((args.vit_arch, probabilities["vit"]["valid"]), (args.eff_arch, probabilities["eff"]["valid"]),
-                        ("50/50 average", average)):
+    vit, eff = probabilities["vit"]["valid"], probabilities["eff"]["valid"]
+    for name, valid in ((args.vit_arch, vit), (args.eff_arch, eff), ("50/50 average", 0.5 * vit + 0.5 * eff)):
         predicted = valid.argmax(axis=1)
         print(f"fold {args.fold} {name}: validation accuracy {np.mean(predicted == labels):.5f}, "
               f"macro-F1 {macro_f1(labels, predicted):.5f}")
-    for key, (arch, epochs) in models.items():
-        print(f"{dump_path(out, arch, args.fold, epochs)} and its _valid.npy are saved")
-    print(f"{valid_csv_path(out, args.fold)} is saved")
+    write_outputs(Path(args.out), args, models, probabilities, train, valid_rows, config)
 
 
 if __name__ == "__main__":

@@ -38,13 +38,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
 import psg_layout
-from blend import load_probabilities, probabilities_path, read_test_csv
+from blend import load_probabilities, probabilities_path, read_test_csv, stage_counts
 from psg_layout import NUM_CLASSES, STAGE_TO_INT, STAGES, InputError, where
 
 # fmt: off
@@ -315,9 +314,16 @@ def read_stage_lines(path: Path | str, rows: int, rows_source: str, how_to_make:
     return np.array([STAGE_TO_INT[line] for line in lines], dtype=np.int64)
 
 
-def stage_counts(stages: np.ndarray) -> str:
-    """``Wake 12, N1 3, ...``: how often each stage occurs."""
-    return ", ".join(f"{name} {count}" for name, count in zip(STAGES, np.bincount(stages, minlength=NUM_CLASSES)))
+def hmm_postprocess(probabilities_npy: Path, data_root: str, test: psg_layout.EpochTable) -> np.ndarray:
+    """``--method hmm``: fit the HMM on the data root's training labels, decode the test rows."""
+    probabilities = load_probabilities(probabilities_npy, len(test), str(test.path),
+                                       "blend.py writes it beside its CSV; point --probabilities at it")
+    train_csv = Path(data_root) / psg_layout.TRAIN_CSV
+    if not train_csv.is_file():
+        raise InputError(f"no training CSV {where(train_csv)}; the hmm counts its transitions from "
+                         f"the training labels (make_synthetic.py or render_edf.py write it)")
+    train = psg_layout.read_epoch_csv(train_csv, with_labels=True)
+    return hmm_decode(probabilities, test.recording_ids, *estimate_hmm(train.labels, train.recording_ids))
 
 
 # --------------------------------------------------------------------------
@@ -340,14 +346,7 @@ def main(argv=None) -> None:
         new_stages, matches = apply_rules(stages, test.recording_ids, args.across_recordings)
         say("rule matches: " + ", ".join(f"{number} x{count}" for number, count in enumerate(matches, start=1)))
     elif args.method == "hmm":
-        probabilities = load_probabilities(args.probabilities, len(test), str(test.path),
-                                           "blend.py writes it beside its CSV; point --probabilities at it")
-        train_csv = Path(args.data_root) / psg_layout.TRAIN_CSV
-        if not train_csv.is_file():
-            raise InputError(f"no training CSV {where(train_csv)}; the hmm counts its transitions from "
-                             f"the training labels (make_synthetic.py or render_edf.py write it)")
-        train = psg_layout.read_epoch_csv(train_csv, with_labels=True)
-        new_stages = hmm_decode(probabilities, test.recording_ids, *estimate_hmm(train.labels, train.recording_ids))
+        new_stages = hmm_postprocess(args.probabilities, args.data_root, test)
     else:
         new_stages = stages
     say(f"after:  {stage_counts(new_stages)} ({int((new_stages != stages).sum())} rows changed)")

@@ -197,6 +197,10 @@ def test_missing_inputs_say_how_to_make_them(tmp_path):
     assert result.returncode == 2 and "fold_0_valid.csv" in result.stderr and "infer_blend.py" in result.stderr
     result = run_script("blend.py", "--ens-weight", 1.5, check=False)
     assert result.returncode == 2 and result.stderr == "error: blend weight must lie in [0, 1], got 1.5\n"
+    tune_json = tmp_path / "blend_tune.json"
+    tune_json.write_text('{"method": "sqrt", "ens_weight": "heavy", "power": 0.25}')
+    result = run_script("blend.py", "--from-tune", tune_json, check=False)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "not a blend_tune.json" in result.stderr
 
 
 def test_blend_of_tiny_data(tiny_data, tmp_path):
