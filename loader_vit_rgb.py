@@ -24,6 +24,7 @@ import csv
 import os
 import random
 import stat
+import zlib
 from pathlib import Path
 
 import albumentations as A
@@ -225,6 +226,29 @@ def make_folds(table: EpochTable, n_folds: int = 5, seed: int = 72, cv: str = "s
 # --------------------------------------------------------------------------
 # Images and transforms
 # --------------------------------------------------------------------------
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_intact(encoded: np.ndarray) -> bool:
+    """Whether a file that starts with the PNG signature has whole chunks up to ``IEND``, CRCs right.
+
+    Microseconds per image; a truncated or damaged file is refused here rather
+    than by libpng, which would print its complaint to stderr beside ours.
+    """
+    position, size = len(PNG_SIGNATURE), encoded.size
+    while position + 12 <= size:
+        length = int.from_bytes(encoded[position:position + 4].tobytes(), "big")
+        end = position + 12 + length
+        if end > size:
+            return False
+        if zlib.crc32(encoded[position + 4:end - 4]) != int.from_bytes(encoded[end - 4:end].tobytes(), "big"):
+            return False
+        if encoded[position + 4:position + 8].tobytes() == b"IEND":
+            return True
+        position = end
+    return False
+
+
 def read_image_rgb(path: Path | str) -> np.ndarray:
     """Decode an image file as 8-bit RGB.
 
@@ -245,7 +269,8 @@ def read_image_rgb(path: Path | str) -> np.ndarray:
         encoded = np.fromfile(path, dtype=np.uint8)
     except OSError as err:
         raise InputError(f"cannot read image: {err.strerror} {where(path)}") from None
-    image = cv2.imdecode(encoded, cv2.IMREAD_COLOR) if encoded.size else None
+    damaged = encoded[:len(PNG_SIGNATURE)].tobytes() == PNG_SIGNATURE and not _png_intact(encoded)
+    image = cv2.imdecode(encoded, cv2.IMREAD_COLOR) if encoded.size and not damaged else None
     if image is None:
         raise InputError(f"not a decodable image (corrupt or truncated PNG?) {where(path)}")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
