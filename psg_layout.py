@@ -333,6 +333,8 @@ def atomic_path(path: Path | str):
     os.chmod(tmp, 0o666 & ~_UMASK)
     try:
         yield Path(tmp)
+        # again: some writers (safetensors) replace the file with a private one
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
