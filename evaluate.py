@@ -280,15 +280,17 @@ def plot_training_curves(logs: dict, path: Path) -> None:
     """Losses (left) and validation scores (right) per epoch of each training log."""
     fig = Figure(figsize=(11, 4))
     axes = fig.subplots(1, 2)
-    for name, frame in logs.items():
+    for number, (name, frame) in enumerate(logs.items()):
         for ax, columns in zip(axes, LOG_CURVES):
+            # one colour per run; solid: the first curve of the pair, dashed: the second
             for column, style in zip(columns, ("-o", "--s")):
                 if column in frame.columns:
-                    ax.plot(frame["epoch"], frame[column], style, ms=3, label=f"{name}: {column}")
+                    ax.plot(frame["epoch"], frame[column], style, color=f"C{number}", ms=3, label=f"{name}: {column}")
     axes[0].set_title("loss")
     axes[1].set_title("validation")
     for ax in axes:
         ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, path)
