@@ -378,11 +378,16 @@ def read_tune_json(path: Path | str) -> dict:
         raise InputError(f"no tuning file {where(path)}; make it with blend.py --tune")
     try:
         tuned = json.loads(path.read_text())
-        return {"method": str(tuned["method"]), "ens_weight": float(tuned["ens_weight"]),
-                "power": float(tuned["power"])}
+        settings = {"method": str(tuned["method"]), "ens_weight": float(tuned["ens_weight"]),
+                    "power": float(tuned["power"])}
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as err:
         raise InputError(f"not a blend_tune.json with method, ens_weight and power ({type(err).__name__}: "
                          f"{err}) {where(path)}") from None
+    try:  # a bad value is named with the file it came from
+        check_blend_settings(settings["method"], settings["ens_weight"], settings["power"])
+    except InputError as err:
+        raise InputError(f"{err} {where(path)}") from None
+    return settings
 
 
 def stage_counts(stages: np.ndarray) -> str:
