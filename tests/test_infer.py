@@ -150,3 +150,5 @@ def test_bad_checkpoints_end_with_one_line_and_exit_2(tiny_data, weights, tmp_pa
     assert "no longer holds the recordings" in infer_error("--vit-epochs", 0, "--eff-epochs", 0)
     assert "--tta must be at least 1" in infer_error("--tta", 0)
     assert not (tmp_path / "o").exists()
+    with pytest.raises(psg_layout.InputError, match="make_synthetic.py"):
+        infer_main(["--data-root", str(tmp_path / "none"), "--quiet"])
