@@ -1,0 +1,216 @@
+"""engine.py without data: loss, metrics, accumulation, models, weights files, names."""
+from __future__ import annotations
+
+import json
+import math
+import pickle
+
+import numpy as np
+import pytest
+import safetensors.torch
+import torch
+from sklearn.metrics import f1_score
+from torch.utils.data import DataLoader, TensorDataset
+
+import engine
+from psg_layout import InputError
+
+
+# --------------------------------------------------------------------------
+# Label smoothing and the loss
+# --------------------------------------------------------------------------
+def test_smoothing_gives_the_seeds_values():
+    one_hot = torch.eye(5)[[2]]
+    np.testing.assert_allclose(engine.smooth_targets(one_hot, 0.1).numpy(), [[0.025, 0.025, 0.9, 0.025, 0.025]],
+                               atol=1e-7)
+
+
+def test_smoothing_after_mixing_equals_mixing_smoothed_targets():
+    a, b = torch.eye(5)[[0]], torch.eye(5)[[4]]
+    share = 0.63
+    mixed_then_smoothed = engine.smooth_targets(share * a + (1 - share) * b, 0.1)
+    smoothed_then_mixed = share * engine.smooth_targets(a, 0.1) + (1 - share) * engine.smooth_targets(b, 0.1)
+    torch.testing.assert_close(mixed_then_smoothed, smoothed_then_mixed)
+    assert float(mixed_then_smoothed.sum()) == pytest.approx(1.0)
+
+
+def test_loss_on_a_hand_computed_example():
+    # Probabilities (1, 2, 3, 4, 10) / 20 from logits ln(1), ln(2), ...
+    logits = torch.log(torch.tensor([[1.0, 2.0, 3.0, 4.0, 10.0]] * 2))
+    targets = torch.tensor([[0.0, 0.0, 0.0, 0.0, 1.0],      # REM
+                            [0.6, 0.0, 0.0, 0.0, 0.4]])     # FMix of Wake (60 %) and REM
+    log_p = [math.log(k / 20) for k in (1, 2, 3, 4, 10)]
+    # Row 1: 0.025 on classes 0-3, 0.9 on class 4.
+    row1 = -(0.025 * sum(log_p[:4]) + 0.9 * log_p[4])
+    # Row 2: 0.6 * (0.9, .025, .025, .025, .025) + 0.4 * (.025, .025, .025, .025, 0.9)
+    weights = [0.6 * 0.9 + 0.4 * 0.025, 0.025, 0.025, 0.025, 0.6 * 0.025 + 0.4 * 0.9]
+    row2 = -sum(w * lp for w, lp in zip(weights, log_p))
+    loss = engine.soft_target_cross_entropy(logits, targets, smoothing=0.1)
+    assert float(loss) == pytest.approx((row1 + row2) / 2, rel=1e-6)
+    # Without smoothing, a one-hot target gives the usual cross entropy.
+    plain = engine.soft_target_cross_entropy(logits[:1], targets[:1], smoothing=0.0)
+    assert float(plain) == pytest.approx(-math.log(0.5), rel=1e-6)
+
+
+# --------------------------------------------------------------------------
+# Metrics
+# --------------------------------------------------------------------------
+def test_metrics_by_hand_and_against_sklearn():
+    # Truth 0,0,1,1,2 ; predicted 0,1,1,1,0. Class 0: TP 1, FP 1, FN 1 -> F1 0.5;
+    # class 1: TP 2, FP 1, FN 0 -> 0.8; class 2: TP 0, FN 1 -> 0; 3, 4 absent.
+    confusion = np.zeros((5, 5), int)
+    for t, p in zip([0, 0, 1, 1, 2], [0, 1, 1, 1, 0]):
+        confusion[t, p] += 1
+    metrics = engine.classification_metrics(confusion)
+    assert metrics["accuracy"] == pytest.approx(0.6)
+    np.testing.assert_allclose(metrics["f1"][:3], [0.5, 0.8, 0.0])
+    assert np.isnan(metrics["f1"][3:]).all()
+    assert metrics["macro_f1"] == pytest.approx(1.3 / 3)
+
+    rng = np.random.default_rng(0)
+    truth, predicted = rng.integers(0, 5, 300), rng.integers(0, 4, 300)
+    confusion = np.zeros((5, 5), int)
+    np.add.at(confusion, (truth, predicted), 1)
+    assert engine.classification_metrics(confusion)["macro_f1"] == pytest.approx(
+        f1_score(truth, predicted, average="macro"))
+
+
+# --------------------------------------------------------------------------
+# The training step: accumulation averages the loss of a group of batches
+# --------------------------------------------------------------------------
+def test_accumulation_equals_one_step_on_the_group():
+    torch.manual_seed(0)
+    images = torch.randn(10, 3, 2, 2)
+    targets = torch.eye(5)[torch.randint(0, 5, (10,))]
+
+    def fresh():
+        torch.manual_seed(1)
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 5))
+        return model, torch.optim.SGD(model.parameters(), lr=0.5)
+
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    device = torch.device("cpu")
+    # Batches of 2; accumulation 2 -> groups {0,1}, {2,3} and the partial group {4}.
+    model, optimizer = fresh()
+    batches = [(images[i:i + 2], targets[i:i + 2]) for i in range(0, 10, 2)]
+    loss_sum, seen = engine.train_one_epoch(model, batches, 5, optimizer, scaler, device, "off", accum_iter=2)
+    assert seen == 10
+
+    reference, reference_optimizer = fresh()
+    expected_loss = 0.0
+    for group in ([0, 1, 2, 3], [4, 5, 6, 7], [8, 9]):
+        reference_optimizer.zero_grad()
+        loss = engine.soft_target_cross_entropy(reference(images[group]), targets[group])
+        expected_loss += loss.item() * len(group)
+        loss.backward()
+        reference_optimizer.step()
+    for got, want in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(got, want)
+    assert loss_sum == pytest.approx(expected_loss, rel=1e-5)
+
+
+def test_predict_returns_probabilities_in_loader_order():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 5))
+    images = torch.randn(7, 3, 2, 2)
+    loader = DataLoader(TensorDataset(images), batch_size=3)
+    probabilities = engine.predict(model, loader, torch.device("cpu"), "fp16")
+    assert probabilities.dtype == np.float32 and probabilities.shape == (7, 5)
+    np.testing.assert_allclose(probabilities, torch.softmax(model(images), 1).detach().numpy(), atol=1e-6)
+    np.testing.assert_allclose(probabilities.sum(1), 1.0, atol=1e-6)
+
+
+# --------------------------------------------------------------------------
+# Models, weights files, names
+# --------------------------------------------------------------------------
+def test_create_model_passes_img_size_where_the_architecture_takes_it():
+    vit = engine.create_model("test_vit", 64)
+    assert vit.num_classes == 5 and vit.patch_embed.img_size == (64, 64)
+    assert vit(torch.zeros(2, 3, 64, 64)).shape == (2, 5)
+    effnet = engine.create_model("test_efficientnet", 48)  # convolutional: any size
+    assert effnet(torch.zeros(2, 3, 48, 48)).shape == (2, 5)
+    with pytest.raises(InputError, match="unknown model architecture 'no_such_net'"):
+        engine.create_model("no_such_net", 64)
+
+
+def test_pretrained_weights_load_from_a_local_file_and_mismatches_are_refused(tmp_path):
+    source = engine.create_model("test_vit", 64, num_classes=1000)
+    path = tmp_path / "test_vit.safetensors"
+    safetensors.torch.save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    model = engine.create_model("test_vit", 64, pretrained=path)
+    torch.testing.assert_close(model.blocks[0].attn.qkv.weight, source.blocks[0].attn.qkv.weight)
+    assert model.head.out_features == 5
+    with pytest.raises(InputError, match=r"pretrained weights do not fit .*test_vit.safetensors"):
+        engine.create_model("test_efficientnet", 64, pretrained=path)
+
+
+def test_checkpoint_names_are_the_seeds(tmp_path):
+    assert engine.checkpoint_path("weights", "vit_base_patch16_224", 0, 4).as_posix() == \
+        "weights/vit_base_patch16_224_fold_0_4"
+    assert engine.checkpoint_path(tmp_path, "tf_efficientnet_b4_ns", 0, 1) == tmp_path / "tf_efficientnet_b4_ns_fold_0_1"
+    assert engine.last_state_path("w", "a", 2).as_posix() == "w/a_fold_2_last.pt"
+    assert engine.run_config_path("w", "a", 2).as_posix() == "w/a_fold_2_config.json"
+    assert engine.log_path("w", "a", 2).as_posix() == "w/a_fold_2_log.csv"
+
+
+def test_weights_round_trip_and_mismatches_name_the_file(tmp_path):
+    model = engine.create_model("test_efficientnet", 32)
+    path = engine.checkpoint_path(tmp_path, "test_efficientnet", 0, 3)
+    engine.save_weights(model, path)
+    assert path.read_bytes()[8:9] == b"{"  # safetensors: 8-byte header length, then JSON
+    torch.manual_seed(123)
+    other = engine.create_model("test_efficientnet", 32)
+    engine.load_weights(other, path)
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(other.state_dict()[name], value)
+    with pytest.raises(InputError, match=r"does not fit the model: it holds test_efficientnet .*test_efficientnet_fold_0_3\)"):
+        engine.load_weights(engine.create_model("test_vit", 32), path)
+    with pytest.raises(InputError, match=r"with 5 classes; the model is test_efficientnet with 3 classes"):
+        engine.load_weights(engine.create_model("test_efficientnet", 32, num_classes=3), path)
+    with pytest.raises(InputError, match="checkpoint not found"):
+        engine.load_weights(model, tmp_path / "absent")
+
+
+class _Trap:
+    """Unpickling this would create a file: proof that a pickle was executed."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_pickled_checkpoints_are_refused_unopened(tmp_path):
+    marker = tmp_path / "unpickled"
+    for name, writer in [("zip", lambda p: torch.save({"x": _Trap(marker)}, p)),
+                         ("raw", lambda p: p.write_bytes(pickle.dumps(_Trap(marker))))]:
+        path = tmp_path / f"model_fold_0_{name}"
+        writer(path)
+        with pytest.raises(InputError, match=r"not a safetensors checkpoint .*refused"):
+            engine.load_weights(engine.create_model("test_efficientnet", 32), path)
+    assert not marker.exists()
+
+
+def test_read_run_config(tmp_path):
+    with pytest.raises(InputError, match=r"train it first .*test_vit_fold_0_config.json"):
+        engine.read_run_config(tmp_path, "test_vit", 0)
+    path = engine.run_config_path(tmp_path, "test_vit", 0)
+    path.write_text(json.dumps({"model_arch": "test_vit", "img_size": 64}))
+    with pytest.raises(InputError, match="lacks num_classes"):
+        engine.read_run_config(tmp_path, "test_vit", 0)
+    path.write_text("{not json")
+    with pytest.raises(InputError, match="not a valid JSON"):
+        engine.read_run_config(tmp_path, "test_vit", 0)
+
+
+def test_devices_and_precision():
+    assert engine.resolve_device("cpu") == torch.device("cpu")
+    assert engine.resolve_amp("fp16", torch.device("cpu")) == "off"
+    assert engine.resolve_amp("bf16", torch.device("cuda", 0)) == "bf16"
+    if not torch.cuda.is_available():
+        assert engine.resolve_device("auto") == torch.device("cpu")
+        with pytest.raises(InputError, match="no CUDA device"):
+            engine.resolve_device("cuda")
+    else:
+        assert engine.resolve_device("auto", 0) == torch.device("cuda", 0)

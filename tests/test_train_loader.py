@@ -1,0 +1,174 @@
+"""loader_vit_rgb.py: tables and their checks, folds, image reading, transforms, loaders."""
+from __future__ import annotations
+
+import random
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from sklearn.model_selection import StratifiedKFold
+
+import loader_vit_rgb
+import psg_layout
+from psg_layout import InputError
+
+NORMALISED_WHITE = [(1.0 - m) / s for m, s in zip(loader_vit_rgb.IMAGENET_MEAN, loader_vit_rgb.IMAGENET_STD)]
+
+
+def make_root(root, rows, images=None):
+    """A data root with a train CSV of ``rows`` and a small image for each name in ``images``."""
+    root.mkdir(parents=True, exist_ok=True)
+    psg_layout.write_csv_rows(root / psg_layout.TRAIN_CSV, rows)
+    for recording_id, idnum, *_ in rows if images is None else images:
+        (root / recording_id).mkdir(exist_ok=True)
+        cv2.imwrite(str(root / recording_id / idnum), np.full((27, 48, 3), 200, np.uint8))
+    return root
+
+
+def test_missing_data_root_says_how_to_make_data(tmp_path):
+    with pytest.raises(InputError, match=r"make_synthetic\.py .*render_edf\.py.*--data-root"):
+        loader_vit_rgb.read_train_table(tmp_path / "nowhere")
+    with pytest.raises(InputError, match="data root not found"):
+        loader_vit_rgb.read_test_table(tmp_path / "nowhere")
+
+
+def test_every_missing_image_is_reported_at_once(tmp_path):
+    rows = [["R1", "R1_0001.png", "Wake"], ["R1", "R1_0002.png", "N1"], ["R1", "R1_0003.png", "N2"],
+            ["R2", "R2_0001.png", "N3"], ["R2", "R2_0002.png", "REM"]]
+    root = make_root(tmp_path / "DATA", rows, images=[rows[0]])
+    (root / "R1" / "R1_0003.png").mkdir()  # a folder where an image should be
+    with pytest.raises(InputError) as caught:
+        loader_vit_rgb.read_train_table(root)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "folder R2/ missing (2 images)" in message
+    assert "1 image(s) missing: R1/R1_0002.png (row 2)" in message
+    assert "1 image(s) not a file: R1/R1_0003.png (row 3)" in message
+    assert message.endswith(f"({root / psg_layout.TRAIN_CSV})")
+
+
+def test_symlinks_must_stay_inside_the_data_root(tmp_path):
+    rows = [["R1", "R1_0001.png", "Wake"], ["R1", "R1_0002.png", "N1"]]
+    root = make_root(tmp_path / "DATA", rows, images=rows[:1])
+    outside = tmp_path / "outside.png"
+    shutil.copy(root / "R1" / "R1_0001.png", outside)
+    (root / "R1" / "R1_0002.png").symlink_to(outside)
+    with pytest.raises(InputError, match=r"1 image\(s\) outside the data root: R1/R1_0002.png \(row 2\)"):
+        loader_vit_rgb.read_train_table(root)
+    # A link to another image inside the root is fine.
+    (root / "R1" / "R1_0002.png").unlink()
+    (root / "R1" / "R1_0002.png").symlink_to(root / "R1" / "R1_0001.png")
+    table = loader_vit_rgb.read_train_table(root)
+    assert table.labels.tolist() == [0, 1]
+    # A recording folder that links outside the root is refused too.
+    shutil.copytree(root / "R1", tmp_path / "R1_elsewhere", symlinks=False)
+    shutil.rmtree(root / "R1")
+    (root / "R1").symlink_to(tmp_path / "R1_elsewhere")
+    with pytest.raises(InputError, match=r"2 image\(s\) outside the data root"):
+        loader_vit_rgb.read_train_table(root)
+
+
+def test_tables_of_the_tiny_data_set(tiny_data):
+    train = loader_vit_rgb.read_train_table(tiny_data)
+    test = loader_vit_rgb.read_test_table(tiny_data)
+    assert len(train) == len((tiny_data / psg_layout.TRAIN_CSV).read_text().splitlines())
+    assert test.labels is None and len(test) == len((tiny_data / psg_layout.TEST_CSV).read_text().splitlines())
+    assert set(np.unique(train.labels)) <= set(range(5))
+
+
+def test_subject_folds_never_split_a_recording(tiny_data):
+    table = loader_vit_rgb.read_train_table(tiny_data)
+    recordings = np.array(table.recording_ids)
+    for n_folds in (2, 3, 5):
+        folds = loader_vit_rgb.make_folds(table, n_folds=n_folds, seed=72, cv="subject")
+        assert sorted(set(folds)) == list(range(n_folds))
+        for recording in set(recordings):
+            assert len(set(folds[recordings == recording])) == 1, recording
+    # The same seed gives the same folds.
+    np.testing.assert_array_equal(loader_vit_rgb.make_folds(table), loader_vit_rgb.make_folds(table))
+    with pytest.raises(InputError, match="needs at least 7 recordings"):
+        loader_vit_rgb.make_folds(table, n_folds=7, cv="subject")
+
+
+def test_stratified_folds_are_the_seeds_split(tiny_data):
+    table = loader_vit_rgb.read_train_table(tiny_data)
+    folds = loader_vit_rgb.make_folds(table, n_folds=5, seed=72, cv="stratified")
+    splits = StratifiedKFold(n_splits=5, shuffle=True, random_state=72).split(np.arange(len(table)), table.labels)
+    for fold, (_, valid_rows) in enumerate(splits):
+        np.testing.assert_array_equal(np.flatnonzero(folds == fold), np.sort(valid_rows))
+    recordings = np.array(table.recording_ids)
+    # ... which puts epochs of one night on both sides (why it is not the default).
+    assert any(len(set(folds[recordings == r])) > 1 for r in set(recordings))
+
+
+def test_images_are_read_as_rgb_whatever_their_format(tmp_path):
+    red_bgr = np.zeros((27, 48, 3), np.uint8)
+    red_bgr[..., 2] = 255
+    cv2.imwrite(str(tmp_path / "red.png"), red_bgr)
+    assert loader_vit_rgb.read_image_rgb(tmp_path / "red.png")[0, 0].tolist() == [255, 0, 0]
+    cv2.imwrite(str(tmp_path / "grey.png"), np.full((100, 60), 77, np.uint8))
+    grey = loader_vit_rgb.read_image_rgb(tmp_path / "grey.png")
+    assert grey.shape == (100, 60, 3) and (grey == 77).all()
+    # Any size becomes the model's size, 3 channels.
+    image = loader_vit_rgb.get_valid_transforms(40)(image=grey)["image"]
+    assert image.shape == (3, 40, 40) and image.dtype == torch.float32
+
+
+def test_corrupt_images_raise_an_input_error_naming_the_file(tmp_path):
+    folder = tmp_path / "R"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "good.png"), np.full((27, 48, 3), 9, np.uint8))
+    data = (folder / "good.png").read_bytes()
+    (folder / "truncated.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match=r"not a decodable image .*truncated.png"):
+        loader_vit_rgb.read_image_rgb(folder / "truncated.png")
+    # Through a DataLoader worker the error keeps its one-line message.
+    table = psg_layout.EpochTable(tmp_path / "t.csv", ["R", "R"], ["good.png", "truncated.png"], None)
+    loader = loader_vit_rgb.make_eval_loader(tmp_path, table, 16, batch_size=2, workers=1)
+    with pytest.raises(InputError) as caught:
+        list(loader_vit_rgb.iterate_batches(loader))
+    assert str(caught.value) == f"not a decodable image (corrupt or truncated PNG?) ({folder / 'truncated.png'})"
+
+
+def test_train_transforms_drop_two_sets_of_eight_8x8_holes(tmp_path):
+    white = np.full((270, 480, 3), 255, np.uint8)
+    transforms = loader_vit_rgb.get_train_transforms(64)
+    zeros_per_sample = []
+    for seed in range(40):
+        transforms.set_random_state(np.random.default_rng(seed), random.Random(seed))
+        image = transforms(image=white)["image"]
+        assert image.shape == (3, 64, 64)
+        dropped = (image == 0).all(dim=0)
+        for channel, value in enumerate(NORMALISED_WHITE):
+            np.testing.assert_allclose(image[channel][~dropped].numpy(), value, rtol=1e-5)
+        zeros_per_sample.append(int(dropped.sum()))
+    # At most 2 x 8 holes of 64 pixels; none in 1/4 of samples (both p=0.5).
+    assert max(zeros_per_sample) <= 2 * 8 * 64
+    assert 4 <= sum(z == 0 for z in zeros_per_sample) <= 20
+    assert any(z > 8 * 64 for z in zeros_per_sample)  # both dropouts fired
+    valid = loader_vit_rgb.get_valid_transforms(64)(image=white)["image"]
+    np.testing.assert_allclose(valid[0].numpy(), NORMALISED_WHITE[0], rtol=1e-5)
+
+
+def test_training_loader_is_a_function_of_seed_and_epoch(tiny_data):
+    table = loader_vit_rgb.read_train_table(tiny_data)
+    rows = np.arange(40)
+
+    def epoch_batches(workers, epoch):
+        loader = loader_vit_rgb.make_train_loader(tiny_data, table, rows, 32, batch_size=8, workers=workers, seed=72)
+        loader_vit_rgb.set_loader_epoch(loader, epoch)
+        return list(loader_vit_rgb.iterate_batches(loader))
+
+    zero_workers, two_workers = epoch_batches(0, 1), epoch_batches(2, 1)
+    assert len(zero_workers) == 5 and zero_workers[0][0].shape == (8, 3, 32, 32)
+    for (images_a, targets_a), (images_b, targets_b) in zip(zero_workers, two_workers):
+        torch.testing.assert_close(images_a, images_b, rtol=0, atol=0)
+        torch.testing.assert_close(targets_a, targets_b, rtol=0, atol=0)
+    targets = torch.cat([t for _, t in zero_workers])
+    torch.testing.assert_close(targets.sum(1), torch.ones(40))
+    # Every row exactly once per epoch (own label carries the larger weight after FMix).
+    assert sorted(targets.argmax(1).tolist()) == sorted(table.labels[rows].tolist())
+    other_epoch = epoch_batches(0, 2)
+    assert not torch.equal(zero_workers[0][0], other_epoch[0][0])

@@ -1,0 +1,121 @@
+"""The trainers end to end on the tiny synthetic data set: learning, files written, command line."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import engine
+import loader_vit_rgb
+import main_eff
+import main_vit_rgb
+import psg_layout
+from conftest import run_script
+
+# One BLAS thread per process: on a busy 2-core machine, more threads spin
+# against each other and training runs several times slower.
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+ARCH, IMG_SIZE, EPOCHS = "test_efficientnet", 48, 4
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data, tmp_path_factory):
+    """main_eff.py for 4 epochs on the tiny data set (one cosine cycle: --t0 8, two steps per epoch)."""
+    weights = tmp_path_factory.mktemp("trained") / "weights"
+    result = run_script(
+        "main_eff.py", "--data-root", tiny_data, "--weights-dir", weights, "--model-arch", ARCH,
+        "--img-size", IMG_SIZE, "--lr", 3e-3, "--epochs", EPOCHS, "--t0", 2 * EPOCHS, "--batch-size", 16,
+        "--workers", 0, "--quiet", env=ONE_THREAD,
+    )
+    with open(engine.log_path(weights, ARCH, 0), newline="") as handle:
+        log = list(csv.DictReader(handle))
+    return weights, log, result.stdout
+
+
+def test_a_tiny_model_learns(trained):
+    _, log, _ = trained
+    assert [int(row["epoch"]) for row in log] == list(range(EPOCHS))
+    losses = [float(row["train_loss"]) for row in log]
+    assert losses[-1] < losses[0] - 0.3, losses
+    # Chance macro-F1 of five classes is about 0.2; always predicting the
+    # commonest stage scores below 0.1.
+    best_f1 = max(float(row["valid_macro_f1"]) for row in log)
+    assert best_f1 > 0.45 and float(log[-1]["valid_macro_f1"]) > 0.4, [row["valid_macro_f1"] for row in log]
+
+
+def test_the_schedule_is_the_seeds_two_steps_per_epoch(trained):
+    _, log, _ = trained
+    # CosineAnnealingWarmRestarts(T_0=8, eta_min=1e-6) stepped twice per epoch:
+    # epoch e trains at step 2 e of the cycle.
+    for row in log:
+        step = 2 * int(row["epoch"])
+        expected = 1e-6 + (3e-3 - 1e-6) * (1 + math.cos(math.pi * step / 8)) / 2
+        assert float(row["lr"]) == pytest.approx(expected, rel=1e-4)
+
+
+def test_checkpoints_config_and_state_files(trained, tiny_data):
+    weights, log, stdout = trained
+    names = sorted(path.name for path in weights.iterdir())
+    assert names == sorted([f"{ARCH}_fold_0_{epoch}" for epoch in range(EPOCHS)]
+                           + [f"{ARCH}_fold_0_last.pt", f"{ARCH}_fold_0_config.json", f"{ARCH}_fold_0_log.csv"])
+
+    config = engine.read_run_config(weights, ARCH, 0)
+    assert (config["model_arch"], config["img_size"], config["num_classes"]) == (ARCH, IMG_SIZE, 5)
+    assert (config["optimizer"], config["cv"], config["amp"], config["seed"]) == ("adamp", "subject", "off", 72)
+    assert json.loads(stdout[:stdout.index("\n}\n") + 2]) == config  # printed at start as saved
+
+    # The last checkpoint reproduces the logged validation accuracy.
+    table = loader_vit_rgb.read_train_table(tiny_data)
+    valid_rows = np.flatnonzero(loader_vit_rgb.make_folds(table) == 0)
+    assert {table.recording_ids[r] for r in valid_rows} == set(config["valid_recordings"])
+    model = engine.create_model(config["model_arch"], config["img_size"])
+    engine.load_weights(model, engine.checkpoint_path(weights, ARCH, 0, EPOCHS - 1))
+    loader = loader_vit_rgb.make_eval_loader(tiny_data, table, IMG_SIZE, 64, 0, rows=valid_rows)
+    probabilities = engine.predict(model, loader, torch.device("cpu"), "off")
+    accuracy = float((probabilities.argmax(1) == table.labels[valid_rows]).mean())
+    assert accuracy == pytest.approx(float(log[-1]["valid_accuracy"]), abs=1e-6)
+    confusion = np.array(json.loads(log[-1]["confusion"]))
+    assert confusion.sum() == valid_rows.size
+    np.testing.assert_array_equal(confusion.sum(1), np.bincount(table.labels[valid_rows], minlength=5))
+
+    state = torch.load(engine.last_state_path(weights, ARCH, 0), weights_only=True)
+    assert state["epoch"] == EPOCHS - 1
+    assert state["scheduler"]["last_epoch"] == 2 * EPOCHS
+    assert state["optimizer"]["state"] and state["optimizer"]["param_groups"][0]["weight_decay"] == 1e-6
+    assert set(state["rng"]) >= {"torch", "numpy_keys", "python_internal"}
+
+
+def run_in_process(module, argv, monkeypatch, capsys):
+    """Run a trainer's ``main`` as its command line would, here; return (exit status, out, err)."""
+    monkeypatch.setattr(sys, "argv", [module.__file__, *map(str, argv)])
+    with pytest.raises(SystemExit) as exit_info:
+        psg_layout.run_main(module.main)
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+def test_help_of_both_trainers(monkeypatch, capsys):
+    for module, arch in [(main_vit_rgb, "vit_base_patch16_224"), (main_eff, "tf_efficientnet_b4_ns")]:
+        status, out, _ = run_in_process(module, ["--help"], monkeypatch, capsys)
+        assert status == 0 and arch in out and "--sched-steps-per-epoch" in out and "--resume" in out
+
+
+def test_bad_options_are_one_line_errors(monkeypatch, capsys, tmp_path):
+    status, out, err = run_in_process(main_eff, ["--fold", 5, "--weights-dir", tmp_path / "w"], monkeypatch, capsys)
+    assert (status, err) == (2, "error: --fold must be in 0..4, got 5\n")
+    status, out, err = run_in_process(main_vit_rgb, ["--batch-size", 0], monkeypatch, capsys)
+    assert (status, err) == (2, "error: --batch-size must be at least 1, got 0\n")
+
+
+def test_no_data_is_one_line_exit_2_and_writes_nothing(tmp_path):
+    weights = tmp_path / "weights"
+    result = run_script("main_vit_rgb.py", "--data-root", tmp_path / "DATA", "--weights-dir", weights, check=False)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: data root not found")
+    assert "make_synthetic.py" in result.stderr and str(tmp_path / "DATA") in result.stderr
+    assert not weights.exists()
