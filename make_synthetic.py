@@ -94,7 +94,7 @@ STAGE_TABLE = {
     "vertex_waves":      (0.0,  3.0,  0.4,  0.0,  0.0),   # per minute
     "sawtooth":          (0.0,  0.0,  0.0,  0.0,  1.5),   # bursts per minute
     "rapid_eye":         (0.0,  0.0,  0.0,  0.0,  3.0),   # bursts of rapid eye movements per minute
-    "slow_eye":          (0.25, 0.7,  0.15, 0.0,  0.0),    # slow rolling eye movements, x 70 uV
+    "slow_eye":          (0.25, 0.7,  0.15, 0.0,  0.0),   # slow rolling eye movements, x 70 uV
     "blinks":            (12.0, 1.0,  0.0,  0.0,  0.0),   # per minute with eyes open
     "saccades":          (10.0, 0.5,  0.0,  0.0,  0.0),   # per minute with eyes open
     "chin_emg":          (1.0,  0.65, 0.5,  0.45, 0.15),  # x subject chin tone (uV rms)
@@ -282,6 +282,7 @@ class Subject:
 
 
 def draw_subject(rng: np.random.Generator) -> Subject:
+    """One adult sleeper; ranges are typical adult values (15 % produce little alpha, 20 % have moderate OSA)."""
     low_alpha = rng.random() < 0.15  # some adults produce little alpha
     ahi = float(rng.choice([rng.uniform(0, 5), rng.uniform(5, 15), rng.uniform(15, 35)], p=[0.45, 0.35, 0.2]))
     return Subject(
@@ -461,6 +462,12 @@ class NightEvents:
 
 
 def night_events(stages: np.ndarray, controls: dict, subject: Subject, rng: np.random.Generator) -> NightEvents:
+    """Apneas and hypopneas (with their recovery breaths, arousals and SpO2 dips), arousals, body movements.
+
+    Obstructive apneas keep the effort going with the abdomen out of phase,
+    central ones stop it; SpO2 falls 10 s into an event and bottoms out 15 s
+    after its end (the circulation delay), deeper for longer events and in REM.
+    """
     n_sec = len(stages) * EPOCH_S
     stage_per_s = np.repeat(np.where(stages == UNSCORED, W, stages), EPOCH_S)
 
@@ -515,17 +522,54 @@ CENTRAL = np.array([1.0, 1.0, 0.0, 0.0])
 OCCIPITAL = 1 - CENTRAL
 
 
+# Transients of the sleep EEG, each drawn fresh per event, in uV before the subject's EEG gain.
+def spindle(rng: np.random.Generator, fs: float, subject: Subject) -> np.ndarray:
+    """A sleep spindle: 0.5-1.5 s of the subject's sigma rhythm (11.5-15 Hz) under a Hann envelope."""
+    t = np.arange(int(rng.uniform(0.5, 1.5) * fs)) / fs
+    frequency = subject.spindle_hz + rng.uniform(-0.5, 0.5)
+    envelope = subject.spindle_uv * rng.uniform(0.6, 1.2) * np.hanning(len(t))
+    return envelope * np.sin(2 * np.pi * frequency * t + rng.uniform(0, 2 * np.pi))
+
+
+def k_complex(rng: np.random.Generator, fs: float, subject: Subject) -> np.ndarray:
+    """A K-complex: a sharp negative wave followed by a slower positive one, about 1 s in all."""
+    t = np.arange(int(1.2 * fs)) / fs
+    negative = rng.uniform(70, 150) * np.exp(-(((t - 0.2) / 0.07) ** 2))
+    positive = rng.uniform(40, 80) * np.exp(-(((t - 0.55) / 0.15) ** 2))
+    return positive - negative
+
+
+def vertex_wave(rng: np.random.Generator, fs: float, subject: Subject) -> np.ndarray:
+    """A vertex sharp wave of N1: a sharp negative peak (under 0.5 s) with a small positive tail."""
+    t = np.arange(int(0.5 * fs)) / fs
+    peak = rng.uniform(40, 90)
+    return 0.3 * peak * np.exp(-(((t - 0.25) / 0.08) ** 2)) - peak * np.exp(-(((t - 0.1) / 0.04) ** 2))
+
+
+def sawtooth_train(rng: np.random.Generator, fs: float, subject: Subject) -> np.ndarray:
+    """REM sawtooth waves: 1.5-5 s of 2-5 Hz triangular waves, slow rise and fast fall."""
+    phase = (np.arange(int(rng.uniform(1.5, 5) * fs)) / fs * rng.uniform(2, 5)) % 1
+    teeth = np.where(phase < 0.75, phase / 0.75, (1 - phase) / 0.25) * 2 - 1
+    return rng.uniform(20, 45) * np.hanning(len(phase)) * teeth
+
+
 def eeg(stages, controls, events, subject, rng) -> np.ndarray:
-    """C3-M2, C4-M1, O1-M2, O2-M1 in uV at their native rate, shape (4, samples)."""
+    """C3-M2, C4-M1, O1-M2, O2-M1 in uV at their native rate, shape (4, samples).
+
+    Rhythms are coloured noise with a per-second rms (alpha blocked when the
+    eyes are open, slow waves gated to their share of time and declining
+    over the night), partly shared between leads; transients are added at
+    Poisson times with their own spatial weights; then movement artefact,
+    a popping electrode and sweat sway where the subject has them.
+    """
     fs = channel_rate("C3-M2")
     n_sec = len(stages) * EPOCH_S
     n = int(n_sec * fs)
     gain = subject.eeg_gain
-    hours = np.arange(n_sec) / 3600
     eyes_closed = gate_with_fraction(rng, np.full(n_sec, subject.eyes_closed), 15)
     alpha = subject.alpha_uv * (controls["alpha"] * (0.15 + 0.85 * eyes_closed) + 0.6 * events.arousal)
     slow_wave_gate = gate_with_fraction(rng, np.clip(controls["slow_wave_time"], 0, 0.95), 3)
-    slow_waves = subject.slow_wave_uv * slow_wave_gate * np.exp(-hours / 8)  # homeostatic decline
+    slow_waves = subject.slow_wave_uv * slow_wave_gate * np.exp(-np.arange(n_sec) / 3600 / 8)  # homeostatic decline
     rhythms = [  # (spectrum, spatial weights, shared fraction, rms per second)
         (band(subject.alpha_hz - 1, subject.alpha_hz + 1), 0.45 * CENTRAL + OCCIPITAL, 0.7, alpha),
         (band(4, 7.5), CENTRAL + 0.8 * OCCIPITAL, 0.5, gain * controls["theta"]),
@@ -538,47 +582,24 @@ def eeg(stages, controls, events, subject, rng) -> np.ndarray:
 
     def add(times, make_waveform, weights):
         for t in times:
-            waveform = make_waveform()
+            waveform = gain * make_waveform(rng, fs, subject)
             for channel in range(4):
                 stamp(out[channel], fs, t, waveform * weights[channel] * rng.uniform(0.85, 1.15))
-
-    def spindle():
-        duration = rng.uniform(0.5, 1.5)
-        t = np.arange(int(duration * fs)) / fs
-        frequency = subject.spindle_hz + rng.uniform(-0.5, 0.5)
-        return gain * subject.spindle_uv * rng.uniform(0.6, 1.2) * np.hanning(len(t)) * np.sin(
-            2 * np.pi * frequency * t + rng.uniform(0, 2 * np.pi))
-
-    def k_complex():
-        t = np.arange(int(1.2 * fs)) / fs
-        negative = rng.uniform(70, 150) * np.exp(-(((t - 0.2) / 0.07) ** 2))
-        positive = rng.uniform(40, 80) * np.exp(-(((t - 0.55) / 0.15) ** 2))
-        return gain * (positive - negative)
-
-    def vertex_wave():
-        t = np.arange(int(0.5 * fs)) / fs
-        peak = rng.uniform(40, 90)
-        return gain * (0.3 * peak * np.exp(-(((t - 0.25) / 0.08) ** 2)) - peak * np.exp(-(((t - 0.1) / 0.04) ** 2)))
-
-    def sawtooth():
-        duration, frequency = rng.uniform(1.5, 5), rng.uniform(2, 5)
-        phase = (np.arange(int(duration * fs)) / fs * frequency) % 1
-        teeth = np.where(phase < 0.75, phase / 0.75, (1 - phase) / 0.25) * 2 - 1  # slow rise, fast fall
-        return gain * rng.uniform(20, 45) * np.hanning(len(phase)) * teeth
 
     add(event_times(rng, controls["spindles"]), spindle, CENTRAL + 0.45 * OCCIPITAL)
     k_complexes = event_times(rng, controls["k_complexes"])
     add(k_complexes, k_complex, CENTRAL + 0.6 * OCCIPITAL)
     add(k_complexes[rng.random(len(k_complexes)) < 0.4] + 0.6, spindle, CENTRAL + 0.45 * OCCIPITAL)
     add(event_times(rng, controls["vertex_waves"]), vertex_wave, CENTRAL + 0.35 * OCCIPITAL)
-    add(event_times(rng, controls["sawtooth"]), sawtooth, CENTRAL + 0.5 * OCCIPITAL)
+    add(event_times(rng, controls["sawtooth"]), sawtooth_train, CENTRAL + 0.5 * OCCIPITAL)
 
     # movement: muscle and electrode artefact on every lead
     out += 40 * band_noise(rng, n, fs, band(20, 45, 5), 4, 0.6) * upsample(events.movement, fs)
     if subject.popping_channel >= 0:
         t = np.arange(int(1.5 * fs)) / fs
         for start in event_times(rng, np.full(n_sec, subject.pops_per_min)):
-            stamp(out[subject.popping_channel], fs, start, rng.choice([-1, 1]) * rng.uniform(80, 250) * np.exp(-t / 0.3))
+            pop = rng.choice([-1, 1]) * rng.uniform(80, 250) * np.exp(-t / 0.3)
+            stamp(out[subject.popping_channel], fs, start, pop)
     if subject.sweaty_channel >= 0:
         sway = band_noise(rng, n, fs, band(0.1, 0.5, 0.1))[0]
         out[subject.sweaty_channel] += 35 * sway * upsample(gate_with_fraction(rng, np.full(n_sec, 0.3), 300), fs)

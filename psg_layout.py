@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import os
 import sys
 import tempfile
@@ -162,24 +163,33 @@ def _groups():
 SIGNAL_GROUPS = _groups()  # ((group, (top, height) at 1080, (Signal, ...)), ...) top to bottom
 
 
+@functools.lru_cache(maxsize=32)
+def _trace_columns(n_samples: int, rate: float) -> np.ndarray:
+    """Fixed-point columns of ``n_samples`` samples at ``rate`` Hz plus the held end, int32 (n_samples + 1,)."""
+    columns = np.arange(n_samples + 1, dtype=np.float64) * (RENDER_WIDTH / (rate * EPOCH_SECONDS))
+    return np.rint(columns * (1 << SUBPIXEL_BITS)).astype(np.int32)
+
+
 def _trace_points(signal: Signal, samples: np.ndarray, rate: float, group_top: int) -> np.ndarray:
-    """Fixed-point cv2 polyline vertices of one trace inside its group's strip.
+    """Fixed-point cv2 polyline vertices of one trace inside its group's strip, int32 (samples + 1, 2).
 
     Sample ``i`` sits at ``i / rate`` seconds, i.e. column ``i * 64 / rate``
     of the 1920-wide canvas; the last value is held to the epoch's end, so a
-    slow channel reaches the right edge as a fast one does. A value maps linearly from ``high`` (top edge of
-    the signal's band) to ``low`` (bottom edge); row ``r`` is the centre of
-    pixel row ``r``, so the band's edges are half a pixel outside its first
-    and last rows and the band centre falls on a pixel centre.
+    slow channel reaches the right edge as a fast one does. A value maps
+    linearly from ``high`` (top edge of the signal's band) to ``low`` (bottom
+    edge); row ``r`` is the centre of pixel row ``r``, so the band's edges
+    are half a pixel outside its first and last rows and the band centre
+    falls on a pixel centre.
     """
     scale = 1 << SUBPIXEL_BITS
-    columns = np.arange(len(samples) + 1, dtype=np.float64) * (RENDER_WIDTH / (rate * EPOCH_SECONDS))
     rows_per_unit = signal.height_1080 / (signal.high - signal.low)
-    rows = (signal.top_1080 - group_top - 0.5) + (signal.high - samples) * rows_per_unit
-    np.clip(rows, -_FAR_ROWS, _FAR_ROWS, out=rows)
+    top_row = signal.top_1080 - group_top - 0.5
+    rows = samples * (-rows_per_unit * scale) + (top_row + signal.high * rows_per_unit) * scale
+    np.clip(rows, -_FAR_ROWS * scale, _FAR_ROWS * scale, out=rows)
     points = np.empty((len(samples) + 1, 2), dtype=np.int32)
-    points[:, 0] = np.rint(columns * scale)
-    points[:-1, 1] = np.rint(rows * scale)
+    points[:, 0] = _trace_columns(len(samples), rate)
+    np.rint(rows, out=rows)
+    points[:-1, 1] = rows
     points[-1, 1] = points[-2, 1]  # hold the last sample to the epoch's end (matters for 1-Hz SpO2)
     return points
 
