@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-GENERATOR_VERSION = 1  # bump whenever the same arguments would give different files
+GENERATOR_VERSION = 2  # bump whenever the same arguments would give different files
 MARKER_NAME = "make_synthetic.json"
 GENERATION_KEYS = ("train_subjects", "test_subjects", "seed", "hours", "edf", "generator_version")
 MAX_HOURS = 24.0  # 4-digit epoch numbers allow 83 h; a night is shorter
