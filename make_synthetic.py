@@ -926,6 +926,16 @@ def make_recording(task: tuple) -> tuple[int, str, list]:
     return index, recording.recording_id, rows
 
 
+def made_recordings(tasks: list, workers: int):
+    """Yield ``make_recording`` results as recordings finish, ``workers`` at a time."""
+    if workers == 1:
+        yield from map(make_recording, tasks)
+        return
+    # spawn, not fork: a parent that has loaded torch or opened threads forks badly
+    with multiprocessing.get_context("spawn").Pool(min(workers, len(tasks))) as pool:
+        yield from pool.imap_unordered(make_recording, tasks)
+
+
 # --------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------
@@ -974,22 +984,13 @@ def main() -> None:
 
     n_recordings = args.train_subjects + args.test_subjects
     tasks = [(out, args.seed, index, args.hours, args.edf) for index in range(n_recordings)]
-    # a night of --hours plus a few unscored epochs: only the progress bar's total uses the estimate
-    bar = tqdm(total=round(n_recordings * (args.hours * EPOCHS_PER_HOUR + 8)), unit="img",
-               disable=args.quiet or not sys.stderr.isatty())
+    n_images = sum(len(recording_hypnogram(args.seed, index, args.hours)) for index in range(n_recordings))
+    bar = tqdm(total=n_images, unit="img", disable=args.quiet or not sys.stderr.isatty())
     started = time.perf_counter()
     results = {}
-    if args.workers == 1:
-        outputs = map(make_recording, tasks)
-    else:
-        pool = multiprocessing.get_context("spawn").Pool(args.workers)
-        outputs = pool.imap_unordered(make_recording, tasks)
-    for index, rec_id, rows in outputs:
+    for index, rec_id, rows in made_recordings(tasks, args.workers):
         results[index] = (rec_id, rows)
         bar.update(len(rows))
-    if args.workers > 1:
-        pool.close()
-        pool.join()
     bar.close()
     elapsed = time.perf_counter() - started
 
@@ -1007,7 +1008,6 @@ def main() -> None:
     psg_layout.write_csv_rows(out / psg_layout.TRAIN_CSV, train_rows)
     psg_layout.write_csv_rows(out / psg_layout.TEST_CSV, test_rows)
     psg_layout.write_csv_rows(out / psg_layout.TEST_LABELS_CSV, answer_rows)
-    n_images = sum(len(rows) for _, rows in results.values())
     with psg_layout.atomic_path(out / MARKER_NAME) as tmp:  # last: marks the folder complete
         tmp.write_text(json.dumps(config, indent=2) + "\n")
     print(f"wrote {n_images} images of {n_recordings} recordings ({len(train_rows)} train rows, "
