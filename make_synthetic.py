@@ -234,7 +234,8 @@ def make_hypnogram(rng: np.random.Generator, hours: float) -> np.ndarray:
             bouts += fragmented(N2, n2, 1 / 30, W, (0.5, 1.5))
         bouts += fragmented(REM, rem, 1 / 40, W, (0.5, 1))
         bouts += between
-    scored = np.concatenate([np.full(n, stage, dtype=np.int8) for stage, n in bouts])[: n_scored - final_wake]
+    asleep_until = max(0, n_scored - final_wake)  # a night of minutes may be all latency
+    scored = np.concatenate([np.full(n, stage, dtype=np.int8) for stage, n in bouts])[:asleep_until]
     scored = np.concatenate([scored, np.full(n_scored - len(scored), W, dtype=np.int8)])
     leading = np.full(rng.integers(UNSCORED_LEADING[0], UNSCORED_LEADING[1] + 1), UNSCORED, dtype=np.int8)
     return np.concatenate([leading, scored])

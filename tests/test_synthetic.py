@@ -173,6 +173,11 @@ def test_short_nights_still_pass_through_the_stages():
         scored = scored[scored != make_synthetic.UNSCORED]
         assert 50 <= len(scored) <= 70
         assert {W, N1, N2, N3, REM} <= set(scored.tolist())
+    for hours in (0.001, 0.01, 0.02):  # a minute or less: one epoch or a few, awake
+        for index in range(20):
+            scored = make_synthetic.recording_hypnogram(0, index, hours)
+            scored = scored[scored != make_synthetic.UNSCORED]
+            assert 1 <= len(scored) <= 3 and (scored == W).all()
 
 
 # --------------------------------------------------------------------------
