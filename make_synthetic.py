@@ -141,6 +141,7 @@ def channel_rate(channel: str) -> float:
 
 
 def channel_unit(channel: str) -> str:
+    """Physical unit of an EDF channel, from psg_layout's table."""
     return psg_layout.SIGNAL_BY_NAME[SPO2_ROWS[0] if channel == SPO2 else channel].unit
 
 
@@ -321,6 +322,7 @@ def draw_subject(rng: np.random.Generator) -> Subject:
 # Building blocks: control curves, noise, events
 # --------------------------------------------------------------------------
 def smooth(values: np.ndarray, sigma_samples: float) -> np.ndarray:
+    """Gaussian smoothing along the only axis, ``sigma_samples`` wide, ends held."""
     return gaussian_filter1d(values, sigma_samples, mode="nearest")
 
 
@@ -941,6 +943,7 @@ def made_recordings(tasks: list, workers: int):
 # Command line
 # --------------------------------------------------------------------------
 def check_arguments(args) -> None:
+    """Raise ``InputError`` for arguments no data set can be made from."""
     if args.train_subjects < 1 or args.test_subjects < 1:
         raise InputError(f"--train-subjects and --test-subjects must be at least 1, got "
                          f"{args.train_subjects} and {args.test_subjects} (command line)")
