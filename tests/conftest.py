@@ -39,3 +39,122 @@ def tiny_data(tmp_path_factory) -> Path:
         "--hours", 0.5, "--seed", 0, "--workers", 2, "--edf", "--quiet",
     )
     return root
+
+
+def copy_subset(source: Path, target: Path, train_recordings: int, train_rows: int,
+                test_recordings: int = 1, test_rows: int = 12) -> Path:
+    """A smaller data root: the first rows of the first recordings of each CSV of ``source``, with their images."""
+    import shutil
+
+    import psg_layout
+
+    for name, with_labels, recordings, per_recording in (
+            (psg_layout.TRAIN_CSV, True, train_recordings, train_rows),
+            (psg_layout.TEST_CSV, False, test_recordings, test_rows)):
+        table = psg_layout.read_epoch_csv(source / name, with_labels=with_labels)
+        keep = sorted(set(table.recording_ids))[:recordings]
+        rows, counts = [], {}
+        for row, (recording, idnum) in enumerate(zip(table.recording_ids, table.idnums)):
+            if recording in keep and counts.get(recording, 0) < per_recording:
+                counts[recording] = counts.get(recording, 0) + 1
+                rows.append([recording, idnum] + ([psg_layout.STAGES[table.labels[row]]] if with_labels else []))
+                (target / recording).mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source / recording / idnum, target / recording / idnum)
+        psg_layout.write_csv_rows(target / name, rows)
+    return target
+
+
+_WARM_LAUNCHER = r'''
+import json, os, runpy, sys, traceback
+repo, parallel = sys.argv[1], int(sys.argv[2])
+sys.path.insert(0, repo)
+os.chdir(repo)
+for name in sys.argv[3:]:
+    __import__(name)  # imported once here; no torch op runs here, so forking stays safe
+requests = [json.loads(line) for line in sys.stdin]
+sys.stdout.flush()
+sys.stderr.flush()
+
+
+def run(request):
+    """In the forked child: the script as `python script args...` would run it, then exit with its status."""
+    for fd, path in ((1, request["stdout"]), (2, request["stderr"])):
+        opened = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(opened, fd)
+        os.close(opened)
+    os.environ.update(request["env"])
+    os.chdir(request["cwd"])
+    sys.argv = request["argv"]
+    status = 0
+    try:
+        runpy.run_path(sys.argv[0], run_name="__main__")
+    except SystemExit as stop:
+        if isinstance(stop.code, int) or stop.code is None:
+            status = stop.code or 0
+        else:
+            print(stop.code, file=sys.stderr)
+            status = 1
+    except BaseException:
+        traceback.print_exc()
+        status = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
+running, statuses, queue = {}, {}, list(enumerate(requests))
+while queue or running:
+    while queue and len(running) < parallel:
+        index, request = queue.pop(0)
+        pid = os.fork()
+        if pid == 0:
+            run(request)
+        running[pid] = index
+    pid, status = os.wait()
+    statuses[running.pop(pid)] = os.waitstatus_to_exitcode(status)
+print(json.dumps([statuses[index] for index in range(len(requests))]))
+'''
+
+
+def run_scripts_warm(requests, folder: Path, parallel: int = 3, timeout: float = 900,
+                     preload=("engine", "loader_vit_rgb", "infer_blend")) -> list[subprocess.CompletedProcess]:
+    """Run many scripts, each in its own process, without paying the torch/timm import each time.
+
+    A launcher process imports ``preload`` once, then forks one child per
+    request (``parallel`` at a time); each child runs the real script file as
+    ``__main__`` with its own argv, environment additions, stdout and stderr
+    (files under ``folder``) and exit status, as ``python script args...``
+    would (an uncaught exception prints its traceback and gives status 1).
+
+    Parameters
+    ----------
+    requests : sequence of (script, args, env) or (script, args, env, cwd)
+        Script path relative to the repository, its arguments, extra
+        environment, working folder (default: the repository, as run_script).
+    folder : Path
+        Where the captured stdout/stderr files go.
+
+    Returns
+    -------
+    list of subprocess.CompletedProcess, in request order.
+    """
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    lines, outputs = [], []
+    for number, (script, args, extra_env, *cwd) in enumerate(requests):
+        argv = [str(REPO / script), *map(str, args)]
+        out, err = folder / f"{number}.stdout", folder / f"{number}.stderr"
+        lines.append(json.dumps({"argv": argv, "env": dict(extra_env or {}), "cwd": str(cwd[0] if cwd else REPO),
+                                 "stdout": str(out), "stderr": str(err)}))
+        outputs.append((argv, out, err))
+    launcher = subprocess.run(
+        [sys.executable, "-c", _WARM_LAUNCHER, str(REPO), str(parallel), *preload],
+        input="\n".join(lines) + "\n", capture_output=True, text=True, timeout=timeout, cwd=REPO,
+        env=dict(os.environ, PYTHONHASHSEED="0", OMP_NUM_THREADS="1"),
+    )
+    if launcher.returncode != 0:
+        raise AssertionError(f"launcher failed ({launcher.returncode}):\n{launcher.stderr[-4000:]}")
+    statuses = json.loads(launcher.stdout.strip().splitlines()[-1])
+    return [subprocess.CompletedProcess([sys.executable, *argv], status, out.read_text(), err.read_text())
+            for (argv, out, err), status in zip(outputs, statuses)]

@@ -1,0 +1,262 @@
+"""Hardening (issue 8): crashes. SIGKILL mid-epoch then --resume, writers killed mid-way, reproducibility.
+
+- A trainer killed with SIGKILL in the middle of its second epoch, run again
+  with ``--resume``, ends with the same bytes (weights, training state, log
+  metrics) as a run never interrupted; its first epoch, a fresh run with the
+  same seed and data, is the same bytes too. A ``_last.pt`` that is a
+  pickle with a payload is refused and never executed.
+- A writer killed in the middle of writing through ``psg_layout.atomic_path``
+  leaves the old file whole; the temporary file it leaves is hidden from the
+  pipeline's globs. Every write in the pipeline's code goes through
+  ``atomic_path`` (checked on the source).
+"""
+from __future__ import annotations
+
+import ast
+import csv
+import glob
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import engine
+import psg_layout
+from conftest import REPO, copy_subset, run_script
+
+VIT, IMG = "test_vit", 32
+
+
+def train_command(data, weights_dir, workers, *extra):
+    """The trainer's command line; run it from a folder of its own (relative defaults such as a cache land there)."""
+    return [sys.executable, str(REPO / "main_vit_rgb.py"), "--data-root", str(data), "--weights-dir", str(weights_dir),
+            "--model-arch", VIT, "--img-size", str(IMG), "--epochs", "2", "--folds", "2", "--batch-size", "4",
+            "--valid-batch-size", "16", "--workers", str(workers), "--device", "cpu", "--quiet", *extra]
+
+
+ENV = dict(os.environ, PYTHONHASHSEED="0", OMP_NUM_THREADS="1")
+
+
+def children_of(pid: int) -> list[int]:
+    """Process ids whose parent is ``pid`` (Linux /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+class Trap:
+    """Unpickling this creates ``marker``: proof that a file was unpickled."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def files_state(folder: Path) -> dict:
+    return {p.name: (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest()) for p in folder.iterdir()}
+
+
+def log_rows(path: Path) -> list[dict]:
+    """The log's rows without the throughput column (a wall-clock figure)."""
+    with open(path, newline="") as handle:
+        return [{k: v for k, v in row.items() if k != "train_images_per_s"} for row in csv.DictReader(handle)]
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_data, tmp_path_factory):
+    """An uninterrupted 2-epoch run (A), a run killed with SIGKILL in epoch 1 (C, then resumed),
+    and a resume from a copy of C's folder whose _last.pt is a pickle trap (D)."""
+    base = tmp_path_factory.mktemp("crash")
+    data = copy_subset(tiny_data, base / "DATA", train_recordings=4, train_rows=40)
+    for name in ("A", "C", "D"):
+        (base / f"cwd_{name}").mkdir()
+    uninterrupted = subprocess.Popen(train_command(data, base / "A", 0), stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, env=ENV, cwd=base / "cwd_A")
+    killed_stderr = open(base / "killed.stderr", "w")
+    killed = subprocess.Popen(train_command(data, base / "C", 1), stdout=subprocess.DEVNULL, stderr=killed_stderr,
+                              env=ENV, start_new_session=True, cwd=base / "cwd_C")
+    ended = "the trainer ended or stalled before epoch {}: see " + str(base / "killed.stderr")
+    log = engine.log_path(base / "C", VIT, 0)
+    try:
+        deadline = time.monotonic() + 400
+        while not log.exists():  # written last after epoch 0: checkpoint 0 and _last.pt are in place
+            assert killed.poll() is None and time.monotonic() < deadline, ended.format(0)
+            time.sleep(0.02)
+        while not children_of(killed.pid):  # epoch 1 has started: its DataLoader worker is up
+            assert killed.poll() is None and time.monotonic() < deadline, ended.format(1)
+            time.sleep(0.02)
+        time.sleep(0.3)  # well inside the epoch: 80 training images in batches of 4
+        killed_during = sorted(p.name for p in (base / "C").iterdir())
+        os.kill(killed.pid, signal.SIGKILL)
+    finally:
+        killed.kill()
+        killed.wait()
+        killed_stderr.close()
+        try:  # the orphaned DataLoader worker
+            os.killpg(killed.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    after_kill = sorted(p.name for p in (base / "C").iterdir())
+
+    # D: C's folder with its training state replaced by a pickle whose unpickling makes a file
+    trapped = base / "D"
+    trapped.mkdir()
+    for path in (base / "C").iterdir():
+        (trapped / path.name).write_bytes(path.read_bytes())
+    marker = base / "unpickled"
+    torch.save({"epoch": 0, "optimizer": Trap(marker)}, engine.last_state_path(trapped, VIT, 0))
+    trapped_before = files_state(trapped)
+    resumed = subprocess.Popen(train_command(data, base / "C", 1, "--resume"), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=ENV, cwd=base / "cwd_C")
+    refused = subprocess.run(train_command(data, trapped, 0, "--resume"), capture_output=True, text=True, env=ENV,
+                             cwd=base / "cwd_D")
+    outputs = {name: process.communicate() + (process.returncode,)
+               for name, process in (("A", uninterrupted), ("C resumed", resumed))}
+    for name, (stdout, stderr, status) in outputs.items():
+        assert status == 0, f"{name} exited {status}\n{stdout[-2000:]}\n{stderr[-2000:]}"
+    return dict(base=base, killed_status=killed.returncode, killed_during=killed_during, after_kill=after_kill,
+                resumed_stdout=outputs["C resumed"][0], refused=refused, trapped=trapped,
+                trapped_before=trapped_before, marker=marker)
+
+
+def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_bytes(runs):
+    base = runs["base"]
+    assert runs["killed_status"] == -signal.SIGKILL
+    names = [f"{VIT}_fold_0_0", f"{VIT}_fold_0_config.json", f"{VIT}_fold_0_last.pt", f"{VIT}_fold_0_log.csv"]
+    # killed in epoch 1: epoch 0's files whole, nothing of epoch 1, no temporary file left
+    assert runs["killed_during"] == names and runs["after_kill"] == names
+    assert "resuming after epoch 0" in runs["resumed_stdout"]
+    for name in (f"{VIT}_fold_0_0", f"{VIT}_fold_0_1", f"{VIT}_fold_0_last.pt"):
+        assert (base / "A" / name).read_bytes() == (base / "C" / name).read_bytes(), name
+    assert log_rows(base / "A" / f"{VIT}_fold_0_log.csv") == log_rows(base / "C" / f"{VIT}_fold_0_log.csv")
+    # the comparison has teeth: training changed the weights between the two epochs
+    assert (base / "A" / f"{VIT}_fold_0_0").read_bytes() != (base / "A" / f"{VIT}_fold_0_1").read_bytes()
+
+
+def test_the_same_seed_and_data_give_the_same_checkpoint_bytes(runs):
+    """Epoch 0 of A and of C: two fresh runs (0 and 1 DataLoader workers), one seed, one data set."""
+    base = runs["base"]
+    first, second = (base / run / f"{VIT}_fold_0_0" for run in ("A", "C"))
+    assert first.read_bytes() == second.read_bytes()
+    loaded = [engine.load_weights(engine.create_model(VIT, IMG), path).state_dict() for path in (first, second)]
+    for name, value in loaded[0].items():
+        assert torch.equal(value, loaded[1][name]), name
+
+
+def test_a_pickled_training_state_is_refused_and_never_executed(runs):
+    refused, trapped = runs["refused"], runs["trapped"]
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert "Traceback" not in refused.stderr and refused.stderr.count("\n") == 1
+    assert refused.stderr.startswith("error: unreadable training state")
+    assert f"({engine.last_state_path(trapped, VIT, 0)})" in refused.stderr
+    assert not runs["marker"].exists()
+    assert files_state(trapped) == runs["trapped_before"]
+
+
+# --------------------------------------------------------------------------
+# Writers killed mid-way
+# --------------------------------------------------------------------------
+WRITER = """
+import os, sys, time
+sys.path.insert(0, {repo!r})
+import psg_layout
+
+def lines():
+    for number in range(400_000):
+        if number == 200_000 and os.environ.get("PAUSE"):
+            print("half", flush=True)  # half the lines are in the temporary file
+            time.sleep(120)
+        yield f"N2 line {{number}}"
+
+psg_layout.write_lines(sys.argv[1], lines())
+"""
+
+
+def test_a_writer_killed_midway_leaves_the_old_file_whole(tmp_path):
+    target = tmp_path / "test_vit_fold_0_log.csv"  # a file evaluate.py finds by globbing
+    old = "epoch,lr\n0,0.0001\n"
+    target.write_text(old)
+    script = WRITER.format(repo=str(REPO))
+    writer = subprocess.Popen([sys.executable, "-c", script, str(target)], stdout=subprocess.PIPE, text=True,
+                              env=dict(ENV, PAUSE="1"))
+    try:
+        assert writer.stdout.readline() == "half\n"
+        temporary = [p for p in tmp_path.iterdir() if p != target]
+        assert len(temporary) == 1 and temporary[0].stat().st_size > 1_000_000  # really mid-way
+        assert target.read_text() == old
+        os.kill(writer.pid, signal.SIGKILL)
+    finally:
+        writer.kill()
+        writer.wait()
+    assert writer.returncode == -signal.SIGKILL
+    assert target.read_text() == old
+    # the torn temporary file is hidden (a dot file) and is not what the pipeline looks for
+    leftover = [p.name for p in tmp_path.iterdir() if p != target]
+    assert len(leftover) == 1 and leftover[0].startswith(".test_vit_fold_0_log.")
+    assert leftover[0].endswith(".tmp.csv")
+    assert list(tmp_path.glob("*_log.csv")) == [target]  # evaluate.py's glob for training logs
+    assert glob.glob(str(tmp_path / "*")) == [str(target)]  # shell-style globs skip it
+
+    # run to the end, the writer replaces the file whole
+    subprocess.run([sys.executable, "-c", script, str(target)], check=True, env=ENV)
+    lines = target.read_text().splitlines()
+    assert len(lines) == 400_000 and lines[-1] == "N2 line 399999"
+    assert oct(target.stat().st_mode & 0o777) == oct(0o666 & ~psg_layout._UMASK)
+
+
+WRITE_CALLS = {"write_text", "write_bytes", "save", "save_file", "imwrite", "savefig", "to_csv", "dump", "write",
+               "writerows", "writerow", "writelines"}
+
+
+def _writes_outside_atomic_path(tree: ast.AST) -> list[int]:
+    """Line numbers of file writes not lexically inside ``with ... atomic_path(...)``."""
+    found = []
+
+    def is_atomic(item: ast.withitem) -> bool:
+        call = item.context_expr
+        return isinstance(call, ast.Call) and (getattr(call.func, "attr", None) == "atomic_path"
+                                               or getattr(call.func, "id", None) == "atomic_path")
+
+    def visit(node: ast.AST, inside: bool) -> None:
+        if isinstance(node, ast.With):
+            inside = inside or any(is_atomic(item) for item in node.items)
+        if isinstance(node, ast.Call) and not inside:
+            name = getattr(node.func, "attr", None)
+            owner = getattr(getattr(node.func, "value", None), "attr", None)  # sys.stdout.write
+            opens_for_writing = getattr(node.func, "id", None) == "open" and any(
+                isinstance(arg, ast.Constant) and isinstance(arg.value, str) and set(arg.value) & set("wax+")
+                for arg in node.args[1:2] + [k.value for k in node.keywords if k.arg == "mode"])
+            if (name in WRITE_CALLS and owner not in ("stdout", "stderr")) or opens_for_writing:
+                found.append(node.lineno)
+        for child in ast.iter_child_nodes(node):
+            visit(child, inside)
+
+    visit(tree, False)
+    return found
+
+
+def test_every_write_of_the_pipeline_goes_through_atomic_path(tmp_path):
+    """Checked on the source: a write outside ``with atomic_path(...)`` could leave a torn output."""
+    scripts = sorted(REPO.glob("*.py"))
+    assert {"engine.py", "infer_blend.py", "blend.py", "postprocess.py", "evaluate.py"} <= {p.name for p in scripts}
+    offenders = {p.name: lines for p in scripts if (lines := _writes_outside_atomic_path(ast.parse(p.read_text())))}
+    assert not offenders, f"writes outside atomic_path (file: lines): {offenders}"
+    # the check sees a plain write
+    sample = "import numpy as np\ndef f(path, x):\n    np.save(path, x)\n    with atomic_path(path) as tmp:\n" \
+             "        np.save(tmp, x)\n"
+    assert _writes_outside_atomic_path(ast.parse(sample)) == [3]

@@ -1,0 +1,217 @@
+"""Hardening (issue 8): property tests with hypothesis.
+
+- The challenge-CSV reader: random rows and garbage bytes either read into a
+  table that obeys the contract, or raise InputError with one line naming the
+  file; nothing else (no other exception, so no traceback from a script).
+- Post-processing (rules and hmm): length preserved, only stage names out, a
+  recording's result independent of the other recordings in the file.
+- Blending: one valid stage per row, probabilities that are probabilities.
+"""
+from __future__ import annotations
+
+import csv
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+import blend
+import postprocess
+import psg_layout
+from psg_layout import NUM_CLASSES, STAGES, InputError
+
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SLOW = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@pytest.fixture(scope="module")
+def scratch():
+    with tempfile.TemporaryDirectory() as folder:
+        yield Path(folder)
+
+
+# --------------------------------------------------------------------------
+# The CSV reader
+# --------------------------------------------------------------------------
+def read_or_refuse(path: Path, with_labels: bool):
+    """The table, or None after checking the InputError's message; any other exception fails the test."""
+    try:
+        return psg_layout.read_epoch_csv(path, with_labels)
+    except InputError as err:
+        message = str(err)
+        assert message and not message.splitlines()[1:], repr(message)  # one line
+        assert f"({path})" in message or f"({path}:" in message, message
+        return None
+
+
+@FUZZ
+@given(data=st.binary(max_size=400), with_labels=st.booleans())
+def test_garbage_bytes_are_read_or_refused_with_one_line(scratch, data, with_labels):
+    path = scratch / "garbage.csv"
+    path.write_bytes(data)
+    table = read_or_refuse(path, with_labels)
+    if table is not None:
+        assert len(table.recording_ids) == len(table.idnums) == len(table) > 0
+
+
+FIELDS = st.one_of(
+    st.sampled_from(["A", "A_0001.png", "A_0002.png", "B_0001.png", "ID", "IDnum", "label", "..", ".", "../x.png",
+                     "/abs", "a/b", "a\\b", "", " ", *STAGES, "N4", "Sleep stage 4", "wake", "REM "]),
+    st.text(max_size=6),
+)
+
+
+@st.composite
+def csv_rows(draw, with_labels: bool):
+    """Rows that mostly fit the contract (so both outcomes are common), some random."""
+    names = [f"A_{n:04d}.png" for n in range(1, 40)]
+    well_formed = st.tuples(st.sampled_from(["A", "B", " A"]), st.sampled_from(names),
+                            st.sampled_from([*STAGES, " N2 "])).map(lambda row: list(row[:3 if with_labels else 2]))
+    row = st.integers(0, 9).flatmap(lambda k: st.lists(FIELDS, max_size=4) if k == 0 else well_formed)
+    rows = draw(st.lists(row, max_size=8))
+    if draw(st.booleans()):
+        rows.insert(0, ["ID", "IDnum", "label"][:3 if with_labels else 2])
+    return rows
+
+
+@FUZZ
+@given(data=st.data(), with_labels=st.booleans())
+def test_random_rows_are_read_exactly_or_refused(scratch, data, with_labels):
+    rows = data.draw(csv_rows(with_labels))
+    path = scratch / "rows.csv"
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows(rows)
+    table = read_or_refuse(path, with_labels)
+    # The oracle: which rows the contract keeps, and whether it must refuse.
+    kept = [r for number, r in enumerate(rows, start=1)
+            if any(f.strip() for f in r)
+            and not (number == 1 and [f.strip().lower() for f in r[:2]] == ["id", "idnum"])]
+    width = 3 if with_labels else 2
+
+    def plain(name):
+        return name not in ("", ".", "..") and not set(name) & {"/", "\\", "\0"}
+
+    valid = (kept and all(len(r) == width for r in kept)
+             and all(plain(r[0].strip()) and plain(r[1].strip()) for r in kept)
+             and (not with_labels or all(r[2].strip() in STAGES for r in kept))
+             and len({r[1].strip() for r in kept}) == len(kept))
+    if not valid:
+        assert table is None
+        return
+    assert table is not None
+    assert table.recording_ids == [r[0].strip() for r in kept]
+    assert table.idnums == [r[1].strip() for r in kept]
+    if with_labels:
+        assert [STAGES[s] for s in table.labels] == [r[2].strip() for r in kept]
+    else:
+        assert table.labels is None
+
+
+# --------------------------------------------------------------------------
+# Post-processing
+# --------------------------------------------------------------------------
+# A file of recordings: each a list of stage ints; recording k is named "R<k>".
+RECORDINGS = st.lists(st.lists(st.integers(0, NUM_CLASSES - 1), min_size=1, max_size=40), min_size=1, max_size=5)
+
+
+def flatten(recordings, interleave: bool):
+    """Rows (stage, recording id) of all recordings, contiguous or dealt out round-robin."""
+    rows = [(stage, f"R{k}", position) for k, stages in enumerate(recordings) for position, stage in enumerate(stages)]
+    if interleave:
+        rows.sort(key=lambda row: (row[2], row[1]))
+    return np.array([r[0] for r in rows], dtype=np.int64), [r[1] for r in rows]
+
+
+@FUZZ
+@given(recordings=RECORDINGS, interleave=st.booleans())
+def test_rules_keep_length_and_stages_and_treat_each_recording_alone(recordings, interleave):
+    stages, ids = flatten(recordings, interleave)
+    result, _ = postprocess.apply_rules(stages, ids)
+    assert result.shape == stages.shape and set(result.tolist()) <= set(range(NUM_CLASSES))
+    for k, own in enumerate(recordings):
+        rows = [i for i, r in enumerate(ids) if r == f"R{k}"]
+        alone, _ = postprocess.apply_rules(np.array(own), [f"R{k}"] * len(own))
+        assert result[rows].tolist() == alone.tolist()
+
+
+PROBABILITY_ROWS = st.lists(st.lists(st.floats(0, 1), min_size=NUM_CLASSES, max_size=NUM_CLASSES)
+                            .filter(lambda row: sum(row) > 1e-3), min_size=1, max_size=30)
+
+
+@FUZZ
+@given(rows=PROBABILITY_ROWS, cut=st.data(), labels=st.lists(st.integers(0, 4), min_size=2, max_size=60))
+def test_hmm_keeps_length_and_stages_and_treats_each_recording_alone(rows, cut, labels):
+    probabilities = np.array(rows) / np.array(rows).sum(axis=1, keepdims=True)
+    boundaries = sorted(set(cut.draw(st.lists(st.integers(1, max(1, len(rows) - 1)), max_size=3))))
+    boundaries = [b for b in boundaries if 0 < b < len(rows)]
+    parts = np.split(np.arange(len(rows)), boundaries)
+    ids = [f"R{k}" for k, part in enumerate(parts) for _ in part]
+    model = postprocess.estimate_hmm(np.array(labels), ["T"] * len(labels))
+    result = postprocess.hmm_decode(probabilities, ids, *model)
+    assert result.shape == (len(rows),) and set(result.tolist()) <= set(range(NUM_CLASSES))
+    for k, part in enumerate(parts):
+        alone = postprocess.hmm_decode(probabilities[part], [f"R{k}"] * len(part), *model)
+        assert result[part].tolist() == alone.tolist()
+
+
+def write_test_set(data: Path, recordings) -> None:
+    rows = [(f"R{k}", psg_layout.image_name(f"R{k}", n + 1)) for k, stages in enumerate(recordings)
+            for n in range(len(stages))]
+    psg_layout.write_csv_rows(data / psg_layout.TEST_CSV, rows)
+
+
+@SLOW
+@given(recordings=RECORDINGS, method=st.sampled_from(["rules", "none"]), across=st.booleans())
+def test_the_submission_has_one_stage_name_per_test_row(scratch, recordings, method, across):
+    data, out = scratch / "post_data", scratch / "post_out"
+    write_test_set(data, recordings)
+    stages = [s for own in recordings for s in own]
+    psg_layout.write_lines(out / "blend.csv", (STAGES[s] for s in stages))
+    postprocess.main(["--data-root", str(data), "--in", str(out / "blend.csv"), "--out", str(out / "post.csv"),
+                      "--method", method, "--quiet"] + (["--across-recordings"] if across else []))
+    lines = (out / "post.csv").read_text().splitlines()
+    assert len(lines) == len(stages) and set(lines) <= set(STAGES)
+
+
+# --------------------------------------------------------------------------
+# Blending
+# --------------------------------------------------------------------------
+def probability_rows(rows: int):
+    return st.lists(st.lists(st.floats(0, 1), min_size=NUM_CLASSES, max_size=NUM_CLASSES)
+                    .filter(lambda row: sum(row) > 1e-3), min_size=rows, max_size=rows)
+
+
+@FUZZ
+@given(data=st.data(), rows=st.integers(1, 40), method=st.sampled_from(blend.METHODS), weight=st.floats(0, 1),
+       power=st.floats(0.05, 4))
+def test_blend_gives_one_valid_stage_per_row(data, rows, method, weight, power):
+    p1, p2 = (np.array(data.draw(probability_rows(rows))) for _ in range(2))
+    p1, p2 = p1 / p1.sum(axis=1, keepdims=True), p2 / p2.sum(axis=1, keepdims=True)
+    stages = blend.predict_stages(blend.blend_scores(p1, p2, method, weight, power))
+    assert stages.shape == (rows,) and set(stages.tolist()) <= set(range(NUM_CLASSES))
+    probabilities = blend.blend_probabilities(p1, p2, method, weight, power)
+    assert probabilities.shape == (rows, NUM_CLASSES) and np.isfinite(probabilities).all()
+    assert (probabilities >= 0).all()
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1, atol=1e-9)
+
+
+@SLOW
+@given(data=st.data(), recordings=RECORDINGS, method=st.sampled_from(blend.METHODS), weight=st.floats(0, 1))
+def test_the_blend_csv_has_one_stage_name_per_test_row(scratch, data, recordings, method, weight):
+    rows = sum(len(own) for own in recordings)
+    assume(rows <= 60)
+    base, out = scratch / "blend_data", scratch / "blend_out"
+    write_test_set(base, recordings)
+    out.mkdir(exist_ok=True)
+    for arch, epochs in (("vit_base_patch16_224", [4]), ("tf_efficientnet_b4_ns", [1])):
+        p = np.array(data.draw(probability_rows(rows)), dtype=np.float64)
+        np.save(blend.dump_path(out, arch, 0, epochs), (p / p.sum(axis=1, keepdims=True)).astype(np.float32))
+    blend.main(["--data-root", str(base), "--out", str(out), "--method", method, "--ens-weight", str(weight),
+                "--quiet"])
+    lines = blend.blend_csv_path(out, method, [4], [1]).read_text().splitlines()
+    assert len(lines) == rows and set(lines) <= set(STAGES)
+    saved = np.load(blend.probabilities_path(blend.blend_csv_path(out, method, [4], [1])))
+    assert saved.shape == (rows, NUM_CLASSES) and np.isfinite(saved).all()
