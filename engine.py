@@ -54,7 +54,7 @@ AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 # run whose saved configuration differs in any of them.
 RECIPE_KEYS = ("model_arch", "img_size", "optimizer", "fold", "folds", "cv", "seed", "batch_size",
                "accum_iter", "lr", "min_lr", "weight_decay", "t0", "sched_steps_per_epoch",
-               "no_fmix", "cutmix", "pretrained")
+               "no_fmix", "cutmix", "pretrained", "no_cache")
 
 
 # --------------------------------------------------------------------------
@@ -108,6 +108,11 @@ def build_parser(defaults: dict, description: str) -> argparse.ArgumentParser:
                         help="auto: CUDA when available")
     parser.add_argument("--no-fmix", action="store_true", help="turn off FMix (on in the seed)")
     parser.add_argument("--cutmix", action="store_true", help="turn on CutMix (off in the seed)")
+    parser.add_argument("--cache-dir", default=d["cache_dir"],
+                        help="image cache (decoded, resized uint8 arrays; built on first use), outside the data root")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="the seed's per-sample path: decode and augment every image in the workers, every epoch")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(optimizer=d["optimizer"])
     return parser
@@ -128,6 +133,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise InputError("--lr must be positive, --min-lr and --weight-decay not negative")
     if args.pretrained is not None and not Path(args.pretrained).is_file():
         raise InputError(f"pretrained weights file not found {where(args.pretrained)}")
+    if not args.no_cache:
+        loader_vit_rgb.check_cache_dir(args.cache_dir, args.data_root)
 
 
 # --------------------------------------------------------------------------
@@ -151,6 +158,18 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
 def resolve_amp(amp: str, device: torch.device) -> str:
     """The precision actually used: ``amp`` on CUDA, ``"off"`` on CPU."""
     return amp if device.type == "cuda" else "off"
+
+
+def memory_format(device: torch.device) -> torch.memory_format:
+    """channels_last on CUDA (faster convolutions with mixed precision), the default layout elsewhere."""
+    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
+
+
+def make_optimizer(name: str, parameters, lr: float, weight_decay: float,
+                   device: torch.device) -> torch.optim.Optimizer:
+    """The trainer's optimizer; on CUDA torch's Adam runs its fused kernel (AdamP has none)."""
+    options = {"fused": True} if device.type == "cuda" and name == "adam" else {}
+    return OPTIMIZERS[name](parameters, lr=lr, weight_decay=weight_decay, **options)
 
 
 def _autocast(device: torch.device, amp: str):
@@ -435,9 +454,13 @@ def classification_metrics(confusion: np.ndarray) -> dict:
 # Training, validation, prediction
 # --------------------------------------------------------------------------
 def device_batches(loader, device: torch.device):
-    """Yield ``(images, targets)`` batches of the loader, moved to ``device``."""
-    for images, targets in loader_vit_rgb.iterate_batches(loader):
-        yield images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+    """Yield ``(images, targets)`` batches of the loader, on ``device`` and finished there.
+
+    See :func:`loader_vit_rgb.finish_batch`: cached batches are normalised
+    and augmented on ``device``; images come in :func:`memory_format`.
+    """
+    for batch in loader_vit_rgb.iterate_batches(loader):
+        yield loader_vit_rgb.finish_batch(batch, device, memory_format(device))
 
 
 def train_one_epoch(model: torch.nn.Module, batches, n_batches: int, optimizer: torch.optim.Optimizer,
@@ -528,7 +551,8 @@ def predict(model: torch.nn.Module, loader, device: torch.device, amp: str = "of
     model : torch.nn.Module
         Already on ``device``.
     loader : DataLoader
-        Yields images (batch, 3, H, W), or ``(images, targets)`` tuples.
+        Yields images (batch, 3, H, W), ``(images, targets)`` tuples, or cached
+        batches (see :func:`loader_vit_rgb.finish_batch`).
     device : torch.device
     amp : {"fp16", "bf16", "off"}
         Autocast precision on CUDA (ignored on CPU).
@@ -539,13 +563,14 @@ def predict(model: torch.nn.Module, loader, device: torch.device, amp: str = "of
     -------
     np.ndarray of float32, shape (rows, num_classes)
     """
-    model.eval()
+    model.eval().to(memory_format=memory_format(device))
     probabilities = []
     for batch in tqdm(loader_vit_rgb.iterate_batches(loader), total=len(loader), desc="predict",
                       disable=not progress, dynamic_ncols=True):
-        images = batch[0] if isinstance(batch, (list, tuple)) else batch
+        images = loader_vit_rgb.finish_batch(batch, device, memory_format(device))
+        images = images[0] if isinstance(images, tuple) else images
         with _autocast(device, amp):
-            logits = model(images.to(device, non_blocking=True))
+            logits = model(images)
         probabilities.append(torch.softmax(logits.float(), dim=1).cpu())
     if not probabilities:
         return np.zeros((0, getattr(_unwrapped(model), "num_classes", psg_layout.NUM_CLASSES)), dtype=np.float32)
@@ -720,18 +745,25 @@ def _train(args: argparse.Namespace, device: torch.device, rank: int, world_size
         # that fails (a corrupt image, a pickled --pretrained file) leaves no file.
         _check_weights_dir(weights_dir)
 
-    pin_memory = device.type == "cuda"
+    cache_dir = None if args.no_cache else args.cache_dir
+    if cache_dir is not None:  # built by rank 0 alone; the loaders open it
+        if is_writer:
+            loader_vit_rgb.open_cache(args.data_root, table, args.img_size, cache_dir, workers=args.workers,
+                                      progress=progress)
+        if world_size > 1:
+            dist.barrier()
+    loading = dict(rank=rank, world_size=world_size, pin_memory=device.type == "cuda", cache_dir=cache_dir,
+                   device=device)
     train_loader = loader_vit_rgb.make_train_loader(
         args.data_root, table, train_rows, args.img_size, args.batch_size, args.workers, args.seed,
-        fmix_enabled=not args.no_fmix, cutmix_enabled=args.cutmix, rank=rank, world_size=world_size,
-        pin_memory=pin_memory)
+        fmix_enabled=not args.no_fmix, cutmix_enabled=args.cutmix, **loading)
     valid_loader = loader_vit_rgb.make_eval_loader(
-        args.data_root, table, args.img_size, args.valid_batch_size, args.workers, rows=valid_rows,
-        rank=rank, world_size=world_size, pin_memory=pin_memory)
+        args.data_root, table, args.img_size, args.valid_batch_size, args.workers, rows=valid_rows, **loading)
 
     torch.manual_seed(args.seed)  # the same initial weights on every rank and every run
-    model = create_model(arch, args.img_size, psg_layout.NUM_CLASSES, args.pretrained).to(device)
-    optimizer = OPTIMIZERS[args.optimizer](model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    model = create_model(arch, args.img_size, psg_layout.NUM_CLASSES, args.pretrained)
+    model = model.to(device, memory_format=memory_format(device))
+    optimizer = make_optimizer(args.optimizer, model.parameters(), args.lr, args.weight_decay, device)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=args.t0, T_mult=1,
                                                                      eta_min=args.min_lr)
     scaler = torch.amp.GradScaler(device.type, enabled=config["amp"] == "fp16")
@@ -748,6 +780,8 @@ def _train(args: argparse.Namespace, device: torch.device, rank: int, world_size
         start_epoch = state["epoch"] + 1
         if is_writer:
             print(f"resuming after epoch {state['epoch']}")
+    if args.compile:
+        model.compile()  # in place: the state dict keeps its names
     if world_size > 1:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 

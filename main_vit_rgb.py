@@ -34,6 +34,7 @@ DEFAULTS = dict(
     device="auto",
     data_root="DATA",
     weights_dir="weights",
+    cache_dir="cache",
 )
 
 

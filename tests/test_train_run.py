@@ -20,12 +20,13 @@ from conftest import run_script
 # One BLAS thread per process: on a busy 2-core machine, more threads spin
 # against each other and training runs several times slower.
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
-ARCH, IMG_SIZE, EPOCHS = "test_efficientnet", 48, 4
+# 6 epochs: after 4, macro-F1 passes the bar below for only about half of the seeds (either data path).
+ARCH, IMG_SIZE, EPOCHS = "test_efficientnet", 48, 6
 
 
 @pytest.fixture(scope="module")
 def trained(tiny_data, tmp_path_factory):
-    """main_eff.py for 4 epochs on the tiny data set (one cosine cycle: --t0 8, two steps per epoch)."""
+    """main_eff.py for EPOCHS epochs on the tiny data set (one cosine cycle: --t0 2 x EPOCHS, two steps per epoch)."""
     weights = tmp_path_factory.mktemp("trained") / "weights"
     result = run_script(
         "main_eff.py", "--data-root", tiny_data, "--weights-dir", weights, "--model-arch", ARCH,
@@ -50,11 +51,11 @@ def test_a_tiny_model_learns(trained):
 
 def test_the_schedule_is_the_seeds_two_steps_per_epoch(trained):
     _, log, _ = trained
-    # CosineAnnealingWarmRestarts(T_0=8, eta_min=1e-6) stepped twice per epoch:
+    # CosineAnnealingWarmRestarts(T_0=2 x EPOCHS, eta_min=1e-6) stepped twice per epoch:
     # epoch e trains at step 2 e of the cycle.
     for row in log:
         step = 2 * int(row["epoch"])
-        expected = 1e-6 + (3e-3 - 1e-6) * (1 + math.cos(math.pi * step / 8)) / 2
+        expected = 1e-6 + (3e-3 - 1e-6) * (1 + math.cos(math.pi * step / (2 * EPOCHS))) / 2
         assert float(row["lr"]) == pytest.approx(expected, rel=1e-4)
 
 

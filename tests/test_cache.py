@@ -1,0 +1,277 @@
+"""The image cache and batch augmentation: the same images as the per-sample path, the same statistics."""
+from __future__ import annotations
+
+import functools
+import json
+import os
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import engine
+import fmix
+import loader_vit_rgb as L
+import main_vit_rgb
+import psg_layout
+from psg_layout import EpochTable, InputError
+
+CPU = torch.device("cpu")
+SIZE = 32
+
+
+def finished(loader):
+    """Every batch of ``loader``, finished on the CPU."""
+    return [L.finish_batch(batch, CPU) for batch in L.iterate_batches(loader)]
+
+
+def write_recordings(root, recordings):
+    """A data root with ``{recording_id: [uint8 HxWx3 RGB images]}``; returns its EpochTable (labels 0..4 cycled)."""
+    ids, names = [], []
+    for recording_id, images in recordings.items():
+        (root / recording_id).mkdir(parents=True)
+        for number, image in enumerate(images, start=1):
+            name = psg_layout.image_name(recording_id, number)
+            cv2.imwrite(str(root / recording_id / name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+            ids.append(recording_id)
+            names.append(name)
+    return EpochTable(root / psg_layout.TRAIN_CSV, ids, names, np.arange(len(names)) % 5)
+
+
+def cached_train_batch(table, root, cache_dir, indices, size=SIZE, **options):
+    """The dataset of all rows (no mixing, batches left for the device) and its item (epoch 0, step 0, indices)."""
+    rows = np.arange(len(table))
+    opener = functools.partial(L.open_cache, root, table, size, cache_dir)
+    settings = dict(seed=3, rank=0, fmix_enabled=False, cutmix_enabled=False, finish=False)
+    dataset = L.CachedTrainBatches(opener, rows, table.labels, size, **{**settings, **options})
+    dataset.prepare()
+    return dataset, dataset[0, 0, list(indices)]
+
+
+# --------------------------------------------------------------------------
+# Without augmentation: the per-sample path's tensors, to the bit
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize("device", ["cpu", "cuda"])  # finished in the workers / left for the device (done on the CPU)
+def test_eval_batches_equal_the_per_sample_path(tiny_data, tmp_path, device):
+    table = L.read_train_table(tiny_data)
+    rows = np.arange(0, len(table), 3)
+    per_sample = finished(L.make_eval_loader(tiny_data, table, SIZE, 16, 0, rows=rows, cache_dir=None))
+    cached = finished(L.make_eval_loader(tiny_data, table, SIZE, 16, 1, rows=rows, cache_dir=tmp_path,
+                                         device=device))
+    assert len(per_sample) == len(cached) == -(-len(rows) // 16)
+    for (images_a, targets_a), (images_b, targets_b) in zip(per_sample, cached):
+        assert images_b.dtype == torch.float32 and images_b.shape[1:] == (3, SIZE, SIZE)
+        torch.testing.assert_close(images_a, images_b, rtol=0, atol=0)
+        torch.testing.assert_close(targets_a, targets_b, rtol=0, atol=0)
+    test = L.read_test_table(tiny_data)  # no labels: images alone
+    images = finished(L.make_eval_loader(tiny_data, test, SIZE, 64, 0, cache_dir=tmp_path))
+    reference = finished(L.make_eval_loader(tiny_data, test, SIZE, 64, 0, cache_dir=None))
+    torch.testing.assert_close(torch.cat(images), torch.cat(reference), rtol=0, atol=0)
+
+
+def test_training_batches_without_augmentation_equal_the_per_sample_path(tiny_data, tmp_path):
+    table = L.read_train_table(tiny_data)
+    indices = [5, 0, 77, 200, 13]
+    _, batch = cached_train_batch(table, tiny_data, tmp_path, indices, dropout_probability=0.0)
+    images, targets = L.finish_batch(batch, CPU)
+    per_sample = L.EpochImageDataset(L.table_image_paths(tiny_data, table), table.labels,
+                                     L.get_valid_transforms(SIZE))
+    for position, index in enumerate(indices):
+        image, target = per_sample[index]
+        torch.testing.assert_close(images[position], image, rtol=0, atol=0)
+        torch.testing.assert_close(targets[position], target, rtol=0, atol=0)
+
+
+def test_grey_images_are_stored_once_and_colour_in_three_channels(tmp_path):
+    rng = np.random.default_rng(0)
+    grey = [np.repeat(rng.integers(0, 256, (27, 48, 1), dtype=np.uint8), 3, axis=2) for _ in range(3)]
+    colour = [image.copy() for image in grey]
+    colour[1][5:9, 10:20] = (200, 30, 90)  # one coloured patch: that recording needs 3 channels
+    root, cache_dir = tmp_path / "root", tmp_path / "cache"
+    table = write_recordings(root, {"GREY": grey, "COLOUR": colour})
+    cache = L.open_cache(root, table, SIZE, cache_dir)
+    folder = L.cache_folder(cache_dir, root, SIZE)
+    assert json.loads((folder / "GREY.json").read_text())["channels"] == 1
+    assert json.loads((folder / "COLOUR.json").read_text())["channels"] == 3
+    assert np.load(folder / "GREY.npy", mmap_mode="r").shape == (3, 1, SIZE, SIZE)
+    assert np.load(folder / "COLOUR.npy", mmap_mode="r").shape == (3, 3, SIZE, SIZE)
+    # Read together, grey recordings are broadcast to three channels; the model gets the same tensors.
+    assert cache.read([0, 4]).shape == (2, 3, SIZE, SIZE)
+    cached = finished(L.make_eval_loader(root, table, SIZE, 4, 0, cache_dir=cache_dir))
+    reference = finished(L.make_eval_loader(root, table, SIZE, 4, 0, cache_dir=None))
+    for (images_a, _), (images_b, _) in zip(cached, reference):
+        torch.testing.assert_close(images_a, images_b, rtol=0, atol=0)
+    grey_only = L.open_cache(root, table, SIZE, cache_dir, rows=[0, 1, 2])
+    assert grey_only.channels == 1 and grey_only.read([2]).shape == (1, 1, SIZE, SIZE)
+
+
+# --------------------------------------------------------------------------
+# Building, fingerprints, rebuilding
+# --------------------------------------------------------------------------
+def test_cache_is_rebuilt_exactly_when_files_or_settings_change(tmp_path):
+    rng = np.random.default_rng(1)
+    images = {name: [rng.integers(0, 256, (27, 48, 3), dtype=np.uint8) for _ in range(2)] for name in ("A", "B")}
+    root, cache_dir = tmp_path / "root", tmp_path / "cache"
+    table = write_recordings(root, images)
+    L.open_cache(root, table, SIZE, cache_dir, workers=2)
+    folder = L.cache_folder(cache_dir, root, SIZE)
+    built = {name: (folder / f"{name}.npy").stat().st_mtime_ns for name in "AB"}
+
+    def rebuilt():
+        return {name for name in "AB" if (folder / f"{name}.npy").stat().st_mtime_ns != built[name]}
+
+    L.open_cache(root, table, SIZE, cache_dir)
+    assert rebuilt() == set()
+    # New content (same size), only B's file: B rebuilt with the new pixels.
+    path = root / "B" / psg_layout.image_name("B", 2)
+    stat = path.stat()
+    new = np.full((27, 48, 3), 128, np.uint8)
+    cv2.imwrite(str(path), new)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    cache = L.open_cache(root, table, SIZE, cache_dir)
+    assert rebuilt() == {"B"} and (cache.read([3]) == 128).all()
+    # A half-built recording (no manifest, or an array shorter than it says) is rebuilt.
+    built = {name: (folder / f"{name}.npy").stat().st_mtime_ns for name in "AB"}
+    (folder / "A.json").unlink()
+    with open(folder / "B.npy", "r+b") as handle:
+        handle.truncate(100)
+    L.open_cache(root, table, SIZE, cache_dir)
+    assert rebuilt() == {"A", "B"}
+    # Another size is another folder; the data root is never written to.
+    L.open_cache(root, table, 16, cache_dir)
+    assert (L.cache_folder(cache_dir, root, 16) / "A.npy").is_file()
+    assert sorted(p.name for p in root.rglob("*") if p.is_file()) == sorted(table.idnums)
+
+
+def test_a_failed_build_leaves_no_partial_files_and_names_the_image(tmp_path):
+    root, cache_dir = tmp_path / "root", tmp_path / "cache"
+    table = write_recordings(root, {"R": [np.zeros((27, 48, 3), np.uint8)] * 2})
+    broken = root / "R" / table.idnums[1]
+    broken.write_bytes(broken.read_bytes()[:40])
+    loader = L.make_eval_loader(root, table, SIZE, 2, 1, cache_dir=cache_dir)  # built on the first pass
+    with pytest.raises(InputError, match=r"^not a decodable image .*R_0002.png\)$"):
+        finished(loader)
+    assert [p.name for p in L.cache_folder(cache_dir, root, SIZE).iterdir()] == []
+
+
+def test_cache_inside_the_data_root_is_refused_before_anything_is_written(tiny_data, tmp_path):
+    table = L.read_train_table(tiny_data)
+    with pytest.raises(InputError, match="must not be inside the data root"):
+        L.open_cache(tiny_data, table, SIZE, tiny_data / "cache")
+    args = engine.build_parser(main_vit_rgb.DEFAULTS, "").parse_args(
+        ["--data-root", str(tiny_data), "--weights-dir", str(tmp_path / "w"), "--cache-dir", str(tiny_data / "x")])
+    with pytest.raises(InputError, match=r"^the image cache must not be inside the data root .*--cache-dir"):
+        engine.train(args)
+    assert not (tiny_data / "x").exists() and not (tmp_path / "w").exists()
+
+
+# --------------------------------------------------------------------------
+# With augmentation: the per-sample path's statistics
+# --------------------------------------------------------------------------
+def test_dropout_keep_makes_whole_8x8_holes_inside_the_image():
+    corners = torch.tensor([[[[0, 0], [0, 8], [8, 0], [24, 24], [16, 16], [0, 24], [24, 0], [8, 8]],
+                             [[3, 3]] * 8]])  # second dropout: 8 holes on one spot
+    keep = L.dropout_keep(corners, torch.tensor([[True, False]]), SIZE)[0, 0]
+    assert keep.shape == (SIZE, SIZE) and int((keep == 0).sum()) == 8 * 64
+    assert (keep[:16, :16] == 0).all() and (keep[24:, 24:] == 0).all() and keep[3, 20] == 1
+    keep = L.dropout_keep(corners, torch.tensor([[False, True]]), SIZE)[0, 0]
+    assert int((keep == 0).sum()) == 64 and (keep[3:11, 3:11] == 0).all()
+
+
+def test_dropout_statistics_match_the_per_sample_path(tmp_path):
+    # White images: after Normalize nothing is 0 but a dropped pixel.
+    root, count, size = tmp_path / "root", 100, 64
+    table = write_recordings(root, {"W": [np.full((27, 48, 3), 255, np.uint8)] * count})
+    _, batch = cached_train_batch(table, root, tmp_path / "cache", range(count), size=size)
+    cached = (L.finish_batch(batch, CPU)[0] == 0).all(dim=1).sum(dim=(1, 2)).numpy()
+    transforms = L.get_train_transforms(size)
+    dataset = L.EpochImageDataset(L.table_image_paths(root, table), table.labels, transforms, seed=3)
+    per_sample = np.array([int((dataset[i][0] == 0).all(dim=0).sum()) for i in range(count)])
+    for zeros in (cached, per_sample):
+        assert zeros.max() <= 2 * 8 * 64
+        assert 12 <= (zeros == 0).sum() <= 40  # neither dropout: 1/4
+        assert (zeros > 8 * 64).sum() >= 12  # both fired (a quarter of the samples), more than one set of holes
+    assert abs(cached.mean() - per_sample.mean()) < 0.25 * per_sample.mean()
+
+
+def test_fmix_mixes_images_and_targets_by_the_mask_share(tmp_path):
+    # Black Wake and white REM images: a mixed pixel tells the mask, as in test_fmix.
+    root = tmp_path / "root"
+    images = [np.full((27, 48, 3), 255 * (i % 2), np.uint8) for i in range(40)]
+    table = write_recordings(root, {"BW": images})
+    table.labels = np.array([0, 4] * 20)
+    dataset, _ = cached_train_batch(table, root, tmp_path / "cache", [0], fmix_enabled=True,
+                                    dropout_probability=0.0)
+    level = {0: (0.0 - 0.485) / 0.229, 4: (1.0 - 0.485) / 0.229}
+    mixed, mixed_with_other, lambdas = 0, 0, []
+    for step in range(10):
+        batch = dataset[0, step, list(range(40))]
+        mixed += len(batch["fmix_rows"])
+        lambdas += batch["fmix_lams"].tolist()
+        images_out, targets = L.finish_batch(batch, CPU)
+        torch.testing.assert_close(targets.sum(1), torch.ones(40))
+        for index in range(40):
+            own = int(table.labels[index])
+            if targets[index, own] == 1.0:
+                continue
+            mask = (images_out[index, 0] - level[4 - own]) / (level[own] - level[4 - own])
+            assert mask.min() >= -1e-5 and mask.max() <= 1 + 1e-5
+            assert float(targets[index, own]) == pytest.approx(float(mask.mean()), abs=1e-5)
+            assert 0.6 - 1e-3 <= float(targets[index, own]) <= 0.7 + 1e-3
+            mixed_with_other += 1
+    assert 0.4 <= mixed / 400 <= 0.6  # p = 0.5 per sample
+    assert 0.15 <= mixed_with_other / 400 <= 0.35  # and a partner of the other class half of the time
+    # Beta(1, 1) clipped to [0.6, 0.7]: 60 % at 0.6, 30 % at 0.7, 10 % between.
+    lambdas = np.array(lambdas)
+    assert lambdas.min() >= 0.6 and lambdas.max() <= 0.7
+    assert (lambdas == 0.6).mean() == pytest.approx(0.6, abs=0.12) and (lambdas == 0.7).mean() == pytest.approx(0.3, abs=0.1)
+
+
+def test_mixed_targets_and_shares_match_the_per_sample_path(tiny_data, tmp_path):
+    table = L.read_train_table(tiny_data)
+    rows = np.arange(len(table))
+
+    def own_shares(loader):
+        shares = []
+        for epoch in range(2):
+            L.set_loader_epoch(loader, epoch)
+            for images, targets in finished(loader):
+                assert torch.allclose(targets.sum(1), torch.ones(len(targets)))
+                shares += targets.max(1).values.tolist()
+        return np.array(shares)
+
+    options = dict(batch_size=32, workers=0, seed=72)
+    per_sample = own_shares(L.make_train_loader(tiny_data, table, rows, SIZE, cache_dir=None, **options))
+    cached = own_shares(L.make_train_loader(tiny_data, table, rows, SIZE, cache_dir=tmp_path, **options))
+    for shares in (per_sample, cached):
+        mixed = shares[shares < 1]
+        assert 0.6 - 1e-3 <= mixed.min() and mixed.max() <= 0.7 + 1e-3
+    # Share of samples mixed with another stage: about 1/2 x P(partner's stage differs) (~0.38 here).
+    assert abs((cached < 1).mean() - (per_sample < 1).mean()) < 0.08
+
+
+def test_batches_depend_on_seed_and_epoch_only(tiny_data, tmp_path):
+    table = L.read_train_table(tiny_data)
+    rows = np.arange(0, len(table), 2)
+
+    def epoch(workers, device, number):
+        loader = L.make_train_loader(tiny_data, table, rows, SIZE, 16, workers, 72, cutmix_enabled=True,
+                                     cache_dir=tmp_path, device=device)
+        L.set_loader_epoch(loader, number)
+        return finished(loader)
+
+    reference = epoch(0, "cpu", 1)
+    for other in (epoch(2, "cpu", 1), epoch(1, "cuda", 1)):  # workers; finished in workers or "on the device"
+        for (images_a, targets_a), (images_b, targets_b) in zip(reference, other):
+            torch.testing.assert_close(images_a, images_b, rtol=0, atol=0)
+            torch.testing.assert_close(targets_a, targets_b, rtol=0, atol=0)
+    assert not torch.equal(reference[0][0], epoch(0, "cpu", 2)[0][0])
+
+
+def test_cpu_brightness_order_is_torchs_stable_descending_sort():
+    grey = torch.randn(3, 4000)
+    grey[:, ::5] = grey[:, 7:8]  # ties
+    grey[0, :10], grey[0, 10:20] = 0.0, -0.0
+    torch.testing.assert_close(fmix._brightness_order(grey), torch.argsort(grey, dim=1, descending=True, stable=True),
+                               rtol=0, atol=0)
