@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import functools
+import io
 import os
 import sys
 import tempfile
@@ -411,8 +412,12 @@ def _columns_fast(path: Path, expected: int) -> list | None:
     """Stripped columns of a well-formed CSV, or None when it needs a closer look."""
     import pandas as pd  # only here: psg_layout stays light for everything else
 
+    data = path.read_bytes()
+    if data.count(b"\r") != data.count(b"\r\n"):
+        return None  # a bare CR: pandas' parser then drops a leading empty field; the csv module decides
     try:
-        frame = pd.read_csv(path, header=None, dtype=str, na_filter=False, skip_blank_lines=True, encoding="utf-8")
+        frame = pd.read_csv(io.BytesIO(data), header=None, dtype=str, na_filter=False, skip_blank_lines=True,
+                            encoding="utf-8")
     except (ValueError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError):
         return None
     if frame.shape[1] != expected or frame.shape[0] == 0:
@@ -437,7 +442,7 @@ def _columns_clean(columns: list, with_labels: bool) -> bool:
 def _columns_careful(path: Path, expected: int, with_labels: bool) -> list:
     """Read row by row and raise an InputError naming the first bad row(s)."""
     try:
-        with open(path, newline="", encoding="utf-8") as handle:
+        with open(path, newline="", encoding="utf-8-sig") as handle:  # -sig: as pandas, drop a byte-order mark
             rows = list(csv.reader(handle))
     except (UnicodeDecodeError, csv.Error) as err:
         raise InputError(f"not a readable CSV file: {err} {where(path)}") from None
