@@ -126,7 +126,7 @@ def test_corrupt_images_raise_an_input_error_naming_the_file(tmp_path):
         loader_vit_rgb.read_image_rgb(folder / "truncated.png")
     # Through a DataLoader worker the error keeps its one-line message.
     table = psg_layout.EpochTable(tmp_path / "t.csv", ["R", "R"], ["good.png", "truncated.png"], None)
-    loader = loader_vit_rgb.make_eval_loader(tmp_path, table, 16, batch_size=2, workers=1)
+    loader = loader_vit_rgb.make_eval_loader(tmp_path, table, 16, batch_size=2, workers=1, cache_dir=None)
     with pytest.raises(InputError) as caught:
         list(loader_vit_rgb.iterate_batches(loader))
     assert str(caught.value) == f"not a decodable image (corrupt or truncated PNG?) ({folder / 'truncated.png'})"
@@ -157,7 +157,8 @@ def test_training_loader_is_a_function_of_seed_and_epoch(tiny_data):
     rows = np.arange(40)
 
     def epoch_batches(workers, epoch):
-        loader = loader_vit_rgb.make_train_loader(tiny_data, table, rows, 32, batch_size=8, workers=workers, seed=72)
+        loader = loader_vit_rgb.make_train_loader(tiny_data, table, rows, 32, batch_size=8, workers=workers, seed=72,
+                                                  cache_dir=None)  # the per-sample path
         loader_vit_rgb.set_loader_epoch(loader, epoch)
         return list(loader_vit_rgb.iterate_batches(loader))
 

@@ -25,7 +25,8 @@ def one_thread():
 def train(data_root, weights, epochs, *extra):
     args = engine.build_parser(main_vit_rgb.DEFAULTS, "").parse_args([
         "--data-root", str(data_root), "--weights-dir", str(weights), "--model-arch", ARCH, "--img-size", "32",
-        "--lr", "1e-3", "--batch-size", "16", "--epochs", str(epochs), "--quiet", *extra])
+        "--lr", "1e-3", "--batch-size", "16", "--epochs", str(epochs), "--quiet",
+        "--cache-dir", str(weights.parent / "cache"), *extra])
     engine.train(args)
 
 
@@ -34,12 +35,13 @@ def log_without_timing(weights):
         return [{k: v for k, v in row.items() if k != "train_images_per_s"} for row in csv.DictReader(handle)]
 
 
-def test_resume_reproduces_an_uninterrupted_run(tiny_data, tmp_path, one_thread, capsys):
+@pytest.mark.parametrize("data_path", [[], ["--no-cache"]], ids=["cache", "per-sample"])
+def test_resume_reproduces_an_uninterrupted_run(tiny_data, tmp_path, one_thread, capsys, data_path):
     uninterrupted, resumed = tmp_path / "uninterrupted", tmp_path / "resumed"
-    train(tiny_data, uninterrupted, 2, "--workers", "0")
-    train(tiny_data, resumed, 1, "--workers", "0")
+    train(tiny_data, uninterrupted, 2, "--workers", "0", *data_path)
+    train(tiny_data, resumed, 1, "--workers", "0", *data_path)
     # Resumed with another number of workers: the augmentations do not depend on it.
-    train(tiny_data, resumed, 2, "--workers", "2", "--resume")
+    train(tiny_data, resumed, 2, "--workers", "2", "--resume", *data_path)
     assert "resuming after epoch 0" in capsys.readouterr().out
     for epoch in range(2):
         a = engine.checkpoint_path(uninterrupted, ARCH, 0, epoch).read_bytes()

@@ -33,7 +33,7 @@ def trained(tiny_data, tmp_path_factory):
     result = run_script(
         "main_eff.py", "--data-root", tiny_data, "--weights-dir", weights, "--model-arch", ARCH,
         "--img-size", IMG_SIZE, "--lr", 3e-3, "--epochs", EPOCHS, "--t0", 2 * EPOCHS, "--folds", FOLDS,
-        "--batch-size", 16, "--workers", 0, "--quiet", env=ONE_THREAD,
+        "--batch-size", 16, "--workers", 0, "--quiet", "--cache-dir", weights.parent / "cache", env=ONE_THREAD,
     )
     with open(engine.log_path(weights, ARCH, 0), newline="") as handle:
         log = list(csv.DictReader(handle))
@@ -78,7 +78,8 @@ def test_checkpoints_config_and_state_files(trained, tiny_data):
     assert {table.recording_ids[r] for r in valid_rows} == set(config["valid_recordings"])
     model = engine.create_model(config["model_arch"], config["img_size"])
     engine.load_weights(model, engine.checkpoint_path(weights, ARCH, 0, EPOCHS - 1))
-    loader = loader_vit_rgb.make_eval_loader(tiny_data, table, IMG_SIZE, 64, 0, rows=valid_rows)
+    # Read through the per-sample path: without augmentation it gives the cache path's tensors.
+    loader = loader_vit_rgb.make_eval_loader(tiny_data, table, IMG_SIZE, 64, 0, rows=valid_rows, cache_dir=None)
     probabilities = engine.predict(model, loader, torch.device("cpu"), "off")
     accuracy = float((probabilities.argmax(1) == table.labels[valid_rows]).mean())
     assert accuracy == pytest.approx(float(log[-1]["valid_accuracy"]), abs=1e-6)
