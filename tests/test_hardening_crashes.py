@@ -5,6 +5,9 @@
   metrics) as a run never interrupted; its first epoch, a fresh run with the
   same seed and data, is the same bytes too. A ``_last.pt`` that is a
   pickle with a payload is refused and never executed.
+- A trainer killed while it builds its image cache leaves a half-built
+  cache; the next run detects it, rebuilds it (the same bytes as a cache
+  built in one go) and trains to the same weights.
 - A writer killed in the middle of writing through ``psg_layout.atomic_path``
   leaves the old file whole; the temporary file it leaves is hidden from the
   pipeline's globs. Every write in the pipeline's code goes through
@@ -28,7 +31,7 @@ import torch
 
 import engine
 import psg_layout
-from conftest import REPO, copy_subset, run_script
+from conftest import REPO, copy_subset
 
 VIT, IMG = "test_vit", 32
 
@@ -41,20 +44,6 @@ def train_command(data, weights_dir, workers, *extra):
 
 
 ENV = dict(os.environ, PYTHONHASHSEED="0", OMP_NUM_THREADS="1")
-
-
-def children_of(pid: int) -> list[int]:
-    """Process ids whose parent is ``pid`` (Linux /proc)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry))
-    return found
 
 
 class Trap:
@@ -77,41 +66,70 @@ def log_rows(path: Path) -> list[dict]:
         return [{k: v for k, v in row.items() if k != "train_images_per_s"} for row in csv.DictReader(handle)]
 
 
+def cache_files(cache: Path) -> list[str]:
+    return sorted(p.relative_to(cache).as_posix() for p in cache.rglob("*") if p.is_file())
+
+
+def kill_group(process: subprocess.Popen) -> None:
+    """SIGKILL a process started in a session of its own, and whatever it started (DataLoader workers)."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
+
+
 @pytest.fixture(scope="module")
 def runs(tiny_data, tmp_path_factory):
-    """An uninterrupted 2-epoch run (A), a run killed with SIGKILL in epoch 1 (C, then resumed),
-    and a resume from a copy of C's folder whose _last.pt is a pickle trap (D)."""
+    """The training runs of this module, from one data set (4 recordings of 40 epochs), each from a folder
+    of its own (where its default image cache goes):
+
+    A: uninterrupted, 2 epochs. C: SIGKILLed in epoch 1, then resumed with --resume. D: a resume from a
+    copy of C's folder whose _last.pt is a pickle trap. K: SIGKILLed while building its image cache, then
+    run again for one epoch (K2) over the half-built cache.
+    """
     base = tmp_path_factory.mktemp("crash")
     data = copy_subset(tiny_data, base / "DATA", train_recordings=4, train_rows=40)
-    for name in ("A", "C", "D"):
+    for name in ("A", "C", "D", "K"):
         (base / f"cwd_{name}").mkdir()
     uninterrupted = subprocess.Popen(train_command(data, base / "A", 0), stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True, env=ENV, cwd=base / "cwd_A")
-    killed_stderr = open(base / "killed.stderr", "w")
-    killed = subprocess.Popen(train_command(data, base / "C", 1), stdout=subprocess.DEVNULL, stderr=killed_stderr,
-                              env=ENV, start_new_session=True, cwd=base / "cwd_C")
-    ended = "the trainer ended or stalled before epoch {}: see " + str(base / "killed.stderr")
+    stderr_files = {name: open(base / f"{name}.stderr", "w") for name in ("C", "K")}
+    killed = subprocess.Popen(train_command(data, base / "C", 1), stdout=subprocess.DEVNULL,
+                              stderr=stderr_files["C"], env=ENV, start_new_session=True, cwd=base / "cwd_C")
+    k_cache = base / "cache_K"
+    building = subprocess.Popen(train_command(data, base / "K", 0, "--epochs", "1", "--cache-dir", k_cache),
+                                stdout=subprocess.DEVNULL, stderr=stderr_files["K"], env=ENV,
+                                start_new_session=True, cwd=base / "cwd_K")
     log = engine.log_path(base / "C", VIT, 0)
+    epoch_1_seen = None
     try:
         deadline = time.monotonic() + 400
-        while not log.exists():  # written last after epoch 0: checkpoint 0 and _last.pt are in place
-            assert killed.poll() is None and time.monotonic() < deadline, ended.format(0)
-            time.sleep(0.02)
-        while not children_of(killed.pid):  # epoch 1 has started: its DataLoader worker is up
-            assert killed.poll() is None and time.monotonic() < deadline, ended.format(1)
-            time.sleep(0.02)
-        time.sleep(0.3)  # well inside the epoch: 80 training images in batches of 4
-        killed_during = sorted(p.name for p in (base / "C").iterdir())
-        os.kill(killed.pid, signal.SIGKILL)
+        while killed.returncode is None or building.returncode is None:
+            for name, process in (("C", killed), ("K", building)):
+                assert process.returncode is not None or process.poll() is None, \
+                    f"{name} ended before it was killed: see {base / name}.stderr"
+            assert time.monotonic() < deadline, "the trainers stalled"
+            if building.returncode is None and cache_files(k_cache):  # the first recording is being cached
+                kill_group(building)
+                k_killed_with = cache_files(k_cache)
+            if killed.returncode is None and epoch_1_seen is None and log.exists():
+                # the log is the last thing an epoch writes: from now on the trainer is in epoch 1
+                epoch_1_seen = time.monotonic()
+            if killed.returncode is None and epoch_1_seen and time.monotonic() > epoch_1_seen + 0.05:
+                # 80 training and 80 validation images take about a second: this is well inside the epoch
+                killed_during = sorted(p.name for p in (base / "C").iterdir())
+                os.kill(killed.pid, signal.SIGKILL)
+                kill_group(killed)  # and its orphaned DataLoader worker
+            time.sleep(0.005)
     finally:
-        killed.kill()
-        killed.wait()
-        killed_stderr.close()
-        try:  # the orphaned DataLoader worker
-            os.killpg(killed.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        for process in (killed, building):
+            if process.returncode is None:
+                kill_group(process)
+        for handle in stderr_files.values():
+            handle.close()
     after_kill = sorted(p.name for p in (base / "C").iterdir())
+    k_after_kill = cache_files(k_cache)
 
     # D: C's folder with its training state replaced by a pickle whose unpickling makes a file
     trapped = base / "D"
@@ -123,15 +141,19 @@ def runs(tiny_data, tmp_path_factory):
     trapped_before = files_state(trapped)
     resumed = subprocess.Popen(train_command(data, base / "C", 1, "--resume"), stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, env=ENV, cwd=base / "cwd_C")
+    rebuilt = subprocess.Popen(train_command(data, base / "K", 0, "--epochs", "1", "--cache-dir", k_cache),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+                               cwd=base / "cwd_K")
     refused = subprocess.run(train_command(data, trapped, 0, "--resume"), capture_output=True, text=True, env=ENV,
                              cwd=base / "cwd_D")
     outputs = {name: process.communicate() + (process.returncode,)
-               for name, process in (("A", uninterrupted), ("C resumed", resumed))}
+               for name, process in (("A", uninterrupted), ("C resumed", resumed), ("K again", rebuilt))}
     for name, (stdout, stderr, status) in outputs.items():
         assert status == 0, f"{name} exited {status}\n{stdout[-2000:]}\n{stderr[-2000:]}"
     return dict(base=base, killed_status=killed.returncode, killed_during=killed_during, after_kill=after_kill,
                 resumed_stdout=outputs["C resumed"][0], refused=refused, trapped=trapped,
-                trapped_before=trapped_before, marker=marker)
+                trapped_before=trapped_before, marker=marker, k_cache=k_cache, k_killed_with=k_killed_with,
+                k_after_kill=k_after_kill, k_status=building.returncode)
 
 
 def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_bytes(runs):
@@ -260,3 +282,22 @@ def test_every_write_of_the_pipeline_goes_through_atomic_path(tmp_path):
     sample = "import numpy as np\ndef f(path, x):\n    np.save(path, x)\n    with atomic_path(path) as tmp:\n" \
              "        np.save(tmp, x)\n"
     assert _writes_outside_atomic_path(ast.parse(sample)) == [3]
+
+
+def test_a_cache_half_built_by_a_killed_run_is_detected_and_rebuilt(runs):
+    base, cache = runs["base"], runs["k_cache"]
+    assert runs["k_status"] == -signal.SIGKILL
+    # killed with the first recording's array still being written: nothing of it complete
+    assert runs["k_killed_with"] and not [name for name in runs["k_after_kill"] if name.endswith(".json")]
+    folders = {p.parent for p in cache.rglob("*.json")}
+    assert len(folders) == 1
+    folder = folders.pop()
+    # the run after it built every recording, each array beside its manifest ...
+    complete = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+    recordings = sorted(set(psg_layout.read_epoch_csv(base / "DATA" / psg_layout.TRAIN_CSV, True).recording_ids))
+    assert complete == sorted([f"{r}.json" for r in recordings] + [f"{r}.npy" for r in recordings])
+    # ... with the bytes of the cache A built in one go, and trained to A's first-epoch weights
+    reference = base / "cwd_A" / "cache" / folder.relative_to(cache)
+    for recording in recordings:
+        assert (folder / f"{recording}.npy").read_bytes() == (reference / f"{recording}.npy").read_bytes()
+    assert (base / "K" / f"{VIT}_fold_0_0").read_bytes() == (base / "A" / f"{VIT}_fold_0_0").read_bytes()

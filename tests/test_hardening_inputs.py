@@ -377,6 +377,8 @@ HEAVY_CASES = {
     "images missing or outside": (missing_and_outside, train_args),
     "truncated training PNG": (lambda ws, m: truncate(image_of_row(ws, psg_layout.TRAIN_CSV, 30)),
                                lambda ws: train_args(ws, workers=1)),
+    "truncated training PNG, per-sample path": (lambda ws, m: truncate(image_of_row(ws, psg_layout.TRAIN_CSV, 30)),
+                                                lambda ws: train_args(ws, workers=1) + ["--no-cache"]),
     "pickled pretrained file": (pickled_pretrained,
                                 lambda ws: train_args(ws) + ["--pretrained", ws / "pretrained.pth"]),
     "test images missing": (lambda ws, m: [image_of_row(ws, psg_layout.TEST_CSV, r).unlink() for r in (2, 9)],
@@ -446,10 +448,12 @@ def test_every_missing_or_outside_image_is_listed_before_training(heavy):
     assert line.count("(row ") == 3
 
 
-def test_a_truncated_training_png_is_named_and_nothing_is_written(heavy):
-    result, ws, before, _ = heavy["truncated training PNG"]
+@pytest.mark.parametrize("case", ["truncated training PNG", "truncated training PNG, per-sample path"])
+def test_a_truncated_training_png_is_named_and_nothing_is_written(heavy, case):
+    result, ws, before, _ = heavy[case]
     image = image_of_row(ws, psg_layout.TRAIN_CSV, 30)
-    # found in epoch 0, in a DataLoader worker: the old run's files in weights/ are untouched
+    # found while the image cache is built (in a builder process), or with --no-cache in epoch 0 by a
+    # DataLoader worker: either way the old run's files in weights/ are untouched
     check_refused(result, ws, before, f"({image})", "not a decodable image")
     assert "epoch 0" not in result.stdout
 
