@@ -745,21 +745,6 @@ def _train(args: argparse.Namespace, device: torch.device, rank: int, world_size
         # that fails (a corrupt image, a pickled --pretrained file) leaves no file.
         _check_weights_dir(weights_dir)
 
-    cache_dir = None if args.no_cache else args.cache_dir
-    if cache_dir is not None:  # built by rank 0 alone; the loaders open it
-        if is_writer:
-            loader_vit_rgb.open_cache(args.data_root, table, args.img_size, cache_dir, workers=args.workers,
-                                      progress=progress)
-        if world_size > 1:
-            dist.barrier()
-    loading = dict(rank=rank, world_size=world_size, pin_memory=device.type == "cuda", cache_dir=cache_dir,
-                   device=device)
-    train_loader = loader_vit_rgb.make_train_loader(
-        args.data_root, table, train_rows, args.img_size, args.batch_size, args.workers, args.seed,
-        fmix_enabled=not args.no_fmix, cutmix_enabled=args.cutmix, **loading)
-    valid_loader = loader_vit_rgb.make_eval_loader(
-        args.data_root, table, args.img_size, args.valid_batch_size, args.workers, rows=valid_rows, **loading)
-
     torch.manual_seed(args.seed)  # the same initial weights on every rank and every run
     model = create_model(arch, args.img_size, psg_layout.NUM_CLASSES, args.pretrained)
     model = model.to(device, memory_format=memory_format(device))
@@ -780,6 +765,24 @@ def _train(args: argparse.Namespace, device: torch.device, rank: int, world_size
         start_epoch = state["epoch"] + 1
         if is_writer:
             print(f"resuming after epoch {state['epoch']}")
+
+    # The image cache is built (it can take a while) only once the model, a --pretrained file and a
+    # --resume state have loaded: bad ones are refused at once, and leave no cache behind.
+    cache_dir = None if args.no_cache else args.cache_dir
+    if cache_dir is not None:  # built by rank 0 alone; the loaders open it
+        if is_writer:
+            loader_vit_rgb.open_cache(args.data_root, table, args.img_size, cache_dir, workers=args.workers,
+                                      progress=progress)
+        if world_size > 1:
+            dist.barrier()
+    loading = dict(rank=rank, world_size=world_size, pin_memory=device.type == "cuda", cache_dir=cache_dir,
+                   device=device)
+    train_loader = loader_vit_rgb.make_train_loader(
+        args.data_root, table, train_rows, args.img_size, args.batch_size, args.workers, args.seed,
+        fmix_enabled=not args.no_fmix, cutmix_enabled=args.cutmix, **loading)
+    valid_loader = loader_vit_rgb.make_eval_loader(
+        args.data_root, table, args.img_size, args.valid_batch_size, args.workers, rows=valid_rows, **loading)
+
     if args.compile:
         model.compile()  # in place: the state dict keeps its names
     if world_size > 1:
