@@ -462,6 +462,7 @@ def test_a_pickled_pretrained_file_is_refused_unexecuted(heavy):
     result, ws, before, marker = heavy["pickled pretrained file"]
     check_refused(result, ws, before, f"({ws / 'pretrained.pth'})", "cannot use pretrained weights")
     assert not marker.exists()
+    assert not (ws / "cache").exists()  # refused before the image cache was built
 
 
 def test_missing_test_images_are_listed_before_inference(heavy):
