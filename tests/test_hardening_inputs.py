@@ -209,6 +209,8 @@ LIGHT_CASES = [
      lambda ws: f"({csv_of_train(ws)}:20)", ["IDnum listed twice"]),
     ("training CSV missing for hmm", lambda ws, m: csv_of_train(ws).unlink(), post_args,
      lambda ws: f"({csv_of_train(ws)})", ["no training CSV"]),
+    (".npy with a row too few", lambda ws, m: np.save(ws / "outputs" / EFF_DUMP, np.full((4, 5), 0.2, np.float32)),
+     blend_args, lambda ws: f"({ws / 'outputs' / EFF_DUMP})", ["has 4 rows, ", f"{psg_layout.TEST_CSV} has 5"]),
     (".npy with inf", lambda ws, m: np.save(ws / "outputs" / VIT_DUMP, probabilities_with(np.inf, 2)), blend_args,
      lambda ws: f"({ws / 'outputs' / VIT_DUMP}:2)", ["NaN or inf"]),
     (".npy of dtype object (a pickle inside)", lambda ws, m: save_trap(ws / "outputs" / VIT_DUMP, m), blend_args,
