@@ -1,0 +1,148 @@
+"""Images per second delivered as training batches: the seed's per-sample path against the project's default.
+
+Makes (once) a synthetic data set with make_synthetic.py under
+``bench/data/``, then, for each ``--sizes``:
+
+- builds the image cache from nothing in a fresh folder (timed: the one-off
+  cost of a data set and size; later runs only check its manifests);
+- (a) the seed's path, ``make_train_loader(cache_dir=None)``: per image
+  ``cv2`` decode, albumentations Resize, Normalize, two CoarseDropouts,
+  ToTensorV2, and FMix with a second decoded partner image;
+- (b) the default path, ``make_train_loader(cache_dir=...)`` plus
+  ``finish_batch`` on the model's device: whole batches read from the
+  cache, dropouts and FMix (masks in torch) on the batch. With a CPU model,
+  as here, the loader's workers finish the batches;
+
+both with the same workers, batch size, data and FMix on, one untimed
+epoch each first, then alternating ``--repeats`` timed epochs (a, b, a,
+b, ...), each timed from its first batch to its last (worker start-up
+excluded). Prints the median images/s of each and their ratio, and writes
+them with the machine's description to ``bench/results/loader.json``.
+
+    python bench/loader_bench.py                  # ~3 min on 2 cores, data set made the first time (~1 min)
+    python bench/loader_bench.py --sizes 224 --repeats 5
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import albumentations  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import loader_vit_rgb  # noqa: E402
+import psg_layout  # noqa: E402
+
+parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+parser.add_argument("--data-root", type=Path, default=REPO / "bench" / "data" / "loader" / "DATA",
+                    help="synthetic data set (made here when missing)")
+parser.add_argument("--train-subjects", type=int, default=8, help="recordings of the data set when made")
+parser.add_argument("--hours", type=float, default=1.0, help="hours per recording when made")
+parser.add_argument("--cache-dir", type=Path, default=REPO / "bench" / "data" / "loader" / "cache",
+                    help="image cache of path (b)")
+parser.add_argument("--sizes", type=int, nargs="+", default=[224, 64],
+                    help="model input sizes: the seed's 224 and the demo's small one")
+parser.add_argument("--batch-size", type=int, default=32, help="the seed's batch")
+parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of both paths")
+parser.add_argument("--repeats", type=int, default=3, help="timed epochs of each path per size")
+parser.add_argument("--seed", type=int, default=72)
+parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "loader.json")
+
+
+def machine() -> dict:
+    """CPU model, cores, load and library versions of this machine."""
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor())
+    return {"cpu": model, "cores": os.cpu_count(), "load_average_1_5_15": os.getloadavg(),
+            "python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+            "albumentations": albumentations.__version__, "torch_threads": torch.get_num_threads()}
+
+
+def ensure_data(args) -> None:
+    """Make the synthetic data set unless it is there."""
+    if (args.data_root / psg_layout.TRAIN_CSV).is_file():
+        return
+    print(f"making the synthetic data set in {args.data_root} ...", flush=True)
+    subprocess.run([sys.executable, str(REPO / "make_synthetic.py"), "--out", str(args.data_root),
+                    "--train-subjects", str(args.train_subjects), "--test-subjects", "1",
+                    "--hours", str(args.hours), "--seed", "0", "--workers", str(max(args.workers, 1)), "--quiet"],
+                   check=True)
+
+
+def images_per_second(loader, epoch: int) -> float:
+    """One epoch of finished training batches; images/s from the first batch's arrival to the last's."""
+    loader_vit_rgb.set_loader_epoch(loader, epoch)
+    cpu = torch.device("cpu")
+    counted, started = 0, None
+    for batch in loader_vit_rgb.iterate_batches(loader):
+        images, _ = loader_vit_rgb.finish_batch(batch, cpu)
+        if started is None:
+            started = time.perf_counter()
+        else:
+            counted += images.shape[0]
+    return counted / (time.perf_counter() - started)
+
+
+def measure_size(args, table, rows, size: int) -> dict:
+    """Cache build time and the two paths' rates at one input size."""
+    fresh = args.cache_dir / "fresh"
+    shutil.rmtree(fresh, ignore_errors=True)
+    started = time.perf_counter()
+    loader_vit_rgb.open_cache(args.data_root, table, size, fresh, workers=args.workers)
+    build_seconds = time.perf_counter() - started
+    shutil.rmtree(fresh)
+
+    common = dict(img_size=size, batch_size=args.batch_size, workers=args.workers, seed=args.seed)
+    per_sample = loader_vit_rgb.make_train_loader(args.data_root, table, rows, cache_dir=None, **common)
+    cached = loader_vit_rgb.make_train_loader(args.data_root, table, rows, cache_dir=args.cache_dir, **common)
+    images_per_second(per_sample, 0)
+    images_per_second(cached, 0)
+    rates = {"per_sample": [], "cached": []}
+    for repeat in range(1, args.repeats + 1):
+        rates["per_sample"].append(images_per_second(per_sample, repeat))
+        rates["cached"].append(images_per_second(cached, repeat))
+        print(f"  {size} px, epoch {repeat}: per-sample {rates['per_sample'][-1]:7.1f} images/s, "
+              f"cached {rates['cached'][-1]:7.1f} images/s", flush=True)
+    a, b = statistics.median(rates["per_sample"]), statistics.median(rates["cached"])
+    return {"img_size": size, "per_sample_images_per_s": a, "cached_images_per_s": b, "ratio": b / a,
+            "per_sample_runs": rates["per_sample"], "cached_runs": rates["cached"],
+            "cache_build_seconds": build_seconds, "cache_build_images_per_s": len(table) / build_seconds}
+
+
+def main() -> None:
+    args = parser.parse_args()
+    ensure_data(args)
+    table = loader_vit_rgb.read_train_table(args.data_root)
+    rows = np.arange(len(table))
+    before = machine()
+    print(f"{len(table)} training images, batch {args.batch_size}, {args.workers} workers, FMix on; "
+          f"{before['cpu']}, {before['cores']} cores, load {before['load_average_1_5_15'][0]:.1f}", flush=True)
+    results = [measure_size(args, table, rows, size) for size in args.sizes]
+    for result in results:
+        print(f"{result['img_size']:4d} px: (a) per-sample {result['per_sample_images_per_s']:7.1f} images/s | "
+              f"(b) cache + batch augmentation {result['cached_images_per_s']:7.1f} images/s | "
+              f"ratio {result['ratio']:.1f}x | cache built once at {result['cache_build_images_per_s']:.0f} images/s")
+    report = {"what": "training batches delivered per second (FMix and both dropouts on), median of the runs",
+              "command": "python bench/loader_bench.py " + " ".join(sys.argv[1:]),
+              "images": len(table), "batch_size": args.batch_size, "workers": args.workers,
+              "machine": before, "load_average_after": os.getloadavg(), "results": results}
+    with psg_layout.atomic_path(args.out) as tmp:
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    psg_layout.run_main(main)
