@@ -58,6 +58,9 @@ parser.add_argument("--workers", type=int, default=4, help="DataLoader worker pr
 parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: CUDA when available")
 parser.add_argument("--amp", default="off", choices=("fp16", "bf16", "off"),
                     help="mixed precision on CUDA (the seed inferred in float32)")
+parser.add_argument("--cache-dir", default=str(loader_vit_rgb.DEFAULT_CACHE_DIR),
+                    help="image cache (decoded, resized uint8 arrays; built on first use), outside the data root")
+parser.add_argument("--no-cache", action="store_true", help="decode every image from its PNG (the seed's path)")
 parser.add_argument("--quiet", action="store_true", help="no progress bars")
 # fmt: on
 
@@ -116,7 +119,7 @@ def validation_rows(table: psg_layout.EpochTable, config: dict, fold: int, confi
 
 
 def tta_loader(data_root, table, rows, img_size: int, batch_size: int, workers: int, tta_round: int,
-               pin_memory: bool) -> DataLoader:
+               pin_memory: bool, cache_dir: str | None) -> DataLoader:
     """Images of ``rows`` in order: round 0 as validation reads them, later rounds with the two dropouts.
 
     Returns
@@ -127,7 +130,7 @@ def tta_loader(data_root, table, rows, img_size: int, batch_size: int, workers: 
     """
     if tta_round == 0:
         return loader_vit_rgb.make_eval_loader(data_root, table, img_size, batch_size, workers, rows=rows,
-                                               pin_memory=pin_memory)
+                                               pin_memory=pin_memory, cache_dir=cache_dir)
     paths = loader_vit_rgb.table_image_paths(data_root, table)
     # No labels, no mixing: only the augmentation part of the training pipeline.
     dataset = loader_vit_rgb.EpochImageDataset([paths[r] for r in rows], None,
@@ -170,7 +173,8 @@ def model_probabilities(arch: str, epochs, config: dict, args, inputs: dict, dev
                 if progress:
                     print(f"{arch} epoch {epoch}, {split}, TTA round {tta_round + 1}/{args.tta}", flush=True)
                 loader = tta_loader(args.data_root, table, rows, img_size, args.batch_size, args.workers, tta_round,
-                                    pin_memory=device.type == "cuda")
+                                    pin_memory=device.type == "cuda",
+                                    cache_dir=None if args.no_cache else args.cache_dir)
                 sums[split] += engine.predict(model, loader, device, amp, progress)
         del model  # free its (GPU) memory before the next checkpoint's model is built
     rounds = len(epochs) * args.tta
