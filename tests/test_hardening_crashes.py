@@ -7,7 +7,8 @@
   pickle with a payload is refused and never executed.
 - A trainer killed while it builds its image cache leaves a half-built
   cache; the next run detects it, rebuilds it (the same bytes as a cache
-  built in one go) and trains to the same weights.
+  built in one go) and trains to the same weights (it is the reference
+  uninterrupted run of the resume test).
 - A writer killed in the middle of writing through ``psg_layout.atomic_path``
   leaves the old file whole; the temporary file it leaves is hidden from the
   pipeline's globs. Every write in the pipeline's code goes through
@@ -81,28 +82,27 @@ def kill_group(process: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="module")
 def runs(tiny_data, tmp_path_factory):
-    """The training runs of this module, from one data set (4 recordings of 40 epochs), each from a folder
-    of its own (where its default image cache goes):
+    """The training runs of this module, 2 epochs each on one data set (4 recordings of 40 epochs), each
+    from a folder of its own (where its default image cache goes):
 
-    A: uninterrupted, 2 epochs. C: SIGKILLed in epoch 1, then resumed with --resume. D: a resume from a
-    copy of C's folder whose _last.pt is a pickle trap. K: SIGKILLed while building its image cache, then
-    run again for one epoch (K2) over the half-built cache.
+    C: SIGKILLed in epoch 1, then resumed with --resume (1 DataLoader worker).
+    K: SIGKILLed while it builds its image cache (--cache-dir cache_K), then started again: that run
+       trains both epochs uninterrupted (no DataLoader worker), the reference for C.
+    D: a resume from a copy of C's folder whose _last.pt is a pickle trap.
     """
     base = tmp_path_factory.mktemp("crash")
     data = copy_subset(tiny_data, base / "DATA", train_recordings=4, train_rows=40)
-    for name in ("A", "C", "D", "K"):
+    for name in ("C", "D", "K"):
         (base / f"cwd_{name}").mkdir()
-    uninterrupted = subprocess.Popen(train_command(data, base / "A", 0), stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, env=ENV, cwd=base / "cwd_A")
+    k_cache = base / "cache_K"
+    k_command = train_command(data, base / "K", 0, "--cache-dir", k_cache)
     stderr_files = {name: open(base / f"{name}.stderr", "w") for name in ("C", "K")}
     killed = subprocess.Popen(train_command(data, base / "C", 1), stdout=subprocess.DEVNULL,
                               stderr=stderr_files["C"], env=ENV, start_new_session=True, cwd=base / "cwd_C")
-    k_cache = base / "cache_K"
-    building = subprocess.Popen(train_command(data, base / "K", 0, "--epochs", "1", "--cache-dir", k_cache),
-                                stdout=subprocess.DEVNULL, stderr=stderr_files["K"], env=ENV,
+    building = subprocess.Popen(k_command, stdout=subprocess.DEVNULL, stderr=stderr_files["K"], env=ENV,
                                 start_new_session=True, cwd=base / "cwd_K")
     log = engine.log_path(base / "C", VIT, 0)
-    epoch_1_seen = None
+    epoch_1_seen = uninterrupted = None
     try:
         deadline = time.monotonic() + 400
         while killed.returncode is None or building.returncode is None:
@@ -112,7 +112,9 @@ def runs(tiny_data, tmp_path_factory):
             assert time.monotonic() < deadline, "the trainers stalled"
             if building.returncode is None and cache_files(k_cache):  # the first recording is being cached
                 kill_group(building)
-                k_killed_with = cache_files(k_cache)
+                k_after_kill = cache_files(k_cache)
+                uninterrupted = subprocess.Popen(k_command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                                 text=True, env=ENV, cwd=base / "cwd_K")
             if killed.returncode is None and epoch_1_seen is None and log.exists():
                 # the log is the last thing an epoch writes: from now on the trainer is in epoch 1
                 epoch_1_seen = time.monotonic()
@@ -129,7 +131,6 @@ def runs(tiny_data, tmp_path_factory):
         for handle in stderr_files.values():
             handle.close()
     after_kill = sorted(p.name for p in (base / "C").iterdir())
-    k_after_kill = cache_files(k_cache)
 
     # D: C's folder with its training state replaced by a pickle whose unpickling makes a file
     trapped = base / "D"
@@ -141,19 +142,16 @@ def runs(tiny_data, tmp_path_factory):
     trapped_before = files_state(trapped)
     resumed = subprocess.Popen(train_command(data, base / "C", 1, "--resume"), stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, env=ENV, cwd=base / "cwd_C")
-    rebuilt = subprocess.Popen(train_command(data, base / "K", 0, "--epochs", "1", "--cache-dir", k_cache),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
-                               cwd=base / "cwd_K")
     refused = subprocess.run(train_command(data, trapped, 0, "--resume"), capture_output=True, text=True, env=ENV,
                              cwd=base / "cwd_D")
     outputs = {name: process.communicate() + (process.returncode,)
-               for name, process in (("A", uninterrupted), ("C resumed", resumed), ("K again", rebuilt))}
+               for name, process in (("K started again", uninterrupted), ("C resumed", resumed))}
     for name, (stdout, stderr, status) in outputs.items():
         assert status == 0, f"{name} exited {status}\n{stdout[-2000:]}\n{stderr[-2000:]}"
     return dict(base=base, killed_status=killed.returncode, killed_during=killed_during, after_kill=after_kill,
                 resumed_stdout=outputs["C resumed"][0], refused=refused, trapped=trapped,
-                trapped_before=trapped_before, marker=marker, k_cache=k_cache, k_killed_with=k_killed_with,
-                k_after_kill=k_after_kill, k_status=building.returncode)
+                trapped_before=trapped_before, marker=marker, k_cache=k_cache, k_after_kill=k_after_kill,
+                k_status=building.returncode)
 
 
 def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_bytes(runs):
@@ -164,16 +162,16 @@ def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_bytes(runs):
     assert runs["killed_during"] == names and runs["after_kill"] == names
     assert "resuming after epoch 0" in runs["resumed_stdout"]
     for name in (f"{VIT}_fold_0_0", f"{VIT}_fold_0_1", f"{VIT}_fold_0_last.pt"):
-        assert (base / "A" / name).read_bytes() == (base / "C" / name).read_bytes(), name
-    assert log_rows(base / "A" / f"{VIT}_fold_0_log.csv") == log_rows(base / "C" / f"{VIT}_fold_0_log.csv")
+        assert (base / "K" / name).read_bytes() == (base / "C" / name).read_bytes(), name
+    assert log_rows(base / "K" / f"{VIT}_fold_0_log.csv") == log_rows(base / "C" / f"{VIT}_fold_0_log.csv")
     # the comparison has teeth: training changed the weights between the two epochs
-    assert (base / "A" / f"{VIT}_fold_0_0").read_bytes() != (base / "A" / f"{VIT}_fold_0_1").read_bytes()
+    assert (base / "K" / f"{VIT}_fold_0_0").read_bytes() != (base / "K" / f"{VIT}_fold_0_1").read_bytes()
 
 
 def test_the_same_seed_and_data_give_the_same_checkpoint_bytes(runs):
-    """Epoch 0 of A and of C: two fresh runs (0 and 1 DataLoader workers), one seed, one data set."""
+    """Epoch 0 of C and of K: two fresh runs (1 and 0 DataLoader workers), one seed, one data set."""
     base = runs["base"]
-    first, second = (base / run / f"{VIT}_fold_0_0" for run in ("A", "C"))
+    first, second = (base / run / f"{VIT}_fold_0_0" for run in ("C", "K"))
     assert first.read_bytes() == second.read_bytes()
     loaded = [engine.load_weights(engine.create_model(VIT, IMG), path).state_dict() for path in (first, second)]
     for name, value in loaded[0].items():
@@ -287,8 +285,8 @@ def test_every_write_of_the_pipeline_goes_through_atomic_path(tmp_path):
 def test_a_cache_half_built_by_a_killed_run_is_detected_and_rebuilt(runs):
     base, cache = runs["base"], runs["k_cache"]
     assert runs["k_status"] == -signal.SIGKILL
-    # killed with the first recording's array still being written: nothing of it complete
-    assert runs["k_killed_with"] and not [name for name in runs["k_after_kill"] if name.endswith(".json")]
+    # killed with the first recording's array still being written: no recording complete
+    assert runs["k_after_kill"] and not [name for name in runs["k_after_kill"] if name.endswith(".json")]
     folders = {p.parent for p in cache.rglob("*.json")}
     assert len(folders) == 1
     folder = folders.pop()
@@ -296,8 +294,7 @@ def test_a_cache_half_built_by_a_killed_run_is_detected_and_rebuilt(runs):
     complete = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
     recordings = sorted(set(psg_layout.read_epoch_csv(base / "DATA" / psg_layout.TRAIN_CSV, True).recording_ids))
     assert complete == sorted([f"{r}.json" for r in recordings] + [f"{r}.npy" for r in recordings])
-    # ... with the bytes of the cache A built in one go, and trained to A's first-epoch weights
-    reference = base / "cwd_A" / "cache" / folder.relative_to(cache)
+    # ... with the bytes of the cache C built in one go (and trained to C's weights: the tests above)
+    reference = base / "cwd_C" / "cache" / folder.relative_to(cache)
     for recording in recordings:
         assert (folder / f"{recording}.npy").read_bytes() == (reference / f"{recording}.npy").read_bytes()
-    assert (base / "K" / f"{VIT}_fold_0_0").read_bytes() == (base / "A" / f"{VIT}_fold_0_0").read_bytes()

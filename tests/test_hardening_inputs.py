@@ -6,13 +6,15 @@ exactly one line on stderr that starts with ``error:`` and names the file
 changed anywhere in the case's work folder (data, weights and outputs are
 snapshotted, bytes and modification times, before and after).
 
-The light scripts (blend.py, postprocess.py) start in half a second and read
-the same CSV reader as the trainers, so the CSV cases run through them. The
+The light scripts (blend.py, postprocess.py) read the same CSV reader as
+the trainers, so the CSV, .npy and settings cases run through them. The
 cases that need images, checkpoints or training run through main_vit_rgb.py,
-main_eff.py and infer_blend.py, each in its own process forked from one
-launcher that has imported torch once (conftest.run_scripts_warm: a cold
-start costs about 8 s of CPU); one case is also run cold to show that both
-give the same status and the same bytes on stderr.
+main_eff.py and infer_blend.py. Each case is its own process running the
+real script file as ``__main__`` with its own arguments, stdout, stderr and
+exit status, forked from a launcher that imported the modules once
+(conftest.run_scripts_warm: a cold start of a trainer costs about 8 s of
+CPU); one case is also run cold, to show that both give the same status and
+the same bytes on stdout and stderr, and the header-row case runs cold.
 """
 from __future__ import annotations
 
@@ -246,15 +248,28 @@ LIGHT_CASES = [
 ]
 
 
-@pytest.mark.parametrize("mutate, arguments, where, fragments",
-                         [case[1:] for case in LIGHT_CASES], ids=[case[0] for case in LIGHT_CASES])
-def test_bad_csv_npy_and_settings_are_refused(light_base, tmp_path, mutate, arguments, where, fragments):
-    ws = tmp_path / "ws"
-    shutil.copytree(light_base, ws, symlinks=True)
-    marker = tmp_path / "unpickled"
-    mutate(ws, marker)
-    before = snapshot(ws)
-    result = run_script(*arguments(ws), check=False)
+@pytest.fixture(scope="module")
+def light_results(light_base, tmp_path_factory):
+    """Every light case in its own copy of the base folder, each run in its own process (forked from one
+    launcher that imported blend and postprocess once); id -> (result, work folder, snapshot, marker)."""
+    base = tmp_path_factory.mktemp("light_cases")
+    prepared = {}
+    for number, (case, mutate, arguments, _, _) in enumerate(LIGHT_CASES):
+        ws, marker = base / f"case_{number}", base / f"unpickled_{number}"
+        shutil.copytree(light_base, ws, symlinks=True)
+        mutate(ws, marker)
+        prepared[case] = (ws, marker, arguments(ws))
+    before = {case: snapshot(ws) for case, (ws, _, _) in prepared.items()}
+    requests = [(arguments[0], arguments[1:], None, ws) for ws, _, arguments in prepared.values()]
+    results = run_scripts_warm(requests, base / "captured", preload=("blend", "postprocess"))
+    return {case: (result, ws, before[case], marker)
+            for (case, (ws, marker, _)), result in zip(prepared.items(), results)}
+
+
+@pytest.mark.parametrize("case, where, fragments", [(c[0], c[3], c[4]) for c in LIGHT_CASES],
+                         ids=[c[0] for c in LIGHT_CASES])
+def test_bad_csv_npy_and_settings_are_refused(light_results, case, where, fragments):
+    result, ws, before, marker = light_results[case]
     check_refused(result, ws, before, where(ws) if where else None, *fragments)
     assert not marker.exists()
 
