@@ -10,6 +10,25 @@ VENV=.venv
 PY="$VENV/bin/python"
 STAMP="$VENV/.requirements.sha256"
 
+# ---------------------------------------------------------------------------
+# The demo profile: everything in which the demo differs from the seed's full
+# configuration. Same scripts, same code paths; only these arguments differ.
+# ---------------------------------------------------------------------------
+DEMO_DIR=demo                        # demo/DATA, demo/weights, demo/outputs, demo/cache
+DEMO_DATA_ARGS=(--train-subjects 8 --test-subjects 4 --hours 6.1 --seed 0)   # the test set: the default 4 nights
+DEMO_VIT_ARCH=vit_tiny_patch16_224   # the seed: vit_base_patch16_224
+DEMO_EFF_ARCH=tf_efficientnet_b0     # the seed: tf_efficientnet_b4_ns
+DEMO_IMG_SIZE=64                     # the seed: 224
+DEMO_VIT_LR=5e-4                     # the seed: 1e-4 for both, from ImageNet weights; from
+DEMO_EFF_LR=1e-3                     #   random initialisation in 4 epochs that learns too slowly
+DEMO_BATCH=(--batch-size 16 --accum-iter 1)   # the seed: 32 x 2; more optimizer steps on a small data set
+DEMO_EPOCHS=4                        # the seed: 10
+DEMO_T0=8                            # 2 steps per epoch: one cosine cycle over the 4 epochs (seed: 10, a 5-epoch cycle)
+DEMO_VIT_EPOCH=3                     # checkpoint each model contributes: the end of the cycle (seed: 4 and 1)
+DEMO_EFF_EPOCH=3
+DEMO_GEN_WORKERS=2                   # processes drawing the synthetic images
+DEMO_LOADER_WORKERS=0                # the cached data path needs no loader processes on 2 cores
+
 find_python() {
     for candidate in python3.11 python3; do
         if command -v "$candidate" >/dev/null 2>&1 &&
@@ -40,9 +59,72 @@ run_tests() {
     "$PY" -m pytest -q tests "$@"
 }
 
+print_profile() {
+    echo "demo profile: data ${DEMO_DATA_ARGS[*]} -> $DEMO_DIR/DATA"
+    echo "  model 1: $DEMO_VIT_ARCH, model 2: $DEMO_EFF_ARCH, image ${DEMO_IMG_SIZE}x${DEMO_IMG_SIZE},"
+    echo "  lr $DEMO_VIT_LR and $DEMO_EFF_LR, ${DEMO_BATCH[*]}, $DEMO_EPOCHS epochs (T_0=$DEMO_T0), checkpoints used: epoch $DEMO_VIT_EPOCH and $DEMO_EFF_EPOCH, fold 0 of 5"
+}
+
 run_demo() {
+    local start=$SECONDS
     setup
-    "$PY" make_synthetic.py --out DATA --train-subjects 16 --test-subjects 4 --seed 0
+    print_profile
+    local data="$DEMO_DIR/DATA" weights="$DEMO_DIR/weights" out="$DEMO_DIR/outputs"
+    local models=(--vit-arch "$DEMO_VIT_ARCH" --eff-arch "$DEMO_EFF_ARCH"
+                  --vit-epochs "$DEMO_VIT_EPOCH" --eff-epochs "$DEMO_EFF_EPOCH")
+    local train=(--data-root "$data" --weights-dir "$weights" --cache-dir "$DEMO_DIR/cache"
+                 --img-size "$DEMO_IMG_SIZE" --epochs "$DEMO_EPOCHS" --t0 "$DEMO_T0" --workers "$DEMO_LOADER_WORKERS"
+                 "${DEMO_BATCH[@]}")
+
+    step "1/7 synthetic data"
+    "$PY" make_synthetic.py --out "$data" "${DEMO_DATA_ARGS[@]}" --workers "$DEMO_GEN_WORKERS"
+    step "2/7 train model 1 (ViT)"
+    "$PY" main_vit_rgb.py "${train[@]}" --model-arch "$DEMO_VIT_ARCH" --lr "$DEMO_VIT_LR"
+    step "3/7 train model 2 (EfficientNet)"
+    "$PY" main_eff.py "${train[@]}" --model-arch "$DEMO_EFF_ARCH" --lr "$DEMO_EFF_LR"
+    step "4/7 per-model probabilities"
+    "$PY" infer_blend.py --data-root "$data" --weights-dir "$weights" --out "$out" "${models[@]}" \
+        --cache-dir "$DEMO_DIR/cache" --workers "$DEMO_LOADER_WORKERS"
+    step "5/7 blend (weight tuned on validation)"
+    "$PY" blend.py --data-root "$data" --out "$out" "${models[@]}" --tune
+    "$PY" blend.py --data-root "$data" --out "$out" "${models[@]}" --from-tune "$out/blend_tune.json"
+    local blend_csv
+    blend_csv=$("$PY" -c 'import json, sys; m = json.load(open(sys.argv[1]))["method"]; print(sys.argv[2] + "/filesblend_" + m + "_[" + sys.argv[3] + "]_[" + sys.argv[4] + "].csv")' \
+        "$out/blend_tune.json" "$out" "$DEMO_VIT_EPOCH" "$DEMO_EFF_EPOCH")
+    step "6/7 context post-processing"
+    "$PY" postprocess.py --data-root "$data" --in "$blend_csv" --out "$out/files_post.csv"
+    step "7/7 evaluation"
+    "$PY" evaluate.py --data-root "$data" --pred "$blend_csv" --out "$out/report_blend" \
+        --outputs "$out" --weights-dir "$weights" "${models[@]}" --quiet
+    "$PY" evaluate.py --data-root "$data" --pred "$out/files_post.csv" --out "$out/report" \
+        --outputs "$out" --weights-dir "$weights" "${models[@]}" --quiet
+    "$PY" - "$out" "$blend_csv" $((SECONDS - start)) <<'PY'
+import json, sys
+out, blend_csv, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3])
+tuned = json.load(open(f"{out}/blend_tune.json"))
+before = json.load(open(f"{out}/report_blend/metrics.json"))
+after = json.load(open(f"{out}/report/metrics.json"))
+table = {entry["step"]: entry["macro_f1"] for entry in after["validation"]["table"]}
+rows = [
+    ("model 1 validation macro-F1", f"{table['model 1 alone']:.3f}"),
+    ("model 2 validation macro-F1", f"{table['model 2 alone']:.3f}"),
+    (f"blend ({tuned['method']}, w={tuned['ens_weight']:.2f}), validation macro-F1", f"{tuned['val_macro_f1']:.3f}"),
+    ("test macro-F1 before post-processing", f"{before['macro_f1']:.3f}"),
+    ("test kappa before post-processing", f"{before['cohen_kappa']:.3f}"),
+    ("test macro-F1 after post-processing", f"{after['macro_f1']:.3f}"),
+    ("test kappa after post-processing", f"{after['cohen_kappa']:.3f}"),
+]
+width = max(len(name) for name, _ in rows)
+print()
+for name, value in rows:
+    print(f"{name:<{width}}  {value}")
+print(f"\nsubmission: {out}/files_post.csv   report: {out}/report/report.md   ({seconds // 60} min {seconds % 60} s)")
+PY
+}
+
+step() {
+    echo
+    echo "== $1 =="
 }
 
 case "${1:-}" in
