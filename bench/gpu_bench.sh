@@ -16,7 +16,7 @@
 # Fill WHEELS on a machine with network, for the GPU machine's Python 3.X
 # (adamp has no wheel on PyPI: pip builds one, pure Python):
 #   pip download -d wheels --only-binary=:all: --python-version 3.X --platform manylinux2014_x86_64 \
-#       albumentations==2.0.8 opencv-python-headless==5.0.0.93 scikit-learn scipy safetensors tqdm edfio
+#       albumentations==2.0.8 opencv-python-headless==5.0.0.93 scikit-learn scipy pandas safetensors tqdm edfio
 #   pip wheel -w wheels --no-deps adamp==0.3.0
 # then copy this repository and the wheels folder over and run
 #   bash bench/gpu_bench.sh wheels
@@ -36,5 +36,5 @@ if ! "$PY" -c 'import sys, torch, timm; sys.exit(not torch.cuda.is_available())'
     exit 2
 fi
 "$PY" -m pip install --quiet --disable-pip-version-check --no-index --find-links "$WHEELS" \
-    albumentations==2.0.8 adamp==0.3.0 opencv-python-headless scikit-learn scipy safetensors tqdm edfio
+    albumentations==2.0.8 adamp==0.3.0 opencv-python-headless scikit-learn scipy pandas safetensors tqdm edfio
 timeout 450 "$PY" bench/model_bench.py --device cuda "$@"
