@@ -37,7 +37,6 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
-import loader_vit_rgb  # noqa: E402
 import psg_layout  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -96,6 +95,7 @@ def linked_root(work: Path, images: int, sources: list[Path], labels: np.ndarray
 def tiny_checkpoints(folder: Path, root: Path, img_size: int) -> None:
     """Random-weight checkpoints (epoch 0) and configurations of both tiny models for infer_blend.py."""
     import engine
+    import loader_vit_rgb
     table = psg_layout.read_epoch_csv(root / psg_layout.TRAIN_CSV, with_labels=True)
     folds = loader_vit_rgb.make_folds(table, n_folds=5, seed=72, cv="subject")
     valid = sorted({table.recording_ids[r] for r in np.flatnonzero(folds == 0)})
@@ -128,12 +128,10 @@ def measure(args, images: int, sources, labels) -> dict:
     tiny_checkpoints(run / "tiny", root, args.img_size)
     infer_mib, infer_s = peak([
         sys.executable, REPO / "infer_blend.py", "--data-root", root, "--weights-dir", run / "tiny",
-        "--out", run / "outputs", "--vit-arch", VIT, "--eff-arch", EFF, "--vit-epochs", 0, "--eff-epochs", 0,
-        "--batch-size", 256, "--workers", args.workers, "--quiet"])
+        "--out", run / "outputs", "--cache-dir", run / "cache-infer", "--vit-arch", VIT, "--eff-arch", EFF,
+        "--vit-epochs", 0, "--eff-epochs", 0, "--batch-size", 256, "--workers", args.workers, "--quiet"])
     print(f"{images:7d} images: inference peak {infer_mib:7.1f} MiB ({infer_s:.0f} s)", flush=True)
     shutil.rmtree(run)
-    # infer_blend.py uses the default cache folder (./cache, beside this repository's other outputs)
-    shutil.rmtree(loader_vit_rgb.cache_folder(REPO / loader_vit_rgb.DEFAULT_CACHE_DIR, root, args.img_size).parent)
     return {"images": images, "training_peak_mib": train_mib, "training_seconds": train_s,
             "inference_peak_mib": infer_mib, "inference_seconds": infer_s}
 
