@@ -158,3 +158,33 @@ def run_scripts_warm(requests, folder: Path, parallel: int = 3, timeout: float =
     statuses = json.loads(launcher.stdout.strip().splitlines()[-1])
     return [subprocess.CompletedProcess([sys.executable, *argv], status, out.read_text(), err.read_text())
             for (argv, out, err), status in zip(outputs, statuses)]
+
+
+def write_random_checkpoints(data_root: Path, folder: Path, archs, epochs, img_size: int, split: dict) -> Path:
+    """Checkpoints of freshly initialised models with the training config inference reads.
+
+    For each architecture and epoch: ``<arch>_fold_0_<epoch>`` (seeded per
+    model and epoch), and ``<arch>_fold_0_config.json`` naming fold 0's
+    validation recordings of ``split`` (``folds``, ``seed``, ``cv``).
+    """
+    import json
+
+    import numpy as np
+    import torch
+
+    import engine
+    import loader_vit_rgb
+    import psg_layout
+
+    table = psg_layout.read_epoch_csv(Path(data_root) / psg_layout.TRAIN_CSV, with_labels=True)
+    folds = loader_vit_rgb.make_folds(table, n_folds=split["folds"], seed=split["seed"], cv=split["cv"])
+    valid_recordings = sorted({table.recording_ids[r] for r in np.flatnonzero(folds == 0)})
+    for number, arch in enumerate(archs):
+        for epoch in epochs:
+            torch.manual_seed(10 * number + epoch)
+            model = engine.create_model(arch, img_size)
+            engine.save_weights(model, engine.checkpoint_path(folder, arch, 0, epoch))
+        config = dict(model_arch=arch, img_size=img_size, num_classes=5, fold=0,
+                      valid_recordings=valid_recordings, **split)
+        engine.run_config_path(folder, arch, 0).write_text(json.dumps(config))
+    return folder

@@ -36,7 +36,7 @@ import engine
 import loader_vit_rgb
 import psg_layout
 from blend import dump_path
-from conftest import REPO, copy_subset, run_script, run_scripts_warm
+from conftest import REPO, copy_subset, run_script, run_scripts_warm, write_random_checkpoints
 
 VIT, EFF, IMG = "test_vit", "test_efficientnet", 32
 SPLIT = {"folds": 2, "seed": 72, "cv": "subject"}
@@ -300,16 +300,7 @@ def small_data(tiny_data, tmp_path_factory):
 @pytest.fixture(scope="module")
 def small_weights(small_data, tmp_path_factory):
     """Epoch-0 checkpoints of both tiny models (random weights) with their training configurations."""
-    folder = tmp_path_factory.mktemp("small_weights")
-    table = psg_layout.read_epoch_csv(small_data / psg_layout.TRAIN_CSV, with_labels=True)
-    folds = loader_vit_rgb.make_folds(table, n_folds=SPLIT["folds"], seed=SPLIT["seed"], cv=SPLIT["cv"])
-    valid_recordings = sorted({table.recording_ids[r] for r in np.flatnonzero(folds == 0)})
-    for number, arch in enumerate((VIT, EFF)):
-        torch.manual_seed(number)
-        engine.save_weights(engine.create_model(arch, IMG), engine.checkpoint_path(folder, arch, 0, 0))
-        config = dict(model_arch=arch, img_size=IMG, num_classes=5, fold=0, valid_recordings=valid_recordings, **SPLIT)
-        engine.run_config_path(folder, arch, 0).write_text(json.dumps(config))
-    return folder
+    return write_random_checkpoints(small_data, tmp_path_factory.mktemp("small_weights"), (VIT, EFF), (0,), IMG, SPLIT)
 
 
 def train_args(ws, script="main_vit_rgb.py", arch=VIT, workers=0):

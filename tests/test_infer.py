@@ -14,7 +14,7 @@ import loader_vit_rgb
 import psg_layout
 from blend import dump_path, macro_f1, valid_csv_path
 from infer_blend import main as infer_main
-from conftest import run_script
+from conftest import run_script, write_random_checkpoints
 
 VIT, EFF, IMG = "test_vit", "test_efficientnet", 32
 SPLIT = {"folds": 3, "seed": 72, "cv": "subject"}
@@ -23,17 +23,7 @@ SPLIT = {"folds": 3, "seed": 72, "cv": "subject"}
 @pytest.fixture(scope="module")
 def weights(tiny_data, tmp_path_factory):
     """Checkpoints of epochs 0 and 1 of both tiny models (fresh random weights) and their configs."""
-    folder = tmp_path_factory.mktemp("weights")
-    table = psg_layout.read_epoch_csv(tiny_data / psg_layout.TRAIN_CSV, with_labels=True)
-    folds = loader_vit_rgb.make_folds(table, n_folds=SPLIT["folds"], seed=SPLIT["seed"], cv=SPLIT["cv"])
-    valid_recordings = sorted({table.recording_ids[r] for r in np.flatnonzero(folds == 0)})
-    for number, arch in enumerate((VIT, EFF)):
-        for epoch in (0, 1):
-            torch.manual_seed(10 * number + epoch)
-            engine.save_weights(engine.create_model(arch, IMG), engine.checkpoint_path(folder, arch, 0, epoch))
-        config = dict(model_arch=arch, img_size=IMG, num_classes=5, fold=0, valid_recordings=valid_recordings, **SPLIT)
-        engine.run_config_path(folder, arch, 0).write_text(json.dumps(config))
-    return folder
+    return write_random_checkpoints(tiny_data, tmp_path_factory.mktemp("weights"), (VIT, EFF), (0, 1), IMG, SPLIT)
 
 
 def by_hand(weights, arch, epoch, image_path) -> np.ndarray:
