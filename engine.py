@@ -47,7 +47,26 @@ import psg_layout
 from psg_layout import InputError, where
 
 LABEL_SMOOTHING = 0.1  # the seed's SmoothCrossEntropyLoss(smoothing=0.1)
-OPTIMIZERS = {"adam": torch.optim.Adam, "adamp": adamp.AdamP}
+
+
+class AdamP(adamp.AdamP):
+    """adamp's AdamP for weights in any memory layout.
+
+    adamp 0.3.0 flattens weights with ``Tensor.view``, which fails on the
+    channels_last convolution weights the trainer uses on CUDA ("view size
+    is not compatible with input tensor's size and stride"). Its flattened
+    tensors are only read (norms, sums, cosine similarities), so
+    ``reshape`` gives the same step for every layout.
+    """
+
+    def _channel_view(self, x):
+        return x.reshape(x.size(0), -1)
+
+    def _layer_view(self, x):
+        return x.reshape(1, -1)
+
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamp": AdamP}
 WEIGHTS_METADATA_KEY = "model"  # safetensors metadata: JSON {"architecture": ..., "num_classes": ...}
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 # Settings that define the training recipe: --resume refuses to continue a

@@ -214,3 +214,33 @@ def test_devices_and_precision():
             engine.resolve_device("cuda")
     else:
         assert engine.resolve_device("auto", 0) == torch.device("cuda", 0)
+
+
+def _adamp_steps(optimizer_class, memory_format):
+    """Three AdamP steps of a small conv net laid out in ``memory_format``; its weights after them."""
+    torch.manual_seed(0)
+    # No bias before the BatchNorm (as in EfficientNet): its gradient is 0 up to rounding, which
+    # Adam's normalisation would blow up into layout-dependent steps.
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, bias=False), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                                torch.nn.Conv2d(8, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    model = model.to(memory_format=memory_format)
+    optimizer = optimizer_class(model.parameters(), lr=1e-2, weight_decay=1e-2)
+    images = torch.randn(6, 3, 12, 12).contiguous(memory_format=memory_format)
+    for _ in range(3):
+        optimizer.zero_grad()
+        model(images).square().mean().backward()
+        optimizer.step()
+    return [p.detach().contiguous() for p in model.parameters()]
+
+
+def test_adamp_steps_channels_last_weights_like_contiguous_ones():
+    # The layout the trainer gives models on CUDA; adamp's own class fails on it.
+    import adamp
+
+    with pytest.raises(RuntimeError, match="view size is not compatible"):
+        _adamp_steps(adamp.AdamP, torch.channels_last)
+    reference = _adamp_steps(adamp.AdamP, torch.contiguous_format)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        for ours, theirs in zip(_adamp_steps(engine.AdamP, layout), reference):
+            torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+    assert engine.OPTIMIZERS["adamp"] is engine.AdamP
