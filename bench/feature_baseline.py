@@ -1,0 +1,119 @@
+"""How much of the sleep stage a small image still shows: a non-deep baseline on the cached images.
+
+Reads the images of a data set at ``--img-size`` through the project's
+image cache (the very arrays the models are trained on), describes each
+by a few intensity statistics of every pixel row (the signals are stacked
+as rows, so a row's statistics along the time axis are amplitude and
+activity measures of a signal band), fits scikit-learn's
+HistGradientBoostingClassifier on the labelled training rows and scores
+it on the test rows (``testset-labels.csv``) and on fold 0 of the
+trainers' subject folds. Prints the macro-F1, Cohen's kappa and the F1 of
+each stage, and writes them to ``bench/results/feature_baseline.json``.
+
+It answers whether a model that scores low at a small input size lacks
+information or training: if the trees score high on the same pixels, the
+information is there.
+
+    python bench/feature_baseline.py --data-root demo/DATA --cache-dir demo/cache --img-size 64
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+from sklearn.ensemble import HistGradientBoostingClassifier  # noqa: E402
+from sklearn.metrics import cohen_kappa_score, f1_score  # noqa: E402
+
+import loader_vit_rgb  # noqa: E402
+import psg_layout  # noqa: E402
+from evaluate import read_answers  # noqa: E402
+
+parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+parser.add_argument("--data-root", type=Path, default=Path("demo/DATA"), help="data set with test answers")
+parser.add_argument("--cache-dir", type=Path, default=Path("demo/cache"), help="image cache (built when missing)")
+parser.add_argument("--img-size", type=int, default=64, help="input size in pixels, as the models see it")
+parser.add_argument("--block", type=int, default=8, help="columns per block of the within-block spread feature")
+parser.add_argument("--seed", type=int, default=72, help="the trainers' fold seed (fold 0 of 5, by subject)")
+parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "feature_baseline.json")
+
+
+def row_features(images: np.ndarray, block: int) -> np.ndarray:
+    """Per pixel row: mean, standard deviation, mean absolute step along time, mean spread within blocks.
+
+    Parameters
+    ----------
+    images : np.ndarray of uint8, shape (n, channels, size, size)
+        Cached images; the first channel is used (the images are grey).
+    block : int
+        Columns per block; ``size`` must be a multiple of it.
+
+    Returns
+    -------
+    np.ndarray of float32, shape (n, 4 * size)
+    """
+    grey = images[:, 0].astype(np.float32) / 255.0
+    count, size, _ = grey.shape
+    blocks = grey.reshape(count, size, size // block, block)
+    return np.concatenate([grey.mean(axis=2), grey.std(axis=2), np.abs(np.diff(grey, axis=2)).mean(axis=2),
+                           blocks.std(axis=3).mean(axis=2)], axis=1)
+
+
+def features_of(table: psg_layout.EpochTable, args: argparse.Namespace) -> np.ndarray:
+    cache = loader_vit_rgb.open_cache(args.data_root, table, args.img_size, args.cache_dir)
+    rows = np.arange(len(table))
+    return np.concatenate([row_features(cache.read(chunk), args.block)
+                           for chunk in np.array_split(rows, max(1, len(rows) // 2048))])
+
+
+def scores(truth: np.ndarray, predicted: np.ndarray) -> dict:
+    per_stage = f1_score(truth, predicted, average=None, labels=range(psg_layout.NUM_CLASSES), zero_division=0)
+    return {"rows": int(len(truth)), "macro_f1": float(f1_score(truth, predicted, average="macro")),
+            "cohen_kappa": float(cohen_kappa_score(truth, predicted)),
+            "f1": {stage: round(float(value), 4) for stage, value in zip(psg_layout.STAGES, per_stage)}}
+
+
+def fit_and_score(train_x, train_y, test_x, test_y) -> dict:
+    model = HistGradientBoostingClassifier(max_iter=200, random_state=0).fit(train_x, train_y)
+    return scores(test_y, model.predict(test_x))
+
+
+def main(args: argparse.Namespace) -> None:
+    if args.img_size % args.block:
+        raise psg_layout.InputError(f"--img-size {args.img_size} is not a multiple of --block {args.block}")
+    started = time.perf_counter()
+    train = loader_vit_rgb.read_train_table(args.data_root)
+    test = loader_vit_rgb.read_test_table(args.data_root)
+    test_y = read_answers(args.data_root / psg_layout.TEST_LABELS_CSV, test)
+    train_x, test_x = features_of(train, args), features_of(test, args)
+    folds = loader_vit_rgb.make_folds(train, n_folds=5, seed=args.seed, cv="subject")
+    result = {
+        "what": f"HistGradientBoostingClassifier on per-row intensity statistics of {args.img_size} px cached images",
+        "command": "python bench/feature_baseline.py " + " ".join(sys.argv[1:]),
+        "data_root": str(args.data_root), "img_size": args.img_size,
+        "test": fit_and_score(train_x, train.labels, test_x, test_y),
+        "fold_0_validation": fit_and_score(train_x[folds != 0], train.labels[folds != 0],
+                                           train_x[folds == 0], train.labels[folds == 0]),
+        "seconds": round(time.perf_counter() - started, 1),
+        "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()},
+    }
+    for part in ("test", "fold_0_validation"):
+        found = result[part]
+        stages = " ".join(f"{stage} {value:.3f}" for stage, value in found["f1"].items())
+        print(f"{part}: {found['rows']} rows, macro-F1 {found['macro_f1']:.4f}, kappa {found['cohen_kappa']:.4f} "
+              f"| F1 {stages}")
+    with psg_layout.atomic_path(args.out) as tmp:
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"{args.out} is saved ({result['seconds']} s)")
+
+
+if __name__ == "__main__":
+    psg_layout.run_main(lambda: main(parser.parse_args()))
