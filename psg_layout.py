@@ -309,12 +309,29 @@ def where(path: Path | str, row: int | None = None) -> str:
     return f"({path}:{row})" if row is not None else f"({path})"
 
 
+def describe_os_error(err: OSError) -> str:
+    """``Permission denied (path)``: the system's reason and the file(s) it concerns, on one line."""
+    reason = err.strerror or str(err) or type(err).__name__
+    files = [str(name) for name in (err.filename, err.filename2) if name is not None]
+    return f"{reason} ({' -> '.join(files)})" if files else reason
+
+
 def run_main(main) -> None:
-    """Run ``main()``; an :class:`InputError` ends with ``error: ...`` and exit 2."""
+    """Run ``main()``; bad input or a failing file system ends with one ``error: ...`` line and exit 2.
+
+    An :class:`InputError` prints its message. An ``OSError`` that reaches
+    this far (a folder that cannot be written, a full disk) prints the
+    system's reason and the file: every writer works on a temporary name
+    and renames it into place only when complete, so nothing half-written
+    is left behind.
+    """
     try:
         main()
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as err:
+        print(f"error: {describe_os_error(err)}", file=sys.stderr)
         sys.exit(2)
 
 

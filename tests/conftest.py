@@ -12,12 +12,23 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
+# Scripts run from a scratch folder (set per session below), so that what they write by default
+# relative to the working folder (cache/, weights/, outputs/) stays out of the repository.
+SCRATCH = REPO
+
+
+@pytest.fixture(scope="session", autouse=True)
+def scratch_working_folder(tmp_path_factory):
+    global SCRATCH
+    SCRATCH = tmp_path_factory.mktemp("cwd")
+
+
 def run_script(script: str, *args, check: bool = True, timeout: float = 600, env=None) -> subprocess.CompletedProcess:
-    """Run ``python <script> args...`` from the repository root, capturing output."""
+    """Run ``python <script> args...`` (a path in the repository) from the scratch folder, capturing output."""
     full_env = dict(os.environ, PYTHONHASHSEED="0", **(env or {}))
     result = subprocess.run(
         [sys.executable, str(REPO / script), *map(str, args)],
-        cwd=REPO, capture_output=True, text=True, timeout=timeout, env=full_env,
+        cwd=SCRATCH, capture_output=True, text=True, timeout=timeout, env=full_env,
     )
     if check and result.returncode != 0:
         raise AssertionError(
@@ -130,7 +141,7 @@ def run_scripts_warm(requests, folder: Path, parallel: int = 3, timeout: float =
     ----------
     requests : sequence of (script, args, env) or (script, args, env, cwd)
         Script path relative to the repository, its arguments, extra
-        environment, working folder (default: the repository, as run_script).
+        environment, working folder (default: the scratch folder, as run_script).
     folder : Path
         Where the captured stdout/stderr files go.
 
@@ -145,7 +156,7 @@ def run_scripts_warm(requests, folder: Path, parallel: int = 3, timeout: float =
     for number, (script, args, extra_env, *cwd) in enumerate(requests):
         argv = [str(REPO / script), *map(str, args)]
         out, err = folder / f"{number}.stdout", folder / f"{number}.stderr"
-        lines.append(json.dumps({"argv": argv, "env": dict(extra_env or {}), "cwd": str(cwd[0] if cwd else REPO),
+        lines.append(json.dumps({"argv": argv, "env": dict(extra_env or {}), "cwd": str(cwd[0] if cwd else SCRATCH),
                                  "stdout": str(out), "stderr": str(err)}))
         outputs.append((argv, out, err))
     launcher = subprocess.run(

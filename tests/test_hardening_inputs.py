@@ -530,3 +530,26 @@ def test_grey_and_resized_images_are_converted_and_inference_is_repeatable(heavy
     assert len(names) == 5  # four dumps and fold_0_valid.csv
     for name in names:
         assert (ws / "outputs_1" / name).read_bytes() == (ws / "outputs_2" / name).read_bytes(), name
+
+
+# --------------------------------------------------------------------------
+# A file system that refuses: one line, exit 2, as for bad input
+# --------------------------------------------------------------------------
+def test_describe_os_error_names_the_files():
+    assert psg_layout.describe_os_error(PermissionError(13, "Permission denied", "/a/b")) == "Permission denied (/a/b)"
+    assert psg_layout.describe_os_error(OSError(18, "Invalid cross-device link", "/a", None, "/b")) == \
+        "Invalid cross-device link (/a -> /b)"
+    assert psg_layout.describe_os_error(OSError(28, "No space left on device")) == "No space left on device"
+
+
+@pytest.mark.parametrize("script, args", [
+    ("make_synthetic.py", ["--train-subjects", 1, "--test-subjects", 1, "--hours", 0.1, "--out"]),
+    ("render_edf.py", ["--edf", "{edf}", "--montage", "synthetic", "--split", "train", "--quiet", "--out"]),
+])
+def test_an_output_folder_that_cannot_be_made_is_one_line(tiny_data, script, args):
+    # Nothing can be made under /proc, not even by root.
+    target = "/proc/psg-no-such-folder/DATA"
+    args = [str(arg).format(edf=tiny_data / "edf") for arg in args] + [target]
+    result = run_script(script, *args, check=False)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == "error: No such file or directory (/proc/psg-no-such-folder)"
