@@ -321,9 +321,8 @@ def run_main(main) -> None:
 
     An :class:`InputError` prints its message. An ``OSError`` that reaches
     this far (a folder that cannot be written, a full disk) prints the
-    system's reason and the file: every writer works on a temporary name
-    and renames it into place only when complete, so nothing half-written
-    is left behind.
+    system's reason and the file. Files are written under a temporary name
+    and renamed into place when complete, so none is left half-written.
     """
     try:
         main()
