@@ -176,6 +176,13 @@ def sleep_statistics(stages: np.ndarray, epoch_seconds: float = 30.0) -> dict:
     }
 
 
+def statistic_unit(key: str) -> str:
+    """Unit of a :func:`sleep_statistics` key: ``"%"``, ``"count"`` or ``"min"``."""
+    if key in ("SE", "SME") or key.startswith("%"):
+        return "%"
+    return "count" if key in ("awakenings", "stage_shifts") else "min"
+
+
 def json_ready(value):
     """``value`` with every NaN float replaced by None (JSON ``null``), through dicts and lists."""
     if isinstance(value, dict):
