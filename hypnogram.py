@@ -20,8 +20,8 @@ last epoch ends at "lights on". All values are minutes unless stated.
 * ``SOL`` sleep onset latency: lights out to the first epoch of any sleep
   (sleep onset; no persistence is required: one N1 epoch is sleep onset).
 * ``WASO`` wake after sleep onset: Wake epochs inside the sleep period
-  (wake after the final awakening is not counted, as in YASA; AASM's TRT -
-  SL - TST would count it).
+  (wake after the final awakening is not counted, as in YASA; a WASO
+  defined as TIB - SOL - TST would count it).
 * ``SE`` sleep efficiency, %: TST / TIB x 100.
 * ``SME`` sleep maintenance efficiency, %: TST / SPT x 100.
 * ``Lat_N1``, ``Lat_N2``, ``Lat_N3``, ``Lat_REM``: lights out to the first
