@@ -233,7 +233,8 @@ SLOW_TESTS = {
                            "test_sleep_edf_style_keeps_everything_without_trimming",
                            "test_shhs_style_recording_with_nsrr_xml_in_another_folder",
                            "test_recording_already_in_the_data_set_is_refused"},
-    "test_synthetic.py": {"test_same_arguments_give_identical_bytes_whatever_the_workers"},
+    "test_synthetic.py": {"test_same_arguments_give_identical_bytes_whatever_the_workers",
+                          "test_out_that_is_a_file_is_refused_by_the_script"},
     "test_evaluate.py": {"test_report_on_tiny_data"},
     "test_markers.py": {"test_not_slow_deselects_exactly_the_slow_tests"},   # three pytest runs
 }
