@@ -199,3 +199,56 @@ def write_random_checkpoints(data_root: Path, folder: Path, archs, epochs, img_s
                       valid_recordings=valid_recordings, **split)
         engine.run_config_path(folder, arch, 0).write_text(json.dumps(config))
     return folder
+
+
+# The fast loop: `bash run.sh test -m "not slow"` skips the tests below, which launch trainers, the
+# generator or whole flows (as subprocesses or in process) and take seconds each; `bash run.sh test`
+# (CI) runs everything. A file name marks its every test; a file name with test names marks those
+# (parametrised cases included). tests/test_markers.py checks that every name here exists.
+SLOW_TESTS = {
+    "test_pipeline.py": None,                # the whole flow, every script as a subprocess
+    "test_infer.py": None,                   # trained checkpoints, infer_blend.py as a subprocess
+    "test_train_ddp.py": None,               # torchrun with two processes
+    "test_train_resume.py": None,            # two training runs, one stopped and resumed
+    "test_train_run.py": {"test_a_tiny_model_learns", "test_the_schedule_is_the_seeds_two_steps_per_epoch",
+                          "test_checkpoints_config_and_state_files",
+                          "test_no_data_is_one_line_exit_2_and_writes_nothing"},
+    "test_hardening_crashes.py": {"test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_bytes",
+                                  "test_the_same_seed_and_data_give_the_same_checkpoint_bytes",
+                                  "test_a_pickled_training_state_is_refused_and_never_executed",
+                                  "test_a_cache_half_built_by_a_killed_run_is_detected_and_rebuilt"},
+    "test_hardening_inputs.py": {"test_bad_csv_npy_and_settings_are_refused",
+                                 "test_missing_data_root_names_it",
+                                 "test_every_missing_or_outside_image_is_listed_before_training",
+                                 "test_a_truncated_training_png_is_named_and_nothing_is_written",
+                                 "test_a_pickled_pretrained_file_is_refused_unexecuted",
+                                 "test_missing_test_images_are_listed_before_inference",
+                                 "test_a_damaged_test_png_is_named", "test_wrong_checkpoints_are_refused",
+                                 "test_grey_and_resized_images_are_converted_and_inference_is_repeatable",
+                                 "test_an_output_folder_that_cannot_be_made_is_one_line"},
+    "test_feature_baseline.py": {"test_a_run_scores_the_test_and_validation_rows",
+                                 "test_a_size_that_is_not_a_multiple_of_the_block_is_refused"},
+    "test_render_edf.py": {"test_synthetic_round_trip_matches_generator",
+                           "test_sleep_edf_style_labels_trimming_and_units",
+                           "test_sleep_edf_style_keeps_everything_without_trimming",
+                           "test_shhs_style_recording_with_nsrr_xml_in_another_folder",
+                           "test_recording_already_in_the_data_set_is_refused"},
+    "test_synthetic.py": {"test_same_arguments_give_identical_bytes_whatever_the_workers",
+                          "test_out_that_is_a_file_is_refused_by_the_script"},
+    "test_evaluate.py": {"test_report_on_tiny_data"},
+    "test_markers.py": {"test_not_slow_deselects_exactly_the_slow_tests"},   # three pytest runs
+}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: launches trainers, the generator or a whole flow; "
+                                       "skipped by the fast loop (-m 'not slow')")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Mark the tests of ``SLOW_TESTS`` ``slow``, before ``-m`` selects."""
+    for item in items:
+        names = SLOW_TESTS.get(item.path.name, ())
+        if names is None or item.originalname in names:
+            item.add_marker(pytest.mark.slow)
