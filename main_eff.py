@@ -15,6 +15,7 @@ from psg_layout import run_main
 DEFAULTS = dict(
     model_arch="tf_efficientnet_b4_ns",
     img_size=224,
+    pretrained="imagenet",
     optimizer="adamp",
     lr=1e-4,
     min_lr=1e-6,

@@ -15,6 +15,7 @@ from psg_layout import run_main
 DEFAULTS = dict(
     model_arch="vit_base_patch16_224",
     img_size=224,
+    pretrained="imagenet",
     optimizer="adam",
     lr=1e-4,
     min_lr=1e-6,
