@@ -214,12 +214,19 @@ def test_offline_imagenet_start_fails_at_once_in_one_line(tiny_data, tmp_path):
         assert not [p for p in hub.rglob("*") if p.is_file()]  # nothing downloaded or half-cached
 
 
-def test_the_original_vit_weights_are_asked_for():
-    """jx_vit_base_p16_224-80ecf9dd.pth, the original's ViT start, is timm's orig_in21k_ft_in1k tag."""
-    import timm
-    tag = engine.ORIGINAL_PRETRAINED_TAGS["vit_base_patch16_224"]
-    cfg = timm.models.get_pretrained_cfg(f"vit_base_patch16_224.{tag}")
-    assert cfg.url.endswith("/jx_vit_base_p16_224-80ecf9dd.pth") and cfg.hf_hub_id
+@pytest.mark.parametrize("arch, original_file", [("vit_base_patch16_224", "jx_vit_base_p16_224-80ecf9dd.pth"),
+                                                 ("tf_efficientnet_b4_ns", "tf_efficientnet_b4_ns-d6313a46.pth")])
+def test_imagenet_asks_timm_for_the_original_weights(monkeypatch, arch, original_file):
+    """The weights timm is asked to load (loading itself stubbed: no network) are the files the original loaded."""
+    import timm.models._builder
+
+    asked = []
+    monkeypatch.setattr(timm.models._builder, "load_pretrained",
+                        lambda model, pretrained_cfg=None, **options: asked.append((pretrained_cfg, options)))
+    model = engine.create_model(arch, 224, pretrained="imagenet")
+    (cfg, options), = asked
+    assert cfg["url"].endswith("/" + original_file) and cfg["hf_hub_id"].startswith("timm/")
+    assert options["num_classes"] == 5 and model.num_classes == 5
 
 
 def test_checkpoint_names_are_the_seeds(tmp_path):
