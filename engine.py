@@ -251,7 +251,9 @@ def create_model(arch: str, img_size: int, num_classes: int = psg_layout.NUM_CLA
         without network or with hub access disabled this fails at once.
         Otherwise a local weights file (safetensors, or a plain state dict
         read with ``weights_only=True``). Either way the classifier is a
-        fresh ``num_classes`` head (timm drops the 1000-class one).
+        fresh ``num_classes`` ``nn.Linear`` with torch's default
+        initialisation, as the original's ViT head (timm drops the
+        1000-class one).
 
     Raises
     ------
@@ -279,6 +281,9 @@ def create_model(arch: str, img_size: int, num_classes: int = psg_layout.NUM_CLA
             _check_imagenet_source(model, arch)
         elif pretrained not in (None, PRETRAINED_NONE):
             _check_pretrained_coverage(model, pretrained)
+        if pretrained not in (None, PRETRAINED_NONE):
+            # As the original replaced its ViT's head: a plain nn.Linear, torch's default initialisation
+            model.reset_classifier(num_classes)
         return model
     except InputError:
         raise

@@ -193,6 +193,10 @@ def test_a_local_file_gives_every_backbone_tensor_and_a_fresh_5_class_head(tmp_p
     assert loaded[f"{head}.weight"].shape == (5, source[f"{head}.weight"].shape[1])
     assert loaded[f"{head}.bias"].shape == (5,)
     assert not torch.equal(loaded[f"{head}.weight"], source[f"{head}.weight"][:5])
+    # a plain nn.Linear as the original's ViT head: weights and bias uniform in +-1/sqrt(fan_in), the bias not 0
+    bound = 1 / math.sqrt(source[f"{head}.weight"].shape[1])
+    assert loaded[f"{head}.weight"].abs().max() <= bound and loaded[f"{head}.bias"].abs().max() <= bound
+    assert loaded[f"{head}.bias"].abs().min() > 0
 
 
 def test_offline_imagenet_start_fails_at_once_in_one_line(tiny_data, tmp_path):
