@@ -90,15 +90,15 @@ parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
 parser.add_argument("--data-root", default="DATA", help="folder with testset-for_user.csv")
 parser.add_argument("--out", default="outputs", help="folder with the .npy dumps; the blend is written here")
 parser.add_argument("--method", default="sqrt", help="avg, sqrt, log1p, square, expm1 or rank")
-parser.add_argument("--ens-weight", type=float, default=0.06, help="weight w of model 1 (ViT), in [0, 1]")
+parser.add_argument("--ens-weight", type=float, default=0.06, help="weight w of model 1 (ViT), in [0, 1], on the rows as --dump-scale scales them")
 parser.add_argument("--power", type=float, default=0.25, help="exponent of the 'square' method, > 0")
 parser.add_argument("--dump-scale", choices=DUMP_SCALES, default="original",
                     help="original: scale the unit-sum rows as the original's dumps were, 1/(4*tta) for model 1 "
                          "and 1/(800*tta) for model 2, before blending (its weights mean what they meant there); "
                          "unit: blend the unit-sum rows with plain weights")
 parser.add_argument("--tta", type=int, default=None,
-                    help="TTA rounds of the dumps, for --dump-scale original (default: infer_blend.py's --tta from "
-                         "<out>/infer_blend_fold_<k>.json, else 1 as in the original)")
+                    help="TTA rounds of the dumps, for --dump-scale original; None: infer_blend.py's --tta from "
+                         "<out>/infer_blend_fold_<k>.json, else 1 (the original's)")
 parser.add_argument("--vit-arch", default="vit_base_patch16_224")
 parser.add_argument("--eff-arch", default="tf_efficientnet_b4_ns")
 parser.add_argument("--vit-epochs", type=int, nargs="+", default=[4], help="checkpoint epochs of model 1's dump")
@@ -107,7 +107,7 @@ parser.add_argument("--fold", type=int, default=0, help="the fold the models wer
 parser.add_argument("--tune", action="store_true",
                     help="search method x weight on the fold's validation dumps, save outputs/blend_tune.json")
 parser.add_argument("--from-tune", type=Path, default=None, metavar="JSON",
-                    help="take method, ens-weight and power from a blend_tune.json")
+                    help="take method, ens-weight, power, dump scale and tta from a blend_tune.json")
 parser.add_argument("--quiet", action="store_true", help="no progress bar")
 # fmt: on
 
@@ -406,8 +406,9 @@ def describe_effective_weight(method: str, weight: float, power: float, scales: 
     if method == "rank":
         return "effective ViT weight on unit-sum dumps: 0.5 (rank counts both models equally)"
     if effective is None:
-        return (f"effective ViT weight on unit-sum dumps: none ({method} of scaled rows is not a power of them, so the "
-                f"scales do not factor out; near avg's {effective_vit_weight('avg', weight, power, scales):.3f})")
+        return (f"effective ViT weight on unit-sum dumps: none ({method}(c*x) is not a power of c times {method}(x), "
+                f"so the row scales do not factor out; roughly avg's "
+                f"{effective_vit_weight('avg', weight, power, scales):.3f})")
     return f"effective ViT weight on unit-sum dumps: {effective:.3f} (w = {weight}, row scales {scales[0]:.6g}, " \
            f"{scales[1]:.6g})"
 
@@ -615,8 +616,8 @@ def main(argv=None) -> None:
             setattr(args, key, value)
         given_tta = str(args.from_tune)
     check_blend_settings(args.method, args.ens_weight, args.power)
-    if args.dump_scale == "unit":
-        args.tta, tta_source = args.tta or ORIGINAL_TTA, "unused under --dump-scale unit"
+    if args.dump_scale == "unit" and args.tta is None:
+        args.tta, tta_source = ORIGINAL_TTA, "unused under --dump-scale unit"
     else:
         args.tta, tta_source = resolve_tta(args.tta, args.out, args.fold, given_tta)
     config = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()}
