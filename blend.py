@@ -2,36 +2,65 @@
 
 Reads the per-model probability dumps written by infer_blend.py
 (``outputs/<arch>_fold_<k>_<epochs>.npy``, float32 [rows, 5], classes Wake,
-N1, N2, N3, REM, rows in test CSV order), combines them with one of the
-seed's blend methods and writes
+N1, N2, N3, REM, rows in test CSV order, each row summing to 1), combines
+them with one of the original's blend methods and writes
 
 * ``outputs/filesblend_<method>_<vit-epochs>_<eff-epochs>.csv``: one stage
-  name per line, no header, test CSV order (the seed's pre-post-processing
+  name per line, no header, test CSV order (the original's pre-post-processing
   submission), and
 * ``outputs/filesblend_<method>_<vit-epochs>_<eff-epochs>.npy``: the blend
   beside it as probabilities, float32 [rows, 5] (see
   :func:`blend_probabilities`), which ``postprocess.py --method hmm`` uses
   for its emissions.
 
-With p1 = model 1 (ViT), p2 = model 2 (EfficientNet), w = ``--ens-weight``:
+Dump scales. The original's dumps were not on one scale: its inferblend.py
+multiplied every softmax row by ``weights[i] / sum(weights) / tta`` with
+``weights = [1, 1, 1, 1]`` (so model 1's rows summed to 1/(4*tta)), and
+folded the EfficientNet's 1000 outputs into 5 by adding 200 slices of 5 and
+dividing by 200 (so model 2's rows summed to 1/(800*tta)); it ran with
+``tta = 1``. Its blend.py applied its weight to those rows. With
+``--dump-scale original`` (the default) the rows are multiplied by
+a = 1/(4*tta) and b = 1/(800*tta) before the method's formula, so every
+method and weight means what it meant in the original and ``python
+blend.py`` reproduces the original's submitted blend (sqrt, w = 0.06).
+``--dump-scale unit`` blends the unit-sum rows with plain weights. ``tta``
+is infer_blend.py's ``--tta``, read from ``outputs/infer_blend_fold_<k>.json``
+(1, the original's, when that file is absent), or given with ``--tta``; it
+only matters to log1p and expm1 (the other methods are unchanged by a
+factor common to both models).
+
+With p1 = model 1 (ViT), p2 = model 2 (EfficientNet), a and b their row
+scales (1 under ``--dump-scale unit``) and w = ``--ens-weight``:
 
 ==========  ==================================================
-``avg``     w*p1 + (1-w)*p2
-``sqrt``    w*sqrt(p1) + (1-w)*sqrt(p2)          (seed, w=0.06)
-``log1p``   w*log1p(p1) + (1-w)*log1p(p2)
-``square``  w*p1**power + (1-w)*p2**power         (power 0.25)
-``expm1``   w*expm1(p1) + (1-w)*expm1(p2)
+``avg``     w*(a*p1) + (1-w)*(b*p2)
+``sqrt``    w*sqrt(a*p1) + (1-w)*sqrt(b*p2)          (the original, w=0.06)
+``log1p``   w*log1p(a*p1) + (1-w)*log1p(b*p2)
+``square``  w*(a*p1)**power + (1-w)*(b*p2)**power     (power 0.25)
+``expm1``   w*expm1(a*p1) + (1-w)*expm1(b*p2)
 ``rank``    per row, each model's classes ranked 0..4 (ties: the lower
-            class index gets the lower rank), ranks summed; w ignored
-            (recorded as 0.5 by ``--tune``)
+            class index gets the lower rank), ranks summed; w and the
+            scales change nothing (``--tune`` records w as 0.5)
 ==========  ==================================================
 
 The predicted stage is the argmax (the first class on ties).
 
+Effective ViT weight: the weight w' that gives the same blend with the same
+method on the unit-sum dumps. ``avg``, ``sqrt`` and ``square`` are
+homogeneous of degree k = 1, 1/2 and ``power`` (f(c*x) = c**k * f(x)), so
+w' = w*a**k / (w*a**k + (1-w)*b**k), independent of tta since a/b = 200:
+the original's sqrt blend with w = 0.06 is w' = 0.474 on unit-sum dumps.
+``log1p`` and ``expm1`` are not homogeneous: no w' exists (the ViT's share
+depends on the probabilities; both are close to ``avg`` since log1p(x) and
+expm1(x) are near x for x <= 1/4). ``rank`` counts both models equally. The
+script prints w' of the blend it makes.
+
 ``--tune`` searches method x weight (0 to 1 in steps of 0.01) on the
-validation dumps (``..._valid.npy`` with ``fold_<k>_valid.csv``) and saves the
-best setting as ``outputs/blend_tune.json``; ``--from-tune`` applies it. The
-seed chose w=0.06 by probing the public leaderboard.
+validation dumps (``..._valid.npy`` with ``fold_<k>_valid.csv``) at the
+chosen dump scale and saves the best setting, with that scale and tta, as
+``outputs/blend_tune.json``; ``--from-tune`` applies it (its method, weight,
+power, dump scale and tta). The original chose w=0.06 by probing the public
+leaderboard.
 
 This module imports no torch, so it stays fast; infer_blend.py and
 evaluate.py import its file naming and blend functions.
@@ -49,14 +78,27 @@ from tqdm import tqdm
 import psg_layout
 from psg_layout import STAGES, NUM_CLASSES, InputError, where
 
+METHODS = ("avg", "sqrt", "log1p", "square", "expm1", "rank")
+DUMP_SCALES = ("original", "unit")
+ORIGINAL_TTA = 1  # inferblend.py's CFG['tta'] for the submitted blend
+ORIGINAL_WEIGHT_SUM = 4  # sum(CFG['weights']) with weights [1, 1, 1, 1]: each dump row scaled by 1/4 per tta
+ORIGINAL_EFF_FOLD = 200  # the EfficientNet's 1000 outputs: 200 slices of 5 added, then divided by 200
+
 # fmt: off
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 parser.add_argument("--data-root", default="DATA", help="folder with testset-for_user.csv")
 parser.add_argument("--out", default="outputs", help="folder with the .npy dumps; the blend is written here")
 parser.add_argument("--method", default="sqrt", help="avg, sqrt, log1p, square, expm1 or rank")
-parser.add_argument("--ens-weight", type=float, default=0.06, help="weight w of model 1 (ViT), in [0, 1]")
+parser.add_argument("--ens-weight", type=float, default=0.06, help="weight w of model 1 (ViT), in [0, 1], on the rows as --dump-scale scales them")
 parser.add_argument("--power", type=float, default=0.25, help="exponent of the 'square' method, > 0")
+parser.add_argument("--dump-scale", choices=DUMP_SCALES, default="original",
+                    help="original: scale the unit-sum rows as the original's dumps were, 1/(4*tta) for model 1 "
+                         "and 1/(800*tta) for model 2, before blending (its weights mean what they meant there); "
+                         "unit: blend the unit-sum rows with plain weights")
+parser.add_argument("--tta", type=int, default=None,
+                    help="TTA rounds of the dumps, for --dump-scale original; None: infer_blend.py's --tta from "
+                         "<out>/infer_blend_fold_<k>.json, else 1 (the original's)")
 parser.add_argument("--vit-arch", default="vit_base_patch16_224")
 parser.add_argument("--eff-arch", default="tf_efficientnet_b4_ns")
 parser.add_argument("--vit-epochs", type=int, nargs="+", default=[4], help="checkpoint epochs of model 1's dump")
@@ -65,11 +107,10 @@ parser.add_argument("--fold", type=int, default=0, help="the fold the models wer
 parser.add_argument("--tune", action="store_true",
                     help="search method x weight on the fold's validation dumps, save outputs/blend_tune.json")
 parser.add_argument("--from-tune", type=Path, default=None, metavar="JSON",
-                    help="take method, ens-weight and power from a blend_tune.json")
+                    help="take method, ens-weight, power, dump scale and tta from a blend_tune.json")
 parser.add_argument("--quiet", action="store_true", help="no progress bar")
 # fmt: on
 
-METHODS = ("avg", "sqrt", "log1p", "square", "expm1", "rank")
 TUNE_WEIGHTS = np.round(np.arange(101) * 0.01, 2)  # 0.00, 0.01, ..., 1.00
 TUNE_JSON = "blend_tune.json"
 
@@ -193,6 +234,34 @@ def check_blend_settings(method: str, weight: float, power: float) -> None:
         raise InputError(f"power must be > 0, got {power}")
 
 
+def row_scales(dump_scale: str, tta: int = ORIGINAL_TTA) -> tuple[float, float]:
+    """The factors the two models' unit-sum rows are multiplied by before blending.
+
+    Parameters
+    ----------
+    dump_scale : {"original", "unit"}
+        ``original``: the row sums of the original's dumps, 1/(4*tta) for
+        model 1 (``weights[i] / sum(weights) / tta`` with four weights of 1)
+        and 1/(800*tta) for model 2 (the same, then its 1000 outputs folded
+        into 5 by adding 200 slices of 5 and dividing by 200). ``unit``: 1, 1.
+    tta : int
+        TTA rounds the dumps average (>= 1).
+
+    Returns
+    -------
+    (float, float)
+        Scale of model 1 (ViT), scale of model 2 (EfficientNet).
+    """
+    if dump_scale not in DUMP_SCALES:
+        raise InputError(f"unknown dump scale {dump_scale!r} (expected one of {', '.join(DUMP_SCALES)})")
+    if not (isinstance(tta, int) and tta >= 1):
+        raise InputError(f"tta must be an integer of at least 1, got {tta!r}")
+    if dump_scale == "unit":
+        return 1.0, 1.0
+    vit_scale = 1.0 / (ORIGINAL_WEIGHT_SUM * tta)
+    return vit_scale, vit_scale / ORIGINAL_EFF_FOLD
+
+
 def class_ranks(probabilities: np.ndarray) -> np.ndarray:
     """Per row, rank the classes 0 (least likely) .. 4 (most likely).
 
@@ -204,8 +273,8 @@ def class_ranks(probabilities: np.ndarray) -> np.ndarray:
     return np.argsort(order, axis=1, kind="stable")
 
 
-def transform_scores(probabilities: np.ndarray, method: str, power: float = 0.25) -> np.ndarray:
-    """Apply a method's per-model transform (before the weighted sum).
+def transform_scores(probabilities: np.ndarray, method: str, power: float = 0.25, scale: float = 1.0) -> np.ndarray:
+    """Apply a method's per-model transform (before the weighted sum) to ``scale * probabilities``.
 
     Parameters
     ----------
@@ -214,6 +283,8 @@ def transform_scores(probabilities: np.ndarray, method: str, power: float = 0.25
         One of :data:`METHODS`.
     power : float
         Exponent of ``square``.
+    scale : float
+        The model's row scale (see :func:`row_scales`), > 0.
 
     Returns
     -------
@@ -227,12 +298,12 @@ def transform_scores(probabilities: np.ndarray, method: str, power: float = 0.25
         "expm1": np.expm1,
         "rank": class_ranks,
     }
-    return transforms[method](np.asarray(probabilities, dtype=np.float64)).astype(np.float64)
+    return transforms[method](scale * np.asarray(probabilities, dtype=np.float64)).astype(np.float64)
 
 
 def blend_scores(p1: np.ndarray, p2: np.ndarray, method: str = "sqrt", weight: float = 0.06,
-                 power: float = 0.25) -> np.ndarray:
-    """Blend two models' probabilities.
+                 power: float = 0.25, scales: tuple[float, float] = (1.0, 1.0)) -> np.ndarray:
+    """Blend two models' probabilities, each row first multiplied by its model's scale.
 
     Parameters
     ----------
@@ -245,6 +316,9 @@ def blend_scores(p1: np.ndarray, p2: np.ndarray, method: str = "sqrt", weight: f
         ``rank``, which sums the two models' ranks.
     power : float
         Exponent of ``square``.
+    scales : (float, float)
+        Row scales of model 1 and model 2 (:func:`row_scales`); ``(1, 1)``
+        blends the unit-sum rows as they are.
 
     Returns
     -------
@@ -252,20 +326,23 @@ def blend_scores(p1: np.ndarray, p2: np.ndarray, method: str = "sqrt", weight: f
         Blended scores; the predicted stage is their argmax.
     """
     check_blend_settings(method, weight, power)
-    t1, t2 = transform_scores(p1, method, power), transform_scores(p2, method, power)
+    t1, t2 = (transform_scores(p, method, power, scale) for p, scale in zip((p1, p2), scales))
     if method == "rank":
         return t1 + t2
     return weight * t1 + (1.0 - weight) * t2
 
 
 def blend_probabilities(p1: np.ndarray, p2: np.ndarray, method: str = "sqrt", weight: float = 0.06,
-                        power: float = 0.25) -> np.ndarray:
+                        power: float = 0.25, scales: tuple[float, float] = (1.0, 1.0)) -> np.ndarray:
     """The blend mapped back to the probability scale, rows summing to 1.
 
     The inverse of the method's transform undoes it (``sqrt`` -> square,
     ``log1p`` -> expm1, ``square`` -> power 1/power, ``expm1`` -> log1p), so
     the result is the weighted quasi-arithmetic mean of the two models'
-    probabilities, then normalised per row. The transforms are increasing,
+    scaled rows (``scales[0] * p1``, ``scales[1] * p2``), then normalised per
+    row; for ``avg``, ``sqrt`` and ``square`` that is the same mean of the
+    unit-sum rows with the effective weight (:func:`effective_vit_weight`).
+    The transforms are increasing,
     so the argmax is that of :func:`blend_scores`. ``rank`` has no inverse:
     its rank sums are normalised as they are (a ranking, not probabilities).
     This is what the hmm post-processing takes as class posteriors; the raw
@@ -284,8 +361,56 @@ def blend_probabilities(p1: np.ndarray, p2: np.ndarray, method: str = "sqrt", we
         "expm1": np.log1p,
         "rank": lambda s: s,
     }
-    probabilities = inverses[method](blend_scores(p1, p2, method, weight, power))
+    probabilities = inverses[method](blend_scores(p1, p2, method, weight, power, scales))
     return probabilities / probabilities.sum(axis=1, keepdims=True)
+
+
+def effective_vit_weight(method: str, weight: float, power: float = 0.25,
+                         scales: tuple[float, float] = (1.0, 1.0)) -> float | None:
+    """Model 1's weight w' that gives the same blend on the unit-sum rows.
+
+    ``avg``, ``sqrt`` and ``square`` are homogeneous of degree k (1, 1/2,
+    ``power``): f(c*x) = c**k * f(x), so w*f(a*p1) + (1-w)*f(b*p2) is
+    proportional to w'*f(p1) + (1-w')*f(p2) with
+    w' = w*a**k / (w*a**k + (1-w)*b**k). ``rank`` ignores weights and
+    scales: 0.5. With equal scales every method keeps w. ``log1p`` and
+    ``expm1`` with unequal scales have no such w' (None): their ViT share
+    depends on the probabilities.
+
+    Parameters
+    ----------
+    method, weight, power
+        As for :func:`blend_scores`.
+    scales : (float, float)
+        Row scales (a, b) of model 1 and model 2.
+
+    Returns
+    -------
+    float or None
+    """
+    if method == "rank":
+        return 0.5
+    vit_scale, eff_scale = scales
+    if vit_scale == eff_scale:
+        return float(weight)
+    degree = {"avg": 1.0, "sqrt": 0.5, "square": power}.get(method)
+    if degree is None:
+        return None
+    vit_part, eff_part = weight * vit_scale**degree, (1.0 - weight) * eff_scale**degree
+    return float(vit_part / (vit_part + eff_part))
+
+
+def describe_effective_weight(method: str, weight: float, power: float, scales: tuple[float, float]) -> str:
+    """One line saying the blend's effective ViT weight on unit-sum dumps, or why there is none."""
+    effective = effective_vit_weight(method, weight, power, scales)
+    if method == "rank":
+        return "effective ViT weight on unit-sum dumps: 0.5 (rank counts both models equally)"
+    if effective is None:
+        return (f"effective ViT weight on unit-sum dumps: none ({method}(c*x) is not a power of c times {method}(x), "
+                f"so the row scales do not factor out; roughly avg's "
+                f"{effective_vit_weight('avg', weight, power, scales):.3f})")
+    return f"effective ViT weight on unit-sum dumps: {effective:.3f} (w = {weight}, row scales {scales[0]:.6g}, " \
+           f"{scales[1]:.6g})"
 
 
 def predict_stages(scores: np.ndarray) -> np.ndarray:
@@ -309,7 +434,7 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
 
 
 def tune_blend(p1: np.ndarray, p2: np.ndarray, labels: np.ndarray, power: float = 0.25,
-               quiet: bool = True) -> dict:
+               quiet: bool = True, scales: tuple[float, float] = (1.0, 1.0)) -> dict:
     """Search method x weight for the best validation macro-F1.
 
     Weights run over 0.00, 0.01, ..., 1.00 (``rank`` ignores the weight and
@@ -326,6 +451,9 @@ def tune_blend(p1: np.ndarray, p2: np.ndarray, labels: np.ndarray, power: float 
         Exponent of ``square``.
     quiet : bool
         No progress bar.
+    scales : (float, float)
+        Row scales of the two models (:func:`row_scales`): the weights found
+        are weights of the scaled rows.
 
     Returns
     -------
@@ -337,7 +465,7 @@ def tune_blend(p1: np.ndarray, p2: np.ndarray, labels: np.ndarray, power: float 
     """
     per_method, curves = {}, {}
     for method in tqdm(METHODS, desc="tune", disable=quiet):
-        t1, t2 = transform_scores(p1, method, power), transform_scores(p2, method, power)
+        t1, t2 = (transform_scores(p, method, power, scale) for p, scale in zip((p1, p2), scales))
         if method == "rank":
             scores = [macro_f1(labels, predict_stages(t1 + t2))]
         else:
@@ -372,19 +500,25 @@ def format_tune_table(result: dict) -> str:
 
 
 def read_tune_json(path: Path | str) -> dict:
-    """Read ``method``, ``ens_weight`` and ``power`` from a blend_tune.json."""
+    """Read ``method``, ``ens_weight``, ``power``, ``dump_scale`` and ``tta`` from a blend_tune.json.
+
+    A file without ``dump_scale`` predates dump scales: it was tuned on the
+    unit-sum dumps, so it reads as ``unit`` (and ``tta`` as 1, unused there).
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"no tuning file {where(path)}; make it with blend.py --tune")
     try:
         tuned = json.loads(path.read_text())
         settings = {"method": str(tuned["method"]), "ens_weight": float(tuned["ens_weight"]),
-                    "power": float(tuned["power"])}
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as err:
+                    "power": float(tuned["power"]), "dump_scale": str(tuned.get("dump_scale", "unit")),
+                    "tta": tuned.get("tta", ORIGINAL_TTA)}
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
         raise InputError(f"not a blend_tune.json with method, ens_weight and power ({type(err).__name__}: "
                          f"{err}) {where(path)}") from None
     try:  # a bad value is named with the file it came from
         check_blend_settings(settings["method"], settings["ens_weight"], settings["power"])
+        row_scales(settings["dump_scale"], settings["tta"])
     except InputError as err:
         raise InputError(f"{err} {where(path)}") from None
     return settings
@@ -393,6 +527,33 @@ def read_tune_json(path: Path | str) -> dict:
 def stage_counts(stages: np.ndarray) -> str:
     """``Wake 12, N1 3, ...``: how often each stage occurs."""
     return ", ".join(f"{name} {count}" for name, count in zip(STAGES, np.bincount(stages, minlength=NUM_CLASSES)))
+
+
+def resolve_tta(tta: int | None, out: Path | str, fold: int, given_by: str = "--tta") -> tuple[int, str]:
+    """The TTA rounds of the dumps, and where that number came from.
+
+    ``tta`` when given (by ``given_by``); otherwise infer_blend.py's ``--tta`` from
+    ``<out>/infer_blend_fold_<fold>.json`` (written beside the dumps); 1,
+    the original's, when that file is absent.
+
+    Raises
+    ------
+    InputError
+        A ``tta`` below 1, or an unreadable configuration file.
+    """
+    if tta is not None:
+        row_scales("original", tta)
+        return tta, given_by
+    path = Path(out) / f"infer_blend_fold_{fold}.json"
+    if not path.is_file():
+        return ORIGINAL_TTA, f"the original's (no {path})"
+    try:
+        found = json.loads(path.read_text())["tta"]
+        row_scales("original", found)
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, InputError) as err:
+        raise InputError(f"no usable tta in infer_blend.py's configuration ({type(err).__name__}: {err}); "
+                         f"pass --tta {where(path)}") from None
+    return found, str(path)
 
 
 # --------------------------------------------------------------------------
@@ -410,11 +571,17 @@ def run_tune(args, config: dict, quiet: bool) -> None:
     p1, p2 = (load_probabilities(dump_path(out, arch, args.fold, epochs, "valid"), len(labels), str(labels_csv),
                                  DUMP_HINT)
               for arch, epochs in ((args.vit_arch, args.vit_epochs), (args.eff_arch, args.eff_epochs)))
-    result = tune_blend(p1, p2, labels, args.power, quiet)
+    scales = row_scales(args.dump_scale, args.tta)
+    result = tune_blend(p1, p2, labels, args.power, quiet, scales)
     print(format_tune_table(result))
-    print(f"best: --method {result['method']} --ens-weight {result['ens_weight']} (power {result['power']}): "
+    print(f"best: --method {result['method']} --ens-weight {result['ens_weight']} (power {result['power']}, "
+          f"--dump-scale {args.dump_scale}, tta {args.tta}): "
           f"validation macro-F1 {result['val_macro_f1']:.4f} on {len(labels)} rows")
-    result.update(config=config, valid_rows=len(labels))
+    print(describe_effective_weight(result["method"], result["ens_weight"], result["power"], scales))
+    result.update(dump_scale=args.dump_scale, tta=args.tta,
+                  effective_vit_weight=effective_vit_weight(result["method"], result["ens_weight"], result["power"],
+                                                            scales),
+                  config=config, valid_rows=len(labels))
     with psg_layout.atomic_path(out / TUNE_JSON) as tmp:
         tmp.write_text(json.dumps(result, indent=2))
     print(f"{out / TUNE_JSON} is saved")
@@ -426,8 +593,9 @@ def run_blend(args, config: dict) -> None:
     test = read_test_csv(args.data_root)
     p1, p2 = (load_probabilities(dump_path(out, arch, args.fold, epochs), len(test), str(test.path), DUMP_HINT)
               for arch, epochs in ((args.vit_arch, args.vit_epochs), (args.eff_arch, args.eff_epochs)))
-    stages = predict_stages(blend_scores(p1, p2, args.method, args.ens_weight, args.power))
-    probabilities = blend_probabilities(p1, p2, args.method, args.ens_weight, args.power)
+    settings = (args.method, args.ens_weight, args.power, row_scales(args.dump_scale, args.tta))
+    stages = predict_stages(blend_scores(p1, p2, *settings))
+    probabilities = blend_probabilities(p1, p2, *settings)
 
     blend_csv = blend_csv_path(out, args.method, args.vit_epochs, args.eff_epochs)
     with psg_layout.atomic_path(probabilities_path(blend_csv)) as tmp:
@@ -435,17 +603,25 @@ def run_blend(args, config: dict) -> None:
     psg_layout.write_lines(blend_csv, (STAGES[s] for s in stages))
     with psg_layout.atomic_path(blend_csv.with_suffix(".json")) as tmp:
         tmp.write_text(json.dumps(config, indent=2))
+    print(describe_effective_weight(*settings))
     print(f"predicted stages: {stage_counts(stages)}")
     print(f"{blend_csv} is saved ({len(stages)} rows), blended probabilities in {probabilities_path(blend_csv)}")
 
 
 def main(argv=None) -> None:
     args = parser.parse_args(argv)
+    given_tta = "--tta"
     if args.from_tune is not None:
         for key, value in read_tune_json(args.from_tune).items():
             setattr(args, key, value)
+        given_tta = str(args.from_tune)
     check_blend_settings(args.method, args.ens_weight, args.power)
+    if args.dump_scale == "unit" and args.tta is None:
+        args.tta, tta_source = ORIGINAL_TTA, "unused under --dump-scale unit"
+    else:
+        args.tta, tta_source = resolve_tta(args.tta, args.out, args.fold, given_tta)
     config = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()}
+    config.update(tta_source=tta_source, row_scales=row_scales(args.dump_scale, args.tta))
     print("config: " + json.dumps(config))
     if args.tune:
         run_tune(args, config, quiet=args.quiet or not sys.stderr.isatty())

@@ -29,9 +29,11 @@ import random
 import struct
 import sys
 import time
+import urllib.error
 from pathlib import Path
 
 import adamp
+import huggingface_hub.errors
 import numpy as np
 import safetensors
 import safetensors.torch
@@ -67,6 +69,16 @@ class AdamP(adamp.AdamP):
 
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamp": AdamP}
+# --pretrained: timm's ImageNet weights (downloaded and cached by timm), random initialisation, or a file.
+PRETRAINED_IMAGENET, PRETRAINED_NONE = "imagenet", "none"
+# The ImageNet weights the original loaded, by the tag timm gives them today when that is not timm's default:
+# jx_vit_base_p16_224-80ecf9dd.pth is vit_base_patch16_224.orig_in21k_ft_in1k (timm's default is augreg2).
+# The original's tf_efficientnet_b4_ns-d6313a46.pth is timm's default for tf_efficientnet_b4_ns (ns_jft_in1k).
+ORIGINAL_PRETRAINED_TAGS = {"vit_base_patch16_224": "orig_in21k_ft_in1k"}
+# What timm and huggingface_hub raise when the weights cannot be fetched: hub access disabled
+# (HF_HUB_OFFLINE=1) or no network, and nothing cached.
+HUB_UNREACHABLE = (huggingface_hub.errors.LocalEntryNotFoundError, huggingface_hub.errors.OfflineModeIsEnabled,
+                   ConnectionError, TimeoutError, urllib.error.URLError)
 WEIGHTS_METADATA_KEY = "model"  # safetensors metadata: JSON {"architecture": ..., "num_classes": ...}
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 # Settings that define the training recipe: --resume refuses to continue a
@@ -118,8 +130,10 @@ def build_parser(defaults: dict, description: str) -> argparse.ArgumentParser:
                              "epochs); 1: one step per epoch (a cycle of T_0 epochs)")
     parser.add_argument("--workers", type=int, default=d["workers"], help="DataLoader worker processes")
     parser.add_argument("--seed", type=int, default=d["seed"], help="seed of folds, initialisation and augmentation")
-    parser.add_argument("--pretrained", default=None,
-                        help="local file of pretrained weights (safetensors or a timm .pth); none: random init")
+    parser.add_argument("--pretrained", default=d["pretrained"],
+                        help="imagenet: timm's ImageNet weights of the architecture (downloaded once, needs the "
+                             "network; the original's start); none: random initialisation; or a local file of "
+                             "weights (safetensors or a plain state dict, never unpickled)")
     parser.add_argument("--amp", choices=("fp16", "bf16", "off"), default=d["amp"],
                         help="mixed precision on CUDA (fp16 with a gradient scaler); always off on CPU")
     parser.add_argument("--resume", action="store_true", help="continue from <arch>_fold_<k>_last.pt")
@@ -150,8 +164,9 @@ def _check_args(args: argparse.Namespace) -> None:
         raise InputError(f"--workers must be 0 or more, got {args.workers}")
     if not args.lr > 0 or args.min_lr < 0 or args.weight_decay < 0:
         raise InputError("--lr must be positive, --min-lr and --weight-decay not negative")
-    if args.pretrained is not None and not Path(args.pretrained).is_file():
-        raise InputError(f"pretrained weights file not found {where(args.pretrained)}")
+    if args.pretrained not in (PRETRAINED_IMAGENET, PRETRAINED_NONE) and not Path(args.pretrained).is_file():
+        raise InputError(f"pretrained weights file not found (or pass --pretrained {PRETRAINED_IMAGENET} or "
+                         f"{PRETRAINED_NONE}) {where(args.pretrained)}")
     if not args.no_cache:
         loader_vit_rgb.check_cache_dir(args.cache_dir, args.data_root)
 
@@ -229,28 +244,46 @@ def create_model(arch: str, img_size: int, num_classes: int = psg_layout.NUM_CLA
         transformers); convolutional networks take any size.
     num_classes : int
         Classifier outputs (the five stages).
-    pretrained : path-like, optional
-        Local weights file (safetensors, or a timm ``.pth`` read with
-        ``weights_only=True``); its classifier is dropped when the class
-        count differs. Nothing is ever downloaded.
+    pretrained : str or path-like, optional
+        None or ``"none"``: random initialisation. ``"imagenet"``: timm's
+        ImageNet weights for ``arch`` (the original's, see
+        :data:`ORIGINAL_PRETRAINED_TAGS`), downloaded and cached by timm;
+        without network or with hub access disabled this fails at once.
+        Otherwise a local weights file (safetensors, or a plain state dict
+        read with ``weights_only=True``). Either way the classifier is a
+        fresh ``num_classes`` ``nn.Linear`` with torch's default
+        initialisation, as the original's ViT head (timm drops the
+        1000-class one).
 
     Raises
     ------
     InputError
-        Unknown architecture, or pretrained weights that do not fit it.
+        Unknown architecture; ImageNet weights that timm does not have or
+        cannot fetch (one line naming the architecture and the
+        alternatives); a pretrained file that does not fit.
     """
     options = dict(num_classes=num_classes)
-    if pretrained is not None:
+    name = arch
+    if pretrained == PRETRAINED_IMAGENET:
+        tag = ORIGINAL_PRETRAINED_TAGS.get(arch)
+        name = f"{arch}.{tag}" if tag else arch
+        options.update(pretrained=True)
+    elif pretrained not in (None, PRETRAINED_NONE):
         options.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(pretrained)))
     try:
         try:
-            model = timm.create_model(arch, img_size=img_size, **options)
+            model = timm.create_model(name, img_size=img_size, **options)
         except TypeError as err:
             if "img_size" not in str(err):
                 raise
-            model = timm.create_model(arch, **options)
-        if pretrained is not None:
+            model = timm.create_model(name, **options)
+        if pretrained == PRETRAINED_IMAGENET:
+            _check_imagenet_source(model, arch)
+        elif pretrained not in (None, PRETRAINED_NONE):
             _check_pretrained_coverage(model, pretrained)
+        if pretrained not in (None, PRETRAINED_NONE):
+            # As the original replaced its ViT's head: a plain nn.Linear, torch's default initialisation
+            model.reset_classifier(num_classes)
         return model
     except InputError:
         raise
@@ -258,10 +291,23 @@ def create_model(arch: str, img_size: int, num_classes: int = psg_layout.NUM_CLA
         message = (str(err).strip().splitlines() or [type(err).__name__])[0]
         if isinstance(err, RuntimeError) and message.startswith("Unknown model"):
             raise InputError(f"unknown model architecture {arch!r} (not in timm {timm.__version__})") from None
-        if pretrained is None:
+        if pretrained == PRETRAINED_IMAGENET and isinstance(err, HUB_UNREACHABLE):
+            raise InputError(f"cannot fetch timm's ImageNet weights for {arch} ({type(err).__name__}: offline, or "
+                             f"hub access disabled by HF_HUB_OFFLINE); run once online to cache them, or pass "
+                             f"--pretrained none (random initialisation) or --pretrained PATH (a local weights "
+                             f"file)") from None
+        if pretrained in (None, PRETRAINED_NONE, PRETRAINED_IMAGENET):
             raise
         # A pretrained file that is unreadable (pickle, zip or safetensors errors) or does not fit.
         raise InputError(f"cannot use pretrained weights for {arch}: {message} {where(pretrained)}") from None
+
+
+def _check_imagenet_source(model: torch.nn.Module, arch: str) -> None:
+    """Refuse an architecture for which timm has no weights (timm would leave it at random initialisation)."""
+    cfg = model.pretrained_cfg
+    if not (cfg.get("hf_hub_id") or cfg.get("url") or cfg.get("file")):
+        raise InputError(f"timm {timm.__version__} has no ImageNet weights for {arch}; pass --pretrained none "
+                         f"(random initialisation) or --pretrained PATH (a local weights file)")
 
 
 def _check_pretrained_coverage(model: torch.nn.Module, pretrained: str | Path) -> None:
@@ -535,9 +581,13 @@ def train_one_epoch(model: torch.nn.Module, batches, n_batches: int, optimizer: 
 
 
 @torch.no_grad()
-def validate(model: torch.nn.Module, batches, n_batches: int, device: torch.device, amp: str,
+def validate(model: torch.nn.Module, batches, n_batches: int, device: torch.device,
              smoothing: float = LABEL_SMOOTHING, progress: bool = False) -> tuple[float, int, np.ndarray]:
     """Loss and confusion matrix of ``model`` over ``batches`` of (images, one-hot targets).
+
+    In float32, without autocast, as the original validated (its
+    ``valid_one_epoch`` ran outside the training loop's ``autocast()``),
+    whatever precision training uses.
 
     Returns
     -------
@@ -551,8 +601,7 @@ def validate(model: torch.nn.Module, batches, n_batches: int, device: torch.devi
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     images_seen = 0
     for images, targets in tqdm(batches, total=n_batches, desc="valid", disable=not progress, dynamic_ncols=True):
-        with _autocast(device, amp):
-            logits = model(images)
+        logits = model(images.float())
         loss_sum += soft_target_cross_entropy(logits, targets, smoothing).double() * images.shape[0]
         truth, predicted = targets.argmax(dim=1), logits.argmax(dim=1)
         confusion += torch.bincount(truth * classes + predicted, minlength=classes * classes)
@@ -818,8 +867,7 @@ def _train(args: argparse.Namespace, device: torch.device, rank: int, world_size
         seconds = time.perf_counter() - started
         scheduler.step()  # the seed stepped once after training ...
         valid_loss_sum, valid_images, confusion = validate(
-            _unwrapped(model), device_batches(valid_loader, device), len(valid_loader), device, config["amp"],
-            progress=progress)
+            _unwrapped(model), device_batches(valid_loader, device), len(valid_loader), device, progress=progress)
         if args.sched_steps_per_epoch == 2:
             scheduler.step()  # ... and once more after validation
 

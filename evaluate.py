@@ -18,9 +18,15 @@ renderer write them), and writes to ``--out``:
 When the fold's validation dumps exist (``outputs/<arch>_fold_<k>_<epochs>_valid.npy``
 and ``outputs/fold_<k>_valid.csv``, written by infer_blend.py), the report
 adds a validation table: each model alone, every blend method at its tuned
-weight, then post-processing none / rules / hmm of the best blend, so one
-sees what each step buys. The hmm there is estimated from the training rows
-outside the validation fold.
+weight (tuned at ``--dump-scale``, as ``blend.py --tune`` tunes), then
+post-processing none / rules / hmm of the best blend, so one sees what each
+step buys. The hmm there is estimated from the training rows outside the
+validation fold. The rules and the hmm need consecutive epochs: when the
+models were trained with ``--cv stratified`` (``cv`` in
+``<weights-dir>/<vit-arch>_fold_<k>_config.json``), the validation rows are a
+random fifth of each night, so those two steps are left out of the table
+(said in the report); when that configuration is absent, they are shown and
+marked "cv unknown".
 
 Sleep statistics (hypnogram.py's definitions: TST, SOL, WASO, SE, stage
 minutes and percentages, latencies, awakenings...) are computed per
@@ -48,8 +54,8 @@ from sklearn.metrics import (accuracy_score, cohen_kappa_score, confusion_matrix
                              precision_recall_fscore_support)
 
 import psg_layout
-from blend import (METHODS, blend_probabilities, blend_scores, dump_path, load_probabilities, predict_stages,
-                   read_test_csv, tune_blend, valid_csv_path)
+from blend import (DUMP_SCALES, METHODS, blend_probabilities, blend_scores, dump_path, load_probabilities,
+                   predict_stages, read_test_csv, resolve_tta, row_scales, tune_blend, valid_csv_path)
 from hypnogram import HYPNOGRAM_ORDER, json_ready, sleep_statistics, statistic_unit
 from postprocess import apply_rules, estimate_hmm, hmm_decode, read_stage_lines
 from psg_layout import NUM_CLASSES, STAGES, InputError, where
@@ -71,6 +77,11 @@ parser.add_argument("--vit-epochs", type=int, nargs="+", default=[4])
 parser.add_argument("--eff-epochs", type=int, nargs="+", default=[1])
 parser.add_argument("--fold", type=int, default=0)
 parser.add_argument("--power", type=float, default=0.25, help="exponent of the 'square' blend")
+parser.add_argument("--dump-scale", choices=DUMP_SCALES, default="original",
+                    help="row scales of the dumps in the validation table's blends, as blend.py's --dump-scale")
+parser.add_argument("--tta", type=int, default=None,
+                    help="TTA rounds for --dump-scale original (default: from <outputs>/infer_blend_fold_<k>.json, "
+                         "else 1), as blend.py's --tta")
 parser.add_argument("--hypnograms", type=int, default=3, help="how many recordings to draw")
 parser.add_argument("--quiet", action="store_true", help="no progress bar")
 # fmt: on
@@ -166,19 +177,40 @@ def hmm_outside_fold(data_root: Path | str, valid: psg_layout.EpochTable):
     return estimate_hmm(train.labels[keep], [r for r, k in zip(train.recording_ids, keep) if k])
 
 
+def training_cv(weights_dir: Path | str, arch: str, fold: int) -> tuple[str | None, Path]:
+    """The ``cv`` a model was trained with, from its training configuration, and that file's path.
+
+    The name is engine.run_config_path's (engine is not imported: it loads
+    torch). ``None`` when the file is absent or says no ``cv``.
+    """
+    path = Path(weights_dir) / f"{arch}_fold_{fold}_config.json"
+    if not path.is_file():
+        return None, path
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(f"not a valid JSON configuration: {err} {where(path)}") from None
+    cv = config.get("cv") if isinstance(config, dict) else None
+    return (None if cv is None else str(cv)), path
+
+
 def validation_table(args, quiet: bool) -> dict | None:
     """Macro-F1 and accuracy on the fold's validation rows of each step of the flow.
 
     Reads ``--outputs``' validation dumps and ``fold_<k>_valid.csv``; the hmm
-    row needs ``--data-root``'s training CSV.
+    row needs ``--data-root``'s training CSV. The rules and hmm rows are
+    left out when model 1 was trained with ``--cv stratified``, and marked
+    when its training configuration is absent.
 
     Returns
     -------
     dict or None
         None when the validation dumps or ``fold_<k>_valid.csv`` are absent.
         Otherwise ``rows`` (validation rows), ``blend`` (the best tuned
-        method, weight, power) and ``table``: a list of ``{"step",
-        "setting", "macro_f1", "accuracy"}``.
+        method, weight, power, dump scale, tta), ``cv`` (model 1's, or
+        None when unknown), ``context_note`` (why the rules and hmm rows are
+        missing or marked; None when they are plain) and ``table``: a list
+        of ``{"step", "setting", "macro_f1", "accuracy"}``.
     """
     labels_csv = valid_csv_path(args.outputs, args.fold)
     dumps = [dump_path(args.outputs, args.vit_arch, args.fold, args.vit_epochs, "valid"),
@@ -195,24 +227,38 @@ def validation_table(args, quiet: bool) -> dict | None:
 
     table = [row("model 1 alone", args.vit_arch, predict_stages(p1)),
              row("model 2 alone", args.eff_arch, predict_stages(p2))]
-    tuned = tune_blend(p1, p2, labels, args.power, quiet)
+    tta = resolve_tta(args.tta, args.outputs, args.fold)[0] if args.dump_scale == "original" else 1
+    scales = row_scales(args.dump_scale, tta)
+    tuned = tune_blend(p1, p2, labels, args.power, quiet, scales)
     for method in METHODS:
         weight = tuned["per_method"][method]["ens_weight"]
         setting = "w ignored" if method == "rank" else f"w={weight:.2f}"
-        table.append(row(f"blend {method}", setting, predict_stages(blend_scores(p1, p2, method, weight, args.power))))
+        table.append(row(f"blend {method}", setting,
+                         predict_stages(blend_scores(p1, p2, method, weight, args.power, scales))))
 
-    best = (tuned["method"], tuned["ens_weight"], tuned["power"])
+    best = (tuned["method"], tuned["ens_weight"], tuned["power"], scales)
     blended = predict_stages(blend_scores(p1, p2, *best))
     setting = f"on blend {best[0]}"
     table.append(row("post-processing none", setting, blended))
-    table.append(row("post-processing rules", setting, apply_rules(blended, valid.recording_ids)[0]))
-    table.append(row("post-processing rules across recordings (seed)", setting,
-                     apply_rules(blended, valid.recording_ids, across_recordings=True)[0]))
-    hmm = hmm_outside_fold(args.data_root, valid)
-    if hmm is not None:
-        decoded = hmm_decode(blend_probabilities(p1, p2, *best), valid.recording_ids, *hmm)
-        table.append(row("post-processing hmm", setting + ", HMM from the other folds", decoded))
-    return {"rows": int(len(labels)), "blend": dict(zip(("method", "ens_weight", "power"), best)), "table": table}
+    cv, config_path = training_cv(args.weights_dir, args.vit_arch, args.fold)
+    if cv == "stratified":
+        note = (f"post-processing rules and hmm left out: the models were trained with --cv stratified "
+                f"({config_path}), so these validation rows are a random fifth of each night, not consecutive "
+                f"epochs, and context rules would read neighbours that are not there")
+    else:
+        note = None if cv is not None else (f"cv unknown (no {config_path}): the rules and hmm rows mean something "
+                                            f"only if the models were trained with --cv subject")
+        marked = setting if cv is not None else setting + " (cv unknown)"
+        table.append(row("post-processing rules", marked, apply_rules(blended, valid.recording_ids)[0]))
+        table.append(row("post-processing rules across recordings (seed)", marked,
+                         apply_rules(blended, valid.recording_ids, across_recordings=True)[0]))
+        hmm = hmm_outside_fold(args.data_root, valid)
+        if hmm is not None:
+            decoded = hmm_decode(blend_probabilities(p1, p2, *best), valid.recording_ids, *hmm)
+            table.append(row("post-processing hmm", marked + ", HMM from the other folds", decoded))
+    return {"rows": int(len(labels)),
+            "blend": dict(zip(("method", "ens_weight", "power"), best[:3]), dump_scale=args.dump_scale, tta=tta),
+            "cv": cv, "context_note": note, "table": table}
 
 
 # --------------------------------------------------------------------------
@@ -428,11 +474,14 @@ def render_report(metrics: dict, config: dict, hypnogram_ids: list, has_curves: 
         best = validation["blend"]
         lines += ["## Validation: what each step buys", "",
                   f"Fold {config['fold']}, {validation['rows']} validation epochs. Blend weights tuned on these "
-                  f"rows (`blend.py --tune`); best: {best['method']}, w={best['ens_weight']:.2f}.", "",
+                  f"rows (`blend.py --tune`, --dump-scale {best['dump_scale']}); best: {best['method']}, "
+                  f"w={best['ens_weight']:.2f}.", "",
                   "| step | setting | macro-F1 | accuracy |", "|---|---|---|---|"]
         for entry in validation["table"]:
             lines.append(f"| {entry['step']} | {entry['setting']} | {entry['macro_f1']:.4f} | {entry['accuracy']:.4f} |")
         lines.append("")
+        if validation["context_note"]:
+            lines += [f"Note: {validation['context_note']}.", ""]
     if has_curves:
         lines += ["## Training curves", "", f"From `{config['weights_dir']}/*_log.csv`.", "",
                   "![training curves](training_curves.png)", ""]
@@ -482,6 +531,8 @@ def main(argv=None) -> None:
     if validation is not None:
         for entry in validation["table"]:
             print(f"  validation {entry['step']:<48} {entry['setting']:<36} macro-F1 {entry['macro_f1']:.4f}")
+        if validation["context_note"]:
+            print(f"  note: {validation['context_note']}")
     print(f"{args.out / 'report.md'} is saved")
 
 

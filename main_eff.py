@@ -1,6 +1,10 @@
 """Train the EfficientNet-B4 (Noisy Student) sleep-stage classifier (the seed's mainEff.py).
 
-Seed recipe: tf_efficientnet_b4_ns at 224 x 224, AdamP (lr 1e-4, weight decay
+The original's recipe: tf_efficientnet_b4_ns at 224 x 224, started from
+ImageNet (Noisy Student) weights (--pretrained imagenet: timm's
+tf_efficientnet_b4.ns_jft_in1k, the original's file; --pretrained none or PATH
+offline) with a 5-class head (the original kept the 1000-class head and folded
+its outputs into 5), AdamP (lr 1e-4, weight decay
 1e-6), batch 32 accumulated over 2 batches, fp16 mixed precision on CUDA,
 label smoothing 0.1, FMix, two CoarseDropouts, CosineAnnealingWarmRestarts
 (T_0=10, eta_min=1e-6) stepped twice per epoch, 10 epochs, fold 0 of 5,
@@ -15,6 +19,7 @@ from psg_layout import run_main
 DEFAULTS = dict(
     model_arch="tf_efficientnet_b4_ns",
     img_size=224,
+    pretrained="imagenet",
     optimizer="adamp",
     lr=1e-4,
     min_lr=1e-6,

@@ -1,6 +1,9 @@
 """Train the ViT-B/16 sleep-stage classifier (the seed's mainViTrgb.py).
 
-Seed recipe: vit_base_patch16_224 at 224 x 224, Adam (lr 1e-4, weight decay
+The original's recipe: vit_base_patch16_224 at 224 x 224, started from
+ImageNet weights (--pretrained imagenet: timm's vit_base_patch16_224.orig_in21k_ft_in1k,
+the original's jx_vit_base_p16_224 file, its head replaced by a 5-class one;
+--pretrained none or PATH offline), Adam (lr 1e-4, weight decay
 1e-6), batch 32 accumulated over 2 batches, fp16 mixed precision on CUDA,
 label smoothing 0.1, FMix, two CoarseDropouts, CosineAnnealingWarmRestarts
 (T_0=10, eta_min=1e-6) stepped twice per epoch, 10 epochs, fold 0 of 5,
@@ -15,6 +18,7 @@ from psg_layout import run_main
 DEFAULTS = dict(
     model_arch="vit_base_patch16_224",
     img_size=224,
+    pretrained="imagenet",
     optimizer="adam",
     lr=1e-4,
     min_lr=1e-6,

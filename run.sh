@@ -77,7 +77,7 @@ run_demo() {
                   --vit-epochs "$DEMO_VIT_EPOCH" --eff-epochs "$DEMO_EFF_EPOCH")
     local train=(--data-root "$data" --weights-dir "$weights" --cache-dir "$DEMO_DIR/cache"
                  --img-size "$DEMO_IMG_SIZE" --workers "$DEMO_LOADER_WORKERS"
-                 "${DEMO_BATCH[@]}")
+                 --pretrained none "${DEMO_BATCH[@]}")
 
     step "1/7 synthetic data"
     "$PY" make_synthetic.py --out "$data" "${DEMO_DATA_ARGS[@]}" --workers "$DEMO_GEN_WORKERS"

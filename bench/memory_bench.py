@@ -123,7 +123,7 @@ def measure(args, images: int, sources, labels) -> dict:
     train_mib, train_s = peak([
         sys.executable, REPO / "main_vit_rgb.py", "--data-root", root, "--weights-dir", run / "weights",
         "--cache-dir", run / "cache-train", "--model-arch", VIT, "--img-size", args.img_size, "--epochs", 1,
-        "--batch-size", 64, "--valid-batch-size", 256, "--workers", args.workers, "--quiet"])
+        "--batch-size", 64, "--valid-batch-size", 256, "--workers", args.workers, "--pretrained", "none", "--quiet"])
     print(f"{images:7d} images: training  peak {train_mib:7.1f} MiB ({train_s:.0f} s)", flush=True)
     tiny_checkpoints(run / "tiny", root, args.img_size)
     infer_mib, infer_s = peak([

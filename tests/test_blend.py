@@ -9,8 +9,8 @@ import pytest
 from sklearn.metrics import f1_score
 
 import psg_layout
-from blend import (blend_probabilities, blend_scores, class_ranks, dump_path, macro_f1, predict_stages, tune_blend,
-                   valid_csv_path)
+from blend import (METHODS, blend_probabilities, blend_scores, class_ranks, dump_path, effective_vit_weight,
+                   macro_f1, predict_stages, row_scales, tune_blend, valid_csv_path)
 from conftest import run_script
 
 # Squares of 0.7, 0.5, 0.4, 0.3, 0.1 (they sum to 1), and the same reversed,
@@ -131,18 +131,31 @@ def test_command_writes_the_blend_csv_and_probabilities(tmp_path):
     p1 = np.array([[0.49, 0.25, 0.16, 0.09, 0.01]] * 2 + [[0.2] * 5] * 3, dtype=np.float32)
     p2 = np.array([[0.01, 0.09, 0.16, 0.25, 0.49]] * 3 + [[0.0, 0.0, 1.0, 0.0, 0.0]] * 2, dtype=np.float32)
     save_dumps(out, p1, p2)
-    result = run_script("blend.py", "--data-root", data, "--out", out, "--ens-weight", 0.25)
+    result = run_script("blend.py", "--data-root", data, "--out", out, "--ens-weight", 0.25, "--dump-scale", "unit")
     # rows 1-2: sqrt scores 0.25 0.35 0.4 0.45 0.55 -> REM; row 3: P2 alone wins -> REM; rows 4-5: N2
     blend_csv = out / "filesblend_sqrt_[4]_[1].csv"
     assert blend_csv.read_text() == "REM\nREM\nREM\nN2\nN2\n"
     probabilities = np.load(out / "filesblend_sqrt_[4]_[1].npy")
     assert probabilities.shape == (5, 5) and probabilities.dtype == np.float32
-    np.testing.assert_allclose(probabilities.sum(axis=1), 1, atol=1e-6)
-    assert json.loads((out / "filesblend_sqrt_[4]_[1].json").read_text())["ens_weight"] == 0.25
+    # rows 1-2: the scores squared, 0.0625 0.1225 0.16 0.2025 0.3025 (sum 0.85), over their sum
+    np.testing.assert_allclose(probabilities[:2], [[0.0625 / 0.85, 0.1225 / 0.85, 0.16 / 0.85, 0.2025 / 0.85,
+                                                    0.3025 / 0.85]] * 2, rtol=1e-6)
+    # row 3: 0.25*sqrt(0.2) + 0.75*[0.1 0.3 0.4 0.5 0.7], squared; rows 4-5: 0.25*sqrt(0.2) + 0.75*[0 0 1 0 0]
+    row3 = (0.25 * math.sqrt(0.2) + 0.75 * np.array([0.1, 0.3, 0.4, 0.5, 0.7])) ** 2
+    low, high = (0.25 * math.sqrt(0.2)) ** 2, (0.25 * math.sqrt(0.2) + 0.75) ** 2
+    np.testing.assert_allclose(probabilities[2], row3 / row3.sum(), rtol=1e-6)
+    np.testing.assert_allclose(probabilities[3:], [np.array([low, low, high, low, low]) / (4 * low + high)] * 2,
+                               rtol=1e-6)
+    saved = json.loads((out / "filesblend_sqrt_[4]_[1].json").read_text())
+    assert (saved["ens_weight"], saved["dump_scale"], saved["row_scales"]) == (0.25, "unit", [1.0, 1.0])
     assert '"method": "sqrt"' in result.stdout
+    assert "effective ViT weight on unit-sum dumps: 0.250" in result.stdout
 
 
-def test_tune_then_from_tune(tmp_path):
+# The avg window of two_row_problem at each dump scale. original: the ViT's effective weight is
+# 200w / (199w + 1) (rows scaled 1/4 and 1/800); it lies in (0.2727, 0.7778) for 0.00187 < w < 0.0172.
+@pytest.mark.parametrize("dump_scale, best_weight", [("unit", 0.28), ("original", 0.01)])
+def test_tune_then_from_tune(tmp_path, dump_scale, best_weight):
     data, out = tmp_path / "DATA", tmp_path / "outputs"
     rows = write_test_set(data, (("R1", 2),))
     p1, p2, labels = two_row_problem()
@@ -151,12 +164,18 @@ def test_tune_then_from_tune(tmp_path):
     for arch, epochs, p in (("vit_base_patch16_224", [4], p1), ("tf_efficientnet_b4_ns", [1], p2)):
         np.save(dump_path(out, arch, 0, epochs, "valid"), p)
         np.save(dump_path(out, arch, 0, epochs), p)
-    result = run_script("blend.py", "--out", out, "--tune")
-    assert "best: --method avg --ens-weight 0.28" in result.stdout
+    result = run_script("blend.py", "--out", out, "--tune", "--dump-scale", dump_scale)
+    assert f"best: --method avg --ens-weight {best_weight} (power 0.25, --dump-scale {dump_scale}, tta 1)" \
+        in result.stdout
     tuned = json.loads((out / "blend_tune.json").read_text())
-    assert (tuned["method"], tuned["ens_weight"], tuned["power"], tuned["val_macro_f1"]) == ("avg", 0.28, 0.25, 1.0)
-    run_script("blend.py", "--data-root", data, "--out", out, "--from-tune", out / "blend_tune.json")
+    assert (tuned["method"], tuned["ens_weight"], tuned["power"], tuned["val_macro_f1"]) == ("avg", best_weight, 0.25,
+                                                                                           1.0)
+    assert (tuned["dump_scale"], tuned["tta"]) == (dump_scale, 1)
+    # from-tune blends at the tuned scale whatever the command line says: the weight keeps its meaning
+    run_script("blend.py", "--data-root", data, "--out", out, "--from-tune", out / "blend_tune.json",
+               "--dump-scale", "unit" if dump_scale == "original" else "original")
     assert (out / "filesblend_avg_[4]_[1].csv").read_text() == "Wake\nN1\n"
+    assert json.loads((out / "filesblend_avg_[4]_[1].json").read_text())["dump_scale"] == dump_scale
 
 
 def save_dumps(out, p1, p2):
@@ -211,7 +230,168 @@ def test_blend_of_tiny_data(tiny_data, tmp_path):
     p2 = rng.dirichlet(np.ones(5), len(test)).astype(np.float32)
     out = tmp_path / "outputs"
     save_dumps(out, p1, p2)
-    run_script("blend.py", "--data-root", tiny_data, "--out", out, "--method", "avg", "--ens-weight", 0.5)
+    run_script("blend.py", "--data-root", tiny_data, "--out", out, "--method", "avg", "--ens-weight", 0.5,
+               "--dump-scale", "unit")
     lines = (out / "filesblend_avg_[4]_[1].csv").read_text().splitlines()
     expected = (0.5 * p1.astype(np.float64) + 0.5 * p2).argmax(axis=1)
     assert lines == [psg_layout.STAGES[s] for s in expected]
+
+
+# --------------------------------------------------------------------------
+# The original's scales (issue 12): its inferblend.py and blend.py restated
+# --------------------------------------------------------------------------
+def original_inferblend_dump(softmax_rounds: list, tta: int, fold_1000_classes: bool) -> np.ndarray:
+    """What the original's inferblend.py saved for one model of one checkpoint epoch.
+
+    Each TTA round's softmax is multiplied by weights[0] / sum(weights) / tta
+    with weights [1, 1, 1, 1], the list of rounds is averaged; the
+    EfficientNet's 1000 outputs are then folded: 200 slices of 5 added, the
+    sum divided by 200.
+    """
+    weights = [1, 1, 1, 1]
+    rounds = [weights[0] / sum(weights) / tta * softmax for softmax in softmax_rounds]
+    dump = np.mean(np.array(rounds), axis=0)
+    if fold_1000_classes:
+        folded = np.zeros((dump.shape[0], 5))
+        for art in range(200):
+            folded += dump[:, art * 5:(art + 1) * 5]
+        dump = folded / 200
+    return dump
+
+
+def original_blend(t1: np.ndarray, t2: np.ndarray, method: str, w: float, power: float) -> np.ndarray:
+    """The original's blend.py on its two dumps."""
+    if method == "avg":
+        return np.average((t1, t2), axis=0, weights=(w, 1 - w))
+    if method == "rank":
+        return np.sum((t1.argsort().argsort(), t2.argsort().argsort()), axis=0)
+    transform = {"sqrt": np.sqrt, "log1p": np.log1p, "square": lambda x: x**power, "expm1": np.expm1}[method]
+    return transform(t1) * w + transform(t2) * (1 - w)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def model_outputs(rows: int, tta: int, seed: int):
+    """Softmax rounds of a 5-class ViT and a 1000-class EfficientNet, and the project's unit-sum dumps of them.
+
+    The project's EfficientNet has 5 outputs; the original's 1000-output fold
+    in effect gave it the sum of the 200 slices (a 5-class distribution), so
+    that sum is the project's model 2 dump.
+    """
+    rng = np.random.default_rng(seed)
+    vit_rounds = [softmax(rng.normal(0, 2, (rows, 5))) for _ in range(tta)]
+    eff_rounds = [softmax(rng.normal(0, 2, (rows, 1000)) + rng.normal(0, 2, (rows, 1, 5)).repeat(200, 1).reshape(
+        rows, 1000)) for _ in range(tta)]
+    p1 = np.mean(vit_rounds, axis=0)
+    p2 = np.mean([r.reshape(rows, 200, 5).sum(axis=1) for r in eff_rounds], axis=0)
+    return vit_rounds, eff_rounds, p1, p2
+
+
+@pytest.mark.parametrize("tta", [1, 3])
+@pytest.mark.parametrize("method", METHODS)
+def test_original_scale_equals_the_original_code(method, tta):
+    vit_rounds, eff_rounds, p1, p2 = model_outputs(400, tta, seed=tta)
+    np.testing.assert_allclose(p1.sum(axis=1), 1)
+    np.testing.assert_allclose(p2.sum(axis=1), 1)
+    t1 = original_inferblend_dump(vit_rounds, tta, fold_1000_classes=False)
+    t2 = original_inferblend_dump(eff_rounds, tta, fold_1000_classes=True)
+    np.testing.assert_allclose(t1.sum(axis=1), 1 / (4 * tta))
+    np.testing.assert_allclose(t2.sum(axis=1), 1 / (800 * tta))
+    assert row_scales("original", tta) == pytest.approx((1 / (4 * tta), 1 / (800 * tta)), rel=1e-15)
+    for weight in (0.06, 0.3, 0.9):
+        expected = original_blend(t1, t2, method, weight, 0.25)
+        ours = blend_scores(p1, p2, method, weight, 0.25, row_scales("original", tta))
+        np.testing.assert_allclose(ours, expected, rtol=1e-9, atol=1e-15)
+        assert np.array_equal(predict_stages(ours), expected.argmax(axis=1))
+        # and the blended probabilities keep the blend's argmax
+        assert np.array_equal(blend_probabilities(p1, p2, method, weight, 0.25, row_scales("original", tta))
+                              .argmax(axis=1), expected.argmax(axis=1))
+    # the scales change the labels of every weighted method at the original's setting
+    unit = predict_stages(blend_scores(p1, p2, method, 0.06, 0.25))
+    assert (unit == predict_stages(original_blend(t1, t2, method, 0.06, 0.25))).all() == (method == "rank")
+
+
+def test_effective_vit_weight_by_hand():
+    a, b = row_scales("original", 1)
+    # sqrt: 0.06 * sqrt(1/4) / (0.06 * sqrt(1/4) + 0.94 * sqrt(1/800)) = 0.03 / (0.03 + 0.94 / 28.2843) = 0.4744
+    assert effective_vit_weight("sqrt", 0.06, 0.25, (a, b)) == pytest.approx(0.03 / (0.03 + 0.94 / math.sqrt(800)))
+    assert effective_vit_weight("sqrt", 0.06, 0.25, (a, b)) == pytest.approx(0.4744, abs=1e-4)
+    # avg: 200w / (199w + 1); w = 1/201 -> 1/2
+    assert effective_vit_weight("avg", 1 / 201, 0.25, (a, b)) == pytest.approx(0.5)
+    # square, power 0.25: w 200^0.25 / (w 200^0.25 + 1 - w)
+    assert effective_vit_weight("square", 0.06, 0.25, (a, b)) == pytest.approx(
+        0.06 * 200**0.25 / (0.06 * 200**0.25 + 0.94))
+    assert effective_vit_weight("rank", 0.06, 0.25, (a, b)) == 0.5
+    assert effective_vit_weight("log1p", 0.06, 0.25, (a, b)) is None
+    assert effective_vit_weight("expm1", 0.06, 0.25, (a, b)) is None
+    for method in ("avg", "sqrt", "log1p", "square", "expm1"):
+        assert effective_vit_weight(method, 0.06, 0.25, (1.0, 1.0)) == 0.06
+    # the definition: with w' the unit-sum blend equals the scaled one up to a factor
+    rng = np.random.default_rng(5)
+    p1, p2 = rng.dirichlet(np.ones(5), 30), rng.dirichlet(np.ones(5), 30)
+    for method in ("avg", "sqrt", "square"):
+        scaled = blend_scores(p1, p2, method, 0.06, 0.25, (a, b))
+        unit = blend_scores(p1, p2, method, effective_vit_weight(method, 0.06, 0.25, (a, b)), 0.25)
+        ratio = scaled / unit
+        np.testing.assert_allclose(ratio, ratio[0, 0])
+
+
+def test_bare_command_reproduces_the_original_blend(tmp_path):
+    """``python blend.py`` with no options: the original's sqrt, w = 0.06, on the original's scales."""
+    data, out = tmp_path / "DATA", tmp_path / "outputs"
+    rows = write_test_set(data, (("R1", 150), ("R2", 150)))
+    vit_rounds, eff_rounds, p1, p2 = model_outputs(len(rows), 1, seed=11)
+    save_dumps(out, p1.astype(np.float32), p2.astype(np.float32))
+    result = run_script("blend.py", "--data-root", data, "--out", out)
+    t1 = original_inferblend_dump(vit_rounds, 1, fold_1000_classes=False)
+    t2 = original_inferblend_dump(eff_rounds, 1, fold_1000_classes=True)
+    original = original_blend(t1, t2, "sqrt", 0.06, 0.25).argmax(axis=1)
+    lines = (out / "filesblend_sqrt_[4]_[1].csv").read_text().splitlines()
+    assert lines == [psg_layout.STAGES[s] for s in original]
+    unit = blend_scores(p1, p2, "sqrt", 0.06).argmax(axis=1)
+    assert (unit != original).sum() > 30  # plain 0.06 on unit-sum dumps would not be the original's blend
+    assert "effective ViT weight on unit-sum dumps: 0.474" in result.stdout
+    probabilities = np.load(out / "filesblend_sqrt_[4]_[1].npy")
+    assert np.array_equal(probabilities.argmax(axis=1), original)
+
+
+def test_original_scale_probabilities_by_hand(tmp_path):
+    """avg at w = 1/201 on the original's scales is the 50/50 average of the unit-sum dumps."""
+    data, out = tmp_path / "DATA", tmp_path / "outputs"
+    write_test_set(data, (("R1", 2),))
+    p1 = np.array([[0.49, 0.25, 0.16, 0.09, 0.01], [0.1, 0.1, 0.6, 0.1, 0.1]], dtype=np.float32)
+    p2 = np.array([[0.01, 0.09, 0.16, 0.25, 0.49], [0.0, 0.0, 0.0, 0.5, 0.5]], dtype=np.float32)
+    save_dumps(out, p1, p2)
+    # (1/201)(1/4) p1 + (200/201)(1/800) p2 = (1/804)(p1 + p2): rows 0.25 0.17 0.16 0.17 0.25 and 0.05 0.05 0.3 0.3 0.3
+    result = run_script("blend.py", "--data-root", data, "--out", out, "--method", "avg", "--ens-weight", 1 / 201)
+    assert (out / "filesblend_avg_[4]_[1].csv").read_text() == "Wake\nN2\n"
+    np.testing.assert_allclose(np.load(out / "filesblend_avg_[4]_[1].npy"),
+                               [[0.25, 0.17, 0.16, 0.17, 0.25], [0.05, 0.05, 0.3, 0.3, 0.3]], rtol=1e-6)
+    assert "effective ViT weight on unit-sum dumps: 0.500" in result.stdout
+
+
+def test_tta_comes_from_infer_blend_configuration(tmp_path):
+    """log1p depends on tta: 1/(4*tta) and 1/(800*tta), tta from infer_blend_fold_0.json, --tta wins."""
+    data, out = tmp_path / "DATA", tmp_path / "outputs"
+    rows = write_test_set(data, (("R1", 200),))
+    vit_rounds, eff_rounds, p1, p2 = model_outputs(len(rows), 3, seed=4)
+    save_dumps(out, p1, p2)
+    (out / "infer_blend_fold_0.json").write_text(json.dumps({"tta": 3}))
+
+    def labels_of(tta):  # the original's dumps of these rounds, had it been told to run tta rounds
+        t1 = original_inferblend_dump(vit_rounds, tta, fold_1000_classes=False)
+        t2 = original_inferblend_dump(eff_rounds, tta, fold_1000_classes=True)
+        return [psg_layout.STAGES[s] for s in original_blend(t1, t2, "expm1", 0.002, 0.25).argmax(axis=1)]
+
+    result = run_script("blend.py", "--data-root", data, "--out", out, "--method", "expm1", "--ens-weight", 0.002)
+    assert (out / "filesblend_expm1_[4]_[1].csv").read_text().splitlines() == labels_of(3)
+    assert '"tta": 3' in result.stdout and "effective ViT weight on unit-sum dumps: none" in result.stdout
+    run_script("blend.py", "--data-root", data, "--out", out, "--method", "expm1", "--ens-weight", 0.002, "--tta", 1)
+    assert (out / "filesblend_expm1_[4]_[1].csv").read_text().splitlines() == labels_of(1)
+    assert labels_of(1) != labels_of(3)
+    (out / "infer_blend_fold_0.json").write_text(json.dumps({"tta": 0}))
+    result = run_script("blend.py", "--data-root", data, "--out", out, check=False)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "infer_blend_fold_0.json" in result.stderr

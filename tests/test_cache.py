@@ -160,7 +160,8 @@ def test_cache_inside_the_data_root_is_refused_before_anything_is_written(tiny_d
     with pytest.raises(InputError, match="must not be inside the data root"):
         L.open_cache(tiny_data, table, SIZE, tiny_data / "cache")
     args = engine.build_parser(main_vit_rgb.DEFAULTS, "").parse_args(
-        ["--data-root", str(tiny_data), "--weights-dir", str(tmp_path / "w"), "--cache-dir", str(tiny_data / "x")])
+        ["--data-root", str(tiny_data), "--weights-dir", str(tmp_path / "w"), "--cache-dir", str(tiny_data / "x"),
+         "--pretrained", "none"])
     with pytest.raises(InputError, match=r"^the image cache must not be inside the data root .*--cache-dir"):
         engine.train(args)
     assert not (tiny_data / "x").exists() and not (tmp_path / "w").exists()

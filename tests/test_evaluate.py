@@ -8,7 +8,7 @@ import pytest
 from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score, precision_score, recall_score
 
 import psg_layout
-from blend import dump_path, valid_csv_path
+from blend import dump_path, row_scales, tune_blend, valid_csv_path
 from evaluate import compute_metrics, main as evaluate_main
 from conftest import run_script
 
@@ -147,3 +147,45 @@ def test_bad_input_ends_with_one_line_and_exit_2(tiny_data, tmp_path):
     assert not report.exists()
     with pytest.raises(psg_layout.InputError, match="make_synthetic.py"):
         evaluate_main(["--data-root", str(tmp_path / "none")])
+
+
+@pytest.mark.parametrize("cv", ["stratified", "subject", None])
+def test_context_rows_need_consecutive_validation_epochs(tiny_data, tmp_path, cv):
+    """--cv stratified validation rows are a random fifth of each night: no rules or hmm rows on them."""
+    test = psg_layout.read_epoch_csv(tiny_data / psg_layout.TEST_CSV, with_labels=False)
+    pred = tmp_path / "files_post.csv"
+    psg_layout.write_lines(pred, ["N2"] * len(test))
+    train = psg_layout.read_epoch_csv(tiny_data / psg_layout.TRAIN_CSV, with_labels=True)
+    outputs, weights, report = tmp_path / "outputs", tmp_path / "weights", tmp_path / "report"
+    psg_layout.write_csv_rows(valid_csv_path(outputs, 0), [
+        (train.recording_ids[i], train.idnums[i], psg_layout.STAGES[train.labels[i]]) for i in range(0, 40, 2)])
+    rng = np.random.default_rng(0)
+    for arch, epochs in (("vit_base_patch16_224", [4]), ("tf_efficientnet_b4_ns", [1])):
+        np.save(dump_path(outputs, arch, 0, epochs, "valid"), rng.dirichlet(np.ones(5), 20).astype(np.float32))
+    weights.mkdir()
+    config_path = weights / "vit_base_patch16_224_fold_0_config.json"
+    if cv is not None:
+        config_path.write_text(json.dumps({"model_arch": "vit_base_patch16_224", "cv": cv}))
+    evaluate_main([str(a) for a in ("--data-root", tiny_data, "--pred", pred, "--out", report, "--outputs", outputs,
+                                    "--weights-dir", weights, "--quiet")])
+    validation = json.loads((report / "metrics.json").read_text())["validation"]
+    steps = {entry["step"]: entry["setting"] for entry in validation["table"]}
+    text = (report / "report.md").read_text()
+    assert validation["cv"] == cv and "post-processing none" in steps
+    if cv == "stratified":
+        assert not any(step.startswith(("post-processing rules", "post-processing hmm")) for step in steps)
+        assert "--cv stratified" in validation["context_note"] and str(config_path) in validation["context_note"]
+        assert f"Note: {validation['context_note']}." in text
+    else:
+        assert {"post-processing rules", "post-processing hmm"} <= set(steps)
+        marked = [step for step, setting in steps.items() if setting.endswith("(cv unknown)")
+                  or "(cv unknown)," in setting]
+        assert len(marked) == (0 if cv == "subject" else 3)
+        assert (validation["context_note"] is None) == (cv == "subject")
+    # the table's blend is blend.py --tune's: the same search on the same (original) row scales
+    labels = train.labels[0:40:2]
+    p1, p2 = (np.load(dump_path(outputs, arch, 0, epochs, "valid")).astype(np.float64)
+              for arch, epochs in (("vit_base_patch16_224", [4]), ("tf_efficientnet_b4_ns", [1])))
+    tuned = tune_blend(p1, p2, labels, 0.25, True, row_scales("original", 1))
+    assert validation["blend"] == {"method": tuned["method"], "ens_weight": tuned["ens_weight"], "power": 0.25,
+                                   "dump_scale": "original", "tta": 1}

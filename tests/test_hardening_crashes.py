@@ -41,7 +41,8 @@ def train_command(data, weights_dir, workers, *extra):
     """The trainer's command line; run it from a folder of its own (relative defaults such as a cache land there)."""
     return [sys.executable, str(REPO / "main_vit_rgb.py"), "--data-root", str(data), "--weights-dir", str(weights_dir),
             "--model-arch", VIT, "--img-size", str(IMG), "--epochs", "2", "--folds", "2", "--batch-size", "4",
-            "--valid-batch-size", "16", "--workers", str(workers), "--device", "cpu", "--quiet", *extra]
+            "--valid-batch-size", "16", "--workers", str(workers), "--device", "cpu", "--pretrained", "none", "--quiet",
+            *extra]
 
 
 ENV = dict(os.environ, PYTHONHASHSEED="0", OMP_NUM_THREADS="1")

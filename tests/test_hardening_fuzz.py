@@ -5,7 +5,10 @@
   file; nothing else (no other exception, so no traceback from a script).
 - Post-processing (rules and hmm): length preserved, only stage names out, a
   recording's result independent of the other recordings in the file.
-- Blending: one valid stage per row, probabilities that are probabilities.
+- Blending: one valid stage per row, probabilities that are probabilities
+  with the blend's argmax; swapping the models with w <-> 1-w changes no
+  label; scaling the dumps' rows changes no rank label; the command writes
+  what the library functions compute.
 """
 from __future__ import annotations
 
@@ -201,34 +204,81 @@ def probability_rows(rows: int):
                     .filter(lambda row: sum(row) > 1e-3), min_size=rows, max_size=rows)
 
 
+def unit_rows(data, rows: int) -> np.ndarray:
+    p = np.array(data.draw(probability_rows(rows)))
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def clear_winners(scores: np.ndarray, margin: float = 1e-9) -> np.ndarray:
+    """Rows whose top score beats the runner-up by more than ``margin`` (relative): no tie rounding can flip them."""
+    top_two = np.sort(scores, axis=1)[:, -2:]
+    return top_two[:, 1] - top_two[:, 0] > margin * np.abs(top_two).max(axis=1)
+
+
 @FUZZ
 @given(data=st.data(), rows=st.integers(1, 40), method=st.sampled_from(blend.METHODS), weight=st.floats(0, 1),
-       power=st.floats(0.05, 4))
-def test_blend_gives_one_valid_stage_per_row(data, rows, method, weight, power):
-    p1, p2 = (np.array(data.draw(probability_rows(rows))) for _ in range(2))
-    p1, p2 = p1 / p1.sum(axis=1, keepdims=True), p2 / p2.sum(axis=1, keepdims=True)
-    stages = blend.predict_stages(blend.blend_scores(p1, p2, method, weight, power))
+       power=st.floats(0.05, 4), dump_scale=st.sampled_from(blend.DUMP_SCALES), tta=st.integers(1, 8))
+def test_blend_gives_one_valid_stage_per_row(data, rows, method, weight, power, dump_scale, tta):
+    p1, p2 = unit_rows(data, rows), unit_rows(data, rows)
+    settings = (method, weight, power, blend.row_scales(dump_scale, tta))
+    scores = blend.blend_scores(p1, p2, *settings)
+    stages = blend.predict_stages(scores)
     assert stages.shape == (rows,) and set(stages.tolist()) <= set(range(NUM_CLASSES))
-    probabilities = blend.blend_probabilities(p1, p2, method, weight, power)
+    probabilities = blend.blend_probabilities(p1, p2, *settings)
     assert probabilities.shape == (rows, NUM_CLASSES) and np.isfinite(probabilities).all()
     assert (probabilities >= 0).all()
     np.testing.assert_allclose(probabilities.sum(axis=1), 1, atol=1e-9)
+    # the probabilities are the blend's: the same argmax wherever the blend has a clear winner
+    clear = clear_winners(scores)
+    assert np.array_equal(probabilities[clear].argmax(axis=1), stages[clear])
+
+
+@FUZZ
+@given(data=st.data(), rows=st.integers(1, 40), method=st.sampled_from(blend.METHODS), weight=st.floats(0, 1),
+       power=st.floats(0.05, 4))
+def test_swapping_the_models_and_the_weight_changes_no_label(data, rows, method, weight, power):
+    """Under --dump-scale unit the two models play symmetric roles: (p1, p2, w) and (p2, p1, 1-w) agree."""
+    p1, p2 = unit_rows(data, rows), unit_rows(data, rows)
+    scores = blend.blend_scores(p1, p2, method, weight, power)
+    swapped = blend.blend_scores(p2, p1, method, 1.0 - weight, power)
+    # 1 - (1 - w) may differ from w in the last bit: compare the rows that rounding cannot flip
+    clear = clear_winners(scores) & clear_winners(swapped)
+    assert np.array_equal(blend.predict_stages(scores)[clear], blend.predict_stages(swapped)[clear])
+
+
+@FUZZ
+@given(data=st.data(), rows=st.integers(1, 40), exponents=st.tuples(st.integers(-30, 30), st.integers(-30, 30)))
+def test_scaling_the_rows_changes_no_rank_label(data, rows, exponents):
+    """rank depends on each row's order only. Scaling by powers of two is exact, so nothing may change at all."""
+    # values far from subnormal numbers, where scaling rounds: 0 or at least 1e-200 before normalising
+    p1, p2 = (np.array(data.draw(probability_rows(rows))) for _ in range(2))
+    p1, p2 = (np.where(p < 1e-200, 0.0, p) for p in (p1, p2))
+    p1, p2 = (p / p.sum(axis=1, keepdims=True) for p in (p1, p2))
+    scales = (2.0 ** exponents[0], 2.0 ** exponents[1])
+    plain = blend.blend_scores(p1, p2, "rank", 0.5)
+    np.testing.assert_array_equal(blend.blend_scores(p1, p2, "rank", 0.5, scales=scales), plain)
 
 
 @SLOW
-@given(data=st.data(), recordings=RECORDINGS, method=st.sampled_from(blend.METHODS), weight=st.floats(0, 1))
-def test_the_blend_csv_has_one_stage_name_per_test_row(scratch, data, recordings, method, weight):
+@given(data=st.data(), recordings=RECORDINGS, method=st.sampled_from(blend.METHODS), weight=st.floats(0, 1),
+       dump_scale=st.sampled_from(blend.DUMP_SCALES))
+def test_the_blend_command_writes_what_the_library_computes(scratch, data, recordings, method, weight, dump_scale):
     rows = sum(len(own) for own in recordings)
     assume(rows <= 60)
     base, out = scratch / "blend_data", scratch / "blend_out"
     write_test_set(base, recordings)
     out.mkdir(exist_ok=True)
+    dumps = []
     for arch, epochs in (("vit_base_patch16_224", [4]), ("tf_efficientnet_b4_ns", [1])):
-        p = np.array(data.draw(probability_rows(rows)), dtype=np.float64)
-        np.save(blend.dump_path(out, arch, 0, epochs), (p / p.sum(axis=1, keepdims=True)).astype(np.float32))
+        dumps.append(unit_rows(data, rows).astype(np.float32))
+        np.save(blend.dump_path(out, arch, 0, epochs), dumps[-1])
     blend.main(["--data-root", str(base), "--out", str(out), "--method", method, "--ens-weight", str(weight),
-                "--quiet"])
+                "--dump-scale", dump_scale, "--quiet"])
+    # no infer_blend_fold_0.json in the folder: tta 1, the original's
+    settings = (method, weight, 0.25, blend.row_scales(dump_scale, 1))
+    p1, p2 = (dump.astype(np.float64) for dump in dumps)
     lines = blend.blend_csv_path(out, method, [4], [1]).read_text().splitlines()
-    assert len(lines) == rows and set(lines) <= set(STAGES)
+    assert lines == [STAGES[s] for s in blend.predict_stages(blend.blend_scores(p1, p2, *settings))]
     saved = np.load(blend.probabilities_path(blend.blend_csv_path(out, method, [4], [1])))
-    assert saved.shape == (rows, NUM_CLASSES) and np.isfinite(saved).all()
+    assert saved.dtype == np.float32
+    np.testing.assert_array_equal(saved, blend.blend_probabilities(p1, p2, *settings).astype(np.float32))

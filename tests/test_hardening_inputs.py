@@ -306,7 +306,7 @@ def small_weights(small_data, tmp_path_factory):
 def train_args(ws, script="main_vit_rgb.py", arch=VIT, workers=0):
     return [script, "--data-root", ws / "DATA", "--weights-dir", ws / "weights", "--model-arch", arch,
             "--img-size", IMG, "--epochs", 1, "--folds", 2, "--batch-size", 8, "--valid-batch-size", 16,
-            "--workers", workers, "--device", "cpu", "--quiet"]
+            "--workers", workers, "--device", "cpu", "--pretrained", "none", "--quiet"]
 
 
 def infer_args(ws, vit_epoch=0, workers=0, out="outputs"):

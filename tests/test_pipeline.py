@@ -21,7 +21,7 @@ THREADS = {"OMP_NUM_THREADS": "1"}
 def test_whole_flow_writes_every_artefact_as_the_seed_names_it(tiny_data, tmp_path):
     weights, out, cache = tmp_path / "weights", tmp_path / "outputs", tmp_path / "cache"
     common = ["--data-root", tiny_data, "--weights-dir", weights, "--cache-dir", cache, "--img-size", 32,
-              "--epochs", 2, "--folds", 3, "--batch-size", 16, "--workers", 0, "--quiet"]
+              "--epochs", 2, "--folds", 3, "--batch-size", 16, "--workers", 0, "--pretrained", "none", "--quiet"]
     run_script("main_vit_rgb.py", *common, "--model-arch", VIT, "--lr", 1e-3, env=THREADS)
     run_script("main_eff.py", *common, "--model-arch", EFF, "--lr", 1e-3, env=THREADS)
     for arch in (VIT, EFF):

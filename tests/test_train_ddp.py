@@ -22,7 +22,7 @@ def test_two_process_torchrun_with_gloo_writes_checkpoints(tiny_data, tmp_path):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                "main_eff.py", "--data-root", str(tiny_data), "--weights-dir", str(weights), "--model-arch", ARCH,
                "--img-size", "32", "--batch-size", "16", "--epochs", "2", "--workers", "0", "--quiet",
-               "--device", "cpu", "--cache-dir", str(tmp_path / "cache")]
+               "--device", "cpu", "--cache-dir", str(tmp_path / "cache"), "--pretrained", "none"]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
                             env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert result.returncode == 0, result.stderr[-3000:]

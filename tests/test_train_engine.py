@@ -13,6 +13,7 @@ from sklearn.metrics import f1_score
 from torch.utils.data import DataLoader, TensorDataset
 
 import engine
+from conftest import run_script
 from psg_layout import InputError
 
 
@@ -123,6 +124,34 @@ def test_predict_returns_probabilities_in_loader_order():
 # --------------------------------------------------------------------------
 # Models, weights files, names
 # --------------------------------------------------------------------------
+def test_validation_runs_in_float32_outside_autocast(monkeypatch):
+    """As the original's valid_one_epoch: no autocast context at all, float32 logits; loss and confusion by hand."""
+    entered = []
+
+    class Spy(torch.autocast):
+        def __enter__(self):
+            entered.append((self.device, self.fast_dtype))
+            return super().__enter__()
+
+    monkeypatch.setattr(torch, "autocast", Spy)
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, images):
+            seen.append((images.dtype, torch.is_autocast_enabled("cpu")))
+            return torch.log(torch.tensor([[0.7, 0.1, 0.1, 0.05, 0.05]] * images.shape[0]))
+
+    targets = torch.eye(5)[[0, 1]]
+    loss_sum, images, confusion = engine.validate(Recorder(), [(torch.zeros(2, 3, 8, 8), targets)], 1,
+                                                  torch.device("cpu"))
+    assert entered == [] and seen == [(torch.float32, False)]
+    # smoothed targets 0.9 / 0.025: row 1 -(0.9 ln 0.7 + 0.025 (2 ln 0.1 + 2 ln 0.05)), row 2 with 0.9 on ln 0.1
+    row1 = -(0.9 * math.log(0.7) + 0.025 * (2 * math.log(0.1) + 2 * math.log(0.05)))
+    row2 = -(0.9 * math.log(0.1) + 0.025 * (math.log(0.7) + math.log(0.1) + 2 * math.log(0.05)))
+    assert images == 2 and loss_sum == pytest.approx(row1 + row2, rel=1e-6)
+    assert confusion[0, 0] == 1 and confusion[1, 0] == 1 and confusion.sum() == 2
+
+
 def test_create_model_passes_img_size_where_the_architecture_takes_it():
     vit = engine.create_model("test_vit", 64)
     assert vit.num_classes == 5 and vit.patch_embed.img_size == (64, 64)
@@ -142,6 +171,66 @@ def test_pretrained_weights_load_from_a_local_file_and_mismatches_are_refused(tm
     assert model.head.out_features == 5
     with pytest.raises(InputError, match=r"pretrained weights do not fit .*test_vit.safetensors"):
         engine.create_model("test_efficientnet", 64, pretrained=path)
+
+
+@pytest.mark.parametrize("arch, head", [("test_vit", "head"), ("test_efficientnet", "classifier")])
+@pytest.mark.parametrize("form", ["safetensors", "state dict"])
+def test_a_local_file_gives_every_backbone_tensor_and_a_fresh_5_class_head(tmp_path, arch, head, form):
+    torch.manual_seed(1)
+    source = {k: v.contiguous() for k, v in engine.create_model(arch, 64, num_classes=1000).state_dict().items()}
+    path = tmp_path / f"{arch}.{'safetensors' if form == 'safetensors' else 'pth'}"
+    if form == "safetensors":
+        safetensors.torch.save_file(source, str(path))
+    else:
+        torch.save(source, path)  # a plain state dict: tensors only, read with weights_only=True
+    torch.manual_seed(2)
+    loaded = engine.create_model(arch, 64, pretrained=path).state_dict()
+    backbone = [name for name in source if not name.startswith(head + ".")]
+    assert len(backbone) > 10 and set(loaded) == set(source)
+    for name in backbone:
+        torch.testing.assert_close(loaded[name], source[name], rtol=0, atol=0, msg=name)
+    # the head: 5 outputs, not the file's 1000 (nor its first 5 rows)
+    assert loaded[f"{head}.weight"].shape == (5, source[f"{head}.weight"].shape[1])
+    assert loaded[f"{head}.bias"].shape == (5,)
+    assert not torch.equal(loaded[f"{head}.weight"], source[f"{head}.weight"][:5])
+    # a plain nn.Linear as the original's ViT head: weights and bias uniform in +-1/sqrt(fan_in), the bias not 0
+    bound = 1 / math.sqrt(source[f"{head}.weight"].shape[1])
+    assert loaded[f"{head}.weight"].abs().max() <= bound and loaded[f"{head}.bias"].abs().max() <= bound
+    assert loaded[f"{head}.bias"].abs().min() > 0
+
+
+def test_offline_imagenet_start_fails_at_once_in_one_line(tiny_data, tmp_path):
+    """Hub access disabled by its environment variable, an empty hub cache, and a dead proxy besides."""
+    weights, cache, hub = tmp_path / "weights", tmp_path / "cache", tmp_path / "hub"
+    offline = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(hub), "HTTPS_PROXY": "http://127.0.0.1:9",
+               "HTTP_PROXY": "http://127.0.0.1:9", "NO_PROXY": "", "OMP_NUM_THREADS": "1",
+               "NO_ALBUMENTATIONS_UPDATE": "1"}  # albumentations asks PyPI for its latest version unless told not to
+    for script, arch in (("main_vit_rgb.py", "test_vit"), ("main_eff.py", "test_efficientnet")):
+        result = run_script(script, "--data-root", tiny_data, "--weights-dir", weights, "--cache-dir", cache,
+                            "--model-arch", arch, "--img-size", 32, "--workers", 0, "--quiet", env=offline,
+                            check=False, timeout=120)
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: "), result.stderr
+        assert f"ImageNet weights for {arch}" in result.stderr
+        assert "--pretrained none" in result.stderr and "--pretrained PATH" in result.stderr
+        assert "LocalEntryNotFoundError" in result.stderr or "OfflineModeIsEnabled" in result.stderr
+        assert not weights.exists() and not cache.exists()
+        assert not [p for p in hub.rglob("*") if p.is_file()]  # nothing downloaded or half-cached
+
+
+@pytest.mark.parametrize("arch, original_file", [("vit_base_patch16_224", "jx_vit_base_p16_224-80ecf9dd.pth"),
+                                                 ("tf_efficientnet_b4_ns", "tf_efficientnet_b4_ns-d6313a46.pth")])
+def test_imagenet_asks_timm_for_the_original_weights(monkeypatch, arch, original_file):
+    """The weights timm is asked to load (loading itself stubbed: no network) are the files the original loaded."""
+    import timm.models._builder
+
+    asked = []
+    monkeypatch.setattr(timm.models._builder, "load_pretrained",
+                        lambda model, pretrained_cfg=None, **options: asked.append((pretrained_cfg, options)))
+    model = engine.create_model(arch, 224, pretrained="imagenet")
+    (cfg, options), = asked
+    assert cfg["url"].endswith("/" + original_file) and cfg["hf_hub_id"].startswith("timm/")
+    assert options["num_classes"] == 5 and model.num_classes == 5
 
 
 def test_checkpoint_names_are_the_seeds(tmp_path):

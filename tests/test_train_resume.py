@@ -26,7 +26,7 @@ def train(data_root, weights, epochs, *extra):
     args = engine.build_parser(main_vit_rgb.DEFAULTS, "").parse_args([
         "--data-root", str(data_root), "--weights-dir", str(weights), "--model-arch", ARCH, "--img-size", "32",
         "--lr", "1e-3", "--batch-size", "16", "--epochs", str(epochs), "--quiet",
-        "--cache-dir", str(weights.parent / "cache"), *extra])
+        "--cache-dir", str(weights.parent / "cache"), "--pretrained", "none", *extra])
     engine.train(args)
 
 

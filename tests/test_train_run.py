@@ -33,7 +33,8 @@ def trained(tiny_data, tmp_path_factory):
     result = run_script(
         "main_eff.py", "--data-root", tiny_data, "--weights-dir", weights, "--model-arch", ARCH,
         "--img-size", IMG_SIZE, "--lr", 3e-3, "--epochs", EPOCHS, "--t0", 2 * EPOCHS, "--folds", FOLDS,
-        "--batch-size", 16, "--workers", 0, "--quiet", "--cache-dir", weights.parent / "cache", env=ONE_THREAD,
+        "--batch-size", 16, "--workers", 0, "--quiet", "--cache-dir", weights.parent / "cache", "--pretrained", "none",
+        env=ONE_THREAD,
     )
     with open(engine.log_path(weights, ARCH, 0), newline="") as handle:
         log = list(csv.DictReader(handle))
@@ -110,15 +111,17 @@ def test_help_of_both_trainers(monkeypatch, capsys):
 
 
 def test_bad_options_are_one_line_errors(monkeypatch, capsys, tmp_path):
-    status, out, err = run_in_process(main_eff, ["--fold", 5, "--weights-dir", tmp_path / "w"], monkeypatch, capsys)
+    status, out, err = run_in_process(main_eff, ["--fold", 5, "--weights-dir", tmp_path / "w", "--pretrained", "none"],
+                                      monkeypatch, capsys)
     assert (status, err) == (2, "error: --fold must be in 0..4, got 5\n")
-    status, out, err = run_in_process(main_vit_rgb, ["--batch-size", 0], monkeypatch, capsys)
+    status, out, err = run_in_process(main_vit_rgb, ["--batch-size", 0, "--pretrained", "none"], monkeypatch, capsys)
     assert (status, err) == (2, "error: --batch-size must be at least 1, got 0\n")
 
 
 def test_no_data_is_one_line_exit_2_and_writes_nothing(tmp_path):
     weights = tmp_path / "weights"
-    result = run_script("main_vit_rgb.py", "--data-root", tmp_path / "DATA", "--weights-dir", weights, check=False)
+    result = run_script("main_vit_rgb.py", "--data-root", tmp_path / "DATA", "--weights-dir", weights,
+                        "--pretrained", "none", check=False)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: data root not found")
     assert "make_synthetic.py" in result.stderr and str(tmp_path / "DATA") in result.stderr
