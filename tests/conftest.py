@@ -24,8 +24,11 @@ def scratch_working_folder(tmp_path_factory):
 
 
 def run_script(script: str, *args, check: bool = True, timeout: float = 600, env=None) -> subprocess.CompletedProcess:
-    """Run ``python <script> args...`` (a path in the repository) from the scratch folder, capturing output."""
-    full_env = dict(os.environ, PYTHONHASHSEED="0", **(env or {}))
+    """Run ``python <script> args...`` (a path in the repository) from the scratch folder, capturing output.
+
+    The hash seed is pinned (``PYTHONHASHSEED=0``) unless ``env`` sets another.
+    """
+    full_env = {**os.environ, "PYTHONHASHSEED": "0", **(env or {})}
     result = subprocess.run(
         [sys.executable, str(REPO / script), *map(str, args)],
         cwd=SCRATCH, capture_output=True, text=True, timeout=timeout, env=full_env,
