@@ -78,6 +78,21 @@ def copy_subset(source: Path, target: Path, train_recordings: int, train_rows: i
     return target
 
 
+def trainer_args(module, data_root: Path, weights_dir: Path, *options):
+    """A trainer's parsed options (``module``: main_vit_rgb or main_eff) for a tiny run in this process.
+
+    The options every in-process training run of the tests shares (data,
+    weights and cache folders, no workers, quiet) come first; ``options``
+    (architecture, size, epochs...) follow and may override them. Run it
+    with ``engine.train(trainer_args(...))``.
+    """
+    import engine
+
+    shared = ["--data-root", data_root, "--weights-dir", weights_dir, "--cache-dir", Path(weights_dir).parent / "cache",
+              "--workers", 0, "--quiet"]
+    return engine.build_parser(module.DEFAULTS, module.__doc__).parse_args([str(o) for o in [*shared, *options]])
+
+
 _WARM_LAUNCHER = r'''
 import json, os, runpy, sys, traceback
 repo, parallel = sys.argv[1], int(sys.argv[2])
