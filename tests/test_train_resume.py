@@ -8,6 +8,7 @@ import torch
 
 import engine
 import main_vit_rgb
+from conftest import trainer_args
 from psg_layout import InputError
 
 ARCH = "test_vit"
@@ -23,11 +24,8 @@ def one_thread():
 
 
 def train(data_root, weights, epochs, *extra):
-    args = engine.build_parser(main_vit_rgb.DEFAULTS, "").parse_args([
-        "--data-root", str(data_root), "--weights-dir", str(weights), "--model-arch", ARCH, "--img-size", "32",
-        "--lr", "1e-3", "--batch-size", "16", "--epochs", str(epochs), "--quiet",
-        "--cache-dir", str(weights.parent / "cache"), *extra])
-    engine.train(args)
+    engine.train(trainer_args(main_vit_rgb, data_root, weights, "--model-arch", ARCH, "--img-size", 32,
+                              "--lr", 1e-3, "--batch-size", 16, "--epochs", epochs, *extra))
 
 
 def log_without_timing(weights):
