@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny synthetic data set and a way to run the scripts."""
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -76,6 +77,19 @@ def copy_subset(source: Path, target: Path, train_recordings: int, train_rows: i
                 shutil.copy2(source / recording / idnum, target / recording / idnum)
         psg_layout.write_csv_rows(target / name, rows)
     return target
+
+
+@contextlib.contextmanager
+def one_thread():
+    """One BLAS thread for torch in this process while inside (training is fastest so on a busy 2-core machine)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def trainer_args(module, data_root: Path, weights_dir: Path, *options):

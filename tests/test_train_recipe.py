@@ -24,7 +24,7 @@ import engine
 import loader_vit_rgb
 import main_eff
 import main_vit_rgb
-from conftest import copy_subset, trainer_args
+from conftest import copy_subset, one_thread, trainer_args
 
 LR, MIN_LR = 3e-3, 1e-6
 FOLDS, IMG_SIZE = 2, 32
@@ -78,15 +78,12 @@ def default_run(small_data, tmp_path_factory):
     """main_eff's defaults for the schedule (T_0 10, two steps per epoch) over 6 epochs, reads recorded."""
     weights = tmp_path_factory.mktemp("default_run") / "weights"
     train_reads, valid_reads = set(), set()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as patcher:
+    with one_thread(), pytest.MonkeyPatch.context() as patcher:
         record_reads(patcher, loader_vit_rgb.CachedTrainBatches, train_reads)
         record_reads(patcher, loader_vit_rgb.CachedEvalBatches, valid_reads)
         engine.train(trainer_args(main_eff, small_data, weights, "--model-arch", "test_efficientnet",
                                   "--img-size", IMG_SIZE, "--lr", LR, "--epochs", 6, "--folds", FOLDS,
                                   "--batch-size", 8))
-    torch.set_num_threads(threads)
     return weights, train_reads, valid_reads
 
 
@@ -136,23 +133,19 @@ def test_the_logged_validation_loss_is_the_smoothed_cross_entropy_of_the_checkpo
 
 def test_one_step_per_epoch_and_resume_rewrites_the_log_from_its_epoch(small_data, tmp_path):
     weights = tmp_path / "weights"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        def run(epochs, *extra):
+    def run(epochs, *extra):
+        with one_thread():
             engine.train(trainer_args(main_vit_rgb, small_data, weights, "--model-arch", "test_efficientnet",
                                       "--img-size", IMG_SIZE, "--lr", LR, "--epochs", epochs, "--folds", FOLDS,
                                       "--batch-size", 8, "--sched-steps-per-epoch", 1, "--t0", 3, *extra))
 
-        run(2)
-        first_rows = read_log(weights)
-        # Rows of epochs 2-4 left by an earlier, longer run of this fold: resuming after epoch 1 must drop them.
-        stale = [{**first_rows[1], "epoch": str(epoch), "lr": "9"} for epoch in (2, 3, 4)]
-        with open(engine.log_path(weights, "test_efficientnet", 0), "a", newline="") as handle:
-            csv.DictWriter(handle, fieldnames=engine.LOG_COLUMNS).writerows(stale)
-        run(4, "--resume")
-    finally:
-        torch.set_num_threads(threads)
+    run(2)
+    first_rows = read_log(weights)
+    # Rows of epochs 2-4 left by an earlier, longer run of this fold: resuming after epoch 1 must drop them.
+    stale = [{**first_rows[1], "epoch": str(epoch), "lr": "9"} for epoch in (2, 3, 4)]
+    with open(engine.log_path(weights, "test_efficientnet", 0), "a", newline="") as handle:
+        csv.DictWriter(handle, fieldnames=engine.LOG_COLUMNS).writerows(stale)
+    run(4, "--resume")
     log = read_log(weights)
     assert [int(row["epoch"]) for row in log] == [0, 1, 2, 3]
     assert log[:2] == first_rows
