@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny synthetic data set and a way to run the scripts."""
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -24,8 +25,11 @@ def scratch_working_folder(tmp_path_factory):
 
 
 def run_script(script: str, *args, check: bool = True, timeout: float = 600, env=None) -> subprocess.CompletedProcess:
-    """Run ``python <script> args...`` (a path in the repository) from the scratch folder, capturing output."""
-    full_env = dict(os.environ, PYTHONHASHSEED="0", **(env or {}))
+    """Run ``python <script> args...`` (a path in the repository) from the scratch folder, capturing output.
+
+    The hash seed is pinned (``PYTHONHASHSEED=0``) unless ``env`` sets another.
+    """
+    full_env = {**os.environ, "PYTHONHASHSEED": "0", **(env or {})}
     result = subprocess.run(
         [sys.executable, str(REPO / script), *map(str, args)],
         cwd=SCRATCH, capture_output=True, text=True, timeout=timeout, env=full_env,
@@ -73,6 +77,34 @@ def copy_subset(source: Path, target: Path, train_recordings: int, train_rows: i
                 shutil.copy2(source / recording / idnum, target / recording / idnum)
         psg_layout.write_csv_rows(target / name, rows)
     return target
+
+
+@contextlib.contextmanager
+def one_thread():
+    """One BLAS thread for torch in this process while inside (training is fastest so on a busy 2-core machine)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def trainer_args(module, data_root: Path, weights_dir: Path, *options):
+    """A trainer's parsed options (``module``: main_vit_rgb or main_eff) for a tiny run in this process.
+
+    The options every in-process training run of the tests shares (data,
+    weights and cache folders, no workers, quiet, random initialisation so nothing downloads) come first; ``options``
+    (architecture, size, epochs...) follow and may override them. Run it
+    with ``engine.train(trainer_args(...))``.
+    """
+    import engine
+
+    shared = ["--data-root", data_root, "--weights-dir", weights_dir, "--cache-dir", Path(weights_dir).parent / "cache",
+              "--workers", 0, "--quiet", "--pretrained", "none"]
+    return engine.build_parser(module.DEFAULTS, module.__doc__).parse_args([str(o) for o in [*shared, *options]])
 
 
 _WARM_LAUNCHER = r'''

@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score, precision_score, recall_score
 
+import evaluate
+import postprocess
 import psg_layout
-from blend import dump_path, row_scales, tune_blend, valid_csv_path
+from blend import blend_probabilities, dump_path, row_scales, tune_blend, valid_csv_path
 from evaluate import compute_metrics, main as evaluate_main
 from conftest import run_script
 
@@ -49,6 +51,45 @@ def test_metrics_equal_scikit_learn():
         rows = slice(100 * k, 100 * (k + 1))
         assert metrics["per_recording_macro_f1"][recording] == pytest.approx(
             f1_score(y_true[rows], y_pred[rows], average="macro"))
+
+
+def test_the_validation_tables_hmm_is_estimated_without_the_validation_rows(tmp_path, monkeypatch):
+    # Training CSV: recordings A and C outside the fold, B (the validation fold) between them, with
+    # transitions (N3 -> REM -> N3) that A and C never make: an HMM that saw B would count them.
+    stages = {"A": [0, 0, 1, 2, 2, 3, 3, 2, 4, 4, 0], "B": [3, 4, 3, 4, 3, 4, 3, 4], "C": [0, 1, 2, 2, 3, 2, 4, 0]}
+    rows = [(r, psg_layout.image_name(r, n + 1), psg_layout.STAGES[s]) for r, own in stages.items()
+            for n, s in enumerate(own)]
+    data, out = tmp_path / "DATA", tmp_path / "outputs"
+    psg_layout.write_csv_rows(data / psg_layout.TRAIN_CSV, rows)
+    valid_rows = [row for row in rows if row[0] == "B"]
+    psg_layout.write_csv_rows(valid_csv_path(out, 0), valid_rows)
+    rng = np.random.default_rng(5)
+    dumps = []
+    for arch, epochs in (("vit_base_patch16_224", [4]), ("tf_efficientnet_b4_ns", [1])):
+        p = rng.random((len(valid_rows), 5)) + 0.5 * np.eye(5)[stages["B"]]
+        dumps.append(p / p.sum(axis=1, keepdims=True))
+        np.save(dump_path(out, arch, 0, epochs, "valid"), dumps[-1].astype(np.float32))
+
+    fitted = []
+
+    def recorded_estimate_hmm(labels, recording_ids):
+        fitted.append((np.asarray(labels).tolist(), list(recording_ids)))
+        return postprocess.estimate_hmm(labels, recording_ids)
+
+    monkeypatch.setattr(evaluate, "estimate_hmm", recorded_estimate_hmm)
+    result = evaluate.validation_table(evaluate.parser.parse_args(["--data-root", str(data), "--outputs", str(out)]),
+                                       quiet=True)
+    outside = [(s, r) for r in ("A", "C") for s in stages[r]]
+    assert fitted == [([s for s, _ in outside], [r for _, r in outside])]
+    # The table's hmm row is the decoding with that HMM of the tuned blend's probabilities.
+    blend = result["blend"]
+    hmm = postprocess.estimate_hmm(np.array([s for s, _ in outside]), [r for _, r in outside])
+    decoded = postprocess.hmm_decode(blend_probabilities(*(dump.astype(np.float32) for dump in dumps),
+                                                         blend["method"], blend["ens_weight"], blend["power"]),
+                                     ["B"] * len(valid_rows), *hmm)
+    hmm_row = [row for row in result["table"] if row["step"] == "post-processing hmm"]
+    assert len(hmm_row) == 1
+    assert hmm_row[0]["macro_f1"] == pytest.approx(f1_score(stages["B"], decoded, average="macro"))
 
 
 def corrupt(labels, every, shift=1):

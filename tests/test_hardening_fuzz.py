@@ -4,7 +4,8 @@
   table that obeys the contract, or raise InputError with one line naming the
   file; nothing else (no other exception, so no traceback from a script).
 - Post-processing (rules and hmm): length preserved, only stage names out, a
-  recording's result independent of the other recordings in the file.
+  recording's result independent of the other recordings in the file; the
+  command writes what the library functions give (the input for none).
 - Blending: one valid stage per row, probabilities that are probabilities
   with the blend's argmax; swapping the models with w <-> 1-w changes no
   label; scaling the dumps' rows changes no rank label; the command writes
@@ -183,17 +184,41 @@ def write_test_set(data: Path, recordings) -> None:
     psg_layout.write_csv_rows(data / psg_layout.TEST_CSV, rows)
 
 
+def write_train_set(data: Path, labels) -> list[str]:
+    """A training CSV of ``labels`` in recordings of up to 20 rows; returns the rows' recording ids."""
+    ids = [f"T{n // 20}" for n in range(len(labels))]
+    psg_layout.write_csv_rows(data / psg_layout.TRAIN_CSV, [(recording, psg_layout.image_name(recording, n + 1),
+                                                            STAGES[label]) for n, (recording, label)
+                                                           in enumerate(zip(ids, labels))])
+    return ids
+
+
 @SLOW
-@given(recordings=RECORDINGS, method=st.sampled_from(["rules", "none"]), across=st.booleans())
-def test_the_submission_has_one_stage_name_per_test_row(scratch, recordings, method, across):
-    data, out = scratch / "post_data", scratch / "post_out"
-    write_test_set(data, recordings)
-    stages = [s for own in recordings for s in own]
+@given(data=st.data(), recordings=RECORDINGS, method=st.sampled_from(postprocess.POSTPROCESS_METHODS),
+       across=st.booleans())
+def test_the_submission_is_the_library_result_on_the_blend_csv(scratch, data, recordings, method, across):
+    """rules: apply_rules on the blend CSV's stages; hmm: hmm_decode of the blend's probabilities with the
+    HMM estimated from the training CSV; none: the blend CSV itself."""
+    base, out = scratch / "post_data", scratch / "post_out"
+    write_test_set(base, recordings)
+    stages = np.array([s for own in recordings for s in own], dtype=np.int64)
+    ids = [f"R{k}" for k, own in enumerate(recordings) for _ in own]
     psg_layout.write_lines(out / "blend.csv", (STAGES[s] for s in stages))
-    postprocess.main(["--data-root", str(data), "--in", str(out / "blend.csv"), "--out", str(out / "post.csv"),
+    if method == "rules":
+        expected = postprocess.apply_rules(stages, ids, across_recordings=across)[0]
+    elif method == "hmm":
+        rows = np.array(data.draw(probability_rows(len(stages))))
+        probabilities = (rows / rows.sum(axis=1, keepdims=True)).astype(np.float32)
+        np.save(out / "blend.npy", probabilities)  # beside the blend CSV, where blend.py writes it
+        train_labels = data.draw(st.lists(st.integers(0, NUM_CLASSES - 1), min_size=2, max_size=60))
+        train_ids = write_train_set(base, train_labels)
+        model = postprocess.estimate_hmm(np.array(train_labels), train_ids)
+        expected = postprocess.hmm_decode(probabilities.astype(np.float64), ids, *model)
+    else:
+        expected = stages
+    postprocess.main(["--data-root", str(base), "--in", str(out / "blend.csv"), "--out", str(out / "post.csv"),
                       "--method", method, "--quiet"] + (["--across-recordings"] if across else []))
-    lines = (out / "post.csv").read_text().splitlines()
-    assert len(lines) == len(stages) and set(lines) <= set(STAGES)
+    assert (out / "post.csv").read_text().splitlines() == [STAGES[s] for s in expected]
 
 
 # --------------------------------------------------------------------------

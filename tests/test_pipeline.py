@@ -3,7 +3,8 @@
 make_synthetic (fixture) -> main_vit_rgb -> main_eff -> infer_blend ->
 blend --tune -> blend --from-tune -> postprocess -> evaluate, each as a
 subprocess, then every artefact checked: the seed's names, shapes, row
-order, probabilities, the submission's lines, the report and its figures.
+order, probabilities, the blend CSV and the submission against the library
+functions applied to the dumps, the report and its figures.
 """
 from __future__ import annotations
 
@@ -11,11 +12,36 @@ import json
 
 import numpy as np
 
+import blend
+import postprocess
 import psg_layout
 from conftest import run_script
 
 VIT, EFF = "test_vit", "test_efficientnet"
 THREADS = {"OMP_NUM_THREADS": "1"}
+
+
+def tuned_blend_of_dumps(out, tune_json, vit_epochs, eff_epochs, rows: int):
+    """(stages, probabilities) of the test dumps blended with blend_tune.json's settings, by blend.py's functions.
+
+    The one place that turns tuned settings into the expected blend: a setting
+    added to blend_tune.json is passed on here.
+    """
+    settings = blend.read_tune_json(tune_json)
+    p1, p2 = (blend.load_probabilities(blend.dump_path(out, arch, 0, epochs), rows, "test CSV", "infer_blend.py")
+              for arch, epochs in ((VIT, vit_epochs), (EFF, eff_epochs)))
+    blended = (p1, p2, settings["method"], settings["ens_weight"], settings["power"],
+               blend.row_scales(settings["dump_scale"], settings["tta"]))
+    return blend.predict_stages(blend.blend_scores(*blended)), blend.blend_probabilities(*blended)
+
+
+def rules_per_recording(stages, recording_ids):
+    """The post-processing rules applied to each recording's rows alone (CSV order kept)."""
+    result = np.empty_like(stages)
+    for recording in dict.fromkeys(recording_ids):
+        rows = np.flatnonzero(np.array(recording_ids) == recording)
+        result[rows] = postprocess.apply_rules(stages[rows], [recording] * rows.size)[0]
+    return result
 
 
 def test_whole_flow_writes_every_artefact_as_the_seed_names_it(tiny_data, tmp_path):
@@ -51,12 +77,14 @@ def test_whole_flow_writes_every_artefact_as_the_seed_names_it(tiny_data, tmp_pa
     run_script("blend.py", "--data-root", tiny_data, "--out", out, *models, "--from-tune", out / "blend_tune.json",
                "--quiet")
     blend_csv = out / f"filesblend_{tuned['method']}_[0, 1]_[1].csv"
+    expected_stages, expected_probabilities = tuned_blend_of_dumps(out, out / "blend_tune.json", [0, 1], [1], len(test))
     blended = blend_csv.read_text().splitlines()
-    assert len(blended) == len(test) and set(blended) <= set(psg_layout.STAGES)
+    assert blended == [psg_layout.STAGES[s] for s in expected_stages]
+    np.testing.assert_allclose(np.load(blend.probabilities_path(blend_csv)), expected_probabilities, atol=1e-6)
 
     run_script("postprocess.py", "--data-root", tiny_data, "--in", blend_csv, "--out", out / "files_post.csv")
     submission = (out / "files_post.csv").read_text().splitlines()
-    assert len(submission) == len(test) and set(submission) <= set(psg_layout.STAGES)
+    assert submission == [psg_layout.STAGES[s] for s in rules_per_recording(expected_stages, test.recording_ids)]
 
     report = out / "report"
     run_script("evaluate.py", "--data-root", tiny_data, "--pred", out / "files_post.csv", "--out", report,

@@ -35,17 +35,22 @@ EEG_MICROVOLTS = 37.5  # constant EEG: a flat line a quarter band above the C3-M
 EOG_MICROVOLTS = 75.0
 
 
-def write_sleep_edf_like(folder: Path, epochs: int = 20, stages=SLEEP_EDF_STAGES, name: str = "SC4001") -> Path:
-    """A Sleep-EDF SC-style pair: ``<name>E0-PSG.edf`` (its 7 channels and rates) and ``<name>EC-Hypnogram.edf``."""
+def write_sleep_edf_like(folder: Path, epochs: int = 20, stages=SLEEP_EDF_STAGES, name: str = "SC4001",
+                         eeg=None) -> Path:
+    """A Sleep-EDF SC-style pair: ``<name>E0-PSG.edf`` (its 7 channels and rates) and ``<name>EC-Hypnogram.edf``.
+
+    ``eeg``: function of the time (s) giving EEG Fpz-Cz in uV (default a constant EEG_MICROVOLTS).
+    """
     folder.mkdir(parents=True, exist_ok=True)
     seconds = epochs * 30
     fast, slow = np.arange(seconds * 100) / 100, np.arange(seconds)
+    eeg_values = np.full(len(fast), EEG_MICROVOLTS) if eeg is None else eeg(fast)
 
     def signal(values, rate, label, unit, physical_range):
         return edfio.EdfSignal(values, rate, label=label, physical_dimension=unit, physical_range=physical_range)
 
     signals = [
-        signal(np.full(len(fast), EEG_MICROVOLTS), 100, "EEG Fpz-Cz", "uV", (-200, 200)),
+        signal(eeg_values, 100, "EEG Fpz-Cz", "uV", (-200, 200)),
         signal(10 * np.sin(2 * np.pi * 10 * fast), 100, "EEG Pz-Oz", "uV", (-200, 200)),
         signal(np.full(len(fast), EOG_MICROVOLTS), 100, "EOG horizontal", "uV", (-500, 500)),
         signal(0.5 * np.sin(2 * np.pi * slow / 4), 1, "Resp oro-nasal", "", (-2, 2)),
@@ -159,6 +164,34 @@ def test_sleep_edf_style_labels_trimming_and_units(tmp_path):
                        ("Chin EMG", 20.0)):
         signal = psg_layout.SIGNAL_BY_NAME[row]
         assert abs(brightest_row(image, signal.top_270, signal.height_270) - expected_row(row, value)) <= 1, row
+
+
+def test_each_image_shows_its_own_epochs_samples_on_a_grid_starting_at_15_s(tmp_path):
+    # The scorer's first epoch starts 15 s into the recording: epoch n covers 15 + 30 (n - 1) ... 15 + 30 n s.
+    # The EEG steps through +50, 0, -50 uV, one level per scored epoch, so an image that took
+    # its samples from the wrong place would show a step, or another level, inside it.
+    levels = np.array([50.0, 0.0, -50.0])
+
+    def staircase(seconds):
+        return levels[np.floor((seconds - 15) / 30).astype(int) % 3]
+
+    stages = [("Sleep stage W", 15, 120), ("Sleep stage 2", 135, 300), ("Sleep stage R", 435, 150)]
+    write_sleep_edf_like(tmp_path / "sc", stages=stages, eeg=staircase)
+    out = tmp_path / "DATA"
+    run_script("render_edf.py", "--edf", tmp_path / "sc", "--out", out, "--split", "test", "--montage", "sleep-edf",
+               "--trim-wake", "none", "--quiet")
+    record = json.loads((out / "SC4001E0" / "render_edf.json").read_text())
+    assert record["epoch1_offset_seconds"] == 15
+    images = sorted((out / "SC4001E0").glob("*.png"))
+    assert [p.name for p in images] == [f"SC4001E0_{n:04d}.png" for n in range(1, 20)]  # (600 - 15) // 30 epochs
+    signal = psg_layout.SIGNAL_BY_NAME["C3-M2"]
+    rows = slice(int(signal.top_270), int(np.ceil(signal.top_270 + signal.height_270)))
+    for number, path in enumerate(images, start=1):
+        band = cv2.imread(str(path))[rows, :, 0].astype(int)
+        expected = expected_row("C3-M2", levels[(number - 1) % 3])
+        for columns in (slice(4, 120), slice(360, 476)):  # the epoch's first and last quarter
+            brightest = int(signal.top_270) + int(np.argmax(band[:, columns].sum(axis=1)))
+            assert abs(brightest - expected) <= 1, (path.name, columns)
 
 
 def test_sleep_edf_style_keeps_everything_without_trimming(tmp_path):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import cv2
 import edfio
@@ -126,6 +127,26 @@ def test_same_arguments_give_identical_bytes_whatever_the_workers(tmp_path, monk
     for relative in files_a:
         if relative.name != make_synthetic.MARKER_NAME:  # holds --workers
             assert (tmp_path / "a" / relative).read_bytes() == (tmp_path / "b" / relative).read_bytes(), relative
+
+
+def files_of(folder):
+    """Every file under ``folder`` but the run's marker (it holds the options): relative path -> bytes."""
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != make_synthetic.MARKER_NAME}
+
+
+def test_the_hash_seed_changes_no_byte_and_the_seed_changes_every_image(tmp_path, monkeypatch, capsys):
+    small = ["--train-subjects", 1, "--test-subjects", 1, "--hours", 0.05, "--workers", 1, "--quiet"]
+    for hash_seed in ("1", "2"):  # each interpreter its own string hashing: an order taken from a set would show
+        run_script("make_synthetic.py", "--out", tmp_path / hash_seed, "--seed", 3, *small,
+                   env={"PYTHONHASHSEED": hash_seed})
+    one, two = files_of(tmp_path / "1"), files_of(tmp_path / "2")
+    assert len(one) > 10 and one == two
+    assert make_small(tmp_path / "other", "--seed", 4, monkeypatch=monkeypatch, capsys=capsys)[0] == 0
+    other = files_of(tmp_path / "other")
+    images = [name for name in one if name.suffix == ".png" and name in other]
+    assert len(images) > 10 and all(one[name] != other[name] for name in images)
+    assert one[Path(psg_layout.TRAIN_CSV)] != other[Path(psg_layout.TRAIN_CSV)]
 
 
 # --------------------------------------------------------------------------

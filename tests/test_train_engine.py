@@ -26,13 +26,18 @@ def test_smoothing_gives_the_seeds_values():
                                atol=1e-7)
 
 
-def test_smoothing_after_mixing_equals_mixing_smoothed_targets():
-    a, b = torch.eye(5)[[0]], torch.eye(5)[[4]]
-    share = 0.63
-    mixed_then_smoothed = engine.smooth_targets(share * a + (1 - share) * b, 0.1)
-    smoothed_then_mixed = share * engine.smooth_targets(a, 0.1) + (1 - share) * engine.smooth_targets(b, 0.1)
-    torch.testing.assert_close(mixed_then_smoothed, smoothed_then_mixed)
-    assert float(mixed_then_smoothed.sum()) == pytest.approx(1.0)
+def test_smoothing_after_mixing_gives_the_mixture_of_the_smoothed_targets_by_hand():
+    # 63 % Wake, 37 % REM (an FMix share), eps 0.1: each smoothed one-hot is 0.9 on its class and
+    # 0.1 / 4 = 0.025 elsewhere, so Wake gets 0.63 x 0.9 + 0.37 x 0.025 = 0.57625, REM gets
+    # 0.37 x 0.9 + 0.63 x 0.025 = 0.34875 and the three other stages 0.025.
+    mixed = torch.tensor([[0.63, 0.0, 0.0, 0.0, 0.37]], dtype=torch.float64)
+    np.testing.assert_allclose(engine.smooth_targets(mixed, 0.1).numpy(),
+                               [[0.57625, 0.025, 0.025, 0.025, 0.34875]], rtol=0, atol=1e-12)
+    # Three stages mixed (FMix then CutMix): 0.5 N1, 0.3 N2, 0.2 N3 with eps 0.2 (off value 0.05):
+    # N1 0.5 x 0.8 + 0.5 x 0.05 = 0.425, N2 0.3 x 0.8 + 0.7 x 0.05 = 0.275, N3 0.2 x 0.8 + 0.8 x 0.05 = 0.2.
+    three = torch.tensor([[0.0, 0.5, 0.3, 0.2, 0.0]], dtype=torch.float64)
+    np.testing.assert_allclose(engine.smooth_targets(three, 0.2).numpy(), [[0.05, 0.425, 0.275, 0.2, 0.05]],
+                               rtol=0, atol=1e-12)
 
 
 def test_loss_on_a_hand_computed_example():

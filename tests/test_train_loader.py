@@ -1,6 +1,7 @@
 """loader_vit_rgb.py: tables and their checks, folds, image reading, transforms, loaders."""
 from __future__ import annotations
 
+import csv
 import random
 import shutil
 
@@ -70,12 +71,22 @@ def test_symlinks_must_stay_inside_the_data_root(tmp_path):
         loader_vit_rgb.read_train_table(root)
 
 
-def test_tables_of_the_tiny_data_set(tiny_data):
+def csv_module_rows(path):
+    """Every line of a challenge CSV as a list of fields, read by the csv module alone (the header dropped)."""
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    return rows[1:] if rows[0][:2] == ["ID", "IDnum"] else rows
+
+
+def test_tables_of_the_tiny_data_set_hold_every_row_of_their_csv(tiny_data):
     train = loader_vit_rgb.read_train_table(tiny_data)
     test = loader_vit_rgb.read_test_table(tiny_data)
-    assert len(train) == len((tiny_data / psg_layout.TRAIN_CSV).read_text().splitlines())
-    assert test.labels is None and len(test) == len((tiny_data / psg_layout.TEST_CSV).read_text().splitlines())
-    assert set(np.unique(train.labels)) <= set(range(5))
+    stage_names = ["Wake", "N1", "N2", "N3", "REM"]  # the challenge's label order, Wake=0 ... REM=4
+    assert [[r, i, stage_names[s]] for r, i, s in zip(train.recording_ids, train.idnums, train.labels)] \
+        == csv_module_rows(tiny_data / psg_layout.TRAIN_CSV)
+    assert test.labels is None
+    assert [[r, i] for r, i in zip(test.recording_ids, test.idnums)] == csv_module_rows(tiny_data / psg_layout.TEST_CSV)
+    assert len(set(train.labels.tolist())) == 5 and len(set(test.recording_ids)) == 2
 
 
 def test_subject_folds_never_split_a_recording(tiny_data):

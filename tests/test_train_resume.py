@@ -8,26 +8,22 @@ import torch
 
 import engine
 import main_vit_rgb
+from conftest import one_thread, trainer_args
 from psg_layout import InputError
 
 ARCH = "test_vit"
 
 
 @pytest.fixture
-def one_thread():
+def one_thread_here():
     """One BLAS thread while training in this process (fastest on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_thread():
+        yield
 
 
 def train(data_root, weights, epochs, *extra):
-    args = engine.build_parser(main_vit_rgb.DEFAULTS, "").parse_args([
-        "--data-root", str(data_root), "--weights-dir", str(weights), "--model-arch", ARCH, "--img-size", "32",
-        "--lr", "1e-3", "--batch-size", "16", "--epochs", str(epochs), "--quiet",
-        "--cache-dir", str(weights.parent / "cache"), "--pretrained", "none", *extra])
-    engine.train(args)
+    engine.train(trainer_args(main_vit_rgb, data_root, weights, "--model-arch", ARCH, "--img-size", 32,
+                              "--lr", 1e-3, "--batch-size", 16, "--epochs", epochs, *extra))
 
 
 def log_without_timing(weights):
@@ -36,7 +32,7 @@ def log_without_timing(weights):
 
 
 @pytest.mark.parametrize("data_path", [[], ["--no-cache"]], ids=["cache", "per-sample"])
-def test_resume_reproduces_an_uninterrupted_run(tiny_data, tmp_path, one_thread, capsys, data_path):
+def test_resume_reproduces_an_uninterrupted_run(tiny_data, tmp_path, one_thread_here, capsys, data_path):
     uninterrupted, resumed = tmp_path / "uninterrupted", tmp_path / "resumed"
     train(tiny_data, uninterrupted, 2, "--workers", "0", *data_path)
     train(tiny_data, resumed, 1, "--workers", "0", *data_path)
