@@ -35,6 +35,7 @@ DEFAULTS = dict(
     data_root="DATA",
     weights_dir="weights",
     cache_dir="cache",
+    fmix_spectrum="original",
 )
 
 
