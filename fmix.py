@@ -357,9 +357,9 @@ def sample_masks_torch(lams: torch.Tensor, decay_power: float, shape: tuple[int,
     """Draw a batch of FMix masks with torch, on ``device``.
 
     Same distribution as :func:`sample_mask`, one mask per entry of ``lams``.
-    The noise and its transform are float32 (the NumPy version: float64),
-    which only changes which pixels tie in brightness (resolved in pixel
-    order either way).
+    The noise and its transform are float32 (the NumPy version: float64,
+    ranked in float32 as here), which only changes which pixels tie in
+    brightness (resolved in pixel order either way).
 
     Parameters
     ----------

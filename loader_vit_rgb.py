@@ -886,16 +886,17 @@ def dropout_keep(corners: torch.Tensor, applied: torch.Tensor, img_size: int) ->
 def _drop_holes(planes: torch.Tensor, corners: torch.Tensor, applied: torch.Tensor) -> None:
     """In place: 0 in every plane of (n, planes, S, S) where a hole of an applied dropout lies.
 
-    A product with 0 (dropped) or 1 (a hole of a dropout not applied, or
-    its part beyond the border), only at the holes' pixels.
+    A product with 0 (dropped) or 1 (a dropout not applied), only at the
+    holes' pixels. A hole's part beyond the bottom or right border is
+    clamped onto its own last row or column, which it covers anyway.
     """
     count, depth, img_size = planes.shape[0], planes.shape[1], planes.shape[-1]
     span = torch.arange(DROPOUT_HOLE_PIXELS, device=corners.device)
-    rows = corners[..., 0, None, None] + span[:, None]
-    cols = corners[..., 1, None, None] + span[None, :]
-    outside = (rows >= img_size) | (cols >= img_size)  # a hole's part beyond the border: kept
-    pixels = (rows.clamp(max=img_size - 1) * img_size + cols.clamp(max=img_size - 1)).reshape(count, 1, -1)
-    kept = ((~applied)[..., None, None, None] | outside).reshape(count, 1, -1).to(planes.dtype)
+    rows = (corners[..., 0, None, None] + span[:, None]).clamp(max=img_size - 1)
+    cols = (corners[..., 1, None, None] + span[None, :]).clamp(max=img_size - 1)
+    pixels = (rows * img_size + cols).reshape(count, 1, -1)
+    kept = (~applied)[..., None, None, None].expand(*applied.shape, DROPOUT_HOLES, DROPOUT_HOLE_PIXELS,
+                                                    DROPOUT_HOLE_PIXELS).reshape(count, 1, -1).to(planes.dtype)
     planes.view(count, depth, img_size * img_size).scatter_reduce_(
         2, pixels.expand(-1, depth, -1), kept.expand(-1, depth, -1), reduce="prod")
 

@@ -2,7 +2,7 @@
 
 Seed recipe: vit_base_patch16_224 at 224 x 224, Adam (lr 1e-4, weight decay
 1e-6), batch 32 accumulated over 2 batches, fp16 mixed precision on CUDA,
-label smoothing 0.1, FMix, two CoarseDropouts, CosineAnnealingWarmRestarts
+label smoothing 0.1, FMix, CoarseDropout and Cutout, CosineAnnealingWarmRestarts
 (T_0=10, eta_min=1e-6) stepped twice per epoch, 10 epochs, fold 0 of 5,
 seed 72. Writes weights/vit_base_patch16_224_fold_0_<epoch> after every
 epoch (the seed kept epoch 4), plus _last.pt, _config.json and _log.csv.
