@@ -32,6 +32,7 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 
 import fmix  # noqa: E402
+import psg_layout  # noqa: E402
 
 DECAY_POWER = 3.0  # the original's
 LAMBDA = 0.65  # the middle of the original's clipped range [0.6, 0.7]
@@ -106,15 +107,16 @@ def main() -> None:
               f"along the width {result['power_beyond_one_cycle_width']:.4f}; "
               f"hard masks at lambda {LAMBDA}: rows with several runs of ones "
               f"{result['hard_mask_rows_with_several_runs']:.4f}, columns {result['hard_mask_columns_with_several_runs']:.4f}")
-    report = {"command": "python bench/fmix_spectrum.py " + " ".join(sys.argv[1:]), "masks": args.masks,
+    report = {"command": " ".join(["python bench/fmix_spectrum.py", *sys.argv[1:]]), "masks": args.masks,
               "size": args.size, "decay_power": DECAY_POWER, "lambda": LAMBDA, "seed": args.seed,
               "kinds": {"reference": "the FMix reference code's make_low_freq_image as the original ran it",
                         "original": "the project's --fmix-spectrum original",
                         "isotropic": "the project's --fmix-spectrum isotropic"},
               "results": results}
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    with psg_layout.atomic_path(args.out) as tmp:
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
-    main()
+    psg_layout.run_main(main)
