@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+import fmix
 import loader_vit_rgb
 import psg_layout
 from psg_layout import InputError, where
@@ -85,7 +86,7 @@ AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 # run whose saved configuration differs in any of them.
 RECIPE_KEYS = ("model_arch", "img_size", "optimizer", "fold", "folds", "cv", "seed", "batch_size",
                "accum_iter", "lr", "min_lr", "weight_decay", "t0", "sched_steps_per_epoch",
-               "no_fmix", "cutmix", "pretrained", "no_cache")
+               "no_fmix", "fmix_spectrum", "cutmix", "pretrained", "no_cache")
 
 
 # --------------------------------------------------------------------------
@@ -140,6 +141,9 @@ def build_parser(defaults: dict, description: str) -> argparse.ArgumentParser:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d["device"],
                         help="auto: CUDA when available")
     parser.add_argument("--no-fmix", action="store_true", help="turn off FMix (on in the seed)")
+    parser.add_argument("--fmix-spectrum", choices=fmix.SPECTRA, default=d["fmix_spectrum"],
+                        help="original: FMix masks as the original's FMix code made them (one smooth region, "
+                             "at most one cycle along the width); isotropic: the FMix paper's masks")
     parser.add_argument("--cutmix", action="store_true", help="turn on CutMix (off in the seed)")
     parser.add_argument("--cache-dir", default=d["cache_dir"],
                         help="image cache (decoded, resized uint8 arrays; built on first use), outside the data root")
@@ -847,7 +851,7 @@ def _train(args: argparse.Namespace, device: torch.device, rank: int, world_size
                    device=device)
     train_loader = loader_vit_rgb.make_train_loader(
         args.data_root, table, train_rows, args.img_size, args.batch_size, args.workers, args.seed,
-        fmix_enabled=not args.no_fmix, cutmix_enabled=args.cutmix, **loading)
+        fmix_enabled=not args.no_fmix, cutmix_enabled=args.cutmix, fmix_spectrum=args.fmix_spectrum, **loading)
     valid_loader = loader_vit_rgb.make_eval_loader(
         args.data_root, table, args.img_size, args.valid_batch_size, args.workers, rows=valid_rows, **loading)
 

@@ -14,10 +14,26 @@ An FMix mask is made in two steps:
    allowed). The ramp is symmetric about the threshold, so the mask's mean
    stays ``lambda``.
 
-Two versions with the same distribution: :func:`sample_mask` (NumPy, one
+Two spectra for step 1 (``spectrum``):
+
+- ``"original"`` (the default): the grey image as the original's FMix
+  library (``make_low_freq_image`` of the FMix reference code, which the
+  original called) made it. That code samples the whole half-spectrum,
+  then takes its first two *rows* (vertical frequencies 0 and 1 cycle) as
+  the real and imaginary parts of a (``width // 2 + 1``, 2) array and
+  inverts that: the rows' horizontal frequencies end up along the height,
+  and along the width only 0 and 1 cycle remain. Every image is one smooth
+  bump per axis, so every mask is one smooth region (measured with
+  :func:`power_beyond_one_cycle`: no power beyond one cycle along the
+  width, about 1 % along the height).
+- ``"isotropic"``: the whole half-spectrum, as the FMix paper describes:
+  masks with several blobs of all orientations.
+
+Two versions with the same distributions: :func:`sample_mask` (NumPy, one
 mask, per-sample augmentation in DataLoader workers) and
 :func:`sample_masks_torch` (a batch of masks on any device, for augmentation
-of whole batches).
+of whole batches). Both rank pixels in float32, ties in pixel order, and
+threshold by selection (:func:`mask_from_grey`).
 """
 from __future__ import annotations
 
@@ -26,6 +42,15 @@ import math
 
 import numpy as np
 import torch
+
+SPECTRA = ("original", "isotropic")
+DEFAULT_SPECTRUM = "original"
+
+
+def _inverse_frequency(fy: np.ndarray, fx: np.ndarray, shape: tuple[int, int], decay_power: float) -> np.ndarray:
+    """``1 / f**decay_power`` at frequencies ``sqrt(fy**2 + fx**2)``, clamped below at ``1 / max(shape)``."""
+    frequency = np.sqrt(fx**2 + fy**2)
+    return 1.0 / np.maximum(frequency, 1.0 / max(shape)) ** decay_power
 
 
 def frequency_scale(shape: tuple[int, int], decay_power: float) -> np.ndarray:
@@ -46,10 +71,133 @@ def frequency_scale(shape: tuple[int, int], decay_power: float) -> np.ndarray:
         pixel) so the scale stays finite.
     """
     height, width = shape
-    fy = np.fft.fftfreq(height)[:, None]
-    fx = np.fft.rfftfreq(width)[None, :]
-    frequency = np.sqrt(fx**2 + fy**2)
-    return 1.0 / np.maximum(frequency, 1.0 / max(shape)) ** decay_power
+    return _inverse_frequency(np.fft.fftfreq(height)[:, None], np.fft.rfftfreq(width)[None, :], shape, decay_power)
+
+
+@functools.lru_cache(maxsize=32)
+def spectrum_scales(shape: tuple[int, int], decay_power: float, spectrum: str = DEFAULT_SPECTRUM) -> np.ndarray:
+    """Scales of the real and imaginary parts of the Fourier coefficients that are drawn.
+
+    The spectrum of a grey image is ``scales[0] * a + 1j * scales[1] * b``
+    with ``a``, ``b`` standard normal, inverted with ``irfft2(..., s=shape)``.
+
+    Parameters
+    ----------
+    shape : (int, int)
+        Mask height and width in pixels (height at least 2 for ``"original"``).
+    decay_power : float
+        Spectral decay exponent.
+    spectrum : {"original", "isotropic"}
+        See the module's description.
+
+    Returns
+    -------
+    np.ndarray of float64, shape (2, rows, columns), read-only
+        ``"isotropic"``: ``frequency_scale`` twice, shape (2, height,
+        width // 2 + 1). ``"original"``: shape (2, columns, 2) with
+        ``columns`` the original's count of horizontal frequencies
+        (``width // 2 + 1``, one more for an odd width): row ``k`` of the
+        real part holds the scale of vertical frequency 0 at horizontal
+        frequency ``k``, of the imaginary part that of vertical frequency 1
+        (both in the two columns), which an inverse FFT over the last two
+        axes reads as ``k`` cycles along the height and 0 or 1 along the width.
+    """
+    height, width = shape
+    if spectrum == "isotropic":
+        scale = frequency_scale(shape, decay_power)
+        scales = np.stack([scale, scale])
+    elif spectrum == "original":
+        if height < 2 or width < 3:
+            raise ValueError(f"the original's FMix spectrum needs at least 2 x 3 pixels, got {height} x {width}")
+        columns = width // 2 + 1 + width % 2
+        first_rows = _inverse_frequency(np.fft.fftfreq(height)[:2, None], np.fft.fftfreq(width)[None, :columns],
+                                        shape, decay_power)  # (2, columns): vertical frequencies 0 and 1
+        scales = np.repeat(first_rows[:, :, None], 2, axis=2)
+    else:
+        raise ValueError(f"unknown FMix spectrum {spectrum!r}; choose one of {', '.join(SPECTRA)}")
+    scales.setflags(write=False)
+    return scales
+
+
+def _two_column_inverse(coefficients: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """``irfft2(coefficients, s=shape)`` for coefficients of shape (..., rows, 2), in closed form.
+
+    The inverse FFT along the rows (zero-padded or cut to ``height``) gives
+    ``g0`` and ``g1`` per row; the real inverse along the width of a
+    half-spectrum holding only ``[g0, g1]`` is ``(Re g0 + 2 Re g1 cos(2 pi x
+    / W) - 2 Im g1 sin(2 pi x / W)) / W`` (width at least 3; the imaginary
+    part of ``g0`` drops out, as in ``irfft``). Two multiply-adds per pixel
+    instead of an FFT of every row.
+    """
+    height, width = shape
+    rows = np.fft.ifft(coefficients, n=height, axis=-2) / width  # (..., height, 2)
+    angle = 2.0 * np.pi * np.arange(width) / width
+    real_dtype = rows.real.dtype
+    cosine, sine = (2.0 * np.cos(angle)).astype(real_dtype), (-2.0 * np.sin(angle)).astype(real_dtype)
+    grey = np.multiply(rows[..., 1].real[..., None], cosine)
+    grey += rows[..., 1].imag[..., None] * sine
+    grey += rows[..., 0].real[..., None]
+    return grey
+
+
+def low_frequency_image(noise: np.ndarray, shape: tuple[int, int], decay_power: float,
+                        spectrum: str = DEFAULT_SPECTRUM) -> np.ndarray:
+    """The grey image(s) of standard normal ``noise``.
+
+    Parameters
+    ----------
+    noise : np.ndarray of float32 or float64, shape (..., 2, rows, columns)
+        Standard normal values, ``(2, rows, columns) = spectrum_scales(...).shape``:
+        the real parts, then the imaginary parts.
+    shape, decay_power, spectrum
+        As for :func:`spectrum_scales`.
+
+    Returns
+    -------
+    np.ndarray of noise's dtype, shape (..., height, width)
+    """
+    scales = spectrum_scales(shape, decay_power, spectrum).astype(noise.dtype)
+    coefficients = scales[0] * noise[..., 0, :, :] + 1j * (scales[1] * noise[..., 1, :, :])
+    if spectrum == "original":
+        return _two_column_inverse(coefficients, shape)
+    return np.fft.irfft2(coefficients, s=shape)
+
+
+def power_beyond_one_cycle(grey: np.ndarray) -> tuple[float, float]:
+    """Shares of a grey image's power beyond one cycle along the height and along the width.
+
+    Parameters
+    ----------
+    grey : np.ndarray, shape (..., height, width)
+        One image or a stack; the power of a stack is summed before the
+        shares are taken.
+
+    Returns
+    -------
+    (float, float)
+        Power (squared magnitude of the 2-D FFT of the mean-removed image)
+        at more than 1 cycle per image height, and at more than 1 cycle per
+        image width, each divided by the total.
+    """
+    grey = np.asarray(grey, dtype=np.float64)
+    centred = grey - grey.mean(axis=(-2, -1), keepdims=True)
+    power = np.abs(np.fft.fft2(centred)) ** 2
+    power = power.reshape(-1, *power.shape[-2:]).sum(axis=0)
+    height, width = power.shape
+    cycles_y = np.abs(np.fft.fftfreq(height) * height)[:, None]
+    cycles_x = np.abs(np.fft.fftfreq(width) * width)[None, :]
+    total = power.sum()
+    return (float((power * (cycles_y > 1)).sum() / total), float((power * (cycles_x > 1)).sum() / total))
+
+
+def _pixels_on(lam: float, pixels: int) -> int:
+    """What every mask of ``lam`` over ``pixels`` pixels sums to: ``floor(lam * pixels + 0.5)``."""
+    return math.floor(lam * pixels + 0.5)
+
+
+def mask_share(lam: float, pixels: int) -> float:
+    """The mean of every mask of ``lam`` over ``pixels`` pixels, exactly (the mixed target's weight)."""
+    return _pixels_on(lam, pixels) / pixels
 
 
 def _ramp_bounds(lam: float, max_soft: float, pixels: int) -> tuple[int, int]:
@@ -60,7 +208,7 @@ def _ramp_bounds(lam: float, max_soft: float, pixels: int) -> tuple[int, int]:
     so the mask sums to ``floor(lam * pixels + 0.5)``. Rounding rather than
     truncating keeps the width stable when ``lam`` arrives as float32.
     """
-    on = math.floor(lam * pixels + 0.5)
+    on = _pixels_on(lam, pixels)
     half_width = min(math.floor(pixels * min(float(max_soft), lam, 1.0 - lam) + 0.5), pixels - on)
     return on - half_width, on + half_width
 
@@ -70,16 +218,91 @@ def _mask_from_ranks(ranks, first, stop):
 
     Works on NumPy arrays and torch tensors alike (``first``/``stop``
     broadcast against ``ranks``). A ramp of length ``n = stop - first`` runs
-    from 1 at rank ``first`` to 0 at rank ``stop - 1`` (``linspace(1, 0, n)``);
-    with ``n == 0`` the mask is hard: 1 below ``first``, 0 from it on.
+    from 1 at rank ``first`` to 0 at rank ``stop - 1``, the value at rank
+    ``r`` being ``(stop - 1 - r) / (n - 1)``; with ``n == 0`` the mask is
+    hard: 1 below ``first``, 0 from it on.
     """
     ramp_length = stop - first
     hard = ramp_length == 0  # then (stop - ranks) / 1, clipped: 1 below ``first``, 0 from it on
     return ((stop - 1 + hard - ranks) / (ramp_length - 1 + 2 * hard)).clip(0.0, 1.0)
 
 
+def _brightness_keys(grey: np.ndarray) -> np.ndarray:
+    """One int64 per pixel whose ascending order is brightest first, ties in pixel order.
+
+    Parameters
+    ----------
+    grey : np.ndarray of float32, shape (..., pixels)
+
+    Returns
+    -------
+    np.ndarray of int64, same shape
+        The brightness, negated, as an order-preserving integer (IEEE bits
+        with the magnitude bits of negative values flipped) in the high half
+        and the pixel number in the low half: all keys differ, and
+        ``key & 0xFFFFFFFF`` is the pixel.
+    """
+    bits = (np.float32(0.0) - grey).view(np.int32)  # 0.0 - x: both zeros become +0.0, so they tie
+    key = (bits ^ ((bits >> 31) & 0x7FFFFFFF)).astype(np.int64)
+    key <<= 32
+    key |= np.arange(grey.shape[-1], dtype=np.int64)
+    return key
+
+
+@functools.lru_cache(maxsize=64)
+def _ramp_values(length: int) -> np.ndarray:
+    """float32 ``(length - 1 - i) / (length - 1)`` for ``i < length``: the soft ramp from 1 to 0 (read-only)."""
+    values = ((length - 1 - np.arange(length)) / max(length - 1, 1)).astype(np.float32)
+    values.setflags(write=False)
+    return values
+
+
+def _mask_from_keys(keys: np.ndarray, first: int, stop: int) -> np.ndarray:
+    """Mask of one image from its :func:`_brightness_keys` (reordered in place), by selection.
+
+    ``partition`` (linear time) puts the ``first`` smallest keys (the
+    pixels that are 1) before index ``first`` and the ramp's keys before
+    ``stop``; only the ramp's ``stop - first`` keys are sorted, to give each
+    its value. Equal to :func:`_mask_from_ranks` of the pixels' full ranks
+    (a hard mask, ``first == stop``, needs no sort at all).
+    """
+    pixels = keys.size
+    cuts = [cut for cut in (first, stop) if 0 < cut < pixels]
+    if cuts:
+        keys.partition(cuts)
+    mask = np.zeros(pixels, dtype=np.float32)
+    mask[keys[:first] & 0xFFFFFFFF] = 1.0
+    ramp = keys[first:stop]
+    ramp.sort()
+    mask[ramp & 0xFFFFFFFF] = _ramp_values(stop - first)
+    return mask
+
+
+def mask_from_grey(grey: np.ndarray, lam: float, max_soft: float) -> np.ndarray:
+    """Binarise one grey image: the brightest ``lam`` of its pixels 1, with the soft ramp.
+
+    Parameters
+    ----------
+    grey : np.ndarray, shape (height, width)
+        Ranked in float32 (brightest first; equal values in pixel order,
+        row by row).
+    lam : float
+        Fraction of the mask that is 1, in [0, 1].
+    max_soft : float or bool
+        Widest soft boundary as a fraction of pixels (``True`` reads as 1.0).
+
+    Returns
+    -------
+    np.ndarray of float32, shape (height, width)
+        Values in [0, 1] summing to ``floor(lam * pixels + 0.5)``.
+    """
+    keys = _brightness_keys(np.asarray(grey, dtype=np.float32).ravel())  # a new array: reordered freely
+    first, stop = _ramp_bounds(float(lam), max_soft, keys.size)
+    return _mask_from_keys(keys, first, stop).reshape(grey.shape)
+
+
 def sample_mask(lam: float, decay_power: float, shape: tuple[int, int], max_soft: float,
-                rng: np.random.Generator) -> np.ndarray:
+                rng: np.random.Generator, spectrum: str = DEFAULT_SPECTRUM) -> np.ndarray:
     """Draw one FMix mask.
 
     Parameters
@@ -87,7 +310,7 @@ def sample_mask(lam: float, decay_power: float, shape: tuple[int, int], max_soft
     lam : float
         Fraction of the mask that is 1 (the weight of the first image), in [0, 1].
     decay_power : float
-        Spectral decay exponent (the seed used 3).
+        Spectral decay exponent (the original used 3).
     shape : (int, int)
         Mask height and width in pixels.
     max_soft : float or bool
@@ -95,86 +318,54 @@ def sample_mask(lam: float, decay_power: float, shape: tuple[int, int], max_soft
         and is clipped to ``min(lam, 1 - lam)``; 0 gives a hard 0/1 mask.
     rng : np.random.Generator
         Source of randomness (the only one used).
+    spectrum : {"original", "isotropic"}
+        The grey image's spectrum (see the module's description).
 
     Returns
     -------
     np.ndarray of float32, shape (height, width)
         Values in [0, 1] with mean ``floor(lam * pixels + 0.5) / pixels``.
     """
-    scale = frequency_scale(shape, decay_power)
-    noise = rng.standard_normal((2, *scale.shape))
-    grey = np.fft.irfft2(scale * (noise[0] + 1j * noise[1]), s=shape)
-    pixels = grey.size
-    order = np.argsort(-grey.ravel(), kind="stable")
-    ranks = np.empty(pixels, dtype=np.int64)
-    ranks[order] = np.arange(pixels)
-    first, stop = np.array(_ramp_bounds(float(lam), max_soft, pixels))
-    return _mask_from_ranks(ranks, first, stop).reshape(shape).astype(np.float32)
+    noise = rng.standard_normal(spectrum_scales(shape, decay_power, spectrum).shape)
+    return mask_from_grey(low_frequency_image(noise, shape, decay_power, spectrum), lam, max_soft)
 
 
 @functools.lru_cache(maxsize=16)
-def _frequency_scale_torch(shape: tuple[int, int], decay_power: float, device: torch.device) -> torch.Tensor:
-    """:func:`frequency_scale` as float32 on ``device``, made once per (shape, decay, device)."""
-    return torch.from_numpy(frequency_scale(shape, decay_power)).to(device=device, dtype=torch.float32)
+def _spectrum_scales_torch(shape: tuple[int, int], decay_power: float, spectrum: str,
+                           device: torch.device) -> torch.Tensor:
+    """:func:`spectrum_scales` as float32 on ``device``, made once per (shape, decay, spectrum, device)."""
+    return torch.from_numpy(np.array(spectrum_scales(shape, decay_power, spectrum))).to(device=device,
+                                                                                           dtype=torch.float32)
 
 
-def _inverse_fft(spectrum: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    """``torch.fft.irfft2(spectrum, s=shape)``; on the CPU NumPy's (float32 in NumPy 2).
+def _masks_on_device(grey: torch.Tensor, first: torch.Tensor, stop: torch.Tensor) -> torch.Tensor:
+    """Masks of (batch, pixels) float32 ``grey`` off the CPU: one stable sort of every row.
 
-    torch's CPU result depends on the number of threads in the last bits,
-    NumPy's does not: a CPU mask must not depend on where it is made (a
-    DataLoader worker has one thread, the main process several).
+    Same values as :func:`_mask_from_keys` (a batched sort is faster on a
+    GPU than a selection per row).
     """
-    if spectrum.device.type != "cpu":
-        return torch.fft.irfft2(spectrum, s=shape)
-    return torch.from_numpy(np.fft.irfft2(spectrum.numpy(), s=shape))
-
-
-def _brightness_order(grey: torch.Tensor) -> torch.Tensor:
-    """Pixel numbers of each row from brightest to darkest, ties in pixel order.
-
-    Parameters
-    ----------
-    grey : torch.Tensor of float32, shape (batch, pixels)
-
-    Returns
-    -------
-    torch.Tensor of int64, shape (batch, pixels)
-
-    Notes
-    -----
-    Off the CPU this is torch's stable sort. On the CPU, where torch's sort
-    is slow, NumPy sorts one 64-bit integer per pixel instead: the
-    brightness, negated, as an order-preserving integer (IEEE bits with the
-    magnitude bits of negative values flipped) in the high half and the pixel
-    number in the low half. That is the same order, about 4x faster.
-    """
-    if grey.device.type != "cpu":
-        return torch.argsort(grey, dim=1, descending=True, stable=True)
-    bits = (0.0 - grey).numpy().view(np.int32)  # 0.0 - x: both zeros become +0.0, as equal as in torch
-    key = (bits ^ ((bits >> 31) & 0x7FFFFFFF)).astype(np.int64)
-    key <<= 32
-    key |= np.arange(grey.shape[1], dtype=np.int64)
-    key.sort(axis=1)
-    key &= 0xFFFFFFFF
-    return torch.from_numpy(key)
+    pixels = grey.shape[1]
+    order = torch.argsort(grey, dim=1, descending=True, stable=True)
+    ranks = torch.arange(pixels, device=grey.device, dtype=torch.float64)
+    values = _mask_from_ranks(ranks, first[:, None], stop[:, None]).float()
+    return torch.empty_like(grey).scatter_(1, order, values)
 
 
 def sample_masks_torch(lams: torch.Tensor, decay_power: float, shape: tuple[int, int], max_soft: float,
-                       generator: torch.Generator | None = None,
-                       device: torch.device | str | None = None) -> torch.Tensor:
+                       generator: torch.Generator | None = None, device: torch.device | str | None = None,
+                       spectrum: str = DEFAULT_SPECTRUM) -> torch.Tensor:
     """Draw a batch of FMix masks with torch, on ``device``.
 
     Same distribution as :func:`sample_mask`, one mask per entry of ``lams``.
-    The noise and its transform are float32 (the NumPy version: float64),
-    which only changes which pixels tie in brightness (resolved in pixel
-    order either way).
+    The noise and its transform are float32 (the NumPy version: float64,
+    ranked in float32 as here), which only changes which pixels tie in
+    brightness (resolved in pixel order either way).
 
     Parameters
     ----------
     lams : torch.Tensor, shape (batch,)
         Fraction of each mask that is 1.
-    decay_power, shape, max_soft
+    decay_power, shape, max_soft, spectrum
         As in :func:`sample_mask`.
     generator : torch.Generator, optional
         Source of randomness; it must live on ``device``.
@@ -187,20 +378,21 @@ def sample_masks_torch(lams: torch.Tensor, decay_power: float, shape: tuple[int,
         Values in [0, 1]; mask ``i`` has mean ``floor(lams[i] * pixels + 0.5) / pixels``.
     """
     device = torch.device(device) if device is not None else lams.device
-    lams = lams.to(device=device, dtype=torch.float64)
     batch = lams.shape[0]
     height, width = shape
     pixels = height * width
-    scale = _frequency_scale_torch((height, width), float(decay_power), device)
-    noise = torch.randn((batch, 2, *scale.shape), generator=generator, device=device, dtype=torch.float32)
-    grey = _inverse_fft(torch.complex(noise[:, 0], noise[:, 1]) * scale, shape)
-    order = _brightness_order(grey.reshape(batch, pixels))
-    on = torch.floor(lams * pixels + 0.5)
-    soft = torch.minimum(torch.minimum(lams, 1.0 - lams), torch.full_like(lams, float(max_soft)))
-    half_width = torch.minimum(torch.floor(pixels * soft + 0.5), pixels - on)
-    first = (on - half_width)[:, None].float()
-    stop = (on + half_width)[:, None].float()
-    # The mask value of each rank (the sorted mask), put back at the pixels holding those ranks.
-    values = _mask_from_ranks(torch.arange(pixels, device=device, dtype=torch.float32), first, stop)
-    mask = torch.empty((batch, pixels), device=device).scatter_(1, order, values)
-    return mask.reshape(batch, height, width)
+    scales = _spectrum_scales_torch((height, width), float(decay_power), spectrum, device)
+    noise = torch.randn((batch, *scales.shape), generator=generator, device=device, dtype=torch.float32)
+    bounds = [_ramp_bounds(lam, max_soft, pixels) for lam in lams.tolist()]
+    if device.type != "cpu":
+        grey = torch.fft.irfft2(torch.complex(noise[:, 0] * scales[0], noise[:, 1] * scales[1]), s=shape)
+        first, stop = torch.tensor(bounds, dtype=torch.float64, device=device).reshape(batch, 2).unbind(1)
+        return _masks_on_device(grey.reshape(batch, pixels), first, stop).reshape(batch, height, width)
+    # On the CPU, NumPy's transforms: unlike torch's, their last bits do not depend on the number of
+    # threads, so a mask does not depend on where it is made (a DataLoader worker or the main process).
+    grey = low_frequency_image(noise.numpy(), shape, decay_power, spectrum)
+    keys = _brightness_keys(grey.reshape(batch, pixels))
+    masks = np.empty((batch, pixels), dtype=np.float32)
+    for row, (first, stop) in enumerate(bounds):
+        masks[row] = _mask_from_keys(keys[row], first, stop)
+    return torch.from_numpy(masks).reshape(batch, height, width)

@@ -21,9 +21,10 @@ configuration; both models must share it). Prints validation accuracy and
 macro-F1 of each model and of their 50/50 average, as the seed did.
 
 TTA: round 1 reads the images as validation does (resize, normalise);
-each further round adds the training pipeline's two CoarseDropouts (8 holes
-of 8 x 8 pixels, each applied with probability 0.5), drawn from a seed fixed
-per round and image, so reruns give the same numbers.
+each further round adds the training pipeline's two dropouts, CoarseDropout
+and Cutout (8 holes of 8 x 8 pixels each, Cutout's clipped at the border;
+each applied with probability 0.5), drawn from a seed fixed per round and
+image, so reruns give the same numbers.
 """
 from __future__ import annotations
 

@@ -46,6 +46,7 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+from albumentations.augmentations.dropout.transforms import BaseDropout
 from albumentations.pytorch import ToTensorV2
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, Sampler, SequentialSampler
@@ -59,7 +60,9 @@ from psg_layout import EpochTable, InputError, where
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # The seed's CoarseDropout and Cutout with the albumentations 1.0 defaults it
-# ran: 8 holes of 8 x 8 pixels each, filled with 0 after normalisation.
+# ran: 8 holes of 8 x 8 pixels each, filled with 0 after normalisation;
+# CoarseDropout's holes lie inside the image, Cutout's are placed by a
+# centre anywhere in it and clipped at the bottom and right borders (see Cutout).
 DROPOUT_HOLES = 8
 DROPOUT_HOLE_PIXELS = 8
 DROPOUT_PROBABILITY = 0.5
@@ -296,8 +299,41 @@ def read_image_rgb(path: Path | str) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
+def cutout_corners(centres: np.ndarray) -> np.ndarray:
+    """albumentations 1.0 ``Cutout``'s hole corner (top or left) from its centre: ``max(centre - 4, 0)``.
+
+    ``centres`` are uniform over ``0 .. size`` inclusive (Python's
+    ``random.randint(0, size)``); the hole then spans ``corner`` up to
+    ``min(corner + 8, size)``: full 8 pixels at the top and left borders
+    (centres 0 to 4 all give corner 0), clipped to 4 to 7 pixels at the
+    bottom and right ones.
+    """
+    return np.maximum(centres - DROPOUT_HOLE_PIXELS // 2, 0)
+
+
+class Cutout(BaseDropout):
+    """The seed's second dropout: albumentations 1.0's ``Cutout`` with its defaults (removed in 2.0).
+
+    ``DROPOUT_HOLES`` holes of up to ``DROPOUT_HOLE_PIXELS`` square, each
+    placed by :func:`cutout_corners` (unlike ``CoarseDropout``, whose holes
+    always lie whole inside the image), filled with 0; applied with
+    probability ``p``.
+    """
+
+    def __init__(self, p: float = DROPOUT_PROBABILITY):
+        super().__init__(fill=0, fill_mask=None, p=p)
+
+    def get_params_dependent_on_data(self, params: dict, data: dict) -> dict:
+        height, width = params["shape"][:2]
+        top = cutout_corners(self.random_generator.integers(0, height + 1, size=DROPOUT_HOLES))
+        left = cutout_corners(self.random_generator.integers(0, width + 1, size=DROPOUT_HOLES))
+        holes = np.stack([left, top, np.minimum(left + DROPOUT_HOLE_PIXELS, width),
+                          np.minimum(top + DROPOUT_HOLE_PIXELS, height)], axis=-1)
+        return {"holes": holes, "seed": 0}  # the seed of a random fill; the fill is 0
+
+
 def get_train_transforms(img_size: int) -> A.Compose:
-    """The seed's training pipeline: Resize, Normalize, two dropouts, to tensor.
+    """The seed's training pipeline: Resize, Normalize, CoarseDropout, Cutout, to tensor.
 
     Parameters
     ----------
@@ -309,19 +345,14 @@ def get_train_transforms(img_size: int) -> A.Compose:
     albumentations.Compose
         Maps ``image`` (uint8 HWC RGB) to a float32 tensor (3, img_size, img_size).
     """
-    def dropout():
-        return A.CoarseDropout(
-            num_holes_range=(DROPOUT_HOLES, DROPOUT_HOLES),
-            hole_height_range=(DROPOUT_HOLE_PIXELS, DROPOUT_HOLE_PIXELS),
-            hole_width_range=(DROPOUT_HOLE_PIXELS, DROPOUT_HOLE_PIXELS),
-            fill=0, p=DROPOUT_PROBABILITY,
-        )
-
     return A.Compose([
         A.Resize(img_size, img_size),
         A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD, max_pixel_value=255.0),
-        dropout(),  # the seed's CoarseDropout
-        dropout(),  # the seed's Cutout (same defaults; removed from albumentations 2)
+        A.CoarseDropout(num_holes_range=(DROPOUT_HOLES, DROPOUT_HOLES),
+                        hole_height_range=(DROPOUT_HOLE_PIXELS, DROPOUT_HOLE_PIXELS),
+                        hole_width_range=(DROPOUT_HOLE_PIXELS, DROPOUT_HOLE_PIXELS),
+                        fill=0, p=DROPOUT_PROBABILITY),
+        Cutout(p=DROPOUT_PROBABILITY),
         ToTensorV2(),
     ])
 
@@ -361,6 +392,8 @@ class EpochImageDataset(Dataset):
         Base seed of the per-sample generators.
     fmix_enabled, cutmix_enabled : bool
         Mix with a partner sample (needs labels).
+    fmix_spectrum : {"original", "isotropic"}
+        The FMix masks' spectrum (:mod:`fmix`; the original's by default).
 
     Items
     -----
@@ -371,7 +404,8 @@ class EpochImageDataset(Dataset):
     """
 
     def __init__(self, image_paths, labels, transforms, seed: int = 0,
-                 fmix_enabled: bool = False, cutmix_enabled: bool = False):
+                 fmix_enabled: bool = False, cutmix_enabled: bool = False,
+                 fmix_spectrum: str = fmix.DEFAULT_SPECTRUM):
         if (fmix_enabled or cutmix_enabled) and labels is None:
             raise ValueError("mixing needs labels")
         self.image_paths = list(image_paths)
@@ -381,6 +415,7 @@ class EpochImageDataset(Dataset):
         self.epoch = 0
         self.fmix_enabled = fmix_enabled
         self.cutmix_enabled = cutmix_enabled
+        self.fmix_spectrum = fmix_spectrum
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose random stream the next items draw from."""
@@ -404,11 +439,12 @@ class EpochImageDataset(Dataset):
         target = self._one_hot(index)
         if self.fmix_enabled and rng.random() < FMIX_PROBABILITY:
             lam = float(np.clip(rng.beta(FMIX_ALPHA, FMIX_ALPHA), *FMIX_LAMBDA_RANGE))
-            mask = fmix.sample_mask(lam, FMIX_DECAY_POWER, tuple(image.shape[1:]), FMIX_MAX_SOFT, rng)
+            mask = fmix.sample_mask(lam, FMIX_DECAY_POWER, tuple(image.shape[1:]), FMIX_MAX_SOFT, rng,
+                                    self.fmix_spectrum)
             partner = int(rng.integers(len(self)))
             mask_tensor = torch.from_numpy(mask)
             image = mask_tensor * image + (1.0 - mask_tensor) * self._transformed(partner, rng)
-            share = float(mask.mean(dtype=np.float64))
+            share = fmix.mask_share(lam, mask.size)
             target = share * target + (1.0 - share) * self._one_hot(partner)
         if self.cutmix_enabled and rng.random() < CUTMIX_PROBABILITY:
             lam = float(np.clip(rng.beta(CUTMIX_ALPHA, CUTMIX_ALPHA), *CUTMIX_LAMBDA_RANGE))
@@ -735,29 +771,33 @@ class CachedTrainBatches(_CachedBatches):
     An item's key is ``(epoch, step, sample indices)``; everything random
     about the batch comes from a generator seeded by ``(seed, epoch, rank,
     step)``, drawn with the per-sample path's distributions: per image (the
-    batch's own and every partner) each of the two dropouts with p = 0.5
-    and 8 hole corners uniform over the positions where an 8 x 8 hole fits;
-    per sample FMix with p = 0.5, lambda ~ Beta(1, 1) clipped to
-    [0.6, 0.7] and a partner uniform over all training samples; the same
-    for CutMix when enabled, with its box. The FMix masks themselves are
-    drawn where the batch is finished, from ``noise_seed``.
+    batch's own and every partner) each of the two dropouts with p = 0.5,
+    the CoarseDropout's 8 hole corners uniform over the positions where an
+    8 x 8 hole fits, the Cutout's from centres uniform over the image
+    (:func:`cutout_corners`); per sample FMix with p = 0.5, lambda ~ Beta(1, 1)
+    clipped to [0.6, 0.7] and a partner uniform over all training samples;
+    the same for CutMix when enabled, with its box. The FMix masks
+    themselves are drawn where the batch is finished, from ``noise_seed``,
+    with the spectrum ``fmix_spectrum``.
 
     Items: ``pixels`` uint8 (n, C, S, S) holding the batch's images, then
     the FMix partners, then the CutMix partners; ``labels`` (n,); ``dropout``
     bool (n, 2); ``corners`` int64 (n, 2, holes, 2) as (top, left);
     ``fmix_rows`` (m,) and ``fmix_lams`` float64 (m,); ``cutmix_rows`` (k,)
     and ``cutmix_boxes`` int64 (k, 4) as (top, bottom, left, right);
-    ``noise_seed`` int. Or, finished: float32 images and targets.
+    ``noise_seed`` int; ``fmix_spectrum`` str. Or, finished: float32 images
+    and targets.
     """
 
     def __init__(self, opener, rows: np.ndarray, labels: np.ndarray, img_size: int, seed: int, rank: int,
                  fmix_enabled: bool, cutmix_enabled: bool, finish: bool,
-                 dropout_probability: float = DROPOUT_PROBABILITY):
+                 dropout_probability: float = DROPOUT_PROBABILITY, fmix_spectrum: str = fmix.DEFAULT_SPECTRUM):
         super().__init__(opener, rows, labels, finish)
         self.img_size = img_size
         self.seed, self.rank = seed, rank
         self.fmix_enabled, self.cutmix_enabled = fmix_enabled, cutmix_enabled
         self.dropout_probability = dropout_probability
+        self.fmix_spectrum = fmix_spectrum
 
     def __getitem__(self, key):
         epoch, step, indices = key
@@ -771,16 +811,18 @@ class CachedTrainBatches(_CachedBatches):
         cutmix_partners = rng.integers(len(self), size=count)[cutmix_on]
         boxes = np.array([_cutmix_box((size, size), lam, rng) for lam in cutmix_lams], dtype=np.int64)
         members = np.concatenate([own, fmix_partners, cutmix_partners])
+        holes = (len(members), DROPOUT_HOLES, 2)
+        corners = np.stack([rng.integers(0, size - DROPOUT_HOLE_PIXELS + 1, size=holes),  # CoarseDropout
+                            cutout_corners(rng.integers(0, size + 1, size=holes))], axis=1)  # Cutout
         batch = {
             "pixels": torch.from_numpy(self.cache.read(self.rows[members])),
             "labels": torch.from_numpy(self.labels[members]),
             "dropout": torch.from_numpy(rng.random((len(members), 2)) < self.dropout_probability),
-            "corners": torch.from_numpy(rng.integers(0, size - DROPOUT_HOLE_PIXELS + 1,
-                                                     size=(len(members), 2, DROPOUT_HOLES, 2))),
+            "corners": torch.from_numpy(corners),
             "fmix_rows": torch.from_numpy(np.flatnonzero(fmix_on)), "fmix_lams": torch.from_numpy(fmix_lams),
             "cutmix_rows": torch.from_numpy(np.flatnonzero(cutmix_on)),
             "cutmix_boxes": torch.from_numpy(boxes.reshape(-1, 4)),
-            "noise_seed": int(rng.integers(2**62)),
+            "noise_seed": int(rng.integers(2**62)), "fmix_spectrum": self.fmix_spectrum,
         }
         return self._finished(batch)
 
@@ -809,7 +851,7 @@ def _model_input(pixels: torch.Tensor, keep: torch.Tensor | None, memory_format:
     share ``m``, as the per-sample path does, equals normalising
     ``m * keep * p`` with the mean taken ``m * keep`` times: augmentation
     works on one channel and the three are made only here. With ``keep``
-    None (no augmentation) it is albumentations' Normalize to the bit.
+    None or all 1 (no augmentation) it is albumentations' Normalize to the bit.
     """
     mean, scale = _normalisation(pixels.device)
     count, _, height, width = pixels.shape
@@ -827,7 +869,8 @@ def dropout_keep(corners: torch.Tensor, applied: torch.Tensor, img_size: int) ->
     Parameters
     ----------
     corners : torch.Tensor of int64, shape (n, dropouts, holes, 2)
-        (top, left) of each hole of ``DROPOUT_HOLE_PIXELS`` x ``DROPOUT_HOLE_PIXELS``.
+        (top, left) of each hole of ``DROPOUT_HOLE_PIXELS`` x
+        ``DROPOUT_HOLE_PIXELS``, clipped at the bottom and right borders.
     applied : torch.Tensor of bool, shape (n, dropouts)
     img_size : int
 
@@ -835,22 +878,32 @@ def dropout_keep(corners: torch.Tensor, applied: torch.Tensor, img_size: int) ->
     -------
     torch.Tensor of float32, shape (n, 1, img_size, img_size)
     """
-    count = corners.shape[0]
+    keep = torch.ones((corners.shape[0], 1, img_size, img_size), device=corners.device)
+    _drop_holes(keep, corners, applied)
+    return keep
+
+
+def _drop_holes(planes: torch.Tensor, corners: torch.Tensor, applied: torch.Tensor) -> None:
+    """In place: 0 in every plane of (n, planes, S, S) where a hole of an applied dropout lies.
+
+    A product with 0 (dropped) or 1 (a dropout not applied), only at the
+    holes' pixels. A hole's part beyond the bottom or right border is
+    clamped onto its own last row or column, which it covers anyway.
+    """
+    count, depth, img_size = planes.shape[0], planes.shape[1], planes.shape[-1]
     span = torch.arange(DROPOUT_HOLE_PIXELS, device=corners.device)
-    rows = corners[..., 0, None, None] + span[:, None]
-    cols = corners[..., 1, None, None] + span[None, :]
-    pixels = (rows * img_size + cols).reshape(count, -1)
-    skipped = (~applied)[..., None, None, None].expand(*applied.shape, DROPOUT_HOLES, DROPOUT_HOLE_PIXELS,
-                                                       DROPOUT_HOLE_PIXELS)
-    keep = torch.ones((count, img_size * img_size), device=corners.device)
-    keep.scatter_reduce_(1, pixels, skipped.reshape(count, -1).float(), reduce="amin")
-    return keep.view(count, 1, img_size, img_size)
+    rows = (corners[..., 0, None, None] + span[:, None]).clamp(max=img_size - 1)
+    cols = (corners[..., 1, None, None] + span[None, :]).clamp(max=img_size - 1)
+    pixels = (rows * img_size + cols).reshape(count, 1, -1)
+    kept = (~applied)[..., None, None, None].expand(*applied.shape, DROPOUT_HOLES, DROPOUT_HOLE_PIXELS,
+                                                    DROPOUT_HOLE_PIXELS).reshape(count, 1, -1).to(planes.dtype)
+    planes.view(count, depth, img_size * img_size).scatter_reduce_(
+        2, pixels.expand(-1, depth, -1), kept.expand(-1, depth, -1), reduce="prod")
 
 
-def _mix(pixels, keep, targets, rows, partners, weight, share) -> None:
+def _mix(planes, targets, rows, partners, weight, share) -> None:
     """In place: samples ``rows`` become ``weight`` of themselves plus ``1 - weight`` of ``partners``."""
-    pixels[rows] = torch.lerp(pixels[partners], pixels[rows], weight)
-    keep[rows] = torch.lerp(keep[partners], keep[rows], weight)
+    planes[rows] = torch.lerp(planes[partners], planes[rows], weight)
     targets[rows] = torch.lerp(targets[partners], targets[rows], share)
 
 
@@ -877,33 +930,37 @@ def finish_batch(batch, device: torch.device, memory_format: torch.memory_format
         return batch.to(device, non_blocking=True).contiguous(memory_format=memory_format)
     batch = {key: value.to(device, non_blocking=True) if torch.is_tensor(value) else value
              for key, value in batch.items()}
-    pixels = batch["pixels"].float()
+    pixels = batch["pixels"]
     if "corners" not in batch:
-        images = _model_input(pixels, None, memory_format)
+        images = _model_input(pixels.float(), None, memory_format)
         if "labels" not in batch:
             return images
         return images, F.one_hot(batch["labels"], psg_layout.NUM_CLASSES).float()
-    size = pixels.shape[-1]
-    keep = dropout_keep(batch["corners"], batch["dropout"], size)
-    pixels.mul_(keep)
+    members, channels, size, _ = pixels.shape
+    # The C pixel planes and the keep plane of every member (see _model_input), dropped and mixed together.
+    planes = torch.empty((members, channels + 1, size, size), device=device)
+    planes[:, :channels] = pixels
+    planes[:, channels] = 1.0
+    _drop_holes(planes, batch["corners"], batch["dropout"])
     targets = F.one_hot(batch["labels"], psg_layout.NUM_CLASSES).double()
     fmix_rows, cutmix_rows = batch["fmix_rows"], batch["cutmix_rows"]
-    count = len(pixels) - len(fmix_rows) - len(cutmix_rows)
+    count = members - len(fmix_rows) - len(cutmix_rows)
     if len(fmix_rows):
         generator = torch.Generator(device=device).manual_seed(batch["noise_seed"])
         masks = fmix.sample_masks_torch(batch["fmix_lams"], FMIX_DECAY_POWER, (size, size), FMIX_MAX_SOFT,
-                                        generator=generator, device=device)[:, None]
-        share = masks.mean(dim=(1, 2, 3), dtype=torch.float64)[:, None]
-        _mix(pixels, keep, targets, fmix_rows, slice(count, count + len(fmix_rows)), masks, share)
+                                        generator=generator, device=device, spectrum=batch["fmix_spectrum"])[:, None]
+        share = torch.tensor([fmix.mask_share(lam, size * size) for lam in batch["fmix_lams"].tolist()],
+                             dtype=torch.float64, device=device)[:, None]
+        _mix(planes, targets, fmix_rows, slice(count, count + len(fmix_rows)), masks, share)
     if len(cutmix_rows):
         span = torch.arange(size, device=device)
         top, bottom, left, right = (batch["cutmix_boxes"][:, i, None] for i in range(4))
         outside = ~(((span >= top) & (span < bottom))[:, :, None] & ((span >= left) & (span < right))[:, None, :])
         share = outside.sum(dim=(1, 2), dtype=torch.float64)[:, None] / (size * size)
         first = count + len(fmix_rows)
-        _mix(pixels, keep, targets, cutmix_rows, slice(first, first + len(cutmix_rows)),
-             outside[:, None].float(), share)
-    return _model_input(pixels[:count], keep[:count], memory_format), targets[:count].float()
+        _mix(planes, targets, cutmix_rows, slice(first, first + len(cutmix_rows)), outside[:, None].float(), share)
+    own = planes[:count]
+    return _model_input(own[:, :channels], own[:, channels:], memory_format), targets[:count].float()
 
 
 # --------------------------------------------------------------------------
@@ -918,7 +975,7 @@ def make_train_loader(data_root, table: EpochTable, rows: np.ndarray, img_size: 
                       workers: int, seed: int, fmix_enabled: bool = True, cutmix_enabled: bool = False,
                       rank: int = 0, world_size: int = 1, pin_memory: bool = False,
                       cache_dir: Path | str | None = DEFAULT_CACHE_DIR, device: torch.device | str = "cpu",
-                      progress: bool = False) -> DataLoader:
+                      progress: bool = False, fmix_spectrum: str = fmix.DEFAULT_SPECTRUM) -> DataLoader:
     """The training DataLoader over ``rows`` of the table (shuffled; augmented).
 
     Call :func:`set_loader_epoch` before iterating each epoch, and pass
@@ -937,6 +994,8 @@ def make_train_loader(data_root, table: EpochTable, rows: np.ndarray, img_size: 
         GPU; for a CPU model the workers finish the batches.
     progress : bool
         Progress bar while the cache is built.
+    fmix_spectrum : {"original", "isotropic"}
+        The FMix masks' spectrum (:mod:`fmix`).
     (The other parameters as for :class:`EpochImageDataset` and DataLoader.)
 
     Yields
@@ -949,14 +1008,14 @@ def make_train_loader(data_root, table: EpochTable, rows: np.ndarray, img_size: 
         paths = table_image_paths(data_root, table)
         dataset = EpochImageDataset(
             [paths[r] for r in rows], table.labels[rows], get_train_transforms(img_size), seed=seed,
-            fmix_enabled=fmix_enabled, cutmix_enabled=cutmix_enabled,
+            fmix_enabled=fmix_enabled, cutmix_enabled=cutmix_enabled, fmix_spectrum=fmix_spectrum,
         )
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler_of(dataset), num_workers=workers,
                           pin_memory=pin_memory, drop_last=False)
     opener = functools.partial(open_cache, data_root, table, img_size, cache_dir, rows=rows, workers=workers,
                                progress=progress)
     dataset = CachedTrainBatches(opener, rows, table.labels[rows], img_size, seed, rank, fmix_enabled,
-                                 cutmix_enabled, finish=_finish_in_workers(device))
+                                 cutmix_enabled, finish=_finish_in_workers(device), fmix_spectrum=fmix_spectrum)
     return CachedLoader(dataset, batch_size=None, sampler=_NumberedBatches(sampler_of(dataset), batch_size),
                         num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0)
 

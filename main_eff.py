@@ -6,7 +6,7 @@ tf_efficientnet_b4.ns_jft_in1k, the original's file; --pretrained none or PATH
 offline) with a 5-class head (the original kept the 1000-class head and folded
 its outputs into 5), AdamP (lr 1e-4, weight decay
 1e-6), batch 32 accumulated over 2 batches, fp16 mixed precision on CUDA,
-label smoothing 0.1, FMix, two CoarseDropouts, CosineAnnealingWarmRestarts
+label smoothing 0.1, FMix, CoarseDropout and Cutout, CosineAnnealingWarmRestarts
 (T_0=10, eta_min=1e-6) stepped twice per epoch, 10 epochs, fold 0 of 5,
 seed 72. Writes weights/tf_efficientnet_b4_ns_fold_0_<epoch> after every
 epoch (the seed kept epoch 1), plus _last.pt, _config.json and _log.csv.
@@ -40,6 +40,7 @@ DEFAULTS = dict(
     data_root="DATA",
     weights_dir="weights",
     cache_dir="cache",
+    fmix_spectrum="original",
 )
 
 

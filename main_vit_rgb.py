@@ -5,7 +5,7 @@ ImageNet weights (--pretrained imagenet: timm's vit_base_patch16_224.orig_in21k_
 the original's jx_vit_base_p16_224 file, its head replaced by a 5-class one;
 --pretrained none or PATH offline), Adam (lr 1e-4, weight decay
 1e-6), batch 32 accumulated over 2 batches, fp16 mixed precision on CUDA,
-label smoothing 0.1, FMix, two CoarseDropouts, CosineAnnealingWarmRestarts
+label smoothing 0.1, FMix, CoarseDropout and Cutout, CosineAnnealingWarmRestarts
 (T_0=10, eta_min=1e-6) stepped twice per epoch, 10 epochs, fold 0 of 5,
 seed 72. Writes weights/vit_base_patch16_224_fold_0_<epoch> after every
 epoch (the seed kept epoch 4), plus _last.pt, _config.json and _log.csv.
@@ -39,6 +39,7 @@ DEFAULTS = dict(
     data_root="DATA",
     weights_dir="weights",
     cache_dir="cache",
+    fmix_spectrum="original",
 )
 
 

@@ -6,7 +6,7 @@ Makes (once) a synthetic data set with make_synthetic.py under
 - builds the image cache from nothing in a fresh folder (timed: the one-off
   cost of a data set and size; later runs only check its manifests);
 - (a) the seed's path, ``make_train_loader(cache_dir=None)``: per image
-  ``cv2`` decode, albumentations Resize, Normalize, two CoarseDropouts,
+  ``cv2`` decode, albumentations Resize, Normalize, CoarseDropout, Cutout,
   ToTensorV2, and FMix with a second decoded partner image;
 - (b) the default path, ``make_train_loader(cache_dir=...)`` plus
   ``finish_batch`` on the model's device: whole batches read from the

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 import engine
-import fmix
 import loader_vit_rgb as L
 import main_vit_rgb
 import psg_layout
@@ -268,11 +267,3 @@ def test_batches_depend_on_seed_and_epoch_only(tiny_data, tmp_path):
             torch.testing.assert_close(images_a, images_b, rtol=0, atol=0)
             torch.testing.assert_close(targets_a, targets_b, rtol=0, atol=0)
     assert not torch.equal(reference[0][0], epoch(0, "cpu", 2)[0][0])
-
-
-def test_cpu_brightness_order_is_torchs_stable_descending_sort():
-    grey = torch.randn(3, 4000)
-    grey[:, ::5] = grey[:, 7:8]  # ties
-    grey[0, :10], grey[0, 10:20] = 0.0, -0.0
-    torch.testing.assert_close(fmix._brightness_order(grey), torch.argsort(grey, dim=1, descending=True, stable=True),
-                               rtol=0, atol=0)

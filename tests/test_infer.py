@@ -13,7 +13,7 @@ import engine
 import loader_vit_rgb
 import psg_layout
 from blend import dump_path, macro_f1, valid_csv_path
-from infer_blend import main as infer_main
+from infer_blend import main as infer_main, tta_loader
 from conftest import run_script, write_random_checkpoints
 
 VIT, EFF, IMG = "test_vit", "test_efficientnet", 32
@@ -99,6 +99,27 @@ def test_dumps_rows_classes_and_names(tiny_data, weights, inferred):
     assert len(lines) == len(test) and set(lines) <= set(psg_layout.STAGES)
 
 
+def round_images(tiny_data, table, tta_round, cache_dir) -> torch.Tensor:
+    """The test images of one TTA round as infer_blend.py reads them (float32, table order)."""
+    loader = tta_loader(tiny_data, table, np.arange(len(table)), IMG, 16, 0, tta_round, False, cache_dir)
+    return torch.cat([loader_vit_rgb.finish_batch(batch, torch.device("cpu")) for batch in loader])
+
+
+def whole_hole_cover(zero: torch.Tensor) -> torch.Tensor:
+    """The pixels of ``zero`` (n, S, S) covered by holes lying wholly in it.
+
+    Holes: CoarseDropout's 8 x 8 squares inside the image, and Cutout's,
+    corners 0 .. S - 4, clipped to the image at the bottom and right.
+    """
+    covered = torch.zeros_like(zero)
+    size, hole = zero.shape[-1], loader_vit_rgb.DROPOUT_HOLE_PIXELS
+    for top in range(size - hole // 2 + 1):
+        for left in range(size - hole // 2 + 1):
+            window = (slice(None), slice(top, top + hole), slice(left, left + hole))
+            covered[window] |= zero[window].all(dim=2).all(dim=1)[:, None, None]
+    return covered
+
+
 def test_tta_rounds_average_plain_and_dropout_views(tiny_data, weights, inferred, tmp_path):
     tta = tmp_path / "tta"
     infer(tiny_data, weights, tta, "--vit-epochs", 0, "--eff-epochs", 1, "--tta", 2)
@@ -106,8 +127,25 @@ def test_tta_rounds_average_plain_and_dropout_views(tiny_data, weights, inferred
     two = np.load(tta / "test_efficientnet_fold_0_[1].npy").astype(np.float64)
     dropout_round = 2 * two - one  # the second round alone
     assert not np.allclose(dropout_round, one, atol=1e-4)  # dropouts change what the model sees
-    np.testing.assert_allclose(dropout_round.sum(axis=1), 1, atol=1e-4)
-    assert dropout_round.min() > -1e-4
+
+    # Round 2's tensors: the plain view except inside whole dropout holes, which are 0 in every channel.
+    table = loader_vit_rgb.read_test_table(tiny_data)
+    plain = round_images(tiny_data, table, 0, tmp_path / "cache")
+    dropped = round_images(tiny_data, table, 1, tmp_path / "cache")
+    assert plain.shape == dropped.shape == (len(table), 3, IMG, IMG)
+    zero = (dropped == 0).all(dim=1)
+    assert not (plain == 0).all(dim=1).any()  # a normalised pixel is never 0: zeros are holes
+    torch.testing.assert_close(torch.where(zero[:, None], plain, dropped), plain, rtol=0, atol=0)
+    torch.testing.assert_close(whole_hole_cover(zero), zero, rtol=0, atol=0)
+    holes_per_image = zero.sum(dim=(1, 2))
+    assert holes_per_image.max() <= 2 * 8 * 64
+    assert 0.6 <= (holes_per_image > 0).float().mean() <= 0.9  # at least one of two dropouts, p = 0.5 each: 3/4
+
+    # ... and its probabilities are the model's softmax on those tensors.
+    model = engine.load_weights(engine.create_model(EFF, IMG), engine.checkpoint_path(weights, EFF, 0, 1))
+    with torch.no_grad():
+        softmax = torch.softmax(model.eval()(dropped), dim=1).numpy()
+    np.testing.assert_allclose(dropout_round, softmax, rtol=0, atol=2e-4)
 
 
 def test_bad_checkpoints_end_with_one_line_and_exit_2(tiny_data, weights, tmp_path):

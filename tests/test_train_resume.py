@@ -54,5 +54,7 @@ def test_resume_reproduces_an_uninterrupted_run(tiny_data, tmp_path, one_thread_
     # Changing the recipe on resume is refused; so is resuming nothing.
     with pytest.raises(InputError, match=r"differ from the saved run: lr 0.001 -> 0.002"):
         train(tiny_data, resumed, 3, "--resume", "--lr", "2e-3")
+    with pytest.raises(InputError, match=r"differ from the saved run: fmix_spectrum 'original' -> 'isotropic'"):
+        train(tiny_data, resumed, 3, "--resume", "--fmix-spectrum", "isotropic")
     with pytest.raises(InputError, match="nothing to resume|train it first"):
         train(tiny_data, tmp_path / "empty", 2, "--resume")
