@@ -41,7 +41,10 @@ import stat
 import zlib
 from pathlib import Path
 
-import albumentations as A
+# albumentations asks the package index for a newer version at import unless told not to:
+# the project never touches the network by itself.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+import albumentations as A  # noqa: E402
 import cv2
 import numpy as np
 import torch

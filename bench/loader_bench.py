@@ -38,11 +38,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import loader_vit_rgb  # noqa: E402  (first: it keeps albumentations from asking the package index)
 import albumentations  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import loader_vit_rgb  # noqa: E402
 import psg_layout  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
