@@ -31,6 +31,20 @@ stage name per line, test CSV order) and writes the submission
   over a prior is proportional to a likelihood).
 * ``none``: a copy.
 
+Then, for every test recording, the per-recording outputs of
+``hypnogram.write_recording_outputs`` go into ``--recordings-out`` (default
+``recordings/`` beside the submission): ``<ID>/<ID>-hypnogram.csv`` (epoch,
+onset, clock time, stage before and after post-processing, the five blended
+probabilities), ``<ID>/<ID>-Hypnogram.edf`` (EDF+ annotations),
+``<ID>/<ID>-hypnogram.png`` and ``<ID>/<ID>-statistics.json``, plus
+``sleep_statistics.csv`` (one row per recording). Epochs are placed in time
+by each recording's timing sidecar (``<root>/<ID>/<ID>.timing.json``,
+written by ``render_edf.py``); without one, epoch n starts (n - 1) x 30 s
+after the recording start, clock time unknown. ``--no-recordings`` writes
+the submission only, as does a blend CSV without its blended probabilities
+(``.npy`` beside it; one line says so). The submission itself is unchanged
+by all this.
+
 Imports no torch, so it stays fast; evaluate.py imports the rules and the
 decoder for its validation table.
 """
@@ -58,6 +72,10 @@ parser.add_argument("--across-recordings", action="store_true",
                     help="rules: match patterns across recording boundaries, as the seed did")
 parser.add_argument("--probabilities", type=Path, default=None,
                     help="hmm: blended probabilities .npy (default: --in with .npy)")
+parser.add_argument("--recordings-out", type=Path, default=None,
+                    help="per-recording hypnograms, annotations, figures and statistics (default: recordings/ "
+                         "beside --out)")
+parser.add_argument("--no-recordings", action="store_true", help="write the submission only")
 parser.add_argument("--quiet", action="store_true", help="print only the configuration and what is saved")
 # fmt: on
 
@@ -314,10 +332,8 @@ def read_stage_lines(path: Path | str, rows: int, rows_source: str, how_to_make:
     return np.array([STAGE_TO_INT[line] for line in lines], dtype=np.int64)
 
 
-def hmm_postprocess(probabilities_npy: Path, data_root: str, test: psg_layout.EpochTable) -> np.ndarray:
+def hmm_postprocess(probabilities: np.ndarray, data_root: str, test: psg_layout.EpochTable) -> np.ndarray:
     """``--method hmm``: fit the HMM on the data root's training labels, decode the test rows."""
-    probabilities = load_probabilities(probabilities_npy, len(test), str(test.path),
-                                       "blend.py writes it beside its CSV; point --probabilities at it")
     train_csv = Path(data_root) / psg_layout.TRAIN_CSV
     if not train_csv.is_file():
         raise InputError(f"no training CSV {where(train_csv)}; the hmm counts its transitions from "
@@ -327,12 +343,77 @@ def hmm_postprocess(probabilities_npy: Path, data_root: str, test: psg_layout.Ep
 
 
 # --------------------------------------------------------------------------
+# Per-recording outputs
+# --------------------------------------------------------------------------
+STATISTICS_TABLE = "sleep_statistics.csv"
+
+
+def recording_epochs(test: psg_layout.EpochTable) -> dict:
+    """Rows and epoch numbers of each test recording: ID -> (rows, epoch numbers), int64 arrays.
+
+    Raises
+    ------
+    InputError
+        An ``IDnum`` that is not ``<ID>_NNNN.png`` (its time is unknown).
+    """
+    rows_of: dict[str, list] = {}
+    for row, recording_id in enumerate(test.recording_ids):
+        rows_of.setdefault(recording_id, []).append(row)
+    epochs = {}
+    for recording_id, rows in rows_of.items():
+        numbers = []
+        for row in rows:
+            try:
+                numbers.append(psg_layout.epoch_number_of(test.idnums[row]))
+            except InputError as err:
+                raise InputError(f"{err} {where(test.path, row + 1)}") from None
+        epochs[recording_id] = (np.array(rows, dtype=np.int64), np.array(numbers, dtype=np.int64))
+    return epochs
+
+
+def write_recordings(folder: Path, data_root: str, test: psg_layout.EpochTable, before: np.ndarray,
+                     after: np.ndarray, probabilities: np.ndarray) -> dict:
+    """Every test recording's hypnogram table, EDF+ annotations, figure and statistics, and the statistics table.
+
+    Parameters
+    ----------
+    folder : Path
+        Where ``<ID>/`` folders and ``sleep_statistics.csv`` go.
+    data_root : str
+        Holds the recordings' timing sidecars.
+    test : EpochTable
+    before, after : np.ndarray of int, shape (rows,)
+        Stages before and after post-processing, test CSV order.
+    probabilities : np.ndarray, shape (rows, 5)
+        Blended probabilities, test CSV order.
+
+    Returns
+    -------
+    dict
+        Recording ID -> its sleep statistics (``hypnogram.sleep_statistics``).
+    """
+    import hypnogram  # matplotlib and edfio: only when per-recording outputs are written
+
+    statistics = {}
+    for recording_id, (rows, epoch_numbers) in recording_epochs(test).items():
+        timing = psg_layout.read_epoch_timing(data_root, recording_id, epoch_numbers)
+        statistics[recording_id] = hypnogram.write_recording_outputs(
+            folder, recording_id, timing.onsets(epoch_numbers), before[rows], after[rows], probabilities[rows],
+            timing.start, epoch_numbers, timing.epoch_seconds)
+    hypnogram.write_statistics_table(folder / STATISTICS_TABLE, statistics)
+    return statistics
+
+
+# --------------------------------------------------------------------------
 def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.method not in POSTPROCESS_METHODS:
         raise InputError(f"unknown post-processing method {args.method!r} (expected rules, hmm or none)")
+    probabilities_given = args.probabilities is not None
     if args.probabilities is None:
         args.probabilities = probabilities_path(args.in_csv)
+    if args.recordings_out is None:
+        args.recordings_out = args.out.parent / "recordings"
     config = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()}
     print("config: " + json.dumps(config))
 
@@ -341,12 +422,19 @@ def main(argv=None) -> None:
                               "make it with blend.py, or point --in at a blend CSV")
     say = (lambda text: None) if args.quiet else print
     say(f"before: {stage_counts(stages)}")
+    skip_recordings = "--no-recordings" if args.no_recordings else ""
+    if not (skip_recordings or probabilities_given or args.probabilities.is_file()):
+        skip_recordings = f"no blended probabilities {where(args.probabilities)} (blend.py writes them)"
+    probabilities = None
+    if args.method == "hmm" or not skip_recordings:
+        probabilities = load_probabilities(args.probabilities, len(test), str(test.path),
+                                           "blend.py writes it beside its CSV; point --probabilities at it")
 
     if args.method == "rules":
         new_stages, matches = apply_rules(stages, test.recording_ids, args.across_recordings)
         say("rule matches: " + ", ".join(f"{number} x{count}" for number, count in enumerate(matches, start=1)))
     elif args.method == "hmm":
-        new_stages = hmm_postprocess(args.probabilities, args.data_root, test)
+        new_stages = hmm_postprocess(probabilities, args.data_root, test)
     else:
         new_stages = stages
     say(f"after:  {stage_counts(new_stages)} ({int((new_stages != stages).sum())} rows changed)")
@@ -355,6 +443,12 @@ def main(argv=None) -> None:
     with psg_layout.atomic_path(args.out.with_suffix(".json")) as tmp:
         tmp.write_text(json.dumps(config, indent=2))
     print(f"{args.out} is saved ({len(new_stages)} rows)")
+    if skip_recordings:
+        say(f"per-recording outputs skipped: {skip_recordings}")
+    else:
+        statistics = write_recordings(args.recordings_out, args.data_root, test, stages, new_stages, probabilities)
+        print(f"{args.recordings_out} holds the hypnograms, annotations, figures and statistics of "
+              f"{len(statistics)} recording(s), with {STATISTICS_TABLE}")
 
 
 if __name__ == "__main__":
