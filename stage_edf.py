@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import shutil
 import sys
@@ -136,17 +137,19 @@ def step_arguments(args, data: Path, outputs: Path, results: Path) -> dict:
 
 
 def run_steps(steps: dict, log: Path, show_progress: bool) -> dict:
-    """Run the steps in order, their printed output going to ``log``; return each step's seconds."""
-    seconds = {}
-    with open(log, "w") as handle, tqdm(total=len(steps), unit="step", disable=not show_progress) as bar:
+    """Run the steps in order, saving what they print as ``log``; return each step's seconds."""
+    seconds, printed = {}, io.StringIO()
+    with tqdm(total=len(steps), unit="step", disable=not show_progress) as bar:
         for name, (main, argv) in steps.items():
             bar.set_description(name)
-            print(f"== {name}: {' '.join(argv)}", file=handle, flush=True)
+            print(f"== {name}: {' '.join(argv)}", file=printed)
             started = time.perf_counter()
-            with contextlib.redirect_stdout(handle):
+            with contextlib.redirect_stdout(printed):
                 main(argv)
             seconds[name] = round(time.perf_counter() - started, 2)
             bar.update(1)
+    with psg_layout.atomic_path(log) as tmp:
+        tmp.write_text(printed.getvalue())
     return seconds
 
 
