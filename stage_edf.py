@@ -55,7 +55,8 @@ parser.add_argument("--weights-dir", default=infer_blend.parser.get_default("wei
 parser.add_argument("--out", type=Path, required=True, help="folder for the results (must not exist or be empty)")
 parser.add_argument("--overwrite", action="store_true", help="replace an earlier stage_edf.py result in --out")
 parser.add_argument("--montage", default="sleep-edf", help="sleep-edf, shhs, synthetic, or a JSON montage file")
-parser.add_argument("--fold", type=int, default=infer_blend.parser.get_default("fold"))
+parser.add_argument("--fold", type=int, default=infer_blend.parser.get_default("fold"),
+                    help="the fold the models were trained against (their checkpoint names)")
 parser.add_argument("--vit-arch", default=infer_blend.parser.get_default("vit_arch"), help="model 1")
 parser.add_argument("--eff-arch", default=infer_blend.parser.get_default("eff_arch"), help="model 2")
 parser.add_argument("--vit-epochs", type=int, nargs="+", default=infer_blend.parser.get_default("vit_epochs"),
@@ -63,7 +64,8 @@ parser.add_argument("--vit-epochs", type=int, nargs="+", default=infer_blend.par
 parser.add_argument("--eff-epochs", type=int, nargs="+", default=infer_blend.parser.get_default("eff_epochs"),
                     help="model 2 checkpoints averaged")
 parser.add_argument("--tta", type=int, default=infer_blend.parser.get_default("tta"), help="TTA rounds per checkpoint")
-parser.add_argument("--batch-size", type=int, default=infer_blend.parser.get_default("batch_size"))
+parser.add_argument("--batch-size", type=int, default=infer_blend.parser.get_default("batch_size"),
+                    help="images per inference batch")
 parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: CUDA when available")
 parser.add_argument("--amp", default="off", choices=("fp16", "bf16", "off"), help="mixed precision on CUDA")
 parser.add_argument("--method", default=blend.parser.get_default("method"),
