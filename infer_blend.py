@@ -132,9 +132,12 @@ def validation_rows(args, configs: dict) -> tuple[psg_layout.EpochTable | None, 
     if split != other:
         path = engine.run_config_path(args.weights_dir, args.eff_arch, args.fold)
         return None, None, f"the two models were trained on different splits ({split} and {other}) {where(path)}"
-    train = loader_vit_rgb.read_train_table(args.data_root)
     config = configs["vit"]
-    folds = loader_vit_rgb.make_folds(train, n_folds=config["folds"], seed=config["seed"], cv=config["cv"])
+    try:  # a training CSV that cannot be read or split gives no validation rows; the test rows still score
+        train = loader_vit_rgb.read_train_table(args.data_root)
+        folds = loader_vit_rgb.make_folds(train, n_folds=config["folds"], seed=config["seed"], cv=config["cv"])
+    except InputError as err:
+        return None, None, str(err)
     rows = np.flatnonzero(folds == args.fold)
     trained_against = config.get("valid_recordings")
     if trained_against is not None and sorted({train.recording_ids[r] for r in rows}) != sorted(trained_against):

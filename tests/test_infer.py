@@ -167,6 +167,11 @@ def test_test_only_inference_without_a_training_csv(tiny_data, weights, inferred
     hmm = run_script("postprocess.py", "--data-root", root, "--in", blend_csv, "--out", tmp_path / "hmm.csv",
                      "--method", "hmm", check=False)
     assert hmm.returncode == 2 and hmm.stderr.count("\n") == 1 and "no training CSV" in hmm.stderr
+    # a training CSV too small for the models' folds: the reason in one line, the test dumps all the same
+    psg_layout.write_csv_rows(root / psg_layout.TRAIN_CSV, [(first, test.idnums[r], "N2") for r in rows[:2]])
+    result = infer(root, weights, tmp_path / "small", "--vit-epochs", 0, "--eff-epochs", 1)
+    assert "validation dumps skipped: --cv subject needs at least 3 recordings for 3 folds" in result.stdout
+    assert dump_path(tmp_path / "small", EFF, 0, [1]).is_file()
 
 
 def test_validation_skipped_when_the_fold_is_not_the_models(tiny_data, weights, inferred, tmp_path, capsys):
