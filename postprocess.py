@@ -36,7 +36,8 @@ Then, for every test recording, the per-recording outputs of
 ``recordings/`` beside the submission): ``<ID>/<ID>-hypnogram.csv`` (epoch,
 onset, clock time, stage before and after post-processing, the five blended
 probabilities), ``<ID>/<ID>-Hypnogram.edf`` (EDF+ annotations),
-``<ID>/<ID>-hypnogram.png`` and ``<ID>/<ID>-statistics.json``, plus
+``<ID>/<ID>-hypnogram.png`` (not with ``--no-figures``, which saves most of
+the time: seconds per recording) and ``<ID>/<ID>-statistics.json``, plus
 ``sleep_statistics.csv`` (one row per recording). Epochs are placed in time
 by each recording's timing sidecar (``<root>/<ID>/<ID>.timing.json``,
 written by ``render_edf.py``); without one, epoch n starts (n - 1) x 30 s
@@ -76,6 +77,8 @@ parser.add_argument("--recordings-out", type=Path, default=None,
                     help="per-recording hypnograms, annotations, figures and statistics (default: recordings/ "
                          "beside --out)")
 parser.add_argument("--no-recordings", action="store_true", help="write the submission only")
+parser.add_argument("--no-figures", action="store_true",
+                    help="per-recording outputs without the hypnogram figures (the slow part: seconds per recording)")
 parser.add_argument("--quiet", action="store_true", help="print only the configuration and what is saved")
 # fmt: on
 
@@ -372,7 +375,7 @@ def recording_epochs(test: psg_layout.EpochTable) -> dict:
 
 
 def write_recordings(folder: Path, data_root: str, test: psg_layout.EpochTable, before: np.ndarray,
-                     after: np.ndarray, probabilities: np.ndarray) -> dict:
+                     after: np.ndarray, probabilities: np.ndarray, figures: bool = True) -> dict:
     """Every test recording's hypnogram table, EDF+ annotations, figure and statistics, and the statistics table.
 
     Parameters
@@ -386,6 +389,8 @@ def write_recordings(folder: Path, data_root: str, test: psg_layout.EpochTable, 
         Stages before and after post-processing, test CSV order.
     probabilities : np.ndarray, shape (rows, 5)
         Blended probabilities, test CSV order.
+    figures : bool
+        Draw each recording's hypnogram figure.
 
     Returns
     -------
@@ -399,7 +404,7 @@ def write_recordings(folder: Path, data_root: str, test: psg_layout.EpochTable, 
         timing = psg_layout.read_epoch_timing(data_root, recording_id, epoch_numbers)
         statistics[recording_id] = hypnogram.write_recording_outputs(
             folder, recording_id, timing.onsets(epoch_numbers), before[rows], after[rows], probabilities[rows],
-            timing.start, epoch_numbers, timing.epoch_seconds)
+            timing.start, epoch_numbers, timing.epoch_seconds, figure=figures)
     hypnogram.write_statistics_table(folder / STATISTICS_TABLE, statistics)
     return statistics
 
@@ -446,7 +451,8 @@ def main(argv=None) -> None:
     if skip_recordings:
         say(f"per-recording outputs skipped: {skip_recordings}")
     else:
-        statistics = write_recordings(args.recordings_out, args.data_root, test, stages, new_stages, probabilities)
+        statistics = write_recordings(args.recordings_out, args.data_root, test, stages, new_stages, probabilities,
+                                      figures=not args.no_figures)
         print(f"{args.recordings_out} holds the hypnograms, annotations, figures and statistics of "
               f"{len(statistics)} recording(s), with {STATISTICS_TABLE}")
 

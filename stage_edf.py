@@ -17,7 +17,7 @@ other, each step being the script's own ``main()`` with the options below
    hypnogram table, EDF+ annotations, figure and sleep statistics.
 
 Writes into ``--out``: ``<ID>/<ID>-hypnogram.csv``, ``<ID>/<ID>-Hypnogram.edf``,
-``<ID>/<ID>-hypnogram.png``, ``<ID>/<ID>-statistics.json`` for each recording,
+``<ID>/<ID>-hypnogram.png`` (not with ``--no-figures``), ``<ID>/<ID>-statistics.json`` for each recording,
 ``sleep_statistics.csv`` (one row per recording), ``stage_edf.json`` (this
 run's resolved configuration), ``stage_edf.log`` (what the steps printed) and
 ``work/`` (the rendered data root ``work/DATA`` and the flow's files in
@@ -77,6 +77,7 @@ parser.add_argument("--from-tune", type=Path, default=None, metavar="JSON",
                     help="take the blend's method, ens-weight and power from a blend_tune.json")
 parser.add_argument("--postprocess", default=postprocess.parser.get_default("method"),
                     help="rules or none (hmm needs training labels, which new recordings do not have)")
+parser.add_argument("--no-figures", action="store_true", help="no hypnogram figures (saves seconds per recording)")
 parser.add_argument("--workers", type=int, default=2,
                     help="recordings rendered in parallel, and the inference's DataLoader workers")
 parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -133,7 +134,8 @@ def step_arguments(args, data: Path, outputs: Path, results: Path) -> dict:
                                "--ens-weight", args.ens_weight, "--power", args.power, "--quiet"]),
         "post-process": (postprocess.main, ["--data-root", data, "--in", blend_csv,
                                             "--out", outputs / "files_post.csv", "--method", args.postprocess,
-                                            "--recordings-out", results, "--quiet"]),
+                                            "--recordings-out", results, "--quiet",
+                                            *(["--no-figures"] if args.no_figures else [])]),
     }
     return {name: (main, [str(a) for a in argv]) for name, (main, argv) in steps.items()}
 

@@ -297,6 +297,14 @@ def test_per_recording_outputs_map_epochs_to_time(tmp_path):
         statistics = {row["recording_id"]: row for row in csv.DictReader(handle)}
     assert float(statistics["RECa"]["TST"]) == 2.5 and float(statistics["RECb"]["TST"]) == 1.5
 
+    # --no-figures: the same outputs without the (slow) figures
+    run_script("postprocess.py", "--data-root", data, "--in", blend_csv, "--out", submission,
+               "--recordings-out", tmp_path / "plain", "--no-figures")
+    assert sorted(p.name for p in (tmp_path / "plain" / "RECa").iterdir()) == [
+        "RECa-Hypnogram.edf", "RECa-hypnogram.csv", "RECa-statistics.json"]
+    assert (tmp_path / "plain" / "RECa" / "RECa-hypnogram.csv").read_bytes() == \
+        (out_dir / "recordings" / "RECa" / "RECa-hypnogram.csv").read_bytes()
+
     # a blend CSV without its probabilities: the submission, and one line saying why nothing else
     blend_csv.with_suffix(".npy").unlink()
     result = run_script("postprocess.py", "--data-root", data, "--in", blend_csv, "--out", submission)

@@ -175,11 +175,12 @@ def test_overwrite_replaces_an_earlier_result(weights, night, tmp_path, capsys):
     recording_id, edf = night
     out = tmp_path / "scored"
     args = ["--edf", str(edf), "--weights-dir", str(weights), "--out", str(out), "--montage", "synthetic",
-            *map(str, MODELS), "--workers", "1", "--quiet", "--postprocess", "none"]
+            *map(str, MODELS), "--workers", "1", "--quiet", "--postprocess", "none", "--no-figures"]
     stage_edf.main(args)
     (out / "stale.txt").write_text("from before")
     stage_edf.main(args + ["--overwrite"])
     assert not (out / "stale.txt").exists() and (out / recording_id / f"{recording_id}-hypnogram.csv").is_file()
     table = read_table(out / recording_id / f"{recording_id}-hypnogram.csv")
     assert all(r["stage_before"] == r["stage_after"] for r in table)  # --postprocess none
+    assert not (out / recording_id / f"{recording_id}-hypnogram.png").exists()  # --no-figures
     assert capsys.readouterr().out.count(f"{recording_id}: ") == 2
