@@ -72,7 +72,7 @@ parser.add_argument("--method", default="rules", help="rules, hmm or none")
 parser.add_argument("--across-recordings", action="store_true",
                     help="rules: match patterns across recording boundaries, as the seed did")
 parser.add_argument("--probabilities", type=Path, default=None,
-                    help="hmm: blended probabilities .npy (default: --in with .npy)")
+                    help="blended probabilities .npy, for hmm and the per-recording outputs (default: --in with .npy)")
 parser.add_argument("--recordings-out", type=Path, default=None,
                     help="per-recording hypnograms, annotations, figures and statistics (default: recordings/ "
                          "beside --out)")
@@ -351,13 +351,20 @@ def hmm_postprocess(probabilities: np.ndarray, data_root: str, test: psg_layout.
 STATISTICS_TABLE = "sleep_statistics.csv"
 
 
-def recording_epochs(test: psg_layout.EpochTable) -> dict:
-    """Rows and epoch numbers of each test recording: ID -> (rows, epoch numbers), int64 arrays.
+def place_recordings(data_root: str, test: psg_layout.EpochTable) -> dict:
+    """Each test recording's rows, epoch numbers and timing, read before anything is written.
+
+    Returns
+    -------
+    dict
+        ID -> ``(rows, epoch_numbers, timing)``: int64 arrays (CSV order) and
+        its :class:`psg_layout.EpochTiming` (sidecar, or the plain grid).
 
     Raises
     ------
     InputError
-        An ``IDnum`` that is not ``<ID>_NNNN.png`` (its time is unknown).
+        An ``IDnum`` that is not ``<ID>_NNNN.png`` (its time is unknown), or
+        a broken timing sidecar.
     """
     rows_of: dict[str, list] = {}
     for row, recording_id in enumerate(test.recording_ids):
@@ -370,21 +377,21 @@ def recording_epochs(test: psg_layout.EpochTable) -> dict:
                 numbers.append(psg_layout.epoch_number_of(test.idnums[row]))
             except InputError as err:
                 raise InputError(f"{err} {where(test.path, row + 1)}") from None
-        epochs[recording_id] = (np.array(rows, dtype=np.int64), np.array(numbers, dtype=np.int64))
+        epochs[recording_id] = (np.array(rows, dtype=np.int64), np.array(numbers, dtype=np.int64),
+                                psg_layout.read_epoch_timing(data_root, recording_id, numbers))
     return epochs
 
 
-def write_recordings(folder: Path, data_root: str, test: psg_layout.EpochTable, before: np.ndarray,
-                     after: np.ndarray, probabilities: np.ndarray, figures: bool = True) -> dict:
+def write_recordings(folder: Path, placements: dict, before: np.ndarray, after: np.ndarray,
+                     probabilities: np.ndarray, figures: bool = True) -> dict:
     """Every test recording's hypnogram table, EDF+ annotations, figure and statistics, and the statistics table.
 
     Parameters
     ----------
     folder : Path
         Where ``<ID>/`` folders and ``sleep_statistics.csv`` go.
-    data_root : str
-        Holds the recordings' timing sidecars.
-    test : EpochTable
+    placements : dict
+        From :func:`place_recordings`.
     before, after : np.ndarray of int, shape (rows,)
         Stages before and after post-processing, test CSV order.
     probabilities : np.ndarray, shape (rows, 5)
@@ -400,8 +407,7 @@ def write_recordings(folder: Path, data_root: str, test: psg_layout.EpochTable, 
     import hypnogram  # matplotlib and edfio: only when per-recording outputs are written
 
     statistics = {}
-    for recording_id, (rows, epoch_numbers) in recording_epochs(test).items():
-        timing = psg_layout.read_epoch_timing(data_root, recording_id, epoch_numbers)
+    for recording_id, (rows, epoch_numbers, timing) in placements.items():
         statistics[recording_id] = hypnogram.write_recording_outputs(
             folder, recording_id, timing.onsets(epoch_numbers), before[rows], after[rows], probabilities[rows],
             timing.start, epoch_numbers, timing.epoch_seconds, figure=figures)
@@ -434,6 +440,7 @@ def main(argv=None) -> None:
     if args.method == "hmm" or not skip_recordings:
         probabilities = load_probabilities(args.probabilities, len(test), str(test.path),
                                            "blend.py writes it beside its CSV; point --probabilities at it")
+    placements = None if skip_recordings else place_recordings(args.data_root, test)
 
     if args.method == "rules":
         new_stages, matches = apply_rules(stages, test.recording_ids, args.across_recordings)
@@ -451,7 +458,7 @@ def main(argv=None) -> None:
     if skip_recordings:
         say(f"per-recording outputs skipped: {skip_recordings}")
     else:
-        statistics = write_recordings(args.recordings_out, args.data_root, test, stages, new_stages, probabilities,
+        statistics = write_recordings(args.recordings_out, placements, stages, new_stages, probabilities,
                                       figures=not args.no_figures)
         print(f"{args.recordings_out} holds the hypnograms, annotations, figures and statistics of "
               f"{len(statistics)} recording(s), with {STATISTICS_TABLE}")

@@ -310,3 +310,11 @@ def test_per_recording_outputs_map_epochs_to_time(tmp_path):
     result = run_script("postprocess.py", "--data-root", data, "--in", blend_csv, "--out", submission)
     assert "per-recording outputs skipped: no blended probabilities" in result.stdout
     assert submission.read_bytes() == alone
+
+    # a broken timing sidecar is found before anything is written
+    np.save(blend_csv.with_suffix(".npy"), probabilities)
+    psg_layout.timing_path(data / "RECa", "RECa").write_text("{}")
+    broken = run_script("postprocess.py", "--data-root", data, "--in", blend_csv, "--out", tmp_path / "new.csv",
+                        "--recordings-out", tmp_path / "new", check=False)
+    assert broken.returncode == 2 and broken.stderr.count("\n") == 1 and "not an epoch timing file" in broken.stderr
+    assert not (tmp_path / "new.csv").exists() and not (tmp_path / "new").exists()
