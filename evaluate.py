@@ -8,7 +8,8 @@ renderer write them), and writes to ``--out``:
 * ``metrics.json``: macro-F1 (the challenge metric), accuracy, Cohen's
   kappa, per-class precision/recall/F1/support, the confusion matrix (counts
   and row-normalised: each true stage's row sums to 1), per-recording
-  macro-F1, and the validation table below when it was made;
+  macro-F1, the sleep statistics below, and the validation table below when
+  it was made;
 * ``confusion_matrix.png``, ``hypnograms.png`` (true versus predicted
   stages of the first ``--hypnograms`` recordings), ``training_curves.png``
   (from the trainers' ``weights/*_log.csv``, when present);
@@ -21,6 +22,14 @@ weight, then post-processing none / rules / hmm of the best blend, so one
 sees what each step buys. The hmm there is estimated from the training rows
 outside the validation fold.
 
+Sleep statistics (hypnogram.py's definitions: TST, SOL, WASO, SE, stage
+minutes and percentages, latencies, awakenings...) are computed per
+recording from the true and from the predicted hypnogram (rows in test CSV
+order), with their differences (predicted - true); for each statistic the
+report gives the Bland-Altman mean bias and 95 % limits of agreement
+(bias +- 1.96 SD of the differences) over the recordings where both are
+defined.
+
 Macro-F1 is scikit-learn's: averaged over the stages present in the
 answers or the prediction.
 """
@@ -28,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -40,6 +50,7 @@ from sklearn.metrics import (accuracy_score, cohen_kappa_score, confusion_matrix
 import psg_layout
 from blend import (METHODS, blend_probabilities, blend_scores, dump_path, load_probabilities, predict_stages,
                    read_test_csv, tune_blend, valid_csv_path)
+from hypnogram import HYPNOGRAM_ORDER, json_ready, sleep_statistics, statistic_unit
 from postprocess import apply_rules, estimate_hmm, hmm_decode, read_stage_lines
 from psg_layout import NUM_CLASSES, STAGES, InputError, where
 
@@ -64,9 +75,6 @@ parser.add_argument("--hypnograms", type=int, default=3, help="how many recordin
 parser.add_argument("--quiet", action="store_true", help="no progress bar")
 # fmt: on
 
-# Hypnograms are drawn with Wake on top and N3 at the bottom, REM between
-# Wake and N1 (the clinical convention).
-HYPNOGRAM_ORDER = ("N3", "N2", "N1", "REM", "Wake")
 LOG_CURVES = (("train_loss", "valid_loss"), ("valid_macro_f1", "valid_accuracy"))
 
 
@@ -208,6 +216,93 @@ def validation_table(args, quiet: bool) -> dict | None:
 
 
 # --------------------------------------------------------------------------
+# Sleep statistics: true against predicted hypnograms
+# --------------------------------------------------------------------------
+LIMITS_OF_AGREEMENT_Z = 1.96  # 95 % limits of agreement (Bland & Altman 1986)
+
+
+def limits_of_agreement(true_values: np.ndarray, predicted_values: np.ndarray) -> dict:
+    """Bland-Altman agreement of one statistic over recordings.
+
+    Parameters
+    ----------
+    true_values, predicted_values : np.ndarray of float, shape (recordings,)
+        The statistic from the true and from the predicted hypnograms; NaN
+        where undefined. Recordings where either is NaN are left out.
+
+    Returns
+    -------
+    dict
+        ``n`` (recordings used), ``mean_true``, ``mean_predicted``, ``bias``
+        (mean of predicted - true), ``sd`` (sample SD of the differences,
+        ddof 1), ``loa_low``, ``loa_high`` (bias -+ 1.96 sd). Floats, NaN
+        when undefined: everything but ``n`` without recordings, ``sd`` and
+        the limits with fewer than two.
+    """
+    both = ~(np.isnan(true_values) | np.isnan(predicted_values))
+    true_values, predicted_values = true_values[both], predicted_values[both]
+    n = int(both.sum())
+    differences = predicted_values - true_values
+    bias = float(differences.mean()) if n else math.nan
+    sd = float(differences.std(ddof=1)) if n >= 2 else math.nan
+    return {"n": n, "mean_true": float(true_values.mean()) if n else math.nan,
+            "mean_predicted": float(predicted_values.mean()) if n else math.nan, "bias": bias, "sd": sd,
+            "loa_low": bias - LIMITS_OF_AGREEMENT_Z * sd, "loa_high": bias + LIMITS_OF_AGREEMENT_Z * sd}
+
+
+def statistics_agreement(y_true: np.ndarray, y_pred: np.ndarray, recording_ids,
+                         epoch_seconds: float = psg_layout.EPOCH_SECONDS) -> dict:
+    """Sleep statistics of the true and the predicted hypnogram of each recording, and their agreement.
+
+    Parameters
+    ----------
+    y_true, y_pred : np.ndarray of int, shape (rows,)
+        True and predicted stage ints; a recording's rows, in file order,
+        are its hypnogram (listed epochs only, see hypnogram.py).
+    recording_ids : sequence of str, length rows
+    epoch_seconds : float
+
+    Returns
+    -------
+    dict
+        ``per_recording``: ID -> ``{"true", "predicted", "difference"}``,
+        each a :func:`hypnogram.sleep_statistics` dict (difference:
+        predicted - true, NaN where either is undefined); ``agreement``:
+        statistic -> :func:`limits_of_agreement`.
+    """
+    recording_array = np.asarray(recording_ids)
+    per_recording = {}
+    for recording in dict.fromkeys(recording_ids):
+        rows = recording_array == recording
+        true, predicted = sleep_statistics(y_true[rows], epoch_seconds), sleep_statistics(y_pred[rows], epoch_seconds)
+        per_recording[recording] = {"true": true, "predicted": predicted,
+                                    "difference": {key: predicted[key] - true[key] for key in true}}
+    keys = list(next(iter(per_recording.values()))["true"]) if per_recording else []
+    agreement = {key: limits_of_agreement(
+        np.array([entry["true"][key] for entry in per_recording.values()], dtype=np.float64),
+        np.array([entry["predicted"][key] for entry in per_recording.values()], dtype=np.float64)) for key in keys}
+    return {"per_recording": per_recording, "agreement": agreement}
+
+
+def statistics_report_lines(statistics: dict) -> list:
+    """``report.md``'s table: per statistic the true and predicted means, the bias and the limits of agreement."""
+    def number(value):
+        return "n/a" if value is None or math.isnan(value) else f"{value:.2f}"
+
+    lines = ["## Sleep statistics: predicted against true hypnograms", "",
+             "Per recording in `metrics.json` (`sleep_statistics`). Bias: mean of predicted - true over the "
+             "recordings where both are defined (n); 95 % limits of agreement: bias +- 1.96 SD "
+             "(Bland-Altman).", "",
+             "| statistic | unit | true mean | predicted mean | bias | 95 % limits of agreement | n |",
+             "|---|---|---|---|---|---|---|"]
+    for key, entry in statistics["agreement"].items():
+        lines.append(f"| {key} | {statistic_unit(key)} | {number(entry['mean_true'])} | "
+                     f"{number(entry['mean_predicted'])} | {number(entry['bias'])} | "
+                     f"{number(entry['loa_low'])} to {number(entry['loa_high'])} | {entry['n']} |")
+    return lines + [""]
+
+
+# --------------------------------------------------------------------------
 # Figures
 # --------------------------------------------------------------------------
 def plot_confusion(metrics: dict, path: Path) -> None:
@@ -326,6 +421,8 @@ def render_report(metrics: dict, config: dict, hypnogram_ids: list, has_curves: 
     for recording, value in sorted(per_recording.items(), key=lambda item: item[1])[:5]:
         lines.append(f"| {recording} | {value:.4f} |")
     lines += ["", f"## Hypnograms ({', '.join(hypnogram_ids)})", "", "![hypnograms](hypnograms.png)", ""]
+    if "sleep_statistics" in metrics:
+        lines += statistics_report_lines(metrics["sleep_statistics"])
     validation = metrics.get("validation")
     if validation:
         best = validation["blend"]
@@ -352,7 +449,7 @@ def write_report(out: Path, metrics: dict, config: dict, y_true: np.ndarray, y_p
     if logs:
         plot_training_curves(logs, out / "training_curves.png")
     with psg_layout.atomic_path(out / "metrics.json") as tmp:
-        tmp.write_text(json.dumps(metrics, indent=2))
+        tmp.write_text(json.dumps(json_ready(metrics), indent=2, allow_nan=False))
     with psg_layout.atomic_path(out / "report.md") as tmp:
         tmp.write_text(render_report(metrics, config, hypnogram_ids, bool(logs)))
     with psg_layout.atomic_path(out / "config.json") as tmp:
@@ -373,6 +470,7 @@ def main(argv=None) -> None:
                               "make it with postprocess.py (or blend.py), or pass --pred")
     y_true = read_answers(args.labels, test)
     metrics = compute_metrics(y_true, y_pred, test.recording_ids)
+    metrics["sleep_statistics"] = statistics_agreement(y_true, y_pred, test.recording_ids)
     validation = validation_table(args, quiet=args.quiet or not sys.stderr.isatty())
     if validation is not None:
         metrics["validation"] = validation

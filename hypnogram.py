@@ -20,8 +20,8 @@ last epoch ends at "lights on". All values are minutes unless stated.
 * ``SOL`` sleep onset latency: lights out to the first epoch of any sleep
   (sleep onset; no persistence is required: one N1 epoch is sleep onset).
 * ``WASO`` wake after sleep onset: Wake epochs inside the sleep period
-  (wake after the final awakening is not counted, as in YASA; AASM's TRT -
-  SL - TST would count it).
+  (wake after the final awakening is not counted, as in YASA; a WASO
+  defined as TIB - SOL - TST would count it).
 * ``SE`` sleep efficiency, %: TST / TIB x 100.
 * ``SME`` sleep maintenance efficiency, %: TST / SPT x 100.
 * ``Lat_N1``, ``Lat_N2``, ``Lat_N3``, ``Lat_REM``: lights out to the first
@@ -61,6 +61,7 @@ import csv
 import datetime
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +79,7 @@ SLEEP_EDF_STAGE_TEXT = ("Sleep stage W", "Sleep stage 1", "Sleep stage 2", "Slee
 STAGE_COLOURS = ("#f2c12e", "#8fd3f4", "#3b8bd9", "#163a73", "#d64545")  # Wake, N1, N2, N3, REM
 # Successive onsets this close to one epoch apart are contiguous (as render_edf's grid tolerance).
 CONTIGUOUS_TOLERANCE_SECONDS = 0.01
+EDF_PATIENT_CODE_MAX = 64  # the patient field also holds sex, birthdate and name ("X X X")
 # {name}: the recording ID
 OUTPUT_FILES = {
     "table": "{name}-hypnogram.csv",
@@ -174,6 +176,13 @@ def sleep_statistics(stages: np.ndarray, epoch_seconds: float = 30.0) -> dict:
         "awakenings": awakenings,
         "stage_shifts": int((stages[1:] != stages[:-1]).sum()),
     }
+
+
+def statistic_unit(key: str) -> str:
+    """Unit of a :func:`sleep_statistics` key: ``"%"``, ``"count"`` or ``"min"``."""
+    if key in ("SE", "SME") or key.startswith("%"):
+        return "%"
+    return "count" if key in ("awakenings", "stage_shifts") else "min"
 
 
 def json_ready(value):
@@ -277,7 +286,9 @@ def write_annotation_edf(path: Path, recording_id: str, annotations, start: date
     ----------
     path : Path
     recording_id : str
-        Written as the patient code (spaces replaced by ``_``, as EDF+ requires).
+        Written as the patient code: EDF+ allows printable ASCII without
+        spaces, so other characters become ``_``; cut to
+        :data:`EDF_PATIENT_CODE_MAX` characters (the header field has 80).
     annotations : list of (onset s, duration s, text)
     start : datetime.datetime or None
         Recording start, the header's start date and time (whole seconds;
@@ -288,7 +299,8 @@ def write_annotation_edf(path: Path, recording_id: str, annotations, start: date
 
     recording = edfio.Recording(startdate=start.date() if start is not None else None)
     starttime = start.time().replace(microsecond=0, tzinfo=None) if start is not None else None
-    edf = edfio.Edf([], patient=edfio.Patient(code=recording_id.replace(" ", "_") or "X"), recording=recording,
+    code = re.sub(r"[^!-~]", "_", recording_id)[:EDF_PATIENT_CODE_MAX] or "X"
+    edf = edfio.Edf([], patient=edfio.Patient(code=code), recording=recording,
                     starttime=starttime, annotations=[edfio.EdfAnnotation(*entry) for entry in annotations])
     with psg_layout.atomic_path(path) as tmp:
         edf.write(tmp)

@@ -153,6 +153,7 @@ def test_recording_outputs_and_edf_round_trip(tmp_path):
 
 
 def test_recording_outputs_without_a_start_time(tmp_path):
+    import edfio
     import mne
 
     onsets, before, probabilities = recording_inputs()
@@ -165,6 +166,11 @@ def test_recording_outputs_without_a_start_time(tmp_path):
                                              "Sleep stage W"]
     stats = json.loads((folder / "syn-001-statistics.json").read_text())
     assert stats["Lat_N3"] is None and stats["awakenings"] == 0
+
+    name = "nuit 1 é" + "x" * 90  # the folder keeps the ID; the EDF header gets printable ASCII that fits
+    write_recording_outputs(tmp_path, name, onsets[:1], before[:1], STAGES_AFTER[:1], probabilities[:1], None, EPOCHS[:1])
+    header = edfio.read_edf(tmp_path / name / f"{name}-Hypnogram.edf")
+    assert header.patient.code == "nuit_1__" + "x" * 56  # space and é: _, 64 characters
 
 
 def test_recording_outputs_refuse_inconsistent_arrays(tmp_path):
