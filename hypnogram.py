@@ -402,7 +402,7 @@ def _checked_outputs(onsets, stages_before, stages_after, probabilities, epoch_n
 
 def write_recording_outputs(out_dir: Path, recording_id: str, onsets: np.ndarray, stages_before: np.ndarray,
                             stages_after: np.ndarray, probabilities: np.ndarray, start: datetime.datetime | None,
-                            epoch_numbers: np.ndarray, epoch_seconds: float = 30.0) -> dict:
+                            epoch_numbers: np.ndarray, epoch_seconds: float = 30.0, figure: bool = True) -> dict:
     """Write one recording's hypnogram table, EDF+ annotations, figure and statistics.
 
     Epochs are put in epoch-number order first. Each file is written
@@ -422,7 +422,7 @@ def write_recording_outputs(out_dir: Path, recording_id: str, onsets: np.ndarray
       unlisted epochs are not annotated. Readable by MNE
       (``mne.read_annotations``) and ``render_edf.read_hypnogram``.
     * ``<name>-hypnogram.png``: the post-processed hypnogram, REM in red,
-      with the stacked stage probabilities under it.
+      with the stacked stage probabilities under it (only with ``figure``).
     * ``<name>-statistics.json``: :func:`sleep_statistics` of the
       post-processed stages of the listed epochs (NaN as ``null``).
 
@@ -444,6 +444,8 @@ def write_recording_outputs(out_dir: Path, recording_id: str, onsets: np.ndarray
         Epoch number of each image (NNNN in ``<ID>_NNNN.png``, from 1).
     epoch_seconds : float
         Epoch length, s.
+    figure : bool
+        Draw the figure (most of the time taken: seconds per night).
 
     Returns
     -------
@@ -465,7 +467,9 @@ def write_recording_outputs(out_dir: Path, recording_id: str, onsets: np.ndarray
     write_hypnogram_table(names["table"], epoch_numbers, onsets, _clock_times(start, onsets), before, after,
                           probabilities)
     write_annotation_edf(names["edf"], recording_id, stage_annotations(onsets, after, epoch_seconds), start)
-    plot_recording(names["figure"], recording_id, onsets, after, probabilities, start, epoch_seconds, statistics)
+    if figure:
+        plot_recording(names["figure"], recording_id, onsets, after, probabilities, start, epoch_seconds,
+                       statistics)
     with psg_layout.atomic_path(names["statistics"]) as tmp:
         tmp.write_text(json.dumps(json_ready(statistics), indent=2, allow_nan=False) + "\n")
     return statistics

@@ -1,4 +1,4 @@
-"""Per-model probabilities of the test set and of the fold's validation rows.
+"""Per-model probabilities of the test set and, where possible, of the fold's validation rows.
 
 For each of the two models (ViT, EfficientNet) trained on fold ``k``, loads
 the checkpoints of the chosen epochs
@@ -19,6 +19,12 @@ summing to 1. The validation rows are the fold's rows of the split the
 models were trained with (``folds``, ``seed`` and ``cv`` from the training
 configuration; both models must share it). Prints validation accuracy and
 macro-F1 of each model and of their 50/50 average, as the seed did.
+
+Scoring needs only the test CSV, its images and the checkpoints: when the
+data root has no training CSV, or its fold is no longer the one the models
+were validated on (another data set, a changed CSV), or the two models were
+validated on different splits, one line says why the validation dumps are
+skipped and the test dumps are written alone.
 
 TTA: round 1 reads the images as validation does (resize, normalise);
 each further round adds the training pipeline's two dropouts, CoarseDropout
@@ -89,17 +95,13 @@ def read_model_config(weights_dir: str, arch: str, fold: int, epochs, trainer: s
     ------
     InputError
         No configuration or checkpoint (the message says how to train),
-        a configuration of another architecture, another class count, or
-        without the options that define the folds.
+        a configuration of another architecture or another class count.
     """
     config = engine.read_run_config(weights_dir, arch, fold)
     path = engine.run_config_path(weights_dir, arch, fold)
     if config["model_arch"] != arch or config["num_classes"] != NUM_CLASSES:
         raise InputError(f"configuration is of {config['model_arch']} with {config['num_classes']} classes, "
                          f"expected {arch} with {NUM_CLASSES} {where(path)}")
-    missing = [key for key in SPLIT_KEYS if key not in config]
-    if missing:
-        raise InputError(f"configuration lacks {', '.join(missing)}, needed to find the validation rows {where(path)}")
     for epoch in epochs:
         checkpoint = engine.checkpoint_path(weights_dir, arch, fold, epoch)
         if not checkpoint.is_file():
@@ -108,15 +110,41 @@ def read_model_config(weights_dir: str, arch: str, fold: int, epochs, trainer: s
     return config
 
 
-def validation_rows(table: psg_layout.EpochTable, config: dict, fold: int, config_path: Path) -> np.ndarray:
-    """Row indices (train CSV order) of fold ``fold`` of the split the model was trained with."""
-    folds = loader_vit_rgb.make_folds(table, n_folds=config["folds"], seed=config["seed"], cv=config["cv"])
-    rows = np.flatnonzero(folds == fold)
+def validation_rows(args, configs: dict) -> tuple[psg_layout.EpochTable | None, np.ndarray | None, str]:
+    """The training table and the rows (train CSV order) of fold ``args.fold`` of the models' split.
+
+    Returns
+    -------
+    train : EpochTable or None
+    rows : np.ndarray of int64 or None
+        None (with ``train`` None) when the validation rows cannot be found.
+    reason : str
+        Why they cannot be found (a sentence ending in the file concerned);
+        empty when they can.
+    """
+    train_csv = Path(args.data_root) / psg_layout.TRAIN_CSV
+    if not train_csv.is_file():
+        return None, None, f"no training CSV {where(train_csv)}"
+    config_path = engine.run_config_path(args.weights_dir, args.vit_arch, args.fold)
+    missing = [key for key in SPLIT_KEYS if key not in configs["vit"]]
+    if missing:
+        return None, None, f"the training configuration lacks {', '.join(missing)} {where(config_path)}"
+    split, other = ({key: configs[model].get(key) for key in SPLIT_KEYS} for model in ("vit", "eff"))
+    if split != other:
+        path = engine.run_config_path(args.weights_dir, args.eff_arch, args.fold)
+        return None, None, f"the two models were trained on different splits ({split} and {other}) {where(path)}"
+    config = configs["vit"]
+    try:  # a training CSV that cannot be read or split gives no validation rows; the test rows still score
+        train = loader_vit_rgb.read_train_table(args.data_root)
+        folds = loader_vit_rgb.make_folds(train, n_folds=config["folds"], seed=config["seed"], cv=config["cv"])
+    except InputError as err:
+        return None, None, str(err)
+    rows = np.flatnonzero(folds == args.fold)
     trained_against = config.get("valid_recordings")
-    if trained_against is not None and sorted({table.recording_ids[r] for r in rows}) != sorted(trained_against):
-        raise InputError(f"fold {fold} of {table.path} no longer holds the recordings the model was validated on "
-                         f"(the training CSV changed since training?) {where(config_path)}")
-    return rows
+    if trained_against is not None and sorted({train.recording_ids[r] for r in rows}) != sorted(trained_against):
+        return None, None, (f"fold {args.fold} of {train.path} no longer holds the recordings the models were "
+                            f"validated on (another data set, or the training CSV changed) {where(config_path)}")
+    return train, rows, ""
 
 
 def tta_loader(data_root, table, rows, img_size: int, batch_size: int, workers: int, tta_round: int,
@@ -183,30 +211,28 @@ def model_probabilities(arch: str, epochs, config: dict, args, inputs: dict, dev
 
 
 def read_model_configs(args, models: dict) -> dict:
-    """Both models' training configurations; refused unless they share one split."""
+    """Both models' training configurations, checked (see :func:`read_model_config`)."""
     trainers = {"vit": "main_vit_rgb.py", "eff": "main_eff.py"}
-    configs = {key: read_model_config(args.weights_dir, arch, args.fold, epochs, trainers[key])
-               for key, (arch, epochs) in models.items()}
-    split, other = ({key: configs[model][key] for key in SPLIT_KEYS} for model in ("vit", "eff"))
-    if split != other:
-        path = engine.run_config_path(args.weights_dir, args.eff_arch, args.fold)
-        raise InputError(f"the two models were trained on different splits ({split} and {other}): "
-                         f"their validation rows differ {where(path)}")
-    return configs
+    return {key: read_model_config(args.weights_dir, arch, args.fold, epochs, trainers[key])
+            for key, (arch, epochs) in models.items()}
 
 
 def write_outputs(out: Path, args, models: dict, probabilities: dict, train, valid_rows, config: dict) -> None:
-    """The four dumps, ``fold_<k>_valid.csv`` and this run's configuration, each atomically."""
+    """The test dumps, the validation dumps with ``fold_<k>_valid.csv`` when there are validation
+    rows (``valid_rows`` not None), and this run's configuration, each atomically."""
+    splits = ("valid", "test") if valid_rows is not None else ("test",)
     for key, (arch, epochs) in models.items():
-        for split in ("valid", "test"):
+        for split in splits:
             with psg_layout.atomic_path(dump_path(out, arch, args.fold, epochs, split)) as tmp:
                 np.save(tmp, probabilities[key][split], allow_pickle=False)
-        print(f"{dump_path(out, arch, args.fold, epochs)} and its _valid.npy are saved")
-    psg_layout.write_csv_rows(valid_csv_path(out, args.fold), (
-        (train.recording_ids[r], train.idnums[r], STAGES[train.labels[r]]) for r in valid_rows))
+        print(f"{dump_path(out, arch, args.fold, epochs)}{' and its _valid.npy' if valid_rows is not None else ''}"
+              f" {'are' if valid_rows is not None else 'is'} saved")
+    if valid_rows is not None:
+        psg_layout.write_csv_rows(valid_csv_path(out, args.fold), (
+            (train.recording_ids[r], train.idnums[r], STAGES[train.labels[r]]) for r in valid_rows))
+        print(f"{valid_csv_path(out, args.fold)} is saved")
     with psg_layout.atomic_path(out / f"infer_blend_fold_{args.fold}.json") as tmp:
         tmp.write_text(json.dumps(config, indent=2))
-    print(f"{valid_csv_path(out, args.fold)} is saved")
 
 
 def main(argv=None) -> None:
@@ -216,24 +242,28 @@ def main(argv=None) -> None:
     config = dict(vars(args), device=str(device), amp=engine.resolve_amp(args.amp, device))
     print("config: " + json.dumps(config))
 
-    train = loader_vit_rgb.read_train_table(args.data_root)
     test = loader_vit_rgb.read_test_table(args.data_root)
     models = {"vit": (args.vit_arch, args.vit_epochs), "eff": (args.eff_arch, args.eff_epochs)}
     configs = read_model_configs(args, models)
-    valid_rows = validation_rows(train, configs["vit"], args.fold,
-                                 engine.run_config_path(args.weights_dir, args.vit_arch, args.fold))
-    inputs = {"valid": (train, valid_rows), "test": (test, np.arange(len(test)))}
-    print(f"{len(valid_rows)} validation rows (fold {args.fold}), {len(test)} test rows")
+    train, valid_rows, reason = validation_rows(args, configs)
+    inputs = {"test": (test, np.arange(len(test)))}
+    if valid_rows is None:
+        print(f"validation dumps skipped: {reason}; writing the test dumps only")
+        print(f"{len(test)} test rows")
+    else:
+        inputs["valid"] = (train, valid_rows)
+        print(f"{len(valid_rows)} validation rows (fold {args.fold}), {len(test)} test rows")
 
     probabilities = {key: model_probabilities(arch, epochs, configs[key], args, inputs, device)
                      for key, (arch, epochs) in models.items()}
 
-    labels = train.labels[valid_rows]
-    vit, eff = probabilities["vit"]["valid"], probabilities["eff"]["valid"]
-    for name, valid in ((args.vit_arch, vit), (args.eff_arch, eff), ("50/50 average", 0.5 * vit + 0.5 * eff)):
-        predicted = valid.argmax(axis=1)
-        print(f"fold {args.fold} {name}: validation accuracy {np.mean(predicted == labels):.5f}, "
-              f"macro-F1 {macro_f1(labels, predicted):.5f}")
+    if valid_rows is not None:
+        labels = train.labels[valid_rows]
+        vit, eff = probabilities["vit"]["valid"], probabilities["eff"]["valid"]
+        for name, valid in ((args.vit_arch, vit), (args.eff_arch, eff), ("50/50 average", 0.5 * vit + 0.5 * eff)):
+            predicted = valid.argmax(axis=1)
+            print(f"fold {args.fold} {name}: validation accuracy {np.mean(predicted == labels):.5f}, "
+                  f"macro-F1 {macro_f1(labels, predicted):.5f}")
     write_outputs(Path(args.out), args, models, probabilities, train, valid_rows, config)
 
 

@@ -31,6 +31,21 @@ stage name per line, test CSV order) and writes the submission
   over a prior is proportional to a likelihood).
 * ``none``: a copy.
 
+Then, for every test recording, the per-recording outputs of
+``hypnogram.write_recording_outputs`` go into ``--recordings-out`` (default
+``recordings/`` beside the submission): ``<ID>/<ID>-hypnogram.csv`` (epoch,
+onset, clock time, stage before and after post-processing, the five blended
+probabilities), ``<ID>/<ID>-Hypnogram.edf`` (EDF+ annotations),
+``<ID>/<ID>-hypnogram.png`` (not with ``--no-figures``, which saves most of
+the time: seconds per recording) and ``<ID>/<ID>-statistics.json``, plus
+``sleep_statistics.csv`` (one row per recording). Epochs are placed in time
+by each recording's timing sidecar (``<root>/<ID>/<ID>.timing.json``,
+written by ``render_edf.py``); without one, epoch n starts (n - 1) x 30 s
+after the recording start, clock time unknown. ``--no-recordings`` writes
+the submission only, as does a blend CSV without its blended probabilities
+(``.npy`` beside it; one line says so). The submission itself is unchanged
+by all this.
+
 Imports no torch, so it stays fast; evaluate.py imports the rules and the
 decoder for its validation table.
 """
@@ -57,7 +72,13 @@ parser.add_argument("--method", default="rules", help="rules, hmm or none")
 parser.add_argument("--across-recordings", action="store_true",
                     help="rules: match patterns across recording boundaries, as the seed did")
 parser.add_argument("--probabilities", type=Path, default=None,
-                    help="hmm: blended probabilities .npy (default: --in with .npy)")
+                    help="blended probabilities .npy, for hmm and the per-recording outputs (default: --in with .npy)")
+parser.add_argument("--recordings-out", type=Path, default=None,
+                    help="per-recording hypnograms, annotations, figures and statistics (default: recordings/ "
+                         "beside --out)")
+parser.add_argument("--no-recordings", action="store_true", help="write the submission only")
+parser.add_argument("--no-figures", action="store_true",
+                    help="per-recording outputs without the hypnogram figures (the slow part: seconds per recording)")
 parser.add_argument("--quiet", action="store_true", help="print only the configuration and what is saved")
 # fmt: on
 
@@ -314,10 +335,8 @@ def read_stage_lines(path: Path | str, rows: int, rows_source: str, how_to_make:
     return np.array([STAGE_TO_INT[line] for line in lines], dtype=np.int64)
 
 
-def hmm_postprocess(probabilities_npy: Path, data_root: str, test: psg_layout.EpochTable) -> np.ndarray:
+def hmm_postprocess(probabilities: np.ndarray, data_root: str, test: psg_layout.EpochTable) -> np.ndarray:
     """``--method hmm``: fit the HMM on the data root's training labels, decode the test rows."""
-    probabilities = load_probabilities(probabilities_npy, len(test), str(test.path),
-                                       "blend.py writes it beside its CSV; point --probabilities at it")
     train_csv = Path(data_root) / psg_layout.TRAIN_CSV
     if not train_csv.is_file():
         raise InputError(f"no training CSV {where(train_csv)}; the hmm counts its transitions from "
@@ -327,12 +346,85 @@ def hmm_postprocess(probabilities_npy: Path, data_root: str, test: psg_layout.Ep
 
 
 # --------------------------------------------------------------------------
+# Per-recording outputs
+# --------------------------------------------------------------------------
+STATISTICS_TABLE = "sleep_statistics.csv"
+
+
+def place_recordings(data_root: str, test: psg_layout.EpochTable) -> dict:
+    """Each test recording's rows, epoch numbers and timing, read before anything is written.
+
+    Returns
+    -------
+    dict
+        ID -> ``(rows, epoch_numbers, timing)``: int64 arrays (CSV order) and
+        its :class:`psg_layout.EpochTiming` (sidecar, or the plain grid).
+
+    Raises
+    ------
+    InputError
+        An ``IDnum`` that is not ``<ID>_NNNN.png`` (its time is unknown), or
+        a broken timing sidecar.
+    """
+    rows_of: dict[str, list] = {}
+    for row, recording_id in enumerate(test.recording_ids):
+        rows_of.setdefault(recording_id, []).append(row)
+    epochs = {}
+    for recording_id, rows in rows_of.items():
+        numbers = []
+        for row in rows:
+            try:
+                numbers.append(psg_layout.epoch_number_of(test.idnums[row]))
+            except InputError as err:
+                raise InputError(f"{err} {where(test.path, row + 1)}") from None
+        epochs[recording_id] = (np.array(rows, dtype=np.int64), np.array(numbers, dtype=np.int64),
+                                psg_layout.read_epoch_timing(data_root, recording_id, numbers))
+    return epochs
+
+
+def write_recordings(folder: Path, placements: dict, before: np.ndarray, after: np.ndarray,
+                     probabilities: np.ndarray, figures: bool = True) -> dict:
+    """Every test recording's hypnogram table, EDF+ annotations, figure and statistics, and the statistics table.
+
+    Parameters
+    ----------
+    folder : Path
+        Where ``<ID>/`` folders and ``sleep_statistics.csv`` go.
+    placements : dict
+        From :func:`place_recordings`.
+    before, after : np.ndarray of int, shape (rows,)
+        Stages before and after post-processing, test CSV order.
+    probabilities : np.ndarray, shape (rows, 5)
+        Blended probabilities, test CSV order.
+    figures : bool
+        Draw each recording's hypnogram figure.
+
+    Returns
+    -------
+    dict
+        Recording ID -> its sleep statistics (``hypnogram.sleep_statistics``).
+    """
+    import hypnogram  # matplotlib and edfio: only when per-recording outputs are written
+
+    statistics = {}
+    for recording_id, (rows, epoch_numbers, timing) in placements.items():
+        statistics[recording_id] = hypnogram.write_recording_outputs(
+            folder, recording_id, timing.onsets(epoch_numbers), before[rows], after[rows], probabilities[rows],
+            timing.start, epoch_numbers, timing.epoch_seconds, figure=figures)
+    hypnogram.write_statistics_table(folder / STATISTICS_TABLE, statistics)
+    return statistics
+
+
+# --------------------------------------------------------------------------
 def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.method not in POSTPROCESS_METHODS:
         raise InputError(f"unknown post-processing method {args.method!r} (expected rules, hmm or none)")
+    probabilities_given = args.probabilities is not None
     if args.probabilities is None:
         args.probabilities = probabilities_path(args.in_csv)
+    if args.recordings_out is None:
+        args.recordings_out = args.out.parent / "recordings"
     config = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()}
     print("config: " + json.dumps(config))
 
@@ -341,12 +433,20 @@ def main(argv=None) -> None:
                               "make it with blend.py, or point --in at a blend CSV")
     say = (lambda text: None) if args.quiet else print
     say(f"before: {stage_counts(stages)}")
+    skip_recordings = "--no-recordings" if args.no_recordings else ""
+    if not (skip_recordings or probabilities_given or args.probabilities.is_file()):
+        skip_recordings = f"no blended probabilities {where(args.probabilities)} (blend.py writes them)"
+    probabilities = None
+    if args.method == "hmm" or not skip_recordings:
+        probabilities = load_probabilities(args.probabilities, len(test), str(test.path),
+                                           "blend.py writes it beside its CSV; point --probabilities at it")
+    placements = None if skip_recordings else place_recordings(args.data_root, test)
 
     if args.method == "rules":
         new_stages, matches = apply_rules(stages, test.recording_ids, args.across_recordings)
         say("rule matches: " + ", ".join(f"{number} x{count}" for number, count in enumerate(matches, start=1)))
     elif args.method == "hmm":
-        new_stages = hmm_postprocess(args.probabilities, args.data_root, test)
+        new_stages = hmm_postprocess(probabilities, args.data_root, test)
     else:
         new_stages = stages
     say(f"after:  {stage_counts(new_stages)} ({int((new_stages != stages).sum())} rows changed)")
@@ -355,6 +455,13 @@ def main(argv=None) -> None:
     with psg_layout.atomic_path(args.out.with_suffix(".json")) as tmp:
         tmp.write_text(json.dumps(config, indent=2))
     print(f"{args.out} is saved ({len(new_stages)} rows)")
+    if skip_recordings:
+        say(f"per-recording outputs skipped: {skip_recordings}")
+    else:
+        statistics = write_recordings(args.recordings_out, placements, stages, new_stages, probabilities,
+                                      figures=not args.no_figures)
+        print(f"{args.recordings_out} holds the hypnograms, annotations, figures and statistics of "
+              f"{len(statistics)} recording(s), with {STATISTICS_TABLE}")
 
 
 if __name__ == "__main__":

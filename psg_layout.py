@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import datetime
 import functools
 import io
+import json
 import os
+import re
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -295,6 +298,119 @@ def image_name(recording_id: str, epoch_number: int) -> str:
 def image_path(data_root: Path | str, recording_id: str, idnum: str) -> Path:
     """``<root>/<ID>/<IDnum>``, the challenge's image location."""
     return Path(data_root) / recording_id / idnum
+
+
+# --------------------------------------------------------------------------
+# Epoch timing: from an image back to the recording's clock
+# --------------------------------------------------------------------------
+TIMING_SUFFIX = ".timing.json"  # <root>/<ID>/<ID>.timing.json, beside the images
+IMAGE_NAME_PATTERN = re.compile(r"(?P<recording>.+)_(?P<epoch>[0-9]{4})\.png")
+
+
+@dataclass(frozen=True)
+class EpochTiming:
+    """Where a recording's epochs lie in time (the sidecar ``<ID>/<ID>.timing.json``).
+
+    Attributes
+    ----------
+    recording_id : str
+    start : datetime.datetime or None
+        Start date and clock time of the recording, from the EDF header
+        (local time as the header states it, no time zone); None when
+        unknown.
+    epoch_seconds : float
+        Length of one epoch, s.
+    origin_seconds : float
+        Start of epoch 1, s from the recording start (the scorer's grid may
+        begin after the first sample).
+    epoch_numbers : tuple of int
+        1-based epoch numbers (the ``NNNN`` of ``<ID>_NNNN.png``) of the
+        rendered images, ascending.
+    """
+
+    recording_id: str
+    start: datetime.datetime | None
+    epoch_seconds: float
+    origin_seconds: float
+    epoch_numbers: tuple
+
+    def onsets(self, epoch_numbers) -> np.ndarray:
+        """Onsets of epochs, s from the recording start: float64 array, shape of ``epoch_numbers``."""
+        return self.origin_seconds + (np.asarray(epoch_numbers, dtype=np.float64) - 1.0) * self.epoch_seconds
+
+
+def epoch_number_of(idnum: str) -> int:
+    """The epoch number ``NNNN`` of an image name ``<ID>_NNNN.png``.
+
+    Raises
+    ------
+    InputError
+        A name not of that form.
+    """
+    match = IMAGE_NAME_PATTERN.fullmatch(idnum)
+    if match is None:
+        raise InputError(f"image name {idnum!r} is not <ID>_NNNN.png, so its epoch is unknown")
+    return int(match["epoch"])
+
+
+def timing_path(folder: Path | str, recording_id: str) -> Path:
+    """``<folder>/<ID>.timing.json``; ``folder`` is the recording's image folder (``<root>/<ID>``)."""
+    return Path(folder) / f"{recording_id}{TIMING_SUFFIX}"
+
+
+def write_epoch_timing(folder: Path | str, timing: EpochTiming) -> Path:
+    """Save a recording's timing sidecar in its image folder, atomically; return its path."""
+    document = {
+        "recording_id": timing.recording_id,
+        "start": None if timing.start is None else timing.start.isoformat(),
+        "epoch_seconds": float(timing.epoch_seconds),
+        "origin_seconds": float(timing.origin_seconds),
+        "epoch_numbers": [int(n) for n in timing.epoch_numbers],
+    }
+    path = timing_path(folder, timing.recording_id)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(document) + "\n")
+    return path
+
+
+def read_epoch_timing(data_root: Path | str, recording_id: str, epoch_numbers) -> EpochTiming:
+    """The timing of a recording's images: its sidecar, or the challenge's plain grid without one.
+
+    Data without a sidecar (the synthetic challenge layout) put epoch ``n``
+    at ``(n - 1) * 30`` s from the recording start, clock time unknown.
+
+    Parameters
+    ----------
+    data_root : path-like
+    recording_id : str
+    epoch_numbers : sequence of int
+        Epoch numbers of the images in use (from the CSV); each must be in
+        the sidecar when there is one.
+
+    Raises
+    ------
+    InputError
+        An unreadable or malformed sidecar, one of another recording, or one
+        that lacks an image's epoch.
+    """
+    path = timing_path(Path(data_root) / recording_id, recording_id)
+    wanted = tuple(int(n) for n in epoch_numbers)
+    if not path.is_file():
+        return EpochTiming(recording_id, None, float(EPOCH_SECONDS), 0.0, wanted)
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+        start = None if document["start"] is None else datetime.datetime.fromisoformat(document["start"])
+        timing = EpochTiming(str(document["recording_id"]), start, float(document["epoch_seconds"]),
+                             float(document["origin_seconds"]), tuple(int(n) for n in document["epoch_numbers"]))
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise InputError(f"not an epoch timing file ({type(err).__name__}: {err}) {where(path)}") from None
+    if timing.recording_id != recording_id or not timing.epoch_seconds > 0:
+        raise InputError(f"timing file of recording {timing.recording_id!r} with {timing.epoch_seconds:g}-s epochs, "
+                         f"expected {recording_id!r} with positive epochs {where(path)}")
+    missing = sorted(set(wanted) - set(timing.epoch_numbers))
+    if missing:
+        raise InputError(f"timing file lacks epoch(s) {missing[:5]} of the recording's images {where(path)}")
+    return timing
 
 
 # --------------------------------------------------------------------------

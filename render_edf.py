@@ -12,9 +12,18 @@ as ``make_synthetic.py``) and appends the labelled epochs to the split's CSV:
 writes ``DATA/<ID>/<ID>_NNNN.png`` (NNNN = epoch number counted from the
 recording start, so a file maps back to its time even after trimming),
 ``DATA/<ID>/render_edf.json`` (the resolved configuration and what was
-done to that recording) and appends ``ID,IDnum,label`` rows to
+done to that recording), ``DATA/<ID>/<ID>.timing.json`` (the timing sidecar:
+the recording's start date and clock time from the EDF header, the epoch
+length, the start of epoch 1 and the epoch number of every image; see
+``psg_layout.EpochTiming``) and appends ``ID,IDnum,label`` rows to
 ``DATA/trainset-for_user.csv`` (``--split test``: ``ID,IDnum`` to
 ``testset-for_user.csv`` and the answers to ``testset-labels.csv``).
+
+Recordings no one has scored yet (``--split test --unscored``) need no
+hypnogram: every whole 30-s epoch from the first sample on is drawn and
+listed in ``testset-for_user.csv``, with no answers. ``--trim-wake`` does
+not apply to them: without stages there is no sleep period to trim around,
+so the whole recording is kept (trim the scored hypnogram afterwards).
 
 Everything is checked (montage, channels, units, hypnograms, their length
 against the recording, IDs already in the data set) before the first image
@@ -25,6 +34,7 @@ rewritten atomically. A failed run leaves ``--out`` as it was.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import math
 import os
@@ -77,12 +87,19 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="sleep-edf, shhs, synthetic, or a JSON montage file")
     parser.add_argument("--trim-wake", type=parse_trim_wake, default=30.0,
                         help="minutes of wake kept before the first and after the last sleep epoch; "
-                             "'none' keeps the whole recording")
+                             "'none' keeps the whole recording (unscored recordings are always kept whole)")
+    parser.add_argument("--unscored", action="store_true",
+                        help="the recordings have no hypnogram: render every whole epoch from the recording "
+                             "start into testset-for_user.csv (needs --split test; no answers are written)")
     parser.add_argument("--workers", type=int, default=2, help="recordings rendered in parallel")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error(f"--workers must be 1 or more, got {args.workers}")
+    if args.unscored and args.split != "test":
+        parser.error("--unscored recordings have no labels to train on: use --split test")
+    if args.unscored and args.hypnogram is not None:
+        parser.error("--unscored reads no hypnogram: leave out --hypnogram")
     return args
 
 
@@ -484,11 +501,11 @@ RECORDING_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 @dataclass(frozen=True)
 class RecordingSource:
-    """One recording to render: its ID, EDF file and hypnogram file."""
+    """One recording to render: its ID, EDF file and hypnogram file (None: unscored)."""
 
     recording_id: str
     edf: Path
-    hypnogram: Path
+    hypnogram: Path | None
 
 
 def is_hypnogram_file(path: Path) -> bool:
@@ -525,7 +542,7 @@ def _files_under(folder: Path, recursive: bool) -> list[Path]:
     return sorted(p for p in found if p.is_file() and not p.name.startswith("."))
 
 
-def find_recordings(edf: Path, hypnogram: Path | None) -> list[RecordingSource]:
+def find_recordings(edf: Path, hypnogram: Path | None, unscored: bool = False) -> list[RecordingSource]:
     """Recordings to render with their hypnograms, sorted by ID.
 
     Parameters
@@ -536,6 +553,9 @@ def find_recordings(edf: Path, hypnogram: Path | None) -> list[RecordingSource]:
     hypnogram : Path or None
         For one EDF: its hypnogram file, or a folder to look in; for an EDF
         folder: a folder to search recursively. None: beside the recordings.
+    unscored : bool
+        The recordings have no hypnograms: none is looked for (hypnogram
+        EDFs in a folder are still skipped).
 
     Raises
     ------
@@ -557,7 +577,9 @@ def find_recordings(edf: Path, hypnogram: Path | None) -> list[RecordingSource]:
         if hypnogram is not None and hypnogram.is_file():
             raise InputError(f"--hypnogram must be a folder when --edf is a folder {where(hypnogram)}")
 
-    if hypnogram is not None and hypnogram.is_file():
+    if unscored:
+        pairs = [(p, [None]) for p in edfs]
+    elif hypnogram is not None and hypnogram.is_file():
         pairs = [(edfs[0], [hypnogram])]
     else:
         search_root = hypnogram if hypnogram is not None else (edf if edf.is_dir() else edf.parent)
@@ -627,6 +649,38 @@ def _read_edf_header(path: Path, include=None):
         raise InputError(f"cannot read EDF: {type(err).__name__}: {_first_line(err)} {where(path)}") from None
 
 
+def check_edf_complete(path: Path) -> None:
+    """Refuse an EDF file shorter than its header says (a copy cut off, an interrupted download).
+
+    MNE reads such a file without complaint and returns the records that
+    are there, so the recording would look merely shorter. The fixed EDF
+    header gives the header size (bytes 184-192), the record count (236-244,
+    -1 while recording), the signal count (252-256) and, per signal, the
+    samples per record (2 bytes each).
+
+    Raises
+    ------
+    InputError
+        A header that cannot be parsed, or a file shorter than header plus
+        records.
+    """
+    try:
+        with open(path, "rb") as handle:
+            fixed = handle.read(256)
+            header_bytes, records, signals = int(fixed[184:192]), int(fixed[236:244]), int(fixed[252:256])
+            handle.seek(256 + signals * 216)
+            samples = [int(handle.read(8)) for _ in range(signals)]
+    except ValueError:
+        raise InputError(f"cannot read EDF: the header's sizes are not numbers {where(path)}") from None
+    if records < 0:
+        return
+    expected = header_bytes + records * 2 * sum(samples)
+    actual = path.stat().st_size
+    if actual < expected:
+        raise InputError(f"EDF is truncated: its header announces {records} data records ({expected} bytes), "
+                         f"the file has {actual} bytes {where(path)}")
+
+
 def _row_gain(row: str, source: RowSource, channel: str, mne_gain: float, file_unit: str, edf: Path) -> float:
     """Factor from MNE's values of ``channel`` to the row's physical unit (with scale and inversion)."""
     row_unit = psg_layout.SIGNAL_BY_NAME[row].unit
@@ -665,6 +719,7 @@ def resolve_channels(edf: Path, montage: Montage) -> tuple[dict, float]:
         the labels the file has); units that do not fit the row.
     """
     header = _read_edf_header(edf)
+    check_edf_complete(edf)
     labels = header.ch_names
     duration = header.n_times / header.info["sfreq"]
     chosen, missing = {}, []
@@ -738,6 +793,8 @@ class RenderJob:
         Stage int per drawn epoch, :data:`UNSCORED` for unlabelled ones.
     staging : Path
         Hidden folder the images go to until the run succeeds.
+    timing : psg_layout.EpochTiming
+        Saved as the recording's timing sidecar.
     record : dict
         The resolved configuration and facts saved as ``render_edf.json``.
     """
@@ -748,6 +805,7 @@ class RenderJob:
     epoch_numbers: np.ndarray
     stages: np.ndarray
     staging: Path
+    timing: psg_layout.EpochTiming
     record: dict = field(default_factory=dict)
 
 
@@ -765,7 +823,7 @@ def epoch_signals(channels: dict, rows: dict, origin: float, epoch_number: int, 
 
 
 def render_recording(job: RenderJob, progress=None) -> None:
-    """Draw every planned epoch of one recording into ``job.staging`` and save its ``render_edf.json``."""
+    """Draw every planned epoch of one recording into ``job.staging``; save its ``render_edf.json`` and timing."""
     channels = load_channels(job.source.edf, job.rows)
     fs = {row: row_channel.fs for row, row_channel in job.rows.items()}
     shutil.rmtree(job.staging, ignore_errors=True)  # debris of a run that was killed
@@ -778,17 +836,54 @@ def render_recording(job: RenderJob, progress=None) -> None:
             progress.put(1)
     with psg_layout.atomic_path(job.staging / "render_edf.json") as tmp:
         tmp.write_text(json.dumps(job.record, indent=2) + "\n")
+    psg_layout.write_epoch_timing(job.staging, job.timing)
+
+
+def unscored_epoch_grid(edf: Path, recording_seconds: float) -> tuple[float, np.ndarray]:
+    """The grid of a recording without hypnogram: every whole 30-s epoch from the first sample.
+
+    Returns
+    -------
+    origin : float
+        0.0 (epoch 1 starts with the recording).
+    stages : np.ndarray of int64, shape (epochs,)
+        :data:`UNSCORED` for each whole epoch.
+
+    Raises
+    ------
+    InputError
+        A recording shorter than one epoch.
+    """
+    epoch_count = int((recording_seconds + GRID_TOLERANCE_SECONDS) // EPOCH_SECONDS)
+    if epoch_count < 1:
+        raise InputError(f"recording is {recording_seconds:g} s long, shorter than one {EPOCH_SECONDS}-s epoch "
+                         f"{where(edf)}")
+    return 0.0, np.full(epoch_count, UNSCORED, dtype=np.int64)
+
+
+def recording_start(edf: Path) -> datetime.datetime | None:
+    """Start date and clock time of a recording as its EDF header states them (no time zone), or None."""
+    start = _read_edf_header(edf).info["meas_date"]
+    return None if start is None else start.replace(tzinfo=None)
 
 
 def plan_recording(source: RecordingSource, montage: Montage, trim_minutes: float | None, out: Path,
                    config: dict) -> RenderJob:
-    """Check one recording completely (header, channels, units, hypnogram) and plan its epochs."""
+    """Check one recording completely (header, channels, units, hypnogram) and plan its epochs.
+
+    A recording without hypnogram (``source.hypnogram`` None) keeps every
+    whole epoch from its first sample, all unlabelled.
+    """
     rows, duration = resolve_channels(source.edf, montage)
-    segments = read_hypnogram(source.hypnogram)
-    origin, stages = stages_on_epoch_grid(segments, source.hypnogram, duration)
-    keep = epochs_to_keep(stages, trim_minutes, source.hypnogram)
-    if not (stages[keep] != UNSCORED).any():
-        raise InputError(f"no scored epoch to label in the recording {where(source.hypnogram)}")
+    if source.hypnogram is None:
+        origin, stages = unscored_epoch_grid(source.edf, duration)
+        keep = np.arange(len(stages))
+    else:
+        segments = read_hypnogram(source.hypnogram)
+        origin, stages = stages_on_epoch_grid(segments, source.hypnogram, duration)
+        keep = epochs_to_keep(stages, trim_minutes, source.hypnogram)
+        if not (stages[keep] != UNSCORED).any():
+            raise InputError(f"no scored epoch to label in the recording {where(source.hypnogram)}")
     epoch_numbers = keep + 1
     if epoch_numbers[-1] > 9999:
         raise InputError(f"more than 9999 epochs; file names have 4 digits {where(source.edf)}")
@@ -797,7 +892,7 @@ def plan_recording(source: RecordingSource, montage: Montage, trim_minutes: floa
         **config,
         "recording_id": source.recording_id,
         "edf": str(source.edf),
-        "hypnogram": str(source.hypnogram),
+        "hypnogram": None if source.hypnogram is None else str(source.hypnogram),
         "recording_seconds": duration,
         "epoch1_offset_seconds": origin,
         "epochs_in_recording": len(stages),
@@ -809,7 +904,9 @@ def plan_recording(source: RecordingSource, montage: Montage, trim_minutes: floa
                  for row, rc in rows.items()},
     }
     staging = out / f".{source.recording_id}.render-partial"
-    return RenderJob(source, rows, origin, epoch_numbers, stages[keep], staging, record)
+    timing = psg_layout.EpochTiming(source.recording_id, recording_start(source.edf), float(EPOCH_SECONDS), origin,
+                                    tuple(int(n) for n in epoch_numbers))
+    return RenderJob(source, rows, origin, epoch_numbers, stages[keep], staging, timing, record)
 
 
 # --------------------------------------------------------------------------
@@ -846,19 +943,27 @@ def _rows_of(path: Path, with_labels: bool) -> list[list[str]]:
     return [[i, n, psg_layout.STAGES[s]] for i, n, s in zip(table.recording_ids, table.idnums, table.labels)]
 
 
-def split_csv_contents(out: Path, split: str, jobs: list[RenderJob]) -> dict:
-    """The split's CSVs after appending the jobs' labelled epochs: path -> rows (existing rows first)."""
-    labelled = []
+def split_csv_contents(out: Path, split: str, jobs: list[RenderJob], unscored: bool = False) -> dict:
+    """The split's CSVs after appending the jobs' epochs: path -> rows (existing rows first).
+
+    Labelled epochs are appended; ``unscored``: every rendered epoch goes to
+    the test CSV and the answers file is left alone.
+    """
+    labelled, listed = [], []
     for job in jobs:
+        recording_id = job.source.recording_id
         for epoch_number, stage in zip(job.epoch_numbers, job.stages):
-            if stage != UNSCORED:
-                recording_id = job.source.recording_id
-                labelled.append([recording_id, psg_layout.image_name(recording_id, int(epoch_number)),
-                                 psg_layout.STAGES[stage]])
+            idnum = psg_layout.image_name(recording_id, int(epoch_number))
+            if unscored:
+                listed.append([recording_id, idnum])
+            elif stage != UNSCORED:
+                labelled.append([recording_id, idnum, psg_layout.STAGES[stage]])
     if split == "train":
         path = out / psg_layout.TRAIN_CSV
         return {path: _rows_of(path, True) + labelled}
     test_path, answers_path = out / psg_layout.TEST_CSV, out / psg_layout.TEST_LABELS_CSV
+    if unscored:
+        return {test_path: _rows_of(test_path, False) + listed}
     return {test_path: _rows_of(test_path, False) + [row[:2] for row in labelled],
             answers_path: _rows_of(answers_path, True) + labelled}
 
@@ -914,7 +1019,7 @@ def main(argv=None) -> None:
     out = args.out
     if out.exists() and not out.is_dir():
         raise InputError(f"--out is a file, not a folder {where(out)}")
-    recordings = find_recordings(args.edf, args.hypnogram)
+    recordings = find_recordings(args.edf, args.hypnogram, args.unscored)
     check_new_ids(out, recordings)
     jobs = [plan_recording(source, montage, args.trim_wake, out, config) for source in recordings]
     for job in jobs:
@@ -928,7 +1033,7 @@ def main(argv=None) -> None:
     moved = []
     try:
         render_all(jobs, args.workers, show_progress=not args.quiet and sys.stderr.isatty())
-        csv_contents = split_csv_contents(out, args.split, jobs)
+        csv_contents = split_csv_contents(out, args.split, jobs, args.unscored)
         for job in jobs:
             os.replace(job.staging, out / job.source.recording_id)
             moved.append(out / job.source.recording_id)
@@ -942,7 +1047,7 @@ def main(argv=None) -> None:
         psg_layout.write_csv_rows(path, rows)
     rendered = sum(len(job.epoch_numbers) for job in jobs)
     labelled = sum(job.record["epochs_labelled"] for job in jobs)
-    print(f"rendered {len(jobs)} recording(s), {rendered} images, {labelled} labelled rows added to "
+    print(f"rendered {len(jobs)} recording(s), {rendered} images ({labelled} labelled); rows added to "
           f"{', '.join(p.name for p in csv_contents)} in {out}")
 
 

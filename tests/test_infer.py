@@ -166,17 +166,72 @@ def test_bad_checkpoints_end_with_one_line_and_exit_2(tiny_data, weights, tmp_pa
     # an EfficientNet checkpoint under the ViT's name
     shutil.copy(engine.checkpoint_path(mixed, EFF, 0, 0), engine.checkpoint_path(mixed, VIT, 0, 7))
     assert "does not fit" in infer_error("--vit-epochs", 7, "--eff-epochs", 0)
-    # models trained on different splits have different validation rows
-    path = engine.run_config_path(mixed, EFF, 0)
-    path.write_text(json.dumps(dict(json.loads(path.read_text()), seed=1)))
-    assert "different splits" in infer_error("--vit-epochs", 0, "--eff-epochs", 0)
-    # a training CSV whose fold 0 is no longer what the model was validated on
-    path = engine.run_config_path(mixed, VIT, 0)
-    path.write_text(json.dumps(dict(json.loads(path.read_text()), valid_recordings=["elsewhere"])))
-    path = engine.run_config_path(mixed, EFF, 0)
-    path.write_text(json.dumps(dict(json.loads(path.read_text()), seed=72)))
-    assert "no longer holds the recordings" in infer_error("--vit-epochs", 0, "--eff-epochs", 0)
     assert "--tta must be at least 1" in infer_error("--tta", 0)
     assert not (tmp_path / "o").exists()
     with pytest.raises(psg_layout.InputError, match="make_synthetic.py"):
         infer_main(["--data-root", str(tmp_path / "none"), "--quiet"])
+
+
+# --------------------------------------------------------------------------
+# Scoring needs only what scoring needs
+# --------------------------------------------------------------------------
+def test_test_only_inference_without_a_training_csv(tiny_data, weights, inferred, tmp_path):
+    """A data root with only the test CSV and its images: the test dumps alone, equal to the full run's rows."""
+    test = psg_layout.read_epoch_csv(tiny_data / psg_layout.TEST_CSV, with_labels=False)
+    first = test.recording_ids[0]
+    rows = [r for r, recording in enumerate(test.recording_ids) if recording == first][:10]
+    root = tmp_path / "DATA"
+    psg_layout.write_csv_rows(root / psg_layout.TEST_CSV, [(first, test.idnums[r]) for r in rows])
+    (root / first).mkdir()
+    for r in rows:
+        shutil.copy(tiny_data / first / test.idnums[r], root / first / test.idnums[r])
+    out = tmp_path / "outputs"
+    result = infer(root, weights, out, "--vit-epochs", 0, 1, "--eff-epochs", 1)
+    skipped = [line for line in result.stdout.splitlines() if line.startswith("validation dumps skipped")]
+    assert skipped == [f"validation dumps skipped: no training CSV ({root / psg_layout.TRAIN_CSV}); "
+                       f"writing the test dumps only"]
+    full = np.load(inferred[0] / "test_vit_fold_0_[0, 1].npy")
+    np.testing.assert_allclose(np.load(out / "test_vit_fold_0_[0, 1].npy"), full[rows], atol=1e-5)
+    assert sorted(p.name for p in out.iterdir()) == ["infer_blend_fold_0.json", "test_efficientnet_fold_0_[1].npy",
+                                                     "test_vit_fold_0_[0, 1].npy"]
+    # blend.py and postprocess.py work on it; --tune says in one line that it needs the validation dumps
+    models = ("--vit-arch", VIT, "--eff-arch", EFF, "--vit-epochs", 0, 1, "--eff-epochs", 1)
+    run_script("blend.py", "--data-root", root, "--out", out, *models, "--quiet")
+    blend_csv = out / "filesblend_sqrt_[0, 1]_[1].csv"
+    run_script("postprocess.py", "--data-root", root, "--in", blend_csv, "--out", out / "files_post.csv")
+    assert len((out / "files_post.csv").read_text().splitlines()) == len(rows)
+    tune = run_script("blend.py", "--data-root", root, "--out", out, *models, "--tune", check=False)
+    assert tune.returncode == 2 and tune.stderr.count("\n") == 1 and "no validation rows" in tune.stderr
+    hmm = run_script("postprocess.py", "--data-root", root, "--in", blend_csv, "--out", tmp_path / "hmm.csv",
+                     "--method", "hmm", check=False)
+    assert hmm.returncode == 2 and hmm.stderr.count("\n") == 1 and "no training CSV" in hmm.stderr
+    # a training CSV too small for the models' folds: the reason in one line, the test dumps all the same
+    psg_layout.write_csv_rows(root / psg_layout.TRAIN_CSV, [(first, test.idnums[r], "N2") for r in rows[:2]])
+    result = infer(root, weights, tmp_path / "small", "--vit-epochs", 0, "--eff-epochs", 1)
+    assert "validation dumps skipped: --cv subject needs at least 3 recordings for 3 folds" in result.stdout
+    assert dump_path(tmp_path / "small", EFF, 0, [1]).is_file()
+
+
+def test_validation_skipped_when_the_fold_is_not_the_models(tiny_data, weights, inferred, tmp_path, capsys):
+    """Another split or another training CSV: one line says why, the test dumps are still written (and equal)."""
+    changed = tmp_path / "weights"
+    shutil.copytree(weights, changed)
+    path = engine.run_config_path(changed, VIT, 0)
+    path.write_text(json.dumps(dict(json.loads(path.read_text()), valid_recordings=["elsewhere"])))
+    out = tmp_path / "o"
+    infer_main([str(a) for a in ("--data-root", tiny_data, "--weights-dir", changed, "--out", out,
+                                 "--vit-arch", VIT, "--eff-arch", EFF, "--vit-epochs", 0, "--eff-epochs", 1,
+                                 "--workers", 0, "--quiet")])
+    printed = capsys.readouterr().out
+    assert "validation dumps skipped: fold 0 of" in printed and "no longer holds the recordings" in printed
+    assert not valid_csv_path(out, 0).exists() and not dump_path(out, EFF, 0, [1], "valid").exists()
+    np.testing.assert_allclose(np.load(dump_path(out, EFF, 0, [1])),
+                               np.load(inferred[0] / "test_efficientnet_fold_0_[1].npy"), atol=1e-5)
+
+    path = engine.run_config_path(changed, EFF, 0)
+    path.write_text(json.dumps(dict(json.loads(path.read_text()), seed=1)))
+    infer_main([str(a) for a in ("--data-root", tiny_data, "--weights-dir", changed, "--out", tmp_path / "p",
+                                 "--vit-arch", VIT, "--eff-arch", EFF, "--vit-epochs", 0, "--eff-epochs", 1,
+                                 "--workers", 0, "--quiet")])
+    assert "validation dumps skipped: the two models were trained on different splits" in capsys.readouterr().out
+    assert dump_path(tmp_path / "p", VIT, 0, [0]).is_file()

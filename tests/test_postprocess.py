@@ -10,6 +10,7 @@ from postprocess import apply_rules, estimate_hmm, hmm_decode, viterbi
 from conftest import run_script
 
 CODE = {"W": "Wake", "1": "N1", "2": "N2", "3": "N3", "R": "REM"}
+CODE_OF = {name: code for code, name in CODE.items()}
 
 
 def encode(text: str) -> np.ndarray:
@@ -243,3 +244,77 @@ def test_rules_on_tiny_data_stop_at_the_recording_boundary(tiny_data, tmp_path):
     assert after[:boundary] == stages[:boundary] and after[boundary + 6:] == stages[boundary + 6:]
     run_script("postprocess.py", "--data-root", tiny_data, "--in", blend_csv, "--out", out, "--across-recordings")
     assert out.read_text().split()[boundary] == "N2"
+
+
+# --------------------------------------------------------------------------
+# Per-recording outputs beside the submission
+# --------------------------------------------------------------------------
+def test_per_recording_outputs_map_epochs_to_time(tmp_path):
+    import csv
+    import datetime
+
+    # recording a: rendered from an EDF (sidecar: start 23:59:40, grid origin 10 s, epochs 3-7 listed);
+    # recording b: the synthetic challenge layout (no sidecar)
+    data, out_dir = tmp_path / "DATA", tmp_path / "outputs"
+    rows = [("RECa", psg_layout.image_name("RECa", n)) for n in (3, 4, 5, 6, 7)]
+    rows += [("RECb", psg_layout.image_name("RECb", n)) for n in (1, 2, 3, 4)]
+    psg_layout.write_csv_rows(data / psg_layout.TEST_CSV, rows)
+    psg_layout.write_epoch_timing(data / "RECa", psg_layout.EpochTiming(
+        "RECa", datetime.datetime(2023, 12, 31, 23, 59, 40), 30.0, 10.0, tuple(range(1, 10))))
+    blend_csv = out_dir / "filesblend_sqrt_[4]_[1].csv"
+    before = "22R22" + "W12R"  # rule 2 makes a's REM N2; nothing matches in b
+    psg_layout.write_lines(blend_csv, [CODE[c] for c in before])
+    probabilities = np.random.default_rng(0).dirichlet(np.ones(5), len(rows)).astype(np.float32)
+    np.save(blend_csv.with_suffix(".npy"), probabilities)
+
+    submission = out_dir / "files_post.csv"
+    run_script("postprocess.py", "--data-root", data, "--in", blend_csv, "--out", submission, "--no-recordings")
+    alone = submission.read_bytes()
+    assert not (out_dir / "recordings").exists()
+    result = run_script("postprocess.py", "--data-root", data, "--in", blend_csv, "--out", submission)
+    assert submission.read_bytes() == alone  # the submission stays the challenge's format, byte for byte
+    assert "2 recording(s)" in result.stdout
+
+    def table(recording):
+        with open(out_dir / "recordings" / recording / f"{recording}-hypnogram.csv", newline="") as handle:
+            return list(csv.DictReader(handle))
+
+    a, b = table("RECa"), table("RECb")
+    assert [r["epoch"] for r in a] == ["3", "4", "5", "6", "7"]
+    assert [float(r["onset_s"]) for r in a] == [70.0, 100.0, 130.0, 160.0, 190.0]  # 10 + (n - 1) * 30
+    # start 23:59:40 + 70 s: the clock passes midnight into the next day
+    assert [r["clock_time"] for r in a] == [f"2024-01-01 00:0{m}:{s}" for m, s in
+                                            (("0", "50"), ("1", "20"), ("1", "50"), ("2", "20"), ("2", "50"))]
+    assert "".join(CODE_OF[r["stage_before"]] for r in a) == "22R22"
+    assert "".join(CODE_OF[r["stage_after"]] for r in a) == "22222"
+    np.testing.assert_allclose([float(r["p_REM"]) for r in a], probabilities[:5, 4], atol=1e-6)
+    assert [float(r["onset_s"]) for r in b] == [0.0, 30.0, 60.0, 90.0] and {r["clock_time"] for r in b} == {""}
+    assert "".join(CODE_OF[r["stage_after"]] for r in b) == "W12R"
+    for recording in ("RECa", "RECb"):
+        files = {p.name for p in (out_dir / "recordings" / recording).iterdir()}
+        assert {f"{recording}-Hypnogram.edf", f"{recording}-hypnogram.png", f"{recording}-statistics.json"} <= files
+    with open(out_dir / "recordings" / "sleep_statistics.csv", newline="") as handle:
+        statistics = {row["recording_id"]: row for row in csv.DictReader(handle)}
+    assert float(statistics["RECa"]["TST"]) == 2.5 and float(statistics["RECb"]["TST"]) == 1.5
+
+    # --no-figures: the same outputs without the (slow) figures
+    run_script("postprocess.py", "--data-root", data, "--in", blend_csv, "--out", submission,
+               "--recordings-out", tmp_path / "plain", "--no-figures")
+    assert sorted(p.name for p in (tmp_path / "plain" / "RECa").iterdir()) == [
+        "RECa-Hypnogram.edf", "RECa-hypnogram.csv", "RECa-statistics.json"]
+    assert (tmp_path / "plain" / "RECa" / "RECa-hypnogram.csv").read_bytes() == \
+        (out_dir / "recordings" / "RECa" / "RECa-hypnogram.csv").read_bytes()
+
+    # a blend CSV without its probabilities: the submission, and one line saying why nothing else
+    blend_csv.with_suffix(".npy").unlink()
+    result = run_script("postprocess.py", "--data-root", data, "--in", blend_csv, "--out", submission)
+    assert "per-recording outputs skipped: no blended probabilities" in result.stdout
+    assert submission.read_bytes() == alone
+
+    # a broken timing sidecar is found before anything is written
+    np.save(blend_csv.with_suffix(".npy"), probabilities)
+    psg_layout.timing_path(data / "RECa", "RECa").write_text("{}")
+    broken = run_script("postprocess.py", "--data-root", data, "--in", blend_csv, "--out", tmp_path / "new.csv",
+                        "--recordings-out", tmp_path / "new", check=False)
+    assert broken.returncode == 2 and broken.stderr.count("\n") == 1 and "not an epoch timing file" in broken.stderr
+    assert not (tmp_path / "new.csv").exists() and not (tmp_path / "new").exists()

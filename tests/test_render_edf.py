@@ -448,3 +448,110 @@ def test_failure_while_drawing_removes_every_image_of_the_run(tmp_path, monkeypa
     assert len(drawn) == 30
     assert folder_state(out) == before
     assert sorted(p.name for p in out.iterdir()) == ["OLD", psg_layout.TRAIN_CSV]
+
+
+# --------------------------------------------------------------------------
+# Unscored recordings and the timing sidecar
+# --------------------------------------------------------------------------
+LEVEL_MONTAGE = {"rows": {"C3-M2": {"channel": "EEG"}}}
+
+
+def level(epoch_number: int) -> float:
+    """The constant EEG value, uV, of epoch ``epoch_number`` in :func:`write_level_edf` (one level per epoch)."""
+    return 4.0 * epoch_number - 40.0
+
+
+def write_level_edf(path: Path, seconds: int, origin: float, start: datetime.datetime) -> Path:
+    """One 100-Hz EEG channel that holds :func:`level` (n) during epoch n of the grid starting at ``origin`` s."""
+    times = np.arange(seconds * 100) / 100
+    values = level(np.floor((times - origin) / 30) + 1)
+    edfio.Edf([edfio.EdfSignal(values, 100, label="EEG", physical_dimension="uV", physical_range=(-200, 200))],
+              starttime=start.time(), recording=edfio.Recording(startdate=start.date()),
+              data_record_duration=1).write(path)
+    return path
+
+
+def level_montage(folder: Path) -> Path:
+    path = folder / "montage.json"
+    path.write_text(json.dumps(LEVEL_MONTAGE))
+    return path
+
+
+def drawn_level_row(image_path: Path) -> int:
+    signal = psg_layout.SIGNAL_BY_NAME["C3-M2"]
+    return brightest_row(cv2.imread(str(image_path)), signal.top_270, signal.height_270)
+
+
+def test_unscored_recording_renders_every_whole_epoch_with_its_timing(tmp_path):
+    start = datetime.datetime(2024, 3, 1, 23, 10, 5)
+    write_level_edf(tmp_path / "NIGHT1.edf", 615, 0.0, start)  # 20 whole epochs and 15 s
+    out = tmp_path / "DATA"
+    result = run_script("render_edf.py", "--edf", tmp_path / "NIGHT1.edf", "--out", out, "--split", "test",
+                        "--unscored", "--montage", level_montage(tmp_path), "--quiet")
+    assert "20 images (0 labelled)" in result.stdout
+    table = psg_layout.read_epoch_csv(out / psg_layout.TEST_CSV, with_labels=False)
+    assert table.idnums == [f"NIGHT1_{n:04d}.png" for n in range(1, 21)]
+    assert not (out / psg_layout.TEST_LABELS_CSV).exists() and not (out / psg_layout.TRAIN_CSV).exists()
+
+    timing = psg_layout.read_epoch_timing(out, "NIGHT1", range(1, 21))
+    assert timing.start == start and timing.origin_seconds == 0 and timing.epoch_seconds == 30
+    assert timing.epoch_numbers == tuple(range(1, 21))
+    np.testing.assert_array_equal(timing.onsets([1, 2, 20]), [0.0, 30.0, 570.0])
+    # each image shows its own epoch's level: epoch n is the recording's seconds (n-1)*30 .. n*30
+    for n in (1, 7, 20):
+        assert abs(drawn_level_row(out / "NIGHT1" / f"NIGHT1_{n:04d}.png") - expected_row("C3-M2", level(n))) <= 1
+
+
+def test_scorer_grid_that_starts_after_the_first_sample(tmp_path):
+    start = datetime.datetime(2023, 12, 31, 23, 59, 40)
+    edf = write_level_edf(tmp_path / "late.edf", 300, 10.0, start)
+    stages = [("Sleep stage W", 10, 60), ("Sleep stage 2", 70, 120), ("Sleep stage R", 190, 60)]
+    edfio.Edf([], annotations=[edfio.EdfAnnotation(o, d, t) for t, o, d in stages], starttime=start.time(),
+              recording=edfio.Recording(startdate=start.date())).write(tmp_path / "late-hyp.edf")
+    out = tmp_path / "DATA"
+    run_script("render_edf.py", "--edf", edf, "--hypnogram", tmp_path / "late-hyp.edf", "--out", out,
+               "--split", "test", "--trim-wake", "none", "--montage", level_montage(tmp_path), "--quiet")
+    # epoch 1 starts 10 s into the recording; 9 whole epochs fit in the remaining 290 s, 8 of them scored
+    answers = psg_layout.read_epoch_csv(out / psg_layout.TEST_LABELS_CSV, with_labels=True)
+    assert [psg_layout.epoch_number_of(i) for i in answers.idnums] == list(range(1, 9))
+    timing = psg_layout.read_epoch_timing(out, "late", range(1, 9))
+    assert timing.origin_seconds == 10.0 and timing.start == start and timing.epoch_numbers == tuple(range(1, 10))
+    np.testing.assert_array_equal(timing.onsets([1, 2, 9]), [10.0, 40.0, 250.0])
+    for n in (1, 5, 9):
+        assert abs(drawn_level_row(out / "late" / f"late_{n:04d}.png") - expected_row("C3-M2", level(n))) <= 1
+
+
+def test_timing_without_sidecar_and_broken_sidecars(tmp_path):
+    timing = psg_layout.read_epoch_timing(tmp_path, "SYN", [3, 4, 10])
+    assert timing.start is None and timing.epoch_numbers == (3, 4, 10)
+    np.testing.assert_array_equal(timing.onsets(timing.epoch_numbers), [60.0, 90.0, 270.0])
+    written = psg_layout.write_epoch_timing(tmp_path / "SYN", psg_layout.EpochTiming(
+        "SYN", datetime.datetime(2020, 1, 2, 3, 4, 5), 30.0, 12.5, (1, 2, 3)))
+    assert psg_layout.read_epoch_timing(tmp_path, "SYN", [2]).onsets([2]).tolist() == [42.5]
+    with pytest.raises(InputError, match=r"lacks epoch\(s\) \[4\]"):
+        psg_layout.read_epoch_timing(tmp_path, "SYN", [3, 4])
+    written.write_text('{"recording_id": "SYN", "start": "yesterday"}')
+    with pytest.raises(InputError, match="not an epoch timing file"):
+        psg_layout.read_epoch_timing(tmp_path, "SYN", [1])
+    with pytest.raises(InputError, match="is not <ID>_NNNN.png"):
+        psg_layout.epoch_number_of("SYN_12.png")
+
+
+def test_unscored_bad_recordings_end_with_one_line(tmp_path):
+    montage = level_montage(tmp_path)
+    write_level_edf(tmp_path / "short.edf", 20, 0.0, datetime.datetime(2024, 1, 1, 22, 0, 0))
+    full = write_level_edf(tmp_path / "full.edf", 120, 0.0, datetime.datetime(2024, 1, 1, 22, 0, 0))
+    (tmp_path / "cut.edf").write_bytes(full.read_bytes()[:full.stat().st_size - 1000])
+
+    def render_error(edf):
+        with pytest.raises(InputError) as error:
+            render_edf.main(["--edf", str(edf), "--out", str(tmp_path / "DATA"), "--split", "test", "--unscored",
+                             "--montage", str(montage), "--quiet"])
+        return str(error.value)
+
+    assert "20 s long, shorter than one 30-s epoch" in render_error(tmp_path / "short.edf")
+    assert "EDF is truncated" in render_error(tmp_path / "cut.edf")
+    assert not (tmp_path / "DATA").exists()
+    result = run_script("render_edf.py", "--edf", full, "--out", tmp_path / "DATA", "--split", "train",
+                        "--unscored", "--montage", montage, check=False)
+    assert result.returncode == 2 and "use --split test" in result.stderr

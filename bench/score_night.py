@@ -1,0 +1,148 @@
+"""Score one synthetic 6-hour night with stage_edf.py and check it against the layout route.
+
+1. ``make_synthetic.py --edf`` makes one training and one test night
+   (``--seed``, ``--hours``; seed 1 by default, so the demo's models, trained
+   on seed 0's nights, have never seen it); the test night's EDF is copied
+   alone into ``<work>/night/``: its hypnogram is withheld.
+2. The stage route: ``stage_edf.py --edf <work>/night/<ID>.edf`` (timed as
+   a whole command, Python start-up and imports included).
+3. The layout route on the same night in the challenge layout (the
+   generator's own images): ``infer_blend.py``, ``blend.py``,
+   ``postprocess.py``, ``evaluate.py``.
+4. Macro-F1 and Cohen's kappa of both routes against the withheld
+   hypnogram, over the epochs it scores (the test CSV's rows), and how many
+   of those epochs the two routes stage differently.
+
+Writes ``bench/results/score_night.json`` (``--result``) and prints it.
+
+    python bench/score_night.py --weights-dir demo/weights --vit-arch vit_tiny_patch16_224 \\
+        --eff-arch tf_efficientnet_b0 --vit-epochs 9 --eff-epochs 3 --from-tune demo/outputs/blend_tune.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import psg_layout  # noqa: E402
+from evaluate import compute_metrics  # noqa: E402
+import blend  # noqa: E402
+from blend import blend_csv_path, read_tune_json  # noqa: E402
+
+parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+parser.add_argument("--weights-dir", type=Path, required=True, help="the models' checkpoints and configurations")
+parser.add_argument("--vit-arch", default="vit_tiny_patch16_224", help="the demo's model 1")
+parser.add_argument("--eff-arch", default="tf_efficientnet_b0", help="the demo's model 2")
+parser.add_argument("--vit-epochs", type=int, nargs="+", default=[9], help="the demo's checkpoint of model 1")
+parser.add_argument("--eff-epochs", type=int, nargs="+", default=[3], help="the demo's checkpoint of model 2")
+parser.add_argument("--from-tune", type=Path, default=None,
+                    help="blend settings (blend_tune.json); default: blend.py's defaults")
+parser.add_argument("--postprocess", default="rules", help="rules or none")
+parser.add_argument("--hours", type=float, default=6.0, help="scored length of the night")
+parser.add_argument("--seed", type=int, default=1, help="make_synthetic.py seed (the demo trains on seed 0)")
+parser.add_argument("--workers", type=int, default=2, help="render processes and DataLoader workers")
+parser.add_argument("--work", type=Path, default=REPO / "bench" / "data" / "score_night", help="scratch folder")
+parser.add_argument("--result", type=Path, default=REPO / "bench" / "results" / "score_night.json")
+
+
+def run(*args) -> float:
+    """Run ``python args...`` from the repository; return its wall time in seconds (raise on failure)."""
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, *map(str, args)], cwd=REPO, capture_output=True, text=True,
+                            env=dict(os.environ, PYTHONHASHSEED="0"))
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(map(str, args))} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return time.perf_counter() - started
+
+
+def stage_route_stages(scored: Path, recording_id: str, idnums: list) -> np.ndarray:
+    """The stage route's post-processed stages of the epochs ``idnums`` (the test CSV's rows), in that order."""
+    import csv
+
+    with open(scored / recording_id / f"{recording_id}-hypnogram.csv", newline="") as handle:
+        after = {int(row["epoch"]): psg_layout.STAGE_TO_INT[row["stage_after"]] for row in csv.DictReader(handle)}
+    return np.array([after[psg_layout.epoch_number_of(idnum)] for idnum in idnums], dtype=np.int64)
+
+
+def main() -> None:
+    args = parser.parse_args()
+    work, data = args.work, args.work / "DATA"
+    blend_settings = (read_tune_json(args.from_tune) if args.from_tune else
+                      {key: blend.parser.get_default(key) for key in ("method", "ens_weight", "power")})
+    models = ["--vit-arch", args.vit_arch, "--eff-arch", args.eff_arch,
+              "--vit-epochs", *args.vit_epochs, "--eff-epochs", *args.eff_epochs]
+    blend_args = ["--method", blend_settings["method"], "--ens-weight", blend_settings["ens_weight"],
+                  "--power", blend_settings["power"]]
+
+    run("make_synthetic.py", "--out", data, "--train-subjects", 1, "--test-subjects", 1, "--hours", args.hours,
+        "--seed", args.seed, "--edf", "--workers", 2, "--quiet")
+    test = psg_layout.read_epoch_csv(data / psg_layout.TEST_CSV, with_labels=False)
+    answers = psg_layout.read_epoch_csv(data / psg_layout.TEST_LABELS_CSV, with_labels=True)
+    (recording_id,) = set(test.recording_ids)
+    night = work / "night"
+    shutil.rmtree(night, ignore_errors=True)
+    night.mkdir(parents=True)
+    shutil.copy(data / "edf" / f"{recording_id}.edf", night / f"{recording_id}.edf")  # the hypnogram stays behind
+
+    load_before = os.getloadavg()
+    stage_seconds = run("stage_edf.py", "--edf", night / f"{recording_id}.edf", "--weights-dir", args.weights_dir,
+                        "--out", work / "scored", "--overwrite", "--montage", "synthetic", *models, *blend_args,
+                        "--postprocess", args.postprocess, "--workers", args.workers, "--quiet")
+    load_after = os.getloadavg()
+    steps = json.loads((work / "scored" / "stage_edf.json").read_text())
+
+    outputs = work / "outputs"
+    run("infer_blend.py", "--data-root", data, "--weights-dir", args.weights_dir, "--out", outputs, *models,
+        "--workers", args.workers, "--no-cache", "--quiet")
+    run("blend.py", "--data-root", data, "--out", outputs, *models, *blend_args, "--quiet")
+    blend_csv = blend_csv_path(outputs, blend_settings["method"], args.vit_epochs, args.eff_epochs)
+    run("postprocess.py", "--data-root", data, "--in", blend_csv, "--out", outputs / "files_post.csv",
+        "--method", args.postprocess, "--no-recordings", "--quiet")
+    run("evaluate.py", "--data-root", data, "--pred", outputs / "files_post.csv", "--out", outputs / "report",
+        "--outputs", outputs, "--weights-dir", args.weights_dir, *models, "--quiet")
+    layout = json.loads((outputs / "report" / "metrics.json").read_text())
+
+    layout_stages = np.array([psg_layout.STAGE_TO_INT[line] for line in
+                              (outputs / "files_post.csv").read_text().split()], dtype=np.int64)
+    stage_stages = stage_route_stages(work / "scored", recording_id, test.idnums)
+    stage = compute_metrics(answers.labels, stage_stages, test.recording_ids)
+    result = {
+        "command": "python bench/score_night.py " + " ".join(sys.argv[1:]),
+        "weights_dir": str(args.weights_dir),
+        "models": {"vit": [args.vit_arch, args.vit_epochs], "eff": [args.eff_arch, args.eff_epochs]},
+        "blend": blend_settings,
+        "postprocess": args.postprocess,
+        "night": {"recording_id": recording_id, "seed": args.seed, "hours": args.hours,
+                  "epochs_rendered": len(json.loads((work / "scored" / "work" / "DATA" / recording_id /
+                                                     f"{recording_id}.timing.json").read_text())["epoch_numbers"]),
+                  "epochs_scored_in_withheld_hypnogram": len(test)},
+        "stage_edf_wall_seconds": round(stage_seconds, 2),
+        "stage_edf_step_seconds": steps["step_seconds"],
+        "load_average_before_after": [round(load_before[0], 2), round(load_after[0], 2)],
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
+        "stage_route": {"macro_f1": stage["macro_f1"], "cohen_kappa": stage["cohen_kappa"]},
+        "layout_route": {"macro_f1": layout["macro_f1"], "cohen_kappa": layout["cohen_kappa"]},
+        "epochs_staged_differently": int((stage_stages != layout_stages).sum()),
+        "equal": stage["macro_f1"] == layout["macro_f1"] and stage["cohen_kappa"] == layout["cohen_kappa"],
+    }
+    args.result.parent.mkdir(parents=True, exist_ok=True)
+    with psg_layout.atomic_path(args.result) as tmp:
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

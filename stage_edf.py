@@ -1,0 +1,215 @@
+"""Score new recordings: unscored EDF in; hypnogram, sleep statistics and annotations out.
+
+    python stage_edf.py --edf NIGHT.edf|FOLDER --weights-dir weights --out scored/
+
+The whole flow on recordings no one has scored yet, one step after the
+other, each step being the script's own ``main()`` with the options below
+(so the figures are those the layout route gives on the same images):
+
+1. ``render_edf.py --split test --unscored``: every whole 30-s epoch of each
+   EDF (a folder is searched recursively) drawn into a data root, with the
+   recording's timing sidecar (start date and clock time from the header);
+2. ``infer_blend.py``: the two models' test probabilities (there is no
+   training CSV, so no validation dumps);
+3. ``blend.py``: the blend (``--method``/``--ens-weight``/``--power``, or
+   the settings of a ``blend_tune.json`` with ``--from-tune``);
+4. ``postprocess.py``: context post-processing and, per recording, the
+   hypnogram table, EDF+ annotations, figure and sleep statistics.
+
+Writes into ``--out``: ``<ID>/<ID>-hypnogram.csv``, ``<ID>/<ID>-Hypnogram.edf``,
+``<ID>/<ID>-hypnogram.png`` (not with ``--no-figures``), ``<ID>/<ID>-statistics.json`` for each recording,
+``sleep_statistics.csv`` (one row per recording), ``stage_edf.json`` (this
+run's resolved configuration), ``stage_edf.log`` (what the steps printed) and
+``work/`` (the rendered data root ``work/DATA`` and the flow's files in
+``work/outputs``: dumps, blend, ``files_post.csv``). Everything is built in a
+hidden folder beside ``--out`` and renamed into place at the end, so a failed
+run leaves nothing behind. An ``--out`` that already holds files is refused;
+``--overwrite`` replaces it when it is an earlier ``stage_edf.py`` result.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+import blend
+import infer_blend
+import postprocess
+import psg_layout
+import render_edf
+from psg_layout import InputError, where
+
+# fmt: off
+parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+parser.add_argument("--edf", type=Path, required=True, help="one EDF recording, or a folder searched recursively")
+parser.add_argument("--weights-dir", default=infer_blend.parser.get_default("weights_dir"),
+                    help="checkpoints and their training configurations")
+parser.add_argument("--out", type=Path, required=True, help="folder for the results (must not exist or be empty)")
+parser.add_argument("--overwrite", action="store_true", help="replace an earlier stage_edf.py result in --out")
+parser.add_argument("--montage", default="sleep-edf", help="sleep-edf, shhs, synthetic, or a JSON montage file")
+parser.add_argument("--fold", type=int, default=infer_blend.parser.get_default("fold"),
+                    help="the fold the models were trained against (their checkpoint names)")
+parser.add_argument("--vit-arch", default=infer_blend.parser.get_default("vit_arch"), help="model 1")
+parser.add_argument("--eff-arch", default=infer_blend.parser.get_default("eff_arch"), help="model 2")
+parser.add_argument("--vit-epochs", type=int, nargs="+", default=infer_blend.parser.get_default("vit_epochs"),
+                    help="model 1 checkpoints averaged")
+parser.add_argument("--eff-epochs", type=int, nargs="+", default=infer_blend.parser.get_default("eff_epochs"),
+                    help="model 2 checkpoints averaged")
+parser.add_argument("--tta", type=int, default=infer_blend.parser.get_default("tta"), help="TTA rounds per checkpoint")
+parser.add_argument("--batch-size", type=int, default=infer_blend.parser.get_default("batch_size"),
+                    help="images per inference batch")
+parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: CUDA when available")
+parser.add_argument("--amp", default="off", choices=("fp16", "bf16", "off"), help="mixed precision on CUDA")
+parser.add_argument("--method", default=blend.parser.get_default("method"),
+                    help=f"blend method: {', '.join(blend.METHODS)}")
+parser.add_argument("--ens-weight", type=float, default=blend.parser.get_default("ens_weight"),
+                    help="blend weight w of model 1 (ViT), in [0, 1]")
+parser.add_argument("--power", type=float, default=blend.parser.get_default("power"), help="exponent of 'square'")
+parser.add_argument("--from-tune", type=Path, default=None, metavar="JSON",
+                    help="take the blend's method, ens-weight and power from a blend_tune.json")
+parser.add_argument("--postprocess", default=postprocess.parser.get_default("method"),
+                    help="rules or none (hmm needs training labels, which new recordings do not have)")
+parser.add_argument("--no-figures", action="store_true", help="no hypnogram figures (saves seconds per recording)")
+parser.add_argument("--workers", type=int, default=2,
+                    help="recordings rendered in parallel, and the inference's DataLoader workers")
+parser.add_argument("--quiet", action="store_true", help="no progress bar")
+# fmt: on
+
+MARKER = "stage_edf.json"
+LOG = "stage_edf.log"
+STEPS = ("render", "infer", "blend", "post-process")
+
+
+def check_args(args) -> None:
+    """Refuse settings no run can use, before anything is rendered."""
+    if args.from_tune is not None:
+        for key, value in blend.read_tune_json(args.from_tune).items():
+            setattr(args, key, value)
+    blend.check_blend_settings(args.method, args.ens_weight, args.power)
+    if args.postprocess not in postprocess.POSTPROCESS_METHODS:
+        raise InputError(f"unknown post-processing method {args.postprocess!r} (expected rules or none)")
+    if args.postprocess == "hmm":
+        raise InputError("--postprocess hmm counts its transitions from training labels, which new recordings "
+                         "do not have: use rules or none")
+    if args.workers < 1:
+        raise InputError(f"--workers must be 1 or more, got {args.workers}")
+    if not args.edf.exists():
+        raise InputError(f"--edf not found {where(args.edf)}")
+
+
+def check_out(out: Path, overwrite: bool) -> None:
+    """Refuse an ``--out`` that holds anything, unless ``overwrite`` and it is an earlier result of this script."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out is a file, not a folder {where(out)}")
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise InputError(f"--out already holds results; choose another folder or add --overwrite {where(out)}")
+    if not (out / MARKER).is_file():
+        raise InputError(f"--out holds files that stage_edf.py did not write ({MARKER} is missing); "
+                         f"--overwrite replaces only its own results {where(out)}")
+
+
+def step_arguments(args, data: Path, outputs: Path, results: Path) -> dict:
+    """The command line of each step, as one would type it for the layout route."""
+    models = ["--vit-arch", args.vit_arch, "--eff-arch", args.eff_arch, "--fold", args.fold,
+              "--vit-epochs", *args.vit_epochs, "--eff-epochs", *args.eff_epochs]
+    blend_csv = blend.blend_csv_path(outputs, args.method, args.vit_epochs, args.eff_epochs)
+    steps = {
+        "render": (render_edf.main, ["--edf", args.edf, "--out", data, "--split", "test", "--unscored",
+                                     "--montage", args.montage, "--workers", args.workers, "--quiet"]),
+        "infer": (infer_blend.main, ["--data-root", data, "--weights-dir", args.weights_dir, "--out", outputs,
+                                     *models, "--tta", args.tta, "--batch-size", args.batch_size,
+                                     "--workers", args.workers, "--device", args.device, "--amp", args.amp,
+                                     "--no-cache", "--quiet"]),
+        "blend": (blend.main, ["--data-root", data, "--out", outputs, *models, "--method", args.method,
+                               "--ens-weight", args.ens_weight, "--power", args.power, "--quiet"]),
+        "post-process": (postprocess.main, ["--data-root", data, "--in", blend_csv,
+                                            "--out", outputs / "files_post.csv", "--method", args.postprocess,
+                                            "--recordings-out", results, "--quiet",
+                                            *(["--no-figures"] if args.no_figures else [])]),
+    }
+    return {name: (main, [str(a) for a in argv]) for name, (main, argv) in steps.items()}
+
+
+def run_steps(steps: dict, log: Path, show_progress: bool) -> dict:
+    """Run the steps in order, saving what they print as ``log``; return each step's seconds."""
+    seconds, printed = {}, io.StringIO()
+    with tqdm(total=len(steps), unit="step", disable=not show_progress) as bar:
+        for name, (main, argv) in steps.items():
+            bar.set_description(name)
+            print(f"== {name}: {' '.join(argv)}", file=printed)
+            started = time.perf_counter()
+            with contextlib.redirect_stdout(printed):
+                main(argv)
+            seconds[name] = round(time.perf_counter() - started, 2)
+            bar.update(1)
+    with psg_layout.atomic_path(log) as tmp:
+        tmp.write_text(printed.getvalue())
+    return seconds
+
+
+def summary_line(data: Path, results: Path, recording_id: str) -> str:
+    """One line per scored recording: epochs, clock time of its start, main statistics."""
+    import hypnogram
+
+    timing = psg_layout.read_epoch_timing(data, recording_id, ())
+    statistics_file = hypnogram.OUTPUT_FILES["statistics"].format(name=recording_id)
+    statistics = json.loads((results / recording_id / statistics_file).read_text())
+
+    def minutes(key):
+        value = statistics.get(key)
+        return "n/a" if value is None else f"{value:.1f}"
+
+    start = "clock time unknown" if timing.start is None else f"start {timing.start:%Y-%m-%d %H:%M:%S}"
+    return (f"{recording_id}: {len(timing.epoch_numbers)} epochs, {start}; TST {minutes('TST')} min, "
+            f"SE {minutes('SE')} %, SOL {minutes('SOL')} min, WASO {minutes('WASO')} min")
+
+
+def main(argv=None) -> None:
+    args = parser.parse_args(argv)
+    check_args(args)
+    config = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()}
+    print("config: " + json.dumps(config))
+    out = args.out
+    check_out(out, args.overwrite)
+    # the weights are checked before anything is drawn (checkpoint fit is checked when they load)
+    infer_blend.read_model_configs(args, {"vit": (args.vit_arch, args.vit_epochs),
+                                          "eff": (args.eff_arch, args.eff_epochs)})
+
+    staging = out.parent / f".{out.name}.stage-partial"
+    shutil.rmtree(staging, ignore_errors=True)  # debris of a killed run
+    staging.mkdir(parents=True)
+    started = time.perf_counter()
+    try:
+        steps = step_arguments(args, staging / "work" / "DATA", staging / "work" / "outputs", staging)
+        seconds = run_steps(steps, staging / LOG, show_progress=not args.quiet and sys.stderr.isatty())
+        recording_ids = sorted({*psg_layout.read_epoch_csv(staging / "work" / "DATA" / psg_layout.TEST_CSV,
+                                                           with_labels=False).recording_ids})
+        total = round(time.perf_counter() - started, 2)
+        with psg_layout.atomic_path(staging / MARKER) as tmp:
+            tmp.write_text(json.dumps(dict(config, recordings=recording_ids, step_seconds=seconds,
+                                           total_seconds=total), indent=2) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    for recording_id in recording_ids:
+        print(summary_line(out / "work" / "DATA", out, recording_id) + f" -> {out / recording_id}")
+    print(f"scored {len(recording_ids)} recording(s) in {total:.1f} s "
+          f"({', '.join(f'{name} {s:.1f} s' for name, s in seconds.items())}); "
+          f"statistics table {out / postprocess.STATISTICS_TABLE}")
+
+
+if __name__ == "__main__":
+    psg_layout.run_main(main)
