@@ -76,7 +76,7 @@ NOMINAL_NIGHT_HOURS = 6.0  # shorter nights are the same architecture, squeezed 
 MIN_SQUEEZE = 0.25  # ...down to this factor, so 0.5 h still passes through every stage
 TRANSITION_S = 6.0  # Gaussian sigma (s) over which stage parameters fade across epoch borders
 EPOCH_JITTER = 0.25  # log-normal sigma of per-epoch variation of each stage parameter...
-STEADY_JITTER = {"heart_rate": 0.03, "breath_rate": 0.05}  # ...except these, which vary little
+STEADY_JITTER = {"heart_rate": 0.03, "breath_rate": 0.05, "aperiodic_exponent": 0.06}  # ...except these
 
 W, N1, N2, N3, REM = (STAGE_TO_INT[s] for s in STAGES)
 
@@ -85,10 +85,12 @@ W, N1, N2, N3, REM = (STAGE_TO_INT[s] for s in STAGES)
 STAGE_TABLE = {
     #                     Wake  N1    N2    N3    REM
     "alpha":             (1.0,  0.35, 0.06, 0.03, 0.18),  # x subject alpha (uV rms at O1/O2)
-    "theta":             (5.0,  12.0, 11.0, 10.0, 11.0),  # uV rms, 4-7.5 Hz
-    "delta":             (3.0,  6.0,  13.0, 14.0, 6.0),   # uV rms, 0.5-2 Hz background
-    "slow_wave_time":    (0.0,  0.0,  0.07, 0.45, 0.0),   # fraction of time with >75 uV p-p slow waves
-    "beta":              (4.0,  2.5,  1.8,  1.5,  3.0),   # uV rms, 15-30 Hz
+    "aperiodic_exponent": (1.2, 1.6,  2.0,  2.6,  1.7),   # 1/f^x background (Lendner et al. 2020)
+    "aperiodic_power":   (3.4,  3.0,  3.6,  3.2,  2.0),   # its power at 10 Hz, uV^2/Hz at C3/C4
+    "theta":             (1.5,  5.0,  3.0,  2.0,  4.0),   # uV rms, 4-7.5 Hz bump over the background
+    "delta":             (0.0,  0.0,  5.0,  8.0,  0.0),   # uV rms, 0.5-2 Hz bump over the background
+    "slow_wave_time":    (0.0,  0.0,  0.05, 0.5,  0.0),   # fraction of time with >75 uV p-p slow waves
+    "beta":              (3.0,  1.5,  0.8,  0.5,  1.5),   # uV rms, 15-30 Hz bump (muscle, wake cortex)
     "spindles":          (0.0,  0.3,  5.0,  1.5,  0.0),   # per minute, 11-16 Hz, 0.5-1.5 s
     "k_complexes":       (0.0,  0.2,  1.6,  0.6,  0.0),   # per minute
     "vertex_waves":      (0.0,  3.0,  0.4,  0.0,  0.0),   # per minute
@@ -112,11 +114,11 @@ STAGE_TABLE = {
 
 # Each stage's parameters lie up to this share of the way towards a neighbour stage.
 BLUR_TOWARDS = {
-    W: ((N1, 0.6),),
-    N1: ((W, 0.5), (N2, 0.5)),
-    N2: ((N1, 0.35), (N3, 0.4)),
-    N3: ((N2, 0.4),),
-    REM: ((N1, 0.5),),
+    W: ((N1, 0.35),),
+    N1: ((W, 0.35), (N2, 0.35)),
+    N2: ((N1, 0.2), (N3, 0.25)),
+    N3: ((N2, 0.25),),
+    REM: ((N1, 0.25),),
 }
 
 # EDF channels: the image rows, except that both SpO2 rows come from one channel.
@@ -423,6 +425,47 @@ def pink(low: float, high: float):
     return shape
 
 
+EXPONENT_GRID = (1.0, 1.5, 2.0, 2.5, 3.0)  # power laws mixed into the EEG background
+PIVOT_HZ = 10.0  # each grid component has unit power spectral density here
+KNEE_HZ = 1.0  # below the knee the background flattens, as real EEG spectra do
+BACKGROUND_HZ = (0.3, 45.0)  # the background's band
+
+
+def power_law(exponent: float):
+    """Amplitude spectrum of a ``1 / (KNEE_HZ^2 + f^2)^(exponent / 2)`` power spectrum, 1 at ``PIVOT_HZ``.
+
+    Above the knee the power falls as ``1 / f^exponent`` (the "fixed" aperiodic
+    model of FOOOF/specparam), below it the spectrum flattens (their "knee").
+    """
+    def shape(f):
+        inside = (f >= BACKGROUND_HZ[0]) & (f <= BACKGROUND_HZ[1])
+        ratio = (KNEE_HZ ** 2 + f ** 2) / (KNEE_HZ ** 2 + PIVOT_HZ ** 2)
+        return np.where(inside, ratio ** (-exponent / 4), 0.0)
+    return shape
+
+
+def power_law_variance(exponent: float, fs: float) -> float:
+    """Variance of ``power_law(exponent)`` noise with unit power density at the pivot: its power over frequency.
+
+    Unit-rms noise of that shape times ``sqrt(p * power_law_variance(...))``
+    has a power spectral density of ``p`` at ``PIVOT_HZ``.
+    """
+    f = np.linspace(0, fs / 2, 200_001)
+    return float(np.sum(power_law(exponent)(f) ** 2) * (f[1] - f[0]))
+
+
+def grid_shares(exponent: np.ndarray) -> np.ndarray:
+    """Power share of each ``EXPONENT_GRID`` component that mixes to ``exponent``, shape (grid, len(exponent)).
+
+    The two grid exponents around each wanted value share the power linearly;
+    mixing neighbours half a unit apart gives a spectrum close to the power law
+    in between.
+    """
+    grid = np.asarray(EXPONENT_GRID)
+    position = np.interp(np.clip(exponent, grid[0], grid[-1]), grid, np.arange(len(grid)))
+    return np.clip(1 - np.abs(np.arange(len(grid))[:, None] - position[None, :]), 0, 1)
+
+
 def event_times(rng: np.random.Generator, per_minute: np.ndarray) -> np.ndarray:
     """Poisson event times (s) with a rate given per second of the night (events/min)."""
     counts = rng.poisson(np.maximum(per_minute, 0) / 60)
@@ -572,14 +615,20 @@ def eeg(stages, controls, events, subject, rng) -> np.ndarray:
     eyes_closed = gate_with_fraction(rng, np.full(n_sec, subject.eyes_closed), 15)
     alpha = subject.alpha_uv * (controls["alpha"] * (0.15 + 0.85 * eyes_closed) + 0.6 * events.arousal)
     slow_wave_gate = gate_with_fraction(rng, np.clip(controls["slow_wave_time"], 0, 0.95), 3)
-    slow_waves = subject.slow_wave_uv * slow_wave_gate * np.exp(-np.arange(n_sec) / 3600 / 8)  # homeostatic decline
+    slow_waves = subject.slow_wave_uv * slow_wave_gate * np.exp(-np.arange(n_sec) / 3600 / 12)  # homeostatic decline
+    # the aperiodic background: neighbouring power laws mixed to the stage's exponent and power at 10 Hz
+    exponent = controls["aperiodic_exponent"] - 0.4 * events.arousal
+    power_10hz = gain ** 2 * controls["aperiodic_power"] * (1 + events.arousal)
     rhythms = [  # (spectrum, spatial weights, shared fraction, rms per second)
+        *((power_law(grid_exponent), CENTRAL + 0.8 * OCCIPITAL, 0.4,
+           np.sqrt(share * power_10hz * power_law_variance(grid_exponent, fs)))
+          for grid_exponent, share in zip(EXPONENT_GRID, grid_shares(exponent))),
         (band(subject.alpha_hz - 1, subject.alpha_hz + 1), 0.45 * CENTRAL + OCCIPITAL, 0.7, alpha),
         (band(4, 7.5), CENTRAL + 0.8 * OCCIPITAL, 0.5, gain * controls["theta"]),
         (band(0.5, 2, 0.4), CENTRAL + 0.75 * OCCIPITAL, 0.8, gain * (controls["delta"] + slow_waves)),
         (band(15, 30, 2), CENTRAL + 0.8 * OCCIPITAL, 0.3, gain * controls["beta"] * (1 + 2 * events.arousal)),
     ]
-    out = subject.noise_uv * band_noise(rng, n, fs, pink(0.3, 45), channels=4, shared=0.3)
+    out = subject.noise_uv * band_noise(rng, n, fs, band(0.3, 45), channels=4, shared=0.0) * 0.3
     for spectrum, weights, shared, rms in rhythms:
         out += weights[:, None] * band_noise(rng, n, fs, spectrum, 4, shared) * upsample(rms, fs)
 
