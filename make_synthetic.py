@@ -84,24 +84,24 @@ W, N1, N2, N3, REM = (STAGE_TO_INT[s] for s in STAGES)
 # Amplitudes are multiplied by the subject's own scale for that feature.
 STAGE_TABLE = {
     #                     Wake  N1    N2    N3    REM
-    "alpha":             (1.0,  0.35, 0.06, 0.03, 0.18),  # x subject alpha (uV rms at O1/O2)
+    "alpha":             (1.0,  0.12, 0.05, 0.03, 0.15),  # x subject alpha (uV rms at O1/O2)
     "aperiodic_exponent": (1.2, 1.6,  2.0,  2.6,  1.7),   # 1/f^x background (Lendner et al. 2020)
     "aperiodic_power":   (3.4,  3.0,  3.6,  3.2,  2.0),   # its power at 10 Hz, uV^2/Hz at C3/C4
-    "theta":             (1.5,  5.0,  3.0,  2.0,  4.0),   # uV rms, 4-7.5 Hz bump over the background
+    "theta":             (1.5,  6.0,  3.0,  2.0,  4.0),   # uV rms, 4-7.5 Hz bump over the background
     "delta":             (0.0,  0.0,  5.0,  8.0,  0.0),   # uV rms, 0.5-2 Hz bump over the background
-    "slow_wave_time":    (0.0,  0.0,  0.05, 0.5,  0.0),   # fraction of time with >75 uV p-p slow waves
-    "beta":              (3.0,  1.5,  0.8,  0.5,  1.5),   # uV rms, 15-30 Hz bump (muscle, wake cortex)
-    "spindles":          (0.0,  0.3,  5.0,  1.5,  0.0),   # per minute, 11-16 Hz, 0.5-1.5 s
-    "k_complexes":       (0.0,  0.2,  1.6,  0.6,  0.0),   # per minute
-    "vertex_waves":      (0.0,  3.0,  0.4,  0.0,  0.0),   # per minute
+    "slow_wave_time":    (0.0,  0.0,  0.02, 0.5,  0.0),   # fraction of time with >75 uV p-p slow waves
+    "beta":              (4.0,  1.5,  0.8,  0.5,  1.5),   # uV rms, 15-30 Hz bump (muscle, wake cortex)
+    "spindles":          (0.0,  0.3,  5.0,  1.0,  0.0),   # per minute, 11-16 Hz, 0.5-1.5 s
+    "k_complexes":       (0.0,  0.2,  1.6,  0.3,  0.0),   # per minute
+    "vertex_waves":      (0.0,  4.0,  0.4,  0.0,  0.0),   # per minute
     "sawtooth":          (0.0,  0.0,  0.0,  0.0,  1.5),   # bursts per minute
     "rapid_eye":         (0.0,  0.0,  0.0,  0.0,  3.0),   # bursts of rapid eye movements per minute
-    "slow_eye":          (0.25, 0.7,  0.15, 0.0,  0.0),   # slow rolling eye movements, x 70 uV
+    "slow_eye":          (0.1,  1.0,  0.15, 0.0,  0.0),   # slow rolling eye movements, x 70 uV
     "blinks":            (12.0, 1.0,  0.0,  0.0,  0.0),   # per minute with eyes open
     "saccades":          (10.0, 0.5,  0.0,  0.0,  0.0),   # per minute with eyes open
-    "chin_emg":          (1.0,  0.65, 0.5,  0.45, 0.15),  # x subject chin tone (uV rms)
+    "chin_emg":          (1.0,  0.5,  0.4,  0.35, 0.1),  # x subject chin tone (uV rms)
     "twitches":          (0.0,  0.0,  0.0,  0.0,  6.0),   # phasic chin twitches per minute
-    "movements":         (1.0,  0.2,  0.05, 0.02, 0.05),  # body movements per minute
+    "movements":         (2.0,  0.2,  0.05, 0.02, 0.05),  # body movements per minute
     "heart_rate":        (1.12, 1.06, 1.0,  0.96, 1.08),  # x subject sleeping heart rate
     "breath_rate":       (1.12, 1.05, 1.0,  0.97, 1.12),  # x subject breathing rate
     "breath_irregular":  (0.25, 0.12, 0.06, 0.02, 0.3),   # relative variation of breath rate and depth
@@ -114,11 +114,11 @@ STAGE_TABLE = {
 
 # Each stage's parameters lie up to this share of the way towards a neighbour stage.
 BLUR_TOWARDS = {
-    W: ((N1, 0.35),),
-    N1: ((W, 0.35), (N2, 0.35)),
-    N2: ((N1, 0.2), (N3, 0.25)),
+    W: ((N1, 0.2),),
+    N1: ((W, 0.25), (N2, 0.25)),
+    N2: ((N1, 0.15), (N3, 0.15)),
     N3: ((N2, 0.25),),
-    REM: ((N1, 0.25),),
+    REM: ((N1, 0.2),),
 }
 
 # EDF channels: the image rows, except that both SpO2 rows come from one channel.
