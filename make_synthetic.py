@@ -5,8 +5,8 @@
 Each recording is one night of one synthetic subject. A hypnogram is drawn
 first (sleep-onset latency, NREM-REM cycles of about 90 minutes, N3 early,
 REM lengthening towards morning, brief awakenings followed by N1). Every
-stage sets the parameters of the physiology (alpha, theta, delta and slow
-waves, spindles, K-complexes, vertex waves, sawtooth waves, eye movements,
+stage sets the parameters of the physiology (the EEG's aperiodic 1/f
+background, steeper with depth; alpha, theta, delta and slow waves, spindles, K-complexes, vertex waves, sawtooth waves, eye movements,
 muscle tone, heart rate, breathing); these are smoothed over time so that
 features fade in and out across epoch borders, and one continuous night is
 generated per signal, as a recorder would store it, then cut into 30-s
@@ -263,7 +263,7 @@ class Subject:
     spindle_hz: float
     spindle_uv: float        # spindle peak amplitude at C3/C4
     slow_wave_uv: float      # slow-wave rms at C3/C4 early in the night
-    noise_uv: float          # background (pink) EEG noise
+    noise_uv: float          # electrode and amplifier noise (white on the EEG at 0.3 x, pink on the EOG)
     eye_gain: float
     chin_uv: float           # wake chin EMG rms
     leg_uv: float            # resting leg EMG rms
@@ -602,9 +602,11 @@ def sawtooth_train(rng: np.random.Generator, fs: float, subject: Subject) -> np.
 def eeg(stages, controls, events, subject, rng) -> np.ndarray:
     """C3-M2, C4-M1, O1-M2, O2-M1 in uV at their native rate, shape (4, samples).
 
-    Rhythms are coloured noise with a per-second rms (alpha blocked when the
-    eyes are open, slow waves gated to their share of time and declining
-    over the night), partly shared between leads; transients are added at
+    An aperiodic 1/f^x background whose exponent and 10-Hz power follow the
+    stage second by second (``aperiodic_exponent``, ``aperiodic_power``),
+    plus rhythms as coloured noise with a per-second rms (alpha blocked when
+    the eyes are open, slow waves gated to their share of time and declining
+    over the night), all partly shared between leads; transients are added at
     Poisson times with their own spatial weights; then movement artefact,
     a popping electrode and sweat sway where the subject has them.
     """
