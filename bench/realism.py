@@ -59,8 +59,9 @@ parser.add_argument("--workers", type=int, default=2, help="make_synthetic.py --
 parser.add_argument("--work", type=Path, default=REPO / "bench" / "data" / "realism", help="where the sets are made")
 parser.add_argument("--yasa-venv", type=Path, default=REPO / ".venv-realism",
                     help="venv with bench/requirements-realism.txt (created when missing)")
-parser.add_argument("--real-images", type=Path, default=REPO.parent.parent / "shared" / "reference" / "sample_images",
-                    help="folder of real challenge images (PNG)")
+parser.add_argument("--real-images", type=Path, default=None,
+                    help="folder of real challenge images (PNG); default: shared/reference/sample_images beside "
+                         "the main checkout (../shared from it, ../../shared from a worktree)")
 parser.add_argument("--profile-images", type=int, default=200, help="synthetic images in the row profile")
 parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "realism.json")
 
@@ -221,13 +222,24 @@ def set_nights(data_root: Path) -> list:
             for path in sorted((data_root / "edf").glob("*.edf"))]
 
 
+def real_images_folder(given: Path | None) -> Path:
+    """``--real-images``, or the first of the shared reference folders that exists."""
+    if given is not None:
+        return given
+    candidates = [base / "shared" / "reference" / "sample_images" for base in (REPO.parent, REPO.parent.parent)]
+    return next((folder for folder in candidates if folder.is_dir()), candidates[0])
+
+
 def main(args: argparse.Namespace) -> None:
+    args.real_images = real_images_folder(args.real_images)
+    config = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
+    print(json.dumps(config, indent=2))
     real = sorted(args.real_images.glob("*.png"))
     if not real:
         raise psg_layout.InputError(f"no PNG images in --real-images {psg_layout.where(args.real_images)}")
     started = time.perf_counter()
     python = ensure_yasa_venv(args.yasa_venv)
-    result = {"command": "python bench/realism.py " + " ".join(sys.argv[1:]),
+    result = {"command": "python bench/realism.py " + " ".join(sys.argv[1:]), "config": config,
               "set": {"train_subjects": args.train_subjects, "test_subjects": args.test_subjects,
                       "hours": args.hours},
               "yasa": {}, "spectra": {}}
