@@ -5,8 +5,8 @@
 Each recording is one night of one synthetic subject. A hypnogram is drawn
 first (sleep-onset latency, NREM-REM cycles of about 90 minutes, N3 early,
 REM lengthening towards morning, brief awakenings followed by N1). Every
-stage sets the parameters of the physiology (alpha, theta, delta and slow
-waves, spindles, K-complexes, vertex waves, sawtooth waves, eye movements,
+stage sets the parameters of the physiology (the EEG's aperiodic 1/f
+background, steeper with depth; alpha, theta, delta and slow waves, spindles, K-complexes, vertex waves, sawtooth waves, eye movements,
 muscle tone, heart rate, breathing); these are smoothed over time so that
 features fade in and out across epoch borders, and one continuous night is
 generated per signal, as a recorder would store it, then cut into 30-s
@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-GENERATOR_VERSION = 2  # bump whenever the same arguments would give different files
+GENERATOR_VERSION = 3  # bump whenever the same arguments would give different files
 MARKER_NAME = "make_synthetic.json"
 GENERATION_KEYS = ("train_subjects", "test_subjects", "seed", "hours", "edf", "generator_version")
 MAX_HOURS = 24.0  # 4-digit epoch numbers allow 83 h; a night is shorter
@@ -76,7 +76,7 @@ NOMINAL_NIGHT_HOURS = 6.0  # shorter nights are the same architecture, squeezed 
 MIN_SQUEEZE = 0.25  # ...down to this factor, so 0.5 h still passes through every stage
 TRANSITION_S = 6.0  # Gaussian sigma (s) over which stage parameters fade across epoch borders
 EPOCH_JITTER = 0.25  # log-normal sigma of per-epoch variation of each stage parameter...
-STEADY_JITTER = {"heart_rate": 0.03, "breath_rate": 0.05}  # ...except these, which vary little
+STEADY_JITTER = {"heart_rate": 0.03, "breath_rate": 0.05, "aperiodic_exponent": 0.06}  # ...except these
 
 W, N1, N2, N3, REM = (STAGE_TO_INT[s] for s in STAGES)
 
@@ -84,22 +84,24 @@ W, N1, N2, N3, REM = (STAGE_TO_INT[s] for s in STAGES)
 # Amplitudes are multiplied by the subject's own scale for that feature.
 STAGE_TABLE = {
     #                     Wake  N1    N2    N3    REM
-    "alpha":             (1.0,  0.35, 0.06, 0.03, 0.18),  # x subject alpha (uV rms at O1/O2)
-    "theta":             (5.0,  12.0, 11.0, 10.0, 11.0),  # uV rms, 4-7.5 Hz
-    "delta":             (3.0,  6.0,  13.0, 14.0, 6.0),   # uV rms, 0.5-2 Hz background
-    "slow_wave_time":    (0.0,  0.0,  0.07, 0.45, 0.0),   # fraction of time with >75 uV p-p slow waves
-    "beta":              (4.0,  2.5,  1.8,  1.5,  3.0),   # uV rms, 15-30 Hz
-    "spindles":          (0.0,  0.3,  5.0,  1.5,  0.0),   # per minute, 11-16 Hz, 0.5-1.5 s
-    "k_complexes":       (0.0,  0.2,  1.6,  0.6,  0.0),   # per minute
-    "vertex_waves":      (0.0,  3.0,  0.4,  0.0,  0.0),   # per minute
+    "alpha":             (1.0,  0.08, 0.05, 0.03, 0.12),  # x subject alpha (uV rms at O1/O2)
+    "aperiodic_exponent": (1.5, 1.7,  1.85, 2.8,  1.8),   # 1/f^x background (Lendner et al. 2020)
+    "aperiodic_power":   (3.4,  3.0,  3.0,  3.2,  2.0),   # its power at 10 Hz, uV^2/Hz at C3/C4
+    "theta":             (1.5,  8.0,  3.0,  2.0,  4.0),   # uV rms, 4-7.5 Hz bump over the background
+    "delta":             (0.0,  0.0,  1.5,  12.0, 0.0),   # uV rms, 0.5-2 Hz bump over the background
+    "slow_wave_time":    (0.0,  0.0,  0.0,  0.6,  0.0),   # fraction of time with >75 uV p-p slow waves
+    "beta":              (2.0,  1.2,  0.8,  0.5,  1.2),   # uV rms, 15-30 Hz bump (muscle, wake cortex)
+    "spindles":          (0.0,  0.3,  5.0,  1.0,  0.0),   # per minute, 11-16 Hz, 0.5-1.5 s
+    "k_complexes":       (0.0,  0.2,  1.6,  0.3,  0.0),   # per minute
+    "vertex_waves":      (0.0,  4.0,  0.4,  0.0,  0.0),   # per minute
     "sawtooth":          (0.0,  0.0,  0.0,  0.0,  1.5),   # bursts per minute
     "rapid_eye":         (0.0,  0.0,  0.0,  0.0,  3.0),   # bursts of rapid eye movements per minute
-    "slow_eye":          (0.25, 0.7,  0.15, 0.0,  0.0),   # slow rolling eye movements, x 70 uV
+    "slow_eye":          (0.1,  1.2,  0.15, 0.0,  0.0),   # slow rolling eye movements, x 70 uV
     "blinks":            (12.0, 1.0,  0.0,  0.0,  0.0),   # per minute with eyes open
     "saccades":          (10.0, 0.5,  0.0,  0.0,  0.0),   # per minute with eyes open
-    "chin_emg":          (1.0,  0.65, 0.5,  0.45, 0.15),  # x subject chin tone (uV rms)
+    "chin_emg":          (1.0,  0.45, 0.4,  0.35, 0.1),  # x subject chin tone (uV rms)
     "twitches":          (0.0,  0.0,  0.0,  0.0,  6.0),   # phasic chin twitches per minute
-    "movements":         (1.0,  0.2,  0.05, 0.02, 0.05),  # body movements per minute
+    "movements":         (2.0,  0.2,  0.05, 0.02, 0.05),  # body movements per minute
     "heart_rate":        (1.12, 1.06, 1.0,  0.96, 1.08),  # x subject sleeping heart rate
     "breath_rate":       (1.12, 1.05, 1.0,  0.97, 1.12),  # x subject breathing rate
     "breath_irregular":  (0.25, 0.12, 0.06, 0.02, 0.3),   # relative variation of breath rate and depth
@@ -112,11 +114,11 @@ STAGE_TABLE = {
 
 # Each stage's parameters lie up to this share of the way towards a neighbour stage.
 BLUR_TOWARDS = {
-    W: ((N1, 0.6),),
-    N1: ((W, 0.5), (N2, 0.5)),
-    N2: ((N1, 0.35), (N3, 0.4)),
-    N3: ((N2, 0.4),),
-    REM: ((N1, 0.5),),
+    W: ((N1, 0.1),),
+    N1: ((W, 0.1), (N2, 0.25)),
+    N2: ((N1, 0.15), (N3, 0.15)),
+    N3: ((N2, 0.25),),
+    REM: ((N1, 0.2),),
 }
 
 # EDF channels: the image rows, except that both SpO2 rows come from one channel.
@@ -261,7 +263,7 @@ class Subject:
     spindle_hz: float
     spindle_uv: float        # spindle peak amplitude at C3/C4
     slow_wave_uv: float      # slow-wave rms at C3/C4 early in the night
-    noise_uv: float          # background (pink) EEG noise
+    noise_uv: float          # electrode and amplifier noise (white on the EEG at 0.3 x, pink on the EOG)
     eye_gain: float
     chin_uv: float           # wake chin EMG rms
     leg_uv: float            # resting leg EMG rms
@@ -289,16 +291,16 @@ def draw_subject(rng: np.random.Generator) -> Subject:
     ahi = float(rng.choice([rng.uniform(0, 5), rng.uniform(5, 15), rng.uniform(15, 35)], p=[0.45, 0.35, 0.2]))
     return Subject(
         eeg_gain=rng.lognormal(0, 0.2),
-        alpha_uv=rng.uniform(12, 28) * (0.3 if low_alpha else 1.0),
+        alpha_uv=rng.uniform(15, 32) * (0.3 if low_alpha else 1.0),
         alpha_hz=rng.uniform(8.5, 11.5),
         eyes_closed=rng.uniform(0.3, 0.8),
         spindle_hz=rng.uniform(12.0, 14.5),
-        spindle_uv=rng.uniform(15, 35),
+        spindle_uv=rng.uniform(20, 40),
         slow_wave_uv=rng.uniform(32, 55),
         noise_uv=rng.uniform(3, 7),
         eye_gain=rng.lognormal(0, 0.2),
-        chin_uv=rng.uniform(5, 14),
-        leg_uv=rng.uniform(2, 6),
+        chin_uv=rng.uniform(4, 10),
+        leg_uv=rng.uniform(4, 9),
         plm=bool(rng.random() < 0.25),
         heart_bpm=rng.uniform(52, 72),
         ecg_mv=rng.uniform(0.5, 1.3),
@@ -311,7 +313,7 @@ def draw_subject(rng: np.random.Generator) -> Subject:
         hypopnea_fraction=rng.uniform(0.3, 0.7),
         spo2_baseline=rng.uniform(94, 98),
         snorer=rng.choice([0.0, rng.uniform(0.3, 1.0)], p=[0.4, 0.6]),
-        room_db=rng.uniform(28, 38),
+        room_db=rng.uniform(38, 48),
         popping_channel=int(rng.integers(0, 4)) if rng.random() < 0.3 else -1,
         pops_per_min=rng.uniform(0.1, 0.6),
         sweaty_channel=int(rng.integers(0, 4)) if rng.random() < 0.2 else -1,
@@ -421,6 +423,47 @@ def pink(low: float, high: float):
     def shape(f):
         return np.where((f >= low) & (f <= high), 1 / np.sqrt(np.maximum(f, low)), 0.0)
     return shape
+
+
+EXPONENT_GRID = (1.0, 1.5, 2.0, 2.5, 3.0)  # power laws mixed into the EEG background
+PIVOT_HZ = 10.0  # each grid component has unit power spectral density here
+KNEE_HZ = 1.0  # below the knee the background flattens, as real EEG spectra do
+BACKGROUND_HZ = (0.3, 45.0)  # the background's band
+
+
+def power_law(exponent: float):
+    """Amplitude spectrum of a ``1 / (KNEE_HZ^2 + f^2)^(exponent / 2)`` power spectrum, 1 at ``PIVOT_HZ``.
+
+    Above the knee the power falls as ``1 / f^exponent`` (the "fixed" aperiodic
+    model of FOOOF/specparam), below it the spectrum flattens (their "knee").
+    """
+    def shape(f):
+        inside = (f >= BACKGROUND_HZ[0]) & (f <= BACKGROUND_HZ[1])
+        ratio = (KNEE_HZ ** 2 + f ** 2) / (KNEE_HZ ** 2 + PIVOT_HZ ** 2)
+        return np.where(inside, ratio ** (-exponent / 4), 0.0)
+    return shape
+
+
+def power_law_variance(exponent: float, fs: float) -> float:
+    """Variance of ``power_law(exponent)`` noise with unit power density at the pivot: its power over frequency.
+
+    Unit-rms noise of that shape times ``sqrt(p * power_law_variance(...))``
+    has a power spectral density of ``p`` at ``PIVOT_HZ``.
+    """
+    f = np.linspace(0, fs / 2, 200_001)
+    return float(np.sum(power_law(exponent)(f) ** 2) * (f[1] - f[0]))
+
+
+def grid_shares(exponent: np.ndarray) -> np.ndarray:
+    """Power share of each ``EXPONENT_GRID`` component that mixes to ``exponent``, shape (grid, len(exponent)).
+
+    The two grid exponents around each wanted value share the power linearly;
+    mixing neighbours half a unit apart gives a spectrum close to the power law
+    in between.
+    """
+    grid = np.asarray(EXPONENT_GRID)
+    position = np.interp(np.clip(exponent, grid[0], grid[-1]), grid, np.arange(len(grid)))
+    return np.clip(1 - np.abs(np.arange(len(grid))[:, None] - position[None, :]), 0, 1)
 
 
 def event_times(rng: np.random.Generator, per_minute: np.ndarray) -> np.ndarray:
@@ -559,9 +602,11 @@ def sawtooth_train(rng: np.random.Generator, fs: float, subject: Subject) -> np.
 def eeg(stages, controls, events, subject, rng) -> np.ndarray:
     """C3-M2, C4-M1, O1-M2, O2-M1 in uV at their native rate, shape (4, samples).
 
-    Rhythms are coloured noise with a per-second rms (alpha blocked when the
-    eyes are open, slow waves gated to their share of time and declining
-    over the night), partly shared between leads; transients are added at
+    An aperiodic 1/f^x background whose exponent and 10-Hz power follow the
+    stage second by second (``aperiodic_exponent``, ``aperiodic_power``),
+    plus rhythms as coloured noise with a per-second rms (alpha blocked when
+    the eyes are open, slow waves gated to their share of time and declining
+    over the night), all partly shared between leads; transients are added at
     Poisson times with their own spatial weights; then movement artefact,
     a popping electrode and sweat sway where the subject has them.
     """
@@ -572,14 +617,20 @@ def eeg(stages, controls, events, subject, rng) -> np.ndarray:
     eyes_closed = gate_with_fraction(rng, np.full(n_sec, subject.eyes_closed), 15)
     alpha = subject.alpha_uv * (controls["alpha"] * (0.15 + 0.85 * eyes_closed) + 0.6 * events.arousal)
     slow_wave_gate = gate_with_fraction(rng, np.clip(controls["slow_wave_time"], 0, 0.95), 3)
-    slow_waves = subject.slow_wave_uv * slow_wave_gate * np.exp(-np.arange(n_sec) / 3600 / 8)  # homeostatic decline
+    slow_waves = subject.slow_wave_uv * slow_wave_gate * np.exp(-np.arange(n_sec) / 3600 / 12)  # homeostatic decline
+    # the aperiodic background: neighbouring power laws mixed to the stage's exponent and power at 10 Hz
+    exponent = controls["aperiodic_exponent"] - 0.4 * events.arousal
+    power_10hz = gain ** 2 * controls["aperiodic_power"] * (1 + events.arousal)
     rhythms = [  # (spectrum, spatial weights, shared fraction, rms per second)
-        (band(subject.alpha_hz - 1, subject.alpha_hz + 1), 0.45 * CENTRAL + OCCIPITAL, 0.7, alpha),
+        *((power_law(grid_exponent), CENTRAL + 0.8 * OCCIPITAL, 0.4,
+           np.sqrt(share * power_10hz * power_law_variance(grid_exponent, fs)))
+          for grid_exponent, share in zip(EXPONENT_GRID, grid_shares(exponent))),
+        (band(subject.alpha_hz - 1, subject.alpha_hz + 1), 0.4 * CENTRAL + OCCIPITAL, 0.7, alpha),
         (band(4, 7.5), CENTRAL + 0.8 * OCCIPITAL, 0.5, gain * controls["theta"]),
         (band(0.5, 2, 0.4), CENTRAL + 0.75 * OCCIPITAL, 0.8, gain * (controls["delta"] + slow_waves)),
         (band(15, 30, 2), CENTRAL + 0.8 * OCCIPITAL, 0.3, gain * controls["beta"] * (1 + 2 * events.arousal)),
     ]
-    out = subject.noise_uv * band_noise(rng, n, fs, pink(0.3, 45), channels=4, shared=0.3)
+    out = subject.noise_uv * band_noise(rng, n, fs, band(0.3, 45), channels=4, shared=0.0) * 0.3
     for spectrum, weights, shared, rms in rhythms:
         out += weights[:, None] * band_noise(rng, n, fs, spectrum, 4, shared) * upsample(rms, fs)
 
@@ -597,7 +648,7 @@ def eeg(stages, controls, events, subject, rng) -> np.ndarray:
     add(event_times(rng, controls["sawtooth"]), sawtooth_train, CENTRAL + 0.5 * OCCIPITAL)
 
     # movement: muscle and electrode artefact on every lead
-    out += 40 * band_noise(rng, n, fs, band(20, 45, 5), 4, 0.6) * upsample(events.movement, fs)
+    out += 25 * band_noise(rng, n, fs, band(20, 45, 5), 4, 0.6) * upsample(events.movement, fs)
     if subject.popping_channel >= 0:
         t = np.arange(int(1.5 * fs)) / fs
         for start in event_times(rng, np.full(n_sec, subject.pops_per_min)):
@@ -644,7 +695,8 @@ def eog(stages, controls, events, subject, eeg_signals, rng) -> np.ndarray:
     frontal = 0.5 * (eeg_signals[0] + eeg_signals[1])
     noise = subject.noise_uv * band_noise(rng, n, fs, pink(0.3, 45), 2, 0.2)
     muscle = 30 * band_noise(rng, n, fs, band(20, 45, 5), 2, 0.6) * upsample(events.movement, fs)
-    return np.stack([eyes + 0.45 * frontal, -eyes + 0.45 * frontal]) + noise + muscle
+    drift = 10 * band_noise(rng, n, fs, band(0.03, 0.25, 0.04), 2)  # electrode drift (skin potentials), each lead its own
+    return np.stack([eyes + 0.45 * frontal, -eyes + 0.45 * frontal]) + noise + muscle + drift
 
 
 def emg_noise(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -702,13 +754,15 @@ def breathing(stages, controls, events, subject, rng) -> dict:
     effort_fs = upsample(events.effort, fs)
     abdomen_sign = 1 - 2 * upsample(events.paradox, fs)
     n = len(phase)
-    drift = band_noise(rng, n, fs, band(0.01, 0.08, 0.02), 4, 0.2) * 0.08
+    drift = band_noise(rng, n, fs, band(0.01, 0.08, 0.02), 4, 0.2) * np.array([[0.3], [0.08], [0.05], [0.05]])
+    cardiac = 0.03 * band_noise(rng, n, fs, band(0.8, 2, 0.3))[0]  # heartbeats and vibration on the nasal pressure
     movement = band_noise(rng, n, fs, band(0.5, 4, 0.5), 4, 0.5) * 0.6 * upsample(events.movement, fs)
     gain = subject.flow_gain
     return {
-        "Flow": 0.5 * gain * depth_fs * flow_fs * (np.sin(phase) + 0.25 * np.sin(2 * phase)) + drift[0] + movement[0],
-        "Thermistor": 0.4 * gain * depth_fs * flow_fs * -np.cos(phase - 0.5) + drift[1] + movement[1],
-        "Thorax": 0.35 * depth_fs * effort_fs * -np.cos(phase) + drift[2] + movement[2],
+        "Flow": (0.5 * gain * depth_fs * flow_fs * (np.sin(phase) + 0.25 * np.sin(2 * phase)) + drift[0] + movement[0]
+                 + cardiac),
+        "Thermistor": 0.2 * gain * depth_fs * flow_fs * -np.cos(phase - 0.5) + drift[1] + movement[1],
+        "Thorax": 0.2 * depth_fs * effort_fs * -np.cos(phase) + drift[2] + movement[2],
         "Abdomen": 0.35 * depth_fs * effort_fs * abdomen_sign * -np.cos(phase - 0.2) + drift[3] + movement[3],
         "phase": phase,
         "inspiring": np.maximum(np.sin(phase), 0) ** 2 * flow_fs,
@@ -733,8 +787,8 @@ def ecg(stages, controls, events, subject, breath_phase, rng) -> np.ndarray:
     waves = [(0.12, -0.2, 0.025), (-0.1, -0.03, 0.01), (1.0, 0.0, 0.012), (-0.25, 0.03, 0.012), (0.3, 0.25, 0.05)]
     beat = sum(height * np.exp(-(((t - centre) / width) ** 2) / 2) for height, centre, width in waves)
     out = oaconvolve(impulses, beat, mode="full")[int(0.3 * fs):int(0.3 * fs) + n]
-    wander = 0.05 * np.cos(np.interp(np.arange(n) / fs, np.arange(len(breath_phase)) / breath_fs, breath_phase))
-    return out + wander + 0.01 * rng.standard_normal(n) + 0.3 * emg_noise(rng, n) * upsample(events.movement, fs)
+    wander = 0.12 * np.cos(np.interp(np.arange(n) / fs, np.arange(len(breath_phase)) / breath_fs, breath_phase))
+    return out + wander + 0.04 * rng.standard_normal(n) + 0.3 * emg_noise(rng, n) * upsample(events.movement, fs)
 
 
 def snore_and_sound(stages, controls, events, subject, breath, rng) -> tuple[np.ndarray, np.ndarray]:
@@ -755,12 +809,18 @@ def snore_and_sound(stages, controls, events, subject, breath, rng) -> tuple[np.
     return snore, volume
 
 
-POSITIONS = np.array([  # gravity (g) on X (left-right), Y (head-foot), Z (back-front)
-    [0.0, -0.15, 0.98],   # supine
-    [-0.97, -0.15, 0.1],  # left side
-    [0.97, -0.15, 0.1],   # right side
-    [0.0, -0.15, -0.98],  # prone
+# A chest-worn sensor: X across the chest (left-right), Y through it (back-front), Z along the body.
+# As in the challenge's real images, lying on the back puts gravity on -Y, the chest turned a little
+# left, the head raised a little by the pillow (+Z).
+POSITIONS = np.array([  # gravity (g) on X, Y, Z
+    [-0.25, -0.95, 0.1],  # supine
+    [-0.95, -0.25, 0.1],  # left side
+    [0.95, -0.25, 0.1],   # right side
+    [0.25, 0.95, 0.1],    # prone
 ])
+
+
+TURN_TO = np.array([3.0, 1.0, 1.0, 0.5])  # relative odds of each position after turning over
 
 
 def accelerometer(stages, events, subject, breath, rng) -> np.ndarray:
@@ -768,18 +828,19 @@ def accelerometer(stages, events, subject, breath, rng) -> np.ndarray:
     fs = channel_rate("X Axis")
     n_sec = len(stages) * EPOCH_S
     position = np.zeros(n_sec, dtype=int)
-    current = rng.choice(4, p=[0.5, 0.2, 0.2, 0.1])
+    current = rng.choice(4, p=[0.6, 0.15, 0.15, 0.1])
     last = 0
     for start in events.movement_starts:
         if rng.random() < 0.35:  # this movement turns the sleeper over
             position[last:int(start)] = current
-            last, current = int(start), rng.choice([p for p in range(4) if p != current])
+            others = [p for p in range(4) if p != current]  # back to the back more often than elsewhere
+            last, current = int(start), rng.choice(others, p=TURN_TO[others] / TURN_TO[others].sum())
     position[last:] = current
     tilt = rng.normal(0, 0.05, 3)
     gravity = np.stack([smooth(upsample(POSITIONS[position, axis] + tilt[axis], fs), 1.5 * fs) for axis in range(3)])
     n = gravity.shape[1]
     shaking = band_noise(rng, n, fs, band(0.5, 5, 0.5), 3, 0.5) * 0.15 * upsample(events.movement, fs)
-    gravity[2] += 0.01 * np.sin(breath["phase"][:n])  # the chest rises and falls with each breath
+    gravity[1] += 0.01 * np.sin(breath["phase"][:n])  # the chest rises and falls with each breath
     return gravity + shaking + 0.003 * rng.standard_normal((3, n))
 
 

@@ -152,6 +152,10 @@ SUBPIXEL_BITS = 4  # cv2 draws at 1/16-pixel precision (its `shift` argument)
 # A trace far outside its group is invisible either way; bounding its rows
 # keeps fixed-point coordinates inside int32 without bending visible segments.
 _FAR_ROWS = 10_000.0
+# The real challenge images draw every trace this many rows (of 1080) below the band arithmetic: the
+# zero lines of the chin and leg EMG, the ECG and the four EEG traces of the organisers' four sample
+# images sit 1.5-2 rows lower than the centres of their bands (measured on their mean row profile).
+TRACE_OFFSET_1080 = 1.5
 # Fixed encoder settings, so the same pixels give the same bytes. Mostly black
 # images compress best unfiltered, and zlib level 1 is the fastest.
 PNG_COMPRESSION = 1
@@ -181,13 +185,13 @@ def _trace_points(signal: Signal, samples: np.ndarray, rate: float, group_top: i
     of the 1920-wide canvas; the last value is held to the epoch's end, so a
     slow channel reaches the right edge as a fast one does. A value maps
     linearly from ``high`` (top edge of the signal's band) to ``low`` (bottom
-    edge); row ``r`` is the centre of pixel row ``r``, so the band's edges
-    are half a pixel outside its first and last rows and the band centre
-    falls on a pixel centre.
+    edge), shifted down by ``TRACE_OFFSET_1080`` rows as in the real images;
+    row ``r`` is the centre of pixel row ``r``, so the band's edges are half
+    a pixel outside its first and last rows.
     """
     scale = 1 << SUBPIXEL_BITS
     rows_per_unit = signal.height_1080 / (signal.high - signal.low)
-    top_row = signal.top_1080 - group_top - 0.5
+    top_row = signal.top_1080 - group_top - 0.5 + TRACE_OFFSET_1080
     rows = samples * (-rows_per_unit * scale) + (top_row + signal.high * rows_per_unit) * scale
     np.clip(rows, -_FAR_ROWS * scale, _FAR_ROWS * scale, out=rows)
     points = np.empty((len(samples) + 1, 2), dtype=np.int32)

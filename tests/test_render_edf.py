@@ -89,7 +89,8 @@ def brightest_row(image: np.ndarray, top: float, height: float) -> int:
 def expected_row(row_name: str, value: float) -> float:
     """Where the renderer puts a constant ``value`` of a row, in rows of the 270-row image."""
     signal = psg_layout.SIGNAL_BY_NAME[row_name]
-    row_1080 = signal.top_1080 - 0.5 + (signal.high - value) * signal.height_1080 / (signal.high - signal.low)
+    row_1080 = (signal.top_1080 - 0.5 + psg_layout.TRACE_OFFSET_1080
+                + (signal.high - value) * signal.height_1080 / (signal.high - signal.low))
     return (row_1080 + 0.5) / psg_layout.RENDER_SCALE - 0.5
 
 

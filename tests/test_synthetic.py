@@ -301,7 +301,8 @@ def test_each_trace_is_drawn_in_its_own_band(signal):
         image = psg_layout.render_epoch({signal.name: np.full(samples_per_epoch, value)})
         profile = image[..., 0].astype(float).sum(axis=1)
         centroid = (profile * np.arange(270)).sum() / profile.sum()
-        row_1080 = signal.top_1080 - 0.5 + (1 - fraction) * signal.height_1080  # pixel-centre coordinates
+        row_1080 = (signal.top_1080 - 0.5 + psg_layout.TRACE_OFFSET_1080
+                    + (1 - fraction) * signal.height_1080)  # pixel-centre coordinates
         assert abs(centroid - (row_1080 - 1.5) / 4) < 0.3
         assert (image[..., 0].max(axis=0) > 0).all()  # the trace spans the whole width
     group_top, group_height = psg_layout.group_band_270(signal.group)

@@ -1,0 +1,113 @@
+"""make_synthetic.py's signals against sleep physiology, without YASA (that is bench/realism.py's job).
+
+Per stage: the EEG's aperiodic 1/f exponent and its band powers, the
+density of spindles and K-complexes in N2, the share of slow waves in N3,
+the order of chin tone; and the images' mean row profile against the
+profile of the four real challenge images.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.signal import butter, find_peaks, hilbert, sosfiltfilt
+
+import make_synthetic
+import psg_layout
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import realism  # noqa: E402
+
+W, N1, N2, N3, REM = range(5)
+FS = 100  # EEG rate
+REAL_PROFILE = Path(__file__).parent / "data" / "real_row_profile.json"
+
+
+@pytest.fixture(scope="module")
+def nights():
+    """Two nights of 2 h scored (the first two of the seed-0 set)."""
+    return [make_synthetic.synthesize_recording(0, index, 2.0) for index in (0, 1)]
+
+
+def c3_epochs(night):
+    return night.signals["C3-M2"].reshape(night.n_epochs, -1)
+
+
+def stage_minutes(night, stage):
+    return np.sum(night.stages == stage) / 2
+
+
+def test_aperiodic_exponent_steepens_with_depth_and_stays_in_published_ranges(nights):
+    for night in nights:
+        freqs, psd = realism.epoch_spectra(c3_epochs(night), FS)
+        exponent = realism.aperiodic_exponent(freqs, psd)
+        mean = np.array([exponent[night.stages == stage].mean() for stage in range(5)])
+        # Lendner et al. 2020; specparam fits of sleep EEG: about 1-2 awake and in REM, 2-3+ in N3
+        assert 0.9 <= mean[W] <= 2.0 and 1.0 <= mean[REM] <= 2.2, mean.round(2)
+        assert 2.0 <= mean[N3] <= 3.5, mean.round(2)
+        assert mean[W] < mean[N1] < mean[N2] < mean[N3], mean.round(2)
+
+
+def test_every_band_holds_power_in_every_stage(nights):
+    for night in nights:
+        freqs, psd = realism.epoch_spectra(c3_epochs(night), FS)
+        relative = realism.relative_band_power(freqs, psd)
+        by_stage = np.array([relative[night.stages == stage].mean(axis=0) for stage in range(5)])
+        assert (by_stage >= 0.002).all(), by_stage.round(3)  # no hole in the spectrum
+        assert (by_stage[:, 1] >= 0.1).all(), by_stage.round(3)  # 2-4 Hz, nearly empty before (0.03-0.07)
+        assert by_stage[:, 3].argmax() == W  # alpha: awake
+        assert by_stage[:, 0].argmax() == N3  # delta: deep sleep
+        assert by_stage[REM, 2] < 0.4  # REM is mixed frequency, not a theta rhythm
+
+
+def test_spindles_and_k_complexes_at_their_n2_densities(nights):
+    sigma = butter(4, [11, 16], "bandpass", fs=FS, output="sos")
+    slow = butter(2, [0.5, 4], "bandpass", fs=FS, output="sos")
+    for night in nights:
+        c3 = night.signals["C3-M2"]
+        envelope = np.abs(hilbert(sosfiltfilt(sigma, c3)))
+        above = np.diff(np.r_[0, (envelope > 3 * np.median(envelope)).astype(int), 0])
+        starts, ends = np.flatnonzero(above == 1), np.flatnonzero(above == -1)
+        spindles = starts[(ends - starts >= 0.5 * FS) & (ends - starts <= 3 * FS)]
+        per_minute = np.sum(night.stages[spindles // (30 * FS)] == N2) / stage_minutes(night, N2)
+        assert 2 <= per_minute <= 7, per_minute
+        # a K-complex: a negative wave below -50 uV (0.5-4 Hz) that swings back up by 80 uV within 0.6 s
+        filtered = sosfiltfilt(slow, c3)
+        troughs, _ = find_peaks(-filtered, height=50, distance=2 * FS)
+        rebound = [filtered[t:t + int(0.6 * FS)].max() - filtered[t] > 80 for t in troughs]
+        k_complexes = troughs[np.asarray(rebound, dtype=bool)]
+        stage_of = night.stages[k_complexes // (30 * FS)]
+        per_minute = np.array([np.sum(stage_of == stage) / stage_minutes(night, stage) for stage in range(5)])
+        assert 1 <= per_minute[N2] <= 3, per_minute.round(2)
+        assert per_minute[N2] > 2 * max(per_minute[W], per_minute[N1], per_minute[REM]), per_minute.round(2)
+
+
+def test_slow_waves_fill_a_fifth_of_every_n3_epoch(nights):
+    slow = butter(2, [0.5, 2], "bandpass", fs=FS, output="sos")
+    for night in nights:
+        seconds = sosfiltfilt(slow, night.signals["C3-M2"]).reshape(-1, FS)
+        big = (seconds.max(axis=1) - seconds.min(axis=1) > 75).reshape(night.n_epochs, 30).mean(axis=1)
+        assert np.mean(big[night.stages == N3] >= 0.2) >= 0.9  # AASM N3
+        assert np.mean(big[night.stages == N2] >= 0.2) < 0.15
+        assert np.mean(big[night.stages == REM] >= 0.2) == 0 and np.mean(big[night.stages == W] >= 0.2) < 0.05
+
+
+def test_chin_tone_falls_from_wake_through_sleep_to_rem_atonia(nights):
+    for night in nights:
+        rms = night.signals["Chin EMG"].reshape(night.n_epochs, -1).std(axis=1)
+        tone = np.array([np.median(rms[night.stages == stage]) for stage in range(5)])
+        assert tone[W] > tone[N1] > tone[N2] >= 0.9 * tone[N3] > tone[REM], tone.round(2)
+        assert tone[W] > 3 * tone[REM]
+
+
+def test_row_profile_matches_the_real_images(nights):
+    epochs = [(night, epoch) for night in nights for epoch in range(night.n_epochs)]
+    chosen = [epochs[i] for i in np.linspace(0, len(epochs) - 1, 200).round().astype(int)]
+    synthetic = np.mean([psg_layout.render_epoch(night.epoch_signals(epoch)).min(axis=2).mean(axis=1)
+                         for night, epoch in chosen], axis=0)
+    real = np.asarray(json.loads(REAL_PROFILE.read_text())["profile"])
+    assert real.shape == synthetic.shape == (psg_layout.IMAGE_HEIGHT,)
+    assert np.corrcoef(real, synthetic)[0, 1] >= 0.90
