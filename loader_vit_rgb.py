@@ -847,6 +847,21 @@ def _normalisation(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, scale
 
 
+def _empty_images(shape: tuple[int, int, int, int], device: torch.device,
+                  memory_format: torch.memory_format) -> torch.Tensor:
+    """An uninitialised float32 batch; in a DataLoader worker, in shared memory.
+
+    A worker's batch travels to the main process in shared memory: made
+    there from the start (as DataLoader's own collate does), it is sent
+    without a copy.
+    """
+    if device.type != "cpu" or torch.utils.data.get_worker_info() is None:
+        return torch.empty(shape, device=device, memory_format=memory_format)
+    strides = torch.empty(shape, device="meta", memory_format=memory_format).stride()
+    storage = torch.UntypedStorage._new_shared(math.prod(shape) * 4)
+    return torch.empty(0, dtype=torch.float32).set_(storage, 0, shape, strides)
+
+
 def _model_input(pixels: torch.Tensor, keep: torch.Tensor | None, memory_format: torch.memory_format) -> torch.Tensor:
     """``(pixels - keep * mean) / (std * 255)``: float32 (n, 3, S, S) from (n, C, S, S), C = 1 or 3.
 
@@ -858,7 +873,7 @@ def _model_input(pixels: torch.Tensor, keep: torch.Tensor | None, memory_format:
     """
     mean, scale = _normalisation(pixels.device)
     count, _, height, width = pixels.shape
-    out = torch.empty((count, 3, height, width), device=pixels.device).contiguous(memory_format=memory_format)
+    out = _empty_images((count, 3, height, width), pixels.device, memory_format)
     if keep is None:
         torch.sub(pixels, mean, out=out)
     else:
@@ -905,8 +920,12 @@ def _drop_holes(planes: torch.Tensor, corners: torch.Tensor, applied: torch.Tens
 
 
 def _mix(planes, targets, rows, partners, weight, share) -> None:
-    """In place: samples ``rows`` become ``weight`` of themselves plus ``1 - weight`` of ``partners``."""
-    planes[rows] = torch.lerp(planes[partners], planes[rows], weight)
+    """In place: samples ``rows`` become ``weight`` of themselves plus ``1 - weight`` of ``partners``.
+
+    ``partners`` is a slice of ``planes``; ``weight`` holds one (1, S, S) plane per row.
+    """
+    for row, partner, row_weight in zip(rows.tolist(), range(partners.start, partners.stop), weight):
+        torch.lerp(planes[partner], planes[row], row_weight, out=planes[row])
     targets[rows] = torch.lerp(targets[partners], targets[rows], share)
 
 
