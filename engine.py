@@ -45,6 +45,8 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import fmix
+import batch_augment
+import image_cache
 import loader_vit_rgb
 import psg_layout
 from psg_layout import InputError, where
@@ -172,7 +174,7 @@ def _check_args(args: argparse.Namespace) -> None:
         raise InputError(f"pretrained weights file not found (or pass --pretrained {PRETRAINED_IMAGENET} or "
                          f"{PRETRAINED_NONE}) {where(args.pretrained)}")
     if not args.no_cache:
-        loader_vit_rgb.check_cache_dir(args.cache_dir, args.data_root)
+        image_cache.check_cache_dir(args.cache_dir, args.data_root)
 
 
 # --------------------------------------------------------------------------
@@ -525,11 +527,11 @@ def classification_metrics(confusion: np.ndarray) -> dict:
 def device_batches(loader, device: torch.device):
     """Yield ``(images, targets)`` batches of the loader, on ``device`` and finished there.
 
-    See :func:`loader_vit_rgb.finish_batch`: cached batches are normalised
+    See :func:`batch_augment.finish_batch`: cached batches are normalised
     and augmented on ``device``; images come in :func:`memory_format`.
     """
     for batch in loader_vit_rgb.iterate_batches(loader):
-        yield loader_vit_rgb.finish_batch(batch, device, memory_format(device))
+        yield batch_augment.finish_batch(batch, device, memory_format(device))
 
 
 def train_one_epoch(model: torch.nn.Module, batches, n_batches: int, optimizer: torch.optim.Optimizer,
@@ -624,7 +626,7 @@ def predict(model: torch.nn.Module, loader, device: torch.device, amp: str = "of
         Already on ``device``.
     loader : DataLoader
         Yields images (batch, 3, H, W), ``(images, targets)`` tuples, or cached
-        batches (see :func:`loader_vit_rgb.finish_batch`).
+        batches (see :func:`batch_augment.finish_batch`).
     device : torch.device
     amp : {"fp16", "bf16", "off"}
         Autocast precision on CUDA (ignored on CPU).
@@ -639,7 +641,7 @@ def predict(model: torch.nn.Module, loader, device: torch.device, amp: str = "of
     probabilities = []
     for batch in tqdm(loader_vit_rgb.iterate_batches(loader), total=len(loader), desc="predict",
                       disable=not progress, dynamic_ncols=True):
-        images = loader_vit_rgb.finish_batch(batch, device, memory_format(device))
+        images = batch_augment.finish_batch(batch, device, memory_format(device))
         images = images[0] if isinstance(images, tuple) else images
         with _autocast(device, amp):
             logits = model(images)
@@ -843,8 +845,8 @@ def _train(args: argparse.Namespace, device: torch.device, rank: int, world_size
     cache_dir = None if args.no_cache else args.cache_dir
     if cache_dir is not None:  # built by rank 0 alone; the loaders open it
         if is_writer:
-            loader_vit_rgb.open_cache(args.data_root, table, args.img_size, cache_dir, workers=args.workers,
-                                      progress=progress)
+            image_cache.open_cache(args.data_root, table, args.img_size, cache_dir, workers=args.workers,
+                                   progress=progress)
         if world_size > 1:
             dist.barrier()
     loading = dict(rank=rank, world_size=world_size, pin_memory=device.type == "cuda", cache_dir=cache_dir,

@@ -242,17 +242,34 @@ def _brightness_keys(grey: np.ndarray) -> np.ndarray:
         and the pixel number in the low half: all keys differ, and
         ``key & 0xFFFFFFFF`` is the pixel.
     """
-    bits = (np.float32(0.0) - grey).view(np.int32)  # 0.0 - x: both zeros become +0.0, so they tie
-    key = (bits ^ ((bits >> 31) & 0x7FFFFFFF)).astype(np.int64)
-    key <<= 32
-    key |= np.arange(grey.shape[-1], dtype=np.int64)
-    return key
+    bits = np.subtract(np.float32(0.0), grey, dtype=np.float32).view(np.int32)  # both zeros become +0.0: a tie
+    order = bits >> 31
+    order &= 0x7FFFFFFF
+    order ^= bits
+    keys = np.left_shift(order, 32, dtype=np.int64)
+    keys |= _pixel_numbers(grey.shape[-1])
+    return keys
+
+
+@functools.lru_cache(maxsize=8)
+def _pixel_numbers(pixels: int) -> np.ndarray:
+    """``0 .. pixels - 1`` as int64 (read-only)."""
+    numbers = np.arange(pixels, dtype=np.int64)
+    numbers.setflags(write=False)
+    return numbers
 
 
 @functools.lru_cache(maxsize=64)
-def _ramp_values(length: int) -> np.ndarray:
-    """float32 ``(length - 1 - i) / (length - 1)`` for ``i < length``: the soft ramp from 1 to 0 (read-only)."""
-    values = ((length - 1 - np.arange(length)) / max(length - 1, 1)).astype(np.float32)
+def _values_by_rank(pixels: int, first: int, stop: int) -> np.ndarray:
+    """float32 mask value of each brightness rank: 1 below ``first``, the soft ramp, 0 from ``stop`` (read-only).
+
+    The ramp runs from 1 at rank ``first`` to 0 at rank ``stop - 1``, as
+    :func:`_mask_from_ranks` gives it.
+    """
+    values = np.zeros(pixels, dtype=np.float32)
+    values[:first] = 1.0
+    length = stop - first
+    values[first:stop] = (length - 1 - np.arange(length)) / max(length - 1, 1)
     values.setflags(write=False)
     return values
 
@@ -270,11 +287,10 @@ def _mask_from_keys(keys: np.ndarray, first: int, stop: int) -> np.ndarray:
     cuts = [cut for cut in (first, stop) if 0 < cut < pixels]
     if cuts:
         keys.partition(cuts)
-    mask = np.zeros(pixels, dtype=np.float32)
-    mask[keys[:first] & 0xFFFFFFFF] = 1.0
-    ramp = keys[first:stop]
-    ramp.sort()
-    mask[ramp & 0xFFFFFFFF] = _ramp_values(stop - first)
+    keys[first:stop].sort()
+    keys &= 0xFFFFFFFF  # the pixel of each rank (the order within the ones and within the zeros does not matter)
+    mask = np.empty(pixels, dtype=np.float32)
+    mask[keys] = _values_by_rank(pixels, first, stop)
     return mask
 
 

@@ -32,6 +32,7 @@ import numpy as np  # noqa: E402
 from sklearn.ensemble import HistGradientBoostingClassifier  # noqa: E402
 from sklearn.metrics import cohen_kappa_score, f1_score  # noqa: E402
 
+import image_cache  # noqa: E402
 import loader_vit_rgb  # noqa: E402
 import psg_layout  # noqa: E402
 from evaluate import read_answers  # noqa: E402
@@ -68,7 +69,7 @@ def row_features(images: np.ndarray, block: int) -> np.ndarray:
 
 
 def features_of(table: psg_layout.EpochTable, args: argparse.Namespace) -> np.ndarray:
-    cache = loader_vit_rgb.open_cache(args.data_root, table, args.img_size, args.cache_dir)
+    cache = image_cache.open_cache(args.data_root, table, args.img_size, args.cache_dir)
     rows = np.arange(len(table))
     return np.concatenate([row_features(cache.read(chunk), args.block)
                            for chunk in np.array_split(rows, max(1, len(rows) // 2048))])

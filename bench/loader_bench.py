@@ -38,7 +38,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import loader_vit_rgb  # noqa: E402  (first: it keeps albumentations from asking the package index)
+import batch_augment  # noqa: E402  (before albumentations: it keeps albumentations from asking the package index)
+import image_cache  # noqa: E402
+import loader_vit_rgb  # noqa: E402
 import albumentations  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -88,7 +90,7 @@ def images_per_second(loader, epoch: int) -> float:
     cpu = torch.device("cpu")
     counted, started = 0, None
     for batch in loader_vit_rgb.iterate_batches(loader):
-        images, _ = loader_vit_rgb.finish_batch(batch, cpu)
+        images, _ = batch_augment.finish_batch(batch, cpu)
         if started is None:
             started = time.perf_counter()
         else:
@@ -101,7 +103,7 @@ def measure_size(args, table, rows, size: int) -> dict:
     fresh = args.cache_dir / "fresh"
     shutil.rmtree(fresh, ignore_errors=True)
     started = time.perf_counter()
-    loader_vit_rgb.open_cache(args.data_root, table, size, fresh, workers=args.workers)
+    image_cache.open_cache(args.data_root, table, size, fresh, workers=args.workers)
     build_seconds = time.perf_counter() - started
     shutil.rmtree(fresh)
 

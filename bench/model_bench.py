@@ -43,6 +43,8 @@ import timm  # noqa: E402
 import torch  # noqa: E402
 
 import engine  # noqa: E402
+import batch_augment  # noqa: E402
+import image_cache  # noqa: E402
 import loader_vit_rgb  # noqa: E402
 import psg_layout  # noqa: E402
 
@@ -137,7 +139,7 @@ def train_figures(arch: str, args, device, amp: str, table) -> dict:
             targets = torch.eye(psg_layout.NUM_CLASSES, device=device)[torch.arange(args.batch_size) % 5]
             batches = iter(lambda: (images, targets), None)
         else:
-            batches = (loader_vit_rgb.finish_batch(batch, device, engine.memory_format(device))
+            batches = (batch_augment.finish_batch(batch, device, engine.memory_format(device))
                        for batch in repeat(loader))
         rates[source] = training_rate(model, optimizer, scaler, batches, args.steps, device, amp)
         del model, optimizer
@@ -176,8 +178,8 @@ def main() -> None:
     ensure_data(args.data_root)
     train = loader_vit_rgb.read_train_table(args.data_root)
     test = loader_vit_rgb.read_test_table(args.data_root)
-    loader_vit_rgb.open_cache(args.data_root, train, args.img_size, args.cache_dir, workers=args.workers)
-    loader_vit_rgb.open_cache(args.data_root, test, args.img_size, args.cache_dir, workers=args.workers)
+    image_cache.open_cache(args.data_root, train, args.img_size, args.cache_dir, workers=args.workers)
+    image_cache.open_cache(args.data_root, test, args.img_size, args.cache_dir, workers=args.workers)
     print(f"device: {device_name(device)}; torch {torch.__version__}, timm {timm.__version__}; amp {amp}; "
           f"batch {args.batch_size}; {args.workers} workers; {len(train)} training and {len(test)} test images",
           flush=True)

@@ -9,11 +9,12 @@ import pytest
 import torch
 
 import fmix
+import batch_augment
 import loader_vit_rgb as L
 
 CPU = torch.device("cpu")
 SIZE = 32
-MEAN, STD = np.array(L.IMAGENET_MEAN), np.array(L.IMAGENET_STD)
+MEAN, STD = np.array(batch_augment.IMAGENET_MEAN), np.array(batch_augment.IMAGENET_STD)
 
 
 def normalised(value: float) -> np.ndarray:
@@ -68,7 +69,8 @@ def test_batch_plan_places_the_cutout_holes_as_the_per_sample_path():
     batch_corners = []
     for step in range(60):
         rng = np.random.default_rng([1, 0, 0, step])  # draws as CachedTrainBatches does
-        batch_corners.append(L.cutout_corners(rng.integers(0, SIZE + 1, size=(40, L.DROPOUT_HOLES, 2))))
+        centres = rng.integers(0, SIZE + 1, size=(40, batch_augment.DROPOUT_HOLES, 2))
+        batch_corners.append(batch_augment.cutout_corners(centres))
     corners = np.concatenate(batch_corners).ravel()
     assert corners.min() == 0 and corners.max() == SIZE - 4
     assert (corners == 0).mean() == pytest.approx(5 / 33, abs=0.01)
@@ -77,17 +79,18 @@ def test_batch_plan_places_the_cutout_holes_as_the_per_sample_path():
 
 
 def test_dropout_keep_clips_a_hole_at_the_border():
-    corners = torch.zeros((1, 2, L.DROPOUT_HOLES, 2), dtype=torch.int64)
+    corners = torch.zeros((1, 2, batch_augment.DROPOUT_HOLES, 2), dtype=torch.int64)
     corners[0, 1, 0] = torch.tensor([SIZE - 4, SIZE - 4])  # bottom-right: 4 x 4 pixels remain
     corners[0, 1, 1] = torch.tensor([0, SIZE - 5])  # top-right: 8 x 5, nothing wraps to the next rows
     corners[0, 1, 2:] = torch.tensor([SIZE - 6, 12])  # bottom: 6 x 8
-    keep = L.dropout_keep(corners, torch.tensor([[False, True]]), SIZE)[0, 0]
+    keep = batch_augment.dropout_keep(corners, torch.tensor([[False, True]]), SIZE)[0, 0]
     expected = torch.ones(SIZE, SIZE)
     expected[SIZE - 4:, SIZE - 4:] = 0
     expected[:8, SIZE - 5:] = 0
     expected[SIZE - 6:, 12:20] = 0
     torch.testing.assert_close(keep, expected, rtol=0, atol=0)
-    assert L.dropout_keep(corners, torch.tensor([[True, False]]), SIZE)[0, 0, 8:, :].eq(1).all()  # first: at 0, 0
+    first = batch_augment.dropout_keep(corners, torch.tensor([[True, False]]), SIZE)[0, 0]
+    assert first[8:, :].eq(1).all()  # first: at 0, 0
 
 
 def hand_plan(pixels, labels, dropout, corners, **mixing):
@@ -118,10 +121,11 @@ def test_fmix_over_dropped_pixels_mixes_the_normalised_dropped_images():
     corners = [[own_holes, [[0, 0]] * 8], [[[0, 0]] * 8, partner_holes]]
     batch = hand_plan(np.stack([np.full((1, SIZE, SIZE), 200), np.full((1, SIZE, SIZE), 50)]), [0, 4],
                       [[True, False], [False, True]], corners, fmix_rows=[0], fmix_lams=[0.65])
-    images, targets = L.finish_batch(batch, CPU)
+    images, targets = batch_augment.finish_batch(batch, CPU)
     assert images.shape == (1, 3, SIZE, SIZE)
-    mask = fmix.sample_masks_torch(torch.tensor([0.65], dtype=torch.float64), L.FMIX_DECAY_POWER, (SIZE, SIZE),
-                                   L.FMIX_MAX_SOFT, torch.Generator().manual_seed(11), spectrum="original")[0].numpy()
+    mask = fmix.sample_masks_torch(torch.tensor([0.65], dtype=torch.float64), batch_augment.FMIX_DECAY_POWER,
+                                   (SIZE, SIZE), batch_augment.FMIX_MAX_SOFT, torch.Generator().manual_seed(11),
+                                   spectrum="original")[0].numpy()
     keep_a, keep_b = hole_keep(own_holes), hole_keep(partner_holes)
     expected = (mask * keep_a)[None] * normalised(200)[:, None, None] + \
         ((1 - mask) * keep_b)[None] * normalised(50)[:, None, None]
@@ -136,7 +140,7 @@ def test_cached_cutmix_target_is_the_area_share_of_the_box():
     box = [5, 21, 2, 14]  # top, bottom, left, right: 16 x 12 pixels from the partner
     batch = hand_plan(np.stack([np.full((1, SIZE, SIZE), 255), np.zeros((1, SIZE, SIZE))]), [1, 3],
                       [[False, False], [False, False]], np.zeros((2, 2, 8, 2)), cutmix_rows=[0], cutmix_boxes=[box])
-    images, targets = L.finish_batch(batch, CPU)
+    images, targets = batch_augment.finish_batch(batch, CPU)
     expected = np.broadcast_to(normalised(255)[:, None, None], (3, SIZE, SIZE)).copy()
     expected[:, 5:21, 2:14] = normalised(0)[:, None, None]
     np.testing.assert_allclose(images[0].numpy(), expected, rtol=0, atol=1e-6)

@@ -11,6 +11,8 @@ import pytest
 import torch
 
 import engine
+import batch_augment
+import image_cache
 import loader_vit_rgb as L
 import main_vit_rgb
 import psg_layout
@@ -22,7 +24,7 @@ SIZE = 32
 
 def finished(loader):
     """Every batch of ``loader``, finished on the CPU."""
-    return [L.finish_batch(batch, CPU) for batch in L.iterate_batches(loader)]
+    return [batch_augment.finish_batch(batch, CPU) for batch in L.iterate_batches(loader)]
 
 
 def write_recordings(root, recordings):
@@ -41,7 +43,7 @@ def write_recordings(root, recordings):
 def cached_train_batch(table, root, cache_dir, indices, size=SIZE, **options):
     """The dataset of all rows (no mixing, batches left for the device) and its item (epoch 0, step 0, indices)."""
     rows = np.arange(len(table))
-    opener = functools.partial(L.open_cache, root, table, size, cache_dir)
+    opener = functools.partial(image_cache.open_cache, root, table, size, cache_dir)
     settings = dict(seed=3, rank=0, fmix_enabled=False, cutmix_enabled=False, finish=False)
     dataset = L.CachedTrainBatches(opener, rows, table.labels, size, **{**settings, **options})
     dataset.prepare()
@@ -73,7 +75,7 @@ def test_training_batches_without_augmentation_equal_the_per_sample_path(tiny_da
     table = L.read_train_table(tiny_data)
     indices = [5, 0, 77, 200, 13]
     _, batch = cached_train_batch(table, tiny_data, tmp_path, indices, dropout_probability=0.0)
-    images, targets = L.finish_batch(batch, CPU)
+    images, targets = batch_augment.finish_batch(batch, CPU)
     per_sample = L.EpochImageDataset(L.table_image_paths(tiny_data, table), table.labels,
                                      L.get_valid_transforms(SIZE))
     for position, index in enumerate(indices):
@@ -89,8 +91,8 @@ def test_grey_images_are_stored_once_and_colour_in_three_channels(tmp_path):
     colour[1][5:9, 10:20] = (200, 30, 90)  # one coloured patch: that recording needs 3 channels
     root, cache_dir = tmp_path / "root", tmp_path / "cache"
     table = write_recordings(root, {"GREY": grey, "COLOUR": colour})
-    cache = L.open_cache(root, table, SIZE, cache_dir)
-    folder = L.cache_folder(cache_dir, root, SIZE)
+    cache = image_cache.open_cache(root, table, SIZE, cache_dir)
+    folder = image_cache.cache_folder(cache_dir, root, SIZE)
     assert json.loads((folder / "GREY.json").read_text())["channels"] == 1
     assert json.loads((folder / "COLOUR.json").read_text())["channels"] == 3
     assert np.load(folder / "GREY.npy", mmap_mode="r").shape == (3, 1, SIZE, SIZE)
@@ -101,7 +103,7 @@ def test_grey_images_are_stored_once_and_colour_in_three_channels(tmp_path):
     reference = finished(L.make_eval_loader(root, table, SIZE, 4, 0, cache_dir=None))
     for (images_a, _), (images_b, _) in zip(cached, reference):
         torch.testing.assert_close(images_a, images_b, rtol=0, atol=0)
-    grey_only = L.open_cache(root, table, SIZE, cache_dir, rows=[0, 1, 2])
+    grey_only = image_cache.open_cache(root, table, SIZE, cache_dir, rows=[0, 1, 2])
     assert grey_only.channels == 1 and grey_only.read([2]).shape == (1, 1, SIZE, SIZE)
 
 
@@ -113,14 +115,14 @@ def test_cache_is_rebuilt_exactly_when_files_or_settings_change(tmp_path):
     images = {name: [rng.integers(0, 256, (27, 48, 3), dtype=np.uint8) for _ in range(2)] for name in ("A", "B")}
     root, cache_dir = tmp_path / "root", tmp_path / "cache"
     table = write_recordings(root, images)
-    L.open_cache(root, table, SIZE, cache_dir, workers=2)
-    folder = L.cache_folder(cache_dir, root, SIZE)
+    image_cache.open_cache(root, table, SIZE, cache_dir, workers=2)
+    folder = image_cache.cache_folder(cache_dir, root, SIZE)
     built = {name: (folder / f"{name}.npy").stat().st_mtime_ns for name in "AB"}
 
     def rebuilt():
         return {name for name in "AB" if (folder / f"{name}.npy").stat().st_mtime_ns != built[name]}
 
-    L.open_cache(root, table, SIZE, cache_dir)
+    image_cache.open_cache(root, table, SIZE, cache_dir)
     assert rebuilt() == set()
     # New content (same size), only B's file: B rebuilt with the new pixels.
     path = root / "B" / psg_layout.image_name("B", 2)
@@ -128,18 +130,18 @@ def test_cache_is_rebuilt_exactly_when_files_or_settings_change(tmp_path):
     new = np.full((27, 48, 3), 128, np.uint8)
     cv2.imwrite(str(path), new)
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
-    cache = L.open_cache(root, table, SIZE, cache_dir)
+    cache = image_cache.open_cache(root, table, SIZE, cache_dir)
     assert rebuilt() == {"B"} and (cache.read([3]) == 128).all()
     # A half-built recording (no manifest, or an array shorter than it says) is rebuilt.
     built = {name: (folder / f"{name}.npy").stat().st_mtime_ns for name in "AB"}
     (folder / "A.json").unlink()
     with open(folder / "B.npy", "r+b") as handle:
         handle.truncate(100)
-    L.open_cache(root, table, SIZE, cache_dir)
+    image_cache.open_cache(root, table, SIZE, cache_dir)
     assert rebuilt() == {"A", "B"}
     # Another size is another folder; the data root is never written to.
-    L.open_cache(root, table, 16, cache_dir)
-    assert (L.cache_folder(cache_dir, root, 16) / "A.npy").is_file()
+    image_cache.open_cache(root, table, 16, cache_dir)
+    assert (image_cache.cache_folder(cache_dir, root, 16) / "A.npy").is_file()
     assert sorted(p.name for p in root.rglob("*") if p.is_file()) == sorted(table.idnums)
 
 
@@ -151,13 +153,31 @@ def test_a_failed_build_leaves_no_partial_files_and_names_the_image(tmp_path):
     loader = L.make_eval_loader(root, table, SIZE, 2, 1, cache_dir=cache_dir)  # built on the first pass
     with pytest.raises(InputError, match=r"^not a decodable image .*R_0002.png\)$"):
         finished(loader)
-    assert [p.name for p in L.cache_folder(cache_dir, root, SIZE).iterdir()] == []
+    assert [p.name for p in image_cache.cache_folder(cache_dir, root, SIZE).iterdir()] == []
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_a_cache_error_in_a_worker_arrives_with_its_one_line_message(tmp_path, training):
+    root, cache_dir = tmp_path / "root", tmp_path / "cache"
+    table = write_recordings(root, {"R": [np.zeros((27, 48, 3), np.uint8)] * 4})
+    rows = np.arange(4)
+    if training:
+        loader = L.make_train_loader(root, table, rows, SIZE, 4, 1, seed=0, cache_dir=cache_dir)
+    else:
+        loader = L.make_eval_loader(root, table, SIZE, 4, 1, cache_dir=cache_dir)
+    loader.dataset.prepare()  # opened (built) here; cut short before the worker reads it
+    array = image_cache.cache_folder(cache_dir, root, SIZE) / "R.npy"
+    with open(array, "r+b") as handle:
+        handle.truncate(200)
+    with pytest.raises(InputError) as caught:
+        finished(loader)
+    assert str(caught.value) == f"image cache file shorter than its manifest says: delete it to rebuild ({array})"
 
 
 def test_cache_inside_the_data_root_is_refused_before_anything_is_written(tiny_data, tmp_path):
     table = L.read_train_table(tiny_data)
     with pytest.raises(InputError, match="must not be inside the data root"):
-        L.open_cache(tiny_data, table, SIZE, tiny_data / "cache")
+        image_cache.open_cache(tiny_data, table, SIZE, tiny_data / "cache")
     args = engine.build_parser(main_vit_rgb.DEFAULTS, "").parse_args(
         ["--data-root", str(tiny_data), "--weights-dir", str(tmp_path / "w"), "--cache-dir", str(tiny_data / "x"),
          "--pretrained", "none"])
@@ -172,10 +192,10 @@ def test_cache_inside_the_data_root_is_refused_before_anything_is_written(tiny_d
 def test_dropout_keep_makes_whole_8x8_holes_inside_the_image():
     corners = torch.tensor([[[[0, 0], [0, 8], [8, 0], [24, 24], [16, 16], [0, 24], [24, 0], [8, 8]],
                              [[3, 3]] * 8]])  # second dropout: 8 holes on one spot
-    keep = L.dropout_keep(corners, torch.tensor([[True, False]]), SIZE)[0, 0]
+    keep = batch_augment.dropout_keep(corners, torch.tensor([[True, False]]), SIZE)[0, 0]
     assert keep.shape == (SIZE, SIZE) and int((keep == 0).sum()) == 8 * 64
     assert (keep[:16, :16] == 0).all() and (keep[24:, 24:] == 0).all() and keep[3, 20] == 1
-    keep = L.dropout_keep(corners, torch.tensor([[False, True]]), SIZE)[0, 0]
+    keep = batch_augment.dropout_keep(corners, torch.tensor([[False, True]]), SIZE)[0, 0]
     assert int((keep == 0).sum()) == 64 and (keep[3:11, 3:11] == 0).all()
 
 
@@ -184,7 +204,7 @@ def test_dropout_statistics_match_the_per_sample_path(tmp_path):
     root, count, size = tmp_path / "root", 100, 64
     table = write_recordings(root, {"W": [np.full((27, 48, 3), 255, np.uint8)] * count})
     _, batch = cached_train_batch(table, root, tmp_path / "cache", range(count), size=size)
-    cached = (L.finish_batch(batch, CPU)[0] == 0).all(dim=1).sum(dim=(1, 2)).numpy()
+    cached = (batch_augment.finish_batch(batch, CPU)[0] == 0).all(dim=1).sum(dim=(1, 2)).numpy()
     transforms = L.get_train_transforms(size)
     dataset = L.EpochImageDataset(L.table_image_paths(root, table), table.labels, transforms, seed=3)
     per_sample = np.array([int((dataset[i][0] == 0).all(dim=0).sum()) for i in range(count)])
@@ -209,7 +229,7 @@ def test_fmix_mixes_images_and_targets_by_the_mask_share(tmp_path):
         batch = dataset[0, step, list(range(40))]
         mixed += len(batch["fmix_rows"])
         lambdas += batch["fmix_lams"].tolist()
-        images_out, targets = L.finish_batch(batch, CPU)
+        images_out, targets = batch_augment.finish_batch(batch, CPU)
         torch.testing.assert_close(targets.sum(1), torch.ones(40))
         for index in range(40):
             own = int(table.labels[index])

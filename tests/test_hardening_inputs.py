@@ -33,7 +33,7 @@ import pytest
 import torch
 
 import engine
-import loader_vit_rgb
+import batch_augment
 import psg_layout
 from blend import dump_path
 from conftest import REPO, copy_subset, run_script, run_scripts_warm, write_random_checkpoints
@@ -101,7 +101,7 @@ def check_refused(result, root: Path, before: dict, where: str | None, *fragment
         assert fragment in line, f"{fragment!r} not in {line!r}"
     after = snapshot(root)
     changed = sorted(key for key in before.keys() | after.keys() if before.get(key) != after.get(key))
-    # The image cache (loader_vit_rgb, built from the images before training or inference) may keep the
+    # The image cache (image_cache, built from the images before training or inference) may keep the
     # recordings it finished before the bad input stopped the run: each array beside its manifest, valid
     # for the next run. Nothing half-made (a temporary file, an array without its manifest) may stay.
     cached = [key for key in changed if key.split("/")[0] == "cache" and key not in before]
@@ -504,7 +504,7 @@ def by_hand(weights, arch, image_path) -> np.ndarray:
     model = engine.load_weights(engine.create_model(arch, IMG), engine.checkpoint_path(weights, arch, 0, 0))
     image = cv2.cvtColor(cv2.imread(str(image_path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
     image = cv2.resize(image, (IMG, IMG), interpolation=cv2.INTER_LINEAR).astype(np.float32) / 255.0
-    image = (image - np.array(loader_vit_rgb.IMAGENET_MEAN)) / np.array(loader_vit_rgb.IMAGENET_STD)
+    image = (image - np.array(batch_augment.IMAGENET_MEAN)) / np.array(batch_augment.IMAGENET_STD)
     with torch.no_grad():
         logits = model.eval()(torch.from_numpy(image.transpose(2, 0, 1)[None].astype(np.float32)))
     return torch.softmax(logits, dim=1)[0].numpy()

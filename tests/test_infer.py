@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import engine
+import batch_augment
 import loader_vit_rgb
 import psg_layout
 from blend import dump_path, macro_f1, valid_csv_path
@@ -102,7 +103,7 @@ def test_dumps_rows_classes_and_names(tiny_data, weights, inferred):
 def round_images(tiny_data, table, tta_round, cache_dir) -> torch.Tensor:
     """The test images of one TTA round as infer_blend.py reads them (float32, table order)."""
     loader = tta_loader(tiny_data, table, np.arange(len(table)), IMG, 16, 0, tta_round, False, cache_dir)
-    return torch.cat([loader_vit_rgb.finish_batch(batch, torch.device("cpu")) for batch in loader])
+    return torch.cat([batch_augment.finish_batch(batch, torch.device("cpu")) for batch in loader])
 
 
 def whole_hole_cover(zero: torch.Tensor) -> torch.Tensor:
@@ -112,7 +113,7 @@ def whole_hole_cover(zero: torch.Tensor) -> torch.Tensor:
     corners 0 .. S - 4, clipped to the image at the bottom and right.
     """
     covered = torch.zeros_like(zero)
-    size, hole = zero.shape[-1], loader_vit_rgb.DROPOUT_HOLE_PIXELS
+    size, hole = zero.shape[-1], batch_augment.DROPOUT_HOLE_PIXELS
     for top in range(size - hole // 2 + 1):
         for left in range(size - hole // 2 + 1):
             window = (slice(None), slice(top, top + hole), slice(left, left + hole))

@@ -11,11 +11,13 @@ import pytest
 import torch
 from sklearn.model_selection import StratifiedKFold
 
+import batch_augment
+import image_cache
 import loader_vit_rgb
 import psg_layout
 from psg_layout import InputError
 
-NORMALISED_WHITE = [(1.0 - m) / s for m, s in zip(loader_vit_rgb.IMAGENET_MEAN, loader_vit_rgb.IMAGENET_STD)]
+NORMALISED_WHITE = [(1.0 - m) / s for m, s in zip(batch_augment.IMAGENET_MEAN, batch_augment.IMAGENET_STD)]
 
 
 def make_root(root, rows, images=None):
@@ -118,9 +120,9 @@ def test_images_are_read_as_rgb_whatever_their_format(tmp_path):
     red_bgr = np.zeros((27, 48, 3), np.uint8)
     red_bgr[..., 2] = 255
     cv2.imwrite(str(tmp_path / "red.png"), red_bgr)
-    assert loader_vit_rgb.read_image_rgb(tmp_path / "red.png")[0, 0].tolist() == [255, 0, 0]
+    assert image_cache.read_image_rgb(tmp_path / "red.png")[0, 0].tolist() == [255, 0, 0]
     cv2.imwrite(str(tmp_path / "grey.png"), np.full((100, 60), 77, np.uint8))
-    grey = loader_vit_rgb.read_image_rgb(tmp_path / "grey.png")
+    grey = image_cache.read_image_rgb(tmp_path / "grey.png")
     assert grey.shape == (100, 60, 3) and (grey == 77).all()
     # Any size becomes the model's size, 3 channels.
     image = loader_vit_rgb.get_valid_transforms(40)(image=grey)["image"]
@@ -134,7 +136,7 @@ def test_corrupt_images_raise_an_input_error_naming_the_file(tmp_path):
     data = (folder / "good.png").read_bytes()
     (folder / "truncated.png").write_bytes(data[: len(data) // 2])
     with pytest.raises(InputError, match=r"not a decodable image .*truncated.png"):
-        loader_vit_rgb.read_image_rgb(folder / "truncated.png")
+        image_cache.read_image_rgb(folder / "truncated.png")
     # Through a DataLoader worker the error keeps its one-line message.
     table = psg_layout.EpochTable(tmp_path / "t.csv", ["R", "R"], ["good.png", "truncated.png"], None)
     loader = loader_vit_rgb.make_eval_loader(tmp_path, table, 16, batch_size=2, workers=1, cache_dir=None)
