@@ -73,8 +73,10 @@ parser.add_argument("--method", default=blend.parser.get_default("method"),
 parser.add_argument("--ens-weight", type=float, default=blend.parser.get_default("ens_weight"),
                     help="blend weight w of model 1 (ViT), in [0, 1]")
 parser.add_argument("--power", type=float, default=blend.parser.get_default("power"), help="exponent of 'square'")
+parser.add_argument("--dump-scale", choices=blend.DUMP_SCALES, default=blend.parser.get_default("dump_scale"),
+                    help="original: the original's row scales before the blend formula (as blend.py); unit: plain weights")
 parser.add_argument("--from-tune", type=Path, default=None, metavar="JSON",
-                    help="take the blend's method, ens-weight and power from a blend_tune.json")
+                    help="blend as a blend_tune.json says (method, ens-weight, power, dump scale; blend.py --from-tune)")
 parser.add_argument("--postprocess", default=postprocess.parser.get_default("method"),
                     help="rules or none (hmm needs training labels, which new recordings do not have)")
 parser.add_argument("--no-figures", action="store_true", help="no hypnogram figures (saves seconds per recording)")
@@ -90,9 +92,10 @@ STEPS = ("render", "infer", "blend", "post-process")
 
 def check_args(args) -> None:
     """Refuse settings no run can use, before anything is rendered."""
-    if args.from_tune is not None:
-        for key, value in blend.read_tune_json(args.from_tune).items():
-            setattr(args, key, value)
+    if args.from_tune is not None:  # the blend step reads the file itself; its tta is the blend's, not inference's
+        tuned = blend.read_tune_json(args.from_tune)
+        args.method, args.ens_weight, args.power, args.dump_scale = (
+            tuned["method"], tuned["ens_weight"], tuned["power"], tuned["dump_scale"])
     blend.check_blend_settings(args.method, args.ens_weight, args.power)
     if args.postprocess not in postprocess.POSTPROCESS_METHODS:
         raise InputError(f"unknown post-processing method {args.postprocess!r} (expected rules or none)")
@@ -123,6 +126,9 @@ def step_arguments(args, data: Path, outputs: Path, results: Path) -> dict:
     models = ["--vit-arch", args.vit_arch, "--eff-arch", args.eff_arch, "--fold", args.fold,
               "--vit-epochs", *args.vit_epochs, "--eff-epochs", *args.eff_epochs]
     blend_csv = blend.blend_csv_path(outputs, args.method, args.vit_epochs, args.eff_epochs)
+    blend_settings = (["--from-tune", args.from_tune] if args.from_tune is not None else
+                      ["--method", args.method, "--ens-weight", args.ens_weight, "--power", args.power,
+                       "--dump-scale", args.dump_scale])
     steps = {
         "render": (render_edf.main, ["--edf", args.edf, "--out", data, "--split", "test", "--unscored",
                                      "--montage", args.montage, "--workers", args.workers, "--quiet"]),
@@ -130,8 +136,7 @@ def step_arguments(args, data: Path, outputs: Path, results: Path) -> dict:
                                      *models, "--tta", args.tta, "--batch-size", args.batch_size,
                                      "--workers", args.workers, "--device", args.device, "--amp", args.amp,
                                      "--no-cache", "--quiet"]),
-        "blend": (blend.main, ["--data-root", data, "--out", outputs, *models, "--method", args.method,
-                               "--ens-weight", args.ens_weight, "--power", args.power, "--quiet"]),
+        "blend": (blend.main, ["--data-root", data, "--out", outputs, *models, *blend_settings, "--quiet"]),
         "post-process": (postprocess.main, ["--data-root", data, "--in", blend_csv,
                                             "--out", outputs / "files_post.csv", "--method", args.postprocess,
                                             "--recordings-out", results, "--quiet",

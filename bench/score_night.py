@@ -83,8 +83,8 @@ def main() -> None:
                       {key: blend.parser.get_default(key) for key in ("method", "ens_weight", "power")})
     models = ["--vit-arch", args.vit_arch, "--eff-arch", args.eff_arch,
               "--vit-epochs", *args.vit_epochs, "--eff-epochs", *args.eff_epochs]
-    blend_args = ["--method", blend_settings["method"], "--ens-weight", blend_settings["ens_weight"],
-                  "--power", blend_settings["power"]]
+    # Both routes blend with blend.py's own reading of the tuning file (method, weight, power, dump scale).
+    blend_args = ["--from-tune", args.from_tune] if args.from_tune else []
 
     run("make_synthetic.py", "--out", data, "--train-subjects", 1, "--test-subjects", 1, "--hours", args.hours,
         "--seed", args.seed, "--edf", "--workers", 2, "--quiet")

@@ -184,3 +184,19 @@ def test_overwrite_replaces_an_earlier_result(weights, night, tmp_path, capsys):
     assert all(r["stage_before"] == r["stage_after"] for r in table)  # --postprocess none
     assert not (out / recording_id / f"{recording_id}-hypnogram.png").exists()  # --no-figures
     assert capsys.readouterr().out.count(f"{recording_id}: ") == 2
+
+
+def test_from_tune_blends_as_the_file_says_and_keeps_the_inference_tta(tmp_path):
+    """--from-tune hands the file to blend.py (its dump scale and tta included); inference keeps --tta."""
+    tune = tmp_path / "blend_tune.json"
+    tune.write_text(json.dumps({"method": "avg", "ens_weight": 0.3, "power": 0.25, "dump_scale": "unit", "tta": 3}))
+    args = stage_edf.parser.parse_args(["--edf", str(tmp_path), "--weights-dir", str(tmp_path), "--out",
+                                        str(tmp_path / "scored"), "--from-tune", str(tune), "--tta", "1"])
+    stage_edf.check_args(args)
+    assert (args.method, args.ens_weight, args.dump_scale, args.tta) == ("avg", 0.3, "unit", 1)
+    steps = {name: argv for name, (_, argv) in stage_edf.step_arguments(args, tmp_path / "DATA", tmp_path / "outputs",
+                                                                      tmp_path / "results").items()}
+    assert steps["blend"][steps["blend"].index("--from-tune") + 1] == str(tune)
+    assert "--ens-weight" not in steps["blend"]
+    assert steps["infer"][steps["infer"].index("--tta") + 1] == "1"
+    assert steps["post-process"][steps["post-process"].index("--in") + 1].endswith("filesblend_avg_[4]_[1].csv")
