@@ -7,7 +7,7 @@ metrics, the learning-rate schedule, checkpoints and ``--resume``, and
 data-parallel training under ``torchrun``.
 
 Files written into ``--weights-dir`` for architecture ``A`` and fold ``k``
-(the seed's names, so its README can be followed):
+(the seed's names, so its README can be followed; output_names.py builds them):
 
 - ``A_fold_k_<epoch>``: model weights after each epoch (safetensors content,
   no extension; epochs count from 0 as in the seed);
@@ -47,6 +47,7 @@ from tqdm import tqdm
 import fmix
 import loader_vit_rgb
 import psg_layout
+from output_names import checkpoint_path, last_state_path, log_path, run_config_path
 from psg_layout import InputError, where
 
 LABEL_SMOOTHING = 0.1  # the seed's SmoothCrossEntropyLoss(smoothing=0.1)
@@ -409,26 +410,6 @@ def load_weights(model: torch.nn.Module, path: Path | str) -> torch.nn.Module:
         raise InputError(f"checkpoint does not fit the model: {holds}; {wants}; {detail} {where(path)}")
     target.load_state_dict(saved, strict=True)
     return model
-
-
-def checkpoint_path(weights_dir: Path | str, arch: str, fold: int, epoch: int) -> Path:
-    """``<weights_dir>/<arch>_fold_<fold>_<epoch>``, the seed's checkpoint name (no extension)."""
-    return Path(weights_dir) / f"{arch}_fold_{fold}_{epoch}"
-
-
-def last_state_path(weights_dir: Path | str, arch: str, fold: int) -> Path:
-    """``<weights_dir>/<arch>_fold_<fold>_last.pt``: what ``--resume`` continues from."""
-    return Path(weights_dir) / f"{arch}_fold_{fold}_last.pt"
-
-
-def run_config_path(weights_dir: Path | str, arch: str, fold: int) -> Path:
-    """``<weights_dir>/<arch>_fold_<fold>_config.json``: the run's resolved configuration."""
-    return Path(weights_dir) / f"{arch}_fold_{fold}_config.json"
-
-
-def log_path(weights_dir: Path | str, arch: str, fold: int) -> Path:
-    """``<weights_dir>/<arch>_fold_<fold>_log.csv``: validation metrics per epoch."""
-    return Path(weights_dir) / f"{arch}_fold_{fold}_log.csv"
 
 
 def read_run_config(weights_dir: Path | str, arch: str, fold: int) -> dict:
