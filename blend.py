@@ -385,7 +385,10 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
 
     Averaged over the classes present in ``y_true`` or ``y_pred``
     (scikit-learn's default label set); a class never predicted but present
-    scores 0. Computed from a bincount so that tuning stays fast.
+    scores 0. Computed from a bincount: ``--tune`` scores up to 506 blends
+    of up to ~140k rows, where ``sklearn.metrics.f1_score`` takes about 60x as
+    long (132 ms against 2 ms a call on 120k rows); elsewhere the project
+    uses scikit-learn's, and tests/test_blend.py checks the two agree.
     """
     y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
     confusion = np.bincount(y_true * NUM_CLASSES + y_pred, minlength=NUM_CLASSES**2).reshape(NUM_CLASSES, NUM_CLASSES)

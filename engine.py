@@ -41,6 +41,7 @@ import timm
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from sklearn.metrics import accuracy_score, f1_score
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
@@ -473,7 +474,11 @@ def soft_target_cross_entropy(logits: torch.Tensor, targets: torch.Tensor,
 
 
 def classification_metrics(confusion: np.ndarray) -> dict:
-    """Accuracy, macro-F1 and per-class F1 from a confusion matrix.
+    """Accuracy, macro-F1 and per-class F1 from a confusion matrix, by scikit-learn.
+
+    The matrix's cells are given to ``sklearn.metrics`` as (true, predicted)
+    pairs weighted by their counts; empty cells are left out, so that the
+    classes averaged are those that occur in truth or prediction.
 
     Parameters
     ----------
@@ -483,20 +488,22 @@ def classification_metrics(confusion: np.ndarray) -> dict:
     Returns
     -------
     dict
-        ``accuracy`` (float), ``macro_f1`` (float: mean F1 over the classes
-        that occur in truth or prediction, as ``sklearn.metrics.f1_score(average="macro")``),
-        ``f1`` (np.ndarray (C,), NaN for classes that occur in neither).
+        ``accuracy`` (float), ``macro_f1`` (float: ``f1_score(average="macro")``,
+        the mean F1 over the classes that occur in truth or prediction),
+        ``f1`` (np.ndarray (C,), NaN for classes that occur in neither); NaN
+        throughout for an empty matrix.
     """
-    confusion = np.asarray(confusion, dtype=np.float64)
-    true_positive = np.diag(confusion)
-    denominator = confusion.sum(0) + confusion.sum(1)  # 2 TP + FP + FN
-    with np.errstate(invalid="ignore", divide="ignore"):
-        f1 = np.where(denominator > 0, 2 * true_positive / denominator, np.nan)
-    total = confusion.sum()
+    confusion = np.asarray(confusion, dtype=np.int64)
+    classes = np.arange(len(confusion))
+    truth, predicted = (grid.ravel() for grid in np.meshgrid(classes, classes, indexing="ij"))
+    counted = confusion.ravel() > 0
+    if not counted.any():
+        return {"accuracy": float("nan"), "macro_f1": float("nan"), "f1": np.full(len(classes), np.nan)}
+    pairs = dict(y_true=truth[counted], y_pred=predicted[counted], sample_weight=confusion.ravel()[counted])
     return {
-        "accuracy": float(true_positive.sum() / total) if total else float("nan"),
-        "macro_f1": float(np.nanmean(f1)) if np.any(denominator > 0) else float("nan"),
-        "f1": f1,
+        "accuracy": float(accuracy_score(**pairs)),
+        "macro_f1": float(f1_score(**pairs, average="macro")),
+        "f1": f1_score(**pairs, labels=classes, average=None, zero_division=np.nan),
     }
 
 

@@ -40,12 +40,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.metrics import f1_score
 from torch.utils.data import DataLoader
 
 import engine
 import loader_vit_rgb
 import psg_layout
-from blend import macro_f1
 from output_names import checkpoint_path, dump_path, infer_config_path, run_config_path, valid_csv_path
 from psg_layout import NUM_CLASSES, STAGES, InputError, where
 
@@ -264,7 +264,7 @@ def main(argv=None) -> None:
         for name, valid in ((args.vit_arch, vit), (args.eff_arch, eff), ("50/50 average", 0.5 * vit + 0.5 * eff)):
             predicted = valid.argmax(axis=1)
             print(f"fold {args.fold} {name}: validation accuracy {np.mean(predicted == labels):.5f}, "
-                  f"macro-F1 {macro_f1(labels, predicted):.5f}")
+                  f"macro-F1 {f1_score(labels, predicted, average='macro'):.5f}")
     write_outputs(Path(args.out), args, models, probabilities, train, valid_rows, config)
 
 
