@@ -268,6 +268,8 @@ def create_model(arch: str, img_size: int, num_classes: int = psg_layout.NUM_CLA
         cannot fetch (one line naming the architecture and the
         alternatives); a pretrained file that does not fit.
     """
+    if not timm.is_model(arch):
+        raise InputError(f"unknown model architecture {arch!r} (not in timm {timm.__version__})")
     options = dict(num_classes=num_classes)
     name = arch
     if pretrained == PRETRAINED_IMAGENET:
@@ -279,10 +281,8 @@ def create_model(arch: str, img_size: int, num_classes: int = psg_layout.NUM_CLA
     try:
         try:
             model = timm.create_model(name, img_size=img_size, **options)
-        except TypeError as err:
-            if "img_size" not in str(err):
-                raise
-            model = timm.create_model(name, **options)
+        except TypeError:  # the architecture takes no img_size (convolutional: any size); a TypeError of
+            model = timm.create_model(name, **options)  # another cause comes back from this second call
         if pretrained == PRETRAINED_IMAGENET:
             _check_imagenet_source(model, arch)
         elif pretrained not in (None, PRETRAINED_NONE):
@@ -294,9 +294,6 @@ def create_model(arch: str, img_size: int, num_classes: int = psg_layout.NUM_CLA
     except InputError:
         raise
     except Exception as err:
-        message = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        if isinstance(err, RuntimeError) and message.startswith("Unknown model"):
-            raise InputError(f"unknown model architecture {arch!r} (not in timm {timm.__version__})") from None
         if pretrained == PRETRAINED_IMAGENET and isinstance(err, HUB_UNREACHABLE):
             raise InputError(f"cannot fetch timm's ImageNet weights for {arch} ({type(err).__name__}: offline, or "
                              f"hub access disabled by HF_HUB_OFFLINE); run once online to cache them, or pass "
@@ -305,6 +302,7 @@ def create_model(arch: str, img_size: int, num_classes: int = psg_layout.NUM_CLA
         if pretrained in (None, PRETRAINED_NONE, PRETRAINED_IMAGENET):
             raise
         # A pretrained file that is unreadable (pickle, zip or safetensors errors) or does not fit.
+        message = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise InputError(f"cannot use pretrained weights for {arch}: {message} {where(pretrained)}") from None
 
 
