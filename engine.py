@@ -51,7 +51,33 @@ import psg_layout
 from output_names import checkpoint_path, last_state_path, log_path, run_config_path
 from psg_layout import InputError, where
 
+# --------------------------------------------------------------------------
+# The original's recipe
+# --------------------------------------------------------------------------
+# Both trainers' defaults; each trainer adds what differs (main_vit_rgb.py:
+# vit_base_patch16_224 with Adam, main_eff.py: tf_efficientnet_b4_ns with AdamP):
+# ``DEFAULTS = {**engine.RECIPE, "model_arch": ..., "optimizer": ...}``.
+RECIPE = dict(
+    img_size=224, pretrained="imagenet",  # input pixels; timm's ImageNet weights of the architecture
+    lr=1e-4, min_lr=1e-6, weight_decay=1e-6,
+    batch_size=32, valid_batch_size=32, accum_iter=2,  # an optimizer step every 2 batches of 32
+    epochs=10, t0=10, sched_steps_per_epoch=2,  # CosineAnnealingWarmRestarts stepped twice per epoch
+    folds=5, fold=0, cv="subject", seed=72,
+    no_fmix=False, fmix_spectrum="original", cutmix=False,  # FMix on, CutMix off
+    amp="fp16", device="auto", workers=4,
+    data_root="DATA", weights_dir="weights", cache_dir="cache", no_cache=False,
+)
+TRAINER_KEYS = ("model_arch", "optimizer")  # what each trainer adds to RECIPE
+# Fixed parts of the recipe (no option): the loss's label smoothing, and the batch
+# augmentation of loader_vit_rgb: CoarseDropout and Cutout (DROPOUT_HOLES holes of
+# DROPOUT_HOLE_PIXELS pixels, each with DROPOUT_PROBABILITY), FMix (FMIX_PROBABILITY,
+# lambda ~ Beta(FMIX_ALPHA) clipped to FMIX_LAMBDA_RANGE, FMIX_DECAY_POWER, FMIX_MAX_SOFT).
 LABEL_SMOOTHING = 0.1  # the seed's SmoothCrossEntropyLoss(smoothing=0.1)
+# Settings a --resume may change (how long, how fast, from where the run goes on);
+# it refuses a run whose saved configuration differs in any other.
+RESUME_MAY_CHANGE = ("epochs", "valid_batch_size", "workers", "amp", "device", "data_root", "weights_dir",
+                     "cache_dir")
+RESUME_KEYS = tuple(key for key in (*TRAINER_KEYS, *RECIPE) if key not in RESUME_MAY_CHANGE)
 
 
 class AdamP(adamp.AdamP):
@@ -84,11 +110,6 @@ HUB_UNREACHABLE = (huggingface_hub.errors.LocalEntryNotFoundError, huggingface_h
                    ConnectionError, TimeoutError, urllib.error.URLError)
 WEIGHTS_METADATA_KEY = "model"  # safetensors metadata: JSON {"architecture": ..., "num_classes": ...}
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
-# Settings that define the training recipe: --resume refuses to continue a
-# run whose saved configuration differs in any of them.
-RECIPE_KEYS = ("model_arch", "img_size", "optimizer", "fold", "folds", "cv", "seed", "batch_size",
-               "accum_iter", "lr", "min_lr", "weight_decay", "t0", "sched_steps_per_epoch",
-               "no_fmix", "fmix_spectrum", "cutmix", "pretrained", "no_cache")
 
 
 # --------------------------------------------------------------------------
@@ -104,8 +125,9 @@ def build_parser(defaults: dict, description: str) -> argparse.ArgumentParser:
     Parameters
     ----------
     defaults : dict
-        Default of every option (keys as the option names with ``_``) plus
-        ``optimizer`` (``"adam"`` or ``"adamp"``, fixed per script).
+        :data:`RECIPE` with the trainer's ``model_arch`` and ``optimizer``
+        (``"adam"`` or ``"adamp"``, fixed per script): the default of every
+        option (keys as the option names with ``_``).
     description : str
         The script's docstring.
     """
@@ -142,14 +164,14 @@ def build_parser(defaults: dict, description: str) -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true", help="continue from <arch>_fold_<k>_last.pt")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d["device"],
                         help="auto: CUDA when available")
-    parser.add_argument("--no-fmix", action="store_true", help="turn off FMix (on in the seed)")
+    parser.add_argument("--no-fmix", action="store_true", default=d["no_fmix"], help="turn off FMix (on in the seed)")
     parser.add_argument("--fmix-spectrum", choices=fmix.SPECTRA, default=d["fmix_spectrum"],
                         help="original: FMix masks as the original's FMix code made them (one smooth region, "
                              "at most one cycle along the width); isotropic: the FMix paper's masks")
-    parser.add_argument("--cutmix", action="store_true", help="turn on CutMix (off in the seed)")
+    parser.add_argument("--cutmix", action="store_true", default=d["cutmix"], help="turn on CutMix (off in the seed)")
     parser.add_argument("--cache-dir", default=d["cache_dir"],
                         help="image cache (decoded, resized uint8 arrays; built on first use), outside the data root")
-    parser.add_argument("--no-cache", action="store_true",
+    parser.add_argument("--no-cache", action="store_true", default=d["no_cache"],
                         help="the seed's per-sample path: decode and augment every image in the workers, every epoch")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -717,7 +739,7 @@ def _write_run_config(weights_dir: Path, path: Path, config: dict) -> None:
 def _check_resume_config(config: dict, weights_dir: Path) -> None:
     path = run_config_path(weights_dir, config["model_arch"], config["fold"])
     saved = read_run_config(weights_dir, config["model_arch"], config["fold"])
-    changed = [f"{key} {saved.get(key)!r} -> {config[key]!r}" for key in RECIPE_KEYS if saved.get(key) != config[key]]
+    changed = [f"{key} {saved.get(key)!r} -> {config[key]!r}" for key in RESUME_KEYS if saved.get(key) != config[key]]
     if changed:
         raise InputError(f"--resume with settings that differ from the saved run: {', '.join(changed)} {where(path)}")
 
