@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import csv
 import json
 import os
@@ -546,12 +547,18 @@ def train_one_epoch(model: torch.nn.Module, batches, n_batches: int, optimizer: 
                     description: str = "train") -> tuple[float, int]:
     """One pass over ``batches`` with gradient accumulation.
 
+    Each batch is finished on ``device`` first (:func:`loader_vit_rgb.finish_batch`:
+    normalisation and the batch augmentation, which mixes images and targets),
+    then scored against the label-smoothed targets.
+
     Parameters
     ----------
     model : torch.nn.Module
         In training mode afterwards; may be wrapped in DistributedDataParallel.
-    batches : iterable of (images, targets)
-        Float tensors on ``device``: (batch, 3, H, W) and soft targets (batch, C).
+    batches : iterable
+        The train loader's batches (cached batches, see
+        :class:`loader_vit_rgb.CachedTrainBatches`), or ready ``(images, targets)``:
+        float (batch, 3, H, W) and soft targets (batch, C).
     n_batches : int
         Number of batches (for the accumulation of the last, partial group).
     optimizer, scaler
@@ -569,7 +576,10 @@ def train_one_epoch(model: torch.nn.Module, batches, n_batches: int, optimizer: 
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     images_seen = 0
     bar = tqdm(batches, total=n_batches, desc=description, disable=not progress, dynamic_ncols=True)
-    for step, (images, targets) in enumerate(bar):
+    for step, batch in enumerate(bar):
+        # The batch augmentation, on the device (as timm's mixup_fn): CoarseDropout and Cutout holes,
+        # FMix (and CutMix with --cutmix) mixing the images and, by pixel share, their one-hot targets.
+        images, targets = loader_vit_rgb.finish_batch(batch, device, memory_format(device))
         group_start = step - step % accum_iter
         group_size = min(accum_iter, n_batches - group_start)
         steps_now = step + 1 == group_start + group_size
@@ -579,7 +589,7 @@ def train_one_epoch(model: torch.nn.Module, batches, n_batches: int, optimizer: 
         with sync:
             with _autocast(device, amp):
                 logits = model(images)
-            loss = soft_target_cross_entropy(logits, targets, smoothing)
+            loss = soft_target_cross_entropy(logits, targets, smoothing)  # label smoothing of the mixed targets
             scaler.scale(loss / group_size).backward()
         if steps_now:
             scaler.step(optimizer)
@@ -799,7 +809,34 @@ def train(args: argparse.Namespace) -> None:
             dist.destroy_process_group()
 
 
+@dataclasses.dataclass
+class _TrainingRun:
+    """What the epoch loop works on, as :func:`_set_up_training` leaves it."""
+
+    config: dict  # the resolved configuration (saved as <arch>_fold_<k>_config.json)
+    model: torch.nn.Module  # on the device; wrapped in DistributedDataParallel under torchrun
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.CosineAnnealingWarmRestarts
+    scaler: torch.amp.GradScaler
+    train_loader: torch.utils.data.DataLoader
+    valid_loader: torch.utils.data.DataLoader
+    start_epoch: int  # 0, or the epoch after the saved one with --resume
+
+
 def _train(args: argparse.Namespace, device: torch.device, rank: int, world_size: int) -> None:
+    """Train one fold on ``device``, as process ``rank`` of ``world_size``: set up, then run the epochs."""
+    run = _set_up_training(args, device, rank, world_size)
+    _run_epochs(run, args, device, rank, world_size)
+
+
+def _set_up_training(args: argparse.Namespace, device: torch.device, rank: int, world_size: int) -> _TrainingRun:
+    """The fold's rows, the configuration, the model and its optimizer, scheduler and scaler, and the loaders.
+
+    With ``--resume``, checks the configuration against the saved run's and
+    restores the model, optimizer, scheduler, scaler and RNG states of its
+    last epoch. Writes nothing (rank 0 prints the configuration); builds
+    the image cache last, once the model and any saved state have loaded.
+    """
     is_writer = rank == 0
     progress = is_writer and progress_enabled(args.quiet)
     weights_dir = Path(args.weights_dir)
@@ -868,20 +905,38 @@ def _train(args: argparse.Namespace, device: torch.device, rank: int, world_size
     if world_size > 1:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    for epoch in range(start_epoch, args.epochs):
+    return _TrainingRun(config, model, optimizer, scheduler, scaler, train_loader, valid_loader, start_epoch)
+
+
+def _run_epochs(run: _TrainingRun, args: argparse.Namespace, device: torch.device, rank: int,
+                world_size: int) -> None:
+    """Epochs ``run.start_epoch`` to ``args.epochs - 1``: train, validate, step the schedule, save.
+
+    Each epoch trains on the fold's training rows (:func:`train_one_epoch`,
+    where the batch augmentation and the loss are), validates, steps the
+    cosine schedule once or twice, and (rank 0) prints the metrics and
+    writes the checkpoint, the ``--resume`` state and the log row; the
+    configuration is written after the first epoch.
+    """
+    is_writer = rank == 0
+    progress = is_writer and progress_enabled(args.quiet)
+    weights_dir = Path(args.weights_dir)
+    arch, fold = args.model_arch, args.fold
+    for epoch in range(run.start_epoch, args.epochs):
         _seed_epoch(args.seed, epoch, rank)
-        loader_vit_rgb.set_loader_epoch(train_loader, epoch)
-        lr = optimizer.param_groups[0]["lr"]
+        loader_vit_rgb.set_loader_epoch(run.train_loader, epoch)
+        lr = run.optimizer.param_groups[0]["lr"]
         started = time.perf_counter()
         loss_sum, images = train_one_epoch(
-            model, device_batches(train_loader, device), len(train_loader), optimizer, scaler, device,
-            config["amp"], args.accum_iter, progress=progress, description=f"epoch {epoch}")
+            run.model, loader_vit_rgb.iterate_batches(run.train_loader), len(run.train_loader), run.optimizer,
+            run.scaler, device, run.config["amp"], args.accum_iter, progress=progress, description=f"epoch {epoch}")
         seconds = time.perf_counter() - started
-        scheduler.step()  # the seed stepped once after training ...
+        run.scheduler.step()  # the seed stepped once after training ...
         valid_loss_sum, valid_images, confusion = validate(
-            _unwrapped(model), device_batches(valid_loader, device), len(valid_loader), device, progress=progress)
+            _unwrapped(run.model), device_batches(run.valid_loader, device), len(run.valid_loader), device,
+            progress=progress)
         if args.sched_steps_per_epoch == 2:
-            scheduler.step()  # ... and once more after validation
+            run.scheduler.step()  # ... and once more after validation
 
         totals = _all_reduce_sum(torch.tensor([loss_sum, images, valid_loss_sum, valid_images],
                                               dtype=torch.float64, device=device), world_size).tolist()
@@ -893,10 +948,11 @@ def _train(args: argparse.Namespace, device: torch.device, rank: int, world_size
             valid_loss = totals[2] / max(totals[3], 1)
             metrics = classification_metrics(confusion)
             _report(epoch, lr, train_loss, images_per_s, valid_loss, metrics, confusion)
-            if epoch == start_epoch:
-                _write_run_config(weights_dir, run_config_path(weights_dir, arch, fold), config)
-            save_weights(model, checkpoint_path(weights_dir, arch, fold, epoch))
-            _save_last_state(last_state_path(weights_dir, arch, fold), epoch, optimizer, scheduler, scaler)
+            if epoch == run.start_epoch:
+                _write_run_config(weights_dir, run_config_path(weights_dir, arch, fold), run.config)
+            save_weights(run.model, checkpoint_path(weights_dir, arch, fold, epoch))
+            _save_last_state(last_state_path(weights_dir, arch, fold), epoch, run.optimizer, run.scheduler,
+                             run.scaler)
             _write_log(log_path(weights_dir, arch, fold), {
                 "epoch": epoch, "lr": f"{lr:.6g}", "train_loss": f"{train_loss:.6f}",
                 "train_images_per_s": f"{images_per_s:.2f}", "valid_loss": f"{valid_loss:.6f}",
