@@ -7,7 +7,7 @@ metrics, the learning-rate schedule, checkpoints and ``--resume``, and
 data-parallel training under ``torchrun``.
 
 Files written into ``--weights-dir`` for architecture ``A`` and fold ``k``
-(the seed's names, so its README can be followed):
+(the seed's names, so its README can be followed; output_names.py builds them):
 
 - ``A_fold_k_<epoch>``: model weights after each epoch (safetensors content,
   no extension; epochs count from 0 as in the seed);
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import csv
 import json
 import os
@@ -41,6 +42,7 @@ import timm
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from sklearn.metrics import accuracy_score, f1_score
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
@@ -49,9 +51,36 @@ import batch_augment
 import image_cache
 import loader_vit_rgb
 import psg_layout
+from output_names import checkpoint_path, last_state_path, log_path, run_config_path
 from psg_layout import InputError, where
 
+# --------------------------------------------------------------------------
+# The original's recipe
+# --------------------------------------------------------------------------
+# Both trainers' defaults; each trainer adds what differs (main_vit_rgb.py:
+# vit_base_patch16_224 with Adam, main_eff.py: tf_efficientnet_b4_ns with AdamP):
+# ``DEFAULTS = {**engine.RECIPE, "model_arch": ..., "optimizer": ...}``.
+RECIPE = dict(
+    img_size=224, pretrained="imagenet",  # input pixels; timm's ImageNet weights of the architecture
+    lr=1e-4, min_lr=1e-6, weight_decay=1e-6,
+    batch_size=32, valid_batch_size=32, accum_iter=2,  # an optimizer step every 2 batches of 32
+    epochs=10, t0=10, sched_steps_per_epoch=2,  # CosineAnnealingWarmRestarts stepped twice per epoch
+    folds=5, fold=0, cv="subject", seed=72,
+    no_fmix=False, fmix_spectrum="original", cutmix=False,  # FMix on, CutMix off
+    amp="fp16", device="auto", workers=4,
+    data_root="DATA", weights_dir="weights", cache_dir="cache", no_cache=False,
+)
+TRAINER_KEYS = ("model_arch", "optimizer")  # what each trainer adds to RECIPE
+# Fixed parts of the recipe (no option): the loss's label smoothing, and the batch
+# augmentation of loader_vit_rgb: CoarseDropout and Cutout (DROPOUT_HOLES holes of
+# DROPOUT_HOLE_PIXELS pixels, each with DROPOUT_PROBABILITY), FMix (FMIX_PROBABILITY,
+# lambda ~ Beta(FMIX_ALPHA) clipped to FMIX_LAMBDA_RANGE, FMIX_DECAY_POWER, FMIX_MAX_SOFT).
 LABEL_SMOOTHING = 0.1  # the seed's SmoothCrossEntropyLoss(smoothing=0.1)
+# Settings a --resume may change (how long, how fast, from where the run goes on);
+# it refuses a run whose saved configuration differs in any other.
+RESUME_MAY_CHANGE = ("epochs", "valid_batch_size", "workers", "amp", "device", "data_root", "weights_dir",
+                     "cache_dir")
+RESUME_KEYS = tuple(key for key in (*TRAINER_KEYS, *RECIPE) if key not in RESUME_MAY_CHANGE)
 
 
 class AdamP(adamp.AdamP):
@@ -84,11 +113,6 @@ HUB_UNREACHABLE = (huggingface_hub.errors.LocalEntryNotFoundError, huggingface_h
                    ConnectionError, TimeoutError, urllib.error.URLError)
 WEIGHTS_METADATA_KEY = "model"  # safetensors metadata: JSON {"architecture": ..., "num_classes": ...}
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
-# Settings that define the training recipe: --resume refuses to continue a
-# run whose saved configuration differs in any of them.
-RECIPE_KEYS = ("model_arch", "img_size", "optimizer", "fold", "folds", "cv", "seed", "batch_size",
-               "accum_iter", "lr", "min_lr", "weight_decay", "t0", "sched_steps_per_epoch",
-               "no_fmix", "fmix_spectrum", "cutmix", "pretrained", "no_cache")
 
 
 # --------------------------------------------------------------------------
@@ -104,8 +128,9 @@ def build_parser(defaults: dict, description: str) -> argparse.ArgumentParser:
     Parameters
     ----------
     defaults : dict
-        Default of every option (keys as the option names with ``_``) plus
-        ``optimizer`` (``"adam"`` or ``"adamp"``, fixed per script).
+        :data:`RECIPE` with the trainer's ``model_arch`` and ``optimizer``
+        (``"adam"`` or ``"adamp"``, fixed per script): the default of every
+        option (keys as the option names with ``_``).
     description : str
         The script's docstring.
     """
@@ -142,14 +167,14 @@ def build_parser(defaults: dict, description: str) -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true", help="continue from <arch>_fold_<k>_last.pt")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d["device"],
                         help="auto: CUDA when available")
-    parser.add_argument("--no-fmix", action="store_true", help="turn off FMix (on in the seed)")
+    parser.add_argument("--no-fmix", action="store_true", default=d["no_fmix"], help="turn off FMix (on in the seed)")
     parser.add_argument("--fmix-spectrum", choices=fmix.SPECTRA, default=d["fmix_spectrum"],
                         help="original: FMix masks as the original's FMix code made them (one smooth region, "
                              "at most one cycle along the width); isotropic: the FMix paper's masks")
-    parser.add_argument("--cutmix", action="store_true", help="turn on CutMix (off in the seed)")
+    parser.add_argument("--cutmix", action="store_true", default=d["cutmix"], help="turn on CutMix (off in the seed)")
     parser.add_argument("--cache-dir", default=d["cache_dir"],
                         help="image cache (decoded, resized uint8 arrays; built on first use), outside the data root")
-    parser.add_argument("--no-cache", action="store_true",
+    parser.add_argument("--no-cache", action="store_true", default=d["no_cache"],
                         help="the seed's per-sample path: decode and augment every image in the workers, every epoch")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -268,6 +293,8 @@ def create_model(arch: str, img_size: int, num_classes: int = psg_layout.NUM_CLA
         cannot fetch (one line naming the architecture and the
         alternatives); a pretrained file that does not fit.
     """
+    if not timm.is_model(arch):
+        raise InputError(f"unknown model architecture {arch!r} (not in timm {timm.__version__})")
     options = dict(num_classes=num_classes)
     name = arch
     if pretrained == PRETRAINED_IMAGENET:
@@ -279,10 +306,8 @@ def create_model(arch: str, img_size: int, num_classes: int = psg_layout.NUM_CLA
     try:
         try:
             model = timm.create_model(name, img_size=img_size, **options)
-        except TypeError as err:
-            if "img_size" not in str(err):
-                raise
-            model = timm.create_model(name, **options)
+        except TypeError:  # the architecture takes no img_size (convolutional: any size); a TypeError of
+            model = timm.create_model(name, **options)  # another cause comes back from this second call
         if pretrained == PRETRAINED_IMAGENET:
             _check_imagenet_source(model, arch)
         elif pretrained not in (None, PRETRAINED_NONE):
@@ -294,9 +319,6 @@ def create_model(arch: str, img_size: int, num_classes: int = psg_layout.NUM_CLA
     except InputError:
         raise
     except Exception as err:
-        message = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        if isinstance(err, RuntimeError) and message.startswith("Unknown model"):
-            raise InputError(f"unknown model architecture {arch!r} (not in timm {timm.__version__})") from None
         if pretrained == PRETRAINED_IMAGENET and isinstance(err, HUB_UNREACHABLE):
             raise InputError(f"cannot fetch timm's ImageNet weights for {arch} ({type(err).__name__}: offline, or "
                              f"hub access disabled by HF_HUB_OFFLINE); run once online to cache them, or pass "
@@ -305,6 +327,7 @@ def create_model(arch: str, img_size: int, num_classes: int = psg_layout.NUM_CLA
         if pretrained in (None, PRETRAINED_NONE, PRETRAINED_IMAGENET):
             raise
         # A pretrained file that is unreadable (pickle, zip or safetensors errors) or does not fit.
+        message = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise InputError(f"cannot use pretrained weights for {arch}: {message} {where(pretrained)}") from None
 
 
@@ -413,26 +436,6 @@ def load_weights(model: torch.nn.Module, path: Path | str) -> torch.nn.Module:
     return model
 
 
-def checkpoint_path(weights_dir: Path | str, arch: str, fold: int, epoch: int) -> Path:
-    """``<weights_dir>/<arch>_fold_<fold>_<epoch>``, the seed's checkpoint name (no extension)."""
-    return Path(weights_dir) / f"{arch}_fold_{fold}_{epoch}"
-
-
-def last_state_path(weights_dir: Path | str, arch: str, fold: int) -> Path:
-    """``<weights_dir>/<arch>_fold_<fold>_last.pt``: what ``--resume`` continues from."""
-    return Path(weights_dir) / f"{arch}_fold_{fold}_last.pt"
-
-
-def run_config_path(weights_dir: Path | str, arch: str, fold: int) -> Path:
-    """``<weights_dir>/<arch>_fold_<fold>_config.json``: the run's resolved configuration."""
-    return Path(weights_dir) / f"{arch}_fold_{fold}_config.json"
-
-
-def log_path(weights_dir: Path | str, arch: str, fold: int) -> Path:
-    """``<weights_dir>/<arch>_fold_<fold>_log.csv``: validation metrics per epoch."""
-    return Path(weights_dir) / f"{arch}_fold_{fold}_log.csv"
-
-
 def read_run_config(weights_dir: Path | str, arch: str, fold: int) -> dict:
     """Read the configuration a training run saved beside its checkpoints.
 
@@ -494,7 +497,11 @@ def soft_target_cross_entropy(logits: torch.Tensor, targets: torch.Tensor,
 
 
 def classification_metrics(confusion: np.ndarray) -> dict:
-    """Accuracy, macro-F1 and per-class F1 from a confusion matrix.
+    """Accuracy, macro-F1 and per-class F1 from a confusion matrix, by scikit-learn.
+
+    The matrix's cells are given to ``sklearn.metrics`` as (true, predicted)
+    pairs weighted by their counts; empty cells are left out, so that the
+    classes averaged are those that occur in truth or prediction.
 
     Parameters
     ----------
@@ -504,20 +511,22 @@ def classification_metrics(confusion: np.ndarray) -> dict:
     Returns
     -------
     dict
-        ``accuracy`` (float), ``macro_f1`` (float: mean F1 over the classes
-        that occur in truth or prediction, as ``sklearn.metrics.f1_score(average="macro")``),
-        ``f1`` (np.ndarray (C,), NaN for classes that occur in neither).
+        ``accuracy`` (float), ``macro_f1`` (float: ``f1_score(average="macro")``,
+        the mean F1 over the classes that occur in truth or prediction),
+        ``f1`` (np.ndarray (C,), NaN for classes that occur in neither); NaN
+        throughout for an empty matrix.
     """
-    confusion = np.asarray(confusion, dtype=np.float64)
-    true_positive = np.diag(confusion)
-    denominator = confusion.sum(0) + confusion.sum(1)  # 2 TP + FP + FN
-    with np.errstate(invalid="ignore", divide="ignore"):
-        f1 = np.where(denominator > 0, 2 * true_positive / denominator, np.nan)
-    total = confusion.sum()
+    confusion = np.asarray(confusion, dtype=np.int64)
+    classes = np.arange(len(confusion))
+    truth, predicted = (grid.ravel() for grid in np.meshgrid(classes, classes, indexing="ij"))
+    counted = confusion.ravel() > 0
+    if not counted.any():
+        return {"accuracy": float("nan"), "macro_f1": float("nan"), "f1": np.full(len(classes), np.nan)}
+    pairs = dict(y_true=truth[counted], y_pred=predicted[counted], sample_weight=confusion.ravel()[counted])
     return {
-        "accuracy": float(true_positive.sum() / total) if total else float("nan"),
-        "macro_f1": float(np.nanmean(f1)) if np.any(denominator > 0) else float("nan"),
-        "f1": f1,
+        "accuracy": float(accuracy_score(**pairs)),
+        "macro_f1": float(f1_score(**pairs, average="macro")),
+        "f1": f1_score(**pairs, labels=classes, average=None, zero_division=np.nan),
     }
 
 
@@ -540,12 +549,18 @@ def train_one_epoch(model: torch.nn.Module, batches, n_batches: int, optimizer: 
                     description: str = "train") -> tuple[float, int]:
     """One pass over ``batches`` with gradient accumulation.
 
+    Each batch is finished on ``device`` first (:func:`batch_augment.finish_batch`:
+    normalisation and the batch augmentation, which mixes images and targets),
+    then scored against the label-smoothed targets.
+
     Parameters
     ----------
     model : torch.nn.Module
         In training mode afterwards; may be wrapped in DistributedDataParallel.
-    batches : iterable of (images, targets)
-        Float tensors on ``device``: (batch, 3, H, W) and soft targets (batch, C).
+    batches : iterable
+        The train loader's batches (cached batches, see
+        :class:`loader_vit_rgb.CachedTrainBatches`), or ready ``(images, targets)``:
+        float (batch, 3, H, W) and soft targets (batch, C).
     n_batches : int
         Number of batches (for the accumulation of the last, partial group).
     optimizer, scaler
@@ -563,7 +578,10 @@ def train_one_epoch(model: torch.nn.Module, batches, n_batches: int, optimizer: 
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     images_seen = 0
     bar = tqdm(batches, total=n_batches, desc=description, disable=not progress, dynamic_ncols=True)
-    for step, (images, targets) in enumerate(bar):
+    for step, batch in enumerate(bar):
+        # The batch augmentation, on the device (as timm's mixup_fn): CoarseDropout and Cutout holes,
+        # FMix (and CutMix with --cutmix) mixing the images and, by pixel share, their one-hot targets.
+        images, targets = batch_augment.finish_batch(batch, device, memory_format(device))
         group_start = step - step % accum_iter
         group_size = min(accum_iter, n_batches - group_start)
         steps_now = step + 1 == group_start + group_size
@@ -573,7 +591,7 @@ def train_one_epoch(model: torch.nn.Module, batches, n_batches: int, optimizer: 
         with sync:
             with _autocast(device, amp):
                 logits = model(images)
-            loss = soft_target_cross_entropy(logits, targets, smoothing)
+            loss = soft_target_cross_entropy(logits, targets, smoothing)  # label smoothing of the mixed targets
             scaler.scale(loss / group_size).backward()
         if steps_now:
             scaler.step(optimizer)
@@ -733,7 +751,7 @@ def _write_run_config(weights_dir: Path, path: Path, config: dict) -> None:
 def _check_resume_config(config: dict, weights_dir: Path) -> None:
     path = run_config_path(weights_dir, config["model_arch"], config["fold"])
     saved = read_run_config(weights_dir, config["model_arch"], config["fold"])
-    changed = [f"{key} {saved.get(key)!r} -> {config[key]!r}" for key in RECIPE_KEYS if saved.get(key) != config[key]]
+    changed = [f"{key} {saved.get(key)!r} -> {config[key]!r}" for key in RESUME_KEYS if saved.get(key) != config[key]]
     if changed:
         raise InputError(f"--resume with settings that differ from the saved run: {', '.join(changed)} {where(path)}")
 
@@ -793,7 +811,34 @@ def train(args: argparse.Namespace) -> None:
             dist.destroy_process_group()
 
 
+@dataclasses.dataclass
+class _TrainingRun:
+    """What the epoch loop works on, as :func:`_set_up_training` leaves it."""
+
+    config: dict  # the resolved configuration (saved as <arch>_fold_<k>_config.json)
+    model: torch.nn.Module  # on the device; wrapped in DistributedDataParallel under torchrun
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.CosineAnnealingWarmRestarts
+    scaler: torch.amp.GradScaler
+    train_loader: torch.utils.data.DataLoader
+    valid_loader: torch.utils.data.DataLoader
+    start_epoch: int  # 0, or the epoch after the saved one with --resume
+
+
 def _train(args: argparse.Namespace, device: torch.device, rank: int, world_size: int) -> None:
+    """Train one fold on ``device``, as process ``rank`` of ``world_size``: set up, then run the epochs."""
+    run = _set_up_training(args, device, rank, world_size)
+    _run_epochs(run, args, device, rank, world_size)
+
+
+def _set_up_training(args: argparse.Namespace, device: torch.device, rank: int, world_size: int) -> _TrainingRun:
+    """The fold's rows, the configuration, the model and its optimizer, scheduler and scaler, and the loaders.
+
+    With ``--resume``, checks the configuration against the saved run's and
+    restores the model, optimizer, scheduler, scaler and RNG states of its
+    last epoch. Writes nothing (rank 0 prints the configuration); builds
+    the image cache last, once the model and any saved state have loaded.
+    """
     is_writer = rank == 0
     progress = is_writer and progress_enabled(args.quiet)
     weights_dir = Path(args.weights_dir)
@@ -862,20 +907,38 @@ def _train(args: argparse.Namespace, device: torch.device, rank: int, world_size
     if world_size > 1:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    for epoch in range(start_epoch, args.epochs):
+    return _TrainingRun(config, model, optimizer, scheduler, scaler, train_loader, valid_loader, start_epoch)
+
+
+def _run_epochs(run: _TrainingRun, args: argparse.Namespace, device: torch.device, rank: int,
+                world_size: int) -> None:
+    """Epochs ``run.start_epoch`` to ``args.epochs - 1``: train, validate, step the schedule, save.
+
+    Each epoch trains on the fold's training rows (:func:`train_one_epoch`,
+    where the batch augmentation and the loss are), validates, steps the
+    cosine schedule once or twice, and (rank 0) prints the metrics and
+    writes the checkpoint, the ``--resume`` state and the log row; the
+    configuration is written after the first epoch.
+    """
+    is_writer = rank == 0
+    progress = is_writer and progress_enabled(args.quiet)
+    weights_dir = Path(args.weights_dir)
+    arch, fold = args.model_arch, args.fold
+    for epoch in range(run.start_epoch, args.epochs):
         _seed_epoch(args.seed, epoch, rank)
-        loader_vit_rgb.set_loader_epoch(train_loader, epoch)
-        lr = optimizer.param_groups[0]["lr"]
+        loader_vit_rgb.set_loader_epoch(run.train_loader, epoch)
+        lr = run.optimizer.param_groups[0]["lr"]
         started = time.perf_counter()
         loss_sum, images = train_one_epoch(
-            model, device_batches(train_loader, device), len(train_loader), optimizer, scaler, device,
-            config["amp"], args.accum_iter, progress=progress, description=f"epoch {epoch}")
+            run.model, loader_vit_rgb.iterate_batches(run.train_loader), len(run.train_loader), run.optimizer,
+            run.scaler, device, run.config["amp"], args.accum_iter, progress=progress, description=f"epoch {epoch}")
         seconds = time.perf_counter() - started
-        scheduler.step()  # the seed stepped once after training ...
+        run.scheduler.step()  # the seed stepped once after training ...
         valid_loss_sum, valid_images, confusion = validate(
-            _unwrapped(model), device_batches(valid_loader, device), len(valid_loader), device, progress=progress)
+            _unwrapped(run.model), device_batches(run.valid_loader, device), len(run.valid_loader), device,
+            progress=progress)
         if args.sched_steps_per_epoch == 2:
-            scheduler.step()  # ... and once more after validation
+            run.scheduler.step()  # ... and once more after validation
 
         totals = _all_reduce_sum(torch.tensor([loss_sum, images, valid_loss_sum, valid_images],
                                               dtype=torch.float64, device=device), world_size).tolist()
@@ -887,10 +950,11 @@ def _train(args: argparse.Namespace, device: torch.device, rank: int, world_size
             valid_loss = totals[2] / max(totals[3], 1)
             metrics = classification_metrics(confusion)
             _report(epoch, lr, train_loss, images_per_s, valid_loss, metrics, confusion)
-            if epoch == start_epoch:
-                _write_run_config(weights_dir, run_config_path(weights_dir, arch, fold), config)
-            save_weights(model, checkpoint_path(weights_dir, arch, fold, epoch))
-            _save_last_state(last_state_path(weights_dir, arch, fold), epoch, optimizer, scheduler, scaler)
+            if epoch == run.start_epoch:
+                _write_run_config(weights_dir, run_config_path(weights_dir, arch, fold), run.config)
+            save_weights(run.model, checkpoint_path(weights_dir, arch, fold, epoch))
+            _save_last_state(last_state_path(weights_dir, arch, fold), epoch, run.optimizer, run.scheduler,
+                             run.scaler)
             _write_log(log_path(weights_dir, arch, fold), {
                 "epoch": epoch, "lr": f"{lr:.6g}", "train_loss": f"{train_loss:.6f}",
                 "train_images_per_s": f"{images_per_s:.2f}", "valid_loss": f"{valid_loss:.6f}",

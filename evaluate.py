@@ -54,9 +54,10 @@ from sklearn.metrics import (accuracy_score, cohen_kappa_score, confusion_matrix
                              precision_recall_fscore_support)
 
 import psg_layout
-from blend import (DUMP_SCALES, METHODS, blend_probabilities, blend_scores, dump_path, load_probabilities,
-                   predict_stages, read_test_csv, resolve_tta, row_scales, tune_blend, valid_csv_path)
+from blend import (DUMP_SCALES, METHODS, blend_probabilities, blend_scores, load_probabilities, predict_stages,
+                   read_test_csv, resolve_tta, row_scales, tune_blend)
 from hypnogram import HYPNOGRAM_ORDER, json_ready, sleep_statistics, statistic_unit
+from output_names import TRAINING_LOG_GLOB, dump_path, report_dir, run_config_path, submission_path, valid_csv_path
 from postprocess import apply_rules, estimate_hmm, hmm_decode, read_stage_lines
 from psg_layout import NUM_CLASSES, STAGES, InputError, where
 
@@ -64,10 +65,10 @@ from psg_layout import NUM_CLASSES, STAGES, InputError, where
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 parser.add_argument("--data-root", default="DATA", help="folder with testset-for_user.csv")
-parser.add_argument("--pred", type=Path, default=Path("outputs/files_post.csv"), help="the submission to score")
+parser.add_argument("--pred", type=Path, default=submission_path("outputs"), help="the submission to score")
 parser.add_argument("--labels", type=Path, default=None,
                     help="test answers ID,IDnum,label (default: <data-root>/testset-labels.csv)")
-parser.add_argument("--out", type=Path, default=Path("outputs/report"), help="report folder")
+parser.add_argument("--out", type=Path, default=report_dir("outputs"), help="report folder")
 parser.add_argument("--outputs", type=Path, default=Path("outputs"),
                     help="folder with the validation dumps and fold_<k>_valid.csv (for the validation table)")
 parser.add_argument("--weights-dir", type=Path, default=Path("weights"), help="folder with the trainers' *_log.csv")
@@ -180,10 +181,10 @@ def hmm_outside_fold(data_root: Path | str, valid: psg_layout.EpochTable):
 def training_cv(weights_dir: Path | str, arch: str, fold: int) -> tuple[str | None, Path]:
     """The ``cv`` a model was trained with, from its training configuration, and that file's path.
 
-    The name is engine.run_config_path's (engine is not imported: it loads
-    torch). ``None`` when the file is absent or says no ``cv``.
+    The file is output_names.run_config_path's. ``None`` when it is absent
+    or says no ``cv``.
     """
-    path = Path(weights_dir) / f"{arch}_fold_{fold}_config.json"
+    path = run_config_path(weights_dir, arch, fold)
     if not path.is_file():
         return None, path
     try:
@@ -406,7 +407,7 @@ def read_training_logs(weights_dir: Path) -> dict:
     files are skipped.
     """
     logs = {}
-    for path in sorted(Path(weights_dir).glob("*_log.csv")):
+    for path in sorted(Path(weights_dir).glob(TRAINING_LOG_GLOB)):
         try:
             frame = pd.read_csv(path)
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
@@ -483,7 +484,7 @@ def render_report(metrics: dict, config: dict, hypnogram_ids: list, has_curves: 
         if validation["context_note"]:
             lines += [f"Note: {validation['context_note']}.", ""]
     if has_curves:
-        lines += ["## Training curves", "", f"From `{config['weights_dir']}/*_log.csv`.", "",
+        lines += ["## Training curves", "", f"From `{config['weights_dir']}/{TRAINING_LOG_GLOB}`.", "",
                   "![training curves](training_curves.png)", ""]
     return "\n".join(lines)
 

@@ -40,12 +40,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.metrics import f1_score
 from torch.utils.data import DataLoader
 
 import engine
 import loader_vit_rgb
 import psg_layout
-from blend import dump_path, macro_f1, valid_csv_path
+from output_names import checkpoint_path, dump_path, infer_config_path, run_config_path, valid_csv_path
 from psg_layout import NUM_CLASSES, STAGES, InputError, where
 
 # fmt: off
@@ -98,12 +99,12 @@ def read_model_config(weights_dir: str, arch: str, fold: int, epochs, trainer: s
         a configuration of another architecture or another class count.
     """
     config = engine.read_run_config(weights_dir, arch, fold)
-    path = engine.run_config_path(weights_dir, arch, fold)
+    path = run_config_path(weights_dir, arch, fold)
     if config["model_arch"] != arch or config["num_classes"] != NUM_CLASSES:
         raise InputError(f"configuration is of {config['model_arch']} with {config['num_classes']} classes, "
                          f"expected {arch} with {NUM_CLASSES} {where(path)}")
     for epoch in epochs:
-        checkpoint = engine.checkpoint_path(weights_dir, arch, fold, epoch)
+        checkpoint = checkpoint_path(weights_dir, arch, fold, epoch)
         if not checkpoint.is_file():
             raise InputError(f"no checkpoint of epoch {epoch} {where(checkpoint)}; train {arch} with {trainer} "
                              f"for more than {epoch} epochs (epochs count from 0), or pick saved epochs")
@@ -125,13 +126,13 @@ def validation_rows(args, configs: dict) -> tuple[psg_layout.EpochTable | None, 
     train_csv = Path(args.data_root) / psg_layout.TRAIN_CSV
     if not train_csv.is_file():
         return None, None, f"no training CSV {where(train_csv)}"
-    config_path = engine.run_config_path(args.weights_dir, args.vit_arch, args.fold)
+    config_path = run_config_path(args.weights_dir, args.vit_arch, args.fold)
     missing = [key for key in SPLIT_KEYS if key not in configs["vit"]]
     if missing:
         return None, None, f"the training configuration lacks {', '.join(missing)} {where(config_path)}"
     split, other = ({key: configs[model].get(key) for key in SPLIT_KEYS} for model in ("vit", "eff"))
     if split != other:
-        path = engine.run_config_path(args.weights_dir, args.eff_arch, args.fold)
+        path = run_config_path(args.weights_dir, args.eff_arch, args.fold)
         return None, None, f"the two models were trained on different splits ({split} and {other}) {where(path)}"
     config = configs["vit"]
     try:  # a training CSV that cannot be read or split gives no validation rows; the test rows still score
@@ -195,7 +196,7 @@ def model_probabilities(arch: str, epochs, config: dict, args, inputs: dict, dev
     sums = {split: np.zeros((len(rows), NUM_CLASSES)) for split, (_, rows) in inputs.items()}
     for epoch in epochs:
         model = engine.create_model(arch, img_size, NUM_CLASSES)
-        engine.load_weights(model, engine.checkpoint_path(args.weights_dir, arch, args.fold, epoch))
+        engine.load_weights(model, checkpoint_path(args.weights_dir, arch, args.fold, epoch))
         model.to(device)
         for split, (table, rows) in inputs.items():
             for tta_round in range(args.tta):
@@ -231,7 +232,7 @@ def write_outputs(out: Path, args, models: dict, probabilities: dict, train, val
         psg_layout.write_csv_rows(valid_csv_path(out, args.fold), (
             (train.recording_ids[r], train.idnums[r], STAGES[train.labels[r]]) for r in valid_rows))
         print(f"{valid_csv_path(out, args.fold)} is saved")
-    with psg_layout.atomic_path(out / f"infer_blend_fold_{args.fold}.json") as tmp:
+    with psg_layout.atomic_path(infer_config_path(out, args.fold)) as tmp:
         tmp.write_text(json.dumps(config, indent=2))
 
 
@@ -263,7 +264,7 @@ def main(argv=None) -> None:
         for name, valid in ((args.vit_arch, vit), (args.eff_arch, eff), ("50/50 average", 0.5 * vit + 0.5 * eff)):
             predicted = valid.argmax(axis=1)
             print(f"fold {args.fold} {name}: validation accuracy {np.mean(predicted == labels):.5f}, "
-                  f"macro-F1 {macro_f1(labels, predicted):.5f}")
+                  f"macro-F1 {f1_score(labels, predicted, average='macro'):.5f}")
     write_outputs(Path(args.out), args, models, probabilities, train, valid_rows, config)
 
 

@@ -16,32 +16,7 @@ Data-parallel: torchrun --nproc_per_node=N main_eff.py ...
 import engine
 from psg_layout import run_main
 
-DEFAULTS = dict(
-    model_arch="tf_efficientnet_b4_ns",
-    img_size=224,
-    pretrained="imagenet",
-    optimizer="adamp",
-    lr=1e-4,
-    min_lr=1e-6,
-    weight_decay=1e-6,
-    batch_size=32,
-    valid_batch_size=32,
-    accum_iter=2,
-    epochs=10,
-    t0=10,
-    sched_steps_per_epoch=2,
-    folds=5,
-    fold=0,
-    cv="subject",
-    seed=72,
-    workers=4,
-    amp="fp16",
-    device="auto",
-    data_root="DATA",
-    weights_dir="weights",
-    cache_dir="cache",
-    fmix_spectrum="original",
-)
+DEFAULTS = {**engine.RECIPE, "model_arch": "tf_efficientnet_b4_ns", "optimizer": "adamp"}  # the recipe: engine.RECIPE
 
 
 def main():

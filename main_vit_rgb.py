@@ -15,32 +15,7 @@ Data-parallel: torchrun --nproc_per_node=N main_vit_rgb.py ...
 import engine
 from psg_layout import run_main
 
-DEFAULTS = dict(
-    model_arch="vit_base_patch16_224",
-    img_size=224,
-    pretrained="imagenet",
-    optimizer="adam",
-    lr=1e-4,
-    min_lr=1e-6,
-    weight_decay=1e-6,
-    batch_size=32,
-    valid_batch_size=32,
-    accum_iter=2,
-    epochs=10,
-    t0=10,
-    sched_steps_per_epoch=2,
-    folds=5,
-    fold=0,
-    cv="subject",
-    seed=72,
-    workers=4,
-    amp="fp16",
-    device="auto",
-    data_root="DATA",
-    weights_dir="weights",
-    cache_dir="cache",
-    fmix_spectrum="original",
-)
+DEFAULTS = {**engine.RECIPE, "model_arch": "vit_base_patch16_224", "optimizer": "adam"}  # the recipe: engine.RECIPE
 
 
 def main():

@@ -58,16 +58,17 @@ from pathlib import Path
 import numpy as np
 
 import psg_layout
-from blend import load_probabilities, probabilities_path, read_test_csv, stage_counts
+from blend import load_probabilities, read_test_csv, stage_counts
+from output_names import blend_csv_path, probabilities_path, recordings_dir, submission_path
 from psg_layout import NUM_CLASSES, STAGE_TO_INT, STAGES, InputError, where
 
 # fmt: off
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 parser.add_argument("--data-root", default="DATA", help="folder with testset-for_user.csv (and the trainset for hmm)")
-parser.add_argument("--in", dest="in_csv", type=Path, default=Path("outputs/filesblend_sqrt_[4]_[1].csv"),
+parser.add_argument("--in", dest="in_csv", type=Path, default=blend_csv_path("outputs", "sqrt", [4], [1]),
                     help="blend CSV written by blend.py")
-parser.add_argument("--out", type=Path, default=Path("outputs/files_post.csv"), help="the submission file")
+parser.add_argument("--out", type=Path, default=submission_path("outputs"), help="the submission file")
 parser.add_argument("--method", default="rules", help="rules, hmm or none")
 parser.add_argument("--across-recordings", action="store_true",
                     help="rules: match patterns across recording boundaries, as the seed did")
@@ -424,7 +425,7 @@ def main(argv=None) -> None:
     if args.probabilities is None:
         args.probabilities = probabilities_path(args.in_csv)
     if args.recordings_out is None:
-        args.recordings_out = args.out.parent / "recordings"
+        args.recordings_out = recordings_dir(args.out)
     config = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()}
     print("config: " + json.dumps(config))
 

@@ -78,6 +78,10 @@ run_demo() {
     local train=(--data-root "$data" --weights-dir "$weights" --cache-dir "$DEMO_DIR/cache"
                  --img-size "$DEMO_IMG_SIZE" --workers "$DEMO_LOADER_WORKERS"
                  --pretrained none "${DEMO_BATCH[@]}")
+    local names  # output file names, from output_names.py: tuned blend settings, submission, report folder
+    mapfile -t names < <("$PY" -c 'import sys, output_names as n
+print(n.tune_json_path(sys.argv[1]), n.submission_path(sys.argv[1]), n.report_dir(sys.argv[1]), sep="\n")' "$out")
+    local tune_json=${names[0]} submission=${names[1]} report=${names[2]}
 
     step "1/7 synthetic data"
     "$PY" make_synthetic.py --out "$data" "${DEMO_DATA_ARGS[@]}" --workers "$DEMO_GEN_WORKERS"
@@ -92,23 +96,24 @@ run_demo() {
         --cache-dir "$DEMO_DIR/cache" --workers "$DEMO_LOADER_WORKERS"
     step "5/7 blend (weight tuned on validation)"
     "$PY" blend.py --data-root "$data" --out "$out" "${models[@]}" --tune
-    "$PY" blend.py --data-root "$data" --out "$out" "${models[@]}" --from-tune "$out/blend_tune.json"
+    "$PY" blend.py --data-root "$data" --out "$out" "${models[@]}" --from-tune "$tune_json"
     local blend_csv
-    blend_csv=$("$PY" -c 'import json, sys; m = json.load(open(sys.argv[1]))["method"]; print(sys.argv[2] + "/filesblend_" + m + "_[" + sys.argv[3] + "]_[" + sys.argv[4] + "].csv")' \
-        "$out/blend_tune.json" "$out" "$DEMO_VIT_EPOCH" "$DEMO_EFF_EPOCH")
+    blend_csv=$("$PY" -c 'import sys, blend, output_names as n; method = blend.read_tune_json(sys.argv[2])["method"]
+print(n.blend_csv_path(sys.argv[1], method, [int(sys.argv[3])], [int(sys.argv[4])]))' \
+        "$out" "$tune_json" "$DEMO_VIT_EPOCH" "$DEMO_EFF_EPOCH")
     step "6/7 context post-processing"
-    "$PY" postprocess.py --data-root "$data" --in "$blend_csv" --out "$out/files_post.csv"
+    "$PY" postprocess.py --data-root "$data" --in "$blend_csv" --out "$submission"
     step "7/7 evaluation"
     "$PY" evaluate.py --data-root "$data" --pred "$blend_csv" --out "$out/report_blend" \
         --outputs "$out" --weights-dir "$weights" "${models[@]}" --quiet
-    "$PY" evaluate.py --data-root "$data" --pred "$out/files_post.csv" --out "$out/report" \
+    "$PY" evaluate.py --data-root "$data" --pred "$submission" --out "$report" \
         --outputs "$out" --weights-dir "$weights" "${models[@]}" --quiet
-    "$PY" - "$out" "$blend_csv" $((SECONDS - start)) <<'PY'
+    "$PY" - "$tune_json" "$out/report_blend" "$report" "$submission" $((SECONDS - start)) <<'PY'
 import json, sys
-out, blend_csv, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3])
-tuned = json.load(open(f"{out}/blend_tune.json"))
-before = json.load(open(f"{out}/report_blend/metrics.json"))
-after = json.load(open(f"{out}/report/metrics.json"))
+tune_json, report_blend, report, submission, seconds = *sys.argv[1:5], int(sys.argv[5])
+tuned = json.load(open(tune_json))
+before = json.load(open(f"{report_blend}/metrics.json"))
+after = json.load(open(f"{report}/metrics.json"))
 table = {entry["step"]: entry["macro_f1"] for entry in after["validation"]["table"]}
 rows = [
     ("model 1 validation macro-F1", f"{table['model 1 alone']:.3f}"),
@@ -123,7 +128,7 @@ width = max(len(name) for name, _ in rows)
 print()
 for name, value in rows:
     print(f"{name:<{width}}  {value}")
-print(f"\nsubmission: {out}/files_post.csv   report: {out}/report/report.md   ({seconds // 60} min {seconds % 60} s)")
+print(f"\nsubmission: {submission}   report: {report}/report.md   ({seconds // 60} min {seconds % 60} s)")
 PY
 }
 

@@ -44,6 +44,7 @@ import infer_blend
 import postprocess
 import psg_layout
 import render_edf
+from output_names import blend_csv_path, submission_path
 from psg_layout import InputError, where
 
 # fmt: off
@@ -125,7 +126,7 @@ def step_arguments(args, data: Path, outputs: Path, results: Path) -> dict:
     """The command line of each step, as one would type it for the layout route."""
     models = ["--vit-arch", args.vit_arch, "--eff-arch", args.eff_arch, "--fold", args.fold,
               "--vit-epochs", *args.vit_epochs, "--eff-epochs", *args.eff_epochs]
-    blend_csv = blend.blend_csv_path(outputs, args.method, args.vit_epochs, args.eff_epochs)
+    blend_csv = blend_csv_path(outputs, args.method, args.vit_epochs, args.eff_epochs)
     blend_settings = (["--from-tune", args.from_tune] if args.from_tune is not None else
                       ["--method", args.method, "--ens-weight", args.ens_weight, "--power", args.power,
                        "--dump-scale", args.dump_scale])
@@ -138,7 +139,7 @@ def step_arguments(args, data: Path, outputs: Path, results: Path) -> dict:
                                      "--no-cache", "--quiet"]),
         "blend": (blend.main, ["--data-root", data, "--out", outputs, *models, *blend_settings, "--quiet"]),
         "post-process": (postprocess.main, ["--data-root", data, "--in", blend_csv,
-                                            "--out", outputs / "files_post.csv", "--method", args.postprocess,
+                                            "--out", submission_path(outputs), "--method", args.postprocess,
                                             "--recordings-out", results, "--quiet",
                                             *(["--no-figures"] if args.no_figures else [])]),
     }

@@ -96,14 +96,15 @@ def tiny_checkpoints(folder: Path, root: Path, img_size: int) -> None:
     """Random-weight checkpoints (epoch 0) and configurations of both tiny models for infer_blend.py."""
     import engine
     import loader_vit_rgb
+    from output_names import checkpoint_path, run_config_path
     table = psg_layout.read_epoch_csv(root / psg_layout.TRAIN_CSV, with_labels=True)
     folds = loader_vit_rgb.make_folds(table, n_folds=5, seed=72, cv="subject")
     valid = sorted({table.recording_ids[r] for r in np.flatnonzero(folds == 0)})
     for arch in (VIT, EFF):
-        engine.save_weights(engine.create_model(arch, img_size), engine.checkpoint_path(folder, arch, 0, 0))
+        engine.save_weights(engine.create_model(arch, img_size), checkpoint_path(folder, arch, 0, 0))
         config = dict(model_arch=arch, img_size=img_size, num_classes=5, fold=0, folds=5, seed=72, cv="subject",
                       valid_recordings=valid)
-        engine.run_config_path(folder, arch, 0).write_text(json.dumps(config))
+        run_config_path(folder, arch, 0).write_text(json.dumps(config))
 
 
 def peak(command: list) -> tuple[float, float]:

@@ -139,8 +139,7 @@ def train_figures(arch: str, args, device, amp: str, table) -> dict:
             targets = torch.eye(psg_layout.NUM_CLASSES, device=device)[torch.arange(args.batch_size) % 5]
             batches = iter(lambda: (images, targets), None)
         else:
-            batches = (batch_augment.finish_batch(batch, device, engine.memory_format(device))
-                       for batch in repeat(loader))
+            batches = repeat(loader)  # train_one_epoch finishes (augments) them on the device
         rates[source] = training_rate(model, optimizer, scaler, batches, args.steps, device, amp)
         del model, optimizer
     return {"optimizer": name + (" (fused)" if device.type == "cuda" and name == "adam" else ""),

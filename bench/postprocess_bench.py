@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import psg_layout  # noqa: E402
-from blend import dump_path, valid_csv_path  # noqa: E402
+from output_names import blend_csv_path, dump_path, report_dir, submission_path, valid_csv_path  # noqa: E402
 from postprocess import RULES, apply_rules  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -151,19 +151,19 @@ def main() -> None:
     print(f"fake set: {sizes}")
 
     python = sys.executable
-    blend_csv = outputs / "filesblend_sqrt_[4]_[1].csv"
+    blend_csv = blend_csv_path(outputs, "sqrt", [4], [1])
     commands = {
         "python -c 'import numpy' (floor)": [python, "-c", "import numpy"],
         "blend.py": [python, "blend.py", "--data-root", data, "--out", outputs, "--quiet"],
         "postprocess.py --method rules": [python, "postprocess.py", "--data-root", data, "--in", blend_csv,
-                                          "--out", outputs / "files_post.csv", "--method", "rules", "--no-recordings"],
+                                          "--out", submission_path(outputs), "--method", "rules", "--no-recordings"],
         "postprocess.py --method hmm": [python, "postprocess.py", "--data-root", data, "--in", blend_csv,
                                         "--out", outputs / "files_post_hmm.csv", "--method", "hmm", "--no-recordings"],
         "postprocess.py --method none": [python, "postprocess.py", "--data-root", data, "--in", blend_csv,
                                          "--out", outputs / "files_post_none.csv", "--method", "none", "--no-recordings"],
         "blend.py --tune": [python, "blend.py", "--out", outputs, "--tune", "--quiet"],
-        "evaluate.py": [python, "evaluate.py", "--data-root", data, "--pred", outputs / "files_post.csv",
-                        "--outputs", outputs, "--out", outputs / "report", "--quiet"],
+        "evaluate.py": [python, "evaluate.py", "--data-root", data, "--pred", submission_path(outputs),
+                        "--outputs", outputs, "--out", report_dir(outputs), "--quiet"],
     }
     seconds = {name: time_command(command, args.repeats) for name, command in commands.items()}
 

@@ -38,7 +38,8 @@ sys.path.insert(0, str(REPO))
 import psg_layout  # noqa: E402
 from evaluate import compute_metrics  # noqa: E402
 import blend  # noqa: E402
-from blend import blend_csv_path, read_tune_json  # noqa: E402
+from blend import read_tune_json  # noqa: E402
+from output_names import blend_csv_path, report_dir, submission_path  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -108,14 +109,14 @@ def main() -> None:
         "--workers", args.workers, "--no-cache", "--quiet")
     run("blend.py", "--data-root", data, "--out", outputs, *models, *blend_args, "--quiet")
     blend_csv = blend_csv_path(outputs, blend_settings["method"], args.vit_epochs, args.eff_epochs)
-    run("postprocess.py", "--data-root", data, "--in", blend_csv, "--out", outputs / "files_post.csv",
+    run("postprocess.py", "--data-root", data, "--in", blend_csv, "--out", submission_path(outputs),
         "--method", args.postprocess, "--no-recordings", "--quiet")
-    run("evaluate.py", "--data-root", data, "--pred", outputs / "files_post.csv", "--out", outputs / "report",
+    run("evaluate.py", "--data-root", data, "--pred", submission_path(outputs), "--out", report_dir(outputs),
         "--outputs", outputs, "--weights-dir", args.weights_dir, *models, "--quiet")
-    layout = json.loads((outputs / "report" / "metrics.json").read_text())
+    layout = json.loads((report_dir(outputs) / "metrics.json").read_text())
 
     layout_stages = np.array([psg_layout.STAGE_TO_INT[line] for line in
-                              (outputs / "files_post.csv").read_text().split()], dtype=np.int64)
+                              submission_path(outputs).read_text().split()], dtype=np.int64)
     stage_stages = stage_route_stages(work / "scored", recording_id, test.idnums)
     stage = compute_metrics(answers.labels, stage_stages, test.recording_ids)
     result = {

@@ -238,15 +238,6 @@ def test_imagenet_asks_timm_for_the_original_weights(monkeypatch, arch, original
     assert options["num_classes"] == 5 and model.num_classes == 5
 
 
-def test_checkpoint_names_are_the_seeds(tmp_path):
-    assert engine.checkpoint_path("weights", "vit_base_patch16_224", 0, 4).as_posix() == \
-        "weights/vit_base_patch16_224_fold_0_4"
-    assert engine.checkpoint_path(tmp_path, "tf_efficientnet_b4_ns", 0, 1) == tmp_path / "tf_efficientnet_b4_ns_fold_0_1"
-    assert engine.last_state_path("w", "a", 2).as_posix() == "w/a_fold_2_last.pt"
-    assert engine.run_config_path("w", "a", 2).as_posix() == "w/a_fold_2_config.json"
-    assert engine.log_path("w", "a", 2).as_posix() == "w/a_fold_2_log.csv"
-
-
 def test_weights_round_trip_and_mismatches_name_the_file(tmp_path):
     model = engine.create_model("test_efficientnet", 32)
     path = engine.checkpoint_path(tmp_path, "test_efficientnet", 0, 3)

@@ -1,0 +1,30 @@
+"""engine.RECIPE: the trainers' defaults are the original's, and --resume checks the recipe's keys."""
+from __future__ import annotations
+
+import engine
+import main_eff
+import main_vit_rgb
+
+# The original's training settings (mainViTrgb.py / mainEff.py), written out by hand.
+SHARED = dict(img_size=224, pretrained="imagenet", lr=1e-4, min_lr=1e-6, weight_decay=1e-6, batch_size=32,
+              valid_batch_size=32, accum_iter=2, epochs=10, t0=10, sched_steps_per_epoch=2, folds=5, fold=0,
+              cv="subject", seed=72, workers=4, amp="fp16", device="auto", data_root="DATA", weights_dir="weights",
+              cache_dir="cache", fmix_spectrum="original", no_fmix=False, cutmix=False, no_cache=False)
+
+
+def test_each_trainer_is_the_recipe_with_its_model_and_optimizer():
+    assert main_vit_rgb.DEFAULTS == {**SHARED, "model_arch": "vit_base_patch16_224", "optimizer": "adam"}
+    assert main_eff.DEFAULTS == {**SHARED, "model_arch": "tf_efficientnet_b4_ns", "optimizer": "adamp"}
+
+
+def test_the_parsed_defaults_are_the_recipe():
+    args = vars(engine.build_parser(main_eff.DEFAULTS, "").parse_args([]))
+    assert {key: args[key] for key in main_eff.DEFAULTS} == main_eff.DEFAULTS
+
+
+def test_resume_checks_every_recipe_key_but_length_speed_and_places():
+    assert set(engine.RESUME_KEYS) == {
+        "model_arch", "img_size", "optimizer", "fold", "folds", "cv", "seed", "batch_size", "accum_iter", "lr",
+        "min_lr", "weight_decay", "t0", "sched_steps_per_epoch", "no_fmix", "fmix_spectrum", "cutmix",
+        "pretrained", "no_cache"}
+    assert len(engine.RESUME_KEYS) == len(set(engine.RESUME_KEYS))
