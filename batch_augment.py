@@ -27,24 +27,24 @@ import torch.nn.functional as F
 import fmix
 import psg_layout
 
-# ImageNet statistics, as the seed normalised with.
+# ImageNet statistics, as the original normalised with.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# The seed's CoarseDropout and Cutout with the albumentations 1.0 defaults it
+# The original's CoarseDropout and Cutout with the albumentations 1.0 defaults it
 # ran: 8 holes of 8 x 8 pixels each, filled with 0 after normalisation;
 # CoarseDropout's holes lie inside the image, Cutout's are placed by a
 # centre anywhere in it and clipped at the bottom and right borders (see loader_vit_rgb.Cutout).
 DROPOUT_HOLES = 8
 DROPOUT_HOLE_PIXELS = 8
 DROPOUT_PROBABILITY = 0.5
-# The seed's FMix: applied to half of the samples, lambda ~ Beta(1, 1)
+# The original's FMix: applied to half of the samples, lambda ~ Beta(1, 1)
 # clipped to [0.6, 0.7], decay power 3, max_soft=True (read as 1.0).
 FMIX_PROBABILITY = 0.5
 FMIX_ALPHA = 1.0
 FMIX_LAMBDA_RANGE = (0.6, 0.7)
 FMIX_DECAY_POWER = 3.0
 FMIX_MAX_SOFT = 1.0
-# The seed's CutMix (off by default): lambda ~ Beta(1, 1) clipped to [0.3, 0.4].
+# The original's CutMix (off by default): lambda ~ Beta(1, 1) clipped to [0.3, 0.4].
 CUTMIX_PROBABILITY = 0.5
 CUTMIX_ALPHA = 1.0
 CUTMIX_LAMBDA_RANGE = (0.3, 0.4)

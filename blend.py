@@ -228,7 +228,7 @@ def class_ranks(probabilities: np.ndarray) -> np.ndarray:
     """Per row, rank the classes 0 (least likely) .. 4 (most likely).
 
     A stable argsort of a stable argsort: tied classes are ranked in class
-    order, the lower class index getting the lower rank (the seed's numpy
+    order, the lower class index getting the lower rank (the original's numpy
     argsort gave the same order for 5 values).
     """
     order = np.argsort(probabilities, axis=1, kind="stable")

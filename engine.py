@@ -7,10 +7,10 @@ metrics, the learning-rate schedule, checkpoints and ``--resume``, and
 data-parallel training under ``torchrun``.
 
 Files written into ``--weights-dir`` for architecture ``A`` and fold ``k``
-(the seed's names, so its README can be followed; output_names.py builds them):
+(the original's names, so its README can be followed; output_names.py builds them):
 
 - ``A_fold_k_<epoch>``: model weights after each epoch (safetensors content,
-  no extension; epochs count from 0 as in the seed);
+  no extension; epochs count from 0 as in the original);
 - ``A_fold_k_last.pt``: optimizer, scheduler, gradient scaler, RNG states
   and the epoch, for ``--resume`` (plain tensors and dicts, loaded with
   ``torch.load(weights_only=True)``);
@@ -75,7 +75,7 @@ TRAINER_KEYS = ("model_arch", "optimizer")  # what each trainer adds to RECIPE
 # augmentation of loader_vit_rgb: CoarseDropout and Cutout (DROPOUT_HOLES holes of
 # DROPOUT_HOLE_PIXELS pixels, each with DROPOUT_PROBABILITY), FMix (FMIX_PROBABILITY,
 # lambda ~ Beta(FMIX_ALPHA) clipped to FMIX_LAMBDA_RANGE, FMIX_DECAY_POWER, FMIX_MAX_SOFT).
-LABEL_SMOOTHING = 0.1  # the seed's SmoothCrossEntropyLoss(smoothing=0.1)
+LABEL_SMOOTHING = 0.1  # the original's SmoothCrossEntropyLoss(smoothing=0.1)
 # Settings a --resume may change (how long, how fast, from where the run goes on);
 # it refuses a run whose saved configuration differs in any other.
 RESUME_MAY_CHANGE = ("epochs", "valid_batch_size", "workers", "amp", "device", "data_root", "weights_dir",
@@ -141,7 +141,7 @@ def build_parser(defaults: dict, description: str) -> argparse.ArgumentParser:
     parser.add_argument("--fold", type=int, default=d["fold"], help="validation fold to train against")
     parser.add_argument("--folds", type=int, default=d["folds"], help="number of folds")
     parser.add_argument("--cv", choices=("subject", "stratified"), default=d["cv"],
-                        help="subject: folds by recording (no leak); stratified: the seed's split over epochs")
+                        help="subject: folds by recording (no leak); stratified: the original's split over epochs")
     parser.add_argument("--epochs", type=int, default=d["epochs"], help="number of epochs")
     parser.add_argument("--model-arch", default=d["model_arch"], help="timm architecture name")
     parser.add_argument("--img-size", type=int, default=d["img_size"], help="model input height and width, pixels")
@@ -154,7 +154,7 @@ def build_parser(defaults: dict, description: str) -> argparse.ArgumentParser:
     parser.add_argument("--weight-decay", type=float, default=d["weight_decay"], help="optimizer weight decay")
     parser.add_argument("--t0", type=int, default=d["t0"], help="scheduler steps per cosine cycle (T_0)")
     parser.add_argument("--sched-steps-per-epoch", type=int, choices=(1, 2), default=d["sched_steps_per_epoch"],
-                        help="2: the seed's steps after training and after validation (a cycle of T_0/2 "
+                        help="2: the original's steps after training and after validation (a cycle of T_0/2 "
                              "epochs); 1: one step per epoch (a cycle of T_0 epochs)")
     parser.add_argument("--workers", type=int, default=d["workers"], help="DataLoader worker processes")
     parser.add_argument("--seed", type=int, default=d["seed"], help="seed of folds, initialisation and augmentation")
@@ -167,15 +167,15 @@ def build_parser(defaults: dict, description: str) -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true", help="continue from <arch>_fold_<k>_last.pt")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d["device"],
                         help="auto: CUDA when available")
-    parser.add_argument("--no-fmix", action="store_true", default=d["no_fmix"], help="turn off FMix (on in the seed)")
+    parser.add_argument("--no-fmix", action="store_true", default=d["no_fmix"], help="turn off FMix (on in the original)")
     parser.add_argument("--fmix-spectrum", choices=fmix.SPECTRA, default=d["fmix_spectrum"],
                         help="original: FMix masks as the original's FMix code made them (one smooth region, "
                              "at most one cycle along the width); isotropic: the FMix paper's masks")
-    parser.add_argument("--cutmix", action="store_true", default=d["cutmix"], help="turn on CutMix (off in the seed)")
+    parser.add_argument("--cutmix", action="store_true", default=d["cutmix"], help="turn on CutMix (off in the original)")
     parser.add_argument("--cache-dir", default=d["cache_dir"],
                         help="image cache (decoded, resized uint8 arrays; built on first use), outside the data root")
     parser.add_argument("--no-cache", action="store_true", default=d["no_cache"],
-                        help="the seed's per-sample path: decode and augment every image in the workers, every epoch")
+                        help="the original's per-sample path: decode and augment every image in the workers, every epoch")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(optimizer=d["optimizer"])
@@ -471,7 +471,7 @@ def read_run_config(weights_dir: Path | str, arch: str, fold: int) -> dict:
 # Loss and metrics
 # --------------------------------------------------------------------------
 def smooth_targets(targets: torch.Tensor, smoothing: float) -> torch.Tensor:
-    """The seed's label smoothing: one-hot 1 -> ``1 - eps``, 0 -> ``eps / (C - 1)``.
+    """The original's label smoothing: one-hot 1 -> ``1 - eps``, 0 -> ``eps / (C - 1)``.
 
     Being affine, it maps a mixture of one-hot targets (weights summing to
     1) to the same mixture of smoothed targets, so applying it after FMix
@@ -616,7 +616,7 @@ def validate(model: torch.nn.Module, batches, n_batches: int, device: torch.devi
     Returns
     -------
     (loss_sum, images, confusion) : (float, int, np.ndarray of int64 (C, C))
-        Summed (label-smoothed, as the seed) loss, image count and the
+        Summed (label-smoothed, as the original) loss, image count and the
         confusion matrix (rows true, columns predicted) of this process.
     """
     model.eval()
@@ -933,7 +933,7 @@ def _run_epochs(run: _TrainingRun, args: argparse.Namespace, device: torch.devic
             run.model, loader_vit_rgb.iterate_batches(run.train_loader), len(run.train_loader), run.optimizer,
             run.scaler, device, run.config["amp"], args.accum_iter, progress=progress, description=f"epoch {epoch}")
         seconds = time.perf_counter() - started
-        run.scheduler.step()  # the seed stepped once after training ...
+        run.scheduler.step()  # the original stepped once after training ...
         valid_loss_sum, valid_images, confusion = validate(
             _unwrapped(run.model), device_batches(run.valid_loader, device), len(run.valid_loader), device,
             progress=progress)

@@ -251,7 +251,7 @@ def validation_table(args, quiet: bool) -> dict | None:
                                             f"only if the models were trained with --cv subject")
         marked = setting if cv is not None else setting + " (cv unknown)"
         table.append(row("post-processing rules", marked, apply_rules(blended, valid.recording_ids)[0]))
-        table.append(row("post-processing rules across recordings (seed)", marked,
+        table.append(row("post-processing rules across recordings (the original's)", marked,
                          apply_rules(blended, valid.recording_ids, across_recordings=True)[0]))
         hmm = hmm_outside_fold(args.data_root, valid)
         if hmm is not None:

@@ -7,7 +7,7 @@ the checkpoints of the chosen epochs
 those checkpoints and over the TTA rounds:
 
 * ``outputs/<arch>_fold_<k>_<epochs>.npy``: test rows, in
-  ``testset-for_user.csv`` order (the seed's name, the epoch list written
+  ``testset-for_user.csv`` order (the original's name, the epoch list written
   as Python prints it: ``vit_base_patch16_224_fold_0_[4].npy``,
   ``..._fold_0_[3, 4].npy``);
 * ``outputs/<arch>_fold_<k>_<epochs>_valid.npy``: the fold's validation rows,
@@ -18,7 +18,7 @@ All arrays are float32 [rows, 5], classes Wake, N1, N2, N3, REM, rows
 summing to 1. The validation rows are the fold's rows of the split the
 models were trained with (``folds``, ``seed`` and ``cv`` from the training
 configuration; both models must share it). Prints validation accuracy and
-macro-F1 of each model and of their 50/50 average, as the seed did.
+macro-F1 of each model and of their 50/50 average, as the original did.
 
 Scoring needs only the test CSV, its images and the checkpoints: when the
 data root has no training CSV, or its fold is no longer the one the models
@@ -58,17 +58,17 @@ parser.add_argument("--out", default="outputs", help="where the .npy dumps and f
 parser.add_argument("--fold", type=int, default=0, help="the fold the models were trained against")
 parser.add_argument("--vit-arch", default="vit_base_patch16_224", help="model 1")
 parser.add_argument("--eff-arch", default="tf_efficientnet_b4_ns", help="model 2")
-parser.add_argument("--vit-epochs", type=int, nargs="+", default=[4], help="model 1 checkpoints averaged (seed: 4)")
-parser.add_argument("--eff-epochs", type=int, nargs="+", default=[1], help="model 2 checkpoints averaged (seed: 1)")
+parser.add_argument("--vit-epochs", type=int, nargs="+", default=[4], help="model 1 checkpoints averaged (the original: 4)")
+parser.add_argument("--eff-epochs", type=int, nargs="+", default=[1], help="model 2 checkpoints averaged (the original: 1)")
 parser.add_argument("--tta", type=int, default=1, help="rounds per checkpoint; rounds after the first add dropouts")
 parser.add_argument("--batch-size", type=int, default=32)
 parser.add_argument("--workers", type=int, default=4, help="DataLoader worker processes")
 parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: CUDA when available")
 parser.add_argument("--amp", default="off", choices=("fp16", "bf16", "off"),
-                    help="mixed precision on CUDA (the seed inferred in float32)")
+                    help="mixed precision on CUDA (the original inferred in float32)")
 parser.add_argument("--cache-dir", default=str(loader_vit_rgb.DEFAULT_CACHE_DIR),
                     help="image cache (decoded, resized uint8 arrays; built on first use), outside the data root")
-parser.add_argument("--no-cache", action="store_true", help="decode every image from its PNG (the seed's path)")
+parser.add_argument("--no-cache", action="store_true", help="decode every image from its PNG (the original's path)")
 parser.add_argument("--quiet", action="store_true", help="no progress bars")
 # fmt: on
 

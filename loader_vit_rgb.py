@@ -1,19 +1,19 @@
-"""The shared data code of both trainers and of inference (the seed's loaderViTrgb.py): their data entry point.
+"""The shared data code of both trainers and of inference (the original's loaderViTrgb.py): their data entry point.
 
 What it does, top to bottom:
 
 - reads the challenge CSVs and checks, before any training, that every
   listed image is a file inside the data root (all missing ones reported at
   once);
-- splits the training table into folds (by recording, or the seed's
+- splits the training table into folds (by recording, or the original's
   stratified split over epochs);
 - a Dataset that reads an epoch image with OpenCV as RGB and applies the
-  seed's albumentations pipeline, then FMix (and optionally CutMix) with a
+  original's albumentations pipeline, then FMix (and optionally CutMix) with a
   partner image drawn from the training set, producing mixed one-hot targets
   (the per-sample path);
 - the DataLoaders for training, validation and inference: by default whole
   batches from the image cache (:mod:`image_cache`), augmented on the
-  model's device (:mod:`batch_augment`); the seed's per-sample path with
+  model's device (:mod:`batch_augment`); the original's per-sample path with
   ``cache_dir=None``.
 
 Randomness: on the per-sample path every sample draws from its own
@@ -183,14 +183,14 @@ def make_folds(table: EpochTable, n_folds: int = 5, seed: int = 72, cv: str = "s
     table : EpochTable
         The training table (labels needed for stratification).
     n_folds : int
-        Number of folds (the seed: 5).
+        Number of folds (the original: 5).
     seed : int
-        Shuffling seed (the seed: 72).
+        Shuffling seed (the original: 72).
     cv : {"subject", "stratified"}
         ``"subject"``: StratifiedGroupKFold grouped by recording ID, so no
-        recording is on both sides. ``"stratified"``: the seed's
+        recording is on both sides. ``"stratified"``: the original's
         StratifiedKFold over epochs (neighbouring epochs of one night land
-        in training and validation alike; kept to reproduce the seed).
+        in training and validation alike; kept to reproduce the original).
 
     Returns
     -------
@@ -262,7 +262,7 @@ def _collate(items: list):
 # Per-sample transforms
 # --------------------------------------------------------------------------
 class Cutout(BaseDropout):
-    """The seed's second dropout: albumentations 1.0's ``Cutout`` with its defaults (removed in 2.0).
+    """The original's second dropout: albumentations 1.0's ``Cutout`` with its defaults (removed in 2.0).
 
     ``DROPOUT_HOLES`` holes of up to ``DROPOUT_HOLE_PIXELS`` square, each
     placed by :func:`batch_augment.cutout_corners` (unlike ``CoarseDropout``, whose holes
@@ -283,7 +283,7 @@ class Cutout(BaseDropout):
 
 
 def get_train_transforms(img_size: int) -> A.Compose:
-    """The seed's training pipeline: Resize, Normalize, CoarseDropout, Cutout, to tensor.
+    """The original's training pipeline: Resize, Normalize, CoarseDropout, Cutout, to tensor.
 
     Parameters
     ----------
@@ -317,7 +317,7 @@ def get_valid_transforms(img_size: int) -> A.Compose:
 
 
 class EpochImageDataset(Dataset):
-    """Epoch images with the seed's augmentations and mixed one-hot targets.
+    """Epoch images with the original's augmentations and mixed one-hot targets.
 
     Parameters
     ----------
@@ -574,7 +574,7 @@ def make_train_loader(data_root, table: EpochTable, rows: np.ndarray, img_size: 
     cache_dir : path-like or None
         The image cache's folder (built on the first pass): whole batches
         read from the cache and augmented by :func:`batch_augment.finish_batch`. None: the
-        seed's per-sample path (decode, albumentations, FMix per image).
+        original's per-sample path (decode, albumentations, FMix per image).
     device : torch.device or str
         The model's device. On CUDA the loader yields uint8 pixels plus the
         batch's random plan, and :func:`batch_augment.finish_batch` augments them on the

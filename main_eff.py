@@ -1,4 +1,4 @@
-"""Train the EfficientNet-B4 (Noisy Student) sleep-stage classifier (the seed's mainEff.py).
+"""Train the EfficientNet-B4 (Noisy Student) sleep-stage classifier (the original's mainEff.py).
 
 The original's recipe: tf_efficientnet_b4_ns at 224 x 224, started from
 ImageNet (Noisy Student) weights (--pretrained imagenet: timm's
@@ -9,7 +9,7 @@ its outputs into 5), AdamP (lr 1e-4, weight decay
 label smoothing 0.1, FMix, CoarseDropout and Cutout, CosineAnnealingWarmRestarts
 (T_0=10, eta_min=1e-6) stepped twice per epoch, 10 epochs, fold 0 of 5,
 seed 72. Writes weights/tf_efficientnet_b4_ns_fold_0_<epoch> after every
-epoch (the seed kept epoch 1), plus _last.pt, _config.json and _log.csv.
+epoch (the original kept epoch 1), plus _last.pt, _config.json and _log.csv.
 
 Data-parallel: torchrun --nproc_per_node=N main_eff.py ...
 """

@@ -1,4 +1,4 @@
-"""Train the ViT-B/16 sleep-stage classifier (the seed's mainViTrgb.py).
+"""Train the ViT-B/16 sleep-stage classifier (the original's mainViTrgb.py).
 
 The original's recipe: vit_base_patch16_224 at 224 x 224, started from
 ImageNet weights (--pretrained imagenet: timm's vit_base_patch16_224.orig_in21k_ft_in1k,
@@ -8,7 +8,7 @@ the original's jx_vit_base_p16_224 file, its head replaced by a 5-class one;
 label smoothing 0.1, FMix, CoarseDropout and Cutout, CosineAnnealingWarmRestarts
 (T_0=10, eta_min=1e-6) stepped twice per epoch, 10 epochs, fold 0 of 5,
 seed 72. Writes weights/vit_base_patch16_224_fold_0_<epoch> after every
-epoch (the seed kept epoch 4), plus _last.pt, _config.json and _log.csv.
+epoch (the original kept epoch 4), plus _last.pt, _config.json and _log.csv.
 
 Data-parallel: torchrun --nproc_per_node=N main_vit_rgb.py ...
 """

@@ -4,7 +4,7 @@ Reads the blend's stage per test epoch (``outputs/filesblend_*.csv``, one
 stage name per line, test CSV order) and writes the submission
 (``outputs/files_post.csv``, same format) after one of
 
-* ``rules`` (default): the seed team's context rules, written with a
+* ``rules`` (default): the original team's context rules, written with a
   psychiatrist to score as human scorers do. Over each recording's sequence
   s of predicted stages:
 
@@ -20,7 +20,7 @@ stage name per line, test CSV order) and writes the submission
   and the changes written to a copy; in the order i ascending, then rule
   number, a later write to a position wins. A recording is the test CSV's
   ``ID``, its rows taken in CSV order; patterns never span two recordings
-  (the seed ran them over all recordings concatenated; ``--across-recordings``
+  (the original ran them over all recordings concatenated; ``--across-recordings``
   reproduces that).
 * ``hmm``: per recording, Viterbi decoding (log space) of a hidden Markov
   model whose transition matrix and initial distribution are counted from
@@ -71,7 +71,7 @@ parser.add_argument("--in", dest="in_csv", type=Path, default=blend_csv_path("ou
 parser.add_argument("--out", type=Path, default=submission_path("outputs"), help="the submission file")
 parser.add_argument("--method", default="rules", help="rules, hmm or none")
 parser.add_argument("--across-recordings", action="store_true",
-                    help="rules: match patterns across recording boundaries, as the seed did")
+                    help="rules: match patterns across recording boundaries, as the original did")
 parser.add_argument("--probabilities", type=Path, default=None,
                     help="blended probabilities .npy, for hmm and the per-recording outputs (default: --in with .npy)")
 parser.add_argument("--recordings-out", type=Path, default=None,
@@ -85,7 +85,7 @@ parser.add_argument("--quiet", action="store_true", help="print only the configu
 
 POSTPROCESS_METHODS = ("rules", "hmm", "none")
 _S = STAGE_TO_INT
-# (pattern, position in the pattern that is rewritten, new stage), in the seed's order
+# (pattern, position in the pattern that is rewritten, new stage), in the original's order
 RULES = (
     ((_S["N1"], _S["N3"]), 1, _S["N2"]),
     ((_S["N2"], _S["N2"], _S["REM"], _S["N2"], _S["N2"]), 2, _S["N2"]),
@@ -125,7 +125,7 @@ def group_by_recording(recording_ids) -> tuple[np.ndarray, np.ndarray]:
 
 
 # --------------------------------------------------------------------------
-# The seed's rules
+# The original's rules
 # --------------------------------------------------------------------------
 def rule_matches(stages: np.ndarray, segment: np.ndarray, pattern) -> np.ndarray:
     """Start positions i where ``stages[i:i+len(pattern)] == pattern`` inside one segment.
@@ -144,7 +144,7 @@ def rule_matches(stages: np.ndarray, segment: np.ndarray, pattern) -> np.ndarray
 
 
 def apply_rules(stages: np.ndarray, recording_ids, across_recordings: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Apply the seed's context rules (see the module docstring).
+    """Apply the original's context rules (see the module docstring).
 
     Parameters
     ----------
@@ -154,7 +154,7 @@ def apply_rules(stages: np.ndarray, recording_ids, across_recordings: bool = Fal
         Recording of each row; patterns never span two recordings.
     across_recordings : bool
         Ignore recordings and treat the rows, in CSV order, as one sequence
-        (the seed's behaviour).
+        (the original's behaviour).
 
     Returns
     -------
@@ -179,7 +179,7 @@ def apply_rules(stages: np.ndarray, recording_ids, across_recordings: bool = Fal
         values.append(np.full(found.size, new_stage))
     targets, starts, rule_numbers, values = map(np.concatenate, (targets, starts, rule_numbers, values))
 
-    # Replay the writes in the seed's order (i ascending, then rule number):
+    # Replay the writes in the original's order (i ascending, then rule number):
     # the last write to each position is the one that stays.
     replay = np.lexsort((rule_numbers, starts))
     targets, values = targets[replay][::-1], values[replay][::-1]

@@ -11,21 +11,21 @@ PY="$VENV/bin/python"
 STAMP="$VENV/.requirements.sha256"
 
 # ---------------------------------------------------------------------------
-# The demo profile: everything in which the demo differs from the seed's full
+# The demo profile: everything in which the demo differs from the original's full
 # configuration. Same scripts, same code paths; only these arguments differ.
 # ---------------------------------------------------------------------------
 DEMO_DIR=demo                        # demo/DATA, demo/weights, demo/outputs, demo/cache
 DEMO_DATA_ARGS=(--train-subjects 8 --test-subjects 4 --hours 6.1 --seed 0)   # the test set: the default 4 nights
-DEMO_VIT_ARCH=vit_tiny_patch16_224   # the seed: vit_base_patch16_224
-DEMO_EFF_ARCH=tf_efficientnet_b0     # the seed: tf_efficientnet_b4_ns
-DEMO_IMG_SIZE=64                     # the seed: 224
-DEMO_VIT_LR=1e-4                     # the seed's; 5e-4 leaves the ViT stuck at the class prior
-DEMO_EFF_LR=1e-3                     # the seed: 1e-4, which learns too slowly from random initialisation
-DEMO_BATCH=(--batch-size 16 --accum-iter 1)   # the seed: 32 x 2; more optimizer steps on a small data set
-DEMO_VIT_EPOCHS=10                   # the seed: 10 for both; the ViT is 2x faster here and
+DEMO_VIT_ARCH=vit_tiny_patch16_224   # the original: vit_base_patch16_224
+DEMO_EFF_ARCH=tf_efficientnet_b0     # the original: tf_efficientnet_b4_ns
+DEMO_IMG_SIZE=64                     # the original: 224
+DEMO_VIT_LR=1e-4                     # the original's; 5e-4 leaves the ViT stuck at the class prior
+DEMO_EFF_LR=1e-3                     # the original: 1e-4, which learns too slowly from random initialisation
+DEMO_BATCH=(--batch-size 16 --accum-iter 1)   # the original: 32 x 2; more optimizer steps on a small data set
+DEMO_VIT_EPOCHS=10                   # the original: 10 for both; the ViT is 2x faster here and
 DEMO_EFF_EPOCHS=4                    #   carries the blend, so it gets most of the time
-# One cosine cycle over each run (T_0 = 2 x epochs: the seed steps the scheduler twice per
-# epoch), and each model contributes its last epoch, the end of the cycle (seed: epochs 4 and 1).
+# One cosine cycle over each run (T_0 = 2 x epochs: the original steps the scheduler twice per
+# epoch), and each model contributes its last epoch, the end of the cycle (the original: epochs 4 and 1).
 DEMO_VIT_EPOCH=$((DEMO_VIT_EPOCHS - 1))
 DEMO_EFF_EPOCH=$((DEMO_EFF_EPOCHS - 1))
 DEMO_GEN_WORKERS=2                   # processes drawing the synthetic images

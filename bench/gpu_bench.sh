@@ -9,7 +9,7 @@
 #   3. prints the GPU's name and, for ViT-B/16 and EfficientNet-B4 at 224 px:
 #      training images/s with the project's loader against the same model and
 #      batch on random tensors already on the GPU (the ceiling), the projected
-#      time of one fold-0 epoch (468,000 images) against the seed's 1.5-2 h,
+#      time of one fold-0 epoch (468,000 images) against the original's 1.5-2 h,
 #      and inference images/s projected to the challenge's 138,925 test images;
 #      the figures go to bench/results/model_cuda.json.
 #

@@ -1,11 +1,11 @@
-"""Images per second delivered as training batches: the seed's per-sample path against the project's default.
+"""Images per second delivered as training batches: the original's per-sample path against the project's default.
 
 Makes (once) a synthetic data set with make_synthetic.py under
 ``bench/data/``, then, for each ``--sizes``:
 
 - builds the image cache from nothing in a fresh folder (timed: the one-off
   cost of a data set and size; later runs only check its manifests);
-- (a) the seed's path, ``make_train_loader(cache_dir=None)``: per image
+- (a) the original's path, ``make_train_loader(cache_dir=None)``: per image
   ``cv2`` decode, albumentations Resize, Normalize, CoarseDropout, Cutout,
   ToTensorV2, and FMix with a second decoded partner image;
 - (b) the default path, ``make_train_loader(cache_dir=...)`` plus
@@ -56,8 +56,8 @@ parser.add_argument("--hours", type=float, default=1.0, help="hours per recordin
 parser.add_argument("--cache-dir", type=Path, default=REPO / "bench" / "data" / "loader" / "cache",
                     help="image cache of path (b)")
 parser.add_argument("--sizes", type=int, nargs="+", default=[224, 64],
-                    help="model input sizes: the seed's 224 and the demo's small one")
-parser.add_argument("--batch-size", type=int, default=32, help="the seed's batch")
+                    help="model input sizes: the original's 224 and the demo's small one")
+parser.add_argument("--batch-size", type=int, default=32, help="the original's batch")
 parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of both paths")
 parser.add_argument("--repeats", type=int, default=3, help="timed epochs of each path per size")
 parser.add_argument("--seed", type=int, default=72)

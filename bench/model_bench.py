@@ -3,13 +3,13 @@
 For each ``--models`` (timm name at ``--img-size``), on ``--device``:
 
 - training: the trainer's step (``engine.train_one_epoch``: autocast, loss,
-  gradient accumulation over 2 batches, optimizer as in the seed: Adam,
+  gradient accumulation over 2 batches, optimizer as in the original: Adam,
   fused on CUDA, for ViT, AdamP for EfficientNet; channels_last on CUDA)
   fed by ``make_train_loader`` with the image cache and augmentation on the
   device, against the same step on one random batch already on the device
   (the ceiling: no loader at all). Their ratio is the share of the ceiling
   the loader keeps; the loader's rate projects one fold-0 epoch of the
-  challenge (468,000 images) against the seed's 1.5-2 h;
+  challenge (468,000 images) against the original's 1.5-2 h;
 - inference: ``engine.predict`` over the test set through
   ``make_eval_loader`` (cache), projected to the challenge's 138,925 test
   images.
@@ -53,7 +53,7 @@ parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
 parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
 parser.add_argument("--models", nargs="+", default=["vit_base_patch16_224", "tf_efficientnet_b4_ns"])
 parser.add_argument("--img-size", type=int, default=224)
-parser.add_argument("--batch-size", type=int, default=32, help="the seed's training batch")
+parser.add_argument("--batch-size", type=int, default=32, help="the original's training batch")
 parser.add_argument("--infer-batch-size", type=int, default=128)
 parser.add_argument("--amp", choices=("fp16", "bf16", "off"), default="fp16", help="on CUDA; off on the CPU")
 parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="DataLoader workers")
@@ -191,7 +191,7 @@ def main() -> None:
             print(f"{arch} @ {args.img_size}: training {result['train_images_per_s_loader']:.1f} images/s with the "
                   f"loader, {result['train_images_per_s_ceiling']:.1f} on random tensors on the device "
                   f"({100 * result['loader_share_of_ceiling']:.0f} % of the ceiling); one fold-0 epoch "
-                  f"(468,000 images) {result['fold0_epoch_hours_projected']:.2f} h (the seed: 1.5-2 h, "
+                  f"(468,000 images) {result['fold0_epoch_hours_projected']:.2f} h (the original: 1.5-2 h, "
                   f"{high:.0f}-{low:.0f} images/s)", flush=True)
         result.update(inference_figures(arch, args, device, amp, test))
         print(f"{arch} @ {args.img_size}: inference {result['infer_images_per_s']:.1f} images/s; the challenge's "

@@ -15,7 +15,7 @@ and ``evaluate.py``, and a Python interpreter that only imports NumPy (the
 floor no command can go under); and, in process, the reading of the
 training CSV (most of what ``hmm`` adds to ``rules``). Figures are printed as seconds and as
 ratios measured in the same run (to the 2-s budget, and to a per-position
-Python loop over the rules, the seed's way, which also cross-checks the
+Python loop over the rules, the original's way, which also cross-checks the
 vectorised rules) and written to ``<work>/postprocess_bench.json``.
 
     python bench/postprocess_bench.py            # about a minute on 2 cores
@@ -133,7 +133,7 @@ def time_command(command, repeats) -> float:
 
 
 def rules_by_position(stages, recording_ids) -> np.ndarray:
-    """The rules one position at a time, the seed's way, but within recordings."""
+    """The rules one position at a time, the original's way, but within recordings."""
     before, after = list(stages), list(stages)
     for i in range(len(before)):
         for pattern, position, new_stage in RULES:

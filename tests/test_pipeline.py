@@ -1,8 +1,8 @@
-"""The seed's whole flow through the real scripts, on tiny data and tiny models.
+"""The original's whole flow through the real scripts, on tiny data and tiny models.
 
 make_synthetic (fixture) -> main_vit_rgb -> main_eff -> infer_blend ->
 blend --tune -> blend --from-tune -> postprocess -> evaluate, each as a
-subprocess, then every artefact checked: the seed's names, shapes, row
+subprocess, then every artefact checked: the original's names, shapes, row
 order, probabilities, the blend CSV and the submission against the library
 functions applied to the dumps, the report and its figures.
 """
