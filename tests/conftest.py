@@ -266,10 +266,85 @@ SLOW_TESTS = {
                            "test_shhs_style_recording_with_nsrr_xml_in_another_folder",
                            "test_recording_already_in_the_data_set_is_refused"},
     "test_synthetic.py": {"test_same_arguments_give_identical_bytes_whatever_the_workers",
-                          "test_out_that_is_a_file_is_refused_by_the_script"},
+                          "test_out_that_is_a_file_is_refused_by_the_script",
+                          "test_the_hash_seed_changes_no_byte_and_the_seed_changes_every_image"},
     "test_evaluate.py": {"test_report_on_tiny_data"},
+    "test_stage_edf.py": {"test_scores_an_unscored_night", "test_same_stages_as_the_layout_route",
+                          "test_bad_input_ends_with_one_line_and_leaves_nothing",
+                          "test_overwrite_replaces_an_earlier_result"},   # render, infer, blend as in use
+    "test_train_engine.py": {"test_offline_imagenet_start_fails_at_once_in_one_line"},   # two trainers started
+    "test_blend.py": {"test_blend_of_tiny_data"},                          # writes random checkpoints, infers
+    "test_postprocess.py": {"test_per_recording_outputs_map_epochs_to_time"},   # draws hypnogram figures
+    "test_hardening_fuzz.py": {"test_swapping_the_models_and_the_weight_changes_no_label",
+                               "test_scaling_the_rows_changes_no_rank_label"},
+    "test_synthetic_realism.py": None,                                    # two 2-h nights of raw signals
     "test_markers.py": {"test_not_slow_deselects_exactly_the_slow_tests"},   # three pytest runs
 }
+
+# Tests of a second or more each on an idle 2-core machine (script runs, image rendering, cache
+# building), measured with `pytest -m 'not slow' --durations=0`: also left out of the fast loop.
+_ONE_SECOND_OR_MORE = {
+    'test_blend.py': {
+        'test_bad_dumps_end_with_one_line_and_exit_2',
+        'test_missing_inputs_say_how_to_make_them',
+        'test_tta_comes_from_infer_blend_configuration',
+        'test_tune_then_from_tune',
+    },
+    'test_cache.py': {
+        'test_batches_depend_on_seed_and_epoch_only',
+        'test_cache_inside_the_data_root_is_refused_before_anything_is_written',
+        'test_eval_batches_equal_the_per_sample_path',
+        'test_mixed_targets_and_shares_match_the_per_sample_path',
+    },
+    'test_evaluate.py': {
+        'test_bad_input_ends_with_one_line_and_exit_2',
+        'test_context_rows_need_consecutive_validation_epochs',
+    },
+    'test_fmix_spectrum.py': {
+        'test_the_original_spectrum_has_no_structure_beyond_one_cycle_along_the_width',
+    },
+    'test_hardening_crashes.py': {
+        'test_a_writer_killed_midway_leaves_the_old_file_whole',
+        'test_every_write_of_the_pipeline_goes_through_atomic_path',
+    },
+    'test_hardening_fuzz.py': {
+        'test_blend_gives_one_valid_stage_per_row',
+        'test_hmm_keeps_length_and_stages_and_treats_each_recording_alone',
+        'test_random_rows_are_read_exactly_or_refused',
+        'test_the_blend_command_writes_what_the_library_computes',
+    },
+    'test_hardening_inputs.py': {
+        'test_a_header_row_is_accepted_and_skipped',
+    },
+    'test_hypnogram.py': {
+        'test_recording_outputs_without_a_start_time',
+    },
+    'test_postprocess.py': {
+        'test_bad_blend_csv_ends_with_one_line_and_exit_2',
+        'test_command_hmm',
+        'test_command_rules_and_across',
+        'test_missing_inputs_say_how_to_make_them',
+        'test_rules_on_tiny_data_stop_at_the_recording_boundary',
+    },
+    'test_render_edf.py': {
+        'test_each_image_shows_its_own_epochs_samples_on_a_grid_starting_at_15_s',
+        'test_hypnogram_longer_than_the_recording_is_refused',
+        'test_scorer_grid_that_starts_after_the_first_sample',
+        'test_unknown_montage_channel_is_refused',
+        'test_unknown_stage_name_is_refused',
+        'test_unreadable_edf_is_refused',
+        'test_unscored_recording_renders_every_whole_epoch_with_its_timing',
+    },
+    'test_synthetic.py': {
+        'test_same_arguments_skip_and_other_data_is_never_overwritten',
+    },
+    'test_train_engine.py': {
+        'test_imagenet_asks_timm_for_the_original_weights',
+    },
+}
+for _file, _names in _ONE_SECOND_OR_MORE.items():
+    if _file not in SLOW_TESTS or SLOW_TESTS[_file] is not None:
+        SLOW_TESTS[_file] = set(SLOW_TESTS.get(_file) or ()) | _names
 
 
 def pytest_configure(config):
