@@ -43,7 +43,6 @@ import timm  # noqa: E402
 import torch  # noqa: E402
 
 import engine  # noqa: E402
-import batch_augment  # noqa: E402
 import image_cache  # noqa: E402
 import loader_vit_rgb  # noqa: E402
 import psg_layout  # noqa: E402
