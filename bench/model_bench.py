@@ -4,7 +4,7 @@ For each ``--models`` (timm name at ``--img-size``), on ``--device``:
 
 - training: the trainer's step (``engine.train_one_epoch``: autocast, loss,
   gradient accumulation over 2 batches, optimizer as in the original: Adam,
-  fused on CUDA, for ViT, AdamP for EfficientNet; channels_last on CUDA)
+  fused on CUDA, for ViT, AdamP for EfficientNet; channels_last)
   fed by ``make_train_loader`` with the image cache and augmentation on the
   device, against the same step on one random batch already on the device
   (the ceiling: no loader at all). Their ratio is the share of the ceiling
@@ -113,7 +113,7 @@ def training_rate(model, optimizer, scaler, batches, steps: int, device, amp: st
 
 
 def new_model(arch: str, args, device: torch.device):
-    model = engine.create_model(arch, args.img_size).to(device, memory_format=engine.memory_format(device))
+    model = engine.create_model(arch, args.img_size).to(device, memory_format=engine.MEMORY_FORMAT)
     if args.compile:
         model.compile()
     return model
@@ -134,7 +134,7 @@ def train_figures(arch: str, args, device, amp: str, table) -> dict:
         scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
         if source == "ceiling":
             images = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=device)
-            images = images.contiguous(memory_format=engine.memory_format(device))
+            images = images.contiguous(memory_format=engine.MEMORY_FORMAT)
             targets = torch.eye(psg_layout.NUM_CLASSES, device=device)[torch.arange(args.batch_size) % 5]
             batches = iter(lambda: (images, targets), None)
         else:

@@ -115,6 +115,49 @@ def test_accumulation_equals_one_step_on_the_group():
     assert loss_sum == pytest.approx(expected_loss, rel=1e-5)
 
 
+def _rates_of_warmup(warmup, optimizer, scheduler, epochs, steps_per_epoch):
+    """The learning rate of every optimizer step, epoch by epoch as the trainer hands them over."""
+    rates = []
+    for _ in range(epochs):
+        warmup.start_epoch(scheduler.get_last_lr())
+        for _ in range(steps_per_epoch):
+            warmup.before_step()
+            rates.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+        scheduler.step()
+    return rates
+
+
+def test_warmup_scales_the_scheduled_rate_over_the_first_steps_and_leaves_the_schedule():
+    weight = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=4, eta_min=0.0)
+    rates = _rates_of_warmup(engine.LinearWarmup(optimizer, total_steps=3), optimizer, scheduler,
+                             epochs=3, steps_per_epoch=2)
+    # Steps 0-2 take 1/3, 2/3, 3/3 of the scheduled rate; the cosine goes on from its own step count.
+    second = 0.1 * (1 + math.cos(math.pi / 4)) / 2
+    third = 0.1 * (1 + math.cos(math.pi / 2)) / 2
+    assert rates == pytest.approx([0.1 / 3, 0.2 / 3, second, second, third, third])
+    # A resumed run (2 steps already taken) starts at the third step's share.
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=4, eta_min=0.0)
+    resumed = _rates_of_warmup(engine.LinearWarmup(optimizer, total_steps=4, steps_done=2), optimizer, scheduler,
+                               epochs=1, steps_per_epoch=3)
+    assert resumed == pytest.approx([0.075, 0.1, 0.1])
+
+
+def test_warmup_counts_optimizer_steps_not_batches():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 5))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.4)
+    warmup = engine.LinearWarmup(optimizer, total_steps=4)
+    batches = [(torch.randn(2, 3, 2, 2), torch.eye(5)[[0, 1]]) for _ in range(5)]
+    engine.train_one_epoch(model, batches, 5, optimizer, torch.amp.GradScaler("cpu", enabled=False),
+                           torch.device("cpu"), "off", accum_iter=2, warmup=warmup)
+    # Groups {0,1}, {2,3}, {4}: three optimizer steps, the last at 3/4 of the rate.
+    assert warmup.steps_done == 3 == engine.optimizer_steps_per_epoch(5, 2)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.3)
+
+
 def test_predict_returns_probabilities_in_loader_order():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 5))

@@ -116,6 +116,9 @@ def test_bad_options_are_one_line_errors(monkeypatch, capsys, tmp_path):
     assert (status, err) == (2, "error: --fold must be in 0..4, got 5\n")
     status, out, err = run_in_process(main_vit_rgb, ["--batch-size", 0, "--pretrained", "none"], monkeypatch, capsys)
     assert (status, err) == (2, "error: --batch-size must be at least 1, got 0\n")
+    status, out, err = run_in_process(main_vit_rgb, ["--warmup-epochs", 11, "--pretrained", "none"], monkeypatch,
+                                      capsys)
+    assert (status, err) == (2, "error: --warmup-epochs must be in 0..--epochs (10), got 11.0\n")
 
 
 def test_no_data_is_one_line_exit_2_and_writes_nothing(tmp_path):
