@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 import fmix
 import psg_layout
+from image_cache import input_shape
 
 # ImageNet statistics, as the original normalised with.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -54,7 +55,8 @@ def cutout_corners(centres: np.ndarray) -> np.ndarray:
     """albumentations 1.0 ``Cutout``'s hole corner (top or left) from its centre: ``max(centre - 4, 0)``.
 
     ``centres`` are uniform over ``0 .. size`` inclusive (Python's
-    ``random.randint(0, size)``); the hole then spans ``corner`` up to
+    ``random.randint(0, size)``), ``size`` the height for rows and the
+    width for columns; the hole then spans ``corner`` up to
     ``min(corner + 8, size)``: full 8 pixels at the top and left borders
     (centres 0 to 4 all give corner 0), clipped to 4 to 7 pixels at the
     bottom and right ones.
@@ -100,7 +102,7 @@ def _empty_images(shape: tuple[int, int, int, int], device: torch.device,
 
 
 def _model_input(pixels: torch.Tensor, keep: torch.Tensor | None, memory_format: torch.memory_format) -> torch.Tensor:
-    """``(pixels - keep * mean) / (std * 255)``: float32 (n, 3, S, S) from (n, C, S, S), C = 1 or 3.
+    """``(pixels - keep * mean) / (std * 255)``: float32 (n, 3, H, W) from (n, C, H, W), C = 1 or 3.
 
     Normalising a pixel ``p`` and then dropping it (0) or mixing it with a
     share ``m``, as the per-sample path does, equals normalising
@@ -118,7 +120,7 @@ def _model_input(pixels: torch.Tensor, keep: torch.Tensor | None, memory_format:
     return out.mul_(scale)
 
 
-def dropout_keep(corners: torch.Tensor, applied: torch.Tensor, img_size: int) -> torch.Tensor:
+def dropout_keep(corners: torch.Tensor, applied: torch.Tensor, img_size) -> torch.Tensor:
     """0 where a hole of an applied dropout covers a pixel, else 1.
 
     Parameters
@@ -127,39 +129,40 @@ def dropout_keep(corners: torch.Tensor, applied: torch.Tensor, img_size: int) ->
         (top, left) of each hole of ``DROPOUT_HOLE_PIXELS`` x
         ``DROPOUT_HOLE_PIXELS``, clipped at the bottom and right borders.
     applied : torch.Tensor of bool, shape (n, dropouts)
-    img_size : int
+    img_size : int or (int, int)
+        One size (square) or (height, width) in pixels (see :func:`image_cache.input_shape`).
 
     Returns
     -------
-    torch.Tensor of float32, shape (n, 1, img_size, img_size)
+    torch.Tensor of float32, shape (n, 1, height, width)
     """
-    keep = torch.ones((corners.shape[0], 1, img_size, img_size), device=corners.device)
+    keep = torch.ones((corners.shape[0], 1, *input_shape(img_size)), device=corners.device)
     _drop_holes(keep, corners, applied)
     return keep
 
 
 def _drop_holes(planes: torch.Tensor, corners: torch.Tensor, applied: torch.Tensor) -> None:
-    """In place: 0 in every plane of (n, planes, S, S) where a hole of an applied dropout lies.
+    """In place: 0 in every plane of (n, planes, H, W) where a hole of an applied dropout lies.
 
     A product with 0 (dropped) or 1 (a dropout not applied), only at the
     holes' pixels. A hole's part beyond the bottom or right border is
     clamped onto its own last row or column, which it covers anyway.
     """
-    count, depth, img_size = planes.shape[0], planes.shape[1], planes.shape[-1]
+    count, depth, height, width = planes.shape
     span = torch.arange(DROPOUT_HOLE_PIXELS, device=corners.device)
-    rows = (corners[..., 0, None, None] + span[:, None]).clamp(max=img_size - 1)
-    cols = (corners[..., 1, None, None] + span[None, :]).clamp(max=img_size - 1)
-    pixels = (rows * img_size + cols).reshape(count, 1, -1)
+    rows = (corners[..., 0, None, None] + span[:, None]).clamp(max=height - 1)
+    cols = (corners[..., 1, None, None] + span[None, :]).clamp(max=width - 1)
+    pixels = (rows * width + cols).reshape(count, 1, -1)
     kept = (~applied)[..., None, None, None].expand(*applied.shape, DROPOUT_HOLES, DROPOUT_HOLE_PIXELS,
                                                     DROPOUT_HOLE_PIXELS).reshape(count, 1, -1).to(planes.dtype)
-    planes.view(count, depth, img_size * img_size).scatter_reduce_(
+    planes.view(count, depth, height * width).scatter_reduce_(
         2, pixels.expand(-1, depth, -1), kept.expand(-1, depth, -1), reduce="prod")
 
 
 def _mix(planes, targets, rows, partners, weight, share) -> None:
     """In place: samples ``rows`` become ``weight`` of themselves plus ``1 - weight`` of ``partners``.
 
-    ``partners`` is a slice of ``planes``; ``weight`` holds one (1, S, S) plane per row.
+    ``partners`` is a slice of ``planes``; ``weight`` holds one (1, H, W) plane per row.
     """
     for row, partner, row_weight in zip(rows.tolist(), range(partners.start, partners.stop), weight):
         torch.lerp(planes[partner], planes[row], row_weight, out=planes[row])
@@ -179,7 +182,7 @@ def finish_batch(batch, device: torch.device, memory_format: torch.memory_format
 
     Returns
     -------
-    images, or (images, targets) : float32 (batch, 3, S, S) in ``memory_format``, (batch, 5)
+    images, or (images, targets) : float32 (batch, 3, H, W) in ``memory_format``, (batch, 5)
     """
     if not isinstance(batch, dict):
         if isinstance(batch, (list, tuple)):  # (images, targets), or (images,) from a TensorDataset
@@ -195,9 +198,9 @@ def finish_batch(batch, device: torch.device, memory_format: torch.memory_format
         if "labels" not in batch:
             return images
         return images, F.one_hot(batch["labels"], psg_layout.NUM_CLASSES).float()
-    members, channels, size, _ = pixels.shape
+    members, channels, height, width = pixels.shape
     # The C pixel planes and the keep plane of every member (see _model_input), dropped and mixed together.
-    planes = torch.empty((members, channels + 1, size, size), device=device)
+    planes = torch.empty((members, channels + 1, height, width), device=device)
     planes[:, :channels] = pixels
     planes[:, channels] = 1.0
     _drop_holes(planes, batch["corners"], batch["dropout"])
@@ -206,16 +209,16 @@ def finish_batch(batch, device: torch.device, memory_format: torch.memory_format
     count = members - len(fmix_rows) - len(cutmix_rows)
     if len(fmix_rows):
         generator = torch.Generator(device=device).manual_seed(batch["noise_seed"])
-        masks = fmix.sample_masks_torch(batch["fmix_lams"], FMIX_DECAY_POWER, (size, size), FMIX_MAX_SOFT,
+        masks = fmix.sample_masks_torch(batch["fmix_lams"], FMIX_DECAY_POWER, (height, width), FMIX_MAX_SOFT,
                                         generator=generator, device=device, spectrum=batch["fmix_spectrum"])[:, None]
-        share = torch.tensor([fmix.mask_share(lam, size * size) for lam in batch["fmix_lams"].tolist()],
+        share = torch.tensor([fmix.mask_share(lam, height * width) for lam in batch["fmix_lams"].tolist()],
                              dtype=torch.float64, device=device)[:, None]
         _mix(planes, targets, fmix_rows, slice(count, count + len(fmix_rows)), masks, share)
     if len(cutmix_rows):
-        span = torch.arange(size, device=device)
+        rows, cols = torch.arange(height, device=device), torch.arange(width, device=device)
         top, bottom, left, right = (batch["cutmix_boxes"][:, i, None] for i in range(4))
-        outside = ~(((span >= top) & (span < bottom))[:, :, None] & ((span >= left) & (span < right))[:, None, :])
-        share = outside.sum(dim=(1, 2), dtype=torch.float64)[:, None] / (size * size)
+        outside = ~(((rows >= top) & (rows < bottom))[:, :, None] & ((cols >= left) & (cols < right))[:, None, :])
+        share = outside.sum(dim=(1, 2), dtype=torch.float64)[:, None] / (height * width)
         first = count + len(fmix_rows)
         _mix(planes, targets, cutmix_rows, slice(first, first + len(cutmix_rows)), outside[:, None].float(), share)
     own = planes[:count]

@@ -15,7 +15,7 @@ Files written into ``--weights-dir`` for architecture ``A`` and fold ``k``
   and the epoch, for ``--resume`` (plain tensors and dicts, loaded with
   ``torch.load(weights_only=True)``);
 - ``A_fold_k_config.json``: the resolved configuration (inference reads
-  ``model_arch``, ``img_size``, ``num_classes`` from it);
+  ``model_arch``, ``img_size`` as ``[height, width]``, ``num_classes`` from it);
 - ``A_fold_k_log.csv``: one row of validation metrics per epoch.
 """
 from __future__ import annotations
@@ -146,7 +146,9 @@ def build_parser(defaults: dict, description: str) -> argparse.ArgumentParser:
                         help="subject: folds by recording (no leak); stratified: the original's split over epochs")
     parser.add_argument("--epochs", type=int, default=d["epochs"], help="number of epochs")
     parser.add_argument("--model-arch", default=d["model_arch"], help="timm architecture name")
-    parser.add_argument("--img-size", type=int, default=d["img_size"], help="model input height and width, pixels")
+    parser.add_argument("--img-size", type=int, nargs="+", metavar="PIXELS", default=d["img_size"],
+                        help="model input size: one number for a square input (224: the original's), or two, "
+                             "HEIGHT WIDTH (e.g. 128 32: the 21 signal bands twice as tall as at 64 x 64)")
     parser.add_argument("--batch-size", type=int, default=d["batch_size"], help="training batch per process")
     parser.add_argument("--valid-batch-size", type=int, default=d["valid_batch_size"], help="validation batch")
     parser.add_argument("--accum-iter", type=int, default=d["accum_iter"],
@@ -188,7 +190,8 @@ def build_parser(defaults: dict, description: str) -> argparse.ArgumentParser:
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    positive = ("folds", "epochs", "img_size", "batch_size", "valid_batch_size", "accum_iter", "t0")
+    args.img_size = image_cache.input_shape(args.img_size)  # (height, width) from here on
+    positive = ("folds", "epochs", "batch_size", "valid_batch_size", "accum_iter", "t0")
     for name in positive:
         if getattr(args, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
@@ -270,7 +273,7 @@ def progress_enabled(quiet: bool) -> bool:
 # --------------------------------------------------------------------------
 # Models and their weights
 # --------------------------------------------------------------------------
-def create_model(arch: str, img_size: int, num_classes: int = psg_layout.NUM_CLASSES,
+def create_model(arch: str, img_size, num_classes: int = psg_layout.NUM_CLASSES,
                  pretrained: str | Path | None = None) -> torch.nn.Module:
     """A timm classifier with ``num_classes`` outputs.
 
@@ -278,9 +281,11 @@ def create_model(arch: str, img_size: int, num_classes: int = psg_layout.NUM_CLA
     ----------
     arch : str
         timm architecture name (``vit_base_patch16_224``, ``tf_efficientnet_b4_ns``...).
-    img_size : int
-        Input size in pixels, passed to architectures that take it (vision
-        transformers); convolutional networks take any size.
+    img_size : int or (int, int)
+        Input size in pixels, one (square) or (height, width) (see
+        :func:`image_cache.input_shape`), passed as (height, width) to
+        architectures that take it (vision transformers, whose patch size
+        must divide both); convolutional networks take any size.
     num_classes : int
         Classifier outputs (the five stages).
     pretrained : str or path-like, optional
@@ -297,12 +302,14 @@ def create_model(arch: str, img_size: int, num_classes: int = psg_layout.NUM_CLA
     Raises
     ------
     InputError
-        Unknown architecture; ImageNet weights that timm does not have or
+        Unknown architecture; a size that the architecture's patches do not
+        divide; ImageNet weights that timm does not have or
         cannot fetch (one line naming the architecture and the
         alternatives); a pretrained file that does not fit.
     """
     if not timm.is_model(arch):
         raise InputError(f"unknown model architecture {arch!r} (not in timm {timm.__version__})")
+    shape = image_cache.input_shape(img_size)
     options = dict(num_classes=num_classes)
     name = arch
     if pretrained == PRETRAINED_IMAGENET:
@@ -313,9 +320,10 @@ def create_model(arch: str, img_size: int, num_classes: int = psg_layout.NUM_CLA
         options.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(pretrained)))
     try:
         try:
-            model = timm.create_model(name, img_size=img_size, **options)
+            model = timm.create_model(name, img_size=shape, **options)
         except TypeError:  # the architecture takes no img_size (convolutional: any size); a TypeError of
             model = timm.create_model(name, **options)  # another cause comes back from this second call
+        _check_patch_size(model, arch, shape)
         if pretrained == PRETRAINED_IMAGENET:
             _check_imagenet_source(model, arch)
         elif pretrained not in (None, PRETRAINED_NONE):
@@ -337,6 +345,14 @@ def create_model(arch: str, img_size: int, num_classes: int = psg_layout.NUM_CLA
         # A pretrained file that is unreadable (pickle, zip or safetensors errors) or does not fit.
         message = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise InputError(f"cannot use pretrained weights for {arch}: {message} {where(pretrained)}") from None
+
+
+def _check_patch_size(model: torch.nn.Module, arch: str, shape: tuple[int, int]) -> None:
+    """Refuse an input size that a vision transformer's patches do not divide (timm would fail at the first batch)."""
+    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    if patch is not None and (shape[0] % patch[0] or shape[1] % patch[1]):
+        raise InputError(f"--img-size {shape[0]} {shape[1]} does not suit {arch}: its height and width must be "
+                         f"multiples of the patch size {patch[0]} x {patch[1]}")
 
 
 def _check_imagenet_source(model: torch.nn.Module, arch: str) -> None:
@@ -450,14 +466,18 @@ def read_run_config(weights_dir: Path | str, arch: str, fold: int) -> dict:
     Returns
     -------
     dict
-        At least ``model_arch`` (str), ``img_size`` (int, pixels) and
-        ``num_classes`` (int), plus every resolved training option.
+        At least ``model_arch`` (str), ``img_size`` (``[height, width]``
+        in pixels, or one int for a square input in configurations written
+        before inputs could be non-square: read it with
+        :func:`image_cache.input_shape`) and ``num_classes`` (int), plus
+        every resolved training option.
 
     Raises
     ------
     InputError
         Missing file (the message says to train first or fix
-        ``--weights-dir``), invalid JSON, or missing keys.
+        ``--weights-dir``), invalid JSON, missing keys, or an ``img_size``
+        that is not one or two sizes.
     """
     path = run_config_path(weights_dir, arch, fold)
     if not path.is_file():
@@ -472,6 +492,11 @@ def read_run_config(weights_dir: Path | str, arch: str, fold: int) -> dict:
     missing = [key for key in ("model_arch", "img_size", "num_classes") if key not in config]
     if missing:
         raise InputError(f"configuration lacks {', '.join(missing)} {where(path)}")
+    try:
+        image_cache.input_shape(config["img_size"])
+    except InputError:
+        raise InputError(f"configuration's img_size is not one or two sizes in pixels: {config['img_size']!r} "
+                         f"{where(path)}") from None
     return config
 
 
@@ -802,6 +827,7 @@ def _write_run_config(weights_dir: Path, path: Path, config: dict) -> None:
 def _check_resume_config(config: dict, weights_dir: Path) -> None:
     path = run_config_path(weights_dir, config["model_arch"], config["fold"])
     saved = read_run_config(weights_dir, config["model_arch"], config["fold"])
+    saved["img_size"] = image_cache.input_shape(saved["img_size"])  # [height, width], or one int (square)
     changed = [f"{key} {saved.get(key)!r} -> {config[key]!r}" for key in RESUME_KEYS if saved.get(key) != config[key]]
     if changed:
         raise InputError(f"--resume with settings that differ from the saved run: {', '.join(changed)} {where(path)}")

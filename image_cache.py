@@ -2,6 +2,8 @@
 
 - :func:`read_image_rgb` decodes an epoch image (PNG checked whole first)
   as 8-bit RGB; both the per-sample path and the cache use it;
+- :func:`input_shape`: the model input's ``(height, width)`` from
+  ``--img-size`` (one size, square, or two) or a run's configuration;
 - the cache: every image of a data set decoded and resized once, as uint8
   arrays (one ``.npy`` file per recording, one channel for grey images),
   rebuilt when its files or the libraries change; :class:`ImageCache`
@@ -83,11 +85,53 @@ def read_image_rgb(path: Path | str) -> np.ndarray:
 
 
 
-def cache_folder(cache_dir: Path | str, data_root: Path | str, img_size: int) -> Path:
-    """``<cache_dir>/<root name>-<hash of the root's real path>/<img_size>px``: one folder per data root and size."""
+def input_shape(img_size) -> tuple[int, int]:
+    """The model input's ``(height, width)`` in pixels: the one form every module works with.
+
+    Parameters
+    ----------
+    img_size : int or sequence of int
+        ``--img-size`` as given: one size (square) or two, height then
+        width; or a run configuration's ``img_size`` (an int in those
+        written before inputs could be non-square, ``[height, width]`` since).
+
+    Returns
+    -------
+    (int, int)
+        Height and width, each at least 1.
+
+    Raises
+    ------
+    InputError
+        Not one or two whole numbers, or one below 1.
+    """
+    sizes = list(img_size) if isinstance(img_size, (list, tuple)) else [img_size]
+    whole = all(isinstance(size, (int, np.integer)) and not isinstance(size, bool) for size in sizes)
+    if not 1 <= len(sizes) <= 2 or not whole or min(sizes) < 1:
+        raise InputError(f"--img-size takes one size in pixels (square) or two (HEIGHT WIDTH), each at least 1, "
+                         f"got {' '.join(map(str, sizes))}")
+    return int(sizes[0]), int(sizes[-1])
+
+
+def shape_label(img_size) -> str:
+    """``"<S>px"`` for a square input, ``"<H>x<W>px"`` otherwise (cache folders, progress, reports).
+
+    ``img_size`` as for :func:`input_shape`.
+    """
+    height, width = input_shape(img_size)
+    return f"{height}px" if height == width else f"{height}x{width}px"
+
+
+def cache_folder(cache_dir: Path | str, data_root: Path | str, img_size) -> Path:
+    """``<cache_dir>/<root name>-<hash of the root's real path>/<S>px`` (square) or ``.../<H>x<W>px``.
+
+    One folder per data root and input size (``img_size`` as for
+    :func:`input_shape`); square inputs keep the folder name they had
+    before inputs could be non-square.
+    """
     real_root = os.path.realpath(data_root)
     digest = hashlib.sha256(real_root.encode()).hexdigest()[:12]
-    return Path(cache_dir) / f"{Path(real_root).name}-{digest}" / f"{img_size}px"
+    return Path(cache_dir) / f"{Path(real_root).name}-{digest}" / shape_label(img_size)
 
 
 def check_cache_dir(cache_dir: Path | str, data_root: Path | str) -> None:
@@ -98,19 +142,25 @@ def check_cache_dir(cache_dir: Path | str, data_root: Path | str) -> None:
                          f"choose another --cache-dir {where(cache_dir)}")
 
 
-def _cache_settings(img_size: int) -> dict:
-    """Everything besides the image files that the cached pixels depend on."""
-    return {"format": CACHE_FORMAT, "img_size": img_size, "resize": "albumentations Resize, cv2.INTER_LINEAR",
+def _cache_settings(shape: tuple[int, int]) -> dict:
+    """Everything besides the image files that the cached pixels depend on.
+
+    ``img_size`` is the int of before for a square input (so existing caches
+    stay valid), ``[height, width]`` otherwise.
+    """
+    height, width = shape
+    return {"format": CACHE_FORMAT, "img_size": height if height == width else [height, width],
+            "resize": "albumentations Resize, cv2.INTER_LINEAR",
             "decode": "cv2.imdecode IMREAD_COLOR", "albumentations": A.__version__, "opencv": cv2.__version__}
 
 
-def _fingerprint(paths: list[Path], img_size: int) -> str:
+def _fingerprint(paths: list[Path], shape: tuple[int, int]) -> str:
     """SHA-256 of the resize settings and every file's name, size and modification time (ns)."""
     listing = []
     for path in paths:
         status = os.stat(path)
         listing.append([path.name, status.st_size, status.st_mtime_ns])
-    text = json.dumps([_cache_settings(img_size), listing], separators=(",", ":"))
+    text = json.dumps([_cache_settings(shape), listing], separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -126,27 +176,27 @@ def _read_manifest(manifest_path: Path, array_path: Path, fingerprint: str) -> d
     return manifest
 
 
-def _build_recording(paths: list[Path], img_size: int, array_path: Path, manifest_path: Path,
+def _build_recording(paths: list[Path], shape: tuple[int, int], array_path: Path, manifest_path: Path,
                      fingerprint: str) -> dict:
     """Decode and resize one recording's images into ``array_path``; then write its manifest.
 
-    The array is a ``.npy`` file of uint8, shape (images, channels, S, S),
+    The array is a ``.npy`` file of uint8, shape (images, channels, height, width),
     with 1 channel while every image is grey (R = G = B after the resize) and
     3 from the first that is not. Both files are written under temporary
     names and renamed into place, the manifest last, so a half-built
     recording has no manifest and is rebuilt.
     """
     manifest_path.unlink(missing_ok=True)
-    resize = A.Resize(img_size, img_size)  # the per-sample path's resize, so the pixels are the same
+    resize = A.Resize(*shape)  # the per-sample path's resize (height, width), so the pixels are the same
     count = len(paths)
     with psg_layout.atomic_path(array_path) as tmp:
-        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(count, 1, img_size, img_size))
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(count, 1, *shape))
         for index, path in enumerate(paths):
             image = resize(image=read_image_rgb(path))["image"].transpose(2, 0, 1)
             if array.shape[1] == 1 and not (np.array_equal(image[0], image[1]) and np.array_equal(image[0], image[2])):
                 done = np.array(array[:index])
                 del array
-                array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(count, 3, img_size, img_size))
+                array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(count, 3, *shape))
                 array[:index] = done
             array[index] = image[:array.shape[1]]
         channels = array.shape[1]
@@ -154,8 +204,8 @@ def _build_recording(paths: list[Path], img_size: int, array_path: Path, manifes
         del array
     size = array_path.stat().st_size
     manifest = {"fingerprint": fingerprint, "images": count, "channels": channels,
-                "header": size - count * channels * img_size * img_size, "bytes": size,
-                "files": [path.name for path in paths], **_cache_settings(img_size)}
+                "header": size - count * channels * shape[0] * shape[1], "bytes": size,
+                "files": [path.name for path in paths], **_cache_settings(shape)}
     with psg_layout.atomic_path(manifest_path) as tmp:
         tmp.write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
     return manifest
@@ -172,7 +222,7 @@ class ImageCache:
 
     Attributes
     ----------
-    img_size : int
+    shape : (int, int)
         Height and width in pixels.
     channels : int
         1 when every opened recording is grey, else 3 (grey ones are
@@ -180,31 +230,31 @@ class ImageCache:
     """
 
     def __init__(self, files: list[str], headers: list[int], file_channels: list[int], row_file: np.ndarray,
-                 row_position: np.ndarray, img_size: int):
+                 row_position: np.ndarray, shape: tuple[int, int]):
         self.files = files
         self.headers = headers
         self.file_channels = file_channels
         self.channels = max(file_channels, default=1)
         self.row_file = row_file
         self.row_position = row_position
-        self.img_size = img_size
+        self.shape = shape
 
     def read(self, rows) -> np.ndarray:
         """Images of table ``rows``.
 
         Returns
         -------
-        np.ndarray of uint8, shape (len(rows), channels, img_size, img_size)
+        np.ndarray of uint8, shape (len(rows), channels, height, width)
         """
         rows = np.asarray(rows, dtype=np.int64)
-        size = self.img_size
-        out = np.empty((len(rows), self.channels, size, size), dtype=np.uint8)
+        height, width = self.shape
+        out = np.empty((len(rows), self.channels, height, width), dtype=np.uint8)
         files, positions = self.row_file[rows], self.row_position[rows]
         for file in np.unique(files):
             members = np.flatnonzero(files == file)
             channels = self.file_channels[file]
-            image_bytes = channels * size * size
-            target = out if channels == self.channels else np.empty((len(rows), channels, size, size), np.uint8)
+            image_bytes = channels * height * width
+            target = out if channels == self.channels else np.empty((len(rows), channels, height, width), np.uint8)
             descriptor = os.open(self.files[file], os.O_RDONLY)
             try:
                 for member in members:
@@ -219,7 +269,7 @@ class ImageCache:
         return out
 
 
-def open_cache(data_root: Path | str, table: EpochTable, img_size: int, cache_dir: Path | str,
+def open_cache(data_root: Path | str, table: EpochTable, img_size, cache_dir: Path | str,
                rows: np.ndarray | None = None, workers: int = 0, progress: bool = False) -> ImageCache:
     """Open the image cache of the recordings holding ``rows``, building what is missing or stale.
 
@@ -235,8 +285,9 @@ def open_cache(data_root: Path | str, table: EpochTable, img_size: int, cache_di
         Data root of the table (never written to).
     table : EpochTable
         The table whose rows are read.
-    img_size : int
-        Model input size in pixels.
+    img_size : int or (int, int)
+        Model input size in pixels: one (square) or (height, width), see
+        :func:`input_shape`.
     cache_dir : path-like
         Folder of caches, outside the data root (see :func:`cache_folder`).
     rows : np.ndarray of int, optional
@@ -254,7 +305,8 @@ def open_cache(data_root: Path | str, table: EpochTable, img_size: int, cache_di
     """
     data_root = Path(data_root)
     check_cache_dir(cache_dir, data_root)
-    folder = cache_folder(cache_dir, data_root, img_size)
+    shape = input_shape(img_size)
+    folder = cache_folder(cache_dir, data_root, shape)
     wanted = set(table.recording_ids) if rows is None else {table.recording_ids[r] for r in rows}
     listed: dict[str, set[str]] = {}
     for recording_id, idnum in zip(table.recording_ids, table.idnums):
@@ -265,12 +317,12 @@ def open_cache(data_root: Path | str, table: EpochTable, img_size: int, cache_di
     for recording_id, recording_names in names.items():
         paths = [psg_layout.image_path(data_root, recording_id, name) for name in recording_names]
         array_path, manifest_path = folder / f"{recording_id}.npy", folder / f"{recording_id}.json"
-        fingerprint = _fingerprint(paths, img_size)
+        fingerprint = _fingerprint(paths, shape)
         manifests[recording_id] = _read_manifest(manifest_path, array_path, fingerprint)
         if manifests[recording_id] is None:
-            stale.append((recording_id, (paths, img_size, array_path, manifest_path, fingerprint)))
+            stale.append((recording_id, (paths, shape, array_path, manifest_path, fingerprint)))
     if stale:
-        _build_recordings(folder, stale, manifests, img_size, workers, progress)
+        _build_recordings(folder, stale, manifests, shape, workers, progress)
     order = list(names)
     file_of = {recording_id: number for number, recording_id in enumerate(order)}
     position_of = {(recording_id, name): position for recording_id in order
@@ -281,10 +333,10 @@ def open_cache(data_root: Path | str, table: EpochTable, img_size: int, cache_di
         if recording_id in file_of:
             row_file[row], row_position[row] = file_of[recording_id], position_of[recording_id, idnum]
     return ImageCache([str(folder / f"{r}.npy") for r in order], [manifests[r]["header"] for r in order],
-                      [manifests[r]["channels"] for r in order], row_file, row_position, img_size)
+                      [manifests[r]["channels"] for r in order], row_file, row_position, shape)
 
 
-def _build_recordings(folder: Path, stale: list, manifests: dict, img_size: int, workers: int,
+def _build_recordings(folder: Path, stale: list, manifests: dict, shape: tuple[int, int], workers: int,
                       progress: bool) -> None:
     """Build the ``stale`` recordings' caches (in ``workers`` processes), filling ``manifests``."""
     try:
@@ -292,7 +344,7 @@ def _build_recordings(folder: Path, stale: list, manifests: dict, img_size: int,
     except OSError as err:
         raise InputError(f"cannot create the image cache folder: {err.strerror} {where(folder)}") from None
     total = sum(len(job[0]) for _, job in stale)
-    with tqdm(total=total, desc=f"caching {img_size}px images", unit="image", disable=not progress,
+    with tqdm(total=total, desc=f"caching {shape_label(shape)} images", unit="image", disable=not progress,
               dynamic_ncols=True) as bar:
         if workers == 0:
             for recording_id, job in stale:

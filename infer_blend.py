@@ -44,6 +44,7 @@ from sklearn.metrics import f1_score
 from torch.utils.data import DataLoader
 
 import engine
+import image_cache
 import loader_vit_rgb
 import psg_layout
 from output_names import checkpoint_path, dump_path, infer_config_path, run_config_path, valid_csv_path
@@ -148,14 +149,15 @@ def validation_rows(args, configs: dict) -> tuple[psg_layout.EpochTable | None, 
     return train, rows, ""
 
 
-def tta_loader(data_root, table, rows, img_size: int, batch_size: int, workers: int, tta_round: int,
+def tta_loader(data_root, table, rows, img_size: tuple[int, int], batch_size: int, workers: int, tta_round: int,
                pin_memory: bool, cache_dir: str | None) -> DataLoader:
     """Images of ``rows`` in order: round 0 as validation reads them, later rounds with the two dropouts.
 
     Returns
     -------
     DataLoader
-        Yields float32 images (batch, 3, img_size, img_size) (with targets
+        Yields float32 images (batch, 3, height, width), ``img_size`` being
+        (height, width) (with targets
         in round 0 when the table has labels; predict ignores them).
     """
     if tta_round == 0:
@@ -178,7 +180,8 @@ def model_probabilities(arch: str, epochs, config: dict, args, inputs: dict, dev
     epochs : sequence of int
         Checkpoint epochs to average.
     config : dict
-        Its training configuration (``img_size``).
+        Its training configuration (``img_size``: [height, width], or one
+        int for a square input in configurations of before).
     args : argparse.Namespace
         This script's options.
     inputs : dict
@@ -190,7 +193,7 @@ def model_probabilities(arch: str, epochs, config: dict, args, inputs: dict, dev
     dict
         Split name -> np.ndarray of float32, shape (len(rows), 5).
     """
-    img_size = int(config["img_size"])
+    img_size = image_cache.input_shape(config["img_size"])
     amp = engine.resolve_amp(args.amp, device)
     progress = engine.progress_enabled(args.quiet)
     sums = {split: np.zeros((len(rows), NUM_CLASSES)) for split, (_, rows) in inputs.items()}

@@ -51,7 +51,7 @@ import psg_layout
 from batch_augment import (CUTMIX_ALPHA, CUTMIX_LAMBDA_RANGE, CUTMIX_PROBABILITY, DROPOUT_HOLE_PIXELS, DROPOUT_HOLES,
                            DROPOUT_PROBABILITY, FMIX_ALPHA, FMIX_DECAY_POWER, FMIX_LAMBDA_RANGE, FMIX_MAX_SOFT,
                            FMIX_PROBABILITY, IMAGENET_MEAN, IMAGENET_STD, cutmix_box, cutout_corners, finish_batch)
-from image_cache import DEFAULT_CACHE_DIR, ImageCache, open_cache, read_image_rgb
+from image_cache import DEFAULT_CACHE_DIR, ImageCache, input_shape, open_cache, read_image_rgb
 from psg_layout import EpochTable, InputError, where
 
 
@@ -282,21 +282,21 @@ class Cutout(BaseDropout):
         return {"holes": holes, "seed": 0}  # the seed of a random fill; the fill is 0
 
 
-def get_train_transforms(img_size: int) -> A.Compose:
+def get_train_transforms(img_size) -> A.Compose:
     """The original's training pipeline: Resize, Normalize, CoarseDropout, Cutout, to tensor.
 
     Parameters
     ----------
-    img_size : int
-        Output height and width in pixels.
+    img_size : int or (int, int)
+        Output size in pixels: one (square) or (height, width), see :func:`image_cache.input_shape`.
 
     Returns
     -------
     albumentations.Compose
-        Maps ``image`` (uint8 HWC RGB) to a float32 tensor (3, img_size, img_size).
+        Maps ``image`` (uint8 HWC RGB) to a float32 tensor (3, height, width).
     """
     return A.Compose([
-        A.Resize(img_size, img_size),
+        A.Resize(*input_shape(img_size)),
         A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD, max_pixel_value=255.0),
         A.CoarseDropout(num_holes_range=(DROPOUT_HOLES, DROPOUT_HOLES),
                         hole_height_range=(DROPOUT_HOLE_PIXELS, DROPOUT_HOLE_PIXELS),
@@ -307,10 +307,11 @@ def get_train_transforms(img_size: int) -> A.Compose:
     ])
 
 
-def get_valid_transforms(img_size: int) -> A.Compose:
-    """Validation and inference pipeline: Resize, Normalize, to tensor (no randomness)."""
+def get_valid_transforms(img_size) -> A.Compose:
+    """Validation and inference pipeline: Resize (``img_size`` as for :func:`get_train_transforms`), Normalize,
+    to tensor (no randomness)."""
     return A.Compose([
-        A.Resize(img_size, img_size),
+        A.Resize(*input_shape(img_size)),
         A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD, max_pixel_value=255.0),
         ToTensorV2(),
     ])
@@ -467,7 +468,7 @@ class _CachedBatches(Dataset):
 class CachedEvalBatches(_CachedBatches):
     """Validation / inference batches: items are lists of sample indices (in order).
 
-    Items: ``{"pixels": uint8 (batch, C, S, S)[, "labels": int64 (batch,)]}``,
+    Items: ``{"pixels": uint8 (batch, C, H, W)[, "labels": int64 (batch,)]}``,
     or finished: float32 images [, one-hot targets].
     """
 
@@ -487,14 +488,15 @@ class CachedTrainBatches(_CachedBatches):
     step)``, drawn with the per-sample path's distributions: per image (the
     batch's own and every partner) each of the two dropouts with p = 0.5,
     the CoarseDropout's 8 hole corners uniform over the positions where an
-    8 x 8 hole fits, the Cutout's from centres uniform over the image
+    8 x 8 hole fits (rows over the height, columns over the width, as
+    albumentations 1.0), the Cutout's from centres uniform over the image
     (:func:`batch_augment.cutout_corners`); per sample FMix with p = 0.5, lambda ~ Beta(1, 1)
     clipped to [0.6, 0.7] and a partner uniform over all training samples;
     the same for CutMix when enabled, with its box. The FMix masks
     themselves are drawn where the batch is finished, from ``noise_seed``,
     with the spectrum ``fmix_spectrum``.
 
-    Items: ``pixels`` uint8 (n, C, S, S) holding the batch's images, then
+    Items: ``pixels`` uint8 (n, C, H, W) holding the batch's images, then
     the FMix partners, then the CutMix partners; ``labels`` (n,); ``dropout``
     bool (n, 2); ``corners`` int64 (n, 2, holes, 2) as (top, left);
     ``fmix_rows`` (m,) and ``fmix_lams`` float64 (m,); ``cutmix_rows`` (k,)
@@ -503,11 +505,11 @@ class CachedTrainBatches(_CachedBatches):
     and targets.
     """
 
-    def __init__(self, opener, rows: np.ndarray, labels: np.ndarray, img_size: int, seed: int, rank: int,
+    def __init__(self, opener, rows: np.ndarray, labels: np.ndarray, img_size, seed: int, rank: int,
                  fmix_enabled: bool, cutmix_enabled: bool, finish: bool,
                  dropout_probability: float = DROPOUT_PROBABILITY, fmix_spectrum: str = fmix.DEFAULT_SPECTRUM):
         super().__init__(opener, rows, labels, finish)
-        self.img_size = img_size
+        self.shape = input_shape(img_size)
         self.seed, self.rank = seed, rank
         self.fmix_enabled, self.cutmix_enabled = fmix_enabled, cutmix_enabled
         self.dropout_probability = dropout_probability
@@ -517,18 +519,19 @@ class CachedTrainBatches(_CachedBatches):
     def __getitem__(self, key):
         epoch, step, indices = key
         rng = np.random.default_rng([self.seed, epoch, self.rank, step])
-        own, size, count = np.asarray(indices, dtype=np.int64), self.img_size, len(indices)
+        own, count = np.asarray(indices, dtype=np.int64), len(indices)
         fmix_on = self.fmix_enabled & (rng.random(count) < FMIX_PROBABILITY)
         fmix_lams = np.clip(rng.beta(FMIX_ALPHA, FMIX_ALPHA, count), *FMIX_LAMBDA_RANGE)[fmix_on]
         fmix_partners = rng.integers(len(self), size=count)[fmix_on]
         cutmix_on = self.cutmix_enabled & (rng.random(count) < CUTMIX_PROBABILITY)
         cutmix_lams = np.clip(rng.beta(CUTMIX_ALPHA, CUTMIX_ALPHA, count), *CUTMIX_LAMBDA_RANGE)[cutmix_on]
         cutmix_partners = rng.integers(len(self), size=count)[cutmix_on]
-        boxes = np.array([cutmix_box((size, size), lam, rng) for lam in cutmix_lams], dtype=np.int64)
+        boxes = np.array([cutmix_box(self.shape, lam, rng) for lam in cutmix_lams], dtype=np.int64)
         members = np.concatenate([own, fmix_partners, cutmix_partners])
-        holes = (len(members), DROPOUT_HOLES, 2)
-        corners = np.stack([rng.integers(0, size - DROPOUT_HOLE_PIXELS + 1, size=holes),  # CoarseDropout
-                            cutout_corners(rng.integers(0, size + 1, size=holes))], axis=1)  # Cutout
+        holes = (len(members), DROPOUT_HOLES, 2)  # (top, left): rows drawn over the height, columns over the width
+        shape = np.array(self.shape)
+        corners = np.stack([rng.integers(0, shape - DROPOUT_HOLE_PIXELS + 1, size=holes),  # CoarseDropout
+                            cutout_corners(rng.integers(0, shape + 1, size=holes))], axis=1)  # Cutout
         batch = {
             "pixels": torch.from_numpy(self.cache.read(self.rows[members])),
             "labels": torch.from_numpy(self.labels[members]),
@@ -558,7 +561,7 @@ def _finish_in_workers(device) -> bool:
     return torch.device(device).type == "cpu"
 
 
-def make_train_loader(data_root, table: EpochTable, rows: np.ndarray, img_size: int, batch_size: int,
+def make_train_loader(data_root, table: EpochTable, rows: np.ndarray, img_size, batch_size: int,
                       workers: int, seed: int, fmix_enabled: bool = True, cutmix_enabled: bool = False,
                       rank: int = 0, world_size: int = 1, pin_memory: bool = False,
                       cache_dir: Path | str | None = DEFAULT_CACHE_DIR, device: torch.device | str = "cpu",
@@ -583,11 +586,13 @@ def make_train_loader(data_root, table: EpochTable, rows: np.ndarray, img_size: 
         Progress bar while the cache is built.
     fmix_spectrum : {"original", "isotropic"}
         The FMix masks' spectrum (:mod:`fmix`).
+    img_size : int or (int, int)
+        Model input size in pixels: one (square) or (height, width), see :func:`image_cache.input_shape`.
     (The other parameters as for :class:`EpochImageDataset` and DataLoader.)
 
     Yields
     ------
-    (images, targets) : float32 tensors (batch, 3, img_size, img_size), (batch, 5), or a
+    (images, targets) : float32 tensors (batch, 3, height, width), (batch, 5), or a
     cached batch's dict, which :func:`batch_augment.finish_batch` makes into them.
     """
     sampler_of = functools.partial(DistributedSampler, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
@@ -607,7 +612,7 @@ def make_train_loader(data_root, table: EpochTable, rows: np.ndarray, img_size: 
                         num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0)
 
 
-def make_eval_loader(data_root, table: EpochTable, img_size: int, batch_size: int, workers: int,
+def make_eval_loader(data_root, table: EpochTable, img_size, batch_size: int, workers: int,
                      rows: np.ndarray | None = None, rank: int = 0, world_size: int = 1,
                      pin_memory: bool = False, cache_dir: Path | str | None = DEFAULT_CACHE_DIR,
                      device: torch.device | str = "cpu", progress: bool = False) -> DataLoader:
@@ -620,8 +625,8 @@ def make_eval_loader(data_root, table: EpochTable, img_size: int, batch_size: in
     table : EpochTable
         Rows to read; with labels the items are ``(image, one-hot target)``,
         without (the test table) the image alone.
-    img_size : int
-        Model input size in pixels.
+    img_size : int or (int, int)
+        Model input size in pixels: one (square) or (height, width), see :func:`image_cache.input_shape`.
     batch_size, workers : int
         DataLoader settings.
     rows : np.ndarray of int, optional
@@ -638,7 +643,7 @@ def make_eval_loader(data_root, table: EpochTable, img_size: int, batch_size: in
     Returns
     -------
     torch.utils.data.DataLoader
-        Yields float32 images (batch, 3, img_size, img_size) [, targets (batch, 5)],
+        Yields float32 images (batch, 3, height, width) [, targets (batch, 5)],
         or cached batches that :func:`batch_augment.finish_batch` makes into them.
     """
     rows = np.arange(len(table)) if rows is None else np.asarray(rows)

@@ -41,7 +41,8 @@ parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 parser.add_argument("--data-root", type=Path, default=Path("demo/DATA"), help="data set with test answers")
 parser.add_argument("--cache-dir", type=Path, default=Path("demo/cache"), help="image cache (built when missing)")
-parser.add_argument("--img-size", type=int, default=64, help="input size in pixels, as the models see it")
+parser.add_argument("--img-size", type=int, nargs="+", metavar="PIXELS", default=[64],
+                    help="input size in pixels, as the models see it: one (square) or two, HEIGHT WIDTH")
 parser.add_argument("--block", type=int, default=8, help="columns per block of the within-block spread feature")
 parser.add_argument("--seed", type=int, default=72, help="the trainers' fold seed (fold 0 of 5, by subject)")
 parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "feature_baseline.json")
@@ -52,18 +53,18 @@ def row_features(images: np.ndarray, block: int) -> np.ndarray:
 
     Parameters
     ----------
-    images : np.ndarray of uint8, shape (n, channels, size, size)
+    images : np.ndarray of uint8, shape (n, channels, height, width)
         Cached images; the first channel is used (the images are grey).
     block : int
-        Columns per block; ``size`` must be a multiple of it.
+        Columns per block; ``width`` must be a multiple of it.
 
     Returns
     -------
-    np.ndarray of float32, shape (n, 4 * size)
+    np.ndarray of float32, shape (n, 4 * height)
     """
     grey = images[:, 0].astype(np.float32) / 255.0
-    count, size, _ = grey.shape
-    blocks = grey.reshape(count, size, size // block, block)
+    count, height, width = grey.shape
+    blocks = grey.reshape(count, height, width // block, block)
     return np.concatenate([grey.mean(axis=2), grey.std(axis=2), np.abs(np.diff(grey, axis=2)).mean(axis=2),
                            blocks.std(axis=3).mean(axis=2)], axis=1)
 
@@ -88,8 +89,10 @@ def fit_and_score(train_x, train_y, test_x, test_y) -> dict:
 
 
 def main(args: argparse.Namespace) -> None:
-    if args.img_size % args.block:
-        raise psg_layout.InputError(f"--img-size {args.img_size} is not a multiple of --block {args.block}")
+    shape = image_cache.input_shape(args.img_size)
+    if shape[1] % args.block:  # the width: blocks are of columns
+        raise psg_layout.InputError(f"--img-size {' '.join(map(str, args.img_size))} is not a multiple of --block "
+                                    f"{args.block}")
     started = time.perf_counter()
     train = loader_vit_rgb.read_train_table(args.data_root)
     test = loader_vit_rgb.read_test_table(args.data_root)
@@ -97,9 +100,9 @@ def main(args: argparse.Namespace) -> None:
     train_x, test_x = features_of(train, args), features_of(test, args)
     folds = loader_vit_rgb.make_folds(train, n_folds=5, seed=args.seed, cv="subject")
     result = {
-        "what": f"HistGradientBoostingClassifier on per-row intensity statistics of {args.img_size} px cached images",
+        "what": f"HistGradientBoostingClassifier on per-row intensity statistics of {image_cache.shape_label(shape)} cached images",
         "command": "python bench/feature_baseline.py " + " ".join(sys.argv[1:]),
-        "data_root": str(args.data_root), "img_size": args.img_size,
+        "data_root": str(args.data_root), "img_size": list(shape),
         "test": fit_and_score(train_x, train.labels, test_x, test_y),
         "fold_0_validation": fit_and_score(train_x[folds != 0], train.labels[folds != 0],
                                            train_x[folds == 0], train.labels[folds == 0]),

@@ -21,6 +21,7 @@ them with the machine's description to ``bench/results/loader.json``.
 
     python bench/loader_bench.py                  # ~3 min on 2 cores, data set made the first time (~1 min)
     python bench/loader_bench.py --sizes 224 --repeats 5
+    python bench/loader_bench.py --sizes 64 128x32     # square 64 and 128 high x 32 wide
 """
 from __future__ import annotations
 
@@ -47,6 +48,16 @@ import torch  # noqa: E402
 
 import psg_layout  # noqa: E402
 
+
+
+def input_size(text: str) -> tuple[int, int]:
+    """A ``--sizes`` item: ``S`` (square) or ``HxW`` (height x width), in pixels."""
+    try:
+        return image_cache.input_shape([int(part) for part in text.split("x")])
+    except (ValueError, psg_layout.InputError):
+        raise argparse.ArgumentTypeError(f"not S or HxW pixels: {text!r}") from None
+
+
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 parser.add_argument("--data-root", type=Path, default=REPO / "bench" / "data" / "loader" / "DATA",
@@ -55,8 +66,8 @@ parser.add_argument("--train-subjects", type=int, default=8, help="recordings of
 parser.add_argument("--hours", type=float, default=1.0, help="hours per recording when made")
 parser.add_argument("--cache-dir", type=Path, default=REPO / "bench" / "data" / "loader" / "cache",
                     help="image cache of path (b)")
-parser.add_argument("--sizes", type=int, nargs="+", default=[224, 64],
-                    help="model input sizes: the original's 224 and the demo's small one")
+parser.add_argument("--sizes", type=input_size, nargs="+", default=[224, 64],
+                    help="model input sizes, each S (square) or HxW: the original's 224 and the demo's small one")
 parser.add_argument("--batch-size", type=int, default=32, help="the original's batch")
 parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of both paths")
 parser.add_argument("--repeats", type=int, default=3, help="timed epochs of each path per size")
@@ -98,16 +109,17 @@ def images_per_second(loader, epoch: int) -> float:
     return counted / (time.perf_counter() - started)
 
 
-def measure_size(args, table, rows, size: int) -> dict:
-    """Cache build time and the two paths' rates at one input size."""
+def measure_size(args, table, rows, size) -> dict:
+    """Cache build time and the two paths' rates at one input size (one int, square, or (height, width))."""
+    shape = image_cache.input_shape(size)
     fresh = args.cache_dir / "fresh"
     shutil.rmtree(fresh, ignore_errors=True)
     started = time.perf_counter()
-    image_cache.open_cache(args.data_root, table, size, fresh, workers=args.workers)
+    image_cache.open_cache(args.data_root, table, shape, fresh, workers=args.workers)
     build_seconds = time.perf_counter() - started
     shutil.rmtree(fresh)
 
-    common = dict(img_size=size, batch_size=args.batch_size, workers=args.workers, seed=args.seed)
+    common = dict(img_size=shape, batch_size=args.batch_size, workers=args.workers, seed=args.seed)
     per_sample = loader_vit_rgb.make_train_loader(args.data_root, table, rows, cache_dir=None, **common)
     cached = loader_vit_rgb.make_train_loader(args.data_root, table, rows, cache_dir=args.cache_dir, **common)
     images_per_second(per_sample, 0)
@@ -116,10 +128,10 @@ def measure_size(args, table, rows, size: int) -> dict:
     for repeat in range(1, args.repeats + 1):
         rates["per_sample"].append(images_per_second(per_sample, repeat))
         rates["cached"].append(images_per_second(cached, repeat))
-        print(f"  {size} px, epoch {repeat}: per-sample {rates['per_sample'][-1]:7.1f} images/s, "
+        print(f"  {image_cache.shape_label(shape)}, epoch {repeat}: per-sample {rates['per_sample'][-1]:7.1f} images/s, "
               f"cached {rates['cached'][-1]:7.1f} images/s", flush=True)
     a, b = statistics.median(rates["per_sample"]), statistics.median(rates["cached"])
-    return {"img_size": size, "per_sample_images_per_s": a, "cached_images_per_s": b, "ratio": b / a,
+    return {"img_size": list(shape), "per_sample_images_per_s": a, "cached_images_per_s": b, "ratio": b / a,
             "per_sample_runs": rates["per_sample"], "cached_runs": rates["cached"],
             "cache_build_seconds": build_seconds, "cache_build_images_per_s": len(table) / build_seconds}
 
@@ -134,7 +146,7 @@ def main() -> None:
           f"{before['cpu']}, {before['cores']} cores, load {before['load_average_1_5_15'][0]:.1f}", flush=True)
     results = [measure_size(args, table, rows, size) for size in args.sizes]
     for result in results:
-        print(f"{result['img_size']:4d} px: (a) per-sample {result['per_sample_images_per_s']:7.1f} images/s | "
+        print(f"{image_cache.shape_label(result['img_size']):>9}: (a) per-sample {result['per_sample_images_per_s']:7.1f} images/s | "
               f"(b) cache + batch augmentation {result['cached_images_per_s']:7.1f} images/s | "
               f"ratio {result['ratio']:.1f}x | cache built once at {result['cache_build_images_per_s']:.0f} images/s")
     report = {"what": "training batches delivered per second (FMix and both dropouts on), median of the runs",

@@ -43,7 +43,8 @@ parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 parser.add_argument("--work", type=Path, default=REPO / "bench" / "data" / "memory", help="scratch folder")
 parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000], help="training (= test) images")
-parser.add_argument("--img-size", type=int, default=32, help="model input size (memory of a batch is not the question)")
+parser.add_argument("--img-size", type=int, nargs="+", metavar="PIXELS", default=[32],
+                    help="model input: one size (square) or HEIGHT WIDTH (memory of a batch is not the question)")
 parser.add_argument("--workers", type=int, default=2, help="DataLoader workers and cache builders")
 parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "memory.json")
 
@@ -92,17 +93,19 @@ def linked_root(work: Path, images: int, sources: list[Path], labels: np.ndarray
     return root
 
 
-def tiny_checkpoints(folder: Path, root: Path, img_size: int) -> None:
+def tiny_checkpoints(folder: Path, root: Path, img_size: list[int]) -> None:
     """Random-weight checkpoints (epoch 0) and configurations of both tiny models for infer_blend.py."""
     import engine
+    import image_cache
     import loader_vit_rgb
     from output_names import checkpoint_path, run_config_path
     table = psg_layout.read_epoch_csv(root / psg_layout.TRAIN_CSV, with_labels=True)
     folds = loader_vit_rgb.make_folds(table, n_folds=5, seed=72, cv="subject")
     valid = sorted({table.recording_ids[r] for r in np.flatnonzero(folds == 0)})
+    shape = image_cache.input_shape(img_size)
     for arch in (VIT, EFF):
-        engine.save_weights(engine.create_model(arch, img_size), checkpoint_path(folder, arch, 0, 0))
-        config = dict(model_arch=arch, img_size=img_size, num_classes=5, fold=0, folds=5, seed=72, cv="subject",
+        engine.save_weights(engine.create_model(arch, shape), checkpoint_path(folder, arch, 0, 0))
+        config = dict(model_arch=arch, img_size=list(shape), num_classes=5, fold=0, folds=5, seed=72, cv="subject",
                       valid_recordings=valid)
         run_config_path(folder, arch, 0).write_text(json.dumps(config))
 
@@ -123,7 +126,7 @@ def measure(args, images: int, sources, labels) -> dict:
     shutil.rmtree(run, ignore_errors=True)
     train_mib, train_s = peak([
         sys.executable, REPO / "main_vit_rgb.py", "--data-root", root, "--weights-dir", run / "weights",
-        "--cache-dir", run / "cache-train", "--model-arch", VIT, "--img-size", args.img_size, "--epochs", 1,
+        "--cache-dir", run / "cache-train", "--model-arch", VIT, "--img-size", *args.img_size, "--epochs", 1,
         "--batch-size", 64, "--valid-batch-size", 256, "--workers", args.workers, "--pretrained", "none", "--quiet"])
     print(f"{images:7d} images: training  peak {train_mib:7.1f} MiB ({train_s:.0f} s)", flush=True)
     tiny_checkpoints(run / "tiny", root, args.img_size)

@@ -51,7 +51,8 @@ parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
 parser.add_argument("--models", nargs="+", default=["vit_base_patch16_224", "tf_efficientnet_b4_ns"])
-parser.add_argument("--img-size", type=int, default=224)
+parser.add_argument("--img-size", type=int, nargs="+", metavar="PIXELS", default=224,
+                    help="model input: one size (square; 224 the original's) or two, HEIGHT WIDTH")
 parser.add_argument("--batch-size", type=int, default=32, help="the original's training batch")
 parser.add_argument("--infer-batch-size", type=int, default=128)
 parser.add_argument("--amp", choices=("fp16", "bf16", "off"), default="fp16", help="on CUDA; off on the CPU")
@@ -133,7 +134,7 @@ def train_figures(arch: str, args, device, amp: str, table) -> dict:
         optimizer = engine.make_optimizer(name, model.parameters(), 1e-4, 1e-6, device)
         scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
         if source == "ceiling":
-            images = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=device)
+            images = torch.randn(args.batch_size, 3, *args.img_size, device=device)
             images = images.contiguous(memory_format=engine.MEMORY_FORMAT)
             targets = torch.eye(psg_layout.NUM_CLASSES, device=device)[torch.arange(args.batch_size) % 5]
             batches = iter(lambda: (images, targets), None)
@@ -169,6 +170,7 @@ def inference_figures(arch: str, args, device, amp: str, test) -> dict:
 
 def main() -> None:
     args = parser.parse_args()
+    args.img_size = image_cache.input_shape(args.img_size)  # (height, width)
     device = engine.resolve_device(args.device)
     amp = engine.resolve_amp(args.amp, device)
     if device.type == "cuda":
@@ -183,17 +185,17 @@ def main() -> None:
           flush=True)
     results = []
     for arch in args.models:
-        result = {"model": arch, "img_size": args.img_size}
+        result = {"model": arch, "img_size": list(args.img_size)}
         if not args.skip_training:
             result.update(train_figures(arch, args, device, amp, train))
             low, high = (FOLD0_TRAIN_IMAGES / hours / 3600 for hours in SEED_EPOCH_HOURS)
-            print(f"{arch} @ {args.img_size}: training {result['train_images_per_s_loader']:.1f} images/s with the "
+            print(f"{arch} @ {image_cache.shape_label(args.img_size)}: training {result['train_images_per_s_loader']:.1f} images/s with the "
                   f"loader, {result['train_images_per_s_ceiling']:.1f} on random tensors on the device "
                   f"({100 * result['loader_share_of_ceiling']:.0f} % of the ceiling); one fold-0 epoch "
                   f"(468,000 images) {result['fold0_epoch_hours_projected']:.2f} h (the original: 1.5-2 h, "
                   f"{high:.0f}-{low:.0f} images/s)", flush=True)
         result.update(inference_figures(arch, args, device, amp, test))
-        print(f"{arch} @ {args.img_size}: inference {result['infer_images_per_s']:.1f} images/s; the challenge's "
+        print(f"{arch} @ {image_cache.shape_label(args.img_size)}: inference {result['infer_images_per_s']:.1f} images/s; the challenge's "
               f"138,925 test images in {result['challenge_test_minutes_projected']:.1f} min", flush=True)
         results.append(result)
     out = args.out or REPO / "bench" / "results" / f"model_{device.type}.json"
