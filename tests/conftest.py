@@ -242,6 +242,10 @@ SLOW_TESTS = {
     "test_infer.py": None,                   # trained checkpoints, infer_blend.py as a subprocess
     "test_train_ddp.py": None,               # torchrun with two processes
     "test_train_resume.py": None,            # two training runs, one stopped and resumed
+    "test_geometry.py": {"test_each_trainer_records_its_geometry_and_caches_at_it",   # trainers, inference
+                         "test_infer_blend_rebuilds_each_model_at_its_geometry",
+                         "test_resume_refuses_another_geometry",
+                         "test_resume_reads_an_older_configs_int_size_as_square"},
     "test_train_run.py": {"test_a_tiny_model_learns", "test_the_schedule_is_the_seeds_two_steps_per_epoch",
                           "test_checkpoints_config_and_state_files",
                           "test_no_data_is_one_line_exit_2_and_writes_nothing"},

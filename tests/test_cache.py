@@ -54,20 +54,21 @@ def cached_train_batch(table, root, cache_dir, indices, size=SIZE, **options):
 # Without augmentation: the per-sample path's tensors, to the bit
 # --------------------------------------------------------------------------
 @pytest.mark.parametrize("device", ["cpu", "cuda"])  # finished in the workers / left for the device (done on the CPU)
-def test_eval_batches_equal_the_per_sample_path(tiny_data, tmp_path, device):
+@pytest.mark.parametrize("size", [SIZE, (40, 24)], ids=["square", "40x24"])  # one size, or (height, width)
+def test_eval_batches_equal_the_per_sample_path(tiny_data, tmp_path, device, size):
     table = L.read_train_table(tiny_data)
     rows = np.arange(0, len(table), 3)
-    per_sample = finished(L.make_eval_loader(tiny_data, table, SIZE, 16, 0, rows=rows, cache_dir=None))
-    cached = finished(L.make_eval_loader(tiny_data, table, SIZE, 16, 1, rows=rows, cache_dir=tmp_path,
+    per_sample = finished(L.make_eval_loader(tiny_data, table, size, 16, 0, rows=rows, cache_dir=None))
+    cached = finished(L.make_eval_loader(tiny_data, table, size, 16, 1, rows=rows, cache_dir=tmp_path,
                                          device=device))
     assert len(per_sample) == len(cached) == -(-len(rows) // 16)
     for (images_a, targets_a), (images_b, targets_b) in zip(per_sample, cached):
-        assert images_b.dtype == torch.float32 and images_b.shape[1:] == (3, SIZE, SIZE)
+        assert images_b.dtype == torch.float32 and images_b.shape[1:] == (3, *image_cache.input_shape(size))
         torch.testing.assert_close(images_a, images_b, rtol=0, atol=0)
         torch.testing.assert_close(targets_a, targets_b, rtol=0, atol=0)
     test = L.read_test_table(tiny_data)  # no labels: images alone
-    images = finished(L.make_eval_loader(tiny_data, test, SIZE, 64, 0, cache_dir=tmp_path))
-    reference = finished(L.make_eval_loader(tiny_data, test, SIZE, 64, 0, cache_dir=None))
+    images = finished(L.make_eval_loader(tiny_data, test, size, 64, 0, cache_dir=tmp_path))
+    reference = finished(L.make_eval_loader(tiny_data, test, size, 64, 0, cache_dir=None))
     torch.testing.assert_close(torch.cat(images), torch.cat(reference), rtol=0, atol=0)
 
 
