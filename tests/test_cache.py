@@ -72,13 +72,14 @@ def test_eval_batches_equal_the_per_sample_path(tiny_data, tmp_path, device, siz
     torch.testing.assert_close(torch.cat(images), torch.cat(reference), rtol=0, atol=0)
 
 
-def test_training_batches_without_augmentation_equal_the_per_sample_path(tiny_data, tmp_path):
+@pytest.mark.parametrize("size", [SIZE, (40, 24)], ids=["square", "40x24"])  # one size, or (height, width)
+def test_training_batches_without_augmentation_equal_the_per_sample_path(tiny_data, tmp_path, size):
     table = L.read_train_table(tiny_data)
     indices = [5, 0, 77, 200, 13]
-    _, batch = cached_train_batch(table, tiny_data, tmp_path, indices, dropout_probability=0.0)
+    _, batch = cached_train_batch(table, tiny_data, tmp_path, indices, size=size, dropout_probability=0.0)
     images, targets = batch_augment.finish_batch(batch, CPU)
     per_sample = L.EpochImageDataset(L.table_image_paths(tiny_data, table), table.labels,
-                                     L.get_valid_transforms(SIZE))
+                                     L.get_valid_transforms(size))
     for position, index in enumerate(indices):
         image, target = per_sample[index]
         torch.testing.assert_close(images[position], image, rtol=0, atol=0)

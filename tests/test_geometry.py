@@ -136,6 +136,25 @@ def test_the_batch_plan_draws_cutmix_boxes_over_height_and_width(tmp_path):
     assert (bottom - top).max() == tallest and (right - left).max() == widest
 
 
+def test_per_sample_training_images_are_height_by_width(tiny_data):
+    # The original's path with everything on: Resize, the two dropouts, FMix and CutMix on every image.
+    table = L.read_train_table(tiny_data)
+    dataset = L.EpochImageDataset(L.table_image_paths(tiny_data, table)[:20], table.labels[:20],
+                                  L.get_train_transforms((HEIGHT, WIDTH)), seed=1, cutmix_enabled=True)
+    mixed = 0
+    for index in range(len(dataset)):
+        image, target = dataset[index]
+        assert image.shape == (3, HEIGHT, WIDTH)
+        mixed += int(target.max() < 1)
+    assert mixed >= 3
+
+
+def test_create_model_builds_the_vit_for_height_by_width():
+    vit = engine.create_model(VIT, VIT_SHAPE)
+    assert vit.patch_embed.img_size == VIT_SHAPE and vit.patch_embed.grid_size == (2, 1)
+    assert engine.create_model(VIT, 32).patch_embed.img_size == (32, 32)
+
+
 # --------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------
