@@ -100,7 +100,8 @@ def main(args: argparse.Namespace) -> None:
     train_x, test_x = features_of(train, args), features_of(test, args)
     folds = loader_vit_rgb.make_folds(train, n_folds=5, seed=args.seed, cv="subject")
     result = {
-        "what": f"HistGradientBoostingClassifier on per-row intensity statistics of {image_cache.shape_label(shape)} cached images",
+        "what": f"HistGradientBoostingClassifier on per-row intensity statistics of "
+                f"{image_cache.shape_label(shape)} cached images",
         "command": "python bench/feature_baseline.py " + " ".join(sys.argv[1:]),
         "data_root": str(args.data_root), "img_size": list(shape),
         "test": fit_and_score(train_x, train.labels, test_x, test_y),

@@ -128,7 +128,8 @@ def measure_size(args, table, rows, size) -> dict:
     for repeat in range(1, args.repeats + 1):
         rates["per_sample"].append(images_per_second(per_sample, repeat))
         rates["cached"].append(images_per_second(cached, repeat))
-        print(f"  {image_cache.shape_label(shape)}, epoch {repeat}: per-sample {rates['per_sample'][-1]:7.1f} images/s, "
+        print(f"  {image_cache.shape_label(shape)}, epoch {repeat}: "
+              f"per-sample {rates['per_sample'][-1]:7.1f} images/s, "
               f"cached {rates['cached'][-1]:7.1f} images/s", flush=True)
     a, b = statistics.median(rates["per_sample"]), statistics.median(rates["cached"])
     return {"img_size": list(shape), "per_sample_images_per_s": a, "cached_images_per_s": b, "ratio": b / a,
@@ -146,7 +147,8 @@ def main() -> None:
           f"{before['cpu']}, {before['cores']} cores, load {before['load_average_1_5_15'][0]:.1f}", flush=True)
     results = [measure_size(args, table, rows, size) for size in args.sizes]
     for result in results:
-        print(f"{image_cache.shape_label(result['img_size']):>9}: (a) per-sample {result['per_sample_images_per_s']:7.1f} images/s | "
+        print(f"{image_cache.shape_label(result['img_size']):>9}: "
+              f"(a) per-sample {result['per_sample_images_per_s']:7.1f} images/s | "
               f"(b) cache + batch augmentation {result['cached_images_per_s']:7.1f} images/s | "
               f"ratio {result['ratio']:.1f}x | cache built once at {result['cache_build_images_per_s']:.0f} images/s")
     report = {"what": "training batches delivered per second (FMix and both dropouts on), median of the runs",

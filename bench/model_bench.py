@@ -189,13 +189,15 @@ def main() -> None:
         if not args.skip_training:
             result.update(train_figures(arch, args, device, amp, train))
             low, high = (FOLD0_TRAIN_IMAGES / hours / 3600 for hours in SEED_EPOCH_HOURS)
-            print(f"{arch} @ {image_cache.shape_label(args.img_size)}: training {result['train_images_per_s_loader']:.1f} images/s with the "
+            print(f"{arch} @ {image_cache.shape_label(args.img_size)}: training "
+                  f"{result['train_images_per_s_loader']:.1f} images/s with the "
                   f"loader, {result['train_images_per_s_ceiling']:.1f} on random tensors on the device "
                   f"({100 * result['loader_share_of_ceiling']:.0f} % of the ceiling); one fold-0 epoch "
                   f"(468,000 images) {result['fold0_epoch_hours_projected']:.2f} h (the original: 1.5-2 h, "
                   f"{high:.0f}-{low:.0f} images/s)", flush=True)
         result.update(inference_figures(arch, args, device, amp, test))
-        print(f"{arch} @ {image_cache.shape_label(args.img_size)}: inference {result['infer_images_per_s']:.1f} images/s; the challenge's "
+        print(f"{arch} @ {image_cache.shape_label(args.img_size)}: inference "
+              f"{result['infer_images_per_s']:.1f} images/s; the challenge's "
               f"138,925 test images in {result['challenge_test_minutes_projected']:.1f} min", flush=True)
         results.append(result)
     out = args.out or REPO / "bench" / "results" / f"model_{device.type}.json"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 
 import cv2
 import numpy as np
@@ -25,6 +24,7 @@ from conftest import one_thread, trainer_args
 from psg_layout import InputError
 from test_augment_paths import hand_plan, normalised
 from test_cache import cached_train_batch, write_recordings
+from test_train_run import run_in_process
 
 CPU = torch.device("cpu")
 HEIGHT, WIDTH = 40, 24  # taller than wide, as the demo's 128 x 32; neither a multiple of the other
@@ -158,17 +158,8 @@ def test_create_model_builds_the_vit_for_height_by_width():
 # --------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------
-def run_trainer(module, argv, monkeypatch, capsys):
-    """A trainer's ``main`` run as its command line would, here: (exit status, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", [module.__file__, *map(str, argv)])
-    with pytest.raises(SystemExit) as exit_info:
-        psg_layout.run_main(module.main)
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
-
-
 def test_help_names_height_width_and_the_originals_224(monkeypatch, capsys):
-    status, out, _ = run_trainer(main_eff, ["--help"], monkeypatch, capsys)
+    status, out, _ = run_in_process(main_eff, ["--help"], monkeypatch, capsys)
     help_text = " ".join(out.split())
     assert status == 0 and "--img-size PIXELS [PIXELS ...]" in help_text
     assert "HEIGHT WIDTH" in help_text and "(default: 224)" in help_text
@@ -176,7 +167,7 @@ def test_help_names_height_width_and_the_originals_224(monkeypatch, capsys):
 
 @pytest.mark.parametrize("sizes, shown", [([0], "0"), ([64, 32, 16], "64 32 16"), ([32, -1], "32 -1")])
 def test_bad_sizes_are_one_line_errors(monkeypatch, capsys, tmp_path, sizes, shown):
-    status, _, err = run_trainer(main_vit_rgb, ["--img-size", *sizes, "--weights-dir", tmp_path / "w",
+    status, _, err = run_in_process(main_vit_rgb, ["--img-size", *sizes, "--weights-dir", tmp_path / "w",
                                                 "--pretrained", "none"], monkeypatch, capsys)
     assert (status, err) == (2, "error: --img-size takes one size in pixels (square) or two (HEIGHT WIDTH), each "
                                 f"at least 1, got {shown}\n")
@@ -186,7 +177,7 @@ def test_bad_sizes_are_one_line_errors(monkeypatch, capsys, tmp_path, sizes, sho
 def test_a_size_the_vit_patches_do_not_divide_is_one_line(tiny_data, monkeypatch, capsys, tmp_path):
     argv = ["--data-root", tiny_data, "--weights-dir", tmp_path / "w", "--cache-dir", tmp_path / "cache",
             "--model-arch", VIT, "--img-size", 40, 32, "--pretrained", "none", "--workers", 0, "--quiet"]
-    status, _, err = run_trainer(main_vit_rgb, argv, monkeypatch, capsys)
+    status, _, err = run_in_process(main_vit_rgb, argv, monkeypatch, capsys)
     assert (status, err) == (2, "error: --img-size 40 32 does not suit test_vit: its height and width must be "
                                 "multiples of the patch size 16 x 16\n")
     assert not (tmp_path / "w").exists() and not (tmp_path / "cache").exists()
@@ -245,6 +236,13 @@ def test_infer_blend_rebuilds_each_model_at_its_geometry(tiny_data, non_square_r
         for row in (0, len(test) - 1):
             image = psg_layout.image_path(tiny_data, test.recording_ids[row], test.idnums[row])
             np.testing.assert_allclose(dump[row], by_hand(weights, arch, shape, image), atol=2e-4)
+
+
+def test_a_configuration_with_a_bad_size_is_one_line(tmp_path):
+    path = engine.run_config_path(tmp_path, VIT, 0)
+    path.write_text(json.dumps({"model_arch": VIT, "img_size": [32, 16, 8], "num_classes": 5}))
+    with pytest.raises(InputError, match=r"configuration's img_size is not one or two sizes in pixels: \[32, 16, 8\]"):
+        engine.read_run_config(tmp_path, VIT, 0)
 
 
 def test_resume_refuses_another_geometry(tiny_data, non_square_runs):
