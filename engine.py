@@ -63,6 +63,7 @@ from psg_layout import InputError, where
 # ``DEFAULTS = {**engine.RECIPE, "model_arch": ..., "optimizer": ...}``.
 RECIPE = dict(
     img_size=224, pretrained="imagenet",  # input pixels; timm's ImageNet weights of the architecture
+    resize="linear",  # albumentations Resize's default interpolation, cv2.INTER_LINEAR
     lr=1e-4, min_lr=1e-6, weight_decay=1e-6,
     batch_size=32, valid_batch_size=32, accum_iter=2,  # an optimizer step every 2 batches of 32
     epochs=10, t0=10, sched_steps_per_epoch=2,  # CosineAnnealingWarmRestarts stepped twice per epoch
@@ -149,6 +150,10 @@ def build_parser(defaults: dict, description: str) -> argparse.ArgumentParser:
     parser.add_argument("--img-size", type=int, nargs="+", metavar="PIXELS", default=d["img_size"],
                         help="model input size: one number for a square input (224: the original's), or two, "
                              "HEIGHT WIDTH (e.g. 128 32: the 21 signal bands twice as tall as at 64 x 64)")
+    parser.add_argument("--resize", choices=tuple(image_cache.RESIZE_INTERPOLATIONS), default=d["resize"],
+                        help="how images are shrunk to the input: linear, the original's (cv2.INTER_LINEAR, which "
+                             "drops most of the 1-pixel signal traces at small sizes), or area (cv2.INTER_AREA: "
+                             "each input pixel counts; for small inputs such as the demo's)")
     parser.add_argument("--batch-size", type=int, default=d["batch_size"], help="training batch per process")
     parser.add_argument("--valid-batch-size", type=int, default=d["valid_batch_size"], help="validation batch")
     parser.add_argument("--accum-iter", type=int, default=d["accum_iter"],
@@ -969,11 +974,11 @@ def _set_up_training(args: argparse.Namespace, device: torch.device, rank: int, 
     if cache_dir is not None:  # built by rank 0 alone; the loaders open it
         if is_writer:
             image_cache.open_cache(args.data_root, table, args.img_size, cache_dir, workers=args.workers,
-                                   progress=progress)
+                                   progress=progress, resize=args.resize)
         if world_size > 1:
             dist.barrier()
     loading = dict(rank=rank, world_size=world_size, pin_memory=device.type == "cuda", cache_dir=cache_dir,
-                   device=device)
+                   device=device, resize=args.resize)
     train_loader = loader_vit_rgb.make_train_loader(
         args.data_root, table, train_rows, args.img_size, args.batch_size, args.workers, args.seed,
         fmix_enabled=not args.no_fmix, cutmix_enabled=args.cutmix, fmix_spectrum=args.fmix_spectrum, **loading)

@@ -113,6 +113,24 @@ def input_shape(img_size) -> tuple[int, int]:
     return int(sizes[0]), int(sizes[-1])
 
 
+# How an epoch image is shrunk to the model input: the original's albumentations Resize
+# (cv2.INTER_LINEAR, which at small sizes samples the 1-pixel signal traces and drops most of
+# them), or cv2.INTER_AREA (each output pixel the mean of the input pixels it covers, which
+# keeps every trace at any size).
+RESIZE_INTERPOLATIONS = {"linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA}
+DEFAULT_RESIZE = "linear"  # the original's
+
+
+def make_resize(img_size, resize: str = DEFAULT_RESIZE) -> A.Resize:
+    """The albumentations Resize to ``img_size`` (as for :func:`input_shape`) with ``resize``'s interpolation.
+
+    Both the cache and the per-sample transforms use it, so their pixels are the same.
+    """
+    if resize not in RESIZE_INTERPOLATIONS:
+        raise InputError(f"--resize must be one of {', '.join(RESIZE_INTERPOLATIONS)}, got {resize!r}")
+    return A.Resize(*input_shape(img_size), interpolation=RESIZE_INTERPOLATIONS[resize])
+
+
 def shape_label(img_size) -> str:
     """``"<S>px"`` for a square input, ``"<H>x<W>px"`` otherwise (cache folders, progress, reports).
 
@@ -122,16 +140,18 @@ def shape_label(img_size) -> str:
     return f"{height}px" if height == width else f"{height}x{width}px"
 
 
-def cache_folder(cache_dir: Path | str, data_root: Path | str, img_size) -> Path:
+def cache_folder(cache_dir: Path | str, data_root: Path | str, img_size, resize: str = DEFAULT_RESIZE) -> Path:
     """``<cache_dir>/<root name>-<hash of the root's real path>/<S>px`` (square) or ``.../<H>x<W>px``.
 
-    One folder per data root and input size (``img_size`` as for
-    :func:`input_shape`); square inputs keep the folder name they had
+    One folder per data root, input size (``img_size`` as for
+    :func:`input_shape`) and resize (``-area`` appended for ``"area"``);
+    square inputs with the original's resize keep the folder name they had
     before inputs could be non-square.
     """
     real_root = os.path.realpath(data_root)
     digest = hashlib.sha256(real_root.encode()).hexdigest()[:12]
-    return Path(cache_dir) / f"{Path(real_root).name}-{digest}" / shape_label(img_size)
+    suffix = "" if resize == DEFAULT_RESIZE else f"-{resize}"
+    return Path(cache_dir) / f"{Path(real_root).name}-{digest}" / f"{shape_label(img_size)}{suffix}"
 
 
 def check_cache_dir(cache_dir: Path | str, data_root: Path | str) -> None:
@@ -142,7 +162,7 @@ def check_cache_dir(cache_dir: Path | str, data_root: Path | str) -> None:
                          f"choose another --cache-dir {where(cache_dir)}")
 
 
-def _cache_settings(shape: tuple[int, int]) -> dict:
+def _cache_settings(shape: tuple[int, int], resize: str) -> dict:
     """Everything besides the image files that the cached pixels depend on.
 
     ``img_size`` is the int of before for a square input (so existing caches
@@ -150,17 +170,17 @@ def _cache_settings(shape: tuple[int, int]) -> dict:
     """
     height, width = shape
     return {"format": CACHE_FORMAT, "img_size": height if height == width else [height, width],
-            "resize": "albumentations Resize, cv2.INTER_LINEAR",
+            "resize": f"albumentations Resize, cv2.INTER_{resize.upper()}",
             "decode": "cv2.imdecode IMREAD_COLOR", "albumentations": A.__version__, "opencv": cv2.__version__}
 
 
-def _fingerprint(paths: list[Path], shape: tuple[int, int]) -> str:
+def _fingerprint(paths: list[Path], shape: tuple[int, int], resize: str) -> str:
     """SHA-256 of the resize settings and every file's name, size and modification time (ns)."""
     listing = []
     for path in paths:
         status = os.stat(path)
         listing.append([path.name, status.st_size, status.st_mtime_ns])
-    text = json.dumps([_cache_settings(shape), listing], separators=(",", ":"))
+    text = json.dumps([_cache_settings(shape, resize), listing], separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -176,8 +196,8 @@ def _read_manifest(manifest_path: Path, array_path: Path, fingerprint: str) -> d
     return manifest
 
 
-def _build_recording(paths: list[Path], shape: tuple[int, int], array_path: Path, manifest_path: Path,
-                     fingerprint: str) -> dict:
+def _build_recording(paths: list[Path], shape: tuple[int, int], resize: str, array_path: Path,
+                     manifest_path: Path, fingerprint: str) -> dict:
     """Decode and resize one recording's images into ``array_path``; then write its manifest.
 
     The array is a ``.npy`` file of uint8, shape (images, channels, height, width),
@@ -187,12 +207,12 @@ def _build_recording(paths: list[Path], shape: tuple[int, int], array_path: Path
     recording has no manifest and is rebuilt.
     """
     manifest_path.unlink(missing_ok=True)
-    resize = A.Resize(*shape)  # the per-sample path's resize (height, width), so the pixels are the same
+    resizer = make_resize(shape, resize)  # the per-sample path's, so the pixels are the same
     count = len(paths)
     with psg_layout.atomic_path(array_path) as tmp:
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(count, 1, *shape))
         for index, path in enumerate(paths):
-            image = resize(image=read_image_rgb(path))["image"].transpose(2, 0, 1)
+            image = resizer(image=read_image_rgb(path))["image"].transpose(2, 0, 1)
             if array.shape[1] == 1 and not (np.array_equal(image[0], image[1]) and np.array_equal(image[0], image[2])):
                 done = np.array(array[:index])
                 del array
@@ -205,7 +225,7 @@ def _build_recording(paths: list[Path], shape: tuple[int, int], array_path: Path
     size = array_path.stat().st_size
     manifest = {"fingerprint": fingerprint, "images": count, "channels": channels,
                 "header": size - count * channels * shape[0] * shape[1], "bytes": size,
-                "files": [path.name for path in paths], **_cache_settings(shape)}
+                "files": [path.name for path in paths], **_cache_settings(shape, resize)}
     with psg_layout.atomic_path(manifest_path) as tmp:
         tmp.write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
     return manifest
@@ -270,7 +290,8 @@ class ImageCache:
 
 
 def open_cache(data_root: Path | str, table: EpochTable, img_size, cache_dir: Path | str,
-               rows: np.ndarray | None = None, workers: int = 0, progress: bool = False) -> ImageCache:
+               rows: np.ndarray | None = None, workers: int = 0, progress: bool = False,
+               resize: str = DEFAULT_RESIZE) -> ImageCache:
     """Open the image cache of the recordings holding ``rows``, building what is missing or stale.
 
     A recording's cache holds every image the table lists for it, sorted by
@@ -296,6 +317,8 @@ def open_cache(data_root: Path | str, table: EpochTable, img_size, cache_dir: Pa
         Processes building recordings in parallel (0: in this process).
     progress : bool
         Show a progress bar while building.
+    resize : {"linear", "area"}
+        The interpolation of the resize (:data:`RESIZE_INTERPOLATIONS`); each has its own folder.
 
     Raises
     ------
@@ -306,7 +329,8 @@ def open_cache(data_root: Path | str, table: EpochTable, img_size, cache_dir: Pa
     data_root = Path(data_root)
     check_cache_dir(cache_dir, data_root)
     shape = input_shape(img_size)
-    folder = cache_folder(cache_dir, data_root, shape)
+    make_resize(shape, resize)  # an unknown resize fails before anything is built
+    folder = cache_folder(cache_dir, data_root, shape, resize)
     wanted = set(table.recording_ids) if rows is None else {table.recording_ids[r] for r in rows}
     listed: dict[str, set[str]] = {}
     for recording_id, idnum in zip(table.recording_ids, table.idnums):
@@ -317,10 +341,10 @@ def open_cache(data_root: Path | str, table: EpochTable, img_size, cache_dir: Pa
     for recording_id, recording_names in names.items():
         paths = [psg_layout.image_path(data_root, recording_id, name) for name in recording_names]
         array_path, manifest_path = folder / f"{recording_id}.npy", folder / f"{recording_id}.json"
-        fingerprint = _fingerprint(paths, shape)
+        fingerprint = _fingerprint(paths, shape, resize)
         manifests[recording_id] = _read_manifest(manifest_path, array_path, fingerprint)
         if manifests[recording_id] is None:
-            stale.append((recording_id, (paths, shape, array_path, manifest_path, fingerprint)))
+            stale.append((recording_id, (paths, shape, resize, array_path, manifest_path, fingerprint)))
     if stale:
         _build_recordings(folder, stale, manifests, shape, workers, progress)
     order = list(names)

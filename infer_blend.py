@@ -150,23 +150,23 @@ def validation_rows(args, configs: dict) -> tuple[psg_layout.EpochTable | None, 
 
 
 def tta_loader(data_root, table, rows, img_size: tuple[int, int], batch_size: int, workers: int, tta_round: int,
-               pin_memory: bool, cache_dir: str | None) -> DataLoader:
+               pin_memory: bool, cache_dir: str | None, resize: str = image_cache.DEFAULT_RESIZE) -> DataLoader:
     """Images of ``rows`` in order: round 0 as validation reads them, later rounds with the two dropouts.
 
     Returns
     -------
     DataLoader
         Yields float32 images (batch, 3, height, width), ``img_size`` being
-        (height, width) (with targets
+        (height, width), shrunk with the training run's ``resize`` (with targets
         in round 0 when the table has labels; predict ignores them).
     """
     if tta_round == 0:
         return loader_vit_rgb.make_eval_loader(data_root, table, img_size, batch_size, workers, rows=rows,
-                                               pin_memory=pin_memory, cache_dir=cache_dir)
+                                               pin_memory=pin_memory, cache_dir=cache_dir, resize=resize)
     paths = loader_vit_rgb.table_image_paths(data_root, table)
     # No labels, no mixing: only the augmentation part of the training pipeline.
     dataset = loader_vit_rgb.EpochImageDataset([paths[r] for r in rows], None,
-                                               loader_vit_rgb.get_train_transforms(img_size), seed=tta_round)
+                                               loader_vit_rgb.get_train_transforms(img_size, resize), seed=tta_round)
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=pin_memory)
 
 
@@ -181,7 +181,8 @@ def model_probabilities(arch: str, epochs, config: dict, args, inputs: dict, dev
         Checkpoint epochs to average.
     config : dict
         Its training configuration (``img_size``: [height, width], or one
-        int for a square input in configurations of before).
+        int for a square input in configurations of before; ``resize``, the
+        original's linear where a configuration of before has none).
     args : argparse.Namespace
         This script's options.
     inputs : dict
@@ -194,6 +195,7 @@ def model_probabilities(arch: str, epochs, config: dict, args, inputs: dict, dev
         Split name -> np.ndarray of float32, shape (len(rows), 5).
     """
     img_size = image_cache.input_shape(config["img_size"])
+    resize = config.get("resize", image_cache.DEFAULT_RESIZE)
     amp = engine.resolve_amp(args.amp, device)
     progress = engine.progress_enabled(args.quiet)
     sums = {split: np.zeros((len(rows), NUM_CLASSES)) for split, (_, rows) in inputs.items()}
@@ -207,7 +209,7 @@ def model_probabilities(arch: str, epochs, config: dict, args, inputs: dict, dev
                     print(f"{arch} epoch {epoch}, {split}, TTA round {tta_round + 1}/{args.tta}", flush=True)
                 loader = tta_loader(args.data_root, table, rows, img_size, args.batch_size, args.workers, tta_round,
                                     pin_memory=device.type == "cuda",
-                                    cache_dir=None if args.no_cache else args.cache_dir)
+                                    cache_dir=None if args.no_cache else args.cache_dir, resize=resize)
                 sums[split] += engine.predict(model, loader, device, amp, progress)
         del model  # free its (GPU) memory before the next checkpoint's model is built
     rounds = len(epochs) * args.tta

@@ -51,7 +51,7 @@ import psg_layout
 from batch_augment import (CUTMIX_ALPHA, CUTMIX_LAMBDA_RANGE, CUTMIX_PROBABILITY, DROPOUT_HOLE_PIXELS, DROPOUT_HOLES,
                            DROPOUT_PROBABILITY, FMIX_ALPHA, FMIX_DECAY_POWER, FMIX_LAMBDA_RANGE, FMIX_MAX_SOFT,
                            FMIX_PROBABILITY, IMAGENET_MEAN, IMAGENET_STD, cutmix_box, cutout_corners, finish_batch)
-from image_cache import DEFAULT_CACHE_DIR, ImageCache, input_shape, open_cache, read_image_rgb
+from image_cache import DEFAULT_CACHE_DIR, DEFAULT_RESIZE, ImageCache, input_shape, make_resize, open_cache, read_image_rgb
 from psg_layout import EpochTable, InputError, where
 
 
@@ -282,13 +282,15 @@ class Cutout(BaseDropout):
         return {"holes": holes, "seed": 0}  # the seed of a random fill; the fill is 0
 
 
-def get_train_transforms(img_size) -> A.Compose:
+def get_train_transforms(img_size, resize: str = DEFAULT_RESIZE) -> A.Compose:
     """The original's training pipeline: Resize, Normalize, CoarseDropout, Cutout, to tensor.
 
     Parameters
     ----------
     img_size : int or (int, int)
         Output size in pixels: one (square) or (height, width), see :func:`image_cache.input_shape`.
+    resize : {"linear", "area"}
+        The resize's interpolation (:func:`image_cache.make_resize`; linear is the original's).
 
     Returns
     -------
@@ -296,7 +298,7 @@ def get_train_transforms(img_size) -> A.Compose:
         Maps ``image`` (uint8 HWC RGB) to a float32 tensor (3, height, width).
     """
     return A.Compose([
-        A.Resize(*input_shape(img_size)),
+        make_resize(img_size, resize),
         A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD, max_pixel_value=255.0),
         A.CoarseDropout(num_holes_range=(DROPOUT_HOLES, DROPOUT_HOLES),
                         hole_height_range=(DROPOUT_HOLE_PIXELS, DROPOUT_HOLE_PIXELS),
@@ -307,11 +309,11 @@ def get_train_transforms(img_size) -> A.Compose:
     ])
 
 
-def get_valid_transforms(img_size) -> A.Compose:
-    """Validation and inference pipeline: Resize (``img_size`` as for :func:`get_train_transforms`), Normalize,
-    to tensor (no randomness)."""
+def get_valid_transforms(img_size, resize: str = DEFAULT_RESIZE) -> A.Compose:
+    """Validation and inference pipeline: Resize (``img_size`` and ``resize`` as for
+    :func:`get_train_transforms`), Normalize, to tensor (no randomness)."""
     return A.Compose([
-        A.Resize(*input_shape(img_size)),
+        make_resize(img_size, resize),
         A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD, max_pixel_value=255.0),
         ToTensorV2(),
     ])
@@ -565,7 +567,8 @@ def make_train_loader(data_root, table: EpochTable, rows: np.ndarray, img_size, 
                       workers: int, seed: int, fmix_enabled: bool = True, cutmix_enabled: bool = False,
                       rank: int = 0, world_size: int = 1, pin_memory: bool = False,
                       cache_dir: Path | str | None = DEFAULT_CACHE_DIR, device: torch.device | str = "cpu",
-                      progress: bool = False, fmix_spectrum: str = fmix.DEFAULT_SPECTRUM) -> DataLoader:
+                      progress: bool = False, fmix_spectrum: str = fmix.DEFAULT_SPECTRUM,
+                      resize: str = DEFAULT_RESIZE) -> DataLoader:
     """The training DataLoader over ``rows`` of the table (shuffled; augmented).
 
     Call :func:`set_loader_epoch` before iterating each epoch, and pass
@@ -588,6 +591,8 @@ def make_train_loader(data_root, table: EpochTable, rows: np.ndarray, img_size, 
         The FMix masks' spectrum (:mod:`fmix`).
     img_size : int or (int, int)
         Model input size in pixels: one (square) or (height, width), see :func:`image_cache.input_shape`.
+    resize : {"linear", "area"}
+        The resize's interpolation (:func:`image_cache.make_resize`).
     (The other parameters as for :class:`EpochImageDataset` and DataLoader.)
 
     Yields
@@ -599,13 +604,13 @@ def make_train_loader(data_root, table: EpochTable, rows: np.ndarray, img_size, 
     if cache_dir is None:
         paths = table_image_paths(data_root, table)
         dataset = EpochImageDataset(
-            [paths[r] for r in rows], table.labels[rows], get_train_transforms(img_size), seed=seed,
+            [paths[r] for r in rows], table.labels[rows], get_train_transforms(img_size, resize), seed=seed,
             fmix_enabled=fmix_enabled, cutmix_enabled=cutmix_enabled, fmix_spectrum=fmix_spectrum,
         )
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler_of(dataset), num_workers=workers,
                           collate_fn=_collate, pin_memory=pin_memory, drop_last=False)
     opener = functools.partial(open_cache, data_root, table, img_size, cache_dir, rows=rows, workers=workers,
-                               progress=progress)
+                               progress=progress, resize=resize)
     dataset = CachedTrainBatches(opener, rows, table.labels[rows], img_size, seed, rank, fmix_enabled,
                                  cutmix_enabled, finish=_finish_in_workers(device), fmix_spectrum=fmix_spectrum)
     return CachedLoader(dataset, batch_size=None, sampler=_NumberedBatches(sampler_of(dataset), batch_size),
@@ -615,7 +620,8 @@ def make_train_loader(data_root, table: EpochTable, rows: np.ndarray, img_size, 
 def make_eval_loader(data_root, table: EpochTable, img_size, batch_size: int, workers: int,
                      rows: np.ndarray | None = None, rank: int = 0, world_size: int = 1,
                      pin_memory: bool = False, cache_dir: Path | str | None = DEFAULT_CACHE_DIR,
-                     device: torch.device | str = "cpu", progress: bool = False) -> DataLoader:
+                     device: torch.device | str = "cpu", progress: bool = False,
+                     resize: str = DEFAULT_RESIZE) -> DataLoader:
     """The validation / inference DataLoader: table order, no augmentation.
 
     Parameters
@@ -636,7 +642,7 @@ def make_eval_loader(data_root, table: EpochTable, img_size, batch_size: int, wo
         of the subset (every row exactly once over all ranks).
     pin_memory : bool
         Pin batches for faster copies to CUDA.
-    cache_dir, device, progress
+    cache_dir, device, progress, resize
         As for :func:`make_train_loader`; the images are the same to the
         bit either way.
 
@@ -651,11 +657,11 @@ def make_eval_loader(data_root, table: EpochTable, img_size, batch_size: int, wo
     labels = None if table.labels is None else table.labels[rows]
     if cache_dir is None:
         paths = table_image_paths(data_root, table)
-        dataset = EpochImageDataset([paths[r] for r in rows], labels, get_valid_transforms(img_size))
+        dataset = EpochImageDataset([paths[r] for r in rows], labels, get_valid_transforms(img_size, resize))
         return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=_collate,
                           pin_memory=pin_memory)
     opener = functools.partial(open_cache, data_root, table, img_size, cache_dir, rows=rows, workers=workers,
-                               progress=progress)
+                               progress=progress, resize=resize)
     dataset = CachedEvalBatches(opener, rows, labels, finish=_finish_in_workers(device))
     batches = BatchSampler(SequentialSampler(dataset), batch_size, drop_last=False)
     return CachedLoader(dataset, batch_size=None, sampler=batches, num_workers=workers, pin_memory=pin_memory,

@@ -43,6 +43,8 @@ parser.add_argument("--data-root", type=Path, default=Path("demo/DATA"), help="d
 parser.add_argument("--cache-dir", type=Path, default=Path("demo/cache"), help="image cache (built when missing)")
 parser.add_argument("--img-size", type=int, nargs="+", metavar="PIXELS", default=[64],
                     help="input size in pixels, as the models see it: one (square) or two, HEIGHT WIDTH")
+parser.add_argument("--resize", choices=tuple(image_cache.RESIZE_INTERPOLATIONS), default="linear",
+                    help="the images' interpolation, as the trainers' --resize (the demo trains on area)")
 parser.add_argument("--block", type=int, default=8, help="columns per block of the within-block spread feature")
 parser.add_argument("--seed", type=int, default=72, help="the trainers' fold seed (fold 0 of 5, by subject)")
 parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "feature_baseline.json")
@@ -70,7 +72,7 @@ def row_features(images: np.ndarray, block: int) -> np.ndarray:
 
 
 def features_of(table: psg_layout.EpochTable, args: argparse.Namespace) -> np.ndarray:
-    cache = image_cache.open_cache(args.data_root, table, args.img_size, args.cache_dir)
+    cache = image_cache.open_cache(args.data_root, table, args.img_size, args.cache_dir, resize=args.resize)
     rows = np.arange(len(table))
     return np.concatenate([row_features(cache.read(chunk), args.block)
                            for chunk in np.array_split(rows, max(1, len(rows) // 2048))])
@@ -103,7 +105,7 @@ def main(args: argparse.Namespace) -> None:
         "what": f"HistGradientBoostingClassifier on per-row intensity statistics of "
                 f"{image_cache.shape_label(shape)} cached images",
         "command": "python bench/feature_baseline.py " + " ".join(sys.argv[1:]),
-        "data_root": str(args.data_root), "img_size": list(shape),
+        "data_root": str(args.data_root), "img_size": list(shape), "resize": args.resize,
         "test": fit_and_score(train_x, train.labels, test_x, test_y),
         "fold_0_validation": fit_and_score(train_x[folds != 0], train.labels[folds != 0],
                                            train_x[folds == 0], train.labels[folds == 0]),

@@ -40,10 +40,10 @@ def write_recordings(root, recordings):
     return EpochTable(root / psg_layout.TRAIN_CSV, ids, names, np.arange(len(names)) % 5)
 
 
-def cached_train_batch(table, root, cache_dir, indices, size=SIZE, **options):
+def cached_train_batch(table, root, cache_dir, indices, size=SIZE, resize="linear", **options):
     """The dataset of all rows (no mixing, batches left for the device) and its item (epoch 0, step 0, indices)."""
     rows = np.arange(len(table))
-    opener = functools.partial(image_cache.open_cache, root, table, size, cache_dir)
+    opener = functools.partial(image_cache.open_cache, root, table, size, cache_dir, resize=resize)
     settings = dict(seed=3, rank=0, fmix_enabled=False, cutmix_enabled=False, finish=False)
     dataset = L.CachedTrainBatches(opener, rows, table.labels, size, **{**settings, **options})
     dataset.prepare()
@@ -53,37 +53,57 @@ def cached_train_batch(table, root, cache_dir, indices, size=SIZE, **options):
 # --------------------------------------------------------------------------
 # Without augmentation: the per-sample path's tensors, to the bit
 # --------------------------------------------------------------------------
+SIZES = pytest.mark.parametrize("size, resize", [(SIZE, "linear"), ((40, 24), "linear"), (SIZE, "area")],
+                                ids=["square", "40x24", "square-area"])  # (height, width); the interpolation
+
+
 @pytest.mark.parametrize("device", ["cpu", "cuda"])  # finished in the workers / left for the device (done on the CPU)
-@pytest.mark.parametrize("size", [SIZE, (40, 24)], ids=["square", "40x24"])  # one size, or (height, width)
-def test_eval_batches_equal_the_per_sample_path(tiny_data, tmp_path, device, size):
+@SIZES
+def test_eval_batches_equal_the_per_sample_path(tiny_data, tmp_path, device, size, resize):
     table = L.read_train_table(tiny_data)
     rows = np.arange(0, len(table), 3)
-    per_sample = finished(L.make_eval_loader(tiny_data, table, size, 16, 0, rows=rows, cache_dir=None))
+    per_sample = finished(L.make_eval_loader(tiny_data, table, size, 16, 0, rows=rows, cache_dir=None, resize=resize))
     cached = finished(L.make_eval_loader(tiny_data, table, size, 16, 1, rows=rows, cache_dir=tmp_path,
-                                         device=device))
+                                         device=device, resize=resize))
     assert len(per_sample) == len(cached) == -(-len(rows) // 16)
     for (images_a, targets_a), (images_b, targets_b) in zip(per_sample, cached):
         assert images_b.dtype == torch.float32 and images_b.shape[1:] == (3, *image_cache.input_shape(size))
         torch.testing.assert_close(images_a, images_b, rtol=0, atol=0)
         torch.testing.assert_close(targets_a, targets_b, rtol=0, atol=0)
     test = L.read_test_table(tiny_data)  # no labels: images alone
-    images = finished(L.make_eval_loader(tiny_data, test, size, 64, 0, cache_dir=tmp_path))
-    reference = finished(L.make_eval_loader(tiny_data, test, size, 64, 0, cache_dir=None))
+    images = finished(L.make_eval_loader(tiny_data, test, size, 64, 0, cache_dir=tmp_path, resize=resize))
+    reference = finished(L.make_eval_loader(tiny_data, test, size, 64, 0, cache_dir=None, resize=resize))
     torch.testing.assert_close(torch.cat(images), torch.cat(reference), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("size", [SIZE, (40, 24)], ids=["square", "40x24"])  # one size, or (height, width)
-def test_training_batches_without_augmentation_equal_the_per_sample_path(tiny_data, tmp_path, size):
+@SIZES
+def test_training_batches_without_augmentation_equal_the_per_sample_path(tiny_data, tmp_path, size, resize):
     table = L.read_train_table(tiny_data)
     indices = [5, 0, 77, 200, 13]
-    _, batch = cached_train_batch(table, tiny_data, tmp_path, indices, size=size, dropout_probability=0.0)
+    _, batch = cached_train_batch(table, tiny_data, tmp_path, indices, size=size, resize=resize,
+                                  dropout_probability=0.0)
     images, targets = batch_augment.finish_batch(batch, CPU)
     per_sample = L.EpochImageDataset(L.table_image_paths(tiny_data, table), table.labels,
-                                     L.get_valid_transforms(size))
+                                     L.get_valid_transforms(size, resize))
     for position, index in enumerate(indices):
         image, target = per_sample[index]
         torch.testing.assert_close(images[position], image, rtol=0, atol=0)
         torch.testing.assert_close(targets[position], target, rtol=0, atol=0)
+
+
+def test_area_resize_keeps_a_one_pixel_trace_that_the_original_resize_drops():
+    # A 270 x 480 epoch image, black but for one white row: row 3. Shrunk to 64 rows (4.22 source rows
+    # each), the original's INTER_LINEAR samples source rows 1-2 and 5-6 for output rows 0 and 1,
+    # so the trace vanishes; INTER_AREA averages every source row, so output row 0 (source rows
+    # 0-4.22) holds 255 / 4.21875 = 60.4 -> 60 across the width, and every other row 0.
+    image = np.zeros((270, 480, 3), np.uint8)
+    image[3] = 255
+    linear = image_cache.make_resize(64)(image=image)["image"]
+    area = image_cache.make_resize(64, "area")(image=image)["image"]
+    assert linear.shape == area.shape == (64, 64, 3) and linear.max() == 0
+    assert (area[0] == 60).all() and area[1:].max() == 0
+    with pytest.raises(InputError, match="^--resize must be one of linear, area, got 'cubic'$"):
+        image_cache.make_resize(64, "cubic")
 
 
 def test_grey_images_are_stored_once_and_colour_in_three_channels(tmp_path):
@@ -141,9 +161,13 @@ def test_cache_is_rebuilt_exactly_when_files_or_settings_change(tmp_path):
         handle.truncate(100)
     image_cache.open_cache(root, table, SIZE, cache_dir)
     assert rebuilt() == {"A", "B"}
-    # Another size is another folder; the data root is never written to.
+    # Another size or resize is another folder; the data root is never written to.
     image_cache.open_cache(root, table, 16, cache_dir)
     assert (image_cache.cache_folder(cache_dir, root, 16) / "A.npy").is_file()
+    built = {name: (folder / f"{name}.npy").stat().st_mtime_ns for name in "AB"}
+    image_cache.open_cache(root, table, SIZE, cache_dir, resize="area")
+    area_folder = image_cache.cache_folder(cache_dir, root, SIZE, "area")
+    assert area_folder.name == f"{SIZE}px-area" and (area_folder / "A.npy").is_file() and rebuilt() == set()
     assert sorted(p.name for p in root.rglob("*") if p.is_file()) == sorted(table.idnums)
 
 

@@ -193,29 +193,36 @@ def train(module, data_root, weights, arch, shape, *extra):
 
 @pytest.fixture(scope="module")
 def non_square_runs(tiny_data, tmp_path_factory):
-    """One epoch of main_vit_rgb.py (test_vit at 32 x 16) and main_eff.py (test_efficientnet at 40 x 24)."""
+    """One epoch of main_vit_rgb.py (test_vit at 32 x 16) and main_eff.py (test_efficientnet at 40 x 24,
+    shrunk with --resize area)."""
     weights = tmp_path_factory.mktemp("geometry") / "weights"
     with one_thread():
         train(main_vit_rgb, tiny_data, weights, VIT, VIT_SHAPE, "--epochs", 1)
-        train(main_eff, tiny_data, weights, EFF, EFF_SHAPE, "--epochs", 1)
+        train(main_eff, tiny_data, weights, EFF, EFF_SHAPE, "--epochs", 1, "--resize", RESIZES[EFF])
     return weights
+
+
+RESIZES = {VIT: "linear", EFF: "area"}  # the interpolation each run of non_square_runs shrinks its images with
+INTERPOLATIONS = {"linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA}
 
 
 def test_each_trainer_records_its_geometry_and_caches_at_it(tiny_data, non_square_runs):
     weights = non_square_runs
     for arch, shape in ((VIT, VIT_SHAPE), (EFF, EFF_SHAPE)):
-        assert engine.read_run_config(weights, arch, 0)["img_size"] == list(shape)
-        folder = image_cache.cache_folder(weights.parent / "cache", tiny_data, shape)
+        config = engine.read_run_config(weights, arch, 0)
+        assert config["img_size"] == list(shape) and config["resize"] == RESIZES[arch]
+        folder = image_cache.cache_folder(weights.parent / "cache", tiny_data, shape, RESIZES[arch])
         arrays = sorted(folder.glob("*.npy"))
-        assert folder.name == f"{shape[0]}x{shape[1]}px" and arrays
+        suffix = "-area" if RESIZES[arch] == "area" else ""
+        assert folder.name == f"{shape[0]}x{shape[1]}px{suffix}" and arrays
         assert np.load(arrays[0], mmap_mode="r").shape[2:] == shape
 
 
 def by_hand(weights, arch, shape, image_path) -> np.ndarray:
-    """Softmax of epoch 0 of ``arch`` on one image resized by OpenCV to ``shape`` (height, width)."""
+    """Softmax of epoch 0 of ``arch`` on one image resized by OpenCV to ``shape`` (height, width) as it trained."""
     model = engine.load_weights(engine.create_model(arch, shape), engine.checkpoint_path(weights, arch, 0, 0))
     image = cv2.cvtColor(cv2.imread(str(image_path)), cv2.COLOR_BGR2RGB)
-    image = cv2.resize(image, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR).astype(np.float32) / 255.0
+    image = cv2.resize(image, (shape[1], shape[0]), interpolation=INTERPOLATIONS[RESIZES[arch]]).astype(np.float32) / 255.0
     image = (image - np.array(batch_augment.IMAGENET_MEAN)) / np.array(batch_augment.IMAGENET_STD)
     with torch.no_grad():
         return torch.softmax(model.eval()(torch.from_numpy(image.transpose(2, 0, 1)[None].astype(np.float32))),
