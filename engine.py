@@ -68,6 +68,7 @@ RECIPE = dict(
     batch_size=32, valid_batch_size=32, accum_iter=2,  # an optimizer step every 2 batches of 32
     epochs=10, t0=10, sched_steps_per_epoch=2,  # CosineAnnealingWarmRestarts stepped twice per epoch
     warmup_epochs=0.0,  # no learning-rate warm-up
+    stage_balance=0.0,  # every training row once per epoch, shuffled
     folds=5, fold=0, cv="subject", seed=72,
     no_fmix=False, fmix_spectrum="original", cutmix=False,  # FMix on, CutMix off
     amp="fp16", device="auto", workers=4,
@@ -168,6 +169,9 @@ def build_parser(defaults: dict, description: str) -> argparse.ArgumentParser:
     parser.add_argument("--warmup-epochs", type=float, default=d["warmup_epochs"],
                         help="linear learning-rate warm-up over this many epochs' optimizer steps, from 1/steps of "
                              "the scheduled rate up to it (0: none, as the original)")
+    parser.add_argument("--stage-balance", type=float, default=d["stage_balance"],
+                        help="0: every training row once per epoch (the original's); POWER > 0: rows drawn with "
+                             "replacement, a stage of n rows weighted n**-POWER (1: all stages equally often)")
     parser.add_argument("--workers", type=int, default=d["workers"], help="DataLoader worker processes")
     parser.add_argument("--seed", type=int, default=d["seed"], help="seed of folds, initialisation and augmentation")
     parser.add_argument("--pretrained", default=d["pretrained"],
@@ -208,6 +212,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise InputError(f"--workers must be 0 or more, got {args.workers}")
     if not args.lr > 0 or args.min_lr < 0 or args.weight_decay < 0:
         raise InputError("--lr must be positive, --min-lr and --weight-decay not negative")
+    if args.stage_balance < 0:
+        raise InputError(f"--stage-balance must be 0 or more, got {args.stage_balance}")
     if not 0 <= args.warmup_epochs <= args.epochs:
         raise InputError(f"--warmup-epochs must be in 0..--epochs ({args.epochs}), got {args.warmup_epochs}")
     if args.pretrained not in (PRETRAINED_IMAGENET, PRETRAINED_NONE) and not Path(args.pretrained).is_file():
@@ -981,7 +987,8 @@ def _set_up_training(args: argparse.Namespace, device: torch.device, rank: int, 
                    device=device, resize=args.resize)
     train_loader = loader_vit_rgb.make_train_loader(
         args.data_root, table, train_rows, args.img_size, args.batch_size, args.workers, args.seed,
-        fmix_enabled=not args.no_fmix, cutmix_enabled=args.cutmix, fmix_spectrum=args.fmix_spectrum, **loading)
+        fmix_enabled=not args.no_fmix, cutmix_enabled=args.cutmix, fmix_spectrum=args.fmix_spectrum,
+        stage_balance=args.stage_balance, **loading)
     valid_loader = loader_vit_rgb.make_eval_loader(
         args.data_root, table, args.img_size, args.valid_batch_size, args.workers, rows=valid_rows, **loading)
 

@@ -404,6 +404,55 @@ class EpochImageDataset(Dataset):
 # --------------------------------------------------------------------------
 # Whole batches from the cache, augmented on the model's device
 # --------------------------------------------------------------------------
+class StageBalancedSampler(Sampler):
+    """An epoch of training rows drawn with replacement, each stage weighted by its count to the ``-power``.
+
+    A row of a stage with ``n`` training rows is drawn with probability
+    proportional to ``n ** -power``: stage ``s`` then fills
+    ``n_s ** (1 - power) / sum(n ** (1 - power))`` of the epoch (``power``
+    1: every stage equally; 0.5: between the data's shares and equal ones).
+    An epoch has as many draws as rows, from a generator keyed by
+    ``(seed, epoch)``; with ``world_size > 1`` rank ``r`` takes draws
+    ``r::world_size`` (every rank the same number, as DistributedSampler).
+    Not the original's sampling (each row once per epoch, shuffled): an
+    option for small, short runs in which a rare stage such as N1 is
+    otherwise never predicted.
+
+    Parameters
+    ----------
+    labels : np.ndarray of int, shape (rows,)
+        Stage of each training row (0..4).
+    power : float
+        At least 0 (0: rows drawn with replacement with equal probability).
+    seed : int
+    rank, world_size : int
+    """
+
+    def __init__(self, labels: np.ndarray, power: float, seed: int, rank: int = 0, world_size: int = 1):
+        counts = np.bincount(labels, minlength=psg_layout.NUM_CLASSES).astype(np.float64)
+        weights = counts[labels] ** -power
+        self.probabilities = weights / weights.sum()
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.per_rank = math.ceil(len(labels) / world_size)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.per_rank
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch, STAGE_BALANCE_STREAM])
+        draws = rng.choice(len(self.probabilities), size=self.per_rank * self.world_size, p=self.probabilities)
+        return iter(draws[self.rank::self.world_size].tolist())
+
+
+# Third key of the balanced draws' generator (seed, epoch, this): above any row index, so apart from
+# the per-sample generators keyed by (seed, epoch, row).
+STAGE_BALANCE_STREAM = 2**40 + 1
+
+
 class _NumberedBatches(Sampler):
     """The batches of ``sampler``'s order as ``(epoch, step, sample indices)`` keys.
 
@@ -411,7 +460,7 @@ class _NumberedBatches(Sampler):
     workers see :meth:`set_epoch`.
     """
 
-    def __init__(self, sampler: DistributedSampler, batch_size: int):
+    def __init__(self, sampler: DistributedSampler | StageBalancedSampler, batch_size: int):
         self.sampler = sampler
         self.batch_size = batch_size
         self.epoch = 0
@@ -568,7 +617,7 @@ def make_train_loader(data_root, table: EpochTable, rows: np.ndarray, img_size, 
                       rank: int = 0, world_size: int = 1, pin_memory: bool = False,
                       cache_dir: Path | str | None = DEFAULT_CACHE_DIR, device: torch.device | str = "cpu",
                       progress: bool = False, fmix_spectrum: str = fmix.DEFAULT_SPECTRUM,
-                      resize: str = DEFAULT_RESIZE) -> DataLoader:
+                      resize: str = DEFAULT_RESIZE, stage_balance: float = 0.0) -> DataLoader:
     """The training DataLoader over ``rows`` of the table (shuffled; augmented).
 
     Call :func:`set_loader_epoch` before iterating each epoch, and pass
@@ -593,6 +642,9 @@ def make_train_loader(data_root, table: EpochTable, rows: np.ndarray, img_size, 
         Model input size in pixels: one (square) or (height, width), see :func:`image_cache.input_shape`.
     resize : {"linear", "area"}
         The resize's interpolation (:func:`image_cache.make_resize`).
+    stage_balance : float
+        0: every row once per epoch in a shuffled order (the original's);
+        above 0: rows drawn by :class:`StageBalancedSampler` with this power.
     (The other parameters as for :class:`EpochImageDataset` and DataLoader.)
 
     Yields
@@ -600,7 +652,11 @@ def make_train_loader(data_root, table: EpochTable, rows: np.ndarray, img_size, 
     (images, targets) : float32 tensors (batch, 3, height, width), (batch, 5), or a
     cached batch's dict, which :func:`batch_augment.finish_batch` makes into them.
     """
-    sampler_of = functools.partial(DistributedSampler, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+    def sampler_of(dataset):
+        if stage_balance > 0:
+            return StageBalancedSampler(table.labels[rows], stage_balance, seed, rank, world_size)
+        return DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+
     if cache_dir is None:
         paths = table_image_paths(data_root, table)
         dataset = EpochImageDataset(

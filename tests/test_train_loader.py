@@ -186,3 +186,60 @@ def test_training_loader_is_a_function_of_seed_and_epoch(tiny_data):
     assert sorted(targets.argmax(1).tolist()) == sorted(table.labels[rows].tolist())
     other_epoch = epoch_batches(0, 2)
     assert not torch.equal(zero_workers[0][0], other_epoch[0][0])
+
+
+# --------------------------------------------------------------------------
+# --stage-balance: rows drawn with replacement, stages weighted by count ** -power
+# --------------------------------------------------------------------------
+def stage_shares(sampler, labels, epochs):
+    counts = np.zeros(5)
+    for epoch in range(epochs):
+        sampler.set_epoch(epoch)
+        counts += np.bincount(labels[list(sampler)], minlength=5)
+    return counts / counts.sum()
+
+
+@pytest.mark.parametrize("power, shares", [
+    (1.0, [1 / 3, 1 / 3, 1 / 3, 0, 0]),  # every stage present equally often
+    (0.5, [12 ** 0.5 / (12 ** 0.5 + 3 ** 0.5 + 1), 3 ** 0.5 / (12 ** 0.5 + 3 ** 0.5 + 1),
+           1 / (12 ** 0.5 + 3 ** 0.5 + 1), 0, 0]),  # count ** (1 - power) shares: 0.559, 0.280, 0.161
+])
+def test_stage_balanced_draws_fill_each_stage_by_its_count_to_one_minus_the_power(power, shares):
+    labels = np.array([0] * 12 + [1] * 3 + [2])
+    sampler = loader_vit_rgb.StageBalancedSampler(labels, power, seed=72)
+    assert len(sampler) == len(labels)
+    np.testing.assert_allclose(stage_shares(sampler, labels, 4000), shares, atol=0.01)
+
+
+def test_stage_balanced_draws_depend_on_seed_and_epoch_and_split_over_ranks():
+    labels = np.array([0] * 12 + [1] * 3 + [2])
+    draws = {}
+    for seed, epoch in ((72, 0), (72, 0), (72, 1), (73, 0)):
+        sampler = loader_vit_rgb.StageBalancedSampler(labels, 1.0, seed)
+        sampler.set_epoch(epoch)
+        draws.setdefault((seed, epoch), []).append(list(sampler))
+    assert draws[72, 0][0] == draws[72, 0][1]
+    assert len({tuple(d[0]) for d in draws.values()}) == 3
+    # Three ranks: 6 draws each (ceil(16 / 3)), interleaved from one draw of 18.
+    ranks = [loader_vit_rgb.StageBalancedSampler(labels, 1.0, 72, rank, 3) for rank in range(3)]
+    shares = [list(sampler) for sampler in ranks]
+    assert [len(share) for share in shares] == [6, 6, 6]
+    interleaved = [share[i] for i in range(6) for share in shares]
+    assert interleaved[:16] == draws[72, 0][0]  # the one-process draws of epoch 0 (numpy's choice is prefix-stable)
+
+
+def test_training_loader_with_stage_balance_evens_out_the_stages(tiny_data, tmp_path):
+    table = loader_vit_rgb.read_train_table(tiny_data)
+    rows = np.arange(len(table))
+    natural = np.bincount(table.labels, minlength=5) / len(table)
+    assert natural.min() < 0.1  # N1 is rare in a night
+    loader = loader_vit_rgb.make_train_loader(tiny_data, table, rows, 16, 32, 0, seed=72, fmix_enabled=False,
+                                              cache_dir=tmp_path, stage_balance=1.0)
+    seen = np.zeros(5)
+    for epoch in range(3):
+        loader_vit_rgb.set_loader_epoch(loader, epoch)
+        for batch in loader_vit_rgb.iterate_batches(loader):
+            _, targets = batch_augment.finish_batch(batch, torch.device("cpu"))
+            seen += np.bincount(targets.argmax(dim=1).numpy(), minlength=5)
+    assert seen.sum() == 3 * len(rows)
+    np.testing.assert_allclose(seen / seen.sum(), 0.2, atol=0.05)

@@ -119,6 +119,8 @@ def test_bad_options_are_one_line_errors(monkeypatch, capsys, tmp_path):
     status, out, err = run_in_process(main_vit_rgb, ["--warmup-epochs", 11, "--pretrained", "none"], monkeypatch,
                                       capsys)
     assert (status, err) == (2, "error: --warmup-epochs must be in 0..--epochs (10), got 11.0\n")
+    status, out, err = run_in_process(main_eff, ["--stage-balance", -1, "--pretrained", "none"], monkeypatch, capsys)
+    assert (status, err) == (2, "error: --stage-balance must be 0 or more, got -1.0\n")
 
 
 def test_no_data_is_one_line_exit_2_and_writes_nothing(tmp_path):
