@@ -14,22 +14,29 @@ STAMP="$VENV/.requirements.sha256"
 # The demo profile: everything in which the demo differs from the original's full
 # configuration. Same scripts, same code paths; only these arguments differ.
 # ---------------------------------------------------------------------------
-DEMO_DIR=demo                        # demo/DATA, demo/weights, demo/outputs, demo/cache
+DEMO_DIR=demo                        # demo/DATA, demo/weights, demo/outputs, demo/cache, demo/logs
 DEMO_DATA_ARGS=(--train-subjects 8 --test-subjects 4 --hours 6.1 --seed 0)   # the test set: the default 4 nights
 DEMO_VIT_ARCH=vit_tiny_patch16_224   # the original: vit_base_patch16_224
 DEMO_EFF_ARCH=tf_efficientnet_b0     # the original: tf_efficientnet_b4_ns
 DEMO_IMG_SIZE=64                     # the original: 224
+DEMO_RESIZE=area                     # the original: linear, which at 64 px keeps about 1 row in 4 of the thin traces
 DEMO_VIT_LR=1e-4                     # the original's; 5e-4 leaves the ViT stuck at the class prior
 DEMO_EFF_LR=1e-3                     # the original: 1e-4, which learns too slowly from random initialisation
+DEMO_STAGE_BALANCE=1                 # the original: 0 (each row once per epoch); 1: every stage drawn equally
+                                     #   often, else the EfficientNet never predicts N1 (6 % of the epochs)
 DEMO_BATCH=(--batch-size 16 --accum-iter 1)   # the original: 32 x 2; more optimizer steps on a small data set
-DEMO_VIT_EPOCHS=10                   # the original: 10 for both; the ViT is 2x faster here and
-DEMO_EFF_EPOCHS=4                    #   carries the blend, so it gets most of the time
+DEMO_VIT_EPOCHS=7                    # the original: 10 for both; the two trainers run side by side,
+DEMO_EFF_EPOCHS=4                    #   and these end at about the same time
 # One cosine cycle over each run (T_0 = 2 x epochs: the original steps the scheduler twice per
 # epoch), and each model contributes its last epoch, the end of the cycle (the original: epochs 4 and 1).
 DEMO_VIT_EPOCH=$((DEMO_VIT_EPOCHS - 1))
 DEMO_EFF_EPOCH=$((DEMO_EFF_EPOCHS - 1))
 DEMO_GEN_WORKERS=2                   # processes drawing the synthetic images
 DEMO_LOADER_WORKERS=0                # the cached data path needs no loader processes on 2 cores
+# The two trainers run at the same time with one torch thread each: on 2 cores that trains more
+# images per second than one 2-thread trainer after the other (torch's second thread gains little on
+# these small models). Each is deterministic whatever runs beside it.
+DEMO_TRAINER_THREADS=1
 
 find_python() {
     for candidate in python3.11 python3; do
@@ -63,8 +70,9 @@ run_tests() {
 
 print_profile() {
     echo "demo profile: data ${DEMO_DATA_ARGS[*]} -> $DEMO_DIR/DATA"
-    echo "  model 1: $DEMO_VIT_ARCH, model 2: $DEMO_EFF_ARCH, image ${DEMO_IMG_SIZE}x${DEMO_IMG_SIZE},"
+    echo "  model 1: $DEMO_VIT_ARCH, model 2: $DEMO_EFF_ARCH, image ${DEMO_IMG_SIZE}x${DEMO_IMG_SIZE} (resize $DEMO_RESIZE),"
     echo "  lr $DEMO_VIT_LR and $DEMO_EFF_LR, ${DEMO_BATCH[*]}, $DEMO_VIT_EPOCHS and $DEMO_EFF_EPOCHS epochs (one cosine cycle each),"
+    echo "  --stage-balance $DEMO_STAGE_BALANCE; both trained side by side, $DEMO_TRAINER_THREADS torch thread each;"
     echo "  checkpoints used: epoch $DEMO_VIT_EPOCH and $DEMO_EFF_EPOCH, fold 0 of 5"
 }
 
@@ -76,34 +84,35 @@ run_demo() {
     local models=(--vit-arch "$DEMO_VIT_ARCH" --eff-arch "$DEMO_EFF_ARCH"
                   --vit-epochs "$DEMO_VIT_EPOCH" --eff-epochs "$DEMO_EFF_EPOCH")
     local train=(--data-root "$data" --weights-dir "$weights" --cache-dir "$DEMO_DIR/cache"
-                 --img-size "$DEMO_IMG_SIZE" --workers "$DEMO_LOADER_WORKERS"
+                 --img-size "$DEMO_IMG_SIZE" --resize "$DEMO_RESIZE" --stage-balance "$DEMO_STAGE_BALANCE"
+                 --workers "$DEMO_LOADER_WORKERS"
                  --pretrained none "${DEMO_BATCH[@]}")
     local names  # output file names, from output_names.py: tuned blend settings, submission, report folder
     mapfile -t names < <("$PY" -c 'import sys, output_names as n
 print(n.tune_json_path(sys.argv[1]), n.submission_path(sys.argv[1]), n.report_dir(sys.argv[1]), sep="\n")' "$out")
     local tune_json=${names[0]} submission=${names[1]} report=${names[2]}
 
-    step "1/7 synthetic data"
+    step "1/6 synthetic data"
     "$PY" make_synthetic.py --out "$data" "${DEMO_DATA_ARGS[@]}" --workers "$DEMO_GEN_WORKERS"
-    step "2/7 train model 1 (ViT)"
-    "$PY" main_vit_rgb.py "${train[@]}" --model-arch "$DEMO_VIT_ARCH" --lr "$DEMO_VIT_LR" \
-        --epochs "$DEMO_VIT_EPOCHS" --t0 $((2 * DEMO_VIT_EPOCHS))
-    step "3/7 train model 2 (EfficientNet)"
-    "$PY" main_eff.py "${train[@]}" --model-arch "$DEMO_EFF_ARCH" --lr "$DEMO_EFF_LR" \
-        --epochs "$DEMO_EFF_EPOCHS" --t0 $((2 * DEMO_EFF_EPOCHS))
-    step "4/7 per-model probabilities"
+    step "2/6 train model 1 (ViT) and model 2 (EfficientNet), side by side"
+    train_side_by_side "$DEMO_DIR/logs" \
+        vit "$PY" main_vit_rgb.py "${train[@]}" --model-arch "$DEMO_VIT_ARCH" --lr "$DEMO_VIT_LR" \
+            --epochs "$DEMO_VIT_EPOCHS" --t0 $((2 * DEMO_VIT_EPOCHS)) -- \
+        eff "$PY" main_eff.py "${train[@]}" --model-arch "$DEMO_EFF_ARCH" --lr "$DEMO_EFF_LR" \
+            --epochs "$DEMO_EFF_EPOCHS" --t0 $((2 * DEMO_EFF_EPOCHS))
+    step "3/6 per-model probabilities"
     "$PY" infer_blend.py --data-root "$data" --weights-dir "$weights" --out "$out" "${models[@]}" \
         --cache-dir "$DEMO_DIR/cache" --workers "$DEMO_LOADER_WORKERS"
-    step "5/7 blend (weight tuned on validation)"
+    step "4/6 blend (weight tuned on validation)"
     "$PY" blend.py --data-root "$data" --out "$out" "${models[@]}" --tune
     "$PY" blend.py --data-root "$data" --out "$out" "${models[@]}" --from-tune "$tune_json"
     local blend_csv
     blend_csv=$("$PY" -c 'import sys, blend, output_names as n; method = blend.read_tune_json(sys.argv[2])["method"]
 print(n.blend_csv_path(sys.argv[1], method, [int(sys.argv[3])], [int(sys.argv[4])]))' \
         "$out" "$tune_json" "$DEMO_VIT_EPOCH" "$DEMO_EFF_EPOCH")
-    step "6/7 context post-processing"
+    step "5/6 context post-processing"
     "$PY" postprocess.py --data-root "$data" --in "$blend_csv" --out "$submission"
-    step "7/7 evaluation"
+    step "6/6 evaluation"
     "$PY" evaluate.py --data-root "$data" --pred "$blend_csv" --out "$out/report_blend" \
         --outputs "$out" --weights-dir "$weights" "${models[@]}" --quiet
     "$PY" evaluate.py --data-root "$data" --pred "$submission" --out "$report" \
@@ -130,6 +139,33 @@ for name, value in rows:
     print(f"{name:<{width}}  {value}")
 print(f"\nsubmission: {submission}   report: {report}/report.md   ({seconds // 60} min {seconds % 60} s)")
 PY
+}
+
+# train_side_by_side LOG_DIR NAME1 COMMAND1... -- NAME2 COMMAND2...: both commands at once, each with
+# DEMO_TRAINER_THREADS torch threads and its output in LOG_DIR/NAME.log; then each one's epoch lines.
+# Fails (showing the log's end) if either fails. Both may build the same image cache at once: each
+# recording is written under a temporary name and renamed, and both write the same bytes.
+train_side_by_side() {
+    local logs=$1 first=$2; shift 2
+    local first_command=()
+    while [[ $1 != -- ]]; do first_command+=("$1"); shift; done
+    shift
+    local second=$1; shift
+    mkdir -p "$logs"
+    echo "logs: $logs/$first.log, $logs/$second.log"
+    OMP_NUM_THREADS=$DEMO_TRAINER_THREADS "${first_command[@]}" > "$logs/$first.log" 2>&1 &
+    local first_pid=$!
+    OMP_NUM_THREADS=$DEMO_TRAINER_THREADS "$@" > "$logs/$second.log" 2>&1 &
+    local second_pid=$! failed=0 name pid
+    for name in "$first" "$second"; do
+        pid=$first_pid; [[ $name == "$second" ]] && pid=$second_pid
+        if wait "$pid"; then
+            echo "-- $name:"; grep -E '^epoch [0-9]+:' "$logs/$name.log" || true
+        else
+            echo "-- $name failed; the end of $logs/$name.log:" >&2; tail -n 5 "$logs/$name.log" >&2; failed=1
+        fi
+    done
+    return $failed
 }
 
 step() {
