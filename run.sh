@@ -34,8 +34,8 @@ DEMO_EFF_EPOCH=$((DEMO_EFF_EPOCHS - 1))
 DEMO_GEN_WORKERS=2                   # processes drawing the synthetic images
 DEMO_LOADER_WORKERS=0                # the cached data path needs no loader processes on 2 cores
 # The two trainers run at the same time with one torch thread each: on 2 cores that trains more
-# images per second than one 2-thread trainer after the other (torch's second thread gains little on
-# these small models). Each is deterministic whatever runs beside it.
+# images per second than one 2-thread trainer after the other (a second torch thread speeds each of
+# these small models by well under 2x). Each is deterministic whatever runs beside it.
 DEMO_TRAINER_THREADS=1
 
 find_python() {

@@ -46,7 +46,7 @@ parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
 parser.add_argument("--weights-dir", type=Path, required=True, help="the models' checkpoints and configurations")
 parser.add_argument("--vit-arch", default="vit_tiny_patch16_224", help="the demo's model 1")
 parser.add_argument("--eff-arch", default="tf_efficientnet_b0", help="the demo's model 2")
-parser.add_argument("--vit-epochs", type=int, nargs="+", default=[9], help="the demo's checkpoint of model 1")
+parser.add_argument("--vit-epochs", type=int, nargs="+", default=[6], help="the demo's checkpoint of model 1")
 parser.add_argument("--eff-epochs", type=int, nargs="+", default=[3], help="the demo's checkpoint of model 2")
 parser.add_argument("--from-tune", type=Path, default=None,
                     help="blend settings (blend_tune.json); default: blend.py's defaults")

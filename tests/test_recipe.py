@@ -9,7 +9,8 @@ import main_vit_rgb
 SHARED = dict(img_size=224, pretrained="imagenet", lr=1e-4, min_lr=1e-6, weight_decay=1e-6, batch_size=32,
               valid_batch_size=32, accum_iter=2, epochs=10, t0=10, sched_steps_per_epoch=2, folds=5, fold=0,
               cv="subject", seed=72, workers=4, amp="fp16", device="auto", data_root="DATA", weights_dir="weights",
-              cache_dir="cache", fmix_spectrum="original", no_fmix=False, cutmix=False, no_cache=False)
+              cache_dir="cache", fmix_spectrum="original", no_fmix=False, cutmix=False, no_cache=False,
+              resize="linear", warmup_epochs=0.0, stage_balance=0.0)  # cv2.INTER_LINEAR, no warm-up, each row once
 
 
 def test_each_trainer_is_the_recipe_with_its_model_and_optimizer():
@@ -26,5 +27,5 @@ def test_resume_checks_every_recipe_key_but_length_speed_and_places():
     assert set(engine.RESUME_KEYS) == {
         "model_arch", "img_size", "optimizer", "fold", "folds", "cv", "seed", "batch_size", "accum_iter", "lr",
         "min_lr", "weight_decay", "t0", "sched_steps_per_epoch", "no_fmix", "fmix_spectrum", "cutmix",
-        "pretrained", "no_cache"}
+        "pretrained", "no_cache", "resize", "warmup_epochs", "stage_balance"}
     assert len(engine.RESUME_KEYS) == len(set(engine.RESUME_KEYS))
