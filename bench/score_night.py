@@ -16,7 +16,7 @@
 Writes ``bench/results/score_night.json`` (``--result``) and prints it.
 
     python bench/score_night.py --weights-dir demo/weights --vit-arch vit_tiny_patch16_224 \\
-        --eff-arch tf_efficientnet_b0 --vit-epochs 9 --eff-epochs 3 --from-tune demo/outputs/blend_tune.json
+        --eff-arch tf_efficientnet_b0 --vit-epochs 6 --eff-epochs 3 --from-tune demo/outputs/blend_tune.json
 """
 from __future__ import annotations
 
