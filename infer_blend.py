@@ -225,8 +225,21 @@ def read_model_configs(args, models: dict) -> dict:
 
 def write_outputs(out: Path, args, models: dict, probabilities: dict, train, valid_rows, config: dict) -> None:
     """The test dumps, the validation dumps with ``fold_<k>_valid.csv`` when there are validation
-    rows (``valid_rows`` not None), and this run's configuration, each atomically."""
+    rows (``valid_rows`` not None), and this run's configuration, each atomically.
+
+    Without validation rows, validation dumps of the same models and epochs left by an earlier
+    run are removed (and named): they would not belong to these test dumps, and ``blend.py
+    --tune`` would tune on them.
+    """
     splits = ("valid", "test") if valid_rows is not None else ("test",)
+    if valid_rows is None:
+        stale = [path for arch, epochs in models.values()
+                 if (path := dump_path(out, arch, args.fold, epochs, "valid")).exists()]
+        for path in stale:
+            path.unlink()
+        if stale:
+            print(f"removed the validation dumps of an earlier run, which do not belong to these test dumps: "
+                  f"{', '.join(map(str, stale))}")
     for key, (arch, epochs) in models.items():
         for split in splits:
             with psg_layout.atomic_path(dump_path(out, arch, args.fold, epochs, split)) as tmp:
