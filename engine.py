@@ -85,6 +85,9 @@ LABEL_SMOOTHING = 0.1  # the original's SmoothCrossEntropyLoss(smoothing=0.1)
 RESUME_MAY_CHANGE = ("epochs", "valid_batch_size", "workers", "amp", "device", "data_root", "weights_dir",
                      "cache_dir")
 RESUME_KEYS = tuple(key for key in (*TRAINER_KEYS, *RECIPE) if key not in RESUME_MAY_CHANGE)
+# Options added after runs were first saved, with what those runs did: a configuration without
+# them reads as having used these (read_run_config), so such runs resume and infer as trained.
+ADDED_SETTINGS = dict(resize="linear", warmup_epochs=0.0, stage_balance=0.0)
 
 
 class AdamP(adamp.AdamP):
@@ -481,7 +484,8 @@ def read_run_config(weights_dir: Path | str, arch: str, fold: int) -> dict:
         in pixels, or one int for a square input in configurations written
         before inputs could be non-square: read it with
         :func:`image_cache.input_shape`) and ``num_classes`` (int), plus
-        every resolved training option.
+        every resolved training option; the :data:`ADDED_SETTINGS` a
+        configuration written before them lacks, with their values of then.
 
     Raises
     ------
@@ -508,7 +512,7 @@ def read_run_config(weights_dir: Path | str, arch: str, fold: int) -> dict:
     except InputError:
         raise InputError(f"configuration's img_size is not one or two sizes in pixels: {config['img_size']!r} "
                          f"{where(path)}") from None
-    return config
+    return {**ADDED_SETTINGS, **config}
 
 
 # --------------------------------------------------------------------------

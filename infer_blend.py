@@ -180,9 +180,9 @@ def model_probabilities(arch: str, epochs, config: dict, args, inputs: dict, dev
     epochs : sequence of int
         Checkpoint epochs to average.
     config : dict
-        Its training configuration (``img_size``: [height, width], or one
-        int for a square input in configurations of before; ``resize``, the
-        original's linear where a configuration of before has none).
+        Its training configuration (:func:`engine.read_run_config`: ``img_size``
+        [height, width], or one int for a square input in configurations of
+        before; ``resize``).
     args : argparse.Namespace
         This script's options.
     inputs : dict
@@ -195,7 +195,7 @@ def model_probabilities(arch: str, epochs, config: dict, args, inputs: dict, dev
         Split name -> np.ndarray of float32, shape (len(rows), 5).
     """
     img_size = image_cache.input_shape(config["img_size"])
-    resize = config.get("resize", image_cache.DEFAULT_RESIZE)
+    resize = config["resize"]
     amp = engine.resolve_amp(args.amp, device)
     progress = engine.progress_enabled(args.quiet)
     sums = {split: np.zeros((len(rows), NUM_CLASSES)) for split, (_, rows) in inputs.items()}

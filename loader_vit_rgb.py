@@ -404,6 +404,11 @@ class EpochImageDataset(Dataset):
 # --------------------------------------------------------------------------
 # Whole batches from the cache, augmented on the model's device
 # --------------------------------------------------------------------------
+# Third key of the balanced draws' generator (seed, epoch, this): above any row index, so apart from
+# the per-sample generators keyed by (seed, epoch, row).
+STAGE_BALANCE_STREAM = 2**40 + 1
+
+
 class StageBalancedSampler(Sampler):
     """An epoch of training rows drawn with replacement, each stage weighted by its count to the ``-power``.
 
@@ -416,7 +421,10 @@ class StageBalancedSampler(Sampler):
     ``r::world_size`` (every rank the same number, as DistributedSampler).
     Not the original's sampling (each row once per epoch, shuffled): an
     option for small, short runs in which a rare stage such as N1 is
-    otherwise never predicted.
+    otherwise never predicted. On the cached path every draw gets its own
+    augmentation (keyed by batch); on the per-sample path (``--no-cache``)
+    a row drawn twice in an epoch is augmented and mixed alike both times
+    (keyed by row).
 
     Parameters
     ----------
@@ -446,11 +454,6 @@ class StageBalancedSampler(Sampler):
         rng = np.random.default_rng([self.seed, self.epoch, STAGE_BALANCE_STREAM])
         draws = rng.choice(len(self.probabilities), size=self.per_rank * self.world_size, p=self.probabilities)
         return iter(draws[self.rank::self.world_size].tolist())
-
-
-# Third key of the balanced draws' generator (seed, epoch, this): above any row index, so apart from
-# the per-sample generators keyed by (seed, epoch, row).
-STAGE_BALANCE_STREAM = 2**40 + 1
 
 
 class _NumberedBatches(Sampler):

@@ -330,6 +330,15 @@ def test_read_run_config(tmp_path):
     path.write_text("{not json")
     with pytest.raises(InputError, match="not a valid JSON"):
         engine.read_run_config(tmp_path, "test_vit", 0)
+    # A configuration of before --resize, --warmup-epochs and --stage-balance reads as trained then;
+    # the values a configuration holds are kept.
+    path.write_text(json.dumps({"model_arch": "test_vit", "img_size": 64, "num_classes": 5}))
+    old = engine.read_run_config(tmp_path, "test_vit", 0)
+    assert (old["resize"], old["warmup_epochs"], old["stage_balance"]) == ("linear", 0.0, 0.0)
+    path.write_text(json.dumps({"model_arch": "test_vit", "img_size": 64, "num_classes": 5, "resize": "area",
+                                "stage_balance": 1.0}))
+    new = engine.read_run_config(tmp_path, "test_vit", 0)
+    assert (new["resize"], new["warmup_epochs"], new["stage_balance"]) == ("area", 0.0, 1.0)
 
 
 def test_devices_and_precision():
