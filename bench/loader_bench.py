@@ -19,6 +19,15 @@ b, ...), each timed from its first batch to its last (worker start-up
 excluded). Prints the median images/s of each and their ratio, and writes
 them with the machine's description to ``bench/results/loader.json``.
 
+Then where path (b)'s time goes: the steps a worker runs for each of
+``--breakdown-batches`` batches, run one after another in this process on
+one thread (the fastest of three passes), in CPU milliseconds per batch:
+the cache read and random plan, ``finish_batch`` (the FMix masks also
+timed on their own), and handing the finished float32 batch to the
+training process (a new shared-memory block: allocated, filled, its pages
+touched; the training process's own first touch is not counted). Their
+sum bounds path (b) at ``cores x batch / sum`` images/s.
+
     python bench/loader_bench.py                  # ~3 min on 2 cores, data set made the first time (~1 min)
     python bench/loader_bench.py --sizes 224 --repeats 5
     python bench/loader_bench.py --sizes 64 128x32     # square 64 and 128 high x 32 wide
@@ -26,7 +35,10 @@ them with the machine's description to ``bench/results/loader.json``.
 from __future__ import annotations
 
 import argparse
+import copy
+import itertools
 import json
+import math
 import os
 import platform
 import shutil
@@ -40,6 +52,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import batch_augment  # noqa: E402  (before albumentations: it keeps albumentations from asking the package index)
+import fmix  # noqa: E402
 import image_cache  # noqa: E402
 import loader_vit_rgb  # noqa: E402
 import albumentations  # noqa: E402
@@ -72,6 +85,7 @@ parser.add_argument("--batch-size", type=int, default=32, help="the original's b
 parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of both paths")
 parser.add_argument("--repeats", type=int, default=3, help="timed epochs of each path per size")
 parser.add_argument("--seed", type=int, default=72)
+parser.add_argument("--breakdown-batches", type=int, default=10, help="batches timed step by step (0: none)")
 parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "loader.json")
 
 
@@ -109,6 +123,55 @@ def images_per_second(loader, epoch: int) -> float:
     return counted / (time.perf_counter() - started)
 
 
+def _fastest_ms(step, items, passes: int = 3) -> float:
+    """Milliseconds of ``step(item)`` per item: the fastest of ``passes`` passes over ``items``."""
+    fastest = math.inf
+    for _ in range(passes):
+        started = time.perf_counter()
+        for item in items:
+            step(item)
+        fastest = min(fastest, (time.perf_counter() - started) / len(items))
+    return 1000 * fastest
+
+
+def _to_shared_memory(images: torch.Tensor) -> None:
+    """A new shared-memory block holding ``images``, as a worker's finished batch travels."""
+    block = torch.UntypedStorage._new_shared(images.numel() * images.element_size())
+    torch.empty(0, dtype=images.dtype).set_(block, 0, images.shape).copy_(images)
+
+
+def _masks(item) -> None:
+    """The FMix masks of a cached training item, as ``finish_batch`` draws them on the CPU."""
+    if len(item["fmix_lams"]):
+        generator = torch.Generator().manual_seed(item["noise_seed"])
+        fmix.sample_masks_torch(item["fmix_lams"], batch_augment.FMIX_DECAY_POWER, tuple(item["pixels"].shape[-2:]),
+                                batch_augment.FMIX_MAX_SOFT, generator=generator, spectrum=item["fmix_spectrum"])
+
+
+def breakdown(loader, batches: int) -> dict:
+    """CPU milliseconds per batch of each step a worker runs on path (b), one thread, and the bound their sum sets."""
+    cpu = torch.device("cpu")
+    dataset = copy.copy(loader.dataset)
+    dataset.finish = False  # the item as read and planned; finish_batch timed on its own
+    loader_vit_rgb.set_loader_epoch(loader, 1)
+    keys = list(itertools.islice(iter(loader.sampler), batches))
+    dataset.prepare()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a DataLoader worker's setting
+    try:
+        items = [dataset[key] for key in keys]
+        finished = [batch_augment.finish_batch(item, cpu)[0] for item in items]
+        steps = {"cache read and random plan": _fastest_ms(dataset.__getitem__, keys),
+                 "finish_batch": _fastest_ms(lambda item: batch_augment.finish_batch(item, cpu), items),
+                 "finished batch to shared memory": _fastest_ms(_to_shared_memory, finished)}
+        masks = _fastest_ms(_masks, items)
+    finally:
+        torch.set_num_threads(threads)
+    total = sum(steps.values())
+    return {"ms_per_batch": steps, "of_which_fmix_masks_ms": masks, "total_ms_per_batch": total,
+            "bound_images_per_s": os.cpu_count() * statistics.mean(map(len, finished)) / total * 1000}
+
+
 def measure_size(args, table, rows, size) -> dict:
     """Cache build time and the two paths' rates at one input size (one int, square, or (height, width))."""
     shape = image_cache.input_shape(size)
@@ -132,9 +195,12 @@ def measure_size(args, table, rows, size) -> dict:
               f"per-sample {rates['per_sample'][-1]:7.1f} images/s, "
               f"cached {rates['cached'][-1]:7.1f} images/s", flush=True)
     a, b = statistics.median(rates["per_sample"]), statistics.median(rates["cached"])
-    return {"img_size": list(shape), "per_sample_images_per_s": a, "cached_images_per_s": b, "ratio": b / a,
-            "per_sample_runs": rates["per_sample"], "cached_runs": rates["cached"],
-            "cache_build_seconds": build_seconds, "cache_build_images_per_s": len(table) / build_seconds}
+    result = {"img_size": list(shape), "per_sample_images_per_s": a, "cached_images_per_s": b, "ratio": b / a,
+              "per_sample_runs": rates["per_sample"], "cached_runs": rates["cached"],
+              "cache_build_seconds": build_seconds, "cache_build_images_per_s": len(table) / build_seconds}
+    if args.breakdown_batches:
+        result["breakdown"] = breakdown(cached, args.breakdown_batches)
+    return result
 
 
 def main() -> None:
@@ -151,6 +217,15 @@ def main() -> None:
               f"(a) per-sample {result['per_sample_images_per_s']:7.1f} images/s | "
               f"(b) cache + batch augmentation {result['cached_images_per_s']:7.1f} images/s | "
               f"ratio {result['ratio']:.1f}x | cache built once at {result['cache_build_images_per_s']:.0f} images/s")
+        if "breakdown" in result:
+            parts = result["breakdown"]
+            for step, ms in parts["ms_per_batch"].items():
+                print(f"{'':>11}{step:<46}{ms:6.1f} ms per batch")
+                if step == "finish_batch":
+                    print(f"{'':>13}{'of which the FMix masks':<44}{parts['of_which_fmix_masks_ms']:6.1f} ms per batch")
+            print(f"{'':>11}{'sum (one core)':<46}{parts['total_ms_per_batch']:6.1f} ms per batch: (b) at most "
+                  f"{parts['bound_images_per_s']:.0f} images/s on {os.cpu_count()} cores, "
+                  f"{parts['bound_images_per_s'] / result['per_sample_images_per_s']:.1f}x (a)")
     report = {"what": "training batches delivered per second (FMix and both dropouts on), median of the runs",
               "command": "python bench/loader_bench.py " + " ".join(sys.argv[1:]),
               "images": len(table), "batch_size": args.batch_size, "workers": args.workers,
