@@ -55,12 +55,16 @@ depends on the probabilities; both are close to ``avg`` since log1p(x) and
 expm1(x) are near x for x <= 1/4). ``rank`` counts both models equally. The
 script prints w' of the blend it makes.
 
-``--tune`` searches method x weight (0 to 1 in steps of 0.01) on the
-validation dumps (``..._valid.npy`` with ``fold_<k>_valid.csv``) at the
-chosen dump scale and saves the best setting, with that scale and tta, as
-``outputs/blend_tune.json``; ``--from-tune`` applies it (its method, weight,
-power, dump scale and tta). The original chose w=0.06 by probing the public
-leaderboard.
+``--tune`` searches method x effective ViT weight w' (0 to 1 in steps of
+0.01) on the validation dumps (``..._valid.npy`` with
+``fold_<k>_valid.csv``): each w' is turned into the weight w of the scaled
+rows that gives it (:func:`raw_weight`), so the grid is as fine at the
+original's scales as on unit-sum rows (a grid in w itself would jump from
+w' = 0 to 0.67 at w = 0.01 for ``avg``). ``log1p`` and ``expm1`` have no
+w'; their grid is ``avg``'s. The best setting, with its w, scale and tta,
+is saved as ``outputs/blend_tune.json``; ``--from-tune`` applies it (its
+method, weight, power, dump scale and tta). The original chose w=0.06 by
+probing the public leaderboard.
 
 This module imports no torch, so it stays fast; infer_blend.py and
 evaluate.py import its blend functions (file names: output_names.py).
@@ -113,7 +117,7 @@ parser.add_argument("--from-tune", type=Path, default=None, metavar="JSON",
 parser.add_argument("--quiet", action="store_true", help="no progress bar")
 # fmt: on
 
-TUNE_WEIGHTS = np.round(np.arange(101) * 0.01, 2)  # 0.00, 0.01, ..., 1.00
+TUNE_WEIGHTS = np.round(np.arange(101) * 0.01, 2)  # effective ViT weights 0.00, 0.01, ..., 1.00
 
 
 # --------------------------------------------------------------------------
@@ -362,6 +366,27 @@ def effective_vit_weight(method: str, weight: float, power: float = 0.25,
     return float(vit_part / (vit_part + eff_part))
 
 
+def raw_weight(method: str, effective: float, power: float = 0.25,
+               scales: tuple[float, float] = (1.0, 1.0)) -> float:
+    """The weight w of the scaled rows that gives model 1 the effective weight w' (:func:`effective_vit_weight`).
+
+    With degree k (``avg`` 1, ``sqrt`` 1/2, ``square`` ``power``) and row
+    scales (a, b): w = w'*b**k / (w'*b**k + (1-w')*a**k). ``log1p`` and
+    ``expm1`` have no w'; they get ``avg``'s w (both are near ``avg`` for
+    probabilities of at most 1/4). With equal scales, and for ``rank``, w = w'.
+
+    Returns
+    -------
+    float in [0, 1]
+    """
+    vit_scale, eff_scale = scales
+    if method == "rank" or vit_scale == eff_scale:
+        return float(effective)
+    degree = {"sqrt": 0.5, "square": power}.get(method, 1.0)
+    vit_part, eff_part = effective * eff_scale**degree, (1.0 - effective) * vit_scale**degree
+    return float(vit_part / (vit_part + eff_part))
+
+
 def describe_effective_weight(method: str, weight: float, power: float, scales: tuple[float, float]) -> str:
     """One line saying the blend's effective ViT weight on unit-sum dumps, or why there is none."""
     effective = effective_vit_weight(method, weight, power, scales)
@@ -402,9 +427,10 @@ def tune_blend(p1: np.ndarray, p2: np.ndarray, labels: np.ndarray, power: float 
                quiet: bool = True, scales: tuple[float, float] = (1.0, 1.0)) -> dict:
     """Search method x weight for the best validation macro-F1.
 
-    Weights run over 0.00, 0.01, ..., 1.00 (``rank`` ignores the weight and
-    is scored once). Ties go to the earlier method in :data:`METHODS`, then
-    to the lower weight.
+    Effective ViT weights run over 0.00, 0.01, ..., 1.00, each turned into
+    the weight of the scaled rows by :func:`raw_weight` (``rank`` ignores
+    the weight and is scored once). Ties go to the earlier method in
+    :data:`METHODS`, then to the lower weight.
 
     Parameters
     ----------
@@ -423,21 +449,22 @@ def tune_blend(p1: np.ndarray, p2: np.ndarray, labels: np.ndarray, power: float 
     Returns
     -------
     dict
-        ``method``, ``ens_weight``, ``power``, ``val_macro_f1`` of the best
-        setting; ``per_method``: for each method its best ``ens_weight`` and
-        ``val_macro_f1``; ``curves``: for each method the macro-F1 at every
-        weight (one value for ``rank``).
+        ``method``, ``ens_weight`` (w of the scaled rows), ``power``,
+        ``val_macro_f1`` of the best setting; ``per_method``: for each
+        method its best ``ens_weight`` and ``val_macro_f1``; ``curves``: for
+        each method the macro-F1 at every grid point (one value for ``rank``).
     """
     per_method, curves = {}, {}
     for method in tqdm(METHODS, desc="tune", disable=quiet):
         t1, t2 = (transform_scores(p, method, power, scale) for p, scale in zip((p1, p2), scales))
+        weights = [raw_weight(method, effective, power, scales) for effective in TUNE_WEIGHTS]
         if method == "rank":
             scores = [macro_f1(labels, predict_stages(t1 + t2))]
         else:
-            scores = [macro_f1(labels, predict_stages(w * t1 + (1.0 - w) * t2)) for w in TUNE_WEIGHTS]
+            scores = [macro_f1(labels, predict_stages(w * t1 + (1.0 - w) * t2)) for w in weights]
         best = int(np.argmax(scores))
         # rank ignores the weight; 0.5 records that both models count equally
-        per_method[method] = {"ens_weight": 0.5 if method == "rank" else float(TUNE_WEIGHTS[best]),
+        per_method[method] = {"ens_weight": 0.5 if method == "rank" else weights[best],
                               "val_macro_f1": scores[best]}
         curves[method] = scores
     best_method = max(METHODS, key=lambda m: (per_method[m]["val_macro_f1"], -METHODS.index(m)))
@@ -452,14 +479,14 @@ def tune_blend(p1: np.ndarray, p2: np.ndarray, labels: np.ndarray, power: float 
 
 
 def format_tune_table(result: dict) -> str:
-    """The tuning table: per method its best weight, best macro-F1, and F1 at w = 0, 0.1, ..., 1."""
+    """The tuning table: per method its best weight w, best macro-F1, and F1 at w' = 0, 0.1, ..., 1."""
     shown = list(range(0, 101, 10))
-    lines = ["method  best_w  val_F1 | F1 at w = " + " ".join(f"{w / 100:.1f}".rjust(5) for w in shown)]
+    lines = ["method    best_w  val_F1 | F1 at w' = " + " ".join(f"{w / 100:.1f}".rjust(5) for w in shown)]
     for method in METHODS:
         best, curve = result["per_method"][method], result["curves"][method]
-        weight = "-" if method == "rank" else f"{best['ens_weight']:.2f}"
+        weight = "-" if method == "rank" else f"{best['ens_weight']:.3g}"
         values = [curve[0]] * len(shown) if len(curve) == 1 else [curve[i] for i in shown]
-        lines.append(f"{method:<7} {weight:>6}  {best['val_macro_f1']:.4f} | "
+        lines.append(f"{method:<7} {weight:>8}  {best['val_macro_f1']:.4f} | "
                      + " ".join(f"{v:.3f}".rjust(5) for v in values))
     return "\n".join(lines)
 

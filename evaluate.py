@@ -233,7 +233,7 @@ def validation_table(args, quiet: bool) -> dict | None:
     tuned = tune_blend(p1, p2, labels, args.power, quiet, scales)
     for method in METHODS:
         weight = tuned["per_method"][method]["ens_weight"]
-        setting = "w ignored" if method == "rank" else f"w={weight:.2f}"
+        setting = "w ignored" if method == "rank" else f"w={weight:.3g}"
         table.append(row(f"blend {method}", setting,
                          predict_stages(blend_scores(p1, p2, method, weight, args.power, scales))))
 

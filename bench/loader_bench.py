@@ -21,7 +21,7 @@ them with the machine's description to ``bench/results/loader.json``.
 
 Then where path (b)'s time goes: the steps a worker runs for each of
 ``--breakdown-batches`` batches, run one after another in this process on
-one thread (the fastest of three passes), in CPU milliseconds per batch:
+one thread (the fastest of five passes), in CPU milliseconds per batch:
 the cache read and random plan, ``finish_batch`` (the FMix masks also
 timed on their own), and handing the finished float32 batch to the
 training process (a new shared-memory block: allocated, filled, its pages
@@ -123,7 +123,7 @@ def images_per_second(loader, epoch: int) -> float:
     return counted / (time.perf_counter() - started)
 
 
-def _fastest_ms(step, items, passes: int = 3) -> float:
+def _fastest_ms(step, items, passes: int = 5) -> float:
     """Milliseconds of ``step(item)`` per item: the fastest of ``passes`` passes over ``items``."""
     fastest = math.inf
     for _ in range(passes):

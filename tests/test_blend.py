@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from sklearn.metrics import f1_score
 
 import psg_layout
 from blend import (METHODS, blend_probabilities, blend_scores, class_ranks, dump_path, effective_vit_weight,
-                   macro_f1, predict_stages, row_scales, tune_blend, valid_csv_path)
+                   macro_f1, predict_stages, raw_weight, row_scales, tune_blend, valid_csv_path)
 from conftest import run_script
 
 # Squares of 0.7, 0.5, 0.4, 0.3, 0.1 (they sum to 1), and the same reversed,
@@ -152,9 +153,26 @@ def test_command_writes_the_blend_csv_and_probabilities(tmp_path):
     assert "effective ViT weight on unit-sum dumps: 0.250" in result.stdout
 
 
-# The avg window of two_row_problem at each dump scale. original: the ViT's effective weight is
-# 200w / (199w + 1) (rows scaled 1/4 and 1/800); it lies in (0.2727, 0.7778) for 0.00187 < w < 0.0172.
-@pytest.mark.parametrize("dump_scale, best_weight", [("unit", 0.28), ("original", 0.01)])
+def test_raw_weight_inverts_the_effective_weight():
+    scales = (1 / 4, 1 / 800)  # the original's row scales, tta 1
+    # the original's sqrt blend: w = 0.06 is w' = 0.06 * 1/2 / (0.06 * 1/2 + 0.94 * sqrt(1/800)) = 0.4744
+    effective = 0.03 / (0.03 + 0.94 * math.sqrt(1 / 800))
+    assert raw_weight("sqrt", effective, 0.25, scales) == pytest.approx(0.06, rel=1e-12)
+    assert raw_weight("avg", 0.5, 0.25, scales) == pytest.approx(1 / 201, rel=1e-12)  # 200w = 1 - w
+    for method in ("avg", "sqrt", "square"):
+        for effective in (0.0, 0.01, 0.28, 0.99, 1.0):
+            assert effective_vit_weight(method, raw_weight(method, effective, 0.25, scales), 0.25, scales) \
+                == pytest.approx(effective, abs=1e-12)
+    # no effective weight: avg's grid; equal scales and rank: w itself
+    assert raw_weight("log1p", 0.5, 0.25, scales) == raw_weight("expm1", 0.5, 0.25, scales) == raw_weight("avg", 0.5,
+                                                                                                       0.25, scales)
+    assert raw_weight("sqrt", 0.37) == raw_weight("rank", 0.37, 0.25, scales) == 0.37
+
+
+# The avg window of two_row_problem at each dump scale: the ViT's effective weight w' must lie in
+# (0.2727, 0.7778); the grid's first point there is w' = 0.28. original: w' = 200w / (199w + 1) (rows scaled
+# 1/4 and 1/800), so w = 0.28 / (0.28 + 0.72 * 200) = 0.00194 (a grid in w itself would find only w = 0.01).
+@pytest.mark.parametrize("dump_scale, best_weight", [("unit", 0.28), ("original", 0.28 / (0.28 + 0.72 * 200))])
 def test_tune_then_from_tune(tmp_path, dump_scale, best_weight):
     data, out = tmp_path / "DATA", tmp_path / "outputs"
     rows = write_test_set(data, (("R1", 2),))
@@ -165,11 +183,12 @@ def test_tune_then_from_tune(tmp_path, dump_scale, best_weight):
         np.save(dump_path(out, arch, 0, epochs, "valid"), p)
         np.save(dump_path(out, arch, 0, epochs), p)
     result = run_script("blend.py", "--out", out, "--tune", "--dump-scale", dump_scale)
-    assert f"best: --method avg --ens-weight {best_weight} (power 0.25, --dump-scale {dump_scale}, tta 1)" \
-        in result.stdout
+    printed = re.search(r"best: --method avg --ens-weight (\S+) \(power 0.25, --dump-scale (\w+), tta 1\)", result.stdout)
+    assert float(printed.group(1)) == pytest.approx(best_weight, rel=1e-12) and printed.group(2) == dump_scale
     tuned = json.loads((out / "blend_tune.json").read_text())
-    assert (tuned["method"], tuned["ens_weight"], tuned["power"], tuned["val_macro_f1"]) == ("avg", best_weight, 0.25,
-                                                                                           1.0)
+    assert (tuned["method"], tuned["power"], tuned["val_macro_f1"]) == ("avg", 0.25, 1.0)
+    assert tuned["ens_weight"] == pytest.approx(best_weight, rel=1e-12)
+    assert tuned["effective_vit_weight"] == pytest.approx(0.28, abs=1e-12)
     assert (tuned["dump_scale"], tuned["tta"]) == (dump_scale, 1)
     # from-tune blends at the tuned scale whatever the command line says: the weight keeps its meaning
     run_script("blend.py", "--data-root", data, "--out", out, "--from-tune", out / "blend_tune.json",

@@ -81,11 +81,13 @@ def test_the_validation_tables_hmm_is_estimated_without_the_validation_rows(tmp_
                                        quiet=True)
     outside = [(s, r) for r in ("A", "C") for s in stages[r]]
     assert fitted == [([s for s, _ in outside], [r for _, r in outside])]
-    # The table's hmm row is the decoding with that HMM of the tuned blend's probabilities.
+    # The table's hmm row is the decoding with that HMM of the tuned blend's probabilities (the original's row
+    # scales, tta 1: no inference configuration here).
     blend = result["blend"]
     hmm = postprocess.estimate_hmm(np.array([s for s, _ in outside]), [r for _, r in outside])
     decoded = postprocess.hmm_decode(blend_probabilities(*(dump.astype(np.float32) for dump in dumps),
-                                                         blend["method"], blend["ens_weight"], blend["power"]),
+                                                         blend["method"], blend["ens_weight"], blend["power"],
+                                                         row_scales(blend["dump_scale"], blend["tta"])),
                                      ["B"] * len(valid_rows), *hmm)
     hmm_row = [row for row in result["table"] if row["step"] == "post-processing hmm"]
     assert len(hmm_row) == 1
