@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-GENERATOR_VERSION = 3  # bump whenever the same arguments would give different files
+GENERATOR_VERSION = 4  # bump whenever the same arguments would give different files
 MARKER_NAME = "make_synthetic.json"
 GENERATION_KEYS = ("train_subjects", "test_subjects", "seed", "hours", "edf", "generator_version")
 MAX_HOURS = 24.0  # 4-digit epoch numbers allow 83 h; a night is shorter
@@ -96,10 +96,10 @@ STAGE_TABLE = {
     "vertex_waves":      (0.0,  4.0,  0.4,  0.0,  0.0),   # per minute
     "sawtooth":          (0.0,  0.0,  0.0,  0.0,  1.5),   # bursts per minute
     "rapid_eye":         (0.0,  0.0,  0.0,  0.0,  3.0),   # bursts of rapid eye movements per minute
-    "slow_eye":          (0.1,  1.2,  0.15, 0.0,  0.0),   # slow rolling eye movements, x 70 uV
-    "blinks":            (12.0, 1.0,  0.0,  0.0,  0.0),   # per minute with eyes open
-    "saccades":          (10.0, 0.5,  0.0,  0.0,  0.0),   # per minute with eyes open
-    "chin_emg":          (1.0,  0.45, 0.4,  0.35, 0.1),  # x subject chin tone (uV rms)
+    "slow_eye":          (0.4,  0.6,  0.1,  0.0,  0.0),   # share of time with slow rolling eye movements (SLOW_EYE_UV)
+    "blinks":            (12.0, 0.3,  0.0,  0.0,  0.0),   # per minute with eyes open; they stop as N1 begins
+    "saccades":          (20.0, 0.2,  0.0,  0.0,  0.0),   # per minute with eyes open
+    "chin_emg":          (1.0,  0.5,  0.4,  0.35, 0.1),  # x subject chin tone (uV rms)
     "twitches":          (0.0,  0.0,  0.0,  0.0,  6.0),   # phasic chin twitches per minute
     "movements":         (2.0,  0.2,  0.05, 0.02, 0.05),  # body movements per minute
     "heart_rate":        (1.12, 1.06, 1.0,  0.96, 1.08),  # x subject sleeping heart rate
@@ -660,6 +660,15 @@ def eeg(stages, controls, events, subject, rng) -> np.ndarray:
     return out
 
 
+EOG_HIGH_PASS_HZ = 0.3  # low-frequency filter of the EOG amplifier (AASM recommends 0.3 Hz)
+SLOW_EYE_UV = 20.0  # rms of slow eye movements while they roll, after that filter, before the subject's eye gain
+
+
+def high_pass(f: np.ndarray, corner_hz: float) -> np.ndarray:
+    """Amplitude response of a first-order high-pass filter with its -3 dB corner at ``corner_hz`` (Hz)."""
+    return f / np.hypot(f, corner_hz)
+
+
 def eog(stages, controls, events, subject, eeg_signals, rng) -> np.ndarray:
     """E1-M2, E2-M1 in uV, shape (2, samples).
 
@@ -688,8 +697,13 @@ def eog(stages, controls, events, subject, eeg_signals, rng) -> np.ndarray:
         for _ in range(rng.integers(1, 7)):  # a burst of rapid eye movements
             stamp(eyes, fs, offset, eye_step(rng.choice([-1, 1]) * rng.uniform(80, 220)))
             offset += rng.uniform(0.3, 1.0)
-    rolling = band_noise(rng, n, fs, band(0.15, 0.6, 0.1))[0]
-    eyes += 70 * rolling * upsample(controls["slow_eye"], fs)
+    # slow eye movements (drowsy eyes-closed wake, N1): episodes, not a steady roll, of 0.1-0.5 Hz
+    # swings (AASM: initial deflection over 0.5 s), seen through the same high-pass as the steps; a
+    # steady 84-uV rms roll through all of N1 gave it 8 times the EOG power of wake, which any stager
+    # trained on real nights reads as wake (blinks, saccades)
+    rolling = band_noise(rng, n, fs, lambda f: band(0.1, 0.5, 0.1)(f) * high_pass(f, EOG_HIGH_PASS_HZ))[0]
+    rolling_on = gate_with_fraction(rng, np.clip(controls["slow_eye"], 0, 0.95), 8)
+    eyes += SLOW_EYE_UV * rolling * upsample(rolling_on, fs)
     eyes *= subject.eye_gain
 
     frontal = 0.5 * (eeg_signals[0] + eeg_signals[1])
