@@ -2,8 +2,9 @@
 
 Per stage: the EEG's aperiodic 1/f exponent and its band powers, the
 density of spindles and K-complexes in N2, the share of slow waves in N3,
-the order of chin tone; and the images' mean row profile against the
-profile of the four real challenge images.
+the order of chin tone, N1's slow eye movements against wake's blinks and
+saccades; and the images' mean row profile against the profile of the four
+real challenge images.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy.signal import butter, find_peaks, hilbert, sosfiltfilt
+from scipy.signal import butter, find_peaks, hilbert, sosfiltfilt, welch
 
 import make_synthetic
 import psg_layout
@@ -101,6 +102,21 @@ def test_chin_tone_falls_from_wake_through_sleep_to_rem_atonia(nights):
         tone = np.array([np.median(rms[night.stages == stage]) for stage in range(5)])
         assert tone[W] > tone[N1] > tone[N2] >= 0.9 * tone[N3] > tone[REM], tone.round(2)
         assert tone[W] > 3 * tone[REM]
+
+
+def test_n1_eyes_roll_slowly_while_blinks_and_saccades_belong_to_wake(nights):
+    # E1-M2 minus E2-M1 keeps the eye movements (out of phase) and cancels the frontal EEG (in phase)
+    for night in nights:
+        fs = make_synthetic.channel_rate("E1-M2")
+        eye = ((night.signals["E1-M2"] - night.signals["E2-M1"]) / 2).reshape(night.n_epochs, -1)
+        freqs, psd = welch(eye, fs, nperseg=int(10 * fs), axis=-1)  # 0.1-Hz resolution for the slow band
+        step = freqs[1] - freqs[0]
+        slow = np.sqrt(psd[:, (freqs >= 0.1) & (freqs <= 0.5)].sum(axis=1) * step)  # uV rms
+        fast = np.sqrt(psd[:, (freqs > 0.5) & (freqs <= 30)].sum(axis=1) * step)
+        slow, fast = ([np.median(rms[night.stages == stage]) for stage in range(5)] for rms in (slow, fast))
+        assert slow[N1] > 2 * slow[N2], np.round(slow, 1)  # slow eye movements mark N1
+        # blinks and saccades: wake's eye movements carry far more power above 0.5 Hz than N1's
+        assert fast[W] > 2 * fast[N1], np.round(fast, 1)
 
 
 def test_row_profile_matches_the_real_images(nights):
