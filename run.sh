@@ -124,10 +124,13 @@ tuned = json.load(open(tune_json))
 before = json.load(open(f"{report_blend}/metrics.json"))
 after = json.load(open(f"{report}/metrics.json"))
 table = {entry["step"]: entry["macro_f1"] for entry in after["validation"]["table"]}
+effective = tuned.get("effective_vit_weight")  # None for log1p and expm1: no such weight
+share = "" if effective is None else f", ViT share {effective:.2f}"
 rows = [
     ("model 1 validation macro-F1", f"{table['model 1 alone']:.3f}"),
     ("model 2 validation macro-F1", f"{table['model 2 alone']:.3f}"),
-    (f"blend ({tuned['method']}, w={tuned['ens_weight']:.2f}), validation macro-F1", f"{tuned['val_macro_f1']:.3f}"),
+    (f"blend ({tuned['method']}, w={tuned['ens_weight']:.3g}{share}), validation macro-F1",
+     f"{tuned['val_macro_f1']:.3f}"),
     ("test macro-F1 before post-processing", f"{before['macro_f1']:.3f}"),
     ("test kappa before post-processing", f"{before['cohen_kappa']:.3f}"),
     ("test macro-F1 after post-processing", f"{after['macro_f1']:.3f}"),
