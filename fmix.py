@@ -135,7 +135,7 @@ def _two_column_inverse(coefficients: np.ndarray, shape: tuple[int, int]) -> np.
     real_dtype = rows.real.dtype
     cosine, sine = (2.0 * np.cos(angle)).astype(real_dtype), (-2.0 * np.sin(angle)).astype(real_dtype)
     grey = np.multiply(rows[..., 1].real[..., None], cosine)
-    grey += np.multiply(rows[..., 1].imag[..., None], sine, out=np.empty_like(grey))
+    grey += rows[..., 1].imag[..., None] * sine
     grey += rows[..., 0].real[..., None]
     return grey
 
@@ -260,8 +260,8 @@ def _pixel_numbers(pixels: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=64)
-def _values_by_rank(pixels: int, first: int, stop: int) -> torch.Tensor:
-    """float32 mask value of each brightness rank: 1 below ``first``, the soft ramp, 0 from ``stop`` (never written).
+def _values_by_rank(pixels: int, first: int, stop: int) -> np.ndarray:
+    """float32 mask value of each brightness rank: 1 below ``first``, the soft ramp, 0 from ``stop`` (read-only).
 
     The ramp runs from 1 at rank ``first`` to 0 at rank ``stop - 1``, as
     :func:`_mask_from_ranks` gives it.
@@ -270,7 +270,8 @@ def _values_by_rank(pixels: int, first: int, stop: int) -> torch.Tensor:
     values[:first] = 1.0
     length = stop - first
     values[first:stop] = (length - 1 - np.arange(length)) / max(length - 1, 1)
-    return torch.from_numpy(values)
+    values.setflags(write=False)
+    return values
 
 
 def _mask_from_keys(keys: np.ndarray, first: int, stop: int) -> np.ndarray:
@@ -280,23 +281,17 @@ def _mask_from_keys(keys: np.ndarray, first: int, stop: int) -> np.ndarray:
     pixels that are 1) before index ``first`` and the ramp's keys before
     ``stop``; only the ramp's ``stop - first`` keys are sorted, to give each
     its value. Equal to :func:`_mask_from_ranks` of the pixels' full ranks
-    (a hard mask, ``first == stop``, needs no sort at all). When the ramp
-    holds most pixels (the original's soft masks: 60 to 80 %), one sort of
-    all keys costs what sorting the ramp alone does, and the selection is
-    skipped.
+    (a hard mask, ``first == stop``, needs no sort at all).
     """
     pixels = keys.size
-    if 2 * (stop - first) > pixels:
-        keys.sort()
-    else:
-        cuts = [cut for cut in (first, stop) if 0 < cut < pixels]
-        if cuts:
-            keys.partition(cuts)
-        keys[first:stop].sort()
+    cuts = [cut for cut in (first, stop) if 0 < cut < pixels]
+    if cuts:
+        keys.partition(cuts)
+    keys[first:stop].sort()
     keys &= 0xFFFFFFFF  # the pixel of each rank (the order within the ones and within the zeros does not matter)
-    mask = torch.empty(pixels, dtype=torch.float32)  # torch's scatter: faster than NumPy's fancy assignment
-    mask.scatter_(0, torch.from_numpy(keys), _values_by_rank(pixels, first, stop))
-    return mask.numpy()
+    mask = np.empty(pixels, dtype=np.float32)
+    mask[keys] = _values_by_rank(pixels, first, stop)
+    return mask
 
 
 def mask_from_grey(grey: np.ndarray, lam: float, max_soft: float) -> np.ndarray:
@@ -411,8 +406,9 @@ def sample_masks_torch(lams: torch.Tensor, decay_power: float, shape: tuple[int,
         return _masks_on_device(grey.reshape(batch, pixels), first, stop).reshape(batch, height, width)
     # On the CPU, NumPy's transforms: unlike torch's, their last bits do not depend on the number of
     # threads, so a mask does not depend on where it is made (a DataLoader worker or the main process).
+    grey = low_frequency_image(noise.numpy(), shape, decay_power, spectrum)
+    keys = _brightness_keys(grey.reshape(batch, pixels))
     masks = np.empty((batch, pixels), dtype=np.float32)
-    for row, (first, stop) in enumerate(bounds):  # one image at a time: its arrays stay in the CPU's cache
-        grey = low_frequency_image(noise[row].numpy(), shape, decay_power, spectrum)
-        masks[row] = _mask_from_keys(_brightness_keys(grey.ravel()), first, stop)
+    for row, (first, stop) in enumerate(bounds):
+        masks[row] = _mask_from_keys(keys[row], first, stop)
     return torch.from_numpy(masks).reshape(batch, height, width)
