@@ -169,14 +169,26 @@ def _mix(planes, targets, rows, partners, weight, share) -> None:
     targets[rows] = torch.lerp(targets[partners], targets[rows], share)
 
 
+def draw_fmix_masks(batch: dict, device: torch.device) -> torch.Tensor:
+    """The FMix masks of a cached training batch's plan, drawn on ``device`` from its ``noise_seed``.
+
+    Returns
+    -------
+    torch.Tensor of float32, shape (len(batch["fmix_lams"]), height, width)
+    """
+    generator = torch.Generator(device=device).manual_seed(batch["noise_seed"])
+    return fmix.sample_masks_torch(batch["fmix_lams"], FMIX_DECAY_POWER, tuple(batch["pixels"].shape[-2:]),
+                                   FMIX_MAX_SOFT, generator=generator, device=device,
+                                   spectrum=batch["fmix_spectrum"])
+
+
 def finish_batch(batch, device: torch.device, memory_format: torch.memory_format = torch.contiguous_format):
     """Move a loader's batch to ``device`` and finish it for the model.
 
     A cached batch (a dict, see :class:`loader_vit_rgb.CachedTrainBatches` and
     :class:`loader_vit_rgb.CachedEvalBatches`) is normalised there and, for training,
     augmented: the two dropouts, FMix with masks drawn by
-    :func:`fmix.sample_masks_torch` on ``device`` (generator seeded by the
-    batch's ``noise_seed``), then CutMix. Targets are the one-hot labels
+    :func:`draw_fmix_masks` on ``device``, then CutMix. Targets are the one-hot labels
     mixed by the share of pixels each image contributes. Ready batches (the
     per-sample path, or batches finished in workers) are only moved.
 
@@ -208,9 +220,7 @@ def finish_batch(batch, device: torch.device, memory_format: torch.memory_format
     fmix_rows, cutmix_rows = batch["fmix_rows"], batch["cutmix_rows"]
     count = members - len(fmix_rows) - len(cutmix_rows)
     if len(fmix_rows):
-        generator = torch.Generator(device=device).manual_seed(batch["noise_seed"])
-        masks = fmix.sample_masks_torch(batch["fmix_lams"], FMIX_DECAY_POWER, (height, width), FMIX_MAX_SOFT,
-                                        generator=generator, device=device, spectrum=batch["fmix_spectrum"])[:, None]
+        masks = draw_fmix_masks(batch, device)[:, None]
         share = torch.tensor([fmix.mask_share(lam, height * width) for lam in batch["fmix_lams"].tolist()],
                              dtype=torch.float64, device=device)[:, None]
         _mix(planes, targets, fmix_rows, slice(count, count + len(fmix_rows)), masks, share)

@@ -359,11 +359,16 @@ def effective_vit_weight(method: str, weight: float, power: float = 0.25,
     vit_scale, eff_scale = scales
     if vit_scale == eff_scale:
         return float(weight)
-    degree = {"avg": 1.0, "sqrt": 0.5, "square": power}.get(method)
+    degree = _homogeneity_degree(method, power)
     if degree is None:
         return None
     vit_part, eff_part = weight * vit_scale**degree, (1.0 - weight) * eff_scale**degree
     return float(vit_part / (vit_part + eff_part))
+
+
+def _homogeneity_degree(method: str, power: float) -> float | None:
+    """k with f(c*x) = c**k * f(x) for the method's transform f; None for log1p and expm1 (no such k)."""
+    return {"avg": 1.0, "sqrt": 0.5, "square": power}.get(method)
 
 
 def raw_weight(method: str, effective: float, power: float = 0.25,
@@ -382,7 +387,9 @@ def raw_weight(method: str, effective: float, power: float = 0.25,
     vit_scale, eff_scale = scales
     if method == "rank" or vit_scale == eff_scale:
         return float(effective)
-    degree = {"sqrt": 0.5, "square": power}.get(method, 1.0)
+    degree = _homogeneity_degree(method, power)
+    if degree is None:  # log1p, expm1: avg's grid
+        degree = _homogeneity_degree("avg", power)
     vit_part, eff_part = effective * eff_scale**degree, (1.0 - effective) * vit_scale**degree
     return float(vit_part / (vit_part + eff_part))
 
@@ -457,15 +464,14 @@ def tune_blend(p1: np.ndarray, p2: np.ndarray, labels: np.ndarray, power: float 
     per_method, curves = {}, {}
     for method in tqdm(METHODS, desc="tune", disable=quiet):
         t1, t2 = (transform_scores(p, method, power, scale) for p, scale in zip((p1, p2), scales))
-        weights = [raw_weight(method, effective, power, scales) for effective in TUNE_WEIGHTS]
-        if method == "rank":
+        if method == "rank":  # ignores the weight; 0.5 records that both models count equally
+            weights = [0.5]
             scores = [macro_f1(labels, predict_stages(t1 + t2))]
         else:
+            weights = [raw_weight(method, effective, power, scales) for effective in TUNE_WEIGHTS]
             scores = [macro_f1(labels, predict_stages(w * t1 + (1.0 - w) * t2)) for w in weights]
         best = int(np.argmax(scores))
-        # rank ignores the weight; 0.5 records that both models count equally
-        per_method[method] = {"ens_weight": 0.5 if method == "rank" else weights[best],
-                              "val_macro_f1": scores[best]}
+        per_method[method] = {"ens_weight": weights[best], "val_macro_f1": scores[best]}
         curves[method] = scores
     best_method = max(METHODS, key=lambda m: (per_method[m]["val_macro_f1"], -METHODS.index(m)))
     return {

@@ -52,7 +52,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import batch_augment  # noqa: E402  (before albumentations: it keeps albumentations from asking the package index)
-import fmix  # noqa: E402
 import image_cache  # noqa: E402
 import loader_vit_rgb  # noqa: E402
 import albumentations  # noqa: E402
@@ -140,14 +139,6 @@ def _to_shared_memory(images: torch.Tensor) -> None:
     torch.empty(0, dtype=images.dtype).set_(block, 0, images.shape).copy_(images)
 
 
-def _masks(item) -> None:
-    """The FMix masks of a cached training item, as ``finish_batch`` draws them on the CPU."""
-    if len(item["fmix_lams"]):
-        generator = torch.Generator().manual_seed(item["noise_seed"])
-        fmix.sample_masks_torch(item["fmix_lams"], batch_augment.FMIX_DECAY_POWER, tuple(item["pixels"].shape[-2:]),
-                                batch_augment.FMIX_MAX_SOFT, generator=generator, spectrum=item["fmix_spectrum"])
-
-
 def breakdown(loader, batches: int) -> dict:
     """CPU milliseconds per batch of each step a worker runs on path (b), one thread, and the bound their sum sets."""
     cpu = torch.device("cpu")
@@ -164,7 +155,7 @@ def breakdown(loader, batches: int) -> dict:
         steps = {"cache read and random plan": _fastest_ms(dataset.__getitem__, keys),
                  "finish_batch": _fastest_ms(lambda item: batch_augment.finish_batch(item, cpu), items),
                  "finished batch to shared memory": _fastest_ms(_to_shared_memory, finished)}
-        masks = _fastest_ms(_masks, items)
+        masks = _fastest_ms(lambda item: batch_augment.draw_fmix_masks(item, cpu), items)
     finally:
         torch.set_num_threads(threads)
     total = sum(steps.values())
