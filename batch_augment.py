@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import weakref
 
 # albumentations asks the package index for a newer version at import unless told not to:
 # the project never touches the network by itself.
@@ -86,22 +87,105 @@ def _normalisation(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, scale
 
 
-def _empty_images(shape: tuple[int, int, int, int], device: torch.device,
-                  memory_format: torch.memory_format) -> torch.Tensor:
-    """An uninitialised float32 batch; in a DataLoader worker, in shared memory.
-
-    A worker's batch travels to the main process in shared memory: made
-    there from the start (as DataLoader's own collate does), it is sent
-    without a copy.
-    """
-    if device.type != "cpu" or torch.utils.data.get_worker_info() is None:
-        return torch.empty(shape, device=device, memory_format=memory_format)
+def _shared_images(shape: tuple[int, int, int, int], memory_format: torch.memory_format,
+                   storage: torch.UntypedStorage | None = None) -> torch.Tensor:
+    """An uninitialised float32 batch in ``storage``, or in a new block of shared memory."""
     strides = torch.empty(shape, device="meta", memory_format=memory_format).stride()
-    storage = torch.UntypedStorage._new_shared(math.prod(shape) * 4)
+    if storage is None:
+        storage = torch.UntypedStorage._new_shared(math.prod(shape) * 4)
     return torch.empty(0, dtype=torch.float32).set_(storage, 0, shape, strides)
 
 
-def _model_input(pixels: torch.Tensor, keep: torch.Tensor | None, memory_format: torch.memory_format) -> torch.Tensor:
+class WorkerBlocks:
+    """Shared memory for the batches finished in a DataLoader's workers, reused once the training process lets go.
+
+    A batch finished in a worker travels to the training process in shared
+    memory; made there from the start, it is sent without a copy. A new
+    block for every batch costs about as much as the batch's whole
+    augmentation at 224 px: creating and mapping 19 MB, then a page fault
+    for every 4 KiB of it (26 of 57 ms a batch, ``bench/loader_bench.py``),
+    where refilling a block the worker already holds costs 3 ms. So each
+    worker keeps up to :attr:`SLOTS` blocks and refills one that the
+    training process no longer uses. ``flags`` (shared, one row per worker)
+    holds 1 for a block from the moment its worker takes it until no tensor
+    of the training process shares it any more: a finalizer on the storage
+    there clears it (see :func:`_received_images`). A batch that never
+    arrives (a pass broken off, a worker stopped) keeps its block taken;
+    when none is free the worker uses a new block once, as without reuse.
+
+    Made in the training process before the workers start (the dataset
+    carries it to them); outside a worker batches use ordinary memory.
+    """
+
+    SLOTS = 6
+
+    def __init__(self, workers: int):
+        self.flags = torch.zeros((max(workers, 1), self.SLOTS), dtype=torch.uint8).share_memory_()
+        self._storages: dict[int, torch.UntypedStorage] = {}  # slot -> block, in a worker
+
+    def __getstate__(self) -> dict:
+        return {"flags": self.flags, "_storages": {}}
+
+    def empty(self, shape: tuple[int, int, int, int], memory_format: torch.memory_format) -> torch.Tensor:
+        """An uninitialised float32 batch: in a worker, in one of its shared blocks (or a new one)."""
+        worker = torch.utils.data.get_worker_info()
+        if worker is None:
+            return torch.empty(shape, memory_format=memory_format)
+        if worker.id >= len(self.flags):
+            return _shared_images(shape, memory_format)
+        nbytes = math.prod(shape) * 4
+        for slot, taken in enumerate(self.flags[worker.id].tolist()):
+            if taken:
+                continue
+            storage = self._storages.get(slot)
+            if storage is None or storage.nbytes() < nbytes:
+                storage = self._storages[slot] = torch.UntypedStorage._new_shared(nbytes)
+            self.flags[worker.id, slot] = 1
+            return _shared_images(shape, memory_format, storage)
+        return _shared_images(shape, memory_format)
+
+    def sendable(self, images: torch.Tensor):
+        """``images`` as a worker returns them: a block of the pool frees itself in the training process."""
+        worker = torch.utils.data.get_worker_info()
+        if worker is None:
+            return images
+        pointer = images.untyped_storage().data_ptr()
+        for slot, storage in self._storages.items():
+            if storage.data_ptr() == pointer:
+                return _PooledImages(images, self.flags, worker.id * self.SLOTS + slot)
+        return images
+
+
+class _PooledImages:
+    """A worker's batch in a pooled block; unpickled in the training process as the plain tensor."""
+
+    def __init__(self, images: torch.Tensor, flags: torch.Tensor, index: int):
+        self.images, self.flags, self.index = images, flags, index
+
+    def __reduce__(self):
+        return _received_images, (self.images, self.flags, self.index)
+
+
+def _received_images(images: torch.Tensor, flags: torch.Tensor, index: int) -> torch.Tensor:
+    """In the training process: ``images``, whose block is marked free again once its storage is gone."""
+    weakref.finalize(images.untyped_storage(), _free_block, flags, index)
+    return images
+
+
+def _free_block(flags: torch.Tensor, index: int) -> None:
+    flags.view(-1)[index] = 0
+
+
+def _empty_images(shape: tuple[int, int, int, int], device: torch.device, memory_format: torch.memory_format,
+                  blocks: WorkerBlocks | None) -> torch.Tensor:
+    """An uninitialised float32 batch on ``device``; on the CPU from ``blocks`` when given."""
+    if device.type == "cpu" and blocks is not None:
+        return blocks.empty(shape, memory_format)
+    return torch.empty(shape, device=device, memory_format=memory_format)
+
+
+def _model_input(pixels: torch.Tensor, keep: torch.Tensor | None, memory_format: torch.memory_format,
+                 blocks: WorkerBlocks | None) -> torch.Tensor:
     """``(pixels - keep * mean) / (std * 255)``: float32 (n, 3, H, W) from (n, C, H, W), C = 1 or 3.
 
     Normalising a pixel ``p`` and then dropping it (0) or mixing it with a
@@ -109,10 +193,11 @@ def _model_input(pixels: torch.Tensor, keep: torch.Tensor | None, memory_format:
     ``m * keep * p`` with the mean taken ``m * keep`` times: augmentation
     works on one channel and the three are made only here. With ``keep``
     None or all 1 (no augmentation) it is albumentations' Normalize to the bit.
+    On the CPU ``blocks`` gives the memory (shared in a DataLoader worker).
     """
     mean, scale = _normalisation(pixels.device)
     count, _, height, width = pixels.shape
-    out = _empty_images((count, 3, height, width), pixels.device, memory_format)
+    out = _empty_images((count, 3, height, width), pixels.device, memory_format, blocks)
     if keep is None:
         torch.sub(pixels, mean, out=out)
     else:
@@ -159,14 +244,135 @@ def _drop_holes(planes: torch.Tensor, corners: torch.Tensor, applied: torch.Tens
         2, pixels.expand(-1, depth, -1), kept.expand(-1, depth, -1), reduce="prod")
 
 
-def _mix(planes, targets, rows, partners, weight, share) -> None:
+def _mix(planes, rows, partners, weight) -> None:
     """In place: samples ``rows`` become ``weight`` of themselves plus ``1 - weight`` of ``partners``.
 
     ``partners`` is a slice of ``planes``; ``weight`` holds one (1, H, W) plane per row.
     """
     for row, partner, row_weight in zip(rows.tolist(), range(partners.start, partners.stop), weight):
         torch.lerp(planes[partner], planes[row], row_weight, out=planes[row])
-    targets[rows] = torch.lerp(targets[partners], targets[rows], share)
+
+
+def _cutmix_outside(batch: dict, height: int, width: int) -> torch.Tensor:
+    """bool (k, H, W): True outside each CutMix row's box (the sample's own pixels)."""
+    device = batch["cutmix_boxes"].device
+    rows, cols = torch.arange(height, device=device), torch.arange(width, device=device)
+    top, bottom, left, right = (batch["cutmix_boxes"][:, i, None] for i in range(4))
+    return ~(((rows >= top) & (rows < bottom))[:, :, None] & ((cols >= left) & (cols < right))[:, None, :])
+
+
+def _mixes(batch: dict, count: int, height: int, width: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """FMix, then CutMix: (rows, partner members, weight planes (n, 1, H, W) float32), in that order."""
+    fmix_rows, cutmix_rows = batch["fmix_rows"], batch["cutmix_rows"]
+    device = fmix_rows.device
+    mixes = []
+    if len(fmix_rows):
+        mixes.append((fmix_rows, torch.arange(count, count + len(fmix_rows), device=device),
+                      draw_fmix_masks(batch, device)[:, None]))
+    if len(cutmix_rows):
+        first = count + len(fmix_rows)
+        mixes.append((cutmix_rows, torch.arange(first, first + len(cutmix_rows), device=device),
+                      _cutmix_outside(batch, height, width)[:, None].float()))
+    return mixes
+
+
+def _mixed_targets(batch: dict, count: int, pixels: int) -> torch.Tensor:
+    """float32 (count, 5): one-hot labels, mixed with the partners' by the share of pixels each image keeps."""
+    labels = batch["labels"]
+    targets = F.one_hot(labels, psg_layout.NUM_CLASSES).double()
+    fmix_rows, cutmix_rows = batch["fmix_rows"], batch["cutmix_rows"]
+    if len(fmix_rows):
+        share = torch.tensor([fmix.mask_share(lam, pixels) for lam in batch["fmix_lams"].tolist()],
+                             dtype=torch.float64, device=labels.device)[:, None]
+        partners = slice(count, count + len(fmix_rows))
+        targets[fmix_rows] = torch.lerp(targets[partners], targets[fmix_rows], share)
+    if len(cutmix_rows):
+        height_width = batch["pixels"].shape[-2:]
+        outside = _cutmix_outside(batch, *height_width)
+        share = outside.sum(dim=(1, 2), dtype=torch.float64)[:, None] / pixels
+        first = count + len(fmix_rows)
+        partners = slice(first, first + len(cutmix_rows))
+        targets[cutmix_rows] = torch.lerp(targets[partners], targets[cutmix_rows], share)
+    return targets[:count].float()
+
+
+def _augmented_planes(batch: dict, count: int, mixes: list, memory_format, blocks) -> torch.Tensor:
+    """The augmented images of a batch, all samples at once (the model's device off the CPU).
+
+    The C pixel planes and the keep plane of every member (see :func:`_model_input`), dropped and mixed together.
+    """
+    pixels = batch["pixels"]
+    members, channels, height, width = pixels.shape
+    planes = torch.empty((members, channels + 1, height, width), device=pixels.device)
+    planes[:, :channels] = pixels
+    planes[:, channels] = 1.0
+    _drop_holes(planes, batch["corners"], batch["dropout"])
+    for rows, partners, weight in mixes:
+        _mix(planes, rows, slice(int(partners[0]), int(partners[-1]) + 1), weight)
+    own = planes[:count]
+    return _model_input(own[:, :channels], own[:, channels:], memory_format, blocks)
+
+
+def _hole_pixels(corners: torch.Tensor, applied: torch.Tensor, height: int, width: int) -> list:
+    """Per member, (rows, columns) int64 index arrays of every pixel its applied dropouts drop (repeats allowed)."""
+    span = np.arange(DROPOUT_HOLE_PIXELS)
+    corners, applied = corners.numpy(), applied.numpy()
+    rows = np.minimum(corners[..., 0, None, None] + span[:, None], height - 1)  # (members, 2, holes, 8, 1)
+    cols = np.minimum(corners[..., 1, None, None] + span[None, :], width - 1)  # (members, 2, holes, 1, 8)
+    rows, cols = np.broadcast_arrays(rows, cols)
+    return [(torch.from_numpy(r[a].ravel()), torch.from_numpy(c[a].ravel())) for r, c, a in zip(rows, cols, applied)]
+
+
+def _augmented_rows(batch: dict, count: int, mixes: list, memory_format, blocks) -> torch.Tensor:
+    """The augmented images of a batch on the CPU, one sample at a time: :func:`_augmented_planes`'s values to the bit.
+
+    A sample's planes stay in the CPU's cache, and what is 1 everywhere is
+    not made: a sample neither mixed nor dropped is normalised straight
+    from its uint8 pixels, a dropped one gets 0 at its holes afterwards
+    (what normalising 0 with the mean taken 0 times gives), and the keep
+    plane exists only where a mixed sample or its partner has holes (a
+    mix of two planes of ones is ones). About 3x faster than all samples
+    at once at 224 px (``bench/loader_bench.py``).
+    """
+    pixels = batch["pixels"]
+    _, channels, height, width = pixels.shape
+    holes = _hole_pixels(batch["corners"], batch["dropout"], height, width)
+    mean, scale = (constant[0] for constant in _normalisation(pixels.device))  # (3, 1, 1)
+    images = _empty_images((count, 3, height, width), pixels.device, memory_format, blocks)
+    partners = {}  # own row -> [(partner member, weight plane), ...], FMix before CutMix
+    for rows, members, weight in mixes:
+        for row, member, row_weight in zip(rows.tolist(), members.tolist(), weight):
+            partners.setdefault(row, []).append((member, row_weight))
+    ones = torch.ones((1, height, width))
+
+    def planes_of(member: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        plane = pixels[member].float()
+        rows, cols = holes[member]
+        if not len(rows):
+            return plane, None
+        plane[:, rows, cols] = 0.0
+        keep = ones.clone()
+        keep[:, rows, cols] = 0.0
+        return plane, keep
+
+    for row in range(count):
+        out = images[row]
+        if row not in partners:
+            torch.sub(pixels[row], mean, out=out).mul_(scale)
+            out[:, holes[row][0], holes[row][1]] = 0.0
+            continue
+        plane, keep = planes_of(row)
+        for member, weight in partners[row]:
+            partner_plane, partner_keep = planes_of(member)
+            plane = torch.lerp(partner_plane, plane, weight)
+            if keep is not None or partner_keep is not None:
+                keep = torch.lerp(ones if partner_keep is None else partner_keep, ones if keep is None else keep, weight)
+        if keep is None:
+            torch.sub(plane, mean, out=out)
+        else:
+            torch.addcmul(plane, keep, -mean, out=out)
+        out.mul_(scale)
+    return images
 
 
 def draw_fmix_masks(batch: dict, device: torch.device) -> torch.Tensor:
@@ -182,7 +388,8 @@ def draw_fmix_masks(batch: dict, device: torch.device) -> torch.Tensor:
                                    spectrum=batch["fmix_spectrum"])
 
 
-def finish_batch(batch, device: torch.device, memory_format: torch.memory_format = torch.contiguous_format):
+def finish_batch(batch, device: torch.device, memory_format: torch.memory_format = torch.contiguous_format,
+                 blocks: WorkerBlocks | None = None):
     """Move a loader's batch to ``device`` and finish it for the model.
 
     A cached batch (a dict, see :class:`loader_vit_rgb.CachedTrainBatches` and
@@ -191,6 +398,8 @@ def finish_batch(batch, device: torch.device, memory_format: torch.memory_format
     :func:`draw_fmix_masks` on ``device``, then CutMix. Targets are the one-hot labels
     mixed by the share of pixels each image contributes. Ready batches (the
     per-sample path, or batches finished in workers) are only moved.
+    ``blocks`` gives the images' memory on the CPU (:class:`WorkerBlocks`:
+    reused shared memory in a DataLoader worker); None: ordinary memory.
 
     Returns
     -------
@@ -206,31 +415,14 @@ def finish_batch(batch, device: torch.device, memory_format: torch.memory_format
              for key, value in batch.items()}
     pixels = batch["pixels"]
     if "corners" not in batch:
-        images = _model_input(pixels.float(), None, memory_format)
+        images = _model_input(pixels.float(), None, memory_format, blocks)
         if "labels" not in batch:
             return images
         return images, F.one_hot(batch["labels"], psg_layout.NUM_CLASSES).float()
-    members, channels, height, width = pixels.shape
-    # The C pixel planes and the keep plane of every member (see _model_input), dropped and mixed together.
-    planes = torch.empty((members, channels + 1, height, width), device=device)
-    planes[:, :channels] = pixels
-    planes[:, channels] = 1.0
-    _drop_holes(planes, batch["corners"], batch["dropout"])
-    targets = F.one_hot(batch["labels"], psg_layout.NUM_CLASSES).double()
-    fmix_rows, cutmix_rows = batch["fmix_rows"], batch["cutmix_rows"]
-    count = members - len(fmix_rows) - len(cutmix_rows)
-    if len(fmix_rows):
-        masks = draw_fmix_masks(batch, device)[:, None]
-        share = torch.tensor([fmix.mask_share(lam, height * width) for lam in batch["fmix_lams"].tolist()],
-                             dtype=torch.float64, device=device)[:, None]
-        _mix(planes, targets, fmix_rows, slice(count, count + len(fmix_rows)), masks, share)
-    if len(cutmix_rows):
-        rows, cols = torch.arange(height, device=device), torch.arange(width, device=device)
-        top, bottom, left, right = (batch["cutmix_boxes"][:, i, None] for i in range(4))
-        outside = ~(((rows >= top) & (rows < bottom))[:, :, None] & ((cols >= left) & (cols < right))[:, None, :])
-        share = outside.sum(dim=(1, 2), dtype=torch.float64)[:, None] / (height * width)
-        first = count + len(fmix_rows)
-        _mix(planes, targets, cutmix_rows, slice(first, first + len(cutmix_rows)), outside[:, None].float(), share)
-    own = planes[:count]
-    return _model_input(own[:, :channels], own[:, channels:], memory_format), targets[:count].float()
+    members, _, height, width = pixels.shape
+    count = members - len(batch["fmix_rows"]) - len(batch["cutmix_rows"])
+    mixes = _mixes(batch, count, height, width)
+    augmented = _augmented_rows if device.type == "cpu" else _augmented_planes
+    return (augmented(batch, count, mixes, memory_format, blocks),
+            _mixed_targets(batch, count, height * width))
 

@@ -119,7 +119,7 @@ def spectrum_scales(shape: tuple[int, int], decay_power: float, spectrum: str = 
     return scales
 
 
-def _two_column_inverse(coefficients: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+def _two_column_inverse(coefficients: np.ndarray, shape: tuple[int, int], out: np.ndarray | None = None) -> np.ndarray:
     """``irfft2(coefficients, s=shape)`` for coefficients of shape (..., rows, 2), in closed form.
 
     The inverse FFT along the rows (zero-padded or cut to ``height``) gives
@@ -127,21 +127,29 @@ def _two_column_inverse(coefficients: np.ndarray, shape: tuple[int, int]) -> np.
     half-spectrum holding only ``[g0, g1]`` is ``(Re g0 + 2 Re g1 cos(2 pi x
     / W) - 2 Im g1 sin(2 pi x / W)) / W`` (width at least 3; the imaginary
     part of ``g0`` drops out, as in ``irfft``). Two multiply-adds per pixel
-    instead of an FFT of every row.
+    instead of an FFT of every row. Written into ``out`` when given.
     """
     height, width = shape
     rows = np.fft.ifft(coefficients, n=height, axis=-2) / width  # (..., height, 2)
-    angle = 2.0 * np.pi * np.arange(width) / width
-    real_dtype = rows.real.dtype
-    cosine, sine = (2.0 * np.cos(angle)).astype(real_dtype), (-2.0 * np.sin(angle)).astype(real_dtype)
-    grey = np.multiply(rows[..., 1].real[..., None], cosine)
+    cosine, sine = _width_waves(width, rows.real.dtype)
+    grey = np.multiply(rows[..., 1].real[..., None], cosine, out=out)
     grey += rows[..., 1].imag[..., None] * sine
     grey += rows[..., 0].real[..., None]
     return grey
 
 
+@functools.lru_cache(maxsize=16)
+def _width_waves(width: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """``2 cos(2 pi x / W)`` and ``-2 sin(2 pi x / W)`` for x = 0 .. W - 1, in ``dtype`` (read-only)."""
+    angle = 2.0 * np.pi * np.arange(width) / width
+    waves = (2.0 * np.cos(angle)).astype(dtype), (-2.0 * np.sin(angle)).astype(dtype)
+    for wave in waves:
+        wave.setflags(write=False)
+    return waves
+
+
 def low_frequency_image(noise: np.ndarray, shape: tuple[int, int], decay_power: float,
-                        spectrum: str = DEFAULT_SPECTRUM) -> np.ndarray:
+                        spectrum: str = DEFAULT_SPECTRUM, out: np.ndarray | None = None) -> np.ndarray:
     """The grey image(s) of standard normal ``noise``.
 
     Parameters
@@ -152,6 +160,9 @@ def low_frequency_image(noise: np.ndarray, shape: tuple[int, int], decay_power: 
     shape, decay_power, spectrum
         As for :func:`spectrum_scales`.
 
+    out : np.ndarray, optional
+        Where to write the image(s).
+
     Returns
     -------
     np.ndarray of noise's dtype, shape (..., height, width)
@@ -159,8 +170,12 @@ def low_frequency_image(noise: np.ndarray, shape: tuple[int, int], decay_power: 
     scales = spectrum_scales(shape, decay_power, spectrum).astype(noise.dtype)
     coefficients = scales[0] * noise[..., 0, :, :] + 1j * (scales[1] * noise[..., 1, :, :])
     if spectrum == "original":
-        return _two_column_inverse(coefficients, shape)
-    return np.fft.irfft2(coefficients, s=shape)
+        return _two_column_inverse(coefficients, shape, out)
+    grey = np.fft.irfft2(coefficients, s=shape)
+    if out is None:
+        return grey
+    out[...] = grey
+    return out
 
 
 def power_beyond_one_cycle(grey: np.ndarray) -> tuple[float, float]:
@@ -227,12 +242,14 @@ def _mask_from_ranks(ranks, first, stop):
     return ((stop - 1 + hard - ranks) / (ramp_length - 1 + 2 * hard)).clip(0.0, 1.0)
 
 
-def _brightness_keys(grey: np.ndarray) -> np.ndarray:
+def _brightness_keys(grey: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """One int64 per pixel whose ascending order is brightest first, ties in pixel order.
 
     Parameters
     ----------
     grey : np.ndarray of float32, shape (..., pixels)
+    out : np.ndarray of int64, optional
+        Where to write the keys.
 
     Returns
     -------
@@ -246,7 +263,7 @@ def _brightness_keys(grey: np.ndarray) -> np.ndarray:
     order = bits >> 31
     order &= 0x7FFFFFFF
     order ^= bits
-    keys = np.left_shift(order, 32, dtype=np.int64)
+    keys = np.left_shift(order, 32, dtype=np.int64, out=out)
     keys |= _pixel_numbers(grey.shape[-1])
     return keys
 
@@ -259,29 +276,23 @@ def _pixel_numbers(pixels: int) -> np.ndarray:
     return numbers
 
 
-@functools.lru_cache(maxsize=64)
-def _values_by_rank(pixels: int, first: int, stop: int) -> np.ndarray:
-    """float32 mask value of each brightness rank: 1 below ``first``, the soft ramp, 0 from ``stop`` (read-only).
-
-    The ramp runs from 1 at rank ``first`` to 0 at rank ``stop - 1``, as
-    :func:`_mask_from_ranks` gives it.
-    """
-    values = np.zeros(pixels, dtype=np.float32)
-    values[:first] = 1.0
-    length = stop - first
-    values[first:stop] = (length - 1 - np.arange(length)) / max(length - 1, 1)
-    values.setflags(write=False)
-    return values
+@functools.lru_cache(maxsize=8)
+def _countdown(pixels: int) -> np.ndarray:
+    """``pixels - 1, ..., 1, 0`` as float64 (read-only): the tail of length ``n`` over ``n - 1`` is a ramp from 1 to 0."""
+    countdown = np.arange(pixels - 1, -1, -1, dtype=np.float64)
+    countdown.setflags(write=False)
+    return countdown
 
 
-def _mask_from_keys(keys: np.ndarray, first: int, stop: int) -> np.ndarray:
+def _mask_from_keys(keys: np.ndarray, first: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
     """Mask of one image from its :func:`_brightness_keys` (reordered in place), by selection.
 
     ``partition`` (linear time) puts the ``first`` smallest keys (the
     pixels that are 1) before index ``first`` and the ramp's keys before
     ``stop``; only the ramp's ``stop - first`` keys are sorted, to give each
     its value. Equal to :func:`_mask_from_ranks` of the pixels' full ranks
-    (a hard mask, ``first == stop``, needs no sort at all).
+    (a hard mask, ``first == stop``, needs no sort at all). Written into
+    ``out`` (float32, ``keys.size`` values) when given.
     """
     pixels = keys.size
     cuts = [cut for cut in (first, stop) if 0 < cut < pixels]
@@ -289,8 +300,13 @@ def _mask_from_keys(keys: np.ndarray, first: int, stop: int) -> np.ndarray:
         keys.partition(cuts)
     keys[first:stop].sort()
     keys &= 0xFFFFFFFF  # the pixel of each rank (the order within the ones and within the zeros does not matter)
-    mask = np.empty(pixels, dtype=np.float32)
-    mask[keys] = _values_by_rank(pixels, first, stop)
+    values = np.empty(pixels, dtype=np.float32)  # by rank: 1, then the ramp (as _mask_from_ranks gives it), then 0
+    values[:first] = 1.0
+    length = stop - first
+    np.divide(_countdown(pixels)[pixels - length:], max(length - 1, 1), out=values[first:stop], casting="same_kind")
+    values[stop:] = 0.0
+    mask = np.empty(pixels, dtype=np.float32) if out is None else out
+    torch.from_numpy(mask).scatter_(0, torch.from_numpy(keys), torch.from_numpy(values))  # NumPy's own: 1.6x slower
     return mask
 
 
@@ -406,9 +422,11 @@ def sample_masks_torch(lams: torch.Tensor, decay_power: float, shape: tuple[int,
         return _masks_on_device(grey.reshape(batch, pixels), first, stop).reshape(batch, height, width)
     # On the CPU, NumPy's transforms: unlike torch's, their last bits do not depend on the number of
     # threads, so a mask does not depend on where it is made (a DataLoader worker or the main process).
-    grey = low_frequency_image(noise.numpy(), shape, decay_power, spectrum)
-    keys = _brightness_keys(grey.reshape(batch, pixels))
+    # One mask at a time, through the same scratch arrays: they stay in the CPU's cache (twice as fast at 224 px).
+    noise = noise.numpy()
     masks = np.empty((batch, pixels), dtype=np.float32)
+    grey, keys = np.empty(shape, dtype=np.float32), np.empty(pixels, dtype=np.int64)
     for row, (first, stop) in enumerate(bounds):
-        masks[row] = _mask_from_keys(keys[row], first, stop)
+        low_frequency_image(noise[row], shape, decay_power, spectrum, out=grey)
+        _mask_from_keys(_brightness_keys(grey.reshape(pixels), out=keys), first, stop, out=masks[row])
     return torch.from_numpy(masks).reshape(batch, height, width)

@@ -50,7 +50,8 @@ import fmix
 import psg_layout
 from batch_augment import (CUTMIX_ALPHA, CUTMIX_LAMBDA_RANGE, CUTMIX_PROBABILITY, DROPOUT_HOLE_PIXELS, DROPOUT_HOLES,
                            DROPOUT_PROBABILITY, FMIX_ALPHA, FMIX_DECAY_POWER, FMIX_LAMBDA_RANGE, FMIX_MAX_SOFT,
-                           FMIX_PROBABILITY, IMAGENET_MEAN, IMAGENET_STD, cutmix_box, cutout_corners, finish_batch)
+                           FMIX_PROBABILITY, IMAGENET_MEAN, IMAGENET_STD, WorkerBlocks, cutmix_box, cutout_corners,
+                           finish_batch)
 from image_cache import DEFAULT_CACHE_DIR, DEFAULT_RESIZE, ImageCache, input_shape, make_resize, open_cache, read_image_rgb
 from psg_layout import EpochTable, InputError, where
 
@@ -498,14 +499,18 @@ class _CachedBatches(Dataset):
     finish : bool
         Finish batches here (:func:`batch_augment.finish_batch` on the CPU, in the worker)
         rather than leave the pixels and the plan to the model's device.
+    workers : int
+        The loader's workers: with ``finish``, each refills blocks of shared
+        memory for its batches (:class:`batch_augment.WorkerBlocks`).
     """
 
-    def __init__(self, opener, rows: np.ndarray, labels: np.ndarray | None, finish: bool):
+    def __init__(self, opener, rows: np.ndarray, labels: np.ndarray | None, finish: bool, workers: int = 0):
         self.opener = opener
         self.cache: ImageCache | None = None
         self.rows = np.asarray(rows, dtype=np.int64)
         self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)
         self.finish = finish
+        self.blocks = WorkerBlocks(workers) if finish and workers > 0 else None
 
     def prepare(self) -> None:
         """Open the cache, building what is missing or stale (once)."""
@@ -516,7 +521,15 @@ class _CachedBatches(Dataset):
         return len(self.rows)
 
     def _finished(self, batch: dict):
-        return finish_batch(batch, torch.device("cpu")) if self.finish else batch
+        if not self.finish:
+            return batch
+        finished = finish_batch(batch, torch.device("cpu"), blocks=self.blocks)
+        if self.blocks is None:
+            return finished
+        if torch.is_tensor(finished):
+            return self.blocks.sendable(finished)
+        images, *others = finished
+        return self.blocks.sendable(images), *others
 
 
 class CachedEvalBatches(_CachedBatches):
@@ -561,8 +574,9 @@ class CachedTrainBatches(_CachedBatches):
 
     def __init__(self, opener, rows: np.ndarray, labels: np.ndarray, img_size, seed: int, rank: int,
                  fmix_enabled: bool, cutmix_enabled: bool, finish: bool,
-                 dropout_probability: float = DROPOUT_PROBABILITY, fmix_spectrum: str = fmix.DEFAULT_SPECTRUM):
-        super().__init__(opener, rows, labels, finish)
+                 dropout_probability: float = DROPOUT_PROBABILITY, fmix_spectrum: str = fmix.DEFAULT_SPECTRUM,
+                 workers: int = 0):
+        super().__init__(opener, rows, labels, finish, workers)
         self.shape = input_shape(img_size)
         self.seed, self.rank = seed, rank
         self.fmix_enabled, self.cutmix_enabled = fmix_enabled, cutmix_enabled
@@ -671,7 +685,8 @@ def make_train_loader(data_root, table: EpochTable, rows: np.ndarray, img_size, 
     opener = functools.partial(open_cache, data_root, table, img_size, cache_dir, rows=rows, workers=workers,
                                progress=progress, resize=resize)
     dataset = CachedTrainBatches(opener, rows, table.labels[rows], img_size, seed, rank, fmix_enabled,
-                                 cutmix_enabled, finish=_finish_in_workers(device), fmix_spectrum=fmix_spectrum)
+                                 cutmix_enabled, finish=_finish_in_workers(device), fmix_spectrum=fmix_spectrum,
+                                 workers=workers)
     return CachedLoader(dataset, batch_size=None, sampler=_NumberedBatches(sampler_of(dataset), batch_size),
                         num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0)
 
@@ -721,7 +736,7 @@ def make_eval_loader(data_root, table: EpochTable, img_size, batch_size: int, wo
                           pin_memory=pin_memory)
     opener = functools.partial(open_cache, data_root, table, img_size, cache_dir, rows=rows, workers=workers,
                                progress=progress, resize=resize)
-    dataset = CachedEvalBatches(opener, rows, labels, finish=_finish_in_workers(device))
+    dataset = CachedEvalBatches(opener, rows, labels, finish=_finish_in_workers(device), workers=workers)
     batches = BatchSampler(SequentialSampler(dataset), batch_size, drop_last=False)
     return CachedLoader(dataset, batch_size=None, sampler=batches, num_workers=workers, pin_memory=pin_memory,
                         persistent_workers=workers > 0)

@@ -169,3 +169,31 @@ def test_per_sample_cutmix_target_is_the_area_share_of_the_box(tmp_path):
         assert float(target[4 - own]) == pytest.approx(pasted.mean(), abs=1e-6)
         checked += 1
     assert checked >= 5
+
+
+@pytest.mark.parametrize("channels", [1, 3], ids=["grey", "colour"])
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last],
+                         ids=["contiguous", "channels_last"])
+def test_one_sample_at_a_time_on_the_cpu_equals_the_whole_batch_at_once(channels, memory_format):
+    # finish_batch's CPU path against the path it takes on a GPU, both run here: FMix and CutMix partners
+    # (two samples get both), both dropouts on some images, some samples untouched; the same numbers to the bit.
+    rng = np.random.default_rng(4)
+    count, height, width = 12, 40, 24
+    fmix_rows, cutmix_rows = [0, 2, 3, 5, 8, 9], [2, 4, 5, 11]
+    members = count + len(fmix_rows) + len(cutmix_rows)
+    corners = np.stack([rng.integers(0, [height - 7, width - 7], (members, 8, 2)),
+                        batch_augment.cutout_corners(rng.integers(0, [height + 1, width + 1], (members, 8, 2)))],
+                       axis=1)
+    batch = hand_plan(rng.integers(0, 256, (members, channels, height, width)), rng.integers(0, 5, members),
+                      rng.random((members, 2)) < 0.4, corners, fmix_rows=fmix_rows,
+                      fmix_lams=rng.uniform(0.6, 0.7, len(fmix_rows)), cutmix_rows=cutmix_rows,
+                      cutmix_boxes=[batch_augment.cutmix_box((height, width), 0.35, rng) for _ in cutmix_rows])
+    mixes = batch_augment._mixes(batch, count, height, width)
+    one_at_a_time = batch_augment._augmented_rows(batch, count, mixes, memory_format, None)
+    whole_batch = batch_augment._augmented_planes(batch, count, mixes, memory_format, None)
+    assert one_at_a_time.shape == (count, 3, height, width)
+    assert one_at_a_time.is_contiguous(memory_format=memory_format)
+    assert torch.equal(one_at_a_time, whole_batch)
+    untouched = [row for row in range(count) if row not in fmix_rows + cutmix_rows and not batch["dropout"][row].any()]
+    assert untouched and (one_at_a_time[untouched] != 0).all()
+    assert (one_at_a_time == 0).sum() >= 64  # dropped holes

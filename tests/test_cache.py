@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import gc
 import json
 import os
 
@@ -313,3 +314,34 @@ def test_batches_depend_on_seed_and_epoch_only(tiny_data, tmp_path):
             torch.testing.assert_close(images_a, images_b, rtol=0, atol=0)
             torch.testing.assert_close(targets_a, targets_b, rtol=0, atol=0)
     assert not torch.equal(reference[0][0], epoch(0, "cpu", 2)[0][0])
+
+
+def test_worker_blocks_are_refilled_only_once_the_training_process_lets_go(tiny_data, tmp_path):
+    # Batches finished in 2 workers arrive in shared blocks that the workers reuse: every 5th batch is
+    # held to the end (2 or 3 of each worker's, within its blocks) and must keep its numbers while
+    # later batches are made. (Holding more falls back to new blocks: test_batches_depend_on_seed_and_epoch_only.)
+    table = L.read_train_table(tiny_data)
+    rows = np.arange(len(table))
+
+    def loader_of(workers):
+        loader = L.make_train_loader(tiny_data, table, rows, SIZE, 16, workers, 72, cache_dir=tmp_path)
+        L.set_loader_epoch(loader, 0)
+        return loader
+
+    reference = [images for images, _ in finished(loader_of(0))]
+    loader = loader_of(2)
+    held, blocks = [], set()
+    for step, (images, _) in enumerate(L.iterate_batches(loader)):
+        fd, _ = images.untyped_storage()._share_fd_cpu_()
+        blocks.add(os.fstat(fd).st_ino)  # the shared-memory file behind the batch
+        torch.testing.assert_close(images, reference[step], rtol=0, atol=0)
+        if step % 5 == 0:
+            held.append(images)
+    assert len(reference) == step + 1 > 20
+    for images, expected in zip(held, reference[::5]):
+        torch.testing.assert_close(images, expected, rtol=0, atol=0)
+    assert len(blocks) <= 2 * batch_augment.WorkerBlocks.SLOTS < len(reference)  # reused, not one per batch
+    assert loader.dataset.blocks.flags.sum() > 0
+    del images, held
+    gc.collect()
+    assert loader.dataset.blocks.flags.sum() == 0  # all let go: every block free again
