@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import uuid
 import weakref
 
 # albumentations asks the package index for a newer version at import unless told not to:
@@ -46,6 +47,11 @@ FMIX_ALPHA = 1.0
 FMIX_LAMBDA_RANGE = (0.6, 0.7)
 FMIX_DECAY_POWER = 3.0
 FMIX_MAX_SOFT = 1.0
+# From this many pixels a sample, the CPU augments a batch one sample at a time (_augmented_rows): its
+# planes then stay in the CPU's cache. Below, the whole batch at once is faster (one sample's work is
+# too small for the calls it takes). Augmentation's CPU ms per batch of 32, all at once against one at
+# a time: 64 px 1.4 / 3.4, 128 px 4.1 / 6.1, 160 px 8.9 / 8.6, 224 px 15.0 / 11.0.
+_SAMPLE_AT_A_TIME_PIXELS = 160 * 160
 # The original's CutMix (off by default): lambda ~ Beta(1, 1) clipped to [0.3, 0.4].
 CUTMIX_PROBABILITY = 0.5
 CUTMIX_ALPHA = 1.0
@@ -121,10 +127,12 @@ class WorkerBlocks:
 
     def __init__(self, workers: int):
         self.flags = torch.zeros((max(workers, 1), self.SLOTS), dtype=torch.uint8).share_memory_()
+        self.token = uuid.uuid4().hex  # how a received batch finds these flags in the training process
+        _BLOCK_FLAGS[self.token] = self.flags
         self._storages: dict[int, torch.UntypedStorage] = {}  # slot -> block, in a worker
 
     def __getstate__(self) -> dict:
-        return {"flags": self.flags, "_storages": {}}
+        return {"flags": self.flags, "token": self.token, "_storages": {}}
 
     def empty(self, shape: tuple[int, int, int, int], memory_format: torch.memory_format) -> torch.Tensor:
         """An uninitialised float32 batch: in a worker, in one of its shared blocks (or a new one)."""
@@ -144,36 +152,74 @@ class WorkerBlocks:
             return _shared_images(shape, memory_format, storage)
         return _shared_images(shape, memory_format)
 
-    def sendable(self, images: torch.Tensor):
-        """``images`` as a worker returns them: a block of the pool frees itself in the training process."""
-        worker = torch.utils.data.get_worker_info()
-        if worker is None:
-            return images
+    def pooled(self, images: torch.Tensor):
+        """``images`` as a worker sends them: in a block of the pool, one that frees itself after use."""
         pointer = images.untyped_storage().data_ptr()
         for slot, storage in self._storages.items():
             if storage.data_ptr() == pointer:
-                return _PooledImages(images, self.flags, worker.id * self.SLOTS + slot)
+                return _PooledImages(images, self.token, torch.utils.data.get_worker_info().id * self.SLOTS + slot)
         return images
+
+
+# WorkerBlocks' flags by token, in the training process (forgotten with their blocks).
+_BLOCK_FLAGS: weakref.WeakValueDictionary[str, torch.Tensor] = weakref.WeakValueDictionary()
 
 
 class _PooledImages:
     """A worker's batch in a pooled block; unpickled in the training process as the plain tensor."""
 
-    def __init__(self, images: torch.Tensor, flags: torch.Tensor, index: int):
-        self.images, self.flags, self.index = images, flags, index
+    def __init__(self, images: torch.Tensor, token: str, index: int):
+        self.images, self.token, self.index = images, token, index
 
     def __reduce__(self):
-        return _received_images, (self.images, self.flags, self.index)
+        return _received_images, (self.images, self.token, self.index)
 
 
-def _received_images(images: torch.Tensor, flags: torch.Tensor, index: int) -> torch.Tensor:
+def _received_images(images: torch.Tensor, token: str, index: int) -> torch.Tensor:
     """In the training process: ``images``, whose block is marked free again once its storage is gone."""
-    weakref.finalize(images.untyped_storage(), _free_block, flags, index)
+    flags = _BLOCK_FLAGS.get(token)
+    if flags is not None:
+        weakref.finalize(images.untyped_storage(), _free_block, flags, index)
     return images
 
 
 def _free_block(flags: torch.Tensor, index: int) -> None:
     flags.view(-1)[index] = 0
+
+
+class _InlineTensor:
+    """A small tensor that a worker sends by value (unpickled as a tensor).
+
+    Every tensor a worker returns otherwise travels in a shared-memory
+    block of its own, passed as a file descriptor: about 0.3 ms for each
+    of a batch's labels, plan and targets, more than their bytes cost.
+    """
+
+    def __init__(self, tensor: torch.Tensor):
+        self.tensor = tensor
+
+    def __reduce__(self):
+        return torch.from_numpy, (self.tensor.numpy(),)
+
+
+def sendable(item, blocks: WorkerBlocks | None):
+    """A loader item as a DataLoader worker returns it; unchanged outside a worker.
+
+    Images (``pixels`` of a batch left for the model's device, or finished
+    images) travel in shared memory, finished images in ``blocks`` when
+    given; every other tensor by value.
+    """
+    if torch.utils.data.get_worker_info() is None:
+        return item
+    if isinstance(item, dict):
+        return {key: _InlineTensor(value) if torch.is_tensor(value) and key != "pixels" else value
+                for key, value in item.items()}
+    images, *others = item if isinstance(item, (list, tuple)) else (item,)
+    if blocks is not None:
+        images = blocks.pooled(images)
+    if not others:
+        return images
+    return (images, *(_InlineTensor(other) for other in others))
 
 
 def _empty_images(shape: tuple[int, int, int, int], device: torch.device, memory_format: torch.memory_format,
@@ -331,8 +377,8 @@ def _augmented_rows(batch: dict, count: int, mixes: list, memory_format, blocks)
     from its uint8 pixels, a dropped one gets 0 at its holes afterwards
     (what normalising 0 with the mean taken 0 times gives), and the keep
     plane exists only where a mixed sample or its partner has holes (a
-    mix of two planes of ones is ones). About 3x faster than all samples
-    at once at 224 px (``bench/loader_bench.py``).
+    mix of two planes of ones is ones). Used from
+    ``_SAMPLE_AT_A_TIME_PIXELS`` pixels a sample, where it is the faster.
     """
     pixels = batch["pixels"]
     _, channels, height, width = pixels.shape
@@ -422,7 +468,8 @@ def finish_batch(batch, device: torch.device, memory_format: torch.memory_format
     members, _, height, width = pixels.shape
     count = members - len(batch["fmix_rows"]) - len(batch["cutmix_rows"])
     mixes = _mixes(batch, count, height, width)
-    augmented = _augmented_rows if device.type == "cpu" else _augmented_planes
+    one_at_a_time = device.type == "cpu" and height * width >= _SAMPLE_AT_A_TIME_PIXELS
+    augmented = _augmented_rows if one_at_a_time else _augmented_planes
     return (augmented(batch, count, mixes, memory_format, blocks),
             _mixed_targets(batch, count, height * width))
 

@@ -51,7 +51,7 @@ import psg_layout
 from batch_augment import (CUTMIX_ALPHA, CUTMIX_LAMBDA_RANGE, CUTMIX_PROBABILITY, DROPOUT_HOLE_PIXELS, DROPOUT_HOLES,
                            DROPOUT_PROBABILITY, FMIX_ALPHA, FMIX_DECAY_POWER, FMIX_LAMBDA_RANGE, FMIX_MAX_SOFT,
                            FMIX_PROBABILITY, IMAGENET_MEAN, IMAGENET_STD, WorkerBlocks, cutmix_box, cutout_corners,
-                           finish_batch)
+                           finish_batch, sendable)
 from image_cache import DEFAULT_CACHE_DIR, DEFAULT_RESIZE, ImageCache, input_shape, make_resize, open_cache, read_image_rgb
 from psg_layout import EpochTable, InputError, where
 
@@ -521,15 +521,10 @@ class _CachedBatches(Dataset):
         return len(self.rows)
 
     def _finished(self, batch: dict):
-        if not self.finish:
-            return batch
-        finished = finish_batch(batch, torch.device("cpu"), blocks=self.blocks)
-        if self.blocks is None:
-            return finished
-        if torch.is_tensor(finished):
-            return self.blocks.sendable(finished)
-        images, *others = finished
-        return self.blocks.sendable(images), *others
+        """The item: ``batch`` finished here or not, as a worker sends it (:func:`batch_augment.sendable`)."""
+        if self.finish:
+            batch = finish_batch(batch, torch.device("cpu"), blocks=self.blocks)
+        return sendable(batch, self.blocks)
 
 
 class CachedEvalBatches(_CachedBatches):

@@ -12,21 +12,28 @@ Makes (once) a synthetic data set with make_synthetic.py under
   ``finish_batch`` on the model's device: whole batches read from the
   cache, dropouts and FMix (masks in torch) on the batch. With a CPU model,
   as here, the loader's workers finish the batches;
+- (c) the default path's CPU side for a GPU model (``device="cuda"``): the
+  workers read the batches and draw their plans; finishing them is the
+  GPU's work (``bench/gpu_bench.sh`` measures training with it), not
+  counted here;
 
-both with the same workers, batch size, data and FMix on, one untimed
+all with the same workers, batch size, data and FMix on, one untimed
 epoch each first, then alternating ``--repeats`` timed epochs (a, b, a,
 b, ...), each timed from its first batch to its last (worker start-up
-excluded). Prints the median images/s of each and their ratio, and writes
-them with the machine's description to ``bench/results/loader.json``.
+excluded). Prints the median images/s of each and the ratios to (a), and the
+CPU time per batch the workers and the training process spent in the
+timed epochs (from ``/proc``; Linux), and writes them with the machine's
+description to ``bench/results/loader.json``.
 
 Then where path (b)'s time goes: the steps a worker runs for each of
 ``--breakdown-batches`` batches, run one after another in this process on
 one thread (the fastest of five passes), in CPU milliseconds per batch:
-the cache read and random plan, ``finish_batch`` (the FMix masks also
-timed on their own), and handing the finished float32 batch to the
-training process (a new shared-memory block: allocated, filled, its pages
-touched; the training process's own first touch is not counted). Their
-sum bounds path (b) at ``cores x batch / sum`` images/s.
+the cache read and random plan, and ``finish_batch`` (the FMix masks also
+timed on their own). The finished batch is written straight into a
+shared-memory block its worker holds (``batch_augment.WorkerBlocks``), so
+handing it over costs no copy. The steps' sum bounds path (b) at
+``cores x batch / sum`` images/s; the workers' measured CPU per batch
+shows how far two workers on two cores fall short of it.
 
     python bench/loader_bench.py                  # ~3 min on 2 cores, data set made the first time (~1 min)
     python bench/loader_bench.py --sizes 224 --repeats 5
@@ -108,18 +115,35 @@ def ensure_data(args) -> None:
                    check=True)
 
 
-def images_per_second(loader, epoch: int) -> float:
-    """One epoch of finished training batches; images/s from the first batch's arrival to the last's."""
+def _cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds of process ``pid`` so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def images_per_second(loader, epoch: int, finish: bool = True) -> dict:
+    """One epoch of training batches (finished on the CPU unless ``finish`` is False), first to last arrival.
+
+    Returns images/s and the CPU milliseconds per batch of the loader's
+    workers (together) and of this process over the same span.
+    """
     loader_vit_rgb.set_loader_epoch(loader, epoch)
     cpu = torch.device("cpu")
-    counted, started = 0, None
-    for batch in loader_vit_rgb.iterate_batches(loader):
-        images, _ = batch_augment.finish_batch(batch, cpu)
-        if started is None:
+    iterator = iter(loader)
+    workers = [worker.pid for worker in getattr(iterator, "_workers", [])]  # DataLoader's worker processes
+    counted = 0
+    for step, batch in enumerate(iterator):
+        images = batch_augment.finish_batch(batch, cpu)[0] if finish else batch["pixels"]
+        if step == 0:
             started = time.perf_counter()
+            own_cpu, workers_cpu = time.process_time(), sum(map(_cpu_seconds, workers))
         else:
             counted += images.shape[0]
-    return counted / (time.perf_counter() - started)
+        if step == len(loader) - 1:  # before the workers of a non-persistent loader exit
+            seconds = time.perf_counter() - started
+            own_cpu, workers_cpu = time.process_time() - own_cpu, sum(map(_cpu_seconds, workers)) - workers_cpu
+    return {"images_per_s": counted / seconds, "workers_cpu_ms_per_batch": 1000 * workers_cpu / step,
+            "training_process_cpu_ms_per_batch": 1000 * own_cpu / step}
 
 
 def _fastest_ms(step, items, passes: int = 5) -> float:
@@ -131,12 +155,6 @@ def _fastest_ms(step, items, passes: int = 5) -> float:
             step(item)
         fastest = min(fastest, (time.perf_counter() - started) / len(items))
     return 1000 * fastest
-
-
-def _to_shared_memory(images: torch.Tensor) -> None:
-    """A new shared-memory block holding ``images``, as a worker's finished batch travels."""
-    block = torch.UntypedStorage._new_shared(images.numel() * images.element_size())
-    torch.empty(0, dtype=images.dtype).set_(block, 0, images.shape).copy_(images)
 
 
 def breakdown(loader, batches: int) -> dict:
@@ -153,8 +171,7 @@ def breakdown(loader, batches: int) -> dict:
         items = [dataset[key] for key in keys]
         finished = [batch_augment.finish_batch(item, cpu)[0] for item in items]
         steps = {"cache read and random plan": _fastest_ms(dataset.__getitem__, keys),
-                 "finish_batch": _fastest_ms(lambda item: batch_augment.finish_batch(item, cpu), items),
-                 "finished batch to shared memory": _fastest_ms(_to_shared_memory, finished)}
+                 "finish_batch": _fastest_ms(lambda item: batch_augment.finish_batch(item, cpu), items)}
         masks = _fastest_ms(lambda item: batch_augment.draw_fmix_masks(item, cpu), items)
     finally:
         torch.set_num_threads(threads)
@@ -176,19 +193,26 @@ def measure_size(args, table, rows, size) -> dict:
     common = dict(img_size=shape, batch_size=args.batch_size, workers=args.workers, seed=args.seed)
     per_sample = loader_vit_rgb.make_train_loader(args.data_root, table, rows, cache_dir=None, **common)
     cached = loader_vit_rgb.make_train_loader(args.data_root, table, rows, cache_dir=args.cache_dir, **common)
-    images_per_second(per_sample, 0)
-    images_per_second(cached, 0)
-    rates = {"per_sample": [], "cached": []}
+    for_gpu = loader_vit_rgb.make_train_loader(args.data_root, table, rows, cache_dir=args.cache_dir,
+                                               device="cuda", **common)  # nothing here touches CUDA
+    paths = {"per_sample": (per_sample, True), "cached": (cached, True), "cached_for_gpu": (for_gpu, False)}
+    for loader, finish in paths.values():
+        images_per_second(loader, 0, finish)
+    runs = {path: [] for path in paths}
     for repeat in range(1, args.repeats + 1):
-        rates["per_sample"].append(images_per_second(per_sample, repeat))
-        rates["cached"].append(images_per_second(cached, repeat))
+        for path, (loader, finish) in paths.items():
+            runs[path].append(images_per_second(loader, repeat, finish))
         print(f"  {image_cache.shape_label(shape)}, epoch {repeat}: "
-              f"per-sample {rates['per_sample'][-1]:7.1f} images/s, "
-              f"cached {rates['cached'][-1]:7.1f} images/s", flush=True)
-    a, b = statistics.median(rates["per_sample"]), statistics.median(rates["cached"])
-    result = {"img_size": list(shape), "per_sample_images_per_s": a, "cached_images_per_s": b, "ratio": b / a,
-              "per_sample_runs": rates["per_sample"], "cached_runs": rates["cached"],
-              "cache_build_seconds": build_seconds, "cache_build_images_per_s": len(table) / build_seconds}
+              + ", ".join(f"{path} {runs[path][-1]['images_per_s']:7.1f}" for path in paths) + " images/s", flush=True)
+    result = {"img_size": list(shape)}
+    for path, path_runs in runs.items():
+        for measure in path_runs[0]:
+            result[f"{path}_{measure}"] = statistics.median(run[measure] for run in path_runs)
+    result["ratio"] = result["cached_images_per_s"] / result["per_sample_images_per_s"]
+    result["ratio_for_gpu"] = result["cached_for_gpu_images_per_s"] / result["per_sample_images_per_s"]
+    result.update(per_sample_runs=[run["images_per_s"] for run in runs["per_sample"]],
+                  cached_runs=[run["images_per_s"] for run in runs["cached"]],
+                  cache_build_seconds=build_seconds, cache_build_images_per_s=len(table) / build_seconds)
     if args.breakdown_batches:
         result["breakdown"] = breakdown(cached, args.breakdown_batches)
     return result
@@ -208,6 +232,12 @@ def main() -> None:
               f"(a) per-sample {result['per_sample_images_per_s']:7.1f} images/s | "
               f"(b) cache + batch augmentation {result['cached_images_per_s']:7.1f} images/s | "
               f"ratio {result['ratio']:.1f}x | cache built once at {result['cache_build_images_per_s']:.0f} images/s")
+        print(f"{'':>11}(c) its CPU side for a GPU model (read and plan; the GPU finishes) "
+              f"{result['cached_for_gpu_images_per_s']:7.0f} images/s, {result['ratio_for_gpu']:.0f}x (a)")
+        for path, label in (("per_sample", "(a)"), ("cached", "(b)"), ("cached_for_gpu", "(c)")):
+            print(f"{'':>11}{label} CPU per batch, measured: workers "
+                  f"{result[f'{path}_workers_cpu_ms_per_batch']:5.1f} ms, training process "
+                  f"{result[f'{path}_training_process_cpu_ms_per_batch']:4.1f} ms")
         if "breakdown" in result:
             parts = result["breakdown"]
             for step, ms in parts["ms_per_batch"].items():
@@ -217,7 +247,8 @@ def main() -> None:
             print(f"{'':>11}{'sum (one core)':<46}{parts['total_ms_per_batch']:6.1f} ms per batch: (b) at most "
                   f"{parts['bound_images_per_s']:.0f} images/s on {os.cpu_count()} cores, "
                   f"{parts['bound_images_per_s'] / result['per_sample_images_per_s']:.1f}x (a)")
-    report = {"what": "training batches delivered per second (FMix and both dropouts on), median of the runs",
+    report = {"what": "training batches delivered per second (FMix and both dropouts on), median of the runs; "
+                      "cached_for_gpu: read and planned only, finished later on the GPU",
               "command": "python bench/loader_bench.py " + " ".join(sys.argv[1:]),
               "images": len(table), "batch_size": args.batch_size, "workers": args.workers,
               "machine": before, "load_average_after": os.getloadavg(), "results": results}
