@@ -109,8 +109,8 @@ class WorkerBlocks:
     memory; made there from the start, it is sent without a copy. A new
     block for every batch costs about as much as the batch's whole
     augmentation at 224 px: creating and mapping 19 MB, then a page fault
-    for every 4 KiB of it (26 of 57 ms a batch, ``bench/loader_bench.py``),
-    where refilling a block the worker already holds costs 3 ms. So each
+    for every 4 KiB of it (26 of a worker's 57 ms a batch, see
+    docs/speed.md), where refilling a block the worker already holds costs 3 ms. So each
     worker keeps up to :attr:`SLOTS` blocks and refills one that the
     training process no longer uses. ``flags`` (shared, one row per worker)
     holds 1 for a block from the moment its worker takes it until no tensor
