@@ -191,8 +191,8 @@ class _InlineTensor:
     """A small tensor that a worker sends by value (unpickled as a tensor).
 
     Every tensor a worker returns otherwise travels in a shared-memory
-    block of its own, passed as a file descriptor: about 0.3 ms for each
-    of a batch's labels, plan and targets, more than their bytes cost.
+    block of its own, created, mapped and passed as a file descriptor:
+    for a batch's labels, plan and targets, more than their bytes cost.
     """
 
     def __init__(self, tensor: torch.Tensor):
@@ -293,9 +293,9 @@ def _drop_holes(planes: torch.Tensor, corners: torch.Tensor, applied: torch.Tens
 def _mix(planes, rows, partners, weight) -> None:
     """In place: samples ``rows`` become ``weight`` of themselves plus ``1 - weight`` of ``partners``.
 
-    ``partners`` is a slice of ``planes``; ``weight`` holds one (1, H, W) plane per row.
+    ``partners`` holds one member of ``planes`` per row, ``weight`` one (1, H, W) plane per row.
     """
-    for row, partner, row_weight in zip(rows.tolist(), range(partners.start, partners.stop), weight):
+    for row, partner, row_weight in zip(rows.tolist(), partners.tolist(), weight):
         torch.lerp(planes[partner], planes[row], row_weight, out=planes[row])
 
 
@@ -307,43 +307,41 @@ def _cutmix_outside(batch: dict, height: int, width: int) -> torch.Tensor:
     return ~(((rows >= top) & (rows < bottom))[:, :, None] & ((cols >= left) & (cols < right))[:, None, :])
 
 
-def _mixes(batch: dict, count: int, height: int, width: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """FMix, then CutMix: (rows, partner members, weight planes (n, 1, H, W) float32), in that order."""
+def _mixes(batch: dict, count: int, height: int, width: int) -> list[tuple]:
+    """FMix, then CutMix, in that order: (rows, partner members, weight planes, shares) of each.
+
+    Weight planes are float32 (n, 1, H, W); shares, float64 (n, 1), are
+    each row's share of its own pixels, the weight of its own target:
+    exactly ``floor(lam * pixels + 0.5) / pixels`` for FMix (what its
+    masks sum to), the area outside the box for CutMix.
+    """
     fmix_rows, cutmix_rows = batch["fmix_rows"], batch["cutmix_rows"]
     device = fmix_rows.device
     mixes = []
     if len(fmix_rows):
+        shares = torch.tensor([fmix.mask_share(lam, height * width) for lam in batch["fmix_lams"].tolist()],
+                              dtype=torch.float64, device=device)[:, None]
         mixes.append((fmix_rows, torch.arange(count, count + len(fmix_rows), device=device),
-                      draw_fmix_masks(batch, device)[:, None]))
+                      draw_fmix_masks(batch, device)[:, None], shares))
     if len(cutmix_rows):
         first = count + len(fmix_rows)
+        outside = _cutmix_outside(batch, height, width)
+        shares = outside.sum(dim=(1, 2), dtype=torch.float64)[:, None] / (height * width)
         mixes.append((cutmix_rows, torch.arange(first, first + len(cutmix_rows), device=device),
-                      _cutmix_outside(batch, height, width)[:, None].float()))
+                      outside[:, None].float(), shares))
     return mixes
 
 
-def _mixed_targets(batch: dict, count: int, pixels: int) -> torch.Tensor:
-    """float32 (count, 5): one-hot labels, mixed with the partners' by the share of pixels each image keeps."""
-    labels = batch["labels"]
+def _mixed_targets(labels: torch.Tensor, count: int, mixes: list) -> torch.Tensor:
+    """float32 (count, 5): one-hot labels, mixed with the partners' by each row's share of its own pixels."""
     targets = F.one_hot(labels, psg_layout.NUM_CLASSES).double()
-    fmix_rows, cutmix_rows = batch["fmix_rows"], batch["cutmix_rows"]
-    if len(fmix_rows):
-        share = torch.tensor([fmix.mask_share(lam, pixels) for lam in batch["fmix_lams"].tolist()],
-                             dtype=torch.float64, device=labels.device)[:, None]
-        partners = slice(count, count + len(fmix_rows))
-        targets[fmix_rows] = torch.lerp(targets[partners], targets[fmix_rows], share)
-    if len(cutmix_rows):
-        height_width = batch["pixels"].shape[-2:]
-        outside = _cutmix_outside(batch, *height_width)
-        share = outside.sum(dim=(1, 2), dtype=torch.float64)[:, None] / pixels
-        first = count + len(fmix_rows)
-        partners = slice(first, first + len(cutmix_rows))
-        targets[cutmix_rows] = torch.lerp(targets[partners], targets[cutmix_rows], share)
+    for rows, partners, _, shares in mixes:
+        targets[rows] = torch.lerp(targets[partners], targets[rows], shares)
     return targets[:count].float()
 
 
 def _augmented_planes(batch: dict, count: int, mixes: list, memory_format, blocks) -> torch.Tensor:
-    """The augmented images of a batch, all samples at once (the model's device off the CPU).
+    """The augmented images of a batch, all samples at once (on a GPU; on the CPU below ``_SAMPLE_AT_A_TIME_PIXELS``).
 
     The C pixel planes and the keep plane of every member (see :func:`_model_input`), dropped and mixed together.
     """
@@ -353,8 +351,8 @@ def _augmented_planes(batch: dict, count: int, mixes: list, memory_format, block
     planes[:, :channels] = pixels
     planes[:, channels] = 1.0
     _drop_holes(planes, batch["corners"], batch["dropout"])
-    for rows, partners, weight in mixes:
-        _mix(planes, rows, slice(int(partners[0]), int(partners[-1]) + 1), weight)
+    for rows, partners, weight, _ in mixes:
+        _mix(planes, rows, partners, weight)
     own = planes[:count]
     return _model_input(own[:, :channels], own[:, channels:], memory_format, blocks)
 
@@ -386,7 +384,7 @@ def _augmented_rows(batch: dict, count: int, mixes: list, memory_format, blocks)
     mean, scale = (constant[0] for constant in _normalisation(pixels.device))  # (3, 1, 1)
     images = _empty_images((count, 3, height, width), pixels.device, memory_format, blocks)
     partners = {}  # own row -> [(partner member, weight plane), ...], FMix before CutMix
-    for rows, members, weight in mixes:
+    for rows, members, weight, _ in mixes:
         for row, member, row_weight in zip(rows.tolist(), members.tolist(), weight):
             partners.setdefault(row, []).append((member, row_weight))
     ones = torch.ones((1, height, width))
@@ -471,5 +469,5 @@ def finish_batch(batch, device: torch.device, memory_format: torch.memory_format
     one_at_a_time = device.type == "cpu" and height * width >= _SAMPLE_AT_A_TIME_PIXELS
     augmented = _augmented_rows if one_at_a_time else _augmented_planes
     return (augmented(batch, count, mixes, memory_format, blocks),
-            _mixed_targets(batch, count, height * width))
+            _mixed_targets(batch["labels"], count, mixes))
 

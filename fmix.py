@@ -45,8 +45,8 @@ import torch
 
 SPECTRA = ("original", "isotropic")
 DEFAULT_SPECTRUM = "original"
-# Pixels of the masks made together on the CPU: their int64 keys fill about a core's L2 cache (512 KiB).
-# One 224 x 224 mask at a time is 1.3x faster than 16 at once; 16 masks of 64 x 64 at once, 2x faster than one by one.
+# Pixels of the masks made together on the CPU: their int64 keys fill about a core's L2 cache (512 KiB),
+# so one 224 x 224 mask at a time (faster than 16 at once, docs/speed.md), 16 masks of 64 x 64 together.
 _CHUNK_PIXELS = 2**16
 
 
