@@ -333,10 +333,7 @@ def create_model(arch: str, img_size, num_classes: int = psg_layout.NUM_CLASSES,
     elif pretrained not in (None, PRETRAINED_NONE):
         options.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(pretrained)))
     try:
-        try:
-            model = timm.create_model(name, img_size=shape, **options)
-        except TypeError:  # the architecture takes no img_size (convolutional: any size); a TypeError of
-            model = timm.create_model(name, **options)  # another cause comes back from this second call
+        model = _timm_model(name, shape, options)
         _check_patch_size(model, arch, shape)
         if pretrained == PRETRAINED_IMAGENET:
             _check_imagenet_source(model, arch)
@@ -359,6 +356,22 @@ def create_model(arch: str, img_size, num_classes: int = psg_layout.NUM_CLASSES,
         # A pretrained file that is unreadable (pickle, zip or safetensors errors) or does not fit.
         message = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise InputError(f"cannot use pretrained weights for {arch}: {message} {where(pretrained)}") from None
+
+
+def _timm_model(name: str, shape: tuple[int, int], options: dict) -> torch.nn.Module:
+    """``timm.create_model(name, img_size=shape, **options)``, or without ``img_size`` where the architecture takes none.
+
+    A convolutional network (EfficientNet, ResNet) takes any input size and
+    refuses the keyword; only that refusal leads to the second call. Any
+    other TypeError propagates: retrying it without ``img_size`` would
+    build a vision transformer for its default size, not the one asked for.
+    """
+    try:
+        return timm.create_model(name, img_size=shape, **options)
+    except TypeError as err:
+        if "unexpected keyword argument 'img_size'" not in str(err):
+            raise
+    return timm.create_model(name, **options)
 
 
 def _check_patch_size(model: torch.nn.Module, arch: str, shape: tuple[int, int]) -> None:

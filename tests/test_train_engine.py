@@ -210,6 +210,23 @@ def test_create_model_passes_img_size_where_the_architecture_takes_it():
         engine.create_model("no_such_net", 64)
 
 
+def test_create_model_retries_without_img_size_only_when_the_architecture_refuses_that_keyword(monkeypatch):
+    import timm
+    calls = []
+    real_create = timm.create_model
+
+    def create(name, **options):
+        calls.append(sorted(options))
+        if "img_size" in options:
+            raise TypeError("VisionTransformer.__init__() got an unexpected keyword argument 'mlp_layer'")
+        return real_create(name, **options)
+
+    monkeypatch.setattr(timm, "create_model", create)
+    with pytest.raises(TypeError, match="'mlp_layer'"):
+        engine.create_model("test_vit", 64)
+    assert calls == [["img_size", "num_classes"]]  # not rebuilt at the architecture's default size
+
+
 def test_pretrained_weights_load_from_a_local_file_and_mismatches_are_refused(tmp_path):
     source = engine.create_model("test_vit", 64, num_classes=1000)
     path = tmp_path / "test_vit.safetensors"
