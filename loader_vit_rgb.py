@@ -340,6 +340,12 @@ class EpochImageDataset(Dataset):
 
     Items
     -----
+    An item's key is a row, whose augmentation and partner are drawn from
+    a generator keyed by ``(seed, epoch, row)`` (the original's sampling:
+    every row once per epoch), or a ``(row, draw)`` pair from a
+    :class:`StageBalancedSampler` with ``numbered=True``, keyed by
+    ``(seed, epoch, STAGE_BALANCE_STREAM, draw)``: a row drawn twice in
+    an epoch is augmented and mixed differently each time.
     With labels: ``(image, target)``, image float32 (3, H, W), target
     float32 (5,), a one-hot vector or the mixture of two (weights = the share
     of pixels each image contributes, summing to 1). Without labels: the image.
@@ -375,8 +381,13 @@ class EpochImageDataset(Dataset):
         return self.transforms(image=read_image_rgb(self.image_paths[index]))["image"]
 
     @_input_errors_as_items
-    def __getitem__(self, index: int):
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+    def __getitem__(self, key: int | tuple[int, int]):
+        if isinstance(key, tuple):
+            index, draw = key
+            rng = np.random.default_rng([self.seed, self.epoch, STAGE_BALANCE_STREAM, draw])
+        else:
+            index = key
+            rng = np.random.default_rng([self.seed, self.epoch, index])
         image = self._transformed(index, rng)
         if self.labels is None:
             return image
@@ -405,8 +416,9 @@ class EpochImageDataset(Dataset):
 # --------------------------------------------------------------------------
 # Whole batches from the cache, augmented on the model's device
 # --------------------------------------------------------------------------
-# Third key of the balanced draws' generator (seed, epoch, this): above any row index, so apart from
-# the per-sample generators keyed by (seed, epoch, row).
+# Third key of the balanced draws' generator (seed, epoch, this) and of the per-sample path's generators
+# of those draws (seed, epoch, this, draw): above any row index, so apart from the per-sample generators
+# keyed by (seed, epoch, row).
 STAGE_BALANCE_STREAM = 2**40 + 1
 
 
@@ -422,10 +434,10 @@ class StageBalancedSampler(Sampler):
     ``r::world_size`` (every rank the same number, as DistributedSampler).
     Not the original's sampling (each row once per epoch, shuffled): an
     option for small, short runs in which a rare stage such as N1 is
-    otherwise never predicted. On the cached path every draw gets its own
-    augmentation (keyed by batch); on the per-sample path (``--no-cache``)
-    a row drawn twice in an epoch is augmented and mixed alike both times
-    (keyed by row).
+    otherwise never predicted. Every draw gets its own augmentation: on the
+    cached path keyed by its batch, on the per-sample path (``--no-cache``)
+    by its number in the epoch, which the sampler yields with the row when
+    ``numbered`` (see :class:`EpochImageDataset`).
 
     Parameters
     ----------
@@ -435,13 +447,17 @@ class StageBalancedSampler(Sampler):
         At least 0 (0: rows drawn with replacement with equal probability).
     seed : int
     rank, world_size : int
+    numbered : bool
+        Yield ``(row, draw)`` pairs, ``draw`` the draw's number in the
+        epoch over all ranks, instead of rows.
     """
 
-    def __init__(self, labels: np.ndarray, power: float, seed: int, rank: int = 0, world_size: int = 1):
+    def __init__(self, labels: np.ndarray, power: float, seed: int, rank: int = 0, world_size: int = 1,
+                 numbered: bool = False):
         counts = np.bincount(labels, minlength=psg_layout.NUM_CLASSES).astype(np.float64)
         weights = counts[labels] ** -power
         self.probabilities = weights / weights.sum()
-        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.seed, self.rank, self.world_size, self.numbered = seed, rank, world_size, numbered
         self.per_rank = math.ceil(len(labels) / world_size)
         self.epoch = 0
 
@@ -454,7 +470,10 @@ class StageBalancedSampler(Sampler):
     def __iter__(self):
         rng = np.random.default_rng([self.seed, self.epoch, STAGE_BALANCE_STREAM])
         draws = rng.choice(len(self.probabilities), size=self.per_rank * self.world_size, p=self.probabilities)
-        return iter(draws[self.rank::self.world_size].tolist())
+        rows = draws[self.rank::self.world_size].tolist()
+        if not self.numbered:
+            return iter(rows)
+        return zip(rows, range(self.rank, len(draws), self.world_size))
 
 
 class _NumberedBatches(Sampler):
@@ -664,9 +683,9 @@ def make_train_loader(data_root, table: EpochTable, rows: np.ndarray, img_size, 
     (images, targets) : float32 tensors (batch, 3, height, width), (batch, 5), or a
     cached batch's dict, which :func:`batch_augment.finish_batch` makes into them.
     """
-    def sampler_of(dataset):
+    def sampler_of(dataset, numbered: bool = False):
         if stage_balance > 0:
-            return StageBalancedSampler(table.labels[rows], stage_balance, seed, rank, world_size)
+            return StageBalancedSampler(table.labels[rows], stage_balance, seed, rank, world_size, numbered)
         return DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
 
     if cache_dir is None:
@@ -675,7 +694,8 @@ def make_train_loader(data_root, table: EpochTable, rows: np.ndarray, img_size, 
             [paths[r] for r in rows], table.labels[rows], get_train_transforms(img_size, resize), seed=seed,
             fmix_enabled=fmix_enabled, cutmix_enabled=cutmix_enabled, fmix_spectrum=fmix_spectrum,
         )
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler_of(dataset), num_workers=workers,
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler_of(dataset, numbered=True),
+                          num_workers=workers,
                           collate_fn=_collate, pin_memory=pin_memory, drop_last=False)
     opener = functools.partial(open_cache, data_root, table, img_size, cache_dir, rows=rows, workers=workers,
                                progress=progress, resize=resize)

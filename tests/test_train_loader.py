@@ -228,6 +228,26 @@ def test_stage_balanced_draws_depend_on_seed_and_epoch_and_split_over_ranks():
     assert interleaved[:16] == draws[72, 0][0]  # the one-process draws of epoch 0 (numpy's choice is prefix-stable)
 
 
+def test_per_sample_path_augments_each_balanced_draw_of_a_row_on_its_own(tiny_data):
+    table = loader_vit_rgb.read_train_table(tiny_data)
+    loader = loader_vit_rgb.make_train_loader(tiny_data, table, np.arange(len(table)), 16, 512, 0, seed=72,
+                                              cache_dir=None, stage_balance=1.0)
+    loader_vit_rgb.set_loader_epoch(loader, 1)
+    keys = list(loader.sampler)
+    assert [draw for _, draw in keys] == list(range(len(table)))
+    (images, targets), = loader_vit_rgb.iterate_batches(loader)
+    by_row = {}
+    for (row, _), image, target in zip(keys, images, targets):
+        by_row.setdefault(row, []).append(torch.cat([image.flatten(), target]))
+    repeats = [(a, b) for items in by_row.values() for a, b in zip(items, items[1:])]
+    alike = sum(torch.equal(a, b) for a, b in repeats)
+    # Keyed by row, every repeat would be alike; keyed by draw, only those without dropout or FMix both times.
+    assert len(repeats) > 50 and alike < len(repeats) / 8
+    dataset = loader.dataset
+    first, again = dataset[keys[0]], dataset[keys[0]]
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+
+
 def test_training_loader_with_stage_balance_evens_out_the_stages(tiny_data, tmp_path):
     table = loader_vit_rgb.read_train_table(tiny_data)
     rows = np.arange(len(table))
