@@ -357,14 +357,20 @@ def _augmented_planes(batch: dict, count: int, mixes: list, memory_format, block
     return _model_input(own[:, :channels], own[:, channels:], memory_format, blocks)
 
 
-def _hole_pixels(corners: torch.Tensor, applied: torch.Tensor, height: int, width: int) -> list:
-    """Per member, (rows, columns) int64 index arrays of every pixel its applied dropouts drop (repeats allowed)."""
+def _hole_pixels(corners: torch.Tensor, applied: torch.Tensor, height: int, width: int) -> list[torch.Tensor]:
+    """Per member, the int64 numbers (``row * width + column``) of every pixel its applied dropouts drop (repeats allowed)."""
     span = np.arange(DROPOUT_HOLE_PIXELS)
     corners, applied = corners.numpy(), applied.numpy()
     rows = np.minimum(corners[..., 0, None, None] + span[:, None], height - 1)  # (members, 2, holes, 8, 1)
     cols = np.minimum(corners[..., 1, None, None] + span[None, :], width - 1)  # (members, 2, holes, 1, 8)
-    rows, cols = np.broadcast_arrays(rows, cols)
-    return [(torch.from_numpy(r[a].ravel()), torch.from_numpy(c[a].ravel())) for r, c, a in zip(rows, cols, applied)]
+    numbers = rows * width + cols  # (members, 2, holes, 8, 8)
+    return [torch.from_numpy(member[dropped].ravel()) for member, dropped in zip(numbers, applied)]
+
+
+def _zero_at(planes: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+    """In place: 0 at the pixel numbers ``pixels`` of every plane of (planes, H, W) (any memory layout)."""
+    planes.view(planes.shape[0], -1).index_fill_(1, pixels, 0.0)
+    return planes
 
 
 def _augmented_rows(batch: dict, count: int, mixes: list, memory_format, blocks) -> torch.Tensor:
@@ -391,19 +397,14 @@ def _augmented_rows(batch: dict, count: int, mixes: list, memory_format, blocks)
 
     def planes_of(member: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         plane = pixels[member].float()
-        rows, cols = holes[member]
-        if not len(rows):
+        if not len(holes[member]):
             return plane, None
-        plane[:, rows, cols] = 0.0
-        keep = ones.clone()
-        keep[:, rows, cols] = 0.0
-        return plane, keep
+        return _zero_at(plane, holes[member]), _zero_at(ones.clone(), holes[member])
 
     for row in range(count):
         out = images[row]
         if row not in partners:
-            torch.sub(pixels[row], mean, out=out).mul_(scale)
-            out[:, holes[row][0], holes[row][1]] = 0.0
+            _zero_at(torch.sub(pixels[row], mean, out=out).mul_(scale), holes[row])
             continue
         plane, keep = planes_of(row)
         for member, weight in partners[row]:

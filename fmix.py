@@ -425,15 +425,15 @@ def sample_masks_torch(lams: torch.Tensor, decay_power: float, shape: tuple[int,
         return _masks_on_device(grey.reshape(batch, pixels), first, stop).reshape(batch, height, width)
     # On the CPU, NumPy's transforms: unlike torch's, their last bits do not depend on the number of
     # threads, so a mask does not depend on where it is made (a DataLoader worker or the main process).
-    # A few masks at a time, through the same scratch arrays, which stay in the CPU's cache.
-    noise = noise.numpy()
+    # The grey images in one transform; ranked a few at a time through the same scratch keys, which stay in
+    # the CPU's cache.
+    grey = low_frequency_image(noise.numpy(), shape, decay_power, spectrum).reshape(batch, pixels)
     masks = np.empty((batch, pixels), dtype=np.float32)
     chunk = min(batch, max(1, _CHUNK_PIXELS // pixels))
-    grey, keys = np.empty((chunk, height, width), dtype=np.float32), np.empty((chunk, pixels), dtype=np.int64)
+    keys = np.empty((chunk, pixels), dtype=np.int64)
     for start in range(0, batch, chunk):
         count = min(chunk, batch - start)
-        low_frequency_image(noise[start:start + count], shape, decay_power, spectrum, out=grey[:count])
-        _brightness_keys(grey[:count].reshape(count, pixels), out=keys[:count])
+        _brightness_keys(grey[start:start + count], out=keys[:count])
         for row, row_keys in enumerate(keys[:count], start=start):
             _mask_from_keys(row_keys, *bounds[row], out=masks[row])
     return torch.from_numpy(masks).reshape(batch, height, width)
