@@ -272,18 +272,26 @@ def dropout_keep(corners: torch.Tensor, applied: torch.Tensor, img_size) -> torc
     return keep
 
 
+def _hole_numbers(corners: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """int64 (n, dropouts, holes, 8, 8): the number (``row * width + column``) of each pixel of each hole.
+
+    A hole's part beyond the bottom or right border is clamped onto its own
+    last row or column, which it covers anyway (so numbers repeat there).
+    """
+    span = torch.arange(DROPOUT_HOLE_PIXELS, device=corners.device)
+    rows = (corners[..., 0, None, None] + span[:, None]).clamp(max=height - 1)
+    cols = (corners[..., 1, None, None] + span[None, :]).clamp(max=width - 1)
+    return rows * width + cols
+
+
 def _drop_holes(planes: torch.Tensor, corners: torch.Tensor, applied: torch.Tensor) -> None:
     """In place: 0 in every plane of (n, planes, H, W) where a hole of an applied dropout lies.
 
     A product with 0 (dropped) or 1 (a dropout not applied), only at the
-    holes' pixels. A hole's part beyond the bottom or right border is
-    clamped onto its own last row or column, which it covers anyway.
+    holes' pixels (:func:`_hole_numbers`).
     """
     count, depth, height, width = planes.shape
-    span = torch.arange(DROPOUT_HOLE_PIXELS, device=corners.device)
-    rows = (corners[..., 0, None, None] + span[:, None]).clamp(max=height - 1)
-    cols = (corners[..., 1, None, None] + span[None, :]).clamp(max=width - 1)
-    pixels = (rows * width + cols).reshape(count, 1, -1)
+    pixels = _hole_numbers(corners, height, width).reshape(count, 1, -1)
     kept = (~applied)[..., None, None, None].expand(*applied.shape, DROPOUT_HOLES, DROPOUT_HOLE_PIXELS,
                                                     DROPOUT_HOLE_PIXELS).reshape(count, 1, -1).to(planes.dtype)
     planes.view(count, depth, height * width).scatter_reduce_(
@@ -358,13 +366,9 @@ def _augmented_planes(batch: dict, count: int, mixes: list, memory_format, block
 
 
 def _hole_pixels(corners: torch.Tensor, applied: torch.Tensor, height: int, width: int) -> list[torch.Tensor]:
-    """Per member, the int64 numbers (``row * width + column``) of every pixel its applied dropouts drop (repeats allowed)."""
-    span = np.arange(DROPOUT_HOLE_PIXELS)
-    corners, applied = corners.numpy(), applied.numpy()
-    rows = np.minimum(corners[..., 0, None, None] + span[:, None], height - 1)  # (members, 2, holes, 8, 1)
-    cols = np.minimum(corners[..., 1, None, None] + span[None, :], width - 1)  # (members, 2, holes, 1, 8)
-    numbers = rows * width + cols  # (members, 2, holes, 8, 8)
-    return [torch.from_numpy(member[dropped].ravel()) for member, dropped in zip(numbers, applied)]
+    """Per member, the int64 numbers (:func:`_hole_numbers`) of the pixels its applied dropouts drop (repeats allowed)."""
+    numbers = _hole_numbers(corners, height, width).numpy()  # NumPy: 0.2 ms a batch of 52 members, torch 0.6
+    return [torch.from_numpy(member[dropped].ravel()) for member, dropped in zip(numbers, applied.numpy())]
 
 
 def _zero_at(planes: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:

@@ -122,7 +122,7 @@ def spectrum_scales(shape: tuple[int, int], decay_power: float, spectrum: str = 
     return scales
 
 
-def _two_column_inverse(coefficients: np.ndarray, shape: tuple[int, int], out: np.ndarray | None = None) -> np.ndarray:
+def _two_column_inverse(coefficients: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """``irfft2(coefficients, s=shape)`` for coefficients of shape (..., rows, 2), in closed form.
 
     The inverse FFT along the rows (zero-padded or cut to ``height``) gives
@@ -130,12 +130,12 @@ def _two_column_inverse(coefficients: np.ndarray, shape: tuple[int, int], out: n
     half-spectrum holding only ``[g0, g1]`` is ``(Re g0 + 2 Re g1 cos(2 pi x
     / W) - 2 Im g1 sin(2 pi x / W)) / W`` (width at least 3; the imaginary
     part of ``g0`` drops out, as in ``irfft``). Two multiply-adds per pixel
-    instead of an FFT of every row. Written into ``out`` when given.
+    instead of an FFT of every row.
     """
     height, width = shape
     rows = np.fft.ifft(coefficients, n=height, axis=-2) / width  # (..., height, 2)
     cosine, sine = _width_waves(width, rows.real.dtype)
-    grey = np.multiply(rows[..., 1].real[..., None], cosine, out=out)
+    grey = rows[..., 1].real[..., None] * cosine
     grey += rows[..., 1].imag[..., None] * sine
     grey += rows[..., 0].real[..., None]
     return grey
@@ -152,7 +152,7 @@ def _width_waves(width: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
 
 
 def low_frequency_image(noise: np.ndarray, shape: tuple[int, int], decay_power: float,
-                        spectrum: str = DEFAULT_SPECTRUM, out: np.ndarray | None = None) -> np.ndarray:
+                        spectrum: str = DEFAULT_SPECTRUM) -> np.ndarray:
     """The grey image(s) of standard normal ``noise``.
 
     Parameters
@@ -163,9 +163,6 @@ def low_frequency_image(noise: np.ndarray, shape: tuple[int, int], decay_power: 
     shape, decay_power, spectrum
         As for :func:`spectrum_scales`.
 
-    out : np.ndarray, optional
-        Where to write the image(s).
-
     Returns
     -------
     np.ndarray of noise's dtype, shape (..., height, width)
@@ -173,12 +170,8 @@ def low_frequency_image(noise: np.ndarray, shape: tuple[int, int], decay_power: 
     scales = spectrum_scales(shape, decay_power, spectrum).astype(noise.dtype)
     coefficients = scales[0] * noise[..., 0, :, :] + 1j * (scales[1] * noise[..., 1, :, :])
     if spectrum == "original":
-        return _two_column_inverse(coefficients, shape, out)
-    grey = np.fft.irfft2(coefficients, s=shape)
-    if out is None:
-        return grey
-    out[...] = grey
-    return out
+        return _two_column_inverse(coefficients, shape)
+    return np.fft.irfft2(coefficients, s=shape)
 
 
 def power_beyond_one_cycle(grey: np.ndarray) -> tuple[float, float]:

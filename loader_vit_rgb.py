@@ -695,8 +695,7 @@ def make_train_loader(data_root, table: EpochTable, rows: np.ndarray, img_size, 
             fmix_enabled=fmix_enabled, cutmix_enabled=cutmix_enabled, fmix_spectrum=fmix_spectrum,
         )
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler_of(dataset, numbered=True),
-                          num_workers=workers,
-                          collate_fn=_collate, pin_memory=pin_memory, drop_last=False)
+                          num_workers=workers, collate_fn=_collate, pin_memory=pin_memory, drop_last=False)
     opener = functools.partial(open_cache, data_root, table, img_size, cache_dir, rows=rows, workers=workers,
                                progress=progress, resize=resize)
     dataset = CachedTrainBatches(opener, rows, table.labels[rows], img_size, seed, rank, fmix_enabled,
