@@ -66,6 +66,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import psg_layout  # noqa: E402
+from cpu_info import cpu_description  # noqa: E402  (bench/, the script's own folder)
 
 
 
@@ -97,9 +98,7 @@ parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "lo
 
 def machine() -> dict:
     """CPU model, cores, load and library versions of this machine."""
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())
-    return {"cpu": model, "cores": os.cpu_count(), "load_average_1_5_15": os.getloadavg(),
+    return {"cpu": cpu_description(), "cores": os.cpu_count(), "load_average_1_5_15": os.getloadavg(),
             "python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
             "albumentations": albumentations.__version__, "torch_threads": torch.get_num_threads()}
 
@@ -224,7 +223,7 @@ def main() -> None:
     rows = np.arange(len(table))
     before = machine()
     print(f"{len(table)} training images, batch {args.batch_size}, {args.workers} workers, FMix on; "
-          f"{before['cpu']}, {before['cores']} cores, load {before['load_average_1_5_15'][0]:.1f}", flush=True)
+          f"{before['cpu']}, load {before['load_average_1_5_15'][0]:.1f}", flush=True)
     results = [measure_size(args, table, rows, size) for size in args.sizes]
     for result in results:
         print(f"{image_cache.shape_label(result['img_size']):>9}: "

@@ -29,7 +29,6 @@ import argparse
 import itertools
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -46,6 +45,7 @@ import engine  # noqa: E402
 import image_cache  # noqa: E402
 import loader_vit_rgb  # noqa: E402
 import psg_layout  # noqa: E402
+from cpu_info import cpu_description  # noqa: E402  (bench/, the script's own folder)
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -76,8 +76,7 @@ OPTIMIZER = {"vit": "adam", "eff": "adamp"}
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                 if line.startswith("model name")), platform.processor()) + f" ({os.cpu_count()} cores)"
+    return cpu_description()
 
 
 def ensure_data(root: Path) -> None:
