@@ -21,12 +21,15 @@ adds a validation table: each model alone, every blend method at its tuned
 weight (tuned at ``--dump-scale``, as ``blend.py --tune`` tunes), then
 post-processing none / rules / hmm of the best blend, so one sees what each
 step buys. The hmm there is estimated from the training rows outside the
-validation fold. The rules and the hmm need consecutive epochs: when the
-models were trained with ``--cv stratified`` (``cv`` in
-``<weights-dir>/<vit-arch>_fold_<k>_config.json``), the validation rows are a
-random fifth of each night, so those two steps are left out of the table
-(said in the report); when that configuration is absent, they are shown and
-marked "cv unknown".
+validation fold, and divides the blend by the stage shares the models were
+trained on (``stage_balance`` in their configurations; 0, the labels'
+shares, without one); it is left out when the two models were trained
+with different ``--stage-balance``. The rules and the hmm need
+consecutive epochs: when the models were trained with ``--cv stratified``
+(``cv`` in ``<weights-dir>/<vit-arch>_fold_<k>_config.json``), the
+validation rows are a random fifth of each night, so those two steps are
+left out of the table (said in the report); when that configuration is
+absent, they are shown and marked "cv unknown".
 
 Sleep statistics (hypnogram.py's definitions: TST, SOL, WASO, SE, stage
 minutes and percentages, latencies, awakenings...) are computed per
@@ -167,22 +170,24 @@ def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray, recording_ids) -> di
     }
 
 
-def hmm_outside_fold(data_root: Path | str, valid: psg_layout.EpochTable):
-    """The HMM estimated from the training rows that are not validation rows; None without a training CSV."""
+def hmm_outside_fold(data_root: Path | str, valid: psg_layout.EpochTable, stage_balance: float = 0.0):
+    """The HMM estimated from the training rows that are not validation rows; None without a training CSV.
+
+    ``stage_balance``: the models' ``--stage-balance`` (``postprocess.training_stage_shares``).
+    """
     train_csv = Path(data_root) / psg_layout.TRAIN_CSV
     if not train_csv.is_file():
         return None
     train = psg_layout.read_epoch_csv(train_csv, with_labels=True)
     held_out = set(valid.idnums)
     keep = np.array([idnum not in held_out for idnum in train.idnums])
-    return estimate_hmm(train.labels[keep], [r for r, k in zip(train.recording_ids, keep) if k])
+    return estimate_hmm(train.labels[keep], [r for r, k in zip(train.recording_ids, keep) if k], stage_balance)
 
 
-def training_cv(weights_dir: Path | str, arch: str, fold: int) -> tuple[str | None, Path]:
-    """The ``cv`` a model was trained with, from its training configuration, and that file's path.
+def training_config(weights_dir: Path | str, arch: str, fold: int) -> tuple[dict | None, Path]:
+    """A model's training configuration (output_names.run_config_path's file) and that file's path.
 
-    The file is output_names.run_config_path's. ``None`` when it is absent
-    or says no ``cv``.
+    ``None`` when the file is absent; ``{}`` when it holds no JSON object.
     """
     path = run_config_path(weights_dir, arch, fold)
     if not path.is_file():
@@ -191,8 +196,31 @@ def training_cv(weights_dir: Path | str, arch: str, fold: int) -> tuple[str | No
         config = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise InputError(f"not a valid JSON configuration: {err} {where(path)}") from None
-    cv = config.get("cv") if isinstance(config, dict) else None
+    return (config if isinstance(config, dict) else {}), path
+
+
+def training_cv(weights_dir: Path | str, arch: str, fold: int) -> tuple[str | None, Path]:
+    """The ``cv`` a model was trained with, from its training configuration, and that file's path.
+
+    ``None`` when the configuration is absent or says no ``cv``.
+    """
+    config, path = training_config(weights_dir, arch, fold)
+    cv = (config or {}).get("cv")
     return (None if cv is None else str(cv)), path
+
+
+def training_stage_balances(weights_dir: Path | str, archs, fold: int) -> dict:
+    """``--stage-balance`` of each model whose training configuration exists, by architecture.
+
+    A configuration without ``stage_balance`` was written before the option
+    existed, when every row was seen once per epoch: 0.
+    """
+    balances = {}
+    for arch in archs:
+        config, _ = training_config(weights_dir, arch, fold)
+        if config is not None:
+            balances[arch] = float(config.get("stage_balance", 0.0))
+    return balances
 
 
 def validation_table(args, quiet: bool) -> dict | None:
@@ -201,7 +229,9 @@ def validation_table(args, quiet: bool) -> dict | None:
     Reads ``--outputs``' validation dumps and ``fold_<k>_valid.csv``; the hmm
     row needs ``--data-root``'s training CSV. The rules and hmm rows are
     left out when model 1 was trained with ``--cv stratified``, and marked
-    when its training configuration is absent.
+    when its training configuration is absent. The hmm divides by the stage
+    shares the models were trained on (their configurations'
+    ``stage_balance``, 0 without one) and is left out when the two differ.
 
     Returns
     -------
@@ -253,10 +283,19 @@ def validation_table(args, quiet: bool) -> dict | None:
         table.append(row("post-processing rules", marked, apply_rules(blended, valid.recording_ids)[0]))
         table.append(row("post-processing rules across recordings (the original's)", marked,
                          apply_rules(blended, valid.recording_ids, across_recordings=True)[0]))
-        hmm = hmm_outside_fold(args.data_root, valid)
-        if hmm is not None:
-            decoded = hmm_decode(blend_probabilities(p1, p2, *best), valid.recording_ids, *hmm)
-            table.append(row("post-processing hmm", marked + ", HMM from the other folds", decoded))
+        balances = training_stage_balances(args.weights_dir, (args.vit_arch, args.eff_arch), args.fold)
+        if len(set(balances.values())) > 1:
+            note = "; ".join(filter(None, [note, (
+                f"post-processing hmm left out: the models were trained with different --stage-balance "
+                f"({', '.join(f'{arch} {value:g}' for arch, value in balances.items())}), so their blend has no "
+                f"one set of training stage shares to divide by")]))
+        else:
+            stage_balance = next(iter(balances.values()), 0.0)
+            hmm = hmm_outside_fold(args.data_root, valid, stage_balance)
+            if hmm is not None:
+                decoded = hmm_decode(blend_probabilities(p1, p2, *best), valid.recording_ids, *hmm)
+                table.append(row("post-processing hmm", f"{marked}, HMM from the other folds, stage balance "
+                                 f"{stage_balance:g}", decoded))
     return {"rows": int(len(labels)),
             "blend": dict(zip(("method", "ens_weight", "power"), best[:3]), dump_scale=args.dump_scale, tta=tta),
             "cv": cv, "context_note": note, "table": table}

@@ -27,8 +27,14 @@ stage name per line, test CSV order) and writes the submission
   the training labels (per recording, add-one smoothing) and whose
   emissions are the blended probabilities (the ``.npy`` blend.py writes
   beside its CSV: the blend mapped back to the probability scale),
-  normalised per row and divided by the training class priors (a posterior
-  over a prior is proportional to a likelihood).
+  normalised per row and divided by the stage shares the models were
+  trained on (a posterior over its prior is proportional to a likelihood):
+  the training labels' shares when every row was seen once per epoch (the
+  original's), or, for models trained with ``--stage-balance P``, the
+  shares that sampler drew, ``count ** (1 - P)`` normalised (P = 1: equal
+  shares). Pass the models' ``--stage-balance`` here: dividing the
+  posteriors of stage-balanced models by the labels' shares boosts the
+  rare stages many-fold.
 * ``none``: a copy.
 
 Then, for every test recording, the per-recording outputs of
@@ -53,6 +59,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +79,10 @@ parser.add_argument("--out", type=Path, default=submission_path("outputs"), help
 parser.add_argument("--method", default="rules", help="rules, hmm or none")
 parser.add_argument("--across-recordings", action="store_true",
                     help="rules: match patterns across recording boundaries, as the original did")
+parser.add_argument("--stage-balance", type=float, default=None,
+                    help="hmm: the --stage-balance the models were trained with (stage_balance in their "
+                         "*_config.json; default 0, every row once per epoch, the original's): the hmm divides "
+                         "the blended probabilities by the stage shares the models were trained on")
 parser.add_argument("--probabilities", type=Path, default=None,
                     help="blended probabilities .npy, for hmm and the per-recording outputs (default: --in with .npy)")
 parser.add_argument("--recordings-out", type=Path, default=None,
@@ -195,7 +206,30 @@ def apply_rules(stages: np.ndarray, recording_ids, across_recordings: bool = Fal
 # --------------------------------------------------------------------------
 # Hidden Markov model
 # --------------------------------------------------------------------------
-def estimate_hmm(labels: np.ndarray, recording_ids) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def training_stage_shares(counts: np.ndarray, stage_balance: float) -> np.ndarray:
+    """Each stage's share of the training draws, from the stages' row counts.
+
+    Parameters
+    ----------
+    counts : np.ndarray of float, shape (5,)
+        Training rows per stage (positive; smoothed by the caller).
+    stage_balance : float
+        The trainers' ``--stage-balance``, at least 0: 0, every row once per
+        epoch (the shares are the counts'); P, rows drawn with probability
+        proportional to ``count ** -P`` (``loader_vit_rgb.StageBalancedSampler``),
+        so stage ``s`` fills ``count_s ** (1 - P)`` over the sum of the
+        draws; 1, equal shares.
+
+    Returns
+    -------
+    np.ndarray of float64, shape (5,), summing to 1
+    """
+    weights = np.asarray(counts, dtype=np.float64) ** (1.0 - stage_balance)
+    return weights / weights.sum()
+
+
+def estimate_hmm(labels: np.ndarray, recording_ids,
+                 stage_balance: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Count stage transitions, first stages and stage frequencies, add-one smoothed.
 
     Parameters
@@ -205,6 +239,9 @@ def estimate_hmm(labels: np.ndarray, recording_ids) -> tuple[np.ndarray, np.ndar
     recording_ids : sequence of str, length rows
         Their recordings; transitions are counted between consecutive rows
         (CSV order) of the same recording.
+    stage_balance : float
+        The ``--stage-balance`` the models were trained with (0: the
+        original's sampling); sets ``priors``.
 
     Returns
     -------
@@ -213,7 +250,9 @@ def estimate_hmm(labels: np.ndarray, recording_ids) -> tuple[np.ndarray, np.ndar
     initial : np.ndarray, shape (5,)
         P(first stage of a recording).
     priors : np.ndarray, shape (5,)
-        P(stage) over all rows.
+        The stage shares the models were trained on
+        (:func:`training_stage_shares` of the smoothed counts): with
+        ``stage_balance`` 0, P(stage) over all rows.
     """
     order, segment = group_by_recording(recording_ids)
     sequence = np.asarray(labels, dtype=np.int64)[order]
@@ -222,8 +261,9 @@ def estimate_hmm(labels: np.ndarray, recording_ids) -> tuple[np.ndarray, np.ndar
     transition = np.bincount(pairs, minlength=NUM_CLASSES**2).reshape(NUM_CLASSES, NUM_CLASSES) + 1.0
     first_rows = np.flatnonzero(np.r_[True, ~same_recording])
     initial = np.bincount(sequence[first_rows], minlength=NUM_CLASSES) + 1.0
-    priors = np.bincount(sequence, minlength=NUM_CLASSES) + 1.0
-    return transition / transition.sum(axis=1, keepdims=True), initial / initial.sum(), priors / priors.sum()
+    counts = np.bincount(sequence, minlength=NUM_CLASSES) + 1.0
+    return (transition / transition.sum(axis=1, keepdims=True), initial / initial.sum(),
+            training_stage_shares(counts, stage_balance))
 
 
 def viterbi(log_emissions: np.ndarray, lengths: np.ndarray, log_transition: np.ndarray,
@@ -336,14 +376,19 @@ def read_stage_lines(path: Path | str, rows: int, rows_source: str, how_to_make:
     return np.array([STAGE_TO_INT[line] for line in lines], dtype=np.int64)
 
 
-def hmm_postprocess(probabilities: np.ndarray, data_root: str, test: psg_layout.EpochTable) -> np.ndarray:
-    """``--method hmm``: fit the HMM on the data root's training labels, decode the test rows."""
+def hmm_postprocess(probabilities: np.ndarray, data_root: str, test: psg_layout.EpochTable,
+                    stage_balance: float = 0.0) -> np.ndarray:
+    """``--method hmm``: fit the HMM on the data root's training labels, decode the test rows.
+
+    ``stage_balance``: the models' ``--stage-balance`` (see :func:`training_stage_shares`).
+    """
     train_csv = Path(data_root) / psg_layout.TRAIN_CSV
     if not train_csv.is_file():
         raise InputError(f"no training CSV {where(train_csv)}; the hmm counts its transitions from "
                          f"the training labels (make_synthetic.py or render_edf.py write it)")
     train = psg_layout.read_epoch_csv(train_csv, with_labels=True)
-    return hmm_decode(probabilities, test.recording_ids, *estimate_hmm(train.labels, train.recording_ids))
+    return hmm_decode(probabilities, test.recording_ids,
+                      *estimate_hmm(train.labels, train.recording_ids, stage_balance))
 
 
 # --------------------------------------------------------------------------
@@ -421,6 +466,11 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.method not in POSTPROCESS_METHODS:
         raise InputError(f"unknown post-processing method {args.method!r} (expected rules, hmm or none)")
+    if args.stage_balance is not None and args.method != "hmm":
+        raise InputError(f"--stage-balance is read by --method hmm only, not by --method {args.method}")
+    if args.stage_balance is not None and not 0 <= args.stage_balance < math.inf:
+        raise InputError(f"--stage-balance must be a finite number, 0 or more (the models' --stage-balance), "
+                         f"got {args.stage_balance}")
     probabilities_given = args.probabilities is not None
     if args.probabilities is None:
         args.probabilities = probabilities_path(args.in_csv)
@@ -447,7 +497,7 @@ def main(argv=None) -> None:
         new_stages, matches = apply_rules(stages, test.recording_ids, args.across_recordings)
         say("rule matches: " + ", ".join(f"{number} x{count}" for number, count in enumerate(matches, start=1)))
     elif args.method == "hmm":
-        new_stages = hmm_postprocess(probabilities, args.data_root, test)
+        new_stages = hmm_postprocess(probabilities, args.data_root, test, args.stage_balance or 0.0)
     else:
         new_stages = stages
     say(f"after:  {stage_counts(new_stages)} ({int((new_stages != stages).sum())} rows changed)")

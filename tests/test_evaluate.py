@@ -53,45 +53,92 @@ def test_metrics_equal_scikit_learn():
             f1_score(y_true[rows], y_pred[rows], average="macro"))
 
 
-def test_the_validation_tables_hmm_is_estimated_without_the_validation_rows(tmp_path, monkeypatch):
-    # Training CSV: recordings A and C outside the fold, B (the validation fold) between them, with
-    # transitions (N3 -> REM -> N3) that A and C never make: an HMM that saw B would count them.
-    stages = {"A": [0, 0, 1, 2, 2, 3, 3, 2, 4, 4, 0], "B": [3, 4, 3, 4, 3, 4, 3, 4], "C": [0, 1, 2, 2, 3, 2, 4, 0]}
-    rows = [(r, psg_layout.image_name(r, n + 1), psg_layout.STAGES[s]) for r, own in stages.items()
+# Training CSV: recordings A and C outside the fold, B (the validation fold) between them, with
+# transitions (N3 -> REM -> N3) that A and C never make: an HMM that saw B would count them.
+VALIDATION_CASE = {"A": [0, 0, 1, 2, 2, 3, 3, 2, 4, 4, 0], "B": [3, 4, 3, 4, 3, 4, 3, 4],
+                   "C": [0, 1, 2, 2, 3, 2, 4, 0]}
+VALIDATION_ARCHS = ("vit_base_patch16_224", "tf_efficientnet_b4_ns")  # evaluate.py's defaults, epochs 4 and 1
+
+
+def write_validation_case(root):
+    """VALIDATION_CASE's training CSV, B as fold 0's validation rows and two models' validation dumps of B.
+
+    Returns the data root, the outputs folder and the two dumps (float64; saved as float32).
+    """
+    rows = [(r, psg_layout.image_name(r, n + 1), psg_layout.STAGES[s]) for r, own in VALIDATION_CASE.items()
             for n, s in enumerate(own)]
-    data, out = tmp_path / "DATA", tmp_path / "outputs"
+    data, out = root / "DATA", root / "outputs"
     psg_layout.write_csv_rows(data / psg_layout.TRAIN_CSV, rows)
     valid_rows = [row for row in rows if row[0] == "B"]
     psg_layout.write_csv_rows(valid_csv_path(out, 0), valid_rows)
     rng = np.random.default_rng(5)
     dumps = []
-    for arch, epochs in (("vit_base_patch16_224", [4]), ("tf_efficientnet_b4_ns", [1])):
-        p = rng.random((len(valid_rows), 5)) + 0.5 * np.eye(5)[stages["B"]]
+    for arch, epochs in zip(VALIDATION_ARCHS, ([4], [1])):
+        p = rng.random((len(valid_rows), 5)) + 0.5 * np.eye(5)[VALIDATION_CASE["B"]]
         dumps.append(p / p.sum(axis=1, keepdims=True))
         np.save(dump_path(out, arch, 0, epochs, "valid"), dumps[-1].astype(np.float32))
+    return data, out, dumps
 
-    fitted = []
 
-    def recorded_estimate_hmm(labels, recording_ids):
-        fitted.append((np.asarray(labels).tolist(), list(recording_ids)))
-        return postprocess.estimate_hmm(labels, recording_ids)
-
-    monkeypatch.setattr(evaluate, "estimate_hmm", recorded_estimate_hmm)
-    result = evaluate.validation_table(evaluate.parser.parse_args(["--data-root", str(data), "--outputs", str(out)]),
-                                       quiet=True)
-    outside = [(s, r) for r in ("A", "C") for s in stages[r]]
-    assert fitted == [([s for s, _ in outside], [r for _, r in outside])]
-    # The table's hmm row is the decoding with that HMM of the tuned blend's probabilities (the original's row
-    # scales, tta 1: no inference configuration here).
+def hmm_row_f1(result, dumps, stage_balance):
+    """Macro-F1 of decoding B's tuned blend with the HMM of A and C for models trained with ``stage_balance``."""
+    outside = [(s, r) for r in ("A", "C") for s in VALIDATION_CASE[r]]
     blend = result["blend"]
-    hmm = postprocess.estimate_hmm(np.array([s for s, _ in outside]), [r for _, r in outside])
+    hmm = postprocess.estimate_hmm(np.array([s for s, _ in outside]), [r for _, r in outside], stage_balance)
     decoded = postprocess.hmm_decode(blend_probabilities(*(dump.astype(np.float32) for dump in dumps),
                                                          blend["method"], blend["ens_weight"], blend["power"],
                                                          row_scales(blend["dump_scale"], blend["tta"])),
-                                     ["B"] * len(valid_rows), *hmm)
+                                     ["B"] * len(VALIDATION_CASE["B"]), *hmm)
+    return f1_score(VALIDATION_CASE["B"], decoded, average="macro")
+
+
+def test_the_validation_tables_hmm_is_estimated_without_the_validation_rows(tmp_path, monkeypatch):
+    data, out, dumps = write_validation_case(tmp_path)
+    fitted = []
+
+    def recorded_estimate_hmm(labels, recording_ids, stage_balance):
+        fitted.append((np.asarray(labels).tolist(), list(recording_ids), stage_balance))
+        return postprocess.estimate_hmm(labels, recording_ids, stage_balance)
+
+    monkeypatch.setattr(evaluate, "estimate_hmm", recorded_estimate_hmm)
+    result = evaluate.validation_table(evaluate.parser.parse_args(["--data-root", str(data), "--outputs", str(out),
+                                                                   "--weights-dir", str(tmp_path / "none")]),
+                                       quiet=True)
+    outside = [(s, r) for r in ("A", "C") for s in VALIDATION_CASE[r]]
+    # No training configurations: the models are taken as trained with each row once per epoch.
+    assert fitted == [([s for s, _ in outside], [r for _, r in outside], 0.0)]
+    # The table's hmm row is the decoding with that HMM of the tuned blend's probabilities (the original's row
+    # scales, tta 1: no inference configuration here).
     hmm_row = [row for row in result["table"] if row["step"] == "post-processing hmm"]
-    assert len(hmm_row) == 1
-    assert hmm_row[0]["macro_f1"] == pytest.approx(f1_score(stages["B"], decoded, average="macro"))
+    assert len(hmm_row) == 1 and hmm_row[0]["setting"].endswith("stage balance 0")
+    assert hmm_row[0]["macro_f1"] == pytest.approx(hmm_row_f1(result, dumps, 0.0))
+
+
+def test_the_validation_tables_hmm_divides_by_the_stage_shares_the_models_were_trained_on(tmp_path):
+    data, out, dumps = write_validation_case(tmp_path)
+    weights = tmp_path / "weights"
+    weights.mkdir()
+
+    def table(balances):
+        for arch, balance in zip(VALIDATION_ARCHS, balances):
+            evaluate.run_config_path(weights, arch, 0).write_text(json.dumps({"cv": "subject",
+                                                                                "stage_balance": balance}))
+        return evaluate.validation_table(evaluate.parser.parse_args(
+            ["--data-root", str(data), "--outputs", str(out), "--weights-dir", str(weights)]), quiet=True)
+
+    result = table([1.0, 1.0])
+    hmm_row = [row for row in result["table"] if row["step"] == "post-processing hmm"]
+    assert len(hmm_row) == 1 and hmm_row[0]["setting"] == f"on blend {result['blend']['method']}, HMM from the " \
+                                                          f"other folds, stage balance 1"
+    assert hmm_row[0]["macro_f1"] == pytest.approx(hmm_row_f1(result, dumps, 1.0))
+    assert result["context_note"] is None
+    # Models trained with different stage shares: no one prior to divide their blend by, so no hmm row.
+    result = table([1.0, 0.0])
+    assert [row["step"] for row in result["table"]][-3:] == [
+        "post-processing none", "post-processing rules", "post-processing rules across recordings (the original's)"]
+    assert result["context_note"] == ("post-processing hmm left out: the models were trained with different "
+                                      "--stage-balance (vit_base_patch16_224 1, tf_efficientnet_b4_ns 0), so their "
+                                      "blend has no one set of training stage shares to divide by")
 
 
 def corrupt(labels, every, shift=1):

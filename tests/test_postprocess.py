@@ -1,12 +1,14 @@
 """postprocess.py: each rule, their order, recording boundaries, the HMM, and bad input."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 import postprocess
 import psg_layout
-from postprocess import apply_rules, estimate_hmm, hmm_decode, viterbi
+from postprocess import apply_rules, estimate_hmm, hmm_decode, training_stage_shares, viterbi
 from conftest import run_script
 
 CODE = {"W": "Wake", "1": "N1", "2": "N2", "3": "N3", "R": "REM"}
@@ -130,6 +132,24 @@ def test_estimate_hmm_counts_by_hand():
     np.testing.assert_allclose(initial, [3, 1, 2, 1, 1] / np.float64(8))
     # stage counts W 2, N1 1, N2 3
     np.testing.assert_allclose(priors, [3, 2, 4, 1, 1] / np.float64(11))
+    # Models trained with --stage-balance 1 saw every stage equally often; with 0.5, the counts' square roots.
+    np.testing.assert_allclose(estimate_hmm(labels, ids, stage_balance=1.0)[2], [0.2] * 5)
+    roots = np.sqrt([3, 2, 4, 1, 1])
+    np.testing.assert_allclose(estimate_hmm(labels, ids, stage_balance=0.5)[2], roots / roots.sum())
+
+
+def test_training_stage_shares_by_hand_and_as_the_trainers_sampler_draws():
+    counts = np.array([100.0, 25.0, 400.0, 100.0, 25.0])
+    np.testing.assert_allclose(training_stage_shares(counts, 0.0), counts / 650)
+    np.testing.assert_allclose(training_stage_shares(counts, 0.5), [0.2, 0.1, 0.4, 0.2, 0.1])  # 10 5 20 10 5 / 50
+    np.testing.assert_allclose(training_stage_shares(counts, 1.0), [0.2] * 5)
+    import loader_vit_rgb  # torch: only here, postprocess itself imports none
+
+    labels = np.repeat(np.arange(5), counts.astype(int))
+    for power in (0.0, 0.5, 1.0, 2.0):
+        sampler = loader_vit_rgb.StageBalancedSampler(labels, power, seed=0)
+        drawn = np.bincount(labels, weights=sampler.probabilities, minlength=5)  # each stage's share of a draw
+        np.testing.assert_allclose(training_stage_shares(counts, power), drawn)
 
 
 def test_hmm_decode_divides_by_priors_and_keeps_recordings_apart():
@@ -192,6 +212,39 @@ def test_command_hmm(tmp_path):
     out = tmp_path / "outputs" / "files_post.csv"
     run_script("postprocess.py", "--data-root", data, "--in", blend_csv, "--out", out, "--method", "hmm")
     assert out.read_text().split() == ["N2"] * 5
+
+
+def test_command_hmm_divides_by_the_stage_shares_the_models_were_trained_on(tmp_path):
+    data, blend_csv = write_case(tmp_path, "2", "a")
+    # Training labels: T1 90 x N2, T2 10 x N1. Smoothed counts W 1, N1 11, N2 91, N3 1, REM 1 (of 105);
+    # first stages N2 and N1: initial W 1, N1 2, N2 2, N3 1, REM 1 (of 7).
+    train = [("T1", psg_layout.image_name("T1", n), "N2") for n in range(1, 91)]
+    train += [("T2", psg_layout.image_name("T2", n), "N1") for n in range(1, 11)]
+    psg_layout.write_csv_rows(data / psg_layout.TRAIN_CSV, train)
+    np.save(blend_csv.with_suffix(".npy"), np.array([[0, 0.3, 0.7, 0, 0]], dtype=np.float32))
+    out = tmp_path / "outputs" / "files_post.csv"
+    # Stage balance 0 (the labels' shares): N1 2/7 * 0.3 / (11/105) = 0.82 beats N2 2/7 * 0.7 / (91/105) = 0.23.
+    run_script("postprocess.py", "--data-root", data, "--in", blend_csv, "--out", out, "--method", "hmm")
+    assert out.read_text().split() == ["N1"]
+    # Models trained with --stage-balance 1 saw equal shares: N2 2/7 * 0.7 / 0.2 = 1.0 beats N1 2/7 * 0.3 / 0.2.
+    run_script("postprocess.py", "--data-root", data, "--in", blend_csv, "--out", out, "--method", "hmm",
+               "--stage-balance", "1")
+    assert out.read_text().split() == ["N2"]
+    assert json.loads(out.with_suffix(".json").read_text())["stage_balance"] == 1.0
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--stage-balance", "1"], "error: --stage-balance is read by --method hmm only, not by --method rules\n"),
+    (["--method", "hmm", "--stage-balance", "-1"],
+     "error: --stage-balance must be a finite number, 0 or more (the models' --stage-balance), got -1.0\n"),
+])
+def test_a_stage_balance_the_hmm_cannot_use_is_one_line_and_exit_2(tmp_path, options, message):
+    data, blend_csv = write_case(tmp_path, "22R22", "aaaaa")
+    out = tmp_path / "outputs" / "files_post.csv"
+    result = run_script("postprocess.py", "--data-root", data, "--in", blend_csv, "--out", out, *options,
+                        check=False)
+    assert (result.returncode, result.stderr) == (2, message)
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("blend_lines, message", [

@@ -120,7 +120,10 @@ def test_bad_options_are_one_line_errors(monkeypatch, capsys, tmp_path):
                                       capsys)
     assert (status, err) == (2, "error: --warmup-epochs must be in 0..--epochs (10), got 11.0\n")
     status, out, err = run_in_process(main_eff, ["--stage-balance", -1, "--pretrained", "none"], monkeypatch, capsys)
-    assert (status, err) == (2, "error: --stage-balance must be 0 or more, got -1.0\n")
+    assert (status, err) == (2, "error: --stage-balance must be a finite number, 0 or more, got -1.0\n")
+    status, out, err = run_in_process(main_eff, ["--stage-balance", "inf", "--pretrained", "none"], monkeypatch,
+                                      capsys)  # every stage's draws would be 0 ** ...: no sampler
+    assert (status, err) == (2, "error: --stage-balance must be a finite number, 0 or more, got inf\n")
 
 
 def test_no_data_is_one_line_exit_2_and_writes_nothing(tmp_path):
