@@ -31,6 +31,11 @@ each further round adds the training pipeline's two dropouts, CoarseDropout
 and Cutout (8 holes of 8 x 8 pixels each, Cutout's clipped at the border;
 each applied with probability 0.5), drawn from a seed fixed per round and
 image, so reruns give the same numbers.
+
+``outputs/infer_blend_fold_<k>.json`` records the run's configuration, the
+TTA rounds (``blend.py`` reads them) and the two models' ``--stage-balance``
+(``stage_balance``, ViT then EfficientNet; ``postprocess.py --method hmm``
+reads it).
 """
 from __future__ import annotations
 
@@ -275,6 +280,8 @@ def main(argv=None) -> None:
 
     probabilities = {key: model_probabilities(arch, epochs, configs[key], args, inputs, device)
                      for key, (arch, epochs) in models.items()}
+    # Recorded for postprocess.py --method hmm, which divides the blend by the stage shares the models saw.
+    config["stage_balance"] = [configs[key]["stage_balance"] for key in models]
 
     if valid_rows is not None:
         labels = train.labels[valid_rows]

@@ -32,9 +32,13 @@ stage name per line, test CSV order) and writes the submission
   the training labels' shares when every row was seen once per epoch (the
   original's), or, for models trained with ``--stage-balance P``, the
   shares that sampler drew, ``count ** (1 - P)`` normalised (P = 1: equal
-  shares). Pass the models' ``--stage-balance`` here: dividing the
-  posteriors of stage-balanced models by the labels' shares boosts the
-  rare stages many-fold.
+  shares). The models' value is read from the record beside the blend
+  CSV (the fold in blend.py's ``<in>.json``, then ``stage_balance`` in
+  infer_blend.py's ``infer_blend_fold_<k>.json`` in the same folder);
+  ``--stage-balance`` overrides it, and without a record the models are
+  taken as trained with every row once per epoch (0), which the output
+  says. Dividing the posteriors of stage-balanced models by the labels'
+  shares boosts the rare stages many-fold.
 * ``none``: a copy.
 
 Then, for every test recording, the per-recording outputs of
@@ -66,7 +70,7 @@ import numpy as np
 
 import psg_layout
 from blend import load_probabilities, read_test_csv, stage_counts
-from output_names import blend_csv_path, probabilities_path, recordings_dir, submission_path
+from output_names import blend_csv_path, infer_config_path, probabilities_path, recordings_dir, submission_path
 from psg_layout import NUM_CLASSES, STAGE_TO_INT, STAGES, InputError, where
 
 # fmt: off
@@ -80,9 +84,10 @@ parser.add_argument("--method", default="rules", help="rules, hmm or none")
 parser.add_argument("--across-recordings", action="store_true",
                     help="rules: match patterns across recording boundaries, as the original did")
 parser.add_argument("--stage-balance", type=float, default=None,
-                    help="hmm: the --stage-balance the models were trained with (stage_balance in their "
-                         "*_config.json; default 0, every row once per epoch, the original's): the hmm divides "
-                         "the blended probabilities by the stage shares the models were trained on")
+                    help="hmm: the --stage-balance the models were trained with (default: as infer_blend.py "
+                         "recorded it beside the blend CSV; 0, every row once per epoch, the original's, without "
+                         "a record): the hmm divides the blended probabilities by the stage shares the models "
+                         "were trained on")
 parser.add_argument("--probabilities", type=Path, default=None,
                     help="blended probabilities .npy, for hmm and the per-recording outputs (default: --in with .npy)")
 parser.add_argument("--recordings-out", type=Path, default=None,
@@ -376,6 +381,52 @@ def read_stage_lines(path: Path | str, rows: int, rows_source: str, how_to_make:
     return np.array([STAGE_TO_INT[line] for line in lines], dtype=np.int64)
 
 
+def _json_object(path: Path) -> dict:
+    """A JSON file's object, or a one-line error naming the file."""
+    try:
+        found = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(f"not a valid JSON configuration: {err} {where(path)}") from None
+    if not isinstance(found, dict):
+        raise InputError(f"not a JSON object {where(path)}")
+    return found
+
+
+def models_stage_balance(in_csv: Path) -> tuple[float, str]:
+    """The ``--stage-balance`` the models behind a blend CSV were trained with, and where it was read.
+
+    The fold from blend.py's ``<in_csv>.json``, then ``stage_balance`` (one
+    value per model) from infer_blend.py's ``infer_blend_fold_<k>.json`` in
+    the CSV's folder. 0 (every row once per epoch, the original's) when
+    either file or the entry is missing, and the source says so.
+
+    Raises
+    ------
+    InputError
+        An unreadable record, or models trained with different values
+        (their blend has no one set of training stage shares).
+    """
+    blend_json = in_csv.with_suffix(".json")
+    if not blend_json.is_file():
+        return 0.0, f"no record of the models' sampling: {blend_json} is missing; taken as 0, the original's"
+    fold = _json_object(blend_json).get("fold")
+    if not isinstance(fold, int):
+        raise InputError(f"no fold number in blend.py's configuration {where(blend_json)}")
+    infer_json = infer_config_path(in_csv.parent, fold)
+    if not infer_json.is_file():
+        return 0.0, f"no record of the models' sampling: {infer_json} is missing; taken as 0, the original's"
+    balances = _json_object(infer_json).get("stage_balance")
+    if balances is None:
+        return 0.0, f"{infer_json} records no stage_balance (written before it did); taken as 0, the original's"
+    if not (isinstance(balances, list) and balances and all(isinstance(value, (int, float)) for value in balances)):
+        raise InputError(f"stage_balance must be a list of numbers, got {balances!r} {where(infer_json)}")
+    if len(set(balances)) > 1:
+        raise InputError(f"the models were trained with different --stage-balance ({', '.join(map(str, balances))}), "
+                         f"so their blend has no one set of training stage shares for the hmm; choose one with "
+                         f"--stage-balance {where(infer_json)}")
+    return float(balances[0]), str(infer_json)
+
+
 def hmm_postprocess(probabilities: np.ndarray, data_root: str, test: psg_layout.EpochTable,
                     stage_balance: float = 0.0) -> np.ndarray:
     """``--method hmm``: fit the HMM on the data root's training labels, decode the test rows.
@@ -471,12 +522,18 @@ def main(argv=None) -> None:
     if args.stage_balance is not None and not 0 <= args.stage_balance < math.inf:
         raise InputError(f"--stage-balance must be a finite number, 0 or more (the models' --stage-balance), "
                          f"got {args.stage_balance}")
+    if args.method == "hmm":
+        args.stage_balance, stage_balance_source = (
+            (args.stage_balance, "--stage-balance") if args.stage_balance is not None else
+            models_stage_balance(args.in_csv))
     probabilities_given = args.probabilities is not None
     if args.probabilities is None:
         args.probabilities = probabilities_path(args.in_csv)
     if args.recordings_out is None:
         args.recordings_out = recordings_dir(args.out)
     config = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()}
+    if args.method == "hmm":
+        config["stage_balance_source"] = stage_balance_source
     print("config: " + json.dumps(config))
 
     test = read_test_csv(args.data_root)
@@ -497,7 +554,7 @@ def main(argv=None) -> None:
         new_stages, matches = apply_rules(stages, test.recording_ids, args.across_recordings)
         say("rule matches: " + ", ".join(f"{number} x{count}" for number, count in enumerate(matches, start=1)))
     elif args.method == "hmm":
-        new_stages = hmm_postprocess(probabilities, args.data_root, test, args.stage_balance or 0.0)
+        new_stages = hmm_postprocess(probabilities, args.data_root, test, args.stage_balance)
     else:
         new_stages = stages
     say(f"after:  {stage_counts(new_stages)} ({int((new_stages != stages).sum())} rows changed)")

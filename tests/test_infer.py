@@ -23,8 +23,16 @@ SPLIT = {"folds": 3, "seed": 72, "cv": "subject"}
 
 @pytest.fixture(scope="module")
 def weights(tiny_data, tmp_path_factory):
-    """Checkpoints of epochs 0 and 1 of both tiny models (fresh random weights) and their configs."""
-    return write_random_checkpoints(tiny_data, tmp_path_factory.mktemp("weights"), (VIT, EFF), (0, 1), IMG, SPLIT)
+    """Checkpoints of epochs 0 and 1 of both tiny models (fresh random weights) and their configs.
+
+    The configurations say the ViT was trained with ``--stage-balance 1`` and the EfficientNet with 0.5
+    (inference does not depend on it; it records it).
+    """
+    folder = write_random_checkpoints(tiny_data, tmp_path_factory.mktemp("weights"), (VIT, EFF), (0, 1), IMG, SPLIT)
+    for arch, stage_balance in ((VIT, 1.0), (EFF, 0.5)):
+        path = engine.run_config_path(folder, arch, 0)
+        path.write_text(json.dumps(dict(json.loads(path.read_text()), stage_balance=stage_balance)))
+    return folder
 
 
 def by_hand(weights, arch, epoch, image_path) -> np.ndarray:
@@ -88,7 +96,8 @@ def test_dumps_rows_classes_and_names(tiny_data, weights, inferred):
         predicted = p.argmax(axis=1)
         assert (f"fold 0 {name}: validation accuracy {np.mean(predicted == labels):.5f}, "
                 f"macro-F1 {macro_f1(labels, predicted):.5f}") in result.stdout
-    assert json.loads((out / "infer_blend_fold_0.json").read_text())["vit_epochs"] == [0, 1]
+    record = json.loads((out / "infer_blend_fold_0.json").read_text())
+    assert record["vit_epochs"] == [0, 1] and record["stage_balance"] == [1.0, 0.5]
 
     # the dumps feed blend.py as they are
     run_script("blend.py", "--out", out, "--tune", "--vit-arch", VIT, "--eff-arch", EFF,
@@ -96,8 +105,16 @@ def test_dumps_rows_classes_and_names(tiny_data, weights, inferred):
     tuned = json.loads((out / "blend_tune.json").read_text())
     run_script("blend.py", "--data-root", tiny_data, "--out", out, "--vit-arch", VIT, "--eff-arch", EFF,
                "--vit-epochs", 0, 1, "--eff-epochs", 1, "--method", tuned["method"], "--ens-weight", tuned["ens_weight"])
-    lines = (out / f"filesblend_{tuned['method']}_[0, 1]_[1].csv").read_text().splitlines()
+    blend_csv = out / f"filesblend_{tuned['method']}_[0, 1]_[1].csv"
+    lines = blend_csv.read_text().splitlines()
     assert len(lines) == len(test) and set(lines) <= set(psg_layout.STAGES)
+    # The hmm reads the models' --stage-balance from that record; these two differ, so it asks for one.
+    post = run_script("postprocess.py", "--data-root", tiny_data, "--in", blend_csv, "--out", out / "post.csv",
+                      "--method", "hmm", "--no-recordings", check=False)
+    assert (post.returncode, post.stderr) == (2, (
+        "error: the models were trained with different --stage-balance (1.0, 0.5), so their blend has no one set "
+        f"of training stage shares for the hmm; choose one with --stage-balance ({out / 'infer_blend_fold_0.json'})\n"))
+    assert not (out / "post.csv").exists()
 
 
 def round_images(tiny_data, table, tta_round, cache_dir) -> torch.Tensor:
@@ -204,7 +221,7 @@ def test_test_only_inference_without_a_training_csv(tiny_data, weights, inferred
     tune = run_script("blend.py", "--data-root", root, "--out", out, *models, "--tune", check=False)
     assert tune.returncode == 2 and tune.stderr.count("\n") == 1 and "no validation rows" in tune.stderr
     hmm = run_script("postprocess.py", "--data-root", root, "--in", blend_csv, "--out", tmp_path / "hmm.csv",
-                     "--method", "hmm", check=False)
+                     "--method", "hmm", "--stage-balance", 1, check=False)  # the models' two values: one chosen
     assert hmm.returncode == 2 and hmm.stderr.count("\n") == 1 and "no training CSV" in hmm.stderr
     # a training CSV too small for the models' folds: the reason in one line, the test dumps all the same
     psg_layout.write_csv_rows(root / psg_layout.TRAIN_CSV, [(first, test.idnums[r], "N2") for r in rows[:2]])

@@ -214,23 +214,59 @@ def test_command_hmm(tmp_path):
     assert out.read_text().split() == ["N2"] * 5
 
 
-def test_command_hmm_divides_by_the_stage_shares_the_models_were_trained_on(tmp_path):
-    data, blend_csv = write_case(tmp_path, "2", "a")
+def write_shares_case(root):
+    """One test row whose hmm stage depends on the models' stage shares (hand-computed below); the blend CSV."""
+    data, blend_csv = write_case(root, "2", "a")
     # Training labels: T1 90 x N2, T2 10 x N1. Smoothed counts W 1, N1 11, N2 91, N3 1, REM 1 (of 105);
     # first stages N2 and N1: initial W 1, N1 2, N2 2, N3 1, REM 1 (of 7).
     train = [("T1", psg_layout.image_name("T1", n), "N2") for n in range(1, 91)]
     train += [("T2", psg_layout.image_name("T2", n), "N1") for n in range(1, 11)]
     psg_layout.write_csv_rows(data / psg_layout.TRAIN_CSV, train)
     np.save(blend_csv.with_suffix(".npy"), np.array([[0, 0.3, 0.7, 0, 0]], dtype=np.float32))
+    return data, blend_csv
+
+
+def test_command_hmm_divides_by_the_stage_shares_the_models_were_trained_on(tmp_path):
+    data, blend_csv = write_shares_case(tmp_path)
     out = tmp_path / "outputs" / "files_post.csv"
     # Stage balance 0 (the labels' shares): N1 2/7 * 0.3 / (11/105) = 0.82 beats N2 2/7 * 0.7 / (91/105) = 0.23.
-    run_script("postprocess.py", "--data-root", data, "--in", blend_csv, "--out", out, "--method", "hmm")
+    result = run_script("postprocess.py", "--data-root", data, "--in", blend_csv, "--out", out, "--method", "hmm")
     assert out.read_text().split() == ["N1"]
+    assert "is missing; taken as 0, the original's" in result.stdout  # no record beside the blend: said
     # Models trained with --stage-balance 1 saw equal shares: N2 2/7 * 0.7 / 0.2 = 1.0 beats N1 2/7 * 0.3 / 0.2.
     run_script("postprocess.py", "--data-root", data, "--in", blend_csv, "--out", out, "--method", "hmm",
                "--stage-balance", "1")
     assert out.read_text().split() == ["N2"]
     assert json.loads(out.with_suffix(".json").read_text())["stage_balance"] == 1.0
+
+
+def test_command_hmm_reads_the_models_stage_balance_recorded_beside_the_blend(tmp_path):
+    data, blend_csv = write_shares_case(tmp_path)
+    out = tmp_path / "outputs" / "files_post.csv"
+    blend_csv.with_suffix(".json").write_text(json.dumps({"fold": 2}))  # blend.py's record names the fold
+    record = blend_csv.parent / "infer_blend_fold_2.json"  # infer_blend.py's, beside the dumps
+    record.write_text(json.dumps({"stage_balance": [1.0, 1.0]}))
+    run_script("postprocess.py", "--data-root", data, "--in", blend_csv, "--out", out, "--method", "hmm")
+    assert out.read_text().split() == ["N2"]  # as with --stage-balance 1
+    written = json.loads(out.with_suffix(".json").read_text())
+    assert (written["stage_balance"], written["stage_balance_source"]) == (1.0, str(record))
+    # --stage-balance wins over the record.
+    run_script("postprocess.py", "--data-root", data, "--in", blend_csv, "--out", out, "--method", "hmm",
+               "--stage-balance", "0")
+    assert out.read_text().split() == ["N1"]
+    # Models trained with different values: no one prior for their blend, so the hmm asks for one.
+    out.unlink()
+    record.write_text(json.dumps({"stage_balance": [1.0, 0.0]}))
+    result = run_script("postprocess.py", "--data-root", data, "--in", blend_csv, "--out", out, "--method", "hmm",
+                        check=False)
+    assert (result.returncode, result.stderr) == (2, (
+        "error: the models were trained with different --stage-balance (1.0, 0.0), so their blend has no one set "
+        f"of training stage shares for the hmm; choose one with --stage-balance ({record})\n"))
+    assert not out.exists()
+    # A record older than the entry: 0, and the output says so.
+    record.write_text(json.dumps({"tta": 1}))
+    result = run_script("postprocess.py", "--data-root", data, "--in", blend_csv, "--out", out, "--method", "hmm")
+    assert out.read_text().split() == ["N1"] and "records no stage_balance" in result.stdout
 
 
 @pytest.mark.parametrize("options, message", [
