@@ -511,12 +511,7 @@ def read_run_config(weights_dir: Path | str, arch: str, fold: int) -> dict:
     if not path.is_file():
         raise InputError(f"no training configuration for {arch} fold {fold}: train it first "
                          f"(main_vit_rgb.py / main_eff.py) or point --weights-dir to its folder {where(path)}")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise InputError(f"not a valid JSON configuration: {err} {where(path)}") from None
-    if not isinstance(config, dict):
-        raise InputError(f"configuration is not a JSON object {where(path)}")
+    config = psg_layout.read_json_object(path)
     missing = [key for key in ("model_arch", "img_size", "num_classes") if key not in config]
     if missing:
         raise InputError(f"configuration lacks {', '.join(missing)} {where(path)}")

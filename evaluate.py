@@ -187,16 +187,10 @@ def hmm_outside_fold(data_root: Path | str, valid: psg_layout.EpochTable, stage_
 def training_config(weights_dir: Path | str, arch: str, fold: int) -> tuple[dict | None, Path]:
     """A model's training configuration (output_names.run_config_path's file) and that file's path.
 
-    ``None`` when the file is absent; ``{}`` when it holds no JSON object.
+    ``None`` when the file is absent.
     """
     path = run_config_path(weights_dir, arch, fold)
-    if not path.is_file():
-        return None, path
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise InputError(f"not a valid JSON configuration: {err} {where(path)}") from None
-    return (config if isinstance(config, dict) else {}), path
+    return (psg_layout.read_json_object(path) if path.is_file() else None), path
 
 
 def training_cv(weights_dir: Path | str, arch: str, fold: int) -> tuple[str | None, Path]:

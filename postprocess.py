@@ -381,17 +381,6 @@ def read_stage_lines(path: Path | str, rows: int, rows_source: str, how_to_make:
     return np.array([STAGE_TO_INT[line] for line in lines], dtype=np.int64)
 
 
-def _json_object(path: Path) -> dict:
-    """A JSON file's object, or a one-line error naming the file."""
-    try:
-        found = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise InputError(f"not a valid JSON configuration: {err} {where(path)}") from None
-    if not isinstance(found, dict):
-        raise InputError(f"not a JSON object {where(path)}")
-    return found
-
-
 def models_stage_balance(in_csv: Path) -> tuple[float, str]:
     """The ``--stage-balance`` the models behind a blend CSV were trained with, and where it was read.
 
@@ -409,13 +398,13 @@ def models_stage_balance(in_csv: Path) -> tuple[float, str]:
     blend_json = in_csv.with_suffix(".json")
     if not blend_json.is_file():
         return 0.0, f"no record of the models' sampling: {blend_json} is missing; taken as 0, the original's"
-    fold = _json_object(blend_json).get("fold")
+    fold = psg_layout.read_json_object(blend_json).get("fold")
     if not isinstance(fold, int):
         raise InputError(f"no fold number in blend.py's configuration {where(blend_json)}")
     infer_json = infer_config_path(in_csv.parent, fold)
     if not infer_json.is_file():
         return 0.0, f"no record of the models' sampling: {infer_json} is missing; taken as 0, the original's"
-    balances = _json_object(infer_json).get("stage_balance")
+    balances = psg_layout.read_json_object(infer_json).get("stage_balance")
     if balances is None:
         return 0.0, f"{infer_json} records no stage_balance (written before it did); taken as 0, the original's"
     if not (isinstance(balances, list) and balances and all(isinstance(value, (int, float)) for value in balances)):

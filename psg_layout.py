@@ -424,6 +424,25 @@ class InputError(Exception):
     """Bad input. The message names what is wrong and where (file:row)."""
 
 
+def read_json_object(path: Path | str, what: str = "configuration") -> dict:
+    """The object (``{...}``) a JSON file holds, such as a script's recorded configuration.
+
+    Raises
+    ------
+    InputError
+        Not UTF-8 JSON, or JSON that is not an object; the message names
+        ``what`` and the file.
+    """
+    path = Path(path)
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"not a valid JSON {what}: {err} {where(path)}") from None
+    if not isinstance(document, dict):
+        raise InputError(f"{what} is not a JSON object {where(path)}")
+    return document
+
+
 def where(path: Path | str, row: int | None = None) -> str:
     """``(file:row)`` or ``(file)``, the location suffix of error messages."""
     return f"({path}:{row})" if row is not None else f"({path})"

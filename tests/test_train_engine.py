@@ -345,7 +345,10 @@ def test_read_run_config(tmp_path):
     with pytest.raises(InputError, match="lacks num_classes"):
         engine.read_run_config(tmp_path, "test_vit", 0)
     path.write_text("{not json")
-    with pytest.raises(InputError, match="not a valid JSON"):
+    with pytest.raises(InputError, match="not a valid JSON configuration"):
+        engine.read_run_config(tmp_path, "test_vit", 0)
+    path.write_text("[1, 2]")
+    with pytest.raises(InputError, match=r"configuration is not a JSON object \(.*test_vit_fold_0_config.json\)"):
         engine.read_run_config(tmp_path, "test_vit", 0)
     # A configuration of before --resize, --warmup-epochs and --stage-balance reads as trained then;
     # the values a configuration holds are kept.
