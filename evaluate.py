@@ -211,9 +211,12 @@ def training_stage_balances(weights_dir: Path | str, archs, fold: int) -> dict:
     """
     balances = {}
     for arch in archs:
-        config, _ = training_config(weights_dir, arch, fold)
-        if config is not None:
-            balances[arch] = float(config.get("stage_balance", 0.0))
+        config, path = training_config(weights_dir, arch, fold)
+        if config is None:
+            continue
+        balances[arch] = config.get("stage_balance", 0.0)
+        if isinstance(balances[arch], bool) or not isinstance(balances[arch], (int, float)):
+            raise InputError(f"stage_balance must be a number, got {balances[arch]!r} {where(path)}")
     return balances
 
 
