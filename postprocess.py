@@ -24,7 +24,8 @@ stage name per line, test CSV order) and writes the submission
   reproduces that).
 * ``hmm``: per recording, Viterbi decoding (log space) of a hidden Markov
   model whose transition matrix and initial distribution are counted from
-  the training labels (per recording, add-one smoothing) and whose
+  the training labels (the data root's training CSV, or ``--train-csv``;
+  per recording, add-one smoothing) and whose
   emissions are the blended probabilities (the ``.npy`` blend.py writes
   beside its CSV: the blend mapped back to the probability scale),
   normalised per row and divided by the stage shares the models were
@@ -83,6 +84,9 @@ parser.add_argument("--out", type=Path, default=submission_path("outputs"), help
 parser.add_argument("--method", default="rules", help="rules, hmm or none")
 parser.add_argument("--across-recordings", action="store_true",
                     help="rules: match patterns across recording boundaries, as the original did")
+parser.add_argument("--train-csv", type=Path, default=None,
+                    help="hmm: the labelled epochs (ID,IDnum,label) whose stage transitions it counts "
+                         "(default: the data root's trainset-for_user.csv)")
 parser.add_argument("--stage-balance", type=float, default=None,
                     help="hmm: the --stage-balance the models were trained with (default: as infer_blend.py "
                          "recorded it beside the blend CSV; 0, every row once per epoch, the original's, without "
@@ -416,16 +420,16 @@ def models_stage_balance(in_csv: Path) -> tuple[float, str]:
     return float(balances[0]), str(infer_json)
 
 
-def hmm_postprocess(probabilities: np.ndarray, data_root: str, test: psg_layout.EpochTable,
+def hmm_postprocess(probabilities: np.ndarray, train_csv: Path, test: psg_layout.EpochTable,
                     stage_balance: float = 0.0) -> np.ndarray:
-    """``--method hmm``: fit the HMM on the data root's training labels, decode the test rows.
+    """``--method hmm``: fit the HMM on the labelled epochs of ``train_csv``, decode the test rows.
 
     ``stage_balance``: the models' ``--stage-balance`` (see :func:`training_stage_shares`).
     """
-    train_csv = Path(data_root) / psg_layout.TRAIN_CSV
     if not train_csv.is_file():
         raise InputError(f"no training CSV {where(train_csv)}; the hmm counts its transitions from "
-                         f"the training labels (make_synthetic.py or render_edf.py write it)")
+                         f"the training labels (make_synthetic.py or render_edf.py write it; --train-csv "
+                         f"names another)")
     train = psg_layout.read_epoch_csv(train_csv, with_labels=True)
     return hmm_decode(probabilities, test.recording_ids,
                       *estimate_hmm(train.labels, train.recording_ids, stage_balance))
@@ -506,8 +510,11 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.method not in POSTPROCESS_METHODS:
         raise InputError(f"unknown post-processing method {args.method!r} (expected rules, hmm or none)")
-    if args.stage_balance is not None and args.method != "hmm":
-        raise InputError(f"--stage-balance is read by --method hmm only, not by --method {args.method}")
+    for option, value in (("--stage-balance", args.stage_balance), ("--train-csv", args.train_csv)):
+        if value is not None and args.method != "hmm":
+            raise InputError(f"{option} is read by --method hmm only, not by --method {args.method}")
+    if args.method == "hmm" and args.train_csv is None:
+        args.train_csv = Path(args.data_root) / psg_layout.TRAIN_CSV
     if args.stage_balance is not None and not 0 <= args.stage_balance < math.inf:
         raise InputError(f"--stage-balance must be a finite number, 0 or more (the models' --stage-balance), "
                          f"got {args.stage_balance}")
@@ -543,7 +550,7 @@ def main(argv=None) -> None:
         new_stages, matches = apply_rules(stages, test.recording_ids, args.across_recordings)
         say("rule matches: " + ", ".join(f"{number} x{count}" for number, count in enumerate(matches, start=1)))
     elif args.method == "hmm":
-        new_stages = hmm_postprocess(probabilities, args.data_root, test, args.stage_balance)
+        new_stages = hmm_postprocess(probabilities, args.train_csv, test, args.stage_balance)
     else:
         new_stages = stages
     say(f"after:  {stage_counts(new_stages)} ({int((new_stages != stages).sum())} rows changed)")

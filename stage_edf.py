@@ -13,8 +13,11 @@ other, each step being the script's own ``main()`` with the options below
    training CSV, so no validation dumps);
 3. ``blend.py``: the blend (``--method``/``--ens-weight``/``--power``, or
    the settings of a ``blend_tune.json`` with ``--from-tune``);
-4. ``postprocess.py``: context post-processing and, per recording, the
-   hypnogram table, EDF+ annotations, figure and sleep statistics.
+4. ``postprocess.py``: context post-processing (``--postprocess``: the
+   original's rules, the hmm, whose stage transitions are counted from the
+   labelled epochs of ``--train-csv`` and whose stage shares are the
+   models' own, or none) and, per recording, the hypnogram table, EDF+
+   annotations, figure and sleep statistics.
 
 Writes into ``--out``: ``<ID>/<ID>-hypnogram.csv``, ``<ID>/<ID>-Hypnogram.edf``,
 ``<ID>/<ID>-hypnogram.png`` (not with ``--no-figures``), ``<ID>/<ID>-statistics.json`` for each recording,
@@ -79,7 +82,10 @@ parser.add_argument("--dump-scale", choices=blend.DUMP_SCALES, default=blend.par
 parser.add_argument("--from-tune", type=Path, default=None, metavar="JSON",
                     help="blend as a blend_tune.json says (method, ens-weight, power, dump scale; blend.py --from-tune)")
 parser.add_argument("--postprocess", default=postprocess.parser.get_default("method"),
-                    help="rules or none (hmm needs training labels, which new recordings do not have)")
+                    help="rules, hmm (with --train-csv) or none")
+parser.add_argument("--train-csv", type=Path, default=None,
+                    help="hmm: labelled epochs (ID,IDnum,label) whose stage transitions it counts, such as the "
+                         "trainset-for_user.csv the models were trained on (new recordings have no labels)")
 parser.add_argument("--no-figures", action="store_true", help="no hypnogram figures (saves seconds per recording)")
 parser.add_argument("--workers", type=int, default=2,
                     help="recordings rendered in parallel, and the inference's DataLoader workers")
@@ -99,10 +105,15 @@ def check_args(args) -> None:
             tuned["method"], tuned["ens_weight"], tuned["power"], tuned["dump_scale"])
     blend.check_blend_settings(args.method, args.ens_weight, args.power)
     if args.postprocess not in postprocess.POSTPROCESS_METHODS:
-        raise InputError(f"unknown post-processing method {args.postprocess!r} (expected rules or none)")
-    if args.postprocess == "hmm":
-        raise InputError("--postprocess hmm counts its transitions from training labels, which new recordings "
-                         "do not have: use rules or none")
+        raise InputError(f"unknown post-processing method {args.postprocess!r} (expected rules, hmm or none)")
+    if args.postprocess == "hmm" and args.train_csv is None:
+        raise InputError("--postprocess hmm counts its stage transitions from labelled epochs, which new "
+                         "recordings do not have: name them with --train-csv (such as the trainset-for_user.csv "
+                         "the models were trained on), or use rules or none")
+    if args.train_csv is not None and args.postprocess != "hmm":
+        raise InputError(f"--train-csv is read by --postprocess hmm only, not by --postprocess {args.postprocess}")
+    if args.train_csv is not None and not args.train_csv.is_file():
+        raise InputError(f"--train-csv not found {where(args.train_csv)}")
     if args.workers < 1:
         raise InputError(f"--workers must be 1 or more, got {args.workers}")
     if not args.edf.exists():
@@ -140,6 +151,7 @@ def step_arguments(args, data: Path, outputs: Path, results: Path) -> dict:
         "blend": (blend.main, ["--data-root", data, "--out", outputs, *models, *blend_settings, "--quiet"]),
         "post-process": (postprocess.main, ["--data-root", data, "--in", blend_csv,
                                             "--out", submission_path(outputs), "--method", args.postprocess,
+                                            *(["--train-csv", args.train_csv] if args.train_csv else []),
                                             "--recordings-out", results, "--quiet",
                                             *(["--no-figures"] if args.no_figures else [])]),
     }

@@ -240,6 +240,19 @@ def test_command_hmm_divides_by_the_stage_shares_the_models_were_trained_on(tmp_
     assert json.loads(out.with_suffix(".json").read_text())["stage_balance"] == 1.0
 
 
+def test_command_hmm_counts_its_transitions_from_the_train_csv_named(tmp_path):
+    data, blend_csv = write_shares_case(tmp_path)
+    elsewhere = tmp_path / "labels.csv"
+    (data / psg_layout.TRAIN_CSV).rename(elsewhere)  # scoring new nights: the labels live with the models' data
+    out = tmp_path / "outputs" / "files_post.csv"
+    result = run_script("postprocess.py", "--data-root", data, "--in", blend_csv, "--out", out, "--method", "hmm",
+                        check=False)
+    assert result.returncode == 2 and "no training CSV" in result.stderr and "--train-csv" in result.stderr
+    run_script("postprocess.py", "--data-root", data, "--in", blend_csv, "--out", out, "--method", "hmm",
+               "--train-csv", elsewhere)
+    assert out.read_text().split() == ["N1"]  # as with the data root's own training CSV
+
+
 def test_command_hmm_reads_the_models_stage_balance_recorded_beside_the_blend(tmp_path):
     data, blend_csv = write_shares_case(tmp_path)
     out = tmp_path / "outputs" / "files_post.csv"
@@ -271,6 +284,8 @@ def test_command_hmm_reads_the_models_stage_balance_recorded_beside_the_blend(tm
 
 @pytest.mark.parametrize("options, message", [
     (["--stage-balance", "1"], "error: --stage-balance is read by --method hmm only, not by --method rules\n"),
+    (["--train-csv", "labels.csv", "--method", "none"],
+     "error: --train-csv is read by --method hmm only, not by --method none\n"),
     (["--method", "hmm", "--stage-balance", "-1"],
      "error: --stage-balance must be a finite number, 0 or more (the models' --stage-balance), got -1.0\n"),
 ])

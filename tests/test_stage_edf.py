@@ -116,6 +116,19 @@ def test_same_stages_as_the_layout_route(tiny_data, weights, night, scored, tmp_
                      == answers.labels)
     assert agreement == layout
 
+    # The hmm, its transitions counted from the models' training labels: the same stages both ways too.
+    train_csv = tiny_data / psg_layout.TRAIN_CSV
+    run_script("postprocess.py", "--data-root", data, "--in", blend_csv, "--out", outputs / "files_hmm.csv",
+               "--method", "hmm", "--train-csv", train_csv, "--no-recordings")
+    hmm_out = tmp_path / "scored_hmm"
+    run_script("stage_edf.py", "--edf", edf, "--weights-dir", weights, "--out", hmm_out, "--montage", "synthetic",
+               *MODELS, "--batch-size", 16, "--workers", 1, "--postprocess", "hmm", "--train-csv", train_csv,
+               "--no-figures", "--quiet", env=ONE_THREAD)
+    by_epoch = {int(r["epoch"]): r for r in read_table(hmm_out / recording_id / f"{recording_id}-hypnogram.csv")}
+    hmm_stages = [by_epoch[psg_layout.epoch_number_of(idnum)]["stage_after"] for idnum in test.idnums]
+    assert hmm_stages == (outputs / "files_hmm.csv").read_text().split()
+    assert hmm_stages != [r["stage_after"] for r in rows]  # the hmm is not the rules
+
 
 def stage_error(*args) -> str:
     with pytest.raises(InputError) as error:
@@ -152,7 +165,11 @@ def test_bad_input_ends_with_one_line_and_leaves_nothing(weights, night, scored,
     shutil.copytree(weights, other, dirs_exist_ok=True)
     shutil.copy(engine.checkpoint_path(other, EFF, 0, 0), engine.checkpoint_path(other, VIT, 0, 0))
     assert "checkpoint does not fit" in stage_error("--edf", edf, "--montage", "synthetic", *mismatched)
-    assert "hmm counts its transitions" in stage_error("--edf", edf, "--postprocess", "hmm", *common)
+    assert "name them with --train-csv" in stage_error("--edf", edf, "--postprocess", "hmm", *common)
+    assert "--train-csv is read by --postprocess hmm only, not by --postprocess rules" in stage_error(
+        "--edf", edf, "--train-csv", edf, *common)
+    assert "--train-csv not found" in stage_error("--edf", edf, "--postprocess", "hmm", "--train-csv",
+                                                  tmp_path / "none.csv", *common)
     assert not out.exists() and not list(tmp_path.glob(".*stage-partial"))
 
     # an output folder that holds results: refused; --overwrite replaces only stage_edf's own results
