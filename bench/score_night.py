@@ -17,6 +17,8 @@ Writes ``bench/results/score_night.json`` (``--result``) and prints it.
 
     python bench/score_night.py --weights-dir demo/weights --vit-arch vit_tiny_patch16_224 \\
         --eff-arch tf_efficientnet_b0 --vit-epochs 6 --eff-epochs 3 --from-tune demo/outputs/blend_tune.json
+    python bench/score_night.py --weights-dir demo/weights --from-tune demo/outputs/blend_tune.json \\
+        --postprocess hmm --train-csv demo/DATA/trainset-for_user.csv --result bench/results/score_night_hmm.json
 """
 from __future__ import annotations
 
@@ -40,6 +42,7 @@ from evaluate import compute_metrics  # noqa: E402
 import blend  # noqa: E402
 from blend import read_tune_json  # noqa: E402
 from output_names import blend_csv_path, report_dir, submission_path  # noqa: E402
+from cpu_info import cpu_description  # noqa: E402  (bench/, the script's own folder)
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -50,7 +53,10 @@ parser.add_argument("--vit-epochs", type=int, nargs="+", default=[6], help="the 
 parser.add_argument("--eff-epochs", type=int, nargs="+", default=[3], help="the demo's checkpoint of model 2")
 parser.add_argument("--from-tune", type=Path, default=None,
                     help="blend settings (blend_tune.json); default: blend.py's defaults")
-parser.add_argument("--postprocess", default="rules", help="rules or none")
+parser.add_argument("--postprocess", default="rules", help="rules, hmm (with --train-csv) or none")
+parser.add_argument("--train-csv", type=Path, default=None,
+                    help="hmm: the labelled epochs whose transitions it counts, for both routes (the demo's: "
+                         "demo/DATA/trainset-for_user.csv)")
 parser.add_argument("--hours", type=float, default=6.0, help="scored length of the night")
 parser.add_argument("--seed", type=int, default=1, help="make_synthetic.py seed (the demo trains on seed 0)")
 parser.add_argument("--workers", type=int, default=2, help="render processes and DataLoader workers")
@@ -86,6 +92,7 @@ def main() -> None:
               "--vit-epochs", *args.vit_epochs, "--eff-epochs", *args.eff_epochs]
     # Both routes blend with blend.py's own reading of the tuning file (method, weight, power, dump scale).
     blend_args = ["--from-tune", args.from_tune] if args.from_tune else []
+    train_csv = ["--train-csv", args.train_csv] if args.train_csv else []
 
     run("make_synthetic.py", "--out", data, "--train-subjects", 1, "--test-subjects", 1, "--hours", args.hours,
         "--seed", args.seed, "--edf", "--workers", 2, "--quiet")
@@ -100,7 +107,7 @@ def main() -> None:
     load_before = os.getloadavg()
     stage_seconds = run("stage_edf.py", "--edf", night / f"{recording_id}.edf", "--weights-dir", args.weights_dir,
                         "--out", work / "scored", "--overwrite", "--montage", "synthetic", *models, *blend_args,
-                        "--postprocess", args.postprocess, "--workers", args.workers, "--quiet")
+                        "--postprocess", args.postprocess, *train_csv, "--workers", args.workers, "--quiet")
     load_after = os.getloadavg()
     steps = json.loads((work / "scored" / "stage_edf.json").read_text())
 
@@ -110,7 +117,7 @@ def main() -> None:
     run("blend.py", "--data-root", data, "--out", outputs, *models, *blend_args, "--quiet")
     blend_csv = blend_csv_path(outputs, blend_settings["method"], args.vit_epochs, args.eff_epochs)
     run("postprocess.py", "--data-root", data, "--in", blend_csv, "--out", submission_path(outputs),
-        "--method", args.postprocess, "--no-recordings", "--quiet")
+        "--method", args.postprocess, *train_csv, "--no-recordings", "--quiet")
     run("evaluate.py", "--data-root", data, "--pred", submission_path(outputs), "--out", report_dir(outputs),
         "--outputs", outputs, "--weights-dir", args.weights_dir, *models, "--quiet")
     layout = json.loads((report_dir(outputs) / "metrics.json").read_text())
@@ -132,7 +139,7 @@ def main() -> None:
         "stage_edf_wall_seconds": round(stage_seconds, 2),
         "stage_edf_step_seconds": steps["step_seconds"],
         "load_average_before_after": [round(load_before[0], 2), round(load_after[0], 2)],
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+        "machine": {"cpu": cpu_description(), "cpus": os.cpu_count(), "python": platform.python_version(),
                     "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
         "stage_route": {"macro_f1": stage["macro_f1"], "cohen_kappa": stage["cohen_kappa"]},
         "layout_route": {"macro_f1": layout["macro_f1"], "cohen_kappa": layout["cohen_kappa"]},
