@@ -385,6 +385,34 @@ def read_stage_lines(path: Path | str, rows: int, rows_source: str, how_to_make:
     return np.array([STAGE_TO_INT[line] for line in lines], dtype=np.int64)
 
 
+def _is_stage_balance(value) -> bool:
+    """A usable ``--stage-balance``: a finite number, 0 or more."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < math.inf
+
+
+def hmm_settings(args) -> str | None:
+    """Check ``--stage-balance`` and ``--train-csv``, and fill them in for ``--method hmm``.
+
+    Returns where the stage balance came from (``--stage-balance``, the
+    record :func:`models_stage_balance` read, or why there was none), or
+    None for the other methods, which take neither option.
+    """
+    for option, value in (("--stage-balance", args.stage_balance), ("--train-csv", args.train_csv)):
+        if value is not None and args.method != "hmm":
+            raise InputError(f"{option} is read by --method hmm only, not by --method {args.method}")
+    if args.method != "hmm":
+        return None
+    if args.train_csv is None:
+        args.train_csv = Path(args.data_root) / psg_layout.TRAIN_CSV
+    if args.stage_balance is None:
+        args.stage_balance, source = models_stage_balance(args.in_csv)
+        return source
+    if not _is_stage_balance(args.stage_balance):
+        raise InputError(f"--stage-balance must be a finite number, 0 or more (the models' --stage-balance), "
+                         f"got {args.stage_balance}")
+    return "--stage-balance"
+
+
 def models_stage_balance(in_csv: Path) -> tuple[float, str]:
     """The ``--stage-balance`` the models behind a blend CSV were trained with, and where it was read.
 
@@ -411,8 +439,9 @@ def models_stage_balance(in_csv: Path) -> tuple[float, str]:
     balances = psg_layout.read_json_object(infer_json).get("stage_balance")
     if balances is None:
         return 0.0, f"{infer_json} records no stage_balance (written before it did); taken as 0, the original's"
-    if not (isinstance(balances, list) and balances and all(isinstance(value, (int, float)) for value in balances)):
-        raise InputError(f"stage_balance must be a list of numbers, got {balances!r} {where(infer_json)}")
+    if not (isinstance(balances, list) and balances and all(_is_stage_balance(value) for value in balances)):
+        raise InputError(f"stage_balance must be a list of finite numbers, 0 or more, got {balances!r} "
+                         f"{where(infer_json)}")
     if len(set(balances)) > 1:
         raise InputError(f"the models were trained with different --stage-balance ({', '.join(map(str, balances))}), "
                          f"so their blend has no one set of training stage shares for the hmm; choose one with "
@@ -510,25 +539,14 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.method not in POSTPROCESS_METHODS:
         raise InputError(f"unknown post-processing method {args.method!r} (expected rules, hmm or none)")
-    for option, value in (("--stage-balance", args.stage_balance), ("--train-csv", args.train_csv)):
-        if value is not None and args.method != "hmm":
-            raise InputError(f"{option} is read by --method hmm only, not by --method {args.method}")
-    if args.method == "hmm" and args.train_csv is None:
-        args.train_csv = Path(args.data_root) / psg_layout.TRAIN_CSV
-    if args.stage_balance is not None and not 0 <= args.stage_balance < math.inf:
-        raise InputError(f"--stage-balance must be a finite number, 0 or more (the models' --stage-balance), "
-                         f"got {args.stage_balance}")
-    if args.method == "hmm":
-        args.stage_balance, stage_balance_source = (
-            (args.stage_balance, "--stage-balance") if args.stage_balance is not None else
-            models_stage_balance(args.in_csv))
+    stage_balance_source = hmm_settings(args)
     probabilities_given = args.probabilities is not None
     if args.probabilities is None:
         args.probabilities = probabilities_path(args.in_csv)
     if args.recordings_out is None:
         args.recordings_out = recordings_dir(args.out)
     config = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()}
-    if args.method == "hmm":
+    if stage_balance_source is not None:
         config["stage_balance_source"] = stage_balance_source
     print("config: " + json.dumps(config))
 
