@@ -215,7 +215,7 @@ def _check_args(args: argparse.Namespace) -> None:
         raise InputError(f"--workers must be 0 or more, got {args.workers}")
     if not args.lr > 0 or args.min_lr < 0 or args.weight_decay < 0:
         raise InputError("--lr must be positive, --min-lr and --weight-decay not negative")
-    if not 0 <= args.stage_balance < math.inf:
+    if not psg_layout.is_stage_balance(args.stage_balance):
         raise InputError(f"--stage-balance must be a finite number, 0 or more, got {args.stage_balance}")
     if not 0 <= args.warmup_epochs <= args.epochs:
         raise InputError(f"--warmup-epochs must be in 0..--epochs ({args.epochs}), got {args.warmup_epochs}")

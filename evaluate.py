@@ -215,8 +215,9 @@ def training_stage_balances(weights_dir: Path | str, archs, fold: int) -> dict:
         if config is None:
             continue
         balances[arch] = config.get("stage_balance", 0.0)
-        if isinstance(balances[arch], bool) or not isinstance(balances[arch], (int, float)):
-            raise InputError(f"stage_balance must be a number, got {balances[arch]!r} {where(path)}")
+        if not psg_layout.is_stage_balance(balances[arch]):
+            raise InputError(f"stage_balance must be a finite number, 0 or more, got {balances[arch]!r} "
+                             f"{where(path)}")
     return balances
 
 

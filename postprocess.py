@@ -64,7 +64,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -385,11 +384,6 @@ def read_stage_lines(path: Path | str, rows: int, rows_source: str, how_to_make:
     return np.array([STAGE_TO_INT[line] for line in lines], dtype=np.int64)
 
 
-def _is_stage_balance(value) -> bool:
-    """A usable ``--stage-balance``: a finite number, 0 or more."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < math.inf
-
-
 def hmm_settings(args) -> str | None:
     """Check ``--stage-balance`` and ``--train-csv``, and fill them in for ``--method hmm``.
 
@@ -407,7 +401,7 @@ def hmm_settings(args) -> str | None:
     if args.stage_balance is None:
         args.stage_balance, source = models_stage_balance(args.in_csv)
         return source
-    if not _is_stage_balance(args.stage_balance):
+    if not psg_layout.is_stage_balance(args.stage_balance):
         raise InputError(f"--stage-balance must be a finite number, 0 or more (the models' --stage-balance), "
                          f"got {args.stage_balance}")
     return "--stage-balance"
@@ -439,7 +433,7 @@ def models_stage_balance(in_csv: Path) -> tuple[float, str]:
     balances = psg_layout.read_json_object(infer_json).get("stage_balance")
     if balances is None:
         return 0.0, f"{infer_json} records no stage_balance (written before it did); taken as 0, the original's"
-    if not (isinstance(balances, list) and balances and all(_is_stage_balance(value) for value in balances)):
+    if not (isinstance(balances, list) and balances and all(psg_layout.is_stage_balance(value) for value in balances)):
         raise InputError(f"stage_balance must be a list of finite numbers, 0 or more, got {balances!r} "
                          f"{where(infer_json)}")
     if len(set(balances)) > 1:

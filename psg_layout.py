@@ -18,6 +18,7 @@ import datetime
 import functools
 import io
 import json
+import math
 import os
 import re
 import sys
@@ -422,6 +423,11 @@ def read_epoch_timing(data_root: Path | str, recording_id: str, epoch_numbers) -
 # --------------------------------------------------------------------------
 class InputError(Exception):
     """Bad input. The message names what is wrong and where (file:row)."""
+
+
+def is_stage_balance(value) -> bool:
+    """A usable ``--stage-balance`` (the trainers' sampling power): a finite number, 0 or more."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < math.inf
 
 
 def read_json_object(path: Path | str, what: str = "configuration") -> dict:

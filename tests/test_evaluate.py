@@ -139,8 +139,10 @@ def test_the_validation_tables_hmm_divides_by_the_stage_shares_the_models_were_t
     assert result["context_note"] == ("post-processing hmm left out: the models were trained with different "
                                       "--stage-balance (vit_base_patch16_224 1, tf_efficientnet_b4_ns 0), so their "
                                       "blend has no one set of training stage shares to divide by")
-    with pytest.raises(psg_layout.InputError, match=r"stage_balance must be a number, got 'x' \(.*tf_efficientnet_b4_ns"):
-        table([1.0, "x"])
+    for bad in ("x", -1.0):
+        with pytest.raises(psg_layout.InputError,
+                           match=rf"stage_balance must be a finite number, 0 or more, got {bad!r} \(.*tf_efficientnet_b4_ns"):
+            table([1.0, bad])
 
 
 def corrupt(labels, every, shift=1):
