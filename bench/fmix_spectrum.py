@@ -3,9 +3,9 @@
 The original called the FMix reference code's ``make_low_freq_image``,
 which builds its complex spectrum from the first two rows of the sampled
 half-spectrum (``spectrum[:, 0] + 1j * spectrum[:, 1]`` on an array shaped
-(1, H, W // 2 + 1, 2)). This script re-states that algorithm
-(:func:`reference_low_frequency_image`) and measures, over ``--masks``
-draws at ``--size`` pixels:
+(1, H, W // 2 + 1, 2)). This script measures, over ``--masks`` draws at
+``--size`` pixels of that algorithm re-stated
+(:func:`bench.original_loader.reference_low_frequency_image`) and of the project's:
 
 - the share of the grey images' power beyond one cycle along the height
   and along the width (:func:`fmix.power_beyond_one_cycle`), for the
@@ -33,33 +33,10 @@ import numpy as np  # noqa: E402
 
 import fmix  # noqa: E402
 import psg_layout  # noqa: E402
+from bench.original_loader import reference_low_frequency_image  # noqa: E402
 
 DECAY_POWER = 3.0  # the original's
 LAMBDA = 0.65  # the middle of the original's clipped range [0.6, 0.7]
-
-
-def reference_low_frequency_image(rng: np.random.Generator, shape: tuple[int, int],
-                                  decay_power: float) -> np.ndarray:
-    """The FMix reference code's ``make_low_freq_image`` as the original ran it (re-stated).
-
-    Samples the whole (1, H, K, 2) parameter array (K horizontal
-    frequencies: ``W // 2 + 1``, one more for odd W), scales it by
-    ``1 / max(f, 1 / max(H, W))**decay_power``, forms ``spectrum[:, 0] + 1j *
-    spectrum[:, 1]`` (rows 0 and 1 of the height axis: shape (1, K, 2)) and
-    inverts it with ``irfftn(..., (H, W))`` over the last two axes. The
-    final min-max scaling is left out (it does not change the ranks).
-
-    Returns
-    -------
-    np.ndarray of float64, shape (height, width)
-    """
-    height, width = shape
-    fy = np.fft.fftfreq(height)[:, None]
-    fx = np.fft.fftfreq(width)[: width // 2 + 1 + width % 2][None, :]
-    scale = 1.0 / np.maximum(np.sqrt(fx * fx + fy * fy), 1.0 / max(height, width)) ** decay_power
-    parameters = rng.standard_normal((1, height, fx.size, 2))
-    sampled = scale[None, :, :, None] * parameters
-    return np.real(np.fft.irfftn(sampled[:, 0] + 1j * sampled[:, 1], (height, width), axes=(1, 2)))[0]
 
 
 def grey_images(kind: str, count: int, size: int, seed: int) -> np.ndarray:

@@ -1,13 +1,19 @@
-"""Images per second delivered as training batches: the original's per-sample path against the project's default.
+"""Images per second delivered as training batches: the original's loader and per-sample path against the project's default.
 
 Makes (once) a synthetic data set with make_synthetic.py under
 ``bench/data/``, then, for each ``--sizes``:
 
 - builds the image cache from nothing in a fresh folder (timed: the one-off
   cost of a data set and size; later runs only check its manifests);
-- (a) the original's path, ``make_train_loader(cache_dir=None)``: per image
-  ``cv2`` decode, albumentations Resize, Normalize, CoarseDropout, Cutout,
-  ToTensorV2, and FMix with a second decoded partner image;
+- (o) the original's loader, re-stated operation for operation
+  (``bench/original_loader.py``): per image ``cv2.imread``, albumentations
+  Resize, Normalize, CoarseDropout, Cutout, ToTensorV2, and FMix by the
+  FMix reference code's algorithm (float64 grey image, full ``argsort``,
+  float64 mixing) with a second decoded partner image;
+- (a) the project's per-sample path, ``make_train_loader(cache_dir=None)``
+  (``--no-cache``): the same steps with the project's FMix masks (ranked in
+  float32 by selection, mixed in float32), a seeded generator per sample
+  and a check of every PNG's chunks;
 - (b) the default path, ``make_train_loader(cache_dir=...)`` plus
   ``finish_batch`` on the model's device: whole batches read from the
   cache, dropouts and FMix (masks in torch) on the batch. With a CPU model,
@@ -18,12 +24,12 @@ Makes (once) a synthetic data set with make_synthetic.py under
   counted here;
 
 all with the same workers, batch size, data and FMix on, one untimed
-epoch each first, then alternating ``--repeats`` timed epochs (a, b, a,
-b, ...), each timed from its first batch to its last (worker start-up
-excluded). Prints the median images/s of each and the ratios to (a), and the
-CPU time per batch the workers and the training process spent in the
-timed epochs (from ``/proc``; Linux), and writes them with the machine's
-description to ``bench/results/loader.json``.
+epoch each first, then alternating ``--repeats`` timed epochs (o, a, b,
+c, o, ...), each timed from its first batch to its last (worker start-up
+excluded). Prints the median images/s of each, the ratios of (b) and (c)
+to (o) and to (a), and the CPU time per batch the workers and the training
+process spent in the timed epochs (from ``/proc``; Linux), and writes them
+with the machine's description to ``bench/results/loader.json``.
 
 Then where path (b)'s time goes: the steps a worker runs for each of
 ``--breakdown-batches`` batches, run one after another in this process on
@@ -66,6 +72,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import psg_layout  # noqa: E402
+from bench.original_loader import make_original_loader  # noqa: E402
 from cpu_info import cpu_description  # noqa: E402  (bench/, the script's own folder)
 
 
@@ -126,7 +133,8 @@ def images_per_second(loader, epoch: int, finish: bool = True) -> dict:
     Returns images/s and the CPU milliseconds per batch of the loader's
     workers (together) and of this process over the same span.
     """
-    loader_vit_rgb.set_loader_epoch(loader, epoch)
+    if hasattr(loader.sampler, "set_epoch"):  # the project's loaders; the original's reshuffles by itself
+        loader_vit_rgb.set_loader_epoch(loader, epoch)
     cpu = torch.device("cpu")
     iterator = iter(loader)
     workers = [worker.pid for worker in getattr(iterator, "_workers", [])]  # DataLoader's worker processes
@@ -179,7 +187,7 @@ def breakdown(loader, batches: int) -> dict:
 
 
 def measure_size(args, table, rows, size) -> dict:
-    """Cache build time and the two paths' rates at one input size (one int, square, or (height, width))."""
+    """Cache build time and the paths' rates at one input size (one int, square, or (height, width))."""
     shape = image_cache.input_shape(size)
     fresh = args.cache_dir / "fresh"
     shutil.rmtree(fresh, ignore_errors=True)
@@ -189,11 +197,14 @@ def measure_size(args, table, rows, size) -> dict:
     shutil.rmtree(fresh)
 
     common = dict(img_size=shape, batch_size=args.batch_size, workers=args.workers, seed=args.seed)
+    image_paths = loader_vit_rgb.table_image_paths(args.data_root, table)
+    original = make_original_loader([image_paths[row] for row in rows], np.asarray(table.labels)[rows], **common)
     per_sample = loader_vit_rgb.make_train_loader(args.data_root, table, rows, cache_dir=None, **common)
     cached = loader_vit_rgb.make_train_loader(args.data_root, table, rows, cache_dir=args.cache_dir, **common)
     for_gpu = loader_vit_rgb.make_train_loader(args.data_root, table, rows, cache_dir=args.cache_dir,
                                                device="cuda", **common)  # nothing here touches CUDA
-    paths = {"per_sample": (per_sample, True), "cached": (cached, True), "cached_for_gpu": (for_gpu, False)}
+    paths = {"original": (original, True), "per_sample": (per_sample, True), "cached": (cached, True),
+             "cached_for_gpu": (for_gpu, False)}
     for loader, finish in paths.values():
         images_per_second(loader, 0, finish)
     runs = {path: [] for path in paths}
@@ -208,7 +219,10 @@ def measure_size(args, table, rows, size) -> dict:
             result[f"{path}_{measure}"] = statistics.median(run[measure] for run in path_runs)
     result["ratio"] = result["cached_images_per_s"] / result["per_sample_images_per_s"]
     result["ratio_for_gpu"] = result["cached_for_gpu_images_per_s"] / result["per_sample_images_per_s"]
-    result.update(per_sample_runs=[run["images_per_s"] for run in runs["per_sample"]],
+    result["ratio_to_original"] = result["cached_images_per_s"] / result["original_images_per_s"]
+    result["ratio_for_gpu_to_original"] = result["cached_for_gpu_images_per_s"] / result["original_images_per_s"]
+    result.update(original_runs=[run["images_per_s"] for run in runs["original"]],
+                  per_sample_runs=[run["images_per_s"] for run in runs["per_sample"]],
                   cached_runs=[run["images_per_s"] for run in runs["cached"]],
                   cache_build_seconds=build_seconds, cache_build_images_per_s=len(table) / build_seconds)
     if args.breakdown_batches:
@@ -227,12 +241,16 @@ def main() -> None:
     results = [measure_size(args, table, rows, size) for size in args.sizes]
     for result in results:
         print(f"{image_cache.shape_label(result['img_size']):>9}: "
+              f"(o) the original's loader {result['original_images_per_s']:7.1f} images/s | "
               f"(a) per-sample {result['per_sample_images_per_s']:7.1f} images/s | "
-              f"(b) cache + batch augmentation {result['cached_images_per_s']:7.1f} images/s | "
-              f"ratio {result['ratio']:.1f}x | cache built once at {result['cache_build_images_per_s']:.0f} images/s")
+              f"(b) cache + batch augmentation {result['cached_images_per_s']:7.1f} images/s: "
+              f"{result['ratio_to_original']:.1f}x (o), {result['ratio']:.1f}x (a) | "
+              f"cache built once at {result['cache_build_images_per_s']:.0f} images/s")
         print(f"{'':>11}(c) its CPU side for a GPU model (read and plan; the GPU finishes) "
-              f"{result['cached_for_gpu_images_per_s']:7.0f} images/s, {result['ratio_for_gpu']:.0f}x (a)")
-        for path, label in (("per_sample", "(a)"), ("cached", "(b)"), ("cached_for_gpu", "(c)")):
+              f"{result['cached_for_gpu_images_per_s']:7.0f} images/s: {result['ratio_for_gpu_to_original']:.0f}x (o), "
+              f"{result['ratio_for_gpu']:.0f}x (a)")
+        for path, label in (("original", "(o)"), ("per_sample", "(a)"), ("cached", "(b)"),
+                            ("cached_for_gpu", "(c)")):
             print(f"{'':>11}{label} CPU per batch, measured: workers "
                   f"{result[f'{path}_workers_cpu_ms_per_batch']:5.1f} ms, training process "
                   f"{result[f'{path}_training_process_cpu_ms_per_batch']:4.1f} ms")
@@ -244,9 +262,11 @@ def main() -> None:
                     print(f"{'':>13}{'of which the FMix masks':<44}{parts['of_which_fmix_masks_ms']:6.1f} ms per batch")
             print(f"{'':>11}{'sum (one core)':<46}{parts['total_ms_per_batch']:6.1f} ms per batch: (b) at most "
                   f"{parts['bound_images_per_s']:.0f} images/s on {os.cpu_count()} cores, "
+                  f"{parts['bound_images_per_s'] / result['original_images_per_s']:.1f}x (o), "
                   f"{parts['bound_images_per_s'] / result['per_sample_images_per_s']:.1f}x (a)")
     report = {"what": "training batches delivered per second (FMix and both dropouts on), median of the runs; "
-                      "cached_for_gpu: read and planned only, finished later on the GPU",
+                      "original: the original's loader re-stated (bench/original_loader.py); per_sample: the "
+                      "project's --no-cache path; cached_for_gpu: read and planned only, finished later on the GPU",
               "command": "python bench/loader_bench.py " + " ".join(sys.argv[1:]),
               "images": len(table), "batch_size": args.batch_size, "workers": args.workers,
               "machine": before, "load_average_after": os.getloadavg(), "results": results}

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import fmix
-from bench.fmix_spectrum import grey_images, reference_low_frequency_image, split_lines
+from bench.fmix_spectrum import grey_images, split_lines
+from bench.original_loader import reference_low_frequency_image
 
 
 @pytest.mark.parametrize("shape", [(224, 224), (32, 48), (31, 17), (48, 31)])
