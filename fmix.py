@@ -132,13 +132,23 @@ def _two_column_inverse(coefficients: np.ndarray, shape: tuple[int, int]) -> np.
     part of ``g0`` drops out, as in ``irfft``). Two multiply-adds per pixel
     instead of an FFT of every row.
     """
+    rows = _two_column_rows(coefficients, shape)
+    return _two_column_grey(rows, shape[1], np.empty(rows.shape[:-1] + (shape[1],), dtype=rows.real.dtype))
+
+
+def _two_column_rows(coefficients: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """``g0`` and ``g1`` of :func:`_two_column_inverse`, over ``W``: complex (..., height, 2)."""
     height, width = shape
-    rows = np.fft.ifft(coefficients, n=height, axis=-2) / width  # (..., height, 2)
+    return np.fft.ifft(coefficients, n=height, axis=-2) / width
+
+
+def _two_column_grey(rows: np.ndarray, width: int, out: np.ndarray) -> np.ndarray:
+    """The grey image(s) of :func:`_two_column_rows`' ``rows``, written into ``out`` (..., height, width)."""
     cosine, sine = _width_waves(width, rows.real.dtype)
-    grey = rows[..., 1].real[..., None] * cosine
-    grey += rows[..., 1].imag[..., None] * sine
-    grey += rows[..., 0].real[..., None]
-    return grey
+    np.multiply(rows[..., 1].real[..., None], cosine, out=out)
+    out += rows[..., 1].imag[..., None] * sine
+    out += rows[..., 0].real[..., None]
+    return out
 
 
 @functools.lru_cache(maxsize=16)
@@ -167,11 +177,16 @@ def low_frequency_image(noise: np.ndarray, shape: tuple[int, int], decay_power: 
     -------
     np.ndarray of noise's dtype, shape (..., height, width)
     """
-    scales = spectrum_scales(shape, decay_power, spectrum).astype(noise.dtype)
-    coefficients = scales[0] * noise[..., 0, :, :] + 1j * (scales[1] * noise[..., 1, :, :])
+    coefficients = _coefficients(noise, shape, decay_power, spectrum)
     if spectrum == "original":
         return _two_column_inverse(coefficients, shape)
     return np.fft.irfft2(coefficients, s=shape)
+
+
+def _coefficients(noise: np.ndarray, shape: tuple[int, int], decay_power: float, spectrum: str) -> np.ndarray:
+    """The complex spectrum of :func:`low_frequency_image`: ``noise`` scaled by :func:`spectrum_scales`."""
+    scales = spectrum_scales(shape, decay_power, spectrum).astype(noise.dtype)
+    return scales[0] * noise[..., 0, :, :] + 1j * (scales[1] * noise[..., 1, :, :])
 
 
 def power_beyond_one_cycle(grey: np.ndarray) -> tuple[float, float]:
@@ -358,6 +373,31 @@ def sample_mask(lam: float, decay_power: float, shape: tuple[int, int], max_soft
     return mask_from_grey(low_frequency_image(noise, shape, decay_power, spectrum), lam, max_soft)
 
 
+def _grey_chunks(noise: np.ndarray, shape: tuple[int, int], decay_power: float, spectrum: str, chunk: int):
+    """The grey images of ``noise`` (batch, 2, rows, columns), ``chunk`` at a time.
+
+    Yields ``(start, grey)``, grey of noise's dtype, shape (count, pixels):
+    the images ``start .. start + count - 1``. The original spectrum's
+    images are made one chunk at a time into the same scratch array (valid
+    until the next chunk), from a transform of all their rows at once; the
+    isotropic ones by one transform of them all.
+    """
+    batch = noise.shape[0]
+    height, width = shape
+    if spectrum == "original":
+        rows = _two_column_rows(_coefficients(noise, shape, decay_power, spectrum), shape)
+        scratch = np.empty((chunk, height, width), dtype=rows.real.dtype)
+    else:
+        whole = low_frequency_image(noise, shape, decay_power, spectrum)
+    for start in range(0, batch, chunk):
+        count = min(chunk, batch - start)
+        if spectrum == "original":
+            grey = _two_column_grey(rows[start:start + count], width, scratch[:count])
+        else:
+            grey = whole[start:start + count]
+        yield start, grey.reshape(count, height * width)
+
+
 @functools.lru_cache(maxsize=16)
 def _spectrum_scales_torch(shape: tuple[int, int], decay_power: float, spectrum: str,
                            device: torch.device) -> torch.Tensor:
@@ -418,15 +458,13 @@ def sample_masks_torch(lams: torch.Tensor, decay_power: float, shape: tuple[int,
         return _masks_on_device(grey.reshape(batch, pixels), first, stop).reshape(batch, height, width)
     # On the CPU, NumPy's transforms: unlike torch's, their last bits do not depend on the number of
     # threads, so a mask does not depend on where it is made (a DataLoader worker or the main process).
-    # The grey images in one transform; ranked a few at a time through the same scratch keys, which stay in
-    # the CPU's cache.
-    grey = low_frequency_image(noise.numpy(), shape, decay_power, spectrum).reshape(batch, pixels)
+    # A few masks at a time, through the same scratch grey images and keys, which stay in the CPU's cache.
     masks = np.empty((batch, pixels), dtype=np.float32)
     chunk = min(batch, max(1, _CHUNK_PIXELS // pixels))
     keys = np.empty((chunk, pixels), dtype=np.int64)
-    for start in range(0, batch, chunk):
-        count = min(chunk, batch - start)
-        _brightness_keys(grey[start:start + count], out=keys[:count])
+    for start, grey in _grey_chunks(noise.numpy(), shape, decay_power, spectrum, chunk):
+        count = grey.shape[0]
+        _brightness_keys(grey, out=keys[:count])
         for row, row_keys in enumerate(keys[:count], start=start):
             _mask_from_keys(row_keys, *bounds[row], out=masks[row])
     return torch.from_numpy(masks).reshape(batch, height, width)
