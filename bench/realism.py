@@ -1,6 +1,6 @@
 """How real the synthetic nights look: an independent stager, EEG spectra, and the images' row profile.
 
-    python bench/realism.py                 # the issue's set (--seed 11) and seeds 12, 13; about 10 min on 2 cores
+    python bench/realism.py                 # the first set (--seed 11) and seeds 12, 13; about 10 min on 2 cores
     python bench/realism.py --seeds 11      # one set
 
 For every seed, ``make_synthetic.py --edf --train-subjects 2 --test-subjects 1

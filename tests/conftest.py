@@ -246,7 +246,7 @@ SLOW_TESTS = {
                          "test_infer_blend_rebuilds_each_model_at_its_geometry",
                          "test_resume_refuses_another_geometry",
                          "test_resume_reads_an_older_configs_int_size_as_square"},
-    "test_train_run.py": {"test_a_tiny_model_learns", "test_the_schedule_is_the_seeds_two_steps_per_epoch",
+    "test_train_run.py": {"test_a_tiny_model_learns", "test_the_schedule_is_the_originals_two_steps_per_epoch",
                           "test_checkpoints_config_and_state_files",
                           "test_no_data_is_one_line_exit_2_and_writes_nothing"},
     "test_hardening_crashes.py": {"test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_bytes",

@@ -257,7 +257,7 @@ def test_blend_of_tiny_data(tiny_data, tmp_path):
 
 
 # --------------------------------------------------------------------------
-# The original's scales (issue 12): its inferblend.py and blend.py restated
+# The original's scales: its inferblend.py and blend.py restated
 # --------------------------------------------------------------------------
 def original_inferblend_dump(softmax_rounds: list, tta: int, fold_1000_classes: bool) -> np.ndarray:
     """What the original's inferblend.py saved for one model of one checkpoint epoch.

@@ -1,4 +1,4 @@
-"""Hardening (issue 8): crashes. SIGKILL mid-epoch then --resume, writers killed mid-way, reproducibility.
+"""Hardening: crashes. SIGKILL mid-epoch then --resume, writers killed mid-way, reproducibility.
 
 - A trainer killed with SIGKILL in the middle of its second epoch, run again
   with ``--resume``, ends with the same bytes (weights, training state, log

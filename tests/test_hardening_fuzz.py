@@ -1,4 +1,4 @@
-"""Hardening (issue 8): property tests with hypothesis.
+"""Hardening: property tests with hypothesis.
 
 - The challenge-CSV reader: random rows and garbage bytes either read into a
   table that obeys the contract, or raise InputError with one line naming the

@@ -1,4 +1,4 @@
-"""Hardening (issue 8): the bad-input catalogue, through the real scripts as subprocesses.
+"""Hardening: the bad-input catalogue, through the real scripts as subprocesses.
 
 Every refusal is checked against the contract of DESIGN.md: exit status 2,
 exactly one line on stderr that starts with ``error:`` and names the file

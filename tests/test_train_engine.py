@@ -20,7 +20,7 @@ from psg_layout import InputError
 # --------------------------------------------------------------------------
 # Label smoothing and the loss
 # --------------------------------------------------------------------------
-def test_smoothing_gives_the_seeds_values():
+def test_smoothing_gives_the_originals_values():
     one_hot = torch.eye(5)[[2]]
     np.testing.assert_allclose(engine.smooth_targets(one_hot, 0.1).numpy(), [[0.025, 0.025, 0.9, 0.025, 0.025]],
                                atol=1e-7)

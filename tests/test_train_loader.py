@@ -105,7 +105,7 @@ def test_subject_folds_never_split_a_recording(tiny_data):
         loader_vit_rgb.make_folds(table, n_folds=7, cv="subject")
 
 
-def test_stratified_folds_are_the_seeds_split(tiny_data):
+def test_stratified_folds_are_the_originals_split(tiny_data):
     table = loader_vit_rgb.read_train_table(tiny_data)
     folds = loader_vit_rgb.make_folds(table, n_folds=5, seed=72, cv="stratified")
     splits = StratifiedKFold(n_splits=5, shuffle=True, random_state=72).split(np.arange(len(table)), table.labels)

@@ -52,7 +52,7 @@ def test_a_tiny_model_learns(trained):
     assert best_f1 > 0.45 and float(log[-1]["valid_macro_f1"]) > 0.4, [row["valid_macro_f1"] for row in log]
 
 
-def test_the_schedule_is_the_seeds_two_steps_per_epoch(trained):
+def test_the_schedule_is_the_originals_two_steps_per_epoch(trained):
     _, log, _ = trained
     # CosineAnnealingWarmRestarts(T_0=2 x EPOCHS, eta_min=1e-6) stepped twice per epoch:
     # epoch e trains at step 2 e of the cycle.
