@@ -377,25 +377,23 @@ def _grey_chunks(noise: np.ndarray, shape: tuple[int, int], decay_power: float, 
     """The grey images of ``noise`` (batch, 2, rows, columns), ``chunk`` at a time.
 
     Yields ``(start, grey)``, grey of noise's dtype, shape (count, pixels):
-    the images ``start .. start + count - 1``. The original spectrum's
-    images are made one chunk at a time into the same scratch array (valid
-    until the next chunk), from a transform of all their rows at once; the
-    isotropic ones by one transform of them all.
+    the images ``start .. start + count - 1``. The isotropic images come
+    from one transform of them all; the original spectrum's are made one
+    chunk at a time into the same scratch array (valid until the next
+    chunk), from a transform of all their rows at once.
     """
     batch = noise.shape[0]
     height, width = shape
-    if spectrum == "original":
-        rows = _two_column_rows(_coefficients(noise, shape, decay_power, spectrum), shape)
-        scratch = np.empty((chunk, height, width), dtype=rows.real.dtype)
-    else:
-        whole = low_frequency_image(noise, shape, decay_power, spectrum)
+    if spectrum != "original":
+        whole = low_frequency_image(noise, shape, decay_power, spectrum).reshape(batch, height * width)
+        for start in range(0, batch, chunk):
+            yield start, whole[start:start + chunk]
+        return
+    rows = _two_column_rows(_coefficients(noise, shape, decay_power, spectrum), shape)
+    scratch = np.empty((chunk, height, width), dtype=rows.real.dtype)
     for start in range(0, batch, chunk):
         count = min(chunk, batch - start)
-        if spectrum == "original":
-            grey = _two_column_grey(rows[start:start + count], width, scratch[:count])
-        else:
-            grey = whole[start:start + count]
-        yield start, grey.reshape(count, height * width)
+        yield start, _two_column_grey(rows[start:start + count], width, scratch[:count]).reshape(count, height * width)
 
 
 @functools.lru_cache(maxsize=16)

@@ -70,8 +70,21 @@ def test_items_mix_in_float64_and_mix_the_class_codes(two_images):
     assert 15 <= mixed <= 45 and mixed + plain == 60  # probability 1/2
 
 
-def test_the_loader_collates_batches(two_images):
-    loader = make_original_loader(two_images * 3, np.array([0, 4] * 3), 16, batch_size=4, workers=0, seed=1)
+def test_the_loader_keeps_images_and_targets_paired(two_images):
+    # Rows alternate grey level 40 (code 0) and 200 (code 4). An item whose target is a whole code shows that
+    # code's level in most pixels (a partner of the same level leaves it; the holes of both dropouts cover at
+    # most a quarter of 64 x 64), whichever dtype its batch was collated to.
+    loader = make_original_loader(two_images * 3, np.array([0, 4] * 3), 64, batch_size=4, workers=0, seed=1)
+    level = {0: (40 / 255 - 0.485) / 0.229, 4: (200 / 255 - 0.485) / 0.229}  # channel 0 after Normalize
     batches = list(loader)
-    assert [images.shape for images, _ in batches] == [(4, 3, 16, 16), (2, 3, 16, 16)]
-    assert all(targets.shape == (len(images),) for images, targets in batches)
+    assert [images.shape for images, _ in batches] == [(4, 3, 64, 64), (2, 3, 64, 64)]
+    whole = 0
+    for images, targets in batches:
+        assert targets.shape == (len(images),)
+        for image, target in zip(images, targets.tolist()):
+            if target in level:
+                whole += 1
+                assert image[0].median().item() == pytest.approx(level[target], abs=1e-5)
+            else:  # mixed with the other level: (1 - share) * 4 or share * 4
+                assert 4 * (0.3 - 1 / 4096) <= target <= 4 * (0.7 + 1 / 4096)
+    assert whole >= 1
