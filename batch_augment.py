@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 import fmix
 import psg_layout
-from image_cache import input_shape
+from psg_layout import input_shape
 
 # ImageNet statistics, as the original normalised with.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -261,7 +261,7 @@ def dropout_keep(corners: torch.Tensor, applied: torch.Tensor, img_size) -> torc
         ``DROPOUT_HOLE_PIXELS``, clipped at the bottom and right borders.
     applied : torch.Tensor of bool, shape (n, dropouts)
     img_size : int or (int, int)
-        One size (square) or (height, width) in pixels (see :func:`image_cache.input_shape`).
+        One size (square) or (height, width) in pixels (see :func:`psg_layout.input_shape`).
 
     Returns
     -------

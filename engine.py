@@ -51,6 +51,7 @@ import fmix
 import batch_augment
 import image_cache
 import loader_vit_rgb
+import model_set
 import psg_layout
 from output_names import checkpoint_path, last_state_path, log_path, run_config_path
 from psg_layout import InputError, where
@@ -85,9 +86,6 @@ LABEL_SMOOTHING = 0.1  # the original's SmoothCrossEntropyLoss(smoothing=0.1)
 RESUME_MAY_CHANGE = ("epochs", "valid_batch_size", "workers", "amp", "device", "data_root", "weights_dir",
                      "cache_dir")
 RESUME_KEYS = tuple(key for key in (*TRAINER_KEYS, *RECIPE) if key not in RESUME_MAY_CHANGE)
-# Options added after runs were first saved, with what those runs did: a configuration without
-# them reads as having used these (read_run_config), so such runs resume and infer as trained.
-ADDED_SETTINGS = dict(resize="linear", warmup_epochs=0.0, stage_balance=0.0)
 
 
 class AdamP(adamp.AdamP):
@@ -202,7 +200,7 @@ def build_parser(defaults: dict, description: str) -> argparse.ArgumentParser:
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    args.img_size = image_cache.input_shape(args.img_size)  # (height, width) from here on
+    args.img_size = psg_layout.input_shape(args.img_size)  # (height, width) from here on
     positive = ("folds", "epochs", "batch_size", "valid_batch_size", "accum_iter", "t0")
     for name in positive:
         if getattr(args, name) < 1:
@@ -297,7 +295,7 @@ def create_model(arch: str, img_size, num_classes: int = psg_layout.NUM_CLASSES,
         timm architecture name (``vit_base_patch16_224``, ``tf_efficientnet_b4_ns``...).
     img_size : int or (int, int)
         Input size in pixels, one (square) or (height, width) (see
-        :func:`image_cache.input_shape`), passed as (height, width) to
+        :func:`psg_layout.input_shape`), passed as (height, width) to
         architectures that take it (vision transformers, whose patch size
         must divide both); convolutional networks take any size.
     num_classes : int
@@ -323,7 +321,7 @@ def create_model(arch: str, img_size, num_classes: int = psg_layout.NUM_CLASSES,
     """
     if not timm.is_model(arch):
         raise InputError(f"unknown model architecture {arch!r} (not in timm {timm.__version__})")
-    shape = image_cache.input_shape(img_size)
+    shape = psg_layout.input_shape(img_size)
     options = dict(num_classes=num_classes)
     name = arch
     if pretrained == PRETRAINED_IMAGENET:
@@ -485,42 +483,6 @@ def load_weights(model: torch.nn.Module, path: Path | str) -> torch.nn.Module:
         raise InputError(f"checkpoint does not fit the model: {holds}; {wants}; {detail} {where(path)}")
     target.load_state_dict(saved, strict=True)
     return model
-
-
-def read_run_config(weights_dir: Path | str, arch: str, fold: int) -> dict:
-    """Read the configuration a training run saved beside its checkpoints.
-
-    Returns
-    -------
-    dict
-        At least ``model_arch`` (str), ``img_size`` (``[height, width]``
-        in pixels, or one int for a square input in configurations written
-        before inputs could be non-square: read it with
-        :func:`image_cache.input_shape`) and ``num_classes`` (int), plus
-        every resolved training option; the :data:`ADDED_SETTINGS` a
-        configuration written before them lacks, with their values of then.
-
-    Raises
-    ------
-    InputError
-        Missing file (the message says to train first or fix
-        ``--weights-dir``), invalid JSON, missing keys, or an ``img_size``
-        that is not one or two sizes.
-    """
-    path = run_config_path(weights_dir, arch, fold)
-    if not path.is_file():
-        raise InputError(f"no training configuration for {arch} fold {fold}: train it first "
-                         f"(main_vit_rgb.py / main_eff.py) or point --weights-dir to its folder {where(path)}")
-    config = psg_layout.read_json_object(path)
-    missing = [key for key in ("model_arch", "img_size", "num_classes") if key not in config]
-    if missing:
-        raise InputError(f"configuration lacks {', '.join(missing)} {where(path)}")
-    try:
-        image_cache.input_shape(config["img_size"])
-    except InputError:
-        raise InputError(f"configuration's img_size is not one or two sizes in pixels: {config['img_size']!r} "
-                         f"{where(path)}") from None
-    return {**ADDED_SETTINGS, **config}
 
 
 # --------------------------------------------------------------------------
@@ -849,8 +811,8 @@ def _write_run_config(weights_dir: Path, path: Path, config: dict) -> None:
 
 def _check_resume_config(config: dict, weights_dir: Path) -> None:
     path = run_config_path(weights_dir, config["model_arch"], config["fold"])
-    saved = read_run_config(weights_dir, config["model_arch"], config["fold"])
-    saved["img_size"] = image_cache.input_shape(saved["img_size"])  # [height, width], or one int (square)
+    saved = model_set.read_run_config(weights_dir, config["model_arch"], config["fold"])
+    saved["img_size"] = psg_layout.input_shape(saved["img_size"])  # [height, width], or one int (square)
     changed = [f"{key} {saved.get(key)!r} -> {config[key]!r}" for key in RESUME_KEYS if saved.get(key) != config[key]]
     if changed:
         raise InputError(f"--resume with settings that differ from the saved run: {', '.join(changed)} {where(path)}")

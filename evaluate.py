@@ -61,7 +61,8 @@ from blend import (DUMP_SCALES, METHODS, blend_probabilities, blend_scores, load
                    read_test_csv, resolve_tta, row_scales, tune_blend)
 from hypnogram import HYPNOGRAM_ORDER, json_ready, sleep_statistics, statistic_unit
 from output_names import TRAINING_LOG_GLOB, dump_path, report_dir, run_config_path, submission_path, valid_csv_path
-from postprocess import apply_rules, estimate_hmm, hmm_decode, read_stage_lines
+from hmm import estimate_hmm, hmm_decode
+from postprocess import apply_rules, read_stage_lines
 from psg_layout import NUM_CLASSES, STAGES, InputError, where
 
 # fmt: off
@@ -173,7 +174,7 @@ def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray, recording_ids) -> di
 def hmm_outside_fold(data_root: Path | str, valid: psg_layout.EpochTable, stage_balance: float = 0.0):
     """The HMM estimated from the training rows that are not validation rows; None without a training CSV.
 
-    ``stage_balance``: the models' ``--stage-balance`` (``postprocess.training_stage_shares``).
+    ``stage_balance``: the models' ``--stage-balance`` (``hmm.training_stage_shares``).
     """
     train_csv = Path(data_root) / psg_layout.TRAIN_CSV
     if not train_csv.is_file():

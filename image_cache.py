@@ -2,8 +2,6 @@
 
 - :func:`read_image_rgb` decodes an epoch image (PNG checked whole first)
   as 8-bit RGB; both the per-sample path and the cache use it;
-- :func:`input_shape`: the model input's ``(height, width)`` from
-  ``--img-size`` (one size, square, or two) or a run's configuration;
 - the cache: every image of a data set decoded and resized once, as uint8
   arrays (one ``.npy`` file per recording, one channel for grey images),
   rebuilt when its files or the libraries change; :class:`ImageCache`
@@ -85,34 +83,6 @@ def read_image_rgb(path: Path | str) -> np.ndarray:
 
 
 
-def input_shape(img_size) -> tuple[int, int]:
-    """The model input's ``(height, width)`` in pixels: the one form every module works with.
-
-    Parameters
-    ----------
-    img_size : int or sequence of int
-        ``--img-size`` as given: one size (square) or two, height then
-        width; or a run configuration's ``img_size`` (an int in those
-        written before inputs could be non-square, ``[height, width]`` since).
-
-    Returns
-    -------
-    (int, int)
-        Height and width, each at least 1.
-
-    Raises
-    ------
-    InputError
-        Not one or two whole numbers, or one below 1.
-    """
-    sizes = list(img_size) if isinstance(img_size, (list, tuple)) else [img_size]
-    whole = all(isinstance(size, (int, np.integer)) and not isinstance(size, bool) for size in sizes)
-    if not 1 <= len(sizes) <= 2 or not whole or min(sizes) < 1:
-        raise InputError(f"--img-size takes one size in pixels (square) or two (HEIGHT WIDTH), each at least 1, "
-                         f"got {' '.join(map(str, sizes))}")
-    return int(sizes[0]), int(sizes[-1])
-
-
 # How an epoch image is shrunk to the model input: the original's albumentations Resize
 # (cv2.INTER_LINEAR, which at small sizes samples the 1-pixel signal traces and drops most of
 # them), or cv2.INTER_AREA (each output pixel the mean of the input pixels it covers, which
@@ -122,21 +92,21 @@ DEFAULT_RESIZE = "linear"  # the original's
 
 
 def make_resize(img_size, resize: str = DEFAULT_RESIZE) -> A.Resize:
-    """The albumentations Resize to ``img_size`` (as for :func:`input_shape`) with ``resize``'s interpolation.
+    """The albumentations Resize to ``img_size`` (as for :func:`psg_layout.input_shape`) with ``resize``'s interpolation.
 
     Both the cache and the per-sample transforms use it, so their pixels are the same.
     """
     if resize not in RESIZE_INTERPOLATIONS:
         raise InputError(f"--resize must be one of {', '.join(RESIZE_INTERPOLATIONS)}, got {resize!r}")
-    return A.Resize(*input_shape(img_size), interpolation=RESIZE_INTERPOLATIONS[resize])
+    return A.Resize(*psg_layout.input_shape(img_size), interpolation=RESIZE_INTERPOLATIONS[resize])
 
 
 def shape_label(img_size) -> str:
     """``"<S>px"`` for a square input, ``"<H>x<W>px"`` otherwise (cache folders, progress, reports).
 
-    ``img_size`` as for :func:`input_shape`.
+    ``img_size`` as for :func:`psg_layout.input_shape`.
     """
-    height, width = input_shape(img_size)
+    height, width = psg_layout.input_shape(img_size)
     return f"{height}px" if height == width else f"{height}x{width}px"
 
 
@@ -144,7 +114,7 @@ def cache_folder(cache_dir: Path | str, data_root: Path | str, img_size, resize:
     """``<cache_dir>/<root name>-<hash of the root's real path>/<S>px`` (square) or ``.../<H>x<W>px``.
 
     One folder per data root, input size (``img_size`` as for
-    :func:`input_shape`) and resize (``-area`` appended for ``"area"``);
+    :func:`psg_layout.input_shape`) and resize (``-area`` appended for ``"area"``);
     square inputs with the original's resize keep the folder name they had
     before inputs could be non-square.
     """
@@ -308,7 +278,7 @@ def open_cache(data_root: Path | str, table: EpochTable, img_size, cache_dir: Pa
         The table whose rows are read.
     img_size : int or (int, int)
         Model input size in pixels: one (square) or (height, width), see
-        :func:`input_shape`.
+        :func:`psg_layout.input_shape`.
     cache_dir : path-like
         Folder of caches, outside the data root (see :func:`cache_folder`).
     rows : np.ndarray of int, optional
@@ -328,7 +298,7 @@ def open_cache(data_root: Path | str, table: EpochTable, img_size, cache_dir: Pa
     """
     data_root = Path(data_root)
     check_cache_dir(cache_dir, data_root)
-    shape = input_shape(img_size)
+    shape = psg_layout.input_shape(img_size)
     make_resize(shape, resize)  # an unknown resize fails before anything is built
     folder = cache_folder(cache_dir, data_root, shape, resize)
     wanted = set(table.recording_ids) if rows is None else {table.recording_ids[r] for r in rows}

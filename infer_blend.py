@@ -1,7 +1,9 @@
 """Per-model probabilities of the test set and, where possible, of the fold's validation rows.
 
 For each of the two models (ViT, EfficientNet) trained on fold ``k``, loads
-the checkpoints of the chosen epochs
+the checkpoints of the chosen epochs (the fold, architectures and epochs
+not given as options are the weights folder's recorded model set's,
+``model_set.json``, else the original's: ``model_set.py``)
 (``weights/<arch>_fold_<k>_<epoch>``, architecture and image size from
 ``weights/<arch>_fold_<k>_config.json``) and writes the mean softmax over
 those checkpoints and over the TTA rounds:
@@ -51,6 +53,7 @@ from torch.utils.data import DataLoader
 import engine
 import image_cache
 import loader_vit_rgb
+import model_set
 import psg_layout
 from output_names import checkpoint_path, dump_path, infer_config_path, run_config_path, valid_csv_path
 from psg_layout import NUM_CLASSES, STAGES, InputError, where
@@ -61,11 +64,7 @@ parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
 parser.add_argument("--data-root", default="DATA", help="folder with the challenge CSVs and images")
 parser.add_argument("--weights-dir", default="weights", help="checkpoints and training configurations")
 parser.add_argument("--out", default="outputs", help="where the .npy dumps and fold_<k>_valid.csv go")
-parser.add_argument("--fold", type=int, default=0, help="the fold the models were trained against")
-parser.add_argument("--vit-arch", default="vit_base_patch16_224", help="model 1")
-parser.add_argument("--eff-arch", default="tf_efficientnet_b4_ns", help="model 2")
-parser.add_argument("--vit-epochs", type=int, nargs="+", default=[4], help="model 1 checkpoints averaged (the original: 4)")
-parser.add_argument("--eff-epochs", type=int, nargs="+", default=[1], help="model 2 checkpoints averaged (the original: 1)")
+model_set.add_model_options(parser)  # --fold, --vit-arch, --eff-arch, --vit-epochs, --eff-epochs
 parser.add_argument("--tta", type=int, default=1, help="rounds per checkpoint; rounds after the first add dropouts")
 parser.add_argument("--batch-size", type=int, default=32)
 parser.add_argument("--workers", type=int, default=4, help="DataLoader worker processes")
@@ -90,31 +89,6 @@ def check_args(args) -> None:
     for option, epochs in (("--vit-epochs", args.vit_epochs), ("--eff-epochs", args.eff_epochs)):
         if min(epochs) < 0 or len(set(epochs)) != len(epochs):
             raise InputError(f"{option} must list distinct epochs >= 0, got {epochs}")
-
-
-def read_model_config(weights_dir: str, arch: str, fold: int, epochs, trainer: str) -> dict:
-    """The training configuration of one model, checked against what inference needs.
-
-    ``trainer`` is the script that trains this model, named in the message
-    when a checkpoint is missing.
-
-    Raises
-    ------
-    InputError
-        No configuration or checkpoint (the message says how to train),
-        a configuration of another architecture or another class count.
-    """
-    config = engine.read_run_config(weights_dir, arch, fold)
-    path = run_config_path(weights_dir, arch, fold)
-    if config["model_arch"] != arch or config["num_classes"] != NUM_CLASSES:
-        raise InputError(f"configuration is of {config['model_arch']} with {config['num_classes']} classes, "
-                         f"expected {arch} with {NUM_CLASSES} {where(path)}")
-    for epoch in epochs:
-        checkpoint = checkpoint_path(weights_dir, arch, fold, epoch)
-        if not checkpoint.is_file():
-            raise InputError(f"no checkpoint of epoch {epoch} {where(checkpoint)}; train {arch} with {trainer} "
-                             f"for more than {epoch} epochs (epochs count from 0), or pick saved epochs")
-    return config
 
 
 def validation_rows(args, configs: dict) -> tuple[psg_layout.EpochTable | None, np.ndarray | None, str]:
@@ -185,7 +159,7 @@ def model_probabilities(arch: str, epochs, config: dict, args, inputs: dict, dev
     epochs : sequence of int
         Checkpoint epochs to average.
     config : dict
-        Its training configuration (:func:`engine.read_run_config`: ``img_size``
+        Its training configuration (:func:`model_set.read_run_config`: ``img_size``
         [height, width], or one int for a square input in configurations of
         before; ``resize``).
     args : argparse.Namespace
@@ -199,7 +173,7 @@ def model_probabilities(arch: str, epochs, config: dict, args, inputs: dict, dev
     dict
         Split name -> np.ndarray of float32, shape (len(rows), 5).
     """
-    img_size = image_cache.input_shape(config["img_size"])
+    img_size = psg_layout.input_shape(config["img_size"])
     resize = config["resize"]
     amp = engine.resolve_amp(args.amp, device)
     progress = engine.progress_enabled(args.quiet)
@@ -219,13 +193,6 @@ def model_probabilities(arch: str, epochs, config: dict, args, inputs: dict, dev
         del model  # free its (GPU) memory before the next checkpoint's model is built
     rounds = len(epochs) * args.tta
     return {split: (total / rounds).astype(np.float32) for split, total in sums.items()}
-
-
-def read_model_configs(args, models: dict) -> dict:
-    """Both models' training configurations, checked (see :func:`read_model_config`)."""
-    trainers = {"vit": "main_vit_rgb.py", "eff": "main_eff.py"}
-    return {key: read_model_config(args.weights_dir, arch, args.fold, epochs, trainers[key])
-            for key, (arch, epochs) in models.items()}
 
 
 def write_outputs(out: Path, args, models: dict, probabilities: dict, train, valid_rows, config: dict) -> None:
@@ -261,14 +228,15 @@ def write_outputs(out: Path, args, models: dict, probabilities: dict, train, val
 
 def main(argv=None) -> None:
     args = parser.parse_args(argv)
+    models_source = model_set.resolve_models(args, model_set.read_model_set(args.weights_dir))
     check_args(args)
     device = engine.resolve_device(args.device)
-    config = dict(vars(args), device=str(device), amp=engine.resolve_amp(args.amp, device))
+    config = dict(vars(args), device=str(device), amp=engine.resolve_amp(args.amp, device), models_source=models_source)
     print("config: " + json.dumps(config))
 
     test = loader_vit_rgb.read_test_table(args.data_root)
     models = {"vit": (args.vit_arch, args.vit_epochs), "eff": (args.eff_arch, args.eff_epochs)}
-    configs = read_model_configs(args, models)
+    configs = model_set.read_model_configs(args.weights_dir, args.fold, models)
     train, valid_rows, reason = validation_rows(args, configs)
     inputs = {"test": (test, np.arange(len(test)))}
     if valid_rows is None:

@@ -52,7 +52,8 @@ from batch_augment import (CUTMIX_ALPHA, CUTMIX_LAMBDA_RANGE, CUTMIX_PROBABILITY
                            DROPOUT_PROBABILITY, FMIX_ALPHA, FMIX_DECAY_POWER, FMIX_LAMBDA_RANGE, FMIX_MAX_SOFT,
                            FMIX_PROBABILITY, IMAGENET_MEAN, IMAGENET_STD, WorkerBlocks, cutmix_box, cutout_corners,
                            finish_batch, sendable)
-from image_cache import DEFAULT_CACHE_DIR, DEFAULT_RESIZE, ImageCache, input_shape, make_resize, open_cache, read_image_rgb
+from image_cache import DEFAULT_CACHE_DIR, DEFAULT_RESIZE, ImageCache, make_resize, open_cache, read_image_rgb
+from psg_layout import input_shape
 from psg_layout import EpochTable, InputError, where
 
 
@@ -289,7 +290,7 @@ def get_train_transforms(img_size, resize: str = DEFAULT_RESIZE) -> A.Compose:
     Parameters
     ----------
     img_size : int or (int, int)
-        Output size in pixels: one (square) or (height, width), see :func:`image_cache.input_shape`.
+        Output size in pixels: one (square) or (height, width), see :func:`psg_layout.input_shape`.
     resize : {"linear", "area"}
         The resize's interpolation (:func:`image_cache.make_resize`; linear is the original's).
 
@@ -670,7 +671,7 @@ def make_train_loader(data_root, table: EpochTable, rows: np.ndarray, img_size, 
     fmix_spectrum : {"original", "isotropic"}
         The FMix masks' spectrum (:mod:`fmix`).
     img_size : int or (int, int)
-        Model input size in pixels: one (square) or (height, width), see :func:`image_cache.input_shape`.
+        Model input size in pixels: one (square) or (height, width), see :func:`psg_layout.input_shape`.
     resize : {"linear", "area"}
         The resize's interpolation (:func:`image_cache.make_resize`).
     stage_balance : float
@@ -720,7 +721,7 @@ def make_eval_loader(data_root, table: EpochTable, img_size, batch_size: int, wo
         Rows to read; with labels the items are ``(image, one-hot target)``,
         without (the test table) the image alone.
     img_size : int or (int, int)
-        Model input size in pixels: one (square) or (height, width), see :func:`image_cache.input_shape`.
+        Model input size in pixels: one (square) or (height, width), see :func:`psg_layout.input_shape`.
     batch_size, workers : int
         DataLoader settings.
     rows : np.ndarray of int, optional

@@ -116,3 +116,8 @@ def recordings_dir(submission: Path | str) -> Path:
 def report_dir(out_dir: Path | str) -> Path:
     """``<out_dir>/report``: evaluate.py's report folder."""
     return Path(out_dir) / "report"
+
+
+def model_set_path(weights_dir: Path | str) -> Path:
+    """``<weights_dir>/model_set.json``: the record of a trained model set (model_set.py)."""
+    return Path(weights_dir) / "model_set.json"

@@ -22,24 +22,20 @@ stage name per line, test CSV order) and writes the submission
   ``ID``, its rows taken in CSV order; patterns never span two recordings
   (the original ran them over all recordings concatenated; ``--across-recordings``
   reproduces that).
-* ``hmm``: per recording, Viterbi decoding (log space) of a hidden Markov
-  model whose transition matrix and initial distribution are counted from
-  the training labels (the data root's training CSV, or ``--train-csv``;
-  per recording, add-one smoothing) and whose
-  emissions are the blended probabilities (the ``.npy`` blend.py writes
-  beside its CSV: the blend mapped back to the probability scale),
-  normalised per row and divided by the stage shares the models were
-  trained on (a posterior over its prior is proportional to a likelihood):
-  the training labels' shares when every row was seen once per epoch (the
-  original's), or, for models trained with ``--stage-balance P``, the
-  shares that sampler drew, ``count ** (1 - P)`` normalised (P = 1: equal
-  shares). The models' value is read from the record beside the blend
-  CSV (the fold in blend.py's ``<in>.json``, then ``stage_balance`` in
-  infer_blend.py's ``infer_blend_fold_<k>.json`` in the same folder);
-  ``--stage-balance`` overrides it, and without a record the models are
-  taken as trained with every row once per epoch (0), which the output
-  says. Dividing the posteriors of stage-balanced models by the labels'
-  shares boosts the rare stages many-fold.
+* ``hmm``: per recording, Viterbi decoding of a hidden Markov model
+  (``hmm.py``): transitions and first stages counted from labelled nights
+  (add-one smoothed), emissions the blended probabilities (the ``.npy``
+  blend.py writes beside its CSV) divided by the stage shares the models
+  were trained on (``count ** (1 - P)`` normalised for ``--stage-balance
+  P``: the labels' shares for the original's sampling, equal shares for
+  P = 1), transitions raised to ``--transition-weight`` and renormalised.
+  Each input comes from its flag, else from a recorded model set
+  (``--model-set WEIGHTS_DIR``: ``model_set.json``, whose weight was
+  chosen on validation nights), else: counts from the data root's training
+  CSV (``--train-csv`` names another), the stage balance from the record
+  beside the blend CSV (the fold in blend.py's ``<in>.json``, then
+  ``stage_balance`` in infer_blend.py's ``infer_blend_fold_<k>.json``; 0,
+  the original's sampling, without one, which the output says), weight 1.
 * ``none``: a copy.
 
 Then, for every test recording, the per-recording outputs of
@@ -70,8 +66,10 @@ import numpy as np
 
 import psg_layout
 from blend import load_probabilities, read_test_csv, stage_counts
-from output_names import blend_csv_path, infer_config_path, probabilities_path, recordings_dir, submission_path
-from psg_layout import NUM_CLASSES, STAGE_TO_INT, STAGES, InputError, where
+from hmm import count_stage_sequences, group_by_recording, hmm_decode, hmm_from_counts
+from output_names import (blend_csv_path, infer_config_path, model_set_path, probabilities_path, recordings_dir,
+                          submission_path)
+from psg_layout import STAGE_TO_INT, STAGES, InputError, where
 
 # fmt: off
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -91,6 +89,12 @@ parser.add_argument("--stage-balance", type=float, default=None,
                          "recorded it beside the blend CSV; 0, every row once per epoch, the original's, without "
                          "a record): the hmm divides the blended probabilities by the stage shares the models "
                          "were trained on")
+parser.add_argument("--transition-weight", type=float, default=None,
+                    help="hmm: decode with P(next | stage) ** WEIGHT, renormalised (default: the model set's, "
+                         "else 1, the counted transitions; hmm.py)")
+parser.add_argument("--model-set", default=None, metavar="WEIGHTS_DIR",
+                    help="hmm: a weights folder with model_set.json (model_set.py), whose recorded counts, "
+                         "stage balance and transition weight the hmm uses; each flag above overrides")
 parser.add_argument("--probabilities", type=Path, default=None,
                     help="blended probabilities .npy, for hmm and the per-recording outputs (default: --in with .npy)")
 parser.add_argument("--recordings-out", type=Path, default=None,
@@ -114,33 +118,6 @@ RULES = (
     ((_S["REM"], _S["N1"], _S["REM"]), 1, _S["REM"]),
     ((_S["REM"], _S["N2"], _S["REM"]), 1, _S["REM"]),
 )
-
-
-# --------------------------------------------------------------------------
-# Recordings
-# --------------------------------------------------------------------------
-def group_by_recording(recording_ids) -> tuple[np.ndarray, np.ndarray]:
-    """Order rows recording by recording, each recording's rows in CSV order.
-
-    Parameters
-    ----------
-    recording_ids : sequence of str, length rows
-
-    Returns
-    -------
-    order : np.ndarray of int64, shape (rows,)
-        Row indices such that ``x[order]`` lists the first recording's rows,
-        then the second's... (recordings in order of first appearance). The
-        identity when every recording's rows are contiguous, as in the
-        challenge CSVs.
-    segment : np.ndarray of int64, shape (rows,)
-        Recording number of each row of ``x[order]`` (0, 0, ..., 1, 1, ...).
-    """
-    first_seen: dict[str, int] = {}
-    codes = np.fromiter((first_seen.setdefault(r, len(first_seen)) for r in recording_ids),
-                        dtype=np.int64, count=len(recording_ids))
-    order = np.argsort(codes, kind="stable")
-    return order, codes[order]
 
 
 # --------------------------------------------------------------------------
@@ -212,146 +189,6 @@ def apply_rules(stages: np.ndarray, recording_ids, across_recordings: bool = Fal
 
 
 # --------------------------------------------------------------------------
-# Hidden Markov model
-# --------------------------------------------------------------------------
-def training_stage_shares(counts: np.ndarray, stage_balance: float) -> np.ndarray:
-    """Each stage's share of the training draws, from the stages' row counts.
-
-    Parameters
-    ----------
-    counts : np.ndarray of float, shape (5,)
-        Training rows per stage (positive; smoothed by the caller).
-    stage_balance : float
-        The trainers' ``--stage-balance``, at least 0: 0, every row once per
-        epoch (the shares are the counts'); P, rows drawn with probability
-        proportional to ``count ** -P`` (``loader_vit_rgb.StageBalancedSampler``),
-        so stage ``s`` fills ``count_s ** (1 - P)`` over the sum of the
-        draws; 1, equal shares.
-
-    Returns
-    -------
-    np.ndarray of float64, shape (5,), summing to 1
-    """
-    weights = np.asarray(counts, dtype=np.float64) ** (1.0 - stage_balance)
-    return weights / weights.sum()
-
-
-def estimate_hmm(labels: np.ndarray, recording_ids,
-                 stage_balance: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Count stage transitions, first stages and stage frequencies, add-one smoothed.
-
-    Parameters
-    ----------
-    labels : np.ndarray of int, shape (rows,)
-        True stages of the training rows.
-    recording_ids : sequence of str, length rows
-        Their recordings; transitions are counted between consecutive rows
-        (CSV order) of the same recording.
-    stage_balance : float
-        The ``--stage-balance`` the models were trained with (0: the
-        original's sampling); sets ``priors``.
-
-    Returns
-    -------
-    transition : np.ndarray, shape (5, 5)
-        ``transition[a, b]`` = P(next stage b | stage a); rows sum to 1.
-    initial : np.ndarray, shape (5,)
-        P(first stage of a recording).
-    priors : np.ndarray, shape (5,)
-        The stage shares the models were trained on
-        (:func:`training_stage_shares` of the smoothed counts): with
-        ``stage_balance`` 0, P(stage) over all rows.
-    """
-    order, segment = group_by_recording(recording_ids)
-    sequence = np.asarray(labels, dtype=np.int64)[order]
-    same_recording = segment[1:] == segment[:-1]
-    pairs = sequence[:-1][same_recording] * NUM_CLASSES + sequence[1:][same_recording]
-    transition = np.bincount(pairs, minlength=NUM_CLASSES**2).reshape(NUM_CLASSES, NUM_CLASSES) + 1.0
-    first_rows = np.flatnonzero(np.r_[True, ~same_recording])
-    initial = np.bincount(sequence[first_rows], minlength=NUM_CLASSES) + 1.0
-    counts = np.bincount(sequence, minlength=NUM_CLASSES) + 1.0
-    return (transition / transition.sum(axis=1, keepdims=True), initial / initial.sum(),
-            training_stage_shares(counts, stage_balance))
-
-
-def viterbi(log_emissions: np.ndarray, lengths: np.ndarray, log_transition: np.ndarray,
-            log_initial: np.ndarray) -> np.ndarray:
-    """Most likely state paths of several sequences at once (log space).
-
-    Parameters
-    ----------
-    log_emissions : np.ndarray, shape (sequences, T, K)
-        log P(observation_t | state); positions t >= the sequence's length
-        are padding and ignored.
-    lengths : np.ndarray of int, shape (sequences,)
-        Length of each sequence, 1..T.
-    log_transition : np.ndarray, shape (K, K)
-        log P(state_t+1 = b | state_t = a) at ``[a, b]``.
-    log_initial : np.ndarray, shape (K,)
-        log P(state_0).
-
-    Returns
-    -------
-    np.ndarray of int64, shape (sequences, T)
-        The decoded states; at padding positions the sequence's last state.
-        Ties go to the lower state index.
-    """
-    sequences, steps, classes = log_emissions.shape
-    valid = np.arange(steps)[None, :] < np.asarray(lengths)[:, None]
-    stay = np.broadcast_to(np.arange(classes), (sequences, classes))
-    delta = log_initial[None, :] + log_emissions[:, 0]
-    backpointers = np.empty((sequences, steps, classes), dtype=np.int64)
-    backpointers[:, 0] = stay
-    for t in range(1, steps):
-        candidates = delta[:, :, None] + log_transition[None, :, :]  # (sequences, from, to)
-        best_previous = candidates.argmax(axis=1)
-        step = np.take_along_axis(candidates, best_previous[:, None, :], axis=1)[:, 0] + log_emissions[:, t]
-        # a finished sequence carries its scores and keeps its state, so
-        # backtracking from the last column walks back to its own end
-        delta = np.where(valid[:, t, None], step, delta)
-        backpointers[:, t] = np.where(valid[:, t, None], best_previous, stay)
-    path = np.empty((sequences, steps), dtype=np.int64)
-    path[:, -1] = delta.argmax(axis=1)
-    for t in range(steps - 1, 0, -1):
-        path[:, t - 1] = np.take_along_axis(backpointers[:, t], path[:, t, None], axis=1)[:, 0]
-    return path
-
-
-def hmm_decode(probabilities: np.ndarray, recording_ids, transition: np.ndarray, initial: np.ndarray,
-               priors: np.ndarray) -> np.ndarray:
-    """Decode each recording's stages with :func:`viterbi`.
-
-    Parameters
-    ----------
-    probabilities : np.ndarray, shape (rows, 5)
-        Blended class probabilities (>= 0, positive row sums), CSV order.
-    recording_ids : sequence of str, length rows
-    transition, initial, priors : np.ndarray
-        From :func:`estimate_hmm`.
-
-    Returns
-    -------
-    np.ndarray of int64, shape (rows,)
-        Decoded stage ints, CSV order.
-    """
-    posteriors = probabilities / probabilities.sum(axis=1, keepdims=True)
-    with np.errstate(divide="ignore"):  # a zero probability is log 0 = -inf: that stage is impossible there
-        log_emissions = np.log(posteriors / priors[None, :])
-        log_transition, log_initial = np.log(transition), np.log(initial)
-
-    order, segment = group_by_recording(recording_ids)
-    lengths = np.bincount(segment)
-    position = np.arange(len(segment)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    padded = np.zeros((len(lengths), lengths.max(), NUM_CLASSES))
-    padded[segment, position] = log_emissions[order]
-    paths = viterbi(padded, lengths, log_transition, log_initial)
-
-    stages = np.empty(len(segment), dtype=np.int64)
-    stages[order] = paths[segment, position]
-    return stages
-
-
-# --------------------------------------------------------------------------
 # Reading and writing stage files
 # --------------------------------------------------------------------------
 def read_stage_lines(path: Path | str, rows: int, rows_source: str, how_to_make: str) -> np.ndarray:
@@ -384,27 +221,69 @@ def read_stage_lines(path: Path | str, rows: int, rows_source: str, how_to_make:
     return np.array([STAGE_TO_INT[line] for line in lines], dtype=np.int64)
 
 
-def hmm_settings(args) -> str | None:
-    """Check ``--stage-balance`` and ``--train-csv``, and fill them in for ``--method hmm``.
+def hmm_settings(args) -> tuple[dict | None, dict | None]:
+    """Check the hmm's options, and fill them in for ``--method hmm``.
 
-    Returns where the stage balance came from (``--stage-balance``, the
-    record :func:`models_stage_balance` read, or why there was none), or
-    None for the other methods, which take neither option.
+    Each of the hmm's three inputs comes from its flag, else the model set
+    (``--model-set``), else: the counts from the data root's training CSV,
+    the stage balance from infer_blend.py's record
+    (:func:`models_stage_balance`), the transition weight 1.
+
+    Returns
+    -------
+    counts : dict or None
+        :func:`hmm.count_stage_sequences`' counts; None for the other methods.
+    sources : dict or None
+        Where each input came from (``counts``, ``stage_balance``,
+        ``transition_weight``), for the printed configuration.
     """
-    for option, value in (("--stage-balance", args.stage_balance), ("--train-csv", args.train_csv)):
+    options = (("--stage-balance", args.stage_balance), ("--train-csv", args.train_csv),
+               ("--transition-weight", args.transition_weight), ("--model-set", args.model_set))
+    for option, value in options:
         if value is not None and args.method != "hmm":
             raise InputError(f"{option} is read by --method hmm only, not by --method {args.method}")
     if args.method != "hmm":
-        return None
-    if args.train_csv is None:
-        args.train_csv = Path(args.data_root) / psg_layout.TRAIN_CSV
-    if args.stage_balance is None:
-        args.stage_balance, source = models_stage_balance(args.in_csv)
-        return source
-    if not psg_layout.is_stage_balance(args.stage_balance):
+        return None, None
+    if args.stage_balance is not None and not psg_layout.is_stage_balance(args.stage_balance):
         raise InputError(f"--stage-balance must be a finite number, 0 or more (the models' --stage-balance), "
                          f"got {args.stage_balance}")
-    return "--stage-balance"
+    if args.transition_weight is not None and not 0 <= args.transition_weight < float("inf"):
+        raise InputError(f"--transition-weight must be a finite number, 0 or more, got {args.transition_weight}")
+    import model_set  # blend and hmm only; imported here as it imports this module's rules
+
+    record = model_set.read_model_set(args.model_set) if args.model_set is not None else None
+    if args.model_set is not None and record is None:
+        raise InputError(f"no model set record {where(model_set_path(args.model_set))}; model_set.py writes it")
+    sources = {}
+    if args.train_csv is None and record is not None:
+        counts, sources["counts"] = record["hmm"]["counts"], record["path"]
+    else:
+        if args.train_csv is None:
+            args.train_csv = Path(args.data_root) / psg_layout.TRAIN_CSV
+        counts, sources["counts"] = count_labelled_nights(args.train_csv), str(args.train_csv)
+    if args.stage_balance is not None:
+        sources["stage_balance"] = "--stage-balance"
+    elif record is not None:
+        args.stage_balance, sources["stage_balance"] = record["hmm"]["stage_balance"], record["path"]
+    else:
+        args.stage_balance, sources["stage_balance"] = models_stage_balance(args.in_csv)
+    if args.transition_weight is not None:
+        sources["transition_weight"] = "--transition-weight"
+    elif record is not None:
+        args.transition_weight, sources["transition_weight"] = record["hmm"]["transition_weight"], record["path"]
+    else:
+        args.transition_weight, sources["transition_weight"] = 1.0, "1: the counted transitions"
+    return counts, sources
+
+
+def count_labelled_nights(train_csv: Path) -> dict:
+    """:func:`hmm.count_stage_sequences` of a CSV of labelled epochs (``ID,IDnum,label``)."""
+    if not train_csv.is_file():
+        raise InputError(f"no training CSV {where(train_csv)}; the hmm counts its transitions from "
+                         f"the training labels (make_synthetic.py or render_edf.py write it; --train-csv "
+                         f"names another, --model-set a recorded model set)")
+    train = psg_layout.read_epoch_csv(train_csv, with_labels=True)
+    return count_stage_sequences(train.labels, train.recording_ids)
 
 
 def models_stage_balance(in_csv: Path) -> tuple[float, str]:
@@ -441,21 +320,6 @@ def models_stage_balance(in_csv: Path) -> tuple[float, str]:
                          f"so their blend has no one set of training stage shares for the hmm; choose one with "
                          f"--stage-balance {where(infer_json)}")
     return float(balances[0]), str(infer_json)
-
-
-def hmm_postprocess(probabilities: np.ndarray, train_csv: Path, test: psg_layout.EpochTable,
-                    stage_balance: float = 0.0) -> np.ndarray:
-    """``--method hmm``: fit the HMM on the labelled epochs of ``train_csv``, decode the test rows.
-
-    ``stage_balance``: the models' ``--stage-balance`` (see :func:`training_stage_shares`).
-    """
-    if not train_csv.is_file():
-        raise InputError(f"no training CSV {where(train_csv)}; the hmm counts its transitions from "
-                         f"the training labels (make_synthetic.py or render_edf.py write it; --train-csv "
-                         f"names another)")
-    train = psg_layout.read_epoch_csv(train_csv, with_labels=True)
-    return hmm_decode(probabilities, test.recording_ids,
-                      *estimate_hmm(train.labels, train.recording_ids, stage_balance))
 
 
 # --------------------------------------------------------------------------
@@ -533,15 +397,15 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.method not in POSTPROCESS_METHODS:
         raise InputError(f"unknown post-processing method {args.method!r} (expected rules, hmm or none)")
-    stage_balance_source = hmm_settings(args)
+    hmm_counts, hmm_sources = hmm_settings(args)
     probabilities_given = args.probabilities is not None
     if args.probabilities is None:
         args.probabilities = probabilities_path(args.in_csv)
     if args.recordings_out is None:
         args.recordings_out = recordings_dir(args.out)
     config = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()}
-    if stage_balance_source is not None:
-        config["stage_balance_source"] = stage_balance_source
+    if hmm_sources is not None:
+        config["hmm_sources"] = hmm_sources
     print("config: " + json.dumps(config))
 
     test = read_test_csv(args.data_root)
@@ -562,7 +426,8 @@ def main(argv=None) -> None:
         new_stages, matches = apply_rules(stages, test.recording_ids, args.across_recordings)
         say("rule matches: " + ", ".join(f"{number} x{count}" for number, count in enumerate(matches, start=1)))
     elif args.method == "hmm":
-        new_stages = hmm_postprocess(probabilities, args.train_csv, test, args.stage_balance)
+        new_stages = hmm_decode(probabilities, test.recording_ids, *hmm_from_counts(hmm_counts, args.stage_balance),
+                                transition_weight=args.transition_weight)
     else:
         new_stages = stages
     say(f"after:  {stage_counts(new_stages)} ({int((new_stages != stages).sum())} rows changed)")

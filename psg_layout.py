@@ -430,6 +430,34 @@ def is_stage_balance(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < math.inf
 
 
+def input_shape(img_size) -> tuple[int, int]:
+    """The model input's ``(height, width)`` in pixels: the one form every module works with.
+
+    Parameters
+    ----------
+    img_size : int or sequence of int
+        ``--img-size`` as given: one size (square) or two, height then
+        width; or a run configuration's ``img_size`` (an int in those
+        written before inputs could be non-square, ``[height, width]`` since).
+
+    Returns
+    -------
+    (int, int)
+        Height and width, each at least 1.
+
+    Raises
+    ------
+    InputError
+        Not one or two whole numbers, or one below 1.
+    """
+    sizes = list(img_size) if isinstance(img_size, (list, tuple)) else [img_size]
+    whole = all(isinstance(size, (int, np.integer)) and not isinstance(size, bool) for size in sizes)
+    if not 1 <= len(sizes) <= 2 or not whole or min(sizes) < 1:
+        raise InputError(f"--img-size takes one size in pixels (square) or two (HEIGHT WIDTH), each at least 1, "
+                         f"got {' '.join(map(str, sizes))}")
+    return int(sizes[0]), int(sizes[-1])
+
+
 def read_json_object(path: Path | str, what: str = "configuration") -> dict:
     """The object (``{...}``) a JSON file holds, such as a script's recorded configuration.
 

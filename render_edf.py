@@ -83,8 +83,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--split", choices=("train", "test"), required=True,
                         help="train: rows go to trainset-for_user.csv; test: to testset-for_user.csv, "
                              "answers to testset-labels.csv")
-    parser.add_argument("--montage", default="sleep-edf",
-                        help="sleep-edf, shhs, synthetic, or a JSON montage file")
+    parser.add_argument("--montage", default=AUTO_MONTAGE,
+                        help="auto (per recording, the first built-in montage whose channels it has), "
+                             "sleep-edf, shhs, synthetic, or a JSON montage file")
     parser.add_argument("--trim-wake", type=parse_trim_wake, default=30.0,
                         help="minutes of wake kept before the first and after the last sleep epoch; "
                              "'none' keeps the whole recording (unscored recordings are always kept whole)")
@@ -223,6 +224,26 @@ def _montage_row_from_json(row_name: str, entry, path: Path) -> RowSource:
         )
     return RowSource(tuple(c.strip() for c in channels), float(scale), entry.get("invert", False),
                      entry.get("optional", False), unit)
+
+
+AUTO_MONTAGE = "auto"
+
+
+def detect_montage(edf: Path) -> Montage:
+    """The first built-in montage (sleep-edf, shhs, synthetic) whose required channels the EDF has.
+
+    Raises
+    ------
+    InputError
+        An unreadable EDF, or one no built-in montage fits (its labels listed).
+    """
+    labels = set(_read_edf_header(edf).ch_names)
+    for montage in BUILTIN_MONTAGES.values():
+        if all(source.optional or any(c in labels for c in source.channels) for source in montage.rows.values()):
+            return montage
+    raise InputError(f"no built-in montage ({', '.join(BUILTIN_MONTAGES)}) fits the channels "
+                     f"{', '.join(map(repr, sorted(labels)))}: name the rows' channels in a JSON montage file "
+                     f"(--montage FILE) {where(edf)}")
 
 
 def load_montage(spec: str) -> Montage:
@@ -891,6 +912,7 @@ def plan_recording(source: RecordingSource, montage: Montage, trim_minutes: floa
     record = {
         **config,
         "recording_id": source.recording_id,
+        "montage": montage.name,
         "edf": str(source.edf),
         "hypnogram": None if source.hypnogram is None else str(source.hypnogram),
         "recording_seconds": duration,
@@ -1010,21 +1032,25 @@ class _BarProgress:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    montage = load_montage(args.montage)
+    montage = None if args.montage == AUTO_MONTAGE else load_montage(args.montage)
     config = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()}
     config["trim_wake"] = "none" if args.trim_wake is None else args.trim_wake
-    config["montage_rows"] = {row: vars(source) for row, source in montage.rows.items()}
-    print(json.dumps(config, indent=2))
 
     out = args.out
     if out.exists() and not out.is_dir():
         raise InputError(f"--out is a file, not a folder {where(out)}")
     recordings = find_recordings(args.edf, args.hypnogram, args.unscored)
     check_new_ids(out, recordings)
-    jobs = [plan_recording(source, montage, args.trim_wake, out, config) for source in recordings]
+    montages = {source.recording_id: montage or detect_montage(source.edf) for source in recordings}
+    config["montage_rows"] = {chosen.name: {row: vars(source) for row, source in chosen.rows.items()}
+                              for chosen in montages.values()}
+    print(json.dumps(config, indent=2))
+    jobs = [plan_recording(source, montages[source.recording_id], args.trim_wake, out, config)
+            for source in recordings]
     for job in jobs:
         record = job.record
-        print(f"{record['recording_id']}: epochs {record['first_epoch']}-{record['last_epoch']} of "
+        print(f"{record['recording_id']} ({record['montage']} montage): epochs {record['first_epoch']}-"
+              f"{record['last_epoch']} of "
               f"{record['epochs_in_recording']}, {record['epochs_labelled']} labelled, "
               f"rows {', '.join(job.rows)}")
 

@@ -4,19 +4,26 @@
 
 The whole flow on recordings no one has scored yet, one step after the
 other, each step being the script's own ``main()`` with the options below
-(so the figures are those the layout route gives on the same images):
+(so the figures are those the layout route gives on the same images). The
+models, their kept epochs, the blend and the post-processing come from the
+weights folder's model set (``model_set.json``, written by
+``model_set.py``), each flag overriding it; without one, the original's
+models, blend and rules. The model set and the checkpoints are checked
+before anything is rendered.
 
 1. ``render_edf.py --split test --unscored``: every whole 30-s epoch of each
    EDF (a folder is searched recursively) drawn into a data root, with the
-   recording's timing sidecar (start date and clock time from the header);
+   recording's timing sidecar (start date and clock time from the header),
+   through the montage that fits its channels (``--montage auto``);
 2. ``infer_blend.py``: the two models' test probabilities (there is no
    training CSV, so no validation dumps);
-3. ``blend.py``: the blend (``--method``/``--ens-weight``/``--power``, or
-   the settings of a ``blend_tune.json`` with ``--from-tune``);
+3. ``blend.py``: the blend (the model set's, or ``--method``/``--ens-weight``/
+   ``--power``/``--dump-scale``, or a ``blend_tune.json`` with ``--from-tune``);
 4. ``postprocess.py``: context post-processing (``--postprocess``: the
-   original's rules, the hmm, whose stage transitions are counted from the
-   labelled epochs of ``--train-csv`` and whose stage shares are the
-   models' own, or none) and, per recording, the hypnogram table, EDF+
+   model set's hmm, with the stage transitions counted from the models'
+   training nights and the transition weight chosen on their validation
+   nights; the original's rules; the hmm with transitions counted from
+   ``--train-csv``; or none) and, per recording, the hypnogram table, EDF+
    annotations, figure and sleep statistics.
 
 Writes into ``--out``: ``<ID>/<ID>-hypnogram.csv``, ``<ID>/<ID>-Hypnogram.edf``,
@@ -43,10 +50,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 import blend
-import infer_blend
+import model_set
 import postprocess
 import psg_layout
-import render_edf
 from output_names import blend_csv_path, submission_path
 from psg_layout import InputError, where
 
@@ -54,38 +60,39 @@ from psg_layout import InputError, where
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 parser.add_argument("--edf", type=Path, required=True, help="one EDF recording, or a folder searched recursively")
-parser.add_argument("--weights-dir", default=infer_blend.parser.get_default("weights_dir"),
+parser.add_argument("--weights-dir", default=model_set.parser.get_default("weights_dir"),
                     help="checkpoints and their training configurations")
 parser.add_argument("--out", type=Path, required=True, help="folder for the results (must not exist or be empty)")
 parser.add_argument("--overwrite", action="store_true", help="replace an earlier stage_edf.py result in --out")
-parser.add_argument("--montage", default="sleep-edf", help="sleep-edf, shhs, synthetic, or a JSON montage file")
-parser.add_argument("--fold", type=int, default=infer_blend.parser.get_default("fold"),
-                    help="the fold the models were trained against (their checkpoint names)")
-parser.add_argument("--vit-arch", default=infer_blend.parser.get_default("vit_arch"), help="model 1")
-parser.add_argument("--eff-arch", default=infer_blend.parser.get_default("eff_arch"), help="model 2")
-parser.add_argument("--vit-epochs", type=int, nargs="+", default=infer_blend.parser.get_default("vit_epochs"),
-                    help="model 1 checkpoints averaged")
-parser.add_argument("--eff-epochs", type=int, nargs="+", default=infer_blend.parser.get_default("eff_epochs"),
-                    help="model 2 checkpoints averaged")
-parser.add_argument("--tta", type=int, default=infer_blend.parser.get_default("tta"), help="TTA rounds per checkpoint")
-parser.add_argument("--batch-size", type=int, default=infer_blend.parser.get_default("batch_size"),
-                    help="images per inference batch")
+parser.add_argument("--montage", default="auto",
+                    help="auto (per recording, the first built-in montage whose channels it has), sleep-edf, shhs, "
+                         "synthetic, or a JSON montage file")
+model_set.add_model_options(parser)  # --fold, --vit-arch, --eff-arch, --vit-epochs, --eff-epochs
+parser.add_argument("--tta", type=int, default=argparse.SUPPRESS,
+                    help="TTA rounds per checkpoint (default: infer_blend.py's, 1)")
+parser.add_argument("--batch-size", type=int, default=argparse.SUPPRESS,
+                    help="images per inference batch (default: infer_blend.py's)")
 parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: CUDA when available")
 parser.add_argument("--amp", default="off", choices=("fp16", "bf16", "off"), help="mixed precision on CUDA")
-parser.add_argument("--method", default=blend.parser.get_default("method"),
-                    help=f"blend method: {', '.join(blend.METHODS)}")
-parser.add_argument("--ens-weight", type=float, default=blend.parser.get_default("ens_weight"),
-                    help="blend weight w of model 1 (ViT), in [0, 1]")
-parser.add_argument("--power", type=float, default=blend.parser.get_default("power"), help="exponent of 'square'")
-parser.add_argument("--dump-scale", choices=blend.DUMP_SCALES, default=blend.parser.get_default("dump_scale"),
-                    help="original: the original's row scales before the blend formula (as blend.py); unit: plain weights")
+parser.add_argument("--method", default=argparse.SUPPRESS,
+                    help=f"blend method: {', '.join(blend.METHODS)} (default: the model set's, else "
+                         f"{blend.parser.get_default('method')}, the original's)")
+parser.add_argument("--ens-weight", type=float, default=argparse.SUPPRESS,
+                    help=f"blend weight w of model 1 (ViT), in [0, 1] (default: the model set's, else "
+                         f"{blend.parser.get_default('ens_weight')})")
+parser.add_argument("--power", type=float, default=argparse.SUPPRESS,
+                    help=f"exponent of 'square' (default: the model set's, else {blend.parser.get_default('power')})")
+parser.add_argument("--dump-scale", choices=blend.DUMP_SCALES, default=argparse.SUPPRESS,
+                    help="original: the original's row scales before the blend formula (as blend.py); unit: plain "
+                         f"weights (default: the model set's, else {blend.parser.get_default('dump_scale')})")
 parser.add_argument("--from-tune", type=Path, default=None, metavar="JSON",
                     help="blend as a blend_tune.json says (method, ens-weight, power, dump scale; blend.py --from-tune)")
-parser.add_argument("--postprocess", default=postprocess.parser.get_default("method"),
-                    help="rules, hmm (with --train-csv) or none")
+parser.add_argument("--postprocess", default=argparse.SUPPRESS,
+                    help="rules, hmm or none (default: the model set's, hmm with its recorded transitions and "
+                         "weight; else rules, the original's)")
 parser.add_argument("--train-csv", type=Path, default=None,
-                    help="hmm: labelled epochs (ID,IDnum,label) whose stage transitions it counts, such as the "
-                         "trainset-for_user.csv the models were trained on (new recordings have no labels)")
+                    help="hmm: labelled epochs (ID,IDnum,label) whose stage transitions it counts instead of "
+                         "the model set's (new recordings have no labels)")
 parser.add_argument("--no-figures", action="store_true", help="no hypnogram figures (saves seconds per recording)")
 parser.add_argument("--workers", type=int, default=2,
                     help="recordings rendered in parallel, and the inference's DataLoader workers")
@@ -97,19 +104,44 @@ LOG = "stage_edf.log"
 STEPS = ("render", "infer", "blend", "post-process")
 
 
-def check_args(args) -> None:
-    """Refuse settings no run can use, before anything is rendered."""
+def resolve_settings(args) -> dict:
+    """Fill the models, blend and post-processing a command line left out; return where each came from.
+
+    Flags win; then the weights folder's model set (``model_set.json``); then
+    the original's (blend.py's and postprocess.py's defaults). Reads no image.
+    """
+    record = model_set.read_model_set(args.weights_dir)
+    sources = {"models": model_set.resolve_models(args, record)}
     if args.from_tune is not None:  # the blend step reads the file itself; its tta is the blend's, not inference's
         tuned = blend.read_tune_json(args.from_tune)
         args.method, args.ens_weight, args.power, args.dump_scale = (
             tuned["method"], tuned["ens_weight"], tuned["power"], tuned["dump_scale"])
+    blend_given = [key for key in model_set.BLEND_KEYS if hasattr(args, key)]
+    for key in model_set.BLEND_KEYS:
+        if not hasattr(args, key):
+            setattr(args, key, blend.parser.get_default(key) if record is None else record["blend"][key])
+    sources["blend"] = (str(args.from_tune) if args.from_tune is not None else
+                        "the command line" if len(blend_given) == len(model_set.BLEND_KEYS) else
+                        "the original's" if record is None else record["path"])
+    if not hasattr(args, "postprocess"):
+        args.postprocess = postprocess.parser.get_default("method") if record is None else record["postprocess"]
+        sources["postprocess"] = "the original's rules (no model set)" if record is None else record["path"]
+    else:
+        sources["postprocess"] = "--postprocess"
+    args.model_set = args.weights_dir if record is not None and args.postprocess == "hmm" else None
+    return sources
+
+
+def check_args(args) -> None:
+    """Refuse settings no run can use, before anything is rendered."""
     blend.check_blend_settings(args.method, args.ens_weight, args.power)
     if args.postprocess not in postprocess.POSTPROCESS_METHODS:
         raise InputError(f"unknown post-processing method {args.postprocess!r} (expected rules, hmm or none)")
-    if args.postprocess == "hmm" and args.train_csv is None:
-        raise InputError("--postprocess hmm counts its stage transitions from labelled epochs, which new "
-                         "recordings do not have: name them with --train-csv (such as the trainset-for_user.csv "
-                         "the models were trained on), or use rules or none")
+    if args.postprocess == "hmm" and args.train_csv is None and args.model_set is None:
+        raise InputError(f"--postprocess hmm counts its stage transitions from labelled epochs: the weights folder "
+                         f"has no model set record (model_set.py writes it) and new recordings have no labels; "
+                         f"name labelled epochs with --train-csv (such as the trainset-for_user.csv the models "
+                         f"were trained on), or use rules or none {where(args.weights_dir)}")
     if args.train_csv is not None and args.postprocess != "hmm":
         raise InputError(f"--train-csv is read by --postprocess hmm only, not by --postprocess {args.postprocess}")
     if args.train_csv is not None and not args.train_csv.is_file():
@@ -135,6 +167,10 @@ def check_out(out: Path, overwrite: bool) -> None:
 
 def step_arguments(args, data: Path, outputs: Path, results: Path) -> dict:
     """The command line of each step, as one would type it for the layout route."""
+    # The heavy steps (torch, MNE) are imported only once the settings and the weights have been checked.
+    import infer_blend
+    import render_edf
+
     models = ["--vit-arch", args.vit_arch, "--eff-arch", args.eff_arch, "--fold", args.fold,
               "--vit-epochs", *args.vit_epochs, "--eff-epochs", *args.eff_epochs]
     blend_csv = blend_csv_path(outputs, args.method, args.vit_epochs, args.eff_epochs)
@@ -145,13 +181,15 @@ def step_arguments(args, data: Path, outputs: Path, results: Path) -> dict:
         "render": (render_edf.main, ["--edf", args.edf, "--out", data, "--split", "test", "--unscored",
                                      "--montage", args.montage, "--workers", args.workers, "--quiet"]),
         "infer": (infer_blend.main, ["--data-root", data, "--weights-dir", args.weights_dir, "--out", outputs,
-                                     *models, "--tta", args.tta, "--batch-size", args.batch_size,
+                                     *models, *(["--tta", args.tta] if hasattr(args, "tta") else []),
+                                     *(["--batch-size", args.batch_size] if hasattr(args, "batch_size") else []),
                                      "--workers", args.workers, "--device", args.device, "--amp", args.amp,
                                      "--no-cache", "--quiet"]),
         "blend": (blend.main, ["--data-root", data, "--out", outputs, *models, *blend_settings, "--quiet"]),
         "post-process": (postprocess.main, ["--data-root", data, "--in", blend_csv,
                                             "--out", submission_path(outputs), "--method", args.postprocess,
                                             *(["--train-csv", args.train_csv] if args.train_csv else []),
+                                            *(["--model-set", args.model_set] if args.model_set else []),
                                             "--recordings-out", results, "--quiet",
                                             *(["--no-figures"] if args.no_figures else [])]),
     }
@@ -194,14 +232,16 @@ def summary_line(data: Path, results: Path, recording_id: str) -> str:
 
 def main(argv=None) -> None:
     args = parser.parse_args(argv)
+    sources = resolve_settings(args)
     check_args(args)
     config = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()}
+    config["sources"] = sources
     print("config: " + json.dumps(config))
     out = args.out
     check_out(out, args.overwrite)
     # the weights are checked before anything is drawn (checkpoint fit is checked when they load)
-    infer_blend.read_model_configs(args, {"vit": (args.vit_arch, args.vit_epochs),
-                                          "eff": (args.eff_arch, args.eff_epochs)})
+    model_set.read_model_configs(args.weights_dir, args.fold, {"vit": (args.vit_arch, args.vit_epochs),
+                                                               "eff": (args.eff_arch, args.eff_epochs)})
 
     staging = out.parent / f".{out.name}.stage-partial"
     shutil.rmtree(staging, ignore_errors=True)  # debris of a killed run

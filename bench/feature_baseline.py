@@ -91,7 +91,7 @@ def fit_and_score(train_x, train_y, test_x, test_y) -> dict:
 
 
 def main(args: argparse.Namespace) -> None:
-    shape = image_cache.input_shape(args.img_size)
+    shape = psg_layout.input_shape(args.img_size)
     if shape[1] % args.block:  # the width: blocks are of columns
         raise psg_layout.InputError(f"--img-size {' '.join(map(str, args.img_size))} is not a multiple of --block "
                                     f"{args.block}")

@@ -80,7 +80,7 @@ from cpu_info import cpu_description  # noqa: E402  (bench/, the script's own fo
 def input_size(text: str) -> tuple[int, int]:
     """A ``--sizes`` item: ``S`` (square) or ``HxW`` (height x width), in pixels."""
     try:
-        return image_cache.input_shape([int(part) for part in text.split("x")])
+        return psg_layout.input_shape([int(part) for part in text.split("x")])
     except (ValueError, psg_layout.InputError):
         raise argparse.ArgumentTypeError(f"not S or HxW pixels: {text!r}") from None
 
@@ -188,7 +188,7 @@ def breakdown(loader, batches: int) -> dict:
 
 def measure_size(args, table, rows, size) -> dict:
     """Cache build time and the paths' rates at one input size (one int, square, or (height, width))."""
-    shape = image_cache.input_shape(size)
+    shape = psg_layout.input_shape(size)
     fresh = args.cache_dir / "fresh"
     shutil.rmtree(fresh, ignore_errors=True)
     started = time.perf_counter()

@@ -102,7 +102,7 @@ def tiny_checkpoints(folder: Path, root: Path, img_size: list[int]) -> None:
     table = psg_layout.read_epoch_csv(root / psg_layout.TRAIN_CSV, with_labels=True)
     folds = loader_vit_rgb.make_folds(table, n_folds=5, seed=72, cv="subject")
     valid = sorted({table.recording_ids[r] for r in np.flatnonzero(folds == 0)})
-    shape = image_cache.input_shape(img_size)
+    shape = psg_layout.input_shape(img_size)
     for arch in (VIT, EFF):
         engine.save_weights(engine.create_model(arch, shape), checkpoint_path(folder, arch, 0, 0))
         config = dict(model_arch=arch, img_size=list(shape), num_classes=5, fold=0, folds=5, seed=72, cv="subject",

@@ -169,7 +169,7 @@ def inference_figures(arch: str, args, device, amp: str, test) -> dict:
 
 def main() -> None:
     args = parser.parse_args()
-    args.img_size = image_cache.input_shape(args.img_size)  # (height, width)
+    args.img_size = psg_layout.input_shape(args.img_size)  # (height, width)
     device = engine.resolve_device(args.device)
     amp = engine.resolve_amp(args.amp, device)
     if device.type == "cuda":

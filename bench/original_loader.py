@@ -42,8 +42,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
-import image_cache  # noqa: E402
 import loader_vit_rgb  # noqa: E402
+import psg_layout  # noqa: E402
 from batch_augment import FMIX_ALPHA, FMIX_DECAY_POWER, FMIX_LAMBDA_RANGE, FMIX_MAX_SOFT  # noqa: E402
 
 # The original's per-item chance of FMix: np.random.uniform(0, 1) > 0.5.
@@ -148,7 +148,7 @@ class OriginalTrainImages(Dataset):
         self.image_paths = [str(path) for path in image_paths]
         self.labels = np.asarray(labels)
         self.rows = np.arange(len(self.image_paths))
-        self.shape = image_cache.input_shape(img_size)
+        self.shape = psg_layout.input_shape(img_size)
         self.transforms = loader_vit_rgb.get_train_transforms(self.shape)
 
     def __len__(self) -> int:

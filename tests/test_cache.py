@@ -68,7 +68,7 @@ def test_eval_batches_equal_the_per_sample_path(tiny_data, tmp_path, device, siz
                                          device=device, resize=resize))
     assert len(per_sample) == len(cached) == -(-len(rows) // 16)
     for (images_a, targets_a), (images_b, targets_b) in zip(per_sample, cached):
-        assert images_b.dtype == torch.float32 and images_b.shape[1:] == (3, *image_cache.input_shape(size))
+        assert images_b.dtype == torch.float32 and images_b.shape[1:] == (3, *psg_layout.input_shape(size))
         torch.testing.assert_close(images_a, images_b, rtol=0, atol=0)
         torch.testing.assert_close(targets_a, targets_b, rtol=0, atol=0)
     test = L.read_test_table(tiny_data)  # no labels: images alone

@@ -8,6 +8,7 @@ import pytest
 from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score, precision_score, recall_score
 
 import evaluate
+import hmm
 import postprocess
 import psg_layout
 from blend import blend_probabilities, dump_path, row_scales, tune_blend, valid_csv_path
@@ -84,11 +85,11 @@ def hmm_row_f1(result, dumps, stage_balance):
     """Macro-F1 of decoding B's tuned blend with the HMM of A and C for models trained with ``stage_balance``."""
     outside = [(s, r) for r in ("A", "C") for s in VALIDATION_CASE[r]]
     blend = result["blend"]
-    hmm = postprocess.estimate_hmm(np.array([s for s, _ in outside]), [r for _, r in outside], stage_balance)
-    decoded = postprocess.hmm_decode(blend_probabilities(*(dump.astype(np.float32) for dump in dumps),
-                                                         blend["method"], blend["ens_weight"], blend["power"],
-                                                         row_scales(blend["dump_scale"], blend["tta"])),
-                                     ["B"] * len(VALIDATION_CASE["B"]), *hmm)
+    model = hmm.estimate_hmm(np.array([s for s, _ in outside]), [r for _, r in outside], stage_balance)
+    decoded = hmm.hmm_decode(blend_probabilities(*(dump.astype(np.float32) for dump in dumps),
+                                                 blend["method"], blend["ens_weight"], blend["power"],
+                                                 row_scales(blend["dump_scale"], blend["tta"])),
+                             ["B"] * len(VALIDATION_CASE["B"]), *model)
     return f1_score(VALIDATION_CASE["B"], decoded, average="macro")
 
 
@@ -98,7 +99,7 @@ def test_the_validation_tables_hmm_is_estimated_without_the_validation_rows(tmp_
 
     def recorded_estimate_hmm(labels, recording_ids, stage_balance):
         fitted.append((np.asarray(labels).tolist(), list(recording_ids), stage_balance))
-        return postprocess.estimate_hmm(labels, recording_ids, stage_balance)
+        return hmm.estimate_hmm(labels, recording_ids, stage_balance)
 
     monkeypatch.setattr(evaluate, "estimate_hmm", recorded_estimate_hmm)
     result = evaluate.validation_table(evaluate.parser.parse_args(["--data-root", str(data), "--outputs", str(out),

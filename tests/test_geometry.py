@@ -12,6 +12,7 @@ import torch
 
 import batch_augment
 import engine
+import model_set
 import fmix
 import image_cache
 import infer_blend
@@ -37,11 +38,11 @@ VIT_SHAPE, EFF_SHAPE = (32, 16), (HEIGHT, WIDTH)
 # The one (height, width) form, and the cache's names for it
 # --------------------------------------------------------------------------
 def test_input_shape_reads_one_size_as_square_and_two_as_height_width():
-    assert image_cache.input_shape(64) == image_cache.input_shape([64]) == (64, 64)
-    assert image_cache.input_shape([128, 32]) == (128, 32) and image_cache.input_shape((np.int64(5), 7)) == (5, 7)
+    assert psg_layout.input_shape(64) == psg_layout.input_shape([64]) == (64, 64)
+    assert psg_layout.input_shape([128, 32]) == (128, 32) and psg_layout.input_shape((np.int64(5), 7)) == (5, 7)
     for bad, shown in ((0, "0"), ([64, 32, 16], "64 32 16"), ([64, 0], "64 0"), ([], ""), ([64.0], "64.0")):
         with pytest.raises(InputError) as error:
-            image_cache.input_shape(bad)
+            psg_layout.input_shape(bad)
         assert str(error.value) == ("--img-size takes one size in pixels (square) or two (HEIGHT WIDTH), each at "
                                     f"least 1, got {shown}")
 
@@ -56,7 +57,7 @@ def test_cache_folder_and_manifest_keep_square_names_and_name_both_sides_otherwi
         folder = image_cache.cache_folder(cache_dir, root, size)
         assert folder.name == name
         assert json.loads((folder / "R.json").read_text())["img_size"] == saved
-        shape = image_cache.input_shape(size)
+        shape = psg_layout.input_shape(size)
         assert np.load(folder / "R.npy", mmap_mode="r").shape == (3, 1, *shape)
         assert cache.read([0, 2]).shape == (2, 1, *shape)
 
@@ -209,7 +210,7 @@ INTERPOLATIONS = {"linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA}
 def test_each_trainer_records_its_geometry_and_caches_at_it(tiny_data, non_square_runs):
     weights = non_square_runs
     for arch, shape in ((VIT, VIT_SHAPE), (EFF, EFF_SHAPE)):
-        config = engine.read_run_config(weights, arch, 0)
+        config = model_set.read_run_config(weights, arch, 0)
         assert config["img_size"] == list(shape) and config["resize"] == RESIZES[arch]
         folder = image_cache.cache_folder(weights.parent / "cache", tiny_data, shape, RESIZES[arch])
         arrays = sorted(folder.glob("*.npy"))
@@ -249,7 +250,7 @@ def test_a_configuration_with_a_bad_size_is_one_line(tmp_path):
     path = engine.run_config_path(tmp_path, VIT, 0)
     path.write_text(json.dumps({"model_arch": VIT, "img_size": [32, 16, 8], "num_classes": 5}))
     with pytest.raises(InputError, match=r"configuration's img_size is not one or two sizes in pixels: \[32, 16, 8\]"):
-        engine.read_run_config(tmp_path, VIT, 0)
+        model_set.read_run_config(tmp_path, VIT, 0)
 
 
 def test_resume_refuses_another_geometry(tiny_data, non_square_runs):
@@ -264,7 +265,7 @@ def test_resume_reads_an_older_configs_int_size_as_square(tiny_data, tmp_path, c
         path = engine.run_config_path(weights, VIT, 0)
         config = json.loads(path.read_text())
         assert config["img_size"] == [16, 16]
-        before = {key: value for key, value in config.items() if key not in engine.ADDED_SETTINGS}
+        before = {key: value for key, value in config.items() if key not in model_set.ADDED_SETTINGS}
         path.write_text(json.dumps({**before, "img_size": 16}))  # as configurations were written before
         train(main_vit_rgb, tiny_data, weights, VIT, (16,), "--epochs", 2, "--resume")
     assert "resuming after epoch 0" in capsys.readouterr().out

@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 import blend
+import hmm
 import postprocess
 import psg_layout
 from psg_layout import NUM_CLASSES, STAGES, InputError
@@ -170,11 +171,11 @@ def test_hmm_keeps_length_and_stages_and_treats_each_recording_alone(rows, cut, 
     boundaries = [b for b in boundaries if 0 < b < len(rows)]
     parts = np.split(np.arange(len(rows)), boundaries)
     ids = [f"R{k}" for k, part in enumerate(parts) for _ in part]
-    model = postprocess.estimate_hmm(np.array(labels), ["T"] * len(labels))
-    result = postprocess.hmm_decode(probabilities, ids, *model)
+    model = hmm.estimate_hmm(np.array(labels), ["T"] * len(labels))
+    result = hmm.hmm_decode(probabilities, ids, *model)
     assert result.shape == (len(rows),) and set(result.tolist()) <= set(range(NUM_CLASSES))
     for k, part in enumerate(parts):
-        alone = postprocess.hmm_decode(probabilities[part], [f"R{k}"] * len(part), *model)
+        alone = hmm.hmm_decode(probabilities[part], [f"R{k}"] * len(part), *model)
         assert result[part].tolist() == alone.tolist()
 
 
@@ -213,8 +214,8 @@ def test_the_submission_is_the_library_result_on_the_blend_csv(scratch, data, re
         np.save(out / "blend.npy", probabilities)  # beside the blend CSV, where blend.py writes it
         train_labels = data.draw(st.lists(st.integers(0, NUM_CLASSES - 1), min_size=2, max_size=60))
         train_ids = write_train_set(base, train_labels)
-        model = postprocess.estimate_hmm(np.array(train_labels), train_ids)
-        expected = postprocess.hmm_decode(probabilities.astype(np.float64), ids, *model)
+        model = hmm.estimate_hmm(np.array(train_labels), train_ids)
+        expected = hmm.hmm_decode(probabilities.astype(np.float64), ids, *model)
     else:
         expected = stages
     postprocess.main(["--data-root", str(base), "--in", str(out / "blend.csv"), "--out", str(out / "post.csv"),

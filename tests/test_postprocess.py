@@ -8,7 +8,8 @@ import pytest
 
 import postprocess
 import psg_layout
-from postprocess import apply_rules, estimate_hmm, hmm_decode, training_stage_shares, viterbi
+from hmm import estimate_hmm, hmm_decode, training_stage_shares, viterbi
+from postprocess import apply_rules
 from conftest import run_script
 
 CODE = {"W": "Wake", "1": "N1", "2": "N2", "3": "N3", "R": "REM"}
@@ -262,7 +263,7 @@ def test_command_hmm_reads_the_models_stage_balance_recorded_beside_the_blend(tm
     run_script("postprocess.py", "--data-root", data, "--in", blend_csv, "--out", out, "--method", "hmm")
     assert out.read_text().split() == ["N2"]  # as with --stage-balance 1
     written = json.loads(out.with_suffix(".json").read_text())
-    assert (written["stage_balance"], written["stage_balance_source"]) == (1.0, str(record))
+    assert (written["stage_balance"], written["hmm_sources"]["stage_balance"]) == (1.0, str(record))
     # --stage-balance wins over the record.
     run_script("postprocess.py", "--data-root", data, "--in", blend_csv, "--out", out, "--method", "hmm",
                "--stage-balance", "0")

@@ -209,6 +209,7 @@ def test_from_tune_blends_as_the_file_says_and_keeps_the_inference_tta(tmp_path)
     tune.write_text(json.dumps({"method": "avg", "ens_weight": 0.3, "power": 0.25, "dump_scale": "unit", "tta": 3}))
     args = stage_edf.parser.parse_args(["--edf", str(tmp_path), "--weights-dir", str(tmp_path), "--out",
                                         str(tmp_path / "scored"), "--from-tune", str(tune), "--tta", "1"])
+    stage_edf.resolve_settings(args)
     stage_edf.check_args(args)
     assert (args.method, args.ens_weight, args.dump_scale, args.tta) == ("avg", 0.3, "unit", 1)
     steps = {name: argv for name, (_, argv) in stage_edf.step_arguments(args, tmp_path / "DATA", tmp_path / "outputs",

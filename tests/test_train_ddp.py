@@ -20,6 +20,7 @@ import pytest
 import torch
 
 import engine
+import model_set
 import loader_vit_rgb
 from conftest import REPO
 
@@ -75,7 +76,7 @@ def test_two_process_torchrun_with_gloo_writes_checkpoints(tiny_data, tmp_path):
     for epoch in range(2):
         model = engine.create_model(ARCH, 32)
         engine.load_weights(model, engine.checkpoint_path(weights, ARCH, 0, epoch))
-    config = engine.read_run_config(weights, ARCH, 0)
+    config = model_set.read_run_config(weights, ARCH, 0)
     assert config["world_size"] == 2
 
     # Validation metrics are reduced over both ranks: every validation image counted once.

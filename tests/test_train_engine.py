@@ -13,6 +13,7 @@ from sklearn.metrics import f1_score
 from torch.utils.data import DataLoader, TensorDataset
 
 import engine
+import model_set
 from conftest import run_script
 from psg_layout import InputError
 
@@ -339,25 +340,25 @@ def test_pickled_checkpoints_are_refused_unopened(tmp_path):
 
 def test_read_run_config(tmp_path):
     with pytest.raises(InputError, match=r"train it first .*test_vit_fold_0_config.json"):
-        engine.read_run_config(tmp_path, "test_vit", 0)
+        model_set.read_run_config(tmp_path, "test_vit", 0)
     path = engine.run_config_path(tmp_path, "test_vit", 0)
     path.write_text(json.dumps({"model_arch": "test_vit", "img_size": 64}))
     with pytest.raises(InputError, match="lacks num_classes"):
-        engine.read_run_config(tmp_path, "test_vit", 0)
+        model_set.read_run_config(tmp_path, "test_vit", 0)
     path.write_text("{not json")
     with pytest.raises(InputError, match="not a valid JSON configuration"):
-        engine.read_run_config(tmp_path, "test_vit", 0)
+        model_set.read_run_config(tmp_path, "test_vit", 0)
     path.write_text("[1, 2]")
     with pytest.raises(InputError, match=r"configuration is not a JSON object \(.*test_vit_fold_0_config.json\)"):
-        engine.read_run_config(tmp_path, "test_vit", 0)
+        model_set.read_run_config(tmp_path, "test_vit", 0)
     # A configuration of before --resize, --warmup-epochs and --stage-balance reads as trained then;
     # the values a configuration holds are kept.
     path.write_text(json.dumps({"model_arch": "test_vit", "img_size": 64, "num_classes": 5}))
-    old = engine.read_run_config(tmp_path, "test_vit", 0)
+    old = model_set.read_run_config(tmp_path, "test_vit", 0)
     assert (old["resize"], old["warmup_epochs"], old["stage_balance"]) == ("linear", 0.0, 0.0)
     path.write_text(json.dumps({"model_arch": "test_vit", "img_size": 64, "num_classes": 5, "resize": "area",
                                 "stage_balance": 1.0}))
-    new = engine.read_run_config(tmp_path, "test_vit", 0)
+    new = model_set.read_run_config(tmp_path, "test_vit", 0)
     assert (new["resize"], new["warmup_epochs"], new["stage_balance"]) == ("area", 0.0, 1.0)
 
 

@@ -21,6 +21,7 @@ import pytest
 import torch
 
 import engine
+import model_set
 import loader_vit_rgb
 import main_eff
 import main_vit_rgb
@@ -98,7 +99,7 @@ def test_training_reads_only_the_training_folds_rows_and_the_config_counts_them(
     assert len(valid_recordings) == 2 and len(valid_rows) == len(train_rows) == 24
     assert train_reads == train_rows  # every training row (6 epochs), no validation row
     assert valid_reads == valid_rows
-    config = engine.read_run_config(weights, "test_efficientnet", 0)
+    config = model_set.read_run_config(weights, "test_efficientnet", 0)
     assert (config["train_images"], config["valid_images"]) == (24, 24)
     assert set(config["valid_recordings"]) == valid_recordings
 

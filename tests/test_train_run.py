@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import engine
+import model_set
 import loader_vit_rgb
 import main_eff
 import main_vit_rgb
@@ -68,7 +69,7 @@ def test_checkpoints_config_and_state_files(trained, tiny_data):
     assert names == sorted([f"{ARCH}_fold_0_{epoch}" for epoch in range(EPOCHS)]
                            + [f"{ARCH}_fold_0_last.pt", f"{ARCH}_fold_0_config.json", f"{ARCH}_fold_0_log.csv"])
 
-    config = engine.read_run_config(weights, ARCH, 0)
+    config = model_set.read_run_config(weights, ARCH, 0)
     assert (config["model_arch"], config["img_size"], config["num_classes"]) == (ARCH, [IMG_SIZE, IMG_SIZE], 5)
     assert (config["optimizer"], config["cv"], config["amp"], config["seed"]) == ("adamp", "subject", "off", 72)
     assert json.loads(stdout[:stdout.index("\n}\n") + 2]) == config  # printed at start as saved
