@@ -1,5 +1,8 @@
 """Score one synthetic 6-hour night with stage_edf.py and check it against the layout route.
 
+The models, kept epochs, blend and post-processing are the weights
+folder's model set (``model_set.json``), as stage_edf.py reads it.
+
 1. ``make_synthetic.py --edf`` makes one training and one test night
    (``--seed``, ``--hours``; seed 1 by default, so the demo's models, trained
    on seed 0's nights, have never seen it); the test night's EDF is copied
@@ -15,14 +18,13 @@
 
 Writes ``bench/results/score_night.json`` (``--result``) and prints it.
 
-    python bench/score_night.py --weights-dir demo/weights --vit-arch vit_tiny_patch16_224 \\
-        --eff-arch tf_efficientnet_b0 --vit-epochs 6 --eff-epochs 3 --from-tune demo/outputs/blend_tune.json
-    python bench/score_night.py --weights-dir demo/weights --from-tune demo/outputs/blend_tune.json \\
-        --postprocess hmm --train-csv demo/DATA/trainset-for_user.csv --result bench/results/score_night_hmm.json
+    python bench/score_night.py --weights-dir demo/weights
+    python bench/score_night.py --weights-dir demo/weights --postprocess rules --result bench/results/score_night_rules.json
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import platform
@@ -39,24 +41,15 @@ sys.path.insert(0, str(REPO))
 
 import psg_layout  # noqa: E402
 from evaluate import compute_metrics  # noqa: E402
-import blend  # noqa: E402
-from blend import read_tune_json  # noqa: E402
+import model_set  # noqa: E402
 from output_names import blend_csv_path, report_dir, submission_path  # noqa: E402
 from cpu_info import cpu_description  # noqa: E402  (bench/, the script's own folder)
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 parser.add_argument("--weights-dir", type=Path, required=True, help="the models' checkpoints and configurations")
-parser.add_argument("--vit-arch", default="vit_tiny_patch16_224", help="the demo's model 1")
-parser.add_argument("--eff-arch", default="tf_efficientnet_b0", help="the demo's model 2")
-parser.add_argument("--vit-epochs", type=int, nargs="+", default=[6], help="the demo's checkpoint of model 1")
-parser.add_argument("--eff-epochs", type=int, nargs="+", default=[3], help="the demo's checkpoint of model 2")
-parser.add_argument("--from-tune", type=Path, default=None,
-                    help="blend settings (blend_tune.json); default: blend.py's defaults")
-parser.add_argument("--postprocess", default="rules", help="rules, hmm (with --train-csv) or none")
-parser.add_argument("--train-csv", type=Path, default=None,
-                    help="hmm: the labelled epochs whose transitions it counts, for both routes (the demo's: "
-                         "demo/DATA/trainset-for_user.csv)")
+parser.add_argument("--postprocess", default=None,
+                    help="rules, hmm or none (default: the model set's, as stage_edf.py; both routes use it)")
 parser.add_argument("--hours", type=float, default=6.0, help="scored length of the night")
 parser.add_argument("--seed", type=int, default=1, help="make_synthetic.py seed (the demo trains on seed 0)")
 parser.add_argument("--workers", type=int, default=2, help="render processes and DataLoader workers")
@@ -74,26 +67,28 @@ def run(*args) -> float:
     return time.perf_counter() - started
 
 
-def stage_route_stages(scored: Path, recording_id: str, idnums: list) -> np.ndarray:
-    """The stage route's post-processed stages of the epochs ``idnums`` (the test CSV's rows), in that order."""
-    import csv
-
+def scored_stages(scored: Path, recording_id: str, idnums, column: str) -> np.ndarray:
+    """A column (``stage_before`` or ``stage_after``) of stage_edf.py's hypnogram table, at the epochs ``idnums``."""
     with open(scored / recording_id / f"{recording_id}-hypnogram.csv", newline="") as handle:
-        after = {int(row["epoch"]): psg_layout.STAGE_TO_INT[row["stage_after"]] for row in csv.DictReader(handle)}
-    return np.array([after[psg_layout.epoch_number_of(idnum)] for idnum in idnums], dtype=np.int64)
+        by_epoch = {int(row["epoch"]): psg_layout.STAGE_TO_INT[row[column]] for row in csv.DictReader(handle)}
+    return np.array([by_epoch[psg_layout.epoch_number_of(idnum)] for idnum in idnums], dtype=np.int64)
 
 
 def main() -> None:
     args = parser.parse_args()
     work, data = args.work, args.work / "DATA"
-    blend_settings = (read_tune_json(args.from_tune) if args.from_tune else
-                      {key: blend.parser.get_default(key) for key in ("method", "ens_weight", "power")})
-    models = ["--vit-arch", args.vit_arch, "--eff-arch", args.eff_arch,
-              "--vit-epochs", *args.vit_epochs, "--eff-epochs", *args.eff_epochs]
-    # Both routes blend with blend.py's own reading of the tuning file (method, weight, power, dump scale).
-    blend_args = ["--from-tune", args.from_tune] if args.from_tune else []
-    train_csv = ["--train-csv", args.train_csv] if args.train_csv else []
-
+    record = model_set.read_model_set(args.weights_dir)
+    if record is None:
+        raise SystemExit(f"no model set in {args.weights_dir}: run model_set.py (bash run.sh demo does)")
+    found = record["models"]
+    blend_settings = record["blend"]
+    postprocess_method = args.postprocess or record["postprocess"]
+    models = ["--vit-arch", found["vit_arch"], "--eff-arch", found["eff_arch"], "--fold", found["fold"],
+              "--vit-epochs", *found["vit_epochs"], "--eff-epochs", *found["eff_epochs"]]
+    blend_args = [item for key in model_set.BLEND_KEYS for item in (f"--{key.replace('_', '-')}", blend_settings[key])]
+    # both routes post-process alike: the model set's recorded hmm, or the method named
+    postprocess_args = ["--method", postprocess_method,
+                        *(["--model-set", args.weights_dir] if postprocess_method == "hmm" else [])]
     run("make_synthetic.py", "--out", data, "--train-subjects", 1, "--test-subjects", 1, "--hours", args.hours,
         "--seed", args.seed, "--edf", "--workers", 2, "--quiet")
     test = psg_layout.read_epoch_csv(data / psg_layout.TEST_CSV, with_labels=False)
@@ -106,8 +101,9 @@ def main() -> None:
 
     load_before = os.getloadavg()
     stage_seconds = run("stage_edf.py", "--edf", night / f"{recording_id}.edf", "--weights-dir", args.weights_dir,
-                        "--out", work / "scored", "--overwrite", "--montage", "synthetic", *models, *blend_args,
-                        "--postprocess", args.postprocess, *train_csv, "--workers", args.workers, "--quiet")
+                        "--out", work / "scored", "--overwrite", *(["--postprocess", args.postprocess]
+                                                                  if args.postprocess else []),
+                        "--workers", args.workers, "--quiet")
     load_after = os.getloadavg()
     steps = json.loads((work / "scored" / "stage_edf.json").read_text())
 
@@ -115,23 +111,23 @@ def main() -> None:
     run("infer_blend.py", "--data-root", data, "--weights-dir", args.weights_dir, "--out", outputs, *models,
         "--workers", args.workers, "--no-cache", "--quiet")
     run("blend.py", "--data-root", data, "--out", outputs, *models, *blend_args, "--quiet")
-    blend_csv = blend_csv_path(outputs, blend_settings["method"], args.vit_epochs, args.eff_epochs)
+    blend_csv = blend_csv_path(outputs, blend_settings["method"], found["vit_epochs"], found["eff_epochs"])
     run("postprocess.py", "--data-root", data, "--in", blend_csv, "--out", submission_path(outputs),
-        "--method", args.postprocess, *train_csv, "--no-recordings", "--quiet")
+        *postprocess_args, "--no-recordings", "--quiet")
     run("evaluate.py", "--data-root", data, "--pred", submission_path(outputs), "--out", report_dir(outputs),
         "--outputs", outputs, "--weights-dir", args.weights_dir, *models, "--quiet")
     layout = json.loads((report_dir(outputs) / "metrics.json").read_text())
 
     layout_stages = np.array([psg_layout.STAGE_TO_INT[line] for line in
                               submission_path(outputs).read_text().split()], dtype=np.int64)
-    stage_stages = stage_route_stages(work / "scored", recording_id, test.idnums)
+    stage_stages = scored_stages(work / "scored", recording_id, test.idnums, "stage_after")
     stage = compute_metrics(answers.labels, stage_stages, test.recording_ids)
     result = {
         "command": "python bench/score_night.py " + " ".join(sys.argv[1:]),
         "weights_dir": str(args.weights_dir),
-        "models": {"vit": [args.vit_arch, args.vit_epochs], "eff": [args.eff_arch, args.eff_epochs]},
+        "models": found,
         "blend": blend_settings,
-        "postprocess": args.postprocess,
+        "postprocess": postprocess_method,
         "night": {"recording_id": recording_id, "seed": args.seed, "hours": args.hours,
                   "epochs_rendered": len(json.loads((work / "scored" / "work" / "DATA" / recording_id /
                                                      f"{recording_id}.timing.json").read_text())["epoch_numbers"]),

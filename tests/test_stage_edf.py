@@ -141,8 +141,9 @@ def test_bad_input_ends_with_one_line_and_leaves_nothing(weights, night, scored,
     out = tmp_path / "scored"
     common = ("--weights-dir", weights, "--out", out, *MODELS, "--workers", 1, "--quiet")
 
-    # an EDF without the montage's channels
-    assert "montage sleep-edf needs channels the EDF does not have" in stage_error("--edf", edf, *common)
+    # an EDF without the named montage's channels
+    assert "montage sleep-edf needs channels the EDF does not have" in stage_error("--edf", edf, "--montage",
+                                                                                   "sleep-edf", *common)
     # a truncated EDF
     cut = tmp_path / "cut.edf"
     cut.write_bytes(edf.read_bytes()[:-5000])
