@@ -14,16 +14,19 @@ original's sampling, equal shares for ``--stage-balance 1``).
 
 Transition weight ``w``: decoding uses ``P(b | a) ** w``, renormalised
 per row. 1 is the counted matrix; smaller weights trust the epoch's own
-evidence more. The networks' errors are not independent from one epoch to
-the next as the model assumes, and at 1 Viterbi smooths away short true
-awakenings and N1; ``model_set.py`` chooses ``w`` on the fold's validation
-nights.
+evidence more (up to the renormalisation, as raising the emissions to the
+power 1 / w). The networks are trained towards soft targets (label
+smoothing, FMix's mixtures), so their posteriors are flatter than the
+likelihoods the model assumes, and at weight 1 Viterbi smooths away short
+true awakenings and N1; ``model_set.py`` chooses ``w`` on the fold's
+validation nights.
 
 Imports no torch.
 """
 from __future__ import annotations
 
 import numpy as np
+
 from blend import macro_f1
 from psg_layout import NUM_CLASSES
 
@@ -31,6 +34,8 @@ from psg_layout import NUM_CLASSES
 # validation macro-F1 a weight still counts as level with it (a few nights measure F1 no finer).
 TRANSITION_WEIGHTS = tuple(round(0.1 * step, 1) for step in range(1, 11))
 F1_TOLERANCE = 0.005
+
+
 def group_by_recording(recording_ids) -> tuple[np.ndarray, np.ndarray]:
     """Order rows recording by recording, each recording's rows in CSV order.
 

@@ -15,22 +15,25 @@ STAMP="$VENV/.requirements.sha256"
 # configuration. Same scripts, same code paths; only these arguments differ.
 # ---------------------------------------------------------------------------
 DEMO_DIR=demo                        # demo/DATA, demo/weights, demo/outputs, demo/cache, demo/logs
-DEMO_DATA_ARGS=(--train-subjects 8 --test-subjects 4 --hours 6.1 --seed 0)   # the test set: the default 4 nights
+DEMO_DATA_ARGS=(--train-subjects 16 --test-subjects 4 --hours 6.1 --seed 0)   # the test set: the default 4 nights
 DEMO_VIT_ARCH=vit_tiny_patch16_224   # the original: vit_base_patch16_224
 DEMO_EFF_ARCH=tf_efficientnet_b0     # the original: tf_efficientnet_b4_ns
 DEMO_IMG_SIZE=64                     # the original: 224
 DEMO_RESIZE=area                     # the original: linear, which at 64 px keeps about 1 row in 4 of the thin traces
 DEMO_VIT_LR=1e-4                     # the original's; 5e-4 leaves the ViT stuck at the class prior
 DEMO_EFF_LR=1e-3                     # the original: 1e-4, which learns too slowly from random initialisation
-DEMO_STAGE_BALANCE=1                 # the original: 0 (each row once per epoch); 1: every stage drawn equally
-                                     #   often, else the EfficientNet never predicts N1 (6 % of the epochs)
+DEMO_STAGE_BALANCE=0.5               # the original: 0 (each row once per epoch); 0.5: N1 drawn 2.4 times as often
+                                     #   as it occurs, else the networks hardly ever predict it (6 % of the epochs)
+DEMO_AUGMENT=(--no-fmix)             # the original: FMix on; in a few epochs from scratch it costs the
+                                     #   EfficientNet 0.06 validation macro-F1 (docs/demo.md)
 DEMO_BATCH=(--batch-size 16 --accum-iter 1)   # the original: 32 x 2; more optimizer steps on a small data set
 DEMO_VIT_EPOCHS=7                    # the original: 10 for both; the two trainers run side by side,
-DEMO_EFF_EPOCHS=4                    #   and these end at about the same time
+DEMO_EFF_EPOCHS=6                    #   and these end at about the same time
 # One cosine cycle over each run (T_0 = 2 x epochs: the original steps the scheduler twice per
-# epoch), and each model contributes its last epoch, the end of the cycle (the original: epochs 4 and 1).
-DEMO_VIT_EPOCH=$((DEMO_VIT_EPOCHS - 1))
-DEMO_EFF_EPOCH=$((DEMO_EFF_EPOCHS - 1))
+# epoch). The checkpoints averaged (the original kept epochs 4 and 1): the ViT's validation swings
+# from epoch to epoch, so its last four; the EfficientNet's last two.
+DEMO_VIT_KEEP=(3 4 5 6)
+DEMO_EFF_KEEP=(4 5)
 DEMO_GEN_WORKERS=2                   # processes drawing the synthetic images
 DEMO_LOADER_WORKERS=0                # the cached data path needs no loader processes on 2 cores
 # The two trainers run at the same time with one torch thread each: on 2 cores that trains more
@@ -72,8 +75,8 @@ print_profile() {
     echo "demo profile: data ${DEMO_DATA_ARGS[*]} -> $DEMO_DIR/DATA"
     echo "  model 1: $DEMO_VIT_ARCH, model 2: $DEMO_EFF_ARCH, image ${DEMO_IMG_SIZE}x${DEMO_IMG_SIZE} (resize $DEMO_RESIZE),"
     echo "  lr $DEMO_VIT_LR and $DEMO_EFF_LR, ${DEMO_BATCH[*]}, $DEMO_VIT_EPOCHS and $DEMO_EFF_EPOCHS epochs (one cosine cycle each),"
-    echo "  --stage-balance $DEMO_STAGE_BALANCE; both trained side by side, $DEMO_TRAINER_THREADS torch thread each;"
-    echo "  checkpoints used: epoch $DEMO_VIT_EPOCH and $DEMO_EFF_EPOCH, fold 0 of 5"
+    echo "  --stage-balance $DEMO_STAGE_BALANCE ${DEMO_AUGMENT[*]}; both trained side by side, $DEMO_TRAINER_THREADS torch thread each;"
+    echo "  checkpoints averaged: epochs ${DEMO_VIT_KEEP[*]} and ${DEMO_EFF_KEEP[*]}, fold 0 of 5"
 }
 
 run_demo() {
@@ -82,11 +85,11 @@ run_demo() {
     print_profile
     local data="$DEMO_DIR/DATA" weights="$DEMO_DIR/weights" out="$DEMO_DIR/outputs"
     local models=(--vit-arch "$DEMO_VIT_ARCH" --eff-arch "$DEMO_EFF_ARCH"
-                  --vit-epochs "$DEMO_VIT_EPOCH" --eff-epochs "$DEMO_EFF_EPOCH")
+                  --vit-epochs "${DEMO_VIT_KEEP[@]}" --eff-epochs "${DEMO_EFF_KEEP[@]}")
     local train=(--data-root "$data" --weights-dir "$weights" --cache-dir "$DEMO_DIR/cache"
                  --img-size "$DEMO_IMG_SIZE" --resize "$DEMO_RESIZE" --stage-balance "$DEMO_STAGE_BALANCE"
                  --workers "$DEMO_LOADER_WORKERS"
-                 --pretrained none "${DEMO_BATCH[@]}")
+                 --pretrained none "${DEMO_BATCH[@]}" "${DEMO_AUGMENT[@]}")
     local names  # output file names, from output_names.py: tuned blend settings, submission, report folder
     mapfile -t names < <("$PY" -c 'import sys, output_names as n
 print(n.tune_json_path(sys.argv[1]), n.submission_path(sys.argv[1]), n.report_dir(sys.argv[1]), sep="\n")' "$out")
@@ -107,10 +110,9 @@ print(n.tune_json_path(sys.argv[1]), n.submission_path(sys.argv[1]), n.report_di
     "$PY" blend.py --data-root "$data" --out "$out" "${models[@]}" --tune
     "$PY" model_set.py --data-root "$data" --weights-dir "$weights" --outputs "$out"
     "$PY" blend.py --data-root "$data" --out "$out" "${models[@]}" --from-tune "$tune_json"
-    local blend_csv
-    blend_csv=$("$PY" -c 'import sys, blend, output_names as n; method = blend.read_tune_json(sys.argv[2])["method"]
-print(n.blend_csv_path(sys.argv[1], method, [int(sys.argv[3])], [int(sys.argv[4])]))' \
-        "$out" "$tune_json" "$DEMO_VIT_EPOCH" "$DEMO_EFF_EPOCH")
+    local blend_csv  # the tuned method's blend of the kept epochs, as the model set records them
+    blend_csv=$("$PY" -c 'import sys, model_set, output_names as n; r = model_set.read_model_set(sys.argv[2])
+print(n.blend_csv_path(sys.argv[1], r["blend"]["method"], r["vit"]["epochs"], r["eff"]["epochs"]))' "$out" "$weights")
     step "5/6 context post-processing: the original's rules (the submission), the model set's hmm"
     "$PY" postprocess.py --data-root "$data" --in "$blend_csv" --out "$submission"
     "$PY" postprocess.py --data-root "$data" --in "$blend_csv" --out "$out/files_hmm.csv" \
