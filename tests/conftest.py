@@ -283,6 +283,11 @@ SLOW_TESTS = {
                                "test_scaling_the_rows_changes_no_rank_label"},
     "test_synthetic_realism.py": None,                                    # two 2-h nights of raw signals
     "test_markers.py": {"test_not_slow_deselects_exactly_the_slow_tests"},   # three pytest runs
+    "test_model_set.py": {"test_model_set_records_models_blend_and_the_hmm_counted_without_the_validation_nights",
+                          "test_model_set_refuses_models_of_different_stage_balance_and_a_broken_record",
+                          "test_postprocess_takes_the_hmm_from_the_model_set_and_flags_override",
+                          "test_stage_edf_refuses_a_wrong_weights_folder_before_rendering",
+                          "test_render_edf_finds_the_montage_that_fits_the_channels"},   # scripts, the generator
 }
 
 # Tests of a second or more each on an idle 2-core machine (script runs, image rendering, cache
