@@ -232,7 +232,8 @@ def hmm_settings(args) -> tuple[dict | None, dict | None]:
     Returns
     -------
     counts : dict or None
-        :func:`hmm.count_stage_sequences`' counts; None for the other methods.
+        :func:`hmm.count_stage_sequences`' counts of a model set; None for the
+        other methods, and when they are to be counted from ``args.train_csv``.
     sources : dict or None
         Where each input came from (``counts``, ``stage_balance``,
         ``transition_weight``), for the printed configuration.
@@ -260,7 +261,7 @@ def hmm_settings(args) -> tuple[dict | None, dict | None]:
     else:
         if args.train_csv is None:
             args.train_csv = Path(args.data_root) / psg_layout.TRAIN_CSV
-        counts, sources["counts"] = count_labelled_nights(args.train_csv), str(args.train_csv)
+        counts, sources["counts"] = None, str(args.train_csv)  # read when decoding, after the blend's checks
     if args.stage_balance is not None:
         sources["stage_balance"] = "--stage-balance"
     elif record is not None:
@@ -426,7 +427,8 @@ def main(argv=None) -> None:
         new_stages, matches = apply_rules(stages, test.recording_ids, args.across_recordings)
         say("rule matches: " + ", ".join(f"{number} x{count}" for number, count in enumerate(matches, start=1)))
     elif args.method == "hmm":
-        new_stages = hmm_decode(probabilities, test.recording_ids, *hmm_from_counts(hmm_counts, args.stage_balance),
+        counts = hmm_counts if hmm_counts is not None else count_labelled_nights(args.train_csv)
+        new_stages = hmm_decode(probabilities, test.recording_ids, *hmm_from_counts(counts, args.stage_balance),
                                 transition_weight=args.transition_weight)
     else:
         new_stages = stages

@@ -166,7 +166,8 @@ def test_bad_input_ends_with_one_line_and_leaves_nothing(weights, night, scored,
     shutil.copytree(weights, other, dirs_exist_ok=True)
     shutil.copy(engine.checkpoint_path(other, EFF, 0, 0), engine.checkpoint_path(other, VIT, 0, 0))
     assert "checkpoint does not fit" in stage_error("--edf", edf, "--montage", "synthetic", *mismatched)
-    assert "name them with --train-csv" in stage_error("--edf", edf, "--postprocess", "hmm", *common)
+    refused = stage_error("--edf", edf, "--postprocess", "hmm", *common)  # no model set, no labels
+    assert "has no model set record" in refused and "name labelled epochs with --train-csv" in refused
     assert "--train-csv is read by --postprocess hmm only, not by --postprocess rules" in stage_error(
         "--edf", edf, "--train-csv", edf, *common)
     assert "--train-csv not found" in stage_error("--edf", edf, "--postprocess", "hmm", "--train-csv",
