@@ -275,8 +275,8 @@ def tune_transition_weight(probabilities: np.ndarray, labels: np.ndarray, record
     -------
     best : float
     table : dict
-        Weight -> ``{"macro_f1", "stage_shifts_per_night"}`` of its decoding,
-        and ``"true_stage_shifts_per_night"``.
+        ``by_weight``: weight -> ``{"macro_f1", "stage_shifts_per_night"}`` of
+        its decoding; ``true_stage_shifts_per_night``.
     """
     table = {}
     for weight in weights:
@@ -287,4 +287,4 @@ def tune_transition_weight(probabilities: np.ndarray, labels: np.ndarray, record
     top = max(entry["macro_f1"] for entry in table.values())
     level = [weight for weight, entry in table.items() if entry["macro_f1"] >= top - tolerance]
     best = min(level, key=lambda weight: (abs(table[weight]["stage_shifts_per_night"] - true_shifts), -weight))
-    return best, dict(table, true_stage_shifts_per_night=true_shifts)
+    return best, {"by_weight": table, "true_stage_shifts_per_night": true_shifts}

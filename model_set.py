@@ -293,41 +293,55 @@ def validation_scores(probabilities: np.ndarray, valid: psg_layout.EpochTable, m
             "nights": len(set(ids)), "statistics_mean": statistics}
 
 
-def main(argv=None) -> None:
-    args = parser.parse_args(argv)
-    config = dict(vars(args))
-    print("config: " + json.dumps(config))
-    outputs = Path(args.outputs)
-    infer = _infer_record(outputs, args.fold)
+def validation_blend(outputs: Path, fold: int) -> tuple:
+    """The fold's validation rows blended as ``blend_tune.json`` says, with infer_blend.py's record.
+
+    Returns
+    -------
+    valid : psg_layout.EpochTable
+        ``fold_<k>_valid.csv``: the validation rows and their stages.
+    probabilities : np.ndarray, shape (rows, 5)
+        :func:`blend.blend_probabilities` of the two validation dumps.
+    infer : dict
+        infer_blend.py's record (models, kept epochs, stage balance).
+    tuned : dict
+        :func:`blend.read_tune_json` of ``blend_tune.json``.
+    """
+    infer = _infer_record(outputs, fold)
     tuned = blend.read_tune_json(tune_json_path(outputs))
-    labels_csv = valid_csv_path(outputs, args.fold)
+    labels_csv = valid_csv_path(outputs, fold)
     if not labels_csv.is_file():
         raise InputError(f"no validation rows {where(labels_csv)}; infer_blend.py writes them when the data root "
                          f"holds the models' training CSV")
     valid = psg_layout.read_epoch_csv(labels_csv, with_labels=True)
-    models = {key: (infer[f"{key}_arch"], infer[f"{key}_epochs"]) for key in ("vit", "eff")}
-    p1, p2 = (blend.load_probabilities(dump_path(outputs, arch, args.fold, epochs, "valid"), len(valid),
-                                       str(labels_csv), blend.DUMP_HINT) for arch, epochs in models.values())
+    p1, p2 = (blend.load_probabilities(dump_path(outputs, infer[f"{key}_arch"], fold, infer[f"{key}_epochs"], "valid"),
+                                       len(valid), str(labels_csv), blend.DUMP_HINT) for key in ("vit", "eff"))
     scales = blend.row_scales(tuned["dump_scale"], tuned["tta"])
-    probabilities = blend.blend_probabilities(p1, p2, tuned["method"], tuned["ens_weight"], tuned["power"], scales)
+    return (valid, blend.blend_probabilities(p1, p2, tuned["method"], tuned["ens_weight"], tuned["power"], scales),
+            infer, tuned)
 
+
+def main(argv=None) -> None:
+    args = parser.parse_args(argv)
+    config = dict(vars(args))
+    print("config: " + json.dumps(config))
+    valid, probabilities, infer, tuned = validation_blend(Path(args.outputs), args.fold)
     stage_balance = float(infer["stage_balance"][0])
     counts = hmm_counts_outside(args.data_root, valid)
     model = hmm.hmm_from_counts(counts, stage_balance)
-    weight, by_weight = hmm.tune_transition_weight(probabilities, valid.labels, valid.recording_ids, model)
+    weight, tuning = hmm.tune_transition_weight(probabilities, valid.labels, valid.recording_ids, model)
     scores = validation_scores(probabilities, valid, model, weight)
     record = {
         "what": "a trained model set: the models and kept epochs, the blend and the post-processing that "
                 "stage_edf.py and infer_blend.py use by default (model_set.py)",
         "fold": args.fold,
-        "vit": {"arch": models["vit"][0], "epochs": models["vit"][1]},
-        "eff": {"arch": models["eff"][0], "epochs": models["eff"][1]},
+        **{key: {"arch": infer[f"{key}_arch"], "epochs": infer[f"{key}_epochs"]} for key in ("vit", "eff")},
         "blend": {key: tuned[key] for key in (*BLEND_KEYS, "tta")},
         "postprocess": SCORING_POSTPROCESS,
         "hmm": {"counts": counts, "stage_balance": stage_balance, "transition_weight": weight,
                 "counted_from": f"{Path(args.data_root) / psg_layout.TRAIN_CSV} without fold {args.fold}'s "
                                 f"validation rows"},
-        "validation": dict(scores, hmm_by_transition_weight=by_weight),
+        "validation": dict(scores, hmm_transition_weights=tuning),
         "config": config,
     }
     path = model_set_path(args.weights_dir)
@@ -335,10 +349,10 @@ def main(argv=None) -> None:
         tmp.write_text(json.dumps(record, indent=2) + "\n")
     print("hmm on the validation nights, by transition weight: " + ", ".join(
         f"{w:g}: macro-F1 {entry['macro_f1']:.4f}, {entry['stage_shifts_per_night']:.1f} stage shifts a night"
-        for w, entry in by_weight.items() if w != "true_stage_shifts_per_night")
-        + f" (true {by_weight['true_stage_shifts_per_night']:.1f})")
+        for w, entry in tuning["by_weight"].items()) + f" (true {tuning['true_stage_shifts_per_night']:.1f})")
     print(f"validation macro-F1 on {scores['nights']} nights: blend {scores['blend_macro_f1']:.4f}, rules "
-          f"{scores['rules_macro_f1']:.4f}, hmm {by_weight[weight]['macro_f1']:.4f} at transition weight {weight:g}")
+          f"{scores['rules_macro_f1']:.4f}, hmm {tuning['by_weight'][weight]['macro_f1']:.4f} at transition weight "
+          f"{weight:g}")
     true, decoded = scores["statistics_mean"]["true"], scores["statistics_mean"]["hmm"]
     print("per night, true -> hmm: " + ", ".join(f"{key} {true[key]:.1f} -> {decoded[key]:.1f}"
                                                  for key in ("TST", "WASO", "awakenings", "stage_shifts")))

@@ -82,9 +82,10 @@ def test_the_weight_is_the_f1_plateaus_with_the_truest_fragmentation(monkeypatch
                  0.4: "222222222" + "3333R3333",  # W lost
                  1.0: "222222222" + "333333333"}
     monkeypatch.setattr(hmm, "hmm_decode", lambda p, r, *model, transition_weight: encode(decodings[transition_weight]))
-    best, table = hmm.tune_transition_weight(None, labels, ids, (), weights=tuple(decodings))
+    best, tuning = hmm.tune_transition_weight(None, labels, ids, (), weights=tuple(decodings))
+    table = tuning["by_weight"]
     assert table[0.2]["macro_f1"] == table[0.3]["macro_f1"] == 1.0 and table[0.1]["macro_f1"] < 1.0
-    assert table[0.1]["stage_shifts_per_night"] == 4.0 and table["true_stage_shifts_per_night"] == 2.0
+    assert table[0.1]["stage_shifts_per_night"] == 4.0 and tuning["true_stage_shifts_per_night"] == 2.0
     assert best == 0.3  # 0.2 and 0.3 tie on both counts: the larger
     # 0.1 is level within a generous tolerance, but fragments more than the truth
     assert hmm.tune_transition_weight(None, labels, ids, (), weights=tuple(decodings), tolerance=0.5)[0] == 0.3
