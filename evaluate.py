@@ -61,7 +61,8 @@ from blend import (DUMP_SCALES, METHODS, blend_probabilities, blend_scores, load
                    read_test_csv, resolve_tta, row_scales, tune_blend)
 from hypnogram import HYPNOGRAM_ORDER, json_ready, sleep_statistics, statistic_unit
 from output_names import TRAINING_LOG_GLOB, dump_path, report_dir, run_config_path, submission_path, valid_csv_path
-from hmm import estimate_hmm, hmm_decode
+from hmm import hmm_decode, hmm_from_counts
+from model_set import hmm_counts_outside
 from postprocess import apply_rules, read_stage_lines
 from psg_layout import NUM_CLASSES, STAGES, InputError, where
 
@@ -172,17 +173,14 @@ def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray, recording_ids) -> di
 
 
 def hmm_outside_fold(data_root: Path | str, valid: psg_layout.EpochTable, stage_balance: float = 0.0):
-    """The HMM estimated from the training rows that are not validation rows; None without a training CSV.
+    """The HMM counted from the training rows that are not validation rows; None without a training CSV.
 
+    The same counts a model set records (:func:`model_set.hmm_counts_outside`);
     ``stage_balance``: the models' ``--stage-balance`` (``hmm.training_stage_shares``).
     """
-    train_csv = Path(data_root) / psg_layout.TRAIN_CSV
-    if not train_csv.is_file():
+    if not (Path(data_root) / psg_layout.TRAIN_CSV).is_file():
         return None
-    train = psg_layout.read_epoch_csv(train_csv, with_labels=True)
-    held_out = set(valid.idnums)
-    keep = np.array([idnum not in held_out for idnum in train.idnums])
-    return estimate_hmm(train.labels[keep], [r for r, k in zip(train.recording_ids, keep) if k], stage_balance)
+    return hmm_from_counts(hmm_counts_outside(data_root, valid), stage_balance)
 
 
 def training_config(weights_dir: Path | str, arch: str, fold: int) -> tuple[dict | None, Path]:

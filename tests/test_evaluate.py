@@ -9,7 +9,6 @@ from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score, precisi
 
 import evaluate
 import hmm
-import postprocess
 import psg_layout
 from blend import blend_probabilities, dump_path, row_scales, tune_blend, valid_csv_path
 from evaluate import compute_metrics, main as evaluate_main
@@ -95,19 +94,26 @@ def hmm_row_f1(result, dumps, stage_balance):
 
 def test_the_validation_tables_hmm_is_estimated_without_the_validation_rows(tmp_path, monkeypatch):
     data, out, dumps = write_validation_case(tmp_path)
-    fitted = []
 
-    def recorded_estimate_hmm(labels, recording_ids, stage_balance):
-        fitted.append((np.asarray(labels).tolist(), list(recording_ids), stage_balance))
-        return hmm.estimate_hmm(labels, recording_ids, stage_balance)
+    counted, smoothed = [], []
+    count, from_counts = hmm.count_stage_sequences, hmm.hmm_from_counts
 
-    monkeypatch.setattr(evaluate, "estimate_hmm", recorded_estimate_hmm)
+    def recorded_count(labels, recording_ids):
+        counted.append((np.asarray(labels).tolist(), list(recording_ids)))
+        return count(labels, recording_ids)
+
+    def recorded_from_counts(counts, stage_balance):
+        smoothed.append(stage_balance)
+        return from_counts(counts, stage_balance)
+
+    monkeypatch.setattr(hmm, "count_stage_sequences", recorded_count)
+    monkeypatch.setattr(evaluate, "hmm_from_counts", recorded_from_counts)
     result = evaluate.validation_table(evaluate.parser.parse_args(["--data-root", str(data), "--outputs", str(out),
                                                                    "--weights-dir", str(tmp_path / "none")]),
                                        quiet=True)
     outside = [(s, r) for r in ("A", "C") for s in VALIDATION_CASE[r]]
     # No training configurations: the models are taken as trained with each row once per epoch.
-    assert fitted == [([s for s, _ in outside], [r for _, r in outside], 0.0)]
+    assert counted == [([s for s, _ in outside], [r for _, r in outside])] and smoothed == [0.0]
     # The table's hmm row is the decoding with that HMM of the tuned blend's probabilities (the original's row
     # scales, tta 1: no inference configuration here).
     hmm_row = [row for row in result["table"] if row["step"] == "post-processing hmm"]
