@@ -595,6 +595,13 @@ class LinearWarmup:
         self.steps_done += 1
 
 
+def make_scheduler(optimizer: torch.optim.Optimizer, t0: int,
+                   min_lr: float) -> torch.optim.lr_scheduler.CosineAnnealingWarmRestarts:
+    """The original's schedule: cosine from the optimizer's rate down to ``min_lr`` over ``t0`` scheduler
+    steps, then restarting at the top, every cycle as long as the first (``T_mult=1``)."""
+    return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=t0, T_mult=1, eta_min=min_lr)
+
+
 def optimizer_steps_per_epoch(n_batches: int, accum_iter: int) -> int:
     """Optimizer steps in an epoch of ``n_batches`` batches (the last group may be partial)."""
     return math.ceil(n_batches / accum_iter)
@@ -931,8 +938,7 @@ def _set_up_training(args: argparse.Namespace, device: torch.device, rank: int, 
     model = create_model(arch, args.img_size, psg_layout.NUM_CLASSES, args.pretrained)
     model = model.to(device, memory_format=MEMORY_FORMAT)
     optimizer = make_optimizer(args.optimizer, model.parameters(), args.lr, args.weight_decay, device)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=args.t0, T_mult=1,
-                                                                     eta_min=args.min_lr)
+    scheduler = make_scheduler(optimizer, args.t0, args.min_lr)
     scaler = torch.amp.GradScaler(device.type, enabled=config["amp"] == "fp16")
 
     start_epoch = 0

@@ -239,7 +239,10 @@ def write_random_checkpoints(data_root: Path, folder: Path, archs, epochs, img_s
 # (parametrised cases included). tests/test_markers.py checks that every name here exists.
 SLOW_TESTS = {
     "test_pipeline.py": None,                # the whole flow, every script as a subprocess
-    "test_infer.py": None,                   # trained checkpoints, infer_blend.py as a subprocess
+    "test_infer.py": {"test_dumps_rows_classes_and_names", "test_tta_rounds_average_plain_and_dropout_views",
+                      "test_bad_checkpoints_end_with_one_line_and_exit_2",
+                      "test_test_only_inference_without_a_training_csv",
+                      "test_validation_skipped_when_the_fold_is_not_the_models"},   # infer_blend.py as a subprocess
     "test_train_ddp.py": None,               # torchrun with two processes
     "test_train_resume.py": None,            # two training runs, one stopped and resumed
     "test_geometry.py": {"test_each_trainer_records_its_geometry_and_caches_at_it",   # trainers, inference

@@ -12,6 +12,7 @@ from sklearn.metrics import f1_score
 import psg_layout
 from blend import (METHODS, blend_probabilities, blend_scores, class_ranks, dump_path, effective_vit_weight,
                    macro_f1, predict_stages, raw_weight, row_scales, tune_blend, valid_csv_path)
+import oracles
 from conftest import run_script
 
 # Squares of 0.7, 0.5, 0.4, 0.3, 0.1 (they sum to 1), and the same reversed,
@@ -414,3 +415,14 @@ def test_tta_comes_from_infer_blend_configuration(tmp_path):
     (out / "infer_blend_fold_0.json").write_text(json.dumps({"tta": 0}))
     result = run_script("blend.py", "--data-root", data, "--out", out, check=False)
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "infer_blend_fold_0.json" in result.stderr
+
+
+@pytest.mark.parametrize("dump_scale, tta", [("original", 1), ("original", 3), ("unit", 1)])
+@pytest.mark.parametrize("method", METHODS)
+def test_blended_stages_equal_a_plain_loop_over_the_originals_formula(method, dump_scale, tta):
+    rng = np.random.default_rng(6)
+    p1, p2 = rng.dirichlet(np.ones(5) * 0.8, 400), rng.dirichlet(np.ones(5) * 0.8, 400)
+    for weight in (0.06, 0.5, 0.9):
+        scores = blend_scores(p1, p2, method, weight, 0.25, row_scales(dump_scale, tta))
+        by_loop = oracles.blend_by_loop(p1.tolist(), p2.tolist(), method, weight, 0.25, dump_scale, tta)
+        assert predict_stages(scores).tolist() == by_loop

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 import blend
 import hmm
+import oracles
 import postprocess
 import psg_layout
 from psg_layout import NUM_CLASSES, STAGES, InputError
@@ -208,6 +209,7 @@ def test_the_submission_is_the_library_result_on_the_blend_csv(scratch, data, re
     (out / "blend.npy").unlink(missing_ok=True)  # hypothesis reuses the folder: no earlier example's probabilities
     if method == "rules":
         expected = postprocess.apply_rules(stages, ids, across_recordings=across)[0]
+        assert expected.tolist() == oracles.rules_by_loop(stages, ids, across)  # the library, by a plain loop
     elif method == "hmm":
         rows = np.array(data.draw(probability_rows(len(stages))))
         probabilities = (rows / rows.sum(axis=1, keepdims=True)).astype(np.float32)
@@ -216,6 +218,8 @@ def test_the_submission_is_the_library_result_on_the_blend_csv(scratch, data, re
         train_ids = write_train_set(base, train_labels)
         model = hmm.estimate_hmm(np.array(train_labels), train_ids)
         expected = hmm.hmm_decode(probabilities.astype(np.float64), ids, *model)
+        assert expected.tolist() == oracles.hmm_by_loop(probabilities.astype(np.float64).tolist(), ids,
+                                                        train_labels, train_ids)
     else:
         expected = stages
     postprocess.main(["--data-root", str(base), "--in", str(out / "blend.csv"), "--out", str(out / "post.csv"),
@@ -306,6 +310,8 @@ def test_the_blend_command_writes_what_the_library_computes(scratch, data, recor
     p1, p2 = (dump.astype(np.float64) for dump in dumps)
     lines = blend.blend_csv_path(out, method, [4], [1]).read_text().splitlines()
     assert lines == [STAGES[s] for s in blend.predict_stages(blend.blend_scores(p1, p2, *settings))]
+    by_loop = oracles.blend_by_loop(p1.tolist(), p2.tolist(), method, weight, 0.25, dump_scale, 1)
+    assert [STAGES[s] for s in by_loop] == lines
     saved = np.load(blend.probabilities_path(blend.blend_csv_path(out, method, [4], [1])))
     assert saved.dtype == np.float32
     np.testing.assert_array_equal(saved, blend.blend_probabilities(p1, p2, *settings).astype(np.float32))

@@ -21,6 +21,45 @@ VIT, EFF, IMG = "test_vit", "test_efficientnet", 32
 SPLIT = {"folds": 3, "seed": 72, "cv": "subject"}
 
 
+def test_each_model_is_the_plain_mean_over_its_checkpoints_and_tta_rounds(monkeypatch):
+    """Two checkpoints x three TTA rounds: each split's probabilities are the mean of the six predictions."""
+    import argparse
+    import infer_blend
+
+    rng = np.random.default_rng(0)
+    rows = {"valid": 4, "test": 3}
+    predictions = {(epoch, tta_round, split): rng.dirichlet(np.ones(5), n)
+                   for epoch in (3, 5) for tta_round in range(3) for split, n in rows.items()}
+
+    class Checkpoint:
+        epoch = None
+
+        def to(self, device):
+            return self
+
+    def load_weights(model, path):
+        model.epoch = int(str(path).rsplit("_", 1)[1])  # <arch>_fold_<k>_<epoch>
+        return model
+
+    def tta_loader(data_root, table, rows_, img_size, batch_size, workers, tta_round, **options):
+        return tta_round, table
+
+    monkeypatch.setattr(infer_blend.engine, "create_model", lambda *a, **k: Checkpoint())
+    monkeypatch.setattr(infer_blend.engine, "load_weights", load_weights)
+    monkeypatch.setattr(infer_blend, "tta_loader", tta_loader)
+    monkeypatch.setattr(infer_blend.engine, "predict",
+                        lambda model, loader, *a: predictions[model.epoch, loader[0], loader[1]])
+    args = argparse.Namespace(amp="off", quiet=True, weights_dir="w", fold=0, tta=3, data_root="d", batch_size=2,
+                              workers=0, no_cache=True, cache_dir=None)
+    inputs = {split: (split, np.arange(n)) for split, n in rows.items()}
+    result = infer_blend.model_probabilities("a", [3, 5], {"img_size": [8, 8], "resize": "area"}, args, inputs,
+                                             torch.device("cpu"))
+    for split in rows:
+        by_hand = sum(predictions[epoch, r, split] for epoch in (3, 5) for r in range(3)) / 6
+        np.testing.assert_allclose(result[split], by_hand, rtol=1e-6)
+        assert result[split].dtype == np.float32
+
+
 @pytest.fixture(scope="module")
 def weights(tiny_data, tmp_path_factory):
     """Checkpoints of epochs 0 and 1 of both tiny models (fresh random weights) and their configs.

@@ -13,6 +13,7 @@ import json
 import numpy as np
 
 import blend
+import oracles
 import postprocess
 import psg_layout
 from conftest import run_script
@@ -80,11 +81,18 @@ def test_whole_flow_writes_every_artefact_as_the_seed_names_it(tiny_data, tmp_pa
     expected_stages, expected_probabilities = tuned_blend_of_dumps(out, out / "blend_tune.json", [0, 1], [1], len(test))
     blended = blend_csv.read_text().splitlines()
     assert blended == [psg_layout.STAGES[s] for s in expected_stages]
+    # The same stages by an independent re-statement of the original's blend (plain loops over the dumps).
+    dumps = [np.load(out / name).astype(np.float64).tolist()
+             for name in (f"{VIT}_fold_0_[0, 1].npy", f"{EFF}_fold_0_[1].npy")]
+    by_loop = oracles.blend_by_loop(*dumps, tuned["method"], tuned["ens_weight"], tuned["power"],
+                                    tuned["dump_scale"], tuned["tta"])
+    assert blended == [psg_layout.STAGES[s] for s in by_loop]
     np.testing.assert_allclose(np.load(blend.probabilities_path(blend_csv)), expected_probabilities, atol=1e-6)
 
     run_script("postprocess.py", "--data-root", tiny_data, "--in", blend_csv, "--out", out / "files_post.csv")
     submission = (out / "files_post.csv").read_text().splitlines()
     assert submission == [psg_layout.STAGES[s] for s in rules_per_recording(expected_stages, test.recording_ids)]
+    assert submission == [psg_layout.STAGES[s] for s in oracles.rules_by_loop(by_loop, test.recording_ids)]
 
     report = out / "report"
     run_script("evaluate.py", "--data-root", tiny_data, "--pred", out / "files_post.csv", "--out", report,

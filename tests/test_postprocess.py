@@ -8,6 +8,7 @@ import pytest
 
 import postprocess
 import psg_layout
+import oracles
 from hmm import estimate_hmm, hmm_decode, training_stage_shares, viterbi
 from postprocess import apply_rules
 from conftest import run_script
@@ -118,6 +119,44 @@ def test_viterbi_by_hand():
     #   d2 = [max(.0484, .0486)*.8, max(.0396, .0594)*.2] = [.03888 (from 1), .01188 (from 1)] -> 0 1 0
     loose = np.log([[.55, .45], [.45, .55]])
     assert viterbi(np.log(emissions[:1]), np.array([3]), loose, np.log([.5, .5]))[0].tolist() == [0, 1, 0]
+
+
+def test_viterbi_ignores_whatever_fills_the_padding():
+    """Sequences of 1 to 12 steps decoded in one padded batch, the padding filled with random
+    log-emissions, equal each sequence decoded alone without padding."""
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        lengths = rng.integers(1, 13, size=4)
+        lengths[0] = 12
+        transition = rng.dirichlet(np.ones(5) * 0.3, 5)  # uneven rows: a tail of padding would move the end
+        initial = rng.dirichlet(np.ones(5))
+        emissions = np.log(rng.dirichlet(np.ones(5) * 0.5, (4, 12)))  # the padding too: not neutral
+        together = viterbi(emissions, lengths, np.log(transition), np.log(initial))
+        for k, length in enumerate(lengths):
+            alone = viterbi(emissions[k:k + 1, :length], np.array([length]), np.log(transition), np.log(initial))
+            assert together[k, :length].tolist() == alone[0].tolist()
+            assert (together[k, length:] == together[k, length - 1]).all()  # padding: the last state, held
+
+
+@pytest.mark.parametrize("across", [False, True])
+def test_the_rules_equal_a_plain_loop_over_the_originals_rule_table(across):
+    rng = np.random.default_rng(3)
+    stages = rng.integers(0, 5, 3000)  # every pattern of the table occurs many times
+    ids = [f"R{k}" for k in rng.integers(0, 7, 3000)]  # seven recordings, interleaved
+    assert apply_rules(stages, ids, across_recordings=across)[0].tolist() == oracles.rules_by_loop(stages, ids, across)
+
+
+@pytest.mark.parametrize("stage_balance, transition_weight", [(0.0, 1.0), (0.5, 0.5), (1.0, 0.2)])
+def test_hmm_decode_equals_a_plain_loop_viterbi(stage_balance, transition_weight):
+    rng = np.random.default_rng(4)
+    train_labels = rng.integers(0, 5, 400).tolist()
+    train_ids = [f"T{k // 50}" for k in range(400)]
+    probabilities = rng.dirichlet(np.ones(5) * 0.7, 150)
+    ids = [f"R{k}" for k in rng.integers(0, 3, 150)]
+    model = estimate_hmm(np.array(train_labels), train_ids, stage_balance=stage_balance)
+    decoded = hmm_decode(probabilities, ids, *model, transition_weight=transition_weight)
+    assert decoded.tolist() == oracles.hmm_by_loop(probabilities.tolist(), ids, train_labels, train_ids,
+                                                   stage_balance, transition_weight)
 
 
 def test_estimate_hmm_counts_by_hand():

@@ -159,6 +159,73 @@ def test_warmup_counts_optimizer_steps_not_batches():
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.3)
 
 
+def test_the_schedule_restarts_every_t0_steps_and_each_cycle_is_the_first():
+    weight = torch.nn.Parameter(torch.zeros(1))
+    lr, min_lr, t0 = engine.RECIPE["lr"], engine.RECIPE["min_lr"], engine.RECIPE["t0"]
+    optimizer = torch.optim.Adam([weight], lr=lr)
+    scheduler = engine.make_scheduler(optimizer, t0, min_lr)
+    rates = []
+    for _ in range(3 * t0 + 1):
+        rates.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    # By hand: step k of a cycle of t0 steps is min + (lr - min) (1 + cos(pi k / t0)) / 2, k = step mod t0.
+    by_hand = [min_lr + (lr - min_lr) * (1 + math.cos(math.pi * (step % t0) / t0)) / 2 for step in range(3 * t0 + 1)]
+    assert rates == pytest.approx(by_hand, rel=1e-9)
+    # The recipe's cycle: 10 scheduler steps, two a epoch, so epochs 5 and 10 start at the top again.
+    assert t0 == 10 and engine.RECIPE["sched_steps_per_epoch"] == 2
+    assert rates[10] == rates[20] == rates[30] == pytest.approx(lr) and rates[9] < lr / 20
+
+
+class _EpochRecordingSampler:
+    def __init__(self):
+        self.epochs = []
+
+    def set_epoch(self, epoch):
+        self.epochs.append(epoch)
+
+
+class _FakeLoader:
+    """A loader of ready (images, one-hot targets) batches whose sampler records each set_epoch."""
+
+    def __init__(self, batches):
+        self.batches, self.sampler, self.dataset = batches, _EpochRecordingSampler(), None
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self):
+        return len(self.batches)
+
+
+def test_each_epoch_advances_the_training_loader_and_steps_the_schedule_twice(tmp_path):
+    import argparse
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 5))
+    batches = [(torch.randn(4, 3, 2, 2), torch.eye(5)[[0, 1, 2, 3]]) for _ in range(2)]
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    t0 = 6
+    run = engine._TrainingRun(config={"amp": "off"}, model=model, optimizer=optimizer,
+                              scheduler=engine.make_scheduler(optimizer, t0, 0.0),
+                              scaler=torch.amp.GradScaler("cpu", enabled=False), train_loader=_FakeLoader(batches),
+                              valid_loader=_FakeLoader(batches), start_epoch=0, warmup=None)
+    args = argparse.Namespace(epochs=4, seed=72, quiet=True, model_arch="fake", fold=0, weights_dir=str(tmp_path),
+                              accum_iter=1, sched_steps_per_epoch=2)
+    engine._run_epochs(run, args, torch.device("cpu"), rank=0, world_size=1)
+    assert run.train_loader.sampler.epochs == [0, 1, 2, 3]
+    logged = [float(row["lr"]) for row in read_log_rows(tmp_path / "fake_fold_0_log.csv")]
+    # Epoch e starts at scheduler step 2 e of a 6-step cycle: 0, 2, 4, then step 6 restarts at the top.
+    assert logged == pytest.approx([1e-3 * (1 + math.cos(math.pi * (2 * e % t0) / t0)) / 2 for e in range(4)],
+                                   rel=1e-5)
+    assert logged[3] == pytest.approx(1e-3, rel=1e-5)
+
+
+def read_log_rows(path):
+    import csv
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
 def test_predict_returns_probabilities_in_loader_order():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 5))

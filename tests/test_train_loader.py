@@ -182,10 +182,40 @@ def test_training_loader_is_a_function_of_seed_and_epoch(tiny_data):
         torch.testing.assert_close(targets_a, targets_b, rtol=0, atol=0)
     targets = torch.cat([t for _, t in zero_workers])
     torch.testing.assert_close(targets.sum(1), torch.ones(40))
-    # Every row exactly once per epoch (own label carries the larger weight after FMix).
-    assert sorted(targets.argmax(1).tolist()) == sorted(table.labels[rows].tolist())
+    # Every row exactly once per epoch, in the sampler's order; each keeps lambda in [0.6, 0.7] of its own
+    # stage when FMix mixed it with another stage, all of it otherwise.
+    sampler = loader_vit_rgb.make_train_loader(tiny_data, table, rows, 32, 8, 0, seed=72, cache_dir=None).sampler
+    sampler.set_epoch(1)
+    order = list(sampler)
+    assert sorted(order) == list(range(40))
+    own = targets[torch.arange(40), torch.from_numpy(table.labels[rows[order]])]
+    assert ((own == 1) | ((own >= 0.6 - 1e-3) & (own <= 0.7 + 1e-3))).all() and (own < 1).any()  # a pixel share
     other_epoch = epoch_batches(0, 2)
     assert not torch.equal(zero_workers[0][0], other_epoch[0][0])
+
+
+def test_ranks_share_each_epochs_permutation_without_overlap(tiny_data, tmp_path):
+    table = loader_vit_rgb.read_train_table(tiny_data)
+    rows = np.arange(1, 41)  # 40 training rows: 20 a rank
+
+    def drawn(rank, epoch, cache_dir):
+        loader = loader_vit_rgb.make_train_loader(tiny_data, table, rows, 32, batch_size=8, workers=0, seed=72,
+                                                  rank=rank, world_size=2, cache_dir=cache_dir)
+        loader_vit_rgb.set_loader_epoch(loader, epoch)
+        keys = list(loader.sampler)  # per-sample path: dataset indices; cached path: (epoch, step, indices)
+        return [int(i) for key in keys for i in (key[2] if isinstance(key, tuple) else [key])]
+
+    for cache_dir in (None, tmp_path / "cache"):
+        epoch_1 = [drawn(rank, 1, cache_dir) for rank in (0, 1)]
+        assert [len(shard) for shard in epoch_1] == [20, 20]
+        assert sorted(epoch_1[0] + epoch_1[1]) == list(range(40))  # every row once, on one rank
+        epoch_2 = [drawn(rank, 2, cache_dir) for rank in (0, 1)]
+        assert sorted(epoch_2[0] + epoch_2[1]) == list(range(40)) and epoch_2[0] != epoch_1[0]
+    # Validation: each rank its interleaved share, all ranks together every row once.
+    shards = [loader_vit_rgb.make_eval_loader(tiny_data, table, 32, 8, 0, rows=rows, rank=rank, world_size=3,
+                                              cache_dir=None).dataset.image_paths for rank in range(3)]
+    names = loader_vit_rgb.table_image_paths(tiny_data, table)
+    assert sorted(str(p) for shard in shards for p in shard) == sorted(str(names[r]) for r in rows)
 
 
 # --------------------------------------------------------------------------
