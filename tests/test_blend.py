@@ -173,6 +173,7 @@ def test_raw_weight_inverts_the_effective_weight():
 # The avg window of two_row_problem at each dump scale: the ViT's effective weight w' must lie in
 # (0.2727, 0.7778); the grid's first point there is w' = 0.28. original: w' = 200w / (199w + 1) (rows scaled
 # 1/4 and 1/800), so w = 0.28 / (0.28 + 0.72 * 200) = 0.00194 (a grid in w itself would find only w = 0.01).
+@pytest.mark.slow
 @pytest.mark.parametrize("dump_scale, best_weight", [("unit", 0.28), ("original", 0.28 / (0.28 + 0.72 * 200))])
 def test_tune_then_from_tune(tmp_path, dump_scale, best_weight):
     data, out = tmp_path / "DATA", tmp_path / "outputs"
@@ -207,6 +208,7 @@ def save_dumps(out, p1, p2):
 GOOD = np.full((5, 5), 0.2, dtype=np.float32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("p1, message", [
     (np.full((4, 5), 0.2, dtype=np.float32), "has 4 rows, "),
     (np.full((5, 4), 0.25, dtype=np.float32), "expected shape (rows, 5), found (5, 4)"),
@@ -226,6 +228,7 @@ def test_bad_dumps_end_with_one_line_and_exit_2(tmp_path, p1, message):
     assert not list(out.glob("filesblend*"))
 
 
+@pytest.mark.slow
 def test_missing_inputs_say_how_to_make_them(tmp_path):
     result = run_script("blend.py", "--data-root", tmp_path / "none", check=False)
     assert result.returncode == 2 and "make_synthetic.py" in result.stderr and result.stderr.count("\n") == 1
@@ -242,6 +245,7 @@ def test_missing_inputs_say_how_to_make_them(tmp_path):
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "not a blend_tune.json" in result.stderr
 
 
+@pytest.mark.slow
 def test_blend_of_tiny_data(tiny_data, tmp_path):
     """The real test CSV of the tiny synthetic set: one line per test row, in order."""
     test = psg_layout.read_epoch_csv(tiny_data / psg_layout.TEST_CSV, with_labels=False)
@@ -393,6 +397,7 @@ def test_original_scale_probabilities_by_hand(tmp_path):
     assert "effective ViT weight on unit-sum dumps: 0.500" in result.stdout
 
 
+@pytest.mark.slow
 def test_tta_comes_from_infer_blend_configuration(tmp_path):
     """log1p depends on tta: 1/(4*tta) and 1/(800*tta), tta from infer_blend_fold_0.json, --tta wins."""
     data, out = tmp_path / "DATA", tmp_path / "outputs"

@@ -58,6 +58,7 @@ SIZES = pytest.mark.parametrize("size, resize", [(SIZE, "linear"), ((40, 24), "l
                                 ids=["square", "40x24", "square-area"])  # (height, width); the interpolation
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("device", ["cpu", "cuda"])  # finished in the workers / left for the device (done on the CPU)
 @SIZES
 def test_eval_batches_equal_the_per_sample_path(tiny_data, tmp_path, device, size, resize):
@@ -201,6 +202,7 @@ def test_a_cache_error_in_a_worker_arrives_with_its_one_line_message(tmp_path, t
     assert str(caught.value) == f"image cache file shorter than its manifest says: delete it to rebuild ({array})"
 
 
+@pytest.mark.slow
 def test_cache_inside_the_data_root_is_refused_before_anything_is_written(tiny_data, tmp_path):
     table = L.read_train_table(tiny_data)
     with pytest.raises(InputError, match="must not be inside the data root"):
@@ -275,6 +277,7 @@ def test_fmix_mixes_images_and_targets_by_the_mask_share(tmp_path):
     assert (lambdas == 0.6).mean() == pytest.approx(0.6, abs=0.12) and (lambdas == 0.7).mean() == pytest.approx(0.3, abs=0.1)
 
 
+@pytest.mark.slow
 def test_mixed_targets_and_shares_match_the_per_sample_path(tiny_data, tmp_path):
     table = L.read_train_table(tiny_data)
     rows = np.arange(len(table))
@@ -301,6 +304,7 @@ def test_mixed_targets_and_shares_match_the_per_sample_path(tiny_data, tmp_path)
     assert abs((cached < 1).mean() - (per_sample < 1).mean()) < 0.08
 
 
+@pytest.mark.slow
 def test_batches_depend_on_seed_and_epoch_only(tiny_data, tmp_path):
     table = L.read_train_table(tiny_data)
     rows = np.arange(0, len(table), 2)

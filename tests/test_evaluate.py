@@ -159,6 +159,7 @@ def corrupt(labels, every, shift=1):
     return predicted
 
 
+@pytest.mark.slow
 def test_report_on_tiny_data(tiny_data, tmp_path):
     answers = psg_layout.read_epoch_csv(tiny_data / psg_layout.TEST_LABELS_CSV, with_labels=True)
     test = psg_layout.read_epoch_csv(tiny_data / psg_layout.TEST_CSV, with_labels=False)
@@ -220,6 +221,7 @@ def test_report_on_tiny_data(tiny_data, tmp_path):
     assert (report / "config.json").is_file()
 
 
+@pytest.mark.slow
 def test_bad_input_ends_with_one_line_and_exit_2(tiny_data, tmp_path):
     test = psg_layout.read_epoch_csv(tiny_data / psg_layout.TEST_CSV, with_labels=False)
     pred = tmp_path / "files_post.csv"
@@ -250,6 +252,7 @@ def test_bad_input_ends_with_one_line_and_exit_2(tiny_data, tmp_path):
         evaluate_main(["--data-root", str(tmp_path / "none")])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cv", ["stratified", "subject", None])
 def test_context_rows_need_consecutive_validation_epochs(tiny_data, tmp_path, cv):
     """--cv stratified validation rows are a random fifth of each night: no rules or hmm rows on them."""

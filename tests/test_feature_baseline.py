@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
@@ -27,6 +28,7 @@ def test_row_features_by_hand():
     np.testing.assert_allclose(block_spread, [0, 0.5, 0, 0])  # each block (0, 1) has std 0.5
 
 
+@pytest.mark.slow
 def test_a_run_scores_the_test_and_validation_rows(tiny_data, tmp_path):
     out = tmp_path / "baseline.json"
     result = subprocess.run([sys.executable, str(REPO / "bench" / "feature_baseline.py"), "--data-root",
@@ -42,6 +44,7 @@ def test_a_run_scores_the_test_and_validation_rows(tiny_data, tmp_path):
     assert set(found["test"]["f1"]) == {"Wake", "N1", "N2", "N3", "REM"}
 
 
+@pytest.mark.slow
 def test_a_size_that_is_not_a_multiple_of_the_block_is_refused(tiny_data, tmp_path):
     result = subprocess.run([sys.executable, str(REPO / "bench" / "feature_baseline.py"), "--data-root",
                              str(tiny_data), "--img-size", "30", "--out", str(tmp_path / "x.json")],

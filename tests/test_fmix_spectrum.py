@@ -47,6 +47,7 @@ def test_split_lines_counts_cyclic_runs():
     assert split_lines(masks, -2) == pytest.approx(1 / 5)  # column 0 (1, 0, 1, 0) alone has two runs
 
 
+@pytest.mark.slow
 def test_the_original_spectrum_has_no_structure_beyond_one_cycle_along_the_width():
     # 100 grey images at the original's 224 px, as bench/fmix_spectrum.py measures them.
     stats = {}

@@ -207,6 +207,7 @@ RESIZES = {VIT: "linear", EFF: "area"}  # the interpolation each run of non_squa
 INTERPOLATIONS = {"linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA}
 
 
+@pytest.mark.slow
 def test_each_trainer_records_its_geometry_and_caches_at_it(tiny_data, non_square_runs):
     weights = non_square_runs
     for arch, shape in ((VIT, VIT_SHAPE), (EFF, EFF_SHAPE)):
@@ -230,6 +231,7 @@ def by_hand(weights, arch, shape, image_path) -> np.ndarray:
                              dim=1)[0].numpy()
 
 
+@pytest.mark.slow
 def test_infer_blend_rebuilds_each_model_at_its_geometry(tiny_data, non_square_runs, tmp_path):
     weights, out = non_square_runs, tmp_path / "outputs"
     with one_thread():
@@ -253,11 +255,13 @@ def test_a_configuration_with_a_bad_size_is_one_line(tmp_path):
         model_set.read_run_config(tmp_path, VIT, 0)
 
 
+@pytest.mark.slow
 def test_resume_refuses_another_geometry(tiny_data, non_square_runs):
     with pytest.raises(InputError, match=r"differ from the saved run: img_size \(32, 16\) -> \(16, 32\)"):
         train(main_vit_rgb, tiny_data, non_square_runs, VIT, VIT_SHAPE[::-1], "--epochs", 2, "--resume")
 
 
+@pytest.mark.slow
 def test_resume_reads_an_older_configs_int_size_as_square(tiny_data, tmp_path, capsys):
     weights = tmp_path / "weights"
     with one_thread():

@@ -155,6 +155,7 @@ def runs(tiny_data, tmp_path_factory):
                 k_status=building.returncode)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_bytes(runs):
     base = runs["base"]
     assert runs["killed_status"] == -signal.SIGKILL
@@ -169,6 +170,7 @@ def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_bytes(runs):
     assert (base / "K" / f"{VIT}_fold_0_0").read_bytes() != (base / "K" / f"{VIT}_fold_0_1").read_bytes()
 
 
+@pytest.mark.slow
 def test_the_same_seed_and_data_give_the_same_checkpoint_bytes(runs):
     """Epoch 0 of C and of K: two fresh runs (1 and 0 DataLoader workers), one seed, one data set."""
     base = runs["base"]
@@ -179,6 +181,7 @@ def test_the_same_seed_and_data_give_the_same_checkpoint_bytes(runs):
         assert torch.equal(value, loaded[1][name]), name
 
 
+@pytest.mark.slow
 def test_a_pickled_training_state_is_refused_and_never_executed(runs):
     refused, trapped = runs["refused"], runs["trapped"]
     assert refused.returncode == 2, refused.stderr[-3000:]
@@ -208,6 +211,7 @@ psg_layout.write_lines(sys.argv[1], lines())
 """
 
 
+@pytest.mark.slow
 def test_a_writer_killed_midway_leaves_the_old_file_whole(tmp_path):
     target = tmp_path / "test_vit_fold_0_log.csv"  # a file evaluate.py finds by globbing
     old = "epoch,lr\n0,0.0001\n"
@@ -271,6 +275,7 @@ def _writes_outside_atomic_path(tree: ast.AST) -> list[int]:
     return found
 
 
+@pytest.mark.slow
 def test_every_write_of_the_pipeline_goes_through_atomic_path(tmp_path):
     """Checked on the source: a write outside ``with atomic_path(...)`` could leave a torn output."""
     scripts = sorted(REPO.glob("*.py"))
@@ -283,6 +288,7 @@ def test_every_write_of_the_pipeline_goes_through_atomic_path(tmp_path):
     assert _writes_outside_atomic_path(ast.parse(sample)) == [3]
 
 
+@pytest.mark.slow
 def test_a_cache_half_built_by_a_killed_run_is_detected_and_rebuilt(runs):
     base, cache = runs["base"], runs["k_cache"]
     assert runs["k_status"] == -signal.SIGKILL

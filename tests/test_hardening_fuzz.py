@@ -122,6 +122,7 @@ def csv_rows(draw, with_labels: bool):
     return rows
 
 
+@pytest.mark.slow
 @FUZZ
 @given(data=st.data(), with_labels=st.booleans())
 def test_random_rows_are_read_exactly_or_refused(scratch, data, with_labels):
@@ -164,6 +165,7 @@ PROBABILITY_ROWS = st.lists(st.lists(st.floats(0, 1), min_size=NUM_CLASSES, max_
                             .filter(lambda row: sum(row) > 1e-3), min_size=1, max_size=30)
 
 
+@pytest.mark.slow
 @FUZZ
 @given(rows=PROBABILITY_ROWS, cut=st.data(), labels=st.lists(st.integers(0, 4), min_size=2, max_size=60))
 def test_hmm_keeps_length_and_stages_and_treats_each_recording_alone(rows, cut, labels):
@@ -246,6 +248,7 @@ def clear_winners(scores: np.ndarray, margin: float = 1e-9) -> np.ndarray:
     return top_two[:, 1] - top_two[:, 0] > margin * np.abs(top_two).max(axis=1)
 
 
+@pytest.mark.slow
 @FUZZ
 @given(data=st.data(), rows=st.integers(1, 40), method=st.sampled_from(blend.METHODS), weight=st.floats(0, 1),
        power=st.floats(0.05, 4), dump_scale=st.sampled_from(blend.DUMP_SCALES), tta=st.integers(1, 8))
@@ -264,6 +267,7 @@ def test_blend_gives_one_valid_stage_per_row(data, rows, method, weight, power, 
     assert np.array_equal(probabilities[clear].argmax(axis=1), stages[clear])
 
 
+@pytest.mark.slow
 @FUZZ
 @given(data=st.data(), rows=st.integers(1, 40), method=st.sampled_from(blend.METHODS), weight=st.floats(0, 1),
        power=st.floats(0.05, 4))
@@ -277,6 +281,7 @@ def test_swapping_the_models_and_the_weight_changes_no_label(data, rows, method,
     assert np.array_equal(blend.predict_stages(scores)[clear], blend.predict_stages(swapped)[clear])
 
 
+@pytest.mark.slow
 @FUZZ
 @given(data=st.data(), rows=st.integers(1, 40), exponents=st.tuples(st.integers(-30, 30), st.integers(-30, 30)))
 def test_scaling_the_rows_changes_no_rank_label(data, rows, exponents):
@@ -290,6 +295,7 @@ def test_scaling_the_rows_changes_no_rank_label(data, rows, exponents):
     np.testing.assert_array_equal(blend.blend_scores(p1, p2, "rank", 0.5, scales=scales), plain)
 
 
+@pytest.mark.slow
 @SLOW
 @given(data=st.data(), recordings=RECORDINGS, method=st.sampled_from(blend.METHODS), weight=st.floats(0, 1),
        dump_scale=st.sampled_from(blend.DUMP_SCALES))

@@ -266,6 +266,7 @@ def light_results(light_base, tmp_path_factory):
             for (case, (ws, marker, _)), result in zip(prepared.items(), results)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case, where, fragments", [(c[0], c[3], c[4]) for c in LIGHT_CASES],
                          ids=[c[0] for c in LIGHT_CASES])
 def test_bad_csv_npy_and_settings_are_refused(light_results, case, where, fragments):
@@ -274,6 +275,7 @@ def test_bad_csv_npy_and_settings_are_refused(light_results, case, where, fragme
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_a_header_row_is_accepted_and_skipped(light_base, tmp_path):
     """Header rows in both CSVs: the same blend and the same hmm submission as without them."""
     ws = tmp_path / "ws"
@@ -431,6 +433,7 @@ def heavy(small_data, small_weights, tmp_path_factory):
     return {case: (results[case], prepared[case][0], before[case], markers[case]) for case in HEAVY_CASES}
 
 
+@pytest.mark.slow
 def test_missing_data_root_names_it(heavy):
     result, ws, before, _ = heavy["data root missing"]
     check_refused(result, ws, before, f"({ws / 'DATA'})", "data root not found", "make_synthetic.py")
@@ -441,6 +444,7 @@ def test_missing_data_root_names_it(heavy):
     assert (cold.returncode, cold.stderr, cold.stdout) == (result.returncode, result.stderr, result.stdout)
 
 
+@pytest.mark.slow
 def test_every_missing_or_outside_image_is_listed_before_training(heavy):
     result, ws, before, _ = heavy["images missing or outside"]
     train = psg_layout.read_epoch_csv(ws / "DATA" / psg_layout.TRAIN_CSV, with_labels=True)
@@ -456,6 +460,7 @@ def test_every_missing_or_outside_image_is_listed_before_training(heavy):
     assert line.count("(row ") == 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["truncated training PNG", "truncated training PNG, per-sample path"])
 def test_a_truncated_training_png_is_named_and_nothing_is_written(heavy, case):
     result, ws, before, _ = heavy[case]
@@ -466,6 +471,7 @@ def test_a_truncated_training_png_is_named_and_nothing_is_written(heavy, case):
     assert "epoch 0" not in result.stdout
 
 
+@pytest.mark.slow
 def test_a_pickled_pretrained_file_is_refused_unexecuted(heavy):
     result, ws, before, marker = heavy["pickled pretrained file"]
     check_refused(result, ws, before, f"({ws / 'pretrained.pth'})", "cannot use pretrained weights")
@@ -473,6 +479,7 @@ def test_a_pickled_pretrained_file_is_refused_unexecuted(heavy):
     assert not (ws / "cache").exists()  # refused before the image cache was built
 
 
+@pytest.mark.slow
 def test_missing_test_images_are_listed_before_inference(heavy):
     result, ws, before, _ = heavy["test images missing"]
     test = psg_layout.read_epoch_csv(ws / "DATA" / psg_layout.TEST_CSV, with_labels=False)
@@ -482,11 +489,13 @@ def test_missing_test_images_are_listed_before_inference(heavy):
     assert "validation rows" not in result.stdout  # refused before any model was built
 
 
+@pytest.mark.slow
 def test_a_damaged_test_png_is_named(heavy):
     result, ws, before, _ = heavy["damaged test PNG"]
     check_refused(result, ws, before, f"({image_of_row(ws, psg_layout.TEST_CSV, 5)})", "not a decodable image")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case, fragments", [
     ("checkpoint of another architecture", ["does not fit the model", "it holds test_efficientnet",
                                             "the model is test_vit with 5 classes"]),
@@ -510,6 +519,7 @@ def by_hand(weights, arch, image_path) -> np.ndarray:
     return torch.softmax(logits, dim=1)[0].numpy()
 
 
+@pytest.mark.slow
 def test_grey_and_resized_images_are_converted_and_inference_is_repeatable(heavy):
     runs = [heavy[f"grey and resized images, run {n}"] for n in (1, 2)]
     for result, *_ in runs:
@@ -542,6 +552,7 @@ def test_describe_os_error_names_the_files():
     assert psg_layout.describe_os_error(OSError(28, "No space left on device")) == "No space left on device"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script, args", [
     ("make_synthetic.py", ["--train-subjects", 1, "--test-subjects", 1, "--hours", 0.1, "--out"]),
     ("render_edf.py", ["--edf", "{edf}", "--montage", "synthetic", "--split", "train", "--quiet", "--out"]),

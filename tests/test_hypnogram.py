@@ -152,6 +152,7 @@ def test_recording_outputs_and_edf_round_trip(tmp_path):
     assert files["figure"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_recording_outputs_without_a_start_time(tmp_path):
     import edfio
     import mne

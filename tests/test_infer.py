@@ -99,6 +99,7 @@ def inferred(tiny_data, weights, tmp_path_factory):
     return out, infer(tiny_data, weights, out, "--vit-epochs", 0, 1, "--eff-epochs", 1)
 
 
+@pytest.mark.slow
 def test_dumps_rows_classes_and_names(tiny_data, weights, inferred):
     out, result = inferred
     test = psg_layout.read_epoch_csv(tiny_data / psg_layout.TEST_CSV, with_labels=False)
@@ -177,6 +178,7 @@ def whole_hole_cover(zero: torch.Tensor) -> torch.Tensor:
     return covered
 
 
+@pytest.mark.slow
 def test_tta_rounds_average_plain_and_dropout_views(tiny_data, weights, inferred, tmp_path):
     tta = tmp_path / "tta"
     infer(tiny_data, weights, tta, "--vit-epochs", 0, "--eff-epochs", 1, "--tta", 2)
@@ -205,6 +207,7 @@ def test_tta_rounds_average_plain_and_dropout_views(tiny_data, weights, inferred
     np.testing.assert_allclose(dropout_round, softmax, rtol=0, atol=2e-4)
 
 
+@pytest.mark.slow
 def test_bad_checkpoints_end_with_one_line_and_exit_2(tiny_data, weights, tmp_path):
     result = infer(tiny_data, weights, tmp_path / "out", "--vit-epochs", 5, check=False)
     assert result.returncode == 2 and result.stderr.count("\n") == 1
@@ -232,6 +235,7 @@ def test_bad_checkpoints_end_with_one_line_and_exit_2(tiny_data, weights, tmp_pa
 # --------------------------------------------------------------------------
 # Scoring needs only what scoring needs
 # --------------------------------------------------------------------------
+@pytest.mark.slow
 def test_test_only_inference_without_a_training_csv(tiny_data, weights, inferred, tmp_path):
     """A data root with only the test CSV and its images: the test dumps alone, equal to the full run's rows."""
     test = psg_layout.read_epoch_csv(tiny_data / psg_layout.TEST_CSV, with_labels=False)
@@ -269,6 +273,7 @@ def test_test_only_inference_without_a_training_csv(tiny_data, weights, inferred
     assert dump_path(tmp_path / "small", EFF, 0, [1]).is_file()
 
 
+@pytest.mark.slow
 def test_validation_skipped_when_the_fold_is_not_the_models(tiny_data, weights, inferred, tmp_path, capsys):
     """Another split or another training CSV: one line says why, the test dumps are still written (and equal)."""
     changed = tmp_path / "weights"

@@ -1,42 +1,46 @@
-"""The `slow` marker: every name in conftest.SLOW_TESTS exists, and `-m "not slow"` leaves those tests out."""
+"""The `slow` marker, set in each test file: spelled right, and `-m "not slow"` leaves exactly those tests out."""
 from __future__ import annotations
 
 import ast
 import subprocess
 import sys
 
-import conftest
-from conftest import REPO, SLOW_TESTS
+import pytest
+
+from conftest import REPO
+
+KNOWN_MARKS = {"slow", "parametrize", "skipif", "skip", "xfail", "filterwarnings", "usefixtures"}
 
 
-def test_every_slow_name_is_a_test_of_its_file():
-    for file_name, names in SLOW_TESTS.items():
-        path = REPO / "tests" / file_name
-        assert path.is_file(), f"SLOW_TESTS names {file_name}, which is not in tests/"
-        defined = {node.name for node in ast.walk(ast.parse(path.read_text()))
-                   if isinstance(node, ast.FunctionDef) and node.name.startswith("test_")}
-        missing = set(names or ()) - defined
-        assert not missing, f"SLOW_TESTS names tests that {file_name} does not define: {sorted(missing)}"
+def _mark_name(node: ast.AST) -> str | None:
+    """``x`` of a ``pytest.mark.x`` (called or not), else None."""
+    if isinstance(node, ast.Call):
+        node = node.func
+    if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute) and node.value.attr == "mark"
+            and isinstance(node.value.value, ast.Name) and node.value.value.id == "pytest"):
+        return node.attr
+    return None
 
 
-class _Item:
-    """What the marking hook reads of a collected test: its file, its name, its markers."""
-
-    def __init__(self, file_name, name):
-        self.path, self.originalname, self.markers = REPO / "tests" / file_name, name, []
-
-    def add_marker(self, marker):
-        self.markers.append(marker.name)
-
-
-def test_the_hook_marks_whole_files_and_named_tests_only(monkeypatch):
-    monkeypatch.setattr(conftest, "SLOW_TESTS", {"test_whole.py": None, "test_some.py": {"test_b"}})
-    items = [_Item("test_whole.py", "test_a"), _Item("test_some.py", "test_a"), _Item("test_some.py", "test_b"),
-             _Item("test_other.py", "test_b")]
-    conftest.pytest_collection_modifyitems(None, items)
-    assert [item.markers for item in items] == [["slow"], [], ["slow"], []]
+def slow_by_source(path) -> tuple[bool, set[str]]:
+    """(whole file marked slow, names of the tests decorated slow), read from the file's source."""
+    tree = ast.parse(path.read_text())
+    whole = any(isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "pytestmark" for t in node.targets)
+                and _mark_name(node.value) == "slow" for node in tree.body)
+    names = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)
+             and any(_mark_name(d) == "slow" for d in node.decorator_list)}
+    return whole, names
 
 
+def test_every_mark_in_the_tests_is_one_pytest_knows():
+    """A misspelt ``@pytest.mark.slwo`` would put a slow test in the fast loop without a word."""
+    for path in sorted((REPO / "tests").glob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            name = _mark_name(node)
+            assert name is None or name in KNOWN_MARKS, f"{path.name}: unknown mark pytest.mark.{name}"
+
+
+@pytest.mark.slow
 def test_not_slow_deselects_exactly_the_slow_tests():
     files = ("tests/test_pipeline.py", "tests/test_postprocess.py")
 
@@ -49,9 +53,11 @@ def test_not_slow_deselects_exactly_the_slow_tests():
         return {line.split("[")[0] for line in result.stdout.splitlines() if "::" in line}
 
     everything, fast, slow = collected(), collected("-m", "not slow"), collected("-m", "slow")
+    pipeline_whole, _ = slow_by_source(REPO / "tests" / "test_pipeline.py")
+    postprocess_whole, postprocess_slow = slow_by_source(REPO / "tests" / "test_postprocess.py")
+    assert pipeline_whole and not postprocess_whole and "test_command_hmm" in postprocess_slow
     expected_slow = {node for node in everything if node.startswith("tests/test_pipeline.py::")
-                     or node.split("::")[1] in (SLOW_TESTS.get("test_postprocess.py") or ())}
-    assert any(node.startswith("tests/test_pipeline.py::") for node in expected_slow)
+                     or node.split("::")[1] in postprocess_slow}
     assert "tests/test_postprocess.py::test_each_rule" in fast
     assert slow == expected_slow
     assert fast == everything - slow

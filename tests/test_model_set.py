@@ -121,6 +121,7 @@ def write_outputs(root, stage_balance=(1.0, 1.0)):
     return data, out
 
 
+@pytest.mark.slow
 def test_model_set_records_models_blend_and_the_hmm_counted_without_the_validation_nights(tmp_path):
     data, out = write_outputs(tmp_path)
     weights = tmp_path / "weights"
@@ -144,6 +145,7 @@ def test_model_set_records_models_blend_and_the_hmm_counted_without_the_validati
                                                            "vit_epochs": [6], "eff_epochs": [3]}
 
 
+@pytest.mark.slow
 def test_model_set_refuses_models_of_different_stage_balance_and_a_broken_record(tmp_path):
     data, out = write_outputs(tmp_path, stage_balance=(1.0, 0.5))
     result = run_script("model_set.py", "--data-root", data, "--weights-dir", tmp_path, "--outputs", out, check=False)
@@ -168,6 +170,7 @@ def recorded_model_set(folder, weight=0.0):
     model_set_path(folder).write_text(json.dumps(record))
 
 
+@pytest.mark.slow
 def test_postprocess_takes_the_hmm_from_the_model_set_and_flags_override(tmp_path):
     data, out = tmp_path / "DATA", tmp_path / "outputs"
     psg_layout.write_csv_rows(data / psg_layout.TEST_CSV, [("R", psg_layout.image_name("R", n)) for n in range(1, 6)])
@@ -218,6 +221,7 @@ def test_stage_edf_and_infer_blend_use_the_model_set_and_every_flag_overrides(tm
         "vit_base_patch16_224", "tf_efficientnet_b4_ns", [4], [1])
 
 
+@pytest.mark.slow
 def test_stage_edf_refuses_a_wrong_weights_folder_before_rendering(tiny_data, tmp_path):
     edf = next((tiny_data / "edf").glob("*.edf"))
     out = tmp_path / "scored"
@@ -231,6 +235,7 @@ def test_stage_edf_refuses_a_wrong_weights_folder_before_rendering(tiny_data, tm
     assert result.returncode == 2 and "not a valid JSON model set record" in result.stderr
 
 
+@pytest.mark.slow
 def test_render_edf_finds_the_montage_that_fits_the_channels(tiny_data, tmp_path):
     import edfio
 

@@ -11,12 +11,15 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 import blend
 import oracles
 import postprocess
 import psg_layout
 from conftest import run_script
+
+pytestmark = pytest.mark.slow  # every test here launches a script or trains
 
 VIT, EFF = "test_vit", "test_efficientnet"
 THREADS = {"OMP_NUM_THREADS": "1"}

@@ -227,6 +227,7 @@ def write_case(root, stages_text, recordings_text):
     return data, blend_csv
 
 
+@pytest.mark.slow
 def test_command_rules_and_across(tmp_path):
     data, blend_csv = write_case(tmp_path, "W2222" + "R22W", "aaaaa" + "bbbb")
     out = tmp_path / "outputs" / "files_post.csv"
@@ -240,6 +241,7 @@ def test_command_rules_and_across(tmp_path):
     assert out.read_text() == blend_csv.read_text()
 
 
+@pytest.mark.slow
 def test_command_hmm(tmp_path):
     data, blend_csv = write_case(tmp_path, "22R22", "aaaaa")
     # training labels: long N2 runs, REM runs; the N2 -> REM -> N2 blip is unlikely
@@ -343,6 +345,7 @@ def test_a_stage_balance_the_hmm_cannot_use_is_one_line_and_exit_2(tmp_path, opt
     assert not out.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("blend_lines, message", [
     (["N2"] * 4, "has 4 lines, "),
     (["N2", "N2", "REM", "Stage 2", "N2"], "'Stage 2' at line 4"),
@@ -357,6 +360,7 @@ def test_bad_blend_csv_ends_with_one_line_and_exit_2(tmp_path, blend_lines, mess
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_missing_inputs_say_how_to_make_them(tmp_path):
     result = run_script("postprocess.py", "--data-root", tmp_path / "none", check=False)
     assert result.returncode == 2 and "make_synthetic.py" in result.stderr and result.stderr.count("\n") == 1
@@ -376,6 +380,7 @@ def test_missing_inputs_say_how_to_make_them(tmp_path):
     assert not (tmp_path / "post.csv").exists()
 
 
+@pytest.mark.slow
 def test_rules_on_tiny_data_stop_at_the_recording_boundary(tiny_data, tmp_path):
     test = psg_layout.read_epoch_csv(tiny_data / psg_layout.TEST_CSV, with_labels=False)
     first = test.recording_ids[0]
@@ -398,6 +403,7 @@ def test_rules_on_tiny_data_stop_at_the_recording_boundary(tiny_data, tmp_path):
 # --------------------------------------------------------------------------
 # Per-recording outputs beside the submission
 # --------------------------------------------------------------------------
+@pytest.mark.slow
 def test_per_recording_outputs_map_epochs_to_time(tmp_path):
     import csv
     import datetime

@@ -97,6 +97,7 @@ def expected_row(row_name: str, value: float) -> float:
 # --------------------------------------------------------------------------
 # Round trip through the synthetic generator's EDF export
 # --------------------------------------------------------------------------
+@pytest.mark.slow
 def test_synthetic_round_trip_matches_generator(tiny_data, tmp_path):
     train_ids = sorted(set(psg_layout.read_epoch_csv(tiny_data / psg_layout.TRAIN_CSV, True).recording_ids))[:2]
     test_ids = sorted(set(psg_layout.read_epoch_csv(tiny_data / psg_layout.TEST_CSV, False).recording_ids))[:1]
@@ -136,6 +137,7 @@ def test_synthetic_round_trip_matches_generator(tiny_data, tmp_path):
 # --------------------------------------------------------------------------
 # A Sleep-EDF-style recording (edfio writes, MNE reads)
 # --------------------------------------------------------------------------
+@pytest.mark.slow
 def test_sleep_edf_style_labels_trimming_and_units(tmp_path):
     write_sleep_edf_like(tmp_path / "sc")
     out = tmp_path / "DATA"
@@ -167,6 +169,7 @@ def test_sleep_edf_style_labels_trimming_and_units(tmp_path):
         assert abs(brightest_row(image, signal.top_270, signal.height_270) - expected_row(row, value)) <= 1, row
 
 
+@pytest.mark.slow
 def test_each_image_shows_its_own_epochs_samples_on_a_grid_starting_at_15_s(tmp_path):
     # The scorer's first epoch starts 15 s into the recording: epoch n covers 15 + 30 (n - 1) ... 15 + 30 n s.
     # The EEG steps through +50, 0, -50 uV, one level per scored epoch, so an image that took
@@ -195,6 +198,7 @@ def test_each_image_shows_its_own_epochs_samples_on_a_grid_starting_at_15_s(tmp_
             assert abs(brightest - expected) <= 1, (path.name, columns)
 
 
+@pytest.mark.slow
 def test_sleep_edf_style_keeps_everything_without_trimming(tmp_path):
     write_sleep_edf_like(tmp_path / "sc")
     out = tmp_path / "DATA"
@@ -208,6 +212,7 @@ def test_sleep_edf_style_keeps_everything_without_trimming(tmp_path):
     assert [int(n[-8:-4]) for n in answers.idnums] == [n for n in range(1, 21) if n not in (14, 18)]
 
 
+@pytest.mark.slow
 def test_shhs_style_recording_with_nsrr_xml_in_another_folder(tmp_path):
     rates = {"SaO2": 1, "H.R.": 1, "EEG(sec)": 125, "ECG": 125, "EMG": 125, "EOG(L)": 50, "EOG(R)": 50, "EEG": 125,
              "THOR RES": 10, "ABDO RES": 10, "POSITION": 1, "LIGHT": 1, "AIRFLOW": 10, "OX stat": 1}
@@ -375,6 +380,7 @@ def run_failing(tmp_path, *args) -> str:
     return result.stderr
 
 
+@pytest.mark.slow
 def test_unknown_montage_channel_is_refused(tmp_path):
     edf = write_sleep_edf_like(tmp_path / "sc")
     montage = tmp_path / "clinic.json"
@@ -391,6 +397,7 @@ def test_unknown_montage_row_is_refused(tmp_path):
     assert "rows that the image does not have: 'C3'" in error and f"({montage})" in error
 
 
+@pytest.mark.slow
 def test_hypnogram_longer_than_the_recording_is_refused(tmp_path):
     stages = [("Sleep stage W", 0, 120), ("Sleep stage 2", 120, 510)]  # to 630 s; the EDF holds 600 s
     edf = write_sleep_edf_like(tmp_path / "sc", stages=stages)
@@ -400,6 +407,7 @@ def test_hypnogram_longer_than_the_recording_is_refused(tmp_path):
     assert edf.exists()
 
 
+@pytest.mark.slow
 def test_unknown_stage_name_is_refused(tmp_path):
     edf = write_sleep_edf_like(tmp_path / "sc")
     hypnogram = tmp_path / "scored.csv"
@@ -408,6 +416,7 @@ def test_unknown_stage_name_is_refused(tmp_path):
     assert "unknown sleep stage 'N5'" in error and f"({hypnogram}:3)" in error
 
 
+@pytest.mark.slow
 def test_unreadable_edf_is_refused(tmp_path):
     write_sleep_edf_like(tmp_path / "sc")
     broken = tmp_path / "sc" / "SC4012E0-PSG.edf"
@@ -417,6 +426,7 @@ def test_unreadable_edf_is_refused(tmp_path):
     assert "cannot read EDF" in error and f"({broken})" in error
 
 
+@pytest.mark.slow
 def test_recording_already_in_the_data_set_is_refused(tmp_path):
     write_sleep_edf_like(tmp_path / "sc", name="SC4001")
     out = tmp_path / "DATA"
@@ -483,6 +493,7 @@ def drawn_level_row(image_path: Path) -> int:
     return brightest_row(cv2.imread(str(image_path)), signal.top_270, signal.height_270)
 
 
+@pytest.mark.slow
 def test_unscored_recording_renders_every_whole_epoch_with_its_timing(tmp_path):
     start = datetime.datetime(2024, 3, 1, 23, 10, 5)
     write_level_edf(tmp_path / "NIGHT1.edf", 615, 0.0, start)  # 20 whole epochs and 15 s
@@ -503,6 +514,7 @@ def test_unscored_recording_renders_every_whole_epoch_with_its_timing(tmp_path):
         assert abs(drawn_level_row(out / "NIGHT1" / f"NIGHT1_{n:04d}.png") - expected_row("C3-M2", level(n))) <= 1
 
 
+@pytest.mark.slow
 def test_scorer_grid_that_starts_after_the_first_sample(tmp_path):
     start = datetime.datetime(2023, 12, 31, 23, 59, 40)
     edf = write_level_edf(tmp_path / "late.edf", 300, 10.0, start)

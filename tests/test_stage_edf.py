@@ -57,6 +57,7 @@ def read_table(path):
         return list(csv.DictReader(handle))
 
 
+@pytest.mark.slow
 def test_scores_an_unscored_night(tiny_data, night, scored):
     recording_id, _ = night
     out, result = scored
@@ -85,6 +86,7 @@ def test_scores_an_unscored_night(tiny_data, night, scored):
     assert not list(out.parent.glob(".*stage-partial"))
 
 
+@pytest.mark.slow
 def test_same_stages_as_the_layout_route(tiny_data, weights, night, scored, tmp_path):
     """render_edf.py with the withheld hypnogram, then infer_blend/blend/postprocess: the same stages."""
     recording_id, edf = night
@@ -136,6 +138,7 @@ def stage_error(*args) -> str:
     return str(error.value)
 
 
+@pytest.mark.slow
 def test_bad_input_ends_with_one_line_and_leaves_nothing(weights, night, scored, tmp_path):
     recording_id, edf = night
     out = tmp_path / "scored"
@@ -190,6 +193,7 @@ def test_bad_input_ends_with_one_line_and_leaves_nothing(weights, night, scored,
     assert (foreign / "thesis.txt").read_text() == "keep me"
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_an_earlier_result(weights, night, tmp_path, capsys):
     recording_id, edf = night
     out = tmp_path / "scored"

@@ -118,6 +118,7 @@ def test_edf_export_matches_images_and_labels(tiny_data):
         assert np.abs(psg_layout.render_epoch(rows).astype(int) - png).max() <= 1
 
 
+@pytest.mark.slow
 def test_same_arguments_give_identical_bytes_whatever_the_workers(tmp_path, monkeypatch, capsys):
     assert make_small(tmp_path / "a", "--edf", workers=1, monkeypatch=monkeypatch, capsys=capsys)[0] == 0
     assert make_small(tmp_path / "b", "--edf", workers=2, monkeypatch=monkeypatch, capsys=capsys)[0] == 0
@@ -135,6 +136,7 @@ def files_of(folder):
             if p.is_file() and p.name != make_synthetic.MARKER_NAME}
 
 
+@pytest.mark.slow
 def test_the_hash_seed_changes_no_byte_and_the_seed_changes_every_image(tmp_path, monkeypatch, capsys):
     small = ["--train-subjects", 1, "--test-subjects", 1, "--hours", 0.05, "--workers", 1, "--quiet"]
     for hash_seed in ("1", "2"):  # each interpreter its own string hashing: an order taken from a set would show
@@ -351,6 +353,7 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path, args, message, monkeypatch
     assert not (tmp_path / "DATA").exists()
 
 
+@pytest.mark.slow
 def test_out_that_is_a_file_is_refused_by_the_script(tmp_path):
     target = tmp_path / "DATA"
     target.write_text("not a folder")
@@ -359,6 +362,7 @@ def test_out_that_is_a_file_is_refused_by_the_script(tmp_path):
     assert target.read_text() == "not a folder"
 
 
+@pytest.mark.slow
 def test_same_arguments_skip_and_other_data_is_never_overwritten(tmp_path, monkeypatch, capsys):
     def make(folder, **kwargs):
         return make_small(folder, monkeypatch=monkeypatch, capsys=capsys, **kwargs)

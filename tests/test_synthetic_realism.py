@@ -22,6 +22,8 @@ import psg_layout
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import realism  # noqa: E402
 
+pytestmark = pytest.mark.slow  # every test here launches a script or trains
+
 W, N1, N2, N3, REM = range(5)
 FS = 100  # EEG rate
 REAL_PROFILE = Path(__file__).parent / "data" / "real_row_profile.json"

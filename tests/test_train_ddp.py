@@ -24,6 +24,8 @@ import model_set
 import loader_vit_rgb
 from conftest import REPO
 
+pytestmark = pytest.mark.slow  # every test here launches a script or trains
+
 ARCH = "test_efficientnet"
 
 # Runs a script (argv[1:]) as torchrun would, noting per epoch the rows of this rank's training

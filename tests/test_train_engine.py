@@ -332,6 +332,7 @@ def test_a_local_file_gives_every_backbone_tensor_and_a_fresh_5_class_head(tmp_p
     assert loaded[f"{head}.bias"].abs().min() > 0
 
 
+@pytest.mark.slow
 def test_offline_imagenet_start_fails_at_once_in_one_line(tiny_data, tmp_path):
     """Hub access disabled by its environment variable, an empty hub cache, and a dead proxy besides."""
     weights, cache, hub = tmp_path / "weights", tmp_path / "cache", tmp_path / "hub"
@@ -351,6 +352,7 @@ def test_offline_imagenet_start_fails_at_once_in_one_line(tiny_data, tmp_path):
         assert not [p for p in hub.rglob("*") if p.is_file()]  # nothing downloaded or half-cached
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch, original_file", [("vit_base_patch16_224", "jx_vit_base_p16_224-80ecf9dd.pth"),
                                                  ("tf_efficientnet_b4_ns", "tf_efficientnet_b4_ns-d6313a46.pth")])
 def test_imagenet_asks_timm_for_the_original_weights(monkeypatch, arch, original_file):

@@ -11,6 +11,8 @@ import main_vit_rgb
 from conftest import one_thread, trainer_args
 from psg_layout import InputError
 
+pytestmark = pytest.mark.slow  # every test here launches a script or trains
+
 ARCH = "test_vit"
 
 

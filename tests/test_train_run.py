@@ -42,6 +42,7 @@ def trained(tiny_data, tmp_path_factory):
     return weights, log, result.stdout
 
 
+@pytest.mark.slow
 def test_a_tiny_model_learns(trained):
     _, log, _ = trained
     assert [int(row["epoch"]) for row in log] == list(range(EPOCHS))
@@ -53,6 +54,7 @@ def test_a_tiny_model_learns(trained):
     assert best_f1 > 0.45 and float(log[-1]["valid_macro_f1"]) > 0.4, [row["valid_macro_f1"] for row in log]
 
 
+@pytest.mark.slow
 def test_the_schedule_is_the_originals_two_steps_per_epoch(trained):
     _, log, _ = trained
     # CosineAnnealingWarmRestarts(T_0=2 x EPOCHS, eta_min=1e-6) stepped twice per epoch:
@@ -63,6 +65,7 @@ def test_the_schedule_is_the_originals_two_steps_per_epoch(trained):
         assert float(row["lr"]) == pytest.approx(expected, rel=1e-4)
 
 
+@pytest.mark.slow
 def test_checkpoints_config_and_state_files(trained, tiny_data):
     weights, log, stdout = trained
     names = sorted(path.name for path in weights.iterdir())
@@ -127,6 +130,7 @@ def test_bad_options_are_one_line_errors(monkeypatch, capsys, tmp_path):
     assert (status, err) == (2, "error: --stage-balance must be a finite number, 0 or more, got inf\n")
 
 
+@pytest.mark.slow
 def test_no_data_is_one_line_exit_2_and_writes_nothing(tmp_path):
     weights = tmp_path / "weights"
     result = run_script("main_vit_rgb.py", "--data-root", tmp_path / "DATA", "--weights-dir", weights,
