@@ -1,6 +1,6 @@
 """Hardening: the bad-input catalogue, through the real scripts as subprocesses.
 
-Every refusal is checked against the contract of DESIGN.md: exit status 2,
+Every refusal is checked against the error contract (docs/errors-and-validation.md): exit status 2,
 exactly one line on stderr that starts with ``error:`` and names the file
 (``(file:row)`` where there is a row), no traceback, and no file created or
 changed anywhere in the case's work folder (data, weights and outputs are
