@@ -191,7 +191,7 @@ def step_arguments(args, data: Path, outputs: Path, results: Path) -> dict:
                                             *(["--train-csv", args.train_csv] if args.train_csv else []),
                                             *(["--model-set", args.model_set] if args.model_set else []),
                                             "--recordings-out", results, "--quiet",
-                                            *(["--no-figures"] if args.no_figures else [])]),
+                                            *([] if args.no_figures else ["--figures"])]),
     }
     return {name: (main, [str(a) for a in argv]) for name, (main, argv) in steps.items()}
 

@@ -8,15 +8,17 @@ noise, so that blending and post-processing have something to do. No
 images are written; blend and post-processing never read them.
 
 Then runs, each ``--repeats`` times (the fastest kept): ``blend.py``,
+``postprocess.py`` as a challenge user runs it (no option: the rules, the
+submission, then every recording's table, EDF+ annotations and statistics),
 ``postprocess.py`` with ``rules``, ``hmm`` and ``none`` (the submission only:
-``--no-recordings``; per-recording outputs and figures are timed by the
-scoring bench), ``blend.py --tune``
+``--no-recordings``), ``blend.py --tune``
 and ``evaluate.py``, and a Python interpreter that only imports NumPy (the
 floor no command can go under); and, in process, the reading of the
 training CSV (most of what ``hmm`` adds to ``rules``). Figures are printed as seconds and as
 ratios measured in the same run (to the 2-s budget, and to a per-position
 Python loop over the rules, the original's way, which also cross-checks the
-vectorised rules) and written to ``<work>/postprocess_bench.json``.
+vectorised rules) and written to ``<work>/postprocess_bench.json``; and, in
+process, the time one hypnogram figure takes to draw (``--figures``).
 
     python bench/postprocess_bench.py            # about a minute on 2 cores
 """
@@ -143,6 +145,27 @@ def rules_by_position(stages, recording_ids) -> np.ndarray:
     return np.array(after)
 
 
+def time_figures(folder: Path, test, stages: np.ndarray, blend_csv: Path, count: int) -> float:
+    """Mean seconds to draw one recording's hypnogram figure (``postprocess.py --figures`` draws one per
+    recording), over the first ``count`` recordings, after one unmeasured figure (matplotlib's imports)."""
+    import hypnogram
+
+    probabilities = np.load(blend_csv.with_suffix(".npy"))
+    ids = np.array(test.recording_ids)
+    recordings = list(dict.fromkeys(test.recording_ids))[:count + 1]
+    times = []
+    for k, recording_id in enumerate(recordings):
+        rows = np.flatnonzero(ids == recording_id)
+        onsets = np.arange(len(rows)) * 30.0
+        statistics = hypnogram.sleep_statistics(stages[rows])
+        start = time.perf_counter()
+        hypnogram.plot_recording(folder / f"{recording_id}-figure.png", recording_id, onsets, stages[rows],
+                                 probabilities[rows], None, 30.0, statistics)
+        if k:
+            times.append(time.perf_counter() - start)
+    return float(np.mean(times))
+
+
 def main() -> None:
     args = parser.parse_args()
     print("config: " + json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}))
@@ -155,6 +178,9 @@ def main() -> None:
     commands = {
         "python -c 'import numpy' (floor)": [python, "-c", "import numpy"],
         "blend.py": [python, "blend.py", "--data-root", data, "--out", outputs, "--quiet"],
+        "postprocess.py (bare: rules, per-recording outputs without figures)": [
+            python, "postprocess.py", "--data-root", data, "--in", blend_csv, "--out", outputs / "files_post_bare.csv",
+            "--recordings-out", outputs / "recordings"],
         "postprocess.py --method rules": [python, "postprocess.py", "--data-root", data, "--in", blend_csv,
                                           "--out", submission_path(outputs), "--method", "rules", "--no-recordings"],
         "postprocess.py --method hmm": [python, "postprocess.py", "--data-root", data, "--in", blend_csv,
@@ -181,6 +207,9 @@ def main() -> None:
     seconds["rules one position at a time (in process)"] = time.perf_counter() - start
     if not np.array_equal(vectorised, by_position):
         raise SystemExit("error: vectorised rules differ from the per-position loop")
+
+    figure_seconds = time_figures(outputs / "recordings", test, stages, blend_csv, count=5)
+    seconds["one hypnogram figure (in process, mean of 5)"] = figure_seconds
 
     loop = seconds["rules one position at a time (in process)"]
     results = {"sizes": sizes, "seconds": seconds,

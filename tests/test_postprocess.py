@@ -426,7 +426,7 @@ def test_per_recording_outputs_map_epochs_to_time(tmp_path):
     run_script("postprocess.py", "--data-root", data, "--in", blend_csv, "--out", submission, "--no-recordings")
     alone = submission.read_bytes()
     assert not (out_dir / "recordings").exists()
-    result = run_script("postprocess.py", "--data-root", data, "--in", blend_csv, "--out", submission)
+    result = run_script("postprocess.py", "--data-root", data, "--in", blend_csv, "--out", submission, "--figures")
     assert submission.read_bytes() == alone  # the submission stays the challenge's format, byte for byte
     assert "2 recording(s)" in result.stdout
 
@@ -452,9 +452,9 @@ def test_per_recording_outputs_map_epochs_to_time(tmp_path):
         statistics = {row["recording_id"]: row for row in csv.DictReader(handle)}
     assert float(statistics["RECa"]["TST"]) == 2.5 and float(statistics["RECb"]["TST"]) == 1.5
 
-    # --no-figures: the same outputs without the (slow) figures
+    # the bare command: the same outputs without the (slow) figures
     run_script("postprocess.py", "--data-root", data, "--in", blend_csv, "--out", submission,
-               "--recordings-out", tmp_path / "plain", "--no-figures")
+               "--recordings-out", tmp_path / "plain")
     assert sorted(p.name for p in (tmp_path / "plain" / "RECa").iterdir()) == [
         "RECa-Hypnogram.edf", "RECa-hypnogram.csv", "RECa-statistics.json"]
     assert (tmp_path / "plain" / "RECa" / "RECa-hypnogram.csv").read_bytes() == \
