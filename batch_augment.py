@@ -1,8 +1,8 @@
 """The original's augmentation recipe, applied to whole batches on the model's device.
 
-- the recipe's constants (ImageNet normalisation, the two dropouts, FMix,
-  CutMix), which the per-sample path (:mod:`loader_vit_rgb`) uses too, and
-  the hole and box placement both paths share;
+- the hole and box placement both paths share (the recipe's constants,
+  ImageNet normalisation, the two dropouts, FMix and CutMix, are in
+  :mod:`recipe`);
 - :func:`finish_batch`: a batch of uint8 pixels from the image cache and the
   random plan of its augmentation (drawn by
   :class:`loader_vit_rgb.CachedTrainBatches`) made into model input on the
@@ -28,34 +28,14 @@ import torch.nn.functional as F
 
 import fmix
 import psg_layout
+from recipe import DROPOUT_HOLE_PIXELS, DROPOUT_HOLES, FMIX_DECAY_POWER, FMIX_MAX_SOFT, IMAGENET_MEAN, IMAGENET_STD
 from psg_layout import input_shape
 
-# ImageNet statistics, as the original normalised with.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-# The original's CoarseDropout and Cutout with the albumentations 1.0 defaults it
-# ran: 8 holes of 8 x 8 pixels each, filled with 0 after normalisation;
-# CoarseDropout's holes lie inside the image, Cutout's are placed by a
-# centre anywhere in it and clipped at the bottom and right borders (see loader_vit_rgb.Cutout).
-DROPOUT_HOLES = 8
-DROPOUT_HOLE_PIXELS = 8
-DROPOUT_PROBABILITY = 0.5
-# The original's FMix: applied to half of the samples, lambda ~ Beta(1, 1)
-# clipped to [0.6, 0.7], decay power 3, max_soft=True (read as 1.0).
-FMIX_PROBABILITY = 0.5
-FMIX_ALPHA = 1.0
-FMIX_LAMBDA_RANGE = (0.6, 0.7)
-FMIX_DECAY_POWER = 3.0
-FMIX_MAX_SOFT = 1.0
 # From this many pixels a sample, the CPU augments a batch one sample at a time (_augmented_rows): its
 # planes then stay in the CPU's cache. Below, the whole batch at once is faster (one sample's work is
 # too small for the calls it takes). Augmentation's CPU ms per batch of 32, all at once against one at
 # a time: 64 px 1.4 / 3.4, 128 px 4.1 / 6.1, 160 px 8.9 / 8.6, 224 px 15.0 / 11.0.
 _SAMPLE_AT_A_TIME_PIXELS = 160 * 160
-# The original's CutMix (off by default): lambda ~ Beta(1, 1) clipped to [0.3, 0.4].
-CUTMIX_PROBABILITY = 0.5
-CUTMIX_ALPHA = 1.0
-CUTMIX_LAMBDA_RANGE = (0.3, 0.4)
 
 
 def cutout_corners(centres: np.ndarray) -> np.ndarray:

@@ -32,9 +32,13 @@ import struct
 import sys
 import time
 import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import adamp
+import huggingface_hub
+import huggingface_hub.constants
 import huggingface_hub.errors
 import numpy as np
 import safetensors
@@ -55,32 +59,8 @@ import model_set
 import psg_layout
 from output_names import checkpoint_path, last_state_path, log_path, run_config_path
 from psg_layout import InputError, where
+from recipe import LABEL_SMOOTHING, RECIPE, T_MULT, TRAINER_KEYS
 
-# --------------------------------------------------------------------------
-# The original's recipe
-# --------------------------------------------------------------------------
-# Both trainers' defaults; each trainer adds what differs (main_vit_rgb.py:
-# vit_base_patch16_224 with Adam, main_eff.py: tf_efficientnet_b4_ns with AdamP):
-# ``DEFAULTS = {**engine.RECIPE, "model_arch": ..., "optimizer": ...}``.
-RECIPE = dict(
-    img_size=224, pretrained="imagenet",  # input pixels; timm's ImageNet weights of the architecture
-    resize="linear",  # albumentations Resize's default interpolation, cv2.INTER_LINEAR
-    lr=1e-4, min_lr=1e-6, weight_decay=1e-6,
-    batch_size=32, valid_batch_size=32, accum_iter=2,  # an optimizer step every 2 batches of 32
-    epochs=10, t0=10, sched_steps_per_epoch=2,  # CosineAnnealingWarmRestarts stepped twice per epoch
-    warmup_epochs=0.0,  # no learning-rate warm-up
-    stage_balance=0.0,  # every training row once per epoch, shuffled
-    folds=5, fold=0, cv="subject", seed=72,
-    no_fmix=False, fmix_spectrum="original", cutmix=False,  # FMix on, CutMix off
-    amp="fp16", device="auto", workers=4,
-    data_root="DATA", weights_dir="weights", cache_dir="cache", no_cache=False,
-)
-TRAINER_KEYS = ("model_arch", "optimizer")  # what each trainer adds to RECIPE
-# Fixed parts of the recipe (no option): the loss's label smoothing, and the batch
-# augmentation of loader_vit_rgb: CoarseDropout and Cutout (DROPOUT_HOLES holes of
-# DROPOUT_HOLE_PIXELS pixels, each with DROPOUT_PROBABILITY), FMix (FMIX_PROBABILITY,
-# lambda ~ Beta(FMIX_ALPHA) clipped to FMIX_LAMBDA_RANGE, FMIX_DECAY_POWER, FMIX_MAX_SOFT).
-LABEL_SMOOTHING = 0.1  # the original's SmoothCrossEntropyLoss(smoothing=0.1)
 # Settings a --resume may change (how long, how fast, from where the run goes on);
 # it refuses a run whose saved configuration differs in any other.
 RESUME_MAY_CHANGE = ("epochs", "valid_batch_size", "workers", "amp", "device", "data_root", "weights_dir",
@@ -116,6 +96,7 @@ ORIGINAL_PRETRAINED_TAGS = {"vit_base_patch16_224": "orig_in21k_ft_in1k"}
 # (HF_HUB_OFFLINE=1) or no network, and nothing cached.
 HUB_UNREACHABLE = (huggingface_hub.errors.LocalEntryNotFoundError, huggingface_hub.errors.OfflineModeIsEnabled,
                    ConnectionError, TimeoutError, urllib.error.URLError)
+HUB_PROBE_SECONDS = 2.0  # the longest the reachability check of timm's weight source may wait
 WEIGHTS_METADATA_KEY = "model"  # safetensors metadata: JSON {"architecture": ..., "num_classes": ...}
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -304,7 +285,8 @@ def create_model(arch: str, img_size, num_classes: int = psg_layout.NUM_CLASSES,
         None or ``"none"``: random initialisation. ``"imagenet"``: timm's
         ImageNet weights for ``arch`` (the original's, see
         :data:`ORIGINAL_PRETRAINED_TAGS`), downloaded and cached by timm;
-        without network or with hub access disabled this fails at once.
+        not cached and without network, or with hub access disabled, this
+        fails at once (:func:`_check_imagenet_weights_reachable`).
         Otherwise a local weights file (safetensors, or a plain state dict
         read with ``weights_only=True``). Either way the classifier is a
         fresh ``num_classes`` ``nn.Linear`` with torch's default
@@ -328,6 +310,7 @@ def create_model(arch: str, img_size, num_classes: int = psg_layout.NUM_CLASSES,
         tag = ORIGINAL_PRETRAINED_TAGS.get(arch)
         name = f"{arch}.{tag}" if tag else arch
         options.update(pretrained=True)
+        _check_imagenet_weights_reachable(arch, name)
     elif pretrained not in (None, PRETRAINED_NONE):
         options.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(pretrained)))
     try:
@@ -354,6 +337,49 @@ def create_model(arch: str, img_size, num_classes: int = psg_layout.NUM_CLASSES,
         # A pretrained file that is unreadable (pickle, zip or safetensors errors) or does not fit.
         message = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise InputError(f"cannot use pretrained weights for {arch}: {message} {where(pretrained)}") from None
+
+
+def _imagenet_weights_sources(name: str) -> tuple[list[Path], str | None]:
+    """Where timm would find ``name``'s ImageNet weights: files already in the local caches, and the URL it
+    would fetch them from (None when timm's configuration names no source)."""
+    cfg = timm.models.get_pretrained_cfg(timm.models.get_deprecated_models().get(name, name))
+    if cfg is None:
+        return [], None
+    if cfg.hf_hub_id:
+        names = [cfg.hf_hub_filename] if getattr(cfg, "hf_hub_filename", None) else []
+        names += ["model.safetensors", "pytorch_model.bin"]
+        cached = [huggingface_hub.try_to_load_from_cache(cfg.hf_hub_id, file_name) for file_name in names]
+        return [Path(path) for path in cached if isinstance(path, str)], huggingface_hub.constants.ENDPOINT
+    if cfg.url:
+        path = Path(torch.hub.get_dir()) / "checkpoints" / Path(urllib.parse.urlparse(cfg.url).path).name
+        return [path] if path.is_file() else [], cfg.url
+    return [], None
+
+
+def _check_imagenet_weights_reachable(arch: str, name: str) -> None:
+    """Refuse at once when ``name``'s ImageNet weights are neither cached nor fetchable.
+
+    Without this check, timm and huggingface_hub retry an unreachable hub for
+    about a minute before failing. The probe is one HEAD request of
+    :data:`HUB_PROBE_SECONDS` at most (any HTTP answer counts as reachable;
+    proxies from the environment apply).
+    """
+    cached, source = _imagenet_weights_sources(name)
+    if cached or source is None:
+        return  # timm loads the cached file, or decides itself
+    how = ("run once online to cache them, or pass --pretrained none (random initialisation) or "
+           "--pretrained PATH (a local weights file)")
+    if huggingface_hub.constants.HF_HUB_OFFLINE:
+        raise InputError(f"timm's ImageNet weights for {arch} are not cached and hub access is disabled "
+                         f"(HF_HUB_OFFLINE); {how}")
+    try:
+        urllib.request.urlopen(urllib.request.Request(source, method="HEAD"), timeout=HUB_PROBE_SECONDS).close()
+    except urllib.error.HTTPError:
+        return  # the server answered: the network works, timm's own request decides
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise InputError(f"timm's ImageNet weights for {arch} are not cached and {source} cannot be reached "
+                         f"({reason}); {how}") from None
 
 
 def _timm_model(name: str, shape: tuple[int, int], options: dict) -> torch.nn.Module:
@@ -598,8 +624,8 @@ class LinearWarmup:
 def make_scheduler(optimizer: torch.optim.Optimizer, t0: int,
                    min_lr: float) -> torch.optim.lr_scheduler.CosineAnnealingWarmRestarts:
     """The original's schedule: cosine from the optimizer's rate down to ``min_lr`` over ``t0`` scheduler
-    steps, then restarting at the top, every cycle as long as the first (``T_mult=1``)."""
-    return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=t0, T_mult=1, eta_min=min_lr)
+    steps, then restarting at the top, every cycle as long as the first (:data:`recipe.T_MULT`)."""
+    return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=t0, T_mult=T_MULT, eta_min=min_lr)
 
 
 def optimizer_steps_per_epoch(n_batches: int, accum_iter: int) -> int:

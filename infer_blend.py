@@ -20,7 +20,10 @@ All arrays are float32 [rows, 5], classes Wake, N1, N2, N3, REM, rows
 summing to 1. The validation rows are the fold's rows of the split the
 models were trained with (``folds``, ``seed`` and ``cv`` from the training
 configuration; both models must share it). Prints validation accuracy and
-macro-F1 of each model and of their 50/50 average, as the original did.
+macro-F1 of each model and of their 50/50 average of unit-sum rows. (The
+original printed its ``ens_weight`` 0.5 average of its scaled dumps, ViT
+rows summing to 1/(4 tta) and EfficientNet rows to 1/(800 tta): in effect
+the ViT with weight 200 / 201 = 0.995, nearly the ViT alone.)
 
 Scoring needs only the test CSV, its images and the checkpoints: when the
 data root has no training CSV, or its fold is no longer the one the models

@@ -14,9 +14,10 @@ epoch (the original kept epoch 1), plus _last.pt, _config.json and _log.csv.
 Data-parallel: torchrun --nproc_per_node=N main_eff.py ...
 """
 import engine
+import recipe
 from psg_layout import run_main
 
-DEFAULTS = {**engine.RECIPE, "model_arch": "tf_efficientnet_b4_ns", "optimizer": "adamp"}  # the recipe: engine.RECIPE
+DEFAULTS = {**recipe.RECIPE, "model_arch": "tf_efficientnet_b4_ns", "optimizer": "adamp"}  # the recipe: recipe.py
 
 
 def main():

@@ -13,9 +13,10 @@ epoch (the original kept epoch 4), plus _last.pt, _config.json and _log.csv.
 Data-parallel: torchrun --nproc_per_node=N main_vit_rgb.py ...
 """
 import engine
+import recipe
 from psg_layout import run_main
 
-DEFAULTS = {**engine.RECIPE, "model_arch": "vit_base_patch16_224", "optimizer": "adam"}  # the recipe: engine.RECIPE
+DEFAULTS = {**recipe.RECIPE, "model_arch": "vit_base_patch16_224", "optimizer": "adam"}  # the recipe: recipe.py
 
 
 def main():

@@ -44,7 +44,7 @@ from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
 import loader_vit_rgb  # noqa: E402
 import psg_layout  # noqa: E402
-from batch_augment import FMIX_ALPHA, FMIX_DECAY_POWER, FMIX_LAMBDA_RANGE, FMIX_MAX_SOFT  # noqa: E402
+from recipe import FMIX_ALPHA, FMIX_DECAY_POWER, FMIX_LAMBDA_RANGE, FMIX_MAX_SOFT  # noqa: E402
 
 # The original's per-item chance of FMix: np.random.uniform(0, 1) > 0.5.
 ORIGINAL_FMIX_THRESHOLD = 0.5

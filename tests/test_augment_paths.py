@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 import torch
 
+import recipe
 import fmix
 import batch_augment
 import loader_vit_rgb as L
 
 CPU = torch.device("cpu")
 SIZE = 32
-MEAN, STD = np.array(batch_augment.IMAGENET_MEAN), np.array(batch_augment.IMAGENET_STD)
+MEAN, STD = np.array(recipe.IMAGENET_MEAN), np.array(recipe.IMAGENET_STD)
 
 
 def normalised(value: float) -> np.ndarray:
@@ -69,7 +70,7 @@ def test_batch_plan_places_the_cutout_holes_as_the_per_sample_path():
     batch_corners = []
     for step in range(60):
         rng = np.random.default_rng([1, 0, 0, step])  # draws as CachedTrainBatches does
-        centres = rng.integers(0, SIZE + 1, size=(40, batch_augment.DROPOUT_HOLES, 2))
+        centres = rng.integers(0, SIZE + 1, size=(40, recipe.DROPOUT_HOLES, 2))
         batch_corners.append(batch_augment.cutout_corners(centres))
     corners = np.concatenate(batch_corners).ravel()
     assert corners.min() == 0 and corners.max() == SIZE - 4
@@ -79,7 +80,7 @@ def test_batch_plan_places_the_cutout_holes_as_the_per_sample_path():
 
 
 def test_dropout_keep_clips_a_hole_at_the_border():
-    corners = torch.zeros((1, 2, batch_augment.DROPOUT_HOLES, 2), dtype=torch.int64)
+    corners = torch.zeros((1, 2, recipe.DROPOUT_HOLES, 2), dtype=torch.int64)
     corners[0, 1, 0] = torch.tensor([SIZE - 4, SIZE - 4])  # bottom-right: 4 x 4 pixels remain
     corners[0, 1, 1] = torch.tensor([0, SIZE - 5])  # top-right: 8 x 5, nothing wraps to the next rows
     corners[0, 1, 2:] = torch.tensor([SIZE - 6, 12])  # bottom: 6 x 8
@@ -123,8 +124,8 @@ def test_fmix_over_dropped_pixels_mixes_the_normalised_dropped_images():
                       [[True, False], [False, True]], corners, fmix_rows=[0], fmix_lams=[0.65])
     images, targets = batch_augment.finish_batch(batch, CPU)
     assert images.shape == (1, 3, SIZE, SIZE)
-    mask = fmix.sample_masks_torch(torch.tensor([0.65], dtype=torch.float64), batch_augment.FMIX_DECAY_POWER,
-                                   (SIZE, SIZE), batch_augment.FMIX_MAX_SOFT, torch.Generator().manual_seed(11),
+    mask = fmix.sample_masks_torch(torch.tensor([0.65], dtype=torch.float64), recipe.FMIX_DECAY_POWER,
+                                   (SIZE, SIZE), recipe.FMIX_MAX_SOFT, torch.Generator().manual_seed(11),
                                    spectrum="original")[0].numpy()
     keep_a, keep_b = hole_keep(own_holes), hole_keep(partner_holes)
     expected = (mask * keep_a)[None] * normalised(200)[:, None, None] + \

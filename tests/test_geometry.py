@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+import recipe
 import batch_augment
 import engine
 import model_set
@@ -66,7 +67,7 @@ def test_cache_folder_and_manifest_keep_square_names_and_name_both_sides_otherwi
 # Batch augmentation over (height, width): holes, FMix masks, CutMix boxes by hand
 # --------------------------------------------------------------------------
 def test_dropout_holes_are_clipped_at_the_bottom_by_the_height_and_at_the_right_by_the_width():
-    corners = torch.zeros((1, 2, batch_augment.DROPOUT_HOLES, 2), dtype=torch.int64)
+    corners = torch.zeros((1, 2, recipe.DROPOUT_HOLES, 2), dtype=torch.int64)
     corners[0, 1, 0] = torch.tensor([HEIGHT - 4, WIDTH - 4])  # bottom-right corner: 4 x 4 remain
     corners[0, 1, 1] = torch.tensor([0, WIDTH - 6])  # right border: 8 rows x 6 columns, nothing wraps
     corners[0, 1, 2:] = torch.tensor([HEIGHT - 5, 10])  # bottom border: 5 rows x 8 columns
@@ -96,14 +97,14 @@ def test_the_batch_plan_draws_hole_rows_over_the_height_and_columns_over_the_wid
 def test_fmix_mask_of_a_non_square_batch_is_height_by_width_with_its_pixel_share():
     lam = 0.63  # 0.63 x 960 = 604.8: the mask sums to 605 pixels
     pixels = np.stack([np.full((1, HEIGHT, WIDTH), 200), np.full((1, HEIGHT, WIDTH), 50)])
-    no_holes = np.zeros((2, 2, batch_augment.DROPOUT_HOLES, 2))
+    no_holes = np.zeros((2, 2, recipe.DROPOUT_HOLES, 2))
     for spectrum in fmix.SPECTRA:
         batch = hand_plan(pixels, [0, 4], [[False, False], [False, False]], no_holes, fmix_rows=[0],
                           fmix_lams=[lam], fmix_spectrum=spectrum)
         images, targets = batch_augment.finish_batch(batch, CPU)
         assert images.shape == (1, 3, HEIGHT, WIDTH)
-        mask = fmix.sample_masks_torch(torch.tensor([lam], dtype=torch.float64), batch_augment.FMIX_DECAY_POWER,
-                                       (HEIGHT, WIDTH), batch_augment.FMIX_MAX_SOFT,
+        mask = fmix.sample_masks_torch(torch.tensor([lam], dtype=torch.float64), recipe.FMIX_DECAY_POWER,
+                                       (HEIGHT, WIDTH), recipe.FMIX_MAX_SOFT,
                                        torch.Generator().manual_seed(11), spectrum=spectrum)[0].numpy()
         assert mask.shape == (HEIGHT, WIDTH) and mask.sum(dtype=np.float64) == pytest.approx(605, abs=1e-3)
         expected = mask[None] * normalised(200)[:, None, None] + (1 - mask)[None] * normalised(50)[:, None, None]
@@ -225,7 +226,7 @@ def by_hand(weights, arch, shape, image_path) -> np.ndarray:
     model = engine.load_weights(engine.create_model(arch, shape), engine.checkpoint_path(weights, arch, 0, 0))
     image = cv2.cvtColor(cv2.imread(str(image_path)), cv2.COLOR_BGR2RGB)
     image = cv2.resize(image, (shape[1], shape[0]), interpolation=INTERPOLATIONS[RESIZES[arch]]).astype(np.float32) / 255.0
-    image = (image - np.array(batch_augment.IMAGENET_MEAN)) / np.array(batch_augment.IMAGENET_STD)
+    image = (image - np.array(recipe.IMAGENET_MEAN)) / np.array(recipe.IMAGENET_STD)
     with torch.no_grad():
         return torch.softmax(model.eval()(torch.from_numpy(image.transpose(2, 0, 1)[None].astype(np.float32))),
                              dim=1)[0].numpy()

@@ -33,8 +33,8 @@ import pytest
 import torch
 
 import engine
-import batch_augment
 import psg_layout
+import recipe
 from blend import dump_path
 from conftest import REPO, copy_subset, run_script, run_scripts_warm, write_random_checkpoints
 
@@ -513,7 +513,7 @@ def by_hand(weights, arch, image_path) -> np.ndarray:
     model = engine.load_weights(engine.create_model(arch, IMG), engine.checkpoint_path(weights, arch, 0, 0))
     image = cv2.cvtColor(cv2.imread(str(image_path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
     image = cv2.resize(image, (IMG, IMG), interpolation=cv2.INTER_LINEAR).astype(np.float32) / 255.0
-    image = (image - np.array(batch_augment.IMAGENET_MEAN)) / np.array(batch_augment.IMAGENET_STD)
+    image = (image - np.array(recipe.IMAGENET_MEAN)) / np.array(recipe.IMAGENET_STD)
     with torch.no_grad():
         logits = model.eval()(torch.from_numpy(image.transpose(2, 0, 1)[None].astype(np.float32)))
     return torch.softmax(logits, dim=1)[0].numpy()

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import recipe
 import engine
 import batch_augment
 import loader_vit_rgb
@@ -170,7 +171,7 @@ def whole_hole_cover(zero: torch.Tensor) -> torch.Tensor:
     corners 0 .. S - 4, clipped to the image at the bottom and right.
     """
     covered = torch.zeros_like(zero)
-    size, hole = zero.shape[-1], batch_augment.DROPOUT_HOLE_PIXELS
+    size, hole = zero.shape[-1], recipe.DROPOUT_HOLE_PIXELS
     for top in range(size - hole // 2 + 1):
         for left in range(size - hole // 2 + 1):
             window = (slice(None), slice(top, top + hole), slice(left, left + hole))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import pickle
+import time
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ import torch
 from sklearn.metrics import f1_score
 from torch.utils.data import DataLoader, TensorDataset
 
+import recipe
 import engine
 import model_set
 from conftest import run_script
@@ -161,7 +163,7 @@ def test_warmup_counts_optimizer_steps_not_batches():
 
 def test_the_schedule_restarts_every_t0_steps_and_each_cycle_is_the_first():
     weight = torch.nn.Parameter(torch.zeros(1))
-    lr, min_lr, t0 = engine.RECIPE["lr"], engine.RECIPE["min_lr"], engine.RECIPE["t0"]
+    lr, min_lr, t0 = recipe.RECIPE["lr"], recipe.RECIPE["min_lr"], recipe.RECIPE["t0"]
     optimizer = torch.optim.Adam([weight], lr=lr)
     scheduler = engine.make_scheduler(optimizer, t0, min_lr)
     rates = []
@@ -173,7 +175,7 @@ def test_the_schedule_restarts_every_t0_steps_and_each_cycle_is_the_first():
     by_hand = [min_lr + (lr - min_lr) * (1 + math.cos(math.pi * (step % t0) / t0)) / 2 for step in range(3 * t0 + 1)]
     assert rates == pytest.approx(by_hand, rel=1e-9)
     # The recipe's cycle: 10 scheduler steps, two a epoch, so epochs 5 and 10 start at the top again.
-    assert t0 == 10 and engine.RECIPE["sched_steps_per_epoch"] == 2
+    assert t0 == 10 and recipe.RECIPE["sched_steps_per_epoch"] == 2
     assert rates[10] == rates[20] == rates[30] == pytest.approx(lr) and rates[9] < lr / 20
 
 
@@ -334,22 +336,60 @@ def test_a_local_file_gives_every_backbone_tensor_and_a_fresh_5_class_head(tmp_p
 
 @pytest.mark.slow
 def test_offline_imagenet_start_fails_at_once_in_one_line(tiny_data, tmp_path):
-    """Hub access disabled by its environment variable, an empty hub cache, and a dead proxy besides."""
+    """An empty hub cache and a dead proxy: with hub access disabled by its environment variable, and
+    without it (the network probe fails at once instead of timm retrying for about a minute)."""
     weights, cache, hub = tmp_path / "weights", tmp_path / "cache", tmp_path / "hub"
-    offline = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(hub), "HTTPS_PROXY": "http://127.0.0.1:9",
-               "HTTP_PROXY": "http://127.0.0.1:9", "NO_PROXY": "", "OMP_NUM_THREADS": "1",
-               "NO_ALBUMENTATIONS_UPDATE": "1"}  # albumentations asks PyPI for its latest version unless told not to
-    for script, arch in (("main_vit_rgb.py", "test_vit"), ("main_eff.py", "test_efficientnet")):
+    dead = {"HF_HOME": str(hub), "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9",
+            "NO_PROXY": "", "OMP_NUM_THREADS": "1",
+            "NO_ALBUMENTATIONS_UPDATE": "1"}  # albumentations asks PyPI for its latest version unless told not to
+    cases = (("main_vit_rgb.py", "test_vit", {**dead, "HF_HUB_OFFLINE": "1"}, "hub access is disabled"),
+             ("main_eff.py", "test_efficientnet", {**dead, "HF_HUB_OFFLINE": "0"}, "cannot be reached"))
+    for script, arch, env, reason in cases:
+        started = time.perf_counter()
         result = run_script(script, "--data-root", tiny_data, "--weights-dir", weights, "--cache-dir", cache,
-                            "--model-arch", arch, "--img-size", 32, "--workers", 0, "--quiet", env=offline,
+                            "--model-arch", arch, "--img-size", 32, "--workers", 0, "--quiet", env=env,
                             check=False, timeout=120)
         assert result.returncode == 2, result.stderr[-2000:]
         assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: "), result.stderr
-        assert f"ImageNet weights for {arch}" in result.stderr
+        assert f"ImageNet weights for {arch} are not cached and" in result.stderr and reason in result.stderr
         assert "--pretrained none" in result.stderr and "--pretrained PATH" in result.stderr
-        assert "LocalEntryNotFoundError" in result.stderr or "OfflineModeIsEnabled" in result.stderr
+        assert time.perf_counter() - started < 30  # imports and a refused probe; timm's retries took about 50 s
         assert not weights.exists() and not cache.exists()
         assert not [p for p in hub.rglob("*") if p.is_file()]  # nothing downloaded or half-cached
+
+
+def test_imagenet_check_refuses_only_uncached_weights_it_cannot_fetch(monkeypatch, tmp_path):
+    def created(name, **options):
+        raise AssertionError("timm was asked")  # the check must refuse before timm retries
+
+    monkeypatch.setattr(engine.timm, "create_model", created)
+    monkeypatch.setattr(engine.huggingface_hub, "try_to_load_from_cache", lambda repo, name: None)
+    monkeypatch.setattr(engine.huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(InputError, match="not cached and hub access is disabled"):
+        engine.create_model("vit_base_patch16_224", 224, pretrained="imagenet")
+    monkeypatch.setattr(engine.huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+
+    def unreachable(request, timeout):
+        assert request.get_method() == "HEAD" and timeout == engine.HUB_PROBE_SECONDS
+        raise engine.urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(engine.urllib.request, "urlopen", unreachable)
+    with pytest.raises(InputError, match=r"cannot be reached \(Name or service not known\)"):
+        engine.create_model("tf_efficientnet_b4_ns", 224, pretrained="imagenet")  # a deprecated name, resolved
+    # Cached weights, or a hub that answers at all: timm is asked.
+    cached = tmp_path / "model.safetensors"
+    cached.write_bytes(b"")
+    monkeypatch.setattr(engine.huggingface_hub, "try_to_load_from_cache", lambda repo, name: str(cached))
+    with pytest.raises(AssertionError, match="timm was asked"):
+        engine.create_model("vit_base_patch16_224", 224, pretrained="imagenet")
+    monkeypatch.setattr(engine.huggingface_hub, "try_to_load_from_cache", lambda repo, name: None)
+
+    def answers(request, timeout):
+        raise engine.urllib.error.HTTPError(request.full_url, 404, "Not Found", {}, None)
+
+    monkeypatch.setattr(engine.urllib.request, "urlopen", answers)
+    with pytest.raises(AssertionError, match="timm was asked"):
+        engine.create_model("vit_base_patch16_224", 224, pretrained="imagenet")
 
 
 @pytest.mark.slow

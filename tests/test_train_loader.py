@@ -11,13 +11,14 @@ import pytest
 import torch
 from sklearn.model_selection import StratifiedKFold
 
+import recipe
 import batch_augment
 import image_cache
 import loader_vit_rgb
 import psg_layout
 from psg_layout import InputError
 
-NORMALISED_WHITE = [(1.0 - m) / s for m, s in zip(batch_augment.IMAGENET_MEAN, batch_augment.IMAGENET_STD)]
+NORMALISED_WHITE = [(1.0 - m) / s for m, s in zip(recipe.IMAGENET_MEAN, recipe.IMAGENET_STD)]
 
 
 def make_root(root, rows, images=None):

@@ -1,9 +1,14 @@
-"""engine.RECIPE: the trainers' defaults are the original's, and --resume checks the recipe's keys."""
+"""recipe.py: the trainers' defaults and the fixed settings are the original's; --resume checks the recipe's keys."""
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import engine
 import main_eff
 import main_vit_rgb
+import recipe
+from conftest import REPO
 
 # The original's training settings (mainViTrgb.py / mainEff.py), written out by hand.
 SHARED = dict(img_size=224, pretrained="imagenet", lr=1e-4, min_lr=1e-6, weight_decay=1e-6, batch_size=32,
@@ -29,3 +34,20 @@ def test_resume_checks_every_recipe_key_but_length_speed_and_places():
         "min_lr", "weight_decay", "t0", "sched_steps_per_epoch", "no_fmix", "fmix_spectrum", "cutmix",
         "pretrained", "no_cache", "resize", "warmup_epochs", "stage_balance"}
     assert len(engine.RESUME_KEYS) == len(set(engine.RESUME_KEYS))
+
+
+def test_the_fixed_settings_are_the_originals():
+    assert recipe.T_MULT == 1 and recipe.LABEL_SMOOTHING == 0.1
+    assert (recipe.IMAGENET_MEAN, recipe.IMAGENET_STD) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    assert (recipe.DROPOUT_HOLES, recipe.DROPOUT_HOLE_PIXELS, recipe.DROPOUT_PROBABILITY) == (8, 8, 0.5)
+    assert (recipe.FMIX_PROBABILITY, recipe.FMIX_ALPHA, recipe.FMIX_LAMBDA_RANGE, recipe.FMIX_DECAY_POWER,
+            recipe.FMIX_MAX_SOFT) == (0.5, 1.0, (0.6, 0.7), 3.0, 1.0)
+    assert (recipe.CUTMIX_PROBABILITY, recipe.CUTMIX_ALPHA, recipe.CUTMIX_LAMBDA_RANGE) == (0.5, 1.0, (0.3, 0.4))
+    assert recipe.RECIPE == SHARED
+
+
+def test_the_recipe_is_one_screen_without_torch():
+    assert len((REPO / "recipe.py").read_text().splitlines()) <= 150
+    loaded = subprocess.run([sys.executable, "-c", "import sys, recipe; print('torch' in sys.modules)"], cwd=REPO,
+                            capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "False"
