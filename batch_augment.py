@@ -320,8 +320,18 @@ def _mixes(batch: dict, count: int, height: int, width: int) -> list[tuple]:
     return mixes
 
 
-def _mixed_targets(labels: torch.Tensor, count: int, mixes: list) -> torch.Tensor:
-    """float32 (count, 5): one-hot labels, mixed with the partners' by each row's share of its own pixels."""
+def _mixed_targets(labels: torch.Tensor, count: int, mixes: list, integer: bool = False) -> torch.Tensor:
+    """float32 (count, 5): one-hot labels, mixed with the partners' by each row's share of its own pixels.
+
+    ``integer``: the original's defect instead: the class indices mixed by
+    the same shares, then cast to an integer (truncated), one-hot.
+    """
+    if integer:
+        indices = labels.double()
+        for rows, partners, _, shares in mixes:
+            share = shares.flatten()
+            indices[rows] = share * indices[rows] + (1.0 - share) * indices[partners]  # the original's arithmetic
+        return F.one_hot(indices[:count].long(), psg_layout.NUM_CLASSES).float()
     targets = F.one_hot(labels, psg_layout.NUM_CLASSES).double()
     for rows, partners, _, shares in mixes:
         targets[rows] = torch.lerp(targets[partners], targets[rows], shares)
@@ -454,5 +464,5 @@ def finish_batch(batch, device: torch.device, memory_format: torch.memory_format
     one_at_a_time = device.type == "cpu" and height * width >= _SAMPLE_AT_A_TIME_PIXELS
     augmented = _augmented_rows if one_at_a_time else _augmented_planes
     return (augmented(batch, count, mixes, memory_format, blocks),
-            _mixed_targets(batch["labels"], count, mixes))
+            _mixed_targets(batch["labels"], count, mixes, batch.get("integer_targets", False)))
 

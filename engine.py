@@ -47,7 +47,6 @@ import timm
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from sklearn.metrics import accuracy_score, f1_score
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
@@ -65,7 +64,8 @@ from recipe import LABEL_SMOOTHING, RECIPE, T_MULT, TRAINER_KEYS
 # it refuses a run whose saved configuration differs in any other.
 RESUME_MAY_CHANGE = ("epochs", "valid_batch_size", "workers", "amp", "device", "data_root", "weights_dir",
                      "cache_dir")
-RESUME_KEYS = tuple(key for key in (*TRAINER_KEYS, *RECIPE) if key not in RESUME_MAY_CHANGE)
+# (original_classes is fixed per trainer; the checkpoint's classifier shape is checked on loading.)
+RESUME_KEYS = tuple(key for key in (*TRAINER_KEYS, *RECIPE) if key not in (*RESUME_MAY_CHANGE, "original_classes"))
 
 
 class AdamP(adamp.AdamP):
@@ -170,13 +170,17 @@ def build_parser(defaults: dict, description: str) -> argparse.ArgumentParser:
                         help="original: FMix masks as the original's FMix code made them (one smooth region, "
                              "at most one cycle along the width); isotropic: the FMix paper's masks")
     parser.add_argument("--cutmix", action="store_true", default=d["cutmix"], help="turn on CutMix (off in the original)")
+    parser.add_argument("--original-defects", action="store_true", default=d["original_defects"],
+                        help="train as the original did, defects included: mixed targets as the mixed class index cast "
+                             "to an integer, summed accumulated losses, and (main_eff.py) timm's 1000-class classifier "
+                             "trained against the stages, folded into 5 at inference")
     parser.add_argument("--cache-dir", default=d["cache_dir"],
                         help="image cache (decoded, resized uint8 arrays; built on first use), outside the data root")
     parser.add_argument("--no-cache", action="store_true", default=d["no_cache"],
                         help="the original's per-sample path: decode and augment every image in the workers, every epoch")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.set_defaults(optimizer=d["optimizer"])
+    parser.set_defaults(optimizer=d["optimizer"], original_classes=d["original_classes"])
     return parser
 
 
@@ -307,10 +311,9 @@ def create_model(arch: str, img_size, num_classes: int = psg_layout.NUM_CLASSES,
     options = dict(num_classes=num_classes)
     name = arch
     if pretrained == PRETRAINED_IMAGENET:
-        tag = ORIGINAL_PRETRAINED_TAGS.get(arch)
-        name = f"{arch}.{tag}" if tag else arch
+        name = imagenet_weights_name(arch)
         options.update(pretrained=True)
-        _check_imagenet_weights_reachable(arch, name)
+        _check_imagenet_weights_reachable(arch)
     elif pretrained not in (None, PRETRAINED_NONE):
         options.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(pretrained)))
     try:
@@ -339,6 +342,12 @@ def create_model(arch: str, img_size, num_classes: int = psg_layout.NUM_CLASSES,
         raise InputError(f"cannot use pretrained weights for {arch}: {message} {where(pretrained)}") from None
 
 
+def imagenet_weights_name(arch: str) -> str:
+    """timm's name of the ImageNet weights ``--pretrained imagenet`` loads for ``arch`` (the original's)."""
+    tag = ORIGINAL_PRETRAINED_TAGS.get(arch)
+    return f"{arch}.{tag}" if tag else arch
+
+
 def _imagenet_weights_sources(name: str) -> tuple[list[Path], str | None]:
     """Where timm would find ``name``'s ImageNet weights: files already in the local caches, and the URL it
     would fetch them from (None when timm's configuration names no source)."""
@@ -356,15 +365,15 @@ def _imagenet_weights_sources(name: str) -> tuple[list[Path], str | None]:
     return [], None
 
 
-def _check_imagenet_weights_reachable(arch: str, name: str) -> None:
-    """Refuse at once when ``name``'s ImageNet weights are neither cached nor fetchable.
+def _check_imagenet_weights_reachable(arch: str) -> None:
+    """Refuse at once when ``arch``'s ImageNet weights are neither cached nor fetchable.
 
     Without this check, timm and huggingface_hub retry an unreachable hub for
     about a minute before failing. The probe is one HEAD request of
     :data:`HUB_PROBE_SECONDS` at most (any HTTP answer counts as reachable;
     proxies from the environment apply).
     """
-    cached, source = _imagenet_weights_sources(name)
+    cached, source = _imagenet_weights_sources(imagenet_weights_name(arch))
     if cached or source is None:
         return  # timm loads the cached file, or decides itself
     how = ("run once online to cache them, or pass --pretrained none (random initialisation) or "
@@ -514,6 +523,33 @@ def load_weights(model: torch.nn.Module, path: Path | str) -> torch.nn.Module:
 # --------------------------------------------------------------------------
 # Loss and metrics
 # --------------------------------------------------------------------------
+def model_classes(args: argparse.Namespace) -> int:
+    """The classifier's outputs: the five stages, or with ``--original-defects`` as many as the original's
+    model of this trainer had (the EfficientNet's 1000 ImageNet classes)."""
+    return args.original_classes if args.original_defects else psg_layout.NUM_CLASSES
+
+
+def fold_to_stages(probabilities: np.ndarray) -> np.ndarray:
+    """Probabilities over ``5 k`` classes folded into the 5 stages: class ``c`` counts for stage ``c mod 5``.
+
+    The original's ``inferblend.py`` folded its EfficientNet's 1000-way
+    softmax so (the sum of 200 slices of 5 columns; its further division by
+    200 is the dump scale ``blend.py --dump-scale original`` applies). Rows
+    stay summing to 1. Five columns are returned as they are.
+    """
+    probabilities = np.asarray(probabilities)
+    rows, classes = probabilities.shape
+    if classes % psg_layout.NUM_CLASSES:
+        raise ValueError(f"cannot fold {classes} classes into {psg_layout.NUM_CLASSES} stages")
+    return probabilities.reshape(rows, classes // psg_layout.NUM_CLASSES, psg_layout.NUM_CLASSES).sum(axis=1)
+
+
+def widened(targets: torch.Tensor, classes: int) -> torch.Tensor:
+    """Stage targets (batch, 5) with zero columns added up to ``classes``: the original trained its
+    1000-class EfficientNet against labels 0-4, so the other 995 classes were never anyone's stage."""
+    return F.pad(targets, (0, classes - targets.shape[-1])) if classes > targets.shape[-1] else targets
+
+
 def smooth_targets(targets: torch.Tensor, smoothing: float) -> torch.Tensor:
     """The original's label smoothing: one-hot 1 -> ``1 - eps``, 0 -> ``eps / (C - 1)``.
 
@@ -560,6 +596,7 @@ def classification_metrics(confusion: np.ndarray) -> dict:
         ``f1`` (np.ndarray (C,), NaN for classes that occur in neither); NaN
         throughout for an empty matrix.
     """
+    from sklearn.metrics import accuracy_score, f1_score  # here: sklearn takes a second to import
     confusion = np.asarray(confusion, dtype=np.int64)
     classes = np.arange(len(confusion))
     truth, predicted = (grid.ravel() for grid in np.meshgrid(classes, classes, indexing="ij"))
@@ -636,7 +673,8 @@ def optimizer_steps_per_epoch(n_batches: int, accum_iter: int) -> int:
 def train_one_epoch(model: torch.nn.Module, batches, n_batches: int, optimizer: torch.optim.Optimizer,
                     scaler: torch.amp.GradScaler, device: torch.device, amp: str, accum_iter: int,
                     smoothing: float = LABEL_SMOOTHING, progress: bool = False,
-                    description: str = "train", warmup: LinearWarmup | None = None) -> tuple[float, int]:
+                    description: str = "train", warmup: LinearWarmup | None = None,
+                    sum_accumulated: bool = False) -> tuple[float, int]:
     """One pass over ``batches`` with gradient accumulation.
 
     Each batch is finished on ``device`` first (:func:`batch_augment.finish_batch`:
@@ -659,6 +697,9 @@ def train_one_epoch(model: torch.nn.Module, batches, n_batches: int, optimizer: 
         Batches per optimizer step; the loss is averaged over a group.
     warmup : LinearWarmup, optional
         Sets the learning rate before each optimizer step.
+    sum_accumulated : bool
+        Sum the group's losses instead (the original's defect: a step of
+        ``accum_iter`` times the gradient).
 
     Returns
     -------
@@ -683,8 +724,9 @@ def train_one_epoch(model: torch.nn.Module, batches, n_batches: int, optimizer: 
         with sync:
             with _autocast(device, amp):
                 logits = model(images)
-            loss = soft_target_cross_entropy(logits, targets, smoothing)  # label smoothing of the mixed targets
-            scaler.scale(loss / group_size).backward()
+            # label smoothing of the mixed targets, over every output of the classifier
+            loss = soft_target_cross_entropy(logits, widened(targets, logits.shape[-1]), smoothing)
+            scaler.scale(loss if sum_accumulated else loss / group_size).backward()
         if steps_now:
             if warmup is not None:
                 warmup.before_step()
@@ -720,7 +762,10 @@ def validate(model: torch.nn.Module, batches, n_batches: int, device: torch.devi
     images_seen = 0
     for images, targets in tqdm(batches, total=n_batches, desc="valid", disable=not progress, dynamic_ncols=True):
         logits = model(images.float())
-        loss_sum += soft_target_cross_entropy(logits, targets, smoothing).double() * images.shape[0]
+        loss_sum += soft_target_cross_entropy(logits, widened(targets, logits.shape[-1]), smoothing).double() \
+            * images.shape[0]
+        if logits.shape[-1] > classes:  # the original's 1000-class EfficientNet: stages as inference folds them
+            logits = torch.softmax(logits, dim=-1).reshape(len(logits), -1, classes).sum(dim=1)
         truth, predicted = targets.argmax(dim=1), logits.argmax(dim=1)
         confusion += torch.bincount(truth * classes + predicted, minlength=classes * classes)
         images_seen += images.shape[0]
@@ -893,6 +938,8 @@ def train(args: argparse.Namespace) -> None:
     CUDA, gloo on CPU; rank 0 prints and writes.
     """
     _check_args(args)
+    if args.pretrained == PRETRAINED_IMAGENET:  # before the data are read: offline, the answer is at once
+        _check_imagenet_weights_reachable(args.model_arch)
     rank, world_size, local_rank = _distributed_env()
     device = resolve_device(args.device, local_rank)
     if world_size > 1:
@@ -947,7 +994,7 @@ def _set_up_training(args: argparse.Namespace, device: torch.device, rank: int, 
     config = dict(vars(args))
     config.update(
         device=str(device), amp=resolve_amp(args.amp, device), world_size=world_size,
-        num_classes=psg_layout.NUM_CLASSES, label_smoothing=LABEL_SMOOTHING,
+        num_classes=model_classes(args), label_smoothing=LABEL_SMOOTHING,
         train_images=int(train_rows.size), valid_images=int(valid_rows.size),
         valid_recordings=sorted({table.recording_ids[r] for r in valid_rows}),
         versions={"torch": torch.__version__, "timm": timm.__version__},
@@ -961,7 +1008,7 @@ def _set_up_training(args: argparse.Namespace, device: torch.device, rank: int, 
         _check_weights_dir(weights_dir)
 
     torch.manual_seed(args.seed)  # the same initial weights on every rank and every run
-    model = create_model(arch, args.img_size, psg_layout.NUM_CLASSES, args.pretrained)
+    model = create_model(arch, args.img_size, model_classes(args), args.pretrained)
     model = model.to(device, memory_format=MEMORY_FORMAT)
     optimizer = make_optimizer(args.optimizer, model.parameters(), args.lr, args.weight_decay, device)
     scheduler = make_scheduler(optimizer, args.t0, args.min_lr)
@@ -994,7 +1041,7 @@ def _set_up_training(args: argparse.Namespace, device: torch.device, rank: int, 
     train_loader = loader_vit_rgb.make_train_loader(
         args.data_root, table, train_rows, args.img_size, args.batch_size, args.workers, args.seed,
         fmix_enabled=not args.no_fmix, cutmix_enabled=args.cutmix, fmix_spectrum=args.fmix_spectrum,
-        stage_balance=args.stage_balance, **loading)
+        stage_balance=args.stage_balance, integer_targets=args.original_defects, **loading)
     valid_loader = loader_vit_rgb.make_eval_loader(
         args.data_root, table, args.img_size, args.valid_batch_size, args.workers, rows=valid_rows, **loading)
 
@@ -1036,7 +1083,7 @@ def _run_epochs(run: _TrainingRun, args: argparse.Namespace, device: torch.devic
         loss_sum, images = train_one_epoch(
             run.model, loader_vit_rgb.iterate_batches(run.train_loader), len(run.train_loader), run.optimizer,
             run.scaler, device, run.config["amp"], args.accum_iter, progress=progress, description=f"epoch {epoch}",
-            warmup=run.warmup)
+            warmup=run.warmup, sum_accumulated=args.original_defects)
         seconds = time.perf_counter() - started
         run.scheduler.step()  # the original stepped once after training ...
         valid_loss_sum, valid_images, confusion = validate(

@@ -155,6 +155,10 @@ def tta_loader(data_root, table, rows, img_size: tuple[int, int], batch_size: in
 def model_probabilities(arch: str, epochs, config: dict, args, inputs: dict, device: torch.device) -> dict:
     """Mean softmax of one architecture over its checkpoints and TTA rounds.
 
+    A model trained with ``--original-defects`` by ``main_eff.py`` has the
+    original's 1000 outputs; its softmax is folded into the 5 stages
+    (:func:`engine.fold_to_stages`) as the original's ``inferblend.py`` did.
+
     Parameters
     ----------
     arch : str
@@ -181,8 +185,9 @@ def model_probabilities(arch: str, epochs, config: dict, args, inputs: dict, dev
     amp = engine.resolve_amp(args.amp, device)
     progress = engine.progress_enabled(args.quiet)
     sums = {split: np.zeros((len(rows), NUM_CLASSES)) for split, (_, rows) in inputs.items()}
+    classes = config.get("num_classes", NUM_CLASSES)  # 1000: the original's EfficientNet (--original-defects)
     for epoch in epochs:
-        model = engine.create_model(arch, img_size, NUM_CLASSES)
+        model = engine.create_model(arch, img_size, classes)
         engine.load_weights(model, checkpoint_path(args.weights_dir, arch, args.fold, epoch))
         model.to(device)
         for split, (table, rows) in inputs.items():
@@ -192,7 +197,7 @@ def model_probabilities(arch: str, epochs, config: dict, args, inputs: dict, dev
                 loader = tta_loader(args.data_root, table, rows, img_size, args.batch_size, args.workers, tta_round,
                                     pin_memory=device.type == "cuda",
                                     cache_dir=None if args.no_cache else args.cache_dir, resize=resize)
-                sums[split] += engine.predict(model, loader, device, amp, progress)
+                sums[split] += engine.fold_to_stages(engine.predict(model, loader, device, amp, progress))
         del model  # free its (GPU) memory before the next checkpoint's model is built
     rounds = len(epochs) * args.tta
     return {split: (total / rounds).astype(np.float32) for split, total in sums.items()}

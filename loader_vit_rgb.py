@@ -42,7 +42,6 @@ import numpy as np
 import torch
 from albumentations.augmentations.dropout.transforms import BaseDropout
 from albumentations.pytorch import ToTensorV2
-from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from torch.utils.data import (BatchSampler, DataLoader, Dataset, DistributedSampler, Sampler, SequentialSampler,
                               default_collate, get_worker_info)
 
@@ -199,6 +198,7 @@ def make_folds(table: EpochTable, n_folds: int = 5, seed: int = 72, cv: str = "s
     np.ndarray of int64, shape (rows,)
         Fold index of each row; fold ``k``'s validation rows are ``folds == k``.
     """
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold  # here: a second to import
     labels = np.asarray(table.labels)
     rows = np.arange(len(table))
     if cv == "subject":
@@ -338,6 +338,10 @@ class EpochImageDataset(Dataset):
         Mix with a partner sample (needs labels).
     fmix_spectrum : {"original", "isotropic"}
         The FMix masks' spectrum (:mod:`fmix`; the original's by default).
+    integer_targets : bool
+        The original's defect (``--original-defects``): a mixed sample's
+        target is the one-hot of its class indices mixed by the same shares
+        and cast to an integer (Wake 0.6 + REM 0.4: 1.6, N1).
 
     Items
     -----
@@ -355,7 +359,7 @@ class EpochImageDataset(Dataset):
 
     def __init__(self, image_paths, labels, transforms, seed: int = 0,
                  fmix_enabled: bool = False, cutmix_enabled: bool = False,
-                 fmix_spectrum: str = fmix.DEFAULT_SPECTRUM):
+                 fmix_spectrum: str = fmix.DEFAULT_SPECTRUM, integer_targets: bool = False):
         if (fmix_enabled or cutmix_enabled) and labels is None:
             raise ValueError("mixing needs labels")
         self.image_paths = list(image_paths)
@@ -366,6 +370,7 @@ class EpochImageDataset(Dataset):
         self.fmix_enabled = fmix_enabled
         self.cutmix_enabled = cutmix_enabled
         self.fmix_spectrum = fmix_spectrum
+        self.integer_targets = integer_targets
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose random stream the next items draw from."""
@@ -375,7 +380,11 @@ class EpochImageDataset(Dataset):
         return len(self.image_paths)
 
     def _one_hot(self, index: int) -> np.ndarray:
-        return np.eye(psg_layout.NUM_CLASSES, dtype=np.float64)[self.labels[index]]
+        return self._one_hot_class(self.labels[index])
+
+    @staticmethod
+    def _one_hot_class(stage: int) -> np.ndarray:
+        return np.eye(psg_layout.NUM_CLASSES, dtype=np.float64)[stage]
 
     def _transformed(self, index: int, rng: np.random.Generator) -> torch.Tensor:
         self.transforms.set_random_state(rng, random.Random(int(rng.integers(2**63))))
@@ -393,6 +402,7 @@ class EpochImageDataset(Dataset):
         if self.labels is None:
             return image
         target = self._one_hot(index)
+        class_index = float(self.labels[index])  # what the original mixed, with --original-defects
         if self.fmix_enabled and rng.random() < FMIX_PROBABILITY:
             lam = float(np.clip(rng.beta(FMIX_ALPHA, FMIX_ALPHA), *FMIX_LAMBDA_RANGE))
             mask = fmix.sample_mask(lam, FMIX_DECAY_POWER, tuple(image.shape[1:]), FMIX_MAX_SOFT, rng,
@@ -402,6 +412,7 @@ class EpochImageDataset(Dataset):
             image = mask_tensor * image + (1.0 - mask_tensor) * self._transformed(partner, rng)
             share = fmix.mask_share(lam, mask.size)
             target = share * target + (1.0 - share) * self._one_hot(partner)
+            class_index = share * class_index + (1.0 - share) * float(self.labels[partner])
         if self.cutmix_enabled and rng.random() < CUTMIX_PROBABILITY:
             lam = float(np.clip(rng.beta(CUTMIX_ALPHA, CUTMIX_ALPHA), *CUTMIX_LAMBDA_RANGE))
             height, width = image.shape[1:]
@@ -411,6 +422,9 @@ class EpochImageDataset(Dataset):
             image[:, top:bottom, left:right] = self._transformed(partner, rng)[:, top:bottom, left:right]
             share = 1.0 - (bottom - top) * (right - left) / (height * width)
             target = share * target + (1.0 - share) * self._one_hot(partner)
+            class_index = share * class_index + (1.0 - share) * float(self.labels[partner])
+        if self.integer_targets:
+            target = self._one_hot_class(int(class_index))
         return image, torch.from_numpy(target.astype(np.float32))
 
 
@@ -583,20 +597,22 @@ class CachedTrainBatches(_CachedBatches):
     bool (n, 2); ``corners`` int64 (n, 2, holes, 2) as (top, left);
     ``fmix_rows`` (m,) and ``fmix_lams`` float64 (m,); ``cutmix_rows`` (k,)
     and ``cutmix_boxes`` int64 (k, 4) as (top, bottom, left, right);
-    ``noise_seed`` int; ``fmix_spectrum`` str. Or, finished: float32 images
-    and targets.
+    ``noise_seed`` int; ``fmix_spectrum`` str; ``integer_targets`` bool
+    (the original's integer mixed targets, see :class:`EpochImageDataset`).
+    Or, finished: float32 images and targets.
     """
 
     def __init__(self, opener, rows: np.ndarray, labels: np.ndarray, img_size, seed: int, rank: int,
                  fmix_enabled: bool, cutmix_enabled: bool, finish: bool,
                  dropout_probability: float = DROPOUT_PROBABILITY, fmix_spectrum: str = fmix.DEFAULT_SPECTRUM,
-                 workers: int = 0):
+                 workers: int = 0, integer_targets: bool = False):
         super().__init__(opener, rows, labels, finish, workers)
         self.shape = input_shape(img_size)
         self.seed, self.rank = seed, rank
         self.fmix_enabled, self.cutmix_enabled = fmix_enabled, cutmix_enabled
         self.dropout_probability = dropout_probability
         self.fmix_spectrum = fmix_spectrum
+        self.integer_targets = integer_targets
 
     @_input_errors_as_items
     def __getitem__(self, key):
@@ -624,6 +640,7 @@ class CachedTrainBatches(_CachedBatches):
             "cutmix_rows": torch.from_numpy(np.flatnonzero(cutmix_on)),
             "cutmix_boxes": torch.from_numpy(boxes.reshape(-1, 4)),
             "noise_seed": int(rng.integers(2**62)), "fmix_spectrum": self.fmix_spectrum,
+            "integer_targets": self.integer_targets,
         }
         return self._finished(batch)
 
@@ -649,7 +666,8 @@ def make_train_loader(data_root, table: EpochTable, rows: np.ndarray, img_size, 
                       rank: int = 0, world_size: int = 1, pin_memory: bool = False,
                       cache_dir: Path | str | None = DEFAULT_CACHE_DIR, device: torch.device | str = "cpu",
                       progress: bool = False, fmix_spectrum: str = fmix.DEFAULT_SPECTRUM,
-                      resize: str = DEFAULT_RESIZE, stage_balance: float = 0.0) -> DataLoader:
+                      resize: str = DEFAULT_RESIZE, stage_balance: float = 0.0,
+                      integer_targets: bool = False) -> DataLoader:
     """The training DataLoader over ``rows`` of the table (shuffled; augmented).
 
     Call :func:`set_loader_epoch` before iterating each epoch, and pass
@@ -677,6 +695,8 @@ def make_train_loader(data_root, table: EpochTable, rows: np.ndarray, img_size, 
     stage_balance : float
         0: every row once per epoch in a shuffled order (the original's);
         above 0: rows drawn by :class:`StageBalancedSampler` with this power.
+    integer_targets : bool
+        The original's integer mixed targets (``--original-defects``).
     (The other parameters as for :class:`EpochImageDataset` and DataLoader.)
 
     Yields
@@ -694,6 +714,7 @@ def make_train_loader(data_root, table: EpochTable, rows: np.ndarray, img_size, 
         dataset = EpochImageDataset(
             [paths[r] for r in rows], table.labels[rows], get_train_transforms(img_size, resize), seed=seed,
             fmix_enabled=fmix_enabled, cutmix_enabled=cutmix_enabled, fmix_spectrum=fmix_spectrum,
+            integer_targets=integer_targets,
         )
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler_of(dataset, numbered=True),
                           num_workers=workers, collate_fn=_collate, pin_memory=pin_memory, drop_last=False)
@@ -701,7 +722,7 @@ def make_train_loader(data_root, table: EpochTable, rows: np.ndarray, img_size, 
                                progress=progress, resize=resize)
     dataset = CachedTrainBatches(opener, rows, table.labels[rows], img_size, seed, rank, fmix_enabled,
                                  cutmix_enabled, finish=_finish_in_workers(device), fmix_spectrum=fmix_spectrum,
-                                 workers=workers)
+                                 workers=workers, integer_targets=integer_targets)
     return CachedLoader(dataset, batch_size=None, sampler=_NumberedBatches(sampler_of(dataset), batch_size),
                         num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0)
 

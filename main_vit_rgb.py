@@ -16,7 +16,8 @@ import engine
 import recipe
 from psg_layout import run_main
 
-DEFAULTS = {**recipe.RECIPE, "model_arch": "vit_base_patch16_224", "optimizer": "adam"}  # the recipe: recipe.py
+DEFAULTS = {**recipe.RECIPE, "model_arch": "vit_base_patch16_224", "optimizer": "adam",
+            "original_classes": 5}  # the recipe: recipe.py
 
 
 def main():

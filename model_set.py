@@ -66,7 +66,7 @@ SCORING_POSTPROCESS = "hmm"
 # --------------------------------------------------------------------------
 # Options added after runs were first saved, with what those runs did: a configuration without
 # them reads as having used these (read_run_config), so such runs resume and infer as trained.
-ADDED_SETTINGS = dict(resize="linear", warmup_epochs=0.0, stage_balance=0.0)
+ADDED_SETTINGS = dict(resize="linear", warmup_epochs=0.0, stage_balance=0.0, original_defects=False)
 
 
 def read_run_config(weights_dir: Path | str, arch: str, fold: int) -> dict:
@@ -119,7 +119,9 @@ def read_model_config(weights_dir: str, arch: str, fold: int, epochs, trainer: s
     """
     config = read_run_config(weights_dir, arch, fold)
     path = run_config_path(weights_dir, arch, fold)
-    if config["model_arch"] != arch or config["num_classes"] != NUM_CLASSES:
+    # the original's 1000-class EfficientNet (--original-defects) is folded into the stages at inference
+    folded = config["original_defects"] and config["num_classes"] % NUM_CLASSES == 0
+    if config["model_arch"] != arch or not (config["num_classes"] == NUM_CLASSES or folded):
         raise InputError(f"configuration is of {config['model_arch']} with {config['num_classes']} classes, "
                          f"expected {arch} with {NUM_CLASSES} {where(path)}")
     for epoch in epochs:

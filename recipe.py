@@ -31,11 +31,17 @@ RECIPE = dict(
     folds=5, fold=0, cv="subject", seed=72,
     # batch augmentation: FMix on (its masks as the original drew them), CutMix off
     no_fmix=False, fmix_spectrum="original", cutmix=False,
+    # the original's three training defects, restored on request (--original-defects): integer mixed
+    # targets, the EfficientNet's 1000-class classifier, summed accumulated losses
+    original_defects=False,
     # how the run goes (not what it learns)
     amp="fp16", device="auto", workers=4,
     data_root="DATA", weights_dir="weights", cache_dir="cache", no_cache=False,  # the original: /DATA, ./
 )
-TRAINER_KEYS = ("model_arch", "optimizer")  # what each trainer adds to RECIPE
+# What each trainer adds to RECIPE: its architecture, its optimizer, and the outputs of the classifier
+# the original trained (the ViT's head replaced by 5 outputs; the EfficientNet's 1000 ImageNet
+# classes kept, a defect --original-defects restores).
+TRAINER_KEYS = ("model_arch", "optimizer", "original_classes")
 
 # --------------------------------------------------------------------------
 # Fixed settings (no option)

@@ -241,6 +241,23 @@ def test_command_rules_and_across(tmp_path):
     assert out.read_text() == blend_csv.read_text()
 
 
+def test_the_submission_is_whole_before_any_per_recording_output_starts(tmp_path, monkeypatch):
+    import hypnogram
+
+    data, blend_csv = write_case(tmp_path, "W2222" + "R22W", "aaaaa" + "bbbb")
+    np.save(blend_csv.with_suffix(".npy"), np.full((9, 5), 0.2, dtype=np.float32))
+    out = tmp_path / "outputs" / "files_post.csv"
+
+    def broken(*args, **options):
+        assert out.read_text().split() == [CODE[c] for c in "W2222R22W"]  # already written, whole
+        raise RuntimeError("a recording's output failed")
+
+    monkeypatch.setattr(hypnogram, "write_recording_outputs", broken)
+    with pytest.raises(RuntimeError, match="a recording's output failed"):
+        postprocess.main(["--data-root", str(data), "--in", str(blend_csv), "--out", str(out), "--quiet"])
+    assert out.read_text().split() == [CODE[c] for c in "W2222R22W"]
+
+
 @pytest.mark.slow
 def test_command_hmm(tmp_path):
     data, blend_csv = write_case(tmp_path, "22R22", "aaaaa")

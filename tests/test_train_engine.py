@@ -212,7 +212,7 @@ def test_each_epoch_advances_the_training_loader_and_steps_the_schedule_twice(tm
                               scaler=torch.amp.GradScaler("cpu", enabled=False), train_loader=_FakeLoader(batches),
                               valid_loader=_FakeLoader(batches), start_epoch=0, warmup=None)
     args = argparse.Namespace(epochs=4, seed=72, quiet=True, model_arch="fake", fold=0, weights_dir=str(tmp_path),
-                              accum_iter=1, sched_steps_per_epoch=2)
+                              accum_iter=1, sched_steps_per_epoch=2, original_defects=False)
     engine._run_epochs(run, args, torch.device("cpu"), rank=0, world_size=1)
     assert run.train_loader.sampler.epochs == [0, 1, 2, 3]
     logged = [float(row["lr"]) for row in read_log_rows(tmp_path / "fake_fold_0_log.csv")]

@@ -15,12 +15,16 @@ SHARED = dict(img_size=224, pretrained="imagenet", lr=1e-4, min_lr=1e-6, weight_
               valid_batch_size=32, accum_iter=2, epochs=10, t0=10, sched_steps_per_epoch=2, folds=5, fold=0,
               cv="subject", seed=72, workers=4, amp="fp16", device="auto", data_root="DATA", weights_dir="weights",
               cache_dir="cache", fmix_spectrum="original", no_fmix=False, cutmix=False, no_cache=False,
-              resize="linear", warmup_epochs=0.0, stage_balance=0.0)  # cv2.INTER_LINEAR, no warm-up, each row once
+              resize="linear", warmup_epochs=0.0, stage_balance=0.0,  # cv2.INTER_LINEAR, no warm-up, each row once
+              original_defects=False)  # the corrected recipe; --original-defects restores the original's three
 
 
 def test_each_trainer_is_the_recipe_with_its_model_and_optimizer():
-    assert main_vit_rgb.DEFAULTS == {**SHARED, "model_arch": "vit_base_patch16_224", "optimizer": "adam"}
-    assert main_eff.DEFAULTS == {**SHARED, "model_arch": "tf_efficientnet_b4_ns", "optimizer": "adamp"}
+    # the original replaced the ViT's head (5 outputs) and kept the EfficientNet's 1000 ImageNet classes
+    assert main_vit_rgb.DEFAULTS == {**SHARED, "model_arch": "vit_base_patch16_224", "optimizer": "adam",
+                                     "original_classes": 5}
+    assert main_eff.DEFAULTS == {**SHARED, "model_arch": "tf_efficientnet_b4_ns", "optimizer": "adamp",
+                                 "original_classes": 1000}
 
 
 def test_the_parsed_defaults_are_the_recipe():
@@ -32,7 +36,7 @@ def test_resume_checks_every_recipe_key_but_length_speed_and_places():
     assert set(engine.RESUME_KEYS) == {
         "model_arch", "img_size", "optimizer", "fold", "folds", "cv", "seed", "batch_size", "accum_iter", "lr",
         "min_lr", "weight_decay", "t0", "sched_steps_per_epoch", "no_fmix", "fmix_spectrum", "cutmix",
-        "pretrained", "no_cache", "resize", "warmup_epochs", "stage_balance"}
+        "pretrained", "no_cache", "resize", "warmup_epochs", "stage_balance", "original_defects"}
     assert len(engine.RESUME_KEYS) == len(set(engine.RESUME_KEYS))
 
 
