@@ -33,8 +33,7 @@ from psg_layout import input_shape
 
 # From this many pixels a sample, the CPU augments a batch one sample at a time (_augmented_rows): its
 # planes then stay in the CPU's cache. Below, the whole batch at once is faster (one sample's work is
-# too small for the calls it takes). Augmentation's CPU ms per batch of 32, all at once against one at
-# a time: 64 px 1.4 / 3.4, 128 px 4.1 / 6.1, 160 px 8.9 / 8.6, 224 px 15.0 / 11.0.
+# too small for the calls it takes); the two cross at about 160 x 160 px (measured in docs/speed.md).
 _SAMPLE_AT_A_TIME_PIXELS = 160 * 160
 
 
@@ -357,7 +356,7 @@ def _augmented_planes(batch: dict, count: int, mixes: list, memory_format, block
 
 def _hole_pixels(corners: torch.Tensor, applied: torch.Tensor, height: int, width: int) -> list[torch.Tensor]:
     """Per member, the int64 numbers (:func:`_hole_numbers`) of the pixels its applied dropouts drop (repeats allowed)."""
-    numbers = _hole_numbers(corners, height, width).numpy()  # NumPy: 0.2 ms a batch of 52 members, torch 0.6
+    numbers = _hole_numbers(corners, height, width).numpy()  # NumPy: faster than torch on arrays this small
     return [torch.from_numpy(member[dropped].ravel()) for member, dropped in zip(numbers, applied.numpy())]
 
 

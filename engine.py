@@ -233,8 +233,8 @@ def resolve_amp(amp: str, device: torch.device) -> str:
 
 
 # Tensors and models in channels_last on every device: faster convolutions under mixed precision on
-# CUDA, and the EfficientNet trains 1.4x faster on the CPU (tf_efficientnet_b0 at 64 px, batch 16: 58
-# against 42 images/s); the same arithmetic up to rounding.
+# CUDA, and a faster EfficientNet on the CPU too (measured in docs/speed.md, "On CUDA"); the same
+# arithmetic up to rounding.
 MEMORY_FORMAT = torch.channels_last
 
 
