@@ -53,10 +53,10 @@ import torch
 from sklearn.metrics import f1_score
 from torch.utils.data import DataLoader
 
-import engine
 import image_cache
 import loader_vit_rgb
 import model_set
+import models
 import psg_layout
 from output_names import checkpoint_path, dump_path, infer_config_path, run_config_path, valid_csv_path
 from psg_layout import NUM_CLASSES, STAGES, InputError, where
@@ -157,7 +157,7 @@ def model_probabilities(arch: str, epochs, config: dict, args, inputs: dict, dev
 
     A model trained with ``--original-defects`` by ``main_eff.py`` has the
     original's 1000 outputs; its softmax is folded into the 5 stages
-    (:func:`engine.fold_to_stages`) as the original's ``inferblend.py`` did.
+    (:func:`models.fold_to_stages`) as the original's ``inferblend.py`` did.
 
     Parameters
     ----------
@@ -182,13 +182,13 @@ def model_probabilities(arch: str, epochs, config: dict, args, inputs: dict, dev
     """
     img_size = psg_layout.input_shape(config["img_size"])
     resize = config["resize"]
-    amp = engine.resolve_amp(args.amp, device)
-    progress = engine.progress_enabled(args.quiet)
+    amp = models.resolve_amp(args.amp, device)
+    progress = models.progress_enabled(args.quiet)
     sums = {split: np.zeros((len(rows), NUM_CLASSES)) for split, (_, rows) in inputs.items()}
     classes = config.get("num_classes", NUM_CLASSES)  # 1000: the original's EfficientNet (--original-defects)
     for epoch in epochs:
-        model = engine.create_model(arch, img_size, classes)
-        engine.load_weights(model, checkpoint_path(args.weights_dir, arch, args.fold, epoch))
+        model = models.create_model(arch, img_size, classes)
+        models.load_weights(model, checkpoint_path(args.weights_dir, arch, args.fold, epoch))
         model.to(device)
         for split, (table, rows) in inputs.items():
             for tta_round in range(args.tta):
@@ -197,13 +197,13 @@ def model_probabilities(arch: str, epochs, config: dict, args, inputs: dict, dev
                 loader = tta_loader(args.data_root, table, rows, img_size, args.batch_size, args.workers, tta_round,
                                     pin_memory=device.type == "cuda",
                                     cache_dir=None if args.no_cache else args.cache_dir, resize=resize)
-                sums[split] += engine.fold_to_stages(engine.predict(model, loader, device, amp, progress))
+                sums[split] += models.fold_to_stages(models.predict(model, loader, device, amp, progress))
         del model  # free its (GPU) memory before the next checkpoint's model is built
     rounds = len(epochs) * args.tta
     return {split: (total / rounds).astype(np.float32) for split, total in sums.items()}
 
 
-def write_outputs(out: Path, args, models: dict, probabilities: dict, train, valid_rows, config: dict) -> None:
+def write_outputs(out: Path, args, arch_epochs: dict, probabilities: dict, train, valid_rows, config: dict) -> None:
     """The test dumps, the validation dumps with ``fold_<k>_valid.csv`` when there are validation
     rows (``valid_rows`` not None), and this run's configuration, each atomically.
 
@@ -213,14 +213,14 @@ def write_outputs(out: Path, args, models: dict, probabilities: dict, train, val
     """
     splits = ("valid", "test") if valid_rows is not None else ("test",)
     if valid_rows is None:
-        stale = [path for arch, epochs in models.values()
+        stale = [path for arch, epochs in arch_epochs.values()
                  if (path := dump_path(out, arch, args.fold, epochs, "valid")).exists()]
         for path in stale:
             path.unlink()
         if stale:
             print(f"removed the validation dumps of an earlier run, which do not belong to these test dumps: "
                   f"{', '.join(map(str, stale))}")
-    for key, (arch, epochs) in models.items():
+    for key, (arch, epochs) in arch_epochs.items():
         for split in splits:
             with psg_layout.atomic_path(dump_path(out, arch, args.fold, epochs, split)) as tmp:
                 np.save(tmp, probabilities[key][split], allow_pickle=False)
@@ -238,13 +238,13 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     models_source = model_set.resolve_models(args, model_set.read_model_set(args.weights_dir))
     check_args(args)
-    device = engine.resolve_device(args.device)
-    config = dict(vars(args), device=str(device), amp=engine.resolve_amp(args.amp, device), models_source=models_source)
+    device = models.resolve_device(args.device)
+    config = dict(vars(args), device=str(device), amp=models.resolve_amp(args.amp, device), models_source=models_source)
     print("config: " + json.dumps(config))
 
     test = loader_vit_rgb.read_test_table(args.data_root)
-    models = {"vit": (args.vit_arch, args.vit_epochs), "eff": (args.eff_arch, args.eff_epochs)}
-    configs = model_set.read_model_configs(args.weights_dir, args.fold, models)
+    arch_epochs = {"vit": (args.vit_arch, args.vit_epochs), "eff": (args.eff_arch, args.eff_epochs)}
+    configs = model_set.read_model_configs(args.weights_dir, args.fold, arch_epochs)
     train, valid_rows, reason = validation_rows(args, configs)
     inputs = {"test": (test, np.arange(len(test)))}
     if valid_rows is None:
@@ -255,9 +255,9 @@ def main(argv=None) -> None:
         print(f"{len(valid_rows)} validation rows (fold {args.fold}), {len(test)} test rows")
 
     probabilities = {key: model_probabilities(arch, epochs, configs[key], args, inputs, device)
-                     for key, (arch, epochs) in models.items()}
+                     for key, (arch, epochs) in arch_epochs.items()}
     # Recorded for postprocess.py --method hmm, which divides the blend by the stage shares the models saw.
-    config["stage_balance"] = [configs[key]["stage_balance"] for key in models]
+    config["stage_balance"] = [configs[key]["stage_balance"] for key in arch_epochs]
 
     if valid_rows is not None:
         labels = train.labels[valid_rows]
@@ -266,7 +266,7 @@ def main(argv=None) -> None:
             predicted = valid.argmax(axis=1)
             print(f"fold {args.fold} {name}: validation accuracy {np.mean(predicted == labels):.5f}, "
                   f"macro-F1 {f1_score(labels, predicted, average='macro'):.5f}")
-    write_outputs(Path(args.out), args, models, probabilities, train, valid_rows, config)
+    write_outputs(Path(args.out), args, arch_epochs, probabilities, train, valid_rows, config)
 
 
 if __name__ == "__main__":

@@ -95,7 +95,7 @@ def linked_root(work: Path, images: int, sources: list[Path], labels: np.ndarray
 
 def tiny_checkpoints(folder: Path, root: Path, img_size: list[int]) -> None:
     """Random-weight checkpoints (epoch 0) and configurations of both tiny models for infer_blend.py."""
-    import engine
+    import models
     import image_cache
     import loader_vit_rgb
     from output_names import checkpoint_path, run_config_path
@@ -104,7 +104,7 @@ def tiny_checkpoints(folder: Path, root: Path, img_size: list[int]) -> None:
     valid = sorted({table.recording_ids[r] for r in np.flatnonzero(folds == 0)})
     shape = psg_layout.input_shape(img_size)
     for arch in (VIT, EFF):
-        engine.save_weights(engine.create_model(arch, shape), checkpoint_path(folder, arch, 0, 0))
+        models.save_weights(models.create_model(arch, shape), checkpoint_path(folder, arch, 0, 0))
         config = dict(model_arch=arch, img_size=list(shape), num_classes=5, fold=0, folds=5, seed=72, cv="subject",
                       valid_recordings=valid)
         run_config_path(folder, arch, 0).write_text(json.dumps(config))

@@ -10,7 +10,7 @@ For each ``--models`` (timm name at ``--img-size``), on ``--device``:
   (the ceiling: no loader at all). Their ratio is the share of the ceiling
   the loader keeps; the loader's rate projects one fold-0 epoch of the
   challenge (468,000 images) against the original's 1.5-2 h;
-- inference: ``engine.predict`` over the test set through
+- inference: ``models.predict`` over the test set through
   ``make_eval_loader`` (cache), projected to the challenge's 138,925 test
   images.
 
@@ -42,6 +42,7 @@ import timm  # noqa: E402
 import torch  # noqa: E402
 
 import engine  # noqa: E402
+import models  # noqa: E402
 import image_cache  # noqa: E402
 import loader_vit_rgb  # noqa: E402
 import psg_layout  # noqa: E402
@@ -113,7 +114,7 @@ def training_rate(model, optimizer, scaler, batches, steps: int, device, amp: st
 
 
 def new_model(arch: str, args, device: torch.device):
-    model = engine.create_model(arch, args.img_size).to(device, memory_format=engine.MEMORY_FORMAT)
+    model = models.create_model(arch, args.img_size).to(device, memory_format=models.MEMORY_FORMAT)
     if args.compile:
         model.compile()
     return model
@@ -134,7 +135,7 @@ def train_figures(arch: str, args, device, amp: str, table) -> dict:
         scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
         if source == "ceiling":
             images = torch.randn(args.batch_size, 3, *args.img_size, device=device)
-            images = images.contiguous(memory_format=engine.MEMORY_FORMAT)
+            images = images.contiguous(memory_format=models.MEMORY_FORMAT)
             targets = torch.eye(psg_layout.NUM_CLASSES, device=device)[torch.arange(args.batch_size) % 5]
             batches = iter(lambda: (images, targets), None)
         else:
@@ -154,13 +155,13 @@ def inference_figures(arch: str, args, device, amp: str, test) -> dict:
     rows = np.arange(min(len(test), args.infer_images))
     warmup = loader_vit_rgb.make_eval_loader(args.data_root, test, args.img_size, args.infer_batch_size, 0,
                                              rows=rows[:args.infer_batch_size], **options)
-    engine.predict(model, warmup, device, amp)
+    models.predict(model, warmup, device, amp)
     loader = loader_vit_rgb.make_eval_loader(args.data_root, test, args.img_size, args.infer_batch_size,
                                              args.workers, rows=rows, **options)
     synchronise(device)
     started, images = time.perf_counter(), 0
     while images < args.infer_images:
-        images += len(engine.predict(model, loader, device, amp))
+        images += len(models.predict(model, loader, device, amp))
     synchronise(device)
     rate = images / (time.perf_counter() - started)
     return {"infer_images_per_s": rate, "infer_images": images,
@@ -170,8 +171,8 @@ def inference_figures(arch: str, args, device, amp: str, test) -> dict:
 def main() -> None:
     args = parser.parse_args()
     args.img_size = psg_layout.input_shape(args.img_size)  # (height, width)
-    device = engine.resolve_device(args.device)
-    amp = engine.resolve_amp(args.amp, device)
+    device = models.resolve_device(args.device)
+    amp = models.resolve_amp(args.amp, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     ensure_data(args.data_root)

@@ -216,6 +216,7 @@ def write_random_checkpoints(data_root: Path, folder: Path, archs, epochs, img_s
     import torch
 
     import engine
+    import models
     import loader_vit_rgb
     import psg_layout
 
@@ -225,8 +226,8 @@ def write_random_checkpoints(data_root: Path, folder: Path, archs, epochs, img_s
     for number, arch in enumerate(archs):
         for epoch in epochs:
             torch.manual_seed(10 * number + epoch)
-            model = engine.create_model(arch, img_size)
-            engine.save_weights(model, engine.checkpoint_path(folder, arch, 0, epoch))
+            model = models.create_model(arch, img_size)
+            models.save_weights(model, engine.checkpoint_path(folder, arch, 0, epoch))
         config = dict(model_arch=arch, img_size=img_size, num_classes=5, fold=0,
                       valid_recordings=valid_recordings, **split)
         engine.run_config_path(folder, arch, 0).write_text(json.dumps(config))

@@ -13,6 +13,7 @@ import torch
 import recipe
 import batch_augment
 import engine
+import models
 import model_set
 import fmix
 import image_cache
@@ -152,9 +153,9 @@ def test_per_sample_training_images_are_height_by_width(tiny_data):
 
 
 def test_create_model_builds_the_vit_for_height_by_width():
-    vit = engine.create_model(VIT, VIT_SHAPE)
+    vit = models.create_model(VIT, VIT_SHAPE)
     assert vit.patch_embed.img_size == VIT_SHAPE and vit.patch_embed.grid_size == (2, 1)
-    assert engine.create_model(VIT, 32).patch_embed.img_size == (32, 32)
+    assert models.create_model(VIT, 32).patch_embed.img_size == (32, 32)
 
 
 # --------------------------------------------------------------------------
@@ -223,7 +224,7 @@ def test_each_trainer_records_its_geometry_and_caches_at_it(tiny_data, non_squar
 
 def by_hand(weights, arch, shape, image_path) -> np.ndarray:
     """Softmax of epoch 0 of ``arch`` on one image resized by OpenCV to ``shape`` (height, width) as it trained."""
-    model = engine.load_weights(engine.create_model(arch, shape), engine.checkpoint_path(weights, arch, 0, 0))
+    model = models.load_weights(models.create_model(arch, shape), engine.checkpoint_path(weights, arch, 0, 0))
     image = cv2.cvtColor(cv2.imread(str(image_path)), cv2.COLOR_BGR2RGB)
     image = cv2.resize(image, (shape[1], shape[0]), interpolation=INTERPOLATIONS[RESIZES[arch]]).astype(np.float32) / 255.0
     image = (image - np.array(recipe.IMAGENET_MEAN)) / np.array(recipe.IMAGENET_STD)

@@ -11,6 +11,7 @@ import torch
 
 import recipe
 import engine
+import models
 import batch_augment
 import loader_vit_rgb
 import psg_layout
@@ -45,10 +46,10 @@ def test_each_model_is_the_plain_mean_over_its_checkpoints_and_tta_rounds(monkey
     def tta_loader(data_root, table, rows_, img_size, batch_size, workers, tta_round, **options):
         return tta_round, table
 
-    monkeypatch.setattr(infer_blend.engine, "create_model", lambda *a, **k: Checkpoint())
-    monkeypatch.setattr(infer_blend.engine, "load_weights", load_weights)
+    monkeypatch.setattr(infer_blend.models, "create_model", lambda *a, **k: Checkpoint())
+    monkeypatch.setattr(infer_blend.models, "load_weights", load_weights)
     monkeypatch.setattr(infer_blend, "tta_loader", tta_loader)
-    monkeypatch.setattr(infer_blend.engine, "predict",
+    monkeypatch.setattr(infer_blend.models, "predict",
                         lambda model, loader, *a: predictions[model.epoch, loader[0], loader[1]])
     args = argparse.Namespace(amp="off", quiet=True, weights_dir="w", fold=0, tta=3, data_root="d", batch_size=2,
                               workers=0, no_cache=True, cache_dir=None)
@@ -77,7 +78,7 @@ def weights(tiny_data, tmp_path_factory):
 
 def by_hand(weights, arch, epoch, image_path) -> np.ndarray:
     """Softmax of one checkpoint on one image, read and normalised without the project's loader."""
-    model = engine.load_weights(engine.create_model(arch, IMG), engine.checkpoint_path(weights, arch, 0, epoch))
+    model = models.load_weights(models.create_model(arch, IMG), engine.checkpoint_path(weights, arch, 0, epoch))
     image = cv2.cvtColor(cv2.imread(str(image_path)), cv2.COLOR_BGR2RGB)
     image = cv2.resize(image, (IMG, IMG), interpolation=cv2.INTER_LINEAR).astype(np.float32) / 255.0
     image = (image - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
@@ -202,7 +203,7 @@ def test_tta_rounds_average_plain_and_dropout_views(tiny_data, weights, inferred
     assert 0.6 <= (holes_per_image > 0).float().mean() <= 0.9  # at least one of two dropouts, p = 0.5 each: 3/4
 
     # ... and its probabilities are the model's softmax on those tensors.
-    model = engine.load_weights(engine.create_model(EFF, IMG), engine.checkpoint_path(weights, EFF, 0, 1))
+    model = models.load_weights(models.create_model(EFF, IMG), engine.checkpoint_path(weights, EFF, 0, 1))
     with torch.no_grad():
         softmax = torch.softmax(model.eval()(dropped), dim=1).numpy()
     np.testing.assert_allclose(dropout_round, softmax, rtol=0, atol=2e-4)

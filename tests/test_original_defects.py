@@ -17,6 +17,7 @@ import torch
 
 import batch_augment
 import engine
+import models
 import infer_blend
 import loader_vit_rgb
 import main_eff
@@ -85,12 +86,12 @@ def test_folding_is_the_originals_sum_of_200_slices_of_5():
     folded = np.zeros((7, 5))
     for art in range(200):
         folded += probabilities[:, art * 5:(art + 1) * 5]
-    np.testing.assert_allclose(engine.fold_to_stages(probabilities), folded, rtol=1e-12)
-    np.testing.assert_allclose(engine.fold_to_stages(probabilities).sum(axis=1), 1.0)
+    np.testing.assert_allclose(models.fold_to_stages(probabilities), folded, rtol=1e-12)
+    np.testing.assert_allclose(models.fold_to_stages(probabilities).sum(axis=1), 1.0)
     five = probabilities[:, :5]
-    assert np.array_equal(engine.fold_to_stages(five), five)
+    assert np.array_equal(models.fold_to_stages(five), five)
     with pytest.raises(ValueError, match="cannot fold 7 classes"):
-        engine.fold_to_stages(np.ones((2, 7)))
+        models.fold_to_stages(np.ones((2, 7)))
 
 
 def test_the_1000_class_classifier_learns_the_stages_smoothed_over_1000_outputs():
@@ -150,11 +151,11 @@ def test_the_switch_is_recorded_and_inference_folds_the_1000_class_model(monkeyp
         def to(self, device):
             return self
 
-    monkeypatch.setattr(infer_blend.engine, "create_model", lambda arch, size, classes: asked.append(classes)
+    monkeypatch.setattr(infer_blend.models, "create_model", lambda arch, size, classes: asked.append(classes)
                         or Checkpoint())
-    monkeypatch.setattr(infer_blend.engine, "load_weights", lambda model, path: model)
+    monkeypatch.setattr(infer_blend.models, "load_weights", lambda model, path: model)
     monkeypatch.setattr(infer_blend, "tta_loader", lambda *a, **k: None)
-    monkeypatch.setattr(infer_blend.engine, "predict", lambda *a: outputs)
+    monkeypatch.setattr(infer_blend.models, "predict", lambda *a: outputs)
     options = argparse.Namespace(amp="off", quiet=True, weights_dir="w", fold=0, tta=1, data_root="d", batch_size=2,
                                  workers=0, no_cache=True, cache_dir=None)
     result = infer_blend.model_probabilities("a", [1], dict(config, resize="area"), options,

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import recipe
 import engine
+import models
 import model_set
 from conftest import run_script
 from psg_layout import InputError
@@ -233,7 +234,7 @@ def test_predict_returns_probabilities_in_loader_order():
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 5))
     images = torch.randn(7, 3, 2, 2)
     loader = DataLoader(TensorDataset(images), batch_size=3)
-    probabilities = engine.predict(model, loader, torch.device("cpu"), "fp16")
+    probabilities = models.predict(model, loader, torch.device("cpu"), "fp16")
     assert probabilities.dtype == np.float32 and probabilities.shape == (7, 5)
     np.testing.assert_allclose(probabilities, torch.softmax(model(images), 1).detach().numpy(), atol=1e-6)
     np.testing.assert_allclose(probabilities.sum(1), 1.0, atol=1e-6)
@@ -271,13 +272,13 @@ def test_validation_runs_in_float32_outside_autocast(monkeypatch):
 
 
 def test_create_model_passes_img_size_where_the_architecture_takes_it():
-    vit = engine.create_model("test_vit", 64)
+    vit = models.create_model("test_vit", 64)
     assert vit.num_classes == 5 and vit.patch_embed.img_size == (64, 64)
     assert vit(torch.zeros(2, 3, 64, 64)).shape == (2, 5)
-    effnet = engine.create_model("test_efficientnet", 48)  # convolutional: any size
+    effnet = models.create_model("test_efficientnet", 48)  # convolutional: any size
     assert effnet(torch.zeros(2, 3, 48, 48)).shape == (2, 5)
     with pytest.raises(InputError, match="unknown model architecture 'no_such_net'"):
-        engine.create_model("no_such_net", 64)
+        models.create_model("no_such_net", 64)
 
 
 def test_create_model_retries_without_img_size_only_when_the_architecture_refuses_that_keyword(monkeypatch):
@@ -293,33 +294,33 @@ def test_create_model_retries_without_img_size_only_when_the_architecture_refuse
 
     monkeypatch.setattr(timm, "create_model", create)
     with pytest.raises(TypeError, match="'mlp_layer'"):
-        engine.create_model("test_vit", 64)
+        models.create_model("test_vit", 64)
     assert calls == [["img_size", "num_classes"]]  # not rebuilt at the architecture's default size
 
 
 def test_pretrained_weights_load_from_a_local_file_and_mismatches_are_refused(tmp_path):
-    source = engine.create_model("test_vit", 64, num_classes=1000)
+    source = models.create_model("test_vit", 64, num_classes=1000)
     path = tmp_path / "test_vit.safetensors"
     safetensors.torch.save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
-    model = engine.create_model("test_vit", 64, pretrained=path)
+    model = models.create_model("test_vit", 64, pretrained=path)
     torch.testing.assert_close(model.blocks[0].attn.qkv.weight, source.blocks[0].attn.qkv.weight)
     assert model.head.out_features == 5
     with pytest.raises(InputError, match=r"pretrained weights do not fit .*test_vit.safetensors"):
-        engine.create_model("test_efficientnet", 64, pretrained=path)
+        models.create_model("test_efficientnet", 64, pretrained=path)
 
 
 @pytest.mark.parametrize("arch, head", [("test_vit", "head"), ("test_efficientnet", "classifier")])
 @pytest.mark.parametrize("form", ["safetensors", "state dict"])
 def test_a_local_file_gives_every_backbone_tensor_and_a_fresh_5_class_head(tmp_path, arch, head, form):
     torch.manual_seed(1)
-    source = {k: v.contiguous() for k, v in engine.create_model(arch, 64, num_classes=1000).state_dict().items()}
+    source = {k: v.contiguous() for k, v in models.create_model(arch, 64, num_classes=1000).state_dict().items()}
     path = tmp_path / f"{arch}.{'safetensors' if form == 'safetensors' else 'pth'}"
     if form == "safetensors":
         safetensors.torch.save_file(source, str(path))
     else:
         torch.save(source, path)  # a plain state dict: tensors only, read with weights_only=True
     torch.manual_seed(2)
-    loaded = engine.create_model(arch, 64, pretrained=path).state_dict()
+    loaded = models.create_model(arch, 64, pretrained=path).state_dict()
     backbone = [name for name in source if not name.startswith(head + ".")]
     assert len(backbone) > 10 and set(loaded) == set(source)
     for name in backbone:
@@ -362,34 +363,34 @@ def test_imagenet_check_refuses_only_uncached_weights_it_cannot_fetch(monkeypatc
     def created(name, **options):
         raise AssertionError("timm was asked")  # the check must refuse before timm retries
 
-    monkeypatch.setattr(engine.timm, "create_model", created)
-    monkeypatch.setattr(engine.huggingface_hub, "try_to_load_from_cache", lambda repo, name: None)
-    monkeypatch.setattr(engine.huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(models.timm, "create_model", created)
+    monkeypatch.setattr(models.huggingface_hub, "try_to_load_from_cache", lambda repo, name: None)
+    monkeypatch.setattr(models.huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(InputError, match="not cached and hub access is disabled"):
-        engine.create_model("vit_base_patch16_224", 224, pretrained="imagenet")
-    monkeypatch.setattr(engine.huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+        models.create_model("vit_base_patch16_224", 224, pretrained="imagenet")
+    monkeypatch.setattr(models.huggingface_hub.constants, "HF_HUB_OFFLINE", False)
 
     def unreachable(request, timeout):
-        assert request.get_method() == "HEAD" and timeout == engine.HUB_PROBE_SECONDS
-        raise engine.urllib.error.URLError("Name or service not known")
+        assert request.get_method() == "HEAD" and timeout == models.HUB_PROBE_SECONDS
+        raise models.urllib.error.URLError("Name or service not known")
 
-    monkeypatch.setattr(engine.urllib.request, "urlopen", unreachable)
+    monkeypatch.setattr(models.urllib.request, "urlopen", unreachable)
     with pytest.raises(InputError, match=r"cannot be reached \(Name or service not known\)"):
-        engine.create_model("tf_efficientnet_b4_ns", 224, pretrained="imagenet")  # a deprecated name, resolved
+        models.create_model("tf_efficientnet_b4_ns", 224, pretrained="imagenet")  # a deprecated name, resolved
     # Cached weights, or a hub that answers at all: timm is asked.
     cached = tmp_path / "model.safetensors"
     cached.write_bytes(b"")
-    monkeypatch.setattr(engine.huggingface_hub, "try_to_load_from_cache", lambda repo, name: str(cached))
+    monkeypatch.setattr(models.huggingface_hub, "try_to_load_from_cache", lambda repo, name: str(cached))
     with pytest.raises(AssertionError, match="timm was asked"):
-        engine.create_model("vit_base_patch16_224", 224, pretrained="imagenet")
-    monkeypatch.setattr(engine.huggingface_hub, "try_to_load_from_cache", lambda repo, name: None)
+        models.create_model("vit_base_patch16_224", 224, pretrained="imagenet")
+    monkeypatch.setattr(models.huggingface_hub, "try_to_load_from_cache", lambda repo, name: None)
 
     def answers(request, timeout):
-        raise engine.urllib.error.HTTPError(request.full_url, 404, "Not Found", {}, None)
+        raise models.urllib.error.HTTPError(request.full_url, 404, "Not Found", {}, None)
 
-    monkeypatch.setattr(engine.urllib.request, "urlopen", answers)
+    monkeypatch.setattr(models.urllib.request, "urlopen", answers)
     with pytest.raises(AssertionError, match="timm was asked"):
-        engine.create_model("vit_base_patch16_224", 224, pretrained="imagenet")
+        models.create_model("vit_base_patch16_224", 224, pretrained="imagenet")
 
 
 @pytest.mark.slow
@@ -403,29 +404,29 @@ def test_imagenet_asks_timm_for_the_original_weights(monkeypatch, arch, original
     monkeypatch.setattr(timm.models._builder, "load_pretrained",
                         lambda model, pretrained_cfg=None, **options: asked.append((pretrained_cfg, options)))
     # the offline check (test_imagenet_check_refuses_only_uncached_weights_it_cannot_fetch) would refuse here
-    monkeypatch.setattr(engine, "_check_imagenet_weights_reachable", lambda arch: None)
-    model = engine.create_model(arch, 224, pretrained="imagenet")
+    monkeypatch.setattr(models, "check_imagenet_weights_reachable", lambda arch: None)
+    model = models.create_model(arch, 224, pretrained="imagenet")
     (cfg, options), = asked
     assert cfg["url"].endswith("/" + original_file) and cfg["hf_hub_id"].startswith("timm/")
     assert options["num_classes"] == 5 and model.num_classes == 5
 
 
 def test_weights_round_trip_and_mismatches_name_the_file(tmp_path):
-    model = engine.create_model("test_efficientnet", 32)
+    model = models.create_model("test_efficientnet", 32)
     path = engine.checkpoint_path(tmp_path, "test_efficientnet", 0, 3)
-    engine.save_weights(model, path)
+    models.save_weights(model, path)
     assert path.read_bytes()[8:9] == b"{"  # safetensors: 8-byte header length, then JSON
     torch.manual_seed(123)
-    other = engine.create_model("test_efficientnet", 32)
-    engine.load_weights(other, path)
+    other = models.create_model("test_efficientnet", 32)
+    models.load_weights(other, path)
     for name, value in model.state_dict().items():
         torch.testing.assert_close(other.state_dict()[name], value)
     with pytest.raises(InputError, match=r"does not fit the model: it holds test_efficientnet .*test_efficientnet_fold_0_3\)"):
-        engine.load_weights(engine.create_model("test_vit", 32), path)
+        models.load_weights(models.create_model("test_vit", 32), path)
     with pytest.raises(InputError, match=r"with 5 classes; the model is test_efficientnet with 3 classes"):
-        engine.load_weights(engine.create_model("test_efficientnet", 32, num_classes=3), path)
+        models.load_weights(models.create_model("test_efficientnet", 32, num_classes=3), path)
     with pytest.raises(InputError, match="checkpoint not found"):
-        engine.load_weights(model, tmp_path / "absent")
+        models.load_weights(model, tmp_path / "absent")
 
 
 class _Trap:
@@ -445,7 +446,7 @@ def test_pickled_checkpoints_are_refused_unopened(tmp_path):
         path = tmp_path / f"model_fold_0_{name}"
         writer(path)
         with pytest.raises(InputError, match=r"not a safetensors checkpoint .*refused"):
-            engine.load_weights(engine.create_model("test_efficientnet", 32), path)
+            models.load_weights(models.create_model("test_efficientnet", 32), path)
     assert not marker.exists()
 
 
@@ -474,15 +475,15 @@ def test_read_run_config(tmp_path):
 
 
 def test_devices_and_precision():
-    assert engine.resolve_device("cpu") == torch.device("cpu")
-    assert engine.resolve_amp("fp16", torch.device("cpu")) == "off"
-    assert engine.resolve_amp("bf16", torch.device("cuda", 0)) == "bf16"
+    assert models.resolve_device("cpu") == torch.device("cpu")
+    assert models.resolve_amp("fp16", torch.device("cpu")) == "off"
+    assert models.resolve_amp("bf16", torch.device("cuda", 0)) == "bf16"
     if not torch.cuda.is_available():
-        assert engine.resolve_device("auto") == torch.device("cpu")
+        assert models.resolve_device("auto") == torch.device("cpu")
         with pytest.raises(InputError, match="no CUDA device"):
-            engine.resolve_device("cuda")
+            models.resolve_device("cuda")
     else:
-        assert engine.resolve_device("auto", 0) == torch.device("cuda", 0)
+        assert models.resolve_device("auto", 0) == torch.device("cuda", 0)
 
 
 def _adamp_steps(optimizer_class, memory_format):

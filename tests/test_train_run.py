@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import engine
+import models
 import model_set
 import loader_vit_rgb
 import main_eff
@@ -81,11 +82,11 @@ def test_checkpoints_config_and_state_files(trained, tiny_data):
     table = loader_vit_rgb.read_train_table(tiny_data)
     valid_rows = np.flatnonzero(loader_vit_rgb.make_folds(table, n_folds=FOLDS) == 0)
     assert {table.recording_ids[r] for r in valid_rows} == set(config["valid_recordings"])
-    model = engine.create_model(config["model_arch"], config["img_size"])
-    engine.load_weights(model, engine.checkpoint_path(weights, ARCH, 0, EPOCHS - 1))
+    model = models.create_model(config["model_arch"], config["img_size"])
+    models.load_weights(model, engine.checkpoint_path(weights, ARCH, 0, EPOCHS - 1))
     # Read through the per-sample path: without augmentation it gives the cache path's tensors.
     loader = loader_vit_rgb.make_eval_loader(tiny_data, table, IMG_SIZE, 64, 0, rows=valid_rows, cache_dir=None)
-    probabilities = engine.predict(model, loader, torch.device("cpu"), "off")
+    probabilities = models.predict(model, loader, torch.device("cpu"), "off")
     accuracy = float((probabilities.argmax(1) == table.labels[valid_rows]).mean())
     assert accuracy == pytest.approx(float(log[-1]["valid_accuracy"]), abs=1e-6)
     confusion = np.array(json.loads(log[-1]["confusion"]))
