@@ -63,7 +63,8 @@ from hypnogram import HYPNOGRAM_ORDER, json_ready, sleep_statistics, statistic_u
 from output_names import TRAINING_LOG_GLOB, dump_path, report_dir, run_config_path, submission_path, valid_csv_path
 from hmm import hmm_decode, hmm_from_counts
 from model_set import hmm_counts_outside
-from postprocess import apply_rules, read_stage_lines
+from postprocess import read_stage_lines
+from rules import apply_rules
 from psg_layout import NUM_CLASSES, STAGES, InputError, where
 
 # fmt: off

@@ -42,6 +42,7 @@ import psg_layout
 from output_names import (checkpoint_path, dump_path, infer_config_path, model_set_path, run_config_path,
                           tune_json_path, valid_csv_path)
 from psg_layout import NUM_CLASSES, InputError, where
+from rules import apply_rules
 
 # fmt: off
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -279,7 +280,6 @@ def validation_scores(probabilities: np.ndarray, valid: psg_layout.EpochTable, m
                       weight: float) -> dict:
     """Validation macro-F1 of the blend and the rules, and each sleep statistic's mean, true and hmm-decoded."""
     import hypnogram
-    from postprocess import apply_rules
 
     labels, ids = valid.labels, valid.recording_ids
     stages = blend.predict_stages(probabilities)

@@ -66,12 +66,14 @@ from pathlib import Path
 
 import numpy as np
 
+import model_set
 import psg_layout
 from blend import load_probabilities, read_test_csv, stage_counts
-from hmm import count_stage_sequences, group_by_recording, hmm_decode, hmm_from_counts
+from hmm import count_stage_sequences, hmm_decode, hmm_from_counts
 from output_names import (blend_csv_path, infer_config_path, model_set_path, probabilities_path, recordings_dir,
                           submission_path)
 from psg_layout import STAGE_TO_INT, STAGES, InputError, where
+from rules import apply_rules
 
 # fmt: off
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -109,87 +111,6 @@ parser.add_argument("--quiet", action="store_true", help="print only the configu
 # fmt: on
 
 POSTPROCESS_METHODS = ("rules", "hmm", "none")
-_S = STAGE_TO_INT
-# (pattern, position in the pattern that is rewritten, new stage), in the original's order
-RULES = (
-    ((_S["N1"], _S["N3"]), 1, _S["N2"]),
-    ((_S["N2"], _S["N2"], _S["REM"], _S["N2"], _S["N2"]), 2, _S["N2"]),
-    ((_S["N3"], _S["N3"], _S["REM"], _S["N3"], _S["N3"]), 2, _S["N3"]),
-    ((_S["N1"], _S["REM"], _S["REM"]), 0, _S["REM"]),
-    ((_S["N2"], _S["REM"], _S["REM"]), 0, _S["REM"]),
-    ((_S["REM"], _S["N1"], _S["REM"]), 1, _S["REM"]),
-    ((_S["REM"], _S["N2"], _S["REM"]), 1, _S["REM"]),
-)
-
-
-# --------------------------------------------------------------------------
-# The original's rules
-# --------------------------------------------------------------------------
-def rule_matches(stages: np.ndarray, segment: np.ndarray, pattern) -> np.ndarray:
-    """Start positions i where ``stages[i:i+len(pattern)] == pattern`` inside one segment.
-
-    ``segment`` must be non-decreasing (rows grouped by recording), so a
-    window lies in one recording when its two ends do.
-    """
-    width, n = len(pattern), len(stages)
-    if n < width:
-        return np.empty(0, dtype=np.int64)
-    starts = n - width + 1
-    match = segment[:starts] == segment[width - 1:]
-    for offset, stage in enumerate(pattern):
-        match &= stages[offset:offset + starts] == stage
-    return np.flatnonzero(match)
-
-
-def apply_rules(stages: np.ndarray, recording_ids, across_recordings: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Apply the original's context rules (see the module docstring).
-
-    Parameters
-    ----------
-    stages : np.ndarray of int, shape (rows,)
-        Predicted stage ints (Wake=0 ... REM=4) in CSV order.
-    recording_ids : sequence of str, length rows
-        Recording of each row; patterns never span two recordings.
-    across_recordings : bool
-        Ignore recordings and treat the rows, in CSV order, as one sequence
-        (the original's behaviour).
-
-    Returns
-    -------
-    new_stages : np.ndarray of int64, shape (rows,)
-        The post-processed stages, CSV order.
-    matches : np.ndarray of int64, shape (7,)
-        How many times each rule matched.
-    """
-    stages = np.asarray(stages, dtype=np.int64)
-    if across_recordings:
-        order, segment = np.arange(len(stages)), np.zeros(len(stages), dtype=np.int64)
-    else:
-        order, segment = group_by_recording(recording_ids)
-    sequence = stages[order]
-
-    targets, starts, rule_numbers, values = [], [], [], []
-    for number, (pattern, position, new_stage) in enumerate(RULES):
-        found = rule_matches(sequence, segment, pattern)
-        targets.append(found + position)
-        starts.append(found)
-        rule_numbers.append(np.full(found.size, number))
-        values.append(np.full(found.size, new_stage))
-    targets, starts, rule_numbers, values = map(np.concatenate, (targets, starts, rule_numbers, values))
-
-    # Replay the writes in the original's order (i ascending, then rule number):
-    # the last write to each position is the one that stays.
-    replay = np.lexsort((rule_numbers, starts))
-    targets, values = targets[replay][::-1], values[replay][::-1]
-    positions, last_write = np.unique(targets, return_index=True)
-    sequence = sequence.copy()
-    sequence[positions] = values[last_write]
-
-    new_stages = np.empty_like(stages)
-    new_stages[order] = sequence
-    return new_stages, np.bincount(rule_numbers, minlength=len(RULES))
-
-
 # --------------------------------------------------------------------------
 # Reading and writing stage files
 # --------------------------------------------------------------------------
@@ -252,7 +173,6 @@ def hmm_settings(args) -> tuple[dict | None, dict | None]:
                          f"got {args.stage_balance}")
     if args.transition_weight is not None and not 0 <= args.transition_weight < float("inf"):
         raise InputError(f"--transition-weight must be a finite number, 0 or more, got {args.transition_weight}")
-    import model_set  # blend and hmm only; imported here as it imports this module's rules
 
     record = model_set.read_model_set(args.model_set) if args.model_set is not None else None
     if args.model_set is not None and record is None:

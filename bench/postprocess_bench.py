@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO))
 
 import psg_layout  # noqa: E402
 from output_names import blend_csv_path, dump_path, report_dir, submission_path, valid_csv_path  # noqa: E402
-from postprocess import RULES, apply_rules  # noqa: E402
+from rules import RULES, apply_rules  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)

@@ -28,6 +28,7 @@ import hmm
 import oracles
 import postprocess
 import psg_layout
+import rules
 from psg_layout import NUM_CLASSES, STAGES, InputError
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -153,11 +154,11 @@ def flatten(recordings, interleave: bool):
 @given(recordings=RECORDINGS, interleave=st.booleans())
 def test_rules_keep_length_and_stages_and_treat_each_recording_alone(recordings, interleave):
     stages, ids = flatten(recordings, interleave)
-    result, _ = postprocess.apply_rules(stages, ids)
+    result, _ = rules.apply_rules(stages, ids)
     assert result.shape == stages.shape and set(result.tolist()) <= set(range(NUM_CLASSES))
     for k, own in enumerate(recordings):
         rows = [i for i, r in enumerate(ids) if r == f"R{k}"]
-        alone, _ = postprocess.apply_rules(np.array(own), [f"R{k}"] * len(own))
+        alone, _ = rules.apply_rules(np.array(own), [f"R{k}"] * len(own))
         assert result[rows].tolist() == alone.tolist()
 
 
@@ -210,7 +211,7 @@ def test_the_submission_is_the_library_result_on_the_blend_csv(scratch, data, re
     psg_layout.write_lines(out / "blend.csv", (STAGES[s] for s in stages))
     (out / "blend.npy").unlink(missing_ok=True)  # hypothesis reuses the folder: no earlier example's probabilities
     if method == "rules":
-        expected = postprocess.apply_rules(stages, ids, across_recordings=across)[0]
+        expected = rules.apply_rules(stages, ids, across_recordings=across)[0]
         assert expected.tolist() == oracles.rules_by_loop(stages, ids, across)  # the library, by a plain loop
     elif method == "hmm":
         rows = np.array(data.draw(probability_rows(len(stages))))

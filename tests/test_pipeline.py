@@ -15,8 +15,8 @@ import pytest
 
 import blend
 import oracles
-import postprocess
 import psg_layout
+import rules
 from conftest import run_script
 
 pytestmark = pytest.mark.slow  # every test here launches a script or trains
@@ -44,7 +44,7 @@ def rules_per_recording(stages, recording_ids):
     result = np.empty_like(stages)
     for recording in dict.fromkeys(recording_ids):
         rows = np.flatnonzero(np.array(recording_ids) == recording)
-        result[rows] = postprocess.apply_rules(stages[rows], [recording] * rows.size)[0]
+        result[rows] = rules.apply_rules(stages[rows], [recording] * rows.size)[0]
     return result
 
 

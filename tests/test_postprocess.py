@@ -10,7 +10,8 @@ import postprocess
 import psg_layout
 import oracles
 from hmm import estimate_hmm, hmm_decode, training_stage_shares, viterbi
-from postprocess import apply_rules
+import rules as context_rules
+from rules import apply_rules
 from conftest import run_script
 
 CODE = {"W": "Wake", "1": "N1", "2": "N2", "3": "N3", "R": "REM"}
@@ -73,10 +74,10 @@ def test_later_write_wins(monkeypatch):
     n1, n2, n3 = 1, 2, 3
     # Rule 0 writes N2 at i; rule 1 writes N3 at i+1. On [N1, N1], position 1
     # gets rule 1 at i=0 (N3), then rule 0 at i=1 (N2): i ascending first.
-    monkeypatch.setattr(postprocess, "RULES", (((n1,), 0, n2), ((n1, n1), 1, n3)))
+    monkeypatch.setattr(context_rules, "RULES", (((n1,), 0, n2), ((n1, n1), 1, n3)))
     assert rules("11") == "22"
     # Same i: the later rule wins.
-    monkeypatch.setattr(postprocess, "RULES", (((n1,), 0, n2), ((n1,), 0, n3)))
+    monkeypatch.setattr(context_rules, "RULES", (((n1,), 0, n2), ((n1,), 0, n3)))
     assert rules("11") == "33"
 
 
