@@ -49,7 +49,8 @@ import loader_vit_rgb
 import model_set
 import psg_layout
 from models import (MEMORY_FORMAT, PRETRAINED_IMAGENET, PRETRAINED_NONE, autocast, check_imagenet_weights_reachable,
-                    create_model, load_weights, progress_enabled, resolve_amp, resolve_device, save_weights, unwrapped)
+                    create_model, fold_to_stages, load_weights, progress_enabled, resolve_amp, resolve_device,
+                    save_weights, unwrapped)
 from output_names import checkpoint_path, last_state_path, log_path, run_config_path
 from psg_layout import InputError, where
 from recipe import LABEL_SMOOTHING, RECIPE, T_MULT, TRAINER_KEYS
@@ -483,7 +484,7 @@ def validate(model: torch.nn.Module, batches, n_batches: int, device: torch.devi
         loss_sum += soft_target_cross_entropy(logits, widened(targets, logits.shape[-1]), smoothing).double() \
             * images.shape[0]
         if logits.shape[-1] > classes:  # the original's 1000-class EfficientNet: stages as inference folds them
-            logits = torch.softmax(logits, dim=-1).reshape(len(logits), -1, classes).sum(dim=1)
+            logits = fold_to_stages(torch.softmax(logits, dim=-1))
         truth, predicted = targets.argmax(dim=1), logits.argmax(dim=1)
         confusion += torch.bincount(truth * classes + predicted, minlength=classes * classes)
         images_seen += images.shape[0]

@@ -315,19 +315,26 @@ def load_weights(model: torch.nn.Module, path: Path | str) -> torch.nn.Module:
     target.load_state_dict(saved, strict=True)
     return model
 
-def fold_to_stages(probabilities: np.ndarray) -> np.ndarray:
+def fold_to_stages(probabilities):
     """Probabilities over ``5 k`` classes folded into the 5 stages: class ``c`` counts for stage ``c mod 5``.
 
     The original's ``inferblend.py`` folded its EfficientNet's 1000-way
     softmax so (the sum of 200 slices of 5 columns; its further division by
     200 is the dump scale ``blend.py --dump-scale original`` applies). Rows
     stay summing to 1. Five columns are returned as they are.
+
+    Parameters
+    ----------
+    probabilities : np.ndarray or torch.Tensor, shape (rows, 5 k)
+
+    Returns
+    -------
+    The same kind, shape (rows, 5).
     """
-    probabilities = np.asarray(probabilities)
     rows, classes = probabilities.shape
     if classes % psg_layout.NUM_CLASSES:
         raise ValueError(f"cannot fold {classes} classes into {psg_layout.NUM_CLASSES} stages")
-    return probabilities.reshape(rows, classes // psg_layout.NUM_CLASSES, psg_layout.NUM_CLASSES).sum(axis=1)
+    return probabilities.reshape(rows, classes // psg_layout.NUM_CLASSES, psg_layout.NUM_CLASSES).sum(1)
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, loader, device: torch.device, amp: str = "off",
