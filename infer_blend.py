@@ -152,8 +152,42 @@ def tta_loader(data_root, table, rows, img_size: tuple[int, int], batch_size: in
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=pin_memory)
 
 
-def model_probabilities(arch: str, epochs, config: dict, args, inputs: dict, device: torch.device) -> dict:
-    """Mean softmax of one architecture over its checkpoints and TTA rounds.
+def load_checkpoints(arch: str, epochs, config: dict, weights_dir, fold: int, device: torch.device):
+    """Each checkpoint's model, built as it was trained and moved to ``device``, one at a time.
+
+    A generator, so that :func:`checkpoint_probabilities` holds one model in
+    memory at a time; ``list()`` it to keep them all (``stage_edf.py`` loads
+    the models once for a whole cohort).
+
+    Parameters
+    ----------
+    arch : str
+        timm architecture.
+    epochs : sequence of int
+        Checkpoint epochs, in the order they are averaged.
+    config : dict
+        The training configuration (:func:`model_set.read_run_config`):
+        ``img_size`` and ``num_classes`` (1000: the original's EfficientNet,
+        ``--original-defects``; 5 when absent).
+    weights_dir : path-like
+    fold : int
+    device : torch.device
+
+    Yields
+    ------
+    torch.nn.Module
+    """
+    img_size = psg_layout.input_shape(config["img_size"])
+    classes = config.get("num_classes", NUM_CLASSES)
+    for epoch in epochs:
+        model = models.create_model(arch, img_size, classes)
+        models.load_weights(model, checkpoint_path(weights_dir, arch, fold, epoch))
+        yield model.to(device)
+
+
+def checkpoint_probabilities(checkpoints, config: dict, args, inputs: dict, device: torch.device,
+                             label: str = "") -> dict:
+    """Mean softmax over checkpoints and TTA rounds, each folded into the 5 stages.
 
     A model trained with ``--original-defects`` by ``main_eff.py`` has the
     original's 1000 outputs; its softmax is folded into the 5 stages
@@ -161,19 +195,19 @@ def model_probabilities(arch: str, epochs, config: dict, args, inputs: dict, dev
 
     Parameters
     ----------
-    arch : str
-        timm architecture.
-    epochs : sequence of int
-        Checkpoint epochs to average.
+    checkpoints : iterable of torch.nn.Module
+        The models (:func:`load_checkpoints`), summed in this order.
     config : dict
-        Its training configuration (:func:`model_set.read_run_config`: ``img_size``
-        [height, width], or one int for a square input in configurations of
-        before; ``resize``).
+        Their training configuration: ``img_size`` [height, width] (one int
+        for a square input in configurations of before) and ``resize``.
     args : argparse.Namespace
-        This script's options.
+        This script's options (``tta``, ``batch_size``, ``workers``,
+        ``data_root``, ``amp``, ``quiet``, ``no_cache``, ``cache_dir``).
     inputs : dict
         Split name -> ``(table, rows)`` to predict.
     device : torch.device
+    label : str
+        Names the model in the progress lines.
 
     Returns
     -------
@@ -181,26 +215,32 @@ def model_probabilities(arch: str, epochs, config: dict, args, inputs: dict, dev
         Split name -> np.ndarray of float32, shape (len(rows), 5).
     """
     img_size = psg_layout.input_shape(config["img_size"])
-    resize = config["resize"]
     amp = models.resolve_amp(args.amp, device)
     progress = models.progress_enabled(args.quiet)
     sums = {split: np.zeros((len(rows), NUM_CLASSES)) for split, (_, rows) in inputs.items()}
-    classes = config.get("num_classes", NUM_CLASSES)  # 1000: the original's EfficientNet (--original-defects)
-    for epoch in epochs:
-        model = models.create_model(arch, img_size, classes)
-        models.load_weights(model, checkpoint_path(args.weights_dir, arch, args.fold, epoch))
-        model.to(device)
+    count = 0
+    for count, model in enumerate(checkpoints, start=1):
         for split, (table, rows) in inputs.items():
             for tta_round in range(args.tta):
                 if progress:
-                    print(f"{arch} epoch {epoch}, {split}, TTA round {tta_round + 1}/{args.tta}", flush=True)
+                    print(f"{label} checkpoint {count}, {split}, TTA round {tta_round + 1}/{args.tta}", flush=True)
                 loader = tta_loader(args.data_root, table, rows, img_size, args.batch_size, args.workers, tta_round,
                                     pin_memory=device.type == "cuda",
-                                    cache_dir=None if args.no_cache else args.cache_dir, resize=resize)
+                                    cache_dir=None if args.no_cache else args.cache_dir, resize=config["resize"])
                 sums[split] += models.fold_to_stages(models.predict(model, loader, device, amp, progress))
-        del model  # free its (GPU) memory before the next checkpoint's model is built
-    rounds = len(epochs) * args.tta
+        del model  # a generator's model is freed (GPU memory too) before the next one is built
+    rounds = count * args.tta
     return {split: (total / rounds).astype(np.float32) for split, total in sums.items()}
+
+
+def model_probabilities(arch: str, epochs, config: dict, args, inputs: dict, device: torch.device) -> dict:
+    """Mean softmax of one architecture over its checkpoints (``args.weights_dir``, ``args.fold``) and TTA rounds.
+
+    :func:`checkpoint_probabilities` over :func:`load_checkpoints`; same
+    parameters and return value.
+    """
+    checkpoints = load_checkpoints(arch, epochs, config, args.weights_dir, args.fold, device)
+    return checkpoint_probabilities(checkpoints, config, args, inputs, device, label=arch)
 
 
 def write_outputs(out: Path, args, arch_epochs: dict, probabilities: dict, train, valid_rows, config: dict) -> None:

@@ -860,6 +860,32 @@ def render_recording(job: RenderJob, progress=None) -> None:
     psg_layout.write_epoch_timing(job.staging, job.timing)
 
 
+def render_unscored_night(source: RecordingSource, montage_spec: str, out: Path, config: dict,
+                          **plan_options) -> dict:
+    """Check, plan and draw one unscored night into ``out/<ID>/`` on its own; return its record.
+
+    ``stage_edf.py``'s way through a cohort: each night is checked only when
+    its turn comes, so a bad one stops only itself. The folder appears whole
+    (drawn under a hidden name, then renamed) or not at all. ``montage_spec``
+    is a :func:`load_montage` spec or ``auto``; ``plan_options`` go to
+    :func:`plan_recording`.
+
+    Raises
+    ------
+    InputError
+        As :func:`plan_recording` and :func:`render_recording`.
+    """
+    montage = detect_montage(source.edf) if montage_spec == AUTO_MONTAGE else load_montage(montage_spec)
+    job = plan_recording(source, montage, None, out, config, **plan_options)
+    try:
+        render_recording(job)
+        os.replace(job.staging, out / source.recording_id)
+    except BaseException:
+        shutil.rmtree(job.staging, ignore_errors=True)
+        raise
+    return job.record
+
+
 def unscored_epoch_grid(edf: Path, recording_seconds: float) -> tuple[float, np.ndarray]:
     """The grid of a recording without hypnogram: every whole 30-s epoch from the first sample.
 

@@ -2,44 +2,58 @@
 
     python stage_edf.py --edf NIGHT.edf|FOLDER --weights-dir weights --out scored/
 
-The whole flow on recordings no one has scored yet, one step after the
-other, each step being the script's own ``main()`` with the options below
-(so the figures are those the layout route gives on the same images). The
-models, their kept epochs, the blend and the post-processing come from the
-weights folder's model set (``model_set.json``, written by
-``model_set.py``), each flag overriding it; without one, the original's
-models, blend and rules. The model set and the checkpoints are checked
-before anything is rendered.
+The whole flow on recordings no one has scored yet. The models, their kept
+epochs, the blend and the post-processing come from the weights folder's
+model set (``model_set.json``, written by ``model_set.py``), each flag
+overriding it; without one, the original's models, blend and rules. The
+model set and the checkpoints are checked, and the checkpoints loaded once
+for the whole run, before anything is rendered.
 
-1. ``render_edf.py --split test --unscored``: every whole 30-s epoch of each
-   EDF (a folder is searched recursively) drawn into a data root, with the
-   recording's timing sidecar (start date and clock time from the header),
-   through the montage that fits its channels (``--montage auto``);
-2. ``infer_blend.py``: the two models' test probabilities (there is no
-   training CSV, so no validation dumps);
-3. ``blend.py``: the blend (the model set's, or ``--method``/``--ens-weight``/
+A folder is searched recursively for EDF files, and its nights are scored
+in chunks of ``--chunk-nights``; for each chunk:
+
+1. render: each night alone, as ``render_edf.py --split test --unscored``
+   does (every whole 30-s epoch drawn, the timing sidecar with the lights
+   period, the signal-quality sidecar; the montage that fits its channels
+   with ``--montage auto``), ``--workers`` nights at a time. A night that
+   cannot be rendered (unreadable, truncated, too short, channels no
+   montage fits) is listed in the failures table and the others go on;
+2. infer: the two models' test probabilities of all the chunk's images in
+   one batched pass (as ``infer_blend.py``, with the loaded checkpoints);
+3. blend: ``blend.py`` (the model set's, or ``--method``/``--ens-weight``/
    ``--power``/``--dump-scale``, or a ``blend_tune.json`` with ``--from-tune``);
-4. ``postprocess.py``: context post-processing (``--postprocess``: the
-   model set's hmm, with the stage transitions counted from the models'
-   training nights and the transition weight chosen on their validation
-   nights; the original's rules; the hmm with transitions counted from
-   ``--train-csv``; or none) and, per recording, the hypnogram table, EDF+
-   annotations, figure and sleep statistics.
+4. post-process: ``postprocess.py`` (``--postprocess``: the model set's hmm,
+   the original's rules, the hmm with transitions counted from
+   ``--train-csv``, or none) and, per night, the hypnogram table, EDF+
+   annotations, figure and sleep statistics over the lights period.
 
-Writes into ``--out``: ``<ID>/<ID>-hypnogram.csv``, ``<ID>/<ID>-Hypnogram.edf``,
-``<ID>/<ID>-hypnogram.png`` (not with ``--no-figures``), ``<ID>/<ID>-statistics.json`` for each recording,
-``sleep_statistics.csv`` (one row per recording), ``stage_edf.json`` (this
-run's resolved configuration), ``stage_edf.log`` (what the steps printed) and
-``work/`` (the rendered data root ``work/DATA`` and the flow's files in
-``work/outputs``: dumps, blend, ``files_post.csv``). Everything is built in a
-hidden folder beside ``--out`` and renamed into place at the end, so a failed
-run leaves nothing behind. An ``--out`` that already holds files is refused;
-``--overwrite`` replaces it when it is an earlier ``stage_edf.py`` result.
+Each step computes what the layout route computes on the same images, so
+the stages are those of ``render_edf.py``, ``infer_blend.py``, ``blend.py``
+and ``postprocess.py`` run one after the other.
+
+Writes into ``--out``: ``<ID>/`` per scored night (``<ID>-hypnogram.csv``,
+``<ID>-Hypnogram.edf``, ``<ID>-hypnogram.png`` unless ``--no-figures``,
+``<ID>-statistics.json``, ``<ID>-render.json``: what was drawn from which
+channels; ``images/`` with ``--keep-images``), ``sleep_statistics.csv`` (one
+row per scored night), ``failures.csv`` (one row per night that failed:
+its step and one-line reason), ``stage_edf.json`` (the run's settings and
+what it did) and ``stage_edf.log`` (what the steps printed). A night's
+folder appears whole (built in ``--out/.partial`` and renamed into place), so
+a killed run leaves only complete nights: ``--resume`` skips them, and the
+nights that failed before on files unchanged since (``--retry-failed``
+tries them again), and scores the rest with the settings of the first run.
+An ``--out`` that holds anything else is refused; ``--overwrite`` replaces
+an earlier ``stage_edf.py`` result.
+
+Exit status: 0 when every night is scored; 1 when some are listed in the
+failures table (the others scored); 2, with one ``error:`` line and nothing
+written, when the command cannot run at all or no night could be scored.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import io
 import json
 import shutil
@@ -93,15 +107,35 @@ parser.add_argument("--postprocess", default=argparse.SUPPRESS,
 parser.add_argument("--train-csv", type=Path, default=None,
                     help="hmm: labelled epochs (ID,IDnum,label) whose stage transitions it counts instead of "
                          "the model set's (new recordings have no labels)")
+parser.add_argument("--lights-off", default=None, metavar="TIME",
+                    help="lights off of every night: a clock time HH:MM[:SS] (the first after the recording's start) "
+                         "or seconds from its start (default: the night's EDF+ annotation, else its first epoch)")
+parser.add_argument("--lights-on", default=None, metavar="TIME",
+                    help="lights on of every night, as --lights-off (default: the night's EDF+ annotation, else "
+                         "its last epoch)")
 parser.add_argument("--no-figures", action="store_true", help="no hypnogram figures (saves seconds per recording)")
+parser.add_argument("--resume", action="store_true",
+                    help="go on with the run that wrote --out: skip its complete nights and those that failed on "
+                         "files unchanged since; score the rest with its settings")
+parser.add_argument("--retry-failed", action="store_true", help="with --resume: try the nights that failed again")
+parser.add_argument("--chunk-nights", type=int, default=8,
+                    help="nights rendered, inferred in one batched pass and post-processed together")
+parser.add_argument("--keep-images", action="store_true", help="keep each night's rendered images in <ID>/images/")
 parser.add_argument("--workers", type=int, default=2,
-                    help="recordings rendered in parallel, and the inference's DataLoader workers")
+                    help="nights rendered in parallel, and the inference's DataLoader workers")
 parser.add_argument("--quiet", action="store_true", help="no progress bar")
 # fmt: on
 
 MARKER = "stage_edf.json"
 LOG = "stage_edf.log"
+FAILURES = "failures.csv"
+FAILURE_COLUMNS = ("recording_id", "edf", "step", "reason", "edf_bytes", "edf_modified_ns")
+PARTIAL = ".partial"  # the chunk being scored, inside --out; what a killed run left there is removed
+RENDER_RECORD = "{name}-render.json"
 STEPS = ("render", "infer", "blend", "post-process")
+# What a night's result depends on: --resume goes on only with the settings of the run that wrote --out.
+RESULT_KEYS = ("weights_dir", *model_set.MODEL_KEYS, *model_set.BLEND_KEYS, "from_tune", "tta", "amp", "postprocess",
+               "train_csv", "montage", "lights_off", "lights_on", "keep_images", "no_figures")
 
 
 def resolve_settings(args) -> dict:
@@ -146,31 +180,163 @@ def check_args(args) -> None:
         raise InputError(f"--train-csv is read by --postprocess hmm only, not by --postprocess {args.postprocess}")
     if args.train_csv is not None and not args.train_csv.is_file():
         raise InputError(f"--train-csv not found {where(args.train_csv)}")
-    if args.workers < 1:
-        raise InputError(f"--workers must be 1 or more, got {args.workers}")
+    for option in ("workers", "chunk_nights"):
+        if getattr(args, option) < 1:
+            raise InputError(f"--{option.replace('_', '-')} must be 1 or more, got {getattr(args, option)}")
+    if args.resume and args.overwrite:
+        raise InputError("--resume goes on with the results in --out, --overwrite replaces them: choose one")
+    if args.retry_failed and not args.resume:
+        raise InputError("--retry-failed goes with --resume")
     if not args.edf.exists():
         raise InputError(f"--edf not found {where(args.edf)}")
 
 
-def check_out(out: Path, overwrite: bool) -> None:
-    """Refuse an ``--out`` that holds anything, unless ``overwrite`` and it is an earlier result of this script."""
+def result_settings(args) -> dict:
+    """The settings a night's result depends on (:data:`RESULT_KEYS`), as JSON values."""
+    settings = {key: getattr(args, key) for key in RESULT_KEYS}
+    settings["weights_dir"] = str(Path(args.weights_dir).resolve())
+    return {key: (str(value) if isinstance(value, Path) else value) for key, value in settings.items()}
+
+
+def check_out(out: Path, args) -> bool:
+    """Refuse an ``--out`` this run may not write to; return True when it holds an earlier run to go on with.
+
+    An absent or empty folder is always fine. One that holds files must be an
+    earlier result of this script (its ``stage_edf.json``) and needs
+    ``--overwrite`` (replaced) or ``--resume`` (gone on with, with the same
+    settings: :data:`RESULT_KEYS`).
+    """
     if out.exists() and not out.is_dir():
         raise InputError(f"--out is a file, not a folder {where(out)}")
     if not out.exists() or not any(out.iterdir()):
-        return
-    if not overwrite:
-        raise InputError(f"--out already holds results; choose another folder or add --overwrite {where(out)}")
+        return False
+    if not (args.overwrite or args.resume):
+        raise InputError(f"--out already holds results; --resume goes on with them, --overwrite replaces them, "
+                         f"or choose another folder {where(out)}")
     if not (out / MARKER).is_file():
         raise InputError(f"--out holds files that stage_edf.py did not write ({MARKER} is missing); "
-                         f"--overwrite replaces only its own results {where(out)}")
+                         f"--overwrite and --resume take only its own results {where(out)}")
+    if not args.resume:
+        return False
+    try:
+        earlier = json.loads((out / MARKER).read_text())["settings"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise InputError(f"cannot read the earlier run's settings ({type(err).__name__}: {err}) "
+                         f"{where(out / MARKER)}") from None
+    for key, value in result_settings(args).items():
+        if earlier.get(key) != value:
+            raise InputError(f"--resume with other settings than the run that wrote --out: {key} is {value!r} "
+                             f"here, {earlier.get(key)!r} there; score into another folder, or --overwrite "
+                             f"{where(out / MARKER)}")
+    return True
+
+
+# --------------------------------------------------------------------------
+# Which nights to score
+# --------------------------------------------------------------------------
+def scored_nights(out: Path) -> list[str]:
+    """IDs of the nights whose results are in ``out`` (a night's folder appears whole, statistics included)."""
+    import hypnogram
+
+    statistics = hypnogram.OUTPUT_FILES["statistics"]
+    return sorted(folder.name for folder in out.iterdir() if not folder.name.startswith(".")
+                  and (folder / statistics.format(name=folder.name)).is_file())
+
+
+def file_stamp(path: Path) -> dict:
+    """Size and modification time of a file: a failed night is tried again once its file changed."""
+    status = path.stat()
+    return {"edf_bytes": str(status.st_size), "edf_modified_ns": str(status.st_mtime_ns)}
+
+
+def read_failures(out: Path) -> dict:
+    """The failures table of an earlier run: ID -> row (dict of :data:`FAILURE_COLUMNS`); empty when absent."""
+    path = out / FAILURES
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if rows and set(rows[0]) != set(FAILURE_COLUMNS):
+        raise InputError(f"not a failures table of stage_edf.py (columns {list(rows[0])}) {where(path)}")
+    return {row["recording_id"]: row for row in rows}
+
+
+def plan_nights(recordings: list, out: Path, resuming: bool, retry_failed: bool) -> tuple[list, list, dict]:
+    """Split the recordings into (to score, already scored IDs, failures kept from before: ID -> row)."""
+    done = set(scored_nights(out)) if resuming else set()
+    earlier = read_failures(out) if resuming and not retry_failed else {}
+    kept = {}
+    for source in recordings:
+        row = earlier.get(source.recording_id)
+        if row is not None and row["edf"] == str(source.edf) and {k: row[k] for k in file_stamp(source.edf)} == \
+                file_stamp(source.edf):
+            kept[source.recording_id] = row
+    pending = [s for s in recordings if s.recording_id not in done and s.recording_id not in kept]
+    return pending, sorted(done & {s.recording_id for s in recordings}), kept
+
+
+# --------------------------------------------------------------------------
+# Scoring one chunk of nights
+# --------------------------------------------------------------------------
+def describe_failure(err: Exception) -> str:
+    """One line saying why a night failed."""
+    if isinstance(err, InputError):
+        return str(err)
+    if isinstance(err, OSError):
+        return psg_layout.describe_os_error(err)
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0] if lines else ''}"
+
+
+def render_chunk(chunk: list, data: Path, args, pool) -> dict:
+    """Render each night of the chunk on its own into ``data``: ID -> None (drawn) or the exception."""
+    import render_edf
+
+    config = {key: getattr(args, key) for key in ("montage", "lights_off", "lights_on")}
+    config.update(split="test", unscored=True, edf_folder=str(args.edf))
+    options = {key: config[key] for key in ("lights_off", "lights_on") if config[key] is not None}
+    work = (render_edf.render_unscored_night, args.montage, data, config)
+    if pool is None:
+        outcomes = {}
+        for source in chunk:
+            try:
+                work[0](source, *work[1:], **options)
+                outcomes[source.recording_id] = None
+            except Exception as err:  # one bad night stops only itself
+                outcomes[source.recording_id] = err
+        return outcomes
+    futures = {source.recording_id: pool.submit(work[0], source, *work[1:], **options) for source in chunk}
+    return {recording_id: future.exception() for recording_id, future in futures.items()}
+
+
+def write_test_csv(data: Path, recording_ids: list) -> None:
+    """The chunk's data root CSV: every drawn epoch of each night, in epoch order."""
+    rows = []
+    for recording_id in recording_ids:
+        timing = psg_layout.read_epoch_timing(data, recording_id, ())
+        rows += [[recording_id, psg_layout.image_name(recording_id, n)] for n in timing.epoch_numbers]
+    psg_layout.write_csv_rows(data / psg_layout.TEST_CSV, rows)
+
+
+def infer_chunk(loaded: dict, infer_args, device) -> None:
+    """Both models' test dumps of the chunk's data root, from the loaded checkpoints (``infer_blend.py``'s files)."""
+    import infer_blend
+    import loader_vit_rgb
+    import numpy as np
+
+    test = loader_vit_rgb.read_test_table(infer_args.data_root)
+    inputs = {"test": (test, np.arange(len(test)))}
+    arch_epochs = {key: (arch, epochs) for key, (arch, epochs, _, _) in loaded.items()}
+    probabilities = {key: infer_blend.checkpoint_probabilities(checkpoints, config, infer_args, inputs, device,
+                                                               label=arch)
+                     for key, (arch, _, config, checkpoints) in loaded.items()}
+    record = dict(vars(infer_args), device=str(device), stage_balance=[c["stage_balance"] for _, _, c, _ in
+                                                                       loaded.values()])
+    infer_blend.write_outputs(Path(infer_args.out), infer_args, arch_epochs, probabilities, None, None, record)
 
 
 def step_arguments(args, data: Path, outputs: Path, results: Path) -> dict:
-    """The command line of each step, as one would type it for the layout route."""
-    # The heavy steps (torch, MNE) are imported only once the settings and the weights have been checked.
-    import infer_blend
-    import render_edf
-
+    """The command lines of the blend and post-process steps, as one would type them for the layout route."""
     models = ["--vit-arch", args.vit_arch, "--eff-arch", args.eff_arch, "--fold", args.fold,
               "--vit-epochs", *args.vit_epochs, "--eff-epochs", *args.eff_epochs]
     blend_csv = blend_csv_path(outputs, args.method, args.vit_epochs, args.eff_epochs)
@@ -178,13 +344,6 @@ def step_arguments(args, data: Path, outputs: Path, results: Path) -> dict:
                       ["--method", args.method, "--ens-weight", args.ens_weight, "--power", args.power,
                        "--dump-scale", args.dump_scale])
     steps = {
-        "render": (render_edf.main, ["--edf", args.edf, "--out", data, "--split", "test", "--unscored",
-                                     "--montage", args.montage, "--workers", args.workers, "--quiet"]),
-        "infer": (infer_blend.main, ["--data-root", data, "--weights-dir", args.weights_dir, "--out", outputs,
-                                     *models, *(["--tta", args.tta] if hasattr(args, "tta") else []),
-                                     *(["--batch-size", args.batch_size] if hasattr(args, "batch_size") else []),
-                                     "--workers", args.workers, "--device", args.device, "--amp", args.amp,
-                                     "--no-cache", "--quiet"]),
         "blend": (blend.main, ["--data-root", data, "--out", outputs, *models, *blend_settings, "--quiet"]),
         "post-process": (postprocess.main, ["--data-root", data, "--in", blend_csv,
                                             "--out", submission_path(outputs), "--method", args.postprocess,
@@ -196,77 +355,235 @@ def step_arguments(args, data: Path, outputs: Path, results: Path) -> dict:
     return {name: (main, [str(a) for a in argv]) for name, (main, argv) in steps.items()}
 
 
-def run_steps(steps: dict, log: Path, show_progress: bool) -> dict:
-    """Run the steps in order, saving what they print as ``log``; return each step's seconds."""
-    seconds, printed = {}, io.StringIO()
-    with tqdm(total=len(steps), unit="step", disable=not show_progress) as bar:
-        for name, (main, argv) in steps.items():
-            bar.set_description(name)
-            print(f"== {name}: {' '.join(argv)}", file=printed)
+def infer_options(args, data: Path, outputs: Path):
+    """``infer_blend.py``'s options for a chunk (its defaults where the command line left them out)."""
+    import infer_blend
+
+    models = ["--vit-arch", args.vit_arch, "--eff-arch", args.eff_arch, "--fold", args.fold,
+              "--vit-epochs", *args.vit_epochs, "--eff-epochs", *args.eff_epochs]
+    argv = ["--data-root", data, "--weights-dir", args.weights_dir, "--out", outputs, *models, "--tta", args.tta,
+            *(["--batch-size", args.batch_size] if hasattr(args, "batch_size") else []),
+            "--workers", args.workers, "--device", args.device, "--amp", args.amp, "--no-cache", "--quiet"]
+    return infer_blend.parser.parse_args([str(a) for a in argv])
+
+
+def score_chunk(chunk: list, out: Path, run) -> dict:
+    """Score one chunk of nights into ``out``: ID -> failure row for each night that failed (empty: none).
+
+    ``run`` holds the run's options, loaded models, pool, log and step seconds.
+    """
+    work = out / PARTIAL
+    shutil.rmtree(work, ignore_errors=True)
+    data, outputs, results = work / "DATA", work / "outputs", work / "results"
+    for folder in (data, outputs, results):
+        folder.mkdir(parents=True)
+    failures = {}
+
+    def fail(source, step, err):
+        failures[source.recording_id] = {"recording_id": source.recording_id, "edf": str(source.edf), "step": step,
+                                         "reason": describe_failure(err), **file_stamp(source.edf)}
+
+    started = time.perf_counter()
+    outcomes = render_chunk(chunk, data, run.args, run.pool)
+    run.seconds["render"] += time.perf_counter() - started
+    for source in chunk:
+        if outcomes[source.recording_id] is not None:
+            fail(source, "render", outcomes[source.recording_id])
+    drawn = [s for s in chunk if outcomes[s.recording_id] is None]
+    if not drawn:
+        shutil.rmtree(work)
+        return failures
+    step = "infer"
+    try:
+        with contextlib.redirect_stdout(run.log):
+            write_test_csv(data, [s.recording_id for s in drawn])
             started = time.perf_counter()
-            with contextlib.redirect_stdout(printed):
+            infer_chunk(run.loaded, infer_options(run.args, data, outputs), run.device)
+            run.seconds[step] += time.perf_counter() - started
+            for step, (main, argv) in step_arguments(run.args, data, outputs, results).items():
+                started = time.perf_counter()
+                print(f"== {step}: {' '.join(argv)}")
                 main(argv)
-            seconds[name] = round(time.perf_counter() - started, 2)
-            bar.update(1)
-    with psg_layout.atomic_path(log) as tmp:
-        tmp.write_text(printed.getvalue())
-    return seconds
+                run.seconds[step] += time.perf_counter() - started
+    except Exception as err:  # the chunk's nights fail together; the next chunk goes on
+        for source in drawn:
+            fail(source, step, err)
+        shutil.rmtree(work)
+        return failures
+    for source in drawn:
+        place_night(source.recording_id, data, results, out, run.args.keep_images)
+    shutil.rmtree(work)
+    return failures
 
 
-def summary_line(data: Path, results: Path, recording_id: str) -> str:
-    """One line per scored recording: epochs, clock time of its start, main statistics."""
+def place_night(recording_id: str, data: Path, results: Path, out: Path, keep_images: bool) -> None:
+    """Move one night's finished folder into ``out`` (one rename: whole or absent), its render record inside."""
+    night = results / recording_id
+    shutil.copyfile(data / recording_id / "render_edf.json", night / RENDER_RECORD.format(name=recording_id))
+    if keep_images:
+        (data / recording_id).rename(night / "images")
+    if (out / recording_id).exists():  # a night scored, then failed on a changed file: the new result replaces it
+        shutil.rmtree(out / recording_id)
+    (night).rename(out / recording_id)
+
+
+# --------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------
+def load_models(args):
+    """Every kept checkpoint of both models, built and loaded once for the whole run: (models, device)."""
+    import infer_blend
+    import models
+
+    device = models.resolve_device(args.device)
+    arch_epochs = {"vit": (args.vit_arch, args.vit_epochs), "eff": (args.eff_arch, args.eff_epochs)}
+    configs = model_set.read_model_configs(args.weights_dir, args.fold, arch_epochs)
+    loaded = {key: (arch, epochs, configs[key],
+                    list(infer_blend.load_checkpoints(arch, epochs, configs[key], args.weights_dir, args.fold, device)))
+              for key, (arch, epochs) in arch_epochs.items()}
+    return loaded, device
+
+
+def write_tables(out: Path, failures: dict) -> list[str]:
+    """The cohort's statistics table (every scored night in ``out``) and failures table; return the scored IDs."""
     import hypnogram
 
-    timing = psg_layout.read_epoch_timing(data, recording_id, ())
-    statistics_file = hypnogram.OUTPUT_FILES["statistics"].format(name=recording_id)
-    statistics = json.loads((results / recording_id / statistics_file).read_text())
+    nights = scored_nights(out)
+    statistics = {recording_id: json.loads((out / recording_id / hypnogram.OUTPUT_FILES["statistics"].format(
+        name=recording_id)).read_text()) for recording_id in nights}
+    hypnogram.write_statistics_table(out / postprocess.STATISTICS_TABLE, statistics)
+    with psg_layout.atomic_path(out / FAILURES) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, FAILURE_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(failures[recording_id] for recording_id in sorted(failures))
+    return nights
+
+
+def summary_line(out: Path, recording_id: str) -> str:
+    """One line per scored night: epochs, clock time of its start, main statistics, quality warnings."""
+    import hypnogram
+
+    names = {key: out / recording_id / pattern.format(name=recording_id)
+             for key, pattern in hypnogram.OUTPUT_FILES.items()}
+    statistics = json.loads(names["statistics"].read_text())
+    with open(names["table"], newline="") as handle:
+        table = list(csv.DictReader(handle))
 
     def minutes(key):
         value = statistics.get(key)
         return "n/a" if value is None else f"{value:.1f}"
 
-    start = "clock time unknown" if timing.start is None else f"start {timing.start:%Y-%m-%d %H:%M:%S}"
-    return (f"{recording_id}: {len(timing.epoch_numbers)} epochs, {start}; TST {minutes('TST')} min, "
-            f"SE {minutes('SE')} %, SOL {minutes('SOL')} min, WASO {minutes('WASO')} min")
+    start = f"start {table[0]['clock_time']}" if table[0]["clock_time"] else "clock time unknown"
+    warnings = statistics.get("quality_warnings")
+    return (f"{recording_id}: {len(table)} epochs, {start}; TST {minutes('TST')} min, SE {minutes('SE')} %, "
+            f"SOL {minutes('SOL')} min, WASO {minutes('WASO')} min" + (f"; warning: {warnings}" if warnings else ""))
+
+
+def write_marker(out: Path, config: dict, **facts) -> None:
+    with psg_layout.atomic_path(out / MARKER) as tmp:
+        tmp.write_text(json.dumps(dict(config, **facts), indent=2) + "\n")
+
+
+def score_pending(pending: list, out: Path, run, show_progress: bool) -> dict:
+    """Score the nights chunk by chunk, with a progress bar over nights; return the new failures."""
+    failures = {}
+    size = run.args.chunk_nights
+    with tqdm(total=len(pending), unit="night", disable=not show_progress) as bar:
+        for first in range(0, len(pending), size):
+            chunk = pending[first:first + size]
+            print(f"== nights {', '.join(s.recording_id for s in chunk)}", file=run.log)
+            failures.update(score_chunk(chunk, out, run))
+            bar.update(len(chunk))
+            bar.set_postfix(failed=len(failures))
+            with open(out / LOG, "a") as handle:  # a log grows as the run goes; a killed run keeps its part
+                handle.write(run.log.getvalue())
+            run.log.seek(0)
+            run.log.truncate()
+    return failures
 
 
 def main(argv=None) -> None:
     args = parser.parse_args(argv)
     sources = resolve_settings(args)
     check_args(args)
+    import infer_blend  # torch: only once the settings are known to be usable
+
+    args.tta = getattr(args, "tta", infer_blend.parser.get_default("tta"))
     config = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()}
-    config["sources"] = sources
+    config.update(sources=sources, settings=result_settings(args))
     print("config: " + json.dumps(config))
     out = args.out
-    check_out(out, args.overwrite)
-    # the weights are checked before anything is drawn (checkpoint fit is checked when they load)
-    model_set.read_model_configs(args.weights_dir, args.fold, {"vit": (args.vit_arch, args.vit_epochs),
-                                                               "eff": (args.eff_arch, args.eff_epochs)})
-
-    staging = out.parent / f".{out.name}.stage-partial"
-    shutil.rmtree(staging, ignore_errors=True)  # debris of a killed run
-    staging.mkdir(parents=True)
+    resuming = check_out(out, args)
+    recordings = find_nights(args.edf)
+    pending, done, kept = plan_nights(recordings, out, resuming, args.retry_failed)
+    print(f"{len(recordings)} night(s): {len(done)} scored before, {len(kept)} failed before on unchanged files"
+          f"{' (--retry-failed tries them again)' if kept else ''}, {len(pending)} to score")
+    if not pending:
+        print(f"nothing to do in {out}")
+        if kept:
+            raise SystemExit(1)
+        return
+    run = argparse.Namespace(args=args, log=io.StringIO(), seconds=dict.fromkeys(STEPS, 0.0), pool=None)
+    run.loaded, run.device = load_models(args)  # a checkpoint that does not fit stops the run before any drawing
+    created = not resuming  # a new or replaced result: nothing of it stays when no night can be scored
+    if out.exists() and not resuming:
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_marker(out, config)
     started = time.perf_counter()
     try:
-        steps = step_arguments(args, staging / "work" / "DATA", staging / "work" / "outputs", staging)
-        seconds = run_steps(steps, staging / LOG, show_progress=not args.quiet and sys.stderr.isatty())
-        recording_ids = sorted({*psg_layout.read_epoch_csv(staging / "work" / "DATA" / psg_layout.TEST_CSV,
-                                                           with_labels=False).recording_ids})
-        total = round(time.perf_counter() - started, 2)
-        with psg_layout.atomic_path(staging / MARKER) as tmp:
-            tmp.write_text(json.dumps(dict(config, recordings=recording_ids, step_seconds=seconds,
-                                           total_seconds=total), indent=2) + "\n")
-        if out.exists():
+        with render_pool(args.workers) as run.pool:
+            failures = score_pending(pending, out, run, show_progress=not args.quiet and sys.stderr.isatty())
+    finally:
+        shutil.rmtree(out / PARTIAL, ignore_errors=True)
+    failures.update(kept)
+    scored = write_tables(out, failures)
+    if not scored:
+        if created:
             shutil.rmtree(out)
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    for recording_id in recording_ids:
-        print(summary_line(out / "work" / "DATA", out, recording_id) + f" -> {out / recording_id}")
-    print(f"scored {len(recording_ids)} recording(s) in {total:.1f} s "
-          f"({', '.join(f'{name} {s:.1f} s' for name, s in seconds.items())}); "
-          f"statistics table {out / postprocess.STATISTICS_TABLE}")
+        first = failures[min(failures)]
+        raise InputError(first["reason"] if len(failures) == 1 else
+                         f"none of the {len(failures)} nights could be scored; the first, "
+                         f"{first['recording_id']}: {first['reason']}")
+    seconds = {step: round(value, 2) for step, value in run.seconds.items()}
+    total = round(time.perf_counter() - started, 2)
+    write_marker(out, config, recordings=scored, failed=sorted(failures), step_seconds=seconds,
+                 total_seconds=total)
+    for source in pending:
+        if source.recording_id not in failures:
+            print(summary_line(out, source.recording_id) + f" -> {out / source.recording_id}")
+    print(f"scored {len(pending) - len(set(failures) & {s.recording_id for s in pending})} night(s) in {total:.1f} s "
+          f"({', '.join(f'{name} {s:.1f} s' for name, s in seconds.items())}); statistics table "
+          f"{out / postprocess.STATISTICS_TABLE}")
+    if failures:
+        print(f"{len(failures)} night(s) failed, listed with their reasons in {out / FAILURES}:")
+        for row in sorted(failures.values(), key=lambda r: r["recording_id"]):
+            print(f"  {row['recording_id']} ({row['step']}): {row['reason']}")
+        raise SystemExit(1)
+
+
+def find_nights(edf: Path) -> list:
+    """The EDF recordings under ``--edf`` (``render_edf.find_recordings``): their IDs checked for the whole run."""
+    import render_edf
+
+    return render_edf.find_recordings(edf, None, unscored=True)
+
+
+@contextlib.contextmanager
+def render_pool(workers: int):
+    """Processes that render nights side by side (None with one worker: nights rendered in this process).
+
+    Started with ``spawn``: this process holds torch and its threads, which a
+    forked child must not inherit.
+    """
+    if workers == 1:
+        yield None
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield pool
 
 
 if __name__ == "__main__":

@@ -82,8 +82,9 @@ def test_scores_an_unscored_night(tiny_data, night, scored):
     config = json.loads((out / stage_edf.MARKER).read_text())
     assert config["recordings"] == [recording_id] and set(config["step_seconds"]) == set(stage_edf.STEPS)
     assert config["method"] == "sqrt" and config["ens_weight"] == 0.06  # blend.py's defaults
-    assert "validation dumps skipped: no training CSV" in (out / stage_edf.LOG).read_text()
-    assert not list(out.parent.glob(".*stage-partial"))
+    assert "== post-process: " in (out / stage_edf.LOG).read_text()
+    assert not (out / stage_edf.PARTIAL).exists()
+    assert (out / stage_edf.FAILURES).read_text() == ",".join(stage_edf.FAILURE_COLUMNS) + "\n"  # none failed
 
 
 @pytest.mark.slow
@@ -222,5 +223,5 @@ def test_from_tune_blends_as_the_file_says_and_keeps_the_inference_tta(tmp_path)
                                                                       tmp_path / "results").items()}
     assert steps["blend"][steps["blend"].index("--from-tune") + 1] == str(tune)
     assert "--ens-weight" not in steps["blend"]
-    assert steps["infer"][steps["infer"].index("--tta") + 1] == "1"
+    assert stage_edf.infer_options(args, tmp_path / "DATA", tmp_path / "outputs").tta == 1
     assert steps["post-process"][steps["post-process"].index("--in") + 1].endswith("filesblend_avg_[4]_[1].csv")
