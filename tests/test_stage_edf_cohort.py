@@ -1,0 +1,211 @@
+"""stage_edf.py on a folder of nights: one bad night does not stop the others, --resume goes on with a run.
+
+Tiny random-initialised models score two half-hour synthetic nights exported
+by make_synthetic.py --edf (their hypnograms withheld) beside a truncated
+EDF, in chunks of one night.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+
+import pytest
+
+import infer_blend
+import postprocess
+import psg_layout
+import stage_edf
+from conftest import write_random_checkpoints
+from psg_layout import InputError
+
+VIT, EFF, IMG = "test_vit", "test_efficientnet", 32
+SPLIT = {"folds": 3, "seed": 72, "cv": "subject"}
+MODELS = ("--vit-arch", VIT, "--eff-arch", EFF, "--vit-epochs", 0, "--eff-epochs", 0)
+
+
+@pytest.fixture(scope="module")
+def weights(tiny_data, tmp_path_factory):
+    return write_random_checkpoints(tiny_data, tmp_path_factory.mktemp("weights"), (VIT, EFF), (0,), IMG, SPLIT)
+
+
+@pytest.fixture(scope="module")
+def night_ids(tiny_data):
+    return sorted(set(psg_layout.read_epoch_csv(tiny_data / psg_layout.TEST_CSV, False).recording_ids))
+
+
+def cohort_folder(tiny_data, folder, night_ids):
+    """The test nights' EDFs and a truncated copy of the first, named ``broken.edf``, in one folder tree."""
+    (folder / "site_b").mkdir(parents=True)
+    for recording_id, subfolder in zip(night_ids, (folder, folder / "site_b")):
+        shutil.copy(tiny_data / "edf" / f"{recording_id}.edf", subfolder / f"{recording_id}.edf")
+    whole = (tiny_data / "edf" / f"{night_ids[0]}.edf").read_bytes()
+    (folder / "broken.edf").write_bytes(whole[:len(whole) // 2])
+    return folder
+
+
+def stage(*args):
+    """``stage_edf.main`` on these options; its exit status (0 when it returns)."""
+    try:
+        stage_edf.main([str(a) for a in args])
+    except SystemExit as end:
+        return end.code
+    return 0
+
+
+def options(edf, weights, out, *extra):
+    return ("--edf", edf, "--weights-dir", weights, "--out", out, "--montage", "synthetic", *MODELS,
+            "--batch-size", 16, "--workers", 1, "--quiet", "--no-figures", "--chunk-nights", 1, *extra)
+
+
+def stages_after(out, recording_id):
+    with open(out / recording_id / f"{recording_id}-hypnogram.csv", newline="") as handle:
+        return [row["stage_after"] for row in csv.DictReader(handle)]
+
+
+def snapshot(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+def test_a_cohort_scores_the_good_nights_lists_the_bad_one_and_resume_does_nothing(
+        tiny_data, weights, night_ids, tmp_path, monkeypatch, capsys):
+    edf = cohort_folder(tiny_data, tmp_path / "nights", night_ids)
+    out = tmp_path / "scored"
+    loads, passes = [], []
+    load, infer = infer_blend.load_checkpoints, infer_blend.checkpoint_probabilities
+    monkeypatch.setattr(infer_blend, "load_checkpoints", lambda arch, *a: loads.append(arch) or load(arch, *a))
+    monkeypatch.setattr(infer_blend, "checkpoint_probabilities",
+                        lambda c, config, args, inputs, *a, **k: passes.append(len(inputs["test"][1])) or
+                        infer(c, config, args, inputs, *a, **k))
+
+    assert stage(*options(edf, weights, out)) == 1  # one night failed, the others scored
+    printed = capsys.readouterr().out
+    assert "3 night(s): 0 scored before, 0 failed before on unchanged files, 3 to score" in printed
+    assert "broken (render): EDF is truncated" in printed
+    assert loads == [VIT, EFF]  # the checkpoints are loaded once for the three chunks
+    assert len(passes) == 4  # one batched pass per model and chunk; the broken night's chunk had no image
+
+    with open(out / stage_edf.FAILURES, newline="") as handle:
+        failures = list(csv.DictReader(handle))
+    assert [(row["recording_id"], row["step"]) for row in failures] == [("broken", "render")]
+    assert failures[0]["reason"].startswith("EDF is truncated") and failures[0]["edf"] == str(edf / "broken.edf")
+    with open(out / postprocess.STATISTICS_TABLE, newline="") as handle:
+        assert [row["recording_id"] for row in csv.DictReader(handle)] == night_ids
+    for recording_id in night_ids:
+        assert (out / recording_id / stage_edf.RENDER_RECORD.format(name=recording_id)).is_file()
+    marker = json.loads((out / stage_edf.MARKER).read_text())
+    assert marker["recordings"] == night_ids and marker["failed"] == ["broken"]
+
+    # The same nights in one chunk of three (one batched pass over both nights' images): the same stages.
+    together = tmp_path / "together"
+    assert stage(*options(edf, weights, together)[:-2], "--chunk-nights", 3) == 1
+    assert all(stages_after(together, i) == stages_after(out, i) for i in night_ids)
+
+    # --resume: everything done or failed on an unchanged file; it says so and touches nothing.
+    before = snapshot(out)
+    capsys.readouterr()
+    assert stage(*options(edf, weights, out, "--resume")) == 1
+    printed = capsys.readouterr().out
+    assert "2 scored before, 1 failed before on unchanged files (--retry-failed tries them again), 0 to score" in \
+        printed and f"nothing to do in {out}" in printed
+    assert snapshot(out) == before and loads == [VIT, EFF, VIT, EFF]  # (the chunk-of-three run loaded them too)
+
+    # A repaired file is tried again: the cohort is complete, the failures table empty, exit status 0.
+    shutil.copy(tiny_data / "edf" / f"{night_ids[0]}.edf", edf / "broken.edf")
+    assert stage(*options(edf, weights, out, "--resume")) == 0
+    assert (out / stage_edf.FAILURES).read_text() == ",".join(stage_edf.FAILURE_COLUMNS) + "\n"
+    assert stages_after(out, "broken") == stages_after(out, night_ids[0])  # the same recording under another ID
+    for name, content in before.items():  # the nights scored before are left as they were
+        if name.startswith(tuple(night_ids)):
+            assert (out / name).read_bytes() == content
+
+
+@pytest.mark.slow
+def test_a_killed_run_is_resumed_and_its_unfinished_night_redone(tiny_data, weights, night_ids, tmp_path,
+                                                                 monkeypatch, capsys):
+    edf = tmp_path / "nights"
+    edf.mkdir()
+    for recording_id in night_ids:
+        shutil.copy(tiny_data / "edf" / f"{recording_id}.edf", edf / f"{recording_id}.edf")
+    reference = tmp_path / "reference"
+    assert stage(*options(edf, weights, reference)) == 0
+
+    out = tmp_path / "scored"
+    calls = []
+    post = postprocess.main
+
+    def killed_in_the_second_chunk(argv):
+        calls.append(argv)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        post(argv)
+
+    monkeypatch.setattr(postprocess, "main", killed_in_the_second_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        stage(*options(edf, weights, out))
+    monkeypatch.setattr(postprocess, "main", post)
+    assert stage_edf.scored_nights(out) == night_ids[:1] and not (out / stage_edf.PARTIAL).exists()
+    # a folder of the second night that a crash of some other kind left half-written is not taken as done
+    (out / night_ids[1]).mkdir()
+    (out / night_ids[1] / f"{night_ids[1]}-hypnogram.csv").write_text("epoch\n")
+
+    capsys.readouterr()
+    assert stage(*options(edf, weights, out, "--resume")) == 0
+    assert "2 night(s): 1 scored before, 0 failed before on unchanged files, 1 to score" in capsys.readouterr().out
+    for recording_id in night_ids:
+        assert stages_after(out, recording_id) == stages_after(reference, recording_id)
+    with open(out / postprocess.STATISTICS_TABLE, newline="") as handle:
+        assert [row["recording_id"] for row in csv.DictReader(handle)] == night_ids
+
+
+def test_resume_refuses_other_settings_and_options_that_do_not_go_together(tmp_path):
+    out = tmp_path / "scored"
+    out.mkdir()
+    argv = ["--edf", str(tmp_path), "--weights-dir", str(tmp_path), "--out", str(out), *map(str, MODELS)]
+    args = stage_edf.parser.parse_args(argv + ["--resume"])
+    stage_edf.resolve_settings(args)
+    args.tta = 1
+    settings = stage_edf.result_settings(args)
+    (out / stage_edf.MARKER).write_text(json.dumps({"settings": dict(settings, method="avg")}))
+    with pytest.raises(InputError, match="--resume with other settings than the run that wrote --out: method is "
+                                         "'sqrt' here, 'avg' there"):
+        stage_edf.check_out(out, args)
+    (out / stage_edf.MARKER).write_text(json.dumps({"settings": settings}))
+    assert stage_edf.check_out(out, args) is True
+    args.resume = False
+    with pytest.raises(InputError, match="--resume goes on with them, --overwrite replaces them"):
+        stage_edf.check_out(out, args)
+    for extra, message in ((["--resume", "--overwrite"], "choose one"), (["--retry-failed"], "goes with --resume"),
+                           (["--chunk-nights", "0"], "--chunk-nights must be 1 or more")):
+        args = stage_edf.parser.parse_args(argv + extra)
+        stage_edf.resolve_settings(args)
+        with pytest.raises(InputError, match=message):
+            stage_edf.check_args(args)
+
+
+def test_failed_nights_are_kept_only_while_their_file_is_unchanged(tmp_path):
+    """plan_nights: scored nights are skipped; a failure is kept while the file has the same size and time."""
+    out = tmp_path / "scored"
+    (out / "A").mkdir(parents=True)
+    (out / "A" / "A-statistics.json").write_text("{}")
+    (out / "B").mkdir()  # half-written: no statistics
+    nights = []
+    for name in ("A", "B", "C", "D"):
+        (tmp_path / f"{name}.edf").write_bytes(b"x" * 10)
+        nights.append(argparse.Namespace(recording_id=name, edf=tmp_path / f"{name}.edf"))
+    rows = [{"recording_id": n, "edf": str(tmp_path / f"{n}.edf"), "step": "render", "reason": "bad",
+             **stage_edf.file_stamp(tmp_path / f"{n}.edf")} for n in ("C", "D")]
+    with open(out / stage_edf.FAILURES, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, stage_edf.FAILURE_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    (tmp_path / "D.edf").write_bytes(b"x" * 11)  # changed since it failed
+
+    pending, done, kept = stage_edf.plan_nights(nights, out, resuming=True, retry_failed=False)
+    assert [n.recording_id for n in pending] == ["B", "D"] and done == ["A"] and list(kept) == ["C"]
+    pending, _, kept = stage_edf.plan_nights(nights, out, resuming=True, retry_failed=True)
+    assert [n.recording_id for n in pending] == ["B", "C", "D"] and kept == {}
+    pending, done, _ = stage_edf.plan_nights(nights, out, resuming=False, retry_failed=False)
+    assert len(pending) == 4 and done == []
