@@ -1,0 +1,111 @@
+"""Nights per hour: stage_edf.py on a folder of synthetic nights, then the same command with --resume.
+
+1. ``make_synthetic.py --edf`` makes ``--nights`` test nights of ``--hours``
+   (seed 1 by default: the demo's models, trained on seed 0's nights, have
+   never seen them); their EDF files are copied alone into
+   ``<work>/nights/`` (hypnograms withheld), with one truncated copy
+   (``broken.edf``) beside them.
+2. ``stage_edf.py --edf <work>/nights`` is timed as a whole command (Python
+   start-up, imports, model loading, every night's figure included); it
+   must score every good night and list ``broken`` in ``failures.csv``
+   (exit status 1).
+3. The same command with ``--resume``: it must find nothing to do.
+
+Writes ``bench/results/cohort_bench.json`` (``--result``) and prints it:
+nights per hour, epochs per second, each step's seconds (from
+``stage_edf.json``) and the resume's wall time.
+
+    python bench/cohort_bench.py --weights-dir demo/weights
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import psg_layout  # noqa: E402
+from cpu_info import cpu_description  # noqa: E402  (bench/, the script's own folder)
+
+parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+parser.add_argument("--weights-dir", type=Path, required=True, help="the models' checkpoints and model set")
+parser.add_argument("--nights", type=int, default=8, help="synthetic nights to score")
+parser.add_argument("--hours", type=float, default=6.0, help="mean scored length of a night")
+parser.add_argument("--seed", type=int, default=1, help="make_synthetic.py seed (the demo trains on seed 0)")
+parser.add_argument("--workers", type=int, default=2, help="render processes and DataLoader workers")
+parser.add_argument("--chunk-nights", type=int, default=8, help="stage_edf.py --chunk-nights")
+parser.add_argument("--device", default="auto", help="stage_edf.py --device")
+parser.add_argument("--work", type=Path, default=REPO / "bench" / "data" / "cohort", help="scratch folder")
+parser.add_argument("--result", type=Path, default=REPO / "bench" / "results" / "cohort_bench.json")
+
+
+def run(*args, expect: int = 0) -> float:
+    """Run ``python args...`` from the repository; return its wall time, s (stop unless it exits ``expect``)."""
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, *map(str, args)], cwd=REPO, capture_output=True, text=True,
+                            env=dict(os.environ, PYTHONHASHSEED="0"))
+    if result.returncode != expect:
+        raise SystemExit(f"{' '.join(map(str, args))} exited {result.returncode}, expected {expect}:\n"
+                         f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return time.perf_counter() - started
+
+
+def make_nights(args) -> tuple[Path, list[str]]:
+    """The synthetic test nights' EDFs alone in one folder, with a truncated copy of the first."""
+    data, nights = args.work / "DATA", args.work / "nights"
+    shutil.rmtree(args.work, ignore_errors=True)
+    run("make_synthetic.py", "--out", data, "--train-subjects", 1, "--test-subjects", args.nights, "--hours",
+        args.hours, "--seed", args.seed, "--workers", args.workers, "--edf", "--quiet")
+    nights.mkdir(parents=True)
+    recording_ids = sorted(set(psg_layout.read_epoch_csv(data / psg_layout.TEST_CSV, False).recording_ids))
+    for recording_id in recording_ids:
+        shutil.copy(data / "edf" / f"{recording_id}.edf", nights / f"{recording_id}.edf")
+    whole = (nights / f"{recording_ids[0]}.edf").read_bytes()
+    (nights / "broken.edf").write_bytes(whole[:len(whole) // 2])
+    return nights, recording_ids
+
+
+def main() -> None:
+    args = parser.parse_args()
+    nights, recording_ids = make_nights(args)
+    out = args.work / "scored"
+    command = ("stage_edf.py", "--edf", nights, "--weights-dir", args.weights_dir, "--out", out, "--workers",
+               args.workers, "--chunk-nights", args.chunk_nights, "--device", args.device, "--quiet")
+    seconds = run(*command, expect=1)  # broken.edf fails; the others are scored
+    resume_seconds = run(*command, "--resume", expect=1)
+    marker = json.loads((out / "stage_edf.json").read_text())
+    with open(out / "failures.csv", newline="") as handle:
+        failed = [row["recording_id"] for row in csv.DictReader(handle)]
+    if marker["recordings"] != recording_ids or failed != ["broken"]:
+        raise SystemExit(f"scored {marker['recordings']}, failed {failed}; expected {recording_ids} and broken")
+    epochs = sum(json.loads((out / i / f"{i}-render.json").read_text())["epochs_rendered"] for i in recording_ids)
+    report = {
+        "command": "python bench/cohort_bench.py " + " ".join(sys.argv[1:]),
+        "machine": cpu_description(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
+        "nights": len(recording_ids), "hours_per_night": args.hours, "epochs": epochs,
+        "wall_seconds": round(seconds, 1),
+        "nights_per_hour": round(len(recording_ids) / seconds * 3600, 1),
+        "epochs_per_second": round(epochs / seconds, 1),
+        "step_seconds": marker["step_seconds"],
+        "resume_wall_seconds": round(resume_seconds, 1),
+        "settings": {key: marker["settings"][key] for key in ("vit_arch", "eff_arch", "vit_epochs", "eff_epochs",
+                                                               "postprocess", "tta")},
+        "device": args.device, "workers": args.workers, "chunk_nights": args.chunk_nights,
+    }
+    args.result.parent.mkdir(parents=True, exist_ok=True)
+    args.result.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
