@@ -129,8 +129,8 @@ def main() -> None:
         "blend": blend_settings,
         "postprocess": postprocess_method,
         "night": {"recording_id": recording_id, "seed": args.seed, "hours": args.hours,
-                  "epochs_rendered": len(json.loads((work / "scored" / "work" / "DATA" / recording_id /
-                                                     f"{recording_id}.timing.json").read_text())["epoch_numbers"]),
+                  "epochs_rendered": json.loads((work / "scored" / recording_id /
+                                                 f"{recording_id}-render.json").read_text())["epochs_rendered"],
                   "epochs_scored_in_withheld_hypnogram": len(test)},
         "stage_edf_wall_seconds": round(stage_seconds, 2),
         "stage_edf_step_seconds": steps["step_seconds"],
