@@ -14,8 +14,8 @@ recording start, so a file maps back to its time even after trimming),
 ``DATA/<ID>/render_edf.json`` (the resolved configuration and what was
 done to that recording), ``DATA/<ID>/<ID>.timing.json`` (the timing sidecar:
 the recording's start date and clock time from the EDF header, the epoch
-length, the start of epoch 1 and the epoch number of every image; see
-``psg_layout.EpochTiming``) and appends ``ID,IDnum,label`` rows to
+length, the start of epoch 1, the epoch number of every image and lights
+off / lights on; see ``psg_layout.EpochTiming``) and appends ``ID,IDnum,label`` rows to
 ``DATA/trainset-for_user.csv`` (``--split test``: ``ID,IDnum`` to
 ``testset-for_user.csv`` and the answers to ``testset-labels.csv``).
 
@@ -24,6 +24,11 @@ hypnogram: every whole 30-s epoch from the first sample on is drawn and
 listed in ``testset-for_user.csv``, with no answers. ``--trim-wake`` does
 not apply to them: without stages there is no sleep period to trim around,
 so the whole recording is kept (trim the scored hypnogram afterwards).
+
+Lights off and lights on (the time in bed of the sleep statistics) come
+from ``--lights-off``/``--lights-on`` (a clock time ``HH:MM[:SS]`` or
+seconds from the recording start), else from the recording's own EDF+
+annotations (:data:`LIGHTS_LABELS`); see :func:`resolve_lights`.
 
 Everything is checked (montage, channels, units, hypnograms, their length
 against the recording, IDs already in the data set) before the first image
