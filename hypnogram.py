@@ -227,7 +227,8 @@ def write_statistics_table(path: Path, statistics: dict[str, dict]) -> None:
         Recordings with different statistics keys.
     """
     rows = list(statistics.items())
-    columns = list(rows[0][1]) if rows else list(sleep_statistics(np.zeros(0, dtype=np.int64)))
+    columns = list(rows[0][1]) if rows else [*sleep_statistics(np.zeros(0, dtype=np.int64)),
+                                              *lights_period(None, None, None, None, 0)]
     for recording_id, values in rows:
         if list(values) != columns:
             raise ValueError(f"recording {recording_id} has statistics {list(values)}, expected {columns}")
@@ -430,7 +431,8 @@ def plot_recording(path: Path, recording_id: str, onsets: np.ndarray, stages: np
         title += f"; lights off {_lights_text(statistics, 'off')} - lights on {_lights_text(statistics, 'on')}"
     top.set_title(title, fontsize=10)
     # runs of epochs outside the lights period, shaded over what is drawn so they read as "not counted"
-    changes = np.diff(np.concatenate([[0], (~inside).astype(int), [0]])) if inside is not None else np.zeros(1)
+    outside = np.zeros(len(onsets), dtype=bool) if inside is None else ~np.asarray(inside, dtype=bool)
+    changes = np.diff(np.concatenate([[0], outside.astype(int), [0]]))
     for first, stop in zip(np.flatnonzero(changes == 1), np.flatnonzero(changes == -1)):
         for axis in (top, bottom):
             axis.axvspan(hours[first], hours[stop - 1] + epoch_hours, color="0.5", alpha=0.3, lw=0, zorder=3)

@@ -91,6 +91,8 @@ def test_statistics_table_with_and_without_lights(tmp_path):
     assert (lit["lights_source"], lit["epochs_outside_lights"]) == ("--lights-off/--lights-on", "5")
     assert (whole["TIB"], whole["period"], whole["epochs_outside_lights"]) == ("6", "whole recording", "0")
     assert whole["lights_off_s"] == whole["lights_on_clock"] == whole["lights_source"] == ""
+    write_statistics_table(table, {})  # no recording: the header alone, with the same columns
+    assert table.read_text() == ",".join(lit) + "\n"
 
 
 def test_no_epoch_in_the_lights_period_is_refused_before_writing(tmp_path):
