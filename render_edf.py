@@ -14,9 +14,9 @@ recording start, so a file maps back to its time even after trimming),
 ``DATA/<ID>/render_edf.json`` (the resolved configuration and what was
 done to that recording), ``DATA/<ID>/<ID>.timing.json`` (the timing sidecar:
 the recording's start date and clock time from the EDF header, the epoch
-length, the start of epoch 1, the epoch number of every image and lights
-off / lights on; see ``psg_layout.EpochTiming``) and appends ``ID,IDnum,label`` rows to
-``DATA/trainset-for_user.csv`` (``--split test``: ``ID,IDnum`` to
+length, the start of epoch 1, the epoch number of every image, lights off
+and lights on; see ``psg_layout.EpochTiming``) and appends ``ID,IDnum,label``
+rows to ``DATA/trainset-for_user.csv`` (``--split test``: ``ID,IDnum`` to
 ``testset-for_user.csv`` and the answers to ``testset-labels.csv``).
 
 Recordings no one has scored yet (``--split test --unscored``) need no
