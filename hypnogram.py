@@ -10,8 +10,13 @@ Sleep statistics
 2007, *The AASM manual for the scoring of sleep and associated events*,
 "sleep scoring data"), in the form YASA's ``yasa.sleep_statistics`` computes
 them (Vallat & Walker 2021, eLife 10:e70092; YASA >= 0.5 documentation). The
-hypnogram is taken as the time in bed: its first epoch is "lights out", its
-last epoch ends at "lights on". All values are minutes unless stated.
+hypnogram it is given is the time in bed: its first epoch is "lights out", its
+last epoch ends at "lights on". :func:`write_recording_outputs` gives it the
+epochs of the lights period only (AASM: time in bed runs from lights off to
+lights on, sleep onset latency counts from lights off): an epoch is inside
+when its midpoint lies in ``[lights_off, lights_on)``
+(:func:`in_lights_period`); without lights times the whole recording is the
+time in bed. All values are minutes unless stated.
 
 * ``TIB`` time in bed: all epochs.
 * ``SPT`` sleep period time: first to last epoch of sleep (N1, N2, N3 or
@@ -197,10 +202,10 @@ def json_ready(value):
 
 
 def _cell(value) -> str:
-    """A statistic as a CSV cell: empty when undefined, ints as ints, floats to 6 significant digits."""
+    """A statistic as a CSV cell: empty when undefined, text and ints as they are, floats to 6 significant digits."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
-    return str(value) if isinstance(value, (int, np.integer)) else f"{value:.6g}"
+    return str(value) if isinstance(value, (str, int, np.integer)) else f"{value:.6g}"
 
 
 def write_statistics_table(path: Path, statistics: dict[str, dict]) -> None:
@@ -211,8 +216,10 @@ def write_statistics_table(path: Path, statistics: dict[str, dict]) -> None:
     path : Path
         The CSV to write (with a header row).
     statistics : dict of str to dict
-        Recording ID to the dict of :func:`sleep_statistics`; columns follow
-        the first recording's keys. Undefined values (NaN or None) are empty cells.
+        Recording ID to the dict of :func:`sleep_statistics` (or of
+        :func:`write_recording_outputs`, with the lights period's keys);
+        columns follow the first recording's keys. Undefined values (NaN or
+        None) are empty cells, text is written as it is.
 
     Raises
     ------
@@ -220,7 +227,8 @@ def write_statistics_table(path: Path, statistics: dict[str, dict]) -> None:
         Recordings with different statistics keys.
     """
     rows = list(statistics.items())
-    columns = list(rows[0][1]) if rows else list(sleep_statistics(np.zeros(0, dtype=np.int64)))
+    columns = list(rows[0][1]) if rows else [*sleep_statistics(np.zeros(0, dtype=np.int64)),
+                                              *lights_period(None, None, None, None, 0)]
     for recording_id, values in rows:
         if list(values) != columns:
             raise ValueError(f"recording {recording_id} has statistics {list(values)}, expected {columns}")
@@ -306,6 +314,64 @@ def write_annotation_edf(path: Path, recording_id: str, annotations, start: date
         edf.write(tmp)
 
 
+def in_lights_period(onsets, epoch_seconds: float, lights_off: float | None = None,
+                     lights_on: float | None = None) -> np.ndarray:
+    """Which epochs belong to the lights period: those whose midpoint lies in ``[lights_off, lights_on)``.
+
+    Parameters
+    ----------
+    onsets : np.ndarray of float, shape (n,)
+        Epoch onsets, s from the recording start.
+    epoch_seconds : float
+        Epoch length, s.
+    lights_off, lights_on : float or None
+        Lights off and lights on, s from the recording start; None: the
+        recording's start (lights off) or end (lights on), i.e. no bound.
+
+    Returns
+    -------
+    np.ndarray of bool, shape (n,)
+
+    Examples
+    --------
+    With 30-s epochs, lights off 10 s after an epoch's onset keeps that
+    epoch (its midpoint is 15 s in); 20 s after leaves it out.
+    """
+    midpoints = np.asarray(onsets, dtype=np.float64) + epoch_seconds / 2.0
+    inside = np.ones(midpoints.shape, dtype=bool)
+    if lights_off is not None:
+        inside &= midpoints >= lights_off
+    if lights_on is not None:
+        inside &= midpoints < lights_on
+    return inside
+
+
+def lights_period(start: datetime.datetime | None, lights_off: float | None, lights_on: float | None,
+                  lights_source: str | None, epochs_outside: int) -> dict:
+    """The keys that say which period the statistics cover (see :func:`write_recording_outputs`)."""
+    def clock(seconds):
+        if start is None or seconds is None:
+            return None
+        return (start + datetime.timedelta(seconds=seconds)).strftime("%H:%M:%S")
+
+    lit = lights_off is not None or lights_on is not None
+    return {
+        "period": "lights off to lights on" if lit else "whole recording",
+        "lights_off_s": None if lights_off is None else float(lights_off),
+        "lights_on_s": None if lights_on is None else float(lights_on),
+        "lights_off_clock": clock(lights_off), "lights_on_clock": clock(lights_on),
+        "lights_source": lights_source, "epochs_outside_lights": int(epochs_outside),
+    }
+
+
+def _lights_text(period: dict, bound: str) -> str:
+    """Lights ``off`` or ``on`` of :func:`lights_period` for people: clock time, else seconds, else start or end."""
+    clock, seconds = period[f"lights_{bound}_clock"], period[f"lights_{bound}_s"]
+    if clock is not None:
+        return clock
+    return f"{seconds:g} s" if seconds is not None else ("recording start" if bound == "off" else "recording end")
+
+
 def _clock_times(start: datetime.datetime | None, onsets: np.ndarray) -> list[str]:
     """ISO date and time (to the second) of each onset; empty strings when the start is unknown."""
     if start is None:
@@ -314,25 +380,30 @@ def _clock_times(start: datetime.datetime | None, onsets: np.ndarray) -> list[st
             for onset in onsets]
 
 
-def write_hypnogram_table(path: Path, epoch_numbers, onsets, clock_times, stages_before, stages_after,
+def write_hypnogram_table(path: Path, epoch_numbers, onsets, clock_times, inside, stages_before, stages_after,
                           probabilities) -> None:
     """The per-epoch table (columns in :func:`write_recording_outputs`), atomically."""
-    header = ["epoch", "onset_s", "clock_time", "stage_before", "stage_after", *(f"p_{name}" for name in STAGES)]
+    header = ["epoch", "onset_s", "clock_time", "in_lights_period", "stage_before", "stage_after",
+              *(f"p_{name}" for name in STAGES)]
     with psg_layout.atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(header)
-        for number, onset, clock, before, after, row in zip(epoch_numbers, onsets, clock_times, stages_before,
-                                                            stages_after, probabilities):
-            writer.writerow([int(number), f"{onset:.3f}", clock, STAGES[before], STAGES[after],
+        for number, onset, clock, lit, before, after, row in zip(epoch_numbers, onsets, clock_times, inside,
+                                                                 stages_before, stages_after, probabilities):
+            writer.writerow([int(number), f"{onset:.3f}", clock, int(lit), STAGES[before], STAGES[after],
                              *(f"{p:.6f}" for p in row)])
 
 
 def plot_recording(path: Path, recording_id: str, onsets: np.ndarray, stages: np.ndarray, probabilities: np.ndarray,
-                   start: datetime.datetime | None, epoch_seconds: float, statistics: dict) -> None:
+                   start: datetime.datetime | None, epoch_seconds: float, statistics: dict,
+                   inside: np.ndarray | None = None) -> None:
     """The hypnogram (top) and the stacked stage probabilities (bottom) on one time axis, as PNG, atomically.
 
-    Unlisted epochs are left blank in both panels. The time axis is clock
-    time when ``start`` is known, hours from the recording start otherwise.
+    Unlisted epochs are left blank in both panels; epochs outside the lights
+    period (``inside`` False, shape (n,)) are shaded grey in both, and the
+    title names lights off and on when ``statistics`` covers a lights period
+    (the keys of :func:`lights_period`). The time axis is clock time when
+    ``start`` is known, hours from the recording start otherwise.
     """
     from matplotlib.figure import Figure  # without pyplot: no display, nothing global
     from matplotlib.ticker import FuncFormatter
@@ -354,8 +425,17 @@ def plot_recording(path: Path, recording_id: str, onsets: np.ndarray, stages: np
     top.set_yticks(range(NUM_CLASSES), HYPNOGRAM_ORDER)
     top.set_ylim(-0.5, NUM_CLASSES - 0.5)
     shown = {key: "n/a" if math.isnan(statistics[key]) else f"{statistics[key]:.1f}" for key in ("TST", "SE", "SOL", "WASO")}
-    top.set_title(f"{recording_id}: TST {shown['TST']} min, SE {shown['SE']} %, SOL {shown['SOL']} min, "
-                  f"WASO {shown['WASO']} min", fontsize=10)
+    title = (f"{recording_id}: TST {shown['TST']} min, SE {shown['SE']} %, SOL {shown['SOL']} min, "
+             f"WASO {shown['WASO']} min")
+    if statistics.get("period") == "lights off to lights on":
+        title += f"; lights off {_lights_text(statistics, 'off')} - lights on {_lights_text(statistics, 'on')}"
+    top.set_title(title, fontsize=10)
+    # runs of epochs outside the lights period, shaded over what is drawn so they read as "not counted"
+    outside = np.zeros(len(onsets), dtype=bool) if inside is None else ~np.asarray(inside, dtype=bool)
+    changes = np.diff(np.concatenate([[0], outside.astype(int), [0]]))
+    for first, stop in zip(np.flatnonzero(changes == 1), np.flatnonzero(changes == -1)):
+        for axis in (top, bottom):
+            axis.axvspan(hours[first], hours[stop - 1] + epoch_hours, color="0.5", alpha=0.3, lw=0, zorder=3)
     bottom.set_ylim(0, 1)
     bottom.set_ylabel("probability")
     bottom.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
@@ -402,19 +482,22 @@ def _checked_outputs(onsets, stages_before, stages_after, probabilities, epoch_n
 
 def write_recording_outputs(out_dir: Path, recording_id: str, onsets: np.ndarray, stages_before: np.ndarray,
                             stages_after: np.ndarray, probabilities: np.ndarray, start: datetime.datetime | None,
-                            epoch_numbers: np.ndarray, epoch_seconds: float = 30.0, figure: bool = True) -> dict:
+                            epoch_numbers: np.ndarray, epoch_seconds: float = 30.0, figure: bool = True,
+                            lights_off: float | None = None, lights_on: float | None = None,
+                            lights_source: str | None = None) -> dict:
     """Write one recording's hypnogram table, EDF+ annotations, figure and statistics.
 
     Epochs are put in epoch-number order first. Each file is written
     atomically into ``out_dir/<recording_id>/`` (``<name>`` = recording ID):
 
     * ``<name>-hypnogram.csv``: header ``epoch,onset_s,clock_time,
-      stage_before,stage_after,p_Wake,p_N1,p_N2,p_N3,p_REM``; one row per
-      listed epoch: epoch number (the image's NNNN, from 1), onset in s from
-      the recording start (3 decimals), clock time ``YYYY-MM-DD HH:MM:SS``
-      (empty when ``start`` is None), the blend's stage and the
-      post-processed stage as names (Wake, N1, N2, N3, REM), and the five
-      blended probabilities (6 decimals).
+      in_lights_period,stage_before,stage_after,p_Wake,p_N1,p_N2,p_N3,
+      p_REM``; one row per listed epoch: epoch number (the image's NNNN,
+      from 1), onset in s from the recording start (3 decimals), clock time
+      ``YYYY-MM-DD HH:MM:SS`` (empty when ``start`` is None), 1 when the
+      epoch is in the lights period (:func:`in_lights_period`) else 0, the
+      blend's stage and the post-processed stage as names (Wake, N1, N2,
+      N3, REM), and the five blended probabilities (6 decimals).
     * ``<name>-Hypnogram.edf``: annotations-only EDF+ in the Sleep-EDF
       convention, ``Sleep stage W/1/2/3/R`` of the post-processed stages,
       one annotation per run of contiguous epochs of one stage, onset in s
@@ -422,9 +505,16 @@ def write_recording_outputs(out_dir: Path, recording_id: str, onsets: np.ndarray
       unlisted epochs are not annotated. Readable by MNE
       (``mne.read_annotations``) and ``render_edf.read_hypnogram``.
     * ``<name>-hypnogram.png``: the post-processed hypnogram, REM in red,
-      with the stacked stage probabilities under it (only with ``figure``).
+      with the stacked stage probabilities under it, epochs outside the
+      lights period shaded (only with ``figure``).
     * ``<name>-statistics.json``: :func:`sleep_statistics` of the
-      post-processed stages of the listed epochs (NaN as ``null``).
+      post-processed stages of the listed epochs in the lights period (NaN
+      as ``null``), then ``period`` (``"lights off to lights on"``, or
+      ``"whole recording"`` without lights times), ``lights_off_s``,
+      ``lights_on_s`` (s from the recording start or None),
+      ``lights_off_clock``, ``lights_on_clock`` (``HH:MM:SS``; None when
+      the start or the time is unknown), ``lights_source`` and
+      ``epochs_outside_lights`` (listed epochs left out).
 
     Parameters
     ----------
@@ -446,30 +536,42 @@ def write_recording_outputs(out_dir: Path, recording_id: str, onsets: np.ndarray
         Epoch length, s.
     figure : bool
         Draw the figure (most of the time taken: seconds per night).
+    lights_off, lights_on : float or None
+        Lights off and lights on, s from the recording start; None: the
+        recording's start (lights off) or end (lights on).
+    lights_source : str or None
+        Where the lights times came from (written as it is).
 
     Returns
     -------
     dict
-        The statistics written (:func:`sleep_statistics`, NaN kept as NaN).
+        The statistics written (NaN kept as NaN): :func:`sleep_statistics`'
+        keys, then the period's keys above.
 
     Raises
     ------
     ValueError
         Arrays of different lengths, a probability table not (n, 5), stage
-        codes outside 0..4, repeated epoch numbers, or onsets that do not
-        increase with the epoch number.
+        codes outside 0..4, repeated epoch numbers, onsets that do not
+        increase with the epoch number, or no listed epoch in the lights
+        period. Nothing is written then.
     """
     onsets, epoch_numbers, before, after, probabilities = _checked_outputs(
         onsets, stages_before, stages_after, probabilities, epoch_numbers)
+    inside = in_lights_period(onsets, epoch_seconds, lights_off, lights_on)
+    period = lights_period(start, lights_off, lights_on, lights_source, int((~inside).sum()))
+    if not inside.any():
+        raise ValueError(f"recording {recording_id}: no epoch has its midpoint between lights off "
+                         f"({_lights_text(period, 'off')}) and lights on ({_lights_text(period, 'on')})")
     folder = Path(out_dir) / recording_id
     names = {key: folder / pattern.format(name=recording_id) for key, pattern in OUTPUT_FILES.items()}
-    statistics = sleep_statistics(after, epoch_seconds)
-    write_hypnogram_table(names["table"], epoch_numbers, onsets, _clock_times(start, onsets), before, after,
+    statistics = {**sleep_statistics(after[inside], epoch_seconds), **period}
+    write_hypnogram_table(names["table"], epoch_numbers, onsets, _clock_times(start, onsets), inside, before, after,
                           probabilities)
     write_annotation_edf(names["edf"], recording_id, stage_annotations(onsets, after, epoch_seconds), start)
     if figure:
         plot_recording(names["figure"], recording_id, onsets, after, probabilities, start, epoch_seconds,
-                       statistics)
+                       statistics, inside)
     with psg_layout.atomic_path(names["statistics"]) as tmp:
         tmp.write_text(json.dumps(json_ready(statistics), indent=2, allow_nan=False) + "\n")
     return statistics

@@ -263,9 +263,12 @@ def place_recordings(data_root: str, test: psg_layout.EpochTable) -> dict:
     Raises
     ------
     InputError
-        An ``IDnum`` that is not ``<ID>_NNNN.png`` (its time is unknown), or
-        a broken timing sidecar.
+        An ``IDnum`` that is not ``<ID>_NNNN.png`` (its time is unknown), a
+        broken timing sidecar, or one whose lights period holds none of the
+        recording's listed epochs (no statistics to compute).
     """
+    import hypnogram
+
     rows_of: dict[str, list] = {}
     for row, recording_id in enumerate(test.recording_ids):
         rows_of.setdefault(recording_id, []).append(row)
@@ -277,8 +280,14 @@ def place_recordings(data_root: str, test: psg_layout.EpochTable) -> dict:
                 numbers.append(psg_layout.epoch_number_of(test.idnums[row]))
             except InputError as err:
                 raise InputError(f"{err} {where(test.path, row + 1)}") from None
-        epochs[recording_id] = (np.array(rows, dtype=np.int64), np.array(numbers, dtype=np.int64),
-                                psg_layout.read_epoch_timing(data_root, recording_id, numbers))
+        timing = psg_layout.read_epoch_timing(data_root, recording_id, numbers)
+        # checked here, before anything is written, rather than when the recording's outputs are
+        if not hypnogram.in_lights_period(timing.onsets(numbers), timing.epoch_seconds, timing.lights_off,
+                                          timing.lights_on).any():
+            sidecar = psg_layout.timing_path(Path(data_root) / recording_id, recording_id)
+            raise InputError(f"no listed epoch of recording {recording_id} lies between lights off and lights on "
+                             f"({timing.lights_source}) {where(sidecar)}")
+        epochs[recording_id] = (np.array(rows, dtype=np.int64), np.array(numbers, dtype=np.int64), timing)
     return epochs
 
 
@@ -310,7 +319,8 @@ def write_recordings(folder: Path, placements: dict, before: np.ndarray, after: 
     for recording_id, (rows, epoch_numbers, timing) in placements.items():
         statistics[recording_id] = hypnogram.write_recording_outputs(
             folder, recording_id, timing.onsets(epoch_numbers), before[rows], after[rows], probabilities[rows],
-            timing.start, epoch_numbers, timing.epoch_seconds, figure=figures)
+            timing.start, epoch_numbers, timing.epoch_seconds, figure=figures, lights_off=timing.lights_off,
+            lights_on=timing.lights_on, lights_source=timing.lights_source)
     hypnogram.write_statistics_table(folder / STATISTICS_TABLE, statistics)
     return statistics
 

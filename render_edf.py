@@ -14,9 +14,9 @@ recording start, so a file maps back to its time even after trimming),
 ``DATA/<ID>/render_edf.json`` (the resolved configuration and what was
 done to that recording), ``DATA/<ID>/<ID>.timing.json`` (the timing sidecar:
 the recording's start date and clock time from the EDF header, the epoch
-length, the start of epoch 1 and the epoch number of every image; see
-``psg_layout.EpochTiming``) and appends ``ID,IDnum,label`` rows to
-``DATA/trainset-for_user.csv`` (``--split test``: ``ID,IDnum`` to
+length, the start of epoch 1, the epoch number of every image, lights off
+and lights on; see ``psg_layout.EpochTiming``) and appends ``ID,IDnum,label``
+rows to ``DATA/trainset-for_user.csv`` (``--split test``: ``ID,IDnum`` to
 ``testset-for_user.csv`` and the answers to ``testset-labels.csv``).
 
 Recordings no one has scored yet (``--split test --unscored``) need no
@@ -24,6 +24,11 @@ hypnogram: every whole 30-s epoch from the first sample on is drawn and
 listed in ``testset-for_user.csv``, with no answers. ``--trim-wake`` does
 not apply to them: without stages there is no sleep period to trim around,
 so the whole recording is kept (trim the scored hypnogram afterwards).
+
+Lights off and lights on (the time in bed of the sleep statistics) come
+from ``--lights-off``/``--lights-on`` (a clock time ``HH:MM[:SS]`` or
+seconds from the recording start), else from the recording's own EDF+
+annotations (:data:`LIGHTS_LABELS`); see :func:`resolve_lights`.
 
 Everything is checked (montage, channels, units, hypnograms, their length
 against the recording, IDs already in the data set) before the first image
@@ -68,6 +73,15 @@ def parse_trim_wake(text: str) -> float | None:
     return minutes
 
 
+def lights_option(text: str) -> str:
+    """``--lights-off``/``--lights-on``: the text as given, once it reads as a clock time or seconds."""
+    try:
+        lights_value(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Render EDF polysomnography and hypnograms into the challenge's image and CSV layout.",
@@ -92,6 +106,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--unscored", action="store_true",
                         help="the recordings have no hypnogram: render every whole epoch from the recording "
                              "start into testset-for_user.csv (needs --split test; no answers are written)")
+    for bound in ("off", "on"):
+        parser.add_argument(f"--lights-{bound}", type=lights_option, default=None, metavar="TIME",
+                            help=f"lights {bound}: clock time HH:MM[:SS] (the first such moment at or after the "
+                                 f"recording start) or seconds from the recording start; default: the recording's "
+                                 f"EDF+ 'Lights {bound}' annotation, else the recording's "
+                                 f"{'start' if bound == 'off' else 'end'}")
     parser.add_argument("--workers", type=int, default=2, help="recordings rendered in parallel")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
@@ -914,14 +934,136 @@ def recording_start(edf: Path) -> datetime.datetime | None:
     return None if start is None else start.replace(tzinfo=None)
 
 
+# --------------------------------------------------------------------------
+# Lights off and lights on: the flags, else the recording's EDF+ annotations
+# --------------------------------------------------------------------------
+# Annotation texts taken as lights off / lights on, compared after lower-casing and dropping spaces,
+# underscores and hyphens: "Lights Off", "lights_off", "LIGHTS-OUT" all match.
+LIGHTS_LABELS = {"off": ("lightsoff", "lightoff", "lightsout", "lightout"), "on": ("lightson", "lighton")}
+CLOCK_PATTERN = re.compile(r"([0-9]{1,2}):([0-9]{2})(?::([0-9]{2}))?")
+
+
+def lights_value(text: str) -> float | datetime.time:
+    """What a ``--lights-off``/``--lights-on`` text says: seconds from the recording start, or a time of day.
+
+    Raises
+    ------
+    ValueError
+        Neither ``HH:MM``/``HH:MM:SS`` (a valid time of day) nor a finite number.
+    """
+    match = CLOCK_PATTERN.fullmatch(text.strip())
+    try:
+        value = datetime.time(*(int(part or 0) for part in match.groups())) if match else float(text)
+    except ValueError:
+        value = math.nan
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"expected a clock time HH:MM or HH:MM:SS, or seconds from the recording start, got {text!r}")
+    return value
+
+
+def lights_seconds(text: str, start: datetime.datetime | None, edf: Path, flag: str) -> float:
+    """Seconds from the recording start of a lights option; a clock time is the first such moment at or after ``start``.
+
+    07:00 after a 22:30 start is the next morning (30,600 s).
+
+    Raises
+    ------
+    InputError
+        A text that is neither form; a clock time when the EDF header gives no start date and time.
+    """
+    try:
+        value = lights_value(text)
+    except ValueError as err:
+        raise InputError(f"{flag}: {err} {where(edf)}") from None
+    if not isinstance(value, datetime.time):
+        return value
+    if start is None:
+        raise InputError(f"{flag} {text} is a clock time, but the EDF header has no start date and time: "
+                         f"give seconds from the recording start {where(edf)}")
+    moment = datetime.datetime.combine(start.date(), value)
+    if moment < start:
+        moment += datetime.timedelta(days=1)
+    return (moment - start).total_seconds()
+
+
+def lights_annotations(edf: Path) -> dict:
+    """The recording's own lights marks: ``{"off": (onset s, text), "on": (onset s, text)}``, each when found.
+
+    Texts match :data:`LIGHTS_LABELS`. With several matches the first lights
+    off and the last lights on count: lights switched on and off again in
+    the night (a trip to the bathroom) stay inside the time in bed. MNE's
+    reader keeps only annotations inside the recording.
+    """
+    annotations = _read_edf_header(edf).annotations
+    found = {}
+    for onset, text in sorted(zip(annotations.onset, annotations.description)):
+        key = re.sub(r"[\s_-]+", "", text).lower()
+        if key in LIGHTS_LABELS["off"]:
+            found.setdefault("off", (float(onset), text.strip()))
+        elif key in LIGHTS_LABELS["on"]:
+            found["on"] = (float(onset), text.strip())
+    return found
+
+
+def resolve_lights(edf: Path, start: datetime.datetime | None, duration: float, lights_off_text: str | None = None,
+                   lights_on_text: str | None = None) -> tuple[float | None, float | None, str | None]:
+    """Lights off and lights on of one recording, s from its start, and where they came from.
+
+    A flag wins over an annotation (:func:`lights_annotations`) for its
+    bound; a bound with neither is None (the recording's start, or end,
+    stands in for it).
+
+    Returns
+    -------
+    (lights_off, lights_on, source)
+        Seconds or None each; ``source`` e.g. ``"--lights-off/--lights-on"``,
+        ``"EDF+ annotations 'Lights off'/'Lights on'"``, None without either.
+
+    Raises
+    ------
+    InputError
+        A malformed flag, a clock time without a start in the header, a time
+        outside 0..``duration``, lights off at or after lights on.
+    """
+    texts = {"off": lights_off_text, "on": lights_on_text}
+    marks = {} if None not in texts.values() else lights_annotations(edf)
+    seconds, flags, labels = {}, [], []
+    for bound, text in texts.items():
+        seconds[bound], origin = None, None
+        if text is not None:
+            seconds[bound], origin = lights_seconds(text, start, edf, f"--lights-{bound}"), f"--lights-{bound} {text}"
+            flags.append(f"--lights-{bound}")
+        elif bound in marks:
+            seconds[bound], label = marks[bound]
+            origin = f"EDF+ annotation {label!r}"
+            labels.append(repr(label))
+        if origin is not None and not 0 <= seconds[bound] <= duration:
+            raise InputError(f"lights {bound} ({origin}) at {seconds[bound]:g} s is outside the recording "
+                             f"(0 to {duration:g} s) {where(edf)}")
+    parts = ["/".join(flags)] if flags else []
+    if labels:
+        parts.append(f"EDF+ annotation{'s' if len(labels) > 1 else ''} {'/'.join(labels)}")
+    source = ", ".join(parts) or None
+    off, on = seconds["off"] or 0.0, duration if seconds["on"] is None else seconds["on"]
+    if off >= on:
+        raise InputError(f"lights off at {off:g} s is at or after lights on at {on:g} s from the recording start "
+                         f"({source}) {where(edf)}")
+    return seconds["off"], seconds["on"], source
+
+
 def plan_recording(source: RecordingSource, montage: Montage, trim_minutes: float | None, out: Path,
-                   config: dict) -> RenderJob:
-    """Check one recording completely (header, channels, units, hypnogram) and plan its epochs.
+                   config: dict, lights_off: str | None = None, lights_on: str | None = None) -> RenderJob:
+    """Check one recording completely (header, channels, units, hypnogram, lights) and plan its epochs.
 
     A recording without hypnogram (``source.hypnogram`` None) keeps every
-    whole epoch from its first sample, all unlabelled.
+    whole epoch from its first sample, all unlabelled. ``lights_off`` and
+    ``lights_on`` are the texts of ``--lights-off``/``--lights-on`` (None:
+    absent); the resolved times (:func:`resolve_lights`) go into the timing
+    sidecar and ``render_edf.json``.
     """
     rows, duration = resolve_channels(source.edf, montage)
+    start = recording_start(source.edf)
+    lights = resolve_lights(source.edf, start, duration, lights_off, lights_on)
     if source.hypnogram is None:
         origin, stages = unscored_epoch_grid(source.edf, duration)
         keep = np.arange(len(stages))
@@ -948,12 +1090,13 @@ def plan_recording(source: RecordingSource, montage: Montage, trim_minutes: floa
         "last_epoch": int(epoch_numbers[-1]),
         "epochs_rendered": len(keep),
         "epochs_labelled": labelled,
+        **dict(zip(("lights_off_s", "lights_on_s", "lights_source"), lights)),
         "rows": {row: {"channel": rc.channel, "fs_hz": rc.fs, "file_unit": rc.file_unit, "gain_from_mne": rc.gain}
                  for row, rc in rows.items()},
     }
     staging = out / f".{source.recording_id}.render-partial"
-    timing = psg_layout.EpochTiming(source.recording_id, recording_start(source.edf), float(EPOCH_SECONDS), origin,
-                                    tuple(int(n) for n in epoch_numbers))
+    timing = psg_layout.EpochTiming(source.recording_id, start, float(EPOCH_SECONDS), origin,
+                                    tuple(int(n) for n in epoch_numbers), *lights)
     return RenderJob(source, rows, origin, epoch_numbers, stages[keep], staging, timing, record)
 
 
@@ -1056,6 +1199,13 @@ class _BarProgress:
         self.bar.update(count)
 
 
+def lights_summary(record: dict) -> str:
+    """``"; lights off 1800 s, on 27000 s (--lights-off/--lights-on)"`` from a recording's record; empty without lights."""
+    bounds = ", ".join(f"{bound} {record[f'lights_{bound}_s']:g} s" for bound in ("off", "on")
+                       if record[f"lights_{bound}_s"] is not None)
+    return f"; lights {bounds} ({record['lights_source']})" if bounds else ""
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     montage = None if args.montage == AUTO_MONTAGE else load_montage(args.montage)
@@ -1071,14 +1221,15 @@ def main(argv=None) -> None:
     config["montage_rows"] = {chosen.name: {row: vars(source) for row, source in chosen.rows.items()}
                               for chosen in montages.values()}
     print(json.dumps(config, indent=2))
-    jobs = [plan_recording(source, montages[source.recording_id], args.trim_wake, out, config)
+    jobs = [plan_recording(source, montages[source.recording_id], args.trim_wake, out, config,
+                           lights_off=args.lights_off, lights_on=args.lights_on)
             for source in recordings]
     for job in jobs:
         record = job.record
         print(f"{record['recording_id']} ({record['montage']} montage): epochs {record['first_epoch']}-"
               f"{record['last_epoch']} of "
               f"{record['epochs_in_recording']}, {record['epochs_labelled']} labelled, "
-              f"rows {', '.join(job.rows)}")
+              f"rows {', '.join(job.rows)}{lights_summary(record)}")
 
     created_out = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
