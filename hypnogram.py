@@ -1,8 +1,9 @@
 """Hypnograms of scored recordings: sleep statistics and per-recording output files.
 
 Stage codes are :data:`psg_layout.STAGES` indices: 0 Wake, 1 N1, 2 N2,
-3 N3, 4 REM. The module imports NumPy, the standard library, edfio and
-matplotlib (the last two only when a file is written); no torch.
+3 N3, 4 REM. The module imports NumPy, the standard library,
+``signal_quality``, edfio and matplotlib (the last two only when a file is
+written); no torch.
 
 Sleep statistics
 ----------------
@@ -67,6 +68,7 @@ from pathlib import Path
 import numpy as np
 
 import psg_layout
+import signal_quality
 from psg_layout import NUM_CLASSES, STAGES
 
 WAKE = psg_layout.STAGE_TO_INT["Wake"]
@@ -87,6 +89,8 @@ OUTPUT_FILES = {
     "figure": "{name}-hypnogram.png",
     "statistics": "{name}-statistics.json",
 }
+# Appended to the hypnogram table: signal_quality.EpochQuality.epoch_columns, in this order.
+QUALITY_COLUMNS = ["quality", "flat_signals", "clipped_signals", "missing_signals"]
 
 
 # --------------------------------------------------------------------------
@@ -197,9 +201,11 @@ def json_ready(value):
 
 
 def _cell(value) -> str:
-    """A statistic as a CSV cell: empty when undefined, ints as ints, floats to 6 significant digits."""
+    """A statistic as a CSV cell: empty when undefined, text as it is, ints as ints, floats to 6 significant digits."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
+    if isinstance(value, str):
+        return value
     return str(value) if isinstance(value, (int, np.integer)) else f"{value:.6g}"
 
 
@@ -315,16 +321,35 @@ def _clock_times(start: datetime.datetime | None, onsets: np.ndarray) -> list[st
 
 
 def write_hypnogram_table(path: Path, epoch_numbers, onsets, clock_times, stages_before, stages_after,
-                          probabilities) -> None:
-    """The per-epoch table (columns in :func:`write_recording_outputs`), atomically."""
+                          probabilities, quality_cells=None) -> None:
+    """The per-epoch table (columns in :func:`write_recording_outputs`), atomically.
+
+    ``quality_cells``: per epoch, the :data:`QUALITY_COLUMNS` as strings
+    (``signal_quality.EpochQuality.epoch_columns``); None leaves them empty.
+    """
     header = ["epoch", "onset_s", "clock_time", "stage_before", "stage_after", *(f"p_{name}" for name in STAGES)]
+    header += QUALITY_COLUMNS
+    if quality_cells is None:
+        quality_cells = [("",) * len(QUALITY_COLUMNS)] * len(epoch_numbers)
     with psg_layout.atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(header)
-        for number, onset, clock, before, after, row in zip(epoch_numbers, onsets, clock_times, stages_before,
-                                                            stages_after, probabilities):
+        for number, onset, clock, before, after, row, cells in zip(epoch_numbers, onsets, clock_times, stages_before,
+                                                                   stages_after, probabilities, quality_cells):
             writer.writerow([int(number), f"{onset:.3f}", clock, STAGES[before], STAGES[after],
-                             *(f"{p:.6f}" for p in row)])
+                             *(f"{p:.6f}" for p in row), *cells])
+
+
+def quality_statistics(quality, epoch_numbers) -> dict:
+    """``epochs_flagged`` (int, None without quality) and ``quality_warnings`` (``"; "``-joined, "" when none).
+
+    ``quality``: a ``signal_quality.EpochQuality`` or None; ``epoch_numbers``
+    the listed epochs, shape (n,).
+    """
+    if quality is None:
+        return {"epochs_flagged": None, "quality_warnings": ""}
+    flags = [cells[0] for cells in quality.epoch_columns(epoch_numbers)]
+    return {"epochs_flagged": flags.count(signal_quality.FLAGGED), "quality_warnings": "; ".join(quality.warnings)}
 
 
 def plot_recording(path: Path, recording_id: str, onsets: np.ndarray, stages: np.ndarray, probabilities: np.ndarray,
@@ -402,7 +427,8 @@ def _checked_outputs(onsets, stages_before, stages_after, probabilities, epoch_n
 
 def write_recording_outputs(out_dir: Path, recording_id: str, onsets: np.ndarray, stages_before: np.ndarray,
                             stages_after: np.ndarray, probabilities: np.ndarray, start: datetime.datetime | None,
-                            epoch_numbers: np.ndarray, epoch_seconds: float = 30.0, figure: bool = True) -> dict:
+                            epoch_numbers: np.ndarray, epoch_seconds: float = 30.0, figure: bool = True,
+                            quality=None) -> dict:
     """Write one recording's hypnogram table, EDF+ annotations, figure and statistics.
 
     Epochs are put in epoch-number order first. Each file is written
@@ -413,8 +439,12 @@ def write_recording_outputs(out_dir: Path, recording_id: str, onsets: np.ndarray
       listed epoch: epoch number (the image's NNNN, from 1), onset in s from
       the recording start (3 decimals), clock time ``YYYY-MM-DD HH:MM:SS``
       (empty when ``start`` is None), the blend's stage and the
-      post-processed stage as names (Wake, N1, N2, N3, REM), and the five
-      blended probabilities (6 decimals).
+      post-processed stage as names (Wake, N1, N2, N3, REM), the five
+      blended probabilities (6 decimals), then ``quality,flat_signals,
+      clipped_signals,missing_signals``: ``ok`` or ``flagged`` (a key row
+      flat, clipped or missing in the epoch) and the ``;``-joined rows
+      flat, clipped and missing in it (``signal_quality``); all four empty
+      without ``quality``.
     * ``<name>-Hypnogram.edf``: annotations-only EDF+ in the Sleep-EDF
       convention, ``Sleep stage W/1/2/3/R`` of the post-processed stages,
       one annotation per run of contiguous epochs of one stage, onset in s
@@ -424,7 +454,9 @@ def write_recording_outputs(out_dir: Path, recording_id: str, onsets: np.ndarray
     * ``<name>-hypnogram.png``: the post-processed hypnogram, REM in red,
       with the stacked stage probabilities under it (only with ``figure``).
     * ``<name>-statistics.json``: :func:`sleep_statistics` of the
-      post-processed stages of the listed epochs (NaN as ``null``).
+      post-processed stages of the listed epochs (NaN as ``null``), then
+      :func:`quality_statistics`: ``epochs_flagged`` (listed epochs
+      flagged; ``null`` without ``quality``) and ``quality_warnings``.
 
     Parameters
     ----------
@@ -446,11 +478,14 @@ def write_recording_outputs(out_dir: Path, recording_id: str, onsets: np.ndarray
         Epoch length, s.
     figure : bool
         Draw the figure (most of the time taken: seconds per night).
+    quality : signal_quality.EpochQuality or None
+        The recording's signal quality sidecar; None when it has none.
 
     Returns
     -------
     dict
-        The statistics written (:func:`sleep_statistics`, NaN kept as NaN).
+        The statistics written (:func:`sleep_statistics` then
+        :func:`quality_statistics`, NaN kept as NaN).
 
     Raises
     ------
@@ -464,8 +499,9 @@ def write_recording_outputs(out_dir: Path, recording_id: str, onsets: np.ndarray
     folder = Path(out_dir) / recording_id
     names = {key: folder / pattern.format(name=recording_id) for key, pattern in OUTPUT_FILES.items()}
     statistics = sleep_statistics(after, epoch_seconds)
+    statistics.update(quality_statistics(quality, epoch_numbers))
     write_hypnogram_table(names["table"], epoch_numbers, onsets, _clock_times(start, onsets), before, after,
-                          probabilities)
+                          probabilities, None if quality is None else quality.epoch_columns(epoch_numbers))
     write_annotation_edf(names["edf"], recording_id, stage_annotations(onsets, after, epoch_seconds), start)
     if figure:
         plot_recording(names["figure"], recording_id, onsets, after, probabilities, start, epoch_seconds,
