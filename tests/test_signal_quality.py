@@ -134,7 +134,7 @@ def test_render_writes_the_planted_faults_and_warns_about_most_of_the_night(tmp_
     montage.write_text(json.dumps(MONTAGE))
     out = tmp_path / "DATA"
     render_edf.main(["--edf", str(tmp_path / "edf"), "--out", str(out), "--split", "test", "--unscored",
-                     "--montage", str(montage), "--workers", "1", "--quiet"])
+                     "--montage", str(montage), "--workers", "2", "--quiet"])  # in worker processes
     printed = capsys.readouterr().out
 
     assert (out / "RECA" / "RECA.quality.json").is_file() and (out / "RECA" / "RECA.timing.json").is_file()
