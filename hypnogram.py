@@ -1,8 +1,9 @@
 """Hypnograms of scored recordings: sleep statistics and per-recording output files.
 
 Stage codes are :data:`psg_layout.STAGES` indices: 0 Wake, 1 N1, 2 N2,
-3 N3, 4 REM. The module imports NumPy, the standard library, edfio and
-matplotlib (the last two only when a file is written); no torch.
+3 N3, 4 REM. The module imports NumPy, the standard library,
+``signal_quality``, edfio and matplotlib (the last two only when a file is
+written); no torch.
 
 Sleep statistics
 ----------------
@@ -72,6 +73,7 @@ from pathlib import Path
 import numpy as np
 
 import psg_layout
+import signal_quality
 from psg_layout import NUM_CLASSES, STAGES
 
 WAKE = psg_layout.STAGE_TO_INT["Wake"]
@@ -92,6 +94,8 @@ OUTPUT_FILES = {
     "figure": "{name}-hypnogram.png",
     "statistics": "{name}-statistics.json",
 }
+# Appended to the hypnogram table: signal_quality.EpochQuality.epoch_columns, in this order.
+QUALITY_COLUMNS = ["quality", "flat_signals", "clipped_signals", "missing_signals"]
 
 
 # --------------------------------------------------------------------------
@@ -228,7 +232,8 @@ def write_statistics_table(path: Path, statistics: dict[str, dict]) -> None:
     """
     rows = list(statistics.items())
     columns = list(rows[0][1]) if rows else [*sleep_statistics(np.zeros(0, dtype=np.int64)),
-                                              *lights_period(None, None, None, None, 0)]
+                                              *lights_period(None, None, None, None, 0),
+                                              *quality_statistics(None, ())]
     for recording_id, values in rows:
         if list(values) != columns:
             raise ValueError(f"recording {recording_id} has statistics {list(values)}, expected {columns}")
@@ -381,17 +386,36 @@ def _clock_times(start: datetime.datetime | None, onsets: np.ndarray) -> list[st
 
 
 def write_hypnogram_table(path: Path, epoch_numbers, onsets, clock_times, inside, stages_before, stages_after,
-                          probabilities) -> None:
-    """The per-epoch table (columns in :func:`write_recording_outputs`), atomically."""
+                          probabilities, quality_cells=None) -> None:
+    """The per-epoch table (columns in :func:`write_recording_outputs`), atomically.
+
+    ``inside``: per epoch, True in the lights period. ``quality_cells``: per
+    epoch, the :data:`QUALITY_COLUMNS` as strings
+    (``signal_quality.EpochQuality.epoch_columns``); None leaves them empty.
+    """
     header = ["epoch", "onset_s", "clock_time", "in_lights_period", "stage_before", "stage_after",
-              *(f"p_{name}" for name in STAGES)]
+              *(f"p_{name}" for name in STAGES), *QUALITY_COLUMNS]
+    if quality_cells is None:
+        quality_cells = [("",) * len(QUALITY_COLUMNS)] * len(epoch_numbers)
     with psg_layout.atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(header)
-        for number, onset, clock, lit, before, after, row in zip(epoch_numbers, onsets, clock_times, inside,
-                                                                 stages_before, stages_after, probabilities):
+        for number, onset, clock, lit, before, after, row, cells in zip(
+                epoch_numbers, onsets, clock_times, inside, stages_before, stages_after, probabilities, quality_cells):
             writer.writerow([int(number), f"{onset:.3f}", clock, int(lit), STAGES[before], STAGES[after],
-                             *(f"{p:.6f}" for p in row)])
+                             *(f"{p:.6f}" for p in row), *cells])
+
+
+def quality_statistics(quality, epoch_numbers) -> dict:
+    """``epochs_flagged`` (int, None without quality) and ``quality_warnings`` (``"; "``-joined, "" when none).
+
+    ``quality``: a ``signal_quality.EpochQuality`` or None; ``epoch_numbers``
+    the listed epochs, shape (n,).
+    """
+    if quality is None:
+        return {"epochs_flagged": None, "quality_warnings": ""}
+    flags = [cells[0] for cells in quality.epoch_columns(epoch_numbers)]
+    return {"epochs_flagged": flags.count(signal_quality.FLAGGED), "quality_warnings": "; ".join(quality.warnings)}
 
 
 def plot_recording(path: Path, recording_id: str, onsets: np.ndarray, stages: np.ndarray, probabilities: np.ndarray,
@@ -484,7 +508,7 @@ def write_recording_outputs(out_dir: Path, recording_id: str, onsets: np.ndarray
                             stages_after: np.ndarray, probabilities: np.ndarray, start: datetime.datetime | None,
                             epoch_numbers: np.ndarray, epoch_seconds: float = 30.0, figure: bool = True,
                             lights_off: float | None = None, lights_on: float | None = None,
-                            lights_source: str | None = None) -> dict:
+                            lights_source: str | None = None, quality=None) -> dict:
     """Write one recording's hypnogram table, EDF+ annotations, figure and statistics.
 
     Epochs are put in epoch-number order first. Each file is written
@@ -492,12 +516,16 @@ def write_recording_outputs(out_dir: Path, recording_id: str, onsets: np.ndarray
 
     * ``<name>-hypnogram.csv``: header ``epoch,onset_s,clock_time,
       in_lights_period,stage_before,stage_after,p_Wake,p_N1,p_N2,p_N3,
-      p_REM``; one row per listed epoch: epoch number (the image's NNNN,
-      from 1), onset in s from the recording start (3 decimals), clock time
-      ``YYYY-MM-DD HH:MM:SS`` (empty when ``start`` is None), 1 when the
-      epoch is in the lights period (:func:`in_lights_period`) else 0, the
-      blend's stage and the post-processed stage as names (Wake, N1, N2,
-      N3, REM), and the five blended probabilities (6 decimals).
+      p_REM,quality,flat_signals,clipped_signals,missing_signals``; one row
+      per listed epoch: epoch number (the image's NNNN, from 1), onset in s
+      from the recording start (3 decimals), clock time ``YYYY-MM-DD
+      HH:MM:SS`` (empty when ``start`` is None), 1 when the epoch is in the
+      lights period (:func:`in_lights_period`) else 0, the blend's stage and
+      the post-processed stage as names (Wake, N1, N2, N3, REM), the five
+      blended probabilities (6 decimals), then ``ok`` or ``flagged`` (a key
+      row flat, clipped or missing in the epoch) and the ``;``-joined rows
+      flat, clipped and missing in it (``signal_quality``); these four empty
+      without ``quality``.
     * ``<name>-Hypnogram.edf``: annotations-only EDF+ in the Sleep-EDF
       convention, ``Sleep stage W/1/2/3/R`` of the post-processed stages,
       one annotation per run of contiguous epochs of one stage, onset in s
@@ -514,7 +542,10 @@ def write_recording_outputs(out_dir: Path, recording_id: str, onsets: np.ndarray
       ``lights_on_s`` (s from the recording start or None),
       ``lights_off_clock``, ``lights_on_clock`` (``HH:MM:SS``; None when
       the start or the time is unknown), ``lights_source`` and
-      ``epochs_outside_lights`` (listed epochs left out).
+      ``epochs_outside_lights`` (listed epochs left out), then
+      :func:`quality_statistics`: ``epochs_flagged`` (listed epochs
+      flagged, all of them, inside the lights period or not; ``null``
+      without ``quality``) and ``quality_warnings``.
 
     Parameters
     ----------
@@ -541,12 +572,14 @@ def write_recording_outputs(out_dir: Path, recording_id: str, onsets: np.ndarray
         recording's start (lights off) or end (lights on).
     lights_source : str or None
         Where the lights times came from (written as it is).
+    quality : signal_quality.EpochQuality or None
+        The recording's signal quality sidecar; None when it has none.
 
     Returns
     -------
     dict
         The statistics written (NaN kept as NaN): :func:`sleep_statistics`'
-        keys, then the period's keys above.
+        keys, then the period's keys, then :func:`quality_statistics`'.
 
     Raises
     ------
@@ -565,9 +598,10 @@ def write_recording_outputs(out_dir: Path, recording_id: str, onsets: np.ndarray
                          f"({_lights_text(period, 'off')}) and lights on ({_lights_text(period, 'on')})")
     folder = Path(out_dir) / recording_id
     names = {key: folder / pattern.format(name=recording_id) for key, pattern in OUTPUT_FILES.items()}
-    statistics = {**sleep_statistics(after[inside], epoch_seconds), **period}
+    statistics = {**sleep_statistics(after[inside], epoch_seconds), **period,
+                  **quality_statistics(quality, epoch_numbers)}
     write_hypnogram_table(names["table"], epoch_numbers, onsets, _clock_times(start, onsets), inside, before, after,
-                          probabilities)
+                          probabilities, None if quality is None else quality.epoch_columns(epoch_numbers))
     write_annotation_edf(names["edf"], recording_id, stage_annotations(onsets, after, epoch_seconds), start)
     if figure:
         plot_recording(names["figure"], recording_id, onsets, after, probabilities, start, epoch_seconds,

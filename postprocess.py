@@ -42,7 +42,8 @@ Then, for every test recording, the per-recording outputs of
 ``hypnogram.write_recording_outputs`` go into ``--recordings-out`` (default
 ``recordings/`` beside the submission): ``<ID>/<ID>-hypnogram.csv`` (epoch,
 onset, clock time, stage before and after post-processing, the five blended
-probabilities), ``<ID>/<ID>-Hypnogram.edf`` (EDF+ annotations),
+probabilities, the epoch's signal quality from ``<root>/<ID>/<ID>.quality.json``
+when ``render_edf.py`` wrote one), ``<ID>/<ID>-Hypnogram.edf`` (EDF+ annotations),
 ``<ID>/<ID>-hypnogram.png`` (only with ``--figures``: drawing one takes about
 0.3 s, a minute for a challenge test set, and the challenge flow needs the
 submission first; ``stage_edf.py`` draws them by default) and
@@ -68,6 +69,7 @@ import numpy as np
 
 import model_set
 import psg_layout
+import signal_quality
 from blend import load_probabilities, read_test_csv, stage_counts
 from hmm import count_stage_sequences, hmm_decode, hmm_from_counts
 from output_names import (blend_csv_path, infer_config_path, model_set_path, probabilities_path, recordings_dir,
@@ -252,20 +254,23 @@ STATISTICS_TABLE = "sleep_statistics.csv"
 
 
 def place_recordings(data_root: str, test: psg_layout.EpochTable) -> dict:
-    """Each test recording's rows, epoch numbers and timing, read before anything is written.
+    """Each test recording's rows, epoch numbers, timing and signal quality, read before anything is written.
 
     Returns
     -------
     dict
-        ID -> ``(rows, epoch_numbers, timing)``: int64 arrays (CSV order) and
-        its :class:`psg_layout.EpochTiming` (sidecar, or the plain grid).
+        ID -> ``(rows, epoch_numbers, timing, quality)``: int64 arrays (CSV
+        order), its :class:`psg_layout.EpochTiming` (sidecar, or the plain
+        grid) and its :class:`signal_quality.EpochQuality` (sidecar; None
+        without one).
 
     Raises
     ------
     InputError
         An ``IDnum`` that is not ``<ID>_NNNN.png`` (its time is unknown), a
-        broken timing sidecar, or one whose lights period holds none of the
-        recording's listed epochs (no statistics to compute).
+        broken timing or quality sidecar, or a timing sidecar whose lights
+        period holds none of the recording's listed epochs (no statistics to
+        compute).
     """
     import hypnogram
 
@@ -287,7 +292,8 @@ def place_recordings(data_root: str, test: psg_layout.EpochTable) -> dict:
             sidecar = psg_layout.timing_path(Path(data_root) / recording_id, recording_id)
             raise InputError(f"no listed epoch of recording {recording_id} lies between lights off and lights on "
                              f"({timing.lights_source}) {where(sidecar)}")
-        epochs[recording_id] = (np.array(rows, dtype=np.int64), np.array(numbers, dtype=np.int64), timing)
+        epochs[recording_id] = (np.array(rows, dtype=np.int64), np.array(numbers, dtype=np.int64), timing,
+                                signal_quality.read_quality(data_root, recording_id))
     return epochs
 
 
@@ -311,16 +317,17 @@ def write_recordings(folder: Path, placements: dict, before: np.ndarray, after: 
     Returns
     -------
     dict
-        Recording ID -> its sleep statistics (``hypnogram.sleep_statistics``).
+        Recording ID -> its sleep statistics and signal quality summary
+        (``hypnogram.write_recording_outputs``).
     """
     import hypnogram  # matplotlib and edfio: only when per-recording outputs are written
 
     statistics = {}
-    for recording_id, (rows, epoch_numbers, timing) in placements.items():
+    for recording_id, (rows, epoch_numbers, timing, quality) in placements.items():
         statistics[recording_id] = hypnogram.write_recording_outputs(
             folder, recording_id, timing.onsets(epoch_numbers), before[rows], after[rows], probabilities[rows],
             timing.start, epoch_numbers, timing.epoch_seconds, figure=figures, lights_off=timing.lights_off,
-            lights_on=timing.lights_on, lights_source=timing.lights_source)
+            lights_on=timing.lights_on, lights_source=timing.lights_source, quality=quality)
     hypnogram.write_statistics_table(folder / STATISTICS_TABLE, statistics)
     return statistics
 

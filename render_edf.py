@@ -15,8 +15,11 @@ recording start, so a file maps back to its time even after trimming),
 done to that recording), ``DATA/<ID>/<ID>.timing.json`` (the timing sidecar:
 the recording's start date and clock time from the EDF header, the epoch
 length, the start of epoch 1, the epoch number of every image, lights off
-and lights on; see ``psg_layout.EpochTiming``) and appends ``ID,IDnum,label``
-rows to ``DATA/trainset-for_user.csv`` (``--split test``: ``ID,IDnum`` to
+and lights on; see ``psg_layout.EpochTiming``), ``DATA/<ID>/<ID>.quality.json``
+(the signal quality sidecar: flat, clipped and missing rows per epoch and
+the recording's warnings, which are also printed as ``warning: <ID>: ...``;
+see ``signal_quality.py``) and appends ``ID,IDnum,label`` rows to
+``DATA/trainset-for_user.csv`` (``--split test``: ``ID,IDnum`` to
 ``testset-for_user.csv`` and the answers to ``testset-labels.csv``).
 
 Recordings no one has scored yet (``--split test --unscored``) need no
@@ -57,6 +60,7 @@ import numpy as np
 from tqdm import tqdm
 
 import psg_layout
+import signal_quality
 from psg_layout import EPOCH_SECONDS, InputError, where
 
 
@@ -673,12 +677,16 @@ class RowChannel:
         (unit conversion, montage scale and inversion together).
     file_unit : str
         The channel's unit as MNE reports it (``n/a`` when unrecognised).
+    limits : signal_quality.RowLimits
+        The channel's header range and resolution in the row's values, for
+        the per-epoch quality checks.
     """
 
     channel: str
     fs: float
     gain: float
     file_unit: str
+    limits: signal_quality.RowLimits
 
 
 def _read_edf_header(path: Path, include=None):
@@ -742,6 +750,14 @@ def _row_gain(row: str, source: RowSource, channel: str, mne_gain: float, file_u
     return (-1.0 if source.invert else 1.0) * source.scale * conversion / mne_gain
 
 
+def _row_limits(row: str, source: RowSource, extras: dict, index: int, to_row: float) -> signal_quality.RowLimits:
+    """A row's quality limits from its channel's header fields (MNE keeps them per channel on the reader)."""
+    row_unit = psg_layout.SIGNAL_BY_NAME[row].unit
+    volts = VOLTS_PER_UNIT[row_unit] / source.scale if row_unit in VOLTS_PER_UNIT else None
+    return signal_quality.row_limits((extras["physical_min"][index], extras["physical_max"][index]),
+                                     (extras["digital_min"][index], extras["digital_max"][index]), to_row, volts)
+
+
 def resolve_channels(edf: Path, montage: Montage) -> tuple[dict, float]:
     """Find each montage row's channel in an EDF header, with its rate and gain.
 
@@ -749,7 +765,8 @@ def resolve_channels(edf: Path, montage: Montage) -> tuple[dict, float]:
     -------
     rows : dict
         Row name -> :class:`RowChannel`; optional rows whose channels are
-        absent are left out (drawn empty).
+        absent are left out (drawn empty; the montage's other rows are the
+        recording's missing rows).
     duration : float
         Length of the recording, s.
 
@@ -784,12 +801,13 @@ def resolve_channels(edf: Path, montage: Montage) -> tuple[dict, float]:
         # Read on its own, a channel comes at its native rate (read together,
         # MNE would resample all channels to the fastest one).
         rates[channel] = float(_read_edf_header(edf, include=[channel]).info["sfreq"])
-    rows = {
-        row: RowChannel(channel, rates[channel],
-                        _row_gain(row, source, channel, float(mne_gains[channel]), file_units[channel], edf),
-                        file_units[channel])
-        for row, (source, channel) in chosen.items()
-    }
+    rows = {}
+    for row, (source, channel) in chosen.items():
+        mne_gain = float(mne_gains[channel])
+        gain = _row_gain(row, source, channel, mne_gain, file_units[channel], edf)
+        # MNE's values are the file's physical values times its gain: the header's range times both is the row's.
+        limits = _row_limits(row, source, header._raw_extras[0], labels.index(channel), mne_gain * gain)
+        rows[row] = RowChannel(channel, rates[channel], gain, file_units[channel], limits)
     return rows, duration
 
 
@@ -838,6 +856,8 @@ class RenderJob:
         Saved as the recording's timing sidecar.
     record : dict
         The resolved configuration and facts saved as ``render_edf.json``.
+    missing : tuple of str
+        Rows the montage names whose channels the EDF lacks (drawn empty).
     """
 
     source: RecordingSource
@@ -848,6 +868,7 @@ class RenderJob:
     staging: Path
     timing: psg_layout.EpochTiming
     record: dict = field(default_factory=dict)
+    missing: tuple = ()
 
 
 def epoch_signals(channels: dict, rows: dict, origin: float, epoch_number: int, edf: Path) -> dict:
@@ -863,14 +884,21 @@ def epoch_signals(channels: dict, rows: dict, origin: float, epoch_number: int, 
     return signals
 
 
-def render_recording(job: RenderJob, progress=None) -> None:
-    """Draw every planned epoch of one recording into ``job.staging``; save its ``render_edf.json`` and timing."""
+def render_recording(job: RenderJob, progress=None) -> list[str]:
+    """Draw every planned epoch of one recording into ``job.staging``, with its ``render_edf.json`` and sidecars.
+
+    The sidecars are the timing and the signal quality; returns the
+    recording's signal quality warnings (``signal_quality``).
+    """
     channels = load_channels(job.source.edf, job.rows)
     fs = {row: row_channel.fs for row, row_channel in job.rows.items()}
+    quality = signal_quality.QualityRecorder(job.source.recording_id,
+                                             {row: rc.limits for row, rc in job.rows.items()}, job.missing)
     shutil.rmtree(job.staging, ignore_errors=True)  # debris of a run that was killed
     job.staging.mkdir(parents=True)
     for epoch_number in job.epoch_numbers:
         signals = epoch_signals(channels, job.rows, job.origin, int(epoch_number), job.source.edf)
+        quality.add_epoch(int(epoch_number), signals)
         image = psg_layout.render_epoch(signals, fs)
         psg_layout.write_png(job.staging / psg_layout.image_name(job.source.recording_id, int(epoch_number)), image)
         if progress is not None:
@@ -878,6 +906,9 @@ def render_recording(job: RenderJob, progress=None) -> None:
     with psg_layout.atomic_path(job.staging / "render_edf.json") as tmp:
         tmp.write_text(json.dumps(job.record, indent=2) + "\n")
     psg_layout.write_epoch_timing(job.staging, job.timing)
+    found = quality.result()
+    signal_quality.write_quality(job.staging, found)
+    return list(found.warnings)
 
 
 def render_unscored_night(source: RecordingSource, montage_spec: str, out: Path, config: dict,
@@ -1074,6 +1105,7 @@ def plan_recording(source: RecordingSource, montage: Montage, trim_minutes: floa
         if not (stages[keep] != UNSCORED).any():
             raise InputError(f"no scored epoch to label in the recording {where(source.hypnogram)}")
     epoch_numbers = keep + 1
+    missing = tuple(row for row in montage.rows if row not in rows)
     if epoch_numbers[-1] > 9999:
         raise InputError(f"more than 9999 epochs; file names have 4 digits {where(source.edf)}")
     labelled = int((stages[keep] != UNSCORED).sum())
@@ -1093,11 +1125,12 @@ def plan_recording(source: RecordingSource, montage: Montage, trim_minutes: floa
         **dict(zip(("lights_off_s", "lights_on_s", "lights_source"), lights)),
         "rows": {row: {"channel": rc.channel, "fs_hz": rc.fs, "file_unit": rc.file_unit, "gain_from_mne": rc.gain}
                  for row, rc in rows.items()},
+        "rows_missing": list(missing),
     }
     staging = out / f".{source.recording_id}.render-partial"
     timing = psg_layout.EpochTiming(source.recording_id, start, float(EPOCH_SECONDS), origin,
                                     tuple(int(n) for n in epoch_numbers), *lights)
-    return RenderJob(source, rows, origin, epoch_numbers, stages[keep], staging, timing, record)
+    return RenderJob(source, rows, origin, epoch_numbers, stages[keep], staging, timing, record, missing)
 
 
 # --------------------------------------------------------------------------
@@ -1162,14 +1195,15 @@ def split_csv_contents(out: Path, split: str, jobs: list[RenderJob], unscored: b
 # --------------------------------------------------------------------------
 # The run
 # --------------------------------------------------------------------------
-def render_all(jobs: list[RenderJob], workers: int, show_progress: bool) -> None:
-    """Render the jobs, ``workers`` recordings at a time, with one progress bar over all images."""
+def render_all(jobs: list[RenderJob], workers: int, show_progress: bool) -> list[list[str]]:
+    """Render the jobs, ``workers`` recordings at a time, with one progress bar over all images.
+
+    Returns each job's signal quality warnings, in the order of ``jobs``.
+    """
     total = sum(len(job.epoch_numbers) for job in jobs)
     with tqdm(total=total, unit="image", disable=not show_progress) as bar:
         if workers == 1 or len(jobs) == 1:
-            for job in jobs:
-                render_recording(job, _BarProgress(bar))
-            return
+            return [render_recording(job, _BarProgress(bar)) for job in jobs]
         with Manager() as manager, ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
             progress = manager.Queue()
             futures = [pool.submit(render_recording, job, progress) for job in jobs]
@@ -1187,6 +1221,7 @@ def render_all(jobs: list[RenderJob], workers: int, show_progress: bool) -> None
                     future.result()  # re-raises the first worker error here
             while not progress.empty():
                 bar.update(progress.get())
+            return [future.result() for future in futures]
 
 
 class _BarProgress:
@@ -1235,7 +1270,7 @@ def main(argv=None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     moved = []
     try:
-        render_all(jobs, args.workers, show_progress=not args.quiet and sys.stderr.isatty())
+        warnings = render_all(jobs, args.workers, show_progress=not args.quiet and sys.stderr.isatty())
         csv_contents = split_csv_contents(out, args.split, jobs, args.unscored)
         for job in jobs:
             os.replace(job.staging, out / job.source.recording_id)
@@ -1248,6 +1283,9 @@ def main(argv=None) -> None:
         raise
     for path, rows in csv_contents.items():
         psg_layout.write_csv_rows(path, rows)
+    for job, found in zip(jobs, warnings):
+        if found:
+            print(f"warning: {job.source.recording_id}: {'; '.join(found)}")
     rendered = sum(len(job.epoch_numbers) for job in jobs)
     labelled = sum(job.record["epochs_labelled"] for job in jobs)
     print(f"rendered {len(jobs)} recording(s), {rendered} images ({labelled} labelled); rows added to "

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import psg_layout
-from hypnogram import (OUTPUT_FILES, json_ready, sleep_statistics, stage_annotations, write_recording_outputs,
-                       write_statistics_table)
+from hypnogram import (OUTPUT_FILES, QUALITY_COLUMNS, json_ready, sleep_statistics, stage_annotations,
+                       write_recording_outputs, write_statistics_table)
 
 W, N1, N2, N3, R = range(5)
 NAN_KEYS_WITHOUT_SLEEP = {"SOL", "WASO", "SME", "Lat_N1", "Lat_N2", "Lat_N3", "Lat_REM", "Lat_REM_from_onset",
@@ -129,12 +129,13 @@ def test_recording_outputs_and_edf_round_trip(tmp_path):
     assert [int(row["epoch"]) for row in rows] == EPOCHS.tolist()
     assert rows[2] == {"epoch": "3", "onset_s": "72.500", "clock_time": "2026-11-30 00:00:52", "in_lights_period": "1",
                        "stage_before": psg_layout.STAGES[before[2]], "stage_after": "N1",
-                       **{f"p_{name}": f"{probabilities[2, k]:.6f}" for k, name in enumerate(psg_layout.STAGES)}}
+                       **{f"p_{name}": f"{probabilities[2, k]:.6f}" for k, name in enumerate(psg_layout.STAGES)},
+                       **dict.fromkeys(QUALITY_COLUMNS, "")}  # no signal quality given: empty
 
     # statistics of the listed epochs in order: W W N1 N2 N2 R W; no lights times: the whole recording
     assert stats == {**sleep_statistics(STAGES_AFTER), "period": "whole recording", "lights_off_s": None,
                      "lights_on_s": None, "lights_off_clock": None, "lights_on_clock": None, "lights_source": None,
-                     "epochs_outside_lights": 0}
+                     "epochs_outside_lights": 0, "epochs_flagged": None, "quality_warnings": ""}
     assert json.loads(files["statistics"].read_text()) == json_ready(stats)
     assert stats["SOL"] == 1.0 and stats["TST"] == 2.0 and stats["Lat_REM"] == 2.5
 

@@ -52,11 +52,12 @@ def test_statistics_run_from_lights_off_to_lights_on(tmp_path):
     assert stats["WASO"] == 0.5 and stats["awakenings"] == 1 and stats["stage_shifts"] == 5
     assert stats["SE"] == pytest.approx(100 * 2.0 / 3.5) and stats["Lat_REM"] == 3.0
     assert stats["W"] == 1.5 and stats["N2"] == 1.0 and math.isnan(stats["Lat_N3"])  # no N3
-    assert {key: stats[key] for key in list(stats)[-7:]} == {
+    assert {key: stats[key] for key in list(stats)[-9:-2]} == {
         "period": "lights off to lights on", "lights_off_s": 90.0, "lights_on_s": 300.0,
         "lights_off_clock": "22:31:30", "lights_on_clock": "22:35:00", "lights_source": "test",
         "epochs_outside_lights": 5}
-    assert list(stats)[:-7] == list(sleep_statistics(np.array(NIGHT)))
+    assert list(stats)[:-9] == list(sleep_statistics(np.array(NIGHT)))
+    assert list(stats)[-2:] == ["epochs_flagged", "quality_warnings"]  # the signal quality's keys come last
 
     folder = tmp_path / "night"
     with open(folder / "night-hypnogram.csv", newline="") as handle:
