@@ -11,6 +11,7 @@ import csv
 import json
 import shutil
 
+import edfio
 import pytest
 
 import infer_blend
@@ -209,3 +210,94 @@ def test_failed_nights_are_kept_only_while_their_file_is_unchanged(tmp_path):
     assert [n.recording_id for n in pending] == ["B", "C", "D"] and kept == {}
     pending, done, _ = stage_edf.plan_nights(nights, out, resuming=False, retry_failed=False)
     assert len(pending) == 4 and done == []
+
+
+# --------------------------------------------------------------------------
+# A sleep lab's folder: lights in the EDF+ annotations, planted signal faults, a corrupt file
+# --------------------------------------------------------------------------
+def faulty_night(source, target, lights, flat_epochs, clipped_epochs):
+    """``source`` with Thorax dropped, Chin EMG zero over ``flat_epochs`` and C3-M2 pinned at its physical
+    maximum over ``clipped_epochs`` (1-based), and ``lights`` (onset s, text) as EDF+ annotations."""
+    edf = edfio.read_edf(source)
+    edf.drop_signals(["Thorax"])
+    for label, epochs, value in (("Chin EMG", flat_epochs, lambda s: 0.0), ("C3-M2", clipped_epochs,
+                                                                            lambda s: s.physical_max)):
+        signal = edf.get_signal(label)
+        data, rate = signal.data.copy(), signal.sampling_frequency
+        for epoch in epochs:
+            data[int((epoch - 1) * 30 * rate):int(epoch * 30 * rate)] = value(signal)
+        signal.update_data(data, keep_physical_range=True)
+    edf.add_annotations([edfio.EdfAnnotation(onset, None, text) for onset, text in lights])
+    edf.write(target)
+
+
+def thorax_optional_montage(path):
+    """The synthetic montage as a JSON file, its Thorax row optional (so a night without it is still drawn)."""
+    rows = {name: {"channel": "SpO2" if name.startswith("SpO2") else name} for name in psg_layout.SIGNAL_NAMES}
+    rows["Thorax"]["optional"] = True
+    path.write_text(json.dumps({"rows": rows}))
+    return path
+
+
+def read_rows(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.mark.slow
+def test_a_lab_folder_with_lights_faults_and_a_corrupt_file(tiny_data, weights, night_ids, tmp_path, capsys):
+    first, second = night_ids
+    edf = tmp_path / "lab"
+    edf.mkdir()
+    faulty_night(tiny_data / "edf" / f"{first}.edf", edf / f"{first}.edf",
+                 lights=[(120.0, "Lights Off"), (1500.0, "LIGHTS_ON")], flat_epochs=(3, 4), clipped_epochs=(7,))
+    epochs = int(edfio.read_edf(tiny_data / "edf" / f"{second}.edf").duration // 30)
+    faulty_night(tiny_data / "edf" / f"{second}.edf", edf / f"{second}.edf", lights=[],
+                 flat_epochs=range(1, epochs + 1), clipped_epochs=())
+    (edf / "corrupt.edf").write_bytes(b"0       " + bytes(range(256)) * 4)
+    out = tmp_path / "scored"
+    command = ["--edf", edf, "--weights-dir", weights, "--out", out, "--montage",
+               thorax_optional_montage(tmp_path / "montage.json"), *MODELS, "--batch-size", 16, "--workers", 2,
+               "--quiet"]
+
+    assert stage(*command) == 1
+    printed = capsys.readouterr().out
+    assert "corrupt (render): cannot read EDF" in printed
+    assert f"{second}: {epochs} epochs" in printed and "warning: Chin EMG flat in 100.0 % of epochs" in printed
+    assert [row["recording_id"] for row in read_rows(out / stage_edf.FAILURES)] == ["corrupt"]
+
+    # the first night: time in bed from lights off (120 s) to lights on (1500 s), faults flagged epoch by epoch
+    table = read_rows(out / first / f"{first}-hypnogram.csv")
+    inside = [int(row["epoch"]) for row in table if row["in_lights_period"] == "1"]
+    assert inside == list(range(5, 51))  # onsets 120 .. 1470 s: midpoints inside [120, 1500)
+    flagged = {int(row["epoch"]): row for row in table if row["quality"] == "flagged"}
+    assert sorted(flagged) == [3, 4, 7]
+    assert flagged[3]["flat_signals"] == flagged[4]["flat_signals"] == "Chin EMG"
+    assert flagged[7]["clipped_signals"] == "C3-M2"
+    assert {row["missing_signals"] for row in table} == {"Thorax"}  # not a key row: no flag of its own
+    statistics = {row["recording_id"]: row for row in read_rows(out / postprocess.STATISTICS_TABLE)}
+    assert list(statistics) == night_ids
+    lit = statistics[first]
+    assert (lit["period"], lit["lights_off_s"], lit["lights_on_s"]) == ("lights off to lights on", "120", "1500")
+    assert "EDF+" in lit["lights_source"] and lit["epochs_outside_lights"] == str(len(table) - 46)
+    asleep = sum(row["stage_after"] != "Wake" for row in table if row["in_lights_period"] == "1")
+    assert (float(lit["TIB"]), float(lit["TST"])) == (23.0, asleep / 2)
+    assert (lit["epochs_flagged"], lit["quality_warnings"]) == ("3", "")
+    dark = statistics[second]
+    assert (dark["period"], dark["epochs_flagged"]) == ("whole recording", str(epochs))
+    assert dark["quality_warnings"] == "Chin EMG flat in 100.0 % of epochs"
+
+    # a second run with --resume has nothing to do, says so and changes nothing
+    before = snapshot(out)
+    assert stage(*command, "--resume") == 1
+    printed = capsys.readouterr().out
+    assert "2 scored before, 1 failed before on unchanged files" in printed and "nothing to do" in printed
+    assert snapshot(out) == before
+
+    # lights given on the command line (clock time, seconds) instead of annotations
+    flags = tmp_path / "flags"
+    assert stage("--edf", edf / f"{second}.edf", *command[2:4], "--out", flags, *command[6:], "--lights-off",
+                 "22:32:00", "--lights-on", 1500) == 0
+    row = read_rows(flags / postprocess.STATISTICS_TABLE)[0]
+    assert (row["lights_off_s"], row["lights_on_s"], row["lights_source"]) == ("120", "1500",
+                                                                               "--lights-off/--lights-on")
