@@ -54,6 +54,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import functools
 import io
 import json
 import shutil
@@ -268,8 +269,9 @@ def plan_nights(recordings: list, out: Path, resuming: bool, retry_failed: bool)
     kept = {}
     for source in recordings:
         row = earlier.get(source.recording_id)
-        if row is not None and row["edf"] == str(source.edf) and {k: row[k] for k in file_stamp(source.edf)} == \
-                file_stamp(source.edf):
+        unchanged = row is not None and row["edf"] == str(source.edf) and all(
+            row[key] == value for key, value in file_stamp(source.edf).items())
+        if unchanged:
             kept[source.recording_id] = row
     pending = [s for s in recordings if s.recording_id not in done and s.recording_id not in kept]
     return pending, sorted(done & {s.recording_id for s in recordings}), kept
@@ -295,18 +297,21 @@ def render_chunk(chunk: list, data: Path, args, pool) -> dict:
     config = {key: getattr(args, key) for key in ("montage", "lights_off", "lights_on")}
     config.update(split="test", unscored=True, edf_folder=str(args.edf))
     options = {key: config[key] for key in ("lights_off", "lights_on") if config[key] is not None}
-    work = (render_edf.render_unscored_night, args.montage, data, config)
+    render = functools.partial(render_edf.render_unscored_night, montage_spec=args.montage, out=data, config=config,
+                               **options)
     if pool is None:
-        outcomes = {}
-        for source in chunk:
-            try:
-                work[0](source, *work[1:], **options)
-                outcomes[source.recording_id] = None
-            except Exception as err:  # one bad night stops only itself
-                outcomes[source.recording_id] = err
-        return outcomes
-    futures = {source.recording_id: pool.submit(work[0], source, *work[1:], **options) for source in chunk}
+        return {source.recording_id: error_of(render, source) for source in chunk}
+    futures = {source.recording_id: pool.submit(render, source) for source in chunk}
     return {recording_id: future.exception() for recording_id, future in futures.items()}
+
+
+def error_of(function, *args) -> Exception | None:
+    """What ``function(*args)`` raised, or None."""
+    try:
+        function(*args)
+    except Exception as err:  # one bad night stops only itself
+        return err
+    return None
 
 
 def write_test_csv(data: Path, recording_ids: list) -> None:
@@ -335,10 +340,15 @@ def infer_chunk(loaded: dict, infer_args, device) -> None:
     infer_blend.write_outputs(Path(infer_args.out), infer_args, arch_epochs, probabilities, None, None, record)
 
 
+def model_argv(args) -> list:
+    """The models' options, as every step takes them."""
+    return ["--vit-arch", args.vit_arch, "--eff-arch", args.eff_arch, "--fold", args.fold,
+            "--vit-epochs", *args.vit_epochs, "--eff-epochs", *args.eff_epochs]
+
+
 def step_arguments(args, data: Path, outputs: Path, results: Path) -> dict:
     """The command lines of the blend and post-process steps, as one would type them for the layout route."""
-    models = ["--vit-arch", args.vit_arch, "--eff-arch", args.eff_arch, "--fold", args.fold,
-              "--vit-epochs", *args.vit_epochs, "--eff-epochs", *args.eff_epochs]
+    models = model_argv(args)
     blend_csv = blend_csv_path(outputs, args.method, args.vit_epochs, args.eff_epochs)
     blend_settings = (["--from-tune", args.from_tune] if args.from_tune is not None else
                       ["--method", args.method, "--ens-weight", args.ens_weight, "--power", args.power,
@@ -359,8 +369,7 @@ def infer_options(args, data: Path, outputs: Path):
     """``infer_blend.py``'s options for a chunk (its defaults where the command line left them out)."""
     import infer_blend
 
-    models = ["--vit-arch", args.vit_arch, "--eff-arch", args.eff_arch, "--fold", args.fold,
-              "--vit-epochs", *args.vit_epochs, "--eff-epochs", *args.eff_epochs]
+    models = model_argv(args)
     argv = ["--data-root", data, "--weights-dir", args.weights_dir, "--out", outputs, *models, "--tta", args.tta,
             *(["--batch-size", args.batch_size] if hasattr(args, "batch_size") else []),
             "--workers", args.workers, "--device", args.device, "--amp", args.amp, "--no-cache", "--quiet"]
@@ -430,14 +439,20 @@ def place_night(recording_id: str, data: Path, results: Path, out: Path, keep_im
 # --------------------------------------------------------------------------
 # The run
 # --------------------------------------------------------------------------
-def load_models(args):
-    """Every kept checkpoint of both models, built and loaded once for the whole run: (models, device)."""
+def load_models(args, configs: dict):
+    """Every kept checkpoint of both models, built and loaded once for the whole run.
+
+    Returns
+    -------
+    loaded : dict
+        ``"vit"``/``"eff"`` -> ``(arch, epochs, training configuration, [models])``.
+    device : torch.device
+    """
     import infer_blend
     import models
 
     device = models.resolve_device(args.device)
     arch_epochs = {"vit": (args.vit_arch, args.vit_epochs), "eff": (args.eff_arch, args.eff_epochs)}
-    configs = model_set.read_model_configs(args.weights_dir, args.fold, arch_epochs)
     loaded = {key: (arch, epochs, configs[key],
                     list(infer_blend.load_checkpoints(arch, epochs, configs[key], args.weights_dir, args.fold, device)))
               for key, (arch, epochs) in arch_epochs.items()}
@@ -506,7 +521,9 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     sources = resolve_settings(args)
     check_args(args)
-    import infer_blend  # torch: only once the settings are known to be usable
+    arch_epochs = {"vit": (args.vit_arch, args.vit_epochs), "eff": (args.eff_arch, args.eff_epochs)}
+    configs = model_set.read_model_configs(args.weights_dir, args.fold, arch_epochs)  # before torch is imported
+    import infer_blend
 
     args.tta = getattr(args, "tta", infer_blend.parser.get_default("tta"))
     config = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()}
@@ -524,7 +541,7 @@ def main(argv=None) -> None:
             raise SystemExit(1)
         return
     run = argparse.Namespace(args=args, log=io.StringIO(), seconds=dict.fromkeys(STEPS, 0.0), pool=None)
-    run.loaded, run.device = load_models(args)  # a checkpoint that does not fit stops the run before any drawing
+    run.loaded, run.device = load_models(args, configs)  # a checkpoint that does not fit stops the run here
     created = not resuming  # a new or replaced result: nothing of it stays when no night can be scored
     if out.exists() and not resuming:
         shutil.rmtree(out)
@@ -532,7 +549,7 @@ def main(argv=None) -> None:
     write_marker(out, config)
     started = time.perf_counter()
     try:
-        with render_pool(args.workers) as run.pool:
+        with render_pool(min(args.workers, len(pending))) as run.pool:
             failures = score_pending(pending, out, run, show_progress=not args.quiet and sys.stderr.isatty())
     finally:
         shutil.rmtree(out / PARTIAL, ignore_errors=True)
