@@ -3,8 +3,10 @@
 1. ``make_synthetic.py --edf`` makes ``--nights`` test nights of ``--hours``
    (seed 1 by default: the demo's models, trained on seed 0's nights, have
    never seen them); their EDF files are copied alone into
-   ``<work>/nights/`` (hypnograms withheld), with one truncated copy
-   (``broken.edf``) beside them.
+   ``<work>/nights/`` (hypnograms withheld), each with EDF+ annotations
+   "Lights off" 10 min after its start and "Lights on" 10 min before its
+   end, the first night's chin EMG flat for its second hour (a planted
+   fault), and one truncated copy (``broken.edf``) beside them.
 2. ``stage_edf.py --edf <work>/nights`` is timed as a whole command (Python
    start-up, imports, model loading, every night's figure included); it
    must score every good night and list ``broken`` in ``failures.csv``
@@ -13,7 +15,9 @@
 
 Writes ``bench/results/cohort_bench.json`` (``--result``) and prints it:
 nights per hour, epochs per second, each step's seconds (from
-``stage_edf.json``) and the resume's wall time.
+``stage_edf.json``), the resume's wall time, and the first night's lights
+period and flagged epochs; copies the first night's figure to
+``--figure``.
 
     python bench/cohort_bench.py --weights-dir demo/weights
 """
@@ -47,6 +51,11 @@ parser.add_argument("--chunk-nights", type=int, default=8, help="stage_edf.py --
 parser.add_argument("--device", default="auto", help="stage_edf.py --device")
 parser.add_argument("--work", type=Path, default=REPO / "bench" / "data" / "cohort", help="scratch folder")
 parser.add_argument("--result", type=Path, default=REPO / "bench" / "results" / "cohort_bench.json")
+parser.add_argument("--figure", type=Path, default=REPO / "docs" / "cohort_night_lights.png",
+                    help="where the first night's hypnogram figure is copied")
+
+LIGHTS_MARGIN_SECONDS = 600.0  # lights off this long after the start, lights on this long before the end
+FLAT_HOUR = (3600.0, 7200.0)  # the first night's chin EMG is zero over this span, s from its start
 
 
 def run(*args, expect: int = 0) -> float:
@@ -60,6 +69,21 @@ def run(*args, expect: int = 0) -> float:
     return time.perf_counter() - started
 
 
+def with_lights(source: Path, target: Path, flat: tuple | None) -> None:
+    """``source`` with lights annotations (and its chin EMG zero over ``flat``, s), written to ``target``."""
+    import edfio
+
+    edf = edfio.read_edf(source)
+    if flat is not None:
+        signal = edf.get_signal("Chin EMG")
+        data, rate = signal.data.copy(), signal.sampling_frequency
+        data[int(flat[0] * rate):int(flat[1] * rate)] = 0.0
+        signal.update_data(data, keep_physical_range=True)
+    edf.add_annotations([edfio.EdfAnnotation(LIGHTS_MARGIN_SECONDS, None, "Lights off"),
+                         edfio.EdfAnnotation(edf.duration - LIGHTS_MARGIN_SECONDS, None, "Lights on")])
+    edf.write(target)
+
+
 def make_nights(args) -> tuple[Path, list[str]]:
     """The synthetic test nights' EDFs alone in one folder, with a truncated copy of the first."""
     data, nights = args.work / "DATA", args.work / "nights"
@@ -69,7 +93,8 @@ def make_nights(args) -> tuple[Path, list[str]]:
     nights.mkdir(parents=True)
     recording_ids = sorted(set(psg_layout.read_epoch_csv(data / psg_layout.TEST_CSV, False).recording_ids))
     for recording_id in recording_ids:
-        shutil.copy(data / "edf" / f"{recording_id}.edf", nights / f"{recording_id}.edf")
+        with_lights(data / "edf" / f"{recording_id}.edf", nights / f"{recording_id}.edf",
+                    flat=FLAT_HOUR if recording_id == recording_ids[0] else None)
     whole = (nights / f"{recording_ids[0]}.edf").read_bytes()
     (nights / "broken.edf").write_bytes(whole[:len(whole) // 2])
     return nights, recording_ids
@@ -89,6 +114,8 @@ def main() -> None:
     if marker["recordings"] != recording_ids or failed != ["broken"]:
         raise SystemExit(f"scored {marker['recordings']}, failed {failed}; expected {recording_ids} and broken")
     epochs = sum(json.loads((out / i / f"{i}-render.json").read_text())["epochs_rendered"] for i in recording_ids)
+    first = json.loads((out / recording_ids[0] / f"{recording_ids[0]}-statistics.json").read_text())
+    args.figure.write_bytes((out / recording_ids[0] / f"{recording_ids[0]}-hypnogram.png").read_bytes())
     report = {
         "command": "python bench/cohort_bench.py " + " ".join(sys.argv[1:]),
         "machine": cpu_description(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
@@ -98,6 +125,9 @@ def main() -> None:
         "epochs_per_second": round(epochs / seconds, 1),
         "step_seconds": marker["step_seconds"],
         "resume_wall_seconds": round(resume_seconds, 1),
+        "first_night": {key: first[key] for key in ("period", "lights_off_clock", "lights_on_clock", "lights_source",
+                                                    "epochs_outside_lights", "TIB", "TST", "SE", "epochs_flagged",
+                                                    "quality_warnings")},
         "settings": {key: marker["settings"][key] for key in ("vit_arch", "eff_arch", "vit_epochs", "eff_epochs",
                                                                "postprocess", "tta")},
         "device": args.device, "workers": args.workers, "chunk_nights": args.chunk_nights,
