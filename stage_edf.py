@@ -77,7 +77,7 @@ parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
 parser.add_argument("--edf", type=Path, required=True, help="one EDF recording, or a folder searched recursively")
 parser.add_argument("--weights-dir", default=model_set.parser.get_default("weights_dir"),
                     help="checkpoints and their training configurations")
-parser.add_argument("--out", type=Path, required=True, help="folder for the results (must not exist or be empty)")
+parser.add_argument("--out", type=Path, required=True, help="folder for the results: new or empty, or an earlier result with --resume or --overwrite")
 parser.add_argument("--overwrite", action="store_true", help="replace an earlier stage_edf.py result in --out")
 parser.add_argument("--montage", default="auto",
                     help="auto (per recording, the first built-in montage whose channels it has), sleep-edf, shhs, "
@@ -108,10 +108,10 @@ parser.add_argument("--postprocess", default=argparse.SUPPRESS,
 parser.add_argument("--train-csv", type=Path, default=None,
                     help="hmm: labelled epochs (ID,IDnum,label) whose stage transitions it counts instead of "
                          "the model set's (new recordings have no labels)")
-parser.add_argument("--lights-off", default=None, metavar="TIME",
+parser.add_argument("--lights-off", default=argparse.SUPPRESS, metavar="TIME",
                     help="lights off of every night: a clock time HH:MM[:SS] (the first after the recording's start) "
                          "or seconds from its start (default: the night's EDF+ annotation, else its first epoch)")
-parser.add_argument("--lights-on", default=None, metavar="TIME",
+parser.add_argument("--lights-on", default=argparse.SUPPRESS, metavar="TIME",
                     help="lights on of every night, as --lights-off (default: the night's EDF+ annotation, else "
                          "its last epoch)")
 parser.add_argument("--no-figures", action="store_true", help="no hypnogram figures (saves seconds per recording)")
@@ -147,6 +147,8 @@ def resolve_settings(args) -> dict:
     """
     record = model_set.read_model_set(args.weights_dir)
     sources = {"models": model_set.resolve_models(args, record)}
+    for bound in ("lights_off", "lights_on"):  # absent: each night's EDF+ annotation, else its start or end
+        setattr(args, bound, getattr(args, bound, None))
     if args.from_tune is not None:  # the blend step reads the file itself; its tta is the blend's, not inference's
         tuned = blend.read_tune_json(args.from_tune)
         args.method, args.ens_weight, args.power, args.dump_scale = (
