@@ -80,9 +80,11 @@ import numpy as np
 from tqdm import tqdm
 
 import psg_layout
+import script_io
 from output_names import (blend_csv_path, dump_path, infer_config_path, probabilities_path, tune_json_path,
                           valid_csv_path)
-from psg_layout import STAGES, NUM_CLASSES, InputError, where
+from psg_layout import STAGES, NUM_CLASSES
+from script_io import InputError, where
 
 METHODS = ("avg", "sqrt", "log1p", "square", "expm1", "rank")
 DUMP_SCALES = ("original", "unit")
@@ -92,7 +94,7 @@ ORIGINAL_EFF_FOLD = 200  # the EfficientNet's 1000 outputs: 200 slices of 5 adde
 
 # fmt: off
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                 formatter_class=script_io.HelpFormatter)
 parser.add_argument("--data-root", default="DATA", help="folder with testset-for_user.csv")
 parser.add_argument("--out", default="outputs", help="folder with the .npy dumps; the blend is written here")
 parser.add_argument("--method", default="sqrt", help="avg, sqrt, log1p, square, expm1 or rank")
@@ -580,7 +582,7 @@ def run_tune(args, config: dict, quiet: bool) -> None:
                   effective_vit_weight=effective_vit_weight(result["method"], result["ens_weight"], result["power"],
                                                             scales),
                   config=config, valid_rows=len(labels))
-    with psg_layout.atomic_path(tune_json_path(out)) as tmp:
+    with script_io.atomic_path(tune_json_path(out)) as tmp:
         tmp.write_text(json.dumps(result, indent=2))
     print(f"{tune_json_path(out)} is saved")
 
@@ -596,10 +598,10 @@ def run_blend(args, config: dict) -> None:
     probabilities = blend_probabilities(p1, p2, *settings)
 
     blend_csv = blend_csv_path(out, args.method, args.vit_epochs, args.eff_epochs)
-    with psg_layout.atomic_path(probabilities_path(blend_csv)) as tmp:
+    with script_io.atomic_path(probabilities_path(blend_csv)) as tmp:
         np.save(tmp, probabilities.astype(np.float32), allow_pickle=False)
-    psg_layout.write_lines(blend_csv, (STAGES[s] for s in stages))
-    with psg_layout.atomic_path(blend_csv.with_suffix(".json")) as tmp:
+    script_io.write_lines(blend_csv, (STAGES[s] for s in stages))
+    with script_io.atomic_path(blend_csv.with_suffix(".json")) as tmp:
         tmp.write_text(json.dumps(config, indent=2))
     print(describe_effective_weight(*settings))
     print(f"predicted stages: {stage_counts(stages)}")
@@ -628,4 +630,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    psg_layout.run_main(main)
+    script_io.run_main(main)

@@ -48,11 +48,12 @@ import image_cache
 import loader_vit_rgb
 import model_set
 import psg_layout
+import script_io
 from models import (MEMORY_FORMAT, PRETRAINED_IMAGENET, PRETRAINED_NONE, autocast, check_imagenet_weights_reachable,
                     create_model, fold_to_stages, load_weights, progress_enabled, resolve_amp, resolve_device,
                     save_weights, unwrapped)
 from output_names import checkpoint_path, last_state_path, log_path, run_config_path
-from psg_layout import InputError, where
+from script_io import InputError, where
 from recipe import LABEL_SMOOTHING, RECIPE, T_MULT, TRAINER_KEYS
 
 # Settings a --resume may change (how long, how fast, from where the run goes on);
@@ -86,7 +87,7 @@ OPTIMIZERS = {"adam": torch.optim.Adam, "adamp": AdamP}
 # --------------------------------------------------------------------------
 # Command line (shared by main_vit_rgb.py and main_eff.py)
 # --------------------------------------------------------------------------
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+class _HelpFormatter(script_io.HelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Shows defaults and keeps the script docstring's line breaks."""
 
 
@@ -539,7 +540,7 @@ def _save_last_state(path: Path, epoch: int, optimizer, scheduler, scaler) -> No
     # Through a file object: given a path, torch.save names the archive's
     # records after the (random) temporary file name, so equal states would
     # not give equal bytes.
-    with psg_layout.atomic_path(path) as tmp, open(tmp, "wb") as handle:
+    with script_io.atomic_path(path) as tmp, open(tmp, "wb") as handle:
         torch.save(state, handle)
 
 
@@ -568,7 +569,7 @@ def _write_run_config(weights_dir: Path, path: Path, config: dict) -> None:
         weights_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise InputError(f"cannot create the weights folder: {err.strerror} {where(weights_dir)}") from None
-    with psg_layout.atomic_path(path) as tmp:
+    with script_io.atomic_path(path) as tmp:
         tmp.write_text(json.dumps(config, indent=2) + "\n")
 
 
@@ -598,7 +599,7 @@ def _write_log(path: Path, row: dict) -> None:
         with open(path, newline="") as handle:
             rows = [r for r in csv.DictReader(handle) if int(r["epoch"]) < row["epoch"]]
     rows.append(row)
-    psg_layout.write_csv_rows(path, [LOG_COLUMNS] + [[str(r[c]) for c in LOG_COLUMNS] for r in rows])
+    script_io.write_csv_rows(path, [LOG_COLUMNS] + [[str(r[c]) for c in LOG_COLUMNS] for r in rows])
 
 
 def _report(epoch: int, lr: float, train_loss: float, images_per_s: float, valid_loss: float,

@@ -57,6 +57,7 @@ from sklearn.metrics import (accuracy_score, cohen_kappa_score, confusion_matrix
                              precision_recall_fscore_support)
 
 import psg_layout
+import script_io
 from blend import (DUMP_SCALES, METHODS, blend_probabilities, blend_scores, load_probabilities, predict_stages,
                    read_test_csv, resolve_tta, row_scales, tune_blend)
 from hypnogram import HYPNOGRAM_ORDER, json_ready, sleep_statistics, statistic_unit
@@ -65,11 +66,12 @@ from hmm import hmm_decode, hmm_from_counts
 from model_set import hmm_counts_outside
 from postprocess import read_stage_lines
 from rules import apply_rules
-from psg_layout import NUM_CLASSES, STAGES, InputError, where
+from psg_layout import NUM_CLASSES, STAGES
+from script_io import InputError, where
 
 # fmt: off
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                 formatter_class=script_io.HelpFormatter)
 parser.add_argument("--data-root", default="DATA", help="folder with testset-for_user.csv")
 parser.add_argument("--pred", type=Path, default=submission_path("outputs"), help="the submission to score")
 parser.add_argument("--labels", type=Path, default=None,
@@ -190,7 +192,7 @@ def training_config(weights_dir: Path | str, arch: str, fold: int) -> tuple[dict
     ``None`` when the file is absent.
     """
     path = run_config_path(weights_dir, arch, fold)
-    return (psg_layout.read_json_object(path) if path.is_file() else None), path
+    return (script_io.read_json_object(path) if path.is_file() else None), path
 
 
 def training_cv(weights_dir: Path | str, arch: str, fold: int) -> tuple[str | None, Path]:
@@ -476,7 +478,7 @@ def plot_training_curves(logs: dict, path: Path) -> None:
 
 
 def save_figure(fig, path: Path) -> None:
-    with psg_layout.atomic_path(path) as tmp:
+    with script_io.atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110)
 
 
@@ -535,11 +537,11 @@ def write_report(out: Path, metrics: dict, config: dict, y_true: np.ndarray, y_p
     logs = read_training_logs(args.weights_dir)
     if logs:
         plot_training_curves(logs, out / "training_curves.png")
-    with psg_layout.atomic_path(out / "metrics.json") as tmp:
+    with script_io.atomic_path(out / "metrics.json") as tmp:
         tmp.write_text(json.dumps(json_ready(metrics), indent=2, allow_nan=False))
-    with psg_layout.atomic_path(out / "report.md") as tmp:
+    with script_io.atomic_path(out / "report.md") as tmp:
         tmp.write_text(render_report(metrics, config, hypnogram_ids, bool(logs)))
-    with psg_layout.atomic_path(out / "config.json") as tmp:
+    with script_io.atomic_path(out / "config.json") as tmp:
         tmp.write_text(json.dumps(config, indent=2))
 
 
@@ -575,4 +577,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    psg_layout.run_main(main)
+    script_io.run_main(main)

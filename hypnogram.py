@@ -73,6 +73,7 @@ from pathlib import Path
 import numpy as np
 
 import psg_layout
+import script_io
 import signal_quality
 from psg_layout import NUM_CLASSES, STAGES
 
@@ -237,7 +238,7 @@ def write_statistics_table(path: Path, statistics: dict[str, dict]) -> None:
     for recording_id, values in rows:
         if list(values) != columns:
             raise ValueError(f"recording {recording_id} has statistics {list(values)}, expected {columns}")
-    with psg_layout.atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+    with script_io.atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(["recording_id", *columns])
         writer.writerows([recording_id, *(_cell(values[key]) for key in columns)] for recording_id, values in rows)
@@ -315,7 +316,7 @@ def write_annotation_edf(path: Path, recording_id: str, annotations, start: date
     code = re.sub(r"[^!-~]", "_", recording_id)[:EDF_PATIENT_CODE_MAX] or "X"
     edf = edfio.Edf([], patient=edfio.Patient(code=code), recording=recording,
                     starttime=starttime, annotations=[edfio.EdfAnnotation(*entry) for entry in annotations])
-    with psg_layout.atomic_path(path) as tmp:
+    with script_io.atomic_path(path) as tmp:
         edf.write(tmp)
 
 
@@ -397,7 +398,7 @@ def write_hypnogram_table(path: Path, epoch_numbers, onsets, clock_times, inside
               *(f"p_{name}" for name in STAGES), *QUALITY_COLUMNS]
     if quality_cells is None:
         quality_cells = [("",) * len(QUALITY_COLUMNS)] * len(epoch_numbers)
-    with psg_layout.atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+    with script_io.atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(header)
         for number, onset, clock, lit, before, after, row, cells in zip(
@@ -476,7 +477,7 @@ def plot_recording(path: Path, recording_id: str, onsets: np.ndarray, stages: np
             lambda x, _: (start + datetime.timedelta(hours=x)).strftime("%H:%M")))
         bottom.set_xlabel(f"clock time (recording start {start:%Y-%m-%d %H:%M:%S})")
     fig.tight_layout()
-    with psg_layout.atomic_path(path) as tmp:
+    with script_io.atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110)
 
 
@@ -606,6 +607,6 @@ def write_recording_outputs(out_dir: Path, recording_id: str, onsets: np.ndarray
     if figure:
         plot_recording(names["figure"], recording_id, onsets, after, probabilities, start, epoch_seconds,
                        statistics, inside)
-    with psg_layout.atomic_path(names["statistics"]) as tmp:
+    with script_io.atomic_path(names["statistics"]) as tmp:
         tmp.write_text(json.dumps(json_ready(statistics), indent=2, allow_nan=False) + "\n")
     return statistics

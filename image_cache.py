@@ -25,7 +25,9 @@ import numpy as np
 from tqdm import tqdm
 
 import psg_layout
-from psg_layout import EpochTable, InputError, where
+import script_io
+from psg_layout import EpochTable
+from script_io import InputError, where
 
 # The preprocessed image cache: default folder (relative to the working
 # directory, like DATA and weights) and the layout version in its manifests.
@@ -179,7 +181,7 @@ def _build_recording(paths: list[Path], shape: tuple[int, int], resize: str, arr
     manifest_path.unlink(missing_ok=True)
     resizer = make_resize(shape, resize)  # the per-sample path's, so the pixels are the same
     count = len(paths)
-    with psg_layout.atomic_path(array_path) as tmp:
+    with script_io.atomic_path(array_path) as tmp:
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(count, 1, *shape))
         for index, path in enumerate(paths):
             image = resizer(image=read_image_rgb(path))["image"].transpose(2, 0, 1)
@@ -196,7 +198,7 @@ def _build_recording(paths: list[Path], shape: tuple[int, int], resize: str, arr
     manifest = {"fingerprint": fingerprint, "images": count, "channels": channels,
                 "header": size - count * channels * shape[0] * shape[1], "bytes": size,
                 "files": [path.name for path in paths], **_cache_settings(shape, resize)}
-    with psg_layout.atomic_path(manifest_path) as tmp:
+    with script_io.atomic_path(manifest_path) as tmp:
         tmp.write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
     return manifest
 

@@ -58,12 +58,14 @@ import loader_vit_rgb
 import model_set
 import models
 import psg_layout
+import script_io
 from output_names import checkpoint_path, dump_path, infer_config_path, run_config_path, valid_csv_path
-from psg_layout import NUM_CLASSES, STAGES, InputError, where
+from psg_layout import NUM_CLASSES, STAGES
+from script_io import InputError, where
 
 # fmt: off
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                 formatter_class=script_io.HelpFormatter)
 parser.add_argument("--data-root", default="DATA", help="folder with the challenge CSVs and images")
 parser.add_argument("--weights-dir", default="weights", help="checkpoints and training configurations")
 parser.add_argument("--out", default="outputs", help="where the .npy dumps and fold_<k>_valid.csv go")
@@ -262,15 +264,15 @@ def write_outputs(out: Path, args, arch_epochs: dict, probabilities: dict, train
                   f"{', '.join(map(str, stale))}")
     for key, (arch, epochs) in arch_epochs.items():
         for split in splits:
-            with psg_layout.atomic_path(dump_path(out, arch, args.fold, epochs, split)) as tmp:
+            with script_io.atomic_path(dump_path(out, arch, args.fold, epochs, split)) as tmp:
                 np.save(tmp, probabilities[key][split], allow_pickle=False)
         print(f"{dump_path(out, arch, args.fold, epochs)}{' and its _valid.npy' if valid_rows is not None else ''}"
               f" {'are' if valid_rows is not None else 'is'} saved")
     if valid_rows is not None:
-        psg_layout.write_csv_rows(valid_csv_path(out, args.fold), (
+        script_io.write_csv_rows(valid_csv_path(out, args.fold), (
             (train.recording_ids[r], train.idnums[r], STAGES[train.labels[r]]) for r in valid_rows))
         print(f"{valid_csv_path(out, args.fold)} is saved")
-    with psg_layout.atomic_path(infer_config_path(out, args.fold)) as tmp:
+    with script_io.atomic_path(infer_config_path(out, args.fold)) as tmp:
         tmp.write_text(json.dumps(config, indent=2))
 
 
@@ -310,4 +312,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    psg_layout.run_main(main)
+    script_io.run_main(main)

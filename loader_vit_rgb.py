@@ -50,7 +50,8 @@ import psg_layout
 from batch_augment import WorkerBlocks, cutmix_box, cutout_corners, finish_batch, sendable
 from image_cache import DEFAULT_CACHE_DIR, DEFAULT_RESIZE, ImageCache, make_resize, open_cache, read_image_rgb
 from psg_layout import input_shape
-from psg_layout import EpochTable, InputError, where
+from psg_layout import EpochTable
+from script_io import InputError, where
 from recipe import (CUTMIX_ALPHA, CUTMIX_LAMBDA_RANGE, CUTMIX_PROBABILITY, DROPOUT_HOLE_PIXELS, DROPOUT_HOLES,
                     DROPOUT_PROBABILITY, FMIX_ALPHA, FMIX_DECAY_POWER, FMIX_LAMBDA_RANGE, FMIX_MAX_SOFT,
                     FMIX_PROBABILITY, IMAGENET_MEAN, IMAGENET_STD)

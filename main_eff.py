@@ -15,7 +15,7 @@ Data-parallel: torchrun --nproc_per_node=N main_eff.py ...
 """
 import engine
 import recipe
-from psg_layout import run_main
+from script_io import run_main
 
 DEFAULTS = {**recipe.RECIPE, "model_arch": "tf_efficientnet_b4_ns", "optimizer": "adamp",
             "original_classes": 1000}  # the recipe: recipe.py

@@ -14,7 +14,7 @@ Data-parallel: torchrun --nproc_per_node=N main_vit_rgb.py ...
 """
 import engine
 import recipe
-from psg_layout import run_main
+from script_io import run_main
 
 DEFAULTS = {**recipe.RECIPE, "model_arch": "vit_base_patch16_224", "optimizer": "adam",
             "original_classes": 5}  # the recipe: recipe.py

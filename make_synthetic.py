@@ -41,14 +41,16 @@ from scipy.special import ndtri
 from tqdm import tqdm
 
 import psg_layout
-from psg_layout import InputError, STAGE_TO_INT, STAGES, where
+import script_io
+from psg_layout import STAGE_TO_INT, STAGES
+from script_io import InputError, where
 
 # --------------------------------------------------------------------------
 # Configuration (the defaults are the demo's data set)
 # --------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=script_io.HelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("DATA"), help="data root to create")
     parser.add_argument("--train-subjects", type=int, default=16, help="labelled recordings (one night each)")
     parser.add_argument("--test-subjects", type=int, default=4, help="test recordings")
@@ -979,9 +981,9 @@ def write_edf(recording: Recording, folder: Path) -> None:
         starttime=EDF_START.time(),
         annotations=(),
     )
-    with psg_layout.atomic_path(folder / f"{recording.recording_id}.edf") as tmp:
+    with script_io.atomic_path(folder / f"{recording.recording_id}.edf") as tmp:
         edf.write(tmp)
-    psg_layout.write_lines(folder / f"{recording.recording_id}.hypnogram.csv",
+    script_io.write_lines(folder / f"{recording.recording_id}.hypnogram.csv",
                            ("?" if stage == UNSCORED else STAGES[stage] for stage in recording.stages))
 
 
@@ -1084,14 +1086,14 @@ def main() -> None:
             else:
                 test_rows.append((rec_id, idnum))
                 answer_rows.append((rec_id, idnum, STAGES[stage]))
-    psg_layout.write_csv_rows(out / psg_layout.TRAIN_CSV, train_rows)
-    psg_layout.write_csv_rows(out / psg_layout.TEST_CSV, test_rows)
-    psg_layout.write_csv_rows(out / psg_layout.TEST_LABELS_CSV, answer_rows)
-    with psg_layout.atomic_path(out / MARKER_NAME) as tmp:  # last: marks the folder complete
+    script_io.write_csv_rows(out / psg_layout.TRAIN_CSV, train_rows)
+    script_io.write_csv_rows(out / psg_layout.TEST_CSV, test_rows)
+    script_io.write_csv_rows(out / psg_layout.TEST_LABELS_CSV, answer_rows)
+    with script_io.atomic_path(out / MARKER_NAME) as tmp:  # last: marks the folder complete
         tmp.write_text(json.dumps(config, indent=2) + "\n")
     print(f"wrote {n_images} images of {n_recordings} recordings ({len(train_rows)} train rows, "
           f"{len(test_rows)} test rows) to {out} in {elapsed:.1f} s ({n_images / elapsed:.1f} images/s)")
 
 
 if __name__ == "__main__":
-    psg_layout.run_main(main)
+    script_io.run_main(main)

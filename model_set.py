@@ -39,14 +39,16 @@ import numpy as np
 import blend
 import hmm
 import psg_layout
+import script_io
 from output_names import (checkpoint_path, dump_path, infer_config_path, model_set_path, run_config_path,
                           tune_json_path, valid_csv_path)
-from psg_layout import NUM_CLASSES, InputError, where
+from psg_layout import NUM_CLASSES
+from script_io import InputError, where
 from rules import apply_rules
 
 # fmt: off
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                 formatter_class=script_io.HelpFormatter)
 parser.add_argument("--data-root", default="DATA", help="the data the models were trained on (its training CSV)")
 parser.add_argument("--weights-dir", default="weights", help="the models' folder, where model_set.json is written")
 parser.add_argument("--outputs", default="outputs",
@@ -94,7 +96,7 @@ def read_run_config(weights_dir: Path | str, arch: str, fold: int) -> dict:
     if not path.is_file():
         raise InputError(f"no training configuration for {arch} fold {fold}: train it first "
                          f"(main_vit_rgb.py / main_eff.py) or point --weights-dir to its folder {where(path)}")
-    config = psg_layout.read_json_object(path)
+    config = script_io.read_json_object(path)
     missing = [key for key in ("model_arch", "img_size", "num_classes") if key not in config]
     if missing:
         raise InputError(f"configuration lacks {', '.join(missing)} {where(path)}")
@@ -168,7 +170,7 @@ def read_model_set(weights_dir: Path | str) -> dict | None:
     path = model_set_path(weights_dir)
     if not path.is_file():
         return None
-    record = psg_layout.read_json_object(path, "model set record")
+    record = script_io.read_json_object(path, "model set record")
     try:
         models = {"fold": record["fold"], "vit_arch": record["vit"]["arch"], "eff_arch": record["eff"]["arch"],
                   "vit_epochs": record["vit"]["epochs"], "eff_epochs": record["eff"]["epochs"]}
@@ -265,7 +267,7 @@ def _infer_record(outputs: Path, fold: int) -> dict:
     path = infer_config_path(outputs, fold)
     if not path.is_file():
         raise InputError(f"no infer_blend.py record {where(path)}; run infer_blend.py with --out {outputs}")
-    record = psg_layout.read_json_object(path)
+    record = script_io.read_json_object(path)
     balances = record.get("stage_balance")
     if not (isinstance(balances, list) and len(balances) == 2 and all(map(psg_layout.is_stage_balance, balances))):
         raise InputError(f"no stage_balance of the two models; run infer_blend.py again {where(path)}")
@@ -347,7 +349,7 @@ def main(argv=None) -> None:
         "config": config,
     }
     path = model_set_path(args.weights_dir)
-    with psg_layout.atomic_path(path) as tmp:
+    with script_io.atomic_path(path) as tmp:
         tmp.write_text(json.dumps(record, indent=2) + "\n")
     print("hmm on the validation nights, by transition weight: " + ", ".join(
         f"{w:g}: macro-F1 {entry['macro_f1']:.4f}, {entry['stage_shifts_per_night']:.1f} stage shifts a night"
@@ -362,4 +364,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    psg_layout.run_main(main)
+    script_io.run_main(main)

@@ -31,7 +31,8 @@ from tqdm import tqdm
 import batch_augment
 import loader_vit_rgb
 import psg_layout
-from psg_layout import InputError, where
+import script_io
+from script_io import InputError, where
 
 
 # --pretrained: timm's ImageNet weights (downloaded and cached by timm), random initialisation, or a file.
@@ -257,7 +258,7 @@ def save_weights(model: torch.nn.Module, path: Path | str) -> None:
     described = {"architecture": str(getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)),
                  "num_classes": str(getattr(model, "num_classes", ""))}
     metadata = {WEIGHTS_METADATA_KEY: json.dumps(described, sort_keys=True)}
-    with psg_layout.atomic_path(path) as tmp:
+    with script_io.atomic_path(path) as tmp:
         safetensors.torch.save_file(tensors, str(tmp), metadata=metadata)
 
 def _described_model(metadata: dict) -> dict:

@@ -69,17 +69,19 @@ import numpy as np
 
 import model_set
 import psg_layout
+import script_io
 import signal_quality
 from blend import load_probabilities, read_test_csv, stage_counts
 from hmm import count_stage_sequences, hmm_decode, hmm_from_counts
 from output_names import (blend_csv_path, infer_config_path, model_set_path, probabilities_path, recordings_dir,
                           submission_path)
-from psg_layout import STAGE_TO_INT, STAGES, InputError, where
+from psg_layout import STAGE_TO_INT, STAGES
+from script_io import InputError, where
 from rules import apply_rules
 
 # fmt: off
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                 formatter_class=script_io.HelpFormatter)
 parser.add_argument("--data-root", default="DATA", help="folder with testset-for_user.csv (and the trainset for hmm)")
 parser.add_argument("--in", dest="in_csv", type=Path, default=blend_csv_path("outputs", "sqrt", [4], [1]),
                     help="blend CSV written by blend.py")
@@ -228,13 +230,13 @@ def models_stage_balance(in_csv: Path) -> tuple[float, str]:
     blend_json = in_csv.with_suffix(".json")
     if not blend_json.is_file():
         return 0.0, f"no record of the models' sampling: {blend_json} is missing; taken as 0, the original's"
-    fold = psg_layout.read_json_object(blend_json).get("fold")
+    fold = script_io.read_json_object(blend_json).get("fold")
     if not isinstance(fold, int):
         raise InputError(f"no fold number in blend.py's configuration {where(blend_json)}")
     infer_json = infer_config_path(in_csv.parent, fold)
     if not infer_json.is_file():
         return 0.0, f"no record of the models' sampling: {infer_json} is missing; taken as 0, the original's"
-    balances = psg_layout.read_json_object(infer_json).get("stage_balance")
+    balances = script_io.read_json_object(infer_json).get("stage_balance")
     if balances is None:
         return 0.0, f"{infer_json} records no stage_balance (written before it did); taken as 0, the original's"
     if not (isinstance(balances, list) and balances and all(psg_layout.is_stage_balance(value) for value in balances)):
@@ -373,8 +375,8 @@ def main(argv=None) -> None:
         new_stages = stages
     say(f"after:  {stage_counts(new_stages)} ({int((new_stages != stages).sum())} rows changed)")
 
-    psg_layout.write_lines(args.out, (STAGES[s] for s in new_stages))
-    with psg_layout.atomic_path(args.out.with_suffix(".json")) as tmp:
+    script_io.write_lines(args.out, (STAGES[s] for s in new_stages))
+    with script_io.atomic_path(args.out.with_suffix(".json")) as tmp:
         tmp.write_text(json.dumps(config, indent=2))
     print(f"{args.out} is saved ({len(new_stages)} rows)")
     if skip_recordings:
@@ -387,4 +389,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    psg_layout.run_main(main)
+    script_io.run_main(main)

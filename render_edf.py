@@ -60,8 +60,10 @@ import numpy as np
 from tqdm import tqdm
 
 import psg_layout
+import script_io
 import signal_quality
-from psg_layout import EPOCH_SECONDS, InputError, where
+from psg_layout import EPOCH_SECONDS
+from script_io import InputError, where
 
 
 def parse_trim_wake(text: str) -> float | None:
@@ -89,7 +91,7 @@ def lights_option(text: str) -> str:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Render EDF polysomnography and hypnograms into the challenge's image and CSV layout.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=script_io.HelpFormatter,
     )
     parser.add_argument("--edf", type=Path, required=True,
                         help="one EDF file, or a folder searched recursively for recordings and their hypnograms")
@@ -903,7 +905,7 @@ def render_recording(job: RenderJob, progress=None) -> list[str]:
         psg_layout.write_png(job.staging / psg_layout.image_name(job.source.recording_id, int(epoch_number)), image)
         if progress is not None:
             progress.put(1)
-    with psg_layout.atomic_path(job.staging / "render_edf.json") as tmp:
+    with script_io.atomic_path(job.staging / "render_edf.json") as tmp:
         tmp.write_text(json.dumps(job.record, indent=2) + "\n")
     psg_layout.write_epoch_timing(job.staging, job.timing)
     found = quality.result()
@@ -1282,7 +1284,7 @@ def main(argv=None) -> None:
             shutil.rmtree(out, ignore_errors=True)
         raise
     for path, rows in csv_contents.items():
-        psg_layout.write_csv_rows(path, rows)
+        script_io.write_csv_rows(path, rows)
     for job, found in zip(jobs, warnings):
         if found:
             print(f"warning: {job.source.recording_id}: {'; '.join(found)}")
@@ -1293,4 +1295,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    psg_layout.run_main(main)
+    script_io.run_main(main)

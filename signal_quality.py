@@ -34,7 +34,8 @@ from pathlib import Path
 import numpy as np
 
 import psg_layout
-from psg_layout import InputError, where
+import script_io
+from script_io import InputError, where
 
 # --------------------------------------------------------------------------
 # Thresholds
@@ -313,7 +314,7 @@ def write_quality(folder: Path | str, quality: EpochQuality) -> Path:
         "warnings": list(quality.warnings),
     }
     path = quality_path(folder, quality.recording_id)
-    with psg_layout.atomic_path(path) as tmp:
+    with script_io.atomic_path(path) as tmp:
         tmp.write_text(json.dumps(document, indent=1) + "\n")
     return path
 

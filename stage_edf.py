@@ -68,12 +68,13 @@ import blend
 import model_set
 import postprocess
 import psg_layout
+import script_io
 from output_names import blend_csv_path, submission_path
-from psg_layout import InputError, where
+from script_io import InputError, where
 
 # fmt: off
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                 formatter_class=script_io.HelpFormatter)
 parser.add_argument("--edf", type=Path, required=True, help="one EDF recording, or a folder searched recursively")
 parser.add_argument("--weights-dir", default=model_set.parser.get_default("weights_dir"),
                     help="checkpoints and their training configurations")
@@ -287,7 +288,7 @@ def describe_failure(err: Exception) -> str:
     if isinstance(err, InputError):
         return str(err)
     if isinstance(err, OSError):
-        return psg_layout.describe_os_error(err)
+        return script_io.describe_os_error(err)
     lines = str(err).strip().splitlines()
     return f"{type(err).__name__}: {lines[0] if lines else ''}"
 
@@ -322,7 +323,7 @@ def write_test_csv(data: Path, recording_ids: list) -> None:
     for recording_id in recording_ids:
         timing = psg_layout.read_epoch_timing(data, recording_id, ())
         rows += [[recording_id, psg_layout.image_name(recording_id, n)] for n in timing.epoch_numbers]
-    psg_layout.write_csv_rows(data / psg_layout.TEST_CSV, rows)
+    script_io.write_csv_rows(data / psg_layout.TEST_CSV, rows)
 
 
 def infer_chunk(loaded: dict, infer_args, device) -> None:
@@ -469,7 +470,7 @@ def write_tables(out: Path, failures: dict) -> list[str]:
     statistics = {recording_id: json.loads((out / recording_id / hypnogram.OUTPUT_FILES["statistics"].format(
         name=recording_id)).read_text()) for recording_id in nights}
     hypnogram.write_statistics_table(out / postprocess.STATISTICS_TABLE, statistics)
-    with psg_layout.atomic_path(out / FAILURES) as tmp, open(tmp, "w", newline="") as handle:
+    with script_io.atomic_path(out / FAILURES) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, FAILURE_COLUMNS, lineterminator="\n")
         writer.writeheader()
         writer.writerows(failures[recording_id] for recording_id in sorted(failures))
@@ -497,7 +498,7 @@ def summary_line(out: Path, recording_id: str) -> str:
 
 
 def write_marker(out: Path, config: dict, **facts) -> None:
-    with psg_layout.atomic_path(out / MARKER) as tmp:
+    with script_io.atomic_path(out / MARKER) as tmp:
         tmp.write_text(json.dumps(dict(config, **facts), indent=2) + "\n")
 
 
@@ -606,4 +607,4 @@ def render_pool(workers: int):
 
 
 if __name__ == "__main__":
-    psg_layout.run_main(main)
+    script_io.run_main(main)

@@ -35,6 +35,7 @@ from sklearn.metrics import cohen_kappa_score, f1_score  # noqa: E402
 import image_cache  # noqa: E402
 import loader_vit_rgb  # noqa: E402
 import psg_layout  # noqa: E402
+import script_io  # noqa: E402
 from evaluate import read_answers  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -93,7 +94,7 @@ def fit_and_score(train_x, train_y, test_x, test_y) -> dict:
 def main(args: argparse.Namespace) -> None:
     shape = psg_layout.input_shape(args.img_size)
     if shape[1] % args.block:  # the width: blocks are of columns
-        raise psg_layout.InputError(f"--img-size {' '.join(map(str, args.img_size))} is not a multiple of --block "
+        raise script_io.InputError(f"--img-size {' '.join(map(str, args.img_size))} is not a multiple of --block "
                                     f"{args.block}")
     started = time.perf_counter()
     train = loader_vit_rgb.read_train_table(args.data_root)
@@ -117,10 +118,10 @@ def main(args: argparse.Namespace) -> None:
         stages = " ".join(f"{stage} {value:.3f}" for stage, value in found["f1"].items())
         print(f"{part}: {found['rows']} rows, macro-F1 {found['macro_f1']:.4f}, kappa {found['cohen_kappa']:.4f} "
               f"| F1 {stages}")
-    with psg_layout.atomic_path(args.out) as tmp:
+    with script_io.atomic_path(args.out) as tmp:
         tmp.write_text(json.dumps(result, indent=2) + "\n")
     print(f"{args.out} is saved ({result['seconds']} s)")
 
 
 if __name__ == "__main__":
-    psg_layout.run_main(lambda: main(parser.parse_args()))
+    script_io.run_main(lambda: main(parser.parse_args()))

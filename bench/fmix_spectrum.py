@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 
 import fmix  # noqa: E402
-import psg_layout  # noqa: E402
+import script_io  # noqa: E402
 from bench.original_loader import reference_low_frequency_image  # noqa: E402
 
 DECAY_POWER = 3.0  # the original's
@@ -90,10 +90,10 @@ def main() -> None:
                         "original": "the project's --fmix-spectrum original",
                         "isotropic": "the project's --fmix-spectrum isotropic"},
               "results": results}
-    with psg_layout.atomic_path(args.out) as tmp:
+    with script_io.atomic_path(args.out) as tmp:
         tmp.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
-    psg_layout.run_main(main)
+    script_io.run_main(main)

@@ -48,6 +48,7 @@ sys.path.insert(0, str(REPO))
 import hypnogram  # noqa: E402
 import model_set  # noqa: E402
 import psg_layout  # noqa: E402
+import script_io  # noqa: E402
 from evaluate import compute_metrics, read_answers  # noqa: E402
 from output_names import blend_csv_path  # noqa: E402
 from cpu_info import cpu_description  # noqa: E402  (bench/, the script's own folder)
@@ -164,7 +165,7 @@ def main() -> None:
     result["gap_to_in_distribution"] = round(result["in_distribution"]["post-processed"]["macro_f1"]
                                              - result["new_subjects_pooled"]["post-processed"]["macro_f1"], 4)
     args.result.parent.mkdir(parents=True, exist_ok=True)
-    with psg_layout.atomic_path(args.result) as tmp:
+    with script_io.atomic_path(args.result) as tmp:
         tmp.write_text(json.dumps(result, indent=2) + "\n")
     print(summary_line("in-distribution test nights", result["in_distribution"]))
     for entry in result["new_subjects"]:

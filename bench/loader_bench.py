@@ -72,6 +72,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import psg_layout  # noqa: E402
+import script_io  # noqa: E402
 from bench.original_loader import make_original_loader  # noqa: E402
 from cpu_info import cpu_description  # noqa: E402  (bench/, the script's own folder)
 
@@ -81,7 +82,7 @@ def input_size(text: str) -> tuple[int, int]:
     """A ``--sizes`` item: ``S`` (square) or ``HxW`` (height x width), in pixels."""
     try:
         return psg_layout.input_shape([int(part) for part in text.split("x")])
-    except (ValueError, psg_layout.InputError):
+    except (ValueError, script_io.InputError):
         raise argparse.ArgumentTypeError(f"not S or HxW pixels: {text!r}") from None
 
 
@@ -270,10 +271,10 @@ def main() -> None:
               "command": "python bench/loader_bench.py " + " ".join(sys.argv[1:]),
               "images": len(table), "batch_size": args.batch_size, "workers": args.workers,
               "machine": before, "load_average_after": os.getloadavg(), "results": results}
-    with psg_layout.atomic_path(args.out) as tmp:
+    with script_io.atomic_path(args.out) as tmp:
         tmp.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
-    psg_layout.run_main(main)
+    script_io.run_main(main)

@@ -38,6 +38,7 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 
 import psg_layout  # noqa: E402
+import script_io  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -89,7 +90,7 @@ def linked_root(work: Path, images: int, sources: list[Path], labels: np.ndarray
                 os.link(sources[source], root / recording_id / name)
                 stage = [psg_layout.STAGES[labels[source]]] if split == psg_layout.TRAIN_CSV else []
                 rows.append([recording_id, name, *stage])
-        psg_layout.write_csv_rows(root / split, rows)
+        script_io.write_csv_rows(root / split, rows)
     return root
 
 
@@ -154,10 +155,10 @@ def main() -> None:
               "command": "python bench/memory_bench.py " + " ".join(sys.argv[1:]), "img_size": args.img_size,
               "workers": args.workers, "source_images": len(sources), "cores": os.cpu_count(),
               "results": results, "ratios_largest_to_smallest": ratios, "date": time.strftime("%Y-%m-%d %H:%M")}
-    with psg_layout.atomic_path(args.out) as tmp:
+    with script_io.atomic_path(args.out) as tmp:
         tmp.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
-    psg_layout.run_main(main)
+    script_io.run_main(main)

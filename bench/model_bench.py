@@ -46,6 +46,7 @@ import models  # noqa: E402
 import image_cache  # noqa: E402
 import loader_vit_rgb  # noqa: E402
 import psg_layout  # noqa: E402
+import script_io  # noqa: E402
 from cpu_info import cpu_description  # noqa: E402  (bench/, the script's own folder)
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -205,10 +206,10 @@ def main() -> None:
               "batch_size": args.batch_size, "infer_batch_size": args.infer_batch_size, "workers": args.workers,
               "compile": args.compile, "command": "python bench/model_bench.py " + " ".join(sys.argv[1:]),
               "date": time.strftime("%Y-%m-%d %H:%M"), "results": results}
-    with psg_layout.atomic_path(out) as tmp:
+    with script_io.atomic_path(out) as tmp:
         tmp.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")
 
 
 if __name__ == "__main__":
-    psg_layout.run_main(main)
+    script_io.run_main(main)

@@ -37,6 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import psg_layout  # noqa: E402
+import script_io  # noqa: E402
 from output_names import blend_csv_path, dump_path, report_dir, submission_path, valid_csv_path  # noqa: E402
 from rules import RULES, apply_rules  # noqa: E402
 
@@ -105,16 +106,16 @@ def make_set(args, data, outputs, rng) -> dict:
     test_lengths = split_rows(args.test_rows, args.test_recordings)
     test_ids, test_idnums = rows_of("T", test_lengths)
     test_labels = stage_sequences(test_lengths, rng)
-    psg_layout.write_csv_rows(data / psg_layout.TEST_CSV, zip(test_ids, test_idnums))
-    psg_layout.write_csv_rows(data / psg_layout.TEST_LABELS_CSV,
+    script_io.write_csv_rows(data / psg_layout.TEST_CSV, zip(test_ids, test_idnums))
+    script_io.write_csv_rows(data / psg_layout.TEST_LABELS_CSV,
                               zip(test_ids, test_idnums, (psg_layout.STAGES[s] for s in test_labels)))
     train_lengths = [args.train_rows_per_recording] * args.train_recordings
     train_ids, train_idnums = rows_of("A", train_lengths)
     train_labels = stage_sequences(train_lengths, rng)
-    psg_layout.write_csv_rows(data / psg_layout.TRAIN_CSV,
+    script_io.write_csv_rows(data / psg_layout.TRAIN_CSV,
                               zip(train_ids, train_idnums, (psg_layout.STAGES[s] for s in train_labels)))
     valid_rows = args.valid_recordings * args.train_rows_per_recording
-    psg_layout.write_csv_rows(valid_csv_path(outputs, 0), zip(
+    script_io.write_csv_rows(valid_csv_path(outputs, 0), zip(
         train_ids[:valid_rows], train_idnums[:valid_rows], (psg_layout.STAGES[s] for s in train_labels[:valid_rows])))
     log_priors = np.log(np.bincount(train_labels, minlength=5) / len(train_labels))
     for labels, split in ((test_labels, "test"), (train_labels[:valid_rows], "valid")):
@@ -220,7 +221,7 @@ def main() -> None:
     print(f"apply_rules is {results['speedup_of_apply_rules_over_position_loop']:.0f} x faster than the "
           f"per-position loop, same output")
     report = args.work / "postprocess_bench.json"
-    with psg_layout.atomic_path(report) as tmp:
+    with script_io.atomic_path(report) as tmp:
         tmp.write_text(json.dumps(results, indent=2))
     print(f"{report} is saved")
 

@@ -47,6 +47,7 @@ from scipy.signal import welch  # noqa: E402
 from sklearn.metrics import cohen_kappa_score, confusion_matrix, f1_score  # noqa: E402
 
 import psg_layout  # noqa: E402
+import script_io  # noqa: E402
 from psg_layout import STAGES  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -236,7 +237,7 @@ def main(args: argparse.Namespace) -> None:
     print(json.dumps(config, indent=2))
     real = sorted(args.real_images.glob("*.png"))
     if not real:
-        raise psg_layout.InputError(f"no PNG images in --real-images {psg_layout.where(args.real_images)}")
+        raise script_io.InputError(f"no PNG images in --real-images {script_io.where(args.real_images)}")
     started = time.perf_counter()
     python = ensure_yasa_venv(args.yasa_venv)
     result = {"command": "python bench/realism.py " + " ".join(sys.argv[1:]), "config": config,
@@ -270,10 +271,10 @@ def main(args: argparse.Namespace) -> None:
                   + f"  exponent {found['aperiodic_exponent']:.2f}")
     result["seconds"] = round(time.perf_counter() - started, 1)
     result["machine"] = {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()}
-    with psg_layout.atomic_path(args.out) as tmp:
+    with script_io.atomic_path(args.out) as tmp:
         tmp.write_text(json.dumps(result, indent=1) + "\n")
     print(f"{args.out} is saved ({result['seconds']} s)")
 
 
 if __name__ == "__main__":
-    psg_layout.run_main(lambda: main(parser.parse_args()))
+    script_io.run_main(lambda: main(parser.parse_args()))

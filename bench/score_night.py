@@ -40,6 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import psg_layout  # noqa: E402
+import script_io  # noqa: E402
 from evaluate import compute_metrics  # noqa: E402
 import model_set  # noqa: E402
 from output_names import blend_csv_path, report_dir, submission_path  # noqa: E402
@@ -143,7 +144,7 @@ def main() -> None:
         "equal": stage["macro_f1"] == layout["macro_f1"] and stage["cohen_kappa"] == layout["cohen_kappa"],
     }
     args.result.parent.mkdir(parents=True, exist_ok=True)
-    with psg_layout.atomic_path(args.result) as tmp:
+    with script_io.atomic_path(args.result) as tmp:
         tmp.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 

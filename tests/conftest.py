@@ -62,6 +62,7 @@ def copy_subset(source: Path, target: Path, train_recordings: int, train_rows: i
     import shutil
 
     import psg_layout
+    import script_io
 
     for name, with_labels, recordings, per_recording in (
             (psg_layout.TRAIN_CSV, True, train_recordings, train_rows),
@@ -75,7 +76,7 @@ def copy_subset(source: Path, target: Path, train_recordings: int, train_rows: i
                 rows.append([recording, idnum] + ([psg_layout.STAGES[table.labels[row]]] if with_labels else []))
                 (target / recording).mkdir(parents=True, exist_ok=True)
                 shutil.copy2(source / recording / idnum, target / recording / idnum)
-        psg_layout.write_csv_rows(target / name, rows)
+        script_io.write_csv_rows(target / name, rows)
     return target
 
 

@@ -10,6 +10,7 @@ import pytest
 from sklearn.metrics import f1_score
 
 import psg_layout
+import script_io
 from blend import (METHODS, blend_probabilities, blend_scores, class_ranks, dump_path, effective_vit_weight,
                    macro_f1, predict_stages, raw_weight, row_scales, tune_blend, valid_csv_path)
 import oracles
@@ -87,7 +88,7 @@ def test_blend_probabilities_undo_the_transform():
 @pytest.mark.parametrize("method, weight, power", [("avg", 1.01, 0.25), ("sqrt", -0.1, 0.25),
                                                    ("median", 0.5, 0.25), ("square", 0.5, 0.0)])
 def test_bad_settings_are_errors(method, weight, power):
-    with pytest.raises(psg_layout.InputError):
+    with pytest.raises(script_io.InputError):
         blend_scores(P1, P2, method, weight, power)
 
 
@@ -123,7 +124,7 @@ def test_tune_finds_the_hand_computed_window():
 # --------------------------------------------------------------------------
 def write_test_set(root, recordings=(("R1", 3), ("R2", 2))):
     rows = [(rec, psg_layout.image_name(rec, n)) for rec, count in recordings for n in range(1, count + 1)]
-    psg_layout.write_csv_rows(root / psg_layout.TEST_CSV, rows)
+    script_io.write_csv_rows(root / psg_layout.TEST_CSV, rows)
     return rows
 
 
@@ -180,7 +181,7 @@ def test_tune_then_from_tune(tmp_path, dump_scale, best_weight):
     rows = write_test_set(data, (("R1", 2),))
     p1, p2, labels = two_row_problem()
     valid_rows = [(rec, idnum, psg_layout.STAGES[label]) for (rec, idnum), label in zip(rows, labels)]
-    psg_layout.write_csv_rows(valid_csv_path(out, 0), valid_rows)  # also makes the folder
+    script_io.write_csv_rows(valid_csv_path(out, 0), valid_rows)  # also makes the folder
     for arch, epochs, p in (("vit_base_patch16_224", [4], p1), ("tf_efficientnet_b4_ns", [1], p2)):
         np.save(dump_path(out, arch, 0, epochs, "valid"), p)
         np.save(dump_path(out, arch, 0, epochs), p)

@@ -17,7 +17,8 @@ import image_cache
 import loader_vit_rgb as L
 import main_vit_rgb
 import psg_layout
-from psg_layout import EpochTable, InputError
+from psg_layout import EpochTable
+from script_io import InputError
 
 CPU = torch.device("cpu")
 SIZE = 32

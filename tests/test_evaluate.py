@@ -10,6 +10,7 @@ from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score, precisi
 import evaluate
 import hmm
 import psg_layout
+import script_io
 from blend import blend_probabilities, dump_path, row_scales, tune_blend, valid_csv_path
 from evaluate import compute_metrics, main as evaluate_main
 from conftest import run_script
@@ -68,9 +69,9 @@ def write_validation_case(root):
     rows = [(r, psg_layout.image_name(r, n + 1), psg_layout.STAGES[s]) for r, own in VALIDATION_CASE.items()
             for n, s in enumerate(own)]
     data, out = root / "DATA", root / "outputs"
-    psg_layout.write_csv_rows(data / psg_layout.TRAIN_CSV, rows)
+    script_io.write_csv_rows(data / psg_layout.TRAIN_CSV, rows)
     valid_rows = [row for row in rows if row[0] == "B"]
-    psg_layout.write_csv_rows(valid_csv_path(out, 0), valid_rows)
+    script_io.write_csv_rows(valid_csv_path(out, 0), valid_rows)
     rng = np.random.default_rng(5)
     dumps = []
     for arch, epochs in zip(VALIDATION_ARCHS, ([4], [1])):
@@ -147,7 +148,7 @@ def test_the_validation_tables_hmm_divides_by_the_stage_shares_the_models_were_t
                                       "--stage-balance (vit_base_patch16_224 1, tf_efficientnet_b4_ns 0), so their "
                                       "blend has no one set of training stage shares to divide by")
     for bad in ("x", -1.0):
-        with pytest.raises(psg_layout.InputError,
+        with pytest.raises(script_io.InputError,
                            match=rf"stage_balance must be a finite number, 0 or more, got {bad!r} \(.*tf_efficientnet_b4_ns"):
             table([1.0, bad])
 
@@ -166,13 +167,13 @@ def test_report_on_tiny_data(tiny_data, tmp_path):
     assert answers.idnums == test.idnums
     predicted = corrupt(answers.labels, 4)
     pred = tmp_path / "files_post.csv"
-    psg_layout.write_lines(pred, [psg_layout.STAGES[s] for s in predicted])
+    script_io.write_lines(pred, [psg_layout.STAGES[s] for s in predicted])
 
     # validation dumps for the first training recording, and a training log
     train = psg_layout.read_epoch_csv(tiny_data / psg_layout.TRAIN_CSV, with_labels=True)
     valid_rows = [i for i, r in enumerate(train.recording_ids) if r == train.recording_ids[0]]
     outputs = tmp_path / "outputs"
-    psg_layout.write_csv_rows(valid_csv_path(outputs, 0), [
+    script_io.write_csv_rows(valid_csv_path(outputs, 0), [
         (train.recording_ids[i], train.idnums[i], psg_layout.STAGES[train.labels[i]]) for i in valid_rows])
     valid_labels = train.labels[valid_rows]
     rows = np.arange(len(valid_rows))
@@ -231,14 +232,14 @@ def test_bad_input_ends_with_one_line_and_exit_2(tiny_data, tmp_path):
     assert result.stderr.startswith("error: no stage file") and "postprocess.py" in result.stderr
 
     def evaluate(*args):  # in process: the same main, without paying the imports again
-        with pytest.raises(psg_layout.InputError) as error:
+        with pytest.raises(script_io.InputError) as error:
             evaluate_main([str(a) for a in ("--data-root", tiny_data, "--pred", pred, "--out", report,
                                             "--outputs", tmp_path, "--quiet", *args)])
         return str(error.value)
 
-    psg_layout.write_lines(pred, ["N2"] * (len(test) - 1))
+    script_io.write_lines(pred, ["N2"] * (len(test) - 1))
     assert f"has {len(test) - 1} lines, " in evaluate()
-    psg_layout.write_lines(pred, ["N2"] * len(test))
+    script_io.write_lines(pred, ["N2"] * len(test))
     assert "make_synthetic.py" in evaluate("--labels", tmp_path / "nothing.csv")
     answers = (tiny_data / psg_layout.TEST_LABELS_CSV).read_text().splitlines()
     short = tmp_path / "short.csv"
@@ -248,7 +249,7 @@ def test_bad_input_ends_with_one_line_and_exit_2(tiny_data, tmp_path):
     longer.write_text("\n".join(answers + ["X,X_0001.png,N2"]) + "\n")
     assert "X_0001.png is not a test row" in evaluate("--labels", longer)
     assert not report.exists()
-    with pytest.raises(psg_layout.InputError, match="make_synthetic.py"):
+    with pytest.raises(script_io.InputError, match="make_synthetic.py"):
         evaluate_main(["--data-root", str(tmp_path / "none")])
 
 
@@ -258,10 +259,10 @@ def test_context_rows_need_consecutive_validation_epochs(tiny_data, tmp_path, cv
     """--cv stratified validation rows are a random fifth of each night: no rules or hmm rows on them."""
     test = psg_layout.read_epoch_csv(tiny_data / psg_layout.TEST_CSV, with_labels=False)
     pred = tmp_path / "files_post.csv"
-    psg_layout.write_lines(pred, ["N2"] * len(test))
+    script_io.write_lines(pred, ["N2"] * len(test))
     train = psg_layout.read_epoch_csv(tiny_data / psg_layout.TRAIN_CSV, with_labels=True)
     outputs, weights, report = tmp_path / "outputs", tmp_path / "weights", tmp_path / "report"
-    psg_layout.write_csv_rows(valid_csv_path(outputs, 0), [
+    script_io.write_csv_rows(valid_csv_path(outputs, 0), [
         (train.recording_ids[i], train.idnums[i], psg_layout.STAGES[train.labels[i]]) for i in range(0, 40, 2)])
     rng = np.random.default_rng(0)
     for arch, epochs in (("vit_base_patch16_224", [4]), ("tf_efficientnet_b4_ns", [1])):

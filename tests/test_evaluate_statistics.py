@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import psg_layout
+import script_io
 from evaluate import limits_of_agreement, main as evaluate_main, statistics_agreement
 from hypnogram import sleep_statistics
 
@@ -49,7 +50,7 @@ def test_report_holds_the_statistics(tiny_data, tmp_path):
     predicted = answers.labels.copy()
     predicted[::5] = W  # Wake every 5th epoch: less sleep predicted than true
     pred = tmp_path / "files_post.csv"
-    psg_layout.write_lines(pred, [psg_layout.STAGES[s] for s in predicted])
+    script_io.write_lines(pred, [psg_layout.STAGES[s] for s in predicted])
     report = tmp_path / "report"
     evaluate_main([str(a) for a in ("--data-root", tiny_data, "--pred", pred, "--out", report,
                                     "--outputs", tmp_path, "--weights-dir", tmp_path, "--quiet")])

@@ -24,7 +24,7 @@ import main_vit_rgb
 import psg_layout
 from blend import dump_path
 from conftest import one_thread, trainer_args
-from psg_layout import InputError
+from script_io import InputError
 from test_augment_paths import hand_plan, normalised
 from test_cache import cached_train_batch, write_recordings
 from test_train_run import run_in_process

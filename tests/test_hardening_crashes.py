@@ -9,7 +9,7 @@
   cache; the next run detects it, rebuilds it (the same bytes as a cache
   built in one go) and trains to the same weights (it is the reference
   uninterrupted run of the resume test).
-- A writer killed in the middle of writing through ``psg_layout.atomic_path``
+- A writer killed in the middle of writing through ``script_io.atomic_path``
   leaves the old file whole; the temporary file it leaves is hidden from the
   pipeline's globs. Every write in the pipeline's code goes through
   ``atomic_path`` (checked on the source).
@@ -33,6 +33,7 @@ import torch
 import engine
 import models
 import psg_layout
+import script_io
 from conftest import REPO, copy_subset
 
 VIT, IMG = "test_vit", 32
@@ -199,7 +200,7 @@ def test_a_pickled_training_state_is_refused_and_never_executed(runs):
 WRITER = """
 import os, sys, time
 sys.path.insert(0, {repo!r})
-import psg_layout
+import script_io
 
 def lines():
     for number in range(400_000):
@@ -208,7 +209,7 @@ def lines():
             time.sleep(120)
         yield f"N2 line {{number}}"
 
-psg_layout.write_lines(sys.argv[1], lines())
+script_io.write_lines(sys.argv[1], lines())
 """
 
 
@@ -242,7 +243,7 @@ def test_a_writer_killed_midway_leaves_the_old_file_whole(tmp_path):
     subprocess.run([sys.executable, "-c", script, str(target)], check=True, env=ENV)
     lines = target.read_text().splitlines()
     assert len(lines) == 400_000 and lines[-1] == "N2 line 399999"
-    assert oct(target.stat().st_mode & 0o777) == oct(0o666 & ~psg_layout._UMASK)
+    assert oct(target.stat().st_mode & 0o777) == oct(0o666 & ~script_io._UMASK)
 
 
 WRITE_CALLS = {"write_text", "write_bytes", "save", "save_file", "imwrite", "savefig", "to_csv", "dump", "write",

@@ -29,7 +29,9 @@ import oracles
 import postprocess
 import psg_layout
 import rules
-from psg_layout import NUM_CLASSES, STAGES, InputError
+import script_io
+from psg_layout import NUM_CLASSES, STAGES
+from script_io import InputError
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SLOW = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -186,13 +188,13 @@ def test_hmm_keeps_length_and_stages_and_treats_each_recording_alone(rows, cut, 
 def write_test_set(data: Path, recordings) -> None:
     rows = [(f"R{k}", psg_layout.image_name(f"R{k}", n + 1)) for k, stages in enumerate(recordings)
             for n in range(len(stages))]
-    psg_layout.write_csv_rows(data / psg_layout.TEST_CSV, rows)
+    script_io.write_csv_rows(data / psg_layout.TEST_CSV, rows)
 
 
 def write_train_set(data: Path, labels) -> list[str]:
     """A training CSV of ``labels`` in recordings of up to 20 rows; returns the rows' recording ids."""
     ids = [f"T{n // 20}" for n in range(len(labels))]
-    psg_layout.write_csv_rows(data / psg_layout.TRAIN_CSV, [(recording, psg_layout.image_name(recording, n + 1),
+    script_io.write_csv_rows(data / psg_layout.TRAIN_CSV, [(recording, psg_layout.image_name(recording, n + 1),
                                                             STAGES[label]) for n, (recording, label)
                                                            in enumerate(zip(ids, labels))])
     return ids
@@ -208,7 +210,7 @@ def test_the_submission_is_the_library_result_on_the_blend_csv(scratch, data, re
     write_test_set(base, recordings)
     stages = np.array([s for own in recordings for s in own], dtype=np.int64)
     ids = [f"R{k}" for k, own in enumerate(recordings) for _ in own]
-    psg_layout.write_lines(out / "blend.csv", (STAGES[s] for s in stages))
+    script_io.write_lines(out / "blend.csv", (STAGES[s] for s in stages))
     (out / "blend.npy").unlink(missing_ok=True)  # hypothesis reuses the folder: no earlier example's probabilities
     if method == "rules":
         expected = rules.apply_rules(stages, ids, across_recordings=across)[0]

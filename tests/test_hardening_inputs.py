@@ -36,6 +36,7 @@ import engine
 import models
 import psg_layout
 import recipe
+import script_io
 from blend import dump_path
 from conftest import REPO, copy_subset, run_script, run_scripts_warm, write_random_checkpoints
 
@@ -547,10 +548,10 @@ def test_grey_and_resized_images_are_converted_and_inference_is_repeatable(heavy
 # A file system that refuses: one line, exit 2, as for bad input
 # --------------------------------------------------------------------------
 def test_describe_os_error_names_the_files():
-    assert psg_layout.describe_os_error(PermissionError(13, "Permission denied", "/a/b")) == "Permission denied (/a/b)"
-    assert psg_layout.describe_os_error(OSError(18, "Invalid cross-device link", "/a", None, "/b")) == \
+    assert script_io.describe_os_error(PermissionError(13, "Permission denied", "/a/b")) == "Permission denied (/a/b)"
+    assert script_io.describe_os_error(OSError(18, "Invalid cross-device link", "/a", None, "/b")) == \
         "Invalid cross-device link (/a -> /b)"
-    assert psg_layout.describe_os_error(OSError(28, "No space left on device")) == "No space left on device"
+    assert script_io.describe_os_error(OSError(28, "No space left on device")) == "No space left on device"
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ import models
 import batch_augment
 import loader_vit_rgb
 import psg_layout
+import script_io
 from blend import dump_path, macro_f1, valid_csv_path
 from infer_blend import main as infer_main, tta_loader
 from conftest import run_script, write_random_checkpoints
@@ -220,7 +221,7 @@ def test_bad_checkpoints_end_with_one_line_and_exit_2(tiny_data, weights, tmp_pa
     shutil.copytree(weights, mixed)
 
     def infer_error(*args):  # in process: the same main, without loading torch again
-        with pytest.raises(psg_layout.InputError) as error:
+        with pytest.raises(script_io.InputError) as error:
             infer_main([str(a) for a in ("--data-root", tiny_data, "--weights-dir", mixed, "--out", tmp_path / "o",
                                          "--vit-arch", VIT, "--eff-arch", EFF, "--workers", 0, "--quiet", *args)])
         return str(error.value)
@@ -230,7 +231,7 @@ def test_bad_checkpoints_end_with_one_line_and_exit_2(tiny_data, weights, tmp_pa
     assert "does not fit" in infer_error("--vit-epochs", 7, "--eff-epochs", 0)
     assert "--tta must be at least 1" in infer_error("--tta", 0)
     assert not (tmp_path / "o").exists()
-    with pytest.raises(psg_layout.InputError, match="make_synthetic.py"):
+    with pytest.raises(script_io.InputError, match="make_synthetic.py"):
         infer_main(["--data-root", str(tmp_path / "none"), "--quiet"])
 
 
@@ -244,7 +245,7 @@ def test_test_only_inference_without_a_training_csv(tiny_data, weights, inferred
     first = test.recording_ids[0]
     rows = [r for r, recording in enumerate(test.recording_ids) if recording == first][:10]
     root = tmp_path / "DATA"
-    psg_layout.write_csv_rows(root / psg_layout.TEST_CSV, [(first, test.idnums[r]) for r in rows])
+    script_io.write_csv_rows(root / psg_layout.TEST_CSV, [(first, test.idnums[r]) for r in rows])
     (root / first).mkdir()
     for r in rows:
         shutil.copy(tiny_data / first / test.idnums[r], root / first / test.idnums[r])
@@ -269,7 +270,7 @@ def test_test_only_inference_without_a_training_csv(tiny_data, weights, inferred
                      "--method", "hmm", "--stage-balance", 1, check=False)  # the models' two values: one chosen
     assert hmm.returncode == 2 and hmm.stderr.count("\n") == 1 and "no training CSV" in hmm.stderr
     # a training CSV too small for the models' folds: the reason in one line, the test dumps all the same
-    psg_layout.write_csv_rows(root / psg_layout.TRAIN_CSV, [(first, test.idnums[r], "N2") for r in rows[:2]])
+    script_io.write_csv_rows(root / psg_layout.TRAIN_CSV, [(first, test.idnums[r], "N2") for r in rows[:2]])
     result = infer(root, weights, tmp_path / "small", "--vit-epochs", 0, "--eff-epochs", 1)
     assert "validation dumps skipped: --cv subject needs at least 3 recordings for 3 folds" in result.stdout
     assert dump_path(tmp_path / "small", EFF, 0, [1]).is_file()

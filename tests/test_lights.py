@@ -14,8 +14,9 @@ import pytest
 import postprocess
 import psg_layout
 import render_edf
+import script_io
 from hypnogram import in_lights_period, sleep_statistics, write_recording_outputs, write_statistics_table
-from psg_layout import InputError
+from script_io import InputError
 
 W, N1, N2, N3, R = range(5)
 START = datetime.datetime(2024, 3, 1, 22, 30, 0)
@@ -208,7 +209,7 @@ def test_lights_errors_are_one_line_naming_the_file(tmp_path):
 # --------------------------------------------------------------------------
 def test_postprocess_takes_the_lights_from_the_sidecar(tmp_path):
     data = tmp_path / "DATA"
-    psg_layout.write_csv_rows(data / psg_layout.TEST_CSV, [("N", psg_layout.image_name("N", n)) for n in range(1, 13)])
+    script_io.write_csv_rows(data / psg_layout.TEST_CSV, [("N", psg_layout.image_name("N", n)) for n in range(1, 13)])
     psg_layout.write_epoch_timing(data / "N", psg_layout.EpochTiming(
         "N", START, 30.0, 0.0, tuple(range(1, 13)), 90.0, 300.0, "EDF+ annotations 'Lights off'/'Lights on'"))
     test = psg_layout.read_epoch_csv(data / psg_layout.TEST_CSV, with_labels=False)

@@ -16,9 +16,10 @@ import pytest
 import hmm
 import model_set
 import psg_layout
+import script_io
 from conftest import run_script
 from output_names import dump_path, infer_config_path, model_set_path, tune_json_path, valid_csv_path
-from psg_layout import InputError
+from script_io import InputError
 
 CODE = dict(zip("W123R", psg_layout.STAGES))
 
@@ -103,9 +104,9 @@ def write_outputs(root, stage_balance=(1.0, 1.0)):
     train_stages = {"A": "WW1222R", "B": "W223", "V": "W2222W2222RR"}
     rows = [(rec, psg_layout.image_name(rec, n + 1), CODE[c]) for rec, text in train_stages.items()
             for n, c in enumerate(text)]
-    psg_layout.write_csv_rows(data / psg_layout.TRAIN_CSV, rows)
+    script_io.write_csv_rows(data / psg_layout.TRAIN_CSV, rows)
     valid_rows = [row for row in rows if row[0] == "V"]
-    psg_layout.write_csv_rows(valid_csv_path(out, 0), valid_rows)
+    script_io.write_csv_rows(valid_csv_path(out, 0), valid_rows)
     labels = encode(train_stages["V"])
     rng = np.random.default_rng(0)
     for arch in (VIT, EFF):  # confident, mostly right, a little noise
@@ -173,9 +174,9 @@ def recorded_model_set(folder, weight=0.0):
 @pytest.mark.slow
 def test_postprocess_takes_the_hmm_from_the_model_set_and_flags_override(tmp_path):
     data, out = tmp_path / "DATA", tmp_path / "outputs"
-    psg_layout.write_csv_rows(data / psg_layout.TEST_CSV, [("R", psg_layout.image_name("R", n)) for n in range(1, 6)])
+    script_io.write_csv_rows(data / psg_layout.TEST_CSV, [("R", psg_layout.image_name("R", n)) for n in range(1, 6)])
     blend_csv = out / "filesblend_avg_[6]_[3].csv"
-    psg_layout.write_lines(blend_csv, ["N2", "N2", "Wake", "N2", "N2"])
+    script_io.write_lines(blend_csv, ["N2", "N2", "Wake", "N2", "N2"])
     np.save(blend_csv.with_suffix(".npy"), np.array([[.05, 0, .95, 0, 0]] * 2 + [[.7, 0, .3, 0, 0]]
                                                     + [[.05, 0, .95, 0, 0]] * 2, dtype=np.float32))
     weights = tmp_path / "weights"

@@ -9,6 +9,7 @@ import pytest
 import postprocess
 import psg_layout
 import oracles
+import script_io
 from hmm import estimate_hmm, hmm_decode, training_stage_shares, viterbi
 import rules as context_rules
 from rules import apply_rules
@@ -222,9 +223,9 @@ def write_case(root, stages_text, recordings_text):
     for rec in recordings_text:
         counters[rec] = counters.get(rec, 0) + 1
         rows.append((f"REC{rec}", psg_layout.image_name(f"REC{rec}", counters[rec])))
-    psg_layout.write_csv_rows(data / psg_layout.TEST_CSV, rows)
+    script_io.write_csv_rows(data / psg_layout.TEST_CSV, rows)
     blend_csv = out / "filesblend_sqrt_[4]_[1].csv"
-    psg_layout.write_lines(blend_csv, [CODE[c] for c in stages_text])
+    script_io.write_lines(blend_csv, [CODE[c] for c in stages_text])
     return data, blend_csv
 
 
@@ -265,7 +266,7 @@ def test_command_hmm(tmp_path):
     # training labels: long N2 runs, REM runs; the N2 -> REM -> N2 blip is unlikely
     train = [("T1", psg_layout.image_name("T1", n), "N2") for n in range(1, 41)]
     train += [("T2", psg_layout.image_name("T2", n), "REM") for n in range(1, 41)]
-    psg_layout.write_csv_rows(data / psg_layout.TRAIN_CSV, train)
+    script_io.write_csv_rows(data / psg_layout.TRAIN_CSV, train)
     probabilities = np.array([[0, 0, .9, 0, .1], [0, 0, .9, 0, .1], [0, 0, .4, 0, .6], [0, 0, .9, 0, .1],
                               [0, 0, .9, 0, .1]], dtype=np.float32)
     np.save(blend_csv.with_suffix(".npy"), probabilities)
@@ -281,7 +282,7 @@ def write_shares_case(root):
     # first stages N2 and N1: initial W 1, N1 2, N2 2, N3 1, REM 1 (of 7).
     train = [("T1", psg_layout.image_name("T1", n), "N2") for n in range(1, 91)]
     train += [("T2", psg_layout.image_name("T2", n), "N1") for n in range(1, 11)]
-    psg_layout.write_csv_rows(data / psg_layout.TRAIN_CSV, train)
+    script_io.write_csv_rows(data / psg_layout.TRAIN_CSV, train)
     np.save(blend_csv.with_suffix(".npy"), np.array([[0, 0.3, 0.7, 0, 0]], dtype=np.float32))
     return data, blend_csv
 
@@ -370,7 +371,7 @@ def test_a_stage_balance_the_hmm_cannot_use_is_one_line_and_exit_2(tmp_path, opt
 ])
 def test_bad_blend_csv_ends_with_one_line_and_exit_2(tmp_path, blend_lines, message):
     data, blend_csv = write_case(tmp_path, "22R22", "aaaaa")
-    psg_layout.write_lines(blend_csv, blend_lines)
+    script_io.write_lines(blend_csv, blend_lines)
     out = tmp_path / "outputs" / "files_post.csv"
     result = run_script("postprocess.py", "--data-root", data, "--in", blend_csv, "--out", out, check=False)
     assert result.returncode == 2 and result.stderr.count("\n") == 1
@@ -408,7 +409,7 @@ def test_rules_on_tiny_data_stop_at_the_recording_boundary(tiny_data, tmp_path):
     stages = ["N2"] * len(test)
     stages[boundary:boundary + 6] = ["REM", "N2", "N2", "N1", "REM", "REM"]
     blend_csv = tmp_path / "blend.csv"
-    psg_layout.write_lines(blend_csv, stages)
+    script_io.write_lines(blend_csv, stages)
     out = tmp_path / "files_post.csv"
     run_script("postprocess.py", "--data-root", tiny_data, "--in", blend_csv, "--out", out)
     after = out.read_text().split()
@@ -431,12 +432,12 @@ def test_per_recording_outputs_map_epochs_to_time(tmp_path):
     data, out_dir = tmp_path / "DATA", tmp_path / "outputs"
     rows = [("RECa", psg_layout.image_name("RECa", n)) for n in (3, 4, 5, 6, 7)]
     rows += [("RECb", psg_layout.image_name("RECb", n)) for n in (1, 2, 3, 4)]
-    psg_layout.write_csv_rows(data / psg_layout.TEST_CSV, rows)
+    script_io.write_csv_rows(data / psg_layout.TEST_CSV, rows)
     psg_layout.write_epoch_timing(data / "RECa", psg_layout.EpochTiming(
         "RECa", datetime.datetime(2023, 12, 31, 23, 59, 40), 30.0, 10.0, tuple(range(1, 10))))
     blend_csv = out_dir / "filesblend_sqrt_[4]_[1].csv"
     before = "22R22" + "W12R"  # rule 2 makes a's REM N2; nothing matches in b
-    psg_layout.write_lines(blend_csv, [CODE[c] for c in before])
+    script_io.write_lines(blend_csv, [CODE[c] for c in before])
     probabilities = np.random.default_rng(0).dirichlet(np.ones(5), len(rows)).astype(np.float32)
     np.save(blend_csv.with_suffix(".npy"), probabilities)
 

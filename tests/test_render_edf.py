@@ -16,8 +16,9 @@ import pytest
 
 import psg_layout
 import render_edf
+import script_io
 from conftest import run_script
-from psg_layout import InputError
+from script_io import InputError
 
 START = datetime.time(23, 0, 0)
 START_DATE = datetime.date(1989, 4, 24)
@@ -74,7 +75,7 @@ def folder_state(folder: Path) -> dict:
 
 def existing_data_root(root: Path) -> Path:
     """A data root that already holds one recording, to check that failed runs leave it untouched."""
-    psg_layout.write_csv_rows(root / psg_layout.TRAIN_CSV, [["OLD", "OLD_0001.png", "N2"]])
+    script_io.write_csv_rows(root / psg_layout.TRAIN_CSV, [["OLD", "OLD_0001.png", "N2"]])
     (root / "OLD").mkdir()
     (root / "OLD" / "OLD_0001.png").write_bytes(b"not really a png")
     return root

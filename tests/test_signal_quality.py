@@ -17,8 +17,9 @@ import hypnogram
 import postprocess
 import psg_layout
 import render_edf
+import script_io
 import signal_quality
-from psg_layout import InputError
+from script_io import InputError
 from signal_quality import EpochQuality, QualityRecorder, check_epoch, row_limits
 
 EPOCHS = 10
@@ -230,7 +231,7 @@ def test_postprocess_reads_the_sidecar_where_there_is_one(tmp_path):
     data = tmp_path / "DATA"
     rows = [["NIGHT", psg_layout.image_name("NIGHT", n)] for n in (1, 2, 3)]
     rows += [["SYN", psg_layout.image_name("SYN", n)] for n in (1, 2)]
-    psg_layout.write_csv_rows(data / psg_layout.TEST_CSV, rows)
+    script_io.write_csv_rows(data / psg_layout.TEST_CSV, rows)
     signal_quality.write_quality(data / "NIGHT", planted_quality())
     test = psg_layout.read_epoch_csv(data / psg_layout.TEST_CSV, with_labels=False)
     placements = postprocess.place_recordings(str(data), test)

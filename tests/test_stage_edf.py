@@ -20,7 +20,7 @@ import engine
 import psg_layout
 import stage_edf
 from conftest import run_script, write_random_checkpoints
-from psg_layout import InputError
+from script_io import InputError
 
 VIT, EFF, IMG = "test_vit", "test_efficientnet", 32
 SPLIT = {"folds": 3, "seed": 72, "cv": "subject"}

@@ -19,7 +19,7 @@ import postprocess
 import psg_layout
 import stage_edf
 from conftest import write_random_checkpoints
-from psg_layout import InputError
+from script_io import InputError
 
 VIT, EFF, IMG = "test_vit", "test_efficientnet", 32
 SPLIT = {"folds": 3, "seed": 72, "cv": "subject"}

@@ -12,6 +12,7 @@ from scipy.signal import butter, find_peaks, hilbert, sosfiltfilt, welch
 
 import make_synthetic
 import psg_layout
+import script_io
 from conftest import run_script
 from psg_layout import STAGE_TO_INT
 
@@ -24,7 +25,7 @@ def run_in_process(*args, monkeypatch, capsys):
     monkeypatch.setattr("sys.argv", ["make_synthetic.py", *map(str, args)])
     capsys.readouterr()
     try:
-        psg_layout.run_main(make_synthetic.main)
+        script_io.run_main(make_synthetic.main)
         status = 0
     except SystemExit as exit_:
         status = exit_.code

@@ -18,7 +18,7 @@ import engine
 import models
 import model_set
 from conftest import run_script
-from psg_layout import InputError
+from script_io import InputError
 
 
 # --------------------------------------------------------------------------

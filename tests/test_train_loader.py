@@ -16,7 +16,8 @@ import batch_augment
 import image_cache
 import loader_vit_rgb
 import psg_layout
-from psg_layout import InputError
+import script_io
+from script_io import InputError
 
 NORMALISED_WHITE = [(1.0 - m) / s for m, s in zip(recipe.IMAGENET_MEAN, recipe.IMAGENET_STD)]
 
@@ -24,7 +25,7 @@ NORMALISED_WHITE = [(1.0 - m) / s for m, s in zip(recipe.IMAGENET_MEAN, recipe.I
 def make_root(root, rows, images=None):
     """A data root with a train CSV of ``rows`` and a small image for each name in ``images``."""
     root.mkdir(parents=True, exist_ok=True)
-    psg_layout.write_csv_rows(root / psg_layout.TRAIN_CSV, rows)
+    script_io.write_csv_rows(root / psg_layout.TRAIN_CSV, rows)
     for recording_id, idnum, *_ in rows if images is None else images:
         (root / recording_id).mkdir(exist_ok=True)
         cv2.imwrite(str(root / recording_id / idnum), np.full((27, 48, 3), 200, np.uint8))

@@ -9,7 +9,7 @@ import torch
 import engine
 import main_vit_rgb
 from conftest import one_thread, trainer_args
-from psg_layout import InputError
+from script_io import InputError
 
 pytestmark = pytest.mark.slow  # every test here launches a script or trains
 

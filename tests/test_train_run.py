@@ -16,7 +16,7 @@ import model_set
 import loader_vit_rgb
 import main_eff
 import main_vit_rgb
-import psg_layout
+import script_io
 from conftest import run_script
 
 # One BLAS thread per process: on a busy 2-core machine, more threads spin
@@ -104,7 +104,7 @@ def run_in_process(module, argv, monkeypatch, capsys):
     """Run a trainer's ``main`` as its command line would, here; return (exit status, out, err)."""
     monkeypatch.setattr(sys, "argv", [module.__file__, *map(str, argv)])
     with pytest.raises(SystemExit) as exit_info:
-        psg_layout.run_main(module.main)
+        script_io.run_main(module.main)
     captured = capsys.readouterr()
     return exit_info.value.code, captured.out, captured.err
 
