@@ -1,11 +1,13 @@
 """The shared training machinery of both trainers.
 
-One place for: the command line of the trainers, the label-smoothed
-soft-target loss, the training loop (mixed precision, gradient
-accumulation), validation metrics, the learning-rate schedule, checkpoints
-and ``--resume``, and data-parallel training under ``torchrun``. The models
-themselves (creation, weights files, prediction) are :mod:`models`, which
-inference imports without this trainer.
+One place for: the label-smoothed soft-target loss, the training loop
+(mixed precision, gradient accumulation), validation metrics, the
+learning-rate schedule, checkpoints and ``--resume``, and data-parallel
+training under ``torchrun``. The loop itself, :func:`_run_epochs`, reads
+top to bottom on one screen. The trainers' command line is
+:mod:`train_options`; the models themselves (creation, weights files,
+prediction) are :mod:`models`, which inference imports without this
+trainer.
 
 Files written into ``--weights-dir`` for architecture ``A`` and fold ``k``
 (the original's names, so its README can be followed; output_names.py builds them):
@@ -26,14 +28,12 @@ import contextlib
 import dataclasses
 import csv
 import json
-import math
 import os
 import random
 import sys
 import time
 from pathlib import Path
 
-import adamp
 import numpy as np
 import timm
 import torch
@@ -42,172 +42,25 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-import fmix
 import batch_augment
 import image_cache
 import loader_vit_rgb
 import model_set
 import psg_layout
 import script_io
-from models import (MEMORY_FORMAT, PRETRAINED_IMAGENET, PRETRAINED_NONE, autocast, check_imagenet_weights_reachable,
+from models import (MEMORY_FORMAT, PRETRAINED_IMAGENET, autocast, check_imagenet_weights_reachable,
                     create_model, fold_to_stages, load_weights, progress_enabled, resolve_amp, resolve_device,
                     save_weights, unwrapped)
 from output_names import checkpoint_path, last_state_path, log_path, run_config_path
 from script_io import InputError, where
-from recipe import LABEL_SMOOTHING, RECIPE, T_MULT, TRAINER_KEYS
-
-# Settings a --resume may change (how long, how fast, from where the run goes on);
-# it refuses a run whose saved configuration differs in any other.
-RESUME_MAY_CHANGE = ("epochs", "valid_batch_size", "workers", "amp", "device", "data_root", "weights_dir",
-                     "cache_dir")
-# (original_classes is fixed per trainer; the checkpoint's classifier shape is checked on loading.)
-RESUME_KEYS = tuple(key for key in (*TRAINER_KEYS, *RECIPE) if key not in (*RESUME_MAY_CHANGE, "original_classes"))
-
-
-class AdamP(adamp.AdamP):
-    """adamp's AdamP for weights in any memory layout.
-
-    adamp 0.3.0 flattens weights with ``Tensor.view``, which fails on the
-    channels_last convolution weights the trainer uses ("view size
-    is not compatible with input tensor's size and stride"). Its flattened
-    tensors are only read (norms, sums, cosine similarities), so
-    ``reshape`` gives the same step for every layout.
-    """
-
-    def _channel_view(self, x):
-        return x.reshape(x.size(0), -1)
-
-    def _layer_view(self, x):
-        return x.reshape(1, -1)
-
-
-OPTIMIZERS = {"adam": torch.optim.Adam, "adamp": AdamP}
-
-
-# --------------------------------------------------------------------------
-# Command line (shared by main_vit_rgb.py and main_eff.py)
-# --------------------------------------------------------------------------
-class _HelpFormatter(script_io.HelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Shows defaults and keeps the script docstring's line breaks."""
-
-
-def build_parser(defaults: dict, description: str) -> argparse.ArgumentParser:
-    """The trainers' argument parser, with a script's seed defaults.
-
-    Parameters
-    ----------
-    defaults : dict
-        :data:`RECIPE` with the trainer's ``model_arch`` and ``optimizer``
-        (``"adam"`` or ``"adamp"``, fixed per script): the default of every
-        option (keys as the option names with ``_``).
-    description : str
-        The script's docstring.
-    """
-    parser = argparse.ArgumentParser(description=description, formatter_class=_HelpFormatter)
-    d = defaults
-    parser.add_argument("--data-root", default=d["data_root"], help="folder with the challenge CSVs and images")
-    parser.add_argument("--weights-dir", default=d["weights_dir"], help="where checkpoints, config and log go")
-    parser.add_argument("--fold", type=int, default=d["fold"], help="validation fold to train against")
-    parser.add_argument("--folds", type=int, default=d["folds"], help="number of folds")
-    parser.add_argument("--cv", choices=("subject", "stratified"), default=d["cv"],
-                        help="subject: folds by recording (no leak); stratified: the original's split over epochs")
-    parser.add_argument("--epochs", type=int, default=d["epochs"], help="number of epochs")
-    parser.add_argument("--model-arch", default=d["model_arch"], help="timm architecture name")
-    parser.add_argument("--img-size", type=int, nargs="+", metavar="PIXELS", default=d["img_size"],
-                        help="model input size: one number for a square input (224: the original's), or two, "
-                             "HEIGHT WIDTH (e.g. 128 32: the 21 signal bands twice as tall as at 64 x 64)")
-    parser.add_argument("--resize", choices=tuple(image_cache.RESIZE_INTERPOLATIONS), default=d["resize"],
-                        help="how images are shrunk to the input: linear, the original's (cv2.INTER_LINEAR, which "
-                             "drops most of the 1-pixel signal traces at small sizes), or area (cv2.INTER_AREA: "
-                             "each input pixel counts; for small inputs such as the demo's)")
-    parser.add_argument("--batch-size", type=int, default=d["batch_size"], help="training batch per process")
-    parser.add_argument("--valid-batch-size", type=int, default=d["valid_batch_size"], help="validation batch")
-    parser.add_argument("--accum-iter", type=int, default=d["accum_iter"],
-                        help="batches accumulated per optimizer step")
-    parser.add_argument("--lr", type=float, default=d["lr"], help="initial learning rate")
-    parser.add_argument("--min-lr", type=float, default=d["min_lr"], help="cosine schedule's minimum (eta_min)")
-    parser.add_argument("--weight-decay", type=float, default=d["weight_decay"], help="optimizer weight decay")
-    parser.add_argument("--t0", type=int, default=d["t0"], help="scheduler steps per cosine cycle (T_0)")
-    parser.add_argument("--sched-steps-per-epoch", type=int, choices=(1, 2), default=d["sched_steps_per_epoch"],
-                        help="2: the original's steps after training and after validation (a cycle of T_0/2 "
-                             "epochs); 1: one step per epoch (a cycle of T_0 epochs)")
-    parser.add_argument("--warmup-epochs", type=float, default=d["warmup_epochs"],
-                        help="linear learning-rate warm-up over this many epochs' optimizer steps, from 1/steps of "
-                             "the scheduled rate up to it (0: none, as the original)")
-    parser.add_argument("--stage-balance", type=float, default=d["stage_balance"],
-                        help="0: every training row once per epoch (the original's); POWER > 0: rows drawn with "
-                             "replacement, a stage of n rows weighted n**-POWER (1: all stages equally often)")
-    parser.add_argument("--workers", type=int, default=d["workers"], help="DataLoader worker processes")
-    parser.add_argument("--seed", type=int, default=d["seed"], help="seed of folds, initialisation and augmentation")
-    parser.add_argument("--pretrained", default=d["pretrained"],
-                        help="imagenet: timm's ImageNet weights of the architecture (downloaded once, needs the "
-                             "network; the original's start); none: random initialisation; or a local file of "
-                             "weights (safetensors or a plain state dict, never unpickled)")
-    parser.add_argument("--amp", choices=("fp16", "bf16", "off"), default=d["amp"],
-                        help="mixed precision on CUDA (fp16 with a gradient scaler); always off on CPU")
-    parser.add_argument("--resume", action="store_true", help="continue from <arch>_fold_<k>_last.pt")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d["device"],
-                        help="auto: CUDA when available")
-    parser.add_argument("--no-fmix", action="store_true", default=d["no_fmix"], help="turn off FMix (on in the original)")
-    parser.add_argument("--fmix-spectrum", choices=fmix.SPECTRA, default=d["fmix_spectrum"],
-                        help="original: FMix masks as the original's FMix code made them (one smooth region, "
-                             "at most one cycle along the width); isotropic: the FMix paper's masks")
-    parser.add_argument("--cutmix", action="store_true", default=d["cutmix"], help="turn on CutMix (off in the original)")
-    parser.add_argument("--original-defects", action="store_true", default=d["original_defects"],
-                        help="train as the original did, defects included: mixed targets as the mixed class index cast "
-                             "to an integer, summed accumulated losses, and (main_eff.py) timm's 1000-class classifier "
-                             "trained against the stages, folded into 5 at inference")
-    parser.add_argument("--cache-dir", default=d["cache_dir"],
-                        help="image cache (decoded, resized uint8 arrays; built on first use), outside the data root")
-    parser.add_argument("--no-cache", action="store_true", default=d["no_cache"],
-                        help="the original's per-sample path: decode and augment every image in the workers, every epoch")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.set_defaults(optimizer=d["optimizer"], original_classes=d["original_classes"])
-    return parser
-
-
-def _check_args(args: argparse.Namespace) -> None:
-    args.img_size = psg_layout.input_shape(args.img_size)  # (height, width) from here on
-    positive = ("folds", "epochs", "batch_size", "valid_batch_size", "accum_iter", "t0")
-    for name in positive:
-        if getattr(args, name) < 1:
-            raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if args.folds < 2:
-        raise InputError(f"--folds must be at least 2, got {args.folds}")
-    if not 0 <= args.fold < args.folds:
-        raise InputError(f"--fold must be in 0..{args.folds - 1}, got {args.fold}")
-    if args.workers < 0:
-        raise InputError(f"--workers must be 0 or more, got {args.workers}")
-    if not args.lr > 0 or args.min_lr < 0 or args.weight_decay < 0:
-        raise InputError("--lr must be positive, --min-lr and --weight-decay not negative")
-    if not psg_layout.is_stage_balance(args.stage_balance):
-        raise InputError(f"--stage-balance must be a finite number, 0 or more, got {args.stage_balance}")
-    if not 0 <= args.warmup_epochs <= args.epochs:
-        raise InputError(f"--warmup-epochs must be in 0..--epochs ({args.epochs}), got {args.warmup_epochs}")
-    if args.pretrained not in (PRETRAINED_IMAGENET, PRETRAINED_NONE) and not Path(args.pretrained).is_file():
-        raise InputError(f"pretrained weights file not found (or pass --pretrained {PRETRAINED_IMAGENET} or "
-                         f"{PRETRAINED_NONE}) {where(args.pretrained)}")
-    if not args.no_cache:
-        image_cache.check_cache_dir(args.cache_dir, args.data_root)
+from optimizers import LinearWarmup, make_optimizer, make_scheduler, optimizer_steps_per_epoch
+from recipe import LABEL_SMOOTHING
+from train_options import RESUME_KEYS, check_args
 
 
 # --------------------------------------------------------------------------
 # Device, precision, processes
 # --------------------------------------------------------------------------
-
-
-
-
-
-
-def make_optimizer(name: str, parameters, lr: float, weight_decay: float,
-                   device: torch.device) -> torch.optim.Optimizer:
-    """The trainer's optimizer; on CUDA torch's Adam runs its fused kernel (AdamP has none)."""
-    options = {"fused": True} if device.type == "cuda" and name == "adam" else {}
-    return OPTIMIZERS[name](parameters, lr=lr, weight_decay=weight_decay, **options)
-
-
 
 
 def _distributed_env() -> tuple[int, int, int]:
@@ -222,37 +75,6 @@ def _all_reduce_sum(values: torch.Tensor, world_size: int) -> torch.Tensor:
     return values
 
 
-
-
-# --------------------------------------------------------------------------
-# Models and their weights
-# --------------------------------------------------------------------------
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 # --------------------------------------------------------------------------
 # Loss and metrics
 # --------------------------------------------------------------------------
@@ -260,8 +82,6 @@ def model_classes(args: argparse.Namespace) -> int:
     """The classifier's outputs: the five stages, or with ``--original-defects`` as many as the original's
     model of this trainer had (the EfficientNet's 1000 ImageNet classes)."""
     return args.original_classes if args.original_defects else psg_layout.NUM_CLASSES
-
-
 
 
 def widened(targets: torch.Tensor, classes: int) -> torch.Tensor:
@@ -342,52 +162,6 @@ def device_batches(loader, device: torch.device):
     """
     for batch in loader_vit_rgb.iterate_batches(loader):
         yield batch_augment.finish_batch(batch, device, MEMORY_FORMAT)
-
-
-class LinearWarmup:
-    """Linear learning-rate warm-up over the first optimizer steps of a run.
-
-    Optimizer step ``k`` (counted from 0 over the whole run) takes
-    ``(k + 1) / total_steps`` of the scheduled learning rate while
-    ``k < total_steps``, the scheduled rate itself afterwards. The schedule
-    (CosineAnnealingWarmRestarts, a closed form of its step count) is not
-    changed: each epoch hands the warm-up its current rates.
-
-    Parameters
-    ----------
-    optimizer : torch.optim.Optimizer
-    total_steps : int
-        Optimizer steps of warm-up (0: none).
-    steps_done : int
-        Optimizer steps already taken (a resumed run).
-    """
-
-    def __init__(self, optimizer: torch.optim.Optimizer, total_steps: int, steps_done: int = 0):
-        self.optimizer, self.total_steps, self.steps_done = optimizer, total_steps, steps_done
-        self.scheduled = [group["lr"] for group in optimizer.param_groups]
-
-    def start_epoch(self, scheduled_lrs: list[float]) -> None:
-        """The schedule's rates for this epoch (``scheduler.get_last_lr()``)."""
-        self.scheduled = list(scheduled_lrs)
-
-    def before_step(self) -> None:
-        """Set the rates of the next optimizer step."""
-        factor = min(1.0, (self.steps_done + 1) / self.total_steps) if self.total_steps else 1.0
-        for group, lr in zip(self.optimizer.param_groups, self.scheduled):
-            group["lr"] = lr * factor
-        self.steps_done += 1
-
-
-def make_scheduler(optimizer: torch.optim.Optimizer, t0: int,
-                   min_lr: float) -> torch.optim.lr_scheduler.CosineAnnealingWarmRestarts:
-    """The original's schedule: cosine from the optimizer's rate down to ``min_lr`` over ``t0`` scheduler
-    steps, then restarting at the top, every cycle as long as the first (:data:`recipe.T_MULT`)."""
-    return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=t0, T_mult=T_MULT, eta_min=min_lr)
-
-
-def optimizer_steps_per_epoch(n_batches: int, accum_iter: int) -> int:
-    """Optimizer steps in an epoch of ``n_batches`` batches (the last group may be partial)."""
-    return math.ceil(n_batches / accum_iter)
 
 
 def train_one_epoch(model: torch.nn.Module, batches, n_batches: int, optimizer: torch.optim.Optimizer,
@@ -490,8 +264,6 @@ def validate(model: torch.nn.Module, batches, n_batches: int, device: torch.devi
         confusion += torch.bincount(truth * classes + predicted, minlength=classes * classes)
         images_seen += images.shape[0]
     return float(loss_sum.item()), images_seen, confusion.reshape(classes, classes).cpu().numpy()
-
-
 
 
 # --------------------------------------------------------------------------
@@ -623,7 +395,7 @@ def train(args: argparse.Namespace) -> None:
     Under ``torchrun`` (``WORLD_SIZE > 1``), trains data-parallel: NCCL on
     CUDA, gloo on CPU; rank 0 prints and writes.
     """
-    _check_args(args)
+    check_args(args)
     if args.pretrained == PRETRAINED_IMAGENET:  # before the data are read: offline, the answer is at once
         check_imagenet_weights_reachable(args.model_arch)
     rank, world_size, local_rank = _distributed_env()
@@ -668,15 +440,42 @@ def _set_up_training(args: argparse.Namespace, device: torch.device, rank: int, 
     last epoch. Writes nothing (rank 0 prints the configuration); builds
     the image cache last, once the model and any saved state have loaded.
     """
-    is_writer = rank == 0
-    progress = is_writer and progress_enabled(args.quiet)
-    weights_dir = Path(args.weights_dir)
-    arch, fold = args.model_arch, args.fold
-
     table = loader_vit_rgb.read_train_table(args.data_root)
     folds = loader_vit_rgb.make_folds(table, n_folds=args.folds, seed=args.seed, cv=args.cv)
-    train_rows, valid_rows = np.flatnonzero(folds != fold), np.flatnonzero(folds == fold)
+    train_rows, valid_rows = np.flatnonzero(folds != args.fold), np.flatnonzero(folds == args.fold)
+    config = _run_config(args, device, world_size, table, train_rows, valid_rows)
+    if args.resume:
+        _check_resume_config(config, Path(args.weights_dir))
+    if rank == 0:
+        print(json.dumps(config, indent=2))
+        # Nothing is written until the first epoch has read every image: input
+        # that fails (a corrupt image, a pickled --pretrained file) leaves no file.
+        _check_weights_dir(Path(args.weights_dir))
 
+    torch.manual_seed(args.seed)  # the same initial weights on every rank and every run
+    model = create_model(args.model_arch, args.img_size, model_classes(args), args.pretrained)
+    model = model.to(device, memory_format=MEMORY_FORMAT)
+    optimizer = make_optimizer(args.optimizer, model.parameters(), args.lr, args.weight_decay, device)
+    scheduler = make_scheduler(optimizer, args.t0, args.min_lr)
+    scaler = torch.amp.GradScaler(device.type, enabled=config["amp"] == "fp16")
+    start_epoch = _restore_last_state(args, rank, model, optimizer, scheduler, scaler) if args.resume else 0
+
+    train_loader, valid_loader = _make_loaders(args, device, rank, world_size, table, train_rows, valid_rows)
+    if args.compile:
+        model.compile()  # in place: the state dict keeps its names
+    if world_size > 1:
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    warmup = None
+    if args.warmup_epochs > 0:
+        steps_per_epoch = optimizer_steps_per_epoch(len(train_loader), args.accum_iter)
+        warmup = LinearWarmup(optimizer, max(1, round(args.warmup_epochs * steps_per_epoch)),
+                              steps_done=start_epoch * steps_per_epoch)
+    return _TrainingRun(config, model, optimizer, scheduler, scaler, train_loader, valid_loader, start_epoch,
+                        warmup)
+
+
+def _run_config(args, device, world_size: int, table, train_rows, valid_rows) -> dict:
+    """The resolved configuration, as ``<arch>_fold_<k>_config.json`` saves it."""
     config = dict(vars(args))
     config.update(
         device=str(device), amp=resolve_amp(args.amp, device), world_size=world_size,
@@ -685,41 +484,36 @@ def _set_up_training(args: argparse.Namespace, device: torch.device, rank: int, 
         valid_recordings=sorted({table.recording_ids[r] for r in valid_rows}),
         versions={"torch": torch.__version__, "timm": timm.__version__},
     )
-    if args.resume:
-        _check_resume_config(config, weights_dir)
-    if is_writer:
-        print(json.dumps(config, indent=2))
-        # Nothing is written until the first epoch has read every image: input
-        # that fails (a corrupt image, a pickled --pretrained file) leaves no file.
-        _check_weights_dir(weights_dir)
+    return config
 
-    torch.manual_seed(args.seed)  # the same initial weights on every rank and every run
-    model = create_model(arch, args.img_size, model_classes(args), args.pretrained)
-    model = model.to(device, memory_format=MEMORY_FORMAT)
-    optimizer = make_optimizer(args.optimizer, model.parameters(), args.lr, args.weight_decay, device)
-    scheduler = make_scheduler(optimizer, args.t0, args.min_lr)
-    scaler = torch.amp.GradScaler(device.type, enabled=config["amp"] == "fp16")
 
-    start_epoch = 0
-    if args.resume:
-        state = _load_last_state(last_state_path(weights_dir, arch, fold))
-        load_weights(model, checkpoint_path(weights_dir, arch, fold, state["epoch"]))
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if scaler.is_enabled() and state["scaler"]:
-            scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"])
-        start_epoch = state["epoch"] + 1
-        if is_writer:
-            print(f"resuming after epoch {state['epoch']}")
+def _restore_last_state(args, rank: int, model, optimizer, scheduler, scaler) -> int:
+    """Load the saved run's last checkpoint and states (``--resume``); return the epoch to start from."""
+    weights_dir = Path(args.weights_dir)
+    state = _load_last_state(last_state_path(weights_dir, args.model_arch, args.fold))
+    load_weights(model, checkpoint_path(weights_dir, args.model_arch, args.fold, state["epoch"]))
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if scaler.is_enabled() and state["scaler"]:
+        scaler.load_state_dict(state["scaler"])
+    _set_rng_state(state["rng"])
+    if rank == 0:
+        print(f"resuming after epoch {state['epoch']}")
+    return state["epoch"] + 1
 
-    # The image cache is built (it can take a while) only once the model, a --pretrained file and a
-    # --resume state have loaded: bad ones are refused at once, and leave no cache behind.
+
+def _make_loaders(args, device, rank: int, world_size: int, table, train_rows, valid_rows) -> tuple:
+    """The training and validation loaders, the image cache built first (by rank 0) unless ``--no-cache``.
+
+    The cache is built (it can take a while) only once the model, a
+    ``--pretrained`` file and a ``--resume`` state have loaded: bad ones are
+    refused at once, and leave no cache behind.
+    """
     cache_dir = None if args.no_cache else args.cache_dir
     if cache_dir is not None:  # built by rank 0 alone; the loaders open it
-        if is_writer:
+        if rank == 0:
             image_cache.open_cache(args.data_root, table, args.img_size, cache_dir, workers=args.workers,
-                                   progress=progress, resize=args.resize)
+                                   progress=rank == 0 and progress_enabled(args.quiet), resize=args.resize)
         if world_size > 1:
             dist.barrier()
     loading = dict(rank=rank, world_size=world_size, pin_memory=device.type == "cuda", cache_dir=cache_dir,
@@ -730,19 +524,7 @@ def _set_up_training(args: argparse.Namespace, device: torch.device, rank: int, 
         stage_balance=args.stage_balance, integer_targets=args.original_defects, **loading)
     valid_loader = loader_vit_rgb.make_eval_loader(
         args.data_root, table, args.img_size, args.valid_batch_size, args.workers, rows=valid_rows, **loading)
-
-    if args.compile:
-        model.compile()  # in place: the state dict keeps its names
-    if world_size > 1:
-        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    warmup = None
-    if args.warmup_epochs > 0:
-        steps_per_epoch = optimizer_steps_per_epoch(len(train_loader), args.accum_iter)
-        warmup = LinearWarmup(optimizer, max(1, round(args.warmup_epochs * steps_per_epoch)),
-                              steps_done=start_epoch * steps_per_epoch)
-    return _TrainingRun(config, model, optimizer, scheduler, scaler, train_loader, valid_loader, start_epoch,
-                        warmup)
+    return train_loader, valid_loader
 
 
 def _run_epochs(run: _TrainingRun, args: argparse.Namespace, device: torch.device, rank: int,
@@ -755,10 +537,7 @@ def _run_epochs(run: _TrainingRun, args: argparse.Namespace, device: torch.devic
     writes the checkpoint, the ``--resume`` state and the log row; the
     configuration is written after the first epoch.
     """
-    is_writer = rank == 0
-    progress = is_writer and progress_enabled(args.quiet)
-    weights_dir = Path(args.weights_dir)
-    arch, fold = args.model_arch, args.fold
+    progress = rank == 0 and progress_enabled(args.quiet)
     for epoch in range(run.start_epoch, args.epochs):
         _seed_epoch(args.seed, epoch, rank)
         loader_vit_rgb.set_loader_epoch(run.train_loader, epoch)
@@ -778,27 +557,33 @@ def _run_epochs(run: _TrainingRun, args: argparse.Namespace, device: torch.devic
         if args.sched_steps_per_epoch == 2:
             run.scheduler.step()  # ... and once more after validation
 
+        # sums over the ranks: every rank trained and validated its own shard
         totals = _all_reduce_sum(torch.tensor([loss_sum, images, valid_loss_sum, valid_images],
                                               dtype=torch.float64, device=device), world_size).tolist()
         confusion = _all_reduce_sum(torch.from_numpy(confusion).to(device), world_size).cpu().numpy()
-        # Images per second of the whole job: every rank trained its shard in parallel.
-        images_per_s = totals[1] / seconds
-        if is_writer:
-            train_loss = totals[0] / max(totals[1], 1)
-            valid_loss = totals[2] / max(totals[3], 1)
-            metrics = classification_metrics(confusion)
-            _report(epoch, lr, train_loss, images_per_s, valid_loss, metrics, confusion)
-            if epoch == run.start_epoch:
-                _write_run_config(weights_dir, run_config_path(weights_dir, arch, fold), run.config)
-            save_weights(run.model, checkpoint_path(weights_dir, arch, fold, epoch))
-            _save_last_state(last_state_path(weights_dir, arch, fold), epoch, run.optimizer, run.scheduler,
-                             run.scaler)
-            _write_log(log_path(weights_dir, arch, fold), {
-                "epoch": epoch, "lr": f"{lr:.6g}", "train_loss": f"{train_loss:.6f}",
-                "train_images_per_s": f"{images_per_s:.2f}", "valid_loss": f"{valid_loss:.6f}",
-                "valid_accuracy": f"{metrics['accuracy']:.6f}", "valid_macro_f1": f"{metrics['macro_f1']:.6f}",
-                **{f"f1_{s}": f"{f:.6f}" for s, f in zip(psg_layout.STAGES, metrics["f1"])},
-                "confusion": json.dumps(confusion.tolist(), separators=(",", ":")),
-            })
+        if rank == 0:
+            _save_epoch(run, args, epoch, lr, totals, confusion, images_per_s=totals[1] / seconds)
         if world_size > 1:
             dist.barrier()
+
+
+def _save_epoch(run: _TrainingRun, args: argparse.Namespace, epoch: int, lr: float, totals: list,
+                confusion: np.ndarray, images_per_s: float) -> None:
+    """Print the epoch's metrics; write its checkpoint, the ``--resume`` state and its log row (and, first, the
+    configuration). ``totals``: summed training loss, training images, validation loss, validation images."""
+    weights_dir, arch, fold = Path(args.weights_dir), args.model_arch, args.fold
+    train_loss = totals[0] / max(totals[1], 1)
+    valid_loss = totals[2] / max(totals[3], 1)
+    metrics = classification_metrics(confusion)
+    _report(epoch, lr, train_loss, images_per_s, valid_loss, metrics, confusion)
+    if epoch == run.start_epoch:
+        _write_run_config(weights_dir, run_config_path(weights_dir, arch, fold), run.config)
+    save_weights(run.model, checkpoint_path(weights_dir, arch, fold, epoch))
+    _save_last_state(last_state_path(weights_dir, arch, fold), epoch, run.optimizer, run.scheduler, run.scaler)
+    _write_log(log_path(weights_dir, arch, fold), {
+        "epoch": epoch, "lr": f"{lr:.6g}", "train_loss": f"{train_loss:.6f}",
+        "train_images_per_s": f"{images_per_s:.2f}", "valid_loss": f"{valid_loss:.6f}",
+        "valid_accuracy": f"{metrics['accuracy']:.6f}", "valid_macro_f1": f"{metrics['macro_f1']:.6f}",
+        **{f"f1_{s}": f"{f:.6f}" for s, f in zip(psg_layout.STAGES, metrics["f1"])},
+        "confusion": json.dumps(confusion.tolist(), separators=(",", ":")),
+    })

@@ -15,6 +15,7 @@ Data-parallel: torchrun --nproc_per_node=N main_eff.py ...
 """
 import engine
 import recipe
+import train_options
 from script_io import run_main
 
 DEFAULTS = {**recipe.RECIPE, "model_arch": "tf_efficientnet_b4_ns", "optimizer": "adamp",
@@ -22,7 +23,7 @@ DEFAULTS = {**recipe.RECIPE, "model_arch": "tf_efficientnet_b4_ns", "optimizer":
 
 
 def main():
-    args = engine.build_parser(DEFAULTS, __doc__).parse_args()
+    args = train_options.build_parser(DEFAULTS, __doc__).parse_args()
     engine.train(args)
 
 

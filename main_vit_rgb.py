@@ -14,6 +14,7 @@ Data-parallel: torchrun --nproc_per_node=N main_vit_rgb.py ...
 """
 import engine
 import recipe
+import train_options
 from script_io import run_main
 
 DEFAULTS = {**recipe.RECIPE, "model_arch": "vit_base_patch16_224", "optimizer": "adam",
@@ -21,7 +22,7 @@ DEFAULTS = {**recipe.RECIPE, "model_arch": "vit_base_patch16_224", "optimizer": 
 
 
 def main():
-    args = engine.build_parser(DEFAULTS, __doc__).parse_args()
+    args = train_options.build_parser(DEFAULTS, __doc__).parse_args()
     engine.train(args)
 
 

@@ -8,7 +8,7 @@ and optimizer), the loaders and the batch augmentation the constants below
 it; nothing else restates them. Torch-free: benches and tests read it
 without loading a model.
 
-The trainers' command line (``engine.build_parser``) can change the
+The trainers' command line (``train_options.build_parser``) can change the
 settings in :data:`RECIPE`; the constants after it are fixed.
 """
 from __future__ import annotations

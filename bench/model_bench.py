@@ -45,6 +45,7 @@ import engine  # noqa: E402
 import models  # noqa: E402
 import image_cache  # noqa: E402
 import loader_vit_rgb  # noqa: E402
+import optimizers  # noqa: E402
 import psg_layout  # noqa: E402
 import script_io  # noqa: E402
 from cpu_info import cpu_description  # noqa: E402  (bench/, the script's own folder)
@@ -132,7 +133,7 @@ def train_figures(arch: str, args, device, amp: str, table) -> dict:
     for source in ("ceiling", "loader"):
         torch.manual_seed(0)
         model = new_model(arch, args, device)
-        optimizer = engine.make_optimizer(name, model.parameters(), 1e-4, 1e-6, device)
+        optimizer = optimizers.make_optimizer(name, model.parameters(), 1e-4, 1e-6, device)
         scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
         if source == "ceiling":
             images = torch.randn(args.batch_size, 3, *args.img_size, device=device)

@@ -101,11 +101,11 @@ def trainer_args(module, data_root: Path, weights_dir: Path, *options):
     (architecture, size, epochs...) follow and may override them. Run it
     with ``engine.train(trainer_args(...))``.
     """
-    import engine
+    import train_options
 
     shared = ["--data-root", data_root, "--weights-dir", weights_dir, "--cache-dir", Path(weights_dir).parent / "cache",
               "--workers", 0, "--quiet", "--pretrained", "none"]
-    return engine.build_parser(module.DEFAULTS, module.__doc__).parse_args([str(o) for o in [*shared, *options]])
+    return train_options.build_parser(module.DEFAULTS, module.__doc__).parse_args([str(o) for o in [*shared, *options]])
 
 
 _WARM_LAUNCHER = r'''

@@ -17,6 +17,7 @@ import image_cache
 import loader_vit_rgb as L
 import main_vit_rgb
 import psg_layout
+import train_options
 from psg_layout import EpochTable
 from script_io import InputError
 
@@ -208,7 +209,7 @@ def test_cache_inside_the_data_root_is_refused_before_anything_is_written(tiny_d
     table = L.read_train_table(tiny_data)
     with pytest.raises(InputError, match="must not be inside the data root"):
         image_cache.open_cache(tiny_data, table, SIZE, tiny_data / "cache")
-    args = engine.build_parser(main_vit_rgb.DEFAULTS, "").parse_args(
+    args = train_options.build_parser(main_vit_rgb.DEFAULTS, "").parse_args(
         ["--data-root", str(tiny_data), "--weights-dir", str(tmp_path / "w"), "--cache-dir", str(tiny_data / "x"),
          "--pretrained", "none"])
     with pytest.raises(InputError, match=r"^the image cache must not be inside the data root .*--cache-dir"):

@@ -24,6 +24,7 @@ import main_eff
 import main_vit_rgb
 import model_set
 import recipe
+import train_options
 
 
 def original_smooth_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, smoothing: float) -> torch.Tensor:
@@ -129,10 +130,10 @@ def test_an_accumulated_step_sums_the_losses_only_with_the_defects(summed):
 
 
 def test_the_switch_is_recorded_and_inference_folds_the_1000_class_model(monkeypatch, tmp_path):
-    args = engine.build_parser(main_eff.DEFAULTS, "").parse_args(["--original-defects"])
+    args = train_options.build_parser(main_eff.DEFAULTS, "").parse_args(["--original-defects"])
     assert args.original_defects and args.original_classes == 1000
-    assert not engine.build_parser(main_vit_rgb.DEFAULTS, "").parse_args([]).original_defects
-    assert "original_defects" in engine.RESUME_KEYS
+    assert not train_options.build_parser(main_vit_rgb.DEFAULTS, "").parse_args([]).original_defects
+    assert "original_defects" in train_options.RESUME_KEYS
     # A 1000-class configuration is taken only when it says --original-defects.
     weights = tmp_path / "weights"
     weights.mkdir()

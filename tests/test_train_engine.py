@@ -17,6 +17,7 @@ import recipe
 import engine
 import models
 import model_set
+import optimizers
 from conftest import run_script
 from script_io import InputError
 
@@ -136,7 +137,7 @@ def test_warmup_scales_the_scheduled_rate_over_the_first_steps_and_leaves_the_sc
     weight = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([weight], lr=0.1)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=4, eta_min=0.0)
-    rates = _rates_of_warmup(engine.LinearWarmup(optimizer, total_steps=3), optimizer, scheduler,
+    rates = _rates_of_warmup(optimizers.LinearWarmup(optimizer, total_steps=3), optimizer, scheduler,
                              epochs=3, steps_per_epoch=2)
     # Steps 0-2 take 1/3, 2/3, 3/3 of the scheduled rate; the cosine goes on from its own step count.
     second = 0.1 * (1 + math.cos(math.pi / 4)) / 2
@@ -145,7 +146,7 @@ def test_warmup_scales_the_scheduled_rate_over_the_first_steps_and_leaves_the_sc
     # A resumed run (2 steps already taken) starts at the third step's share.
     optimizer = torch.optim.SGD([weight], lr=0.1)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=4, eta_min=0.0)
-    resumed = _rates_of_warmup(engine.LinearWarmup(optimizer, total_steps=4, steps_done=2), optimizer, scheduler,
+    resumed = _rates_of_warmup(optimizers.LinearWarmup(optimizer, total_steps=4, steps_done=2), optimizer, scheduler,
                                epochs=1, steps_per_epoch=3)
     assert resumed == pytest.approx([0.075, 0.1, 0.1])
 
@@ -153,12 +154,12 @@ def test_warmup_scales_the_scheduled_rate_over_the_first_steps_and_leaves_the_sc
 def test_warmup_counts_optimizer_steps_not_batches():
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 5))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.4)
-    warmup = engine.LinearWarmup(optimizer, total_steps=4)
+    warmup = optimizers.LinearWarmup(optimizer, total_steps=4)
     batches = [(torch.randn(2, 3, 2, 2), torch.eye(5)[[0, 1]]) for _ in range(5)]
     engine.train_one_epoch(model, batches, 5, optimizer, torch.amp.GradScaler("cpu", enabled=False),
                            torch.device("cpu"), "off", accum_iter=2, warmup=warmup)
     # Groups {0,1}, {2,3}, {4}: three optimizer steps, the last at 3/4 of the rate.
-    assert warmup.steps_done == 3 == engine.optimizer_steps_per_epoch(5, 2)
+    assert warmup.steps_done == 3 == optimizers.optimizer_steps_per_epoch(5, 2)
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.3)
 
 
@@ -166,7 +167,7 @@ def test_the_schedule_restarts_every_t0_steps_and_each_cycle_is_the_first():
     weight = torch.nn.Parameter(torch.zeros(1))
     lr, min_lr, t0 = recipe.RECIPE["lr"], recipe.RECIPE["min_lr"], recipe.RECIPE["t0"]
     optimizer = torch.optim.Adam([weight], lr=lr)
-    scheduler = engine.make_scheduler(optimizer, t0, min_lr)
+    scheduler = optimizers.make_scheduler(optimizer, t0, min_lr)
     rates = []
     for _ in range(3 * t0 + 1):
         rates.append(scheduler.get_last_lr()[0])
@@ -209,7 +210,7 @@ def test_each_epoch_advances_the_training_loader_and_steps_the_schedule_twice(tm
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     t0 = 6
     run = engine._TrainingRun(config={"amp": "off"}, model=model, optimizer=optimizer,
-                              scheduler=engine.make_scheduler(optimizer, t0, 0.0),
+                              scheduler=optimizers.make_scheduler(optimizer, t0, 0.0),
                               scaler=torch.amp.GradScaler("cpu", enabled=False), train_loader=_FakeLoader(batches),
                               valid_loader=_FakeLoader(batches), start_epoch=0, warmup=None)
     args = argparse.Namespace(epochs=4, seed=72, quiet=True, model_arch="fake", fold=0, weights_dir=str(tmp_path),
@@ -511,6 +512,6 @@ def test_adamp_steps_channels_last_weights_like_contiguous_ones():
         _adamp_steps(adamp.AdamP, torch.channels_last)
     reference = _adamp_steps(adamp.AdamP, torch.contiguous_format)
     for layout in (torch.contiguous_format, torch.channels_last):
-        for ours, theirs in zip(_adamp_steps(engine.AdamP, layout), reference):
+        for ours, theirs in zip(_adamp_steps(optimizers.AdamP, layout), reference):
             torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
-    assert engine.OPTIMIZERS["adamp"] is engine.AdamP
+    assert optimizers.OPTIMIZERS["adamp"] is optimizers.AdamP

@@ -4,10 +4,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import engine
 import main_eff
 import main_vit_rgb
 import recipe
+import train_options
 from conftest import REPO
 
 # The original's training settings (mainViTrgb.py / mainEff.py), written out by hand.
@@ -28,16 +28,16 @@ def test_each_trainer_is_the_recipe_with_its_model_and_optimizer():
 
 
 def test_the_parsed_defaults_are_the_recipe():
-    args = vars(engine.build_parser(main_eff.DEFAULTS, "").parse_args([]))
+    args = vars(train_options.build_parser(main_eff.DEFAULTS, "").parse_args([]))
     assert {key: args[key] for key in main_eff.DEFAULTS} == main_eff.DEFAULTS
 
 
 def test_resume_checks_every_recipe_key_but_length_speed_and_places():
-    assert set(engine.RESUME_KEYS) == {
+    assert set(train_options.RESUME_KEYS) == {
         "model_arch", "img_size", "optimizer", "fold", "folds", "cv", "seed", "batch_size", "accum_iter", "lr",
         "min_lr", "weight_decay", "t0", "sched_steps_per_epoch", "no_fmix", "fmix_spectrum", "cutmix",
         "pretrained", "no_cache", "resize", "warmup_epochs", "stage_balance", "original_defects"}
-    assert len(engine.RESUME_KEYS) == len(set(engine.RESUME_KEYS))
+    assert len(train_options.RESUME_KEYS) == len(set(train_options.RESUME_KEYS))
 
 
 def test_the_fixed_settings_are_the_originals():
