@@ -513,10 +513,8 @@ def score_pending(pending: list, out: Path, run, show_progress: bool) -> dict:
             failures.update(score_chunk(chunk, out, run))
             bar.update(len(chunk))
             bar.set_postfix(failed=len(failures))
-            with open(out / LOG, "a") as handle:  # a log grows as the run goes; a killed run keeps its part
-                handle.write(run.log.getvalue())
-            run.log.seek(0)
-            run.log.truncate()
+            with script_io.atomic_path(out / LOG) as tmp:  # rewritten after each chunk: a killed run keeps its part
+                tmp.write_text(run.earlier_log + run.log.getvalue())
     return failures
 
 
@@ -543,7 +541,9 @@ def main(argv=None) -> None:
         if kept:
             raise SystemExit(1)
         return
-    run = argparse.Namespace(args=args, log=io.StringIO(), seconds=dict.fromkeys(STEPS, 0.0), pool=None)
+    earlier_log = (out / LOG).read_text() if resuming and (out / LOG).is_file() else ""
+    run = argparse.Namespace(args=args, log=io.StringIO(), earlier_log=earlier_log, seconds=dict.fromkeys(STEPS, 0.0),
+                             pool=None)
     run.loaded, run.device = load_models(args, configs)  # a checkpoint that does not fit stops the run here
     created = not resuming  # a new or replaced result: nothing of it stays when no night can be scored
     if out.exists() and not resuming:
