@@ -26,7 +26,7 @@ VIT, EFF, IMG = "test_vit", "test_efficientnet", 32
 SPLIT = {"folds": 3, "seed": 72, "cv": "subject"}
 MODELS = ("--vit-arch", VIT, "--eff-arch", EFF, "--vit-epochs", 0, "--eff-epochs", 0)
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # a shared 2-core machine: more threads only fight
-EDF_START = datetime.datetime(2026, 1, 5, 22, 30, 0)  # make_synthetic.py's EDF start
+EDF_START = datetime.datetime(2026, 1, 5, 22, 30, 0)  # synthetic_files.EDF_START (make_synthetic.py --edf)
 
 
 @pytest.fixture(scope="module")

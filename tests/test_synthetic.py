@@ -1,4 +1,7 @@
-"""make_synthetic.py and psg_layout's renderer: layout, labels, EDF, determinism, physiology, errors."""
+"""make_synthetic.py (with its synthetic_* modules) and psg_layout's renderer.
+
+Layout, labels, EDF, determinism, physiology, errors.
+"""
 from __future__ import annotations
 
 import re
@@ -13,6 +16,8 @@ from scipy.signal import butter, find_peaks, hilbert, sosfiltfilt, welch
 import make_synthetic
 import psg_layout
 import script_io
+import synthetic_hypnogram
+import synthetic_recording
 from conftest import run_script
 from psg_layout import STAGE_TO_INT
 
@@ -165,9 +170,9 @@ def rem_periods(scored):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_full_nights_follow_adult_architecture(seed):
     for index in range(10):
-        night = make_synthetic.recording_hypnogram(seed, index, 6.1)
-        n_unscored = int(np.sum(night == make_synthetic.UNSCORED))
-        assert 2 <= n_unscored <= 15 and (night[:n_unscored] == make_synthetic.UNSCORED).all()
+        night = synthetic_hypnogram.recording_hypnogram(seed, index, 6.1)
+        n_unscored = int(np.sum(night == synthetic_hypnogram.UNSCORED))
+        assert 2 <= n_unscored <= 15 and (night[:n_unscored] == synthetic_hypnogram.UNSCORED).all()
         scored = night[n_unscored:]
         assert abs(len(scored) / 120 - 6.1) < 0.5
         share = np.bincount(scored, minlength=5) / len(scored) * 100
@@ -193,14 +198,14 @@ def test_full_nights_follow_adult_architecture(seed):
 
 def test_short_nights_still_pass_through_the_stages():
     for index in range(8):
-        scored = make_synthetic.recording_hypnogram(0, index, 0.5)
-        scored = scored[scored != make_synthetic.UNSCORED]
+        scored = synthetic_hypnogram.recording_hypnogram(0, index, 0.5)
+        scored = scored[scored != synthetic_hypnogram.UNSCORED]
         assert 50 <= len(scored) <= 70
         assert {W, N1, N2, N3, REM} <= set(scored.tolist())
     for hours in (0.001, 0.01, 0.02):  # a minute or less: one epoch or a few, awake
         for index in range(20):
-            scored = make_synthetic.recording_hypnogram(0, index, hours)
-            scored = scored[scored != make_synthetic.UNSCORED]
+            scored = synthetic_hypnogram.recording_hypnogram(0, index, hours)
+            scored = scored[scored != synthetic_hypnogram.UNSCORED]
             assert 1 <= len(scored) <= 3 and (scored == W).all()
 
 
@@ -209,7 +214,7 @@ def test_short_nights_still_pass_through_the_stages():
 # --------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def nights():
-    return [make_synthetic.synthesize_recording(0, index, 2.0) for index in (0, 1)]
+    return [synthetic_recording.synthesize_recording(0, index, 2.0) for index in (0, 1)]
 
 
 def per_epoch(recording, channel):
@@ -329,7 +334,7 @@ def test_render_rejects_bad_rows_and_draws_nothing_for_missing_ones():
 
 
 def test_write_png_gives_the_same_bytes_and_pixels(tmp_path):
-    night = make_synthetic.synthesize_recording(5, 0, 0.05)
+    night = synthetic_recording.synthesize_recording(5, 0, 0.05)
     image = psg_layout.render_epoch(night.epoch_signals(3))
     psg_layout.write_png(tmp_path / "a.png", image)
     psg_layout.write_png(tmp_path / "b.png", image.copy())

@@ -1,4 +1,4 @@
-"""make_synthetic.py's signals against sleep physiology, without YASA (that is bench/realism.py's job).
+"""The synthetic signals (synthetic_signals.py) against sleep physiology, without YASA (that is bench/realism.py's job).
 
 Per stage: the EEG's aperiodic 1/f exponent and its band powers, the
 density of spindles and K-complexes in N2, the share of slow waves in N3,
@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 from scipy.signal import butter, find_peaks, hilbert, sosfiltfilt, welch
 
-import make_synthetic
 import psg_layout
+import synthetic_channels
+import synthetic_recording
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import realism  # noqa: E402
@@ -32,7 +33,7 @@ REAL_PROFILE = Path(__file__).parent / "data" / "real_row_profile.json"
 @pytest.fixture(scope="module")
 def nights():
     """Two nights of 2 h scored (the first two of the seed-0 set)."""
-    return [make_synthetic.synthesize_recording(0, index, 2.0) for index in (0, 1)]
+    return [synthetic_recording.synthesize_recording(0, index, 2.0) for index in (0, 1)]
 
 
 def c3_epochs(night):
@@ -109,7 +110,7 @@ def test_chin_tone_falls_from_wake_through_sleep_to_rem_atonia(nights):
 def test_n1_eyes_roll_slowly_while_blinks_and_saccades_belong_to_wake(nights):
     # E1-M2 minus E2-M1 keeps the eye movements (out of phase) and cancels the frontal EEG (in phase)
     for night in nights:
-        fs = make_synthetic.channel_rate("E1-M2")
+        fs = synthetic_channels.channel_rate("E1-M2")
         eye = ((night.signals["E1-M2"] - night.signals["E2-M1"]) / 2).reshape(night.n_epochs, -1)
         freqs, psd = welch(eye, fs, nperseg=int(10 * fs), axis=-1)  # 0.1-Hz resolution for the slow band
         step = freqs[1] - freqs[0]
