@@ -587,8 +587,8 @@ def run_tune(args, config: dict, quiet: bool) -> None:
     print(f"{tune_json_path(out)} is saved")
 
 
-def run_blend(args, config: dict) -> None:
-    """Blend the test dumps; write the blend CSV, its probabilities and its configuration."""
+def run_blend(args, config: dict) -> Path:
+    """Blend the test dumps; write the blend CSV, its probabilities and its configuration; return the CSV's path."""
     out = Path(args.out)
     test = read_test_csv(args.data_root)
     p1, p2 = (load_probabilities(dump_path(out, arch, args.fold, epochs), len(test), str(test.path), DUMP_HINT)
@@ -606,9 +606,11 @@ def run_blend(args, config: dict) -> None:
     print(describe_effective_weight(*settings))
     print(f"predicted stages: {stage_counts(stages)}")
     print(f"{blend_csv} is saved ({len(stages)} rows), blended probabilities in {probabilities_path(blend_csv)}")
+    return blend_csv
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> Path | None:
+    """Run the script; return the blend CSV written (its name is fixed here, by the settings), None with --tune."""
     args = parser.parse_args(argv)
     given_tta = "--tta"
     if args.from_tune is not None:
@@ -625,8 +627,8 @@ def main(argv=None) -> None:
     print("config: " + json.dumps(config))
     if args.tune:
         run_tune(args, config, quiet=args.quiet or not sys.stderr.isatty())
-    else:
-        run_blend(args, config)
+        return None
+    return run_blend(args, config)
 
 
 if __name__ == "__main__":

@@ -69,7 +69,7 @@ import model_set
 import postprocess
 import psg_layout
 import script_io
-from output_names import blend_csv_path, submission_path
+from output_names import submission_path
 from script_io import InputError, where
 
 # fmt: off
@@ -349,23 +349,21 @@ def model_argv(args) -> list:
             "--vit-epochs", *args.vit_epochs, "--eff-epochs", *args.eff_epochs]
 
 
-def step_arguments(args, data: Path, outputs: Path, results: Path) -> dict:
-    """The command lines of the blend and post-process steps, as one would type them for the layout route."""
-    models = model_argv(args)
-    blend_csv = blend_csv_path(outputs, args.method, args.vit_epochs, args.eff_epochs)
-    blend_settings = (["--from-tune", args.from_tune] if args.from_tune is not None else
-                      ["--method", args.method, "--ens-weight", args.ens_weight, "--power", args.power,
-                       "--dump-scale", args.dump_scale])
-    steps = {
-        "blend": (blend.main, ["--data-root", data, "--out", outputs, *models, *blend_settings, "--quiet"]),
-        "post-process": (postprocess.main, ["--data-root", data, "--in", blend_csv,
-                                            "--out", submission_path(outputs), "--method", args.postprocess,
-                                            *(["--train-csv", args.train_csv] if args.train_csv else []),
-                                            *(["--model-set", args.model_set] if args.model_set else []),
-                                            "--recordings-out", results, "--quiet",
-                                            *([] if args.no_figures else ["--figures"])]),
-    }
-    return {name: (main, [str(a) for a in argv]) for name, (main, argv) in steps.items()}
+def blend_argv(args, data: Path, outputs: Path) -> list[str]:
+    """``blend.py``'s command line for a chunk, as one would type it for the layout route."""
+    settings = (["--from-tune", args.from_tune] if args.from_tune is not None else
+                ["--method", args.method, "--ens-weight", args.ens_weight, "--power", args.power,
+                 "--dump-scale", args.dump_scale])
+    return [str(a) for a in ["--data-root", data, "--out", outputs, *model_argv(args), *settings, "--quiet"]]
+
+
+def postprocess_argv(args, data: Path, blend_csv: Path, outputs: Path, results: Path) -> list[str]:
+    """``postprocess.py``'s command line for a chunk: the blend CSV that ``blend.py`` wrote in, the nights out."""
+    argv = ["--data-root", data, "--in", blend_csv, "--out", submission_path(outputs), "--method", args.postprocess,
+            *(["--train-csv", args.train_csv] if args.train_csv else []),
+            *(["--model-set", args.model_set] if args.model_set else []),
+            "--recordings-out", results, "--quiet", *([] if args.no_figures else ["--figures"])]
+    return [str(a) for a in argv]
 
 
 def infer_options(args, data: Path, outputs: Path):
@@ -377,6 +375,15 @@ def infer_options(args, data: Path, outputs: Path):
             *(["--batch-size", args.batch_size] if hasattr(args, "batch_size") else []),
             "--workers", args.workers, "--device", args.device, "--amp", args.amp, "--no-cache", "--quiet"]
     return infer_blend.parser.parse_args([str(a) for a in argv])
+
+
+def run_step(run, step: str, main, argv: list[str]):
+    """One step's ``main(argv)``, its command line printed before it and its seconds counted; its return value."""
+    started = time.perf_counter()
+    print(f"== {step}: {' '.join(argv)}")
+    result = main(argv)
+    run.seconds[step] += time.perf_counter() - started
+    return result
 
 
 def score_chunk(chunk: list, out: Path, run) -> dict:
@@ -412,11 +419,10 @@ def score_chunk(chunk: list, out: Path, run) -> dict:
             started = time.perf_counter()
             infer_chunk(run.loaded, infer_options(run.args, data, outputs), run.device)
             run.seconds[step] += time.perf_counter() - started
-            for step, (main, argv) in step_arguments(run.args, data, outputs, results).items():
-                started = time.perf_counter()
-                print(f"== {step}: {' '.join(argv)}")
-                main(argv)
-                run.seconds[step] += time.perf_counter() - started
+            step = "blend"
+            blend_csv = run_step(run, step, blend.main, blend_argv(run.args, data, outputs))
+            step = "post-process"
+            run_step(run, step, postprocess.main, postprocess_argv(run.args, data, blend_csv, outputs, results))
     except Exception as err:  # the chunk's nights fail together; the next chunk goes on
         for source in drawn:
             fail(source, step, err)

@@ -198,6 +198,13 @@ def test_tune_then_from_tune(tmp_path, dump_scale, best_weight):
                "--dump-scale", "unit" if dump_scale == "original" else "original")
     assert (out / "filesblend_avg_[4]_[1].csv").read_text() == "Wake\nN1\n"
     assert json.loads((out / "filesblend_avg_[4]_[1].json").read_text())["dump_scale"] == dump_scale
+    # in process, main says which CSV it wrote (stage_edf.py hands it to postprocess.py); --tune writes none
+    import blend
+
+    written = blend.main(["--data-root", str(data), "--out", str(out), "--from-tune", str(out / "blend_tune.json"),
+                          "--quiet"])
+    assert written == out / "filesblend_avg_[4]_[1].csv"
+    assert blend.main(["--out", str(out), "--tune", "--dump-scale", dump_scale, "--quiet"]) is None
 
 
 def save_dumps(out, p1, p2):

@@ -219,9 +219,7 @@ def test_from_tune_blends_as_the_file_says_and_keeps_the_inference_tta(tmp_path)
     stage_edf.resolve_settings(args)
     stage_edf.check_args(args)
     assert (args.method, args.ens_weight, args.dump_scale, args.tta) == ("avg", 0.3, "unit", 1)
-    steps = {name: argv for name, (_, argv) in stage_edf.step_arguments(args, tmp_path / "DATA", tmp_path / "outputs",
-                                                                      tmp_path / "results").items()}
-    assert steps["blend"][steps["blend"].index("--from-tune") + 1] == str(tune)
-    assert "--ens-weight" not in steps["blend"]
+    blend_argv = stage_edf.blend_argv(args, tmp_path / "DATA", tmp_path / "outputs")
+    assert blend_argv[blend_argv.index("--from-tune") + 1] == str(tune)
+    assert "--ens-weight" not in blend_argv
     assert stage_edf.infer_options(args, tmp_path / "DATA", tmp_path / "outputs").tta == 1
-    assert steps["post-process"][steps["post-process"].index("--in") + 1].endswith("filesblend_avg_[4]_[1].csv")
