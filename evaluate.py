@@ -22,8 +22,9 @@ weight (tuned at ``--dump-scale``, as ``blend.py --tune`` tunes), then
 post-processing none / rules / hmm of the best blend, so one sees what each
 step buys. The hmm there is estimated from the training rows outside the
 validation fold, and divides the blend by the stage shares the models were
-trained on (``stage_balance`` in their configurations; 0, the labels'
-shares, without one); it is left out when the two models were trained
+trained on (``stage_balance`` as infer_blend.py recorded it beside the
+dumps: ``model_set.recorded_stage_balances``; 0, the labels' shares,
+without one); it is left out when the two models were trained
 with different ``--stage-balance``. The rules and the hmm need
 consecutive epochs: when the models were trained with ``--cv stratified``
 (``cv`` in ``<weights-dir>/<vit-arch>_fold_<k>_config.json``), the
@@ -63,7 +64,7 @@ from blend import (DUMP_SCALES, METHODS, blend_probabilities, blend_scores, load
 from hypnogram import HYPNOGRAM_ORDER, json_ready, sleep_statistics, statistic_unit
 from output_names import TRAINING_LOG_GLOB, dump_path, report_dir, run_config_path, submission_path, valid_csv_path
 from hmm import hmm_decode, hmm_from_counts
-from model_set import hmm_counts_outside
+from model_set import hmm_counts_outside, recorded_stage_balances
 from postprocess import read_stage_lines
 from rules import apply_rules
 from psg_layout import NUM_CLASSES, STAGES
@@ -205,24 +206,6 @@ def training_cv(weights_dir: Path | str, arch: str, fold: int) -> tuple[str | No
     return (None if cv is None else str(cv)), path
 
 
-def training_stage_balances(weights_dir: Path | str, archs, fold: int) -> dict:
-    """``--stage-balance`` of each model whose training configuration exists, by architecture.
-
-    A configuration without ``stage_balance`` was written before the option
-    existed, when every row was seen once per epoch: 0.
-    """
-    balances = {}
-    for arch in archs:
-        config, path = training_config(weights_dir, arch, fold)
-        if config is None:
-            continue
-        balances[arch] = config.get("stage_balance", 0.0)
-        if not psg_layout.is_stage_balance(balances[arch]):
-            raise InputError(f"stage_balance must be a finite number, 0 or more, got {balances[arch]!r} "
-                             f"{where(path)}")
-    return balances
-
-
 def validation_table(args, quiet: bool) -> dict | None:
     """Macro-F1 and accuracy on the fold's validation rows of each step of the flow.
 
@@ -230,7 +213,7 @@ def validation_table(args, quiet: bool) -> dict | None:
     row needs ``--data-root``'s training CSV. The rules and hmm rows are
     left out when model 1 was trained with ``--cv stratified``, and marked
     when its training configuration is absent. The hmm divides by the stage
-    shares the models were trained on (their configurations'
+    shares the models were trained on (infer_blend.py's record of their
     ``stage_balance``, 0 without one) and is left out when the two differ.
 
     Returns
@@ -283,14 +266,14 @@ def validation_table(args, quiet: bool) -> dict | None:
         table.append(row("post-processing rules", marked, apply_rules(blended, valid.recording_ids)[0]))
         table.append(row("post-processing rules across recordings (the original's)", marked,
                          apply_rules(blended, valid.recording_ids, across_recordings=True)[0]))
-        balances = training_stage_balances(args.weights_dir, (args.vit_arch, args.eff_arch), args.fold)
-        if len(set(balances.values())) > 1:
+        balances, _ = recorded_stage_balances(args.outputs, args.fold)  # None: 0, the original's
+        if balances is not None and balances[0] != balances[1]:
             note = "; ".join(filter(None, [note, (
                 f"post-processing hmm left out: the models were trained with different --stage-balance "
-                f"({', '.join(f'{arch} {value:g}' for arch, value in balances.items())}), so their blend has no "
+                f"({args.vit_arch} {balances[0]:g}, {args.eff_arch} {balances[1]:g}), so their blend has no "
                 f"one set of training stage shares to divide by")]))
         else:
-            stage_balance = next(iter(balances.values()), 0.0)
+            stage_balance = 0.0 if balances is None else balances[0]
             hmm = hmm_outside_fold(args.data_root, valid, stage_balance)
             if hmm is not None:
                 decoded = hmm_decode(blend_probabilities(p1, p2, *best), valid.recording_ids, *hmm)

@@ -263,19 +263,50 @@ def hmm_counts_outside(data_root: Path | str, valid: psg_layout.EpochTable) -> d
     return hmm.count_stage_sequences(train.labels[keep], [r for r, k in zip(train.recording_ids, keep) if k])
 
 
-def _infer_record(outputs: Path, fold: int) -> dict:
+def recorded_stage_balances(outputs: Path | str, fold: int) -> tuple[list[float] | None, Path]:
+    """The ``--stage-balance`` of the two models behind the dumps in ``outputs``: the one place it is read back.
+
+    ``infer_blend.py`` copies it from the two training configurations into
+    its record (``infer_blend_fold_<k>.json``, key ``stage_balance``: ViT,
+    EfficientNet); ``postprocess.py``, ``evaluate.py`` and this script read
+    it from there.
+
+    Returns
+    -------
+    balances : list of two float, or None
+        None when there is no record, or it was written before it held
+        the entry.
+    path : Path
+        The record.
+
+    Raises
+    ------
+    InputError
+        An unreadable record, or an entry that is not two finite numbers, 0 or more.
+    """
     path = infer_config_path(outputs, fold)
     if not path.is_file():
-        raise InputError(f"no infer_blend.py record {where(path)}; run infer_blend.py with --out {outputs}")
-    record = script_io.read_json_object(path)
-    balances = record.get("stage_balance")
+        return None, path
+    balances = script_io.read_json_object(path).get("stage_balance")
+    if balances is None:
+        return None, path
     if not (isinstance(balances, list) and len(balances) == 2 and all(map(psg_layout.is_stage_balance, balances))):
+        raise InputError(f"stage_balance must be a list of two finite numbers, 0 or more (one per model), got "
+                         f"{balances!r} {where(path)}")
+    return [float(value) for value in balances], path
+
+
+def _infer_record(outputs: Path, fold: int) -> dict:
+    balances, path = recorded_stage_balances(outputs, fold)
+    if not path.is_file():
+        raise InputError(f"no infer_blend.py record {where(path)}; run infer_blend.py with --out {outputs}")
+    if balances is None:
         raise InputError(f"no stage_balance of the two models; run infer_blend.py again {where(path)}")
     if balances[0] != balances[1]:
         raise InputError(f"the models were trained with different --stage-balance ({balances[0]} and "
                          f"{balances[1]}), so their blend has no one set of training stage shares for the hmm "
                          f"{where(path)}")
-    return record
+    return script_io.read_json_object(path)
 
 
 def validation_scores(probabilities: np.ndarray, valid: psg_layout.EpochTable, model: tuple,

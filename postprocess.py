@@ -73,8 +73,7 @@ import script_io
 import signal_quality
 from blend import load_probabilities, read_test_csv, stage_counts
 from hmm import count_stage_sequences, hmm_decode, hmm_from_counts
-from output_names import (blend_csv_path, infer_config_path, model_set_path, probabilities_path, recordings_dir,
-                          submission_path)
+from output_names import blend_csv_path, model_set_path, probabilities_path, recordings_dir, submission_path
 from psg_layout import STAGE_TO_INT, STAGES
 from script_io import InputError, where
 from rules import apply_rules
@@ -233,20 +232,15 @@ def models_stage_balance(in_csv: Path) -> tuple[float, str]:
     fold = script_io.read_json_object(blend_json).get("fold")
     if not isinstance(fold, int):
         raise InputError(f"no fold number in blend.py's configuration {where(blend_json)}")
-    infer_json = infer_config_path(in_csv.parent, fold)
-    if not infer_json.is_file():
-        return 0.0, f"no record of the models' sampling: {infer_json} is missing; taken as 0, the original's"
-    balances = script_io.read_json_object(infer_json).get("stage_balance")
+    balances, infer_json = model_set.recorded_stage_balances(in_csv.parent, fold)
     if balances is None:
-        return 0.0, f"{infer_json} records no stage_balance (written before it did); taken as 0, the original's"
-    if not (isinstance(balances, list) and balances and all(psg_layout.is_stage_balance(value) for value in balances)):
-        raise InputError(f"stage_balance must be a list of finite numbers, 0 or more, got {balances!r} "
-                         f"{where(infer_json)}")
+        return 0.0, (f"no record of the models' sampling: {infer_json} is missing or records no stage_balance "
+                     f"(written before it did); taken as 0, the original's")
     if len(set(balances)) > 1:
         raise InputError(f"the models were trained with different --stage-balance ({', '.join(map(str, balances))}), "
                          f"so their blend has no one set of training stage shares for the hmm; choose one with "
                          f"--stage-balance {where(infer_json)}")
-    return float(balances[0]), str(infer_json)
+    return balances[0], str(infer_json)
 
 
 # --------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import script_io
 from blend import blend_probabilities, dump_path, row_scales, tune_blend, valid_csv_path
 from evaluate import compute_metrics, main as evaluate_main
 from conftest import run_script
+from output_names import infer_config_path
 
 
 def test_metrics_by_hand():
@@ -128,9 +129,9 @@ def test_the_validation_tables_hmm_divides_by_the_stage_shares_the_models_were_t
     weights.mkdir()
 
     def table(balances):
-        for arch, balance in zip(VALIDATION_ARCHS, balances):
-            evaluate.run_config_path(weights, arch, 0).write_text(json.dumps({"cv": "subject",
-                                                                                "stage_balance": balance}))
+        for arch in VALIDATION_ARCHS:  # their cv; the stage balance comes from infer_blend.py's record
+            evaluate.run_config_path(weights, arch, 0).write_text(json.dumps({"cv": "subject"}))
+        infer_config_path(out, 0).write_text(json.dumps({"tta": 1, "stage_balance": balances}))
         return evaluate.validation_table(evaluate.parser.parse_args(
             ["--data-root", str(data), "--outputs", str(out), "--weights-dir", str(weights)]), quiet=True)
 
@@ -148,8 +149,8 @@ def test_the_validation_tables_hmm_divides_by_the_stage_shares_the_models_were_t
                                       "--stage-balance (vit_base_patch16_224 1, tf_efficientnet_b4_ns 0), so their "
                                       "blend has no one set of training stage shares to divide by")
     for bad in ("x", -1.0):
-        with pytest.raises(script_io.InputError,
-                           match=rf"stage_balance must be a finite number, 0 or more, got {bad!r} \(.*tf_efficientnet_b4_ns"):
+        with pytest.raises(script_io.InputError, match=rf"stage_balance must be a list of two finite numbers, 0 or "
+                                                       rf"more \(one per model\), got \[1.0, {bad!r}\] \(.*infer_blend"):
             table([1.0, bad])
 
 

@@ -341,7 +341,7 @@ def test_command_hmm_reads_the_models_stage_balance_recorded_beside_the_blend(tm
     record.write_text(json.dumps({"stage_balance": [1.0, -1.0]}))
     result = run_script("postprocess.py", "--data-root", data, "--in", blend_csv, "--out", out, "--method", "hmm",
                         check=False)
-    assert result.returncode == 2 and "stage_balance must be a list of finite numbers, 0 or more" in result.stderr
+    assert result.returncode == 2 and "stage_balance must be a list of two finite numbers, 0 or more" in result.stderr
     # A record older than the entry: 0, and the output says so.
     record.write_text(json.dumps({"tta": 1}))
     result = run_script("postprocess.py", "--data-root", data, "--in", blend_csv, "--out", out, "--method", "hmm")
