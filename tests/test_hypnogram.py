@@ -114,7 +114,7 @@ def test_recording_outputs_and_edf_round_trip(tmp_path):
     import edfio
     import mne
 
-    from render_edf import UNSCORED, read_hypnogram, stages_on_epoch_grid
+    from scored_hypnograms import UNSCORED, read_hypnogram, stages_on_epoch_grid
 
     onsets, before, probabilities = recording_inputs()
     shuffled = np.array([3, 0, 6, 1, 5, 2, 4])  # the outputs come out in epoch order whatever the input order
