@@ -39,12 +39,9 @@ is drawn; images are drawn into a hidden folder per recording and moved into
 place only when every recording of the run has succeeded, then the CSVs are
 rewritten atomically. A failed run leaves ``--out`` as it was.
 
-This script holds the run: the command line, finding recordings and their
-hypnograms, planning and drawing each recording, the split's CSVs. The
-parts it reads with live beside it: ``montages.py`` (the montages),
-``edf_signals.py`` (EDF headers, channels, units, gains, start time),
-``scored_hypnograms.py`` (hypnogram files on the epoch grid) and
-``lights.py`` (lights off and lights on).
+This script is the run (command line, finding recordings, planning, drawing,
+the split's CSVs); it reads with ``montages.py``, ``edf_signals.py``,
+``scored_hypnograms.py`` and ``lights.py``.
 """
 from __future__ import annotations
 
@@ -71,7 +68,7 @@ from edf_signals import detect_montage, load_channels, recording_start, resolve_
 from lights import lights_value, resolve_lights
 from montages import AUTO_MONTAGE, Montage, load_montage
 from psg_layout import EPOCH_SECONDS
-from scored_hypnograms import GRID_TOLERANCE_SECONDS, UNSCORED, epochs_to_keep, read_hypnogram, stages_on_epoch_grid
+from scored_hypnograms import UNSCORED, epochs_to_keep, read_hypnogram, stages_on_epoch_grid, unscored_epoch_grid
 from script_io import InputError, where
 
 
@@ -188,6 +185,41 @@ def _files_under(folder: Path, recursive: bool) -> list[Path]:
     return sorted(p for p in found if p.is_file() and not p.name.startswith("."))
 
 
+def _pair_with_hypnograms(edfs: list[Path], edf: Path, hypnogram: Path | None,
+                          unscored: bool) -> list[tuple[Path, Path | None]]:
+    """Each of ``edfs`` with its one hypnogram (None if ``unscored``); arguments as :func:`find_recordings`.
+
+    Raises
+    ------
+    InputError
+        Recordings without a hypnogram (up to five listed), or one with several.
+    """
+    if unscored:
+        pairs = [(p, [None]) for p in edfs]
+    elif hypnogram is not None and hypnogram.is_file():
+        pairs = [(edfs[0], [hypnogram])]
+    else:
+        search_root = hypnogram if hypnogram is not None else (edf if edf.is_dir() else edf.parent)
+        candidates = {}
+        for path in _files_under(search_root, recursive=edf.is_dir() or hypnogram is not None):
+            if is_hypnogram_file(path):
+                candidates.setdefault(hypnogram_key(path), []).append(path)
+        pairs = [(p, candidates.get(hypnogram_key(p), [])) for p in edfs]
+
+    unpaired = [str(p) for p, found in pairs if not found]
+    if unpaired:
+        raise InputError(
+            f"no hypnogram found for {len(unpaired)} recording(s): {', '.join(unpaired[:5])}"
+            f"{' ...' if len(unpaired) > 5 else ''} (expected <ID>-Hypnogram.edf sharing the first 6 characters, "
+            f"<stem>-nsrr.xml or <stem>.hypnogram.csv; or give --hypnogram) {where(unpaired[0])}"
+        )
+    ambiguous = [(p, found) for p, found in pairs if len(found) > 1]
+    if ambiguous:
+        p, found = ambiguous[0]
+        raise InputError(f"several hypnograms match {p.name}: {', '.join(map(str, found))} {where(p)}")
+    return [(p, found[0]) for p, found in pairs]
+
+
 def find_recordings(edf: Path, hypnogram: Path | None, unscored: bool = False) -> list[RecordingSource]:
     """Recordings to render with their hypnograms, sorted by ID.
 
@@ -223,32 +255,8 @@ def find_recordings(edf: Path, hypnogram: Path | None, unscored: bool = False) -
         if hypnogram is not None and hypnogram.is_file():
             raise InputError(f"--hypnogram must be a folder when --edf is a folder {where(hypnogram)}")
 
-    if unscored:
-        pairs = [(p, [None]) for p in edfs]
-    elif hypnogram is not None and hypnogram.is_file():
-        pairs = [(edfs[0], [hypnogram])]
-    else:
-        search_root = hypnogram if hypnogram is not None else (edf if edf.is_dir() else edf.parent)
-        candidates = {}
-        for path in _files_under(search_root, recursive=edf.is_dir() or hypnogram is not None):
-            if is_hypnogram_file(path):
-                candidates.setdefault(hypnogram_key(path), []).append(path)
-        pairs = [(p, candidates.get(hypnogram_key(p), [])) for p in edfs]
-
-    unpaired = [str(p) for p, found in pairs if not found]
-    if unpaired:
-        raise InputError(
-            f"no hypnogram found for {len(unpaired)} recording(s): {', '.join(unpaired[:5])}"
-            f"{' ...' if len(unpaired) > 5 else ''} (expected <ID>-Hypnogram.edf sharing the first 6 characters, "
-            f"<stem>-nsrr.xml or <stem>.hypnogram.csv; or give --hypnogram) {where(unpaired[0])}"
-        )
-    ambiguous = [(p, found) for p, found in pairs if len(found) > 1]
-    if ambiguous:
-        p, found = ambiguous[0]
-        raise InputError(f"several hypnograms match {p.name}: {', '.join(map(str, found))} {where(p)}")
-
     recordings, seen = [], {}
-    for path, (hypnogram_path,) in pairs:
+    for path, hypnogram_path in _pair_with_hypnograms(edfs, edf, hypnogram, unscored):
         recording_id = recording_id_of(path)
         if not RECORDING_ID_PATTERN.fullmatch(recording_id):
             raise InputError(f"recording ID {recording_id!r} is not a plain name (letters, digits, . _ -) {where(path)}")
@@ -362,28 +370,6 @@ def render_unscored_night(source: RecordingSource, montage_spec: str, out: Path,
         shutil.rmtree(job.staging, ignore_errors=True)
         raise
     return job.record
-
-
-def unscored_epoch_grid(edf: Path, recording_seconds: float) -> tuple[float, np.ndarray]:
-    """The grid of a recording without hypnogram: every whole 30-s epoch from the first sample.
-
-    Returns
-    -------
-    origin : float
-        0.0 (epoch 1 starts with the recording).
-    stages : np.ndarray of int64, shape (epochs,)
-        :data:`scored_hypnograms.UNSCORED` for each whole epoch.
-
-    Raises
-    ------
-    InputError
-        A recording shorter than one epoch.
-    """
-    epoch_count = int((recording_seconds + GRID_TOLERANCE_SECONDS) // EPOCH_SECONDS)
-    if epoch_count < 1:
-        raise InputError(f"recording is {recording_seconds:g} s long, shorter than one {EPOCH_SECONDS}-s epoch "
-                         f"{where(edf)}")
-    return 0.0, np.full(epoch_count, UNSCORED, dtype=np.int64)
 
 
 def plan_recording(source: RecordingSource, montage: Montage, trim_minutes: float | None, out: Path,

@@ -5,8 +5,9 @@ one stage per line) is read into :class:`StageSegment` runs
 (:func:`read_hypnogram`); :func:`stages_on_epoch_grid` places them on the
 recording's 30-s epochs (epoch 1 the first whole epoch on the scorer's
 grid) and :func:`epochs_to_keep` trims the wake around the sleep period.
-Stage spellings accepted are those of :data:`STAGE_TOKENS`; unscored and
-movement epochs are :data:`UNSCORED`.
+A recording no one has scored gets every whole epoch from its first sample
+(:func:`unscored_epoch_grid`). Stage spellings accepted are those of
+:data:`STAGE_TOKENS`; unscored and movement epochs are :data:`UNSCORED`.
 """
 from __future__ import annotations
 
@@ -21,6 +22,10 @@ import psg_layout
 from psg_layout import EPOCH_SECONDS
 from script_io import InputError, first_line, where
 
+
+# --------------------------------------------------------------------------
+# Hypnogram files: EDF+ annotations, NSRR XML, plain CSV -> stage segments
+# --------------------------------------------------------------------------
 UNSCORED = -1  # rendered, never labelled: unscored and movement epochs
 
 # Accepted stage spellings (case-insensitive): AASM names, R&K names and the
@@ -159,7 +164,7 @@ def read_hypnogram(path: Path) -> list[StageSegment]:
 
 
 # --------------------------------------------------------------------------
-# Epochs: the hypnogram on a 30-s grid, trimmed to the sleep period
+# Epochs: the hypnogram on a 30-s grid, trimmed to the sleep period; the grid without one
 # --------------------------------------------------------------------------
 GRID_TOLERANCE_SECONDS = 0.01
 
@@ -242,3 +247,25 @@ def epochs_to_keep(stages: np.ndarray, trim_minutes: float | None, path: Path) -
                          f"(use --trim-wake none to keep it all) {where(path)}")
     margin = int(trim_minutes * 60 // EPOCH_SECONDS)
     return np.arange(max(sleep[0] - margin, 0), min(sleep[-1] + margin, len(stages) - 1) + 1)
+
+
+def unscored_epoch_grid(edf: Path, recording_seconds: float) -> tuple[float, np.ndarray]:
+    """The grid of a recording without hypnogram: every whole 30-s epoch from the first sample.
+
+    Returns
+    -------
+    origin : float
+        0.0 (epoch 1 starts with the recording).
+    stages : np.ndarray of int64, shape (epochs,)
+        :data:`UNSCORED` for each whole epoch.
+
+    Raises
+    ------
+    InputError
+        A recording shorter than one epoch.
+    """
+    epoch_count = int((recording_seconds + GRID_TOLERANCE_SECONDS) // EPOCH_SECONDS)
+    if epoch_count < 1:
+        raise InputError(f"recording is {recording_seconds:g} s long, shorter than one {EPOCH_SECONDS}-s epoch "
+                         f"{where(edf)}")
+    return 0.0, np.full(epoch_count, UNSCORED, dtype=np.int64)
