@@ -19,6 +19,7 @@ import psg_layout
 from script_io import InputError, where
 
 AUTO_MONTAGE = "auto"  # --montage auto: per recording, the first built-in montage whose channels it has
+# Voltage units a file or a montage row may name, in volts.
 VOLTS_PER_UNIT = {"nV": 1e-9, "uV": 1e-6, "µV": 1e-6, "mV": 1e-3, "V": 1.0}
 
 
