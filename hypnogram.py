@@ -85,7 +85,7 @@ HYPNOGRAM_ORDER = ("N3", "N2", "N1", "REM", "Wake")
 # Sleep-EDF's annotation texts ("Sleep stage W/1/2/3/4/R/?"); AASM N3 is written as R&K stage 3.
 SLEEP_EDF_STAGE_TEXT = ("Sleep stage W", "Sleep stage 1", "Sleep stage 2", "Sleep stage 3", "Sleep stage R")
 STAGE_COLOURS = ("#f2c12e", "#8fd3f4", "#3b8bd9", "#163a73", "#d64545")  # Wake, N1, N2, N3, REM
-# Successive onsets this close to one epoch apart are contiguous (as render_edf's grid tolerance).
+# Successive onsets this close to one epoch apart are contiguous (as scored_hypnograms' grid tolerance).
 CONTIGUOUS_TOLERANCE_SECONDS = 0.01
 EDF_PATIENT_CODE_MAX = 64  # the patient field also holds sex, birthdate and name ("X X X")
 # {name}: the recording ID
@@ -532,7 +532,7 @@ def write_recording_outputs(out_dir: Path, recording_id: str, onsets: np.ndarray
       one annotation per run of contiguous epochs of one stage, onset in s
       from the recording start (the header's start date and time);
       unlisted epochs are not annotated. Readable by MNE
-      (``mne.read_annotations``) and ``render_edf.read_hypnogram``.
+      (``mne.read_annotations``) and ``scored_hypnograms.read_hypnogram``.
     * ``<name>-hypnogram.png``: the post-processed hypnogram, REM in red,
       with the stacked stage probabilities under it, epochs outside the
       lights period shaded (only with ``figure``).

@@ -31,18 +31,21 @@ so the whole recording is kept (trim the scored hypnogram afterwards).
 Lights off and lights on (the time in bed of the sleep statistics) come
 from ``--lights-off``/``--lights-on`` (a clock time ``HH:MM[:SS]`` or
 seconds from the recording start), else from the recording's own EDF+
-annotations (:data:`LIGHTS_LABELS`); see :func:`resolve_lights`.
+annotations (``lights.LIGHTS_LABELS``); see ``lights.resolve_lights``.
 
 Everything is checked (montage, channels, units, hypnograms, their length
 against the recording, IDs already in the data set) before the first image
 is drawn; images are drawn into a hidden folder per recording and moved into
 place only when every recording of the run has succeeded, then the CSVs are
 rewritten atomically. A failed run leaves ``--out`` as it was.
+
+This script is the run (command line, finding recordings, planning, drawing,
+the split's CSVs); it reads with ``montages.py``, ``edf_signals.py``,
+``scored_hypnograms.py`` and ``lights.py``.
 """
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import os
@@ -50,7 +53,6 @@ import queue
 import re
 import shutil
 import sys
-import xml.etree.ElementTree as ElementTree
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import Manager
@@ -62,7 +64,11 @@ from tqdm import tqdm
 import psg_layout
 import script_io
 import signal_quality
+from edf_signals import detect_montage, load_channels, recording_start, resolve_channels
+from lights import lights_value, resolve_lights
+from montages import AUTO_MONTAGE, Montage, load_montage
 from psg_layout import EPOCH_SECONDS
+from scored_hypnograms import UNSCORED, epochs_to_keep, read_hypnogram, stages_on_epoch_grid, unscored_epoch_grid
 from script_io import InputError, where
 
 
@@ -131,416 +137,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 # --------------------------------------------------------------------------
-# Montages: which EDF channel feeds which image row, with what gain
-# --------------------------------------------------------------------------
-VOLTS_PER_UNIT = {"nV": 1e-9, "uV": 1e-6, "µV": 1e-6, "mV": 1e-3, "V": 1.0}
-
-
-@dataclass(frozen=True)
-class RowSource:
-    """Where one image row takes its samples from.
-
-    The row's value is ``(-1 if invert else 1) * scale * x``, where ``x`` is
-    the channel in the row's physical unit (``psg_layout.Signal.unit``):
-    voltages are converted (a channel in V, mV or uV feeds a uV row
-    correctly); other units are taken as they are in the file.
-
-    Attributes
-    ----------
-    channels : tuple of str
-        EDF channel labels to look for, in order of preference; the first
-        one present in the file is used.
-    scale : float
-        Extra gain on top of the unit conversion (dimensionless).
-    invert : bool
-        Draw the channel upside down (E2 from a horizontal E1-E2 EOG).
-    optional : bool
-        Leave the row empty when no listed channel is in the file, instead
-        of refusing the recording.
-    unit : str or None
-        Voltage unit (nV, uV, mV, V) of the channel's values when the file's
-        header names none that MNE recognises (Sleep-EDF's EMG envelope is
-        in "uV-mrs"); ignored when the header names a voltage unit.
-    """
-
-    channels: tuple[str, ...]
-    scale: float = 1.0
-    invert: bool = False
-    optional: bool = False
-    unit: str | None = None
-
-
-@dataclass(frozen=True)
-class Montage:
-    """A named mapping from image rows (``psg_layout.SIGNAL_NAMES``) to EDF channels."""
-
-    name: str
-    rows: dict  # row name -> RowSource; rows not listed are drawn empty
-
-
-SLEEP_EDF_MONTAGE = Montage("sleep-edf", {
-    # Sleep-EDF SC has one frontal and one parietal EEG derivation: Fpz-Cz
-    # stands in for both central rows, Pz-Oz for both occipital rows (alpha
-    # is strongest there, as at O1/O2).
-    "C3-M2": RowSource(("EEG Fpz-Cz",)),
-    "C4-M1": RowSource(("EEG Fpz-Cz",)),
-    "O1-M2": RowSource(("EEG Pz-Oz",)),
-    "O2-M1": RowSource(("EEG Pz-Oz",)),
-    # A horizontal EOG is the E1-E2 difference; E1-M2 and E2-M1 deflect in
-    # opposite directions for the same eye movement, so E2 is drawn inverted.
-    "E1-M2": RowSource(("EOG horizontal",)),
-    "E2-M1": RowSource(("EOG horizontal",), invert=True),
-    # SC files store the chin EMG as a 1 Hz envelope in "uV-mrs" (ST files:
-    # the 100 Hz signal in uV).
-    "Chin EMG": RowSource(("EMG submental",), unit="uV"),
-    # The oro-nasal channel is a thermistor airflow signal (1 Hz in SC files,
-    # absent from ST files).
-    "Thermistor": RowSource(("Resp oro-nasal",), optional=True),
-})
-
-SHHS_MONTAGE = Montage("shhs", {
-    "C3-M2": RowSource(("EEG(sec)", "EEG2", "EEG 2", "EEG sec")),  # C3-A2
-    "C4-M1": RowSource(("EEG",)),  # C4-A1
-    "E1-M2": RowSource(("EOG(L)",)),
-    "E2-M1": RowSource(("EOG(R)",)),
-    "Chin EMG": RowSource(("EMG",)),
-    "ECG": RowSource(("ECG",)),
-    # Nasal pressure joined SHHS1 part-way through the study.
-    "Flow": RowSource(("NEW AIR", "new A/F", "NEWAIR", "New Air"), optional=True),
-    "Thermistor": RowSource(("AIRFLOW",)),
-    "Thorax": RowSource(("THOR RES",)),
-    "Abdomen": RowSource(("ABDO RES",)),
-    "SpO2 (85-100 %)": RowSource(("SaO2",)),
-    "SpO2 (40-100 %)": RowSource(("SaO2",)),
-})
-
-# make_synthetic.py --edf writes every row under its own name, except the
-# two SpO2 rows, which are one saturation channel drawn at two gains.
-SYNTHETIC_MONTAGE = Montage("synthetic", {
-    name: RowSource(("SpO2",) if name.startswith("SpO2") else (name,)) for name in psg_layout.SIGNAL_NAMES
-})
-
-BUILTIN_MONTAGES = {m.name: m for m in (SLEEP_EDF_MONTAGE, SHHS_MONTAGE, SYNTHETIC_MONTAGE)}
-MONTAGE_ROW_KEYS = {"channel", "scale", "invert", "optional", "unit"}
-
-
-def _montage_row_from_json(row_name: str, entry, path: Path) -> RowSource:
-    """One ``rows`` entry of a JSON montage, checked; errors name the row and the file."""
-    if not isinstance(entry, dict):
-        raise InputError(f"montage row {row_name!r} must be an object with a 'channel' {where(path)}")
-    unknown_keys = sorted(set(entry) - MONTAGE_ROW_KEYS)
-    if unknown_keys:
-        raise InputError(
-            f"montage row {row_name!r} has unknown keys {unknown_keys}; allowed: {sorted(MONTAGE_ROW_KEYS)} {where(path)}"
-        )
-    channels = entry.get("channel")
-    channels = [channels] if isinstance(channels, str) else channels
-    if not channels or not isinstance(channels, list) or not all(isinstance(c, str) and c.strip() for c in channels):
-        raise InputError(f"montage row {row_name!r}: 'channel' must be a label or a list of labels {where(path)}")
-    scale = entry.get("scale", 1.0)
-    if isinstance(scale, bool) or not isinstance(scale, int | float) or not math.isfinite(scale) or scale == 0:
-        raise InputError(f"montage row {row_name!r}: 'scale' must be a non-zero number, got {scale!r} {where(path)}")
-    for flag in ("invert", "optional"):
-        if not isinstance(entry.get(flag, False), bool):
-            raise InputError(f"montage row {row_name!r}: {flag!r} must be true or false {where(path)}")
-    unit = entry.get("unit")
-    if unit is not None and unit not in VOLTS_PER_UNIT:
-        raise InputError(
-            f"montage row {row_name!r}: 'unit' must be one of {sorted(VOLTS_PER_UNIT)}, got {unit!r} {where(path)}"
-        )
-    return RowSource(tuple(c.strip() for c in channels), float(scale), entry.get("invert", False),
-                     entry.get("optional", False), unit)
-
-
-AUTO_MONTAGE = "auto"
-
-
-def detect_montage(edf: Path) -> Montage:
-    """The first built-in montage (sleep-edf, shhs, synthetic) whose required channels the EDF has.
-
-    Raises
-    ------
-    InputError
-        An unreadable EDF, or one no built-in montage fits (its labels listed).
-    """
-    labels = set(_read_edf_header(edf).ch_names)
-    for montage in BUILTIN_MONTAGES.values():
-        if all(source.optional or any(c in labels for c in source.channels) for source in montage.rows.values()):
-            return montage
-    raise InputError(f"no built-in montage ({', '.join(BUILTIN_MONTAGES)}) fits the channels "
-                     f"{', '.join(map(repr, sorted(labels)))}: name the rows' channels in a JSON montage file "
-                     f"(--montage FILE) {where(edf)}")
-
-
-def load_montage(spec: str) -> Montage:
-    """A built-in montage by name, or a JSON montage file.
-
-    The JSON file holds ``{"rows": {ROW: {"channel": LABEL or [LABEL, ...],
-    "scale": 1.0, "invert": false, "optional": false, "unit": "uV"}}}``;
-    only ``channel`` is required, ROW is a name from
-    ``psg_layout.SIGNAL_NAMES``, rows not listed are drawn empty.
-
-    Raises
-    ------
-    InputError
-        Neither a built-in name nor a readable JSON file; unknown row names
-        (all listed); a malformed row.
-    """
-    if spec in BUILTIN_MONTAGES:
-        return BUILTIN_MONTAGES[spec]
-    path = Path(spec)
-    if not path.is_file():
-        raise InputError(f"--montage must be one of {', '.join(BUILTIN_MONTAGES)} or a JSON file, got {spec!r}")
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(f"montage is not valid JSON: {err} {where(path)}") from None
-    if not isinstance(document, dict) or not isinstance(document.get("rows"), dict) or not document["rows"]:
-        raise InputError(f'montage JSON must be {{"rows": {{ROW: {{"channel": ...}}, ...}}}} {where(path)}')
-    unknown_rows = sorted(set(document["rows"]) - set(psg_layout.SIGNAL_NAMES))
-    if unknown_rows:
-        raise InputError(
-            f"montage names rows that the image does not have: {', '.join(map(repr, unknown_rows))}; "
-            f"rows are {', '.join(psg_layout.SIGNAL_NAMES)} {where(path)}"
-        )
-    rows = {name: _montage_row_from_json(name, entry, path) for name, entry in document["rows"].items()}
-    return Montage(str(path), rows)
-
-
-# --------------------------------------------------------------------------
-# Hypnograms: EDF+ annotations, NSRR XML, plain CSV -> stage segments
-# --------------------------------------------------------------------------
-UNSCORED = -1  # rendered, never labelled: unscored and movement epochs
-
-# Accepted stage spellings (case-insensitive): AASM names, R&K names and the
-# EDF/NSRR numeric codes (W,1,2,3,4,R,M = 0..6; NSRR unscored = 9).
-STAGE_TOKENS = {
-    **dict.fromkeys(("wake", "w", "0"), psg_layout.STAGE_TO_INT["Wake"]),
-    **dict.fromkeys(("n1", "1"), psg_layout.STAGE_TO_INT["N1"]),
-    **dict.fromkeys(("n2", "2"), psg_layout.STAGE_TO_INT["N2"]),
-    # R&K stages 3 and 4 together are AASM N3.
-    **dict.fromkeys(("n3", "3", "4", "n4"), psg_layout.STAGE_TO_INT["N3"]),
-    **dict.fromkeys(("rem", "r", "5"), psg_layout.STAGE_TO_INT["REM"]),
-    **dict.fromkeys(("?", "unscored", "movement", "m", "6", "9"), UNSCORED),
-}
-
-
-@dataclass(frozen=True)
-class StageSegment:
-    """A run of epochs with one stage, as the hypnogram file states it.
-
-    Attributes
-    ----------
-    onset, duration : float
-        Seconds from the start of the recording.
-    stage : int
-        ``psg_layout.STAGE_TO_INT`` value, or :data:`UNSCORED`.
-    row : int
-        1-based position in the file for error messages: CSV line, EDF+
-        annotation number, or NSRR ``ScoredEvent`` number.
-    """
-
-    onset: float
-    duration: float
-    stage: int
-    row: int
-
-
-def _first_line(err: Exception) -> str:
-    """The first line of a library's error message, for a one-line error."""
-    text = str(err).strip()
-    return text.splitlines()[0] if text else "no details"
-
-
-def stage_from_token(token: str, path: Path, row: int) -> int:
-    """Stage int (or :data:`UNSCORED`) of one stage spelling; unknown spellings are an error."""
-    stage = STAGE_TOKENS.get(token.strip().lower())
-    if stage is None:
-        raise InputError(
-            f"unknown sleep stage {token.strip()!r} (expected Wake/W/0, N1/1, N2/2, N3/3/4, REM/R/5, "
-            f"?/unscored/movement) {where(path, row)}"
-        )
-    return stage
-
-
-def read_csv_stages(path: Path) -> list[StageSegment]:
-    """A plain hypnogram: one stage per line, one line per 30-s epoch from the recording start."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as err:
-        raise InputError(f"hypnogram is not a text file: {err} {where(path)}") from None
-    while lines and not lines[-1].strip():
-        lines.pop()
-    segments = []
-    for row, line in enumerate(lines, start=1):
-        if "," in line:
-            raise InputError(f"expected one stage per line, got {line.strip()!r} {where(path, row)}")
-        segments.append(StageSegment((row - 1) * EPOCH_SECONDS, EPOCH_SECONDS, stage_from_token(line, path, row), row))
-    return segments
-
-
-SLEEP_STAGE_PREFIX = "sleep stage "
-
-
-def read_edf_annotation_stages(path: Path) -> list[StageSegment]:
-    """Stages from EDF+ annotations (Sleep-EDF: ``Sleep stage W/1/2/3/4/R/?``, ``Movement time``).
-
-    Onsets are taken relative to the start of the hypnogram file, which in
-    Sleep-EDF starts with its recording. Annotations that are not stages
-    (lights, arousals...) are ignored.
-    """
-    import mne
-
-    try:
-        annotations = mne.read_annotations(path)
-    except Exception as err:  # MNE raises many kinds on a malformed file
-        raise InputError(f"cannot read EDF+ annotations: {type(err).__name__}: {_first_line(err)} {where(path)}") from None
-    segments = []
-    for row, (onset, duration, text) in enumerate(
-            zip(annotations.onset, annotations.duration, annotations.description), start=1):
-        lowered = text.strip().lower()
-        if lowered == "movement time":
-            stage = UNSCORED
-        elif lowered.startswith(SLEEP_STAGE_PREFIX):
-            stage = stage_from_token(lowered[len(SLEEP_STAGE_PREFIX):], path, row)
-        else:
-            continue
-        segments.append(StageSegment(float(onset), float(duration), stage, row))
-    return segments
-
-
-def read_nsrr_xml_stages(path: Path) -> list[StageSegment]:
-    """Stages from an NSRR XML file: ``ScoredEvent`` elements of type ``Stages|Stages``.
-
-    ``EventConcept`` is ``<name>|<code>`` (``Wake|0``, ``Stage 1 sleep|1`` ...
-    ``REM sleep|5``); the code decides the stage. Other events (arousals,
-    desaturations...) are ignored.
-    """
-    content = path.read_bytes()
-    # ElementTree expands internal entities; a hypnogram never needs them.
-    if re.search(rb"<!\s*(DOCTYPE|ENTITY)", content, re.IGNORECASE):
-        raise InputError(f"refusing an XML hypnogram with DOCTYPE or ENTITY declarations {where(path)}")
-    try:
-        root = ElementTree.fromstring(content)
-    except ElementTree.ParseError as err:
-        raise InputError(f"hypnogram is not valid XML: {err} {where(path, err.position[0])}") from None
-    segments = []
-    for row, event in enumerate(root.iter("ScoredEvent"), start=1):
-        if not (event.findtext("EventType") or "").strip().lower().startswith("stages"):
-            continue
-        concept = (event.findtext("EventConcept") or "").strip()
-        code = concept.rsplit("|", 1)[-1].strip().lower()
-        if code not in STAGE_TOKENS:
-            raise InputError(f"unknown sleep stage {concept!r} in ScoredEvent {row} {where(path, row)}")
-        stage = STAGE_TOKENS[code]
-        try:
-            onset, duration = float(event.findtext("Start")), float(event.findtext("Duration"))
-        except (TypeError, ValueError):
-            raise InputError(f"ScoredEvent {row} needs numeric Start and Duration {where(path, row)}") from None
-        segments.append(StageSegment(onset, duration, stage, row))
-    return segments
-
-
-def read_hypnogram(path: Path) -> list[StageSegment]:
-    """Stage segments of a hypnogram file, by its format (``.edf``, ``.xml``, ``.csv``/``.txt``)."""
-    readers = {".edf": read_edf_annotation_stages, ".xml": read_nsrr_xml_stages,
-               ".csv": read_csv_stages, ".txt": read_csv_stages}
-    reader = readers.get(path.suffix.lower())
-    if reader is None:
-        raise InputError(f"unknown hypnogram format {path.suffix!r} (expected .edf, .xml, .csv) {where(path)}")
-    segments = reader(path)
-    if not segments:
-        raise InputError(f"no sleep stages found in the hypnogram {where(path)}")
-    return segments
-
-
-# --------------------------------------------------------------------------
-# Epochs: the hypnogram on a 30-s grid, trimmed to the sleep period
-# --------------------------------------------------------------------------
-GRID_TOLERANCE_SECONDS = 0.01
-
-
-def stages_on_epoch_grid(segments: list[StageSegment], path: Path, recording_seconds: float):
-    """Place stage segments on the recording's 30-s epoch grid.
-
-    The grid starts at the first scored onset modulo 30 s, so epoch 1 is the
-    first whole epoch of the recording on the scorer's grid; epochs are
-    numbered from the recording start. Unscored segments change nothing and
-    may run past the end of the recording (Sleep-EDF hypnograms end in a
-    long ``?``); a scored one may not.
-
-    Parameters
-    ----------
-    segments : list of StageSegment
-    path : Path
-        The hypnogram, for error messages.
-    recording_seconds : float
-        Length of the recording, s.
-
-    Returns
-    -------
-    origin : float
-        Start of epoch 1, s from the recording start, in [0, 30).
-    stages : np.ndarray of int64, shape (epochs,)
-        Stage int per whole epoch of the recording; :data:`UNSCORED` where
-        the hypnogram says so or says nothing.
-
-    Raises
-    ------
-    InputError
-        No scored segment; a scored segment after the recording's end, off
-        the 30-s grid, at a negative time, without duration, or overlapping
-        another.
-    """
-    scored_segments = [s for s in segments if s.stage != UNSCORED]
-    if not scored_segments:
-        raise InputError(f"the hypnogram scores no epoch (all unscored) {where(path)}")
-    origin = min(s.onset for s in scored_segments) % EPOCH_SECONDS
-    epoch_count = max(int((recording_seconds - origin + GRID_TOLERANCE_SECONDS) // EPOCH_SECONDS), 0)
-    stages = np.full(epoch_count, UNSCORED, dtype=np.int64)
-    scored = np.zeros(epoch_count, dtype=bool)
-    for segment in scored_segments:
-        if segment.onset < 0:
-            raise InputError(f"stage starts before the recording ({segment.onset:g} s) {where(path, segment.row)}")
-        first, count = (segment.onset - origin) / EPOCH_SECONDS, segment.duration / EPOCH_SECONDS
-        off_grid = [x for x in (first, count) if abs(x - round(x)) * EPOCH_SECONDS > GRID_TOLERANCE_SECONDS]
-        if off_grid or round(count) < 1:
-            raise InputError(
-                f"stage at {segment.onset:g} s lasting {segment.duration:g} s is not whole 30-s epochs "
-                f"on the grid starting at {origin:g} s {where(path, segment.row)}"
-            )
-        first, stop = round(first), round(first) + round(count)
-        if stop > epoch_count:
-            raise InputError(
-                f"hypnogram longer than the recording: a stage runs to {origin + stop * EPOCH_SECONDS:g} s, "
-                f"the recording has {epoch_count} whole epochs ({recording_seconds:g} s) {where(path, segment.row)}"
-            )
-        if scored[first:stop].any():
-            raise InputError(f"stage overlaps an earlier one at epoch {first + 1 + int(np.argmax(scored[first:stop]))} "
-                             f"{where(path, segment.row)}")
-        stages[first:stop] = segment.stage
-        scored[first:stop] = True
-    return origin, stages
-
-
-def epochs_to_keep(stages: np.ndarray, trim_minutes: float | None, path: Path) -> np.ndarray:
-    """0-based indices of the epochs to render.
-
-    ``None`` keeps every epoch; otherwise the sleep period (first to last
-    N1/N2/N3/REM epoch) plus ``trim_minutes`` of whatever precedes and
-    follows it, within the recording.
-    """
-    if trim_minutes is None:
-        return np.arange(len(stages))
-    sleep = np.flatnonzero(stages > psg_layout.STAGE_TO_INT["Wake"])
-    if not sleep.size:
-        raise InputError(f"no sleep epoch in the hypnogram, nothing to trim wake around "
-                         f"(use --trim-wake none to keep it all) {where(path)}")
-    margin = int(trim_minutes * 60 // EPOCH_SECONDS)
-    return np.arange(max(sleep[0] - margin, 0), min(sleep[-1] + margin, len(stages) - 1) + 1)
-
-
-# --------------------------------------------------------------------------
 # Finding recordings and pairing them with hypnograms
 # --------------------------------------------------------------------------
 RECORDING_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -589,6 +185,41 @@ def _files_under(folder: Path, recursive: bool) -> list[Path]:
     return sorted(p for p in found if p.is_file() and not p.name.startswith("."))
 
 
+def _pair_with_hypnograms(edfs: list[Path], edf: Path, hypnogram: Path | None,
+                          unscored: bool) -> list[tuple[Path, Path | None]]:
+    """Each of ``edfs`` with its one hypnogram (None if ``unscored``); arguments as :func:`find_recordings`.
+
+    Raises
+    ------
+    InputError
+        Recordings without a hypnogram (up to five listed), or one with several.
+    """
+    if unscored:
+        pairs = [(p, [None]) for p in edfs]
+    elif hypnogram is not None and hypnogram.is_file():
+        pairs = [(edfs[0], [hypnogram])]
+    else:
+        search_root = hypnogram if hypnogram is not None else (edf if edf.is_dir() else edf.parent)
+        candidates = {}
+        for path in _files_under(search_root, recursive=edf.is_dir() or hypnogram is not None):
+            if is_hypnogram_file(path):
+                candidates.setdefault(hypnogram_key(path), []).append(path)
+        pairs = [(p, candidates.get(hypnogram_key(p), [])) for p in edfs]
+
+    unpaired = [str(p) for p, found in pairs if not found]
+    if unpaired:
+        raise InputError(
+            f"no hypnogram found for {len(unpaired)} recording(s): {', '.join(unpaired[:5])}"
+            f"{' ...' if len(unpaired) > 5 else ''} (expected <ID>-Hypnogram.edf sharing the first 6 characters, "
+            f"<stem>-nsrr.xml or <stem>.hypnogram.csv; or give --hypnogram) {where(unpaired[0])}"
+        )
+    ambiguous = [(p, found) for p, found in pairs if len(found) > 1]
+    if ambiguous:
+        p, found = ambiguous[0]
+        raise InputError(f"several hypnograms match {p.name}: {', '.join(map(str, found))} {where(p)}")
+    return [(p, found[0]) for p, found in pairs]
+
+
 def find_recordings(edf: Path, hypnogram: Path | None, unscored: bool = False) -> list[RecordingSource]:
     """Recordings to render with their hypnograms, sorted by ID.
 
@@ -624,32 +255,8 @@ def find_recordings(edf: Path, hypnogram: Path | None, unscored: bool = False) -
         if hypnogram is not None and hypnogram.is_file():
             raise InputError(f"--hypnogram must be a folder when --edf is a folder {where(hypnogram)}")
 
-    if unscored:
-        pairs = [(p, [None]) for p in edfs]
-    elif hypnogram is not None and hypnogram.is_file():
-        pairs = [(edfs[0], [hypnogram])]
-    else:
-        search_root = hypnogram if hypnogram is not None else (edf if edf.is_dir() else edf.parent)
-        candidates = {}
-        for path in _files_under(search_root, recursive=edf.is_dir() or hypnogram is not None):
-            if is_hypnogram_file(path):
-                candidates.setdefault(hypnogram_key(path), []).append(path)
-        pairs = [(p, candidates.get(hypnogram_key(p), [])) for p in edfs]
-
-    unpaired = [str(p) for p, found in pairs if not found]
-    if unpaired:
-        raise InputError(
-            f"no hypnogram found for {len(unpaired)} recording(s): {', '.join(unpaired[:5])}"
-            f"{' ...' if len(unpaired) > 5 else ''} (expected <ID>-Hypnogram.edf sharing the first 6 characters, "
-            f"<stem>-nsrr.xml or <stem>.hypnogram.csv; or give --hypnogram) {where(unpaired[0])}"
-        )
-    ambiguous = [(p, found) for p, found in pairs if len(found) > 1]
-    if ambiguous:
-        p, found = ambiguous[0]
-        raise InputError(f"several hypnograms match {p.name}: {', '.join(map(str, found))} {where(p)}")
-
     recordings, seen = [], {}
-    for path, (hypnogram_path,) in pairs:
+    for path, hypnogram_path in _pair_with_hypnograms(edfs, edf, hypnogram, unscored):
         recording_id = recording_id_of(path)
         if not RECORDING_ID_PATTERN.fullmatch(recording_id):
             raise InputError(f"recording ID {recording_id!r} is not a plain name (letters, digits, . _ -) {where(path)}")
@@ -658,180 +265,6 @@ def find_recordings(edf: Path, hypnogram: Path | None, unscored: bool = False) -
         seen[recording_id] = path
         recordings.append(RecordingSource(recording_id, path, hypnogram_path))
     return sorted(recordings, key=lambda r: r.recording_id)
-
-
-# --------------------------------------------------------------------------
-# Reading EDF signals in the rows' physical units
-# --------------------------------------------------------------------------
-@dataclass(frozen=True)
-class RowChannel:
-    """The resolved source of one row in one EDF file.
-
-    Attributes
-    ----------
-    channel : str
-        EDF channel label.
-    fs : float
-        The channel's native sampling rate, Hz (handed to the renderer, so
-        nothing is resampled).
-    gain : float
-        Multiplies the values MNE returns to give the row's physical unit
-        (unit conversion, montage scale and inversion together).
-    file_unit : str
-        The channel's unit as MNE reports it (``n/a`` when unrecognised).
-    limits : signal_quality.RowLimits
-        The channel's header range and resolution in the row's values, for
-        the per-epoch quality checks.
-    """
-
-    channel: str
-    fs: float
-    gain: float
-    file_unit: str
-    limits: signal_quality.RowLimits
-
-
-def _read_edf_header(path: Path, include=None):
-    import mne
-
-    try:
-        return mne.io.read_raw_edf(path, include=include, preload=False, stim_channel=None, verbose="error")
-    except Exception as err:  # MNE raises many kinds on a malformed file
-        raise InputError(f"cannot read EDF: {type(err).__name__}: {_first_line(err)} {where(path)}") from None
-
-
-def check_edf_complete(path: Path) -> None:
-    """Refuse an EDF file shorter than its header says (a copy cut off, an interrupted download).
-
-    MNE reads such a file without complaint and returns the records that
-    are there, so the recording would look merely shorter. The fixed EDF
-    header gives the header size (bytes 184-192), the record count (236-244,
-    -1 while recording), the signal count (252-256) and, per signal, the
-    samples per record (2 bytes each).
-
-    Raises
-    ------
-    InputError
-        A header that cannot be parsed, or a file shorter than header plus
-        records.
-    """
-    try:
-        with open(path, "rb") as handle:
-            fixed = handle.read(256)
-            header_bytes, records, signals = int(fixed[184:192]), int(fixed[236:244]), int(fixed[252:256])
-            handle.seek(256 + signals * 216)
-            samples = [int(handle.read(8)) for _ in range(signals)]
-    except ValueError:
-        raise InputError(f"cannot read EDF: the header's sizes are not numbers {where(path)}") from None
-    if records < 0:
-        return
-    expected = header_bytes + records * 2 * sum(samples)
-    actual = path.stat().st_size
-    if actual < expected:
-        raise InputError(f"EDF is truncated: its header announces {records} data records ({expected} bytes), "
-                         f"the file has {actual} bytes {where(path)}")
-
-
-def _row_gain(row: str, source: RowSource, channel: str, mne_gain: float, file_unit: str, edf: Path) -> float:
-    """Factor from MNE's values of ``channel`` to the row's physical unit (with scale and inversion)."""
-    row_unit = psg_layout.SIGNAL_BY_NAME[row].unit
-    # MNE multiplies the file's physical values by mne_gain (1e-6 for uV,
-    # 1e-3 for mV, else 1), so dividing by it gives the file's own values.
-    unit = file_unit if file_unit in VOLTS_PER_UNIT else source.unit
-    if row_unit in VOLTS_PER_UNIT:
-        if unit is None:
-            raise InputError(
-                f"channel {channel!r} for row {row!r} has unit {file_unit!r}, not a voltage; "
-                f"give its unit in a JSON montage (\"unit\": \"uV\") {where(edf)}"
-            )
-        conversion = VOLTS_PER_UNIT[unit] / VOLTS_PER_UNIT[row_unit]
-    elif unit is not None and row_unit != "a.u.":
-        raise InputError(f"channel {channel!r} is a voltage ({unit}), row {row!r} needs {row_unit} {where(edf)}")
-    else:
-        conversion = 1.0
-    return (-1.0 if source.invert else 1.0) * source.scale * conversion / mne_gain
-
-
-def _row_limits(row: str, source: RowSource, extras: dict, index: int, to_row: float) -> signal_quality.RowLimits:
-    """A row's quality limits from its channel's header fields (MNE keeps them per channel on the reader)."""
-    row_unit = psg_layout.SIGNAL_BY_NAME[row].unit
-    volts = VOLTS_PER_UNIT[row_unit] / source.scale if row_unit in VOLTS_PER_UNIT else None
-    return signal_quality.row_limits((extras["physical_min"][index], extras["physical_max"][index]),
-                                     (extras["digital_min"][index], extras["digital_max"][index]), to_row, volts)
-
-
-def resolve_channels(edf: Path, montage: Montage) -> tuple[dict, float]:
-    """Find each montage row's channel in an EDF header, with its rate and gain.
-
-    Returns
-    -------
-    rows : dict
-        Row name -> :class:`RowChannel`; optional rows whose channels are
-        absent are left out (drawn empty; the montage's other rows are the
-        recording's missing rows).
-    duration : float
-        Length of the recording, s.
-
-    Raises
-    ------
-    InputError
-        Unreadable EDF; channels of required rows missing (all listed, with
-        the labels the file has); units that do not fit the row.
-    """
-    header = _read_edf_header(edf)
-    check_edf_complete(edf)
-    labels = header.ch_names
-    duration = header.n_times / header.info["sfreq"]
-    chosen, missing = {}, []
-    for row, source in montage.rows.items():
-        found = next((c for c in source.channels if c in labels), None)
-        if found is not None:
-            chosen[row] = (source, found)
-        elif not source.optional:
-            missing.append(" or ".join(map(repr, source.channels)))
-    if missing:
-        raise InputError(
-            f"montage {montage.name} needs channels the EDF does not have: {', '.join(sorted(set(missing)))} "
-            f"(it has {', '.join(map(repr, labels))}) {where(edf)}"
-        )
-    # MNE keeps the file's unit and the factor it applied only on the reader
-    # object; they are the one record of what the header said.
-    mne_gains = dict(zip(labels, header._raw_extras[0]["units"]))
-    file_units = header._orig_units
-    rates = {}
-    for channel in sorted({c for _, c in chosen.values()}):
-        # Read on its own, a channel comes at its native rate (read together,
-        # MNE would resample all channels to the fastest one).
-        rates[channel] = float(_read_edf_header(edf, include=[channel]).info["sfreq"])
-    rows = {}
-    for row, (source, channel) in chosen.items():
-        mne_gain = float(mne_gains[channel])
-        gain = _row_gain(row, source, channel, mne_gain, file_units[channel], edf)
-        # MNE's values are the file's physical values times its gain: the header's range times both is the row's.
-        limits = _row_limits(row, source, header._raw_extras[0], labels.index(channel), mne_gain * gain)
-        rows[row] = RowChannel(channel, rates[channel], gain, file_units[channel], limits)
-    return rows, duration
-
-
-def load_channels(edf: Path, rows: dict) -> dict:
-    """The channels the rows use, at their native rates: label -> samples as MNE returns them.
-
-    Channels of equal rate are read together; MNE would resample a mixed set
-    to its fastest rate.
-    """
-    import mne
-
-    by_rate = {}
-    for row_channel in rows.values():
-        by_rate.setdefault(row_channel.fs, set()).add(row_channel.channel)
-    channels = {}
-    for labels in by_rate.values():
-        try:
-            raw = mne.io.read_raw_edf(edf, include=sorted(labels), preload=True, stim_channel=None, verbose="error")
-        except Exception as err:  # MNE raises many kinds on a malformed file
-            raise InputError(f"cannot read EDF data: {type(err).__name__}: {_first_line(err)} {where(edf)}") from None
-        channels.update(zip(raw.ch_names, raw.get_data()))
-    return channels
 
 
 # --------------------------------------------------------------------------
@@ -845,13 +278,13 @@ class RenderJob:
     ----------
     source : RecordingSource
     rows : dict
-        Row name -> :class:`RowChannel`.
+        Row name -> :class:`edf_signals.RowChannel`.
     origin : float
         Start of epoch 1, s from the recording start.
     epoch_numbers : np.ndarray of int64, shape (epochs,)
         1-based epoch numbers to draw, counted from the recording start.
     stages : np.ndarray of int64, shape (epochs,)
-        Stage int per drawn epoch, :data:`UNSCORED` for unlabelled ones.
+        Stage int per drawn epoch, :data:`scored_hypnograms.UNSCORED` for unlabelled ones.
     staging : Path
         Hidden folder the images go to until the run succeeds.
     timing : psg_layout.EpochTiming
@@ -920,7 +353,7 @@ def render_unscored_night(source: RecordingSource, montage_spec: str, out: Path,
     ``stage_edf.py``'s way through a cohort: each night is checked only when
     its turn comes, so a bad one stops only itself. The folder appears whole
     (drawn under a hidden name, then renamed) or not at all. ``montage_spec``
-    is a :func:`load_montage` spec or ``auto``; ``plan_options`` go to
+    is a :func:`montages.load_montage` spec or ``auto``; ``plan_options`` go to
     :func:`plan_recording`.
 
     Raises
@@ -939,151 +372,6 @@ def render_unscored_night(source: RecordingSource, montage_spec: str, out: Path,
     return job.record
 
 
-def unscored_epoch_grid(edf: Path, recording_seconds: float) -> tuple[float, np.ndarray]:
-    """The grid of a recording without hypnogram: every whole 30-s epoch from the first sample.
-
-    Returns
-    -------
-    origin : float
-        0.0 (epoch 1 starts with the recording).
-    stages : np.ndarray of int64, shape (epochs,)
-        :data:`UNSCORED` for each whole epoch.
-
-    Raises
-    ------
-    InputError
-        A recording shorter than one epoch.
-    """
-    epoch_count = int((recording_seconds + GRID_TOLERANCE_SECONDS) // EPOCH_SECONDS)
-    if epoch_count < 1:
-        raise InputError(f"recording is {recording_seconds:g} s long, shorter than one {EPOCH_SECONDS}-s epoch "
-                         f"{where(edf)}")
-    return 0.0, np.full(epoch_count, UNSCORED, dtype=np.int64)
-
-
-def recording_start(edf: Path) -> datetime.datetime | None:
-    """Start date and clock time of a recording as its EDF header states them (no time zone), or None."""
-    start = _read_edf_header(edf).info["meas_date"]
-    return None if start is None else start.replace(tzinfo=None)
-
-
-# --------------------------------------------------------------------------
-# Lights off and lights on: the flags, else the recording's EDF+ annotations
-# --------------------------------------------------------------------------
-# Annotation texts taken as lights off / lights on, compared after lower-casing and dropping spaces,
-# underscores and hyphens: "Lights Off", "lights_off", "LIGHTS-OUT" all match.
-LIGHTS_LABELS = {"off": ("lightsoff", "lightoff", "lightsout", "lightout"), "on": ("lightson", "lighton")}
-CLOCK_PATTERN = re.compile(r"([0-9]{1,2}):([0-9]{2})(?::([0-9]{2}))?")
-
-
-def lights_value(text: str) -> float | datetime.time:
-    """What a ``--lights-off``/``--lights-on`` text says: seconds from the recording start, or a time of day.
-
-    Raises
-    ------
-    ValueError
-        Neither ``HH:MM``/``HH:MM:SS`` (a valid time of day) nor a finite number.
-    """
-    match = CLOCK_PATTERN.fullmatch(text.strip())
-    try:
-        value = datetime.time(*(int(part or 0) for part in match.groups())) if match else float(text)
-    except ValueError:
-        value = math.nan
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"expected a clock time HH:MM or HH:MM:SS, or seconds from the recording start, got {text!r}")
-    return value
-
-
-def lights_seconds(text: str, start: datetime.datetime | None, edf: Path, flag: str) -> float:
-    """Seconds from the recording start of a lights option; a clock time is the first such moment at or after ``start``.
-
-    07:00 after a 22:30 start is the next morning (30,600 s).
-
-    Raises
-    ------
-    InputError
-        A text that is neither form; a clock time when the EDF header gives no start date and time.
-    """
-    try:
-        value = lights_value(text)
-    except ValueError as err:
-        raise InputError(f"{flag}: {err} {where(edf)}") from None
-    if not isinstance(value, datetime.time):
-        return value
-    if start is None:
-        raise InputError(f"{flag} {text} is a clock time, but the EDF header has no start date and time: "
-                         f"give seconds from the recording start {where(edf)}")
-    moment = datetime.datetime.combine(start.date(), value)
-    if moment < start:
-        moment += datetime.timedelta(days=1)
-    return (moment - start).total_seconds()
-
-
-def lights_annotations(edf: Path) -> dict:
-    """The recording's own lights marks: ``{"off": (onset s, text), "on": (onset s, text)}``, each when found.
-
-    Texts match :data:`LIGHTS_LABELS`. With several matches the first lights
-    off and the last lights on count: lights switched on and off again in
-    the night (a trip to the bathroom) stay inside the time in bed. MNE's
-    reader keeps only annotations inside the recording.
-    """
-    annotations = _read_edf_header(edf).annotations
-    found = {}
-    for onset, text in sorted(zip(annotations.onset, annotations.description)):
-        key = re.sub(r"[\s_-]+", "", text).lower()
-        if key in LIGHTS_LABELS["off"]:
-            found.setdefault("off", (float(onset), text.strip()))
-        elif key in LIGHTS_LABELS["on"]:
-            found["on"] = (float(onset), text.strip())
-    return found
-
-
-def resolve_lights(edf: Path, start: datetime.datetime | None, duration: float, lights_off_text: str | None = None,
-                   lights_on_text: str | None = None) -> tuple[float | None, float | None, str | None]:
-    """Lights off and lights on of one recording, s from its start, and where they came from.
-
-    A flag wins over an annotation (:func:`lights_annotations`) for its
-    bound; a bound with neither is None (the recording's start, or end,
-    stands in for it).
-
-    Returns
-    -------
-    (lights_off, lights_on, source)
-        Seconds or None each; ``source`` e.g. ``"--lights-off/--lights-on"``,
-        ``"EDF+ annotations 'Lights off'/'Lights on'"``, None without either.
-
-    Raises
-    ------
-    InputError
-        A malformed flag, a clock time without a start in the header, a time
-        outside 0..``duration``, lights off at or after lights on.
-    """
-    texts = {"off": lights_off_text, "on": lights_on_text}
-    marks = {} if None not in texts.values() else lights_annotations(edf)
-    seconds, flags, labels = {}, [], []
-    for bound, text in texts.items():
-        seconds[bound], origin = None, None
-        if text is not None:
-            seconds[bound], origin = lights_seconds(text, start, edf, f"--lights-{bound}"), f"--lights-{bound} {text}"
-            flags.append(f"--lights-{bound}")
-        elif bound in marks:
-            seconds[bound], label = marks[bound]
-            origin = f"EDF+ annotation {label!r}"
-            labels.append(repr(label))
-        if origin is not None and not 0 <= seconds[bound] <= duration:
-            raise InputError(f"lights {bound} ({origin}) at {seconds[bound]:g} s is outside the recording "
-                             f"(0 to {duration:g} s) {where(edf)}")
-    parts = ["/".join(flags)] if flags else []
-    if labels:
-        parts.append(f"EDF+ annotation{'s' if len(labels) > 1 else ''} {'/'.join(labels)}")
-    source = ", ".join(parts) or None
-    off, on = seconds["off"] or 0.0, duration if seconds["on"] is None else seconds["on"]
-    if off >= on:
-        raise InputError(f"lights off at {off:g} s is at or after lights on at {on:g} s from the recording start "
-                         f"({source}) {where(edf)}")
-    return seconds["off"], seconds["on"], source
-
-
 def plan_recording(source: RecordingSource, montage: Montage, trim_minutes: float | None, out: Path,
                    config: dict, lights_off: str | None = None, lights_on: str | None = None) -> RenderJob:
     """Check one recording completely (header, channels, units, hypnogram, lights) and plan its epochs.
@@ -1091,7 +379,7 @@ def plan_recording(source: RecordingSource, montage: Montage, trim_minutes: floa
     A recording without hypnogram (``source.hypnogram`` None) keeps every
     whole epoch from its first sample, all unlabelled. ``lights_off`` and
     ``lights_on`` are the texts of ``--lights-off``/``--lights-on`` (None:
-    absent); the resolved times (:func:`resolve_lights`) go into the timing
+    absent); the resolved times (:func:`lights.resolve_lights`) go into the timing
     sidecar and ``render_edf.json``.
     """
     rows, duration = resolve_channels(source.edf, montage)

@@ -55,6 +55,12 @@ def where(path: Path | str, row: int | None = None) -> str:
     return f"({path}:{row})" if row is not None else f"({path})"
 
 
+def first_line(err: Exception) -> str:
+    """The first line of a library's error message, for a one-line error."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else "no details"
+
+
 def describe_os_error(err: OSError) -> str:
     """``Permission denied (path)``: the system's reason and the file(s) it concerns, on one line."""
     reason = err.strerror or str(err) or type(err).__name__

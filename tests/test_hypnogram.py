@@ -114,7 +114,7 @@ def test_recording_outputs_and_edf_round_trip(tmp_path):
     import edfio
     import mne
 
-    from render_edf import UNSCORED, read_hypnogram, stages_on_epoch_grid
+    from scored_hypnograms import UNSCORED, read_hypnogram, stages_on_epoch_grid
 
     onsets, before, probabilities = recording_inputs()
     shuffled = np.array([3, 0, 6, 1, 5, 2, 4])  # the outputs come out in epoch order whatever the input order
@@ -146,7 +146,7 @@ def test_recording_outputs_and_edf_round_trip(tmp_path):
     assert (header.startdate, header.starttime, header.num_signals) == (START.date(), START.time(), 0)
     assert header.patient.code == "night1"
 
-    # render_edf reads it back onto the same 30-s grid: the listed stages, epoch 4 unscored
+    # scored_hypnograms reads it back onto the same 30-s grid: the listed stages, epoch 4 unscored
     origin, grid = stages_on_epoch_grid(read_hypnogram(files["edf"]), files["edf"], recording_seconds=ORIGIN + 8 * 30)
     assert origin == pytest.approx(ORIGIN)
     expected = np.full(8, UNSCORED)

@@ -14,10 +14,13 @@ import edfio
 import numpy as np
 import pytest
 
+import edf_signals
+import montages
 import psg_layout
 import render_edf
 import script_io
 from conftest import run_script
+from scored_hypnograms import UNSCORED, StageSegment, epochs_to_keep, read_hypnogram, stages_on_epoch_grid
 from script_io import InputError
 
 START = datetime.time(23, 0, 0)
@@ -266,10 +269,10 @@ def test_channels_arrive_in_the_rows_units(tmp_path):
         "Chin EMG": {"channel": "emg env", "unit": "uV"},   # unit MNE does not know, declared: 12
         "Snore": {"channel": "nowhere", "optional": True},  # absent and optional: empty row
     }}))
-    rows, duration = render_edf.resolve_channels(tmp_path / "units.edf", render_edf.load_montage(str(montage_file)))
+    rows, duration = edf_signals.resolve_channels(tmp_path / "units.edf", montages.load_montage(str(montage_file)))
     assert duration == seconds
     assert set(rows) == {"C3-M2", "C4-M1", "ECG", "SpO2 (85-100 %)", "Flow", "Chin EMG"}
-    loaded = render_edf.load_channels(tmp_path / "units.edf", rows)
+    loaded = edf_signals.load_channels(tmp_path / "units.edf", rows)
     expected = {"C3-M2": 50.0, "C4-M1": 40.0, "ECG": 0.6, "SpO2 (85-100 %)": 93.0, "Flow": 0.8, "Chin EMG": 12.0}
     for row, value in expected.items():
         samples = loaded[rows[row].channel] * rows[row].gain
@@ -278,7 +281,7 @@ def test_channels_arrive_in_the_rows_units(tmp_path):
 
     montage_file.write_text(json.dumps({"rows": {"C3-M2": {"channel": "sat"}}}))
     with pytest.raises(InputError, match=r"channel 'sat' for row 'C3-M2' has unit 'n/a', not a voltage"):
-        render_edf.resolve_channels(tmp_path / "units.edf", render_edf.load_montage(str(montage_file)))
+        edf_signals.resolve_channels(tmp_path / "units.edf", montages.load_montage(str(montage_file)))
 
 
 # --------------------------------------------------------------------------
@@ -308,44 +311,42 @@ def test_nsrr_xml_parses_to_stages(tmp_path):
         ("Stages|Stages", "Unscored|9", 270.0, 30.0), ("Stages|Stages", "Movement|6", 300.0, 30.0),
         ("Stages|Stages", "Wake|0", 330.0, 30.0),
     ]))
-    origin, stages = render_edf.stages_on_epoch_grid(render_edf.read_hypnogram(path), path, recording_seconds=400)
-    u = render_edf.UNSCORED
+    origin, stages = stages_on_epoch_grid(read_hypnogram(path), path, recording_seconds=400)
+    u = UNSCORED
     assert origin == 0
     assert stages.tolist() == [0, 0, 1, 2, 2, 3, 3, 4, 4, u, u, 0, u]  # 13 whole epochs in 400 s
 
     path.write_text(nsrr_xml([("Stages|Stages", "Wake|0", 0, 30), ("Stages|Stages", "Stage 7 sleep|7", 30, 30)]))
     with pytest.raises(InputError, match=r"unknown sleep stage 'Stage 7 sleep\|7' in ScoredEvent 3"):
-        render_edf.read_hypnogram(path)
+        read_hypnogram(path)
     path.write_text('<?xml version="1.0"?><!DOCTYPE a [<!ENTITY x "xxxxxxxx">]><PSGAnnotation>&x;</PSGAnnotation>')
     with pytest.raises(InputError, match="DOCTYPE or ENTITY"):
-        render_edf.read_hypnogram(path)
+        read_hypnogram(path)
 
 
 def test_plain_csv_parses_every_spelling(tmp_path):
     path = tmp_path / "night.hypnogram.csv"
     path.write_text("?\nW\nwake\n0\nN1\n1\nN2\n2\nN3\n3\n4\nR\nREM\n5\nunscored\n\n")
-    origin, stages = render_edf.stages_on_epoch_grid(render_edf.read_hypnogram(path), path, recording_seconds=450)
-    u = render_edf.UNSCORED
+    origin, stages = stages_on_epoch_grid(read_hypnogram(path), path, recording_seconds=450)
+    u = UNSCORED
     assert origin == 0
     assert stages.tolist() == [u, 0, 0, 0, 1, 1, 2, 2, 3, 3, 3, 4, 4, 4, u]
 
 
 def test_grid_follows_the_scorer_and_trimming_keeps_the_margin(tmp_path):
     path = tmp_path / "h.csv"
-    segments = [render_edf.StageSegment(10.0, 60.0, 0, 1), render_edf.StageSegment(70.0, 30.0, 2, 2),
-                render_edf.StageSegment(100.0, 90.0, 0, 3)]
+    segments = [StageSegment(10.0, 60.0, 0, 1), StageSegment(70.0, 30.0, 2, 2),
+                StageSegment(100.0, 90.0, 0, 3)]
     # Epoch 1 starts at 10 s: a 200-s recording holds 6 whole epochs from there.
-    origin, stages = render_edf.stages_on_epoch_grid(segments, path, recording_seconds=200)
+    origin, stages = stages_on_epoch_grid(segments, path, recording_seconds=200)
     assert origin == 10.0
     assert stages.tolist() == [0, 0, 2, 0, 0, 0]
-    assert render_edf.epochs_to_keep(stages, 0.5, path).tolist() == [1, 2, 3]
-    assert render_edf.epochs_to_keep(stages, None, path).tolist() == [0, 1, 2, 3, 4, 5]
+    assert epochs_to_keep(stages, 0.5, path).tolist() == [1, 2, 3]
+    assert epochs_to_keep(stages, None, path).tolist() == [0, 1, 2, 3, 4, 5]
     with pytest.raises(InputError, match="not whole 30-s epochs"):
-        render_edf.stages_on_epoch_grid([render_edf.StageSegment(0.0, 30.0, 0, 1),
-                                         render_edf.StageSegment(45.0, 30.0, 2, 2)], path, 200)
+        stages_on_epoch_grid([StageSegment(0.0, 30.0, 0, 1), StageSegment(45.0, 30.0, 2, 2)], path, 200)
     with pytest.raises(InputError, match="overlaps"):
-        render_edf.stages_on_epoch_grid([render_edf.StageSegment(0.0, 60.0, 0, 1),
-                                         render_edf.StageSegment(30.0, 30.0, 2, 2)], path, 200)
+        stages_on_epoch_grid([StageSegment(0.0, 60.0, 0, 1), StageSegment(30.0, 30.0, 2, 2)], path, 200)
 
 
 def test_pairing_by_archive_naming(tmp_path):
