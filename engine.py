@@ -348,7 +348,6 @@ def _write_run_config(weights_dir: Path, path: Path, config: dict) -> None:
 def _check_resume_config(config: dict, weights_dir: Path) -> None:
     path = run_config_path(weights_dir, config["model_arch"], config["fold"])
     saved = model_set.read_run_config(weights_dir, config["model_arch"], config["fold"])
-    saved["img_size"] = psg_layout.input_shape(saved["img_size"])  # [height, width], or one int (square)
     changed = [f"{key} {saved.get(key)!r} -> {config[key]!r}" for key in RESUME_KEYS if saved.get(key) != config[key]]
     if changed:
         raise InputError(f"--resume with settings that differ from the saved run: {', '.join(changed)} {where(path)}")

@@ -169,7 +169,7 @@ def load_checkpoints(arch: str, epochs, config: dict, weights_dir, fold: int, de
         Checkpoint epochs, in the order they are averaged.
     config : dict
         The training configuration (:func:`model_set.read_run_config`):
-        ``img_size`` and ``num_classes`` (1000: the original's EfficientNet,
+        ``img_size`` ``(height, width)`` and ``num_classes`` (1000: the original's EfficientNet,
         ``--original-defects``; 5 when absent).
     weights_dir : path-like
     fold : int
@@ -179,7 +179,7 @@ def load_checkpoints(arch: str, epochs, config: dict, weights_dir, fold: int, de
     ------
     torch.nn.Module
     """
-    img_size = psg_layout.input_shape(config["img_size"])
+    img_size = config["img_size"]
     classes = config.get("num_classes", NUM_CLASSES)
     for epoch in epochs:
         model = models.create_model(arch, img_size, classes)
@@ -200,8 +200,8 @@ def checkpoint_probabilities(checkpoints, config: dict, args, inputs: dict, devi
     checkpoints : iterable of torch.nn.Module
         The models (:func:`load_checkpoints`), summed in this order.
     config : dict
-        Their training configuration: ``img_size`` [height, width] (one int
-        for a square input in configurations of before) and ``resize``.
+        Their training configuration (:func:`model_set.read_run_config`):
+        ``img_size`` ``(height, width)`` and ``resize``.
     args : argparse.Namespace
         This script's options (``tta``, ``batch_size``, ``workers``,
         ``data_root``, ``amp``, ``quiet``, ``no_cache``, ``cache_dir``).
@@ -216,7 +216,7 @@ def checkpoint_probabilities(checkpoints, config: dict, args, inputs: dict, devi
     dict
         Split name -> np.ndarray of float32, shape (len(rows), 5).
     """
-    img_size = psg_layout.input_shape(config["img_size"])
+    img_size = config["img_size"]
     amp = models.resolve_amp(args.amp, device)
     progress = models.progress_enabled(args.quiet)
     sums = {split: np.zeros((len(rows), NUM_CLASSES)) for split, (_, rows) in inputs.items()}

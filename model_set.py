@@ -78,12 +78,12 @@ def read_run_config(weights_dir: Path | str, arch: str, fold: int) -> dict:
     Returns
     -------
     dict
-        At least ``model_arch`` (str), ``img_size`` (``[height, width]``
-        in pixels, or one int for a square input in configurations written
-        before inputs could be non-square: read it with
-        :func:`psg_layout.input_shape`) and ``num_classes`` (int), plus
+        At least ``model_arch`` (str), ``img_size`` (``(height, width)`` in
+        pixels, also from configurations written before inputs could be
+        non-square, which saved one int) and ``num_classes`` (int), plus
         every resolved training option; the :data:`ADDED_SETTINGS` a
-        configuration written before them lacks, with their values of then.
+        configuration written before them lacks, with their values of then:
+        the one place older configurations are brought up to date.
 
     Raises
     ------
@@ -100,8 +100,8 @@ def read_run_config(weights_dir: Path | str, arch: str, fold: int) -> dict:
     missing = [key for key in ("model_arch", "img_size", "num_classes") if key not in config]
     if missing:
         raise InputError(f"configuration lacks {', '.join(missing)} {where(path)}")
-    try:
-        psg_layout.input_shape(config["img_size"])
+    try:  # one int (square) in configurations written before inputs could be non-square
+        config["img_size"] = psg_layout.input_shape(config["img_size"])
     except InputError:
         raise InputError(f"configuration's img_size is not one or two sizes in pixels: {config['img_size']!r} "
                          f"{where(path)}") from None

@@ -214,7 +214,9 @@ def test_each_trainer_records_its_geometry_and_caches_at_it(tiny_data, non_squar
     weights = non_square_runs
     for arch, shape in ((VIT, VIT_SHAPE), (EFF, EFF_SHAPE)):
         config = model_set.read_run_config(weights, arch, 0)
-        assert config["img_size"] == list(shape) and config["resize"] == RESIZES[arch]
+        saved = json.loads(model_set.run_config_path(weights, arch, 0).read_text())
+        assert saved["img_size"] == list(shape) and config["img_size"] == tuple(shape)  # saved [h, w], read (h, w)
+        assert config["resize"] == RESIZES[arch]
         folder = image_cache.cache_folder(weights.parent / "cache", tiny_data, shape, RESIZES[arch])
         arrays = sorted(folder.glob("*.npy"))
         suffix = "-area" if RESIZES[arch] == "area" else ""
