@@ -68,6 +68,7 @@ from pathlib import Path
 import numpy as np
 
 import model_set
+import epoch_timing
 import psg_layout
 import script_io
 import signal_quality
@@ -256,7 +257,7 @@ def place_recordings(data_root: str, test: psg_layout.EpochTable) -> dict:
     -------
     dict
         ID -> ``(rows, epoch_numbers, timing, quality)``: int64 arrays (CSV
-        order), its :class:`psg_layout.EpochTiming` (sidecar, or the plain
+        order), its :class:`epoch_timing.EpochTiming` (sidecar, or the plain
         grid) and its :class:`signal_quality.EpochQuality` (sidecar; None
         without one).
 
@@ -281,11 +282,11 @@ def place_recordings(data_root: str, test: psg_layout.EpochTable) -> dict:
                 numbers.append(psg_layout.epoch_number_of(test.idnums[row]))
             except InputError as err:
                 raise InputError(f"{err} {where(test.path, row + 1)}") from None
-        timing = psg_layout.read_epoch_timing(data_root, recording_id, numbers)
+        timing = epoch_timing.read_epoch_timing(data_root, recording_id, numbers)
         # checked here, before anything is written, rather than when the recording's outputs are
         if not hypnogram.in_lights_period(timing.onsets(numbers), timing.epoch_seconds, timing.lights_off,
                                           timing.lights_on).any():
-            sidecar = psg_layout.timing_path(Path(data_root) / recording_id, recording_id)
+            sidecar = epoch_timing.timing_path(Path(data_root) / recording_id, recording_id)
             raise InputError(f"no listed epoch of recording {recording_id} lies between lights off and lights on "
                              f"({timing.lights_source}) {where(sidecar)}")
         epochs[recording_id] = (np.array(rows, dtype=np.int64), np.array(numbers, dtype=np.int64), timing,

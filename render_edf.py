@@ -15,7 +15,7 @@ recording start, so a file maps back to its time even after trimming),
 done to that recording), ``DATA/<ID>/<ID>.timing.json`` (the timing sidecar:
 the recording's start date and clock time from the EDF header, the epoch
 length, the start of epoch 1, the epoch number of every image, lights off
-and lights on; see ``psg_layout.EpochTiming``), ``DATA/<ID>/<ID>.quality.json``
+and lights on; see ``epoch_timing.EpochTiming``), ``DATA/<ID>/<ID>.quality.json``
 (the signal quality sidecar: flat, clipped and missing rows per epoch and
 the recording's warnings, which are also printed as ``warning: <ID>: ...``;
 see ``signal_quality.py``) and appends ``ID,IDnum,label`` rows to
@@ -61,6 +61,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+import epoch_timing
 import psg_layout
 import script_io
 import signal_quality
@@ -287,7 +288,7 @@ class RenderJob:
         Stage int per drawn epoch, :data:`scored_hypnograms.UNSCORED` for unlabelled ones.
     staging : Path
         Hidden folder the images go to until the run succeeds.
-    timing : psg_layout.EpochTiming
+    timing : epoch_timing.EpochTiming
         Saved as the recording's timing sidecar.
     record : dict
         The resolved configuration and facts saved as ``render_edf.json``.
@@ -301,7 +302,7 @@ class RenderJob:
     epoch_numbers: np.ndarray
     stages: np.ndarray
     staging: Path
-    timing: psg_layout.EpochTiming
+    timing: epoch_timing.EpochTiming
     record: dict = field(default_factory=dict)
     missing: tuple = ()
 
@@ -340,7 +341,7 @@ def render_recording(job: RenderJob, progress=None) -> list[str]:
             progress.put(1)
     with script_io.atomic_path(job.staging / "render_edf.json") as tmp:
         tmp.write_text(json.dumps(job.record, indent=2) + "\n")
-    psg_layout.write_epoch_timing(job.staging, job.timing)
+    epoch_timing.write_epoch_timing(job.staging, job.timing)
     found = quality.result()
     signal_quality.write_quality(job.staging, found)
     return list(found.warnings)
@@ -418,7 +419,7 @@ def plan_recording(source: RecordingSource, montage: Montage, trim_minutes: floa
         "rows_missing": list(missing),
     }
     staging = out / f".{source.recording_id}.render-partial"
-    timing = psg_layout.EpochTiming(source.recording_id, start, float(EPOCH_SECONDS), origin,
+    timing = epoch_timing.EpochTiming(source.recording_id, start, float(EPOCH_SECONDS), origin,
                                     tuple(int(n) for n in epoch_numbers), *lights)
     return RenderJob(source, rows, origin, epoch_numbers, stages[keep], staging, timing, record, missing)
 

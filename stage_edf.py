@@ -67,6 +67,7 @@ from tqdm import tqdm
 import blend
 import model_set
 import postprocess
+import epoch_timing
 import psg_layout
 import script_io
 from output_names import submission_path
@@ -321,7 +322,7 @@ def write_test_csv(data: Path, recording_ids: list) -> None:
     """The chunk's data root CSV: every drawn epoch of each night, in epoch order."""
     rows = []
     for recording_id in recording_ids:
-        timing = psg_layout.read_epoch_timing(data, recording_id, ())
+        timing = epoch_timing.read_epoch_timing(data, recording_id, ())
         rows += [[recording_id, psg_layout.image_name(recording_id, n)] for n in timing.epoch_numbers]
     script_io.write_csv_rows(data / psg_layout.TEST_CSV, rows)
 

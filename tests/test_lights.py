@@ -13,6 +13,7 @@ import pytest
 
 import lights
 import postprocess
+import epoch_timing
 import psg_layout
 import render_edf
 import script_io
@@ -109,14 +110,14 @@ def test_no_epoch_in_the_lights_period_is_refused_before_writing(tmp_path):
 # The timing sidecar
 # --------------------------------------------------------------------------
 def test_sidecar_round_trip_and_older_sidecars(tmp_path):
-    timing = psg_layout.EpochTiming("N1", START, 30.0, 0.0, (1, 2, 3), 45.0, 255.5, "--lights-off/--lights-on")
-    path = psg_layout.write_epoch_timing(tmp_path / "N1", timing)
-    assert psg_layout.read_epoch_timing(tmp_path, "N1", [1, 2]) == timing
+    timing = epoch_timing.EpochTiming("N1", START, 30.0, 0.0, (1, 2, 3), 45.0, 255.5, "--lights-off/--lights-on")
+    path = epoch_timing.write_epoch_timing(tmp_path / "N1", timing)
+    assert epoch_timing.read_epoch_timing(tmp_path, "N1", [1, 2]) == timing
     document = json.loads(path.read_text())
     for key in ("lights_off", "lights_on", "lights_source"):
         del document[key]
     path.write_text(json.dumps(document))  # as written before lights times were recorded
-    old = psg_layout.read_epoch_timing(tmp_path, "N1", [1])
+    old = epoch_timing.read_epoch_timing(tmp_path, "N1", [1])
     assert (old.lights_off, old.lights_on, old.lights_source, old.start) == (None, None, None, START)
 
     for bad, message in (({"lights_off": "late"}, "seconds >= 0 or null, got 'late'"),
@@ -125,7 +126,7 @@ def test_sidecar_round_trip_and_older_sidecars(tmp_path):
                          ({"lights_source": 7}, "lights_source must be text")):
         path.write_text(json.dumps({**document, **bad}))
         with pytest.raises(InputError, match=f"not an epoch timing file .*{message}.*N1.timing.json"):
-            psg_layout.read_epoch_timing(tmp_path, "N1", [1])
+            epoch_timing.read_epoch_timing(tmp_path, "N1", [1])
 
 
 # --------------------------------------------------------------------------
@@ -156,8 +157,8 @@ def test_annotations_and_flags_give_the_same_lights(tmp_path):
                                              (255, "lights on"), (260, "lights dimmed")])
     render(edf, tmp_path / "A")
     render(edf, tmp_path / "B", "--lights-off", "22:30:45", "--lights-on", "255")
-    from_annotations = psg_layout.read_epoch_timing(tmp_path / "A", "NIGHT", [1])
-    from_flags = psg_layout.read_epoch_timing(tmp_path / "B", "NIGHT", [1])
+    from_annotations = epoch_timing.read_epoch_timing(tmp_path / "A", "NIGHT", [1])
+    from_flags = epoch_timing.read_epoch_timing(tmp_path / "B", "NIGHT", [1])
     assert (from_annotations.lights_off, from_annotations.lights_on) == (from_flags.lights_off, from_flags.lights_on) \
         == (45.0, 255.0)
     assert from_annotations.lights_source == "EDF+ annotations 'Lights Off'/'lights on'"
@@ -211,7 +212,7 @@ def test_lights_errors_are_one_line_naming_the_file(tmp_path):
 def test_postprocess_takes_the_lights_from_the_sidecar(tmp_path):
     data = tmp_path / "DATA"
     script_io.write_csv_rows(data / psg_layout.TEST_CSV, [("N", psg_layout.image_name("N", n)) for n in range(1, 13)])
-    psg_layout.write_epoch_timing(data / "N", psg_layout.EpochTiming(
+    epoch_timing.write_epoch_timing(data / "N", epoch_timing.EpochTiming(
         "N", START, 30.0, 0.0, tuple(range(1, 13)), 90.0, 300.0, "EDF+ annotations 'Lights off'/'Lights on'"))
     test = psg_layout.read_epoch_csv(data / psg_layout.TEST_CSV, with_labels=False)
     stages = np.array(NIGHT)
@@ -220,7 +221,7 @@ def test_postprocess_takes_the_lights_from_the_sidecar(tmp_path):
     assert statistics["N"]["TIB"] == 3.5 and statistics["N"]["SOL"] == 1.0
     assert statistics["N"]["lights_source"] == "EDF+ annotations 'Lights off'/'Lights on'"
 
-    psg_layout.write_epoch_timing(data / "N", psg_layout.EpochTiming(  # lights on before epoch 1's midpoint
+    epoch_timing.write_epoch_timing(data / "N", epoch_timing.EpochTiming(  # lights on before epoch 1's midpoint
         "N", START, 30.0, 0.0, tuple(range(1, 13)), None, 10.0, "--lights-on"))
     with pytest.raises(InputError, match=r"no listed epoch of recording N lies between lights off and lights on "
                                          r"\(--lights-on\) \(.*N.timing.json\)"):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import postprocess
+import epoch_timing
 import psg_layout
 import oracles
 import script_io
@@ -433,7 +434,7 @@ def test_per_recording_outputs_map_epochs_to_time(tmp_path):
     rows = [("RECa", psg_layout.image_name("RECa", n)) for n in (3, 4, 5, 6, 7)]
     rows += [("RECb", psg_layout.image_name("RECb", n)) for n in (1, 2, 3, 4)]
     script_io.write_csv_rows(data / psg_layout.TEST_CSV, rows)
-    psg_layout.write_epoch_timing(data / "RECa", psg_layout.EpochTiming(
+    epoch_timing.write_epoch_timing(data / "RECa", epoch_timing.EpochTiming(
         "RECa", datetime.datetime(2023, 12, 31, 23, 59, 40), 30.0, 10.0, tuple(range(1, 10))))
     blend_csv = out_dir / "filesblend_sqrt_[4]_[1].csv"
     before = "22R22" + "W12R"  # rule 2 makes a's REM N2; nothing matches in b
@@ -487,7 +488,7 @@ def test_per_recording_outputs_map_epochs_to_time(tmp_path):
 
     # a broken timing sidecar is found before anything is written
     np.save(blend_csv.with_suffix(".npy"), probabilities)
-    psg_layout.timing_path(data / "RECa", "RECa").write_text("{}")
+    epoch_timing.timing_path(data / "RECa", "RECa").write_text("{}")
     broken = run_script("postprocess.py", "--data-root", data, "--in", blend_csv, "--out", tmp_path / "new.csv",
                         "--recordings-out", tmp_path / "new", check=False)
     assert broken.returncode == 2 and broken.stderr.count("\n") == 1 and "not an epoch timing file" in broken.stderr

@@ -16,6 +16,7 @@ import pytest
 
 import edf_signals
 import montages
+import epoch_timing
 import psg_layout
 import render_edf
 import script_io
@@ -507,7 +508,7 @@ def test_unscored_recording_renders_every_whole_epoch_with_its_timing(tmp_path):
     assert table.idnums == [f"NIGHT1_{n:04d}.png" for n in range(1, 21)]
     assert not (out / psg_layout.TEST_LABELS_CSV).exists() and not (out / psg_layout.TRAIN_CSV).exists()
 
-    timing = psg_layout.read_epoch_timing(out, "NIGHT1", range(1, 21))
+    timing = epoch_timing.read_epoch_timing(out, "NIGHT1", range(1, 21))
     assert timing.start == start and timing.origin_seconds == 0 and timing.epoch_seconds == 30
     assert timing.epoch_numbers == tuple(range(1, 21))
     np.testing.assert_array_equal(timing.onsets([1, 2, 20]), [0.0, 30.0, 570.0])
@@ -529,7 +530,7 @@ def test_scorer_grid_that_starts_after_the_first_sample(tmp_path):
     # epoch 1 starts 10 s into the recording; 9 whole epochs fit in the remaining 290 s, 8 of them scored
     answers = psg_layout.read_epoch_csv(out / psg_layout.TEST_LABELS_CSV, with_labels=True)
     assert [psg_layout.epoch_number_of(i) for i in answers.idnums] == list(range(1, 9))
-    timing = psg_layout.read_epoch_timing(out, "late", range(1, 9))
+    timing = epoch_timing.read_epoch_timing(out, "late", range(1, 9))
     assert timing.origin_seconds == 10.0 and timing.start == start and timing.epoch_numbers == tuple(range(1, 10))
     np.testing.assert_array_equal(timing.onsets([1, 2, 9]), [10.0, 40.0, 250.0])
     for n in (1, 5, 9):
@@ -537,17 +538,17 @@ def test_scorer_grid_that_starts_after_the_first_sample(tmp_path):
 
 
 def test_timing_without_sidecar_and_broken_sidecars(tmp_path):
-    timing = psg_layout.read_epoch_timing(tmp_path, "SYN", [3, 4, 10])
+    timing = epoch_timing.read_epoch_timing(tmp_path, "SYN", [3, 4, 10])
     assert timing.start is None and timing.epoch_numbers == (3, 4, 10)
     np.testing.assert_array_equal(timing.onsets(timing.epoch_numbers), [60.0, 90.0, 270.0])
-    written = psg_layout.write_epoch_timing(tmp_path / "SYN", psg_layout.EpochTiming(
+    written = epoch_timing.write_epoch_timing(tmp_path / "SYN", epoch_timing.EpochTiming(
         "SYN", datetime.datetime(2020, 1, 2, 3, 4, 5), 30.0, 12.5, (1, 2, 3)))
-    assert psg_layout.read_epoch_timing(tmp_path, "SYN", [2]).onsets([2]).tolist() == [42.5]
+    assert epoch_timing.read_epoch_timing(tmp_path, "SYN", [2]).onsets([2]).tolist() == [42.5]
     with pytest.raises(InputError, match=r"lacks epoch\(s\) \[4\]"):
-        psg_layout.read_epoch_timing(tmp_path, "SYN", [3, 4])
+        epoch_timing.read_epoch_timing(tmp_path, "SYN", [3, 4])
     written.write_text('{"recording_id": "SYN", "start": "yesterday"}')
     with pytest.raises(InputError, match="not an epoch timing file"):
-        psg_layout.read_epoch_timing(tmp_path, "SYN", [1])
+        epoch_timing.read_epoch_timing(tmp_path, "SYN", [1])
     with pytest.raises(InputError, match="is not <ID>_NNNN.png"):
         psg_layout.epoch_number_of("SYN_12.png")
 
