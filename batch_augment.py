@@ -1,22 +1,25 @@
-"""The original's augmentation recipe, applied to whole batches on the model's device.
+"""The original's augmentation recipe, applied to whole batches on the model's device: one way to finish a batch.
 
 - the hole and box placement both paths share (the recipe's constants,
   ImageNet normalisation, the two dropouts, FMix and CutMix, are in
   :mod:`recipe`);
-- :func:`finish_batch`: a batch of uint8 pixels from the image cache and the
-  random plan of its augmentation (drawn by
-  :class:`loader_vit_rgb.CachedTrainBatches`) made into model input on the
-  model's device: normalisation, the two dropouts, FMix with torch masks and
+- :class:`BatchPlan`, the random plan of a training batch's augmentation,
+  drawn by :func:`draw_plan` (the only place that draws it, from the
+  batch's generator) and carried with the batch's uint8 pixels in a
+  :class:`CachedBatch` (made by :mod:`cached_batches`);
+- :func:`finish_batch`: a batch made into model input on the model's
+  device: normalisation, the two dropouts, FMix with torch masks and
   CutMix, with the per-sample path's distributions and, without
-  augmentation, its tensors to the bit.
+  augmentation (a batch whose plan is None: validation, inference), its
+  tensors to the bit; :func:`device_batches`: every batch of a loader
+  through it, the one way training, validation and inference batches
+  reach a model.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
-import math
 import os
-import uuid
-import weakref
 
 # albumentations asks the package index for a newer version at import unless told not to:
 # the project never touches the network by itself.
@@ -28,8 +31,11 @@ import torch.nn.functional as F
 
 import fmix
 import psg_layout
-from recipe import DROPOUT_HOLE_PIXELS, DROPOUT_HOLES, FMIX_DECAY_POWER, FMIX_MAX_SOFT, IMAGENET_MEAN, IMAGENET_STD
+from recipe import (CUTMIX_ALPHA, CUTMIX_LAMBDA_RANGE, CUTMIX_PROBABILITY, DROPOUT_HOLE_PIXELS, DROPOUT_HOLES,
+                    FMIX_ALPHA, FMIX_DECAY_POWER, FMIX_LAMBDA_RANGE, FMIX_MAX_SOFT, FMIX_PROBABILITY, IMAGENET_MEAN,
+                    IMAGENET_STD)
 from psg_layout import input_shape
+from worker_transport import WorkerBlocks, iterate_batches, map_tensors
 
 # From this many pixels a sample, the CPU augments a batch one sample at a time (_augmented_rows): its
 # planes then stay in the CPU's cache. Below, the whole batch at once is faster (one sample's work is
@@ -62,7 +68,146 @@ def cutmix_box(shape: tuple[int, int], lam: float, rng: np.random.Generator) -> 
     return int(top), int(bottom), int(left), int(right)
 
 
+# --------------------------------------------------------------------------
+# A batch's random plan, and the batch that carries it
+# --------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True, eq=False)
+class BatchPlan:
+    """Everything random about a cached training batch's augmentation, drawn by :func:`draw_plan`.
 
+    The batch has ``count`` samples; its members (``n``) are those
+    samples, then the ``m`` FMix partners, then the ``k`` CutMix partners
+    (``n = count + m + k``), in :attr:`CachedBatch.pixels` order. The
+    per-sample path's distributions: see :func:`draw_plan`.
+
+    Attributes
+    ----------
+    dropout : torch.Tensor of bool, shape (n, 2)
+        Whether each member's CoarseDropout (column 0) and Cutout (column 1) applies.
+    corners : torch.Tensor of int64, shape (n, 2, DROPOUT_HOLES, 2)
+        (top, left) in pixels of each hole of each member's two dropouts
+        (``DROPOUT_HOLE_PIXELS`` square, clipped at the bottom and right borders).
+    fmix_rows : torch.Tensor of int64, shape (m,)
+        The samples (0 .. count - 1) FMix mixes, in order; the ``i``-th
+        one's partner is member ``count + i``.
+    fmix_lams : torch.Tensor of float64, shape (m,)
+        Their FMix lambda (the share of their own pixels the mask keeps, before rounding to whole pixels).
+    cutmix_rows : torch.Tensor of int64, shape (k,)
+        The samples CutMix mixes, in order (after FMix); the ``j``-th one's partner is member ``count + m + j``.
+    cutmix_boxes : torch.Tensor of int64, shape (k, 4)
+        The partner's box in pixels: (top, bottom, left, right), bottom and right exclusive.
+    noise_seed : int
+        Seed of the generator of the FMix masks, drawn where the batch is finished (:func:`draw_fmix_masks`).
+    fmix_spectrum : {"original", "isotropic"}
+        The FMix masks' spectrum (:mod:`fmix`).
+    integer_targets : bool
+        The original's integer mixed targets (``--original-defects``, see
+        :class:`loader_vit_rgb.EpochImageDataset`).
+    """
+
+    dropout: torch.Tensor
+    corners: torch.Tensor
+    fmix_rows: torch.Tensor
+    fmix_lams: torch.Tensor
+    cutmix_rows: torch.Tensor
+    cutmix_boxes: torch.Tensor
+    noise_seed: int
+    fmix_spectrum: str
+    integer_targets: bool
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class CachedBatch:
+    """A batch of uint8 pixels from the image cache, not yet finished (:func:`finish_batch` finishes it).
+
+    Attributes
+    ----------
+    pixels : torch.Tensor of uint8, shape (n, C, H, W)
+        The members' images, C 1 (grey) or 3: the batch's samples, then
+        (for training) the partners its :attr:`plan` mixes in.
+    labels : torch.Tensor of int64, shape (n,), or None
+        Each member's stage; None for unlabelled (test) rows.
+    plan : BatchPlan or None
+        The augmentation; None: no augmentation (validation and inference:
+        normalisation alone).
+    """
+
+    pixels: torch.Tensor
+    labels: torch.Tensor | None
+    plan: BatchPlan | None
+
+    def to(self, device: torch.device) -> CachedBatch:
+        """This batch with every tensor (the plan's too) on ``device``."""
+        return map_tensors(self, lambda tensor: tensor.to(device, non_blocking=True))
+
+    def pin_memory(self) -> CachedBatch:
+        """This batch with every tensor in pinned memory (DataLoader calls it with ``pin_memory=True``)."""
+        return map_tensors(self, torch.Tensor.pin_memory)
+
+
+def draw_plan(rng: np.random.Generator, count: int, population: int, shape: tuple[int, int], *,
+              fmix_enabled: bool, cutmix_enabled: bool, dropout_probability: float, fmix_spectrum: str,
+              integer_targets: bool) -> tuple[np.ndarray, BatchPlan]:
+    """The random plan of a training batch of ``count`` samples, from ``rng`` (the batch's generator).
+
+    With the per-sample path's distributions: per sample FMix with
+    probability ``FMIX_PROBABILITY``, lambda ~ Beta(1, 1) clipped to
+    ``FMIX_LAMBDA_RANGE`` and a partner uniform over the ``population``;
+    the same for CutMix when enabled, with its box (:func:`cutmix_box`);
+    per member (the samples and every partner) each of the two dropouts
+    with ``dropout_probability``, the CoarseDropout's hole corners uniform
+    over the positions where a hole fits (rows over the height, columns
+    over the width, as albumentations 1.0), the Cutout's from centres
+    uniform over the image (:func:`cutout_corners`). The FMix masks
+    themselves are drawn where the batch is finished, from ``noise_seed``.
+
+    Parameters
+    ----------
+    rng : np.random.Generator
+        Drawn from in a fixed order (that order is part of every run's numbers).
+    count : int
+        Samples of the batch.
+    population : int
+        Training samples the partners are drawn from (0 .. population - 1).
+    shape : (int, int)
+        The images' (height, width) in pixels.
+    fmix_enabled, cutmix_enabled : bool
+    dropout_probability : float
+    fmix_spectrum : {"original", "isotropic"}
+    integer_targets : bool
+        See :class:`BatchPlan`.
+
+    Returns
+    -------
+    partners : np.ndarray of int64, shape (m + k,)
+        The FMix partners, then the CutMix partners (samples of the population), to read after the batch's own.
+    plan : BatchPlan
+    """
+    fmix_on = fmix_enabled & (rng.random(count) < FMIX_PROBABILITY)
+    fmix_lams = np.clip(rng.beta(FMIX_ALPHA, FMIX_ALPHA, count), *FMIX_LAMBDA_RANGE)[fmix_on]
+    fmix_partners = rng.integers(population, size=count)[fmix_on]
+    cutmix_on = cutmix_enabled & (rng.random(count) < CUTMIX_PROBABILITY)
+    cutmix_lams = np.clip(rng.beta(CUTMIX_ALPHA, CUTMIX_ALPHA, count), *CUTMIX_LAMBDA_RANGE)[cutmix_on]
+    cutmix_partners = rng.integers(population, size=count)[cutmix_on]
+    boxes = np.array([cutmix_box(shape, lam, rng) for lam in cutmix_lams], dtype=np.int64)
+    members = count + len(fmix_partners) + len(cutmix_partners)
+    holes = (members, DROPOUT_HOLES, 2)  # (top, left): rows drawn over the height, columns over the width
+    size = np.array(shape)
+    corners = np.stack([rng.integers(0, size - DROPOUT_HOLE_PIXELS + 1, size=holes),  # CoarseDropout
+                        cutout_corners(rng.integers(0, size + 1, size=holes))], axis=1)  # Cutout
+    dropout = rng.random((members, 2)) < dropout_probability
+    noise_seed = int(rng.integers(2**62))
+    plan = BatchPlan(dropout=torch.from_numpy(dropout), corners=torch.from_numpy(corners),
+                     fmix_rows=torch.from_numpy(np.flatnonzero(fmix_on)), fmix_lams=torch.from_numpy(fmix_lams),
+                     cutmix_rows=torch.from_numpy(np.flatnonzero(cutmix_on)),
+                     cutmix_boxes=torch.from_numpy(boxes.reshape(-1, 4)), noise_seed=noise_seed,
+                     fmix_spectrum=fmix_spectrum, integer_targets=integer_targets)
+    return np.concatenate([fmix_partners, cutmix_partners]), plan
+
+
+# --------------------------------------------------------------------------
+# Finishing a batch
+# --------------------------------------------------------------------------
 @functools.lru_cache(maxsize=None)
 def _normalisation(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """albumentations Normalize's own float32 constants: pixel mean and 1 / (std * 255), shape (1, 3, 1, 1)."""
@@ -70,135 +215,6 @@ def _normalisation(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     mean = torch.tensor(normalize.mean_np, dtype=torch.float32, device=device).view(1, 3, 1, 1)
     scale = torch.tensor(normalize.denominator, dtype=torch.float32, device=device).view(1, 3, 1, 1)
     return mean, scale
-
-
-def _shared_images(shape: tuple[int, int, int, int], memory_format: torch.memory_format,
-                   storage: torch.UntypedStorage | None = None) -> torch.Tensor:
-    """An uninitialised float32 batch in ``storage``, or in a new block of shared memory."""
-    strides = torch.empty(shape, device="meta", memory_format=memory_format).stride()
-    if storage is None:
-        storage = torch.UntypedStorage._new_shared(math.prod(shape) * 4)
-    return torch.empty(0, dtype=torch.float32).set_(storage, 0, shape, strides)
-
-
-class WorkerBlocks:
-    """Shared memory for the batches finished in a DataLoader's workers, reused once the training process lets go.
-
-    A batch finished in a worker travels to the training process in shared
-    memory; made there from the start, it is sent without a copy. A new
-    block for every batch costs about as much as the batch's whole
-    augmentation at 224 px: creating and mapping 19 MB, then a page fault
-    for every 4 KiB of it (26 of a worker's 57 ms a batch, see
-    docs/speed.md), where refilling a block the worker already holds costs 3 ms. So each
-    worker keeps up to :attr:`SLOTS` blocks and refills one that the
-    training process no longer uses. ``flags`` (shared, one row per worker)
-    holds 1 for a block from the moment its worker takes it until no tensor
-    of the training process shares it any more: a finalizer on the storage
-    there clears it (see :func:`_received_images`). A batch that never
-    arrives (a pass broken off, a worker stopped) keeps its block taken;
-    when none is free the worker uses a new block once, as without reuse.
-
-    Made in the training process before the workers start (the dataset
-    carries it to them); outside a worker batches use ordinary memory.
-    """
-
-    SLOTS = 6
-
-    def __init__(self, workers: int):
-        self.flags = torch.zeros((max(workers, 1), self.SLOTS), dtype=torch.uint8).share_memory_()
-        self.token = uuid.uuid4().hex  # how a received batch finds these flags in the training process
-        _BLOCK_FLAGS[self.token] = self.flags
-        self._storages: dict[int, torch.UntypedStorage] = {}  # slot -> block, in a worker
-
-    def __getstate__(self) -> dict:
-        return {"flags": self.flags, "token": self.token, "_storages": {}}
-
-    def empty(self, shape: tuple[int, int, int, int], memory_format: torch.memory_format) -> torch.Tensor:
-        """An uninitialised float32 batch: in a worker, in one of its shared blocks (or a new one)."""
-        worker = torch.utils.data.get_worker_info()
-        if worker is None:
-            return torch.empty(shape, memory_format=memory_format)
-        if worker.id >= len(self.flags):
-            return _shared_images(shape, memory_format)
-        nbytes = math.prod(shape) * 4
-        for slot, taken in enumerate(self.flags[worker.id].tolist()):
-            if taken:
-                continue
-            storage = self._storages.get(slot)
-            if storage is None or storage.nbytes() < nbytes:
-                storage = self._storages[slot] = torch.UntypedStorage._new_shared(nbytes)
-            self.flags[worker.id, slot] = 1
-            return _shared_images(shape, memory_format, storage)
-        return _shared_images(shape, memory_format)
-
-    def pooled(self, images: torch.Tensor):
-        """``images`` as a worker sends them: in a block of the pool, one that frees itself after use."""
-        pointer = images.untyped_storage().data_ptr()
-        for slot, storage in self._storages.items():
-            if storage.data_ptr() == pointer:
-                return _PooledImages(images, self.token, torch.utils.data.get_worker_info().id * self.SLOTS + slot)
-        return images
-
-
-# WorkerBlocks' flags by token, in the training process (forgotten with their blocks).
-_BLOCK_FLAGS: weakref.WeakValueDictionary[str, torch.Tensor] = weakref.WeakValueDictionary()
-
-
-class _PooledImages:
-    """A worker's batch in a pooled block; unpickled in the training process as the plain tensor."""
-
-    def __init__(self, images: torch.Tensor, token: str, index: int):
-        self.images, self.token, self.index = images, token, index
-
-    def __reduce__(self):
-        return _received_images, (self.images, self.token, self.index)
-
-
-def _received_images(images: torch.Tensor, token: str, index: int) -> torch.Tensor:
-    """In the training process: ``images``, whose block is marked free again once its storage is gone."""
-    flags = _BLOCK_FLAGS.get(token)
-    if flags is not None:
-        weakref.finalize(images.untyped_storage(), _free_block, flags, index)
-    return images
-
-
-def _free_block(flags: torch.Tensor, index: int) -> None:
-    flags.view(-1)[index] = 0
-
-
-class _InlineTensor:
-    """A small tensor that a worker sends by value (unpickled as a tensor).
-
-    Every tensor a worker returns otherwise travels in a shared-memory
-    block of its own, created, mapped and passed as a file descriptor:
-    for a batch's labels, plan and targets, more than their bytes cost.
-    """
-
-    def __init__(self, tensor: torch.Tensor):
-        self.tensor = tensor
-
-    def __reduce__(self):
-        return torch.from_numpy, (self.tensor.numpy(),)
-
-
-def sendable(item, blocks: WorkerBlocks | None):
-    """A loader item as a DataLoader worker returns it; unchanged outside a worker.
-
-    Images (``pixels`` of a batch left for the model's device, or finished
-    images) travel in shared memory, finished images in ``blocks`` when
-    given; every other tensor by value.
-    """
-    if torch.utils.data.get_worker_info() is None:
-        return item
-    if isinstance(item, dict):
-        return {key: _InlineTensor(value) if torch.is_tensor(value) and key != "pixels" else value
-                for key, value in item.items()}
-    images, *others = item if isinstance(item, (list, tuple)) else (item,)
-    if blocks is not None:
-        images = blocks.pooled(images)
-    if not others:
-        return images
-    return (images, *(_InlineTensor(other) for other in others))
 
 
 def _empty_images(shape: tuple[int, int, int, int], device: torch.device, memory_format: torch.memory_format,
@@ -286,15 +302,15 @@ def _mix(planes, rows, partners, weight) -> None:
         torch.lerp(planes[partner], planes[row], row_weight, out=planes[row])
 
 
-def _cutmix_outside(batch: dict, height: int, width: int) -> torch.Tensor:
+def _cutmix_outside(plan: BatchPlan, height: int, width: int) -> torch.Tensor:
     """bool (k, H, W): True outside each CutMix row's box (the sample's own pixels)."""
-    device = batch["cutmix_boxes"].device
+    device = plan.cutmix_boxes.device
     rows, cols = torch.arange(height, device=device), torch.arange(width, device=device)
-    top, bottom, left, right = (batch["cutmix_boxes"][:, i, None] for i in range(4))
+    top, bottom, left, right = (plan.cutmix_boxes[:, i, None] for i in range(4))
     return ~(((rows >= top) & (rows < bottom))[:, :, None] & ((cols >= left) & (cols < right))[:, None, :])
 
 
-def _mixes(batch: dict, count: int, height: int, width: int) -> list[tuple]:
+def _mixes(plan: BatchPlan, count: int, height: int, width: int) -> list[tuple]:
     """FMix, then CutMix, in that order: (rows, partner members, weight planes, shares) of each.
 
     Weight planes are float32 (n, 1, H, W); shares, float64 (n, 1), are
@@ -302,17 +318,17 @@ def _mixes(batch: dict, count: int, height: int, width: int) -> list[tuple]:
     exactly ``floor(lam * pixels + 0.5) / pixels`` for FMix (what its
     masks sum to), the area outside the box for CutMix.
     """
-    fmix_rows, cutmix_rows = batch["fmix_rows"], batch["cutmix_rows"]
+    fmix_rows, cutmix_rows = plan.fmix_rows, plan.cutmix_rows
     device = fmix_rows.device
     mixes = []
     if len(fmix_rows):
-        shares = torch.tensor([fmix.mask_share(lam, height * width) for lam in batch["fmix_lams"].tolist()],
+        shares = torch.tensor([fmix.mask_share(lam, height * width) for lam in plan.fmix_lams.tolist()],
                               dtype=torch.float64, device=device)[:, None]
         mixes.append((fmix_rows, torch.arange(count, count + len(fmix_rows), device=device),
-                      draw_fmix_masks(batch, device)[:, None], shares))
+                      draw_fmix_masks(plan, (height, width), device)[:, None], shares))
     if len(cutmix_rows):
         first = count + len(fmix_rows)
-        outside = _cutmix_outside(batch, height, width)
+        outside = _cutmix_outside(plan, height, width)
         shares = outside.sum(dim=(1, 2), dtype=torch.float64)[:, None] / (height * width)
         mixes.append((cutmix_rows, torch.arange(first, first + len(cutmix_rows), device=device),
                       outside[:, None].float(), shares))
@@ -337,17 +353,17 @@ def _mixed_targets(labels: torch.Tensor, count: int, mixes: list, integer: bool 
     return targets[:count].float()
 
 
-def _augmented_planes(batch: dict, count: int, mixes: list, memory_format, blocks) -> torch.Tensor:
+def _augmented_planes(batch: CachedBatch, count: int, mixes: list, memory_format, blocks) -> torch.Tensor:
     """The augmented images of a batch, all samples at once (on a GPU; on the CPU below ``_SAMPLE_AT_A_TIME_PIXELS``).
 
     The C pixel planes and the keep plane of every member (see :func:`_model_input`), dropped and mixed together.
     """
-    pixels = batch["pixels"]
+    pixels = batch.pixels
     members, channels, height, width = pixels.shape
     planes = torch.empty((members, channels + 1, height, width), device=pixels.device)
     planes[:, :channels] = pixels
     planes[:, channels] = 1.0
-    _drop_holes(planes, batch["corners"], batch["dropout"])
+    _drop_holes(planes, batch.plan.corners, batch.plan.dropout)
     for rows, partners, weight, _ in mixes:
         _mix(planes, rows, partners, weight)
     own = planes[:count]
@@ -366,7 +382,7 @@ def _zero_at(planes: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
     return planes
 
 
-def _augmented_rows(batch: dict, count: int, mixes: list, memory_format, blocks) -> torch.Tensor:
+def _augmented_rows(batch: CachedBatch, count: int, mixes: list, memory_format, blocks) -> torch.Tensor:
     """The augmented images of a batch on the CPU, one sample at a time: :func:`_augmented_planes`'s values to the bit.
 
     A sample's planes stay in the CPU's cache, and what is 1 everywhere is
@@ -377,9 +393,9 @@ def _augmented_rows(batch: dict, count: int, mixes: list, memory_format, blocks)
     mix of two planes of ones is ones). Used from
     ``_SAMPLE_AT_A_TIME_PIXELS`` pixels a sample, where it is the faster.
     """
-    pixels = batch["pixels"]
+    pixels = batch.pixels
     _, channels, height, width = pixels.shape
-    holes = _hole_pixels(batch["corners"], batch["dropout"], height, width)
+    holes = _hole_pixels(batch.plan.corners, batch.plan.dropout, height, width)
     mean, scale = (constant[0] for constant in _normalisation(pixels.device))  # (3, 1, 1)
     images = _empty_images((count, 3, height, width), pixels.device, memory_format, blocks)
     partners = {}  # own row -> [(partner member, weight plane), ...], FMix before CutMix
@@ -413,55 +429,88 @@ def _augmented_rows(batch: dict, count: int, mixes: list, memory_format, blocks)
     return images
 
 
-def draw_fmix_masks(batch: dict, device: torch.device) -> torch.Tensor:
-    """The FMix masks of a cached training batch's plan, drawn on ``device`` from its ``noise_seed``.
+def draw_fmix_masks(plan: BatchPlan, shape: tuple[int, int], device: torch.device) -> torch.Tensor:
+    """The FMix masks of a training batch's plan, drawn on ``device`` from its ``noise_seed``.
+
+    Parameters
+    ----------
+    plan : BatchPlan
+    shape : (int, int)
+        The batch's (height, width) in pixels.
+    device : torch.device
 
     Returns
     -------
-    torch.Tensor of float32, shape (len(batch["fmix_lams"]), height, width)
+    torch.Tensor of float32, shape (len(plan.fmix_lams), height, width)
     """
-    generator = torch.Generator(device=device).manual_seed(batch["noise_seed"])
-    return fmix.sample_masks_torch(batch["fmix_lams"], FMIX_DECAY_POWER, tuple(batch["pixels"].shape[-2:]),
-                                   FMIX_MAX_SOFT, generator=generator, device=device,
-                                   spectrum=batch["fmix_spectrum"])
+    generator = torch.Generator(device=device).manual_seed(plan.noise_seed)
+    return fmix.sample_masks_torch(plan.fmix_lams, FMIX_DECAY_POWER, shape, FMIX_MAX_SOFT, generator=generator,
+                                   device=device, spectrum=plan.fmix_spectrum)
 
 
 def finish_batch(batch, device: torch.device, memory_format: torch.memory_format = torch.contiguous_format,
                  blocks: WorkerBlocks | None = None):
     """Move a loader's batch to ``device`` and finish it for the model.
 
-    A cached batch (a dict, see :class:`loader_vit_rgb.CachedTrainBatches` and
-    :class:`loader_vit_rgb.CachedEvalBatches`) is normalised there and, for training,
+    A :class:`CachedBatch` is normalised there and, with a plan (training),
     augmented: the two dropouts, FMix with masks drawn by
-    :func:`draw_fmix_masks` on ``device``, then CutMix. Targets are the one-hot labels
-    mixed by the share of pixels each image contributes. Ready batches (the
-    per-sample path, or batches finished in workers) are only moved.
-    ``blocks`` gives the images' memory on the CPU (:class:`WorkerBlocks`:
-    reused shared memory in a DataLoader worker); None: ordinary memory.
+    :func:`draw_fmix_masks` on ``device``, then CutMix. Targets are the
+    one-hot labels mixed by the share of pixels each image contributes.
+    Ready batches are only moved: batches finished by this function in a
+    DataLoader worker (for a CPU model), and the per-sample path's
+    (``--no-cache``, and inference's TTA rounds after the first), whose
+    augmentation albumentations draws image by image in the workers: as a
+    plan here they would get other numbers. ``blocks`` gives the images'
+    memory on the CPU (:class:`worker_transport.WorkerBlocks`: reused
+    shared memory in a DataLoader worker); None: ordinary memory.
 
     Returns
     -------
     images, or (images, targets) : float32 (batch, 3, H, W) in ``memory_format``, (batch, 5)
     """
-    if not isinstance(batch, dict):
+    if not isinstance(batch, CachedBatch):
         if isinstance(batch, (list, tuple)):  # (images, targets), or (images,) from a TensorDataset
             images, *others = batch
             return (images.to(device, non_blocking=True).contiguous(memory_format=memory_format),
                     *(other.to(device, non_blocking=True) for other in others))
         return batch.to(device, non_blocking=True).contiguous(memory_format=memory_format)
-    batch = {key: value.to(device, non_blocking=True) if torch.is_tensor(value) else value
-             for key, value in batch.items()}
-    pixels = batch["pixels"]
-    if "corners" not in batch:
-        images = _model_input(pixels.float(), None, memory_format, blocks)
-        if "labels" not in batch:
+    batch = batch.to(device)
+    plan = batch.plan
+    if plan is None:
+        images = _model_input(batch.pixels.float(), None, memory_format, blocks)
+        if batch.labels is None:
             return images
-        return images, F.one_hot(batch["labels"], psg_layout.NUM_CLASSES).float()
-    members, _, height, width = pixels.shape
-    count = members - len(batch["fmix_rows"]) - len(batch["cutmix_rows"])
-    mixes = _mixes(batch, count, height, width)
+        return images, F.one_hot(batch.labels, psg_layout.NUM_CLASSES).float()
+    members, _, height, width = batch.pixels.shape
+    count = members - len(plan.fmix_rows) - len(plan.cutmix_rows)
+    mixes = _mixes(plan, count, height, width)
     one_at_a_time = device.type == "cpu" and height * width >= _SAMPLE_AT_A_TIME_PIXELS
     augmented = _augmented_rows if one_at_a_time else _augmented_planes
     return (augmented(batch, count, mixes, memory_format, blocks),
-            _mixed_targets(batch["labels"], count, mixes, batch.get("integer_targets", False)))
+            _mixed_targets(batch.labels, count, mixes, plan.integer_targets))
 
+
+def device_batches(batches, device: torch.device, memory_format: torch.memory_format = torch.contiguous_format):
+    """Every batch of a loader, finished on ``device`` by :func:`finish_batch`: how batches reach a model.
+
+    Training, validation and inference all take their batches through
+    this one step.
+
+    Parameters
+    ----------
+    batches : iterable
+        A DataLoader of this project (an InputError met in one of its
+        workers is raised here, see :func:`worker_transport.iterate_batches`),
+        or any iterable of its batches.
+    device : torch.device
+    memory_format : torch.memory_format
+        The images' layout.
+
+    Yields
+    ------
+    (images, targets) : float32 (batch, 3, H, W), and float32 (batch, 5) or None (unlabelled rows)
+    """
+    for batch in iterate_batches(batches):
+        finished = finish_batch(batch, device, memory_format)
+        images, *targets = finished if isinstance(finished, tuple) else (finished,)
+        yield images, (targets[0] if targets else None)

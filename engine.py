@@ -154,14 +154,6 @@ def classification_metrics(confusion: np.ndarray) -> dict:
 # --------------------------------------------------------------------------
 # Training, validation, prediction
 # --------------------------------------------------------------------------
-def device_batches(loader, device: torch.device):
-    """Yield ``(images, targets)`` batches of the loader, on ``device`` and finished there.
-
-    See :func:`batch_augment.finish_batch`: cached batches are normalised
-    and augmented on ``device``; images come in :data:`MEMORY_FORMAT`.
-    """
-    for batch in loader_vit_rgb.iterate_batches(loader):
-        yield batch_augment.finish_batch(batch, device, MEMORY_FORMAT)
 
 
 def train_one_epoch(model: torch.nn.Module, batches, n_batches: int, optimizer: torch.optim.Optimizer,
@@ -171,7 +163,7 @@ def train_one_epoch(model: torch.nn.Module, batches, n_batches: int, optimizer: 
                     sum_accumulated: bool = False) -> tuple[float, int]:
     """One pass over ``batches`` with gradient accumulation.
 
-    Each batch is finished on ``device`` first (:func:`batch_augment.finish_batch`:
+    Each batch is finished on ``device`` first (:func:`batch_augment.device_batches`:
     normalisation and the batch augmentation, which mixes images and targets),
     then scored against the label-smoothed targets.
 
@@ -180,8 +172,8 @@ def train_one_epoch(model: torch.nn.Module, batches, n_batches: int, optimizer: 
     model : torch.nn.Module
         In training mode afterwards; may be wrapped in DistributedDataParallel.
     batches : iterable
-        The train loader's batches (cached batches, see
-        :class:`loader_vit_rgb.CachedTrainBatches`), or ready ``(images, targets)``:
+        The train loader, or its batches (cached batches with their plan, see
+        :class:`cached_batches.CachedTrainBatches`), or ready ``(images, targets)``:
         float (batch, 3, H, W) and soft targets (batch, C).
     n_batches : int
         Number of batches (for the accumulation of the last, partial group).
@@ -204,11 +196,11 @@ def train_one_epoch(model: torch.nn.Module, batches, n_batches: int, optimizer: 
     optimizer.zero_grad(set_to_none=True)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     images_seen = 0
-    bar = tqdm(batches, total=n_batches, desc=description, disable=not progress, dynamic_ncols=True)
-    for step, batch in enumerate(bar):
-        # The batch augmentation, on the device (as timm's mixup_fn): CoarseDropout and Cutout holes,
-        # FMix (and CutMix with --cutmix) mixing the images and, by pixel share, their one-hot targets.
-        images, targets = batch_augment.finish_batch(batch, device, MEMORY_FORMAT)
+    # The batch augmentation, on the device (as timm's mixup_fn): CoarseDropout and Cutout holes,
+    # FMix (and CutMix with --cutmix) mixing the images and, by pixel share, their one-hot targets.
+    bar = tqdm(batch_augment.device_batches(batches, device, MEMORY_FORMAT), total=n_batches, desc=description,
+               disable=not progress, dynamic_ncols=True)
+    for step, (images, targets) in enumerate(bar):
         group_start = step - step % accum_iter
         group_size = min(accum_iter, n_batches - group_start)
         steps_now = step + 1 == group_start + group_size
@@ -239,9 +231,11 @@ def validate(model: torch.nn.Module, batches, n_batches: int, device: torch.devi
              smoothing: float = LABEL_SMOOTHING, progress: bool = False) -> tuple[float, int, np.ndarray]:
     """Loss and confusion matrix of ``model`` over ``batches`` of (images, one-hot targets).
 
-    In float32, without autocast, as the original validated (its
-    ``valid_one_epoch`` ran outside the training loop's ``autocast()``),
-    whatever precision training uses.
+    ``batches``: the validation loader, or its batches, finished on
+    ``device`` by :func:`batch_augment.device_batches` (normalisation alone:
+    their plan is none). In float32, without autocast, as the original
+    validated (its ``valid_one_epoch`` ran outside the training loop's
+    ``autocast()``), whatever precision training uses.
 
     Returns
     -------
@@ -254,7 +248,8 @@ def validate(model: torch.nn.Module, batches, n_batches: int, device: torch.devi
     confusion = torch.zeros(classes * classes, dtype=torch.int64, device=device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     images_seen = 0
-    for images, targets in tqdm(batches, total=n_batches, desc="valid", disable=not progress, dynamic_ncols=True):
+    for images, targets in tqdm(batch_augment.device_batches(batches, device, MEMORY_FORMAT), total=n_batches,
+                                desc="valid", disable=not progress, dynamic_ncols=True):
         logits = model(images.float())
         loss_sum += soft_target_cross_entropy(logits, widened(targets, logits.shape[-1]), smoothing).double() \
             * images.shape[0]
@@ -545,13 +540,13 @@ def _run_epochs(run: _TrainingRun, args: argparse.Namespace, device: torch.devic
             run.warmup.start_epoch(run.scheduler.get_last_lr())
         started = time.perf_counter()
         loss_sum, images = train_one_epoch(
-            run.model, loader_vit_rgb.iterate_batches(run.train_loader), len(run.train_loader), run.optimizer,
+            run.model, run.train_loader, len(run.train_loader), run.optimizer,
             run.scaler, device, run.config["amp"], args.accum_iter, progress=progress, description=f"epoch {epoch}",
             warmup=run.warmup, sum_accumulated=args.original_defects)
         seconds = time.perf_counter() - started
         run.scheduler.step()  # the original stepped once after training ...
         valid_loss_sum, valid_images, confusion = validate(
-            unwrapped(run.model), device_batches(run.valid_loader, device), len(run.valid_loader), device,
+            unwrapped(run.model), run.valid_loader, len(run.valid_loader), device,
             progress=progress)
         if args.sched_steps_per_epoch == 2:
             run.scheduler.step()  # ... and once more after validation

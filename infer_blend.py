@@ -148,7 +148,9 @@ def tta_loader(data_root, table, rows, img_size: tuple[int, int], batch_size: in
         return loader_vit_rgb.make_eval_loader(data_root, table, img_size, batch_size, workers, rows=rows,
                                                pin_memory=pin_memory, cache_dir=cache_dir, resize=resize)
     paths = loader_vit_rgb.table_image_paths(data_root, table)
-    # No labels, no mixing: only the augmentation part of the training pipeline.
+    # No labels, no mixing: only the augmentation part of the training pipeline, drawn image by image by
+    # albumentations (the per-sample path, ready batches that batch_augment.finish_batch only moves): a
+    # batch_augment.BatchPlan would place other holes, and change every dump of a run with --tta 2 or more.
     dataset = loader_vit_rgb.EpochImageDataset([paths[r] for r in rows], None,
                                                loader_vit_rgb.get_train_transforms(img_size, resize), seed=tta_round)
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=pin_memory)

@@ -11,10 +11,13 @@ What it does, top to bottom:
   original's albumentations pipeline, then FMix (and optionally CutMix) with a
   partner image drawn from the training set, producing mixed one-hot targets
   (the per-sample path);
+- the samplers of a training epoch (every row once, shuffled, or rows
+  drawn with stage weights);
 - the DataLoaders for training, validation and inference: by default whole
-  batches from the image cache (:mod:`image_cache`), augmented on the
+  batches from the image cache (:mod:`cached_batches`), finished on the
   model's device (:mod:`batch_augment`); the original's per-sample path with
-  ``cache_dir=None``.
+  ``cache_dir=None``. Every batch reaches the model through
+  :func:`batch_augment.device_batches`.
 
 Randomness: on the per-sample path every sample draws from its own
 generator seeded by ``(seed, epoch, index)``; on the cached path every batch
@@ -42,16 +45,16 @@ import numpy as np
 import torch
 from albumentations.augmentations.dropout.transforms import BaseDropout
 from albumentations.pytorch import ToTensorV2
-from torch.utils.data import (BatchSampler, DataLoader, Dataset, DistributedSampler, Sampler, SequentialSampler,
-                              default_collate, get_worker_info)
+from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, Sampler, SequentialSampler
 
 import fmix
 import psg_layout
-from batch_augment import WorkerBlocks, cutmix_box, cutout_corners, finish_batch, sendable
-from image_cache import DEFAULT_CACHE_DIR, DEFAULT_RESIZE, ImageCache, make_resize, open_cache, read_image_rgb
-from psg_layout import input_shape
+from batch_augment import cutmix_box, cutout_corners
+from cached_batches import CachedEvalBatches, CachedLoader, CachedTrainBatches, NumberedBatches
+from image_cache import DEFAULT_CACHE_DIR, DEFAULT_RESIZE, make_resize, open_cache, read_image_rgb
 from psg_layout import EpochTable
 from script_io import InputError, where
+from worker_transport import collate, input_errors_as_items
 from recipe import (CUTMIX_ALPHA, CUTMIX_LAMBDA_RANGE, CUTMIX_PROBABILITY, DROPOUT_HOLE_PIXELS, DROPOUT_HOLES,
                     DROPOUT_PROBABILITY, FMIX_ALPHA, FMIX_DECAY_POWER, FMIX_LAMBDA_RANGE, FMIX_MAX_SOFT,
                     FMIX_PROBABILITY, IMAGENET_MEAN, IMAGENET_STD)
@@ -222,46 +225,6 @@ def make_folds(table: EpochTable, n_folds: int = 5, seed: int = 72, cv: str = "s
 
 
 # --------------------------------------------------------------------------
-# Bad input met in a DataLoader worker
-# --------------------------------------------------------------------------
-class _InputErrorItem:
-    """What a DataLoader worker delivers instead of an item its bad input kept it from making.
-
-    DataLoader raises a worker's exception again in the main process with
-    the worker's whole traceback as its message; delivered as an item, the
-    InputError's one-line message arrives as it was, and
-    :func:`iterate_batches` raises it.
-    """
-
-    def __init__(self, error: InputError):
-        self.message = str(error)
-
-
-def _input_errors_as_items(getitem):
-    """Decorate a Dataset's ``__getitem__``: in a DataLoader worker, an InputError becomes an item.
-
-    The item is an :class:`_InputErrorItem` holding the error's message.
-
-    Outside a worker (``workers=0``, or the item asked for directly) the error is raised as it is.
-    """
-    @functools.wraps(getitem)
-    def item_or_error(self, key):
-        try:
-            return getitem(self, key)
-        except InputError as error:
-            if get_worker_info() is None:
-                raise
-            return _InputErrorItem(error)
-    return item_or_error
-
-
-def _collate(items: list):
-    """DataLoader's default collation, or the first :class:`_InputErrorItem` among ``items``."""
-    failed = [item for item in items if isinstance(item, _InputErrorItem)]
-    return failed[0] if failed else default_collate(items)
-
-
-# --------------------------------------------------------------------------
 # Per-sample transforms
 # --------------------------------------------------------------------------
 class Cutout(BaseDropout):
@@ -391,7 +354,7 @@ class EpochImageDataset(Dataset):
         self.transforms.set_random_state(rng, random.Random(int(rng.integers(2**63))))
         return self.transforms(image=read_image_rgb(self.image_paths[index]))["image"]
 
-    @_input_errors_as_items
+    @input_errors_as_items
     def __getitem__(self, key: int | tuple[int, int]):
         if isinstance(key, tuple):
             index, draw = key
@@ -430,7 +393,7 @@ class EpochImageDataset(Dataset):
 
 
 # --------------------------------------------------------------------------
-# Whole batches from the cache, augmented on the model's device
+# Samplers
 # --------------------------------------------------------------------------
 # Third key of the balanced draws' generator (seed, epoch, this) and of the per-sample path's generators
 # of those draws (seed, epoch, this, draw): above any row index, so apart from the per-sample generators
@@ -492,168 +455,6 @@ class StageBalancedSampler(Sampler):
         return zip(rows, range(self.rank, len(draws), self.world_size))
 
 
-class _NumberedBatches(Sampler):
-    """The batches of ``sampler``'s order as ``(epoch, step, sample indices)`` keys.
-
-    The epoch travels in the key (not in the dataset), so persistent
-    workers see :meth:`set_epoch`.
-    """
-
-    def __init__(self, sampler: DistributedSampler | StageBalancedSampler, batch_size: int):
-        self.sampler = sampler
-        self.batch_size = batch_size
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-        self.sampler.set_epoch(epoch)
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.sampler) / self.batch_size)
-
-    def __iter__(self):
-        indices = list(self.sampler)
-        for step, start in enumerate(range(0, len(indices), self.batch_size)):
-            yield self.epoch, step, indices[start:start + self.batch_size]
-
-
-class _CachedBatches(Dataset):
-    """Rows of a table read from the image cache, a whole batch per item.
-
-    The cache is opened by :meth:`prepare` (the loader calls it before its
-    first pass, in the main process), not on construction.
-
-    Parameters
-    ----------
-    opener : callable
-        Returns the :class:`ImageCache` (``open_cache`` with its arguments).
-    rows : np.ndarray of int
-        Table row of each sample.
-    labels : np.ndarray of int64 or None
-        Stage of each sample.
-    finish : bool
-        Finish batches here (:func:`batch_augment.finish_batch` on the CPU, in the worker)
-        rather than leave the pixels and the plan to the model's device.
-    workers : int
-        The loader's workers: with ``finish``, each refills blocks of shared
-        memory for its batches (:class:`batch_augment.WorkerBlocks`).
-    """
-
-    def __init__(self, opener, rows: np.ndarray, labels: np.ndarray | None, finish: bool, workers: int = 0):
-        self.opener = opener
-        self.cache: ImageCache | None = None
-        self.rows = np.asarray(rows, dtype=np.int64)
-        self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)
-        self.finish = finish
-        self.blocks = WorkerBlocks(workers) if finish and workers > 0 else None
-
-    def prepare(self) -> None:
-        """Open the cache, building what is missing or stale (once)."""
-        if self.cache is None:
-            self.cache = self.opener()
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def _finished(self, batch: dict):
-        """The item: ``batch`` finished here or not, as a worker sends it (:func:`batch_augment.sendable`)."""
-        if self.finish:
-            batch = finish_batch(batch, torch.device("cpu"), blocks=self.blocks)
-        return sendable(batch, self.blocks)
-
-
-class CachedEvalBatches(_CachedBatches):
-    """Validation / inference batches: items are lists of sample indices (in order).
-
-    Items: ``{"pixels": uint8 (batch, C, H, W)[, "labels": int64 (batch,)]}``,
-    or finished: float32 images [, one-hot targets].
-    """
-
-    @_input_errors_as_items
-    def __getitem__(self, indices):
-        batch = {"pixels": torch.from_numpy(self.cache.read(self.rows[indices]))}
-        if self.labels is not None:
-            batch["labels"] = torch.from_numpy(self.labels[indices])
-        return self._finished(batch)
-
-
-class CachedTrainBatches(_CachedBatches):
-    """Training batches with the random plan of their augmentation.
-
-    An item's key is ``(epoch, step, sample indices)``; everything random
-    about the batch comes from a generator seeded by ``(seed, epoch, rank,
-    step)``, drawn with the per-sample path's distributions: per image (the
-    batch's own and every partner) each of the two dropouts with p = 0.5,
-    the CoarseDropout's 8 hole corners uniform over the positions where an
-    8 x 8 hole fits (rows over the height, columns over the width, as
-    albumentations 1.0), the Cutout's from centres uniform over the image
-    (:func:`batch_augment.cutout_corners`); per sample FMix with p = 0.5, lambda ~ Beta(1, 1)
-    clipped to [0.6, 0.7] and a partner uniform over all training samples;
-    the same for CutMix when enabled, with its box. The FMix masks
-    themselves are drawn where the batch is finished, from ``noise_seed``,
-    with the spectrum ``fmix_spectrum``.
-
-    Items: ``pixels`` uint8 (n, C, H, W) holding the batch's images, then
-    the FMix partners, then the CutMix partners; ``labels`` (n,); ``dropout``
-    bool (n, 2); ``corners`` int64 (n, 2, holes, 2) as (top, left);
-    ``fmix_rows`` (m,) and ``fmix_lams`` float64 (m,); ``cutmix_rows`` (k,)
-    and ``cutmix_boxes`` int64 (k, 4) as (top, bottom, left, right);
-    ``noise_seed`` int; ``fmix_spectrum`` str; ``integer_targets`` bool
-    (the original's integer mixed targets, see :class:`EpochImageDataset`).
-    Or, finished: float32 images and targets.
-    """
-
-    def __init__(self, opener, rows: np.ndarray, labels: np.ndarray, img_size, seed: int, rank: int,
-                 fmix_enabled: bool, cutmix_enabled: bool, finish: bool,
-                 dropout_probability: float = DROPOUT_PROBABILITY, fmix_spectrum: str = fmix.DEFAULT_SPECTRUM,
-                 workers: int = 0, integer_targets: bool = False):
-        super().__init__(opener, rows, labels, finish, workers)
-        self.shape = input_shape(img_size)
-        self.seed, self.rank = seed, rank
-        self.fmix_enabled, self.cutmix_enabled = fmix_enabled, cutmix_enabled
-        self.dropout_probability = dropout_probability
-        self.fmix_spectrum = fmix_spectrum
-        self.integer_targets = integer_targets
-
-    @_input_errors_as_items
-    def __getitem__(self, key):
-        epoch, step, indices = key
-        rng = np.random.default_rng([self.seed, epoch, self.rank, step])
-        own, count = np.asarray(indices, dtype=np.int64), len(indices)
-        fmix_on = self.fmix_enabled & (rng.random(count) < FMIX_PROBABILITY)
-        fmix_lams = np.clip(rng.beta(FMIX_ALPHA, FMIX_ALPHA, count), *FMIX_LAMBDA_RANGE)[fmix_on]
-        fmix_partners = rng.integers(len(self), size=count)[fmix_on]
-        cutmix_on = self.cutmix_enabled & (rng.random(count) < CUTMIX_PROBABILITY)
-        cutmix_lams = np.clip(rng.beta(CUTMIX_ALPHA, CUTMIX_ALPHA, count), *CUTMIX_LAMBDA_RANGE)[cutmix_on]
-        cutmix_partners = rng.integers(len(self), size=count)[cutmix_on]
-        boxes = np.array([cutmix_box(self.shape, lam, rng) for lam in cutmix_lams], dtype=np.int64)
-        members = np.concatenate([own, fmix_partners, cutmix_partners])
-        holes = (len(members), DROPOUT_HOLES, 2)  # (top, left): rows drawn over the height, columns over the width
-        shape = np.array(self.shape)
-        corners = np.stack([rng.integers(0, shape - DROPOUT_HOLE_PIXELS + 1, size=holes),  # CoarseDropout
-                            cutout_corners(rng.integers(0, shape + 1, size=holes))], axis=1)  # Cutout
-        batch = {
-            "pixels": torch.from_numpy(self.cache.read(self.rows[members])),
-            "labels": torch.from_numpy(self.labels[members]),
-            "dropout": torch.from_numpy(rng.random((len(members), 2)) < self.dropout_probability),
-            "corners": torch.from_numpy(corners),
-            "fmix_rows": torch.from_numpy(np.flatnonzero(fmix_on)), "fmix_lams": torch.from_numpy(fmix_lams),
-            "cutmix_rows": torch.from_numpy(np.flatnonzero(cutmix_on)),
-            "cutmix_boxes": torch.from_numpy(boxes.reshape(-1, 4)),
-            "noise_seed": int(rng.integers(2**62)), "fmix_spectrum": self.fmix_spectrum,
-            "integer_targets": self.integer_targets,
-        }
-        return self._finished(batch)
-
-
-class CachedLoader(DataLoader):
-    """A DataLoader over :class:`_CachedBatches`: opens the cache before its first pass."""
-
-    def __iter__(self):
-        self.dataset.prepare()
-        return super().__iter__()
-
-
 # --------------------------------------------------------------------------
 # Loaders
 # --------------------------------------------------------------------------
@@ -671,20 +472,22 @@ def make_train_loader(data_root, table: EpochTable, rows: np.ndarray, img_size, 
                       integer_targets: bool = False) -> DataLoader:
     """The training DataLoader over ``rows`` of the table (shuffled; augmented).
 
-    Call :func:`set_loader_epoch` before iterating each epoch, and pass
-    every batch through :func:`batch_augment.finish_batch`. With ``world_size > 1`` each
+    Call :func:`set_loader_epoch` before iterating each epoch, and take
+    the batches through :func:`batch_augment.device_batches`. With ``world_size > 1`` each
     rank gets its shard of every epoch's permutation.
 
     Parameters
     ----------
     cache_dir : path-like or None
         The image cache's folder (built on the first pass): whole batches
-        read from the cache and augmented by :func:`batch_augment.finish_batch`. None: the
+        read from the cache (:class:`cached_batches.CachedTrainBatches`) and augmented by
+        :func:`batch_augment.finish_batch`. None: the
         original's per-sample path (decode, albumentations, FMix per image).
     device : torch.device or str
-        The model's device. On CUDA the loader yields uint8 pixels plus the
-        batch's random plan, and :func:`batch_augment.finish_batch` augments them on the
-        GPU; for a CPU model the workers finish the batches.
+        The model's device. On CUDA the loader yields uint8 pixels with the
+        batch's random plan (:class:`batch_augment.CachedBatch`), and
+        :func:`batch_augment.finish_batch` augments them on the GPU; for a
+        CPU model the workers finish the batches with the same function.
     progress : bool
         Progress bar while the cache is built.
     fmix_spectrum : {"original", "isotropic"}
@@ -703,7 +506,7 @@ def make_train_loader(data_root, table: EpochTable, rows: np.ndarray, img_size, 
     Yields
     ------
     (images, targets) : float32 tensors (batch, 3, height, width), (batch, 5), or a
-    cached batch's dict, which :func:`batch_augment.finish_batch` makes into them.
+    :class:`batch_augment.CachedBatch`, which :func:`batch_augment.finish_batch` makes into them.
     """
     def sampler_of(dataset, numbered: bool = False):
         if stage_balance > 0:
@@ -718,13 +521,13 @@ def make_train_loader(data_root, table: EpochTable, rows: np.ndarray, img_size, 
             integer_targets=integer_targets,
         )
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler_of(dataset, numbered=True),
-                          num_workers=workers, collate_fn=_collate, pin_memory=pin_memory, drop_last=False)
+                          num_workers=workers, collate_fn=collate, pin_memory=pin_memory, drop_last=False)
     opener = functools.partial(open_cache, data_root, table, img_size, cache_dir, rows=rows, workers=workers,
                                progress=progress, resize=resize)
     dataset = CachedTrainBatches(opener, rows, table.labels[rows], img_size, seed, rank, fmix_enabled,
                                  cutmix_enabled, finish=_finish_in_workers(device), fmix_spectrum=fmix_spectrum,
                                  workers=workers, integer_targets=integer_targets)
-    return CachedLoader(dataset, batch_size=None, sampler=_NumberedBatches(sampler_of(dataset), batch_size),
+    return CachedLoader(dataset, batch_size=None, sampler=NumberedBatches(sampler_of(dataset), batch_size),
                         num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0)
 
 
@@ -761,7 +564,8 @@ def make_eval_loader(data_root, table: EpochTable, img_size, batch_size: int, wo
     -------
     torch.utils.data.DataLoader
         Yields float32 images (batch, 3, height, width) [, targets (batch, 5)],
-        or cached batches that :func:`batch_augment.finish_batch` makes into them.
+        or cached batches without a plan (:class:`batch_augment.CachedBatch`), which
+        :func:`batch_augment.finish_batch` makes into them.
     """
     rows = np.arange(len(table)) if rows is None else np.asarray(rows)
     rows = rows[rank::world_size]
@@ -769,7 +573,7 @@ def make_eval_loader(data_root, table: EpochTable, img_size, batch_size: int, wo
     if cache_dir is None:
         paths = table_image_paths(data_root, table)
         dataset = EpochImageDataset([paths[r] for r in rows], labels, get_valid_transforms(img_size, resize))
-        return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=_collate,
+        return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate,
                           pin_memory=pin_memory)
     opener = functools.partial(open_cache, data_root, table, img_size, cache_dir, rows=rows, workers=workers,
                                progress=progress, resize=resize)
@@ -784,15 +588,3 @@ def set_loader_epoch(loader: DataLoader, epoch: int) -> None:
     loader.sampler.set_epoch(epoch)
     if isinstance(loader.dataset, EpochImageDataset):
         loader.dataset.set_epoch(epoch)
-
-
-def iterate_batches(loader: DataLoader):
-    """Iterate ``loader``; an InputError met in a worker is raised here with its one-line message.
-
-    The loaders' datasets deliver it as an item (see :class:`_InputErrorItem`).
-    """
-    for batch in loader:
-        if isinstance(batch, _InputErrorItem):
-            raise InputError(batch.message)
-        yield batch
-

@@ -29,7 +29,6 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import batch_augment
-import loader_vit_rgb
 import psg_layout
 import script_io
 from script_io import InputError, where
@@ -348,7 +347,8 @@ def predict(model: torch.nn.Module, loader, device: torch.device, amp: str = "of
         Already on ``device``.
     loader : DataLoader
         Yields images (batch, 3, H, W), ``(images, targets)`` tuples, or cached
-        batches (see :func:`batch_augment.finish_batch`).
+        batches, all finished on ``device`` by :func:`batch_augment.device_batches`
+        (targets ignored).
     device : torch.device
     amp : {"fp16", "bf16", "off"}
         Autocast precision on CUDA (ignored on CPU).
@@ -361,10 +361,8 @@ def predict(model: torch.nn.Module, loader, device: torch.device, amp: str = "of
     """
     model.eval().to(memory_format=MEMORY_FORMAT)
     probabilities = []
-    for batch in tqdm(loader_vit_rgb.iterate_batches(loader), total=len(loader), desc="predict",
-                      disable=not progress, dynamic_ncols=True):
-        images = batch_augment.finish_batch(batch, device, MEMORY_FORMAT)
-        images = images[0] if isinstance(images, tuple) else images
+    for images, _ in tqdm(batch_augment.device_batches(loader, device, MEMORY_FORMAT), total=len(loader),
+                          desc="predict", disable=not progress, dynamic_ncols=True):
         with autocast(device, amp):
             logits = model(images)
         probabilities.append(torch.softmax(logits.float(), dim=1).cpu())

@@ -36,7 +36,7 @@ Then where path (b)'s time goes: the steps a worker runs for each of
 one thread (the fastest of five passes), in CPU milliseconds per batch:
 the cache read and random plan, and ``finish_batch`` (the FMix masks also
 timed on their own). The finished batch is written straight into a
-shared-memory block its worker holds (``batch_augment.WorkerBlocks``), so
+shared-memory block its worker holds (``worker_transport.WorkerBlocks``), so
 handing it over costs no copy. The steps' sum bounds path (b) at
 ``cores x batch / sum`` images/s; the workers' measured CPU per batch
 shows how far two workers on two cores fall short of it.
@@ -141,7 +141,7 @@ def images_per_second(loader, epoch: int, finish: bool = True) -> dict:
     workers = [worker.pid for worker in getattr(iterator, "_workers", [])]  # DataLoader's worker processes
     counted = 0
     for step, batch in enumerate(iterator):
-        images = batch_augment.finish_batch(batch, cpu)[0] if finish else batch["pixels"]
+        images = batch_augment.finish_batch(batch, cpu)[0] if finish else batch.pixels
         if step == 0:
             started = time.perf_counter()
             own_cpu, workers_cpu = time.process_time(), sum(map(_cpu_seconds, workers))
@@ -179,7 +179,8 @@ def breakdown(loader, batches: int) -> dict:
         items = [dataset[key] for key in keys]
         steps = {"cache read and random plan": _fastest_ms(dataset.__getitem__, keys),
                  "finish_batch": _fastest_ms(lambda item: batch_augment.finish_batch(item, cpu), items)}
-        masks = _fastest_ms(lambda item: batch_augment.draw_fmix_masks(item, cpu), items)
+        masks = _fastest_ms(
+            lambda item: batch_augment.draw_fmix_masks(item.plan, tuple(item.pixels.shape[-2:]), cpu), items)
     finally:
         torch.set_num_threads(threads)
     total = sum(steps.values())

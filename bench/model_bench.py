@@ -99,7 +99,7 @@ def repeat(loader):
     epoch = 0
     while True:
         loader_vit_rgb.set_loader_epoch(loader, epoch)
-        yield from loader_vit_rgb.iterate_batches(loader)
+        yield from loader  # train_one_epoch raises an InputError met in a worker (batch_augment.device_batches)
         epoch += 1
 
 

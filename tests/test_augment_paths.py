@@ -69,7 +69,7 @@ def test_batch_plan_places_the_cutout_holes_as_the_per_sample_path():
     # The plan's corners of the second dropout, from centres uniform over 0..32: same law as above.
     batch_corners = []
     for step in range(60):
-        rng = np.random.default_rng([1, 0, 0, step])  # draws as CachedTrainBatches does
+        rng = np.random.default_rng([1, 0, 0, step])  # a batch's generator, as CachedTrainBatches seeds it
         centres = rng.integers(0, SIZE + 1, size=(40, recipe.DROPOUT_HOLES, 2))
         batch_corners.append(batch_augment.cutout_corners(centres))
     corners = np.concatenate(batch_corners).ravel()
@@ -94,15 +94,16 @@ def test_dropout_keep_clips_a_hole_at_the_border():
     assert first[8:, :].eq(1).all()  # first: at 0, 0
 
 
-def hand_plan(pixels, labels, dropout, corners, **mixing):
-    """A training batch's plan written by hand (the format of CachedTrainBatches' items)."""
-    batch = {"pixels": torch.tensor(pixels, dtype=torch.uint8), "labels": torch.tensor(labels),
-             "dropout": torch.tensor(dropout), "corners": torch.tensor(corners, dtype=torch.int64),
-             "fmix_rows": torch.tensor([], dtype=torch.int64), "fmix_lams": torch.tensor([], dtype=torch.float64),
-             "cutmix_rows": torch.tensor([], dtype=torch.int64),
-             "cutmix_boxes": torch.zeros((0, 4), dtype=torch.int64), "noise_seed": 11, "fmix_spectrum": "original"}
-    batch.update({key: torch.tensor(value) if not isinstance(value, str) else value for key, value in mixing.items()})
-    return batch
+def hand_plan(pixels, labels, dropout, corners, **mixing) -> batch_augment.CachedBatch:
+    """A training batch with its plan written by hand (what CachedTrainBatches' items are)."""
+    plan = {"dropout": torch.tensor(dropout), "corners": torch.tensor(corners, dtype=torch.int64),
+            "fmix_rows": torch.tensor([], dtype=torch.int64), "fmix_lams": torch.tensor([], dtype=torch.float64),
+            "cutmix_rows": torch.tensor([], dtype=torch.int64),
+            "cutmix_boxes": torch.zeros((0, 4), dtype=torch.int64), "noise_seed": 11, "fmix_spectrum": "original",
+            "integer_targets": False}
+    plan.update({key: torch.tensor(value) if not isinstance(value, str) else value for key, value in mixing.items()})
+    return batch_augment.CachedBatch(torch.tensor(pixels, dtype=torch.uint8), torch.tensor(labels),
+                                     batch_augment.BatchPlan(**plan))
 
 
 def hole_keep(corners_of_dropout) -> np.ndarray:
@@ -189,12 +190,13 @@ def test_one_sample_at_a_time_on_the_cpu_equals_the_whole_batch_at_once(channels
                       rng.random((members, 2)) < 0.4, corners, fmix_rows=fmix_rows,
                       fmix_lams=rng.uniform(0.6, 0.7, len(fmix_rows)), cutmix_rows=cutmix_rows,
                       cutmix_boxes=[batch_augment.cutmix_box((height, width), 0.35, rng) for _ in cutmix_rows])
-    mixes = batch_augment._mixes(batch, count, height, width)
+    mixes = batch_augment._mixes(batch.plan, count, height, width)
     one_at_a_time = batch_augment._augmented_rows(batch, count, mixes, memory_format, None)
     whole_batch = batch_augment._augmented_planes(batch, count, mixes, memory_format, None)
     assert one_at_a_time.shape == (count, 3, height, width)
     assert one_at_a_time.is_contiguous(memory_format=memory_format)
     assert torch.equal(one_at_a_time, whole_batch)
-    untouched = [row for row in range(count) if row not in fmix_rows + cutmix_rows and not batch["dropout"][row].any()]
+    untouched = [row for row in range(count)
+                 if row not in fmix_rows + cutmix_rows and not batch.plan.dropout[row].any()]
     assert untouched and (one_at_a_time[untouched] != 0).all()
     assert (one_at_a_time == 0).sum() >= 64  # dropped holes

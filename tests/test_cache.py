@@ -13,8 +13,10 @@ import torch
 
 import engine
 import batch_augment
+import cached_batches
 import image_cache
 import loader_vit_rgb as L
+import worker_transport
 import main_vit_rgb
 import psg_layout
 import train_options
@@ -27,7 +29,7 @@ SIZE = 32
 
 def finished(loader):
     """Every batch of ``loader``, finished on the CPU."""
-    return [batch_augment.finish_batch(batch, CPU) for batch in L.iterate_batches(loader)]
+    return [batch_augment.finish_batch(batch, CPU) for batch in worker_transport.iterate_batches(loader)]
 
 
 def write_recordings(root, recordings):
@@ -48,7 +50,7 @@ def cached_train_batch(table, root, cache_dir, indices, size=SIZE, resize="linea
     rows = np.arange(len(table))
     opener = functools.partial(image_cache.open_cache, root, table, size, cache_dir, resize=resize)
     settings = dict(seed=3, rank=0, fmix_enabled=False, cutmix_enabled=False, finish=False)
-    dataset = L.CachedTrainBatches(opener, rows, table.labels, size, **{**settings, **options})
+    dataset = cached_batches.CachedTrainBatches(opener, rows, table.labels, size, **{**settings, **options})
     dataset.prepare()
     return dataset, dataset[0, 0, list(indices)]
 
@@ -258,8 +260,8 @@ def test_fmix_mixes_images_and_targets_by_the_mask_share(tmp_path):
     mixed, mixed_with_other, lambdas = 0, 0, []
     for step in range(10):
         batch = dataset[0, step, list(range(40))]
-        mixed += len(batch["fmix_rows"])
-        lambdas += batch["fmix_lams"].tolist()
+        mixed += len(batch.plan.fmix_rows)
+        lambdas += batch.plan.fmix_lams.tolist()
         images_out, targets = batch_augment.finish_batch(batch, CPU)
         torch.testing.assert_close(targets.sum(1), torch.ones(40))
         for index in range(40):
@@ -340,7 +342,7 @@ def test_worker_blocks_are_refilled_only_once_the_training_process_lets_go(tiny_
     reference = [images for images, _ in finished(loader_of(0))]
     loader = loader_of(2)
     held, blocks = [], set()
-    for step, (images, _) in enumerate(L.iterate_batches(loader)):
+    for step, (images, _) in enumerate(worker_transport.iterate_batches(loader)):
         fd, _ = images.untyped_storage()._share_fd_cpu_()
         blocks.add(os.fstat(fd).st_ino)  # the shared-memory file behind the batch
         torch.testing.assert_close(images, reference[step], rtol=0, atol=0)
@@ -349,7 +351,7 @@ def test_worker_blocks_are_refilled_only_once_the_training_process_lets_go(tiny_
     assert len(reference) == step + 1 > 20
     for images, expected in zip(held, reference[::5]):
         torch.testing.assert_close(images, expected, rtol=0, atol=0)
-    assert len(blocks) <= 2 * batch_augment.WorkerBlocks.SLOTS < len(reference)  # reused, not one per batch
+    assert len(blocks) <= 2 * worker_transport.WorkerBlocks.SLOTS < len(reference)  # reused, not one per batch
     assert loader.dataset.blocks.flags.sum() > 0
     del images, held
     gc.collect()

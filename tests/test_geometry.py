@@ -84,7 +84,7 @@ def test_the_batch_plan_draws_hole_rows_over_the_height_and_columns_over_the_wid
     root = tmp_path / "root"
     table = write_recordings(root, {"R": [np.full((27, 48, 3), 255, np.uint8)] * 8})
     dataset, _ = cached_train_batch(table, root, tmp_path / "cache", [0], size=(HEIGHT, WIDTH))
-    corners = np.concatenate([dataset[0, step, list(range(8))]["corners"].numpy() for step in range(200)])
+    corners = np.concatenate([dataset[0, step, list(range(8))].plan.corners.numpy() for step in range(200)])
     coarse, cutout = corners[:, 0].reshape(-1, 2), corners[:, 1].reshape(-1, 2)  # (top, left) pairs
     # CoarseDropout (albumentations 1.0): top uniform over 0..H-8, left over 0..W-8, each value drawn.
     assert set(coarse[:, 0].tolist()) == set(range(HEIGHT - 8 + 1))
@@ -130,7 +130,7 @@ def test_the_batch_plan_draws_cutmix_boxes_over_height_and_width(tmp_path):
     root = tmp_path / "root"
     table = write_recordings(root, {"R": [np.full((27, 48, 3), 255, np.uint8)] * 8})
     dataset, _ = cached_train_batch(table, root, tmp_path / "cache", [0], size=(HEIGHT, WIDTH), cutmix_enabled=True)
-    boxes = np.concatenate([dataset[0, step, list(range(8))]["cutmix_boxes"].numpy() for step in range(100)])
+    boxes = np.concatenate([dataset[0, step, list(range(8))].plan.cutmix_boxes.numpy() for step in range(100)])
     top, bottom, left, right = boxes.T
     assert len(boxes) > 100 and bottom.max() <= HEIGHT and right.max() <= WIDTH
     # lambda in [0.3, 0.4]: a whole box is 2 * (int(side * sqrt(1 - lambda)) // 2) pixels along each side.

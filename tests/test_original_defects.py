@@ -25,6 +25,7 @@ import main_vit_rgb
 import model_set
 import recipe
 import train_options
+import worker_transport
 
 
 def original_smooth_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, smoothing: float) -> torch.Tensor:
@@ -46,7 +47,7 @@ def epoch_samples(tiny_data, cache_dir, integer_targets: bool):
     keys = list(loader.sampler)
     order = [int(i) for key in keys for i in (key[2] if isinstance(key, tuple) else [key])]
     images, targets = zip(*(batch_augment.finish_batch(batch, torch.device("cpu"))
-                            for batch in loader_vit_rgb.iterate_batches(loader)))
+                            for batch in worker_transport.iterate_batches(loader)))
     return table.labels[rows[order]], torch.cat(images), torch.cat(targets)
 
 

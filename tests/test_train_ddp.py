@@ -35,10 +35,10 @@ ARCH = "test_efficientnet"
 RECORDING_LAUNCHER = r'''
 import atexit, json, os, runpy, sys
 import numpy as np
-import engine, loader_vit_rgb
+import cached_batches, engine
 
 shards, weights = {}, []
-get_batch, train_one_epoch = loader_vit_rgb.CachedTrainBatches.__getitem__, engine.train_one_epoch
+get_batch, train_one_epoch = cached_batches.CachedTrainBatches.__getitem__, engine.train_one_epoch
 
 
 def recorded_get_batch(self, key):
@@ -53,7 +53,7 @@ def recorded_train_one_epoch(model, *args, **kwargs):
     return result
 
 
-loader_vit_rgb.CachedTrainBatches.__getitem__ = recorded_get_batch
+cached_batches.CachedTrainBatches.__getitem__ = recorded_get_batch
 engine.train_one_epoch = recorded_train_one_epoch
 out = os.path.join(os.environ["RECORD_DIR"], "rank_" + os.environ["RANK"] + ".json")
 atexit.register(lambda: open(out, "w").write(json.dumps({"shards": shards, "weights": weights})))

@@ -17,6 +17,7 @@ import image_cache
 import loader_vit_rgb
 import psg_layout
 import script_io
+import worker_transport
 from script_io import InputError
 
 NORMALISED_WHITE = [(1.0 - m) / s for m, s in zip(recipe.IMAGENET_MEAN, recipe.IMAGENET_STD)]
@@ -143,7 +144,7 @@ def test_corrupt_images_raise_an_input_error_naming_the_file(tmp_path):
     table = psg_layout.EpochTable(tmp_path / "t.csv", ["R", "R"], ["good.png", "truncated.png"], None)
     loader = loader_vit_rgb.make_eval_loader(tmp_path, table, 16, batch_size=2, workers=1, cache_dir=None)
     with pytest.raises(InputError) as caught:
-        list(loader_vit_rgb.iterate_batches(loader))
+        list(worker_transport.iterate_batches(loader))
     assert str(caught.value) == f"not a decodable image (corrupt or truncated PNG?) ({folder / 'truncated.png'})"
 
 
@@ -175,7 +176,7 @@ def test_training_loader_is_a_function_of_seed_and_epoch(tiny_data):
         loader = loader_vit_rgb.make_train_loader(tiny_data, table, rows, 32, batch_size=8, workers=workers, seed=72,
                                                   cache_dir=None)  # the per-sample path
         loader_vit_rgb.set_loader_epoch(loader, epoch)
-        return list(loader_vit_rgb.iterate_batches(loader))
+        return list(worker_transport.iterate_batches(loader))
 
     zero_workers, two_workers = epoch_batches(0, 1), epoch_batches(2, 1)
     assert len(zero_workers) == 5 and zero_workers[0][0].shape == (8, 3, 32, 32)
@@ -267,7 +268,7 @@ def test_per_sample_path_augments_each_balanced_draw_of_a_row_on_its_own(tiny_da
     loader_vit_rgb.set_loader_epoch(loader, 1)
     keys = list(loader.sampler)
     assert [draw for _, draw in keys] == list(range(len(table)))
-    (images, targets), = loader_vit_rgb.iterate_batches(loader)
+    (images, targets), = worker_transport.iterate_batches(loader)
     by_row = {}
     for (row, _), image, target in zip(keys, images, targets):
         by_row.setdefault(row, []).append(torch.cat([image.flatten(), target]))
@@ -290,7 +291,7 @@ def test_training_loader_with_stage_balance_evens_out_the_stages(tiny_data, tmp_
     seen = np.zeros(5)
     for epoch in range(3):
         loader_vit_rgb.set_loader_epoch(loader, epoch)
-        for batch in loader_vit_rgb.iterate_batches(loader):
+        for batch in worker_transport.iterate_batches(loader):
             _, targets = batch_augment.finish_batch(batch, torch.device("cpu"))
             seen += np.bincount(targets.argmax(dim=1).numpy(), minlength=5)
     assert seen.sum() == 3 * len(rows)

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 
+import cached_batches
 import engine
 import models
 import model_set
@@ -81,8 +82,8 @@ def default_run(small_data, tmp_path_factory):
     weights = tmp_path_factory.mktemp("default_run") / "weights"
     train_reads, valid_reads = set(), set()
     with one_thread(), pytest.MonkeyPatch.context() as patcher:
-        record_reads(patcher, loader_vit_rgb.CachedTrainBatches, train_reads)
-        record_reads(patcher, loader_vit_rgb.CachedEvalBatches, valid_reads)
+        record_reads(patcher, cached_batches.CachedTrainBatches, train_reads)
+        record_reads(patcher, cached_batches.CachedEvalBatches, valid_reads)
         engine.train(trainer_args(main_eff, small_data, weights, "--model-arch", "test_efficientnet",
                                   "--img-size", IMG_SIZE, "--lr", LR, "--epochs", 6, "--folds", FOLDS,
                                   "--batch-size", 8))
