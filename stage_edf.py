@@ -576,17 +576,22 @@ def main(argv=None) -> None:
     total = round(time.perf_counter() - started, 2)
     write_marker(out, config, recordings=scored, failed=sorted(failures), step_seconds=seconds,
                  total_seconds=total)
-    for source in pending:
-        if source.recording_id not in failures:
-            print(summary_line(out, source.recording_id) + f" -> {out / source.recording_id}")
-    print(f"scored {len(pending) - len(set(failures) & {s.recording_id for s in pending})} night(s) in {total:.1f} s "
+    report_run(out, [s.recording_id for s in pending if s.recording_id not in failures], failures, seconds, total)
+    if failures:
+        raise SystemExit(1)
+
+
+def report_run(out: Path, scored_now: list[str], failures: dict, seconds: dict, total: float) -> None:
+    """Print one line per night scored by this run, the time of each step, and every failed night's reason."""
+    for recording_id in scored_now:
+        print(summary_line(out, recording_id) + f" -> {out / recording_id}")
+    print(f"scored {len(scored_now)} night(s) in {total:.1f} s "
           f"({', '.join(f'{name} {s:.1f} s' for name, s in seconds.items())}); statistics table "
           f"{out / postprocess.STATISTICS_TABLE}")
     if failures:
         print(f"{len(failures)} night(s) failed, listed with their reasons in {out / FAILURES}:")
         for row in sorted(failures.values(), key=lambda r: r["recording_id"]):
             print(f"  {row['recording_id']} ({row['step']}): {row['reason']}")
-        raise SystemExit(1)
 
 
 def find_nights(edf: Path) -> list:
