@@ -74,9 +74,11 @@ def test_checkpoints_config_and_state_files(trained, tiny_data):
                            + [f"{ARCH}_fold_0_last.pt", f"{ARCH}_fold_0_config.json", f"{ARCH}_fold_0_log.csv"])
 
     config = model_set.read_run_config(weights, ARCH, 0)
-    assert (config["model_arch"], config["img_size"], config["num_classes"]) == (ARCH, [IMG_SIZE, IMG_SIZE], 5)
+    assert (config["model_arch"], config["img_size"], config["num_classes"]) == (ARCH, (IMG_SIZE, IMG_SIZE), 5)
+    saved = json.loads(model_set.run_config_path(weights, ARCH, 0).read_text())
+    assert saved["img_size"] == [IMG_SIZE, IMG_SIZE]  # saved as [height, width], read as (height, width)
     assert (config["optimizer"], config["cv"], config["amp"], config["seed"]) == ("adamp", "subject", "off", 72)
-    assert json.loads(stdout[:stdout.index("\n}\n") + 2]) == config  # printed at start as saved
+    assert json.loads(stdout[:stdout.index("\n}\n") + 2]) == saved  # printed at start as saved
 
     # The last checkpoint reproduces the logged validation accuracy.
     table = loader_vit_rgb.read_train_table(tiny_data)
