@@ -87,12 +87,16 @@ def lights_annotations(edf: Path) -> dict:
 
 
 def resolve_lights(edf: Path, start: datetime.datetime | None, duration: float, lights_off_text: str | None = None,
-                   lights_on_text: str | None = None) -> tuple[float | None, float | None, str | None]:
+                   lights_on_text: str | None = None,
+                   given_by: str | None = None) -> tuple[float | None, float | None, str | None]:
     """Lights off and lights on of one recording, s from its start, and where they came from.
 
     A flag wins over an annotation (:func:`lights_annotations`) for its
     bound; a bound with neither is None (the recording's start, or end,
     stands in for it).
+
+    ``given_by`` names where the texts came from when not from the two
+    flags (``stage_edf.py --lights-table``: ``"lights table nights.csv"``).
 
     Returns
     -------
@@ -112,8 +116,9 @@ def resolve_lights(edf: Path, start: datetime.datetime | None, duration: float, 
     for bound, text in texts.items():
         seconds[bound], origin = None, None
         if text is not None:
-            seconds[bound], origin = lights_seconds(text, start, edf, f"--lights-{bound}"), f"--lights-{bound} {text}"
-            flags.append(f"--lights-{bound}")
+            flag = f"lights {bound} of the {given_by}" if given_by else f"--lights-{bound}"
+            seconds[bound], origin = lights_seconds(text, start, edf, flag), f"{flag} {text}"
+            flags.append(flag if given_by is None else given_by)
         elif bound in marks:
             seconds[bound], label = marks[bound]
             origin = f"EDF+ annotation {label!r}"
@@ -121,7 +126,7 @@ def resolve_lights(edf: Path, start: datetime.datetime | None, duration: float, 
         if origin is not None and not 0 <= seconds[bound] <= duration:
             raise InputError(f"lights {bound} ({origin}) at {seconds[bound]:g} s is outside the recording "
                              f"(0 to {duration:g} s) {where(edf)}")
-    parts = ["/".join(flags)] if flags else []
+    parts = ["/".join(dict.fromkeys(flags))] if flags else []
     if labels:
         parts.append(f"EDF+ annotation{'s' if len(labels) > 1 else ''} {'/'.join(labels)}")
     source = ", ".join(parts) or None

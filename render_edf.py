@@ -374,18 +374,20 @@ def render_unscored_night(source: RecordingSource, montage_spec: str, out: Path,
 
 
 def plan_recording(source: RecordingSource, montage: Montage, trim_minutes: float | None, out: Path,
-                   config: dict, lights_off: str | None = None, lights_on: str | None = None) -> RenderJob:
+                   config: dict, lights_off: str | None = None, lights_on: str | None = None,
+                   lights_given_by: str | None = None) -> RenderJob:
     """Check one recording completely (header, channels, units, hypnogram, lights) and plan its epochs.
 
     A recording without hypnogram (``source.hypnogram`` None) keeps every
     whole epoch from its first sample, all unlabelled. ``lights_off`` and
     ``lights_on`` are the texts of ``--lights-off``/``--lights-on`` (None:
-    absent); the resolved times (:func:`lights.resolve_lights`) go into the timing
+    absent), or of another source that ``lights_given_by`` names; the
+    resolved times (:func:`lights.resolve_lights`) go into the timing
     sidecar and ``render_edf.json``.
     """
     rows, duration = resolve_channels(source.edf, montage)
     start = recording_start(source.edf)
-    lights = resolve_lights(source.edf, start, duration, lights_off, lights_on)
+    lights = resolve_lights(source.edf, start, duration, lights_off, lights_on, lights_given_by)
     if source.hypnogram is None:
         origin, stages = unscored_epoch_grid(source.edf, duration)
         keep = np.arange(len(stages))

@@ -55,6 +55,7 @@ import argparse
 import contextlib
 import csv
 import functools
+import hashlib
 import io
 import json
 import shutil
@@ -116,6 +117,10 @@ parser.add_argument("--lights-off", default=argparse.SUPPRESS, metavar="TIME",
 parser.add_argument("--lights-on", default=argparse.SUPPRESS, metavar="TIME",
                     help="lights on of every night, as --lights-off (default: the night's EDF+ annotation, else "
                          "its last epoch)")
+parser.add_argument("--lights-table", type=Path, default=None, metavar="CSV",
+                    help="lights off and on per night: a CSV with the header recording_id,lights_off,lights_on, "
+                         "values as --lights-off (an empty cell: that night's EDF+ annotation); nights it does not "
+                         "list take theirs from their annotations")
 parser.add_argument("--no-figures", action="store_true", help="no hypnogram figures (saves seconds per recording)")
 parser.add_argument("--resume", action="store_true",
                     help="go on with the run that wrote --out: skip its complete nights and those that failed on "
@@ -138,7 +143,8 @@ RENDER_RECORD = "{name}-render.json"
 STEPS = ("render", "infer", "blend", "post-process")
 # What a night's result depends on: --resume goes on only with the settings of the run that wrote --out.
 RESULT_KEYS = ("weights_dir", *model_set.MODEL_KEYS, *model_set.BLEND_KEYS, "from_tune", "tta", "amp", "postprocess",
-               "train_csv", "montage", "lights_off", "lights_on", "keep_images", "no_figures")
+               "train_csv", "montage", "lights_off", "lights_on", "lights_table", "keep_images", "no_figures")
+LIGHTS_TABLE_COLUMNS = ("recording_id", "lights_off", "lights_on")
 
 
 def resolve_settings(args) -> dict:
@@ -194,12 +200,53 @@ def check_args(args) -> None:
         raise InputError("--retry-failed goes with --resume")
     if not args.edf.exists():
         raise InputError(f"--edf not found {where(args.edf)}")
+    if args.lights_table is not None and (args.lights_off is not None or args.lights_on is not None):
+        raise InputError("--lights-table gives each night its lights; leave out --lights-off and --lights-on")
+    args.lights_by_night = {} if args.lights_table is None else read_lights_table(args.lights_table)
+
+
+def read_lights_table(path: Path) -> dict:
+    """``--lights-table``: recording ID -> (lights off text or None, lights on text or None), checked.
+
+    Raises
+    ------
+    InputError
+        A missing or unreadable file, another header, a value that is neither
+        a clock time nor seconds, a recording listed twice (each with the file and row).
+    """
+    import lights
+
+    if not path.is_file():
+        raise InputError(f"--lights-table not found {where(path)}")
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = list(csv.reader(handle))
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise InputError(f"not a readable CSV ({type(err).__name__}: {err}) {where(path)}") from None
+    if not rows or tuple(cell.strip() for cell in rows[0]) != LIGHTS_TABLE_COLUMNS:
+        raise InputError(f"the lights table's header must be {','.join(LIGHTS_TABLE_COLUMNS)} {where(path, 1)}")
+    table = {}
+    for number, row in enumerate(rows[1:], start=2):
+        if len(row) != len(LIGHTS_TABLE_COLUMNS):
+            raise InputError(f"expected {len(LIGHTS_TABLE_COLUMNS)} cells, found {len(row)} {where(path, number)}")
+        recording_id, *texts = (cell.strip() for cell in row)
+        if recording_id in table:
+            raise InputError(f"recording {recording_id!r} is listed twice {where(path, number)}")
+        for text in filter(None, texts):
+            try:
+                lights.lights_value(text)
+            except ValueError as err:
+                raise InputError(f"{err} {where(path, number)}") from None
+        table[recording_id] = tuple(text or None for text in texts)
+    return table
 
 
 def result_settings(args) -> dict:
     """The settings a night's result depends on (:data:`RESULT_KEYS`), as JSON values."""
     settings = {key: getattr(args, key) for key in RESULT_KEYS}
     settings["weights_dir"] = str(Path(args.weights_dir).resolve())
+    if args.lights_table is not None:  # its content, not its name: a changed table changes the nights' results
+        settings["lights_table"] = hashlib.sha256(args.lights_table.read_bytes()).hexdigest()
     return {key: (str(value) if isinstance(value, Path) else value) for key, value in settings.items()}
 
 
@@ -299,14 +346,22 @@ def render_chunk(chunk: list, data: Path, args, pool) -> dict:
     import render_edf
 
     config = {key: getattr(args, key) for key in ("montage", "lights_off", "lights_on")}
-    config.update(split="test", unscored=True, edf_folder=str(args.edf))
-    options = {key: config[key] for key in ("lights_off", "lights_on") if config[key] is not None}
-    render = functools.partial(render_edf.render_unscored_night, montage_spec=args.montage, out=data, config=config,
-                               **options)
+    config.update(split="test", unscored=True, edf_folder=str(args.edf),
+                  lights_table=None if args.lights_table is None else str(args.lights_table))
+    render = functools.partial(render_edf.render_unscored_night, montage_spec=args.montage, out=data, config=config)
+    jobs = [functools.partial(render, source, **night_lights(args, source.recording_id)) for source in chunk]
     if pool is None:
-        return {source.recording_id: error_of(render, source) for source in chunk}
-    futures = {source.recording_id: pool.submit(render, source) for source in chunk}
+        return {source.recording_id: error_of(job) for source, job in zip(chunk, jobs)}
+    futures = {source.recording_id: pool.submit(job) for source, job in zip(chunk, jobs)}
     return {recording_id: future.exception() for recording_id, future in futures.items()}
+
+
+def night_lights(args, recording_id: str) -> dict:
+    """One night's lights options for rendering: the lights table's row, else the two flags (absent: none)."""
+    if recording_id in args.lights_by_night:
+        lights_off, lights_on = args.lights_by_night[recording_id]
+        return dict(lights_off=lights_off, lights_on=lights_on, lights_given_by=f"lights table {args.lights_table.name}")
+    return {key: getattr(args, key) for key in ("lights_off", "lights_on") if getattr(args, key) is not None}
 
 
 def error_of(function, *args) -> Exception | None:
@@ -534,12 +589,17 @@ def main(argv=None) -> None:
     import infer_blend
 
     args.tta = getattr(args, "tta", infer_blend.parser.get_default("tta"))
-    config = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()}
+    config = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()
+              if key != "lights_by_night"}
     config.update(sources=sources, settings=result_settings(args))
     print("config: " + json.dumps(config))
     out = args.out
     resuming = check_out(out, args)
     recordings = find_nights(args.edf)
+    unknown = sorted(set(args.lights_by_night) - {source.recording_id for source in recordings})
+    if unknown:
+        print(f"the lights table lists {len(unknown)} recording(s) not found under --edf: {', '.join(unknown[:5])}"
+              f"{' ...' if len(unknown) > 5 else ''}")
     pending, done, kept = plan_nights(recordings, out, resuming, args.retry_failed)
     print(f"{len(recordings)} night(s): {len(done)} scored before, {len(kept)} failed before on unchanged files"
           f"{' (--retry-failed tries them again)' if kept else ''}, {len(pending)} to score")

@@ -226,3 +226,47 @@ def test_postprocess_takes_the_lights_from_the_sidecar(tmp_path):
     with pytest.raises(InputError, match=r"no listed epoch of recording N lies between lights off and lights on "
                                          r"\(--lights-on\) \(.*N.timing.json\)"):
         postprocess.place_recordings(str(data), test)
+
+
+def test_a_lights_table_gives_each_night_its_own_lights(tmp_path):
+    """stage_edf.py --lights-table: per night, as the flags would; unlisted nights keep their annotations."""
+    import argparse
+
+    import stage_edf
+    from render_edf import RecordingSource
+
+    nights = tmp_path / "nights"
+    nights.mkdir()
+    write_edf(nights / "A.edf", [(45, "Lights Off"), (255, "Lights On")])
+    write_edf(nights / "B.edf", [(45, "Lights Off"), (255, "Lights On")])
+    write_edf(nights / "C.edf", [(45, "Lights Off"), (255, "Lights On")])
+    table = tmp_path / "lights.csv"
+    table.write_text("recording_id,lights_off,lights_on\nA,22:31:00,240\nB,,120\n")
+    montage = tmp_path / "montage.json"
+    montage.write_text(json.dumps({"rows": {"C3-M2": {"channel": "EEG"}}}))
+    args = argparse.Namespace(edf=nights, montage=str(montage), lights_off=None, lights_on=None, lights_table=table,
+                              lights_by_night=stage_edf.read_lights_table(table))
+    chunk = [RecordingSource(name, nights / f"{name}.edf", None) for name in ("A", "B", "C")]
+    assert stage_edf.render_chunk(chunk, tmp_path / "DATA", args, pool=None) == dict.fromkeys("ABC")
+    timings = {name: epoch_timing.read_epoch_timing(tmp_path / "DATA", name, [1]) for name in "ABC"}
+    assert (timings["A"].lights_off, timings["A"].lights_on, timings["A"].lights_source) == (
+        60.0, 240.0, "lights table lights.csv")
+    # an empty cell: that bound from the night's own annotation
+    assert (timings["B"].lights_off, timings["B"].lights_on, timings["B"].lights_source) == (
+        45.0, 120.0, "lights table lights.csv, EDF+ annotation 'Lights Off'")
+    assert (timings["C"].lights_off, timings["C"].lights_on) == (45.0, 255.0)  # not listed: its annotations
+    assert timings["C"].lights_source == "EDF+ annotations 'Lights Off'/'Lights On'"
+
+    # the table is checked before anything is drawn, each problem with its row
+    for content, message in (("id,off,on\n", r"header must be recording_id,lights_off,lights_on \(.*lights.csv:1\)"),
+                             ("recording_id,lights_off,lights_on\nA,7pm,\n", r"got '7pm' \(.*lights.csv:2\)"),
+                             ("recording_id,lights_off,lights_on\nA,1,2\nA,3,4\n", r"listed twice \(.*lights.csv:3\)"),
+                             ("recording_id,lights_off,lights_on\nA,1\n", r"expected 3 cells, found 2 \(.*:2\)")):
+        table.write_text(content)
+        with pytest.raises(InputError, match=message):
+            stage_edf.read_lights_table(table)
+    refused = stage_edf.parser.parse_args(["--edf", str(nights), "--weights-dir", str(tmp_path), "--out",
+                                           str(tmp_path / "out"), "--lights-table", str(table), "--lights-on", "1"])
+    stage_edf.resolve_settings(refused)
+    with pytest.raises(InputError, match="leave out --lights-off and --lights-on"):
+        stage_edf.check_args(refused)
