@@ -14,7 +14,8 @@ in chunks of ``--chunk-nights``; for each chunk:
 
 1. render: each night alone, as ``render_edf.py --split test --unscored``
    does (every whole 30-s epoch drawn, the timing sidecar with the lights
-   period, the signal-quality sidecar; the montage that fits its channels
+   period: ``--lights-off``/``--lights-on``, a row of ``--lights-table``,
+   else the night's EDF+ annotations; the signal-quality sidecar; the montage that fits its channels
    with ``--montage auto``), ``--workers`` nights at a time. A night that
    cannot be rendered (unreadable, truncated, too short, channels no
    montage fits) is listed in the failures table and the others go on;
