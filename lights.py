@@ -10,6 +10,7 @@ between them are ``hypnogram.in_lights_period``.
 """
 from __future__ import annotations
 
+import csv
 import datetime
 import math
 import re
@@ -135,3 +136,40 @@ def resolve_lights(edf: Path, start: datetime.datetime | None, duration: float, 
         raise InputError(f"lights off at {off:g} s is at or after lights on at {on:g} s from the recording start "
                          f"({source}) {where(edf)}")
     return seconds["off"], seconds["on"], source
+
+
+LIGHTS_TABLE_COLUMNS = ("recording_id", "lights_off", "lights_on")
+
+
+def read_lights_table(path: Path) -> dict:
+    """``--lights-table``: recording ID -> (lights off text or None, lights on text or None), checked.
+
+    Raises
+    ------
+    InputError
+        A missing or unreadable file, another header, a value that is neither
+        a clock time nor seconds, a recording listed twice (each with the file and row).
+    """
+    if not path.is_file():
+        raise InputError(f"--lights-table not found {where(path)}")
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = list(csv.reader(handle))
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise InputError(f"not a readable CSV ({type(err).__name__}: {err}) {where(path)}") from None
+    if not rows or tuple(cell.strip() for cell in rows[0]) != LIGHTS_TABLE_COLUMNS:
+        raise InputError(f"the lights table's header must be {','.join(LIGHTS_TABLE_COLUMNS)} {where(path, 1)}")
+    table = {}
+    for number, row in enumerate(rows[1:], start=2):
+        if len(row) != len(LIGHTS_TABLE_COLUMNS):
+            raise InputError(f"expected {len(LIGHTS_TABLE_COLUMNS)} cells, found {len(row)} {where(path, number)}")
+        recording_id, *texts = (cell.strip() for cell in row)
+        if recording_id in table:
+            raise InputError(f"recording {recording_id!r} is listed twice {where(path, number)}")
+        for text in filter(None, texts):
+            try:
+                lights_value(text)
+            except ValueError as err:
+                raise InputError(f"{err} {where(path, number)}") from None
+        table[recording_id] = tuple(text or None for text in texts)
+    return table

@@ -67,11 +67,13 @@ from pathlib import Path
 from tqdm import tqdm
 
 import blend
+import epoch_timing
+import lights
 import model_set
 import postprocess
-import epoch_timing
 import psg_layout
 import script_io
+from cohort import FAILURES, file_stamp, plan_nights, write_tables
 from output_names import submission_path
 from script_io import InputError, where
 
@@ -137,15 +139,12 @@ parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 MARKER = "stage_edf.json"
 LOG = "stage_edf.log"
-FAILURES = "failures.csv"
-FAILURE_COLUMNS = ("recording_id", "edf", "step", "reason", "edf_bytes", "edf_modified_ns")
 PARTIAL = ".partial"  # the chunk being scored, inside --out; what a killed run left there is removed
 RENDER_RECORD = "{name}-render.json"
 STEPS = ("render", "infer", "blend", "post-process")
 # What a night's result depends on: --resume goes on only with the settings of the run that wrote --out.
 RESULT_KEYS = ("weights_dir", *model_set.MODEL_KEYS, *model_set.BLEND_KEYS, "from_tune", "tta", "amp", "postprocess",
                "train_csv", "montage", "lights_off", "lights_on", "lights_table", "keep_images", "no_figures")
-LIGHTS_TABLE_COLUMNS = ("recording_id", "lights_off", "lights_on")
 
 
 def resolve_settings(args) -> dict:
@@ -203,43 +202,7 @@ def check_args(args) -> None:
         raise InputError(f"--edf not found {where(args.edf)}")
     if args.lights_table is not None and (args.lights_off is not None or args.lights_on is not None):
         raise InputError("--lights-table gives each night its lights; leave out --lights-off and --lights-on")
-    args.lights_by_night = {} if args.lights_table is None else read_lights_table(args.lights_table)
-
-
-def read_lights_table(path: Path) -> dict:
-    """``--lights-table``: recording ID -> (lights off text or None, lights on text or None), checked.
-
-    Raises
-    ------
-    InputError
-        A missing or unreadable file, another header, a value that is neither
-        a clock time nor seconds, a recording listed twice (each with the file and row).
-    """
-    import lights
-
-    if not path.is_file():
-        raise InputError(f"--lights-table not found {where(path)}")
-    try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            rows = list(csv.reader(handle))
-    except (UnicodeDecodeError, csv.Error) as err:
-        raise InputError(f"not a readable CSV ({type(err).__name__}: {err}) {where(path)}") from None
-    if not rows or tuple(cell.strip() for cell in rows[0]) != LIGHTS_TABLE_COLUMNS:
-        raise InputError(f"the lights table's header must be {','.join(LIGHTS_TABLE_COLUMNS)} {where(path, 1)}")
-    table = {}
-    for number, row in enumerate(rows[1:], start=2):
-        if len(row) != len(LIGHTS_TABLE_COLUMNS):
-            raise InputError(f"expected {len(LIGHTS_TABLE_COLUMNS)} cells, found {len(row)} {where(path, number)}")
-        recording_id, *texts = (cell.strip() for cell in row)
-        if recording_id in table:
-            raise InputError(f"recording {recording_id!r} is listed twice {where(path, number)}")
-        for text in filter(None, texts):
-            try:
-                lights.lights_value(text)
-            except ValueError as err:
-                raise InputError(f"{err} {where(path, number)}") from None
-        table[recording_id] = tuple(text or None for text in texts)
-    return table
+    args.lights_by_night = {} if args.lights_table is None else lights.read_lights_table(args.lights_table)
 
 
 def result_settings(args) -> dict:
@@ -287,46 +250,6 @@ def check_out(out: Path, args) -> bool:
 # --------------------------------------------------------------------------
 # Which nights to score
 # --------------------------------------------------------------------------
-def scored_nights(out: Path) -> list[str]:
-    """IDs of the nights whose results are in ``out`` (a night's folder appears whole, statistics included)."""
-    import hypnogram
-
-    statistics = hypnogram.OUTPUT_FILES["statistics"]
-    return sorted(folder.name for folder in out.iterdir() if not folder.name.startswith(".")
-                  and (folder / statistics.format(name=folder.name)).is_file())
-
-
-def file_stamp(path: Path) -> dict:
-    """Size and modification time of a file: a failed night is tried again once its file changed."""
-    status = path.stat()
-    return {"edf_bytes": str(status.st_size), "edf_modified_ns": str(status.st_mtime_ns)}
-
-
-def read_failures(out: Path) -> dict:
-    """The failures table of an earlier run: ID -> row (dict of :data:`FAILURE_COLUMNS`); empty when absent."""
-    path = out / FAILURES
-    if not path.is_file():
-        return {}
-    with open(path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    if rows and set(rows[0]) != set(FAILURE_COLUMNS):
-        raise InputError(f"not a failures table of stage_edf.py (columns {list(rows[0])}) {where(path)}")
-    return {row["recording_id"]: row for row in rows}
-
-
-def plan_nights(recordings: list, out: Path, resuming: bool, retry_failed: bool) -> tuple[list, list, dict]:
-    """Split the recordings into (to score, already scored IDs, failures kept from before: ID -> row)."""
-    done = set(scored_nights(out)) if resuming else set()
-    earlier = read_failures(out) if resuming and not retry_failed else {}
-    kept = {}
-    for source in recordings:
-        row = earlier.get(source.recording_id)
-        unchanged = row is not None and row["edf"] == str(source.edf) and all(
-            row[key] == value for key, value in file_stamp(source.edf).items())
-        if unchanged:
-            kept[source.recording_id] = row
-    pending = [s for s in recordings if s.recording_id not in done and s.recording_id not in kept]
-    return pending, sorted(done & {s.recording_id for s in recordings}), kept
 
 
 # --------------------------------------------------------------------------
@@ -523,21 +446,6 @@ def load_models(args, configs: dict):
                     list(infer_blend.load_checkpoints(arch, epochs, configs[key], args.weights_dir, args.fold, device)))
               for key, (arch, epochs) in arch_epochs.items()}
     return loaded, device
-
-
-def write_tables(out: Path, failures: dict) -> list[str]:
-    """The cohort's statistics table (every scored night in ``out``) and failures table; return the scored IDs."""
-    import hypnogram
-
-    nights = scored_nights(out)
-    statistics = {recording_id: json.loads((out / recording_id / hypnogram.OUTPUT_FILES["statistics"].format(
-        name=recording_id)).read_text()) for recording_id in nights}
-    hypnogram.write_statistics_table(out / postprocess.STATISTICS_TABLE, statistics)
-    with script_io.atomic_path(out / FAILURES) as tmp, open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, FAILURE_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(failures[recording_id] for recording_id in sorted(failures))
-    return nights
 
 
 def summary_line(out: Path, recording_id: str) -> str:

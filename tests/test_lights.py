@@ -245,7 +245,7 @@ def test_a_lights_table_gives_each_night_its_own_lights(tmp_path):
     montage = tmp_path / "montage.json"
     montage.write_text(json.dumps({"rows": {"C3-M2": {"channel": "EEG"}}}))
     args = argparse.Namespace(edf=nights, montage=str(montage), lights_off=None, lights_on=None, lights_table=table,
-                              lights_by_night=stage_edf.read_lights_table(table))
+                              lights_by_night=lights.read_lights_table(table))
     chunk = [RecordingSource(name, nights / f"{name}.edf", None) for name in ("A", "B", "C")]
     assert stage_edf.render_chunk(chunk, tmp_path / "DATA", args, pool=None) == dict.fromkeys("ABC")
     timings = {name: epoch_timing.read_epoch_timing(tmp_path / "DATA", name, [1]) for name in "ABC"}
@@ -264,7 +264,7 @@ def test_a_lights_table_gives_each_night_its_own_lights(tmp_path):
                              ("recording_id,lights_off,lights_on\nA,1\n", r"expected 3 cells, found 2 \(.*:2\)")):
         table.write_text(content)
         with pytest.raises(InputError, match=message):
-            stage_edf.read_lights_table(table)
+            lights.read_lights_table(table)
     refused = stage_edf.parser.parse_args(["--edf", str(nights), "--weights-dir", str(tmp_path), "--out",
                                            str(tmp_path / "out"), "--lights-table", str(table), "--lights-on", "1"])
     stage_edf.resolve_settings(refused)

@@ -16,6 +16,7 @@ import edfio
 import numpy as np
 import pytest
 
+import cohort
 import engine
 import psg_layout
 import stage_edf
@@ -84,7 +85,7 @@ def test_scores_an_unscored_night(tiny_data, night, scored):
     assert config["method"] == "sqrt" and config["ens_weight"] == 0.06  # blend.py's defaults
     assert "== post-process: " in (out / stage_edf.LOG).read_text()
     assert not (out / stage_edf.PARTIAL).exists()
-    assert (out / stage_edf.FAILURES).read_text() == ",".join(stage_edf.FAILURE_COLUMNS) + "\n"  # none failed
+    assert (out / cohort.FAILURES).read_text() == ",".join(cohort.FAILURE_COLUMNS) + "\n"  # none failed
 
 
 @pytest.mark.slow

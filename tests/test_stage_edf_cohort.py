@@ -14,6 +14,7 @@ import shutil
 import edfio
 import pytest
 
+import cohort
 import infer_blend
 import postprocess
 import psg_layout
@@ -88,7 +89,7 @@ def test_a_cohort_scores_the_good_nights_lists_the_bad_one_and_resume_does_nothi
     assert loads == [VIT, EFF]  # the checkpoints are loaded once for the three chunks
     assert len(passes) == 4  # one batched pass per model and chunk; the broken night's chunk had no image
 
-    with open(out / stage_edf.FAILURES, newline="") as handle:
+    with open(out / cohort.FAILURES, newline="") as handle:
         failures = list(csv.DictReader(handle))
     assert [(row["recording_id"], row["step"]) for row in failures] == [("broken", "render")]
     assert failures[0]["reason"].startswith("EDF is truncated") and failures[0]["edf"] == str(edf / "broken.edf")
@@ -116,7 +117,7 @@ def test_a_cohort_scores_the_good_nights_lists_the_bad_one_and_resume_does_nothi
     # A repaired file is tried again: the cohort is complete, the failures table empty, exit status 0.
     shutil.copy(tiny_data / "edf" / f"{night_ids[0]}.edf", edf / "broken.edf")
     assert stage(*options(edf, weights, out, "--resume")) == 0
-    assert (out / stage_edf.FAILURES).read_text() == ",".join(stage_edf.FAILURE_COLUMNS) + "\n"
+    assert (out / cohort.FAILURES).read_text() == ",".join(cohort.FAILURE_COLUMNS) + "\n"
     assert stages_after(out, "broken") == stages_after(out, night_ids[0])  # the same recording under another ID
     for name, content in before.items():  # the nights scored before are left as they were
         if name.startswith(tuple(night_ids)):
@@ -147,7 +148,7 @@ def test_a_killed_run_is_resumed_and_its_unfinished_night_redone(tiny_data, weig
     with pytest.raises(KeyboardInterrupt):
         stage(*options(edf, weights, out))
     monkeypatch.setattr(postprocess, "main", post)
-    assert stage_edf.scored_nights(out) == night_ids[:1] and not (out / stage_edf.PARTIAL).exists()
+    assert cohort.scored_nights(out) == night_ids[:1] and not (out / stage_edf.PARTIAL).exists()
     # a folder of the second night that a crash of some other kind left half-written is not taken as done
     (out / night_ids[1]).mkdir()
     (out / night_ids[1] / f"{night_ids[1]}-hypnogram.csv").write_text("epoch\n")
@@ -197,18 +198,18 @@ def test_failed_nights_are_kept_only_while_their_file_is_unchanged(tmp_path):
         (tmp_path / f"{name}.edf").write_bytes(b"x" * 10)
         nights.append(argparse.Namespace(recording_id=name, edf=tmp_path / f"{name}.edf"))
     rows = [{"recording_id": n, "edf": str(tmp_path / f"{n}.edf"), "step": "render", "reason": "bad",
-             **stage_edf.file_stamp(tmp_path / f"{n}.edf")} for n in ("C", "D")]
-    with open(out / stage_edf.FAILURES, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, stage_edf.FAILURE_COLUMNS)
+             **cohort.file_stamp(tmp_path / f"{n}.edf")} for n in ("C", "D")]
+    with open(out / cohort.FAILURES, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, cohort.FAILURE_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
     (tmp_path / "D.edf").write_bytes(b"x" * 11)  # changed since it failed
 
-    pending, done, kept = stage_edf.plan_nights(nights, out, resuming=True, retry_failed=False)
+    pending, done, kept = cohort.plan_nights(nights, out, resuming=True, retry_failed=False)
     assert [n.recording_id for n in pending] == ["B", "D"] and done == ["A"] and list(kept) == ["C"]
-    pending, _, kept = stage_edf.plan_nights(nights, out, resuming=True, retry_failed=True)
+    pending, _, kept = cohort.plan_nights(nights, out, resuming=True, retry_failed=True)
     assert [n.recording_id for n in pending] == ["B", "C", "D"] and kept == {}
-    pending, done, _ = stage_edf.plan_nights(nights, out, resuming=False, retry_failed=False)
+    pending, done, _ = cohort.plan_nights(nights, out, resuming=False, retry_failed=False)
     assert len(pending) == 4 and done == []
 
 
@@ -264,7 +265,7 @@ def test_a_lab_folder_with_lights_faults_and_a_corrupt_file(tiny_data, weights, 
     printed = capsys.readouterr().out
     assert "corrupt (render): cannot read EDF" in printed
     assert f"{second}: {epochs} epochs" in printed and "warning: Chin EMG flat in 100.0 % of epochs" in printed
-    assert [row["recording_id"] for row in read_rows(out / stage_edf.FAILURES)] == ["corrupt"]
+    assert [row["recording_id"] for row in read_rows(out / cohort.FAILURES)] == ["corrupt"]
 
     # the first night: time in bed from lights off (120 s) to lights on (1500 s), faults flagged epoch by epoch
     table = read_rows(out / first / f"{first}-hypnogram.csv")
