@@ -34,7 +34,6 @@ import psg_layout
 from recipe import (CUTMIX_ALPHA, CUTMIX_LAMBDA_RANGE, CUTMIX_PROBABILITY, DROPOUT_HOLE_PIXELS, DROPOUT_HOLES,
                     FMIX_ALPHA, FMIX_DECAY_POWER, FMIX_LAMBDA_RANGE, FMIX_MAX_SOFT, FMIX_PROBABILITY, IMAGENET_MEAN,
                     IMAGENET_STD)
-from psg_layout import input_shape
 from worker_transport import WorkerBlocks, iterate_batches, map_tensors
 
 # From this many pixels a sample, the CPU augments a batch one sample at a time (_augmented_rows): its
@@ -255,14 +254,14 @@ def dropout_keep(corners: torch.Tensor, applied: torch.Tensor, img_size) -> torc
         (top, left) of each hole of ``DROPOUT_HOLE_PIXELS`` x
         ``DROPOUT_HOLE_PIXELS``, clipped at the bottom and right borders.
     applied : torch.Tensor of bool, shape (n, dropouts)
-    img_size : int or (int, int)
-        One size (square) or (height, width) in pixels (see :func:`psg_layout.input_shape`).
+    img_size : (int, int)
+        (height, width) in pixels.
 
     Returns
     -------
     torch.Tensor of float32, shape (n, 1, height, width)
     """
-    keep = torch.ones((corners.shape[0], 1, *input_shape(img_size)), device=corners.device)
+    keep = torch.ones((corners.shape[0], 1, *tuple(img_size)), device=corners.device)
     _drop_holes(keep, corners, applied)
     return keep
 

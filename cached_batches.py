@@ -22,7 +22,6 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 import fmix
 from batch_augment import CachedBatch, draw_plan, finish_batch
 from image_cache import ImageCache
-from psg_layout import input_shape
 from recipe import DROPOUT_PROBABILITY
 from worker_transport import WorkerBlocks, input_errors_as_items, sendable
 
@@ -130,8 +129,8 @@ class CachedTrainBatches(_CachedBatches):
 
     Parameters
     ----------
-    img_size : int or (int, int)
-        Model input size in pixels (see :func:`psg_layout.input_shape`).
+    img_size : (int, int)
+        Model input size in pixels, (height, width).
     seed, rank : int
         Keys of the batches' generators.
     fmix_enabled, cutmix_enabled : bool
@@ -147,7 +146,7 @@ class CachedTrainBatches(_CachedBatches):
                  dropout_probability: float = DROPOUT_PROBABILITY, fmix_spectrum: str = fmix.DEFAULT_SPECTRUM,
                  workers: int = 0, integer_targets: bool = False):
         super().__init__(opener, rows, labels, finish, workers)
-        self.shape = input_shape(img_size)
+        self.shape = tuple(img_size)
         self.seed, self.rank = seed, rank
         self.plan_options = dict(fmix_enabled=fmix_enabled, cutmix_enabled=cutmix_enabled,
                                  dropout_probability=dropout_probability, fmix_spectrum=fmix_spectrum,

@@ -94,29 +94,29 @@ DEFAULT_RESIZE = "linear"  # the original's
 
 
 def make_resize(img_size, resize: str = DEFAULT_RESIZE) -> A.Resize:
-    """The albumentations Resize to ``img_size`` (as for :func:`psg_layout.input_shape`) with ``resize``'s interpolation.
+    """The albumentations Resize to ``img_size`` ``(height, width)`` with ``resize``'s interpolation.
 
     Both the cache and the per-sample transforms use it, so their pixels are the same.
     """
     if resize not in RESIZE_INTERPOLATIONS:
         raise InputError(f"--resize must be one of {', '.join(RESIZE_INTERPOLATIONS)}, got {resize!r}")
-    return A.Resize(*psg_layout.input_shape(img_size), interpolation=RESIZE_INTERPOLATIONS[resize])
+    return A.Resize(*tuple(img_size), interpolation=RESIZE_INTERPOLATIONS[resize])
 
 
 def shape_label(img_size) -> str:
     """``"<S>px"`` for a square input, ``"<H>x<W>px"`` otherwise (cache folders, progress, reports).
 
-    ``img_size`` as for :func:`psg_layout.input_shape`.
+    ``img_size``: ``(height, width)`` in pixels.
     """
-    height, width = psg_layout.input_shape(img_size)
+    height, width = tuple(img_size)
     return f"{height}px" if height == width else f"{height}x{width}px"
 
 
 def cache_folder(cache_dir: Path | str, data_root: Path | str, img_size, resize: str = DEFAULT_RESIZE) -> Path:
     """``<cache_dir>/<root name>-<hash of the root's real path>/<S>px`` (square) or ``.../<H>x<W>px``.
 
-    One folder per data root, input size (``img_size`` as for
-    :func:`psg_layout.input_shape`) and resize (``-area`` appended for ``"area"``);
+    One folder per data root, input size (``img_size``, ``(height, width)``)
+    and resize (``-area`` appended for ``"area"``);
     square inputs with the original's resize keep the folder name they had
     before inputs could be non-square.
     """
@@ -278,9 +278,9 @@ def open_cache(data_root: Path | str, table: EpochTable, img_size, cache_dir: Pa
         Data root of the table (never written to).
     table : EpochTable
         The table whose rows are read.
-    img_size : int or (int, int)
-        Model input size in pixels: one (square) or (height, width), see
-        :func:`psg_layout.input_shape`.
+    img_size : (int, int)
+        Model input size in pixels, (height, width) (``--img-size`` and saved
+        configurations are brought to that form where they enter).
     cache_dir : path-like
         Folder of caches, outside the data root (see :func:`cache_folder`).
     rows : np.ndarray of int, optional
@@ -300,7 +300,7 @@ def open_cache(data_root: Path | str, table: EpochTable, img_size, cache_dir: Pa
     """
     data_root = Path(data_root)
     check_cache_dir(cache_dir, data_root)
-    shape = psg_layout.input_shape(img_size)
+    shape = tuple(img_size)
     make_resize(shape, resize)  # an unknown resize fails before anything is built
     folder = cache_folder(cache_dir, data_root, shape, resize)
     wanted = set(table.recording_ids) if rows is None else {table.recording_ids[r] for r in rows}

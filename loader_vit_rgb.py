@@ -253,8 +253,8 @@ def get_train_transforms(img_size, resize: str = DEFAULT_RESIZE) -> A.Compose:
 
     Parameters
     ----------
-    img_size : int or (int, int)
-        Output size in pixels: one (square) or (height, width), see :func:`psg_layout.input_shape`.
+    img_size : (int, int)
+        Output size in pixels, (height, width).
     resize : {"linear", "area"}
         The resize's interpolation (:func:`image_cache.make_resize`; linear is the original's).
 
@@ -492,8 +492,8 @@ def make_train_loader(data_root, table: EpochTable, rows: np.ndarray, img_size, 
         Progress bar while the cache is built.
     fmix_spectrum : {"original", "isotropic"}
         The FMix masks' spectrum (:mod:`fmix`).
-    img_size : int or (int, int)
-        Model input size in pixels: one (square) or (height, width), see :func:`psg_layout.input_shape`.
+    img_size : (int, int)
+        Model input size in pixels, (height, width).
     resize : {"linear", "area"}
         The resize's interpolation (:func:`image_cache.make_resize`).
     stage_balance : float
@@ -545,8 +545,8 @@ def make_eval_loader(data_root, table: EpochTable, img_size, batch_size: int, wo
     table : EpochTable
         Rows to read; with labels the items are ``(image, one-hot target)``,
         without (the test table) the image alone.
-    img_size : int or (int, int)
-        Model input size in pixels: one (square) or (height, width), see :func:`psg_layout.input_shape`.
+    img_size : (int, int)
+        Model input size in pixels, (height, width).
     batch_size, workers : int
         DataLoader settings.
     rows : np.ndarray of int, optional

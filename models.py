@@ -86,9 +86,8 @@ def create_model(arch: str, img_size, num_classes: int = psg_layout.NUM_CLASSES,
     ----------
     arch : str
         timm architecture name (``vit_base_patch16_224``, ``tf_efficientnet_b4_ns``...).
-    img_size : int or (int, int)
-        Input size in pixels, one (square) or (height, width) (see
-        :func:`psg_layout.input_shape`), passed as (height, width) to
+    img_size : (int, int)
+        Input size in pixels, (height, width), passed as it is to
         architectures that take it (vision transformers, whose patch size
         must divide both); convolutional networks take any size.
     num_classes : int
@@ -115,7 +114,7 @@ def create_model(arch: str, img_size, num_classes: int = psg_layout.NUM_CLASSES,
     """
     if not timm.is_model(arch):
         raise InputError(f"unknown model architecture {arch!r} (not in timm {timm.__version__})")
-    shape = psg_layout.input_shape(img_size)
+    shape = tuple(img_size)
     options = dict(num_classes=num_classes)
     name = arch
     if pretrained == PRETRAINED_IMAGENET:

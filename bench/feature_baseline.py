@@ -96,6 +96,7 @@ def main(args: argparse.Namespace) -> None:
     if shape[1] % args.block:  # the width: blocks are of columns
         raise script_io.InputError(f"--img-size {' '.join(map(str, args.img_size))} is not a multiple of --block "
                                     f"{args.block}")
+    args.img_size = shape  # (height, width) from here on
     started = time.perf_counter()
     train = loader_vit_rgb.read_train_table(args.data_root)
     test = loader_vit_rgb.read_test_table(args.data_root)

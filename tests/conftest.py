@@ -227,7 +227,7 @@ def write_random_checkpoints(data_root: Path, folder: Path, archs, epochs, img_s
     for number, arch in enumerate(archs):
         for epoch in epochs:
             torch.manual_seed(10 * number + epoch)
-            model = models.create_model(arch, img_size)
+            model = models.create_model(arch, (img_size, img_size))
             models.save_weights(model, engine.checkpoint_path(folder, arch, 0, epoch))
         config = dict(model_arch=arch, img_size=img_size, num_classes=5, fold=0,
                       valid_recordings=valid_recordings, **split)

@@ -15,6 +15,7 @@ import loader_vit_rgb as L
 
 CPU = torch.device("cpu")
 SIZE = 32
+SHAPE = (SIZE, SIZE)  # the library functions take (height, width)
 MEAN, STD = np.array(recipe.IMAGENET_MEAN), np.array(recipe.IMAGENET_STD)
 
 
@@ -46,7 +47,7 @@ def test_cutout_centres_holes_anywhere_and_clips_them_at_the_border():
         np.testing.assert_array_equal(length[start > SIZE - 8], SIZE - start[start > SIZE - 8])
         assert end.max() == SIZE and length.min() == 4
     # CoarseDropout keeps its holes inside: the other dropout of the pipeline
-    coarse = L.get_train_transforms(SIZE).transforms[2]
+    coarse = L.get_train_transforms(SHAPE).transforms[2]
     coarse.set_random_seed(0)
     inside = np.concatenate([coarse.get_params_dependent_on_data({"shape": (SIZE, SIZE, 3)}, {})["holes"]
                              for _ in range(300)])
@@ -84,13 +85,13 @@ def test_dropout_keep_clips_a_hole_at_the_border():
     corners[0, 1, 0] = torch.tensor([SIZE - 4, SIZE - 4])  # bottom-right: 4 x 4 pixels remain
     corners[0, 1, 1] = torch.tensor([0, SIZE - 5])  # top-right: 8 x 5, nothing wraps to the next rows
     corners[0, 1, 2:] = torch.tensor([SIZE - 6, 12])  # bottom: 6 x 8
-    keep = batch_augment.dropout_keep(corners, torch.tensor([[False, True]]), SIZE)[0, 0]
+    keep = batch_augment.dropout_keep(corners, torch.tensor([[False, True]]), SHAPE)[0, 0]
     expected = torch.ones(SIZE, SIZE)
     expected[SIZE - 4:, SIZE - 4:] = 0
     expected[:8, SIZE - 5:] = 0
     expected[SIZE - 6:, 12:20] = 0
     torch.testing.assert_close(keep, expected, rtol=0, atol=0)
-    first = batch_augment.dropout_keep(corners, torch.tensor([[True, False]]), SIZE)[0, 0]
+    first = batch_augment.dropout_keep(corners, torch.tensor([[True, False]]), SHAPE)[0, 0]
     assert first[8:, :].eq(1).all()  # first: at 0, 0
 
 
@@ -156,7 +157,7 @@ def test_per_sample_cutmix_target_is_the_area_share_of_the_box(tmp_path):
     cv2.imwrite(str(black), np.zeros((27, 48, 3), np.uint8))
     cv2.imwrite(str(white), np.full((27, 48, 3), 255, np.uint8))
     paths, labels = [black, white] * 30, np.array([0, 4] * 30)
-    dataset = L.EpochImageDataset(paths, labels, L.get_valid_transforms(SIZE), seed=2, cutmix_enabled=True)
+    dataset = L.EpochImageDataset(paths, labels, L.get_valid_transforms(SHAPE), seed=2, cutmix_enabled=True)
     checked = 0
     for index in range(len(dataset)):
         image, target = dataset[index]

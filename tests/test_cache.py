@@ -25,6 +25,7 @@ from script_io import InputError
 
 CPU = torch.device("cpu")
 SIZE = 32
+SHAPE = (SIZE, SIZE)  # the library functions take (height, width)
 
 
 def finished(loader):
@@ -45,7 +46,7 @@ def write_recordings(root, recordings):
     return EpochTable(root / psg_layout.TRAIN_CSV, ids, names, np.arange(len(names)) % 5)
 
 
-def cached_train_batch(table, root, cache_dir, indices, size=SIZE, resize="linear", **options):
+def cached_train_batch(table, root, cache_dir, indices, size=SHAPE, resize="linear", **options):
     """The dataset of all rows (no mixing, batches left for the device) and its item (epoch 0, step 0, indices)."""
     rows = np.arange(len(table))
     opener = functools.partial(image_cache.open_cache, root, table, size, cache_dir, resize=resize)
@@ -58,7 +59,7 @@ def cached_train_batch(table, root, cache_dir, indices, size=SIZE, resize="linea
 # --------------------------------------------------------------------------
 # Without augmentation: the per-sample path's tensors, to the bit
 # --------------------------------------------------------------------------
-SIZES = pytest.mark.parametrize("size, resize", [(SIZE, "linear"), ((40, 24), "linear"), (SIZE, "area")],
+SIZES = pytest.mark.parametrize("size, resize", [(SHAPE, "linear"), ((40, 24), "linear"), (SHAPE, "area")],
                                 ids=["square", "40x24", "square-area"])  # (height, width); the interpolation
 
 
@@ -104,8 +105,8 @@ def test_area_resize_keeps_a_one_pixel_trace_that_the_original_resize_drops():
     # 0-4.22) holds 255 / 4.21875 = 60.4 -> 60 across the width, and every other row 0.
     image = np.zeros((270, 480, 3), np.uint8)
     image[3] = 255
-    linear = image_cache.make_resize(64)(image=image)["image"]
-    area = image_cache.make_resize(64, "area")(image=image)["image"]
+    linear = image_cache.make_resize((64, 64))(image=image)["image"]
+    area = image_cache.make_resize((64, 64), "area")(image=image)["image"]
     assert linear.shape == area.shape == (64, 64, 3) and linear.max() == 0
     assert (area[0] == 60).all() and area[1:].max() == 0
     with pytest.raises(InputError, match="^--resize must be one of linear, area, got 'cubic'$"):
@@ -119,19 +120,19 @@ def test_grey_images_are_stored_once_and_colour_in_three_channels(tmp_path):
     colour[1][5:9, 10:20] = (200, 30, 90)  # one coloured patch: that recording needs 3 channels
     root, cache_dir = tmp_path / "root", tmp_path / "cache"
     table = write_recordings(root, {"GREY": grey, "COLOUR": colour})
-    cache = image_cache.open_cache(root, table, SIZE, cache_dir)
-    folder = image_cache.cache_folder(cache_dir, root, SIZE)
+    cache = image_cache.open_cache(root, table, SHAPE, cache_dir)
+    folder = image_cache.cache_folder(cache_dir, root, SHAPE)
     assert json.loads((folder / "GREY.json").read_text())["channels"] == 1
     assert json.loads((folder / "COLOUR.json").read_text())["channels"] == 3
     assert np.load(folder / "GREY.npy", mmap_mode="r").shape == (3, 1, SIZE, SIZE)
     assert np.load(folder / "COLOUR.npy", mmap_mode="r").shape == (3, 3, SIZE, SIZE)
     # Read together, grey recordings are broadcast to three channels; the model gets the same tensors.
     assert cache.read([0, 4]).shape == (2, 3, SIZE, SIZE)
-    cached = finished(L.make_eval_loader(root, table, SIZE, 4, 0, cache_dir=cache_dir))
-    reference = finished(L.make_eval_loader(root, table, SIZE, 4, 0, cache_dir=None))
+    cached = finished(L.make_eval_loader(root, table, SHAPE, 4, 0, cache_dir=cache_dir))
+    reference = finished(L.make_eval_loader(root, table, SHAPE, 4, 0, cache_dir=None))
     for (images_a, _), (images_b, _) in zip(cached, reference):
         torch.testing.assert_close(images_a, images_b, rtol=0, atol=0)
-    grey_only = image_cache.open_cache(root, table, SIZE, cache_dir, rows=[0, 1, 2])
+    grey_only = image_cache.open_cache(root, table, SHAPE, cache_dir, rows=[0, 1, 2])
     assert grey_only.channels == 1 and grey_only.read([2]).shape == (1, 1, SIZE, SIZE)
 
 
@@ -143,14 +144,14 @@ def test_cache_is_rebuilt_exactly_when_files_or_settings_change(tmp_path):
     images = {name: [rng.integers(0, 256, (27, 48, 3), dtype=np.uint8) for _ in range(2)] for name in ("A", "B")}
     root, cache_dir = tmp_path / "root", tmp_path / "cache"
     table = write_recordings(root, images)
-    image_cache.open_cache(root, table, SIZE, cache_dir, workers=2)
-    folder = image_cache.cache_folder(cache_dir, root, SIZE)
+    image_cache.open_cache(root, table, SHAPE, cache_dir, workers=2)
+    folder = image_cache.cache_folder(cache_dir, root, SHAPE)
     built = {name: (folder / f"{name}.npy").stat().st_mtime_ns for name in "AB"}
 
     def rebuilt():
         return {name for name in "AB" if (folder / f"{name}.npy").stat().st_mtime_ns != built[name]}
 
-    image_cache.open_cache(root, table, SIZE, cache_dir)
+    image_cache.open_cache(root, table, SHAPE, cache_dir)
     assert rebuilt() == set()
     # New content (same size), only B's file: B rebuilt with the new pixels.
     path = root / "B" / psg_layout.image_name("B", 2)
@@ -158,21 +159,21 @@ def test_cache_is_rebuilt_exactly_when_files_or_settings_change(tmp_path):
     new = np.full((27, 48, 3), 128, np.uint8)
     cv2.imwrite(str(path), new)
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
-    cache = image_cache.open_cache(root, table, SIZE, cache_dir)
+    cache = image_cache.open_cache(root, table, SHAPE, cache_dir)
     assert rebuilt() == {"B"} and (cache.read([3]) == 128).all()
     # A half-built recording (no manifest, or an array shorter than it says) is rebuilt.
     built = {name: (folder / f"{name}.npy").stat().st_mtime_ns for name in "AB"}
     (folder / "A.json").unlink()
     with open(folder / "B.npy", "r+b") as handle:
         handle.truncate(100)
-    image_cache.open_cache(root, table, SIZE, cache_dir)
+    image_cache.open_cache(root, table, SHAPE, cache_dir)
     assert rebuilt() == {"A", "B"}
     # Another size or resize is another folder; the data root is never written to.
-    image_cache.open_cache(root, table, 16, cache_dir)
-    assert (image_cache.cache_folder(cache_dir, root, 16) / "A.npy").is_file()
+    image_cache.open_cache(root, table, (16, 16), cache_dir)
+    assert (image_cache.cache_folder(cache_dir, root, (16, 16)) / "A.npy").is_file()
     built = {name: (folder / f"{name}.npy").stat().st_mtime_ns for name in "AB"}
-    image_cache.open_cache(root, table, SIZE, cache_dir, resize="area")
-    area_folder = image_cache.cache_folder(cache_dir, root, SIZE, "area")
+    image_cache.open_cache(root, table, SHAPE, cache_dir, resize="area")
+    area_folder = image_cache.cache_folder(cache_dir, root, SHAPE, "area")
     assert area_folder.name == f"{SIZE}px-area" and (area_folder / "A.npy").is_file() and rebuilt() == set()
     assert sorted(p.name for p in root.rglob("*") if p.is_file()) == sorted(table.idnums)
 
@@ -182,10 +183,10 @@ def test_a_failed_build_leaves_no_partial_files_and_names_the_image(tmp_path):
     table = write_recordings(root, {"R": [np.zeros((27, 48, 3), np.uint8)] * 2})
     broken = root / "R" / table.idnums[1]
     broken.write_bytes(broken.read_bytes()[:40])
-    loader = L.make_eval_loader(root, table, SIZE, 2, 1, cache_dir=cache_dir)  # built on the first pass
+    loader = L.make_eval_loader(root, table, SHAPE, 2, 1, cache_dir=cache_dir)  # built on the first pass
     with pytest.raises(InputError, match=r"^not a decodable image .*R_0002.png\)$"):
         finished(loader)
-    assert [p.name for p in image_cache.cache_folder(cache_dir, root, SIZE).iterdir()] == []
+    assert [p.name for p in image_cache.cache_folder(cache_dir, root, SHAPE).iterdir()] == []
 
 
 @pytest.mark.parametrize("training", [False, True])
@@ -194,11 +195,11 @@ def test_a_cache_error_in_a_worker_arrives_with_its_one_line_message(tmp_path, t
     table = write_recordings(root, {"R": [np.zeros((27, 48, 3), np.uint8)] * 4})
     rows = np.arange(4)
     if training:
-        loader = L.make_train_loader(root, table, rows, SIZE, 4, 1, seed=0, cache_dir=cache_dir)
+        loader = L.make_train_loader(root, table, rows, SHAPE, 4, 1, seed=0, cache_dir=cache_dir)
     else:
-        loader = L.make_eval_loader(root, table, SIZE, 4, 1, cache_dir=cache_dir)
+        loader = L.make_eval_loader(root, table, SHAPE, 4, 1, cache_dir=cache_dir)
     loader.dataset.prepare()  # opened (built) here; cut short before the worker reads it
-    array = image_cache.cache_folder(cache_dir, root, SIZE) / "R.npy"
+    array = image_cache.cache_folder(cache_dir, root, SHAPE) / "R.npy"
     with open(array, "r+b") as handle:
         handle.truncate(200)
     with pytest.raises(InputError) as caught:
@@ -210,7 +211,7 @@ def test_a_cache_error_in_a_worker_arrives_with_its_one_line_message(tmp_path, t
 def test_cache_inside_the_data_root_is_refused_before_anything_is_written(tiny_data, tmp_path):
     table = L.read_train_table(tiny_data)
     with pytest.raises(InputError, match="must not be inside the data root"):
-        image_cache.open_cache(tiny_data, table, SIZE, tiny_data / "cache")
+        image_cache.open_cache(tiny_data, table, SHAPE, tiny_data / "cache")
     args = train_options.build_parser(main_vit_rgb.DEFAULTS, "").parse_args(
         ["--data-root", str(tiny_data), "--weights-dir", str(tmp_path / "w"), "--cache-dir", str(tiny_data / "x"),
          "--pretrained", "none"])
@@ -225,16 +226,16 @@ def test_cache_inside_the_data_root_is_refused_before_anything_is_written(tiny_d
 def test_dropout_keep_makes_whole_8x8_holes_inside_the_image():
     corners = torch.tensor([[[[0, 0], [0, 8], [8, 0], [24, 24], [16, 16], [0, 24], [24, 0], [8, 8]],
                              [[3, 3]] * 8]])  # second dropout: 8 holes on one spot
-    keep = batch_augment.dropout_keep(corners, torch.tensor([[True, False]]), SIZE)[0, 0]
+    keep = batch_augment.dropout_keep(corners, torch.tensor([[True, False]]), SHAPE)[0, 0]
     assert keep.shape == (SIZE, SIZE) and int((keep == 0).sum()) == 8 * 64
     assert (keep[:16, :16] == 0).all() and (keep[24:, 24:] == 0).all() and keep[3, 20] == 1
-    keep = batch_augment.dropout_keep(corners, torch.tensor([[False, True]]), SIZE)[0, 0]
+    keep = batch_augment.dropout_keep(corners, torch.tensor([[False, True]]), SHAPE)[0, 0]
     assert int((keep == 0).sum()) == 64 and (keep[3:11, 3:11] == 0).all()
 
 
 def test_dropout_statistics_match_the_per_sample_path(tmp_path):
     # White images: after Normalize nothing is 0 but a dropped pixel.
-    root, count, size = tmp_path / "root", 100, 64
+    root, count, size = tmp_path / "root", 100, (64, 64)
     table = write_recordings(root, {"W": [np.full((27, 48, 3), 255, np.uint8)] * count})
     _, batch = cached_train_batch(table, root, tmp_path / "cache", range(count), size=size)
     cached = (batch_augment.finish_batch(batch, CPU)[0] == 0).all(dim=1).sum(dim=(1, 2)).numpy()
@@ -299,8 +300,8 @@ def test_mixed_targets_and_shares_match_the_per_sample_path(tiny_data, tmp_path)
         return np.array(shares)
 
     options = dict(batch_size=32, workers=0, seed=72)
-    per_sample = own_shares(L.make_train_loader(tiny_data, table, rows, SIZE, cache_dir=None, **options))
-    cached = own_shares(L.make_train_loader(tiny_data, table, rows, SIZE, cache_dir=tmp_path, **options))
+    per_sample = own_shares(L.make_train_loader(tiny_data, table, rows, SHAPE, cache_dir=None, **options))
+    cached = own_shares(L.make_train_loader(tiny_data, table, rows, SHAPE, cache_dir=tmp_path, **options))
     for shares in (per_sample, cached):
         mixed = shares[shares < 1]  # the own image keeps lambda in [0.6, 0.7] of the pixels, not 1 - lambda
         assert len(mixed) > 10 and 0.6 - 1e-3 <= mixed.min() and mixed.max() <= 0.7 + 1e-3
@@ -314,7 +315,7 @@ def test_batches_depend_on_seed_and_epoch_only(tiny_data, tmp_path):
     rows = np.arange(0, len(table), 2)
 
     def epoch(workers, device, number):
-        loader = L.make_train_loader(tiny_data, table, rows, SIZE, 16, workers, 72, cutmix_enabled=True,
+        loader = L.make_train_loader(tiny_data, table, rows, SHAPE, 16, workers, 72, cutmix_enabled=True,
                                      cache_dir=tmp_path, device=device)
         L.set_loader_epoch(loader, number)
         return finished(loader)
@@ -335,7 +336,7 @@ def test_worker_blocks_are_refilled_only_once_the_training_process_lets_go(tiny_
     rows = np.arange(len(table))
 
     def loader_of(workers):
-        loader = L.make_train_loader(tiny_data, table, rows, SIZE, 16, workers, 72, cache_dir=tmp_path)
+        loader = L.make_train_loader(tiny_data, table, rows, SHAPE, 16, workers, 72, cache_dir=tmp_path)
         L.set_loader_epoch(loader, 0)
         return loader
 

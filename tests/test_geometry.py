@@ -52,8 +52,8 @@ def test_input_shape_reads_one_size_as_square_and_two_as_height_width():
 def test_cache_folder_and_manifest_keep_square_names_and_name_both_sides_otherwise(tmp_path):
     root, cache_dir = tmp_path / "root", tmp_path / "cache"
     table = write_recordings(root, {"R": [np.full((27, 48, 3), 90, np.uint8)] * 3})
-    assert image_cache.cache_folder(cache_dir, root, 32).name == "32px"  # the name square caches always had
-    for size, name, saved in ((32, "32px", 32), ((HEIGHT, WIDTH), "40x24px", [HEIGHT, WIDTH]),
+    assert image_cache.cache_folder(cache_dir, root, (32, 32)).name == "32px"  # the name square caches always had
+    for size, name, saved in (((32, 32), "32px", 32), ((HEIGHT, WIDTH), "40x24px", [HEIGHT, WIDTH]),
                               ((WIDTH, HEIGHT), "24x40px", [WIDTH, HEIGHT])):
         cache = image_cache.open_cache(root, table, size, cache_dir)
         folder = image_cache.cache_folder(cache_dir, root, size)
@@ -155,7 +155,7 @@ def test_per_sample_training_images_are_height_by_width(tiny_data):
 def test_create_model_builds_the_vit_for_height_by_width():
     vit = models.create_model(VIT, VIT_SHAPE)
     assert vit.patch_embed.img_size == VIT_SHAPE and vit.patch_embed.grid_size == (2, 1)
-    assert models.create_model(VIT, 32).patch_embed.img_size == (32, 32)
+    assert models.create_model(VIT, (32, 32)).patch_embed.img_size == (32, 32)
 
 
 # --------------------------------------------------------------------------

@@ -40,7 +40,7 @@ def epoch_samples(tiny_data, cache_dir, integer_targets: bool):
     """(rows, images, targets) of epoch 1 of a training loader of the first 40 rows, FMix and CutMix on."""
     table = loader_vit_rgb.read_train_table(tiny_data)
     rows = np.arange(40)
-    loader = loader_vit_rgb.make_train_loader(tiny_data, table, rows, 32, batch_size=8, workers=0, seed=72,
+    loader = loader_vit_rgb.make_train_loader(tiny_data, table, rows, (32, 32), batch_size=8, workers=0, seed=72,
                                               cutmix_enabled=True, cache_dir=cache_dir,
                                               integer_targets=integer_targets)
     loader_vit_rgb.set_loader_epoch(loader, 1)

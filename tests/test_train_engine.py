@@ -273,10 +273,10 @@ def test_validation_runs_in_float32_outside_autocast(monkeypatch):
 
 
 def test_create_model_passes_img_size_where_the_architecture_takes_it():
-    vit = models.create_model("test_vit", 64)
+    vit = models.create_model("test_vit", (64, 64))
     assert vit.num_classes == 5 and vit.patch_embed.img_size == (64, 64)
     assert vit(torch.zeros(2, 3, 64, 64)).shape == (2, 5)
-    effnet = models.create_model("test_efficientnet", 48)  # convolutional: any size
+    effnet = models.create_model("test_efficientnet", (48, 48))  # convolutional: any size
     assert effnet(torch.zeros(2, 3, 48, 48)).shape == (2, 5)
     with pytest.raises(InputError, match="unknown model architecture 'no_such_net'"):
         models.create_model("no_such_net", 64)
@@ -295,33 +295,33 @@ def test_create_model_retries_without_img_size_only_when_the_architecture_refuse
 
     monkeypatch.setattr(timm, "create_model", create)
     with pytest.raises(TypeError, match="'mlp_layer'"):
-        models.create_model("test_vit", 64)
+        models.create_model("test_vit", (64, 64))
     assert calls == [["img_size", "num_classes"]]  # not rebuilt at the architecture's default size
 
 
 def test_pretrained_weights_load_from_a_local_file_and_mismatches_are_refused(tmp_path):
-    source = models.create_model("test_vit", 64, num_classes=1000)
+    source = models.create_model("test_vit", (64, 64), num_classes=1000)
     path = tmp_path / "test_vit.safetensors"
     safetensors.torch.save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
-    model = models.create_model("test_vit", 64, pretrained=path)
+    model = models.create_model("test_vit", (64, 64), pretrained=path)
     torch.testing.assert_close(model.blocks[0].attn.qkv.weight, source.blocks[0].attn.qkv.weight)
     assert model.head.out_features == 5
     with pytest.raises(InputError, match=r"pretrained weights do not fit .*test_vit.safetensors"):
-        models.create_model("test_efficientnet", 64, pretrained=path)
+        models.create_model("test_efficientnet", (64, 64), pretrained=path)
 
 
 @pytest.mark.parametrize("arch, head", [("test_vit", "head"), ("test_efficientnet", "classifier")])
 @pytest.mark.parametrize("form", ["safetensors", "state dict"])
 def test_a_local_file_gives_every_backbone_tensor_and_a_fresh_5_class_head(tmp_path, arch, head, form):
     torch.manual_seed(1)
-    source = {k: v.contiguous() for k, v in models.create_model(arch, 64, num_classes=1000).state_dict().items()}
+    source = {k: v.contiguous() for k, v in models.create_model(arch, (64, 64), num_classes=1000).state_dict().items()}
     path = tmp_path / f"{arch}.{'safetensors' if form == 'safetensors' else 'pth'}"
     if form == "safetensors":
         safetensors.torch.save_file(source, str(path))
     else:
         torch.save(source, path)  # a plain state dict: tensors only, read with weights_only=True
     torch.manual_seed(2)
-    loaded = models.create_model(arch, 64, pretrained=path).state_dict()
+    loaded = models.create_model(arch, (64, 64), pretrained=path).state_dict()
     backbone = [name for name in source if not name.startswith(head + ".")]
     assert len(backbone) > 10 and set(loaded) == set(source)
     for name in backbone:
@@ -368,7 +368,7 @@ def test_imagenet_check_refuses_only_uncached_weights_it_cannot_fetch(monkeypatc
     monkeypatch.setattr(models.huggingface_hub, "try_to_load_from_cache", lambda repo, name: None)
     monkeypatch.setattr(models.huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(InputError, match="not cached and hub access is disabled"):
-        models.create_model("vit_base_patch16_224", 224, pretrained="imagenet")
+        models.create_model("vit_base_patch16_224", (224, 224), pretrained="imagenet")
     monkeypatch.setattr(models.huggingface_hub.constants, "HF_HUB_OFFLINE", False)
 
     def unreachable(request, timeout):
@@ -377,13 +377,13 @@ def test_imagenet_check_refuses_only_uncached_weights_it_cannot_fetch(monkeypatc
 
     monkeypatch.setattr(models.urllib.request, "urlopen", unreachable)
     with pytest.raises(InputError, match=r"cannot be reached \(Name or service not known\)"):
-        models.create_model("tf_efficientnet_b4_ns", 224, pretrained="imagenet")  # a deprecated name, resolved
+        models.create_model("tf_efficientnet_b4_ns", (224, 224), pretrained="imagenet")  # a deprecated name, resolved
     # Cached weights, or a hub that answers at all: timm is asked.
     cached = tmp_path / "model.safetensors"
     cached.write_bytes(b"")
     monkeypatch.setattr(models.huggingface_hub, "try_to_load_from_cache", lambda repo, name: str(cached))
     with pytest.raises(AssertionError, match="timm was asked"):
-        models.create_model("vit_base_patch16_224", 224, pretrained="imagenet")
+        models.create_model("vit_base_patch16_224", (224, 224), pretrained="imagenet")
     monkeypatch.setattr(models.huggingface_hub, "try_to_load_from_cache", lambda repo, name: None)
 
     def answers(request, timeout):
@@ -391,7 +391,7 @@ def test_imagenet_check_refuses_only_uncached_weights_it_cannot_fetch(monkeypatc
 
     monkeypatch.setattr(models.urllib.request, "urlopen", answers)
     with pytest.raises(AssertionError, match="timm was asked"):
-        models.create_model("vit_base_patch16_224", 224, pretrained="imagenet")
+        models.create_model("vit_base_patch16_224", (224, 224), pretrained="imagenet")
 
 
 @pytest.mark.slow
@@ -413,19 +413,19 @@ def test_imagenet_asks_timm_for_the_original_weights(monkeypatch, arch, original
 
 
 def test_weights_round_trip_and_mismatches_name_the_file(tmp_path):
-    model = models.create_model("test_efficientnet", 32)
+    model = models.create_model("test_efficientnet", (32, 32))
     path = engine.checkpoint_path(tmp_path, "test_efficientnet", 0, 3)
     models.save_weights(model, path)
     assert path.read_bytes()[8:9] == b"{"  # safetensors: 8-byte header length, then JSON
     torch.manual_seed(123)
-    other = models.create_model("test_efficientnet", 32)
+    other = models.create_model("test_efficientnet", (32, 32))
     models.load_weights(other, path)
     for name, value in model.state_dict().items():
         torch.testing.assert_close(other.state_dict()[name], value)
     with pytest.raises(InputError, match=r"does not fit the model: it holds test_efficientnet .*test_efficientnet_fold_0_3\)"):
-        models.load_weights(models.create_model("test_vit", 32), path)
+        models.load_weights(models.create_model("test_vit", (32, 32)), path)
     with pytest.raises(InputError, match=r"with 5 classes; the model is test_efficientnet with 3 classes"):
-        models.load_weights(models.create_model("test_efficientnet", 32, num_classes=3), path)
+        models.load_weights(models.create_model("test_efficientnet", (32, 32), num_classes=3), path)
     with pytest.raises(InputError, match="checkpoint not found"):
         models.load_weights(model, tmp_path / "absent")
 
@@ -447,7 +447,7 @@ def test_pickled_checkpoints_are_refused_unopened(tmp_path):
         path = tmp_path / f"model_fold_0_{name}"
         writer(path)
         with pytest.raises(InputError, match=r"not a safetensors checkpoint .*refused"):
-            models.load_weights(models.create_model("test_efficientnet", 32), path)
+            models.load_weights(models.create_model("test_efficientnet", (32, 32)), path)
     assert not marker.exists()
 
 

@@ -128,7 +128,7 @@ def test_images_are_read_as_rgb_whatever_their_format(tmp_path):
     grey = image_cache.read_image_rgb(tmp_path / "grey.png")
     assert grey.shape == (100, 60, 3) and (grey == 77).all()
     # Any size becomes the model's size, 3 channels.
-    image = loader_vit_rgb.get_valid_transforms(40)(image=grey)["image"]
+    image = loader_vit_rgb.get_valid_transforms((40, 40))(image=grey)["image"]
     assert image.shape == (3, 40, 40) and image.dtype == torch.float32
 
 
@@ -142,7 +142,7 @@ def test_corrupt_images_raise_an_input_error_naming_the_file(tmp_path):
         image_cache.read_image_rgb(folder / "truncated.png")
     # Through a DataLoader worker the error keeps its one-line message.
     table = psg_layout.EpochTable(tmp_path / "t.csv", ["R", "R"], ["good.png", "truncated.png"], None)
-    loader = loader_vit_rgb.make_eval_loader(tmp_path, table, 16, batch_size=2, workers=1, cache_dir=None)
+    loader = loader_vit_rgb.make_eval_loader(tmp_path, table, (16, 16), batch_size=2, workers=1, cache_dir=None)
     with pytest.raises(InputError) as caught:
         list(worker_transport.iterate_batches(loader))
     assert str(caught.value) == f"not a decodable image (corrupt or truncated PNG?) ({folder / 'truncated.png'})"
@@ -150,7 +150,7 @@ def test_corrupt_images_raise_an_input_error_naming_the_file(tmp_path):
 
 def test_train_transforms_drop_two_sets_of_eight_8x8_holes(tmp_path):
     white = np.full((270, 480, 3), 255, np.uint8)
-    transforms = loader_vit_rgb.get_train_transforms(64)
+    transforms = loader_vit_rgb.get_train_transforms((64, 64))
     zeros_per_sample = []
     for seed in range(40):
         transforms.set_random_state(np.random.default_rng(seed), random.Random(seed))
@@ -164,7 +164,7 @@ def test_train_transforms_drop_two_sets_of_eight_8x8_holes(tmp_path):
     assert max(zeros_per_sample) <= 2 * 8 * 64
     assert 4 <= sum(z == 0 for z in zeros_per_sample) <= 20
     assert any(z > 8 * 64 for z in zeros_per_sample)  # both dropouts fired
-    valid = loader_vit_rgb.get_valid_transforms(64)(image=white)["image"]
+    valid = loader_vit_rgb.get_valid_transforms((64, 64))(image=white)["image"]
     np.testing.assert_allclose(valid[0].numpy(), NORMALISED_WHITE[0], rtol=1e-5)
 
 
@@ -173,7 +173,7 @@ def test_training_loader_is_a_function_of_seed_and_epoch(tiny_data):
     rows = np.arange(40)
 
     def epoch_batches(workers, epoch):
-        loader = loader_vit_rgb.make_train_loader(tiny_data, table, rows, 32, batch_size=8, workers=workers, seed=72,
+        loader = loader_vit_rgb.make_train_loader(tiny_data, table, rows, (32, 32), batch_size=8, workers=workers, seed=72,
                                                   cache_dir=None)  # the per-sample path
         loader_vit_rgb.set_loader_epoch(loader, epoch)
         return list(worker_transport.iterate_batches(loader))
@@ -187,7 +187,7 @@ def test_training_loader_is_a_function_of_seed_and_epoch(tiny_data):
     torch.testing.assert_close(targets.sum(1), torch.ones(40))
     # Every row exactly once per epoch, in the sampler's order; each keeps lambda in [0.6, 0.7] of its own
     # stage when FMix mixed it with another stage, all of it otherwise.
-    sampler = loader_vit_rgb.make_train_loader(tiny_data, table, rows, 32, 8, 0, seed=72, cache_dir=None).sampler
+    sampler = loader_vit_rgb.make_train_loader(tiny_data, table, rows, (32, 32), 8, 0, seed=72, cache_dir=None).sampler
     sampler.set_epoch(1)
     order = list(sampler)
     assert sorted(order) == list(range(40))
@@ -202,7 +202,7 @@ def test_ranks_share_each_epochs_permutation_without_overlap(tiny_data, tmp_path
     rows = np.arange(1, 41)  # 40 training rows: 20 a rank
 
     def drawn(rank, epoch, cache_dir):
-        loader = loader_vit_rgb.make_train_loader(tiny_data, table, rows, 32, batch_size=8, workers=0, seed=72,
+        loader = loader_vit_rgb.make_train_loader(tiny_data, table, rows, (32, 32), batch_size=8, workers=0, seed=72,
                                                   rank=rank, world_size=2, cache_dir=cache_dir)
         loader_vit_rgb.set_loader_epoch(loader, epoch)
         keys = list(loader.sampler)  # per-sample path: dataset indices; cached path: (epoch, step, indices)
@@ -215,7 +215,7 @@ def test_ranks_share_each_epochs_permutation_without_overlap(tiny_data, tmp_path
         epoch_2 = [drawn(rank, 2, cache_dir) for rank in (0, 1)]
         assert sorted(epoch_2[0] + epoch_2[1]) == list(range(40)) and epoch_2[0] != epoch_1[0]
     # Validation: each rank its interleaved share, all ranks together every row once.
-    shards = [loader_vit_rgb.make_eval_loader(tiny_data, table, 32, 8, 0, rows=rows, rank=rank, world_size=3,
+    shards = [loader_vit_rgb.make_eval_loader(tiny_data, table, (32, 32), 8, 0, rows=rows, rank=rank, world_size=3,
                                               cache_dir=None).dataset.image_paths for rank in range(3)]
     names = loader_vit_rgb.table_image_paths(tiny_data, table)
     assert sorted(str(p) for shard in shards for p in shard) == sorted(str(names[r]) for r in rows)
@@ -263,7 +263,7 @@ def test_stage_balanced_draws_depend_on_seed_and_epoch_and_split_over_ranks():
 
 def test_per_sample_path_augments_each_balanced_draw_of_a_row_on_its_own(tiny_data):
     table = loader_vit_rgb.read_train_table(tiny_data)
-    loader = loader_vit_rgb.make_train_loader(tiny_data, table, np.arange(len(table)), 16, 512, 0, seed=72,
+    loader = loader_vit_rgb.make_train_loader(tiny_data, table, np.arange(len(table)), (16, 16), 512, 0, seed=72,
                                               cache_dir=None, stage_balance=1.0)
     loader_vit_rgb.set_loader_epoch(loader, 1)
     keys = list(loader.sampler)
@@ -286,7 +286,7 @@ def test_training_loader_with_stage_balance_evens_out_the_stages(tiny_data, tmp_
     rows = np.arange(len(table))
     natural = np.bincount(table.labels, minlength=5) / len(table)
     assert natural.min() < 0.1  # N1 is rare in a night
-    loader = loader_vit_rgb.make_train_loader(tiny_data, table, rows, 16, 32, 0, seed=72, fmix_enabled=False,
+    loader = loader_vit_rgb.make_train_loader(tiny_data, table, rows, (16, 16), 32, 0, seed=72, fmix_enabled=False,
                                               cache_dir=tmp_path, stage_balance=1.0)
     seen = np.zeros(5)
     for epoch in range(3):

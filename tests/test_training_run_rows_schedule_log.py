@@ -120,10 +120,10 @@ def test_the_logged_validation_loss_is_the_smoothed_cross_entropy_of_the_checkpo
     weights, _, _ = default_run
     table = loader_vit_rgb.read_train_table(small_data)
     valid_rows = np.flatnonzero(loader_vit_rgb.make_folds(table, n_folds=FOLDS, seed=72, cv="subject") == 0)
-    model = models.create_model("test_efficientnet", IMG_SIZE)
+    model = models.create_model("test_efficientnet", (IMG_SIZE, IMG_SIZE))
     models.load_weights(model, engine.checkpoint_path(weights, "test_efficientnet", 0, 5)).eval()
     # The per-sample path (no cache): the same pixels by another route.
-    loader = loader_vit_rgb.make_eval_loader(small_data, table, IMG_SIZE, 64, 0, rows=valid_rows, cache_dir=None)
+    loader = loader_vit_rgb.make_eval_loader(small_data, table, (IMG_SIZE, IMG_SIZE), 64, 0, rows=valid_rows, cache_dir=None)
     with torch.no_grad():
         logits = torch.cat([model(images) for images, _ in loader]).double().numpy()
     log_probabilities = logits - logits.max(axis=1, keepdims=True)
