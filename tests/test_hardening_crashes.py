@@ -178,7 +178,7 @@ def test_the_same_seed_and_data_give_the_same_checkpoint_bytes(runs):
     base = runs["base"]
     first, second = (base / run / f"{VIT}_fold_0_0" for run in ("C", "K"))
     assert first.read_bytes() == second.read_bytes()
-    loaded = [models.load_weights(models.create_model(VIT, IMG), path).state_dict() for path in (first, second)]
+    loaded = [models.load_weights(models.create_model(VIT, (IMG, IMG)), path).state_dict() for path in (first, second)]
     for name, value in loaded[0].items():
         assert torch.equal(value, loaded[1][name]), name
 

@@ -358,7 +358,7 @@ def other_architecture(ws, marker):
 
 def other_class_count(ws, marker):
     torch.manual_seed(5)
-    models.save_weights(models.create_model(VIT, IMG, num_classes=3), engine.checkpoint_path(ws / "weights", VIT, 0, 1))
+    models.save_weights(models.create_model(VIT, (IMG, IMG), num_classes=3), engine.checkpoint_path(ws / "weights", VIT, 0, 1))
 
 
 def pickled_checkpoint(ws, marker):
@@ -512,7 +512,7 @@ def test_wrong_checkpoints_are_refused(heavy, case, fragments):
 
 def by_hand(weights, arch, image_path) -> np.ndarray:
     """Softmax of one checkpoint on one image read as RGB, resized and normalised without the project's loader."""
-    model = models.load_weights(models.create_model(arch, IMG), engine.checkpoint_path(weights, arch, 0, 0))
+    model = models.load_weights(models.create_model(arch, (IMG, IMG)), engine.checkpoint_path(weights, arch, 0, 0))
     image = cv2.cvtColor(cv2.imread(str(image_path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
     image = cv2.resize(image, (IMG, IMG), interpolation=cv2.INTER_LINEAR).astype(np.float32) / 255.0
     image = (image - np.array(recipe.IMAGENET_MEAN)) / np.array(recipe.IMAGENET_STD)

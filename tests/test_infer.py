@@ -79,7 +79,7 @@ def weights(tiny_data, tmp_path_factory):
 
 def by_hand(weights, arch, epoch, image_path) -> np.ndarray:
     """Softmax of one checkpoint on one image, read and normalised without the project's loader."""
-    model = models.load_weights(models.create_model(arch, IMG), engine.checkpoint_path(weights, arch, 0, epoch))
+    model = models.load_weights(models.create_model(arch, (IMG, IMG)), engine.checkpoint_path(weights, arch, 0, epoch))
     image = cv2.cvtColor(cv2.imread(str(image_path)), cv2.COLOR_BGR2RGB)
     image = cv2.resize(image, (IMG, IMG), interpolation=cv2.INTER_LINEAR).astype(np.float32) / 255.0
     image = (image - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
@@ -162,7 +162,7 @@ def test_dumps_rows_classes_and_names(tiny_data, weights, inferred):
 
 def round_images(tiny_data, table, tta_round, cache_dir) -> torch.Tensor:
     """The test images of one TTA round as infer_blend.py reads them (float32, table order)."""
-    loader = tta_loader(tiny_data, table, np.arange(len(table)), IMG, 16, 0, tta_round, False, cache_dir)
+    loader = tta_loader(tiny_data, table, np.arange(len(table)), (IMG, IMG), 16, 0, tta_round, False, cache_dir)
     return torch.cat([batch_augment.finish_batch(batch, torch.device("cpu")) for batch in loader])
 
 
@@ -204,7 +204,7 @@ def test_tta_rounds_average_plain_and_dropout_views(tiny_data, weights, inferred
     assert 0.6 <= (holes_per_image > 0).float().mean() <= 0.9  # at least one of two dropouts, p = 0.5 each: 3/4
 
     # ... and its probabilities are the model's softmax on those tensors.
-    model = models.load_weights(models.create_model(EFF, IMG), engine.checkpoint_path(weights, EFF, 0, 1))
+    model = models.load_weights(models.create_model(EFF, (IMG, IMG)), engine.checkpoint_path(weights, EFF, 0, 1))
     with torch.no_grad():
         softmax = torch.softmax(model.eval()(dropped), dim=1).numpy()
     np.testing.assert_allclose(dropout_round, softmax, rtol=0, atol=2e-4)

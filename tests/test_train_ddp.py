@@ -77,7 +77,7 @@ def test_two_process_torchrun_with_gloo_writes_checkpoints(tiny_data, tmp_path):
     assert result.stdout.count("epoch 1: lr") == 1  # rank 0 alone reports
 
     for epoch in range(2):
-        model = models.create_model(ARCH, 32)
+        model = models.create_model(ARCH, (32, 32))
         models.load_weights(model, engine.checkpoint_path(weights, ARCH, 0, epoch))
     config = model_set.read_run_config(weights, ARCH, 0)
     assert config["world_size"] == 2
@@ -108,8 +108,8 @@ def test_two_process_torchrun_with_gloo_writes_checkpoints(tiny_data, tmp_path):
     assert records[0]["weights"] == records[1]["weights"] and len(records[0]["weights"]) == 2
     # Parameters, not buffers: batch-norm statistics move without any optimizer step.
     torch.manual_seed(72)
-    initial = dict(models.create_model(ARCH, 32).named_parameters())
-    trained = [dict(models.load_weights(models.create_model(ARCH, 32),
+    initial = dict(models.create_model(ARCH, (32, 32)).named_parameters())
+    trained = [dict(models.load_weights(models.create_model(ARCH, (32, 32)),
                                         engine.checkpoint_path(weights, ARCH, 0, epoch)).named_parameters())
                for epoch in (0, 1)]
     for before, after in ((initial, trained[0]), (trained[0], trained[1])):

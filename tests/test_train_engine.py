@@ -406,7 +406,7 @@ def test_imagenet_asks_timm_for_the_original_weights(monkeypatch, arch, original
                         lambda model, pretrained_cfg=None, **options: asked.append((pretrained_cfg, options)))
     # the offline check (test_imagenet_check_refuses_only_uncached_weights_it_cannot_fetch) would refuse here
     monkeypatch.setattr(models, "check_imagenet_weights_reachable", lambda arch: None)
-    model = models.create_model(arch, 224, pretrained="imagenet")
+    model = models.create_model(arch, (224, 224), pretrained="imagenet")
     (cfg, options), = asked
     assert cfg["url"].endswith("/" + original_file) and cfg["hf_hub_id"].startswith("timm/")
     assert options["num_classes"] == 5 and model.num_classes == 5

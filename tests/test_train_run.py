@@ -87,7 +87,7 @@ def test_checkpoints_config_and_state_files(trained, tiny_data):
     model = models.create_model(config["model_arch"], config["img_size"])
     models.load_weights(model, engine.checkpoint_path(weights, ARCH, 0, EPOCHS - 1))
     # Read through the per-sample path: without augmentation it gives the cache path's tensors.
-    loader = loader_vit_rgb.make_eval_loader(tiny_data, table, IMG_SIZE, 64, 0, rows=valid_rows, cache_dir=None)
+    loader = loader_vit_rgb.make_eval_loader(tiny_data, table, (IMG_SIZE, IMG_SIZE), 64, 0, rows=valid_rows, cache_dir=None)
     probabilities = models.predict(model, loader, torch.device("cpu"), "off")
     accuracy = float((probabilities.argmax(1) == table.labels[valid_rows]).mean())
     assert accuracy == pytest.approx(float(log[-1]["valid_accuracy"]), abs=1e-6)
