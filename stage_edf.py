@@ -261,8 +261,7 @@ def describe_failure(err: Exception) -> str:
         return str(err)
     if isinstance(err, OSError):
         return script_io.describe_os_error(err)
-    lines = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {lines[0] if lines else ''}"
+    return f"{type(err).__name__}: {script_io.first_line(err)}"
 
 
 def render_chunk(chunk: list, data: Path, args, pool) -> dict:
