@@ -13,10 +13,10 @@ epoch (the original kept epoch 1), plus _last.pt, _config.json and _log.csv.
 
 Data-parallel: torchrun --nproc_per_node=N main_eff.py ...
 """
-import engine
-import recipe
-import train_options
-from script_io import run_main
+from sleepstaging.training import engine
+from sleepstaging import recipe
+from sleepstaging.training import train_options
+from sleepstaging.script_io import run_main
 
 DEFAULTS = {**recipe.RECIPE, "model_arch": "tf_efficientnet_b4_ns", "optimizer": "adamp",
             "original_classes": 1000}  # the recipe: recipe.py

@@ -15,19 +15,18 @@ import numpy as np
 import pytest
 import torch
 
-import batch_augment
-import engine
-import models
+from sleepstaging.data import batch_augment
+from sleepstaging.training import engine
+from sleepstaging.scoring import models
 import infer_blend
-import loader_vit_rgb
+from sleepstaging.scoring import inference
+from sleepstaging.data import loaders
 import main_eff
 import main_vit_rgb
-import model_set
-import recipe
-import train_options
-import worker_transport
-
-
+from sleepstaging.scoring import model_set
+from sleepstaging import recipe
+from sleepstaging.training import train_options
+from sleepstaging.data import worker_transport
 def original_smooth_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, smoothing: float) -> torch.Tensor:
     """The original's SmoothCrossEntropyLoss: 1 - eps on the label, eps / (n - 1) on each of the n - 1 others."""
     n_classes = logits.shape[1]
@@ -38,12 +37,12 @@ def original_smooth_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, sm
 
 def epoch_samples(tiny_data, cache_dir, integer_targets: bool):
     """(rows, images, targets) of epoch 1 of a training loader of the first 40 rows, FMix and CutMix on."""
-    table = loader_vit_rgb.read_train_table(tiny_data)
+    table = loaders.read_train_table(tiny_data)
     rows = np.arange(40)
-    loader = loader_vit_rgb.make_train_loader(tiny_data, table, rows, (32, 32), batch_size=8, workers=0, seed=72,
+    loader = loaders.make_train_loader(tiny_data, table, rows, (32, 32), batch_size=8, workers=0, seed=72,
                                               cutmix_enabled=True, cache_dir=cache_dir,
                                               integer_targets=integer_targets)
-    loader_vit_rgb.set_loader_epoch(loader, 1)
+    loaders.set_loader_epoch(loader, 1)
     keys = list(loader.sampler)
     order = [int(i) for key in keys for i in (key[2] if isinstance(key, tuple) else [key])]
     images, targets = zip(*(batch_augment.finish_batch(batch, torch.device("cpu"))
@@ -153,14 +152,14 @@ def test_the_switch_is_recorded_and_inference_folds_the_1000_class_model(monkeyp
         def to(self, device):
             return self
 
-    monkeypatch.setattr(infer_blend.models, "create_model", lambda arch, size, classes: asked.append(classes)
+    monkeypatch.setattr(inference.models, "create_model", lambda arch, size, classes: asked.append(classes)
                         or Checkpoint())
-    monkeypatch.setattr(infer_blend.models, "load_weights", lambda model, path: model)
-    monkeypatch.setattr(infer_blend, "tta_loader", lambda *a, **k: None)
-    monkeypatch.setattr(infer_blend.models, "predict", lambda *a: outputs)
+    monkeypatch.setattr(inference.models, "load_weights", lambda model, path: model)
+    monkeypatch.setattr(inference, "tta_loader", lambda *a, **k: None)
+    monkeypatch.setattr(inference.models, "predict", lambda *a: outputs)
     options = argparse.Namespace(amp="off", quiet=True, weights_dir="w", fold=0, tta=1, data_root="d", batch_size=2,
                                  workers=0, no_cache=True, cache_dir=None)
-    result = infer_blend.model_probabilities("a", [1], dict(config, resize="area"), options,
+    result = inference.model_probabilities("a", [1], dict(config, resize="area"), options,
                                              {"test": (None, np.arange(3))}, torch.device("cpu"))
     assert asked == [1000]
     np.testing.assert_allclose(result["test"], outputs.reshape(3, 200, 5).sum(axis=1), rtol=1e-6)

@@ -13,13 +13,13 @@ import torch
 from sklearn.metrics import f1_score
 from torch.utils.data import DataLoader, TensorDataset
 
-import recipe
-import engine
-import models
-import model_set
-import optimizers
+from sleepstaging import recipe
+from sleepstaging.training import engine
+from sleepstaging.scoring import models
+from sleepstaging.scoring import model_set
+from sleepstaging.training import optimizers
 from conftest import run_script
-from script_io import InputError
+from sleepstaging.script_io import InputError
 
 
 # --------------------------------------------------------------------------
