@@ -79,7 +79,7 @@ def progress_enabled(quiet: bool) -> bool:
     return not quiet and sys.stderr.isatty()
 
 def create_model(arch: str, img_size, num_classes: int = psg_layout.NUM_CLASSES,
-                 pretrained: str | Path | None = None) -> torch.nn.Module:
+                 pretrained: str | Path | None = None, keep_classifier: bool = False) -> torch.nn.Module:
     """A timm classifier with ``num_classes`` outputs.
 
     Parameters
@@ -102,7 +102,13 @@ def create_model(arch: str, img_size, num_classes: int = psg_layout.NUM_CLASSES,
         read with ``weights_only=True``). Either way the classifier is a
         fresh ``num_classes`` ``nn.Linear`` with torch's default
         initialisation, as the original's ViT head (timm drops the
-        1000-class one).
+        1000-class one), unless ``keep_classifier``.
+    keep_classifier : bool
+        Keep the pretrained classifier where the weights hold one of
+        ``num_classes`` outputs (``--original-defects``: the original's
+        EfficientNet kept its 1000-class ImageNet classifier, the weights and
+        bias of the file). Without pretrained weights, or with a classifier of
+        another size, it changes nothing.
 
     Raises
     ------
@@ -130,7 +136,7 @@ def create_model(arch: str, img_size, num_classes: int = psg_layout.NUM_CLASSES,
             _check_imagenet_source(model, arch)
         elif pretrained not in (None, PRETRAINED_NONE):
             _check_pretrained_coverage(model, pretrained)
-        if pretrained not in (None, PRETRAINED_NONE):
+        if pretrained not in (None, PRETRAINED_NONE) and not (keep_classifier and _classifier_loaded(model)):
             # As the original replaced its ViT's head: a plain nn.Linear, torch's default initialisation
             model.reset_classifier(num_classes)
         return model
@@ -147,6 +153,11 @@ def create_model(arch: str, img_size, num_classes: int = psg_layout.NUM_CLASSES,
         # A pretrained file that is unreadable (pickle, zip or safetensors errors) or does not fit.
         message = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise InputError(f"cannot use pretrained weights for {arch}: {message} {where(pretrained)}") from None
+
+def _classifier_loaded(model: torch.nn.Module) -> bool:
+    """Whether timm loaded the pretrained classifier: it does when the model has the pretrained configuration's
+    number of classes (a file of another classifier size then fails to load), and drops it otherwise."""
+    return model.num_classes == model.pretrained_cfg.get("num_classes")
 
 def imagenet_weights_name(arch: str) -> str:
     """timm's name of the ImageNet weights ``--pretrained imagenet`` loads for ``arch`` (the original's)."""

@@ -228,8 +228,8 @@ def train_one_epoch(model: torch.nn.Module, batches, n_batches: int, optimizer: 
 
 @torch.no_grad()
 def validate(model: torch.nn.Module, batches, n_batches: int, device: torch.device,
-             smoothing: float = LABEL_SMOOTHING, progress: bool = False) -> tuple[float, int, np.ndarray]:
-    """Loss and confusion matrix of ``model`` over ``batches`` of (images, one-hot targets).
+             smoothing: float = LABEL_SMOOTHING, progress: bool = False) -> tuple[float, int, np.ndarray, np.ndarray]:
+    """Loss and confusion matrices of ``model`` over ``batches`` of (images, one-hot targets).
 
     ``batches``: the validation loader, or its batches, finished on
     ``device`` by :func:`batch_augment.device_batches` (normalisation alone:
@@ -239,26 +239,66 @@ def validate(model: torch.nn.Module, batches, n_batches: int, device: torch.devi
 
     Returns
     -------
-    (loss_sum, images, confusion) : (float, int, np.ndarray of int64 (C, C))
-        Summed (label-smoothed, as the original) loss, image count and the
-        confusion matrix (rows true, columns predicted) of this process.
+    (loss_sum, images, confusion, raw_confusion)
+        Summed (label-smoothed, as the original) loss and image count of
+        this process; ``confusion``, int64 (5, 5), rows true and columns
+        predicted stage, a model of more outputs folded into the stages as
+        inference folds them; ``raw_confusion``, int64 (5, C) for a model of C
+        outputs, columns the argmax over all C (the original's validation of
+        its 1000-class EfficientNet; the same as ``confusion`` for C = 5).
     """
     model.eval()
-    classes = psg_layout.NUM_CLASSES
-    confusion = torch.zeros(classes * classes, dtype=torch.int64, device=device)
+    stages = psg_layout.NUM_CLASSES
+    confusion = raw_confusion = None
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     images_seen = 0
     for images, targets in tqdm(batch_augment.device_batches(batches, device, MEMORY_FORMAT), total=n_batches,
                                 desc="valid", disable=not progress, dynamic_ncols=True):
         logits = model(images.float())
-        loss_sum += soft_target_cross_entropy(logits, widened(targets, logits.shape[-1]), smoothing).double() \
+        classes = logits.shape[-1]
+        if confusion is None:
+            confusion = torch.zeros(stages * stages, dtype=torch.int64, device=device)
+            raw_confusion = torch.zeros(stages * classes, dtype=torch.int64, device=device)
+        loss_sum += soft_target_cross_entropy(logits, widened(targets, classes), smoothing).double() \
             * images.shape[0]
-        if logits.shape[-1] > classes:  # the original's 1000-class EfficientNet: stages as inference folds them
+        truth = targets.argmax(dim=1)
+        raw_confusion += torch.bincount(truth * classes + logits.argmax(dim=1), minlength=stages * classes)
+        if classes > stages:  # the original's 1000-class EfficientNet: stages as inference folds them
             logits = fold_to_stages(torch.softmax(logits, dim=-1))
-        truth, predicted = targets.argmax(dim=1), logits.argmax(dim=1)
-        confusion += torch.bincount(truth * classes + predicted, minlength=classes * classes)
+        confusion += torch.bincount(truth * stages + logits.argmax(dim=1), minlength=stages * stages)
         images_seen += images.shape[0]
-    return float(loss_sum.item()), images_seen, confusion.reshape(classes, classes).cpu().numpy()
+    if confusion is None:  # no batches: the classifier's width is the model's
+        classes = getattr(unwrapped(model), "num_classes", stages)
+        confusion, raw_confusion = (torch.zeros(stages * width, dtype=torch.int64) for width in (stages, classes))
+    return (float(loss_sum.item()), images_seen, confusion.reshape(stages, stages).cpu().numpy(),
+            raw_confusion.reshape(stages, -1).cpu().numpy())
+
+
+def original_validation_metrics(raw_confusion: np.ndarray) -> dict:
+    """Accuracy and macro-F1 as the original's ``valid_one_epoch`` printed them for a model of C outputs.
+
+    The prediction is the argmax over all C outputs, so an output past the
+    five stages counts as wrong, and each such class predicted is one more
+    class of F1 0 in the macro average (scikit-learn's average over the
+    classes in truth or prediction).
+
+    Parameters
+    ----------
+    raw_confusion : np.ndarray of int, shape (5, C)
+        Rows true stage, columns the argmax output (:func:`validate`).
+
+    Returns
+    -------
+    dict
+        ``accuracy``, ``macro_f1`` (floats) and ``past_stages`` (int: images
+        predicted as an output past the stages).
+    """
+    stages, classes = raw_confusion.shape
+    square = np.zeros((classes, classes), dtype=np.int64)
+    square[:stages] = raw_confusion
+    metrics = classification_metrics(square)
+    return {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
+            "past_stages": int(raw_confusion[:, stages:].sum())}
 
 
 # --------------------------------------------------------------------------
@@ -351,8 +391,11 @@ def _check_resume_config(config: dict, weights_dir: Path) -> None:
 # --------------------------------------------------------------------------
 # Logs
 # --------------------------------------------------------------------------
+# valid_*: the stages (a model of more outputs folded into them, as inference does); original_valid_*: the
+# argmax over all outputs, as the original validated its 1000-class EfficientNet (empty for a 5-class model)
 LOG_COLUMNS = ["epoch", "lr", "train_loss", "train_images_per_s", "valid_loss", "valid_accuracy",
-               "valid_macro_f1", *(f"f1_{stage}" for stage in psg_layout.STAGES), "confusion"]
+               "valid_macro_f1", "original_valid_accuracy", "original_valid_macro_f1",
+               *(f"f1_{stage}" for stage in psg_layout.STAGES), "confusion"]
 
 
 def _write_log(path: Path, row: dict) -> None:
@@ -365,15 +408,19 @@ def _write_log(path: Path, row: dict) -> None:
         with open(path, newline="") as handle:
             rows = [r for r in csv.DictReader(handle) if int(r["epoch"]) < row["epoch"]]
     rows.append(row)
-    script_io.write_csv_rows(path, [LOG_COLUMNS] + [[str(r[c]) for c in LOG_COLUMNS] for r in rows])
+    # (a log written before a column existed has it empty)
+    script_io.write_csv_rows(path, [LOG_COLUMNS] + [[str(r.get(c, "")) for c in LOG_COLUMNS] for r in rows])
 
 
 def _report(epoch: int, lr: float, train_loss: float, images_per_s: float, valid_loss: float,
-            metrics: dict, confusion: np.ndarray) -> None:
+            metrics: dict, confusion: np.ndarray, original: dict | None = None) -> None:
     per_class = " ".join(f"{stage} {f1:.3f}" for stage, f1 in zip(psg_layout.STAGES, metrics["f1"]))
     print(f"epoch {epoch}: lr {lr:.3g} train loss {train_loss:.4f} ({images_per_s:.1f} images/s) | "
           f"valid loss {valid_loss:.4f} accuracy {metrics['accuracy']:.4f} macro-F1 {metrics['macro_f1']:.4f} | "
           f"F1 {per_class}")
+    if original is not None:
+        print(f"  the original's validation (argmax over all outputs): accuracy {original['accuracy']:.4f} "
+              f"macro-F1 {original['macro_f1']:.4f} ({original['past_stages']} images predicted past the stages)")
     print("  confusion (rows true, columns predicted, " + " ".join(psg_layout.STAGES) + "):")
     for stage, row in zip(psg_layout.STAGES, confusion):
         print(f"  {stage:>5} " + " ".join(f"{count:6d}" for count in row))
@@ -447,8 +494,7 @@ def _set_up_training(args: argparse.Namespace, device: torch.device, rank: int, 
         _check_weights_dir(Path(args.weights_dir))
 
     torch.manual_seed(args.seed)  # the same initial weights on every rank and every run
-    model = create_model(args.model_arch, args.img_size, model_classes(args), args.pretrained)
-    model = model.to(device, memory_format=MEMORY_FORMAT)
+    model = initial_model(args).to(device, memory_format=MEMORY_FORMAT)
     optimizer = make_optimizer(args.optimizer, model.parameters(), args.lr, args.weight_decay, device)
     scheduler = make_scheduler(optimizer, args.t0, args.min_lr)
     scaler = torch.amp.GradScaler(device.type, enabled=config["amp"] == "fp16")
@@ -466,6 +512,14 @@ def _set_up_training(args: argparse.Namespace, device: torch.device, rank: int, 
                               steps_done=start_epoch * steps_per_epoch)
     return _TrainingRun(config, model, optimizer, scheduler, scaler, train_loader, valid_loader, start_epoch,
                         warmup)
+
+
+def initial_model(args: argparse.Namespace) -> torch.nn.Module:
+    """The model a run starts from: ``--model-arch``, ``--img-size`` (height, width), the classes of
+    :func:`model_classes`, ``--pretrained``; under ``--original-defects`` a pretrained classifier of that many
+    outputs is kept (the original's EfficientNet trained its 1000-class ImageNet classifier)."""
+    return create_model(args.model_arch, args.img_size, model_classes(args), args.pretrained,
+                        keep_classifier=args.original_defects)
 
 
 def _run_config(args, device, world_size: int, table, train_rows, valid_rows) -> dict:
@@ -545,7 +599,7 @@ def _run_epochs(run: _TrainingRun, args: argparse.Namespace, device: torch.devic
             warmup=run.warmup, sum_accumulated=args.original_defects)
         seconds = time.perf_counter() - started
         run.scheduler.step()  # the original stepped once after training ...
-        valid_loss_sum, valid_images, confusion = validate(
+        valid_loss_sum, valid_images, confusion, raw_confusion = validate(
             unwrapped(run.model), run.valid_loader, len(run.valid_loader), device,
             progress=progress)
         if args.sched_steps_per_epoch == 2:
@@ -554,22 +608,26 @@ def _run_epochs(run: _TrainingRun, args: argparse.Namespace, device: torch.devic
         # sums over the ranks: every rank trained and validated its own shard
         totals = _all_reduce_sum(torch.tensor([loss_sum, images, valid_loss_sum, valid_images],
                                               dtype=torch.float64, device=device), world_size).tolist()
-        confusion = _all_reduce_sum(torch.from_numpy(confusion).to(device), world_size).cpu().numpy()
+        confusion, raw_confusion = (_all_reduce_sum(torch.from_numpy(counts).to(device), world_size).cpu().numpy()
+                                    for counts in (confusion, raw_confusion))
         if rank == 0:
-            _save_epoch(run, args, epoch, lr, totals, confusion, images_per_s=totals[1] / seconds)
+            _save_epoch(run, args, epoch, lr, totals, confusion, raw_confusion, images_per_s=totals[1] / seconds)
         if world_size > 1:
             dist.barrier()
 
 
 def _save_epoch(run: _TrainingRun, args: argparse.Namespace, epoch: int, lr: float, totals: list,
-                confusion: np.ndarray, images_per_s: float) -> None:
+                confusion: np.ndarray, raw_confusion: np.ndarray, images_per_s: float) -> None:
     """Print the epoch's metrics; write its checkpoint, the ``--resume`` state and its log row (and, first, the
-    configuration). ``totals``: summed training loss, training images, validation loss, validation images."""
+    configuration). ``totals``: summed training loss, training images, validation loss, validation images;
+    ``confusion`` (5, 5) and ``raw_confusion`` (5, C) as :func:`validate` returns them."""
     weights_dir, arch, fold = Path(args.weights_dir), args.model_arch, args.fold
     train_loss = totals[0] / max(totals[1], 1)
     valid_loss = totals[2] / max(totals[3], 1)
     metrics = classification_metrics(confusion)
-    _report(epoch, lr, train_loss, images_per_s, valid_loss, metrics, confusion)
+    # a model of more outputs than stages (--original-defects): also the original's own figures, unfolded
+    original = original_validation_metrics(raw_confusion) if raw_confusion.shape[1] > psg_layout.NUM_CLASSES else None
+    _report(epoch, lr, train_loss, images_per_s, valid_loss, metrics, confusion, original)
     if epoch == run.start_epoch:
         _write_run_config(weights_dir, run_config_path(weights_dir, arch, fold), run.config)
     save_weights(run.model, checkpoint_path(weights_dir, arch, fold, epoch))
@@ -578,6 +636,7 @@ def _save_epoch(run: _TrainingRun, args: argparse.Namespace, epoch: int, lr: flo
         "epoch": epoch, "lr": f"{lr:.6g}", "train_loss": f"{train_loss:.6f}",
         "train_images_per_s": f"{images_per_s:.2f}", "valid_loss": f"{valid_loss:.6f}",
         "valid_accuracy": f"{metrics['accuracy']:.6f}", "valid_macro_f1": f"{metrics['macro_f1']:.6f}",
+        **{f"original_valid_{name}": f"{original[name]:.6f}" if original else "" for name in ("accuracy", "macro_f1")},
         **{f"f1_{s}": f"{f:.6f}" for s, f in zip(psg_layout.STAGES, metrics["f1"])},
         "confusion": json.dumps(confusion.tolist(), separators=(",", ":")),
     })

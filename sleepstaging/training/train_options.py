@@ -98,8 +98,9 @@ def build_parser(defaults: dict, description: str) -> argparse.ArgumentParser:
     parser.add_argument("--cutmix", action="store_true", default=d["cutmix"], help="turn on CutMix (off in the original)")
     parser.add_argument("--original-defects", action="store_true", default=d["original_defects"],
                         help="train as the original did, defects included: mixed targets as the mixed class index cast "
-                             "to an integer, summed accumulated losses, and (main_eff.py) timm's 1000-class classifier "
-                             "trained against the stages, folded into 5 at inference")
+                             "to an integer, summed accumulated losses, and (main_eff.py) a 1000-class classifier, kept as "
+                             "--pretrained loads it, trained against the stages, validated by the argmax over its "
+                             "1000 outputs (logged beside the folded figures), folded into 5 at inference")
     parser.add_argument("--cache-dir", default=d["cache_dir"],
                         help="image cache (decoded, resized uint8 arrays; built on first use), outside the data root")
     parser.add_argument("--no-cache", action="store_true", default=d["no_cache"],
