@@ -111,6 +111,8 @@ parser.add_argument("--recordings-out", type=Path, default=None,
 parser.add_argument("--no-recordings", action="store_true", help="write the submission only")
 parser.add_argument("--figures", action="store_true",
                     help="also draw each recording's hypnogram figure (about 0.3 s each: a minute for 200 recordings)")
+parser.add_argument("--review-pages", action="store_true",
+                    help="also write each recording's review.html (review_page.py; needs the images in --data-root)")
 parser.add_argument("--quiet", action="store_true", help="print only the configuration and what is saved")
 # fmt: on
 
@@ -381,6 +383,16 @@ def main(argv=None) -> None:
                                       figures=args.figures)
         print(f"{args.recordings_out} holds the hypnograms, annotations{', figures' if args.figures else ''} "
               f"and statistics of {len(statistics)} recording(s), with {STATISTICS_TABLE}")
+        if args.review_pages:
+            import review_page
+
+            import calibration
+
+            temperature = calibration.recorded_temperature(model_set.read_model_set(args.model_set)
+                                                           if args.model_set else None)
+            pages = review_page.write_layout_pages(Path(args.data_root), args.recordings_out,
+                                                   review_page.blend_model_dumps(args.in_csv), temperature)
+            print(f"{len(pages)} review page(s) are saved ({review_page.PAGE_NAME} in each recording's folder)")
 
 
 if __name__ == "__main__":

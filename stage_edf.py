@@ -402,6 +402,8 @@ def score_chunk(chunk: list, out: Path, run) -> dict:
             blend_csv = run_step(run, step, blend.main, blend_argv(run.args, data, outputs))
             step = "post-process"
             run_step(run, step, postprocess.main, postprocess_argv(run.args, data, blend_csv, outputs, results))
+            step = "review page"
+            write_review_pages(run.args, data, outputs, results)
     except Exception as err:  # the chunk's nights fail together; the next chunk goes on
         for source in drawn:
             fail(source, step, err)
@@ -411,6 +413,18 @@ def score_chunk(chunk: list, out: Path, run) -> dict:
         place_night(source.recording_id, data, results, out, run.args.keep_images)
     shutil.rmtree(work)
     return failures
+
+
+def write_review_pages(args, data: Path, outputs: Path, results: Path) -> None:
+    """Each night's ``review.html`` (review_page.py), from the chunk's images and both models' dumps."""
+    import calibration
+    import review_page
+    from output_names import dump_path
+
+    dumps = {f"model {n} ({arch})": dump_path(outputs, arch, args.fold, epochs)
+             for n, (arch, epochs) in enumerate(((args.vit_arch, args.vit_epochs), (args.eff_arch, args.eff_epochs)), 1)}
+    temperature = calibration.recorded_temperature(model_set.read_model_set(args.weights_dir))
+    review_page.write_layout_pages(data, results, dumps, temperature)
 
 
 def place_night(recording_id: str, data: Path, results: Path, out: Path, keep_images: bool) -> None:
@@ -533,6 +547,10 @@ def main(argv=None) -> None:
         shutil.rmtree(out / PARTIAL, ignore_errors=True)
     failures.update(kept)
     scored = write_tables(out, failures)
+    if scored:
+        import cohort_page
+
+        cohort_page.write_index(out, list(failures.values()))  # index.html: every night, linking its review page
     if not scored:
         if created:
             shutil.rmtree(out)
