@@ -357,6 +357,8 @@ def validation_blend(outputs: Path, fold: int) -> tuple:
 
 
 def main(argv=None) -> None:
+    from calibration import calibration_record
+
     args = parser.parse_args(argv)
     config = dict(vars(args))
     print("config: " + json.dumps(config))
@@ -377,6 +379,7 @@ def main(argv=None) -> None:
                 "counted_from": f"{Path(args.data_root) / psg_layout.TRAIN_CSV} without fold {args.fold}'s "
                                 f"validation rows"},
         "validation": dict(scores, hmm_transition_weights=tuning),
+        "calibration": calibration_record(probabilities, valid.labels),  # the review page's confidence
         "config": config,
     }
     path = model_set_path(args.weights_dir)

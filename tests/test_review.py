@@ -164,3 +164,22 @@ def test_ece_by_hand_and_temperature_recovered():
     fixed = calibration.apply_temperature(softened, calibration.fit_temperature(softened, labels))
     assert calibration.reliability(fixed, labels)["ece"] < 0.02 < calibration.reliability(softened, labels)["ece"]
     assert (fixed.argmax(axis=1) == softened.argmax(axis=1)).all()
+
+
+def test_review_yield_corrects_the_first_k_percent_of_the_order():
+    import sys
+    sys.path.insert(0, str(__import__("conftest").REPO / "bench"))
+    import review_yield
+
+    y_true = np.array([0, 1, 2, 2, 3, 4, 2, 2, 2, 0])
+    y_pred = np.array([0, 2, 2, 2, 2, 4, 2, 2, 2, 1])  # errors at rows 1, 4, 9
+    order = np.array([9, 1, 0, 2, 3, 4, 5, 6, 7, 8])    # the first 20 % (2 rows) hold two errors
+    table = review_yield.yield_table(y_true, y_pred, {"page": order}, fractions=(0.1, 0.2), seeds=3)
+    assert table["page"]["0.1"]["errors_left"] == 2 and table["page"]["0.2"]["errors_left"] == 1
+    assert table["page"]["0.2"]["errors_removed_share"] == pytest.approx(2 / 3)
+    fixed = y_pred.copy()
+    fixed[[9, 1]] = y_true[[9, 1]]
+    from sklearn.metrics import cohen_kappa_score, f1_score
+    assert table["page"]["0.2"]["kappa"] == pytest.approx(cohen_kappa_score(y_true, fixed))
+    assert table["page"]["0.2"]["macro_f1"] == pytest.approx(f1_score(y_true, fixed, average="macro"))
+    assert 1 <= table["random"]["0.2"]["errors_left"] <= 3
