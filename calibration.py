@@ -133,3 +133,35 @@ def calibration_record(probabilities: np.ndarray, labels: np.ndarray) -> dict:
             "validation_ece_before": reliability(probabilities, labels)["ece"],
             "validation_ece_after": reliability(apply_temperature(probabilities, temperature), labels)["ece"],
             "ece_bins": ECE_BINS}
+
+
+def evaluation_section(pred: Path, weights_dir: Path, y_true: np.ndarray, out: Path) -> list[str]:
+    """evaluate.py's calibration section: ECE and a reliability diagram of the probabilities beside ``pred``.
+
+    The blended probabilities (``.npy`` beside a blend CSV) before and after
+    the model set's temperature; [] when ``pred`` has none beside it (a
+    post-processed submission: the hmm and the rules keep the blend's
+    probabilities, so the blend CSV's report shows them).
+    """
+    import model_set
+    from output_names import probabilities_path
+
+    path = probabilities_path(pred)
+    if not path.is_file():
+        return []
+    probabilities = np.load(path, allow_pickle=False)
+    if probabilities.shape != (len(y_true), 5):
+        return []
+    temperature = recorded_temperature(model_set.read_model_set(weights_dir))
+    curves = {"blend": reliability(probabilities, y_true)}
+    if temperature != 1.0:
+        curves[f"blend, temperature {temperature:.2f}"] = reliability(apply_temperature(probabilities, temperature),
+                                                                      y_true)
+    plot_reliability(curves, out / "reliability.png")
+    lines = ["## Calibration", "", f"Expected calibration error ({ECE_BINS} bins) of `{path.name}`: "
+             + ", ".join(f"{label} {curve['ece']:.4f} (mean confidence {curve['mean_confidence']:.3f}, accuracy "
+                         f"{curve['accuracy_all']:.3f})" for label, curve in curves.items()) + ".", "",
+             "![reliability diagram](reliability.png)", ""]
+    with open(out / "report.md", "a", encoding="utf-8") as handle:
+        handle.write("\n" + "\n".join(lines))
+    return lines

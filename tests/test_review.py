@@ -183,3 +183,14 @@ def test_review_yield_corrects_the_first_k_percent_of_the_order():
     assert table["page"]["0.2"]["kappa"] == pytest.approx(cohen_kappa_score(y_true, fixed))
     assert table["page"]["0.2"]["macro_f1"] == pytest.approx(f1_score(y_true, fixed, average="macro"))
     assert 1 <= table["random"]["0.2"]["errors_left"] <= 3
+
+
+def test_evaluation_report_gets_the_ece_and_a_reliability_diagram(tmp_path):
+    p = np.array([[0.8, 0.2, 0, 0, 0]] * 4 + [[0.55, 0.45, 0, 0, 0]] * 2)
+    np.save(tmp_path / "blend.npy", p)
+    (tmp_path / "report.md").write_text("# Evaluation report\n")
+    lines = calibration.evaluation_section(tmp_path / "blend.csv", tmp_path / "no_weights", np.array([0, 0, 0, 1, 0, 1]),
+                                           tmp_path)
+    assert "blend 0.0500 (mean confidence 0.717, accuracy 0.667)" in lines[2]
+    assert (tmp_path / "reliability.png").stat().st_size > 0 and "## Calibration" in (tmp_path / "report.md").read_text()
+    assert calibration.evaluation_section(tmp_path / "none.csv", tmp_path, np.zeros(6, int), tmp_path) == []
