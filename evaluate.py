@@ -187,6 +187,8 @@ def main(argv=None) -> None:
         metrics["validation"] = validation
 
     write_report(args.out, metrics, config, y_true, y_pred, test.recording_ids, args)
+    from sleepstaging.scoring import calibration
+    calibration.evaluation_section(args.pred, args.weights_dir, y_true, args.out)  # ECE, reliability.png
 
     print(f"test macro-F1 {metrics['macro_f1']:.4f}, accuracy {metrics['accuracy']:.4f}, "
           f"kappa {metrics['cohen_kappa']:.4f} on {metrics['rows']} epochs")

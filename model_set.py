@@ -34,18 +34,14 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 
-from sleepstaging.scoring import blend
 from sleepstaging.scoring import hmm
 from sleepstaging.data import psg_layout
 from sleepstaging import script_io
-from sleepstaging.output_names import (dump_path, model_set_path, tune_json_path, valid_csv_path)
-from sleepstaging.script_io import InputError, where
-from sleepstaging.scoring.rules import apply_rules
+from sleepstaging.output_names import (model_set_path)
 
 # fmt: off
-from sleepstaging.scoring.model_set import BLEND_KEYS, SCORING_POSTPROCESS, hmm_counts_outside, recorded_stage_balances
+from sleepstaging.scoring.model_set import validation_blend, validation_scores, BLEND_KEYS, SCORING_POSTPROCESS, hmm_counts_outside
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=script_io.HelpFormatter)
 parser.add_argument("--data-root", default="DATA", help="the data the models were trained on (its training CSV)")
@@ -55,66 +51,15 @@ parser.add_argument("--outputs", default="outputs",
 parser.add_argument("--fold", type=int, default=0, help="the fold the models were trained against")
 
 
-def _infer_record(outputs: Path, fold: int) -> dict:
-    balances, path = recorded_stage_balances(outputs, fold)
-    if not path.is_file():
-        raise InputError(f"no infer_blend.py record {where(path)}; run infer_blend.py with --out {outputs}")
-    if balances is None:
-        raise InputError(f"no stage_balance of the two models; run infer_blend.py again {where(path)}")
-    if balances[0] != balances[1]:
-        raise InputError(f"the models were trained with different --stage-balance ({balances[0]} and "
-                         f"{balances[1]}), so their blend has no one set of training stage shares for the hmm "
-                         f"{where(path)}")
-    return script_io.read_json_object(path)
 
 
-def validation_scores(probabilities: np.ndarray, valid: psg_layout.EpochTable, model: tuple,
-                      weight: float) -> dict:
-    """Validation macro-F1 of the blend and the rules, and each sleep statistic's mean, true and hmm-decoded."""
-    from sleepstaging.scoring import hypnogram
-    labels, ids = valid.labels, valid.recording_ids
-    stages = blend.predict_stages(probabilities)
-    decoded = hmm.hmm_decode(probabilities, ids, *model, transition_weight=weight)
-    recordings = np.asarray(ids)
-    statistics = {}
-    for name, series in (("true", labels), ("hmm", decoded), ("blend", stages)):
-        per_night = [hypnogram.sleep_statistics(series[recordings == r]) for r in dict.fromkeys(ids)]
-        statistics[name] = {key: float(np.nanmean([night[key] for night in per_night]))
-                            for key in ("TST", "WASO", "N1", "N2", "N3", "REM", "awakenings", "stage_shifts")}
-    return {"blend_macro_f1": blend.macro_f1(labels, stages),
-            "rules_macro_f1": blend.macro_f1(labels, apply_rules(stages, ids)[0]),
-            "nights": len(set(ids)), "statistics_mean": statistics}
 
 
-def validation_blend(outputs: Path, fold: int) -> tuple:
-    """The fold's validation rows blended as ``blend_tune.json`` says, with infer_blend.py's record.
-
-    Returns
-    -------
-    valid : psg_layout.EpochTable
-        ``fold_<k>_valid.csv``: the validation rows and their stages.
-    probabilities : np.ndarray, shape (rows, 5)
-        :func:`blend.blend_probabilities` of the two validation dumps.
-    infer : dict
-        infer_blend.py's record (models, kept epochs, stage balance).
-    tuned : dict
-        :func:`blend.read_tune_json` of ``blend_tune.json``.
-    """
-    infer = _infer_record(outputs, fold)
-    tuned = blend.read_tune_json(tune_json_path(outputs))
-    labels_csv = valid_csv_path(outputs, fold)
-    if not labels_csv.is_file():
-        raise InputError(f"no validation rows {where(labels_csv)}; infer_blend.py writes them when the data root "
-                         f"holds the models' training CSV")
-    valid = psg_layout.read_epoch_csv(labels_csv, with_labels=True)
-    p1, p2 = (blend.load_probabilities(dump_path(outputs, infer[f"{key}_arch"], fold, infer[f"{key}_epochs"], "valid"),
-                                       len(valid), str(labels_csv), blend.DUMP_HINT) for key in ("vit", "eff"))
-    scales = blend.row_scales(tuned["dump_scale"], tuned["tta"])
-    return (valid, blend.blend_probabilities(p1, p2, tuned["method"], tuned["ens_weight"], tuned["power"], scales),
-            infer, tuned)
 
 
 def main(argv=None) -> None:
+    from sleepstaging.scoring.calibration import calibration_record
+
     args = parser.parse_args(argv)
     config = dict(vars(args))
     print("config: " + json.dumps(config))
@@ -135,6 +80,7 @@ def main(argv=None) -> None:
                 "counted_from": f"{Path(args.data_root) / psg_layout.TRAIN_CSV} without fold {args.fold}'s "
                                 f"validation rows"},
         "validation": dict(scores, hmm_transition_weights=tuning),
+        "calibration": calibration_record(probabilities, valid.labels),  # the review page's confidence
         "config": config,
     }
     path = model_set_path(args.weights_dir)

@@ -70,6 +70,8 @@ from sleepstaging.output_names import blend_csv_path, probabilities_path, record
 from sleepstaging.script_io import InputError
 
 from sleepstaging.recipe import ORIGINAL_BLEND, ORIGINAL_MODELS, POSTPROCESS
+from sleepstaging.scoring import calibration, review_page
+from sleepstaging.scoring.model_set import read_model_set
 from sleepstaging.scoring.postprocess import POSTPROCESS_METHODS, hmm_settings, postprocess_test
 # fmt: off
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -104,6 +106,8 @@ parser.add_argument("--recordings-out", type=Path, default=None,
 parser.add_argument("--no-recordings", action="store_true", help="write the submission only")
 parser.add_argument("--figures", action="store_true",
                     help="also draw each recording's hypnogram figure (about 0.3 s each: a minute for 200 recordings)")
+parser.add_argument("--review-pages", action="store_true",
+                    help="also write each recording's review.html (needs the images in --data-root)")
 parser.add_argument("--quiet", action="store_true", help="print only the configuration and what is saved")
 
 
@@ -131,6 +135,11 @@ def main(argv=None) -> None:
                      None if args.no_recordings else args.recordings_out, config,
                      across_recordings=args.across_recordings, figures=args.figures,
                      probabilities_given=probabilities_given, quiet=args.quiet)
+    if args.review_pages and not args.no_recordings:
+        temperature = calibration.recorded_temperature(read_model_set(args.model_set) if args.model_set else None)
+        pages = review_page.write_layout_pages(Path(args.data_root), args.recordings_out,
+                                               review_page.blend_model_dumps(args.in_csv), temperature)
+        print(f"{len(pages)} review page(s) are saved ({review_page.PAGE_NAME} in each recording's folder)")
 
 
 if __name__ == "__main__":

@@ -53,6 +53,20 @@ find_python() {
     exit 2
 }
 
+# The review page's browser tests drive Debian's Chromium (tests/test_review_browser.py); installed
+# here when missing and this runs as root (CI's fresh machine), else the tests say loudly they were skipped.
+install_chromium() {
+    if [[ -x /usr/bin/chromium ]]; then
+        return 0
+    fi
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null ||
+            echo "WARNING: apt-get install chromium failed: the review page's browser tests will be skipped" >&2
+    else
+        echo "WARNING: no /usr/bin/chromium and no root to install it: the review page's browser tests will be skipped" >&2
+    fi
+}
+
 setup() {
     local want
     want=$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)
@@ -70,6 +84,7 @@ setup() {
 
 run_tests() {
     setup
+    install_chromium
     "$PY" -m pytest -q tests "$@"
 }
 

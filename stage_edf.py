@@ -70,6 +70,7 @@ from sleepstaging.scoring import model_set
 from sleepstaging.scoring import postprocess
 from sleepstaging.recipe import INFERENCE, ORIGINAL_BLEND, POSTPROCESS, RECIPE
 from sleepstaging import script_io
+from sleepstaging.scoring import cohort_page
 from sleepstaging.scoring.cohort import FAILURES, plan_nights, write_tables
 from sleepstaging.script_io import InputError, where
 
@@ -122,6 +123,8 @@ parser.add_argument("--lights-table", type=Path, default=None, metavar="CSV",
                          "values as --lights-off (an empty cell: that night's EDF+ annotation); nights it does not "
                          "list take theirs from their annotations")
 parser.add_argument("--no-figures", action="store_true", help="no hypnogram figures (saves seconds per recording)")
+parser.add_argument("--no-review-pages", action="store_true",
+                    help="no review.html per night (its images take most of the time of scoring a night)")
 parser.add_argument("--resume", action="store_true",
                     help="go on with the run that wrote --out: skip its complete nights and those that failed on "
                          "files unchanged since; score the rest with its settings")
@@ -254,6 +257,8 @@ def main(argv=None) -> None:
         shutil.rmtree(out / PARTIAL, ignore_errors=True)
     failures.update(kept)
     scored = write_tables(out, failures)
+    if scored:
+        cohort_page.write_index(out, list(failures.values()))  # index.html: every night, linking its review page
     if not scored:
         if created:
             shutil.rmtree(out)

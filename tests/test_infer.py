@@ -29,7 +29,6 @@ SPLIT = {"folds": 3, "seed": 72, "cv": "subject"}
 def test_each_model_is_the_plain_mean_over_its_checkpoints_and_tta_rounds(monkeypatch):
     """Two checkpoints x three TTA rounds: each split's probabilities are the mean of the six predictions."""
     import argparse
-    import infer_blend
     from sleepstaging.scoring import inference
     rng = np.random.default_rng(0)
     rows = {"valid": 4, "test": 3}

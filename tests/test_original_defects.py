@@ -19,7 +19,6 @@ import torch
 from sleepstaging.data import batch_augment
 from sleepstaging.training import engine
 from sleepstaging.scoring import models
-import infer_blend
 from sleepstaging.scoring import inference
 from sleepstaging.data import loaders
 import main_eff

@@ -86,6 +86,11 @@ def test_scores_an_unscored_night(tiny_data, night, scored):
     assert "== post-process: " in (out / cohort.LOG).read_text()
     assert not (out / cohort.PARTIAL).exists()
     assert (out / cohort.FAILURES).read_text() == ",".join(cohort.FAILURE_COLUMNS) + "\n"  # none failed
+    from sleepstaging.scoring import review_page
+    page = review_page.read_page_data(out / recording_id / review_page.PAGE_NAME)  # the review page, both models
+    assert page["id"] == recording_id and len(page["models"]) == 2 and len(page["images"]) == epochs
+    assert page["stage"] == [psg_layout.STAGE_TO_INT[r["stage_after"]] for r in table]
+    assert recording_id in (out / "index.html").read_text()
 
 
 @pytest.mark.slow

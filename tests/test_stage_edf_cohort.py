@@ -20,7 +20,6 @@ import postprocess
 from sleepstaging.scoring import postprocess as postprocess_lib
 from sleepstaging.data import psg_layout
 import stage_edf
-from sleepstaging.scoring import cohort
 from conftest import write_random_checkpoints
 from sleepstaging.script_io import InputError
 

@@ -26,7 +26,7 @@ from sleepstaging.scoring import blend
 from sleepstaging.data import epoch_timing
 from sleepstaging.scoring import model_set
 from sleepstaging.data import psg_layout
-from sleepstaging.output_names import probabilities_path, submission_path
+from sleepstaging.output_names import dump_path, probabilities_path, submission_path
 
 FAILURES = "failures.csv"
 FAILURE_COLUMNS = ("recording_id", "edf", "step", "reason", "edf_bytes", "edf_modified_ns")
@@ -91,10 +91,10 @@ MARKER = "stage_edf.json"
 LOG = "stage_edf.log"
 PARTIAL = ".partial"  # the chunk being scored, inside --out; what a killed run left there is removed
 RENDER_RECORD = "{name}-render.json"
-STEPS = ("render", "infer", "blend", "post-process")
+STEPS = ("render", "infer", "blend", "post-process", "review page")
 # What a night's result depends on: --resume goes on only with the settings of the run that wrote --out.
 RESULT_KEYS = ("weights_dir", *model_set.MODEL_KEYS, *model_set.BLEND_KEYS, "from_tune", "tta", "amp", "postprocess",
-               "train_csv", "montage", "lights_off", "lights_on", "lights_table", "keep_images", "no_figures")
+               "train_csv", "montage", "lights_off", "lights_on", "lights_table", "keep_images", "no_figures", "no_review_pages")
 
 
 def check_out(out: Path, args) -> bool:
@@ -199,7 +199,8 @@ def infer_chunk(loaded: dict, infer_args, device) -> None:
     probabilities = {key: inference.checkpoint_probabilities(checkpoints, config, infer_args, inputs, device,
                                                                label=arch)
                      for key, (arch, _, config, checkpoints) in loaded.items()}
-    record = dict(vars(infer_args), device=str(device), stage_balance=[c["stage_balance"] for _, _, c, _ in
+    options = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(infer_args).items()}
+    record = dict(options, device=str(device), stage_balance=[c["stage_balance"] for _, _, c, _ in
                                                                        loaded.values()])
     inference.write_outputs(Path(infer_args.out), infer_args, arch_epochs, probabilities, None, None, record)
 
@@ -232,6 +233,16 @@ def postprocess_chunk(args, data: Path, blend_csv: Path, outputs: Path, results:
     postprocess.postprocess_test(data, blend_csv, submission_path(outputs), args.postprocess, hmm,
                                  probabilities_path(blend_csv), results, config, figures=not args.no_figures,
                                  quiet=True)
+
+
+def write_review_pages(args, data: Path, outputs: Path, results: Path) -> None:
+    """Each night's ``review.html``, from the chunk's images and both models' dumps."""
+    from sleepstaging.scoring import calibration, review_page
+
+    dumps = {f"model {n} ({arch})": dump_path(outputs, arch, args.fold, epochs)
+             for n, (arch, epochs) in enumerate(((args.vit_arch, args.vit_epochs), (args.eff_arch, args.eff_epochs)), 1)}
+    temperature = calibration.recorded_temperature(model_set.read_model_set(args.weights_dir))
+    review_page.write_layout_pages(data, results, dumps, temperature)
 
 
 def run_step(run, step: str, function, *arguments):
@@ -280,6 +291,9 @@ def score_chunk(chunk: list, out: Path, run) -> dict:
             blend_csv = run_step(run, step, blend_chunk, run.args, data, outputs)
             step = "post-process"
             run_step(run, step, postprocess_chunk, run.args, data, blend_csv, outputs, results)
+            if not run.args.no_review_pages:
+                step = "review page"
+                run_step(run, step, write_review_pages, run.args, data, outputs, results)
     except Exception as err:  # the chunk's nights fail together; the next chunk goes on
         for source in drawn:
             fail(source, step, err)

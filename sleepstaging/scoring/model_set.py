@@ -11,7 +11,9 @@ from sleepstaging.scoring import hmm
 from sleepstaging import recipe
 from sleepstaging.data import psg_layout
 from sleepstaging import script_io
-from sleepstaging.output_names import (checkpoint_path, infer_config_path, model_set_path, run_config_path)
+from sleepstaging.output_names import (checkpoint_path, dump_path, infer_config_path, model_set_path, run_config_path,
+                                       tune_json_path, valid_csv_path)
+from sleepstaging.scoring.rules import apply_rules
 from sleepstaging.data.psg_layout import NUM_CLASSES
 from sleepstaging.script_io import InputError, where
 
@@ -255,3 +257,59 @@ def recorded_stage_balances(outputs: Path | str, fold: int) -> tuple[list[float]
         raise InputError(f"stage_balance must be a list of two finite numbers, 0 or more (one per model), got "
                          f"{balances!r} {where(path)}")
     return [float(value) for value in balances], path
+
+def _infer_record(outputs: Path, fold: int) -> dict:
+    balances, path = recorded_stage_balances(outputs, fold)
+    if not path.is_file():
+        raise InputError(f"no infer_blend.py record {where(path)}; run infer_blend.py with --out {outputs}")
+    if balances is None:
+        raise InputError(f"no stage_balance of the two models; run infer_blend.py again {where(path)}")
+    if balances[0] != balances[1]:
+        raise InputError(f"the models were trained with different --stage-balance ({balances[0]} and "
+                         f"{balances[1]}), so their blend has no one set of training stage shares for the hmm "
+                         f"{where(path)}")
+    return script_io.read_json_object(path)
+
+def validation_scores(probabilities: np.ndarray, valid: psg_layout.EpochTable, model: tuple,
+                      weight: float) -> dict:
+    """Validation macro-F1 of the blend and the rules, and each sleep statistic's mean, true and hmm-decoded."""
+    from sleepstaging.scoring import hypnogram
+    labels, ids = valid.labels, valid.recording_ids
+    stages = blend.predict_stages(probabilities)
+    decoded = hmm.hmm_decode(probabilities, ids, *model, transition_weight=weight)
+    recordings = np.asarray(ids)
+    statistics = {}
+    for name, series in (("true", labels), ("hmm", decoded), ("blend", stages)):
+        per_night = [hypnogram.sleep_statistics(series[recordings == r]) for r in dict.fromkeys(ids)]
+        statistics[name] = {key: float(np.nanmean([night[key] for night in per_night]))
+                            for key in ("TST", "WASO", "N1", "N2", "N3", "REM", "awakenings", "stage_shifts")}
+    return {"blend_macro_f1": blend.macro_f1(labels, stages),
+            "rules_macro_f1": blend.macro_f1(labels, apply_rules(stages, ids)[0]),
+            "nights": len(set(ids)), "statistics_mean": statistics}
+
+def validation_blend(outputs: Path, fold: int) -> tuple:
+    """The fold's validation rows blended as ``blend_tune.json`` says, with infer_blend.py's record.
+
+    Returns
+    -------
+    valid : psg_layout.EpochTable
+        ``fold_<k>_valid.csv``: the validation rows and their stages.
+    probabilities : np.ndarray, shape (rows, 5)
+        :func:`blend.blend_probabilities` of the two validation dumps.
+    infer : dict
+        infer_blend.py's record (models, kept epochs, stage balance).
+    tuned : dict
+        :func:`blend.read_tune_json` of ``blend_tune.json``.
+    """
+    infer = _infer_record(outputs, fold)
+    tuned = blend.read_tune_json(tune_json_path(outputs))
+    labels_csv = valid_csv_path(outputs, fold)
+    if not labels_csv.is_file():
+        raise InputError(f"no validation rows {where(labels_csv)}; infer_blend.py writes them when the data root "
+                         f"holds the models' training CSV")
+    valid = psg_layout.read_epoch_csv(labels_csv, with_labels=True)
+    p1, p2 = (blend.load_probabilities(dump_path(outputs, infer[f"{key}_arch"], fold, infer[f"{key}_epochs"], "valid"),
+                                       len(valid), str(labels_csv), blend.DUMP_HINT) for key in ("vit", "eff"))
+    scales = blend.row_scales(tuned["dump_scale"], tuned["tta"])
+    return (valid, blend.blend_probabilities(p1, p2, tuned["method"], tuned["ens_weight"], tuned["power"], scales),
+            infer, tuned)
