@@ -2,6 +2,8 @@
 image cache, the batch augmentation, the trainers and inference."""
 from __future__ import annotations
 
+from sleepstaging import output_names
+
 import json
 import math
 
@@ -14,7 +16,6 @@ from sleepstaging import recipe
 from sleepstaging.data import batch_augment
 from sleepstaging.training import engine
 from sleepstaging.scoring import models
-import model_set
 from sleepstaging.scoring import model_set as model_set_lib
 from sleepstaging.data import fmix
 from sleepstaging.data import image_cache
@@ -215,7 +216,7 @@ def test_each_trainer_records_its_geometry_and_caches_at_it(tiny_data, non_squar
     weights = non_square_runs
     for arch, shape in ((VIT, VIT_SHAPE), (EFF, EFF_SHAPE)):
         config = model_set_lib.read_run_config(weights, arch, 0)
-        saved = json.loads(model_set.run_config_path(weights, arch, 0).read_text())
+        saved = json.loads(output_names.run_config_path(weights, arch, 0).read_text())
         assert saved["img_size"] == list(shape) and config["img_size"] == tuple(shape)  # saved [h, w], read (h, w)
         assert config["resize"] == RESIZES[arch]
         folder = image_cache.cache_folder(weights.parent / "cache", tiny_data, shape, RESIZES[arch])

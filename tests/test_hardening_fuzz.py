@@ -13,6 +13,8 @@
 """
 from __future__ import annotations
 
+from sleepstaging import output_names
+
 import csv
 import io
 import tempfile
@@ -314,16 +316,16 @@ def test_the_blend_command_writes_what_the_library_computes(scratch, data, recor
     dumps = []
     for arch, epochs in (("vit_base_patch16_224", [4]), ("tf_efficientnet_b4_ns", [1])):
         dumps.append(unit_rows(data, rows).astype(np.float32))
-        np.save(blend.dump_path(out, arch, 0, epochs), dumps[-1])
+        np.save(output_names.dump_path(out, arch, 0, epochs), dumps[-1])
     blend.main(["--data-root", str(base), "--out", str(out), "--method", method, "--ens-weight", str(weight),
                 "--dump-scale", dump_scale, "--quiet"])
     # no infer_blend_fold_0.json in the folder: tta 1, the original's
     settings = (method, weight, 0.25, blend_lib.row_scales(dump_scale, 1))
     p1, p2 = (dump.astype(np.float64) for dump in dumps)
-    lines = blend.blend_csv_path(out, method, [4], [1]).read_text().splitlines()
+    lines = output_names.blend_csv_path(out, method, [4], [1]).read_text().splitlines()
     assert lines == [STAGES[s] for s in blend_lib.predict_stages(blend_lib.blend_scores(p1, p2, *settings))]
     by_loop = oracles.blend_by_loop(p1.tolist(), p2.tolist(), method, weight, 0.25, dump_scale, 1)
     assert [STAGES[s] for s in by_loop] == lines
-    saved = np.load(blend.probabilities_path(blend.blend_csv_path(out, method, [4], [1])))
+    saved = np.load(output_names.probabilities_path(output_names.blend_csv_path(out, method, [4], [1])))
     assert saved.dtype == np.float32
     np.testing.assert_array_equal(saved, blend_lib.blend_probabilities(p1, p2, *settings).astype(np.float32))

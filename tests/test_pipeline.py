@@ -8,12 +8,13 @@ functions applied to the dumps, the report and its figures.
 """
 from __future__ import annotations
 
+from sleepstaging import output_names
+
 import json
 
 import numpy as np
 import pytest
 
-import blend
 
 from sleepstaging.scoring import blend as blend_lib
 import oracles
@@ -34,7 +35,7 @@ def tuned_blend_of_dumps(out, tune_json, vit_epochs, eff_epochs, rows: int):
     added to blend_tune.json is passed on here.
     """
     settings = blend_lib.read_tune_json(tune_json)
-    p1, p2 = (blend_lib.load_probabilities(blend.dump_path(out, arch, 0, epochs), rows, "test CSV", "infer_blend.py")
+    p1, p2 = (blend_lib.load_probabilities(output_names.dump_path(out, arch, 0, epochs), rows, "test CSV", "infer_blend.py")
               for arch, epochs in ((VIT, vit_epochs), (EFF, eff_epochs)))
     blended = (p1, p2, settings["method"], settings["ens_weight"], settings["power"],
                blend_lib.row_scales(settings["dump_scale"], settings["tta"]))
@@ -92,7 +93,7 @@ def test_whole_flow_writes_every_artefact_as_the_seed_names_it(tiny_data, tmp_pa
     by_loop = oracles.blend_by_loop(*dumps, tuned["method"], tuned["ens_weight"], tuned["power"],
                                     tuned["dump_scale"], tuned["tta"])
     assert blended == [psg_layout.STAGES[s] for s in by_loop]
-    np.testing.assert_allclose(np.load(blend.probabilities_path(blend_csv)), expected_probabilities, atol=1e-6)
+    np.testing.assert_allclose(np.load(output_names.probabilities_path(blend_csv)), expected_probabilities, atol=1e-6)
 
     run_script("postprocess.py", "--data-root", tiny_data, "--in", blend_csv, "--out", out / "files_post.csv")
     submission = (out / "files_post.csv").read_text().splitlines()

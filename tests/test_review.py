@@ -166,8 +166,6 @@ def test_ece_by_hand_and_temperature_recovered():
 
 
 def test_review_yield_corrects_the_first_k_percent_of_the_order():
-    import sys
-    sys.path.insert(0, str(__import__("conftest").REPO / "bench"))
     import review_yield
 
     y_true = np.array([0, 1, 2, 2, 3, 4, 2, 2, 2, 0])

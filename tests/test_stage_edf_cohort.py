@@ -16,8 +16,7 @@ import pytest
 
 from sleepstaging.scoring import cohort
 from sleepstaging.scoring import inference
-import postprocess
-from sleepstaging.scoring import postprocess as postprocess_lib
+from sleepstaging.scoring import postprocess
 from sleepstaging.data import psg_layout
 import stage_edf
 from conftest import write_random_checkpoints
@@ -94,7 +93,7 @@ def test_a_cohort_scores_the_good_nights_lists_the_bad_one_and_resume_does_nothi
         failures = list(csv.DictReader(handle))
     assert [(row["recording_id"], row["step"]) for row in failures] == [("broken", "render")]
     assert failures[0]["reason"].startswith("EDF is truncated") and failures[0]["edf"] == str(edf / "broken.edf")
-    with open(out / postprocess_lib.STATISTICS_TABLE, newline="") as handle:
+    with open(out / postprocess.STATISTICS_TABLE, newline="") as handle:
         assert [row["recording_id"] for row in csv.DictReader(handle)] == night_ids
     for recording_id in night_ids:
         assert (out / recording_id / cohort.RENDER_RECORD.format(name=recording_id)).is_file()
@@ -137,18 +136,18 @@ def test_a_killed_run_is_resumed_and_its_unfinished_night_redone(tiny_data, weig
 
     out = tmp_path / "scored"
     calls = []
-    post = postprocess.main
+    post = cohort.postprocess_chunk
 
-    def killed_in_the_second_chunk(argv):
-        calls.append(argv)
+    def killed_in_the_second_chunk(*arguments):
+        calls.append(arguments)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        post(argv)
+        post(*arguments)
 
-    monkeypatch.setattr(postprocess, "main", killed_in_the_second_chunk)
+    monkeypatch.setattr(cohort, "postprocess_chunk", killed_in_the_second_chunk)
     with pytest.raises(KeyboardInterrupt):
         stage(*options(edf, weights, out))
-    monkeypatch.setattr(postprocess, "main", post)
+    monkeypatch.setattr(cohort, "postprocess_chunk", post)
     assert cohort.scored_nights(out) == night_ids[:1] and not (out / cohort.PARTIAL).exists()
     # a folder of the second night that a crash of some other kind left half-written is not taken as done
     (out / night_ids[1]).mkdir()
@@ -159,7 +158,7 @@ def test_a_killed_run_is_resumed_and_its_unfinished_night_redone(tiny_data, weig
     assert "2 night(s): 1 scored before, 0 failed before on unchanged files, 1 to score" in capsys.readouterr().out
     for recording_id in night_ids:
         assert stages_after(out, recording_id) == stages_after(reference, recording_id)
-    with open(out / postprocess_lib.STATISTICS_TABLE, newline="") as handle:
+    with open(out / postprocess.STATISTICS_TABLE, newline="") as handle:
         assert [row["recording_id"] for row in csv.DictReader(handle)] == night_ids
 
 
@@ -277,7 +276,7 @@ def test_a_lab_folder_with_lights_faults_and_a_corrupt_file(tiny_data, weights, 
     assert flagged[3]["flat_signals"] == flagged[4]["flat_signals"] == "Chin EMG"
     assert flagged[7]["clipped_signals"] == "C3-M2"
     assert {row["missing_signals"] for row in table} == {"Thorax"}  # not a key row: no flag of its own
-    statistics = {row["recording_id"]: row for row in read_rows(out / postprocess_lib.STATISTICS_TABLE)}
+    statistics = {row["recording_id"]: row for row in read_rows(out / postprocess.STATISTICS_TABLE)}
     assert list(statistics) == night_ids
     lit = statistics[first]
     assert (lit["period"], lit["lights_off_s"], lit["lights_on_s"]) == ("lights off to lights on", "120", "1500")
@@ -300,6 +299,6 @@ def test_a_lab_folder_with_lights_faults_and_a_corrupt_file(tiny_data, weights, 
     flags = tmp_path / "flags"
     assert stage("--edf", edf / f"{second}.edf", *command[2:4], "--out", flags, *command[6:], "--lights-off",
                  "22:32:00", "--lights-on", 1500) == 0
-    row = read_rows(flags / postprocess_lib.STATISTICS_TABLE)[0]
+    row = read_rows(flags / postprocess.STATISTICS_TABLE)[0]
     assert (row["lights_off_s"], row["lights_on_s"], row["lights_source"]) == ("120", "1500",
                                                                                "--lights-off/--lights-on")

@@ -1,6 +1,8 @@
 """The trainers end to end on the tiny synthetic data set: learning, files written, command line."""
 from __future__ import annotations
 
+from sleepstaging import output_names
+
 import csv
 import json
 import math
@@ -12,7 +14,6 @@ import torch
 
 from sleepstaging.training import engine
 from sleepstaging.scoring import models
-import model_set
 from sleepstaging.scoring import model_set as model_set_lib
 from sleepstaging.data import loaders
 import main_eff
@@ -76,7 +77,7 @@ def test_checkpoints_config_and_state_files(trained, tiny_data):
 
     config = model_set_lib.read_run_config(weights, ARCH, 0)
     assert (config["model_arch"], config["img_size"], config["num_classes"]) == (ARCH, (IMG_SIZE, IMG_SIZE), 5)
-    saved = json.loads(model_set.run_config_path(weights, ARCH, 0).read_text())
+    saved = json.loads(output_names.run_config_path(weights, ARCH, 0).read_text())
     assert saved["img_size"] == [IMG_SIZE, IMG_SIZE]  # saved as [height, width], read as (height, width)
     assert (config["optimizer"], config["cv"], config["amp"], config["seed"]) == ("adamp", "subject", "off", 72)
     assert json.loads(stdout[:stdout.index("\n}\n") + 2]) == saved  # printed at start as saved
