@@ -55,7 +55,7 @@ from pathlib import Path
 
 
 from sleepstaging import script_io
-from sleepstaging.edf.edf_signals import detect_montage
+from sleepstaging.edf.edf_signals import detect_montage, open_edf
 from sleepstaging.edf.lights import lights_value
 from sleepstaging.edf.montages import AUTO_MONTAGE, load_montage
 from sleepstaging.script_io import InputError, where
@@ -144,12 +144,13 @@ def main(argv=None) -> None:
         raise InputError(f"--out is a file, not a folder {where(out)}")
     recordings = find_recordings(args.edf, args.hypnogram, args.unscored)
     check_new_ids(out, recordings)
-    montages = {source.recording_id: montage or detect_montage(source.edf) for source in recordings}
+    opened = {source.recording_id: open_edf(source.edf) for source in recordings}  # each EDF once, for every step
+    montages = {recording_id: montage or detect_montage(recording) for recording_id, recording in opened.items()}
     config["montage_rows"] = {chosen.name: {row: vars(source) for row, source in chosen.rows.items()}
                               for chosen in montages.values()}
     print(json.dumps(config, indent=2))
-    jobs = [plan_recording(source, montages[source.recording_id], args.trim_wake, out, config,
-                           lights_off=args.lights_off, lights_on=args.lights_on)
+    jobs = [plan_recording(source, opened[source.recording_id], montages[source.recording_id], args.trim_wake, out,
+                           config, lights_off=args.lights_off, lights_on=args.lights_on)
             for source in recordings]
     for job in jobs:
         record = job.record

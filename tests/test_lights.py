@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime
 import json
 import math
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 from sleepstaging.edf import lights
+from sleepstaging.edf.edf_signals import open_edf
 from sleepstaging.scoring import postprocess
 from sleepstaging.data import epoch_timing
 from sleepstaging.data import psg_layout
@@ -169,16 +171,16 @@ def test_annotations_and_flags_give_the_same_lights(tmp_path):
     assert (record["lights_off"], record["lights_on"]) == ("22:30:45", "255")  # the options as given
 
     # a flag wins for its own bound only; a recording without marks has no lights times
-    assert lights.resolve_lights(edf, START, SECONDS, None, "240.5") == (
+    assert lights.resolve_lights(open_edf(edf), None, "240.5") == (
         45.0, 240.5, "--lights-on, EDF+ annotation 'Lights Off'")
-    assert lights.resolve_lights(write_edf(tmp_path / "plain.edf"), START, SECONDS) == (None, None, None)
+    assert lights.resolve_lights(open_edf(write_edf(tmp_path / "plain.edf"))) == (None, None, None)
 
 
 @pytest.mark.parametrize("off_text, on_text", [("lightsoff", "Light On"), (" light_out ", "LIGHTS-ON"),
                                                 ("Lights-Out", "lighton"), ("LIGHT OFF", "lights_on")])
 def test_label_spellings_match_without_case_spaces_underscores_hyphens(tmp_path, off_text, on_text):
     edf = write_edf(tmp_path / "n.edf", [(30.5, off_text), (120, "Lights offset"), (270, on_text)])
-    assert lights.resolve_lights(edf, START, SECONDS)[:2] == (30.5, 270.0)
+    assert lights.resolve_lights(open_edf(edf))[:2] == (30.5, 270.0)
 
 
 def test_lights_errors_are_one_line_naming_the_file(tmp_path):
@@ -201,7 +203,7 @@ def test_lights_errors_are_one_line_naming_the_file(tmp_path):
     assert error("--lights-off", "300.5").startswith("lights off (--lights-off 300.5) at 300.5 s is outside")
     with pytest.raises(InputError, match=r"^--lights-off 22:45 is a clock time, but the EDF header has no start "
                                          r"date and time: give seconds from the recording start \(.*NIGHT.edf\)$"):
-        lights.resolve_lights(edf, None, SECONDS, "22:45", None)
+        lights.resolve_lights(dataclasses.replace(open_edf(edf), start=None), "22:45", None)
     with pytest.raises(SystemExit):  # neither a clock time nor seconds: a usage error
         render_edf.parse_args(["--edf", str(edf), "--out", "x", "--split", "test", "--lights-off", "25:00"])
 

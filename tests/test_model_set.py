@@ -242,10 +242,10 @@ def test_render_edf_finds_the_montage_that_fits_the_channels(tiny_data, tmp_path
 
     from sleepstaging.edf import edf_signals
     edf = next((tiny_data / "edf").glob("*.edf"))
-    assert edf_signals.detect_montage(edf).name == "synthetic"
+    assert edf_signals.detect_montage(edf_signals.open_edf(edf)).name == "synthetic"
     odd = tmp_path / "odd.edf"
     edfio.Edf([edfio.EdfSignal(np.zeros(3000), 100, label="Fpz-Cz", physical_dimension="uV",
                                physical_range=(-200, 200))], data_record_duration=1).write(odd)
     with pytest.raises(InputError, match=r"no built-in montage \(sleep-edf, shhs, synthetic\) fits the channels "
                                          r"'Fpz-Cz'.*--montage FILE\) \(.*odd.edf\)"):
-        edf_signals.detect_montage(odd)
+        edf_signals.detect_montage(edf_signals.open_edf(odd))

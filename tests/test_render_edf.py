@@ -271,10 +271,11 @@ def test_channels_arrive_in_the_rows_units(tmp_path):
         "Chin EMG": {"channel": "emg env", "unit": "uV"},   # unit MNE does not know, declared: 12
         "Snore": {"channel": "nowhere", "optional": True},  # absent and optional: empty row
     }}))
-    rows, duration = edf_signals.resolve_channels(tmp_path / "units.edf", montages.load_montage(str(montage_file)))
-    assert duration == seconds
+    recording = edf_signals.open_edf(tmp_path / "units.edf")
+    rows = edf_signals.resolve_channels(recording, montages.load_montage(str(montage_file)))
+    assert recording.duration == seconds
     assert set(rows) == {"C3-M2", "C4-M1", "ECG", "SpO2 (85-100 %)", "Flow", "Chin EMG"}
-    loaded = edf_signals.load_channels(tmp_path / "units.edf", rows)
+    loaded = recording.read_channels({row_channel.channel for row_channel in rows.values()})
     expected = {"C3-M2": 50.0, "C4-M1": 40.0, "ECG": 0.6, "SpO2 (85-100 %)": 93.0, "Flow": 0.8, "Chin EMG": 12.0}
     for row, value in expected.items():
         samples = loaded[rows[row].channel] * rows[row].gain
@@ -283,7 +284,7 @@ def test_channels_arrive_in_the_rows_units(tmp_path):
 
     montage_file.write_text(json.dumps({"rows": {"C3-M2": {"channel": "sat"}}}))
     with pytest.raises(InputError, match=r"channel 'sat' for row 'C3-M2' has unit 'n/a', not a voltage"):
-        edf_signals.resolve_channels(tmp_path / "units.edf", montages.load_montage(str(montage_file)))
+        edf_signals.resolve_channels(recording, montages.load_montage(str(montage_file)))
 
 
 # --------------------------------------------------------------------------

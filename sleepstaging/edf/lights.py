@@ -1,7 +1,7 @@
 """Lights off and lights on of a recording: the command line's times, else its own EDF+ annotations.
 
-:func:`resolve_lights` gives both bounds in seconds from the recording
-start, and where they came from: ``--lights-off``/``--lights-on``
+:func:`resolve_lights` gives both bounds of an opened recording
+(``edf_signals.EdfRecording``) in seconds from its start, and where they came from: ``--lights-off``/``--lights-on``
 (:func:`lights_value`: a clock time ``HH:MM[:SS]`` or seconds; a clock time
 is placed by :func:`lights_seconds`), else the recording's annotations
 whose text is one of :data:`LIGHTS_LABELS` (:func:`lights_annotations`).
@@ -16,7 +16,7 @@ import math
 import re
 from pathlib import Path
 
-from sleepstaging.edf.edf_signals import read_edf_header
+from sleepstaging.edf.edf_signals import EdfRecording
 from sleepstaging.script_io import InputError, where
 
 # Annotation texts taken as lights off / lights on, compared after lower-casing and dropping spaces,
@@ -68,33 +68,33 @@ def lights_seconds(text: str, start: datetime.datetime | None, edf: Path, flag: 
     return (moment - start).total_seconds()
 
 
-def lights_annotations(edf: Path) -> dict:
+def lights_annotations(annotations) -> dict:
     """The recording's own lights marks: ``{"off": (onset s, text), "on": (onset s, text)}``, each when found.
 
-    Texts match :data:`LIGHTS_LABELS`. With several matches the first lights
-    off and the last lights on count: lights switched on and off again in
-    the night (a trip to the bathroom) stay inside the time in bed. MNE's
-    reader keeps only annotations inside the recording.
+    ``annotations`` are ``EdfRecording.annotations``: (onset s, text) in
+    time order, only those inside the recording. Texts match
+    :data:`LIGHTS_LABELS`. With several matches the first lights off and the
+    last lights on count: lights switched on and off again in the night (a
+    trip to the bathroom) stay inside the time in bed.
     """
-    annotations = read_edf_header(edf).annotations
     found = {}
-    for onset, text in sorted(zip(annotations.onset, annotations.description)):
+    for onset, text in annotations:
         key = re.sub(r"[\s_-]+", "", text).lower()
         if key in LIGHTS_LABELS["off"]:
-            found.setdefault("off", (float(onset), text.strip()))
+            found.setdefault("off", (onset, text.strip()))
         elif key in LIGHTS_LABELS["on"]:
-            found["on"] = (float(onset), text.strip())
+            found["on"] = (onset, text.strip())
     return found
 
 
-def resolve_lights(edf: Path, start: datetime.datetime | None, duration: float, lights_off_text: str | None = None,
-                   lights_on_text: str | None = None,
+def resolve_lights(recording: EdfRecording, lights_off_text: str | None = None, lights_on_text: str | None = None,
                    given_by: str | None = None) -> tuple[float | None, float | None, str | None]:
     """Lights off and lights on of one recording, s from its start, and where they came from.
 
     A flag wins over an annotation (:func:`lights_annotations`) for its
     bound; a bound with neither is None (the recording's start, or end,
-    stands in for it).
+    stands in for it). A clock time is placed after ``recording.start``;
+    every time must lie within ``recording.duration``.
 
     ``given_by`` names where the texts came from when not from the two
     flags (``stage_edf.py --lights-table``: ``"lights table nights.csv"``).
@@ -111,8 +111,9 @@ def resolve_lights(edf: Path, start: datetime.datetime | None, duration: float, 
         A malformed flag, a clock time without a start in the header, a time
         outside 0..``duration``, lights off at or after lights on.
     """
+    edf, start, duration = recording.path, recording.start, recording.duration
     texts = {"off": lights_off_text, "on": lights_on_text}
-    marks = {} if None not in texts.values() else lights_annotations(edf)
+    marks = {} if None not in texts.values() else lights_annotations(recording.annotations)
     seconds, flags, labels = {}, [], []
     for bound, text in texts.items():
         seconds[bound], origin = None, None

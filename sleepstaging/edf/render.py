@@ -18,7 +18,7 @@ from sleepstaging.data import epoch_timing
 from sleepstaging.data import psg_layout
 from sleepstaging import script_io
 from sleepstaging.edf import signal_quality
-from sleepstaging.edf.edf_signals import detect_montage, load_channels, recording_start, resolve_channels
+from sleepstaging.edf.edf_signals import EdfRecording, detect_montage, open_edf, resolve_channels
 from sleepstaging.edf.lights import resolve_lights
 from sleepstaging.edf.montages import AUTO_MONTAGE, Montage, load_montage
 from sleepstaging.data.psg_layout import EPOCH_SECONDS
@@ -169,6 +169,8 @@ class RenderJob:
     Attributes
     ----------
     source : RecordingSource
+    recording : edf_signals.EdfRecording
+        The EDF, opened once when the recording was planned; its samples are read from it.
     rows : dict
         Row name -> :class:`edf_signals.RowChannel`.
     origin : float
@@ -188,6 +190,7 @@ class RenderJob:
     """
 
     source: RecordingSource
+    recording: EdfRecording
     rows: dict
     origin: float
     epoch_numbers: np.ndarray
@@ -217,7 +220,7 @@ def render_recording(job: RenderJob, progress=None) -> list[str]:
     The sidecars are the timing and the signal quality; returns the
     recording's signal quality warnings (``signal_quality``).
     """
-    channels = load_channels(job.source.edf, job.rows)
+    channels = job.recording.read_channels({row_channel.channel for row_channel in job.rows.values()})
     fs = {row: row_channel.fs for row, row_channel in job.rows.items()}
     quality = signal_quality.QualityRecorder(job.source.recording_id,
                                              {row: rc.limits for row, rc in job.rows.items()}, job.missing)
@@ -240,7 +243,10 @@ def render_recording(job: RenderJob, progress=None) -> list[str]:
 
 def render_unscored_night(source: RecordingSource, montage_spec: str, out: Path, config: dict,
                           **plan_options) -> dict:
-    """Check, plan and draw one unscored night into ``out/<ID>/`` on its own; return its record.
+    """Open, check, plan and draw one unscored night into ``out/<ID>/`` on its own; return its record.
+
+    The EDF is opened once (:func:`edf_signals.open_edf`); montage
+    detection, planning and drawing all read from that one recording.
 
     ``stage_edf.py``'s way through a cohort: each night is checked only when
     its turn comes, so a bad one stops only itself. The folder appears whole
@@ -251,10 +257,11 @@ def render_unscored_night(source: RecordingSource, montage_spec: str, out: Path,
     Raises
     ------
     InputError
-        As :func:`plan_recording` and :func:`render_recording`.
+        As :func:`edf_signals.open_edf`, :func:`plan_recording` and :func:`render_recording`.
     """
-    montage = detect_montage(source.edf) if montage_spec == AUTO_MONTAGE else load_montage(montage_spec)
-    job = plan_recording(source, montage, None, out, config, **plan_options)
+    montage = None if montage_spec == AUTO_MONTAGE else load_montage(montage_spec)
+    recording = open_edf(source.edf)
+    job = plan_recording(source, recording, montage or detect_montage(recording), None, out, config, **plan_options)
     try:
         render_recording(job)
         os.replace(job.staging, out / source.recording_id)
@@ -264,11 +271,13 @@ def render_unscored_night(source: RecordingSource, montage_spec: str, out: Path,
     return job.record
 
 
-def plan_recording(source: RecordingSource, montage: Montage, trim_minutes: float | None, out: Path,
-                   config: dict, lights_off: str | None = None, lights_on: str | None = None,
+def plan_recording(source: RecordingSource, recording: EdfRecording, montage: Montage, trim_minutes: float | None,
+                   out: Path, config: dict, lights_off: str | None = None, lights_on: str | None = None,
                    lights_given_by: str | None = None) -> RenderJob:
-    """Check one recording completely (header, channels, units, hypnogram, lights) and plan its epochs.
+    """Check one recording completely (channels, units, hypnogram, lights) and plan its epochs.
 
+    ``recording`` is ``source.edf`` as :func:`edf_signals.open_edf` opened
+    it (the header read and checked once; every step here reads from it).
     A recording without hypnogram (``source.hypnogram`` None) keeps every
     whole epoch from its first sample, all unlabelled. ``lights_off`` and
     ``lights_on`` are the texts of ``--lights-off``/``--lights-on`` (None:
@@ -276,9 +285,9 @@ def plan_recording(source: RecordingSource, montage: Montage, trim_minutes: floa
     resolved times (:func:`lights.resolve_lights`) go into the timing
     sidecar and ``render_edf.json``.
     """
-    rows, duration = resolve_channels(source.edf, montage)
-    start = recording_start(source.edf)
-    lights = resolve_lights(source.edf, start, duration, lights_off, lights_on, lights_given_by)
+    rows = resolve_channels(recording, montage)
+    duration = recording.duration
+    lights = resolve_lights(recording, lights_off, lights_on, lights_given_by)
     if source.hypnogram is None:
         origin, stages = unscored_epoch_grid(source.edf, duration)
         keep = np.arange(len(stages))
@@ -312,9 +321,9 @@ def plan_recording(source: RecordingSource, montage: Montage, trim_minutes: floa
         "rows_missing": list(missing),
     }
     staging = out / f".{source.recording_id}.render-partial"
-    timing = epoch_timing.EpochTiming(source.recording_id, start, float(EPOCH_SECONDS), origin,
+    timing = epoch_timing.EpochTiming(source.recording_id, recording.start, float(EPOCH_SECONDS), origin,
                                     tuple(int(n) for n in epoch_numbers), *lights)
-    return RenderJob(source, rows, origin, epoch_numbers, stages[keep], staging, timing, record, missing)
+    return RenderJob(source, recording, rows, origin, epoch_numbers, stages[keep], staging, timing, record, missing)
 
 
 # --------------------------------------------------------------------------

@@ -169,6 +169,34 @@ def read_hypnogram(path: Path) -> list[StageSegment]:
 GRID_TOLERANCE_SECONDS = 0.01
 
 
+def _segment_epochs(segment: StageSegment, origin: float, epoch_count: int, path: Path,
+                    recording_seconds: float) -> tuple[int, int]:
+    """The 0-based epochs ``[first, stop)`` a scored segment covers on the grid starting at ``origin`` s.
+
+    Raises
+    ------
+    InputError
+        A segment at a negative time, off the 30-s grid, without duration,
+        or past the recording's ``epoch_count`` whole epochs.
+    """
+    if segment.onset < 0:
+        raise InputError(f"stage starts before the recording ({segment.onset:g} s) {where(path, segment.row)}")
+    first, count = (segment.onset - origin) / EPOCH_SECONDS, segment.duration / EPOCH_SECONDS
+    off_grid = [x for x in (first, count) if abs(x - round(x)) * EPOCH_SECONDS > GRID_TOLERANCE_SECONDS]
+    if off_grid or round(count) < 1:
+        raise InputError(
+            f"stage at {segment.onset:g} s lasting {segment.duration:g} s is not whole 30-s epochs "
+            f"on the grid starting at {origin:g} s {where(path, segment.row)}"
+        )
+    first, stop = round(first), round(first) + round(count)
+    if stop > epoch_count:
+        raise InputError(
+            f"hypnogram longer than the recording: a stage runs to {origin + stop * EPOCH_SECONDS:g} s, "
+            f"the recording has {epoch_count} whole epochs ({recording_seconds:g} s) {where(path, segment.row)}"
+        )
+    return first, stop
+
+
 def stages_on_epoch_grid(segments: list[StageSegment], path: Path, recording_seconds: float):
     """Place stage segments on the recording's 30-s epoch grid.
 
@@ -176,7 +204,7 @@ def stages_on_epoch_grid(segments: list[StageSegment], path: Path, recording_sec
     first whole epoch of the recording on the scorer's grid; epochs are
     numbered from the recording start. Unscored segments change nothing and
     may run past the end of the recording (Sleep-EDF hypnograms end in a
-    long ``?``); a scored one may not.
+    long ``?``); a scored one may not (:func:`_segment_epochs`).
 
     Parameters
     ----------
@@ -197,9 +225,8 @@ def stages_on_epoch_grid(segments: list[StageSegment], path: Path, recording_sec
     Raises
     ------
     InputError
-        No scored segment; a scored segment after the recording's end, off
-        the 30-s grid, at a negative time, without duration, or overlapping
-        another.
+        No scored segment; a scored segment :func:`_segment_epochs` refuses,
+        or one overlapping another.
     """
     scored_segments = [s for s in segments if s.stage != UNSCORED]
     if not scored_segments:
@@ -209,21 +236,7 @@ def stages_on_epoch_grid(segments: list[StageSegment], path: Path, recording_sec
     stages = np.full(epoch_count, UNSCORED, dtype=np.int64)
     scored = np.zeros(epoch_count, dtype=bool)
     for segment in scored_segments:
-        if segment.onset < 0:
-            raise InputError(f"stage starts before the recording ({segment.onset:g} s) {where(path, segment.row)}")
-        first, count = (segment.onset - origin) / EPOCH_SECONDS, segment.duration / EPOCH_SECONDS
-        off_grid = [x for x in (first, count) if abs(x - round(x)) * EPOCH_SECONDS > GRID_TOLERANCE_SECONDS]
-        if off_grid or round(count) < 1:
-            raise InputError(
-                f"stage at {segment.onset:g} s lasting {segment.duration:g} s is not whole 30-s epochs "
-                f"on the grid starting at {origin:g} s {where(path, segment.row)}"
-            )
-        first, stop = round(first), round(first) + round(count)
-        if stop > epoch_count:
-            raise InputError(
-                f"hypnogram longer than the recording: a stage runs to {origin + stop * EPOCH_SECONDS:g} s, "
-                f"the recording has {epoch_count} whole epochs ({recording_seconds:g} s) {where(path, segment.row)}"
-            )
+        first, stop = _segment_epochs(segment, origin, epoch_count, path, recording_seconds)
         if scored[first:stop].any():
             raise InputError(f"stage overlaps an earlier one at epoch {first + 1 + int(np.argmax(scored[first:stop]))} "
                              f"{where(path, segment.row)}")
