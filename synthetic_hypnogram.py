@@ -14,6 +14,7 @@ import numpy as np
 
 import psg_layout
 from psg_layout import STAGE_TO_INT, STAGES
+from synthetic_scoring import ScoredNight, score_night
 
 UNSCORED = -1  # stage code of the leading epochs recorded before lights out
 UNSCORED_LEADING = (2, 15)  # how many leading epochs are unscored (inclusive range)
@@ -61,7 +62,7 @@ EXIT_SHARES = np.array([
     [0.095, 0.341, 0.541, 0.0, 0.023],
     [0.172, 0.569, 0.253, 0.006, 0.0],
 ])
-EXIT_AT_HOME = np.array([0.03, 0.25, 0.06, 0.016, 0.04])
+EXIT_AT_HOME = np.array([0.03, 0.25, 0.06, 0.012, 0.04])
 EXIT_AWAY = np.array([0.55, 0.6, 0.45, 0.5, 0.5])
 PULL_HOME = np.array([  # [stage being left, home stage]
     [1.0, 1.0, 1.5, 1.5, 1.5],
@@ -139,6 +140,29 @@ def make_hypnogram(rng: np.random.Generator, hours: float) -> np.ndarray:
     return np.concatenate([leading, scored])
 
 
+def scored_night(rng: np.random.Generator, hours: float) -> tuple[np.ndarray, ScoredNight]:
+    """The sleep process and its scoring, from the recording's hypnogram stream.
+
+    Returns
+    -------
+    process : np.ndarray of int8, shape (epochs,)
+        :func:`make_hypnogram`'s stages (``UNSCORED`` for the leading epochs).
+    scoring : ScoredNight
+        Features, labels and hypnodensity of every epoch (the leading
+        epochs scored as the awake sleeper they are, their labels
+        ``UNSCORED``).
+    """
+    process = make_hypnogram(rng, hours)
+    scoring = score_night(rng, np.where(process == UNSCORED, W, process))
+    scoring.labels[process == UNSCORED] = UNSCORED
+    return process, scoring
+
+
+def recording_night(seed: int, index: int, hours: float) -> tuple[np.ndarray, ScoredNight]:
+    """:func:`scored_night` of recording ``index`` (as in the full data set), without its signals."""
+    return scored_night(recording_rngs(seed, index)[0], hours)
+
+
 def recording_hypnogram(seed: int, index: int, hours: float) -> np.ndarray:
-    """The hypnogram of recording ``index`` (as in the full data set), without its signals."""
-    return make_hypnogram(recording_rngs(seed, index)[0], hours)
+    """The labels of recording ``index`` (as in the full data set), ``UNSCORED`` leading epochs included, shape (epochs,)."""
+    return recording_night(seed, index, hours)[1].labels
