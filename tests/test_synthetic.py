@@ -22,7 +22,7 @@ from conftest import run_script
 from psg_layout import STAGE_TO_INT
 
 W, N1, N2, N3, REM = range(5)
-ADULT_NORMS = {"Wake": (5, 20), "N1": (3, 12), "N2": (40, 60), "N3": (8, 25), "REM": (15, 25)}  # % of scored epochs
+ADULT_NORMS = {"Wake": (5, 20), "N1": (3, 16), "N2": (40, 60), "N3": (8, 25), "REM": (14, 27)}  # % of one night's scored epochs
 
 
 def run_in_process(*args, monkeypatch, capsys):
@@ -189,11 +189,61 @@ def test_full_nights_follow_adult_architecture(seed):
         assert 3 <= len(periods) <= 6 and lengths[0] == min(lengths) and lengths[-1] > 1.5 * lengths[0]
         onsets = [first for first, _ in periods]
         assert 140 <= np.mean(np.diff(onsets)) <= 220  # cycles of about 90 minutes
-        # brief awakenings during the night, each followed by N1
+        # brief awakenings during the night, most followed by N1 (real nights: 87 % of Wake's exits)
         awakenings = np.flatnonzero((scored[1:] == W) & (scored[:-1] != W)) + 1
         assert len(awakenings) >= 3
         after = [scored[np.flatnonzero(scored[a:] != W)[0] + a] for a in awakenings if (scored[a:] != W).any()]
-        assert all(stage == N1 for stage in after)
+        assert np.mean(np.array(after) == N1) >= 0.5
+
+
+# Metzner et al. 2021's 30-s transition counts (yasa 0.8.1's simulate_hypnogram default), Wake N1 N2 N3 REM
+METZNER_COUNTS = np.array([[11737, 571, 84, 2, 2], [281, 6697, 1661, 11, 59], [253, 1070, 26259, 505, 272],
+                           [49, 176, 279, 9630, 12], [57, 189, 84, 2, 10071]], dtype=float)
+
+
+def exit_shares(counts):
+    changes = counts - np.diag(np.diag(counts))
+    return changes / changes.sum(axis=1, keepdims=True)
+
+
+def test_stage_changes_and_bouts_are_those_of_real_nights():
+    counts, night_wake_bouts, n3_bouts, rem_bouts = np.zeros((5, 5)), [], [], []
+    for index in range(30):
+        labels = synthetic_hypnogram.recording_hypnogram(1, index, 7.0)
+        labels = labels[labels >= 0].astype(int)
+        np.add.at(counts, (labels[:-1], labels[1:]), 1)
+        starts = np.r_[0, np.flatnonzero(np.diff(labels)) + 1]
+        lengths, stage = np.diff(np.r_[starts, len(labels)]), labels[starts]
+        asleep = np.flatnonzero(labels != W)
+        inside = (starts > asleep[0]) & (starts < asleep[-1])
+        night_wake_bouts += lengths[(stage == W) & inside].tolist()
+        n3_bouts += lengths[stage == N3].tolist()
+        rem_bouts.append(np.sum(stage == REM))
+    real = exit_shares(METZNER_COUNTS)
+    assert (counts[real >= 0.02] > 0).all()  # every change real nights make in 2 % of a stage's exits occurs
+    assert np.abs(exit_shares(counts) - real).max() <= 0.10
+    assert np.mean(np.array(night_wake_bouts) == 1) >= 0.5
+    assert np.mean(n3_bouts) >= 15 and 8 <= np.mean(rem_bouts) <= 14
+
+
+def test_features_decide_the_labels_and_the_panel_disagrees_as_experts_do():
+    import synthetic_scoring as scoring
+    process, night = synthetic_hypnogram.recording_night(2, 0, 7.0)
+    kept = process >= 0
+    features = {name: values[kept] for name, values in night.features.items()}
+    labels = night.labels[kept]
+    assert (labels[features["alpha"] > 0.5] == W).all()  # alpha over half the epoch: Wake
+    assert (labels[(features["alpha"] <= 0.5) & (features["slow_waves"] > 0.2)] == N3).all()
+    assert np.allclose(night.hypnodensity.sum(axis=1), 1)
+    unanimous = np.mean(night.hypnodensity[kept].max(axis=1) == 1)
+    assert 0.32 <= unanimous <= 0.55  # Bakker et al. 2022: 32-46 % over 6-12 experts
+    # borderline epochs come in runs: disagreement persists from one epoch to the next
+    split = night.hypnodensity[kept].max(axis=1) < 1
+    assert np.mean(split[1:][split[:-1]]) > np.mean(split) + 0.1
+    assert scoring.apply_rules({"alpha": np.array([0.6, 0.1, 0.1, 0.1, 0.1]), "slow_waves": np.array([0, 0.3, 0, 0, 0]),
+                                "spindles": np.array([0, 0, 2.0, 0, 0]), "chin": np.array([1, 1, 1, 0.1, 0.1]),
+                                "rapid_eye": np.array([0, 0, 0, 2.0, 0])}, scoring.RULE_THRESHOLDS).tolist() \
+        == [W, N3, N2, REM, REM]  # the last: atonia after REM stays REM
 
 
 def test_short_nights_still_pass_through_the_stages():
