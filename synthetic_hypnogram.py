@@ -45,25 +45,31 @@ def recording_rngs(seed: int, index: int) -> tuple[np.random.Generator, np.rando
 # epoch. Sleep-onset latency, NREM-REM cycles (N2, N3 taking a shrinking
 # share, N2 again, REM taking a growing one), a final awakening.
 N3_SHARE_BY_CYCLE = (0.42, 0.22, 0.06)  # share of each cycle planned as N3 (0 from the fourth on)
-REM_SHARE_BY_CYCLE = (0.16, 0.25, 0.31, 0.37)  # share of each cycle planned as REM (the last value from then on)
+REM_SHARE_BY_CYCLE = (0.17, 0.27, 0.33, 0.40)  # share of each cycle planned as REM (the last value from then on)
 CYCLE_MINUTES = (85, 105)  # planned cycle length, uniform
 
 # Leaving a stage, epoch by epoch. At home the sleeper leaves with
 # ``EXIT_AT_HOME[stage]`` per epoch and goes where real nights go
 # (``EXIT_SHARES``); away from home it leaves with ``EXIT_AWAY[stage]`` and
 # the home stage's share is multiplied by ``PULL_HOME`` (then renormalised).
-# EXIT_SHARES are the shares of each stage's changes in the 30-s transition
-# counts of Metzner et al. 2021 (Commun Biol 4:1208), rows and columns
-# Wake, N1, N2, N3, REM.
+# EXIT_SHARES start from the shares of each stage's changes in the 30-s
+# transition counts of Metzner et al. 2021 (Commun Biol 4:1208), rows and
+# columns Wake, N1, N2, N3, REM. The labels are a scorer's reading of drifting
+# features (synthetic_scoring), and borderline stretches add changes of their
+# own (a brief N1 after wake read as Wake, REM with some chin tone read as
+# N1), so the process's Wake, N1 and REM rows lean the other way (Wake to
+# N1 0.95 instead of 0.866, REM to N1 0.65 instead of 0.569, N1 to REM 0.01
+# instead of 0.029): the LABELS then match Metzner's shares within 0.10
+# (bench/hypnogram_structure.py).
 EXIT_SHARES = np.array([
-    [0.0, 0.866, 0.127, 0.003, 0.003],
-    [0.140, 0.0, 0.826, 0.005, 0.029],
+    [0.0, 0.95, 0.044, 0.003, 0.003],
+    [0.140, 0.0, 0.845, 0.005, 0.010],
     [0.120, 0.510, 0.0, 0.240, 0.130],
     [0.095, 0.341, 0.541, 0.0, 0.023],
-    [0.172, 0.569, 0.253, 0.006, 0.0],
+    [0.150, 0.650, 0.194, 0.006, 0.0],
 ])
-EXIT_AT_HOME = np.array([0.03, 0.25, 0.06, 0.012, 0.04])
-EXIT_AWAY = np.array([0.55, 0.6, 0.45, 0.5, 0.5])
+EXIT_AT_HOME = np.array([0.03, 0.3, 0.06, 0.008, 0.025])
+EXIT_AWAY = np.array([0.65, 0.6, 0.45, 0.5, 0.5])
 PULL_HOME = np.array([  # [stage being left, home stage]
     [1.0, 1.0, 1.5, 1.5, 1.5],
     [10.0, 1.0, 10.0, 10.0, 10.0],

@@ -34,12 +34,13 @@ def logit(share: np.ndarray) -> np.ndarray:
 FEATURE_CENTRES = {
     "alpha": logit(np.array([0.85, 0.15, 0.03, 0.02, 0.06])),
     "slow_waves": logit(np.array([0.005, 0.01, 0.06, 0.5, 0.005])),
-    "spindles": np.log(np.array([0.05, 0.35, 4.5, 1.5, 0.1])),
+    "spindles": np.log(np.array([0.05, 0.35, 4.5, 2.7, 0.1])),
     "chin": np.log(np.array([1.0, 0.5, 0.4, 0.35, 0.1])),
     "rapid_eye": np.log(np.array([0.3, 0.2, 0.05, 0.02, 3.0])),
 }
-FEATURE_DRIFT_SD = {"alpha": 0.6, "slow_waves": 0.4, "spindles": 0.5, "chin": 0.3, "rapid_eye": 0.6}
-DRIFT_EPOCHS = 6.0  # time constant of the drift (3 min)
+FEATURE_DRIFT_SD = {"alpha": 0.8, "slow_waves": 0.6, "spindles": 0.7, "chin": 0.4, "rapid_eye": 0.8}
+DRIFT_EPOCHS = 12.0  # time constant of the drift (6 min)
+SMOOTH_EPOCHS = 2.0  # width of the smoothing of the drift (1 min), so borderline stretches last minutes
 SHARES = ("alpha", "slow_waves")  # drawn in logit space; the rest in log space
 
 # The AASM thresholds, as the reference scorer applies them.
@@ -70,15 +71,27 @@ class ScoredNight:
 
 
 def drift(rng: np.random.Generator, n_epochs: int, sd: float) -> np.ndarray:
-    """A stationary AR(1) walk of standard deviation ``sd`` and time constant ``DRIFT_EPOCHS``, shape (n_epochs,)."""
+    """A smooth stationary walk of standard deviation ``sd``, shape (n_epochs,).
+
+    A first-order autoregressive walk of time constant ``DRIFT_EPOCHS``,
+    smoothed with a Gaussian of ``SMOOTH_EPOCHS``: without the smoothing the
+    walk jitters across a threshold epoch by epoch; with it, a feature that
+    reaches a threshold stays near it for minutes, as real borderline
+    stretches do.
+    """
     rho = np.exp(-1.0 / DRIFT_EPOCHS)
-    steps = rng.normal(0.0, sd * np.sqrt(1 - rho ** 2), n_epochs)
-    walk = np.empty(n_epochs)
-    level = rng.normal(0.0, sd)
-    for epoch in range(n_epochs):
-        level = rho * level + steps[epoch]
+    half = int(np.ceil(3 * SMOOTH_EPOCHS))
+    kernel = np.exp(-0.5 * (np.arange(-half, half + 1) / SMOOTH_EPOCHS) ** 2)
+    kernel /= kernel.sum()
+    lags = np.abs(np.subtract.outer(np.arange(len(kernel)), np.arange(len(kernel))))
+    smoothed_sd = np.sqrt(kernel @ rho ** lags @ kernel)  # of the smoothed walk when the walk's is 1
+    steps = rng.normal(0.0, np.sqrt(1 - rho ** 2), n_epochs + 2 * half)
+    walk = np.empty(n_epochs + 2 * half)
+    level = rng.normal(0.0, 1.0)
+    for epoch, step in enumerate(steps):
+        level = rho * level + step
         walk[epoch] = level
-    return walk
+    return np.convolve(walk, kernel, mode="valid") * (sd / smoothed_sd)
 
 
 def draw_latent(rng: np.random.Generator, process: np.ndarray) -> dict:
