@@ -101,7 +101,7 @@ def night_plan(rng: np.random.Generator, n_scored: int, squeeze: float) -> np.nd
         n2 = max(1, length - n3 - rem)
         early_n2 = max(1, round(n2 * rng.uniform(0.3, 0.5))) if n3 else n2
         plan += [(N2, early_n2), (N3, n3), (N2, n2 - early_n2), (REM, rem)]
-    homes = np.concatenate([np.full(n, stage, dtype=np.int8) for stage, n in plan if n > 0])[:n_scored - final_wake]
+    homes = np.concatenate([np.full(n, stage, dtype=np.int8) for stage, n in plan if n > 0])[:max(0, n_scored - final_wake)]
     return np.concatenate([homes, np.full(n_scored - len(homes), W, dtype=np.int8)])
 
 
