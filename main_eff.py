@@ -3,8 +3,9 @@
 The original's recipe: tf_efficientnet_b4_ns at 224 x 224, started from
 ImageNet (Noisy Student) weights (--pretrained imagenet: timm's
 tf_efficientnet_b4.ns_jft_in1k, the original's file; --pretrained none or PATH
-offline) with a 5-class head (the original kept the 1000-class head and folded
-its outputs into 5: --original-defects), AdamP (lr 1e-4, weight decay
+offline) with a fresh 5-class head (the original kept the ImageNet file's
+1000-class classifier, trained it against the stages and folded its outputs
+into 5: --original-defects), AdamP (lr 1e-4, weight decay
 1e-6), batch 32 accumulated over 2 batches, fp16 mixed precision on CUDA,
 label smoothing 0.1, FMix, CoarseDropout and Cutout, CosineAnnealingWarmRestarts
 (T_0=10, eta_min=1e-6) stepped twice per epoch, 10 epochs, fold 0 of 5,
@@ -13,10 +14,10 @@ epoch (the original kept epoch 1), plus _last.pt, _config.json and _log.csv.
 
 Data-parallel: torchrun --nproc_per_node=N main_eff.py ...
 """
-import engine
-import recipe
-import train_options
-from script_io import run_main
+from sleepstaging.training import engine
+from sleepstaging import recipe
+from sleepstaging.training import train_options
+from sleepstaging.script_io import run_main
 
 DEFAULTS = {**recipe.RECIPE, "model_arch": "tf_efficientnet_b4_ns", "optimizer": "adamp",
             "original_classes": 1000}  # the recipe: recipe.py

@@ -12,10 +12,10 @@ epoch (the original kept epoch 4), plus _last.pt, _config.json and _log.csv.
 
 Data-parallel: torchrun --nproc_per_node=N main_vit_rgb.py ...
 """
-import engine
-import recipe
-import train_options
-from script_io import run_main
+from sleepstaging.training import engine
+from sleepstaging import recipe
+from sleepstaging.training import train_options
+from sleepstaging.script_io import run_main
 
 DEFAULTS = {**recipe.RECIPE, "model_arch": "vit_base_patch16_224", "optimizer": "adam",
             "original_classes": 5}  # the recipe: recipe.py

@@ -35,23 +35,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import sys
 import time
 from pathlib import Path
 
 from tqdm import tqdm
 
-import psg_layout
-import script_io
-from psg_layout import STAGES
-from script_io import InputError, where
-from synthetic_files import make_recording
-from synthetic_hypnogram import UNSCORED, recording_hypnogram
+from sleepstaging.data import psg_layout
+from sleepstaging import script_io
+from sleepstaging.data.psg_layout import STAGES
+from sleepstaging.script_io import InputError
+from sleepstaging.synthetic.hypnogram import UNSCORED, recording_hypnogram
 
 # --------------------------------------------------------------------------
 # Configuration (the defaults are the demo's data set)
 # --------------------------------------------------------------------------
+from sleepstaging.synthetic.dataset import HYPNODENSITY_CSV, GENERATOR_VERSION, MARKER_NAME, MAX_HOURS, made_recordings, output_is_up_to_date
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=script_io.HelpFormatter)
@@ -64,23 +63,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--edf", action="store_true", help="also write edf/<ID>.edf and edf/<ID>.hypnogram.csv")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
-
-
-GENERATOR_VERSION = 5  # bump whenever the same arguments would give different files
-MARKER_NAME = "make_synthetic.json"
-HYPNODENSITY_CSV = "hypnodensity.csv"  # ID,IDnum and the scoring panel's share of Wake, N1, N2, N3, REM
-GENERATION_KEYS = ("train_subjects", "test_subjects", "seed", "hours", "edf", "generator_version")
-MAX_HOURS = 24.0  # 4-digit epoch numbers allow 83 h; a night is shorter
-
-
-def made_recordings(tasks: list, workers: int):
-    """Yield ``make_recording`` results as recordings finish, ``workers`` at a time."""
-    if workers == 1:
-        yield from map(make_recording, tasks)
-        return
-    # spawn, not fork: a parent that has loaded torch or opened threads forks badly
-    with multiprocessing.get_context("spawn").Pool(min(workers, len(tasks))) as pool:
-        yield from pool.imap_unordered(make_recording, tasks)
 
 
 # --------------------------------------------------------------------------
@@ -99,23 +81,6 @@ def check_arguments(args) -> None:
         raise InputError(f"--seed must be 0 or more, got {args.seed} (command line)")
     if args.workers < 1:
         raise InputError(f"--workers must be at least 1, got {args.workers} (command line)")
-
-
-def output_is_up_to_date(out: Path, config: dict) -> bool:
-    """True if ``out`` already holds this very data set; raise if it holds anything else."""
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out is a file, expected a folder {where(out)}")
-    if not out.exists() or not any(out.iterdir()):
-        return False
-    marker = out / MARKER_NAME
-    try:
-        previous = json.loads(marker.read_text())
-    except (OSError, ValueError):
-        previous = None
-    if isinstance(previous, dict) and all(previous.get(key) == config[key] for key in GENERATION_KEYS):
-        return True
-    raise InputError(f"--out already holds other data (another data set, different arguments or an "
-                     f"interrupted run); choose another --out or delete it {where(out)}")
 
 
 def main() -> None:

@@ -53,9 +53,23 @@ find_python() {
     exit 2
 }
 
+# The review page's browser tests drive Debian's Chromium (tests/test_review_browser.py); installed
+# here when missing and this runs as root (CI's fresh machine), else the tests say loudly they were skipped.
+install_chromium() {
+    if [[ -x /usr/bin/chromium ]]; then
+        return 0
+    fi
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null ||
+            echo "WARNING: apt-get install chromium failed: the review page's browser tests will be skipped" >&2
+    else
+        echo "WARNING: no /usr/bin/chromium and no root to install it: the review page's browser tests will be skipped" >&2
+    fi
+}
+
 setup() {
     local want
-    want=$(sha256sum requirements.txt | cut -d' ' -f1)
+    want=$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)
     if [[ -x "$PY" && -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]]; then
         return 0
     fi
@@ -63,11 +77,14 @@ setup() {
         "$(find_python)" -m venv "$VENV"
     fi
     "$PY" -m pip install --quiet --disable-pip-version-check -r requirements.txt
+    # the library (sleepstaging/), importable from the scripts, benches and tests wherever they run
+    "$PY" -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
     echo "$want" > "$STAMP"
 }
 
 run_tests() {
     setup
+    install_chromium
     "$PY" -m pytest -q tests "$@"
 }
 
@@ -90,8 +107,8 @@ run_demo() {
                  --img-size "$DEMO_IMG_SIZE" --resize "$DEMO_RESIZE" --stage-balance "$DEMO_STAGE_BALANCE"
                  --workers "$DEMO_LOADER_WORKERS"
                  --pretrained none "${DEMO_BATCH[@]}" "${DEMO_AUGMENT[@]}")
-    local names  # output file names, from output_names.py: tuned blend settings, submission, report folder
-    mapfile -t names < <("$PY" -c 'import sys, output_names as n
+    local names  # output file names, from sleepstaging/output_names.py: tuned blend settings, submission, report folder
+    mapfile -t names < <("$PY" -c 'import sys; from sleepstaging import output_names as n
 print(n.tune_json_path(sys.argv[1]), n.submission_path(sys.argv[1]), n.report_dir(sys.argv[1]), sep="\n")' "$out")
     local tune_json=${names[0]} submission=${names[1]} report=${names[2]}
 
@@ -111,7 +128,7 @@ print(n.tune_json_path(sys.argv[1]), n.submission_path(sys.argv[1]), n.report_di
     "$PY" model_set.py --data-root "$data" --weights-dir "$weights" --outputs "$out"
     "$PY" blend.py --data-root "$data" --out "$out" "${models[@]}" --from-tune "$tune_json"
     local blend_csv  # the tuned method's blend of the kept epochs, as the model set records them
-    blend_csv=$("$PY" -c 'import sys, model_set, output_names as n; r = model_set.read_model_set(sys.argv[2])
+    blend_csv=$("$PY" -c 'import sys; from sleepstaging import output_names as n; from sleepstaging.scoring import model_set; r = model_set.read_model_set(sys.argv[2])
 print(n.blend_csv_path(sys.argv[1], r["blend"]["method"], r["vit"]["epochs"], r["eff"]["epochs"]))' "$out" "$weights")
     step "5/6 context post-processing: the original's rules (the submission), the model set's hmm"
     "$PY" postprocess.py --data-root "$data" --in "$blend_csv" --out "$submission"

@@ -53,10 +53,7 @@ written, when the command cannot run at all or no night could be scored.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
-import functools
-import hashlib
 import io
 import json
 import shutil
@@ -64,24 +61,25 @@ import sys
 import time
 from pathlib import Path
 
-from tqdm import tqdm
 
-import blend
-import epoch_timing
-import lights
-import model_set
-import postprocess
-import psg_layout
-import script_io
-from cohort import FAILURES, file_stamp, plan_nights, write_tables
-from output_names import submission_path
-from script_io import InputError, where
+
+
+from sleepstaging.scoring import blend
+from sleepstaging.edf import lights
+from sleepstaging.scoring import model_set
+from sleepstaging.scoring import postprocess
+from sleepstaging.recipe import INFERENCE, ORIGINAL_BLEND, POSTPROCESS, RECIPE
+from sleepstaging import script_io
+from sleepstaging.scoring import cohort_page
+from sleepstaging.scoring.cohort import FAILURES, plan_nights, write_tables
+from sleepstaging.script_io import InputError, where
 
 # fmt: off
+from sleepstaging.scoring.cohort import LOG, PARTIAL, STEPS, check_out, find_nights, load_models, render_pool, score_pending, write_marker, result_settings
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=script_io.HelpFormatter)
 parser.add_argument("--edf", type=Path, required=True, help="one EDF recording, or a folder searched recursively")
-parser.add_argument("--weights-dir", default=model_set.parser.get_default("weights_dir"),
+parser.add_argument("--weights-dir", default=RECIPE["weights_dir"],
                     help="checkpoints and their training configurations")
 parser.add_argument("--out", type=Path, required=True, help="folder for the results: new or empty, or an earlier result with --resume or --overwrite")
 parser.add_argument("--overwrite", action="store_true", help="replace an earlier stage_edf.py result in --out")
@@ -97,15 +95,15 @@ parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
 parser.add_argument("--amp", default="off", choices=("fp16", "bf16", "off"), help="mixed precision on CUDA")
 parser.add_argument("--method", default=argparse.SUPPRESS,
                     help=f"blend method: {', '.join(blend.METHODS)} (default: the model set's, else "
-                         f"{blend.parser.get_default('method')}, the original's)")
+                         f"{ORIGINAL_BLEND['method']}, the original's)")
 parser.add_argument("--ens-weight", type=float, default=argparse.SUPPRESS,
                     help=f"blend weight w of model 1 (ViT), in [0, 1] (default: the model set's, else "
-                         f"{blend.parser.get_default('ens_weight')})")
+                         f"{ORIGINAL_BLEND['ens_weight']})")
 parser.add_argument("--power", type=float, default=argparse.SUPPRESS,
-                    help=f"exponent of 'square' (default: the model set's, else {blend.parser.get_default('power')})")
+                    help=f"exponent of 'square' (default: the model set's, else {ORIGINAL_BLEND['power']})")
 parser.add_argument("--dump-scale", choices=blend.DUMP_SCALES, default=argparse.SUPPRESS,
                     help="original: the original's row scales before the blend formula (as blend.py); unit: plain "
-                         f"weights (default: the model set's, else {blend.parser.get_default('dump_scale')})")
+                         f"weights (default: the model set's, else {ORIGINAL_BLEND['dump_scale']})")
 parser.add_argument("--from-tune", type=Path, default=None, metavar="JSON",
                     help="blend as a blend_tune.json says (method, ens-weight, power, dump scale; blend.py --from-tune)")
 parser.add_argument("--postprocess", default=argparse.SUPPRESS,
@@ -125,6 +123,8 @@ parser.add_argument("--lights-table", type=Path, default=None, metavar="CSV",
                          "values as --lights-off (an empty cell: that night's EDF+ annotation); nights it does not "
                          "list take theirs from their annotations")
 parser.add_argument("--no-figures", action="store_true", help="no hypnogram figures (saves seconds per recording)")
+parser.add_argument("--no-review-pages", action="store_true",
+                    help="no review.html per night (its images take most of the time of scoring a night)")
 parser.add_argument("--resume", action="store_true",
                     help="go on with the run that wrote --out: skip its complete nights and those that failed on "
                          "files unchanged since; score the rest with its settings")
@@ -135,16 +135,6 @@ parser.add_argument("--keep-images", action="store_true", help="keep each night'
 parser.add_argument("--workers", type=int, default=2,
                     help="nights rendered in parallel, and the inference's DataLoader workers")
 parser.add_argument("--quiet", action="store_true", help="no progress bar")
-# fmt: on
-
-MARKER = "stage_edf.json"
-LOG = "stage_edf.log"
-PARTIAL = ".partial"  # the chunk being scored, inside --out; what a killed run left there is removed
-RENDER_RECORD = "{name}-render.json"
-STEPS = ("render", "infer", "blend", "post-process")
-# What a night's result depends on: --resume goes on only with the settings of the run that wrote --out.
-RESULT_KEYS = ("weights_dir", *model_set.MODEL_KEYS, *model_set.BLEND_KEYS, "from_tune", "tta", "amp", "postprocess",
-               "train_csv", "montage", "lights_off", "lights_on", "lights_table", "keep_images", "no_figures")
 
 
 def resolve_settings(args) -> dict:
@@ -164,12 +154,12 @@ def resolve_settings(args) -> dict:
     blend_given = [key for key in model_set.BLEND_KEYS if hasattr(args, key)]
     for key in model_set.BLEND_KEYS:
         if not hasattr(args, key):
-            setattr(args, key, blend.parser.get_default(key) if record is None else record["blend"][key])
+            setattr(args, key, ORIGINAL_BLEND[key] if record is None else record["blend"][key])
     sources["blend"] = (str(args.from_tune) if args.from_tune is not None else
                         "the command line" if len(blend_given) == len(model_set.BLEND_KEYS) else
                         "the original's" if record is None else record["path"])
     if not hasattr(args, "postprocess"):
-        args.postprocess = postprocess.parser.get_default("method") if record is None else record["postprocess"]
+        args.postprocess = POSTPROCESS if record is None else record["postprocess"]
         sources["postprocess"] = "the original's rules (no model set)" if record is None else record["path"]
     else:
         sources["postprocess"] = "--postprocess"
@@ -205,252 +195,9 @@ def check_args(args) -> None:
     args.lights_by_night = {} if args.lights_table is None else lights.read_lights_table(args.lights_table)
 
 
-def result_settings(args) -> dict:
-    """The settings a night's result depends on (:data:`RESULT_KEYS`), as JSON values."""
-    settings = {key: getattr(args, key) for key in RESULT_KEYS}
-    settings["weights_dir"] = str(Path(args.weights_dir).resolve())
-    if args.lights_table is not None:  # its content, not its name: a changed table changes the nights' results
-        settings["lights_table"] = hashlib.sha256(args.lights_table.read_bytes()).hexdigest()
-    return {key: (str(value) if isinstance(value, Path) else value) for key, value in settings.items()}
-
-
-def check_out(out: Path, args) -> bool:
-    """Refuse an ``--out`` this run may not write to; return True when it holds an earlier run to go on with.
-
-    An absent or empty folder is always fine. One that holds files must be an
-    earlier result of this script (its ``stage_edf.json``) and needs
-    ``--overwrite`` (replaced) or ``--resume`` (gone on with, with the same
-    settings: :data:`RESULT_KEYS`).
-    """
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out is a file, not a folder {where(out)}")
-    if not out.exists() or not any(out.iterdir()):
-        return False
-    if not (args.overwrite or args.resume):
-        raise InputError(f"--out already holds results; --resume goes on with them, --overwrite replaces them, "
-                         f"or choose another folder {where(out)}")
-    if not (out / MARKER).is_file():
-        raise InputError(f"--out holds files that stage_edf.py did not write ({MARKER} is missing); "
-                         f"--overwrite and --resume take only its own results {where(out)}")
-    if not args.resume:
-        return False
-    try:
-        earlier = json.loads((out / MARKER).read_text())["settings"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise InputError(f"cannot read the earlier run's settings ({type(err).__name__}: {err}) "
-                         f"{where(out / MARKER)}") from None
-    for key, value in result_settings(args).items():
-        if earlier.get(key) != value:
-            raise InputError(f"--resume with other settings than the run that wrote --out: {key} is {value!r} "
-                             f"here, {earlier.get(key)!r} there; score into another folder, or --overwrite "
-                             f"{where(out / MARKER)}")
-    return True
-
-
-# --------------------------------------------------------------------------
-# Which nights to score
-# --------------------------------------------------------------------------
-
-
-# --------------------------------------------------------------------------
-# Scoring one chunk of nights
-# --------------------------------------------------------------------------
-def describe_failure(err: Exception) -> str:
-    """One line saying why a night failed."""
-    if isinstance(err, InputError):
-        return str(err)
-    if isinstance(err, OSError):
-        return script_io.describe_os_error(err)
-    return f"{type(err).__name__}: {script_io.first_line(err)}"
-
-
-def render_chunk(chunk: list, data: Path, args, pool) -> dict:
-    """Render each night of the chunk on its own into ``data``: ID -> None (drawn) or the exception."""
-    import render_edf
-
-    config = {key: getattr(args, key) for key in ("montage", "lights_off", "lights_on")}
-    config.update(split="test", unscored=True, edf_folder=str(args.edf),
-                  lights_table=None if args.lights_table is None else str(args.lights_table))
-    render = functools.partial(render_edf.render_unscored_night, montage_spec=args.montage, out=data, config=config)
-    jobs = [functools.partial(render, source, **night_lights(args, source.recording_id)) for source in chunk]
-    if pool is None:
-        return {source.recording_id: error_of(job) for source, job in zip(chunk, jobs)}
-    futures = {source.recording_id: pool.submit(job) for source, job in zip(chunk, jobs)}
-    return {recording_id: future.exception() for recording_id, future in futures.items()}
-
-
-def night_lights(args, recording_id: str) -> dict:
-    """One night's lights options for rendering: the lights table's row, else the two flags (absent: none)."""
-    if recording_id in args.lights_by_night:
-        lights_off, lights_on = args.lights_by_night[recording_id]
-        return dict(lights_off=lights_off, lights_on=lights_on, lights_given_by=f"lights table {args.lights_table.name}")
-    return {key: getattr(args, key) for key in ("lights_off", "lights_on") if getattr(args, key) is not None}
-
-
-def error_of(function, *args) -> Exception | None:
-    """What ``function(*args)`` raised, or None."""
-    try:
-        function(*args)
-    except Exception as err:  # one bad night stops only itself
-        return err
-    return None
-
-
-def write_test_csv(data: Path, recording_ids: list) -> None:
-    """The chunk's data root CSV: every drawn epoch of each night, in epoch order."""
-    rows = []
-    for recording_id in recording_ids:
-        timing = epoch_timing.read_epoch_timing(data, recording_id, ())
-        rows += [[recording_id, psg_layout.image_name(recording_id, n)] for n in timing.epoch_numbers]
-    script_io.write_csv_rows(data / psg_layout.TEST_CSV, rows)
-
-
-def infer_chunk(loaded: dict, infer_args, device) -> None:
-    """Both models' test dumps of the chunk's data root, from the loaded checkpoints (``infer_blend.py``'s files)."""
-    import infer_blend
-    import loader_vit_rgb
-    import numpy as np
-
-    test = loader_vit_rgb.read_test_table(infer_args.data_root)
-    inputs = {"test": (test, np.arange(len(test)))}
-    arch_epochs = {key: (arch, epochs) for key, (arch, epochs, _, _) in loaded.items()}
-    probabilities = {key: infer_blend.checkpoint_probabilities(checkpoints, config, infer_args, inputs, device,
-                                                               label=arch)
-                     for key, (arch, _, config, checkpoints) in loaded.items()}
-    record = dict(vars(infer_args), device=str(device), stage_balance=[c["stage_balance"] for _, _, c, _ in
-                                                                       loaded.values()])
-    infer_blend.write_outputs(Path(infer_args.out), infer_args, arch_epochs, probabilities, None, None, record)
-
-
-def model_argv(args) -> list:
-    """The models' options, as every step takes them."""
-    return ["--vit-arch", args.vit_arch, "--eff-arch", args.eff_arch, "--fold", args.fold,
-            "--vit-epochs", *args.vit_epochs, "--eff-epochs", *args.eff_epochs]
-
-
-def blend_argv(args, data: Path, outputs: Path) -> list[str]:
-    """``blend.py``'s command line for a chunk, as one would type it for the layout route."""
-    settings = (["--from-tune", args.from_tune] if args.from_tune is not None else
-                ["--method", args.method, "--ens-weight", args.ens_weight, "--power", args.power,
-                 "--dump-scale", args.dump_scale])
-    return [str(a) for a in ["--data-root", data, "--out", outputs, *model_argv(args), *settings, "--quiet"]]
-
-
-def postprocess_argv(args, data: Path, blend_csv: Path, outputs: Path, results: Path) -> list[str]:
-    """``postprocess.py``'s command line for a chunk: the blend CSV that ``blend.py`` wrote in, the nights out."""
-    argv = ["--data-root", data, "--in", blend_csv, "--out", submission_path(outputs), "--method", args.postprocess,
-            *(["--train-csv", args.train_csv] if args.train_csv else []),
-            *(["--model-set", args.model_set] if args.model_set else []),
-            "--recordings-out", results, "--quiet", *([] if args.no_figures else ["--figures"])]
-    return [str(a) for a in argv]
-
-
-def infer_options(args, data: Path, outputs: Path):
-    """``infer_blend.py``'s options for a chunk (its defaults where the command line left them out)."""
-    import infer_blend
-
-    models = model_argv(args)
-    argv = ["--data-root", data, "--weights-dir", args.weights_dir, "--out", outputs, *models, "--tta", args.tta,
-            *(["--batch-size", args.batch_size] if hasattr(args, "batch_size") else []),
-            "--workers", args.workers, "--device", args.device, "--amp", args.amp, "--no-cache", "--quiet"]
-    return infer_blend.parser.parse_args([str(a) for a in argv])
-
-
-def run_step(run, step: str, main, argv: list[str]):
-    """One step's ``main(argv)``, its command line printed before it and its seconds counted; its return value."""
-    started = time.perf_counter()
-    print(f"== {step}: {' '.join(argv)}")
-    result = main(argv)
-    run.seconds[step] += time.perf_counter() - started
-    return result
-
-
-def score_chunk(chunk: list, out: Path, run) -> dict:
-    """Score one chunk of nights into ``out``: ID -> failure row for each night that failed (empty: none).
-
-    ``run`` holds the run's options, loaded models, pool, log and step seconds.
-    """
-    work = out / PARTIAL
-    shutil.rmtree(work, ignore_errors=True)
-    data, outputs, results = work / "DATA", work / "outputs", work / "results"
-    for folder in (data, outputs, results):
-        folder.mkdir(parents=True)
-    failures = {}
-
-    def fail(source, step, err):
-        failures[source.recording_id] = {"recording_id": source.recording_id, "edf": str(source.edf), "step": step,
-                                         "reason": describe_failure(err), **file_stamp(source.edf)}
-
-    started = time.perf_counter()
-    outcomes = render_chunk(chunk, data, run.args, run.pool)
-    run.seconds["render"] += time.perf_counter() - started
-    for source in chunk:
-        if outcomes[source.recording_id] is not None:
-            fail(source, "render", outcomes[source.recording_id])
-    drawn = [s for s in chunk if outcomes[s.recording_id] is None]
-    if not drawn:
-        shutil.rmtree(work)
-        return failures
-    step = "infer"
-    try:
-        with contextlib.redirect_stdout(run.log):
-            write_test_csv(data, [s.recording_id for s in drawn])
-            started = time.perf_counter()
-            infer_chunk(run.loaded, infer_options(run.args, data, outputs), run.device)
-            run.seconds[step] += time.perf_counter() - started
-            step = "blend"
-            blend_csv = run_step(run, step, blend.main, blend_argv(run.args, data, outputs))
-            step = "post-process"
-            run_step(run, step, postprocess.main, postprocess_argv(run.args, data, blend_csv, outputs, results))
-    except Exception as err:  # the chunk's nights fail together; the next chunk goes on
-        for source in drawn:
-            fail(source, step, err)
-        shutil.rmtree(work)
-        return failures
-    for source in drawn:
-        place_night(source.recording_id, data, results, out, run.args.keep_images)
-    shutil.rmtree(work)
-    return failures
-
-
-def place_night(recording_id: str, data: Path, results: Path, out: Path, keep_images: bool) -> None:
-    """Move one night's finished folder into ``out`` (one rename: whole or absent), its render record inside."""
-    night = results / recording_id
-    shutil.copyfile(data / recording_id / "render_edf.json", night / RENDER_RECORD.format(name=recording_id))
-    if keep_images:
-        (data / recording_id).rename(night / "images")
-    if (out / recording_id).exists():  # a night scored, then failed on a changed file: the new result replaces it
-        shutil.rmtree(out / recording_id)
-    (night).rename(out / recording_id)
-
-
-# --------------------------------------------------------------------------
-# The run
-# --------------------------------------------------------------------------
-def load_models(args, configs: dict):
-    """Every kept checkpoint of both models, built and loaded once for the whole run.
-
-    Returns
-    -------
-    loaded : dict
-        ``"vit"``/``"eff"`` -> ``(arch, epochs, training configuration, [models])``.
-    device : torch.device
-    """
-    import infer_blend
-    import models
-
-    device = models.resolve_device(args.device)
-    arch_epochs = {"vit": (args.vit_arch, args.vit_epochs), "eff": (args.eff_arch, args.eff_epochs)}
-    loaded = {key: (arch, epochs, configs[key],
-                    list(infer_blend.load_checkpoints(arch, epochs, configs[key], args.weights_dir, args.fold, device)))
-              for key, (arch, epochs) in arch_epochs.items()}
-    return loaded, device
-
-
 def summary_line(out: Path, recording_id: str) -> str:
     """One line per scored night: epochs, clock time of its start, main statistics, quality warnings."""
-    import hypnogram
-
+    from sleepstaging.scoring import hypnogram
     names = {key: out / recording_id / pattern.format(name=recording_id)
              for key, pattern in hypnogram.OUTPUT_FILES.items()}
     statistics = json.loads(names["statistics"].read_text())
@@ -467,36 +214,13 @@ def summary_line(out: Path, recording_id: str) -> str:
             f"SOL {minutes('SOL')} min, WASO {minutes('WASO')} min" + (f"; warning: {warnings}" if warnings else ""))
 
 
-def write_marker(out: Path, config: dict, **facts) -> None:
-    with script_io.atomic_path(out / MARKER) as tmp:
-        tmp.write_text(json.dumps(dict(config, **facts), indent=2) + "\n")
-
-
-def score_pending(pending: list, out: Path, run, show_progress: bool) -> dict:
-    """Score the nights chunk by chunk, with a progress bar over nights; return the new failures."""
-    failures = {}
-    size = run.args.chunk_nights
-    with tqdm(total=len(pending), unit="night", disable=not show_progress) as bar:
-        for first in range(0, len(pending), size):
-            chunk = pending[first:first + size]
-            print(f"== nights {', '.join(s.recording_id for s in chunk)}", file=run.log)
-            failures.update(score_chunk(chunk, out, run))
-            bar.update(len(chunk))
-            bar.set_postfix(failed=len(failures))
-            with script_io.atomic_path(out / LOG) as tmp:  # rewritten after each chunk: a killed run keeps its part
-                tmp.write_text(run.earlier_log + run.log.getvalue())
-    return failures
-
-
 def main(argv=None) -> None:
     args = parser.parse_args(argv)
     sources = resolve_settings(args)
     check_args(args)
     arch_epochs = {"vit": (args.vit_arch, args.vit_epochs), "eff": (args.eff_arch, args.eff_epochs)}
     configs = model_set.read_model_configs(args.weights_dir, args.fold, arch_epochs)  # before torch is imported
-    import infer_blend
-
-    args.tta = getattr(args, "tta", infer_blend.parser.get_default("tta"))
+    args.tta = getattr(args, "tta", INFERENCE["tta"])
     config = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()
               if key != "lights_by_night"}
     config.update(sources=sources, settings=result_settings(args))
@@ -533,6 +257,8 @@ def main(argv=None) -> None:
         shutil.rmtree(out / PARTIAL, ignore_errors=True)
     failures.update(kept)
     scored = write_tables(out, failures)
+    if scored:
+        cohort_page.write_index(out, list(failures.values()))  # index.html: every night, linking its review page
     if not scored:
         if created:
             shutil.rmtree(out)
@@ -560,30 +286,6 @@ def report_run(out: Path, scored_now: list[str], failures: dict, seconds: dict, 
         print(f"{len(failures)} night(s) failed, listed with their reasons in {out / FAILURES}:")
         for row in sorted(failures.values(), key=lambda r: r["recording_id"]):
             print(f"  {row['recording_id']} ({row['step']}): {row['reason']}")
-
-
-def find_nights(edf: Path) -> list:
-    """The EDF recordings under ``--edf`` (``render_edf.find_recordings``): their IDs checked for the whole run."""
-    import render_edf
-
-    return render_edf.find_recordings(edf, None, unscored=True)
-
-
-@contextlib.contextmanager
-def render_pool(workers: int):
-    """Processes that render nights side by side (None with one worker: nights rendered in this process).
-
-    Started with ``spawn``: this process holds torch and its threads, which a
-    forked child must not inherit.
-    """
-    if workers == 1:
-        yield None
-        return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        yield pool
 
 
 if __name__ == "__main__":

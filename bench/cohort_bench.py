@@ -35,10 +35,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-import psg_layout  # noqa: E402
-from cpu_info import cpu_description  # noqa: E402  (bench/, the script's own folder)
+from sleepstaging.data import psg_layout
+from cpu_info import cpu_description
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)

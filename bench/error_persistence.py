@@ -16,18 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-import psg_layout  # noqa: E402
-import script_io  # noqa: E402
-
-
+from sleepstaging.data import psg_layout
+from sleepstaging import script_io
 def lag1_autocorrelation(errors: np.ndarray) -> float | None:
     """Pearson correlation of ``errors[:-1]`` with ``errors[1:]``; None when either is constant."""
     before, after = errors[:-1].astype(float), errors[1:].astype(float)

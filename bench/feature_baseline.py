@@ -26,17 +26,16 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-import numpy as np  # noqa: E402
-from sklearn.ensemble import HistGradientBoostingClassifier  # noqa: E402
-from sklearn.metrics import cohen_kappa_score, f1_score  # noqa: E402
+import numpy as np
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.metrics import cohen_kappa_score, f1_score
 
-import image_cache  # noqa: E402
-import loader_vit_rgb  # noqa: E402
-import psg_layout  # noqa: E402
-import script_io  # noqa: E402
-from evaluate import read_answers  # noqa: E402
+from sleepstaging.data import image_cache
+from sleepstaging.data import loaders
+from sleepstaging.data import psg_layout
+from sleepstaging import script_io
+from sleepstaging.scoring.evaluation import read_answers
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -98,11 +97,11 @@ def main(args: argparse.Namespace) -> None:
                                     f"{args.block}")
     args.img_size = shape  # (height, width) from here on
     started = time.perf_counter()
-    train = loader_vit_rgb.read_train_table(args.data_root)
-    test = loader_vit_rgb.read_test_table(args.data_root)
+    train = loaders.read_train_table(args.data_root)
+    test = loaders.read_test_table(args.data_root)
     test_y = read_answers(args.data_root / psg_layout.TEST_LABELS_CSV, test)
     train_x, test_x = features_of(train, args), features_of(test, args)
-    folds = loader_vit_rgb.make_folds(train, n_folds=5, seed=args.seed, cv="subject")
+    folds = loaders.make_folds(train, n_folds=5, seed=args.seed, cv="subject")
     result = {
         "what": f"HistGradientBoostingClassifier on per-row intensity statistics of "
                 f"{image_cache.shape_label(shape)} cached images",

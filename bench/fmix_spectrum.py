@@ -27,13 +27,12 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-import fmix  # noqa: E402
-import script_io  # noqa: E402
-from bench.original_loader import reference_low_frequency_image  # noqa: E402
+from sleepstaging.data import fmix
+from sleepstaging import script_io
+from original_loader import reference_low_frequency_image
 
 DECAY_POWER = 3.0  # the original's
 LAMBDA = 0.65  # the middle of the original's clipped range [0.6, 0.7]

@@ -43,16 +43,15 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-import hypnogram  # noqa: E402
-import model_set  # noqa: E402
-import psg_layout  # noqa: E402
-import script_io  # noqa: E402
-from evaluate import compute_metrics, read_answers  # noqa: E402
-from output_names import blend_csv_path  # noqa: E402
-from cpu_info import cpu_description  # noqa: E402  (bench/, the script's own folder)
-from score_night import run, scored_stages  # noqa: E402
+from sleepstaging.scoring import hypnogram
+from sleepstaging.scoring import model_set
+from sleepstaging.data import psg_layout
+from sleepstaging import script_io
+from sleepstaging.scoring.evaluation import compute_metrics, read_answers
+from sleepstaging.output_names import blend_csv_path
+from cpu_info import cpu_description
+from score_night import run, scored_stages
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)

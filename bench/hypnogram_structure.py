@@ -29,10 +29,8 @@ import numpy as np
 import yasa
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-import synthetic_hypnogram  # noqa: E402  (numpy only: it runs in the YASA venv)
-
+from sleepstaging.synthetic import hypnogram as synthetic_hypnogram
 STAGES = ("WAKE", "N1", "N2", "N3", "REM")  # yasa's names, in the project's order 0-4
 EXIT_FLOOR = 0.02  # changes real nights make in at least this share of a stage's exits must occur
 EXIT_TOLERANCE = 0.10

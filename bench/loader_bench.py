@@ -62,19 +62,18 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-import batch_augment  # noqa: E402  (before albumentations: it keeps albumentations from asking the package index)
-import image_cache  # noqa: E402
-import loader_vit_rgb  # noqa: E402
-import albumentations  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+from sleepstaging.data import batch_augment
+from sleepstaging.data import image_cache
+from sleepstaging.data import loaders
+import albumentations
+import numpy as np
+import torch
 
-import psg_layout  # noqa: E402
-import script_io  # noqa: E402
-from bench.original_loader import make_original_loader  # noqa: E402
-from cpu_info import cpu_description  # noqa: E402  (bench/, the script's own folder)
+from sleepstaging.data import psg_layout
+from sleepstaging import script_io
+from original_loader import make_original_loader
+from cpu_info import cpu_description
 
 
 
@@ -135,7 +134,7 @@ def images_per_second(loader, epoch: int, finish: bool = True) -> dict:
     workers (together) and of this process over the same span.
     """
     if hasattr(loader.sampler, "set_epoch"):  # the project's loaders; the original's reshuffles by itself
-        loader_vit_rgb.set_loader_epoch(loader, epoch)
+        loaders.set_loader_epoch(loader, epoch)
     cpu = torch.device("cpu")
     iterator = iter(loader)
     workers = [worker.pid for worker in getattr(iterator, "_workers", [])]  # DataLoader's worker processes
@@ -170,7 +169,7 @@ def breakdown(loader, batches: int) -> dict:
     cpu = torch.device("cpu")
     dataset = copy.copy(loader.dataset)
     dataset.finish = False  # the item as read and planned; finish_batch timed on its own
-    loader_vit_rgb.set_loader_epoch(loader, 1)
+    loaders.set_loader_epoch(loader, 1)
     keys = list(itertools.islice(iter(loader.sampler), batches))
     dataset.prepare()
     threads = torch.get_num_threads()
@@ -199,11 +198,11 @@ def measure_size(args, table, rows, size) -> dict:
     shutil.rmtree(fresh)
 
     common = dict(img_size=shape, batch_size=args.batch_size, workers=args.workers, seed=args.seed)
-    image_paths = loader_vit_rgb.table_image_paths(args.data_root, table)
+    image_paths = loaders.table_image_paths(args.data_root, table)
     original = make_original_loader([image_paths[row] for row in rows], np.asarray(table.labels)[rows], **common)
-    per_sample = loader_vit_rgb.make_train_loader(args.data_root, table, rows, cache_dir=None, **common)
-    cached = loader_vit_rgb.make_train_loader(args.data_root, table, rows, cache_dir=args.cache_dir, **common)
-    for_gpu = loader_vit_rgb.make_train_loader(args.data_root, table, rows, cache_dir=args.cache_dir,
+    per_sample = loaders.make_train_loader(args.data_root, table, rows, cache_dir=None, **common)
+    cached = loaders.make_train_loader(args.data_root, table, rows, cache_dir=args.cache_dir, **common)
+    for_gpu = loaders.make_train_loader(args.data_root, table, rows, cache_dir=args.cache_dir,
                                                device="cuda", **common)  # nothing here touches CUDA
     paths = {"original": (original, True), "per_sample": (per_sample, True), "cached": (cached, True),
              "cached_for_gpu": (for_gpu, False)}
@@ -235,7 +234,7 @@ def measure_size(args, table, rows, size) -> dict:
 def main() -> None:
     args = parser.parse_args()
     ensure_data(args)
-    table = loader_vit_rgb.read_train_table(args.data_root)
+    table = loaders.read_train_table(args.data_root)
     rows = np.arange(len(table))
     before = machine()
     print(f"{len(table)} training images, batch {args.batch_size}, {args.workers} workers, FMix on; "

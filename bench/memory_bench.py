@@ -33,13 +33,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-import psg_layout  # noqa: E402
-import script_io  # noqa: E402
-
+from sleepstaging.data import psg_layout
+from sleepstaging import script_io
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 parser.add_argument("--work", type=Path, default=REPO / "bench" / "data" / "memory", help="scratch folder")
@@ -96,12 +94,11 @@ def linked_root(work: Path, images: int, sources: list[Path], labels: np.ndarray
 
 def tiny_checkpoints(folder: Path, root: Path, img_size: list[int]) -> None:
     """Random-weight checkpoints (epoch 0) and configurations of both tiny models for infer_blend.py."""
-    import models
-    import image_cache
-    import loader_vit_rgb
-    from output_names import checkpoint_path, run_config_path
+    from sleepstaging.scoring import models
+    from sleepstaging.data import loaders
+    from sleepstaging.output_names import checkpoint_path, run_config_path
     table = psg_layout.read_epoch_csv(root / psg_layout.TRAIN_CSV, with_labels=True)
-    folds = loader_vit_rgb.make_folds(table, n_folds=5, seed=72, cv="subject")
+    folds = loaders.make_folds(table, n_folds=5, seed=72, cv="subject")
     valid = sorted({table.recording_ids[r] for r in np.flatnonzero(folds == 0)})
     shape = psg_layout.input_shape(img_size)
     for arch in (VIT, EFF):

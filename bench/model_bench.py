@@ -35,20 +35,19 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-import numpy as np  # noqa: E402
-import timm  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import timm
+import torch
 
-import engine  # noqa: E402
-import models  # noqa: E402
-import image_cache  # noqa: E402
-import loader_vit_rgb  # noqa: E402
-import optimizers  # noqa: E402
-import psg_layout  # noqa: E402
-import script_io  # noqa: E402
-from cpu_info import cpu_description  # noqa: E402  (bench/, the script's own folder)
+from sleepstaging.training import engine
+from sleepstaging.scoring import models
+from sleepstaging.data import image_cache
+from sleepstaging.data import loaders
+from sleepstaging.training import optimizers
+from sleepstaging.data import psg_layout
+from sleepstaging import script_io
+from cpu_info import cpu_description
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -98,7 +97,7 @@ def repeat(loader):
     """Batches of ``loader`` without end, one epoch after another."""
     epoch = 0
     while True:
-        loader_vit_rgb.set_loader_epoch(loader, epoch)
+        loaders.set_loader_epoch(loader, epoch)
         yield from loader  # train_one_epoch raises an InputError met in a worker (batch_augment.device_batches)
         epoch += 1
 
@@ -126,7 +125,7 @@ def train_figures(arch: str, args, device, amp: str, table) -> dict:
     """Loader-fed and ceiling training rates of one model."""
     name = OPTIMIZER["vit" if "vit" in arch else "eff"]
     rows = np.arange(len(table))
-    loader = loader_vit_rgb.make_train_loader(args.data_root, table, rows, args.img_size, args.batch_size,
+    loader = loaders.make_train_loader(args.data_root, table, rows, args.img_size, args.batch_size,
                                               args.workers, seed=72, pin_memory=device.type == "cuda",
                                               cache_dir=args.cache_dir, device=device)
     rates = {}
@@ -155,10 +154,10 @@ def inference_figures(arch: str, args, device, amp: str, test) -> dict:
     model = new_model(arch, args, device)
     options = dict(pin_memory=device.type == "cuda", cache_dir=args.cache_dir, device=device)
     rows = np.arange(min(len(test), args.infer_images))
-    warmup = loader_vit_rgb.make_eval_loader(args.data_root, test, args.img_size, args.infer_batch_size, 0,
+    warmup = loaders.make_eval_loader(args.data_root, test, args.img_size, args.infer_batch_size, 0,
                                              rows=rows[:args.infer_batch_size], **options)
     models.predict(model, warmup, device, amp)
-    loader = loader_vit_rgb.make_eval_loader(args.data_root, test, args.img_size, args.infer_batch_size,
+    loader = loaders.make_eval_loader(args.data_root, test, args.img_size, args.infer_batch_size,
                                              args.workers, rows=rows, **options)
     synchronise(device)
     started, images = time.perf_counter(), 0
@@ -178,8 +177,8 @@ def main() -> None:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     ensure_data(args.data_root)
-    train = loader_vit_rgb.read_train_table(args.data_root)
-    test = loader_vit_rgb.read_test_table(args.data_root)
+    train = loaders.read_train_table(args.data_root)
+    test = loaders.read_test_table(args.data_root)
     image_cache.open_cache(args.data_root, train, args.img_size, args.cache_dir, workers=args.workers)
     image_cache.open_cache(args.data_root, test, args.img_size, args.cache_dir, workers=args.workers)
     print(f"device: {device_name(device)}; torch {torch.__version__}, timm {timm.__version__}; amp {amp}; "

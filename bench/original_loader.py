@@ -10,7 +10,7 @@ dataset (``PSMDataset`` of ``loaderViTrgb.py`` with ``do_fmix=True``,
 
 - ``cv2.imread`` (BGR), the channels reversed by a view, the training
   transforms (Resize, Normalize, CoarseDropout, Cutout, to tensor:
-  :func:`loader_vit_rgb.get_train_transforms`, albumentations 2's
+  :func:`loaders.get_train_transforms`, albumentations 2's
   versions of the original's 1.0 ones);
 - with probability 1/2, drawn from NumPy's global generator: lambda from
   Beta(1, 1) clipped to [0.6, 0.7]; the reference code's
@@ -31,20 +31,18 @@ from __future__ import annotations
 
 import math
 import random
-import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch.utils.data import DataLoader, Dataset  # noqa: E402
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
 
-import loader_vit_rgb  # noqa: E402
-import psg_layout  # noqa: E402
-from recipe import FMIX_ALPHA, FMIX_DECAY_POWER, FMIX_LAMBDA_RANGE, FMIX_MAX_SOFT  # noqa: E402
+from sleepstaging.data import loaders
+from sleepstaging.data import psg_layout
+from sleepstaging.recipe import FMIX_ALPHA, FMIX_DECAY_POWER, FMIX_LAMBDA_RANGE, FMIX_MAX_SOFT
 
 # The original's per-item chance of FMix: np.random.uniform(0, 1) > 0.5.
 ORIGINAL_FMIX_THRESHOLD = 0.5
@@ -149,7 +147,7 @@ class OriginalTrainImages(Dataset):
         self.labels = np.asarray(labels)
         self.rows = np.arange(len(self.image_paths))
         self.shape = psg_layout.input_shape(img_size)
-        self.transforms = loader_vit_rgb.get_train_transforms(self.shape)
+        self.transforms = loaders.get_train_transforms(self.shape)
 
     def __len__(self) -> int:
         return len(self.image_paths)

@@ -34,12 +34,11 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-import psg_layout  # noqa: E402
-import script_io  # noqa: E402
-from output_names import blend_csv_path, dump_path, report_dir, submission_path, valid_csv_path  # noqa: E402
-from rules import RULES, apply_rules  # noqa: E402
+from sleepstaging.data import psg_layout
+from sleepstaging import script_io
+from sleepstaging.output_names import blend_csv_path, dump_path, report_dir, submission_path, valid_csv_path
+from sleepstaging.scoring.rules import RULES, apply_rules
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -149,8 +148,7 @@ def rules_by_position(stages, recording_ids) -> np.ndarray:
 def time_figures(folder: Path, test, stages: np.ndarray, blend_csv: Path, count: int) -> float:
     """Mean seconds to draw one recording's hypnogram figure (``postprocess.py --figures`` draws one per
     recording), over the first ``count`` recordings, after one unmeasured figure (matplotlib's imports)."""
-    import hypnogram
-
+    from sleepstaging.scoring import hypnogram
     probabilities = np.load(blend_csv.with_suffix(".npy"))
     ids = np.array(test.recording_ids)
     recordings = list(dict.fromkeys(test.recording_ids))[:count + 1]

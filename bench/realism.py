@@ -38,17 +38,16 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-import cv2  # noqa: E402
-import edfio  # noqa: E402
-import numpy as np  # noqa: E402
-from scipy.signal import welch  # noqa: E402
-from sklearn.metrics import cohen_kappa_score, confusion_matrix, f1_score  # noqa: E402
+import cv2
+import edfio
+import numpy as np
+from scipy.signal import welch
+from sklearn.metrics import cohen_kappa_score, confusion_matrix, f1_score
 
-import psg_layout  # noqa: E402
-import script_io  # noqa: E402
-from psg_layout import STAGES  # noqa: E402
+from sleepstaging.data import psg_layout
+from sleepstaging import script_io
+from sleepstaging.data.psg_layout import STAGES
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)

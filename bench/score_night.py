@@ -37,14 +37,13 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-import psg_layout  # noqa: E402
-import script_io  # noqa: E402
-from evaluate import compute_metrics  # noqa: E402
-import model_set  # noqa: E402
-from output_names import blend_csv_path, report_dir, submission_path  # noqa: E402
-from cpu_info import cpu_description  # noqa: E402  (bench/, the script's own folder)
+from sleepstaging.data import psg_layout
+from sleepstaging import script_io
+from sleepstaging.scoring.evaluation import compute_metrics
+from sleepstaging.scoring import model_set
+from sleepstaging.output_names import blend_csv_path, report_dir, submission_path
+from cpu_info import cpu_description
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)

@@ -27,12 +27,10 @@ import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-import hypnogram  # noqa: E402
-
+from sleepstaging.scoring import hypnogram
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 parser.add_argument("--hypnograms", type=int, default=3000, help="random hypnograms per epoch length")

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 
 # Scripts run from a scratch folder (set per session below), so that what they write by default
@@ -61,9 +60,8 @@ def copy_subset(source: Path, target: Path, train_recordings: int, train_rows: i
     """A smaller data root: the first rows of the first recordings of each CSV of ``source``, with their images."""
     import shutil
 
-    import psg_layout
-    import script_io
-
+    from sleepstaging.data import psg_layout
+    from sleepstaging import script_io
     for name, with_labels, recordings, per_recording in (
             (psg_layout.TRAIN_CSV, True, train_recordings, train_rows),
             (psg_layout.TEST_CSV, False, test_recordings, test_rows)):
@@ -101,8 +99,7 @@ def trainer_args(module, data_root: Path, weights_dir: Path, *options):
     (architecture, size, epochs...) follow and may override them. Run it
     with ``engine.train(trainer_args(...))``.
     """
-    import train_options
-
+    from sleepstaging.training import train_options
     shared = ["--data-root", data_root, "--weights-dir", weights_dir, "--cache-dir", Path(weights_dir).parent / "cache",
               "--workers", 0, "--quiet", "--pretrained", "none"]
     return train_options.build_parser(module.DEFAULTS, module.__doc__).parse_args([str(o) for o in [*shared, *options]])
@@ -161,7 +158,7 @@ print(json.dumps([statuses[index] for index in range(len(requests))]))
 
 
 def run_scripts_warm(requests, folder: Path, parallel: int = 3, timeout: float = 900,
-                     preload=("engine", "loader_vit_rgb", "infer_blend")) -> list[subprocess.CompletedProcess]:
+                     preload=("sleepstaging.training.engine", "sleepstaging.data.loaders", "sleepstaging.scoring.inference")) -> list[subprocess.CompletedProcess]:
     """Run many scripts, each in its own process, without paying the torch/timm import each time.
 
     A launcher process imports ``preload`` once, then forks one child per
@@ -216,13 +213,12 @@ def write_random_checkpoints(data_root: Path, folder: Path, archs, epochs, img_s
     import numpy as np
     import torch
 
-    import engine
-    import models
-    import loader_vit_rgb
-    import psg_layout
-
+    from sleepstaging.training import engine
+    from sleepstaging.scoring import models
+    from sleepstaging.data import loaders
+    from sleepstaging.data import psg_layout
     table = psg_layout.read_epoch_csv(Path(data_root) / psg_layout.TRAIN_CSV, with_labels=True)
-    folds = loader_vit_rgb.make_folds(table, n_folds=split["folds"], seed=split["seed"], cv=split["cv"])
+    folds = loaders.make_folds(table, n_folds=split["folds"], seed=split["seed"], cv=split["cv"])
     valid_recordings = sorted({table.recording_ids[r] for r in np.flatnonzero(folds == 0)})
     for number, arch in enumerate(archs):
         for epoch in epochs:

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-import recipe
-import fmix
-import batch_augment
-import loader_vit_rgb as L
+from sleepstaging import recipe
+from sleepstaging.data import fmix
+from sleepstaging.data import batch_augment
+from sleepstaging.data import loaders as L
 
 CPU = torch.device("cpu")
 SIZE = 32

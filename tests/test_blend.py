@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-import psg_layout
-import script_io
-from blend import (METHODS, blend_probabilities, blend_scores, class_ranks, dump_path, effective_vit_weight,
-                   macro_f1, predict_stages, raw_weight, row_scales, tune_blend, valid_csv_path)
+from sleepstaging.data import psg_layout
+from sleepstaging import script_io
+from sleepstaging.scoring.blend import METHODS, blend_probabilities, blend_scores, class_ranks, effective_vit_weight, macro_f1, predict_stages, raw_weight, row_scales, tune_blend
+from sleepstaging.output_names import dump_path, valid_csv_path
 import oracles
 from conftest import run_script
 

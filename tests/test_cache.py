@@ -11,17 +11,17 @@ import numpy as np
 import pytest
 import torch
 
-import engine
-import batch_augment
-import cached_batches
-import image_cache
-import loader_vit_rgb as L
-import worker_transport
+from sleepstaging.training import engine
+from sleepstaging.data import batch_augment
+from sleepstaging.data import cached_batches
+from sleepstaging.data import image_cache
+from sleepstaging.data import loaders as L
+from sleepstaging.data import worker_transport
 import main_vit_rgb
-import psg_layout
-import train_options
-from psg_layout import EpochTable
-from script_io import InputError
+from sleepstaging.data import psg_layout
+from sleepstaging.training import train_options
+from sleepstaging.data.psg_layout import EpochTable
+from sleepstaging.script_io import InputError
 
 CPU = torch.device("cpu")
 SIZE = 32

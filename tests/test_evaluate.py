@@ -8,13 +8,16 @@ import pytest
 from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score, precision_score, recall_score
 
 import evaluate
-import hmm
-import psg_layout
-import script_io
-from blend import blend_probabilities, dump_path, row_scales, tune_blend, valid_csv_path
-from evaluate import compute_metrics, main as evaluate_main
+from sleepstaging.scoring import hmm
+from sleepstaging.data import psg_layout
+from sleepstaging import script_io
+from sleepstaging.scoring.blend import blend_probabilities, row_scales, tune_blend
+from sleepstaging.output_names import dump_path, valid_csv_path
+from sleepstaging.scoring import evaluation
+from sleepstaging.scoring.evaluation import compute_metrics
+from evaluate import main as evaluate_main
 from conftest import run_script
-from output_names import infer_config_path
+from sleepstaging.output_names import infer_config_path, run_config_path
 
 
 def test_metrics_by_hand():
@@ -109,7 +112,7 @@ def test_the_validation_tables_hmm_is_estimated_without_the_validation_rows(tmp_
         return from_counts(counts, stage_balance)
 
     monkeypatch.setattr(hmm, "count_stage_sequences", recorded_count)
-    monkeypatch.setattr(evaluate, "hmm_from_counts", recorded_from_counts)
+    monkeypatch.setattr(evaluation, "hmm_from_counts", recorded_from_counts)
     result = evaluate.validation_table(evaluate.parser.parse_args(["--data-root", str(data), "--outputs", str(out),
                                                                    "--weights-dir", str(tmp_path / "none")]),
                                        quiet=True)
@@ -130,7 +133,7 @@ def test_the_validation_tables_hmm_divides_by_the_stage_shares_the_models_were_t
 
     def table(balances):
         for arch in VALIDATION_ARCHS:  # their cv; the stage balance comes from infer_blend.py's record
-            evaluate.run_config_path(weights, arch, 0).write_text(json.dumps({"cv": "subject"}))
+            run_config_path(weights, arch, 0).write_text(json.dumps({"cv": "subject"}))
         infer_config_path(out, 0).write_text(json.dumps({"tta": 1, "stage_balance": balances}))
         return evaluate.validation_table(evaluate.parser.parse_args(
             ["--data-root", str(data), "--outputs", str(out), "--weights-dir", str(weights)]), quiet=True)

@@ -7,10 +7,11 @@ import math
 import numpy as np
 import pytest
 
-import psg_layout
-import script_io
-from evaluate import limits_of_agreement, main as evaluate_main, statistics_agreement
-from hypnogram import sleep_statistics
+from sleepstaging.data import psg_layout
+from sleepstaging import script_io
+from sleepstaging.scoring.evaluation import limits_of_agreement, statistics_agreement
+from evaluate import main as evaluate_main
+from sleepstaging.scoring.hypnogram import sleep_statistics
 
 W, N1, N2, N3, R = range(5)
 

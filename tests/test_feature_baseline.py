@@ -9,10 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "bench"))
+import feature_baseline
 
-import feature_baseline  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_row_features_by_hand():

@@ -8,10 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-import fmix
-import loader_vit_rgb
-
-
+from sleepstaging.data import fmix
+from sleepstaging.data import loaders
 def low_frequency_energy(mask: np.ndarray, radius: float = 4 / 64) -> float:
     """Share of the mask's (mean-removed) spectral energy within ``radius`` cycles per pixel."""
     power = np.abs(np.fft.fft2(mask - mask.mean())) ** 2
@@ -101,7 +99,7 @@ def test_fmix_in_the_dataset_mixes_images_and_targets_by_the_mask_share(tmp_path
     cv2.imwrite(str(black), np.zeros((27, 48, 3), np.uint8))
     cv2.imwrite(str(white), np.full((27, 48, 3), 255, np.uint8))
     paths, labels = [black, white] * 20, np.array([0, 4] * 20)
-    dataset = loader_vit_rgb.EpochImageDataset(paths, labels, loader_vit_rgb.get_valid_transforms((32, 32)),
+    dataset = loaders.EpochImageDataset(paths, labels, loaders.get_valid_transforms((32, 32)),
                                                seed=5, fmix_enabled=True)
     level = {0: (0.0 - 0.485) / 0.229, 4: (1.0 - 0.485) / 0.229}  # channel 0 after Normalize
     mixed_with_other_class = 0

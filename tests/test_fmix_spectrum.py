@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-import fmix
+from sleepstaging.data import fmix
 from bench.fmix_spectrum import grey_images, split_lines
-from bench.original_loader import reference_low_frequency_image
+from original_loader import reference_low_frequency_image
 
 
 @pytest.mark.parametrize("shape", [(224, 224), (32, 48), (31, 17), (48, 31)])

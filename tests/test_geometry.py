@@ -10,21 +10,22 @@ import numpy as np
 import pytest
 import torch
 
-import recipe
-import batch_augment
-import engine
-import models
+from sleepstaging import recipe
+from sleepstaging.data import batch_augment
+from sleepstaging.training import engine
+from sleepstaging.scoring import models
 import model_set
-import fmix
-import image_cache
+from sleepstaging.scoring import model_set as model_set_lib
+from sleepstaging.data import fmix
+from sleepstaging.data import image_cache
 import infer_blend
-import loader_vit_rgb as L
+from sleepstaging.data import loaders as L
 import main_eff
 import main_vit_rgb
-import psg_layout
-from blend import dump_path
+from sleepstaging.data import psg_layout
+from sleepstaging.output_names import dump_path
 from conftest import one_thread, trainer_args
-from script_io import InputError
+from sleepstaging.script_io import InputError
 from test_augment_paths import hand_plan, normalised
 from test_cache import cached_train_batch, write_recordings
 from test_train_run import run_in_process
@@ -213,7 +214,7 @@ INTERPOLATIONS = {"linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA}
 def test_each_trainer_records_its_geometry_and_caches_at_it(tiny_data, non_square_runs):
     weights = non_square_runs
     for arch, shape in ((VIT, VIT_SHAPE), (EFF, EFF_SHAPE)):
-        config = model_set.read_run_config(weights, arch, 0)
+        config = model_set_lib.read_run_config(weights, arch, 0)
         saved = json.loads(model_set.run_config_path(weights, arch, 0).read_text())
         assert saved["img_size"] == list(shape) and config["img_size"] == tuple(shape)  # saved [h, w], read (h, w)
         assert config["resize"] == RESIZES[arch]
@@ -256,7 +257,7 @@ def test_a_configuration_with_a_bad_size_is_one_line(tmp_path):
     path = engine.run_config_path(tmp_path, VIT, 0)
     path.write_text(json.dumps({"model_arch": VIT, "img_size": [32, 16, 8], "num_classes": 5}))
     with pytest.raises(InputError, match=r"configuration's img_size is not one or two sizes in pixels: \[32, 16, 8\]"):
-        model_set.read_run_config(tmp_path, VIT, 0)
+        model_set_lib.read_run_config(tmp_path, VIT, 0)
 
 
 @pytest.mark.slow
@@ -273,7 +274,7 @@ def test_resume_reads_an_older_configs_int_size_as_square(tiny_data, tmp_path, c
         path = engine.run_config_path(weights, VIT, 0)
         config = json.loads(path.read_text())
         assert config["img_size"] == [16, 16]
-        before = {key: value for key, value in config.items() if key not in model_set.ADDED_SETTINGS}
+        before = {key: value for key, value in config.items() if key not in model_set_lib.ADDED_SETTINGS}
         path.write_text(json.dumps({**before, "img_size": 16}))  # as configurations were written before
         train(main_vit_rgb, tiny_data, weights, VIT, (16,), "--epochs", 2, "--resume")
     assert "resuming after epoch 0" in capsys.readouterr().out

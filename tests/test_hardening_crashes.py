@@ -30,10 +30,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import engine
-import models
-import psg_layout
-import script_io
+from sleepstaging.training import engine
+from sleepstaging.scoring import models
+from sleepstaging.data import psg_layout
+from sleepstaging import script_io
 from conftest import REPO, copy_subset
 
 VIT, IMG = "test_vit", 32
@@ -199,9 +199,7 @@ def test_a_pickled_training_state_is_refused_and_never_executed(runs):
 # --------------------------------------------------------------------------
 WRITER = """
 import os, sys, time
-sys.path.insert(0, {repo!r})
-import script_io
-
+from sleepstaging import script_io
 def lines():
     for number in range(400_000):
         if number == 200_000 and os.environ.get("PAUSE"):

@@ -24,14 +24,17 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 import blend
-import hmm
+
+from sleepstaging.scoring import blend as blend_lib
+from sleepstaging.scoring import hmm
 import oracles
 import postprocess
-import psg_layout
-import rules
-import script_io
-from psg_layout import NUM_CLASSES, STAGES
-from script_io import InputError
+from sleepstaging.scoring import postprocess as postprocess_lib
+from sleepstaging.data import psg_layout
+from sleepstaging.scoring import rules
+from sleepstaging import script_io
+from sleepstaging.data.psg_layout import NUM_CLASSES, STAGES
+from sleepstaging.script_io import InputError
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SLOW = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -201,7 +204,7 @@ def write_train_set(data: Path, labels) -> list[str]:
 
 
 @SLOW
-@given(data=st.data(), recordings=RECORDINGS, method=st.sampled_from(postprocess.POSTPROCESS_METHODS),
+@given(data=st.data(), recordings=RECORDINGS, method=st.sampled_from(postprocess_lib.POSTPROCESS_METHODS),
        across=st.booleans())
 def test_the_submission_is_the_library_result_on_the_blend_csv(scratch, data, recordings, method, across):
     """rules: apply_rules on the blend CSV's stages; hmm: hmm_decode of the blend's probabilities with the
@@ -253,15 +256,15 @@ def clear_winners(scores: np.ndarray, margin: float = 1e-9) -> np.ndarray:
 
 @pytest.mark.slow
 @FUZZ
-@given(data=st.data(), rows=st.integers(1, 40), method=st.sampled_from(blend.METHODS), weight=st.floats(0, 1),
-       power=st.floats(0.05, 4), dump_scale=st.sampled_from(blend.DUMP_SCALES), tta=st.integers(1, 8))
+@given(data=st.data(), rows=st.integers(1, 40), method=st.sampled_from(blend_lib.METHODS), weight=st.floats(0, 1),
+       power=st.floats(0.05, 4), dump_scale=st.sampled_from(blend_lib.DUMP_SCALES), tta=st.integers(1, 8))
 def test_blend_gives_one_valid_stage_per_row(data, rows, method, weight, power, dump_scale, tta):
     p1, p2 = unit_rows(data, rows), unit_rows(data, rows)
-    settings = (method, weight, power, blend.row_scales(dump_scale, tta))
-    scores = blend.blend_scores(p1, p2, *settings)
-    stages = blend.predict_stages(scores)
+    settings = (method, weight, power, blend_lib.row_scales(dump_scale, tta))
+    scores = blend_lib.blend_scores(p1, p2, *settings)
+    stages = blend_lib.predict_stages(scores)
     assert stages.shape == (rows,) and set(stages.tolist()) <= set(range(NUM_CLASSES))
-    probabilities = blend.blend_probabilities(p1, p2, *settings)
+    probabilities = blend_lib.blend_probabilities(p1, p2, *settings)
     assert probabilities.shape == (rows, NUM_CLASSES) and np.isfinite(probabilities).all()
     assert (probabilities >= 0).all()
     np.testing.assert_allclose(probabilities.sum(axis=1), 1, atol=1e-9)
@@ -272,16 +275,16 @@ def test_blend_gives_one_valid_stage_per_row(data, rows, method, weight, power, 
 
 @pytest.mark.slow
 @FUZZ
-@given(data=st.data(), rows=st.integers(1, 40), method=st.sampled_from(blend.METHODS), weight=st.floats(0, 1),
+@given(data=st.data(), rows=st.integers(1, 40), method=st.sampled_from(blend_lib.METHODS), weight=st.floats(0, 1),
        power=st.floats(0.05, 4))
 def test_swapping_the_models_and_the_weight_changes_no_label(data, rows, method, weight, power):
     """Under --dump-scale unit the two models play symmetric roles: (p1, p2, w) and (p2, p1, 1-w) agree."""
     p1, p2 = unit_rows(data, rows), unit_rows(data, rows)
-    scores = blend.blend_scores(p1, p2, method, weight, power)
-    swapped = blend.blend_scores(p2, p1, method, 1.0 - weight, power)
+    scores = blend_lib.blend_scores(p1, p2, method, weight, power)
+    swapped = blend_lib.blend_scores(p2, p1, method, 1.0 - weight, power)
     # 1 - (1 - w) may differ from w in the last bit: compare the rows that rounding cannot flip
     clear = clear_winners(scores) & clear_winners(swapped)
-    assert np.array_equal(blend.predict_stages(scores)[clear], blend.predict_stages(swapped)[clear])
+    assert np.array_equal(blend_lib.predict_stages(scores)[clear], blend_lib.predict_stages(swapped)[clear])
 
 
 @pytest.mark.slow
@@ -294,14 +297,14 @@ def test_scaling_the_rows_changes_no_rank_label(data, rows, exponents):
     p1, p2 = (np.where(p < 1e-200, 0.0, p) for p in (p1, p2))
     p1, p2 = (p / p.sum(axis=1, keepdims=True) for p in (p1, p2))
     scales = (2.0 ** exponents[0], 2.0 ** exponents[1])
-    plain = blend.blend_scores(p1, p2, "rank", 0.5)
-    np.testing.assert_array_equal(blend.blend_scores(p1, p2, "rank", 0.5, scales=scales), plain)
+    plain = blend_lib.blend_scores(p1, p2, "rank", 0.5)
+    np.testing.assert_array_equal(blend_lib.blend_scores(p1, p2, "rank", 0.5, scales=scales), plain)
 
 
 @pytest.mark.slow
 @SLOW
-@given(data=st.data(), recordings=RECORDINGS, method=st.sampled_from(blend.METHODS), weight=st.floats(0, 1),
-       dump_scale=st.sampled_from(blend.DUMP_SCALES))
+@given(data=st.data(), recordings=RECORDINGS, method=st.sampled_from(blend_lib.METHODS), weight=st.floats(0, 1),
+       dump_scale=st.sampled_from(blend_lib.DUMP_SCALES))
 def test_the_blend_command_writes_what_the_library_computes(scratch, data, recordings, method, weight, dump_scale):
     rows = sum(len(own) for own in recordings)
     assume(rows <= 60)
@@ -315,12 +318,12 @@ def test_the_blend_command_writes_what_the_library_computes(scratch, data, recor
     blend.main(["--data-root", str(base), "--out", str(out), "--method", method, "--ens-weight", str(weight),
                 "--dump-scale", dump_scale, "--quiet"])
     # no infer_blend_fold_0.json in the folder: tta 1, the original's
-    settings = (method, weight, 0.25, blend.row_scales(dump_scale, 1))
+    settings = (method, weight, 0.25, blend_lib.row_scales(dump_scale, 1))
     p1, p2 = (dump.astype(np.float64) for dump in dumps)
     lines = blend.blend_csv_path(out, method, [4], [1]).read_text().splitlines()
-    assert lines == [STAGES[s] for s in blend.predict_stages(blend.blend_scores(p1, p2, *settings))]
+    assert lines == [STAGES[s] for s in blend_lib.predict_stages(blend_lib.blend_scores(p1, p2, *settings))]
     by_loop = oracles.blend_by_loop(p1.tolist(), p2.tolist(), method, weight, 0.25, dump_scale, 1)
     assert [STAGES[s] for s in by_loop] == lines
     saved = np.load(blend.probabilities_path(blend.blend_csv_path(out, method, [4], [1])))
     assert saved.dtype == np.float32
-    np.testing.assert_array_equal(saved, blend.blend_probabilities(p1, p2, *settings).astype(np.float32))
+    np.testing.assert_array_equal(saved, blend_lib.blend_probabilities(p1, p2, *settings).astype(np.float32))

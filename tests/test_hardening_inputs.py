@@ -32,12 +32,12 @@ import numpy as np
 import pytest
 import torch
 
-import engine
-import models
-import psg_layout
-import recipe
-import script_io
-from blend import dump_path
+from sleepstaging.training import engine
+from sleepstaging.scoring import models
+from sleepstaging.data import psg_layout
+from sleepstaging import recipe
+from sleepstaging import script_io
+from sleepstaging.output_names import dump_path
 from conftest import REPO, copy_subset, run_script, run_scripts_warm, write_random_checkpoints
 
 VIT, EFF, IMG = "test_vit", "test_efficientnet", 32

@@ -9,8 +9,8 @@ import math
 import numpy as np
 import pytest
 
-import psg_layout
-from hypnogram import (OUTPUT_FILES, QUALITY_COLUMNS, json_ready, sleep_statistics, stage_annotations,
+from sleepstaging.data import psg_layout
+from sleepstaging.scoring.hypnogram import (OUTPUT_FILES, QUALITY_COLUMNS, json_ready, sleep_statistics, stage_annotations,
                        write_recording_outputs, write_statistics_table)
 
 W, N1, N2, N3, R = range(5)
@@ -114,7 +114,7 @@ def test_recording_outputs_and_edf_round_trip(tmp_path):
     import edfio
     import mne
 
-    from scored_hypnograms import UNSCORED, read_hypnogram, stages_on_epoch_grid
+    from sleepstaging.edf.scored_hypnograms import UNSCORED, read_hypnogram, stages_on_epoch_grid
 
     onsets, before, probabilities = recording_inputs()
     shuffled = np.array([3, 0, 6, 1, 5, 2, 4])  # the outputs come out in epoch order whatever the input order

@@ -9,15 +9,17 @@ import numpy as np
 import pytest
 import torch
 
-import recipe
-import engine
-import models
-import batch_augment
-import loader_vit_rgb
-import psg_layout
-import script_io
-from blend import dump_path, macro_f1, valid_csv_path
-from infer_blend import main as infer_main, tta_loader
+from sleepstaging import recipe
+from sleepstaging.training import engine
+from sleepstaging.scoring import models
+from sleepstaging.data import batch_augment
+from sleepstaging.data import loaders
+from sleepstaging.data import psg_layout
+from sleepstaging import script_io
+from sleepstaging.scoring.blend import macro_f1
+from sleepstaging.output_names import dump_path, valid_csv_path
+from sleepstaging.scoring.inference import tta_loader
+from infer_blend import main as infer_main
 from conftest import run_script, write_random_checkpoints
 
 VIT, EFF, IMG = "test_vit", "test_efficientnet", 32
@@ -27,8 +29,7 @@ SPLIT = {"folds": 3, "seed": 72, "cv": "subject"}
 def test_each_model_is_the_plain_mean_over_its_checkpoints_and_tta_rounds(monkeypatch):
     """Two checkpoints x three TTA rounds: each split's probabilities are the mean of the six predictions."""
     import argparse
-    import infer_blend
-
+    from sleepstaging.scoring import inference
     rng = np.random.default_rng(0)
     rows = {"valid": 4, "test": 3}
     predictions = {(epoch, tta_round, split): rng.dirichlet(np.ones(5), n)
@@ -47,15 +48,15 @@ def test_each_model_is_the_plain_mean_over_its_checkpoints_and_tta_rounds(monkey
     def tta_loader(data_root, table, rows_, img_size, batch_size, workers, tta_round, **options):
         return tta_round, table
 
-    monkeypatch.setattr(infer_blend.models, "create_model", lambda *a, **k: Checkpoint())
-    monkeypatch.setattr(infer_blend.models, "load_weights", load_weights)
-    monkeypatch.setattr(infer_blend, "tta_loader", tta_loader)
-    monkeypatch.setattr(infer_blend.models, "predict",
+    monkeypatch.setattr(inference.models, "create_model", lambda *a, **k: Checkpoint())
+    monkeypatch.setattr(inference.models, "load_weights", load_weights)
+    monkeypatch.setattr(inference, "tta_loader", tta_loader)
+    monkeypatch.setattr(inference.models, "predict",
                         lambda model, loader, *a: predictions[model.epoch, loader[0], loader[1]])
     args = argparse.Namespace(amp="off", quiet=True, weights_dir="w", fold=0, tta=3, data_root="d", batch_size=2,
                               workers=0, no_cache=True, cache_dir=None)
     inputs = {split: (split, np.arange(n)) for split, n in rows.items()}
-    result = infer_blend.model_probabilities("a", [3, 5], {"img_size": [8, 8], "resize": "area"}, args, inputs,
+    result = inference.model_probabilities("a", [3, 5], {"img_size": [8, 8], "resize": "area"}, args, inputs,
                                              torch.device("cpu"))
     for split in rows:
         by_hand = sum(predictions[epoch, r, split] for epoch in (3, 5) for r in range(3)) / 6
@@ -121,7 +122,7 @@ def test_dumps_rows_classes_and_names(tiny_data, weights, inferred):
         np.testing.assert_allclose(eff_test[row], by_hand(weights, EFF, 1, image), atol=2e-4)
 
     # validation rows: fold 0 of the training split, in training CSV order
-    folds = loader_vit_rgb.make_folds(train, n_folds=3, seed=72, cv="subject")
+    folds = loaders.make_folds(train, n_folds=3, seed=72, cv="subject")
     rows = np.flatnonzero(folds == 0)
     valid = psg_layout.read_epoch_csv(valid_csv_path(out, 0), with_labels=True)
     assert valid.idnums == [train.idnums[r] for r in rows]
@@ -191,7 +192,7 @@ def test_tta_rounds_average_plain_and_dropout_views(tiny_data, weights, inferred
     assert not np.allclose(dropout_round, one, atol=1e-4)  # dropouts change what the model sees
 
     # Round 2's tensors: the plain view except inside whole dropout holes, which are 0 in every channel.
-    table = loader_vit_rgb.read_test_table(tiny_data)
+    table = loaders.read_test_table(tiny_data)
     plain = round_images(tiny_data, table, 0, tmp_path / "cache")
     dropped = round_images(tiny_data, table, 1, tmp_path / "cache")
     assert plain.shape == dropped.shape == (len(table), 3, IMG, IMG)

@@ -11,14 +11,14 @@ import edfio
 import numpy as np
 import pytest
 
-import lights
-import postprocess
-import epoch_timing
-import psg_layout
+from sleepstaging.edf import lights
+from sleepstaging.scoring import postprocess
+from sleepstaging.data import epoch_timing
+from sleepstaging.data import psg_layout
 import render_edf
-import script_io
-from hypnogram import in_lights_period, sleep_statistics, write_recording_outputs, write_statistics_table
-from script_io import InputError
+from sleepstaging import script_io
+from sleepstaging.scoring.hypnogram import in_lights_period, sleep_statistics, write_recording_outputs, write_statistics_table
+from sleepstaging.script_io import InputError
 
 W, N1, N2, N3, R = range(5)
 START = datetime.datetime(2024, 3, 1, 22, 30, 0)
@@ -233,7 +233,9 @@ def test_a_lights_table_gives_each_night_its_own_lights(tmp_path):
     import argparse
 
     import stage_edf
-    from render_edf import RecordingSource
+
+    from sleepstaging.scoring import cohort
+    from sleepstaging.edf.render import RecordingSource
 
     nights = tmp_path / "nights"
     nights.mkdir()
@@ -247,7 +249,7 @@ def test_a_lights_table_gives_each_night_its_own_lights(tmp_path):
     args = argparse.Namespace(edf=nights, montage=str(montage), lights_off=None, lights_on=None, lights_table=table,
                               lights_by_night=lights.read_lights_table(table))
     chunk = [RecordingSource(name, nights / f"{name}.edf", None) for name in ("A", "B", "C")]
-    assert stage_edf.render_chunk(chunk, tmp_path / "DATA", args, pool=None) == dict.fromkeys("ABC")
+    assert cohort.render_chunk(chunk, tmp_path / "DATA", args, pool=None) == dict.fromkeys("ABC")
     timings = {name: epoch_timing.read_epoch_timing(tmp_path / "DATA", name, [1]) for name in "ABC"}
     assert (timings["A"].lights_off, timings["A"].lights_on, timings["A"].lights_source) == (
         60.0, 240.0, "lights table lights.csv")

@@ -13,13 +13,13 @@ import json
 import numpy as np
 import pytest
 
-import hmm
-import model_set
-import psg_layout
-import script_io
+from sleepstaging.scoring import hmm
+from sleepstaging.scoring import model_set
+from sleepstaging.data import psg_layout
+from sleepstaging import script_io
 from conftest import run_script
-from output_names import dump_path, infer_config_path, model_set_path, tune_json_path, valid_csv_path
-from script_io import InputError
+from sleepstaging.output_names import dump_path, infer_config_path, model_set_path, tune_json_path, valid_csv_path
+from sleepstaging.script_io import InputError
 
 CODE = dict(zip("W123R", psg_layout.STAGES))
 
@@ -240,8 +240,7 @@ def test_stage_edf_refuses_a_wrong_weights_folder_before_rendering(tiny_data, tm
 def test_render_edf_finds_the_montage_that_fits_the_channels(tiny_data, tmp_path):
     import edfio
 
-    import edf_signals
-
+    from sleepstaging.edf import edf_signals
     edf = next((tiny_data / "edf").glob("*.edf"))
     assert edf_signals.detect_montage(edf).name == "synthetic"
     odd = tmp_path / "odd.edf"

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-import fmix
-from bench.original_loader import (OriginalTrainImages, make_original_loader, reference_binarise_mask,
+from sleepstaging.data import fmix
+from original_loader import (OriginalTrainImages, make_original_loader, reference_binarise_mask,
                                    reference_low_frequency_image)
 
 

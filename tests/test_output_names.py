@@ -4,12 +4,12 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import output_names as names
+from sleepstaging import output_names as names
 from conftest import REPO
 
 
 def test_imports_without_torch():
-    check = "import sys, output_names; assert 'torch' not in sys.modules, sorted(sys.modules)"
+    check = "import sys; from sleepstaging import output_names; assert 'torch' not in sys.modules, sorted(sys.modules)"
     result = subprocess.run([sys.executable, "-c", check], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
 

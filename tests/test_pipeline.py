@@ -14,9 +14,11 @@ import numpy as np
 import pytest
 
 import blend
+
+from sleepstaging.scoring import blend as blend_lib
 import oracles
-import psg_layout
-import rules
+from sleepstaging.data import psg_layout
+from sleepstaging.scoring import rules
 from conftest import run_script
 
 pytestmark = pytest.mark.slow  # every test here launches a script or trains
@@ -31,12 +33,12 @@ def tuned_blend_of_dumps(out, tune_json, vit_epochs, eff_epochs, rows: int):
     The one place that turns tuned settings into the expected blend: a setting
     added to blend_tune.json is passed on here.
     """
-    settings = blend.read_tune_json(tune_json)
-    p1, p2 = (blend.load_probabilities(blend.dump_path(out, arch, 0, epochs), rows, "test CSV", "infer_blend.py")
+    settings = blend_lib.read_tune_json(tune_json)
+    p1, p2 = (blend_lib.load_probabilities(blend.dump_path(out, arch, 0, epochs), rows, "test CSV", "infer_blend.py")
               for arch, epochs in ((VIT, vit_epochs), (EFF, eff_epochs)))
     blended = (p1, p2, settings["method"], settings["ens_weight"], settings["power"],
-               blend.row_scales(settings["dump_scale"], settings["tta"]))
-    return blend.predict_stages(blend.blend_scores(*blended)), blend.blend_probabilities(*blended)
+               blend_lib.row_scales(settings["dump_scale"], settings["tta"]))
+    return blend_lib.predict_stages(blend_lib.blend_scores(*blended)), blend_lib.blend_probabilities(*blended)
 
 
 def rules_per_recording(stages, recording_ids):

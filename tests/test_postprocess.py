@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 
 import postprocess
-import epoch_timing
-import psg_layout
+from sleepstaging.data import epoch_timing
+from sleepstaging.data import psg_layout
 import oracles
-import script_io
-from hmm import estimate_hmm, hmm_decode, training_stage_shares, viterbi
-import rules as context_rules
-from rules import apply_rules
+from sleepstaging import script_io
+from sleepstaging.scoring.hmm import estimate_hmm, hmm_decode, training_stage_shares, viterbi
+from sleepstaging.scoring import rules as context_rules
+from sleepstaging.scoring.rules import apply_rules
 from conftest import run_script
 
 CODE = {"W": "Wake", "1": "N1", "2": "N2", "3": "N3", "R": "REM"}
@@ -186,11 +186,12 @@ def test_training_stage_shares_by_hand_and_as_the_trainers_sampler_draws():
     np.testing.assert_allclose(training_stage_shares(counts, 0.0), counts / 650)
     np.testing.assert_allclose(training_stage_shares(counts, 0.5), [0.2, 0.1, 0.4, 0.2, 0.1])  # 10 5 20 10 5 / 50
     np.testing.assert_allclose(training_stage_shares(counts, 1.0), [0.2] * 5)
-    import loader_vit_rgb  # torch: only here, postprocess itself imports none
+
+    from sleepstaging.data import loaders  # torch: only here, postprocess itself imports none
 
     labels = np.repeat(np.arange(5), counts.astype(int))
     for power in (0.0, 0.5, 1.0, 2.0):
-        sampler = loader_vit_rgb.StageBalancedSampler(labels, power, seed=0)
+        sampler = loaders.StageBalancedSampler(labels, power, seed=0)
         drawn = np.bincount(labels, weights=sampler.probabilities, minlength=5)  # each stage's share of a draw
         np.testing.assert_allclose(training_stage_shares(counts, power), drawn)
 
@@ -245,8 +246,7 @@ def test_command_rules_and_across(tmp_path):
 
 
 def test_the_submission_is_whole_before_any_per_recording_output_starts(tmp_path, monkeypatch):
-    import hypnogram
-
+    from sleepstaging.scoring import hypnogram
     data, blend_csv = write_case(tmp_path, "W2222" + "R22W", "aaaaa" + "bbbb")
     np.save(blend_csv.with_suffix(".npy"), np.full((9, 5), 0.2, dtype=np.float32))
     out = tmp_path / "outputs" / "files_post.csv"

@@ -14,15 +14,16 @@ import edfio
 import numpy as np
 import pytest
 
-import edf_signals
-import montages
-import epoch_timing
-import psg_layout
+from sleepstaging.edf import edf_signals
+from sleepstaging.edf import montages
+from sleepstaging.data import epoch_timing
+from sleepstaging.data import psg_layout
 import render_edf
-import script_io
+from sleepstaging.edf import render
+from sleepstaging import script_io
 from conftest import run_script
-from scored_hypnograms import UNSCORED, StageSegment, epochs_to_keep, read_hypnogram, stages_on_epoch_grid
-from script_io import InputError
+from sleepstaging.edf.scored_hypnograms import UNSCORED, StageSegment, epochs_to_keep, read_hypnogram, stages_on_epoch_grid
+from sleepstaging.script_io import InputError
 
 START = datetime.time(23, 0, 0)
 START_DATE = datetime.date(1989, 4, 24)
@@ -356,7 +357,7 @@ def test_pairing_by_archive_naming(tmp_path):
                  "A2026-SY-01-0001.edf", "A2026-SY-01-0001.hypnogram.csv"):
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).touch()
-    found = render_edf.find_recordings(tmp_path, None)
+    found = render.find_recordings(tmp_path, None)
     assert [(r.recording_id, r.edf.name, r.hypnogram.name) for r in found] == [
         ("A2026-SY-01-0001", "A2026-SY-01-0001.edf", "A2026-SY-01-0001.hypnogram.csv"),
         ("SC4001E0", "SC4001E0-PSG.edf", "SC4001EC-Hypnogram.edf"),
@@ -365,7 +366,7 @@ def test_pairing_by_archive_naming(tmp_path):
     ]
     (tmp_path / "SC4022E0-PSG.edf").touch()
     with pytest.raises(InputError, match=r"no hypnogram found for 1 recording\(s\): .*SC4022E0-PSG.edf"):
-        render_edf.find_recordings(tmp_path, None)
+        render.find_recordings(tmp_path, None)
 
 
 # --------------------------------------------------------------------------

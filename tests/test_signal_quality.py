@@ -13,14 +13,14 @@ import edfio
 import numpy as np
 import pytest
 
-import hypnogram
-import postprocess
-import psg_layout
+from sleepstaging.scoring import hypnogram
+from sleepstaging.scoring import postprocess
+from sleepstaging.data import psg_layout
 import render_edf
-import script_io
-import signal_quality
-from script_io import InputError
-from signal_quality import EpochQuality, QualityRecorder, check_epoch, row_limits
+from sleepstaging import script_io
+from sleepstaging.edf import signal_quality
+from sleepstaging.script_io import InputError
+from sleepstaging.edf.signal_quality import EpochQuality, QualityRecorder, check_epoch, row_limits
 
 EPOCHS = 10
 RATE = 100  # Hz, every channel

@@ -16,12 +16,12 @@ import edfio
 import numpy as np
 import pytest
 
-import cohort
-import engine
-import psg_layout
+from sleepstaging.scoring import blend, cohort
+from sleepstaging.training import engine
+from sleepstaging.data import psg_layout
 import stage_edf
 from conftest import run_script, write_random_checkpoints
-from script_io import InputError
+from sleepstaging.script_io import InputError
 
 VIT, EFF, IMG = "test_vit", "test_efficientnet", 32
 SPLIT = {"folds": 3, "seed": 72, "cv": "subject"}
@@ -80,12 +80,17 @@ def test_scores_an_unscored_night(tiny_data, night, scored):
     asleep = sum(r["stage_after"] != "Wake" for r in table)
     assert float(statistics[0]["TST"]) == pytest.approx(asleep / 2)
 
-    config = json.loads((out / stage_edf.MARKER).read_text())
-    assert config["recordings"] == [recording_id] and set(config["step_seconds"]) == set(stage_edf.STEPS)
+    config = json.loads((out / cohort.MARKER).read_text())
+    assert config["recordings"] == [recording_id] and set(config["step_seconds"]) == set(cohort.STEPS)
     assert config["method"] == "sqrt" and config["ens_weight"] == 0.06  # blend.py's defaults
-    assert "== post-process: " in (out / stage_edf.LOG).read_text()
-    assert not (out / stage_edf.PARTIAL).exists()
+    assert "== post-process: " in (out / cohort.LOG).read_text()
+    assert not (out / cohort.PARTIAL).exists()
     assert (out / cohort.FAILURES).read_text() == ",".join(cohort.FAILURE_COLUMNS) + "\n"  # none failed
+    from sleepstaging.scoring import review_page
+    page = review_page.read_page_data(out / recording_id / review_page.PAGE_NAME)  # the review page, both models
+    assert page["id"] == recording_id and len(page["models"]) == 2 and len(page["images"]) == epochs
+    assert page["stage"] == [psg_layout.STAGE_TO_INT[r["stage_after"]] for r in table]
+    assert recording_id in (out / "index.html").read_text()
 
 
 @pytest.mark.slow
@@ -181,12 +186,12 @@ def test_bad_input_ends_with_one_line_and_leaves_nothing(weights, night, scored,
 
     # an output folder that holds results: refused; --overwrite replaces only stage_edf's own results
     done = scored[0]
-    before = (done / stage_edf.MARKER).read_bytes()
+    before = (done / cohort.MARKER).read_bytes()
     refused = run_script("stage_edf.py", "--edf", edf, "--weights-dir", weights, "--out", done, "--montage",
                          "synthetic", *MODELS, check=False)
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1
     assert refused.stderr.startswith("error: --out already holds results") and "--overwrite" in refused.stderr
-    assert (done / stage_edf.MARKER).read_bytes() == before
+    assert (done / cohort.MARKER).read_bytes() == before
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "thesis.txt").write_text("keep me")
@@ -211,16 +216,20 @@ def test_overwrite_replaces_an_earlier_result(weights, night, tmp_path, capsys):
     assert capsys.readouterr().out.count(f"{recording_id}: ") == 2
 
 
-def test_from_tune_blends_as_the_file_says_and_keeps_the_inference_tta(tmp_path):
-    """--from-tune hands the file to blend.py (its dump scale and tta included); inference keeps --tta."""
+def test_from_tune_blends_as_the_file_says_and_keeps_the_inference_tta(tmp_path, monkeypatch):
+    """--from-tune blends as the file says (its dump scale and tta included); inference keeps --tta."""
     tune = tmp_path / "blend_tune.json"
-    tune.write_text(json.dumps({"method": "avg", "ens_weight": 0.3, "power": 0.25, "dump_scale": "unit", "tta": 3}))
+    tune.write_text(json.dumps({"method": "avg", "ens_weight": 0.3, "power": 0.25, "dump_scale": "original", "tta": 3}))
     args = stage_edf.parser.parse_args(["--edf", str(tmp_path), "--weights-dir", str(tmp_path), "--out",
                                         str(tmp_path / "scored"), "--from-tune", str(tune), "--tta", "1"])
     stage_edf.resolve_settings(args)
     stage_edf.check_args(args)
-    assert (args.method, args.ens_weight, args.dump_scale, args.tta) == ("avg", 0.3, "unit", 1)
-    blend_argv = stage_edf.blend_argv(args, tmp_path / "DATA", tmp_path / "outputs")
-    assert blend_argv[blend_argv.index("--from-tune") + 1] == str(tune)
-    assert "--ens-weight" not in blend_argv
-    assert stage_edf.infer_options(args, tmp_path / "DATA", tmp_path / "outputs").tta == 1
+    assert (args.method, args.ens_weight, args.dump_scale, args.tta) == ("avg", 0.3, "original", 1)
+    blended = []
+    monkeypatch.setattr(blend, "blend_test_dumps", lambda *a: blended.append(a))
+    cohort.blend_chunk(args, tmp_path / "DATA", tmp_path / "outputs")
+    (_, _, _, _, _, method, weight, power, scales, config), = blended
+    assert (method, weight, power) == ("avg", 0.3, 0.25)
+    assert scales == pytest.approx((1 / (4 * 3), 1 / (800 * 3)))  # the tuned tta's row scales, by hand
+    assert config["tta"] == 3
+    assert cohort.infer_options(args, tmp_path / "DATA", tmp_path / "outputs").tta == 1

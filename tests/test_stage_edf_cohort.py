@@ -14,13 +14,14 @@ import shutil
 import edfio
 import pytest
 
-import cohort
-import infer_blend
+from sleepstaging.scoring import cohort
+from sleepstaging.scoring import inference
 import postprocess
-import psg_layout
+from sleepstaging.scoring import postprocess as postprocess_lib
+from sleepstaging.data import psg_layout
 import stage_edf
 from conftest import write_random_checkpoints
-from script_io import InputError
+from sleepstaging.script_io import InputError
 
 VIT, EFF, IMG = "test_vit", "test_efficientnet", 32
 SPLIT = {"folds": 3, "seed": 72, "cv": "subject"}
@@ -76,9 +77,9 @@ def test_a_cohort_scores_the_good_nights_lists_the_bad_one_and_resume_does_nothi
     edf = cohort_folder(tiny_data, tmp_path / "nights", night_ids)
     out = tmp_path / "scored"
     loads, passes = [], []
-    load, infer = infer_blend.load_checkpoints, infer_blend.checkpoint_probabilities
-    monkeypatch.setattr(infer_blend, "load_checkpoints", lambda arch, *a: loads.append(arch) or load(arch, *a))
-    monkeypatch.setattr(infer_blend, "checkpoint_probabilities",
+    load, infer = inference.load_checkpoints, inference.checkpoint_probabilities
+    monkeypatch.setattr(inference, "load_checkpoints", lambda arch, *a: loads.append(arch) or load(arch, *a))
+    monkeypatch.setattr(inference, "checkpoint_probabilities",
                         lambda c, config, args, inputs, *a, **k: passes.append(len(inputs["test"][1])) or
                         infer(c, config, args, inputs, *a, **k))
 
@@ -93,11 +94,11 @@ def test_a_cohort_scores_the_good_nights_lists_the_bad_one_and_resume_does_nothi
         failures = list(csv.DictReader(handle))
     assert [(row["recording_id"], row["step"]) for row in failures] == [("broken", "render")]
     assert failures[0]["reason"].startswith("EDF is truncated") and failures[0]["edf"] == str(edf / "broken.edf")
-    with open(out / postprocess.STATISTICS_TABLE, newline="") as handle:
+    with open(out / postprocess_lib.STATISTICS_TABLE, newline="") as handle:
         assert [row["recording_id"] for row in csv.DictReader(handle)] == night_ids
     for recording_id in night_ids:
-        assert (out / recording_id / stage_edf.RENDER_RECORD.format(name=recording_id)).is_file()
-    marker = json.loads((out / stage_edf.MARKER).read_text())
+        assert (out / recording_id / cohort.RENDER_RECORD.format(name=recording_id)).is_file()
+    marker = json.loads((out / cohort.MARKER).read_text())
     assert marker["recordings"] == night_ids and marker["failed"] == ["broken"]
 
     # The same nights in one chunk of three (one batched pass over both nights' images): the same stages.
@@ -148,7 +149,7 @@ def test_a_killed_run_is_resumed_and_its_unfinished_night_redone(tiny_data, weig
     with pytest.raises(KeyboardInterrupt):
         stage(*options(edf, weights, out))
     monkeypatch.setattr(postprocess, "main", post)
-    assert cohort.scored_nights(out) == night_ids[:1] and not (out / stage_edf.PARTIAL).exists()
+    assert cohort.scored_nights(out) == night_ids[:1] and not (out / cohort.PARTIAL).exists()
     # a folder of the second night that a crash of some other kind left half-written is not taken as done
     (out / night_ids[1]).mkdir()
     (out / night_ids[1] / f"{night_ids[1]}-hypnogram.csv").write_text("epoch\n")
@@ -158,7 +159,7 @@ def test_a_killed_run_is_resumed_and_its_unfinished_night_redone(tiny_data, weig
     assert "2 night(s): 1 scored before, 0 failed before on unchanged files, 1 to score" in capsys.readouterr().out
     for recording_id in night_ids:
         assert stages_after(out, recording_id) == stages_after(reference, recording_id)
-    with open(out / postprocess.STATISTICS_TABLE, newline="") as handle:
+    with open(out / postprocess_lib.STATISTICS_TABLE, newline="") as handle:
         assert [row["recording_id"] for row in csv.DictReader(handle)] == night_ids
 
 
@@ -169,16 +170,16 @@ def test_resume_refuses_other_settings_and_options_that_do_not_go_together(tmp_p
     args = stage_edf.parser.parse_args(argv + ["--resume"])
     stage_edf.resolve_settings(args)
     args.tta = 1
-    settings = stage_edf.result_settings(args)
-    (out / stage_edf.MARKER).write_text(json.dumps({"settings": dict(settings, method="avg")}))
+    settings = cohort.result_settings(args)
+    (out / cohort.MARKER).write_text(json.dumps({"settings": dict(settings, method="avg")}))
     with pytest.raises(InputError, match="--resume with other settings than the run that wrote --out: method is "
                                          "'sqrt' here, 'avg' there"):
-        stage_edf.check_out(out, args)
-    (out / stage_edf.MARKER).write_text(json.dumps({"settings": settings}))
-    assert stage_edf.check_out(out, args) is True
+        cohort.check_out(out, args)
+    (out / cohort.MARKER).write_text(json.dumps({"settings": settings}))
+    assert cohort.check_out(out, args) is True
     args.resume = False
     with pytest.raises(InputError, match="--resume goes on with them, --overwrite replaces them"):
-        stage_edf.check_out(out, args)
+        cohort.check_out(out, args)
     for extra, message in ((["--resume", "--overwrite"], "choose one"), (["--retry-failed"], "goes with --resume"),
                            (["--chunk-nights", "0"], "--chunk-nights must be 1 or more")):
         args = stage_edf.parser.parse_args(argv + extra)
@@ -276,7 +277,7 @@ def test_a_lab_folder_with_lights_faults_and_a_corrupt_file(tiny_data, weights, 
     assert flagged[3]["flat_signals"] == flagged[4]["flat_signals"] == "Chin EMG"
     assert flagged[7]["clipped_signals"] == "C3-M2"
     assert {row["missing_signals"] for row in table} == {"Thorax"}  # not a key row: no flag of its own
-    statistics = {row["recording_id"]: row for row in read_rows(out / postprocess.STATISTICS_TABLE)}
+    statistics = {row["recording_id"]: row for row in read_rows(out / postprocess_lib.STATISTICS_TABLE)}
     assert list(statistics) == night_ids
     lit = statistics[first]
     assert (lit["period"], lit["lights_off_s"], lit["lights_on_s"]) == ("lights off to lights on", "120", "1500")
@@ -299,6 +300,6 @@ def test_a_lab_folder_with_lights_faults_and_a_corrupt_file(tiny_data, weights, 
     flags = tmp_path / "flags"
     assert stage("--edf", edf / f"{second}.edf", *command[2:4], "--out", flags, *command[6:], "--lights-off",
                  "22:32:00", "--lights-on", 1500) == 0
-    row = read_rows(flags / postprocess.STATISTICS_TABLE)[0]
+    row = read_rows(flags / postprocess_lib.STATISTICS_TABLE)[0]
     assert (row["lights_off_s"], row["lights_on_s"], row["lights_source"]) == ("120", "1500",
                                                                                "--lights-off/--lights-on")

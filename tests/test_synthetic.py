@@ -14,12 +14,14 @@ import pytest
 from scipy.signal import butter, find_peaks, hilbert, sosfiltfilt, welch
 
 import make_synthetic
-import psg_layout
-import script_io
-import synthetic_hypnogram
-import synthetic_recording
+
+from sleepstaging.synthetic import dataset
+from sleepstaging.data import psg_layout
+from sleepstaging import script_io
+from sleepstaging.synthetic import hypnogram as synthetic_hypnogram
+from sleepstaging.synthetic import recording as synthetic_recording
 from conftest import run_script
-from psg_layout import STAGE_TO_INT
+from sleepstaging.data.psg_layout import STAGE_TO_INT
 
 W, N1, N2, N3, REM = range(5)
 ADULT_NORMS = {"Wake": (5, 20), "N1": (3, 16), "N2": (40, 60), "N3": (8, 25), "REM": (14, 27)}  # % of one night's scored epochs
@@ -132,14 +134,14 @@ def test_same_arguments_give_identical_bytes_whatever_the_workers(tmp_path, monk
     files_b = sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*") if p.is_file())
     assert files_a == files_b and len(files_a) > 20
     for relative in files_a:
-        if relative.name != make_synthetic.MARKER_NAME:  # holds --workers
+        if relative.name != dataset.MARKER_NAME:  # holds --workers
             assert (tmp_path / "a" / relative).read_bytes() == (tmp_path / "b" / relative).read_bytes(), relative
 
 
 def files_of(folder):
     """Every file under ``folder`` but the run's marker (it holds the options): relative path -> bytes."""
     return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.name != make_synthetic.MARKER_NAME}
+            if p.is_file() and p.name != dataset.MARKER_NAME}
 
 
 @pytest.mark.slow
@@ -254,7 +256,7 @@ def test_stage_changes_and_bouts_are_those_of_real_nights():
 
 
 def test_features_decide_the_labels_and_the_panel_disagrees_as_experts_do():
-    import synthetic_scoring as scoring
+    from sleepstaging.synthetic import scoring as scoring
     process, night = synthetic_hypnogram.recording_night(2, 0, 7.0)
     kept = process >= 0
     features = {name: values[kept] for name, values in night.features.items()}
@@ -470,7 +472,7 @@ def test_same_arguments_skip_and_other_data_is_never_overwritten(tmp_path, monke
     assert status == 2 and "already holds other data" in err and err.endswith(f"({out})\n")
     assert snapshot(out) == before
 
-    (out / make_synthetic.MARKER_NAME).unlink()  # as if the first run had been interrupted
+    (out / dataset.MARKER_NAME).unlink()  # as if the first run had been interrupted
     status, _, err = make(out)
     assert status == 2 and "already holds other data" in err
 
@@ -482,4 +484,4 @@ def test_same_arguments_skip_and_other_data_is_never_overwritten(tmp_path, monke
 
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert make(empty)[0] == 0 and (empty / make_synthetic.MARKER_NAME).is_file()
+    assert make(empty)[0] == 0 and (empty / dataset.MARKER_NAME).is_file()

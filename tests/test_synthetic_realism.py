@@ -9,19 +9,16 @@ real challenge images.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy.signal import butter, find_peaks, hilbert, sosfiltfilt, welch
 
-import psg_layout
-import synthetic_channels
-import synthetic_recording
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-import realism  # noqa: E402
+from sleepstaging.data import psg_layout
+from sleepstaging.synthetic import channels as synthetic_channels
+from sleepstaging.synthetic import recording as synthetic_recording
+import realism
 
 pytestmark = pytest.mark.slow  # every test here launches a script or trains
 

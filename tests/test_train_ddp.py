@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 import torch
 
-import engine
-import models
-import model_set
-import loader_vit_rgb
+from sleepstaging.training import engine
+from sleepstaging.scoring import models
+from sleepstaging.scoring import model_set
+from sleepstaging.data import loaders
 from conftest import REPO
 
 pytestmark = pytest.mark.slow  # every test here launches a script or trains
@@ -35,7 +35,8 @@ ARCH = "test_efficientnet"
 RECORDING_LAUNCHER = r'''
 import atexit, json, os, runpy, sys
 import numpy as np
-import cached_batches, engine
+from sleepstaging.data import cached_batches
+from sleepstaging.training import engine
 
 shards, weights = {}, []
 get_batch, train_one_epoch = cached_batches.CachedTrainBatches.__getitem__, engine.train_one_epoch
@@ -83,8 +84,8 @@ def test_two_process_torchrun_with_gloo_writes_checkpoints(tiny_data, tmp_path):
     assert config["world_size"] == 2
 
     # Validation metrics are reduced over both ranks: every validation image counted once.
-    table = loader_vit_rgb.read_train_table(tiny_data)
-    valid_labels = table.labels[loader_vit_rgb.make_folds(table) == 0]
+    table = loaders.read_train_table(tiny_data)
+    valid_labels = table.labels[loaders.make_folds(table) == 0]
     with open(engine.log_path(weights, ARCH, 0), newline="") as handle:
         log = list(csv.DictReader(handle))
     assert len(log) == 2
@@ -94,7 +95,7 @@ def test_two_process_torchrun_with_gloo_writes_checkpoints(tiny_data, tmp_path):
 
     # The two shards of every epoch cover the training rows; they overlap only where
     # DistributedSampler pads an odd count to an even one (one row, twice).
-    train_rows = set(np.flatnonzero(loader_vit_rgb.make_folds(table) != 0).tolist())
+    train_rows = set(np.flatnonzero(loaders.make_folds(table) != 0).tolist())
     records = [json.loads((tmp_path / f"rank_{rank}.json").read_text()) for rank in (0, 1)]
     for epoch in ("0", "1"):
         first, second = (record["shards"][epoch] for record in records)

@@ -13,13 +13,13 @@ import torch
 from sklearn.metrics import f1_score
 from torch.utils.data import DataLoader, TensorDataset
 
-import recipe
-import engine
-import models
-import model_set
-import optimizers
+from sleepstaging import recipe
+from sleepstaging.training import engine
+from sleepstaging.scoring import models
+from sleepstaging.scoring import model_set
+from sleepstaging.training import optimizers
 from conftest import run_script
-from script_io import InputError
+from sleepstaging.script_io import InputError
 
 
 # --------------------------------------------------------------------------
@@ -262,14 +262,15 @@ def test_validation_runs_in_float32_outside_autocast(monkeypatch):
             return torch.log(torch.tensor([[0.7, 0.1, 0.1, 0.05, 0.05]] * images.shape[0]))
 
     targets = torch.eye(5)[[0, 1]]
-    loss_sum, images, confusion = engine.validate(Recorder(), [(torch.zeros(2, 3, 8, 8), targets)], 1,
-                                                  torch.device("cpu"))
+    loss_sum, images, confusion, raw = engine.validate(Recorder(), [(torch.zeros(2, 3, 8, 8), targets)], 1,
+                                                       torch.device("cpu"))
     assert entered == [] and seen == [(torch.float32, False)]
     # smoothed targets 0.9 / 0.025: row 1 -(0.9 ln 0.7 + 0.025 (2 ln 0.1 + 2 ln 0.05)), row 2 with 0.9 on ln 0.1
     row1 = -(0.9 * math.log(0.7) + 0.025 * (2 * math.log(0.1) + 2 * math.log(0.05)))
     row2 = -(0.9 * math.log(0.1) + 0.025 * (math.log(0.7) + math.log(0.1) + 2 * math.log(0.05)))
     assert images == 2 and loss_sum == pytest.approx(row1 + row2, rel=1e-6)
     assert confusion[0, 0] == 1 and confusion[1, 0] == 1 and confusion.sum() == 2
+    assert np.array_equal(raw, confusion)  # five outputs: the argmax over all of them is the stage
 
 
 def test_create_model_passes_img_size_where_the_architecture_takes_it():

@@ -11,14 +11,14 @@ import pytest
 import torch
 from sklearn.model_selection import StratifiedKFold
 
-import recipe
-import batch_augment
-import image_cache
-import loader_vit_rgb
-import psg_layout
-import script_io
-import worker_transport
-from script_io import InputError
+from sleepstaging import recipe
+from sleepstaging.data import batch_augment
+from sleepstaging.data import image_cache
+from sleepstaging.data import loaders
+from sleepstaging.data import psg_layout
+from sleepstaging import script_io
+from sleepstaging.data import worker_transport
+from sleepstaging.script_io import InputError
 
 NORMALISED_WHITE = [(1.0 - m) / s for m, s in zip(recipe.IMAGENET_MEAN, recipe.IMAGENET_STD)]
 
@@ -35,9 +35,9 @@ def make_root(root, rows, images=None):
 
 def test_missing_data_root_says_how_to_make_data(tmp_path):
     with pytest.raises(InputError, match=r"make_synthetic\.py .*render_edf\.py.*--data-root"):
-        loader_vit_rgb.read_train_table(tmp_path / "nowhere")
+        loaders.read_train_table(tmp_path / "nowhere")
     with pytest.raises(InputError, match="data root not found"):
-        loader_vit_rgb.read_test_table(tmp_path / "nowhere")
+        loaders.read_test_table(tmp_path / "nowhere")
 
 
 def test_every_missing_image_is_reported_at_once(tmp_path):
@@ -46,7 +46,7 @@ def test_every_missing_image_is_reported_at_once(tmp_path):
     root = make_root(tmp_path / "DATA", rows, images=[rows[0]])
     (root / "R1" / "R1_0003.png").mkdir()  # a folder where an image should be
     with pytest.raises(InputError) as caught:
-        loader_vit_rgb.read_train_table(root)
+        loaders.read_train_table(root)
     message = str(caught.value)
     assert "\n" not in message
     assert "folder R2/ missing (2 images)" in message
@@ -62,18 +62,18 @@ def test_symlinks_must_stay_inside_the_data_root(tmp_path):
     shutil.copy(root / "R1" / "R1_0001.png", outside)
     (root / "R1" / "R1_0002.png").symlink_to(outside)
     with pytest.raises(InputError, match=r"1 image\(s\) outside the data root: R1/R1_0002.png \(row 2\)"):
-        loader_vit_rgb.read_train_table(root)
+        loaders.read_train_table(root)
     # A link to another image inside the root is fine.
     (root / "R1" / "R1_0002.png").unlink()
     (root / "R1" / "R1_0002.png").symlink_to(root / "R1" / "R1_0001.png")
-    table = loader_vit_rgb.read_train_table(root)
+    table = loaders.read_train_table(root)
     assert table.labels.tolist() == [0, 1]
     # A recording folder that links outside the root is refused too.
     shutil.copytree(root / "R1", tmp_path / "R1_elsewhere", symlinks=False)
     shutil.rmtree(root / "R1")
     (root / "R1").symlink_to(tmp_path / "R1_elsewhere")
     with pytest.raises(InputError, match=r"2 image\(s\) outside the data root"):
-        loader_vit_rgb.read_train_table(root)
+        loaders.read_train_table(root)
 
 
 def csv_module_rows(path):
@@ -84,8 +84,8 @@ def csv_module_rows(path):
 
 
 def test_tables_of_the_tiny_data_set_hold_every_row_of_their_csv(tiny_data):
-    train = loader_vit_rgb.read_train_table(tiny_data)
-    test = loader_vit_rgb.read_test_table(tiny_data)
+    train = loaders.read_train_table(tiny_data)
+    test = loaders.read_test_table(tiny_data)
     stage_names = ["Wake", "N1", "N2", "N3", "REM"]  # the challenge's label order, Wake=0 ... REM=4
     assert [[r, i, stage_names[s]] for r, i, s in zip(train.recording_ids, train.idnums, train.labels)] \
         == csv_module_rows(tiny_data / psg_layout.TRAIN_CSV)
@@ -95,22 +95,22 @@ def test_tables_of_the_tiny_data_set_hold_every_row_of_their_csv(tiny_data):
 
 
 def test_subject_folds_never_split_a_recording(tiny_data):
-    table = loader_vit_rgb.read_train_table(tiny_data)
+    table = loaders.read_train_table(tiny_data)
     recordings = np.array(table.recording_ids)
     for n_folds in (2, 3, 5):
-        folds = loader_vit_rgb.make_folds(table, n_folds=n_folds, seed=72, cv="subject")
+        folds = loaders.make_folds(table, n_folds=n_folds, seed=72, cv="subject")
         assert sorted(set(folds)) == list(range(n_folds))
         for recording in set(recordings):
             assert len(set(folds[recordings == recording])) == 1, recording
     # The same seed gives the same folds.
-    np.testing.assert_array_equal(loader_vit_rgb.make_folds(table), loader_vit_rgb.make_folds(table))
+    np.testing.assert_array_equal(loaders.make_folds(table), loaders.make_folds(table))
     with pytest.raises(InputError, match="needs at least 7 recordings"):
-        loader_vit_rgb.make_folds(table, n_folds=7, cv="subject")
+        loaders.make_folds(table, n_folds=7, cv="subject")
 
 
 def test_stratified_folds_are_the_originals_split(tiny_data):
-    table = loader_vit_rgb.read_train_table(tiny_data)
-    folds = loader_vit_rgb.make_folds(table, n_folds=5, seed=72, cv="stratified")
+    table = loaders.read_train_table(tiny_data)
+    folds = loaders.make_folds(table, n_folds=5, seed=72, cv="stratified")
     splits = StratifiedKFold(n_splits=5, shuffle=True, random_state=72).split(np.arange(len(table)), table.labels)
     for fold, (_, valid_rows) in enumerate(splits):
         np.testing.assert_array_equal(np.flatnonzero(folds == fold), np.sort(valid_rows))
@@ -128,7 +128,7 @@ def test_images_are_read_as_rgb_whatever_their_format(tmp_path):
     grey = image_cache.read_image_rgb(tmp_path / "grey.png")
     assert grey.shape == (100, 60, 3) and (grey == 77).all()
     # Any size becomes the model's size, 3 channels.
-    image = loader_vit_rgb.get_valid_transforms((40, 40))(image=grey)["image"]
+    image = loaders.get_valid_transforms((40, 40))(image=grey)["image"]
     assert image.shape == (3, 40, 40) and image.dtype == torch.float32
 
 
@@ -142,7 +142,7 @@ def test_corrupt_images_raise_an_input_error_naming_the_file(tmp_path):
         image_cache.read_image_rgb(folder / "truncated.png")
     # Through a DataLoader worker the error keeps its one-line message.
     table = psg_layout.EpochTable(tmp_path / "t.csv", ["R", "R"], ["good.png", "truncated.png"], None)
-    loader = loader_vit_rgb.make_eval_loader(tmp_path, table, (16, 16), batch_size=2, workers=1, cache_dir=None)
+    loader = loaders.make_eval_loader(tmp_path, table, (16, 16), batch_size=2, workers=1, cache_dir=None)
     with pytest.raises(InputError) as caught:
         list(worker_transport.iterate_batches(loader))
     assert str(caught.value) == f"not a decodable image (corrupt or truncated PNG?) ({folder / 'truncated.png'})"
@@ -150,7 +150,7 @@ def test_corrupt_images_raise_an_input_error_naming_the_file(tmp_path):
 
 def test_train_transforms_drop_two_sets_of_eight_8x8_holes(tmp_path):
     white = np.full((270, 480, 3), 255, np.uint8)
-    transforms = loader_vit_rgb.get_train_transforms((64, 64))
+    transforms = loaders.get_train_transforms((64, 64))
     zeros_per_sample = []
     for seed in range(40):
         transforms.set_random_state(np.random.default_rng(seed), random.Random(seed))
@@ -164,18 +164,18 @@ def test_train_transforms_drop_two_sets_of_eight_8x8_holes(tmp_path):
     assert max(zeros_per_sample) <= 2 * 8 * 64
     assert 4 <= sum(z == 0 for z in zeros_per_sample) <= 20
     assert any(z > 8 * 64 for z in zeros_per_sample)  # both dropouts fired
-    valid = loader_vit_rgb.get_valid_transforms((64, 64))(image=white)["image"]
+    valid = loaders.get_valid_transforms((64, 64))(image=white)["image"]
     np.testing.assert_allclose(valid[0].numpy(), NORMALISED_WHITE[0], rtol=1e-5)
 
 
 def test_training_loader_is_a_function_of_seed_and_epoch(tiny_data):
-    table = loader_vit_rgb.read_train_table(tiny_data)
+    table = loaders.read_train_table(tiny_data)
     rows = np.arange(40)
 
     def epoch_batches(workers, epoch):
-        loader = loader_vit_rgb.make_train_loader(tiny_data, table, rows, (32, 32), batch_size=8, workers=workers, seed=72,
+        loader = loaders.make_train_loader(tiny_data, table, rows, (32, 32), batch_size=8, workers=workers, seed=72,
                                                   cache_dir=None)  # the per-sample path
-        loader_vit_rgb.set_loader_epoch(loader, epoch)
+        loaders.set_loader_epoch(loader, epoch)
         return list(worker_transport.iterate_batches(loader))
 
     zero_workers, two_workers = epoch_batches(0, 1), epoch_batches(2, 1)
@@ -187,7 +187,7 @@ def test_training_loader_is_a_function_of_seed_and_epoch(tiny_data):
     torch.testing.assert_close(targets.sum(1), torch.ones(40))
     # Every row exactly once per epoch, in the sampler's order; each keeps lambda in [0.6, 0.7] of its own
     # stage when FMix mixed it with another stage, all of it otherwise.
-    sampler = loader_vit_rgb.make_train_loader(tiny_data, table, rows, (32, 32), 8, 0, seed=72, cache_dir=None).sampler
+    sampler = loaders.make_train_loader(tiny_data, table, rows, (32, 32), 8, 0, seed=72, cache_dir=None).sampler
     sampler.set_epoch(1)
     order = list(sampler)
     assert sorted(order) == list(range(40))
@@ -198,13 +198,13 @@ def test_training_loader_is_a_function_of_seed_and_epoch(tiny_data):
 
 
 def test_ranks_share_each_epochs_permutation_without_overlap(tiny_data, tmp_path):
-    table = loader_vit_rgb.read_train_table(tiny_data)
+    table = loaders.read_train_table(tiny_data)
     rows = np.arange(1, 41)  # 40 training rows: 20 a rank
 
     def drawn(rank, epoch, cache_dir):
-        loader = loader_vit_rgb.make_train_loader(tiny_data, table, rows, (32, 32), batch_size=8, workers=0, seed=72,
+        loader = loaders.make_train_loader(tiny_data, table, rows, (32, 32), batch_size=8, workers=0, seed=72,
                                                   rank=rank, world_size=2, cache_dir=cache_dir)
-        loader_vit_rgb.set_loader_epoch(loader, epoch)
+        loaders.set_loader_epoch(loader, epoch)
         keys = list(loader.sampler)  # per-sample path: dataset indices; cached path: (epoch, step, indices)
         return [int(i) for key in keys for i in (key[2] if isinstance(key, tuple) else [key])]
 
@@ -215,9 +215,9 @@ def test_ranks_share_each_epochs_permutation_without_overlap(tiny_data, tmp_path
         epoch_2 = [drawn(rank, 2, cache_dir) for rank in (0, 1)]
         assert sorted(epoch_2[0] + epoch_2[1]) == list(range(40)) and epoch_2[0] != epoch_1[0]
     # Validation: each rank its interleaved share, all ranks together every row once.
-    shards = [loader_vit_rgb.make_eval_loader(tiny_data, table, (32, 32), 8, 0, rows=rows, rank=rank, world_size=3,
+    shards = [loaders.make_eval_loader(tiny_data, table, (32, 32), 8, 0, rows=rows, rank=rank, world_size=3,
                                               cache_dir=None).dataset.image_paths for rank in range(3)]
-    names = loader_vit_rgb.table_image_paths(tiny_data, table)
+    names = loaders.table_image_paths(tiny_data, table)
     assert sorted(str(p) for shard in shards for p in shard) == sorted(str(names[r]) for r in rows)
 
 
@@ -239,7 +239,7 @@ def stage_shares(sampler, labels, epochs):
 ])
 def test_stage_balanced_draws_fill_each_stage_by_its_count_to_one_minus_the_power(power, shares):
     labels = np.array([0] * 12 + [1] * 3 + [2])
-    sampler = loader_vit_rgb.StageBalancedSampler(labels, power, seed=72)
+    sampler = loaders.StageBalancedSampler(labels, power, seed=72)
     assert len(sampler) == len(labels)
     np.testing.assert_allclose(stage_shares(sampler, labels, 4000), shares, atol=0.01)
 
@@ -248,13 +248,13 @@ def test_stage_balanced_draws_depend_on_seed_and_epoch_and_split_over_ranks():
     labels = np.array([0] * 12 + [1] * 3 + [2])
     draws = {}
     for seed, epoch in ((72, 0), (72, 0), (72, 1), (73, 0)):
-        sampler = loader_vit_rgb.StageBalancedSampler(labels, 1.0, seed)
+        sampler = loaders.StageBalancedSampler(labels, 1.0, seed)
         sampler.set_epoch(epoch)
         draws.setdefault((seed, epoch), []).append(list(sampler))
     assert draws[72, 0][0] == draws[72, 0][1]
     assert len({tuple(d[0]) for d in draws.values()}) == 3
     # Three ranks: 6 draws each (ceil(16 / 3)), interleaved from one draw of 18.
-    ranks = [loader_vit_rgb.StageBalancedSampler(labels, 1.0, 72, rank, 3) for rank in range(3)]
+    ranks = [loaders.StageBalancedSampler(labels, 1.0, 72, rank, 3) for rank in range(3)]
     shares = [list(sampler) for sampler in ranks]
     assert [len(share) for share in shares] == [6, 6, 6]
     interleaved = [share[i] for i in range(6) for share in shares]
@@ -262,10 +262,10 @@ def test_stage_balanced_draws_depend_on_seed_and_epoch_and_split_over_ranks():
 
 
 def test_per_sample_path_augments_each_balanced_draw_of_a_row_on_its_own(tiny_data):
-    table = loader_vit_rgb.read_train_table(tiny_data)
-    loader = loader_vit_rgb.make_train_loader(tiny_data, table, np.arange(len(table)), (16, 16), 512, 0, seed=72,
+    table = loaders.read_train_table(tiny_data)
+    loader = loaders.make_train_loader(tiny_data, table, np.arange(len(table)), (16, 16), 512, 0, seed=72,
                                               cache_dir=None, stage_balance=1.0)
-    loader_vit_rgb.set_loader_epoch(loader, 1)
+    loaders.set_loader_epoch(loader, 1)
     keys = list(loader.sampler)
     assert [draw for _, draw in keys] == list(range(len(table)))
     (images, targets), = worker_transport.iterate_batches(loader)
@@ -282,15 +282,15 @@ def test_per_sample_path_augments_each_balanced_draw_of_a_row_on_its_own(tiny_da
 
 
 def test_training_loader_with_stage_balance_evens_out_the_stages(tiny_data, tmp_path):
-    table = loader_vit_rgb.read_train_table(tiny_data)
+    table = loaders.read_train_table(tiny_data)
     rows = np.arange(len(table))
     natural = np.bincount(table.labels, minlength=5) / len(table)
     assert natural.min() < 0.1  # N1 is rare in a night
-    loader = loader_vit_rgb.make_train_loader(tiny_data, table, rows, (16, 16), 32, 0, seed=72, fmix_enabled=False,
+    loader = loaders.make_train_loader(tiny_data, table, rows, (16, 16), 32, 0, seed=72, fmix_enabled=False,
                                               cache_dir=tmp_path, stage_balance=1.0)
     seen = np.zeros(5)
     for epoch in range(3):
-        loader_vit_rgb.set_loader_epoch(loader, epoch)
+        loaders.set_loader_epoch(loader, epoch)
         for batch in worker_transport.iterate_batches(loader):
             _, targets = batch_augment.finish_batch(batch, torch.device("cpu"))
             seen += np.bincount(targets.argmax(dim=1).numpy(), minlength=5)

@@ -6,10 +6,10 @@ import csv
 import pytest
 import torch
 
-import engine
+from sleepstaging.training import engine
 import main_vit_rgb
 from conftest import one_thread, trainer_args
-from script_io import InputError
+from sleepstaging.script_io import InputError
 
 pytestmark = pytest.mark.slow  # every test here launches a script or trains
 

@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-import engine
-import models
+from sleepstaging.training import engine
+from sleepstaging.scoring import models
 import model_set
-import loader_vit_rgb
+from sleepstaging.scoring import model_set as model_set_lib
+from sleepstaging.data import loaders
 import main_eff
 import main_vit_rgb
-import script_io
+from sleepstaging import script_io
 from conftest import run_script
 
 # One BLAS thread per process: on a busy 2-core machine, more threads spin
@@ -73,7 +74,7 @@ def test_checkpoints_config_and_state_files(trained, tiny_data):
     assert names == sorted([f"{ARCH}_fold_0_{epoch}" for epoch in range(EPOCHS)]
                            + [f"{ARCH}_fold_0_last.pt", f"{ARCH}_fold_0_config.json", f"{ARCH}_fold_0_log.csv"])
 
-    config = model_set.read_run_config(weights, ARCH, 0)
+    config = model_set_lib.read_run_config(weights, ARCH, 0)
     assert (config["model_arch"], config["img_size"], config["num_classes"]) == (ARCH, (IMG_SIZE, IMG_SIZE), 5)
     saved = json.loads(model_set.run_config_path(weights, ARCH, 0).read_text())
     assert saved["img_size"] == [IMG_SIZE, IMG_SIZE]  # saved as [height, width], read as (height, width)
@@ -81,13 +82,13 @@ def test_checkpoints_config_and_state_files(trained, tiny_data):
     assert json.loads(stdout[:stdout.index("\n}\n") + 2]) == saved  # printed at start as saved
 
     # The last checkpoint reproduces the logged validation accuracy.
-    table = loader_vit_rgb.read_train_table(tiny_data)
-    valid_rows = np.flatnonzero(loader_vit_rgb.make_folds(table, n_folds=FOLDS) == 0)
+    table = loaders.read_train_table(tiny_data)
+    valid_rows = np.flatnonzero(loaders.make_folds(table, n_folds=FOLDS) == 0)
     assert {table.recording_ids[r] for r in valid_rows} == set(config["valid_recordings"])
     model = models.create_model(config["model_arch"], config["img_size"])
     models.load_weights(model, engine.checkpoint_path(weights, ARCH, 0, EPOCHS - 1))
     # Read through the per-sample path: without augmentation it gives the cache path's tensors.
-    loader = loader_vit_rgb.make_eval_loader(tiny_data, table, (IMG_SIZE, IMG_SIZE), 64, 0, rows=valid_rows, cache_dir=None)
+    loader = loaders.make_eval_loader(tiny_data, table, (IMG_SIZE, IMG_SIZE), 64, 0, rows=valid_rows, cache_dir=None)
     probabilities = models.predict(model, loader, torch.device("cpu"), "off")
     accuracy = float((probabilities.argmax(1) == table.labels[valid_rows]).mean())
     assert accuracy == pytest.approx(float(log[-1]["valid_accuracy"]), abs=1e-6)

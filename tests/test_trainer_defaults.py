@@ -6,8 +6,8 @@ import sys
 
 import main_eff
 import main_vit_rgb
-import recipe
-import train_options
+from sleepstaging import recipe
+from sleepstaging.training import train_options
 from conftest import REPO
 
 # The original's training settings (mainViTrgb.py / mainEff.py), written out by hand.
@@ -51,7 +51,7 @@ def test_the_fixed_settings_are_the_originals():
 
 
 def test_the_recipe_is_one_screen_without_torch():
-    assert len((REPO / "recipe.py").read_text().splitlines()) <= 150
-    loaded = subprocess.run([sys.executable, "-c", "import sys, recipe; print('torch' in sys.modules)"], cwd=REPO,
+    assert len((REPO / "sleepstaging" / "recipe.py").read_text().splitlines()) <= 150
+    loaded = subprocess.run([sys.executable, "-c", "import sys; from sleepstaging import recipe; print('torch' in sys.modules)"], cwd=REPO,
                             capture_output=True, text=True, check=True)
     assert loaded.stdout.strip() == "False"

@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 import torch
 
-import cached_batches
-import engine
-import models
-import model_set
-import loader_vit_rgb
+from sleepstaging.data import cached_batches
+from sleepstaging.training import engine
+from sleepstaging.scoring import models
+from sleepstaging.scoring import model_set
+from sleepstaging.data import loaders
 import main_eff
 import main_vit_rgb
 from conftest import copy_subset, one_thread, trainer_args
@@ -92,9 +92,9 @@ def default_run(small_data, tmp_path_factory):
 
 def test_training_reads_only_the_training_folds_rows_and_the_config_counts_them(small_data, default_run):
     weights, train_reads, valid_reads = default_run
-    table = loader_vit_rgb.read_train_table(small_data)
+    table = loaders.read_train_table(small_data)
     recordings = np.array(table.recording_ids)
-    fold_zero = loader_vit_rgb.make_folds(table, n_folds=FOLDS, seed=72, cv="subject") == 0
+    fold_zero = loaders.make_folds(table, n_folds=FOLDS, seed=72, cv="subject") == 0
     valid_recordings = set(recordings[fold_zero])
     valid_rows = {int(r) for r in np.flatnonzero(np.isin(recordings, list(valid_recordings)))}
     train_rows = set(range(len(table))) - valid_rows
@@ -118,12 +118,12 @@ def test_the_defaults_restart_the_cosine_inside_the_run(default_run):
 
 def test_the_logged_validation_loss_is_the_smoothed_cross_entropy_of_the_checkpoint(small_data, default_run):
     weights, _, _ = default_run
-    table = loader_vit_rgb.read_train_table(small_data)
-    valid_rows = np.flatnonzero(loader_vit_rgb.make_folds(table, n_folds=FOLDS, seed=72, cv="subject") == 0)
+    table = loaders.read_train_table(small_data)
+    valid_rows = np.flatnonzero(loaders.make_folds(table, n_folds=FOLDS, seed=72, cv="subject") == 0)
     model = models.create_model("test_efficientnet", (IMG_SIZE, IMG_SIZE))
     models.load_weights(model, engine.checkpoint_path(weights, "test_efficientnet", 0, 5)).eval()
     # The per-sample path (no cache): the same pixels by another route.
-    loader = loader_vit_rgb.make_eval_loader(small_data, table, (IMG_SIZE, IMG_SIZE), 64, 0, rows=valid_rows, cache_dir=None)
+    loader = loaders.make_eval_loader(small_data, table, (IMG_SIZE, IMG_SIZE), 64, 0, rows=valid_rows, cache_dir=None)
     with torch.no_grad():
         logits = torch.cat([model(images) for images, _ in loader]).double().numpy()
     log_probabilities = logits - logits.max(axis=1, keepdims=True)

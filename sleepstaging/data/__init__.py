@@ -1,0 +1,1 @@
+"""The data: the challenge layout (images, CSVs, timing), the image cache, loaders and batch augmentation."""

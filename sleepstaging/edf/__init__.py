@@ -1,0 +1,1 @@
+"""EDF recordings into the challenge layout: montages, signals, lights, signal quality, scored hypnograms."""

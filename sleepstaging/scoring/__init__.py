@@ -1,0 +1,1 @@
+"""Scoring: models, inference, blend, model set, post-processing, hypnograms and statistics, evaluation, cohorts."""

@@ -1,0 +1,190 @@
+"""A scorer's corrections (``<ID>-corrections.csv``, saved by the review page) written back into a night's outputs.
+
+A corrections file has the header :data:`review_page.CORRECTION_COLUMNS`
+(``recording_id,epoch,stage_before,stage_after,when,scorer``), one row per
+epoch changed: the stage the page showed and the stage the scorer set, as
+stage names (Wake, N1, N2, N3, REM). Every file is checked against its night
+before anything is written (:func:`plan_corrections`): a night that is not
+in the folder, an unknown stage, an epoch the night does not have, or a
+``stage_before`` that is neither the night's stage now nor (applied before)
+its ``stage_after`` is a one-line error naming the file and row.
+
+Applying (:func:`apply_night`) rewrites the night's hypnogram table
+(``stage_after``), EDF+ annotations, statistics (the lights period's
+stages, recomputed), figure (when there was one) and review page, and
+appends each change to ``<ID>-corrections-log.csv`` (:data:`LOG_COLUMNS`:
+who changed what, when, from which file); the caller rebuilds the
+folder's ``sleep_statistics.csv``.
+"""
+from __future__ import annotations
+
+import csv
+import datetime
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sleepstaging.scoring import hypnogram
+from sleepstaging.data import psg_layout
+from sleepstaging.scoring import review_page
+from sleepstaging import script_io
+from sleepstaging.data.psg_layout import STAGE_TO_INT, STAGES
+from sleepstaging.script_io import InputError, where
+
+LOG_NAME = "{name}-corrections-log.csv"
+LOG_COLUMNS = ("recording_id", "epoch", "stage_before", "stage_after", "when", "scorer", "applied_at", "source")
+
+
+@dataclass
+class Correction:
+    epoch: int
+    before: int
+    after: int
+    when: str
+    scorer: str
+    row: int  # the file's line number, for errors
+
+
+def read_corrections(path: Path) -> tuple[str, list[Correction]]:
+    """One corrections file: its recording ID and rows, checked for form (not yet against the night)."""
+    if not path.is_file():
+        raise InputError(f"no corrections file {where(path)}")
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = list(csv.reader(handle))
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise InputError(f"not a readable CSV ({err}) {where(path)}") from None
+    if not rows or tuple(rows[0]) != review_page.CORRECTION_COLUMNS:
+        raise InputError(f"expected the header {','.join(review_page.CORRECTION_COLUMNS)} {where(path, 1)}")
+    recording_id, corrections, epochs = None, [], set()
+    for line, cells in enumerate(rows[1:], start=2):
+        if len(cells) != len(review_page.CORRECTION_COLUMNS):
+            raise InputError(f"expected {len(review_page.CORRECTION_COLUMNS)} fields, found {len(cells)} "
+                             f"{where(path, line)}")
+        name, epoch, before, after, when, scorer = cells
+        if recording_id is not None and name != recording_id:
+            raise InputError(f"a corrections file holds one night; {name!r} after {recording_id!r} {where(path, line)}")
+        recording_id = name
+        if not epoch.isdigit():
+            raise InputError(f"epoch {epoch!r} is not an epoch number {where(path, line)}")
+        for stage in (before, after):
+            if stage not in STAGE_TO_INT:
+                raise InputError(f"unknown stage {stage!r} (expected {', '.join(STAGES)}) {where(path, line)}")
+        if int(epoch) in epochs:
+            raise InputError(f"epoch {epoch} is listed twice {where(path, line)}")
+        epochs.add(int(epoch))
+        corrections.append(Correction(int(epoch), STAGE_TO_INT[before], STAGE_TO_INT[after], when, scorer, line))
+    if recording_id is None:
+        raise InputError(f"no corrections in the file {where(path)}")
+    return recording_id, corrections
+
+
+def night_files(folder: Path, recording_id: str) -> dict:
+    """The night's output files (hypnogram.OUTPUT_FILES, the page and the log) by key."""
+    night = folder / recording_id
+    files = {key: night / pattern.format(name=recording_id) for key, pattern in hypnogram.OUTPUT_FILES.items()}
+    files.update(page=night / review_page.PAGE_NAME, log=night / LOG_NAME.format(name=recording_id))
+    return files
+
+
+def plan_corrections(folder: Path, paths: list[Path]) -> dict:
+    """Check every file against its night; return ID -> (table rows, [(path, Correction), ...]) to apply.
+
+    Raises
+    ------
+    InputError
+        The first problem found (file and row); nothing has been written.
+    """
+    plans: dict[str, tuple] = {}
+    for path in paths:
+        recording_id, corrections = read_corrections(path)
+        files = night_files(folder, recording_id)
+        if not files["table"].is_file():
+            raise InputError(f"night {recording_id!r} is not scored in {folder} (no {files['table'].name}) "
+                             f"{where(path, corrections[0].row)}")
+        if recording_id not in plans:
+            with open(files["table"], newline="") as handle:
+                plans[recording_id] = (list(csv.DictReader(handle)), [])
+        table, planned = plans[recording_id]
+        row_of = {int(row["epoch"]): row for row in table}
+        for correction in corrections:
+            row = row_of.get(correction.epoch)
+            if row is None:
+                raise InputError(f"night {recording_id} has no epoch {correction.epoch} (epochs "
+                                 f"{table[0]['epoch']} to {table[-1]['epoch']}) {where(path, correction.row)}")
+            now = STAGE_TO_INT[row["stage_after"]]
+            if now not in (correction.before, correction.after):
+                raise InputError(f"epoch {correction.epoch} of {recording_id} is {STAGES[now]} now, the file says it "
+                                 f"was {STAGES[correction.before]} {where(path, correction.row)}")
+            row["stage_after"] = STAGES[correction.after]
+            planned.append((path, correction, now))
+    return plans
+
+
+def _start_of(edf_path: Path) -> datetime.datetime | None:
+    """The recording start the annotations EDF holds (None: EDF+'s unknown date, as hypnogram.py writes it)."""
+    import edfio
+
+    edf = edfio.read_edf(edf_path)
+    try:
+        date = edf.startdate
+    except Exception:  # edfio raises for the anonymised date X (unknown)
+        return None
+    if date is None or date == datetime.date(1985, 1, 1):
+        return None
+    return datetime.datetime.combine(date, edf.starttime)
+
+
+def apply_night(folder: Path, recording_id: str, table: list[dict], planned: list, applied_at: str) -> int:
+    """Rewrite one night's outputs from its corrected table rows; return how many epochs changed stage."""
+    files = night_files(folder, recording_id)
+    statistics_old = json.loads(files["statistics"].read_text())
+    epochs = np.array([int(r["epoch"]) for r in table])
+    onsets = np.array([float(r["onset_s"]) for r in table])
+    after = np.array([STAGE_TO_INT[r["stage_after"]] for r in table])
+    inside = np.array([r["in_lights_period"] == "1" for r in table])
+    epoch_seconds = psg_layout.EPOCH_SECONDS  # every scored night's epochs are 30 s (render_edf.py)
+    statistics = {**statistics_old, **hypnogram.sleep_statistics(after[inside], epoch_seconds)}
+    start = _start_of(files["edf"])
+    probabilities = np.array([[float(r[f"p_{name}"]) for name in STAGES] for r in table])
+    before = np.array([STAGE_TO_INT[r["stage_before"]] for r in table])
+    quality = [[r[key] for key in hypnogram.QUALITY_COLUMNS] for r in table]
+    hypnogram.write_hypnogram_table(files["table"], epochs, onsets, [r["clock_time"] for r in table], inside, before,
+                                    after, probabilities, quality)
+    hypnogram.write_annotation_edf(files["edf"], recording_id,
+                                   hypnogram.stage_annotations(onsets, after, epoch_seconds), start)
+    if files["figure"].is_file():
+        hypnogram.plot_recording(files["figure"], recording_id, onsets, after, probabilities, start, epoch_seconds,
+                                 statistics, inside)
+    with script_io.atomic_path(files["statistics"]) as tmp:
+        tmp.write_text(json.dumps(hypnogram.json_ready(statistics), indent=2, allow_nan=False) + "\n")
+    if files["page"].is_file():
+        review_page.rewrite_page_stages(files["page"], after.tolist())
+    changed = [(path, c, now) for path, c, now in planned if now != c.after]
+    write_log(files["log"], recording_id, changed, applied_at)
+    return len(changed)
+
+
+def write_log(path: Path, recording_id: str, changed: list, applied_at: str) -> None:
+    """Append the changes (who, what, when, from which file) to the night's corrections log, atomically."""
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True) if path.is_file() else []
+    with script_io.atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
+        handle.writelines(lines)
+        writer = csv.writer(handle, lineterminator="\n")
+        if not lines:
+            writer.writerow(LOG_COLUMNS)
+        for source, c, now in changed:
+            writer.writerow([recording_id, c.epoch, STAGES[now], STAGES[c.after], c.when, c.scorer, applied_at,
+                             Path(source).name])
+
+
+def rebuild_statistics_table(folder: Path) -> list[str]:
+    """The folder's ``sleep_statistics.csv`` from every night's statistics JSON; return the nights."""
+    from sleepstaging.scoring import cohort
+    from sleepstaging.scoring import postprocess
+    nights = cohort.scored_nights(folder)
+    statistics = {night: json.loads(night_files(folder, night)["statistics"].read_text()) for night in nights}
+    hypnogram.write_statistics_table(folder / postprocess.STATISTICS_TABLE, statistics)
+    return nights

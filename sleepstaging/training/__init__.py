@@ -1,0 +1,1 @@
+"""Training: the one training loop both trainers share, their command-line options and optimisers."""
