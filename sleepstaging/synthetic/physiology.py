@@ -46,7 +46,7 @@ STAGE_TABLE = {
     "slow_eye":          (0.4,  0.6,  0.1,  0.0,  0.0),   # share of time with slow rolling eye movements (SLOW_EYE_UV)
     "blinks":            (12.0, 0.3,  0.0,  0.0,  0.0),   # per minute with eyes open; they stop as N1 begins
     "saccades":          (20.0, 0.2,  0.0,  0.0,  0.0),   # per minute with eyes open
-    "chin_emg":          (1.0,  0.5,  0.4,  0.35, 0.1),  # x subject chin tone (uV rms)
+    "chin_emg":          (1.0,  0.5,  0.4,  0.3,  0.1),   # x subject chin tone (uV rms)
     "twitches":          (0.0,  0.0,  0.0,  0.0,  6.0),   # phasic chin twitches per minute
     "movements":         (2.0,  0.2,  0.05, 0.02, 0.05),  # body movements per minute
     "heart_rate":        (1.12, 1.06, 1.0,  0.96, 1.08),  # x subject sleeping heart rate

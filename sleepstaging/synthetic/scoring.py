@@ -35,7 +35,7 @@ FEATURE_CENTRES = {
     "alpha": logit(np.array([0.85, 0.15, 0.03, 0.02, 0.06])),
     "slow_waves": logit(np.array([0.005, 0.01, 0.06, 0.5, 0.005])),
     "spindles": np.log(np.array([0.05, 0.35, 4.5, 2.7, 0.1])),
-    "chin": np.log(np.array([1.0, 0.5, 0.4, 0.35, 0.1])),
+    "chin": np.log(np.array([1.0, 0.5, 0.4, 0.3, 0.1])),
     "rapid_eye": np.log(np.array([0.3, 0.2, 0.05, 0.02, 3.0])),
 }
 FEATURE_DRIFT_SD = {"alpha": 0.8, "slow_waves": 0.6, "spindles": 0.7, "chin": 0.4, "rapid_eye": 0.8}
