@@ -15,7 +15,9 @@ amplitudes, alpha and spindle frequency, noise, electrode artefacts, apnea
 severity, snoring and leg movements.
 
 Writes into ``--out``: ``trainset-for_user.csv``, ``testset-for_user.csv``,
-``testset-labels.csv`` (answers, for scoring only), ``<ID>/<ID>_NNNN.png``
+``testset-labels.csv`` (answers, for scoring only), ``hypnodensity.csv``
+(every scored epoch's share of a simulated scoring panel per stage,
+train and test; for analysis only), ``<ID>/<ID>_NNNN.png``
 for every epoch (the first few epochs of each night are unscored and appear
 in no CSV), with ``--edf`` also ``edf/<ID>.edf`` and ``edf/<ID>.hypnogram.csv``,
 and last ``make_synthetic.json`` (the configuration), which marks the folder
@@ -48,7 +50,7 @@ from sleepstaging.synthetic.hypnogram import UNSCORED, recording_hypnogram
 # --------------------------------------------------------------------------
 # Configuration (the defaults are the demo's data set)
 # --------------------------------------------------------------------------
-from sleepstaging.synthetic.dataset import GENERATOR_VERSION, MARKER_NAME, MAX_HOURS, made_recordings, output_is_up_to_date
+from sleepstaging.synthetic.dataset import HYPNODENSITY_CSV, GENERATOR_VERSION, MARKER_NAME, MAX_HOURS, made_recordings, output_is_up_to_date
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=script_io.HelpFormatter)
@@ -105,12 +107,13 @@ def main() -> None:
     bar.close()
     elapsed = time.perf_counter() - started
 
-    train_rows, test_rows, answer_rows = [], [], []
+    train_rows, test_rows, answer_rows, density_rows = [], [], [], []
     for index in range(n_recordings):
         rec_id, rows = results[index]
-        for idnum, stage in rows:
+        for idnum, stage, density in rows:
             if stage == UNSCORED:
                 continue
+            density_rows.append((rec_id, idnum, *(f"{share:.3f}" for share in density)))
             if index < args.train_subjects:
                 train_rows.append((rec_id, idnum, STAGES[stage]))
             else:
@@ -119,6 +122,7 @@ def main() -> None:
     script_io.write_csv_rows(out / psg_layout.TRAIN_CSV, train_rows)
     script_io.write_csv_rows(out / psg_layout.TEST_CSV, test_rows)
     script_io.write_csv_rows(out / psg_layout.TEST_LABELS_CSV, answer_rows)
+    script_io.write_csv_rows(out / HYPNODENSITY_CSV, density_rows)
     with script_io.atomic_path(out / MARKER_NAME) as tmp:  # last: marks the folder complete
         tmp.write_text(json.dumps(config, indent=2) + "\n")
     print(f"wrote {n_images} images of {n_recordings} recordings ({len(train_rows)} train rows, "

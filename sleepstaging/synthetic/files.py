@@ -43,9 +43,10 @@ def write_edf(recording: Recording, folder: Path) -> None:
 
 
 def make_recording(task: tuple) -> tuple[int, str, list]:
-    """Generate, render and write one recording; return ``(index, ID, [(IDnum, stage), ...])``.
+    """Generate, render and write one recording; return ``(index, ID, [(IDnum, stage, hypnodensity), ...])``.
 
-    Unscored epochs are rendered but returned with stage ``UNSCORED``.
+    Unscored epochs are rendered but returned with stage ``UNSCORED``;
+    ``hypnodensity`` is the panel's share per stage (5 floats).
     """
     out, seed, index, hours, with_edf = task
     recording = synthesize_recording(seed, index, hours)
@@ -55,7 +56,7 @@ def make_recording(task: tuple) -> tuple[int, str, list]:
     for epoch in range(recording.n_epochs):
         idnum = psg_layout.image_name(recording.recording_id, epoch + 1)
         psg_layout.write_png(folder / idnum, psg_layout.render_epoch(recording.epoch_signals(epoch)))
-        rows.append((idnum, int(recording.stages[epoch])))
+        rows.append((idnum, int(recording.stages[epoch]), recording.hypnodensity[epoch].tolist()))
     if with_edf:
         write_edf(recording, out / EDF_DIR)
     return index, recording.recording_id, rows

@@ -14,6 +14,7 @@ import numpy as np
 
 from sleepstaging.data import psg_layout
 from sleepstaging.data.psg_layout import STAGE_TO_INT, STAGES
+from sleepstaging.synthetic.scoring import ScoredNight, score_night
 
 UNSCORED = -1  # stage code of the leading epochs recorded before lights out
 UNSCORED_LEADING = (2, 15)  # how many leading epochs are unscored (inclusive range)
@@ -40,9 +41,87 @@ def recording_rngs(seed: int, index: int) -> tuple[np.random.Generator, np.rando
 # Hypnogram: a realistic adult night
 # --------------------------------------------------------------------------
 
+# The night's plan: which stage the sleeper gravitates to ("home") epoch by
+# epoch. Sleep-onset latency, NREM-REM cycles (N2, N3 taking a shrinking
+# share, N2 again, REM taking a growing one), a final awakening.
+N3_SHARE_BY_CYCLE = (0.42, 0.22, 0.06)  # share of each cycle planned as N3 (0 from the fourth on)
+REM_SHARE_BY_CYCLE = (0.17, 0.27, 0.33, 0.40)  # share of each cycle planned as REM (the last value from then on)
+CYCLE_MINUTES = (85, 105)  # planned cycle length, uniform
+
+# Leaving a stage, epoch by epoch. At home the sleeper leaves with
+# ``EXIT_AT_HOME[stage]`` per epoch and goes where real nights go
+# (``EXIT_SHARES``); away from home it leaves with ``EXIT_AWAY[stage]`` and
+# the home stage's share is multiplied by ``PULL_HOME`` (then renormalised).
+# EXIT_SHARES start from the shares of each stage's changes in the 30-s
+# transition counts of Metzner et al. 2021 (Commun Biol 4:1208), rows and
+# columns Wake, N1, N2, N3, REM. The labels are a scorer's reading of drifting
+# features (synthetic_scoring), and borderline stretches add changes of their
+# own (a brief N1 after wake read as Wake, REM with some chin tone read as
+# N1), so the process's Wake, N1 and REM rows lean the other way (Wake to
+# N1 0.95 instead of 0.866, REM to N1 0.65 instead of 0.569, N1 to REM 0.01
+# instead of 0.029): the LABELS then match Metzner's shares within 0.10
+# (bench/hypnogram_structure.py).
+EXIT_SHARES = np.array([
+    [0.0, 0.95, 0.044, 0.003, 0.003],
+    [0.140, 0.0, 0.845, 0.005, 0.010],
+    [0.120, 0.510, 0.0, 0.240, 0.130],
+    [0.095, 0.341, 0.541, 0.0, 0.023],
+    [0.150, 0.650, 0.194, 0.006, 0.0],
+])
+EXIT_AT_HOME = np.array([0.03, 0.3, 0.06, 0.008, 0.025])
+EXIT_AWAY = np.array([0.65, 0.6, 0.45, 0.5, 0.5])
+PULL_HOME = np.array([  # [stage being left, home stage]
+    [1.0, 1.0, 1.5, 1.5, 1.5],
+    [10.0, 1.0, 10.0, 10.0, 10.0],
+    [3.0, 3.0, 1.0, 10.0, 2.0],
+    [1.0, 1.0, 1.0, 1.0, 1.0],
+    [1.5, 1.5, 1.5, 1.5, 1.0],
+])
+# Changes into N3 or REM outside their planned time are rarer than these
+# shares say (most of those changes happen as a cycle turns to N3 or REM),
+# so N3 and REM bouts stay long: their shares times this, by destination
+UNPLANNED_DAMP = np.array([1.0, 1.0, 1.0, 0.25, 0.5])
+
+
+def night_plan(rng: np.random.Generator, n_scored: int, squeeze: float) -> np.ndarray:
+    """The home stage of every scored epoch, shape (n_scored,) of int8."""
+    def epochs(low_min: float, high_min: float) -> int:
+        return max(1, round(rng.uniform(low_min, high_min) * 2 * squeeze))
+
+    plan = [(W, epochs(6, 25)), (N1, epochs(1, 4))]  # sleep-onset latency, falling asleep
+    final_wake = epochs(2, 10)
+    asleep = max(1, n_scored - final_wake - sum(n for _, n in plan))
+    n_cycles = max(1, round(asleep / epochs(*CYCLE_MINUTES)))
+    weights = rng.uniform(0.85, 1.15, n_cycles)
+    for cycle, length in enumerate(np.maximum(1, np.round(asleep * weights / weights.sum())).astype(int)):
+        n3_share = N3_SHARE_BY_CYCLE[cycle] if cycle < len(N3_SHARE_BY_CYCLE) else 0.0
+        n3 = round(length * n3_share * rng.uniform(0.8, 1.2))
+        rem = max(1, round(length * REM_SHARE_BY_CYCLE[min(cycle, len(REM_SHARE_BY_CYCLE) - 1)]
+                           * rng.uniform(0.9, 1.1)))
+        n2 = max(1, length - n3 - rem)
+        early_n2 = max(1, round(n2 * rng.uniform(0.3, 0.5))) if n3 else n2
+        plan += [(N2, early_n2), (N3, n3), (N2, n2 - early_n2), (REM, rem)]
+    homes = np.concatenate([np.full(n, stage, dtype=np.int8) for stage, n in plan if n > 0])[:max(0, n_scored - final_wake)]
+    return np.concatenate([homes, np.full(n_scored - len(homes), W, dtype=np.int8)])
+
+
+def walk_plan(rng: np.random.Generator, homes: np.ndarray) -> np.ndarray:
+    """The stages a sleeper takes along ``homes``: leaving and returning as real nights do, shape like ``homes``."""
+    uniform = rng.random((len(homes), 2))
+    stages = np.empty_like(homes)
+    stage = W
+    for epoch, home in enumerate(homes):
+        if uniform[epoch, 0] < (EXIT_AT_HOME[stage] if stage == home else EXIT_AWAY[stage]):
+            shares = EXIT_SHARES[stage] * (UNPLANNED_DAMP if stage == N2 else 1.0)
+            if stage != home:
+                shares[home] = EXIT_SHARES[stage, home] * PULL_HOME[stage, home]
+            stage = int(np.searchsorted(np.cumsum(shares / shares.sum()), uniform[epoch, 1], side="right"))
+        stages[epoch] = stage
+    return stages
+
 
 def make_hypnogram(rng: np.random.Generator, hours: float) -> np.ndarray:
-    """Draw one night's stages, unscored leading epochs included.
+    """Draw one night's stages (the sleep process, before scoring), unscored leading epochs included.
 
     Parameters
     ----------
@@ -50,7 +129,7 @@ def make_hypnogram(rng: np.random.Generator, hours: float) -> np.ndarray:
         The recording's hypnogram stream.
     hours : float
         Mean scored length; each night varies by +-7 %. Nights shorter than
-        ``NOMINAL_NIGHT_HOURS`` keep the same architecture with every bout
+        ``NOMINAL_NIGHT_HOURS`` keep the same plan with every part
         shortened (down to a factor ``MIN_SQUEEZE``), so a short recording is
         a night in miniature rather than only its first stage.
 
@@ -62,61 +141,34 @@ def make_hypnogram(rng: np.random.Generator, hours: float) -> np.ndarray:
     """
     n_scored = max(1, round(hours * EPOCHS_PER_HOUR * rng.uniform(0.93, 1.07)))
     squeeze = min(1.0, max(MIN_SQUEEZE, hours / NOMINAL_NIGHT_HOURS))
-
-    def epochs(low_min: float, high_min: float) -> int:
-        return max(1, round(rng.uniform(low_min, high_min) * 2 * squeeze))
-
-    bouts = [(W, epochs(6, 25))]  # sleep-onset latency
-    for _ in range(rng.integers(0, 3)):  # drifting in and out of sleep before it settles
-        bouts += [(N1, epochs(0.5, 2)), (W, epochs(0.5, 2))]
-    bouts.append((N1, epochs(2, 6)))
-
-    def fragmented(stage: int, length: int, per_minute: float, intrusion: int, intrusion_min: tuple) -> list:
-        """``length`` epochs of ``stage``, part of them taken by brief intrusions (awakenings, lighter sleep)."""
-        pieces, left = [], length
-        for _ in range(rng.poisson(per_minute * length / 2)):
-            brief = [(intrusion, epochs(*intrusion_min))]
-            if intrusion == W:  # waking up from sleep goes back through N1
-                brief.append((N1, epochs(0.5, 1.5)))
-            taken = sum(n for _, n in brief)
-            if left <= taken + 1:
-                break
-            cut = int(rng.integers(1, left - taken))
-            pieces += [(stage, cut), *brief]
-            left -= cut + taken
-        return pieces + [(stage, left)]
-
-    # NREM-REM cycles of about 90-100 min fill the night; N3 takes a shrinking
-    # share of each cycle, REM a growing one
-    n3_share, rem_share = (0.45, 0.15, 0.04), (0.14, 0.23, 0.3, 0.35)
-    final_wake = epochs(2, 10)
-    asleep = max(1, n_scored - final_wake - sum(n for _, n in bouts))
-    n_cycles = max(1, round(asleep / epochs(90, 100)))
-    cycle_weights = rng.uniform(0.85, 1.15, n_cycles)
-    for cycle, length in enumerate(np.maximum(1, np.round(asleep * cycle_weights / cycle_weights.sum())).astype(int)):
-        n3 = round(length * n3_share[cycle] * rng.uniform(0.75, 1.25)) if cycle < len(n3_share) else 0
-        rem = max(1, round(length * rem_share[min(cycle, len(rem_share) - 1)] * rng.uniform(0.9, 1.1)))
-        if rng.random() < 0.5:  # awake between cycles, then falling asleep again
-            between = [(W, epochs(1, 6)), (N1, epochs(1, 4))]
-        else:
-            between = [(N1, epochs(1, 3))]
-        n2 = max(1, length - n3 - rem - sum(n for _, n in between))
-        if n3 >= 2:
-            early_n2 = max(1, round(n2 * rng.uniform(0.55, 0.75)))
-            bouts += fragmented(N2, early_n2, 1 / 30, W, (0.5, 1.5))
-            bouts += fragmented(N3, n3, 1 / 12, N2, (0.5, 2))
-            bouts += fragmented(N2, max(1, n2 - early_n2), 1 / 30, W, (0.5, 1.5))
-        else:
-            bouts += fragmented(N2, n2, 1 / 30, W, (0.5, 1.5))
-        bouts += fragmented(REM, rem, 1 / 40, W, (0.5, 1))
-        bouts += between
-    asleep_until = max(0, n_scored - final_wake)  # a night of minutes may be all latency
-    scored = np.concatenate([np.full(n, stage, dtype=np.int8) for stage, n in bouts])[:asleep_until]
-    scored = np.concatenate([scored, np.full(n_scored - len(scored), W, dtype=np.int8)])
+    scored = walk_plan(rng, night_plan(rng, n_scored, squeeze))
     leading = np.full(rng.integers(UNSCORED_LEADING[0], UNSCORED_LEADING[1] + 1), UNSCORED, dtype=np.int8)
     return np.concatenate([leading, scored])
 
 
+def scored_night(rng: np.random.Generator, hours: float) -> tuple[np.ndarray, ScoredNight]:
+    """The sleep process and its scoring, from the recording's hypnogram stream.
+
+    Returns
+    -------
+    process : np.ndarray of int8, shape (epochs,)
+        :func:`make_hypnogram`'s stages (``UNSCORED`` for the leading epochs).
+    scoring : ScoredNight
+        Features, labels and hypnodensity of every epoch (the leading
+        epochs scored as the awake sleeper they are, their labels
+        ``UNSCORED``).
+    """
+    process = make_hypnogram(rng, hours)
+    scoring = score_night(rng, np.where(process == UNSCORED, W, process))
+    scoring.labels[process == UNSCORED] = UNSCORED
+    return process, scoring
+
+
+def recording_night(seed: int, index: int, hours: float) -> tuple[np.ndarray, ScoredNight]:
+    """:func:`scored_night` of recording ``index`` (as in the full data set), without its signals."""
+    return scored_night(recording_rngs(seed, index)[0], hours)
+
+
 def recording_hypnogram(seed: int, index: int, hours: float) -> np.ndarray:
-    """The hypnogram of recording ``index`` (as in the full data set), without its signals."""
-    return make_hypnogram(recording_rngs(seed, index)[0], hours)
+    """The labels of recording ``index`` (as in the full data set), ``UNSCORED`` leading epochs included, shape (epochs,)."""
+    return recording_night(seed, index, hours)[1].labels

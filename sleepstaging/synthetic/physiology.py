@@ -46,7 +46,7 @@ STAGE_TABLE = {
     "slow_eye":          (0.4,  0.6,  0.1,  0.0,  0.0),   # share of time with slow rolling eye movements (SLOW_EYE_UV)
     "blinks":            (12.0, 0.3,  0.0,  0.0,  0.0),   # per minute with eyes open; they stop as N1 begins
     "saccades":          (20.0, 0.2,  0.0,  0.0,  0.0),   # per minute with eyes open
-    "chin_emg":          (1.0,  0.5,  0.4,  0.35, 0.1),  # x subject chin tone (uV rms)
+    "chin_emg":          (1.0,  0.5,  0.4,  0.3,  0.1),   # x subject chin tone (uV rms)
     "twitches":          (0.0,  0.0,  0.0,  0.0,  6.0),   # phasic chin twitches per minute
     "movements":         (2.0,  0.2,  0.05, 0.02, 0.05),  # body movements per minute
     "heart_rate":        (1.12, 1.06, 1.0,  0.96, 1.08),  # x subject sleeping heart rate
@@ -69,8 +69,25 @@ BLUR_TOWARDS = {
 }
 
 
-def stage_controls(stages: np.ndarray, rng: np.random.Generator) -> dict:
+# The parameters set by the features a scorer reads (synthetic_scoring): name -> (feature, factor),
+# the factor taking the feature's unit to the parameter's (alpha: wake's share of 0.85 is table value 1;
+# spindles and K-complexes share N2's rate of 4.5 per minute as the table does, 5.0 and 1.6)
+FROM_FEATURES = {
+    "alpha": ("alpha", 1 / 0.85),
+    "slow_wave_time": ("slow_waves", 1.0),
+    "spindles": ("spindles", 5.0 / 4.5),
+    "k_complexes": ("spindles", 1.6 / 4.5),
+    "chin_emg": ("chin", 1.0),
+    "rapid_eye": ("rapid_eye", 1.0),
+}
+
+
+def stage_controls(stages: np.ndarray, rng: np.random.Generator, features: dict) -> dict:
     """Per-second stage parameters, blurred towards a neighbour stage, jittered, faded across borders.
+
+    The parameters in ``FROM_FEATURES`` follow the night's drawn features
+    instead (``features``: ``synthetic_scoring.ScoredNight.features``, per
+    epoch), so the signals show what the scorers read.
 
     Sleep is a continuum that scorers cut into stages, so each epoch's
     parameters lie part of the way (a random share up to ``BLUR_TOWARDS``)
@@ -91,6 +108,9 @@ def stage_controls(stages: np.ndarray, rng: np.random.Generator) -> dict:
         table = np.asarray(per_stage)
         jitter = rng.lognormal(0, STEADY_JITTER.get(name, EPOCH_JITTER), len(stages))
         per_epoch = ((1 - share) * table[scored] + share * table[neighbour]) * jitter
+        if name in FROM_FEATURES:
+            feature, factor = FROM_FEATURES[name]
+            per_epoch = features[feature] * factor
         controls[name] = smooth(np.repeat(per_epoch, EPOCH_S), TRANSITION_S)
     return controls
 

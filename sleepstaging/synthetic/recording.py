@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sleepstaging.synthetic.channels import EDF_CHANNELS, SPO2, SPO2_ROWS, channel_rate, edf_digital, edf_physical
-from sleepstaging.synthetic.hypnogram import EPOCH_S, make_hypnogram, recording_rngs
+from sleepstaging.synthetic.hypnogram import EPOCH_S, recording_rngs, scored_night
 from sleepstaging.synthetic.physiology import Subject, draw_subject, night_events, stage_controls
 from sleepstaging.synthetic.signals import (EEG_NAMES, accelerometer, breathing, chin_emg, ecg, eeg, eog, leg_emg,
                                snore_and_sound, spo2)
@@ -35,19 +35,23 @@ class Recording:
     ----------
     recording_id : str
     stages : np.ndarray of int8, shape (epochs,)
-        ``UNSCORED`` (-1) for the leading epochs, else Wake=0 ... REM=4.
+        The labels: ``UNSCORED`` (-1) for the leading epochs, else Wake=0
+        ... REM=4, as the AASM rules score the drawn features.
     signals : dict of str -> np.ndarray of float64
         ``EDF_CHANNELS`` -> the whole night in physical units at
         ``channel_rate(name)``, shape (epochs * 30 * rate,), exactly the
         values the EDF file stores (clipped to ``PHYSICAL_RANGE`` and
         quantised to its 16-bit steps).
     subject : Subject
+    hypnodensity : np.ndarray of float64, shape (epochs, 5)
+        Share of the simulated scoring panel per stage (``synthetic_scoring``).
     """
 
     recording_id: str
     stages: np.ndarray
     signals: dict
     subject: Subject
+    hypnodensity: np.ndarray
 
     @property
     def n_epochs(self) -> int:
@@ -81,9 +85,9 @@ def synthesize_recording(seed: int, index: int, hours: float) -> Recording:
     Recording
     """
     hypnogram_rng, rng = recording_rngs(seed, index)
-    stages = make_hypnogram(hypnogram_rng, hours)
+    stages, scoring = scored_night(hypnogram_rng, hours)  # the signals follow the sleep process and features
     subject = draw_subject(rng)
-    controls = stage_controls(stages, rng)
+    controls = stage_controls(stages, rng, scoring.features)
     events = night_events(stages, controls, subject, rng)
     eeg_signals = eeg(stages, controls, events, subject, rng)
     eog_signals = eog(stages, controls, events, subject, eeg_signals, rng)
@@ -105,4 +109,4 @@ def synthesize_recording(seed: int, index: int, hours: float) -> Recording:
         expected = int(round(len(stages) * EPOCH_S * channel_rate(channel)))
         assert len(raw[channel]) == expected, (channel, len(raw[channel]), expected)
         signals[channel] = edf_physical(channel, edf_digital(channel, raw[channel]))  # what the EDF gives back
-    return Recording(recording_id(index), stages, signals, subject)
+    return Recording(recording_id(index), scoring.labels, signals, subject, scoring.hypnodensity)

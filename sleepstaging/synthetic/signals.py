@@ -132,7 +132,8 @@ def eeg(stages, controls, events, subject, rng) -> np.ndarray:
         *((power_law(grid_exponent), CENTRAL + 0.8 * OCCIPITAL, 0.4,
            np.sqrt(share * power_10hz * power_law_variance(grid_exponent, fs)))
           for grid_exponent, share in zip(EXPONENT_GRID, grid_shares(exponent))),
-        (band(subject.alpha_hz - 1, subject.alpha_hz + 1), 0.4 * CENTRAL + OCCIPITAL, 0.7, alpha),
+        # the posterior dominant rhythm: at O1/O2 1.2 times the subject's alpha, a third of that at C3/C4
+        (band(subject.alpha_hz - 1, subject.alpha_hz + 1), 0.4 * CENTRAL + 1.2 * OCCIPITAL, 0.7, alpha),
         (band(4, 7.5), CENTRAL + 0.8 * OCCIPITAL, 0.5, gain * controls["theta"]),
         (band(0.5, 2, 0.4), CENTRAL + 0.75 * OCCIPITAL, 0.8, gain * (controls["delta"] + slow_waves)),
         (band(15, 30, 2), CENTRAL + 0.8 * OCCIPITAL, 0.3, gain * controls["beta"] * (1 + 2 * events.arousal)),

@@ -1,0 +1,62 @@
+"""How persistent a model's errors are: the lag-1 autocorrelation of its error indicator within each test night.
+
+    python bench/error_persistence.py --data-root demo/DATA --pred demo/outputs/filesblend_*.csv
+
+``--pred`` is a prediction CSV in the challenge's labelled layout
+(``ID,IDnum,label``: the demo's blend, submission or hmm output, as
+``run.sh demo`` writes them into demo/outputs); ``--data-root``'s
+``testset-labels.csv`` holds the answers. For every test night the
+indicator ``error_t`` (1 where the prediction is wrong) is correlated with
+``error_t+1``; the figure is the mean over nights (a night without errors,
+or all errors, has no correlation and is left out), with each night's
+value. Independent errors give about 0; errors that come in runs, where
+the signals are ambiguous for minutes, a clearly positive value.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+from sleepstaging.data import psg_layout
+from sleepstaging import script_io
+def lag1_autocorrelation(errors: np.ndarray) -> float | None:
+    """Pearson correlation of ``errors[:-1]`` with ``errors[1:]``; None when either is constant."""
+    before, after = errors[:-1].astype(float), errors[1:].astype(float)
+    if len(before) < 2 or before.std() == 0 or after.std() == 0:
+        return None
+    return float(np.corrcoef(before, after)[0, 1])
+
+
+def night_persistence(answers: psg_layout.EpochTable, predicted: psg_layout.EpochTable) -> dict:
+    """``{recording ID: lag-1 autocorrelation of its errors}`` over the answered rows."""
+    said = {(rec, idnum): label for rec, idnum, label in zip(predicted.recording_ids, predicted.idnums,
+                                                              predicted.labels)}
+    nights: dict = {}
+    for rec, idnum, label in zip(answers.recording_ids, answers.idnums, answers.labels):
+        if (rec, idnum) not in said:
+            raise script_io.InputError(f"no prediction for {idnum} ({rec})")
+        nights.setdefault(rec, []).append(said[(rec, idnum)] != label)
+    return {rec: lag1_autocorrelation(np.asarray(errors)) for rec, errors in nights.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-root", type=Path, required=True)
+    parser.add_argument("--pred", type=Path, required=True)
+    args = parser.parse_args()
+    answers = psg_layout.read_epoch_csv(args.data_root / psg_layout.TEST_LABELS_CSV, with_labels=True)
+    predicted = psg_layout.read_epoch_csv(args.pred, with_labels=True)
+    per_night = night_persistence(answers, predicted)
+    values = [value for value in per_night.values() if value is not None]
+    print(json.dumps({"pred": str(args.pred), "mean_lag1_autocorrelation": round(float(np.mean(values)), 3)
+                      if values else None, "nights": {k: None if v is None else round(v, 3)
+                                                      for k, v in per_night.items()}}, indent=1))
+
+
+if __name__ == "__main__":
+    script_io.run_main(main)
