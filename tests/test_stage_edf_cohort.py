@@ -16,7 +16,6 @@ import pytest
 
 from sleepstaging.scoring import cohort
 from sleepstaging.scoring import inference
-import postprocess
 from sleepstaging.scoring import postprocess as postprocess_lib
 from sleepstaging.data import psg_layout
 import stage_edf
@@ -137,18 +136,18 @@ def test_a_killed_run_is_resumed_and_its_unfinished_night_redone(tiny_data, weig
 
     out = tmp_path / "scored"
     calls = []
-    post = postprocess.main
+    post = cohort.postprocess_chunk
 
-    def killed_in_the_second_chunk(argv):
-        calls.append(argv)
+    def killed_in_the_second_chunk(*arguments):
+        calls.append(arguments)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        post(argv)
+        post(*arguments)
 
-    monkeypatch.setattr(postprocess, "main", killed_in_the_second_chunk)
+    monkeypatch.setattr(cohort, "postprocess_chunk", killed_in_the_second_chunk)
     with pytest.raises(KeyboardInterrupt):
         stage(*options(edf, weights, out))
-    monkeypatch.setattr(postprocess, "main", post)
+    monkeypatch.setattr(cohort, "postprocess_chunk", post)
     assert cohort.scored_nights(out) == night_ids[:1] and not (out / cohort.PARTIAL).exists()
     # a folder of the second night that a crash of some other kind left half-written is not taken as done
     (out / night_ids[1]).mkdir()
