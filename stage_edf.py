@@ -46,9 +46,22 @@ tries them again), and scores the rest with the settings of the first run.
 An ``--out`` that holds anything else is refused; ``--overwrite`` replaces
 an earlier ``stage_edf.py`` result.
 
+A cohort too large for one machine is split into N shards, each scored by
+its own run into its own folder (``--shard K/N``, K from 0 to N-1; inside a
+Slurm job array ``--array=0-(N-1)``, SLURM_ARRAY_TASK_ID and
+SLURM_ARRAY_TASK_COUNT give it): shard K takes the nights at positions K,
+K+N, K+2N, ... of the sorted recording IDs, so every machine computes the same
+split. ``--merge-shards DIR ... --out MERGED`` then writes the cohort's
+``sleep_statistics.csv``, ``failures.csv`` and ``index.html`` (linking each
+night's review page in its shard's folder) and ``merged_shards.json``;
+it refuses, with one ``error:`` line and nothing written, a shard missing or
+given twice, an unfinished one, a night in two shards, and shards of other
+nights, model files or settings (``sleepstaging/scoring/shards.py``).
+
 Exit status: 0 when every night is scored; 1 when some are listed in the
 failures table (the others scored); 2, with one ``error:`` line and nothing
-written, when the command cannot run at all or no night could be scored.
+written, when the command cannot run at all or no night could be scored
+(a shard keeps its failures table for the merge: status 1).
 """
 from __future__ import annotations
 
@@ -56,6 +69,7 @@ import argparse
 import csv
 import io
 import json
+import os
 import shutil
 import sys
 import time
@@ -71,14 +85,16 @@ from sleepstaging.scoring import postprocess
 from sleepstaging.recipe import INFERENCE, ORIGINAL_BLEND, POSTPROCESS, RECIPE
 from sleepstaging import script_io
 from sleepstaging.scoring import cohort_page
+from sleepstaging.scoring import shards
 from sleepstaging.scoring.cohort import FAILURES, plan_nights, write_tables
 from sleepstaging.script_io import InputError, where
 
 # fmt: off
-from sleepstaging.scoring.cohort import LOG, PARTIAL, STEPS, check_out, find_nights, load_models, render_pool, score_pending, write_marker, result_settings
+from sleepstaging.scoring.cohort import LOG, MARKER, PARTIAL, STEPS, check_out, find_nights, load_models, render_pool, score_pending, write_marker, result_settings
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=script_io.HelpFormatter)
-parser.add_argument("--edf", type=Path, required=True, help="one EDF recording, or a folder searched recursively")
+parser.add_argument("--edf", type=Path, default=None,
+                    help="one EDF recording, or a folder searched recursively (required, except with --merge-shards)")
 parser.add_argument("--weights-dir", default=RECIPE["weights_dir"],
                     help="checkpoints and their training configurations")
 parser.add_argument("--out", type=Path, required=True, help="folder for the results: new or empty, or an earlier result with --resume or --overwrite")
@@ -135,6 +151,14 @@ parser.add_argument("--keep-images", action="store_true", help="keep each night'
 parser.add_argument("--workers", type=int, default=2,
                     help="nights rendered in parallel, and the inference's DataLoader workers")
 parser.add_argument("--quiet", action="store_true", help="no progress bar")
+parser.add_argument("--shard", default=None, metavar="K/N",
+                    help="score shard K of N, K from 0 to N-1 (as sbatch --array=0-(N-1) numbers its tasks): the "
+                         "nights at positions K, K+N, K+2N, ... (from 0) of the cohort's sorted recording IDs "
+                         "(default: Slurm's SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT when set, else every night; "
+                         "0/1: every night, also inside a job array)")
+parser.add_argument("--merge-shards", type=Path, nargs="+", default=None, metavar="DIR",
+                    help="score nothing: merge the --out folders of all N shards into --out (sleep_statistics.csv, "
+                         "failures.csv, index.html linking each night's review page in its shard's folder)")
 
 
 def resolve_settings(args) -> dict:
@@ -169,6 +193,8 @@ def resolve_settings(args) -> dict:
 
 def check_args(args) -> None:
     """Refuse settings no run can use, before anything is rendered."""
+    if args.edf is None:
+        raise InputError("--edf names the nights to score (or --merge-shards the shards to merge)")
     blend.check_blend_settings(args.method, args.ens_weight, args.power)
     if args.postprocess not in postprocess.POSTPROCESS_METHODS:
         raise InputError(f"unknown post-processing method {args.postprocess!r} (expected rules, hmm or none)")
@@ -184,6 +210,9 @@ def check_args(args) -> None:
     for option in ("workers", "chunk_nights"):
         if getattr(args, option) < 1:
             raise InputError(f"--{option.replace('_', '-')} must be 1 or more, got {getattr(args, option)}")
+    args.shard_spec = shards.resolve_shard(args.shard, os.environ)  # --shard, else Slurm's job-array variables
+    args.shard, args.shard_given_by = (None, None) if args.shard_spec is None else (
+        str(args.shard_spec), args.shard_spec.given_by)
     if args.resume and args.overwrite:
         raise InputError("--resume goes on with the results in --out, --overwrite replaces them: choose one")
     if args.retry_failed and not args.resume:
@@ -216,13 +245,16 @@ def summary_line(out: Path, recording_id: str) -> str:
 
 def main(argv=None) -> None:
     args = parser.parse_args(argv)
+    if args.merge_shards is not None:
+        merge(args)
+        return
     sources = resolve_settings(args)
     check_args(args)
     arch_epochs = {"vit": (args.vit_arch, args.vit_epochs), "eff": (args.eff_arch, args.eff_epochs)}
     configs = model_set.read_model_configs(args.weights_dir, args.fold, arch_epochs)  # before torch is imported
     args.tta = getattr(args, "tta", INFERENCE["tta"])
     config = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()
-              if key != "lights_by_night"}
+              if key not in ("lights_by_night", "shard_spec", "merge_shards")}
     config.update(sources=sources, settings=result_settings(args))
     print("config: " + json.dumps(config))
     out = args.out
@@ -232,14 +264,61 @@ def main(argv=None) -> None:
     if unknown:
         print(f"the lights table lists {len(unknown)} recording(s) not found under --edf: {', '.join(unknown[:5])}"
               f"{' ...' if len(unknown) > 5 else ''}")
+    recordings, facts = take_shard(args, recordings, arch_epochs, resuming)
     pending, done, kept = plan_nights(recordings, out, resuming, args.retry_failed)
     print(f"{len(recordings)} night(s): {len(done)} scored before, {len(kept)} failed before on unchanged files"
           f"{' (--retry-failed tries them again)' if kept else ''}, {len(pending)} to score")
     if not pending:
-        print(f"nothing to do in {out}")
-        if kept:
-            raise SystemExit(1)
-        return
+        finish_without_scoring(out, config, kept, facts, resuming)
+    else:
+        score_run(args, config, configs, pending, kept, resuming, facts)
+
+
+def take_shard(args, recordings: list, arch_epochs: dict, resuming: bool) -> tuple[list, dict]:
+    """The nights of this run's shard (every night without one), and what its ``stage_edf.json`` records of it."""
+    shard = args.shard_spec
+    if shard is None:
+        return recordings, {}
+    assigned = shards.shard_nights(recordings, shard)
+    record = shards.shard_record(shard, recordings, assigned,
+                                 model_set.model_files_sha256(args.weights_dir, args.fold, arch_epochs))
+    if resuming:
+        shards.check_resumed_shard(args.out, record)
+    print(f"shard {shard} (given by {shard.given_by}; shards are numbered from 0): {len(assigned)} of the "
+          f"cohort's {len(recordings)} night(s), those at positions {shard.index}, {shard.index} + {shard.count}, "
+          f"... of the sorted recording IDs")
+    return assigned, {"shard": record}
+
+
+def finish_without_scoring(out: Path, config: dict, kept: dict, facts: dict, resuming: bool) -> None:
+    """No night left to score: say so; exit status 1 when nights failed before.
+
+    A shard given no night is written as a finished, empty shard (the merge
+    needs every shard), and a run killed after its last night (its
+    ``stage_edf.json`` without the nights) gets its tables, index and record.
+    """
+    print(f"nothing to do in {out}")
+    unfinished = resuming and "recordings" not in json.loads((out / MARKER).read_text())
+    if unfinished or (facts and not resuming):
+        if out.exists() and not resuming:  # --overwrite of an earlier result
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+        scored = write_tables(out, kept)
+        if scored:
+            cohort_page.write_index(out, list(kept.values()))
+        write_marker(out, config, recordings=scored, failed=sorted(kept), **facts)
+    if kept:
+        raise SystemExit(1)
+
+
+def score_run(args, config: dict, configs: dict, pending: list, kept: dict, resuming: bool, facts: dict) -> None:
+    """Score the pending nights into ``--out``, write its tables, index and record, and report.
+
+    Exit status 1 when nights failed. A run that could score no night
+    leaves nothing of a new ``--out`` and ends with one ``error:`` line,
+    except a shard: it keeps its failures table for the merge.
+    """
+    out = args.out
     earlier_log = (out / LOG).read_text() if resuming and (out / LOG).is_file() else ""
     run = argparse.Namespace(args=args, log=io.StringIO(), earlier_log=earlier_log, seconds=dict.fromkeys(STEPS, 0.0),
                              pool=None)
@@ -248,7 +327,7 @@ def main(argv=None) -> None:
     if out.exists() and not resuming:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    write_marker(out, config)
+    write_marker(out, config, **facts)
     started = time.perf_counter()
     try:
         with render_pool(min(args.workers, len(pending))) as run.pool:
@@ -259,7 +338,7 @@ def main(argv=None) -> None:
     scored = write_tables(out, failures)
     if scored:
         cohort_page.write_index(out, list(failures.values()))  # index.html: every night, linking its review page
-    if not scored:
+    elif not facts:
         if created:
             shutil.rmtree(out)
         first = failures[min(failures)]
@@ -269,9 +348,24 @@ def main(argv=None) -> None:
     seconds = {step: round(value, 2) for step, value in run.seconds.items()}
     total = round(time.perf_counter() - started, 2)
     write_marker(out, config, recordings=scored, failed=sorted(failures), step_seconds=seconds,
-                 total_seconds=total)
+                 total_seconds=total, **facts)
     report_run(out, [s.recording_id for s in pending if s.recording_id not in failures], failures, seconds, total)
     if failures:
+        raise SystemExit(1)
+
+
+def merge(args) -> None:
+    """``--merge-shards``: the cohort's tables and index from its shards' folders; exit status 1 when nights failed."""
+    if args.edf is not None or args.shard is not None or args.resume:
+        raise InputError("--merge-shards merges shards scored before: leave out --edf, --shard and --resume")
+    config = {"merge_shards": [str(folder) for folder in args.merge_shards], "out": str(args.out),
+              "overwrite": args.overwrite}
+    print("config: " + json.dumps(config))
+    record = shards.merge_shards(args.merge_shards, args.out, args.overwrite, config)
+    print(f"merged {len(record['shards'])} shard(s) of a cohort of {record['cohort_nights']} night(s): "
+          f"{len(record['recordings'])} scored, {len(record['failed'])} failed -> "
+          f"{args.out / postprocess.STATISTICS_TABLE}, {args.out / FAILURES}, {args.out / cohort_page.INDEX_NAME}")
+    if record["failed"]:
         raise SystemExit(1)
 
 

@@ -47,7 +47,7 @@ parser.add_argument("--hours", type=float, default=6.0, help="mean scored length
 parser.add_argument("--seed", type=int, default=1, help="make_synthetic.py seed (the demo trains on seed 0)")
 parser.add_argument("--workers", type=int, default=2, help="render processes and DataLoader workers")
 parser.add_argument("--chunk-nights", type=int, default=8, help="stage_edf.py --chunk-nights")
-parser.add_argument("--device", default="auto", help="stage_edf.py --device")
+parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="stage_edf.py --device")
 parser.add_argument("--work", type=Path, default=REPO / "bench" / "data" / "cohort", help="scratch folder")
 parser.add_argument("--result", type=Path, default=REPO / "bench" / "results" / "cohort_bench.json")
 parser.add_argument("--figure", type=Path, default=REPO / "docs" / "cohort_night_lights.png",
@@ -81,6 +81,15 @@ def with_lights(source: Path, target: Path, flat: tuple | None) -> None:
     edf.add_annotations([edfio.EdfAnnotation(LIGHTS_MARGIN_SECONDS, None, "Lights off"),
                          edfio.EdfAnnotation(edf.duration - LIGHTS_MARGIN_SECONDS, None, "Lights on")])
     edf.write(target)
+
+
+def gpu_name(device: str) -> str | None:
+    """The GPU stage_edf.py scores on (``--device`` cuda, or auto on a machine with CUDA); None on the CPU."""
+    if device == "cpu":
+        return None
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
 
 
 def make_nights(args) -> tuple[Path, list[str]]:
@@ -117,7 +126,8 @@ def main() -> None:
     args.figure.write_bytes((out / recording_ids[0] / f"{recording_ids[0]}-hypnogram.png").read_bytes())
     report = {
         "command": "python bench/cohort_bench.py " + " ".join(sys.argv[1:]),
-        "machine": cpu_description(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
+        "machine": cpu_description(), "gpu": gpu_name(args.device), "python": platform.python_version(),
+        "cpu_count": os.cpu_count(), "weights_dir": str(args.weights_dir),
         "nights": len(recording_ids), "hours_per_night": args.hours, "epochs": epochs,
         "wall_seconds": round(seconds, 1),
         "nights_per_hour": round(len(recording_ids) / seconds * 3600, 1),

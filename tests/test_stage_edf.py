@@ -83,7 +83,7 @@ def test_scores_an_unscored_night(tiny_data, night, scored):
     config = json.loads((out / cohort.MARKER).read_text())
     assert config["recordings"] == [recording_id] and set(config["step_seconds"]) == set(cohort.STEPS)
     assert config["method"] == "sqrt" and config["ens_weight"] == 0.06  # blend.py's defaults
-    assert "== post-process\n" in (out / cohort.LOG).read_text()
+    assert "\n== post-process\n" in (out / cohort.LOG).read_text()  # each step's name, then what it printed
     assert not (out / cohort.PARTIAL).exists()
     assert (out / cohort.FAILURES).read_text() == ",".join(cohort.FAILURE_COLUMNS) + "\n"  # none failed
     from sleepstaging.scoring import review_page

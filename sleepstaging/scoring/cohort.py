@@ -73,17 +73,28 @@ def plan_nights(recordings: list, out: Path, resuming: bool, retry_failed: bool)
     return pending, sorted(done & {s.recording_id for s in recordings}), kept
 
 
-def write_tables(out: Path, failures: dict) -> list[str]:
-    """The cohort's statistics table (every scored night in ``out``) and failures table; return the scored IDs."""
+def night_statistics(folder: Path, recording_id: str) -> dict:
+    """The statistics of one scored night of ``folder`` (its ``<ID>/<ID>-statistics.json``)."""
     from sleepstaging.scoring import hypnogram
-    nights = scored_nights(out)
-    statistics = {recording_id: json.loads((out / recording_id / hypnogram.OUTPUT_FILES["statistics"].format(
-        name=recording_id)).read_text()) for recording_id in nights}
-    hypnogram.write_statistics_table(out / postprocess.STATISTICS_TABLE, statistics)
+    return json.loads((folder / recording_id / hypnogram.OUTPUT_FILES["statistics"].format(
+        name=recording_id)).read_text())
+
+
+def write_cohort_tables(out: Path, statistics: dict, failures: dict) -> None:
+    """``sleep_statistics.csv`` (ID -> a night's statistics) and ``failures.csv`` (ID -> row), sorted by ID."""
+    from sleepstaging.scoring import hypnogram
+    hypnogram.write_statistics_table(out / postprocess.STATISTICS_TABLE,
+                                     {recording_id: statistics[recording_id] for recording_id in sorted(statistics)})
     with script_io.atomic_path(out / FAILURES) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, FAILURE_COLUMNS, lineterminator="\n")
         writer.writeheader()
         writer.writerows(failures[recording_id] for recording_id in sorted(failures))
+
+
+def write_tables(out: Path, failures: dict) -> list[str]:
+    """The cohort's statistics table (every scored night in ``out``) and failures table; return the scored IDs."""
+    nights = scored_nights(out)
+    write_cohort_tables(out, {recording_id: night_statistics(out, recording_id) for recording_id in nights}, failures)
     return nights
 
 
@@ -92,9 +103,11 @@ LOG = "stage_edf.log"
 PARTIAL = ".partial"  # the chunk being scored, inside --out; what a killed run left there is removed
 RENDER_RECORD = "{name}-render.json"
 STEPS = ("render", "infer", "blend", "post-process", "review page")
-# What a night's result depends on: --resume goes on only with the settings of the run that wrote --out.
+# What a night's result depends on: --resume goes on only with the settings of the run that wrote --out
+# (and with its shard: "K/N" or None); the shards of one cohort merge only when they agree on all but the shard.
 RESULT_KEYS = ("weights_dir", *model_set.MODEL_KEYS, *model_set.BLEND_KEYS, "from_tune", "tta", "amp", "postprocess",
-               "train_csv", "montage", "lights_off", "lights_on", "lights_table", "keep_images", "no_figures", "no_review_pages")
+               "train_csv", "montage", "lights_off", "lights_on", "lights_table", "keep_images", "no_figures", "no_review_pages",
+               "shard")
 
 
 def check_out(out: Path, args) -> bool:

@@ -5,12 +5,15 @@ WASO, the share of uncertain epochs, signal-quality warnings, whether it has
 been reviewed and how many epochs a scorer changed, a link to its review
 page) and a row per night that failed (its step and reason). As on the
 review page, recording data is JSON and the DOM is built with
-``textContent``; links are built with ``encodeURIComponent``.
+``textContent``; a link is relative to the index (a merged cohort's nights
+stay in their shards' folders), each path segment percent-encoded.
 """
 from __future__ import annotations
 
 import csv
 import json
+import os
+import urllib.parse
 from pathlib import Path
 
 
@@ -21,8 +24,18 @@ UNCERTAIN_BELOW = 0.6  # an epoch is uncertain when the blend's largest probabil
 SHOWN_STATISTICS = ("TST", "SE", "SOL", "WASO")
 
 
-def night_row(folder: Path, recording_id: str) -> dict:
-    """One night's row: statistics, uncertain share, warnings, review state, page."""
+def page_link(page: Path, index_folder: Path) -> str:
+    """The relative URL of a review page from the index's folder, each path segment percent-encoded."""
+    relative = Path(os.path.relpath(page, index_folder))
+    return "/".join(urllib.parse.quote(part, safe="") for part in relative.parts)
+
+
+def night_row(folder: Path, recording_id: str, index_folder: Path | None = None) -> dict:
+    """One night's row (its folder ``folder/<ID>``): statistics, uncertain share, warnings, review state, page link.
+
+    ``index_folder`` is where the index is written (default ``folder``); the
+    link to the night's review page is relative to it, empty when the night has none.
+    """
     from sleepstaging.scoring import corrections
     files = corrections.night_files(folder, recording_id)
     statistics = json.loads(files["statistics"].read_text())
@@ -35,15 +48,24 @@ def night_row(folder: Path, recording_id: str) -> dict:
     return {"id": recording_id, "epochs": len(table["epoch"]),
             **{key: statistics.get(key) for key in SHOWN_STATISTICS},
             "uncertain": round(uncertain, 4), "warnings": statistics.get("quality_warnings") or "",
-            "reviewed": files["log"].is_file(), "changed": changed, "page": files["page"].is_file()}
+            "reviewed": files["log"].is_file(), "changed": changed,
+            "page": page_link(files["page"], folder if index_folder is None else index_folder)
+            if files["page"].is_file() else ""}
 
 
-def write_index(folder: Path, failures: list[dict] | None = None) -> Path:
-    """Write ``<folder>/index.html`` from the scored nights in ``folder`` (and the failures table's rows)."""
+def write_index(folder: Path, failures: list[dict] | None = None, nights: dict | None = None) -> Path:
+    """Write ``<folder>/index.html`` from scored nights and the failures table's rows.
+
+    ``nights``: ID -> the folder that holds the night's ``<ID>/`` (a merged
+    cohort's nights stay in their shards' folders); default every scored
+    night in ``folder``. ``failures``: default ``folder``'s failures table.
+    """
     from sleepstaging.scoring import cohort
     if failures is None:
         failures = list(cohort.read_failures(folder).values()) if (folder / cohort.FAILURES).is_file() else []
-    data = {"nights": [night_row(folder, night) for night in cohort.scored_nights(folder)],
+    if nights is None:
+        nights = dict.fromkeys(cohort.scored_nights(folder), folder)
+    data = {"nights": [night_row(nights[night], night, folder) for night in sorted(nights)],
             "failures": [{key: row.get(key, "") for key in ("recording_id", "step", "reason")} for row in failures],
             "uncertain_below": UNCERTAIN_BELOW}
     path = folder / INDEX_NAME
@@ -78,7 +100,7 @@ document.getElementById("summary").textContent = D.nights.length + " night(s) sc
   D.nights.filter((n) => n.reviewed).length + " reviewed, " + D.failures.length + " failed.";
 document.getElementById("nights").replaceChildren(...D.nights.map((n) => {
   const tr = document.createElement("tr"), first = document.createElement("td");
-  if (n.page) { const a = document.createElement("a"); a.href = encodeURIComponent(n.id) + "/review.html"; a.textContent = n.id; first.append(a); }
+  if (n.page) { const a = document.createElement("a"); a.href = n.page; a.textContent = n.id; first.append(a); }
   else first.textContent = n.id;
   tr.append(first, cell(n.epochs), cell(num(n.TST)), cell(num(n.SE)), cell(num(n.SOL)), cell(num(n.WASO)),
     cell(Math.round(100 * n.uncertain) + " %"), cell(n.warnings || "none", "text"),

@@ -108,6 +108,30 @@ def read_model_configs(weights_dir: Path | str, fold: int, models: dict) -> dict
             for key, (arch, epochs) in models.items()}
 
 
+def model_files_sha256(weights_dir: Path | str, fold: int, models: dict) -> str:
+    """One SHA-256 over the files a scoring run uses: each model's configuration and kept checkpoints, the record.
+
+    ``models``: ``{"vit": (arch, epochs), "eff": (arch, epochs)}``. The files'
+    names (not their folder) and contents enter it, so a copy of the weights
+    folder elsewhere has the same digest and a model retrained in place has
+    another. Read in blocks of 1 MiB: a checkpoint is never held whole.
+    """
+    import hashlib
+
+    paths = [model_set_path(weights_dir)] if model_set_path(weights_dir).is_file() else []
+    for arch, epochs in models.values():
+        paths += [run_config_path(weights_dir, arch, fold),
+                  *(checkpoint_path(weights_dir, arch, fold, epoch) for epoch in epochs)]
+    lines = []
+    for path in paths:  # one line per file, "<name> <its digest>": no two sets of files give the same text
+        file_digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                file_digest.update(block)
+        lines.append(f"{Path(path).name} {file_digest.hexdigest()}\n")
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
 # --------------------------------------------------------------------------
 # Reading the record
 # --------------------------------------------------------------------------
