@@ -74,40 +74,31 @@ def scored_stages(scored: Path, recording_id: str, idnums, column: str) -> np.nd
     return np.array([by_epoch[psg_layout.epoch_number_of(idnum)] for idnum in idnums], dtype=np.int64)
 
 
-def main() -> None:
-    args = parser.parse_args()
-    work, data = args.work, args.work / "DATA"
-    record = model_set.read_model_set(args.weights_dir)
-    if record is None:
-        raise SystemExit(f"no model set in {args.weights_dir}: run model_set.py (bash run.sh demo does)")
-    found = record["models"]
-    blend_settings = record["blend"]
-    postprocess_method = args.postprocess or record["postprocess"]
+def make_night(args) -> tuple:
+    """One synthetic night with its EDF alone in a folder (its hypnogram withheld): (data, test, answers, ID, folder)."""
+    data = args.work / "DATA"
+    run("make_synthetic.py", "--out", data, "--train-subjects", 1, "--test-subjects", 1, "--hours", args.hours,
+        "--seed", args.seed, "--edf", "--workers", 2, "--quiet")
+    test = psg_layout.read_epoch_csv(data / psg_layout.TEST_CSV, with_labels=False)
+    answers = psg_layout.read_epoch_csv(data / psg_layout.TEST_LABELS_CSV, with_labels=True)
+    (recording_id,) = set(test.recording_ids)
+    night = args.work / "night"
+    shutil.rmtree(night, ignore_errors=True)
+    night.mkdir(parents=True)
+    shutil.copy(data / "edf" / f"{recording_id}.edf", night / f"{recording_id}.edf")  # the hypnogram stays behind
+    return data, test, answers, recording_id, night
+
+
+def layout_route(args, data: Path, record: dict, postprocess_method: str) -> tuple[dict, np.ndarray]:
+    """The same night through the layout's scripts (infer_blend, blend, postprocess, evaluate): metrics, stages."""
+    found, blend_settings = record["models"], record["blend"]
     models = ["--vit-arch", found["vit_arch"], "--eff-arch", found["eff_arch"], "--fold", found["fold"],
               "--vit-epochs", *found["vit_epochs"], "--eff-epochs", *found["eff_epochs"]]
     blend_args = [item for key in model_set.BLEND_KEYS for item in (f"--{key.replace('_', '-')}", blend_settings[key])]
     # both routes post-process alike: the model set's recorded hmm, or the method named
     postprocess_args = ["--method", postprocess_method,
                         *(["--model-set", args.weights_dir] if postprocess_method == "hmm" else [])]
-    run("make_synthetic.py", "--out", data, "--train-subjects", 1, "--test-subjects", 1, "--hours", args.hours,
-        "--seed", args.seed, "--edf", "--workers", 2, "--quiet")
-    test = psg_layout.read_epoch_csv(data / psg_layout.TEST_CSV, with_labels=False)
-    answers = psg_layout.read_epoch_csv(data / psg_layout.TEST_LABELS_CSV, with_labels=True)
-    (recording_id,) = set(test.recording_ids)
-    night = work / "night"
-    shutil.rmtree(night, ignore_errors=True)
-    night.mkdir(parents=True)
-    shutil.copy(data / "edf" / f"{recording_id}.edf", night / f"{recording_id}.edf")  # the hypnogram stays behind
-
-    load_before = os.getloadavg()
-    stage_seconds = run("stage_edf.py", "--edf", night / f"{recording_id}.edf", "--weights-dir", args.weights_dir,
-                        "--out", work / "scored", "--overwrite", *(["--postprocess", args.postprocess]
-                                                                  if args.postprocess else []),
-                        "--workers", args.workers, "--quiet")
-    load_after = os.getloadavg()
-    steps = json.loads((work / "scored" / "stage_edf.json").read_text())
-
-    outputs = work / "outputs"
+    outputs = args.work / "outputs"
     run("infer_blend.py", "--data-root", data, "--weights-dir", args.weights_dir, "--out", outputs, *models,
         "--workers", args.workers, "--no-cache", "--quiet")
     run("blend.py", "--data-root", data, "--out", outputs, *models, *blend_args, "--quiet")
@@ -116,22 +107,37 @@ def main() -> None:
         *postprocess_args, "--no-recordings", "--quiet")
     run("evaluate.py", "--data-root", data, "--pred", submission_path(outputs), "--out", report_dir(outputs),
         "--outputs", outputs, "--weights-dir", args.weights_dir, *models, "--quiet")
-    layout = json.loads((report_dir(outputs) / "metrics.json").read_text())
+    stages = np.array([psg_layout.STAGE_TO_INT[line] for line in submission_path(outputs).read_text().split()],
+                      dtype=np.int64)
+    return json.loads((report_dir(outputs) / "metrics.json").read_text()), stages
 
-    layout_stages = np.array([psg_layout.STAGE_TO_INT[line] for line in
-                              submission_path(outputs).read_text().split()], dtype=np.int64)
+
+def main() -> None:
+    args = parser.parse_args()
+    work = args.work
+    record = model_set.read_model_set(args.weights_dir)
+    if record is None:
+        raise SystemExit(f"no model set in {args.weights_dir}: run model_set.py (bash run.sh demo does)")
+    postprocess_method = args.postprocess or record["postprocess"]
+    data, test, answers, recording_id, night = make_night(args)
+
+    load_before = os.getloadavg()
+    stage_seconds = run("stage_edf.py", "--edf", night / f"{recording_id}.edf", "--weights-dir", args.weights_dir,
+                        "--out", work / "scored", "--overwrite", *(["--postprocess", args.postprocess]
+                                                                  if args.postprocess else []),
+                        "--workers", args.workers, "--quiet")
+    load_after = os.getloadavg()
+    steps = json.loads((work / "scored" / "stage_edf.json").read_text())
+    layout, layout_stages = layout_route(args, data, record, postprocess_method)
     stage_stages = scored_stages(work / "scored", recording_id, test.idnums, "stage_after")
     stage = compute_metrics(answers.labels, stage_stages, test.recording_ids)
+    rendered = json.loads((work / "scored" / recording_id / f"{recording_id}-render.json").read_text())
     result = {
         "command": "python bench/score_night.py " + " ".join(sys.argv[1:]),
-        "weights_dir": str(args.weights_dir),
-        "models": found,
-        "blend": blend_settings,
+        "weights_dir": str(args.weights_dir), "models": record["models"], "blend": record["blend"],
         "postprocess": postprocess_method,
         "night": {"recording_id": recording_id, "seed": args.seed, "hours": args.hours,
-                  "epochs_rendered": json.loads((work / "scored" / recording_id /
-                                                 f"{recording_id}-render.json").read_text())["epochs_rendered"],
-                  "epochs_scored_in_withheld_hypnogram": len(test)},
+                  "epochs_rendered": rendered["epochs_rendered"], "epochs_scored_in_withheld_hypnogram": len(test)},
         "stage_edf_wall_seconds": round(stage_seconds, 2),
         "stage_edf_step_seconds": steps["step_seconds"],
         "load_average_before_after": [round(load_before[0], 2), round(load_after[0], 2)],
@@ -146,7 +152,6 @@ def main() -> None:
     with script_io.atomic_path(args.result) as tmp:
         tmp.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
-
 
 if __name__ == "__main__":
     main()
