@@ -65,6 +65,7 @@ from pathlib import Path
 
 
 from sleepstaging.scoring import blend
+from sleepstaging.scoring import calibration
 from sleepstaging.edf import lights
 from sleepstaging.scoring import model_set
 from sleepstaging.scoring import postprocess
@@ -164,6 +165,7 @@ def resolve_settings(args) -> dict:
     else:
         sources["postprocess"] = "--postprocess"
     args.model_set = args.weights_dir if record is not None and args.postprocess == "hmm" else None
+    args.temperature = calibration.recorded_temperature(record)  # the blend's calibration, shown in every output
     return sources
 
 
