@@ -125,7 +125,7 @@ parser.add_argument("--lights-table", type=Path, default=None, metavar="CSV",
                          "list take theirs from their annotations")
 parser.add_argument("--no-figures", action="store_true", help="no hypnogram figures (saves seconds per recording)")
 parser.add_argument("--no-review-pages", action="store_true",
-                    help="no review.html per night (its images take most of the time of scoring a night)")
+                    help="no review.html per night (encoding its images takes seconds a night)")
 parser.add_argument("--resume", action="store_true",
                     help="go on with the run that wrote --out: skip its complete nights and those that failed on "
                          "files unchanged since; score the rest with its settings")
@@ -134,7 +134,8 @@ parser.add_argument("--chunk-nights", type=int, default=8,
                     help="nights rendered, inferred in one batched pass and post-processed together")
 parser.add_argument("--keep-images", action="store_true", help="keep each night's rendered images in <ID>/images/")
 parser.add_argument("--workers", type=int, default=2,
-                    help="nights rendered in parallel, and the inference's DataLoader workers")
+                    help="nights rendered in parallel, the inference's DataLoader workers, and the threads encoding "
+                         "the review pages' images")
 parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

@@ -256,3 +256,54 @@ def test_the_posterior_temperature_is_the_model_sets_only_for_the_model_sets_own
     assert postprocess.posterior_temperature(None, own)[0] == 1.0
     assert postprocess.posterior_temperature({"path": "x", "calibration": {"temperature": 0.6}},
                                              dict.fromkeys(own, "x")) == (1.0, "1: the model set records none")
+
+
+# --------------------------------------------------------------------------
+# The page's images: each epoch encoded about once, the answer of the plain greedy rule
+# --------------------------------------------------------------------------
+def greedy_images(encoded, order, budget):
+    """The rule as first written: every epoch at the first level that fits, then raised in check order.
+
+    ``encoded``: level -> every epoch's data URI at it (the encoders are deterministic)."""
+    for level in review_page.IMAGE_LEVELS:
+        uris = list(encoded[level])
+        if sum(map(len, uris)) <= budget:
+            break
+    full = [False] * len(uris)
+    for index in order:
+        bigger = encoded[review_page.FULL_LEVEL][index]
+        if not bigger:  # no image: passed over
+            continue
+        if sum(map(len, uris)) - len(uris[index]) + len(bigger) > budget:
+            break
+        uris[index], full[index] = bigger, True
+    return uris, full
+
+
+@pytest.mark.parametrize("guess", ["sample", "estimate", "all"])
+def test_images_are_those_of_the_greedy_rule_whatever_the_first_guess(tmp_path, monkeypatch, guess):
+    import cv2
+
+    rng = np.random.default_rng(5)
+    paths = []
+    for n in range(24):
+        paths.append(tmp_path / f"E_{n + 1:04d}.png")
+        cv2.imwrite(str(paths[-1]), trace_image(rng))
+    paths[7] = None  # an epoch without an image
+    order = rng.permutation(24)
+    encoded = {level: [review_page.file_uri(p, *level) for p in paths]
+               for level in (*review_page.IMAGE_LEVELS, review_page.FULL_LEVEL)}
+    first, fulls = encoded[review_page.IMAGE_LEVELS[0]], encoded[review_page.FULL_LEVEL]
+    ranked = [i for i in order if paths[i] is not None]
+    monkeypatch.setattr(review_page, "SIZE_SAMPLE", 4)
+    choose = {"sample": lambda uris, r, sample, budget: sample, "estimate": review_page._guess_full_count,
+              "all": lambda uris, r, sample, budget: len(r) - sample}[guess]
+    monkeypatch.setattr(review_page, "_guess_full_count", choose)
+    for start in (0, 1, 11, 23):  # the longest start of the order that fits at full size
+        budget = sum(map(len, first)) + sum(len(fulls[i]) - len(first[i]) for i in ranked[:start]) + 5
+        expected = greedy_images(encoded, order, budget)
+        assert sum(expected[1]) == start
+        for workers in (1, 3):
+            assert review_page.encode_images(paths, order, budget, workers) == expected
+    small = sum(map(len, encoded[review_page.IMAGE_LEVELS[1]])) + 3000  # the second level, and a few raised
+    assert review_page.encode_images(paths, order, small) == greedy_images(encoded, order, small)

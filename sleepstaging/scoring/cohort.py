@@ -243,7 +243,7 @@ def write_review_pages(args, data: Path, outputs: Path, results: Path) -> None:
     dumps = {f"model {n} ({arch})": dump_path(outputs, arch, args.fold, epochs)
              for n, (arch, epochs) in enumerate(((args.vit_arch, args.vit_epochs), (args.eff_arch, args.eff_epochs)), 1)}
     review_page.write_layout_pages(data, results, dumps, args.temperature,
-                                   posterior_file=posterior_path(submission_path(outputs)))
+                                   posterior_file=posterior_path(submission_path(outputs)), workers=args.workers)
 
 
 def run_step(run, step: str, function, *arguments):

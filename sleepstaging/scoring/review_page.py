@@ -19,6 +19,8 @@ Size: the images are embedded as WebP data URIs, the epochs to check first
 at the models' full 480 x 270 and the others at half size (240 x 135), as
 many full-size as :data:`IMAGE_BUDGET_CHARACTERS` allows
 (:func:`encode_images`): a 9-h night (1,080 epochs) stays under 10 MB.
+Time: the images are most of it; each is encoded about once (Pillow's
+WebP at effort :data:`WEBP_METHOD`), on ``workers`` threads.
 """
 from __future__ import annotations
 
@@ -50,6 +52,8 @@ HALF_SIZE = (psg_layout.IMAGE_WIDTH // 2, psg_layout.IMAGE_HEIGHT // 2)
 # then epochs in check order are raised to full size while the total stays within it.
 IMAGE_LEVELS = ((HALF_SIZE, 70), (HALF_SIZE, 40), ((120, 68), 40))
 FULL_QUALITY = 70
+FULL_LEVEL = (FULL_SIZE, FULL_QUALITY)
+SIZE_SAMPLE = 16  # epochs encoded at each end of the check order to guess how many fit at full size
 # libwebp's effort, 0 (fastest) to 6 (its default 4): at 2 these trace images come out within 2 % of 4's
 # size in about 60 % of the time (docs/review.md).
 WEBP_METHOD = 2
@@ -134,14 +138,40 @@ def file_uri(path: Path | None, size: tuple[int, int], quality: int) -> str:
     return "" if image is None else webp_uri(image, size, quality)
 
 
+class _EpochImages:
+    """Each epoch's data URI and whether it is full size, encoded on a thread pool."""
+
+    def __init__(self, pool, paths: list) -> None:
+        self.pool, self.paths = pool, paths
+        self.uris, self.full = [""] * len(paths), [False] * len(paths)
+
+    def encoded(self, indices: list[int], level: tuple) -> list[str]:
+        """The epochs' images at ``level`` ((width, height), quality), not kept."""
+        return list(self.pool.map(lambda index: file_uri(self.paths[index], *level), indices))
+
+    def put(self, index: int, uri: str, level: tuple) -> None:
+        self.uris[index], self.full[index] = uri, level == FULL_LEVEL
+
+    def encode(self, indices: list[int], level: tuple) -> None:
+        for index, uri in zip(indices, self.encoded(indices, level)):
+            self.put(index, uri, level)
+
+    def total(self) -> int:
+        return sum(map(len, self.uris))
+
+
 def encode_images(paths: list[Path | None], order: np.ndarray, budget: int = IMAGE_BUDGET_CHARACTERS,
                   workers: int = IMAGE_WORKERS) -> tuple[list[str], list[bool]]:
     """Each epoch's image as a data URI, full size for the epochs checked first, within ``budget`` characters.
 
-    Every epoch first gets the first :data:`IMAGE_LEVELS` level whose images
-    fit the budget together; then, in check order, epochs are raised to full
-    size until the next one would not fit. Each file is read again for each
-    size it is encoded at (a 9-h night's decoded images would take 400 MB).
+    The full-size epochs are the longest start of the check order for
+    which the images, the others at the first :data:`IMAGE_LEVELS` level,
+    fit the budget together (if even none does, the same over the first
+    level at which every epoch fits). Most epochs are encoded once: :data:`SIZE_SAMPLE` epochs
+    from each end of the order (at full size and at the first level) give
+    the mean sizes that guess that start, and :func:`_settle` moves the
+    guess to the exact answer with a few more encodings. Files are read
+    again for each size (a 9-h night's decoded images would take 400 MB).
 
     Parameters
     ----------
@@ -162,32 +192,65 @@ def encode_images(paths: list[Path | None], order: np.ndarray, budget: int = IMA
     """
     from concurrent.futures import ThreadPoolExecutor
 
+    ranked = [int(i) for i in order if paths[i] is not None and Path(paths[i]).is_file()]
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        for size, quality in IMAGE_LEVELS:
-            uris = list(pool.map(lambda path: file_uri(path, size, quality), paths))
-            if sum(map(len, uris)) <= budget:
-                break
-        full = _raise_to_full_size(pool, paths, uris, order, budget, batch=4 * max(1, workers))
-    return uris, full
+        images = _EpochImages(pool, paths)
+        sample = min(SIZE_SAMPLE, len(ranked) // 2)
+        images.encode(ranked[:sample], FULL_LEVEL)
+        images.encode(ranked[len(ranked) - sample:], IMAGE_LEVELS[0])
+        guess = _guess_full_count(images.uris, ranked, sample, budget)
+        images.encode(ranked[sample:guess], FULL_LEVEL)
+        images.encode(ranked[guess:len(ranked) - sample], IMAGE_LEVELS[0])
+        batch = 4 * max(1, workers)
+        if _settle(images, ranked, guess, budget, batch, IMAGE_LEVELS[0]) == 0 and images.total() > budget:
+            for level in IMAGE_LEVELS[1:]:  # not every epoch fits at the first level: the first level that does
+                images.encode(ranked, level)
+                if images.total() <= budget:
+                    _settle(images, ranked, 0, budget, batch, level)
+                    break
+    return images.uris, images.full
 
 
-def _raise_to_full_size(pool, paths: list, uris: list[str], order: np.ndarray, budget: int, batch: int) -> list[bool]:
-    """Replace ``uris`` (in place) by full-size images in check order while the total fits ``budget``.
+def _guess_full_count(uris: list[str], ranked: list[int], sample: int, budget: int) -> int:
+    """How many epochs of ``ranked`` fit at full size, from the mean sizes of the ``sample`` full-size ones at its
+    start and first-level ones at its end; at least ``sample``, at most all but the ``sample`` at its end."""
+    if sample == 0:
+        return 0
+    full_mean = np.mean([len(uris[i]) for i in ranked[:sample]])
+    small_mean = np.mean([len(uris[i]) for i in ranked[len(ranked) - sample:]])
+    room = (budget - small_mean * len(ranked)) / max(full_mean - small_mean, 1.0)
+    return int(np.clip(room, sample, len(ranked) - sample))
 
-    Encodes ``batch`` epochs at a time on ``pool``; of the batch that
-    reaches the budget, the epochs after the first that does not fit are
-    thrown away (so the full-size epochs are exactly the first of the order).
+
+def _settle(images: _EpochImages, ranked: list[int], count: int, budget: int, batch: int, base: tuple) -> int:
+    """Move the end ``count`` of the full-size start of ``ranked`` to the longest start that fits ``budget``.
+
+    The other epochs are at level ``base``. Over budget, full-size epochs
+    go back to it from the end of that start; within it, the next epochs
+    are raised while they fit.
+    ``batch`` epochs are encoded at once; those not needed are thrown away.
+    Returns the new count (0, maybe still over budget).
     """
-    total, full = sum(map(len, uris)), [False] * len(uris)
-    candidates = [int(index) for index in order if uris[index]]
-    for start in range(0, len(candidates), batch):
-        chunk = candidates[start:start + batch]
-        for index, bigger in zip(chunk, pool.map(lambda i: file_uri(paths[i], FULL_SIZE, FULL_QUALITY), chunk)):
-            if total - len(uris[index]) + len(bigger) > budget:
-                return full
-            total += len(bigger) - len(uris[index])
-            uris[index], full[index] = bigger, True
-    return full
+    total, demoted = images.total(), False
+    while count > 0 and total > budget:
+        chunk = ranked[max(0, count - batch):count][::-1]
+        for index, smaller in zip(chunk, images.encoded(chunk, base)):
+            if total <= budget:
+                break
+            total += len(smaller) - len(images.uris[index])
+            images.put(index, smaller, base)
+            count, demoted = count - 1, True
+    if demoted or total > budget:  # the epoch after the start was at full size and did not fit
+        return count
+    while count < len(ranked):
+        chunk = ranked[count:count + batch]
+        for index, bigger in zip(chunk, images.encoded(chunk, FULL_LEVEL)):
+            if total - len(images.uris[index]) + len(bigger) > budget:
+                return count
+            total += len(bigger) - len(images.uris[index])
+            images.put(index, bigger, FULL_LEVEL)
+            count += 1
+    return count
 
 
 # --------------------------------------------------------------------------
@@ -255,7 +318,8 @@ def night_data(recording_id: str, table: dict, statistics: dict, models: dict, i
 
 
 def write_review_page(night_dir: Path, recording_id: str, models: dict, image_paths: list, temperature: float = 1.0,
-                      ordering: str = DEFAULT_ORDERING, posterior: np.ndarray | None = None) -> Path:
+                      ordering: str = DEFAULT_ORDERING, posterior: np.ndarray | None = None,
+                      workers: int = IMAGE_WORKERS) -> Path:
     """Write ``<night_dir>/review.html`` from the night's hypnogram table and statistics, atomically.
 
     Parameters
@@ -279,14 +343,16 @@ def write_review_page(night_dir: Path, recording_id: str, models: dict, image_pa
     posterior : np.ndarray or None, shape (n, 5)
         The hmm's posterior (``hmm.hmm_posterior``) in the table's epoch
         order; shown beside the blend and needed by the ``hmm`` ordering.
+    workers : int
+        Threads encoding the images (:func:`encode_images`).
     """
     from sleepstaging.scoring import hypnogram
     names = {key: night_dir / pattern.format(name=recording_id) for key, pattern in hypnogram.OUTPUT_FILES.items()}
     table = read_hypnogram_table(names["table"])
     statistics = json.loads(names["statistics"].read_text())
     ranking = night_ranking(table, models, ordering, posterior)
-    data = night_data(recording_id, table, statistics, models, encode_images(image_paths, ranking["order"]), ranking,
-                      temperature)
+    images = encode_images(image_paths, ranking["order"], workers=workers)
+    data = night_data(recording_id, table, statistics, models, images, ranking, temperature)
     path = night_dir / PAGE_NAME
     with script_io.atomic_path(path) as tmp:
         tmp.write_text(page_html(data), encoding="utf-8")
@@ -324,7 +390,8 @@ def page_html(data: dict) -> str:
 
 
 def write_layout_pages(data_root: Path, recordings_out: Path, model_dumps: dict, temperature: float = 1.0,
-                       ordering: str = DEFAULT_ORDERING, posterior_file: Path | None = None) -> list[Path]:
+                       ordering: str = DEFAULT_ORDERING, posterior_file: Path | None = None,
+                       workers: int = IMAGE_WORKERS) -> list[Path]:
     """A review page for every test recording of a data root whose outputs are in ``recordings_out``.
 
     Parameters
@@ -336,7 +403,7 @@ def write_layout_pages(data_root: Path, recordings_out: Path, model_dumps: dict,
     model_dumps : dict
         Model name -> its test probability dump (``.npy``, test CSV order);
         a missing file leaves that model out.
-    temperature, ordering
+    temperature, ordering, workers
         As :func:`write_review_page`.
     posterior_file : Path or None
         The hmm's posterior (``.npy``, test CSV order) that ``postprocess.py
@@ -361,7 +428,8 @@ def write_layout_pages(data_root: Path, recordings_out: Path, model_dumps: dict,
         rows = sorted(rows, key=lambda r: psg_layout.epoch_number_of(test.idnums[r]))  # the table's epoch order
         images = [psg_layout.image_path(data_root, recording_id, test.idnums[r]) for r in rows]
         pages.append(write_review_page(night, recording_id, {name: p[rows] for name, p in dumps.items()}, images,
-                                       temperature, ordering, None if posterior is None else posterior[rows]))
+                                       temperature, ordering, None if posterior is None else posterior[rows],
+                                       workers))
     return pages
 
 
