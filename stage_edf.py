@@ -26,7 +26,11 @@ in chunks of ``--chunk-nights``; for each chunk:
 4. post-process: ``postprocess.py`` (``--postprocess``: the model set's hmm,
    the original's rules, the hmm with transitions counted from
    ``--train-csv``, or none) and, per night, the hypnogram table, EDF+
-   annotations, figure and sleep statistics over the lights period.
+   annotations, figure and sleep statistics over the lights period (the
+   table and figure show the blend calibrated by the model set's
+   temperature, ``calibration`` in ``model_set.json``);
+5. review page: per night, ``review.html`` (``review_page.py``; not with
+   ``--no-review-pages``), then the cohort's ``index.html``.
 
 Each step computes what the layout route computes on the same images, so
 the stages are those of ``render_edf.py``, ``infer_blend.py``, ``blend.py``
@@ -35,7 +39,8 @@ and ``postprocess.py`` run one after the other.
 Writes into ``--out``: ``<ID>/`` per scored night (``<ID>-hypnogram.csv``,
 ``<ID>-Hypnogram.edf``, ``<ID>-hypnogram.png`` unless ``--no-figures``,
 ``<ID>-statistics.json``, ``<ID>-render.json``: what was drawn from which
-channels; ``images/`` with ``--keep-images``), ``sleep_statistics.csv`` (one
+channels; ``review.html``; ``images/`` with ``--keep-images``), ``index.html``,
+``sleep_statistics.csv`` (one
 row per scored night), ``failures.csv`` (one row per night that failed:
 its step and one-line reason), ``stage_edf.json`` (the run's settings and
 what it did) and ``stage_edf.log`` (what the steps printed). A night's

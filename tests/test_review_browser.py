@@ -129,6 +129,8 @@ def test_the_hmm_ordering_shows_its_posterior_and_starts_with_the_epoch_it_doubt
     rows = page.eval_on_selector_all("#probs-body tr", "rows => rows.map(r => r.textContent)")
     assert rows[1] == "hmm posterior1 %1 %50 %47 %1 %N2" and rows[0].startswith("blend")
     assert "hmm 47 %" in page.text_content("#check-list")
+    if os.environ.get("REVIEW_SCREENSHOT"):  # docs/review_page.png: REVIEW_SCREENSHOT=docs/review_page.png pytest -k hmm
+        page.screenshot(path=os.environ["REVIEW_SCREENSHOT"], full_page=True)
     context.close()
     assert errors == []
 

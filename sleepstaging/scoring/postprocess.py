@@ -312,11 +312,7 @@ def hmm_settings(method: str, data_root: Path | str, in_csv: Path, train_csv: Pa
             raise InputError(f"{option} is read by --method hmm only, not by --method {method}")
     if method != "hmm":
         return None, None
-    if stage_balance is not None and not psg_layout.is_stage_balance(stage_balance):
-        raise InputError(f"--stage-balance must be a finite number, 0 or more (the models' --stage-balance), "
-                         f"got {stage_balance}")
-    if transition_weight is not None and not 0 <= transition_weight < float("inf"):
-        raise InputError(f"--transition-weight must be a finite number, 0 or more, got {transition_weight}")
+    _check_hmm_flags(stage_balance, transition_weight)
 
     record = model_set.read_model_set(model_set_dir) if model_set_dir is not None else None
     if model_set_dir is not None and record is None:
@@ -342,6 +338,15 @@ def hmm_settings(method: str, data_root: Path | str, in_csv: Path, train_csv: Pa
         transition_weight, sources["transition_weight"] = 1.0, "1: the counted transitions"
     temperature, sources["posterior_temperature"] = posterior_temperature(record, sources)
     return HmmInputs(counts, train_csv, stage_balance, transition_weight, temperature), sources
+
+
+def _check_hmm_flags(stage_balance: float | None, transition_weight: float | None) -> None:
+    """Refuse a ``--stage-balance`` or ``--transition-weight`` no decoding can use (None: not given)."""
+    if stage_balance is not None and not psg_layout.is_stage_balance(stage_balance):
+        raise InputError(f"--stage-balance must be a finite number, 0 or more (the models' --stage-balance), "
+                         f"got {stage_balance}")
+    if transition_weight is not None and not 0 <= transition_weight < float("inf"):
+        raise InputError(f"--transition-weight must be a finite number, 0 or more, got {transition_weight}")
 
 
 def posterior_temperature(record: dict | None, sources: dict) -> tuple[float, str]:

@@ -166,12 +166,13 @@ def encode_images(paths: list[Path | None], order: np.ndarray, budget: int = IMA
 
     The full-size epochs are the longest start of the check order for
     which the images, the others at the first :data:`IMAGE_LEVELS` level,
-    fit the budget together (if even none does, the same over the first
-    level at which every epoch fits). Most epochs are encoded once: :data:`SIZE_SAMPLE` epochs
-    from each end of the order (at full size and at the first level) give
-    the mean sizes that guess that start, and :func:`_settle` moves the
-    guess to the exact answer with a few more encodings. Files are read
-    again for each size (a 9-h night's decoded images would take 400 MB).
+    fit the budget together (if not even every epoch at that level fits:
+    the same over the first level at which all do). Most epochs are
+    encoded once: :data:`SIZE_SAMPLE` epochs from each end of the order
+    (at full size and at the first level) give the mean sizes that guess
+    that start, and :func:`_settle` moves the guess to the exact answer
+    with a few more encodings. Files are read again for each size (a 9-h
+    night's decoded images would take 400 MB).
 
     Parameters
     ----------
@@ -227,9 +228,9 @@ def _settle(images: _EpochImages, ranked: list[int], count: int, budget: int, ba
 
     The other epochs are at level ``base``. Over budget, full-size epochs
     go back to it from the end of that start; within it, the next epochs
-    are raised while they fit.
-    ``batch`` epochs are encoded at once; those not needed are thrown away.
-    Returns the new count (0, maybe still over budget).
+    are raised while they fit. ``batch`` epochs are encoded at once; those
+    not needed are thrown away. Returns the new count (0: maybe still over
+    budget).
     """
     total, demoted = images.total(), False
     while count > 0 and total > budget:
