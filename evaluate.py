@@ -13,7 +13,12 @@ renderer write them), and writes to ``--out``:
 * ``confusion_matrix.png``, ``hypnograms.png`` (true versus predicted
   stages of the first ``--hypnograms`` recordings), ``training_curves.png``
   (from the trainers' ``weights/*_log.csv``, when present);
-* ``report.md``, which shows all of it.
+* ``reliability.png`` and the report's calibration section (ECE, 15
+  bins; also in ``metrics.json``, ``calibration``) when probabilities are
+  beside the submission: a blend CSV's blended probabilities, before and
+  after the model set's temperature, or the hmm's posterior of the stage
+  it assigned (``postprocess.py --method hmm`` writes it);
+* ``report.md``, which shows all of it (written once, whole).
 
 When the fold's validation dumps exist (``outputs/<arch>_fold_<k>_<epochs>_valid.npy``
 and ``outputs/fold_<k>_valid.csv``, written by infer_blend.py), the report
@@ -54,6 +59,7 @@ from sklearn.metrics import (accuracy_score, f1_score)
 
 from sleepstaging.data import psg_layout
 from sleepstaging import script_io
+from sleepstaging.scoring import calibration
 from sleepstaging.scoring.blend import DUMP_SCALES, METHODS, blend_probabilities, blend_scores, load_probabilities, predict_stages, read_test_csv, resolve_tta, row_scales, tune_blend
 from sleepstaging.output_names import dump_path, report_dir, submission_path, valid_csv_path
 from sleepstaging.scoring.hmm import hmm_decode
@@ -186,9 +192,10 @@ def main(argv=None) -> None:
     if validation is not None:
         metrics["validation"] = validation
 
-    write_report(args.out, metrics, config, y_true, y_pred, test.recording_ids, args)
-    from sleepstaging.scoring import calibration
-    calibration.evaluation_section(args.pred, args.weights_dir, y_true, args.out)  # ECE, reliability.png
+    args.out.mkdir(parents=True, exist_ok=True)
+    calibration_lines, metrics["calibration"] = calibration.evaluation_section(args.pred, args.weights_dir, y_true,
+                                                                               y_pred, args.out)  # reliability.png
+    write_report(args.out, metrics, config, y_true, y_pred, test.recording_ids, args, calibration_lines)
 
     print(f"test macro-F1 {metrics['macro_f1']:.4f}, accuracy {metrics['accuracy']:.4f}, "
           f"kappa {metrics['cohen_kappa']:.4f} on {metrics['rows']} epochs")

@@ -21,7 +21,11 @@ the models needs beyond their checkpoints and training configurations
   0.005; of those, the stage shifts per night nearest the true ones);
 * ``validation``: the validation macro-F1 of the blend, the rules and the
   hmm at each weight tried (with its stage shifts per night), and each
-  sleep statistic's mean over the validation nights, true and decoded.
+  sleep statistic's mean over the validation nights, true and decoded;
+* ``calibration``: the temperatures fitted on the validation rows for the
+  blended probabilities (``temperature``) and for the hmm's posterior at
+  the chosen weight (``hmm_temperature``), with each one's ECE before and
+  after (``calibration.calibration_record``).
 
 Nothing of the challenge flow changes: ``postprocess.py`` still applies the
 original's rules by default. A scoring run reads the record and every flag
@@ -69,6 +73,8 @@ def main(argv=None) -> None:
     model = hmm.hmm_from_counts(counts, stage_balance)
     weight, tuning = hmm.tune_transition_weight(probabilities, valid.labels, valid.recording_ids, model)
     scores = validation_scores(probabilities, valid, model, weight)
+    posterior = hmm.hmm_posterior(probabilities, valid.recording_ids, *model, transition_weight=weight)
+    decoded = hmm.hmm_decode(probabilities, valid.recording_ids, *model, transition_weight=weight)
     record = {
         "what": "a trained model set: the models and kept epochs, the blend and the post-processing that "
                 "stage_edf.py and infer_blend.py use by default (model_set.py)",
@@ -80,7 +86,7 @@ def main(argv=None) -> None:
                 "counted_from": f"{Path(args.data_root) / psg_layout.TRAIN_CSV} without fold {args.fold}'s "
                                 f"validation rows"},
         "validation": dict(scores, hmm_transition_weights=tuning),
-        "calibration": calibration_record(probabilities, valid.labels),  # the review page's confidence
+        "calibration": calibration_record(probabilities, valid.labels, posterior, decoded),  # the confidence shown
         "config": config,
     }
     path = model_set_path(args.weights_dir)

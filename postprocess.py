@@ -36,13 +36,19 @@ stage name per line, test CSV order) and writes the submission
   beside the blend CSV (the fold in blend.py's ``<in>.json``, then
   ``stage_balance`` in infer_blend.py's ``infer_blend_fold_<k>.json``; 0,
   the original's sampling, without one, which the output says), weight 1.
+  Its posterior per epoch (``hmm.hmm_posterior``: forward-backward over the
+  same model) is saved beside the submission (``<out>.posterior.npy``,
+  rows x 5, test CSV order), calibrated by the model set's
+  ``hmm_temperature`` when the three inputs are all the model set's;
+  evaluate.py reports its calibration, the review pages order by it.
 * ``none``: a copy.
 
 Then, for every test recording, the per-recording outputs of
 ``hypnogram.write_recording_outputs`` go into ``--recordings-out`` (default
 ``recordings/`` beside the submission): ``<ID>/<ID>-hypnogram.csv`` (epoch,
 onset, clock time, stage before and after post-processing, the five blended
-probabilities, the epoch's signal quality from ``<root>/<ID>/<ID>.quality.json``
+probabilities calibrated by ``--temperature`` (the model set's by default with
+``--model-set``), the epoch's signal quality from ``<root>/<ID>/<ID>.quality.json``
 when ``render_edf.py`` wrote one), ``<ID>/<ID>-Hypnogram.edf`` (EDF+ annotations),
 ``<ID>/<ID>-hypnogram.png`` (only with ``--figures``: drawing one takes about
 0.3 s, a minute for a challenge test set, and the challenge flow needs the
@@ -54,7 +60,9 @@ written by ``render_edf.py``); without one, epoch n starts (n - 1) x 30 s
 after the recording start, clock time unknown. ``--no-recordings`` writes
 the submission only, as does a blend CSV without its blended probabilities
 (``.npy`` beside it; one line says so). The submission itself is unchanged
-by all this.
+by all this. ``--review-pages`` adds each recording's ``review.html``
+(``review_page.py``: the images from ``--data-root``, the two models' dumps
+named by blend.py's record beside ``--in``, the hmm's posterior).
 
 Imports no torch, so it stays fast; evaluate.py imports the rules and the
 decoder for its validation table.
@@ -66,7 +74,8 @@ import json
 from pathlib import Path
 
 from sleepstaging import script_io
-from sleepstaging.output_names import blend_csv_path, probabilities_path, recordings_dir, submission_path
+from sleepstaging.output_names import (blend_csv_path, posterior_path, probabilities_path, recordings_dir,
+                                       submission_path)
 from sleepstaging.script_io import InputError
 
 from sleepstaging.recipe import ORIGINAL_BLEND, ORIGINAL_MODELS, POSTPROCESS
@@ -108,6 +117,10 @@ parser.add_argument("--figures", action="store_true",
                     help="also draw each recording's hypnogram figure (about 0.3 s each: a minute for 200 recordings)")
 parser.add_argument("--review-pages", action="store_true",
                     help="also write each recording's review.html (needs the images in --data-root)")
+parser.add_argument("--temperature", type=float, default=None,
+                    help="calibration temperature of the blended probabilities the per-recording tables, figures "
+                         "and review pages show (softmax(log p / T); default: the model set's with --model-set, "
+                         "else 1, as blended)")
 parser.add_argument("--quiet", action="store_true", help="print only the configuration and what is saved")
 
 
@@ -127,6 +140,10 @@ def main(argv=None) -> None:
         args.probabilities = probabilities_path(args.in_csv)
     if args.recordings_out is None:
         args.recordings_out = recordings_dir(args.out)
+    if args.temperature is None:
+        args.temperature = calibration.recorded_temperature(read_model_set(args.model_set) if args.model_set else None)
+    elif not 0 < args.temperature < float("inf"):
+        raise InputError(f"--temperature must be a positive number, got {args.temperature}")
     config = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()}
     if hmm_sources is not None:
         config["hmm_sources"] = hmm_sources
@@ -134,11 +151,11 @@ def main(argv=None) -> None:
     postprocess_test(args.data_root, args.in_csv, args.out, args.method, hmm, args.probabilities,
                      None if args.no_recordings else args.recordings_out, config,
                      across_recordings=args.across_recordings, figures=args.figures,
-                     probabilities_given=probabilities_given, quiet=args.quiet)
+                     probabilities_given=probabilities_given, quiet=args.quiet, temperature=args.temperature)
     if args.review_pages and not args.no_recordings:
-        temperature = calibration.recorded_temperature(read_model_set(args.model_set) if args.model_set else None)
         pages = review_page.write_layout_pages(Path(args.data_root), args.recordings_out,
-                                               review_page.blend_model_dumps(args.in_csv), temperature)
+                                               review_page.blend_model_dumps(args.in_csv), args.temperature,
+                                               posterior_file=posterior_path(args.out))
         print(f"{len(pages)} review page(s) are saved ({review_page.PAGE_NAME} in each recording's folder)")
 
 

@@ -13,6 +13,15 @@ statistics, figure and review page, appends who changed what to
 folder, an unknown stage, an epoch out of range, a stage before that does
 not match) is one ``error:`` line naming file and row, exit status 2, and
 nothing changed. Applying the same file twice changes nothing more.
+
+Every night's new files are written under hidden temporary names first
+(``.<name>.<pid>.staged.<suffix>``) and only then renamed into place, each
+night's hypnogram table last. A failure while writing them changes
+nothing. A process killed during the renames leaves each night either
+wholly applied or with its old table (maybe some of its other files
+already new); the same command run again applies the rest, adding no log
+row twice, and rebuilds both cohort files. A kill during writing can leave
+staged files behind: hidden, never read, safe to delete.
 """
 from __future__ import annotations
 
@@ -44,9 +53,9 @@ def main(argv=None) -> None:
         raise InputError("apply needs one or more corrections files")
     plans = corrections.plan_corrections(args.scored, args.files)  # every file checked before anything is written
     applied_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    for recording_id, (table, planned) in plans.items():
-        changed = corrections.apply_night(args.scored, recording_id, table, planned, applied_at)
-        print(f"{recording_id}: {changed} epoch(s) changed stage ({len(planned)} listed) -> "
+    changed = corrections.apply_corrections(args.scored, plans, applied_at)  # all written, then all renamed
+    for recording_id, (_, planned) in plans.items():
+        print(f"{recording_id}: {changed[recording_id]} epoch(s) changed stage ({len(planned)} listed) -> "
               f"{args.scored / recording_id}")
     corrections.rebuild_statistics_table(args.scored)
     print(f"{cohort_page.write_index(args.scored)} and the statistics table are saved")

@@ -26,7 +26,11 @@ in chunks of ``--chunk-nights``; for each chunk:
 4. post-process: ``postprocess.py`` (``--postprocess``: the model set's hmm,
    the original's rules, the hmm with transitions counted from
    ``--train-csv``, or none) and, per night, the hypnogram table, EDF+
-   annotations, figure and sleep statistics over the lights period.
+   annotations, figure and sleep statistics over the lights period (the
+   table and figure show the blend calibrated by the model set's
+   temperature, ``calibration`` in ``model_set.json``);
+5. review page: per night, ``review.html`` (``review_page.py``; not with
+   ``--no-review-pages``), then the cohort's ``index.html``.
 
 Each step computes what the layout route computes on the same images, so
 the stages are those of ``render_edf.py``, ``infer_blend.py``, ``blend.py``
@@ -35,7 +39,8 @@ and ``postprocess.py`` run one after the other.
 Writes into ``--out``: ``<ID>/`` per scored night (``<ID>-hypnogram.csv``,
 ``<ID>-Hypnogram.edf``, ``<ID>-hypnogram.png`` unless ``--no-figures``,
 ``<ID>-statistics.json``, ``<ID>-render.json``: what was drawn from which
-channels; ``images/`` with ``--keep-images``), ``sleep_statistics.csv`` (one
+channels; ``review.html``; ``images/`` with ``--keep-images``), ``index.html``,
+``sleep_statistics.csv`` (one
 row per scored night), ``failures.csv`` (one row per night that failed:
 its step and one-line reason), ``stage_edf.json`` (the run's settings and
 what it did) and ``stage_edf.log`` (what the steps printed). A night's
@@ -79,6 +84,7 @@ from pathlib import Path
 
 
 from sleepstaging.scoring import blend
+from sleepstaging.scoring import calibration
 from sleepstaging.edf import lights
 from sleepstaging.scoring import model_set
 from sleepstaging.scoring import postprocess
@@ -140,7 +146,7 @@ parser.add_argument("--lights-table", type=Path, default=None, metavar="CSV",
                          "list take theirs from their annotations")
 parser.add_argument("--no-figures", action="store_true", help="no hypnogram figures (saves seconds per recording)")
 parser.add_argument("--no-review-pages", action="store_true",
-                    help="no review.html per night (its images take most of the time of scoring a night)")
+                    help="no review.html per night (encoding its images takes seconds a night)")
 parser.add_argument("--resume", action="store_true",
                     help="go on with the run that wrote --out: skip its complete nights and those that failed on "
                          "files unchanged since; score the rest with its settings")
@@ -149,7 +155,8 @@ parser.add_argument("--chunk-nights", type=int, default=8,
                     help="nights rendered, inferred in one batched pass and post-processed together")
 parser.add_argument("--keep-images", action="store_true", help="keep each night's rendered images in <ID>/images/")
 parser.add_argument("--workers", type=int, default=2,
-                    help="nights rendered in parallel, and the inference's DataLoader workers")
+                    help="nights rendered in parallel, the inference's DataLoader workers, and the threads encoding "
+                         "the review pages' images")
 parser.add_argument("--quiet", action="store_true", help="no progress bar")
 parser.add_argument("--shard", default=None, metavar="K/N",
                     help="score shard K of N, K from 0 to N-1 (as sbatch --array=0-(N-1) numbers its tasks): the "
@@ -188,6 +195,7 @@ def resolve_settings(args) -> dict:
     else:
         sources["postprocess"] = "--postprocess"
     args.model_set = args.weights_dir if record is not None and args.postprocess == "hmm" else None
+    args.temperature = calibration.recorded_temperature(record)  # the blend's calibration, shown in every output
     return sources
 
 

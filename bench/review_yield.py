@@ -2,16 +2,23 @@
 
 From a demo's outputs (``bash run.sh demo``: ``demo/DATA``, ``demo/outputs``,
 ``demo/weights``), for each ordering of the test epochs
-(``review_page.ORDERINGS``: the blend's confidence, the models'
-disagreement, their mean) and for random orders (mean of ``--seeds``), the
-first k % (``--fractions``: 5, 10, 20) are corrected from the true labels
+(``review_page.ORDERINGS``: the blend's doubt, the models' disagreement,
+their mean, the hmm's doubt: 1 - its posterior of the stage the scoring
+assigned) and for random orders (mean of ``--seeds``), the first k %
+(``--fractions``: 5, 10, 20) are corrected from the true labels
 (``testset-labels.csv``, as evaluate.py reads them) and the scoring's
 macro-F1, Cohen's kappa, errors left and share of the errors removed are
-reported. The scoring corrected is the model set's default: the hmm's
-(``--scoring``, ``files_hmm.csv`` as run.sh writes it), else the blend's
-argmax. Also the calibration: the temperature fitted on the validation
-rows' blend (``model_set.validation_blend``) and the test ECE (15 bins)
-before and after it.
+reported. The scoring corrected is the model set's default, the hmm:
+``--scoring`` (``files_hmm.csv`` as run.sh writes it), else the model
+set's hmm decoded here. The ordering that removes the largest share of
+the errors at 10 % is named (``chosen_ordering``; ties: the first of
+``review_page.ORDERINGS``): the review page's default should be it
+(``review_page.DEFAULT_ORDERING``; the bench says when it is not).
+
+Also the calibration (15 bins): the temperatures fitted on the validation
+rows (``calibration.calibration_record``, as ``model_set.py`` fits them)
+and the test ECE before and after, of the blend (its largest probability)
+and of the hmm's posterior of the stage the scoring assigned.
 
 Writes ``bench/results/review_yield.json`` and ``.md`` (``--result``).
 
@@ -31,8 +38,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 from sleepstaging.scoring import blend
 from sleepstaging.scoring import calibration
+from sleepstaging.scoring import hmm
 from sleepstaging.scoring import review_page
 FRACTIONS = (0.05, 0.10, 0.20)
+CHOOSE_AT = 0.10  # the issue's target: the first 10 % hold at least 60 % of the errors
 
 
 def corrected_scores(y_true: np.ndarray, y_pred: np.ndarray, order: np.ndarray, fraction: float) -> dict:
@@ -61,8 +70,17 @@ def yield_table(y_true: np.ndarray, y_pred: np.ndarray, orders: dict, fractions=
     return table
 
 
-def demo_inputs(demo: Path, scoring: Path | None):
-    """Test labels, the scoring's stages, the blend and both models' test probabilities, and the validation blend."""
+def choose_ordering(table: dict, fraction: float = CHOOSE_AT) -> str:
+    """The page's ordering (not ``random``) whose first ``fraction`` removes the largest share of the errors;
+    on a tie the first of ``review_page.ORDERINGS``."""
+    candidates = [name for name in review_page.ORDERINGS if name in table]
+    return max(candidates, key=lambda name: (table[name][f"{fraction:g}"]["errors_removed_share"],
+                                             -candidates.index(name)))
+
+
+def demo_inputs(demo: Path, scoring: Path | None) -> dict:
+    """Test labels and ids, the blend and both models' test probabilities, the model set's hmm, the scoring's
+    stages (the scoring file, else the hmm decoded here) and the validation rows' blend."""
     from sleepstaging.scoring import evaluation
     from sleepstaging.scoring import model_set
     from sleepstaging.scoring import postprocess
@@ -71,16 +89,73 @@ def demo_inputs(demo: Path, scoring: Path | None):
     data, outputs, weights = demo / "DATA", demo / "outputs", demo / "weights"
     record = model_set.read_model_set(weights)
     test = blend.read_test_csv(data)
-    y_true = evaluation.read_answers(data / "testset-labels.csv", test)
     blend_csv = blend_csv_path(outputs, record["blend"]["method"], record["vit"]["epochs"], record["eff"]["epochs"])
-    p_blend = np.load(probabilities_path(blend_csv))
-    models = [np.load(dump_path(outputs, record[key]["arch"], record.get("fold", 0), record[key]["epochs"]))
-              for key in ("vit", "eff")]
-    scoring = scoring or outputs / "files_hmm.csv"
-    y_pred = (postprocess.read_stage_lines(scoring, len(test), str(test.path), "run.sh demo writes it")
-              if scoring.is_file() else p_blend.argmax(axis=1))
+    inputs = {"y_true": evaluation.read_answers(data / "testset-labels.csv", test), "ids": test.recording_ids,
+              "blend": np.load(probabilities_path(blend_csv)).astype(np.float64),
+              "models": [np.load(dump_path(outputs, record[key]["arch"], record.get("fold", 0), record[key]["epochs"]))
+                         for key in ("vit", "eff")],
+              "hmm": (hmm.hmm_from_counts(record["hmm"]["counts"], record["hmm"]["stage_balance"]),
+                      record["hmm"]["transition_weight"])}
+    (model, weight), scoring = inputs["hmm"], scoring or outputs / "files_hmm.csv"
+    if scoring.is_file():
+        inputs["y_pred"] = postprocess.read_stage_lines(scoring, len(test), str(test.path), "run.sh demo writes it")
+        inputs["scored"] = str(scoring)
+    else:
+        inputs["y_pred"] = hmm.hmm_decode(inputs["blend"], test.recording_ids, *model, transition_weight=weight)
+        inputs["scored"] = f"the model set's hmm decoded here ({scoring} is absent)"
     valid, p_valid, _, _ = model_set.validation_blend(outputs, record.get("fold", 0))
-    return y_true, y_pred, p_blend, models, (p_valid, valid.labels), str(scoring if scoring.is_file() else blend_csv)
+    inputs["valid"] = (p_valid.astype(np.float64), valid.labels, valid.recording_ids)
+    return inputs
+
+
+def calibrate(inputs: dict) -> tuple[dict, np.ndarray]:
+    """Temperatures fitted on validation and the test ECE before and after; the test hmm posterior, calibrated."""
+    (model, weight), (p_valid, labels, ids) = inputs["hmm"], inputs["valid"]
+    valid_posterior = hmm.hmm_posterior(p_valid, ids, *model, transition_weight=weight)
+    record = calibration.calibration_record(p_valid, labels, valid_posterior,
+                                            hmm.hmm_decode(p_valid, ids, *model, transition_weight=weight))
+    posterior = hmm.hmm_posterior(inputs["blend"], inputs["ids"], *model, transition_weight=weight)
+    calibrated = calibration.apply_temperature(posterior, record["hmm_temperature"])
+    y_true, y_pred, p_blend = inputs["y_true"], inputs["y_pred"], inputs["blend"]
+    figures = {
+        "temperature": record["temperature"], "hmm_temperature": record["hmm_temperature"],
+        "test_ece_before": calibration.reliability(p_blend, y_true)["ece"],
+        "test_ece_after": calibration.reliability(calibration.apply_temperature(p_blend, record["temperature"]),
+                                                  y_true)["ece"],
+        "test_hmm_ece_before": calibration.assigned_reliability(posterior, y_pred, y_true)["ece"],
+        "test_hmm_ece_after": calibration.assigned_reliability(calibrated, y_pred, y_true)["ece"],
+        "validation": {key: value for key, value in record.items() if key.startswith("validation")}}
+    return figures, calibrated
+
+
+def orderings(inputs: dict, posterior: np.ndarray) -> dict:
+    """Each of ``review_page.ORDERINGS`` of the test epochs (one order over all nights, as the bench corrects
+    the first k % of all test epochs), from the blend as the page shows it: calibrated."""
+    p1, p2 = inputs["models"]
+    confidence = posterior[np.arange(len(posterior)), inputs["y_pred"]]
+    return {name: review_page.check_order(review_page.doubt(inputs["blend"], p1, p2, name, confidence))
+            for name in review_page.ORDERINGS}
+
+
+def report_lines(result: dict) -> list[str]:
+    """The Markdown table of every ordering at every fraction, the choice and the calibration."""
+    lines = [f"# Review yield ({result['epochs']} test epochs, {result['errors']} errors in {result['scoring']})", "",
+             "| ordering | k | macro-F1 | kappa | errors left | errors removed |", "|---|---|---|---|---|---|"]
+    for name, rows in result["table"].items():
+        for k, row in rows.items():
+            lines.append(f"| {name} | {float(k):.0%} | {row['macro_f1']:.3f} | {row['kappa']:.3f} | "
+                         f"{row['errors_left']:.0f} | {row['errors_removed_share']:.0%} |")
+    chosen, share = result["chosen_ordering"], result["table"][result["chosen_ordering"]][f"{CHOOSE_AT:g}"]
+    lines += ["", f"Chosen ordering (largest share of the errors removed by the first {CHOOSE_AT:.0%}): {chosen}, "
+              f"{share['errors_removed_share']:.0%}; review_page.DEFAULT_ORDERING is "
+              f"{result['default_ordering']}" + ("." if chosen == result["default_ordering"] else
+                                                 f": set it to {chosen!r}.")]
+    c = result["calibration"]
+    lines += ["", f"Calibration (temperatures fitted on validation; test ECE, 15 bins): blend T {c['temperature']:.3f}, "
+              f"{c['test_ece_before']:.3f} -> {c['test_ece_after']:.3f}; hmm posterior of the stage assigned "
+              f"T {c['hmm_temperature']:.3f}, {c['test_hmm_ece_before']:.3f} -> {c['test_hmm_ece_after']:.3f}.", "",
+              f"`{result['command']}` on {result['machine']}"]
+    return lines
 
 
 def main(argv=None) -> None:
@@ -90,27 +165,19 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", type=int, default=20)
     parser.add_argument("--result", type=Path, default=REPO / "bench" / "results" / "review_yield")
     args = parser.parse_args(argv)
-    y_true, y_pred, p_blend, (p1, p2), (p_valid, valid_labels), scored = demo_inputs(args.demo, args.scoring)
-    orders = {name: review_page.check_order(review_page.doubt(p_blend, p1, p2, name)) for name in review_page.ORDERINGS}
-    temperature = calibration.fit_temperature(p_valid, valid_labels)
-    result = {"scoring": scored, "epochs": len(y_true), "errors": int((y_pred != y_true).sum()),
-              "table": yield_table(y_true, y_pred, orders, seeds=args.seeds),
-              "calibration": {"temperature": temperature,
-                              "test_ece_before": calibration.reliability(p_blend, y_true)["ece"],
-                              "test_ece_after": calibration.reliability(
-                                  calibration.apply_temperature(p_blend, temperature), y_true)["ece"]},
-              "machine": platform.platform(), "command": "python bench/review_yield.py " + " ".join(argv or sys.argv[1:])}
+    inputs = demo_inputs(args.demo, args.scoring)
+    figures, posterior = calibrate(inputs)
+    inputs["blend"] = calibration.apply_temperature(inputs["blend"], figures["temperature"])  # as the page shows it
+    y_true, y_pred = inputs["y_true"], inputs["y_pred"]
+    table = yield_table(y_true, y_pred, orderings(inputs, posterior), seeds=args.seeds)
+    result = {"scoring": inputs["scored"], "epochs": len(y_true), "errors": int((y_pred != y_true).sum()),
+              "table": table, "chosen_ordering": choose_ordering(table), "chosen_at": CHOOSE_AT,
+              "default_ordering": review_page.DEFAULT_ORDERING, "calibration": figures,
+              "machine": platform.platform(),
+              "command": "python bench/review_yield.py " + " ".join(sys.argv[1:] if argv is None else map(str, argv))}
     args.result.parent.mkdir(parents=True, exist_ok=True)
     args.result.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = [f"# Review yield ({result['epochs']} test epochs, {result['errors']} errors in `{scored}`)", "",
-             "| ordering | k | macro-F1 | kappa | errors left | errors removed |", "|---|---|---|---|---|---|"]
-    for name, rows in result["table"].items():
-        for k, row in rows.items():
-            lines.append(f"| {name} | {float(k):.0%} | {row['macro_f1']:.3f} | {row['kappa']:.3f} | "
-                         f"{row['errors_left']:.0f} | {row['errors_removed_share']:.0%} |")
-    c = result["calibration"]
-    lines += ["", f"Temperature {c['temperature']:.3f} (fitted on validation): test ECE {c['test_ece_before']:.3f} -> "
-              f"{c['test_ece_after']:.3f} (15 bins).", "", f"`{result['command']}` on {result['machine']}"]
+    lines = report_lines(result)
     args.result.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -95,6 +95,11 @@ def probabilities_path(blend_csv: Path | str) -> Path:
     return Path(blend_csv).with_suffix(".npy")
 
 
+def posterior_path(stage_file: Path | str) -> Path:
+    """The hmm's posterior per epoch saved beside a post-processed stage file: ``<name>.posterior.npy``."""
+    return Path(stage_file).with_suffix(".posterior.npy")
+
+
 def tune_json_path(out_dir: Path | str) -> Path:
     """``<out_dir>/blend_tune.json``: the blend settings ``blend.py --tune`` found."""
     return Path(out_dir) / "blend_tune.json"

@@ -237,3 +237,19 @@ def write_random_checkpoints(data_root: Path, folder: Path, archs, epochs, img_s
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: launches trainers, the generator or a whole flow; "
                                        "skipped by the fast loop (-m 'not slow')")
+
+
+# A skip whose reason says DID NOT RUN (the review page's browser tests without a browser) is repeated at the
+# end of every run, whatever -q or -r say: pytest alone would print only "1 skipped".
+LOUD_SKIP = "DID NOT RUN"
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    reasons = []
+    for report in terminalreporter.stats.get("skipped", []):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        if LOUD_SKIP in reason and reason not in reasons:
+            reasons.append(reason)
+    for reason in reasons:
+        terminalreporter.write_sep("!", "SKIPPED", red=True, bold=True)
+        terminalreporter.write_line(reason.removeprefix("Skipped: "), red=True, bold=True)

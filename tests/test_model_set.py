@@ -188,8 +188,9 @@ def test_postprocess_takes_the_hmm_from_the_model_set_and_flags_override(tmp_pat
     run_script("postprocess.py", *common)  # no training CSV anywhere: the record's counts
     assert submission.read_text().split() == ["N2", "N2", "Wake", "N2", "N2"]  # weight 0: the epoch's own evidence
     written = json.loads(submission.with_suffix(".json").read_text())
-    assert written["hmm_sources"] == {key: str(model_set_path(weights)) for key in
-                                      ("counts", "stage_balance", "transition_weight")}
+    assert written["hmm_sources"] == {**{key: str(model_set_path(weights)) for key in
+                                         ("counts", "stage_balance", "transition_weight")},
+                                      "posterior_temperature": "1: the model set records none"}
     # weight 1: N2 -> Wake has 2 in 505 (smoothed), so the blip goes
     run_script("postprocess.py", *common, "--transition-weight", 1)
     assert submission.read_text().split() == ["N2"] * 5

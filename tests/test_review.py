@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -73,10 +74,19 @@ def test_image_budget_keeps_the_first_to_check_at_full_size(tmp_path):
     night = make_night(tmp_path, "B", [2] * 6)
     order = np.array([4, 1, 0, 2, 3, 5])
     half, _ = review_page.encode_images(night["images"], order, budget=0)
-    full_one = len(review_page._webp_uri(__import__("cv2").imread(str(night["images"][4])), review_page.FULL_SIZE, 70))
-    budget = sum(map(len, half)) + full_one - len(half[4]) + 10  # room for exactly one full-size image
+    full_size = [len(review_page.file_uri(path, review_page.FULL_SIZE, review_page.FULL_QUALITY))
+                 for path in night["images"]]
+    budget = sum(map(len, half)) + full_size[4] - len(half[4]) + 10  # room for exactly one full-size image
     uris, full = review_page.encode_images(night["images"], order, budget)
     assert full == [False, False, False, False, True, False] and sum(map(len, uris)) <= budget
+    # room for five: the fifth in check order (epoch 3) lies past the first batch of a single worker (4 epochs)
+    (size, quality), *_ = review_page.IMAGE_LEVELS
+    first_level = [review_page.file_uri(path, size, quality) for path in night["images"]]
+    budget = sum(map(len, first_level)) + sum(full_size[i] - len(first_level[i]) for i in (4, 1, 0, 2, 3)) + 10
+    for workers in (1, 3):
+        uris, full = review_page.encode_images(night["images"], order, budget, workers=workers)
+        assert full == [True, True, True, True, True, False] and sum(map(len, uris)) <= budget
+        assert uris[5] == first_level[5] and len(uris[0]) == full_size[0]
 
 
 def read_rows(path):
@@ -133,6 +143,65 @@ def test_a_bad_corrections_file_is_one_line_and_changes_nothing(scored, tmp_path
     assert folder_digest(scored) == digest  # the good file was not applied either
 
 
+def two_nights(folder):
+    """Nights A and B scored in ``folder`` (with pages), and one corrections file for each."""
+    for recording_id in ("A", "B"):
+        night = make_night(folder / "scored", recording_id, STAGES_12, images=False)
+        review_page.write_review_page(folder / "scored" / recording_id, recording_id, night["models"], night["images"])
+    corrections.rebuild_statistics_table(folder / "scored")
+    files = [write_corrections(folder / "A-corrections.csv", [(5, "N2", "Wake"), (10, "REM", "N2")]),
+             write_corrections(folder / "B-corrections.csv", [(3, "N1", "N2")], recording_id="B")]
+    return folder / "scored", files
+
+
+def without_applied_at(folder):
+    """The folder's digest with the logs' applied_at column (the clock of each run) left out."""
+    digest = folder_digest(folder)
+    for log in folder.rglob("*-corrections-log.csv"):
+        rows = [row[:6] + row[7:] for row in csv.reader(log.read_text().splitlines())]
+        digest[str(log.relative_to(folder))] = rows
+    return digest
+
+
+def test_corrections_of_several_nights_are_all_written_before_any_is_renamed(tmp_path, monkeypatch):
+    reference, files = two_nights(tmp_path / "reference")
+    run_script("review.py", "apply", "--scored", reference, *files)
+    expected = without_applied_at(reference)
+    scored, files = two_nights(tmp_path / "crash")
+    plans = corrections.plan_corrections(scored, files)
+    untouched = folder_digest(scored)
+    real_plot = corrections.hypnogram.plot_recording
+
+    def fail_on_b(path, recording_id, *args, **kwargs):  # night A is written, B's figure fails
+        if recording_id == "B":
+            raise OSError("disk full")
+        real_plot(path, recording_id, *args, **kwargs)
+    monkeypatch.setattr(corrections.hypnogram, "plot_recording", fail_on_b)
+    with pytest.raises(OSError, match="disk full"):
+        corrections.apply_corrections(scored, plans, "2026-01-06T09:00:00+00:00")
+    assert folder_digest(scored) == untouched  # nothing renamed, no staged file left
+    monkeypatch.undo()
+    real_replace, renamed = corrections.os.replace, []
+
+    def die_after_seven(source, target):  # killed during the renames: A's 6 files and B's log are in place
+        if ".staged" not in Path(target).name:  # not the atomic writes of the staged files themselves
+            if len(renamed) == 7:
+                raise KeyboardInterrupt
+            renamed.append(Path(target))
+        real_replace(source, target)
+    monkeypatch.setattr(corrections.os, "replace", die_after_seven)
+    with pytest.raises(KeyboardInterrupt):
+        corrections.apply_corrections(scored, corrections.plan_corrections(scored, files), "2026-01-06T09:00:00+00:00")
+    monkeypatch.undo()
+    assert [p.name for p in renamed[:7]] == ["A-corrections-log.csv", "review.html", "A-Hypnogram.edf",
+                                             "A-hypnogram.png", "A-statistics.json", "A-hypnogram.csv",
+                                             "B-corrections-log.csv"]
+    for staged in scored.rglob(".*.staged.*"):  # what a killed process leaves: hidden, never read
+        staged.unlink()
+    run_script("review.py", "apply", "--scored", scored, *files)  # the same command again finishes the job
+    assert without_applied_at(scored) == expected  # B's log holds its change once
+
+
 def test_index_lists_nights_failures_and_escapes_them(tmp_path):
     folder = tmp_path / "scored"
     make_night(folder, "<b onmouseover=alert(1)>x", STAGES_12, images=False)
@@ -185,9 +254,12 @@ def test_review_yield_corrects_the_first_k_percent_of_the_order():
 def test_evaluation_report_gets_the_ece_and_a_reliability_diagram(tmp_path):
     p = np.array([[0.8, 0.2, 0, 0, 0]] * 4 + [[0.55, 0.45, 0, 0, 0]] * 2)
     np.save(tmp_path / "blend.npy", p)
-    (tmp_path / "report.md").write_text("# Evaluation report\n")
-    lines = calibration.evaluation_section(tmp_path / "blend.csv", tmp_path / "no_weights", np.array([0, 0, 0, 1, 0, 1]),
-                                           tmp_path)
-    assert "blend 0.0500 (mean confidence 0.717, accuracy 0.667)" in lines[2]
-    assert (tmp_path / "reliability.png").stat().st_size > 0 and "## Calibration" in (tmp_path / "report.md").read_text()
-    assert calibration.evaluation_section(tmp_path / "none.csv", tmp_path, np.zeros(6, int), tmp_path) == []
+    labels = np.array([0, 0, 0, 1, 0, 1])
+    lines, summary = calibration.evaluation_section(tmp_path / "blend.csv", tmp_path / "no_weights", labels,
+                                                    p.argmax(axis=1), tmp_path)
+    assert "blend 0.0500 (mean confidence 0.717, accuracy 0.667)" in lines[2] and lines[0] == "## Calibration"
+    assert summary == {"blend": {"ece": pytest.approx(0.05), "mean_confidence": pytest.approx(4.3 / 6),
+                                 "accuracy": pytest.approx(4 / 6)}}
+    assert (tmp_path / "reliability.png").stat().st_size > 0
+    assert calibration.evaluation_section(tmp_path / "none.csv", tmp_path, np.zeros(6, int), np.zeros(6, int),
+                                          tmp_path) == ([], {})

@@ -3,13 +3,16 @@
 Keys set stages and move, the saved corrections are applied by review.py
 and the statistics change as computed by hand; recording text that reads
 like markup shows as text and runs nothing. Skipped only when no Chromium
-can be found (``run.sh setup`` installs Debian's package), and the skip
-says so in capitals.
+can be found (``run.sh setup`` installs Debian's package; ``CHROMIUM=PATH``
+names another), and the skip says so in capitals at the end of the run
+(conftest.py's ``pytest_terminal_summary``, whatever ``-q`` or ``-r``
+say).
 """
 from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -21,13 +24,14 @@ from conftest import run_script
 from review_night import make_night
 from test_review import STAGES_12, read_rows
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"  # CHROMIUM: another browser
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-playwright_api = pytest.importorskip("playwright.sync_api", reason="PLAYWRIGHT IS NOT INSTALLED: bash run.sh setup")
+playwright_api = pytest.importorskip(
+    "playwright.sync_api", reason="NO PLAYWRIGHT: THE BROWSER TESTS OF THE REVIEW PAGE DID NOT RUN (bash run.sh setup)")
 if not Path(CHROMIUM).is_file():
-    pytest.skip("NO CHROMIUM: THE BROWSER TESTS OF THE REVIEW PAGE DID NOT RUN (apt-get install chromium)",
-                allow_module_level=True)
+    pytest.skip(f"NO CHROMIUM AT {CHROMIUM}: THE BROWSER TESTS OF THE REVIEW PAGE DID NOT RUN (apt-get install "
+                f"chromium, or name one with CHROMIUM=PATH)", allow_module_level=True)
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +109,28 @@ def test_recording_text_shows_as_text_and_runs_nothing(browser, tmp_path):
     assert payload in page.text_content("#warnings")
     assert page.evaluate("document.querySelectorAll('img').length") == 3  # the page's own three
     assert page.evaluate("document.querySelectorAll('script').length") == 2
+    context.close()
+    assert errors == []
+
+
+def test_the_hmm_ordering_shows_its_posterior_and_starts_with_the_epoch_it_doubts_most(browser, tmp_path):
+    import numpy as np
+
+    night = make_night(tmp_path, "H", STAGES_12)
+    posterior = np.full((12, 5), 0.01)
+    posterior[np.arange(12), STAGES_12] = 0.96
+    posterior[7] = [0.01, 0.01, 0.5, 0.47, 0.01]  # epoch 8 (N3 assigned): the hmm gives its stage 0.47
+    page_path = review_page.write_review_page(tmp_path / "H", "H", night["models"], night["images"], 0.8, "hmm",
+                                              posterior)
+    context, page, errors = open_page(browser, page_path)
+    assert page.text_content("#epoch-title").startswith("Epoch 8 (8 of 12)")
+    assert "ordered by the hmm's doubt" in page.text_content("#summary")
+    assert "calibrated (temperature 0.80)" in page.text_content("#summary")
+    rows = page.eval_on_selector_all("#probs-body tr", "rows => rows.map(r => r.textContent)")
+    assert rows[1] == "hmm posterior1 %1 %50 %47 %1 %N2" and rows[0].startswith("blend")
+    assert "hmm 47 %" in page.text_content("#check-list")
+    if os.environ.get("REVIEW_SCREENSHOT"):  # docs/review_page.png: REVIEW_SCREENSHOT=docs/review_page.png pytest -k hmm
+        page.screenshot(path=os.environ["REVIEW_SCREENSHOT"], full_page=True)
     context.close()
     assert errors == []
 

@@ -1,16 +1,19 @@
 """Confidence that means what it says: temperature scaling, expected calibration error, reliability diagrams.
 
-The blend's probabilities order the epochs a scorer checks first
-(review_page.py), so their confidence should match their accuracy. One
-temperature ``T`` is fitted on the validation rows' blended probabilities
-(minimum negative log-likelihood of ``softmax(log p / T)``: T > 1 softens,
-T < 1 sharpens) and recorded in the model set (``model_set.json``,
-``calibration``); it changes no stage (the argmax is kept).
+The blend's probabilities are the confidence the review page, the
+hypnogram tables and the cohort index show (review_page.py), and the
+hmm's posterior (``hmm.hmm_posterior``) the probability of the stage the
+default scoring assigns; both should match their accuracy. A temperature
+``T`` is fitted for each on the validation rows (minimum negative
+log-likelihood of ``softmax(log p / T)``: T > 1 softens, T < 1 sharpens)
+and recorded in the model set (``model_set.json``, ``calibration``:
+``temperature`` for the blend, ``hmm_temperature`` for the posterior); it
+changes no stage (the argmax is kept).
 
-The expected calibration error (ECE) bins epochs by their largest
-probability into :data:`ECE_BINS` equal-width bins over [0, 1] and averages
-``|accuracy - mean confidence|`` over the bins, weighted by their share of
-the epochs.
+The expected calibration error (ECE) bins epochs by the probability given
+to the stage assigned (the largest, for the blend) into :data:`ECE_BINS`
+equal-width bins over [0, 1] and averages ``|accuracy - mean confidence|``
+over the bins, weighted by their share of the epochs.
 """
 from __future__ import annotations
 
@@ -61,11 +64,18 @@ def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
     return float(np.exp(result.x))
 
 
-def reliability(probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> dict:
+def reliability_of(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> dict:
     """Per confidence bin: epochs, mean confidence, accuracy; and the ECE.
 
-    Bin b holds the epochs whose largest probability lies in
-    ``(b / bins, (b + 1) / bins]`` (the first bin includes 0).
+    Bin b holds the epochs whose confidence lies in ``(b / bins, (b + 1) /
+    bins]`` (the first bin includes 0).
+
+    Parameters
+    ----------
+    confidence : np.ndarray of float, shape (n,)
+        The probability given to the stage assigned, in [0, 1].
+    correct : np.ndarray of bool, shape (n,)
+        Whether the stage assigned is the true one.
 
     Returns
     -------
@@ -74,10 +84,8 @@ def reliability(probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_B
         ``bins``), ``confidence`` and ``accuracy`` (lists of float, None for
         an empty bin), ``mean_confidence`` and ``accuracy_all`` (floats).
     """
-    p = np.asarray(probabilities, dtype=np.float64)
-    labels = np.asarray(labels)
-    confidence = p.max(axis=1)
-    correct = (p.argmax(axis=1) == labels).astype(np.float64)
+    confidence = np.asarray(confidence, dtype=np.float64)
+    correct = np.asarray(correct, dtype=np.float64)
     which = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
     count = np.bincount(which, minlength=bins)
     confidence_sum = np.bincount(which, weights=confidence, minlength=bins)
@@ -85,11 +93,27 @@ def reliability(probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_B
     filled = count > 0
     mean_confidence = np.where(filled, confidence_sum / np.maximum(count, 1), np.nan)
     accuracy = np.where(filled, correct_sum / np.maximum(count, 1), np.nan)
-    ece = float(np.sum(count[filled] * np.abs(accuracy[filled] - mean_confidence[filled])) / max(len(p), 1))
+    n = len(confidence)
+    ece = float(np.sum(count[filled] * np.abs(accuracy[filled] - mean_confidence[filled])) / max(n, 1))
     as_list = lambda values: [None if np.isnan(v) else float(v) for v in values]  # noqa: E731
     return {"ece": ece, "bins": bins, "count": count.tolist(), "confidence": as_list(mean_confidence),
-            "accuracy": as_list(accuracy), "mean_confidence": float(confidence.mean()) if len(p) else None,
-            "accuracy_all": float(correct.mean()) if len(p) else None}
+            "accuracy": as_list(accuracy), "mean_confidence": float(confidence.mean()) if n else None,
+            "accuracy_all": float(correct.mean()) if n else None}
+
+
+def reliability(probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> dict:
+    """:func:`reliability_of` the largest probability of each row (shape (n, k)), the stage being its argmax."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    return reliability_of(p.max(axis=1), p.argmax(axis=1) == np.asarray(labels), bins)
+
+
+def assigned_reliability(probabilities: np.ndarray, assigned: np.ndarray, labels: np.ndarray,
+                         bins: int = ECE_BINS) -> dict:
+    """:func:`reliability_of` the probability each row (shape (n, k)) gives the stage ``assigned`` (n,), such as
+    the hmm's posterior of the stage its Viterbi path assigns."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    assigned = np.asarray(assigned)
+    return reliability_of(p[np.arange(len(p)), assigned], assigned == np.asarray(labels), bins)
 
 
 def plot_reliability(curves: dict, path: Path) -> None:
@@ -117,50 +141,90 @@ def plot_reliability(curves: dict, path: Path) -> None:
         fig.savefig(tmp, dpi=110, format="png")
 
 
-def recorded_temperature(record: dict | None) -> float:
-    """The model set's calibration temperature (``model_set.json``'s ``calibration``), 1 without one."""
+def recorded_temperature(record: dict | None, key: str = "temperature") -> float:
+    """A calibration temperature of the model set (``model_set.json``'s ``calibration``: ``temperature`` for the
+    blend, ``hmm_temperature`` for the hmm's posterior), 1 without one."""
     if not record or not isinstance(record.get("calibration"), dict):
         return 1.0
-    temperature = record["calibration"].get("temperature")
+    temperature = record["calibration"].get(key)
     return float(temperature) if isinstance(temperature, (int, float)) and temperature > 0 else 1.0
 
 
-def calibration_record(probabilities: np.ndarray, labels: np.ndarray) -> dict:
-    """What the model set records: the fitted temperature and the validation ECE before and after it."""
+def calibration_record(probabilities: np.ndarray, labels: np.ndarray, posterior: np.ndarray,
+                       decoded: np.ndarray) -> dict:
+    """What the model set records: the temperatures fitted on the validation rows and their ECE before and after.
+
+    Parameters
+    ----------
+    probabilities : np.ndarray, shape (n, 5)
+        The validation rows' blended probabilities.
+    labels : np.ndarray of int, shape (n,)
+    posterior : np.ndarray, shape (n, 5)
+        The hmm's posterior of the same rows (``hmm.hmm_posterior``, the
+        model set's hmm and transition weight).
+    decoded : np.ndarray of int, shape (n,)
+        The stages its Viterbi path assigns: the hmm's ECE is of its
+        posterior of these.
+    """
     temperature = fit_temperature(probabilities, labels)
+    hmm_temperature = fit_temperature(posterior, labels)
     return {"temperature": temperature, "fitted_on": "validation rows' blended probabilities",
             "validation_ece_before": reliability(probabilities, labels)["ece"],
             "validation_ece_after": reliability(apply_temperature(probabilities, temperature), labels)["ece"],
+            "hmm_temperature": hmm_temperature,
+            "hmm_fitted_on": "the hmm's posterior of the validation rows (model set's hmm and transition weight)",
+            "validation_hmm_ece_before": assigned_reliability(posterior, decoded, labels)["ece"],
+            "validation_hmm_ece_after": assigned_reliability(apply_temperature(posterior, hmm_temperature), decoded,
+                                                             labels)["ece"],
             "ece_bins": ECE_BINS}
 
 
-def evaluation_section(pred: Path, weights_dir: Path, y_true: np.ndarray, out: Path) -> list[str]:
+def _rows_beside(path: Path, rows: int) -> np.ndarray | None:
+    """The (rows, 5) array saved at ``path``; None when absent or of another shape."""
+    if not path.is_file():
+        return None
+    values = np.load(path, allow_pickle=False)
+    return values if values.shape == (rows, 5) else None
+
+
+def evaluation_section(pred: Path, weights_dir: Path, y_true: np.ndarray, y_pred: np.ndarray,
+                       out: Path) -> tuple[list[str], dict]:
     """evaluate.py's calibration section: ECE and a reliability diagram of the probabilities beside ``pred``.
 
-    The blended probabilities (``.npy`` beside a blend CSV) before and after
-    the model set's temperature; [] when ``pred`` has none beside it (a
-    post-processed submission: the hmm and the rules keep the blend's
-    probabilities, so the blend CSV's report shows them).
+    A blend CSV (``<pred>.npy`` beside it): the blended probabilities before
+    and after the model set's temperature. A stage file post-processed by
+    the hmm (``<pred>.posterior.npy``, postprocess.py): the hmm's posterior
+    of the stage it assigned (``y_pred``), as written (calibrated by the
+    model set's hmm temperature when the hmm was wholly the model set's).
+    Writes ``out/reliability.png``; returns the report's lines and, per
+    curve, ``ece``, ``mean_confidence`` and ``accuracy`` for metrics.json;
+    ``([], {})`` when ``pred`` has neither beside it (the rules keep the
+    blend's probabilities: the blend CSV's report shows them).
     """
     from sleepstaging.scoring import model_set
-    from sleepstaging.output_names import probabilities_path
+    from sleepstaging.output_names import posterior_path, probabilities_path
 
-    path = probabilities_path(pred)
-    if not path.is_file():
-        return []
-    probabilities = np.load(path, allow_pickle=False)
-    if probabilities.shape != (len(y_true), 5):
-        return []
-    temperature = recorded_temperature(model_set.read_model_set(weights_dir))
-    curves = {"blend": reliability(probabilities, y_true)}
-    if temperature != 1.0:
-        curves[f"blend, temperature {temperature:.2f}"] = reliability(apply_temperature(probabilities, temperature),
-                                                                      y_true)
+    curves, sources = {}, []
+    blended = _rows_beside(probabilities_path(pred), len(y_true))
+    if blended is not None:
+        temperature = recorded_temperature(model_set.read_model_set(weights_dir))
+        curves["blend"] = reliability(blended, y_true)
+        if temperature != 1.0:
+            curves[f"blend, temperature {temperature:.2f}"] = reliability(apply_temperature(blended, temperature),
+                                                                          y_true)
+        sources.append(probabilities_path(pred).name)
+    posterior = _rows_beside(posterior_path(pred), len(y_true))
+    if posterior is not None:
+        curves["hmm posterior of the stage assigned"] = assigned_reliability(posterior, y_pred, y_true)
+        sources.append(posterior_path(pred).name)
+    if not curves:
+        return [], {}
     plot_reliability(curves, out / "reliability.png")
-    lines = ["## Calibration", "", f"Expected calibration error ({ECE_BINS} bins) of `{path.name}`: "
+    lines = ["## Calibration", "", f"Expected calibration error ({ECE_BINS} bins) of "
+             + " and ".join(f"`{name}`" for name in sources) + ": "
              + ", ".join(f"{label} {curve['ece']:.4f} (mean confidence {curve['mean_confidence']:.3f}, accuracy "
                          f"{curve['accuracy_all']:.3f})" for label, curve in curves.items()) + ".", "",
              "![reliability diagram](reliability.png)", ""]
-    with open(out / "report.md", "a", encoding="utf-8") as handle:
-        handle.write("\n" + "\n".join(lines))
-    return lines
+    summary = {label: {"ece": curve["ece"], "mean_confidence": curve["mean_confidence"],
+                       "accuracy": curve["accuracy_all"]} for label, curve in curves.items()}
+    return lines, summary

@@ -26,7 +26,7 @@ from sleepstaging.scoring import blend
 from sleepstaging.data import epoch_timing
 from sleepstaging.scoring import model_set
 from sleepstaging.data import psg_layout
-from sleepstaging.output_names import dump_path, probabilities_path, submission_path
+from sleepstaging.output_names import dump_path, posterior_path, probabilities_path, submission_path
 
 FAILURES = "failures.csv"
 FAILURE_COLUMNS = ("recording_id", "edf", "step", "reason", "edf_bytes", "edf_modified_ns")
@@ -242,20 +242,21 @@ def postprocess_chunk(args, data: Path, blend_csv: Path, outputs: Path, results:
     """Post-process the chunk's blend as the run says, each night's outputs into ``results``."""
     hmm, sources = postprocess.hmm_settings(args.postprocess, data, blend_csv, args.train_csv,
                                             model_set_dir=args.model_set)
-    config = dict(data_root=str(data), in_csv=str(blend_csv), method=args.postprocess, hmm_sources=sources)
+    config = dict(data_root=str(data), in_csv=str(blend_csv), method=args.postprocess, hmm_sources=sources,
+                  temperature=args.temperature)
     postprocess.postprocess_test(data, blend_csv, submission_path(outputs), args.postprocess, hmm,
                                  probabilities_path(blend_csv), results, config, figures=not args.no_figures,
-                                 quiet=True)
+                                 quiet=True, temperature=args.temperature)
 
 
 def write_review_pages(args, data: Path, outputs: Path, results: Path) -> None:
-    """Each night's ``review.html``, from the chunk's images and both models' dumps."""
-    from sleepstaging.scoring import calibration, review_page
+    """Each night's ``review.html``, from the chunk's images, both models' dumps and the hmm's posterior."""
+    from sleepstaging.scoring import review_page
 
     dumps = {f"model {n} ({arch})": dump_path(outputs, arch, args.fold, epochs)
              for n, (arch, epochs) in enumerate(((args.vit_arch, args.vit_epochs), (args.eff_arch, args.eff_epochs)), 1)}
-    temperature = calibration.recorded_temperature(model_set.read_model_set(args.weights_dir))
-    review_page.write_layout_pages(data, results, dumps, temperature)
+    review_page.write_layout_pages(data, results, dumps, args.temperature,
+                                   posterior_file=posterior_path(submission_path(outputs)), workers=args.workers)
 
 
 def run_step(run, step: str, function, *arguments):

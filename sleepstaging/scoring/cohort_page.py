@@ -20,7 +20,7 @@ from pathlib import Path
 from sleepstaging.scoring import review_page
 from sleepstaging import script_io
 INDEX_NAME = "index.html"
-UNCERTAIN_BELOW = 0.6  # an epoch is uncertain when the blend's largest probability (as in its table) is below this
+UNCERTAIN_BELOW = 0.6  # an epoch is uncertain when the blend's largest probability (its table's: calibrated) is below it
 SHOWN_STATISTICS = ("TST", "SE", "SOL", "WASO")
 
 

@@ -9,18 +9,20 @@ in the folder, an unknown stage, an epoch the night does not have, or a
 ``stage_before`` that is neither the night's stage now nor (applied before)
 its ``stage_after`` is a one-line error naming the file and row.
 
-Applying (:func:`apply_night`) rewrites the night's hypnogram table
+Applying (:func:`apply_corrections`) rewrites each night's hypnogram table
 (``stage_after``), EDF+ annotations, statistics (the lights period's
 stages, recomputed), figure (when there was one) and review page, and
 appends each change to ``<ID>-corrections-log.csv`` (:data:`LOG_COLUMNS`:
-who changed what, when, from which file); the caller rebuilds the
-folder's ``sleep_statistics.csv``.
+who changed what, when, from which file): every night's files are first
+written under temporary names, then all renamed into place; the caller
+then rebuilds the folder's ``sleep_statistics.csv`` and index.
 """
 from __future__ import annotations
 
 import csv
 import datetime
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,8 +139,61 @@ def _start_of(edf_path: Path) -> datetime.datetime | None:
     return datetime.datetime.combine(date, edf.starttime)
 
 
-def apply_night(folder: Path, recording_id: str, table: list[dict], planned: list, applied_at: str) -> int:
-    """Rewrite one night's outputs from its corrected table rows; return how many epochs changed stage."""
+class StagedWrites:
+    """Files written under temporary names beside their targets, renamed into place together by :meth:`commit`.
+
+    :meth:`path` gives the temporary name for a target (hidden, the process
+    id in it, the target's suffix kept for writers that go by it). The
+    renames follow the order the paths were asked for.
+    """
+
+    def __init__(self) -> None:
+        self.renames: list[tuple[Path, Path]] = []
+
+    def path(self, target: Path) -> Path:
+        staged = target.with_name(f".{target.stem}.{os.getpid()}.staged{target.suffix}")
+        self.renames.append((staged, target))
+        return staged
+
+    def commit(self) -> None:
+        for staged, target in self.renames:
+            os.replace(staged, target)
+
+    def discard(self) -> None:
+        for staged, _ in self.renames:
+            staged.unlink(missing_ok=True)
+
+
+def apply_corrections(folder: Path, plans: dict, applied_at: str) -> dict:
+    """Apply :func:`plan_corrections`' plans: every night's new files written first, then all renamed into place.
+
+    Per night the renames go log, page, annotations, figure, statistics and
+    the hypnogram table last: the table is what says a correction is applied
+    (``plan_corrections`` reads it), so a night whose table was not renamed
+    when the process died is applied whole by the same command run again
+    (its log gets no row twice: :func:`write_log`). An error while writing
+    removes every temporary file and changes nothing.
+
+    Returns
+    -------
+    dict
+        Recording ID -> epochs whose stage changed.
+    """
+    staged = StagedWrites()
+    try:
+        changed = {recording_id: apply_night(folder, recording_id, table, planned, applied_at, staged)
+                   for recording_id, (table, planned) in plans.items()}
+    except BaseException:
+        staged.discard()
+        raise
+    staged.commit()
+    return changed
+
+
+def apply_night(folder: Path, recording_id: str, table: list[dict], planned: list, applied_at: str,
+                staged: StagedWrites) -> int:
+    """Write one night's outputs from its corrected table rows under ``staged`` names; return how many epochs
+    change stage."""
     files = night_files(folder, recording_id)
     statistics_old = json.loads(files["statistics"].read_text())
     epochs = np.array([int(r["epoch"]) for r in table])
@@ -151,33 +206,41 @@ def apply_night(folder: Path, recording_id: str, table: list[dict], planned: lis
     probabilities = np.array([[float(r[f"p_{name}"]) for name in STAGES] for r in table])
     before = np.array([STAGE_TO_INT[r["stage_before"]] for r in table])
     quality = [[r[key] for key in hypnogram.QUALITY_COLUMNS] for r in table]
-    hypnogram.write_hypnogram_table(files["table"], epochs, onsets, [r["clock_time"] for r in table], inside, before,
-                                    after, probabilities, quality)
-    hypnogram.write_annotation_edf(files["edf"], recording_id,
+    changed = [(path, c, now) for path, c, now in planned if now != c.after]
+    write_log(files["log"], recording_id, changed, applied_at, out=staged.path(files["log"]))
+    if files["page"].is_file():
+        review_page.rewrite_page_stages(files["page"], after.tolist(), out=staged.path(files["page"]))
+    hypnogram.write_annotation_edf(staged.path(files["edf"]), recording_id,
                                    hypnogram.stage_annotations(onsets, after, epoch_seconds), start)
     if files["figure"].is_file():
-        hypnogram.plot_recording(files["figure"], recording_id, onsets, after, probabilities, start, epoch_seconds,
-                                 statistics, inside)
-    with script_io.atomic_path(files["statistics"]) as tmp:
+        hypnogram.plot_recording(staged.path(files["figure"]), recording_id, onsets, after, probabilities, start,
+                                 epoch_seconds, statistics, inside)
+    with script_io.atomic_path(staged.path(files["statistics"])) as tmp:
         tmp.write_text(json.dumps(hypnogram.json_ready(statistics), indent=2, allow_nan=False) + "\n")
-    if files["page"].is_file():
-        review_page.rewrite_page_stages(files["page"], after.tolist())
-    changed = [(path, c, now) for path, c, now in planned if now != c.after]
-    write_log(files["log"], recording_id, changed, applied_at)
+    hypnogram.write_hypnogram_table(staged.path(files["table"]), epochs, onsets, [r["clock_time"] for r in table],
+                                    inside, before, after, probabilities, quality)
     return len(changed)
 
 
-def write_log(path: Path, recording_id: str, changed: list, applied_at: str) -> None:
-    """Append the changes (who, what, when, from which file) to the night's corrections log, atomically."""
+def write_log(path: Path, recording_id: str, changed: list, applied_at: str, out: Path | None = None) -> None:
+    """Append the changes (who, what, when, from which file) to the night's corrections log, atomically.
+
+    A change the log already holds (same epoch, stages, time, scorer and
+    file: an apply that died before its table was renamed, run again) is
+    not added twice. Written to ``out`` (default: ``path``).
+    """
     lines = path.read_text(encoding="utf-8").splitlines(keepends=True) if path.is_file() else []
-    with script_io.atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
+    logged = {tuple(row[:6]) + (row[7],) for row in csv.reader(lines[1:]) if len(row) == len(LOG_COLUMNS)}
+    with script_io.atomic_path(path if out is None else out) as tmp, open(tmp, "w", newline="",
+                                                                          encoding="utf-8") as handle:
         handle.writelines(lines)
         writer = csv.writer(handle, lineterminator="\n")
         if not lines:
             writer.writerow(LOG_COLUMNS)
         for source, c, now in changed:
-            writer.writerow([recording_id, c.epoch, STAGES[now], STAGES[c.after], c.when, c.scorer, applied_at,
-                             Path(source).name])
+            row = [recording_id, str(c.epoch), STAGES[now], STAGES[c.after], c.when, c.scorer]
+            if tuple(row) + (Path(source).name,) not in logged:
+                writer.writerow([*row, applied_at, Path(source).name])
 
 
 def rebuild_statistics_table(folder: Path) -> list[str]:

@@ -361,8 +361,9 @@ def render_report(metrics: dict, config: dict, hypnogram_ids: list, has_curves: 
 
 
 def write_report(out: Path, metrics: dict, config: dict, y_true: np.ndarray, y_pred: np.ndarray, recording_ids,
-                 args) -> None:
-    """Write the figures, ``metrics.json``, ``report.md`` and ``config.json`` into ``out``."""
+                 args, extra_lines: list[str] = ()) -> None:
+    """Write the figures, ``metrics.json``, ``report.md`` (``extra_lines`` at its end) and ``config.json`` into
+    ``out``, each file in one atomic write."""
     out.mkdir(parents=True, exist_ok=True)
     plot_confusion(metrics, out / "confusion_matrix.png")
     hypnogram_ids = plot_hypnograms(y_true, y_pred, recording_ids, args.hypnograms, out / "hypnograms.png")
@@ -372,6 +373,6 @@ def write_report(out: Path, metrics: dict, config: dict, y_true: np.ndarray, y_p
     with script_io.atomic_path(out / "metrics.json") as tmp:
         tmp.write_text(json.dumps(json_ready(metrics), indent=2, allow_nan=False))
     with script_io.atomic_path(out / "report.md") as tmp:
-        tmp.write_text(render_report(metrics, config, hypnogram_ids, bool(logs)))
+        tmp.write_text("\n".join([render_report(metrics, config, hypnogram_ids, bool(logs)), *extra_lines]))
     with script_io.atomic_path(out / "config.json") as tmp:
         tmp.write_text(json.dumps(config, indent=2))

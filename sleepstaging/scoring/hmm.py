@@ -5,7 +5,8 @@ default of ``stage_edf.py`` for a recorded model set) treats the blended
 class probabilities of each epoch as the evidence of a hidden stage
 sequence whose transitions and first stage are counted from labelled
 nights (add-one smoothed), and decodes each recording with Viterbi (log
-space).
+space); :func:`hmm_posterior` gives each epoch's stage probabilities under
+the same model (forward-backward), which the review page orders by.
 
 Emissions: a model's posterior over the stage shares it was trained on is
 proportional to a likelihood, so the blended probabilities are divided by
@@ -204,6 +205,34 @@ def viterbi(log_emissions: np.ndarray, lengths: np.ndarray, log_transition: np.n
     return path
 
 
+def _padded_log_inputs(probabilities: np.ndarray, recording_ids, transition: np.ndarray, initial: np.ndarray,
+                       priors: np.ndarray, transition_weight: float) -> tuple:
+    """What :func:`viterbi` and :func:`forward_backward` read, and where each row of the padded arrays goes.
+
+    Returns
+    -------
+    log_emissions : np.ndarray, shape (recordings, longest, 5)
+        log(blended probability / training stage share), recording by
+        recording (padding: 0).
+    lengths : np.ndarray of int, shape (recordings,)
+    log_transition, log_initial : np.ndarray, shapes (5, 5) and (5,)
+    rows : tuple of np.ndarray
+        ``(order, segment, position)``: CSV row ``order[i]`` is at
+        ``[segment[i], position[i]]`` of the padded arrays.
+    """
+    posteriors = probabilities / probabilities.sum(axis=1, keepdims=True)
+    with np.errstate(divide="ignore"):  # a zero probability is log 0 = -inf: that stage is impossible there
+        log_emissions = np.log(posteriors / priors[None, :])
+        log_transition = np.log(weighted_transition(transition, transition_weight))
+        log_initial = np.log(initial)
+    order, segment = group_by_recording(recording_ids)
+    lengths = np.bincount(segment)
+    position = np.arange(len(segment)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    padded = np.zeros((len(lengths), lengths.max(), NUM_CLASSES))
+    padded[segment, position] = log_emissions[order]
+    return padded, lengths, log_transition, log_initial, (order, segment, position)
+
+
 def hmm_decode(probabilities: np.ndarray, recording_ids, transition: np.ndarray, initial: np.ndarray,
                priors: np.ndarray, transition_weight: float = 1.0) -> np.ndarray:
     """Decode each recording's stages with :func:`viterbi`.
@@ -223,22 +252,72 @@ def hmm_decode(probabilities: np.ndarray, recording_ids, transition: np.ndarray,
     np.ndarray of int64, shape (rows,)
         Decoded stage ints, CSV order.
     """
-    posteriors = probabilities / probabilities.sum(axis=1, keepdims=True)
-    with np.errstate(divide="ignore"):  # a zero probability is log 0 = -inf: that stage is impossible there
-        log_emissions = np.log(posteriors / priors[None, :])
-        log_transition = np.log(weighted_transition(transition, transition_weight))
-        log_initial = np.log(initial)
-
-    order, segment = group_by_recording(recording_ids)
-    lengths = np.bincount(segment)
-    position = np.arange(len(segment)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    padded = np.zeros((len(lengths), lengths.max(), NUM_CLASSES))
-    padded[segment, position] = log_emissions[order]
+    padded, lengths, log_transition, log_initial, (order, segment, position) = _padded_log_inputs(
+        probabilities, recording_ids, transition, initial, priors, transition_weight)
     paths = viterbi(padded, lengths, log_transition, log_initial)
-
     stages = np.empty(len(segment), dtype=np.int64)
     stages[order] = paths[segment, position]
     return stages
+
+
+def _log_sum_exp(values: np.ndarray, axis: int) -> np.ndarray:
+    """log(sum(exp(values))) along ``axis``, exact for large values and -inf where every value is -inf."""
+    peak = values.max(axis=axis, keepdims=True)
+    peak = np.where(np.isfinite(peak), peak, 0.0)
+    with np.errstate(divide="ignore"):
+        return np.log(np.exp(values - peak).sum(axis=axis)) + np.squeeze(peak, axis=axis)
+
+
+def forward_backward(log_emissions: np.ndarray, lengths: np.ndarray, log_transition: np.ndarray,
+                     log_initial: np.ndarray) -> np.ndarray:
+    """Posterior probability of each state at each position, several sequences at once (log space).
+
+    The forward pass sums ``log P(o_0..o_t, state_t)`` over the paths into
+    each state, the backward pass ``log P(o_t+1..o_end | state_t)``; their
+    sum, normalised per position, is ``P(state_t | every observation of the
+    sequence)``. Inputs as :func:`viterbi`.
+
+    Returns
+    -------
+    np.ndarray, shape (sequences, T, K)
+        Rows sum to 1 at the positions t < length; padding positions hold
+        numbers of no meaning.
+    """
+    sequences, steps, classes = log_emissions.shape
+    valid = np.arange(steps)[None, :] < np.asarray(lengths)[:, None]
+    log_forward = np.empty_like(log_emissions)
+    log_forward[:, 0] = log_initial[None, :] + log_emissions[:, 0]
+    for t in range(1, steps):  # (sequences, from, to), summed over from
+        log_forward[:, t] = _log_sum_exp(log_forward[:, t - 1, :, None] + log_transition[None], axis=1) \
+            + log_emissions[:, t]
+    log_backward = np.zeros_like(log_emissions)  # log 1 at each sequence's last position
+    for t in range(steps - 2, -1, -1):  # (sequences, from, to), summed over to
+        following = _log_sum_exp(log_transition[None] + (log_emissions[:, t + 1] + log_backward[:, t + 1])[:, None, :],
+                                 axis=2)
+        log_backward[:, t] = np.where(valid[:, t + 1, None], following, 0.0)
+    joint = log_forward + log_backward
+    return np.exp(joint - _log_sum_exp(joint, axis=2)[..., None])
+
+
+def hmm_posterior(probabilities: np.ndarray, recording_ids, transition: np.ndarray, initial: np.ndarray,
+                  priors: np.ndarray, transition_weight: float = 1.0) -> np.ndarray:
+    """Each epoch's stage probabilities given its whole recording, under the hmm :func:`hmm_decode` decodes with.
+
+    Parameters and inputs as :func:`hmm_decode`.
+
+    Returns
+    -------
+    np.ndarray of float64, shape (rows, 5)
+        ``P(stage of the epoch | the recording's blended probabilities)``
+        (:func:`forward_backward`), CSV order; rows sum to 1. Its value at
+        the decoded stage is how sure the hmm is of the stage it assigns.
+    """
+    padded, lengths, log_transition, log_initial, (order, segment, position) = _padded_log_inputs(
+        probabilities, recording_ids, transition, initial, priors, transition_weight)
+    posterior = forward_backward(padded, lengths, log_transition, log_initial)
+    rows = np.empty((len(segment), NUM_CLASSES))
+    rows[order] = posterior[segment, position]
+    return rows
 
 
 def stage_shifts_per_night(stages: np.ndarray, recording_ids) -> float:

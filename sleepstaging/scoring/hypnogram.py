@@ -523,7 +523,8 @@ def write_recording_outputs(out_dir: Path, recording_id: str, onsets: np.ndarray
       HH:MM:SS`` (empty when ``start`` is None), 1 when the epoch is in the
       lights period (:func:`in_lights_period`) else 0, the blend's stage and
       the post-processed stage as names (Wake, N1, N2, N3, REM), the five
-      blended probabilities (6 decimals), then ``ok`` or ``flagged`` (a key
+      probabilities given (6 decimals; the blend's, calibrated by the model
+      set's temperature where postprocess.py or stage_edf.py write it), then ``ok`` or ``flagged`` (a key
       row flat, clipped or missing in the epoch) and the ``;``-joined rows
       flat, clipped and missing in it (``signal_quality``); these four empty
       without ``quality``.

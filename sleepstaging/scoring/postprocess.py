@@ -13,9 +13,9 @@ from sleepstaging.data import epoch_timing
 from sleepstaging.data import psg_layout
 from sleepstaging import script_io
 from sleepstaging.edf import signal_quality
-from sleepstaging.output_names import model_set_path
+from sleepstaging.output_names import model_set_path, posterior_path
 from sleepstaging.scoring.blend import load_probabilities, read_test_csv, stage_counts
-from sleepstaging.scoring.hmm import count_stage_sequences, hmm_decode, hmm_from_counts
+from sleepstaging.scoring.hmm import count_stage_sequences, hmm_decode, hmm_from_counts, hmm_posterior
 from sleepstaging.scoring.rules import apply_rules
 from sleepstaging.data.psg_layout import STAGE_TO_INT, STAGES
 from sleepstaging.script_io import InputError, where
@@ -160,7 +160,7 @@ def write_recordings(folder: Path, placements: dict, before: np.ndarray, after: 
     before, after : np.ndarray of int, shape (rows,)
         Stages before and after post-processing, test CSV order.
     probabilities : np.ndarray, shape (rows, 5)
-        Blended probabilities, test CSV order.
+        Blended probabilities as the tables show them (calibrated), test CSV order.
     figures : bool
         Draw each recording's hypnogram figure.
 
@@ -185,24 +185,38 @@ def write_recordings(folder: Path, placements: dict, before: np.ndarray, after: 
 @dataclass(frozen=True)
 class HmmInputs:
     """What the hmm decodes with: counted transitions (a model set's, or None: count ``train_csv``), the models'
-    stage balance and the transition weight."""
+    stage balance and the transition weight; and the temperature its posterior is calibrated with (1: none)."""
     counts: dict | None
     train_csv: Path | None
     stage_balance: float
     transition_weight: float
+    posterior_temperature: float = 1.0
+
+    def model(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(transition, initial, priors)``: :func:`hmm.hmm_from_counts` of the counts (read if need be)."""
+        counts = self.counts if self.counts is not None else count_labelled_nights(self.train_csv)
+        return hmm_from_counts(counts, self.stage_balance)
 
 
 def postprocess_test(data_root: Path | str, in_csv: Path, out: Path, method: str, hmm: HmmInputs | None,
                      probabilities_file: Path, recordings_out: Path | None, config: dict, *,
                      across_recordings: bool = False, figures: bool = False, probabilities_given: bool = False,
-                     quiet: bool = False) -> np.ndarray:
+                     quiet: bool = False, temperature: float = 1.0) -> np.ndarray:
     """Post-process a blend CSV into ``out`` (one stage a line) and, unless ``recordings_out`` is None, each
     recording's outputs; return the stages written (ints, test CSV order).
 
-    ``config`` is saved beside ``out`` as JSON. The per-recording outputs are
-    skipped (and said) when the blended probabilities are missing and were not
-    named (``probabilities_given``).
+    ``config`` is saved beside ``out`` as JSON. With the hmm, its posterior
+    per epoch (calibrated by ``hmm.posterior_temperature``) is saved beside
+    ``out`` (``output_names.posterior_path``; removed there for the other
+    methods, so none is left from an earlier run). The per-recording tables
+    and figures show the blended probabilities calibrated by ``temperature``
+    (``calibration.apply_temperature``; the stages come from the blend as
+    it is). The per-recording outputs are skipped (and said) when the
+    blended probabilities are missing and were not named
+    (``probabilities_given``).
     """
+    from sleepstaging.scoring import calibration
+
     test = read_test_csv(data_root)
     stages = read_stage_lines(in_csv, len(test), str(test.path), "make it with blend.py, or point --in at a blend CSV")
     say = (lambda text: None) if quiet else print
@@ -215,23 +229,41 @@ def postprocess_test(data_root: Path | str, in_csv: Path, out: Path, method: str
         probabilities = load_probabilities(probabilities_file, len(test), str(test.path),
                                            "blend.py writes it beside its CSV; point --probabilities at it")
     placements = None if skip_recordings else place_recordings(data_root, test)
-    new_stages = new_stages_of(stages, test.recording_ids, method, hmm, probabilities, across_recordings, say)
+    model = hmm.model() if method == "hmm" else None  # (transition, initial, priors)
+    new_stages = new_stages_of(stages, test.recording_ids, method, hmm, model, probabilities, across_recordings, say)
     say(f"after:  {stage_counts(new_stages)} ({int((new_stages != stages).sum())} rows changed)")
 
     script_io.write_lines(out, (STAGES[s] for s in new_stages))
     with script_io.atomic_path(out.with_suffix(".json")) as tmp:
         tmp.write_text(json.dumps(config, indent=2))
+    write_posterior(out, hmm, model, probabilities, test.recording_ids)
     print(f"{out} is saved ({len(new_stages)} rows)")
     if skip_recordings:
         say(f"per-recording outputs skipped: {skip_recordings}")
         return new_stages
-    statistics = write_recordings(recordings_out, placements, stages, new_stages, probabilities, figures=figures)
+    statistics = write_recordings(recordings_out, placements, stages, new_stages,
+                                  calibration.apply_temperature(probabilities, temperature), figures=figures)
     print(f"{recordings_out} holds the hypnograms, annotations{', figures' if figures else ''} "
           f"and statistics of {len(statistics)} recording(s), with {STATISTICS_TABLE}")
     return new_stages
 
 
-def new_stages_of(stages: np.ndarray, recording_ids, method: str, hmm: HmmInputs | None,
+def write_posterior(out: Path, hmm: HmmInputs | None, model: tuple | None, probabilities: np.ndarray | None,
+                    recording_ids) -> None:
+    """The hmm's calibrated posterior per epoch (rows, 5), float32, beside ``out``; without the hmm (``model``
+    None), none there."""
+    from sleepstaging.scoring import calibration
+
+    path = posterior_path(out)
+    if model is None:
+        path.unlink(missing_ok=True)
+        return
+    posterior = hmm_posterior(probabilities, recording_ids, *model, transition_weight=hmm.transition_weight)
+    with script_io.atomic_path(path) as tmp:
+        np.save(tmp, calibration.apply_temperature(posterior, hmm.posterior_temperature).astype(np.float32))
+
+
+def new_stages_of(stages: np.ndarray, recording_ids, method: str, hmm: HmmInputs | None, model: tuple | None,
                   probabilities: np.ndarray | None, across_recordings: bool, say) -> np.ndarray:
     """The post-processed stages: the original's rules, the hmm's decoding of the probabilities, or unchanged."""
     if method == "rules":
@@ -239,9 +271,7 @@ def new_stages_of(stages: np.ndarray, recording_ids, method: str, hmm: HmmInputs
         say("rule matches: " + ", ".join(f"{number} x{count}" for number, count in enumerate(matches, start=1)))
         return new_stages
     if method == "hmm":
-        counts = hmm.counts if hmm.counts is not None else count_labelled_nights(hmm.train_csv)
-        return hmm_decode(probabilities, recording_ids, *hmm_from_counts(counts, hmm.stage_balance),
-                          transition_weight=hmm.transition_weight)
+        return hmm_decode(probabilities, recording_ids, *model, transition_weight=hmm.transition_weight)
     return stages
 
 
@@ -282,11 +312,7 @@ def hmm_settings(method: str, data_root: Path | str, in_csv: Path, train_csv: Pa
             raise InputError(f"{option} is read by --method hmm only, not by --method {method}")
     if method != "hmm":
         return None, None
-    if stage_balance is not None and not psg_layout.is_stage_balance(stage_balance):
-        raise InputError(f"--stage-balance must be a finite number, 0 or more (the models' --stage-balance), "
-                         f"got {stage_balance}")
-    if transition_weight is not None and not 0 <= transition_weight < float("inf"):
-        raise InputError(f"--transition-weight must be a finite number, 0 or more, got {transition_weight}")
+    _check_hmm_flags(stage_balance, transition_weight)
 
     record = model_set.read_model_set(model_set_dir) if model_set_dir is not None else None
     if model_set_dir is not None and record is None:
@@ -310,4 +336,27 @@ def hmm_settings(method: str, data_root: Path | str, in_csv: Path, train_csv: Pa
         transition_weight, sources["transition_weight"] = record["hmm"]["transition_weight"], record["path"]
     else:
         transition_weight, sources["transition_weight"] = 1.0, "1: the counted transitions"
-    return HmmInputs(counts, train_csv, stage_balance, transition_weight), sources
+    temperature, sources["posterior_temperature"] = posterior_temperature(record, sources)
+    return HmmInputs(counts, train_csv, stage_balance, transition_weight, temperature), sources
+
+
+def _check_hmm_flags(stage_balance: float | None, transition_weight: float | None) -> None:
+    """Refuse a ``--stage-balance`` or ``--transition-weight`` no decoding can use (None: not given)."""
+    if stage_balance is not None and not psg_layout.is_stage_balance(stage_balance):
+        raise InputError(f"--stage-balance must be a finite number, 0 or more (the models' --stage-balance), "
+                         f"got {stage_balance}")
+    if transition_weight is not None and not 0 <= transition_weight < float("inf"):
+        raise InputError(f"--transition-weight must be a finite number, 0 or more, got {transition_weight}")
+
+
+def posterior_temperature(record: dict | None, sources: dict) -> tuple[float, str]:
+    """The hmm posterior's calibration temperature and where it came from: the model set's (``calibration``,
+    ``hmm_temperature``) when the hmm is wholly the model set's, else 1 (fitted for another hmm, or none)."""
+    from sleepstaging.scoring import calibration
+
+    if record is None:
+        return 1.0, "1: no model set"
+    if any(sources[key] != record["path"] for key in ("counts", "stage_balance", "transition_weight")):
+        return 1.0, "1: the hmm is not wholly the model set's, whose temperature was fitted for its own"
+    temperature = calibration.recorded_temperature(record, "hmm_temperature")
+    return temperature, record["path"] if temperature != 1.0 else "1: the model set records none"

@@ -78,6 +78,9 @@ const $ = (id) => document.getElementById(id);
 const pct = (p) => Math.round(100 * p) + " %";
 const argmax = (row) => row.reduce((best, v, i) => (v > row[best] ? i : best), 0);
 const rank = new Int32Array(N); D.order.forEach((epoch, i) => { rank[epoch] = i; });
+const ORDERED_BY = {blend: "the blend's doubt (1 - its largest probability)", disagreement: "the models' disagreement",
+  "blend+disagreement": "the mean of the blend's doubt and the models' disagreement",
+  hmm: "the hmm's doubt (1 - its posterior of the stage assigned)"};
 
 function text(tag, value, cls) { const el = document.createElement(tag); el.textContent = value; if (cls) el.className = cls; return el; }
 function clock(i) { return D.clock[i] ? D.clock[i].slice(11) : (D.onset[i] / 3600).toFixed(2) + " h"; }
@@ -87,9 +90,9 @@ function header() {
   $("title").textContent = "Review of " + D.id;
   const s = D.statistics, f = (v, u) => (v === null || v === undefined ? "n/a" : v.toFixed(1) + u);
   $("summary").textContent = N + " epochs from " + clock(0) + "; TST " + f(s.TST, " min") + ", SE " + f(s.SE, " %") +
-    ", SOL " + f(s.SOL, " min") + ", WASO " + f(s.WASO, " min") + ". Confidence: the blend's largest probability" +
-    (D.temperature !== 1 ? " (calibrated, temperature " + D.temperature.toFixed(2) + ")" : "") +
-    "; epochs to check ordered by " + D.ordering + ".";
+    ", SOL " + f(s.SOL, " min") + ", WASO " + f(s.WASO, " min") + ". Blend probabilities " +
+    (D.temperature !== 1 ? "calibrated (temperature " + D.temperature.toFixed(2) + ")" : "as blended (no calibration)") +
+    "; models' as they gave them. Epochs to check ordered by " + ORDERED_BY[D.ordering] + ".";
   $("warnings").textContent = D.warnings ? "Signal quality: " + D.warnings : "";
 }
 
@@ -102,9 +105,9 @@ function drawHypnogram() {
   g.strokeStyle = "#000"; g.lineWidth = 1.2; g.beginPath();
   for (let i = 0; i < N; i++) { const yy = y(stage[i]); if (i === 0) g.moveTo(x(0), yy); else g.lineTo(x(i), yy); g.lineTo(x(i + 1), yy); }
   g.stroke();
-  const base = top + band * 5 + 30, height = H - base - 4;  // doubt: 1 - the blend's largest probability
+  const base = top + band * 5 + 30, height = H - base - 4;  // the doubt the epochs to check are ordered by
   g.fillStyle = "#000"; g.fillText("doubt", 2, base + height / 2); g.fillStyle = "#777";
-  for (let i = 0; i < N; i++) { const d = 1 - Math.max(...D.blend[i]); g.fillRect(x(i), base + height * (1 - d), Math.max(1, x(i + 1) - x(i)), height * d); }
+  for (let i = 0; i < N; i++) { const d = D.doubt[i]; g.fillRect(x(i), base + height * (1 - d), Math.max(1, x(i + 1) - x(i)), height * d); }
   g.fillStyle = "#000";
   for (let k = 0; k < LIST_LENGTH; k++) { const i = D.order[k]; g.fillRect(x(i), base - 10, Math.max(1, x(i + 1) - x(i)), 6); }
   changes.forEach((_, i) => { g.fillText("x", x(i) - 3, top + band * 5 + 12); });
@@ -121,6 +124,7 @@ function probabilities(i) {
   const head = $("probs-head"), body = $("probs-body");
   head.replaceChildren(text("th", "probabilities"), ...S.map((s) => text("th", s)), text("th", "stage"));
   const rows = [["blend", D.blend[i]]];
+  if (D.hmm) rows.push(["hmm posterior", D.hmm[i]]);
   for (const name in D.models) rows.push([name, D.models[name][i]]);
   body.replaceChildren(...rows.map(([name, p]) => {
     const tr = document.createElement("tr"), best = argmax(p);
@@ -147,7 +151,7 @@ function checkList() {
   $("progress").textContent = done + " of the first " + LIST_LENGTH + " seen; " + changes.size + " epoch(s) corrected.";
   $("check-list").replaceChildren(...D.order.slice(0, LIST_LENGTH).map((i) => {
     const li = document.createElement("li"), b = text("button", "epoch " + D.epoch[i] + ", " + clock(i) + ", " + S[stage[i]] +
-      ", " + pct(Math.max(...D.blend[i])) + (changes.has(i) ? ", corrected" : seen.has(i) ? ", seen" : ""));
+      ", blend " + pct(Math.max(...D.blend[i])) + (D.hmm ? ", hmm " + pct(D.hmm[i][original[i]]) : "") + (changes.has(i) ? ", corrected" : seen.has(i) ? ", seen" : ""));
     b.type = "button"; if (i === current) b.className = "current"; b.addEventListener("click", () => select(i));
     li.append(b); return li;
   }));
