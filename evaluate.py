@@ -32,7 +32,7 @@ validation rows are a random fifth of each night, so those two steps are
 left out of the table (said in the report); when that configuration is
 absent, they are shown and marked "cv unknown".
 
-Sleep statistics (hypnogram.py's definitions: TST, SOL, WASO, SE, stage
+Sleep statistics (sleep_statistics.py's definitions: TST, SOL, WASO, SE, stage
 minutes and percentages, latencies, awakenings...) are computed per
 recording from the true and from the predicted hypnogram (rows in test CSV
 order), with their differences (predicted - true); for each statistic the

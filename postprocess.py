@@ -39,7 +39,7 @@ stage name per line, test CSV order) and writes the submission
 * ``none``: a copy.
 
 Then, for every test recording, the per-recording outputs of
-``hypnogram.write_recording_outputs`` go into ``--recordings-out`` (default
+``night_outputs.write_recording_outputs`` go into ``--recordings-out`` (default
 ``recordings/`` beside the submission): ``<ID>/<ID>-hypnogram.csv`` (epoch,
 onset, clock time, stage before and after post-processing, the five blended
 probabilities, the epoch's signal quality from ``<root>/<ID>/<ID>.quality.json``

@@ -246,7 +246,7 @@ def test_command_rules_and_across(tmp_path):
 
 
 def test_the_submission_is_whole_before_any_per_recording_output_starts(tmp_path, monkeypatch):
-    from sleepstaging.scoring import hypnogram
+    from sleepstaging.scoring import night_outputs
     data, blend_csv = write_case(tmp_path, "W2222" + "R22W", "aaaaa" + "bbbb")
     np.save(blend_csv.with_suffix(".npy"), np.full((9, 5), 0.2, dtype=np.float32))
     out = tmp_path / "outputs" / "files_post.csv"
@@ -255,7 +255,7 @@ def test_the_submission_is_whole_before_any_per_recording_output_starts(tmp_path
         assert out.read_text().split() == [CODE[c] for c in "W2222R22W"]  # already written, whole
         raise RuntimeError("a recording's output failed")
 
-    monkeypatch.setattr(hypnogram, "write_recording_outputs", broken)
+    monkeypatch.setattr(night_outputs, "write_recording_outputs", broken)
     with pytest.raises(RuntimeError, match="a recording's output failed"):
         postprocess.main(["--data-root", str(data), "--in", str(blend_csv), "--out", str(out), "--quiet"])
     assert out.read_text().split() == [CODE[c] for c in "W2222R22W"]

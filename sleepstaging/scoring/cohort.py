@@ -34,8 +34,8 @@ FAILURE_COLUMNS = ("recording_id", "edf", "step", "reason", "edf_bytes", "edf_mo
 
 def scored_nights(out: Path) -> list[str]:
     """IDs of the nights whose results are in ``out`` (a night's folder appears whole, statistics included)."""
-    from sleepstaging.scoring import hypnogram
-    statistics = hypnogram.OUTPUT_FILES["statistics"]
+    from sleepstaging.scoring import night_outputs
+    statistics = night_outputs.OUTPUT_FILES["statistics"]
     return sorted(folder.name for folder in out.iterdir() if not folder.name.startswith(".")
                   and (folder / statistics.format(name=folder.name)).is_file())
 
@@ -75,11 +75,11 @@ def plan_nights(recordings: list, out: Path, resuming: bool, retry_failed: bool)
 
 def write_tables(out: Path, failures: dict) -> list[str]:
     """The cohort's statistics table (every scored night in ``out``) and failures table; return the scored IDs."""
-    from sleepstaging.scoring import hypnogram
+    from sleepstaging.scoring import night_outputs
     nights = scored_nights(out)
-    statistics = {recording_id: json.loads((out / recording_id / hypnogram.OUTPUT_FILES["statistics"].format(
+    statistics = {recording_id: json.loads((out / recording_id / night_outputs.OUTPUT_FILES["statistics"].format(
         name=recording_id)).read_text()) for recording_id in nights}
-    hypnogram.write_statistics_table(out / postprocess.STATISTICS_TABLE, statistics)
+    night_outputs.write_statistics_table(out / postprocess.STATISTICS_TABLE, statistics)
     with script_io.atomic_path(out / FAILURES) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, FAILURE_COLUMNS, lineterminator="\n")
         writer.writeheader()

@@ -26,10 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from sleepstaging.scoring import hypnogram
+from sleepstaging.scoring import night_outputs
 from sleepstaging.data import psg_layout
 from sleepstaging.scoring import review_page
 from sleepstaging import script_io
+from sleepstaging.scoring.sleep_statistics import json_ready, sleep_statistics
 from sleepstaging.data.psg_layout import STAGE_TO_INT, STAGES
 from sleepstaging.script_io import InputError, where
 
@@ -82,9 +83,9 @@ def read_corrections(path: Path) -> tuple[str, list[Correction]]:
 
 
 def night_files(folder: Path, recording_id: str) -> dict:
-    """The night's output files (hypnogram.OUTPUT_FILES, the page and the log) by key."""
+    """The night's output files (night_outputs.OUTPUT_FILES, the page and the log) by key."""
     night = folder / recording_id
-    files = {key: night / pattern.format(name=recording_id) for key, pattern in hypnogram.OUTPUT_FILES.items()}
+    files = {key: night / pattern.format(name=recording_id) for key, pattern in night_outputs.OUTPUT_FILES.items()}
     files.update(page=night / review_page.PAGE_NAME, log=night / LOG_NAME.format(name=recording_id))
     return files
 
@@ -124,7 +125,7 @@ def plan_corrections(folder: Path, paths: list[Path]) -> dict:
 
 
 def _start_of(edf_path: Path) -> datetime.datetime | None:
-    """The recording start the annotations EDF holds (None: EDF+'s unknown date, as hypnogram.py writes it)."""
+    """The recording start the annotations EDF holds (None: EDF+'s unknown date, as night_outputs.py writes it)."""
     import edfio
 
     edf = edfio.read_edf(edf_path)
@@ -146,20 +147,20 @@ def apply_night(folder: Path, recording_id: str, table: list[dict], planned: lis
     after = np.array([STAGE_TO_INT[r["stage_after"]] for r in table])
     inside = np.array([r["in_lights_period"] == "1" for r in table])
     epoch_seconds = psg_layout.EPOCH_SECONDS  # every scored night's epochs are 30 s (render_edf.py)
-    statistics = {**statistics_old, **hypnogram.sleep_statistics(after[inside], epoch_seconds)}
+    statistics = {**statistics_old, **sleep_statistics(after[inside], epoch_seconds)}
     start = _start_of(files["edf"])
     probabilities = np.array([[float(r[f"p_{name}"]) for name in STAGES] for r in table])
     before = np.array([STAGE_TO_INT[r["stage_before"]] for r in table])
-    quality = [[r[key] for key in hypnogram.QUALITY_COLUMNS] for r in table]
-    hypnogram.write_hypnogram_table(files["table"], epochs, onsets, [r["clock_time"] for r in table], inside, before,
-                                    after, probabilities, quality)
-    hypnogram.write_annotation_edf(files["edf"], recording_id,
-                                   hypnogram.stage_annotations(onsets, after, epoch_seconds), start)
+    quality = [[r[key] for key in night_outputs.QUALITY_COLUMNS] for r in table]
+    night_outputs.write_hypnogram_table(files["table"], epochs, onsets, [r["clock_time"] for r in table], inside,
+                                        before, after, probabilities, quality)
+    night_outputs.write_annotation_edf(files["edf"], recording_id,
+                                       night_outputs.stage_annotations(onsets, after, epoch_seconds), start)
     if files["figure"].is_file():
-        hypnogram.plot_recording(files["figure"], recording_id, onsets, after, probabilities, start, epoch_seconds,
-                                 statistics, inside)
+        night_outputs.plot_recording(files["figure"], recording_id, onsets, after, probabilities, start, epoch_seconds,
+                                     statistics, inside)
     with script_io.atomic_path(files["statistics"]) as tmp:
-        tmp.write_text(json.dumps(hypnogram.json_ready(statistics), indent=2, allow_nan=False) + "\n")
+        tmp.write_text(json.dumps(json_ready(statistics), indent=2, allow_nan=False) + "\n")
     if files["page"].is_file():
         review_page.rewrite_page_stages(files["page"], after.tolist())
     changed = [(path, c, now) for path, c, now in planned if now != c.after]
@@ -186,5 +187,5 @@ def rebuild_statistics_table(folder: Path) -> list[str]:
     from sleepstaging.scoring import postprocess
     nights = cohort.scored_nights(folder)
     statistics = {night: json.loads(night_files(folder, night)["statistics"].read_text()) for night in nights}
-    hypnogram.write_statistics_table(folder / postprocess.STATISTICS_TABLE, statistics)
+    night_outputs.write_statistics_table(folder / postprocess.STATISTICS_TABLE, statistics)
     return nights

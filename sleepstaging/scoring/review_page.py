@@ -156,7 +156,7 @@ def embedded_json(data) -> str:
 
 
 def read_hypnogram_table(path: Path) -> dict:
-    """A night's ``<ID>-hypnogram.csv`` (hypnogram.py) as columns: lists of str, probabilities (n, 5) floats."""
+    """A night's ``<ID>-hypnogram.csv`` (night_outputs.py) as columns: lists of str, probabilities (n, 5) floats."""
     with open(path, newline="") as handle:
         rows = list(csv.DictReader(handle))
     columns = {key: [row[key] for row in rows] for key in (rows[0] if rows else [])}
@@ -197,7 +197,7 @@ def write_review_page(night_dir: Path, recording_id: str, models: dict, image_pa
     Parameters
     ----------
     night_dir : Path
-        The night's folder (``hypnogram.write_recording_outputs``' files in it).
+        The night's folder (``night_outputs.write_recording_outputs``' files in it).
     recording_id : str
     models : dict
         Model name -> its probabilities (n, 5) in the table's epoch order;
@@ -211,8 +211,8 @@ def write_review_page(night_dir: Path, recording_id: str, models: dict, image_pa
         One of :data:`ORDERINGS`.
     """
     from sleepstaging.scoring import calibration
-    from sleepstaging.scoring import hypnogram
-    names = {key: night_dir / pattern.format(name=recording_id) for key, pattern in hypnogram.OUTPUT_FILES.items()}
+    from sleepstaging.scoring import night_outputs
+    names = {key: night_dir / pattern.format(name=recording_id) for key, pattern in night_outputs.OUTPUT_FILES.items()}
     table = read_hypnogram_table(names["table"])
     table["probabilities"] = calibration.apply_temperature(table["probabilities"], temperature)
     statistics = json.loads(names["statistics"].read_text())
