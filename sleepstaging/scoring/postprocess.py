@@ -245,6 +245,20 @@ def new_stages_of(stages: np.ndarray, recording_ids, method: str, hmm: HmmInputs
     return stages
 
 
+def _check_hmm_options(method: str, train_csv, stage_balance, transition_weight, model_set_dir) -> None:
+    """Refuse the hmm's flags (:func:`hmm_settings`) with another method, and values no hmm can use."""
+    options = (("--stage-balance", stage_balance), ("--train-csv", train_csv),
+               ("--transition-weight", transition_weight), ("--model-set", model_set_dir))
+    for option, value in options:
+        if value is not None and method != "hmm":
+            raise InputError(f"{option} is read by --method hmm only, not by --method {method}")
+    if stage_balance is not None and not psg_layout.is_stage_balance(stage_balance):
+        raise InputError(f"--stage-balance must be a finite number, 0 or more (the models' --stage-balance), "
+                         f"got {stage_balance}")
+    if transition_weight is not None and not 0 <= transition_weight < float("inf"):
+        raise InputError(f"--transition-weight must be a finite number, 0 or more, got {transition_weight}")
+
+
 def hmm_settings(method: str, data_root: Path | str, in_csv: Path, train_csv: Path | None = None,
                  stage_balance: float | None = None, transition_weight: float | None = None,
                  model_set_dir: Path | str | None = None) -> tuple[HmmInputs | None, dict | None]:
@@ -275,19 +289,9 @@ def hmm_settings(method: str, data_root: Path | str, in_csv: Path, train_csv: Pa
         Where each input came from (``counts``, ``stage_balance``,
         ``transition_weight``), for the printed configuration.
     """
-    options = (("--stage-balance", stage_balance), ("--train-csv", train_csv),
-               ("--transition-weight", transition_weight), ("--model-set", model_set_dir))
-    for option, value in options:
-        if value is not None and method != "hmm":
-            raise InputError(f"{option} is read by --method hmm only, not by --method {method}")
+    _check_hmm_options(method, train_csv, stage_balance, transition_weight, model_set_dir)
     if method != "hmm":
         return None, None
-    if stage_balance is not None and not psg_layout.is_stage_balance(stage_balance):
-        raise InputError(f"--stage-balance must be a finite number, 0 or more (the models' --stage-balance), "
-                         f"got {stage_balance}")
-    if transition_weight is not None and not 0 <= transition_weight < float("inf"):
-        raise InputError(f"--transition-weight must be a finite number, 0 or more, got {transition_weight}")
-
     record = model_set.read_model_set(model_set_dir) if model_set_dir is not None else None
     if model_set_dir is not None and record is None:
         raise InputError(f"no model set record {where(model_set_path(model_set_dir))}; model_set.py writes it")
