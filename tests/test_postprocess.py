@@ -11,7 +11,7 @@ from sleepstaging.data import epoch_timing
 from sleepstaging.data import psg_layout
 import oracles
 from sleepstaging import script_io
-from sleepstaging.scoring.hmm import estimate_hmm, hmm_decode, training_stage_shares, viterbi
+from sleepstaging.scoring.hmm import estimate_hmm, hmm_decode, hmm_from_counts, training_stage_shares, viterbi
 from sleepstaging.scoring import rules as context_rules
 from sleepstaging.scoring.rules import apply_rules
 from conftest import run_script
@@ -212,6 +212,28 @@ def test_hmm_decode_divides_by_priors_and_keeps_recordings_apart():
              for s in (slice(0, 25), slice(25, 40))]
     assert together.tolist() == np.concatenate(alone).tolist()
     assert len(np.unique(together)) < len(np.unique(probabilities.argmax(1)))  # smoothed
+
+
+def test_the_hmm_divides_by_the_stage_shares_to_the_power_one_exactly():
+    """Each one-epoch recording decodes to the argmax of posterior / share (uniform first stages).
+
+    Two pairs of rows sit 1 % either side of a tie between Wake and N1 at
+    power 1; shares to another power than 1 (even 0.99 or 1.01: the Wake /
+    N1 share ratio q to the power 1 +- 0.01 moves the comparison by
+    q ** 0.01, more than 1 %) flip one of each pair.
+    """
+    uniform = np.full(5, 0.2)
+    shares = np.array([0.4, 0.1, 0.3, 0.1, 0.1])  # Wake four times as common as N1
+    # 404 / 0.4 = 1010 against 100 / 0.1 = 1000: Wake; 396 / 0.4 = 990: N1 (the rest: at most 10)
+    rows = np.array([[404, 100, 1, 1, 1], [396, 100, 1, 1, 1]], dtype=np.float64)
+    assert hmm_decode(rows, ["a", "b"], np.full((5, 5), 0.2), uniform, shares).tolist() == [0, 1]
+    # The same through the counts a model set records, for models trained with --stage-balance 0.5:
+    # smoothed stage counts 8, 2, 6, 2, 2 give shares in proportion to their square roots, Wake / N1 = 2.
+    counts = {"stages": [7, 1, 5, 1, 1], "first_stages": [0] * 5, "transitions": [[0] * 5] * 5}
+    transition, initial, priors = hmm_from_counts(counts, stage_balance=0.5)
+    np.testing.assert_allclose(priors, np.sqrt([8, 2, 6, 2, 2]) / np.sqrt([8, 2, 6, 2, 2]).sum(), rtol=1e-12)
+    rows = np.array([[202, 100, 1, 1, 1], [198, 100, 1, 1, 1]], dtype=np.float64)
+    assert hmm_decode(rows, ["a", "b"], transition, initial, priors).tolist() == [0, 1]
 
 
 # --------------------------------------------------------------------------
