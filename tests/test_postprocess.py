@@ -445,13 +445,11 @@ def test_rules_on_tiny_data_stop_at_the_recording_boundary(tiny_data, tmp_path):
 # --------------------------------------------------------------------------
 # Per-recording outputs beside the submission
 # --------------------------------------------------------------------------
-@pytest.mark.slow
-def test_per_recording_outputs_map_epochs_to_time(tmp_path):
-    import csv
+def two_timed_recordings(tmp_path):
+    """(data root, blend CSV, its probabilities (9, 5)) of two recordings: RECa rendered from an EDF (sidecar:
+    start 23:59:40, grid origin 10 s, epochs 3-7 listed), RECb in the synthetic challenge layout (no sidecar)."""
     import datetime
 
-    # recording a: rendered from an EDF (sidecar: start 23:59:40, grid origin 10 s, epochs 3-7 listed);
-    # recording b: the synthetic challenge layout (no sidecar)
     data, out_dir = tmp_path / "DATA", tmp_path / "outputs"
     rows = [("RECa", psg_layout.image_name("RECa", n)) for n in (3, 4, 5, 6, 7)]
     rows += [("RECb", psg_layout.image_name("RECb", n)) for n in (1, 2, 3, 4)]
@@ -463,7 +461,15 @@ def test_per_recording_outputs_map_epochs_to_time(tmp_path):
     script_io.write_lines(blend_csv, [CODE[c] for c in before])
     probabilities = np.random.default_rng(0).dirichlet(np.ones(5), len(rows)).astype(np.float32)
     np.save(blend_csv.with_suffix(".npy"), probabilities)
+    return data, blend_csv, probabilities
 
+
+@pytest.mark.slow
+def test_per_recording_outputs_map_epochs_to_time(tmp_path):
+    import csv
+
+    data, blend_csv, probabilities = two_timed_recordings(tmp_path)
+    out_dir = blend_csv.parent
     submission = out_dir / "files_post.csv"
     run_script("postprocess.py", "--data-root", data, "--in", blend_csv, "--out", submission, "--no-recordings")
     alone = submission.read_bytes()
