@@ -74,21 +74,22 @@ def scored_stages(scored: Path, recording_id: str, idnums, column: str) -> np.nd
     return np.array([by_epoch[psg_layout.epoch_number_of(idnum)] for idnum in idnums], dtype=np.int64)
 
 
-def main() -> None:
-    args = parser.parse_args()
-    work, data = args.work, args.work / "DATA"
-    record = model_set.read_model_set(args.weights_dir)
-    if record is None:
-        raise SystemExit(f"no model set in {args.weights_dir}: run model_set.py (bash run.sh demo does)")
-    found = record["models"]
-    blend_settings = record["blend"]
-    postprocess_method = args.postprocess or record["postprocess"]
+def route_options(record: dict, postprocess_method: str, weights_dir: Path) -> tuple[list, list, list]:
+    """The model set's models and blend, and ``postprocess_method``, as the layout route's flags:
+    (models, blend, post-processing). Both routes post-process alike: the model set's recorded hmm, or the
+    method named."""
+    found, blend_settings = record["models"], record["blend"]
     models = ["--vit-arch", found["vit_arch"], "--eff-arch", found["eff_arch"], "--fold", found["fold"],
               "--vit-epochs", *found["vit_epochs"], "--eff-epochs", *found["eff_epochs"]]
     blend_args = [item for key in model_set.BLEND_KEYS for item in (f"--{key.replace('_', '-')}", blend_settings[key])]
-    # both routes post-process alike: the model set's recorded hmm, or the method named
     postprocess_args = ["--method", postprocess_method,
-                        *(["--model-set", args.weights_dir] if postprocess_method == "hmm" else [])]
+                        *(["--model-set", weights_dir] if postprocess_method == "hmm" else [])]
+    return models, blend_args, postprocess_args
+
+
+def unscored_night(args, work: Path, data: Path) -> tuple[str, psg_layout.EpochTable, psg_layout.EpochTable]:
+    """Make the two synthetic nights and copy the test night's EDF alone into ``<work>/night/``;
+    return its ID, the test CSV and the withheld answers."""
     run("make_synthetic.py", "--out", data, "--train-subjects", 1, "--test-subjects", 1, "--hours", args.hours,
         "--seed", args.seed, "--edf", "--workers", 2, "--quiet")
     test = psg_layout.read_epoch_csv(data / psg_layout.TEST_CSV, with_labels=False)
@@ -98,16 +99,14 @@ def main() -> None:
     shutil.rmtree(night, ignore_errors=True)
     night.mkdir(parents=True)
     shutil.copy(data / "edf" / f"{recording_id}.edf", night / f"{recording_id}.edf")  # the hypnogram stays behind
+    return recording_id, test, answers
 
-    load_before = os.getloadavg()
-    stage_seconds = run("stage_edf.py", "--edf", night / f"{recording_id}.edf", "--weights-dir", args.weights_dir,
-                        "--out", work / "scored", "--overwrite", *(["--postprocess", args.postprocess]
-                                                                  if args.postprocess else []),
-                        "--workers", args.workers, "--quiet")
-    load_after = os.getloadavg()
-    steps = json.loads((work / "scored" / "stage_edf.json").read_text())
 
-    outputs = work / "outputs"
+def layout_route(args, data: Path, outputs: Path, options: tuple, record: dict) -> tuple[dict, np.ndarray]:
+    """infer_blend.py, blend.py, postprocess.py and evaluate.py on the night in the challenge layout:
+    (evaluate.py's metrics, the submission's stages, shape (epochs,))."""
+    models, blend_args, postprocess_args = options
+    found, blend_settings = record["models"], record["blend"]
     run("infer_blend.py", "--data-root", data, "--weights-dir", args.weights_dir, "--out", outputs, *models,
         "--workers", args.workers, "--no-cache", "--quiet")
     run("blend.py", "--data-root", data, "--out", outputs, *models, *blend_args, "--quiet")
@@ -117,16 +116,37 @@ def main() -> None:
     run("evaluate.py", "--data-root", data, "--pred", submission_path(outputs), "--out", report_dir(outputs),
         "--outputs", outputs, "--weights-dir", args.weights_dir, *models, "--quiet")
     layout = json.loads((report_dir(outputs) / "metrics.json").read_text())
+    stages = np.array([psg_layout.STAGE_TO_INT[line] for line in submission_path(outputs).read_text().split()],
+                      dtype=np.int64)
+    return layout, stages
 
-    layout_stages = np.array([psg_layout.STAGE_TO_INT[line] for line in
-                              submission_path(outputs).read_text().split()], dtype=np.int64)
+
+def main() -> None:
+    args = parser.parse_args()
+    work, data = args.work, args.work / "DATA"
+    record = model_set.read_model_set(args.weights_dir)
+    if record is None:
+        raise SystemExit(f"no model set in {args.weights_dir}: run model_set.py (bash run.sh demo does)")
+    postprocess_method = args.postprocess or record["postprocess"]
+    options = route_options(record, postprocess_method, args.weights_dir)
+    recording_id, test, answers = unscored_night(args, work, data)
+
+    load_before = os.getloadavg()
+    stage_seconds = run("stage_edf.py", "--edf", work / "night" / f"{recording_id}.edf", "--weights-dir",
+                        args.weights_dir, "--out", work / "scored", "--overwrite",
+                        *(["--postprocess", args.postprocess] if args.postprocess else []),
+                        "--workers", args.workers, "--quiet")
+    load_after = os.getloadavg()
+    steps = json.loads((work / "scored" / "stage_edf.json").read_text())
+    layout, layout_stages = layout_route(args, data, work / "outputs", options, record)
+
     stage_stages = scored_stages(work / "scored", recording_id, test.idnums, "stage_after")
     stage = compute_metrics(answers.labels, stage_stages, test.recording_ids)
     result = {
         "command": "python bench/score_night.py " + " ".join(sys.argv[1:]),
         "weights_dir": str(args.weights_dir),
-        "models": found,
-        "blend": blend_settings,
+        "models": record["models"],
+        "blend": record["blend"],
         "postprocess": postprocess_method,
         "night": {"recording_id": recording_id, "seed": args.seed, "hours": args.hours,
                   "epochs_rendered": json.loads((work / "scored" / recording_id /
@@ -146,7 +166,6 @@ def main() -> None:
     with script_io.atomic_path(args.result) as tmp:
         tmp.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
-
 
 if __name__ == "__main__":
     main()
