@@ -1,9 +1,10 @@
 """Per-night outputs of scored recordings: the hypnogram table, EDF+ annotations, figure and statistics.
 
 Stage codes are :data:`psg_layout.STAGES` indices: 0 Wake, 1 N1, 2 N2,
-3 N3, 4 REM. The module imports NumPy, the standard library,
-``signal_quality``, ``sleep_statistics``, edfio and matplotlib (the last two
-only when a file is written); no torch.
+3 N3, 4 REM. The module imports NumPy, the standard library and the
+package's light modules (``psg_layout``, ``script_io``, ``signal_quality``,
+``sleep_statistics``); edfio and matplotlib only when a file is written; no
+torch.
 
 :func:`write_recording_outputs` writes, atomically, into
 ``<out_dir>/<recording_id>/`` the files named in :data:`OUTPUT_FILES`

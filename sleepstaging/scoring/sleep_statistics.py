@@ -1,7 +1,7 @@
 """The sleep statistics of one scored night, and their units.
 
 Stage codes are :data:`psg_layout.STAGES` indices: 0 Wake, 1 N1, 2 N2,
-3 N3, 4 REM. The module imports NumPy and the standard library only.
+3 N3, 4 REM. The module imports NumPy, the standard library and ``psg_layout``; no torch.
 
 :func:`sleep_statistics` follows the AASM manual's definitions (Iber et al.
 2007, *The AASM manual for the scoring of sleep and associated events*,
