@@ -37,7 +37,7 @@ validation rows are a random fifth of each night, so those two steps are
 left out of the table (said in the report); when that configuration is
 absent, they are shown and marked "cv unknown".
 
-Sleep statistics (hypnogram.py's definitions: TST, SOL, WASO, SE, stage
+Sleep statistics (sleep_statistics.py's definitions: TST, SOL, WASO, SE, stage
 minutes and percentages, latencies, awakenings...) are computed per
 recording from the true and from the predicted hypnogram (rows in test CSV
 order), with their differences (predicted - true); for each statistic the
@@ -51,6 +51,7 @@ answers or the prediction.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -123,11 +124,7 @@ def validation_table(args, quiet: bool) -> dict | None:
     valid = psg_layout.read_epoch_csv(labels_csv, with_labels=True)
     labels = valid.labels
     p1, p2 = (load_probabilities(path, len(labels), str(labels_csv), "make it with infer_blend.py") for path in dumps)
-
-    def row(step, setting, stages):
-        return {"step": step, "setting": setting, "macro_f1": float(f1_score(labels, stages, average="macro")),
-                "accuracy": float(accuracy_score(labels, stages))}
-
+    row = functools.partial(_scored_row, labels)
     table = [row("model 1 alone", args.vit_arch, predict_stages(p1)),
              row("model 2 alone", args.eff_arch, predict_stages(p2))]
     tta = resolve_tta(args.tta, args.outputs, args.fold)[0] if args.dump_scale == "original" else 1
@@ -140,37 +137,53 @@ def validation_table(args, quiet: bool) -> dict | None:
                          predict_stages(blend_scores(p1, p2, method, weight, args.power, scales))))
 
     best = (tuned["method"], tuned["ens_weight"], tuned["power"], scales)
-    blended = predict_stages(blend_scores(p1, p2, *best))
-    setting = f"on blend {best[0]}"
-    table.append(row("post-processing none", setting, blended))
     cv, config_path = training_cv(args.weights_dir, args.vit_arch, args.fold)
-    if cv == "stratified":
-        note = (f"post-processing rules and hmm left out: the models were trained with --cv stratified "
-                f"({config_path}), so these validation rows are a random fifth of each night, not consecutive "
-                f"epochs, and context rules would read neighbours that are not there")
-    else:
-        note = None if cv is not None else (f"cv unknown (no {config_path}): the rules and hmm rows mean something "
-                                            f"only if the models were trained with --cv subject")
-        marked = setting if cv is not None else setting + " (cv unknown)"
-        table.append(row("post-processing rules", marked, apply_rules(blended, valid.recording_ids)[0]))
-        table.append(row("post-processing rules across recordings (the original's)", marked,
-                         apply_rules(blended, valid.recording_ids, across_recordings=True)[0]))
-        balances, _ = recorded_stage_balances(args.outputs, args.fold)  # None: 0, the original's
-        if balances is not None and balances[0] != balances[1]:
-            note = "; ".join(filter(None, [note, (
-                f"post-processing hmm left out: the models were trained with different --stage-balance "
-                f"({args.vit_arch} {balances[0]:g}, {args.eff_arch} {balances[1]:g}), so their blend has no "
-                f"one set of training stage shares to divide by")]))
-        else:
-            stage_balance = 0.0 if balances is None else balances[0]
-            hmm = hmm_outside_fold(args.data_root, valid, stage_balance)
-            if hmm is not None:
-                decoded = hmm_decode(blend_probabilities(p1, p2, *best), valid.recording_ids, *hmm)
-                table.append(row("post-processing hmm", f"{marked}, HMM from the other folds, stage balance "
-                                 f"{stage_balance:g}", decoded))
+    context, note = _post_processing_rows(args, valid, p1, p2, best, cv, config_path)
     return {"rows": int(len(labels)),
             "blend": dict(zip(("method", "ens_weight", "power"), best[:3]), dump_scale=args.dump_scale, tta=tta),
-            "cv": cv, "context_note": note, "table": table}
+            "cv": cv, "context_note": note, "table": table + context}
+
+
+def _scored_row(labels, step: str, setting: str, stages) -> dict:
+    """A row of the validation table: macro-F1 and accuracy of ``stages`` against ``labels`` (both shape (rows,))."""
+    return {"step": step, "setting": setting, "macro_f1": float(f1_score(labels, stages, average="macro")),
+            "accuracy": float(accuracy_score(labels, stages))}
+
+
+def _post_processing_rows(args, valid, p1, p2, best: tuple, cv: str | None, config_path) -> tuple[list, str | None]:
+    """The validation table's post-processing rows on the best blend ``best`` (method, weight, power, scales) of
+    the dumps ``p1``, ``p2`` (rows, 5), and the note on rows left out or marked (None when there is none).
+
+    None (the blend's argmax) always; the rules, with and without matching across recordings, and the hmm
+    unless ``cv`` is ``stratified``; the hmm left out when the models' stage balances differ.
+    """
+    row = functools.partial(_scored_row, valid.labels)
+    blended = predict_stages(blend_scores(p1, p2, *best))
+    setting = f"on blend {best[0]}"
+    rows = [row("post-processing none", setting, blended)]
+    if cv == "stratified":
+        return rows, (f"post-processing rules and hmm left out: the models were trained with --cv stratified "
+                      f"({config_path}), so these validation rows are a random fifth of each night, not consecutive "
+                      f"epochs, and context rules would read neighbours that are not there")
+    note = None if cv is not None else (f"cv unknown (no {config_path}): the rules and hmm rows mean something "
+                                        f"only if the models were trained with --cv subject")
+    marked = setting if cv is not None else setting + " (cv unknown)"
+    rows.append(row("post-processing rules", marked, apply_rules(blended, valid.recording_ids)[0]))
+    rows.append(row("post-processing rules across recordings (the original's)", marked,
+                    apply_rules(blended, valid.recording_ids, across_recordings=True)[0]))
+    balances, _ = recorded_stage_balances(args.outputs, args.fold)  # None: 0, the original's
+    if balances is not None and balances[0] != balances[1]:
+        return rows, "; ".join(filter(None, [note, (
+            f"post-processing hmm left out: the models were trained with different --stage-balance "
+            f"({args.vit_arch} {balances[0]:g}, {args.eff_arch} {balances[1]:g}), so their blend has no "
+            f"one set of training stage shares to divide by")]))
+    stage_balance = 0.0 if balances is None else balances[0]
+    hmm = hmm_outside_fold(args.data_root, valid, stage_balance)
+    if hmm is not None:
+        decoded = hmm_decode(blend_probabilities(p1, p2, *best), valid.recording_ids, *hmm)
+        rows.append(row("post-processing hmm", f"{marked}, HMM from the other folds, stage balance "
+                        f"{stage_balance:g}", decoded))
+    return rows, note
 
 
 # --------------------------------------------------------------------------

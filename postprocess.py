@@ -44,7 +44,7 @@ stage name per line, test CSV order) and writes the submission
 * ``none``: a copy.
 
 Then, for every test recording, the per-recording outputs of
-``hypnogram.write_recording_outputs`` go into ``--recordings-out`` (default
+``night_outputs.write_recording_outputs`` go into ``--recordings-out`` (default
 ``recordings/`` beside the submission): ``<ID>/<ID>-hypnogram.csv`` (epoch,
 onset, clock time, stage before and after post-processing, the five blended
 probabilities calibrated by ``--temperature`` (the model set's by default with

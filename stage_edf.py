@@ -234,9 +234,9 @@ def check_args(args) -> None:
 
 def summary_line(out: Path, recording_id: str) -> str:
     """One line per scored night: epochs, clock time of its start, main statistics, quality warnings."""
-    from sleepstaging.scoring import hypnogram
+    from sleepstaging.scoring import night_outputs
     names = {key: out / recording_id / pattern.format(name=recording_id)
-             for key, pattern in hypnogram.OUTPUT_FILES.items()}
+             for key, pattern in night_outputs.OUTPUT_FILES.items()}
     statistics = json.loads(names["statistics"].read_text())
     with open(names["table"], newline="") as handle:
         table = list(csv.DictReader(handle))

@@ -44,10 +44,10 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 
-from sleepstaging.scoring import hypnogram
 from sleepstaging.scoring import model_set
 from sleepstaging.data import psg_layout
 from sleepstaging import script_io
+from sleepstaging.scoring.sleep_statistics import sleep_statistics
 from sleepstaging.scoring.evaluation import compute_metrics, read_answers
 from sleepstaging.output_names import blend_csv_path
 from cpu_info import cpu_description
@@ -76,7 +76,7 @@ def agreement(truth: np.ndarray, predicted: np.ndarray, recording_ids) -> dict:
     nights = list(dict.fromkeys(recording_ids))
     means = {}
     for name, series in (("true", truth), ("predicted", predicted)):
-        per_night = [hypnogram.sleep_statistics(series[recordings == night]) for night in nights]
+        per_night = [sleep_statistics(series[recordings == night]) for night in nights]
         means[name] = {key: round(float(np.mean([night[key] for night in per_night])), 2) for key in STATISTICS}
     return {"nights": len(nights), "epochs": int(len(truth)), "macro_f1": round(metrics["macro_f1"], 4),
             "cohen_kappa": round(metrics["cohen_kappa"], 4),

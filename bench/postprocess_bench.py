@@ -148,7 +148,8 @@ def rules_by_position(stages, recording_ids) -> np.ndarray:
 def time_figures(folder: Path, test, stages: np.ndarray, blend_csv: Path, count: int) -> float:
     """Mean seconds to draw one recording's hypnogram figure (``postprocess.py --figures`` draws one per
     recording), over the first ``count`` recordings, after one unmeasured figure (matplotlib's imports)."""
-    from sleepstaging.scoring import hypnogram
+    from sleepstaging.scoring import night_outputs
+    from sleepstaging.scoring.sleep_statistics import sleep_statistics
     probabilities = np.load(blend_csv.with_suffix(".npy"))
     ids = np.array(test.recording_ids)
     recordings = list(dict.fromkeys(test.recording_ids))[:count + 1]
@@ -156,10 +157,10 @@ def time_figures(folder: Path, test, stages: np.ndarray, blend_csv: Path, count:
     for k, recording_id in enumerate(recordings):
         rows = np.flatnonzero(ids == recording_id)
         onsets = np.arange(len(rows)) * 30.0
-        statistics = hypnogram.sleep_statistics(stages[rows])
+        statistics = sleep_statistics(stages[rows])
         start = time.perf_counter()
-        hypnogram.plot_recording(folder / f"{recording_id}-figure.png", recording_id, onsets, stages[rows],
-                                 probabilities[rows], None, 30.0, statistics)
+        night_outputs.plot_recording(folder / f"{recording_id}-figure.png", recording_id, onsets, stages[rows],
+                                     probabilities[rows], None, 30.0, statistics)
         if k:
             times.append(time.perf_counter() - start)
     return float(np.mean(times))

@@ -34,7 +34,7 @@ import numpy as np
 
 from cpu_info import cpu_description
 from sleepstaging.data import psg_layout
-from sleepstaging.scoring import hypnogram
+from sleepstaging.scoring import night_outputs
 from sleepstaging.scoring import review_page
 
 REPO = Path(__file__).resolve().parents[1]
@@ -153,7 +153,7 @@ def measure(args, scored: Path) -> dict:
     rng = np.random.default_rng(0)
     blend, other = rng.dirichlet(np.full(5, 0.5), (2, args.epochs))
     epochs = np.arange(1, args.epochs + 1)
-    hypnogram.write_recording_outputs(scored, recording_id, 30.0 * (epochs - 1), blend.argmax(1), blend.argmax(1),
+    night_outputs.write_recording_outputs(scored, recording_id, 30.0 * (epochs - 1), blend.argmax(1), blend.argmax(1),
                                       blend, None, epochs, figure=False)
     night, models = scored / recording_id, {"model 1": blend, "model 2": other}
     now = timed_page(night, recording_id, models, paths, args.repeats)

@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 import numpy as np
 
-from sleepstaging.scoring import hypnogram
+from sleepstaging.scoring import sleep_statistics
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 parser.add_argument("--hypnograms", type=int, default=3000, help="random hypnograms per epoch length")
@@ -77,7 +77,7 @@ def main() -> int:
     nights = 0
     for epoch_seconds in (30.0, 20.0):
         for stages in random_hypnograms(args.hypnograms, rng):
-            ours = hypnogram.sleep_statistics(stages, epoch_seconds)
+            ours = sleep_statistics.sleep_statistics(stages, epoch_seconds)
             theirs = yasa.sleep_statistics(stages, sf_hyp=1.0 / epoch_seconds)
             nights += 1
             for key, value in ours.items():

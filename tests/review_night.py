@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sleepstaging.scoring import hypnogram
+from sleepstaging.scoring import night_outputs
 from sleepstaging.data import psg_layout
 START = datetime.datetime(2026, 1, 5, 22, 30, 0)
 
@@ -47,7 +47,7 @@ def make_night(folder: Path, recording_id: str, stages: list[int], seed: int = 0
     model_2[uncertain] = 0.05
     model_2[np.flatnonzero(uncertain), other[uncertain]] = 0.8
     epochs = np.arange(1, n + 1)
-    hypnogram.write_recording_outputs(folder, recording_id, 30.0 * (epochs - 1), stages, stages, blend, START, epochs,
+    night_outputs.write_recording_outputs(folder, recording_id, 30.0 * (epochs - 1), stages, stages, blend, START, epochs,
                                       30.0, figure=True)
     paths = []
     for number in epochs:

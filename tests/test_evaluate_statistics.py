@@ -11,7 +11,7 @@ from sleepstaging.data import psg_layout
 from sleepstaging import script_io
 from sleepstaging.scoring.evaluation import limits_of_agreement, statistics_agreement
 from evaluate import main as evaluate_main
-from sleepstaging.scoring.hypnogram import sleep_statistics
+from sleepstaging.scoring.sleep_statistics import sleep_statistics
 
 W, N1, N2, N3, R = range(5)
 

@@ -19,7 +19,8 @@ from sleepstaging.data import epoch_timing
 from sleepstaging.data import psg_layout
 import render_edf
 from sleepstaging import script_io
-from sleepstaging.scoring.hypnogram import in_lights_period, sleep_statistics, write_recording_outputs, write_statistics_table
+from sleepstaging.scoring.night_outputs import in_lights_period, write_recording_outputs, write_statistics_table
+from sleepstaging.scoring.sleep_statistics import sleep_statistics
 from sleepstaging.script_io import InputError
 
 W, N1, N2, N3, R = range(5)

@@ -146,6 +146,30 @@ def test_model_set_records_models_blend_and_the_hmm_counted_without_the_validati
                                                            "vit_epochs": [6], "eff_epochs": [3]}
 
 
+def test_the_record_holds_the_tuned_blend_and_stage_edf_reads_it_back(tmp_path, capsys):
+    """model_set.py in this process: the blend recorded is blend_tune.json's, its weight to the last digit.
+
+    The tuned settings (weight 0.37, power 0.5) are none of the original's
+    (sqrt at 0.06, power 0.25) nor of any default, so a record that took
+    its weight or power from anywhere else differs.
+    """
+    import model_set as model_set_script
+    import stage_edf
+
+    data, out = write_outputs(tmp_path)
+    tuned = {"method": "square", "ens_weight": 0.37, "power": 0.5, "dump_scale": "original", "tta": 1}
+    tune_json_path(out).write_text(json.dumps(tuned))
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    model_set_script.main(["--data-root", str(data), "--weights-dir", str(weights), "--outputs", str(out)])
+    assert f"{model_set_path(weights)} is saved" in capsys.readouterr().out
+    assert json.loads(model_set_path(weights).read_text())["blend"] == tuned
+    args = stage_edf.parser.parse_args(["--edf", str(tmp_path), "--weights-dir", str(weights),
+                                        "--out", str(tmp_path / "scored")])
+    stage_edf.resolve_settings(args)
+    assert (args.method, args.ens_weight, args.power, args.dump_scale) == ("square", 0.37, 0.5, "original")
+
+
 @pytest.mark.slow
 def test_model_set_refuses_models_of_different_stage_balance_and_a_broken_record(tmp_path):
     data, out = write_outputs(tmp_path, stage_balance=(1.0, 0.5))

@@ -18,6 +18,8 @@ import torch
 
 from sleepstaging.data import batch_augment
 from sleepstaging.training import engine
+from sleepstaging.training.loss import soft_target_cross_entropy, widened
+from sleepstaging.training import validation
 from sleepstaging.scoring import models
 from sleepstaging.scoring import inference
 from sleepstaging.data import loaders
@@ -103,7 +105,7 @@ def test_the_1000_class_classifier_learns_the_stages_smoothed_over_1000_outputs(
     logits = torch.randn(6, 1000, generator=torch.Generator().manual_seed(1))
     labels = torch.tensor([0, 1, 2, 3, 4, 2])
     stage_targets = torch.nn.functional.one_hot(labels, 5).float()
-    ours = engine.soft_target_cross_entropy(logits, engine.widened(stage_targets, 1000), recipe.LABEL_SMOOTHING)
+    ours = soft_target_cross_entropy(logits, widened(stage_targets, 1000), recipe.LABEL_SMOOTHING)
     torch.testing.assert_close(ours.double(), original_smooth_cross_entropy(logits, labels, 0.1), rtol=1e-6, atol=0)
 
 
@@ -234,18 +236,18 @@ def test_the_validation_of_a_1000_class_model_is_also_the_originals_argmax_over_
             return logits
 
     targets = torch.nn.functional.one_hot(labels, 5).float()
-    _, images, confusion, raw = engine.validate(Fixed(), [(torch.zeros(6, 3, 8, 8), targets)], 1, torch.device("cpu"))
+    _, images, confusion, raw = validation.validate(Fixed(), [(torch.zeros(6, 3, 8, 8), targets)], 1, torch.device("cpu"))
     assert images == 6 and raw.shape == (5, 1000)
     # folded: only the fourth image (stage 2, predicted N1) is wrong
     assert np.trace(confusion) == 5 and confusion[2, 1] == 1
     assert raw[0, 0] == raw[0, 7] == raw[1, 1] == raw[2, 1] == raw[4, 4] == raw[4, 999] == 1 and raw.sum() == 6
-    original = engine.original_validation_metrics(raw)
+    original = validation.original_validation_metrics(raw)
     # By hand: 3 of 6 right. F1 over the classes in truth or prediction, {0, 1, 2, 4, 7, 999}: stage 0 (1 of 2
     # found, none wrongly) 2/3, 1 (1 right, 1 wrongly) 2/3, 2: 0, 4: 2/3, 7 and 999: 0; mean (3 x 2/3) / 6 = 1/3.
     assert original == {"accuracy": 0.5, "macro_f1": pytest.approx(1 / 3, abs=1e-12), "past_stages": 2}
     accuracy, macro_f1 = original_valid_one_epoch_metrics(logits, labels)
     assert (original["accuracy"], original["macro_f1"]) == (accuracy, pytest.approx(macro_f1, abs=1e-12))
-    folded = engine.classification_metrics(confusion)
+    folded = validation.classification_metrics(confusion)
     assert folded["accuracy"] == pytest.approx(5 / 6)
 
 

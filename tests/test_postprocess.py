@@ -11,7 +11,7 @@ from sleepstaging.data import epoch_timing
 from sleepstaging.data import psg_layout
 import oracles
 from sleepstaging import script_io
-from sleepstaging.scoring.hmm import estimate_hmm, hmm_decode, training_stage_shares, viterbi
+from sleepstaging.scoring.hmm import estimate_hmm, hmm_decode, hmm_from_counts, training_stage_shares, viterbi
 from sleepstaging.scoring import rules as context_rules
 from sleepstaging.scoring.rules import apply_rules
 from conftest import run_script
@@ -214,6 +214,28 @@ def test_hmm_decode_divides_by_priors_and_keeps_recordings_apart():
     assert len(np.unique(together)) < len(np.unique(probabilities.argmax(1)))  # smoothed
 
 
+def test_the_hmm_divides_by_the_stage_shares_to_the_power_one_exactly():
+    """Each one-epoch recording decodes to the argmax of posterior / share (uniform first stages).
+
+    Two pairs of rows sit 1 % either side of a tie between Wake and N1 at
+    power 1; shares to another power than 1 (even 0.99 or 1.01: the Wake /
+    N1 share ratio q to the power 1 +- 0.01 moves the comparison by
+    q ** 0.01, more than 1 %) flip one of each pair.
+    """
+    uniform = np.full(5, 0.2)
+    shares = np.array([0.4, 0.1, 0.3, 0.1, 0.1])  # Wake four times as common as N1
+    # 404 / 0.4 = 1010 against 100 / 0.1 = 1000: Wake; 396 / 0.4 = 990: N1 (the rest: at most 10)
+    rows = np.array([[404, 100, 1, 1, 1], [396, 100, 1, 1, 1]], dtype=np.float64)
+    assert hmm_decode(rows, ["a", "b"], np.full((5, 5), 0.2), uniform, shares).tolist() == [0, 1]
+    # The same through the counts a model set records, for models trained with --stage-balance 0.5:
+    # smoothed stage counts 8, 2, 6, 2, 2 give shares in proportion to their square roots, Wake / N1 = 2.
+    counts = {"stages": [7, 1, 5, 1, 1], "first_stages": [0] * 5, "transitions": [[0] * 5] * 5}
+    transition, initial, priors = hmm_from_counts(counts, stage_balance=0.5)
+    np.testing.assert_allclose(priors, np.sqrt([8, 2, 6, 2, 2]) / np.sqrt([8, 2, 6, 2, 2]).sum(), rtol=1e-12)
+    rows = np.array([[202, 100, 1, 1, 1], [198, 100, 1, 1, 1]], dtype=np.float64)
+    assert hmm_decode(rows, ["a", "b"], transition, initial, priors).tolist() == [0, 1]
+
+
 # --------------------------------------------------------------------------
 # The command
 # --------------------------------------------------------------------------
@@ -246,7 +268,7 @@ def test_command_rules_and_across(tmp_path):
 
 
 def test_the_submission_is_whole_before_any_per_recording_output_starts(tmp_path, monkeypatch):
-    from sleepstaging.scoring import hypnogram
+    from sleepstaging.scoring import night_outputs
     data, blend_csv = write_case(tmp_path, "W2222" + "R22W", "aaaaa" + "bbbb")
     np.save(blend_csv.with_suffix(".npy"), np.full((9, 5), 0.2, dtype=np.float32))
     out = tmp_path / "outputs" / "files_post.csv"
@@ -255,7 +277,7 @@ def test_the_submission_is_whole_before_any_per_recording_output_starts(tmp_path
         assert out.read_text().split() == [CODE[c] for c in "W2222R22W"]  # already written, whole
         raise RuntimeError("a recording's output failed")
 
-    monkeypatch.setattr(hypnogram, "write_recording_outputs", broken)
+    monkeypatch.setattr(night_outputs, "write_recording_outputs", broken)
     with pytest.raises(RuntimeError, match="a recording's output failed"):
         postprocess.main(["--data-root", str(data), "--in", str(blend_csv), "--out", str(out), "--quiet"])
     assert out.read_text().split() == [CODE[c] for c in "W2222R22W"]
@@ -423,13 +445,11 @@ def test_rules_on_tiny_data_stop_at_the_recording_boundary(tiny_data, tmp_path):
 # --------------------------------------------------------------------------
 # Per-recording outputs beside the submission
 # --------------------------------------------------------------------------
-@pytest.mark.slow
-def test_per_recording_outputs_map_epochs_to_time(tmp_path):
-    import csv
+def two_timed_recordings(tmp_path):
+    """(data root, blend CSV, its probabilities (9, 5)) of two recordings: RECa rendered from an EDF (sidecar:
+    start 23:59:40, grid origin 10 s, epochs 3-7 listed), RECb in the synthetic challenge layout (no sidecar)."""
     import datetime
 
-    # recording a: rendered from an EDF (sidecar: start 23:59:40, grid origin 10 s, epochs 3-7 listed);
-    # recording b: the synthetic challenge layout (no sidecar)
     data, out_dir = tmp_path / "DATA", tmp_path / "outputs"
     rows = [("RECa", psg_layout.image_name("RECa", n)) for n in (3, 4, 5, 6, 7)]
     rows += [("RECb", psg_layout.image_name("RECb", n)) for n in (1, 2, 3, 4)]
@@ -441,7 +461,15 @@ def test_per_recording_outputs_map_epochs_to_time(tmp_path):
     script_io.write_lines(blend_csv, [CODE[c] for c in before])
     probabilities = np.random.default_rng(0).dirichlet(np.ones(5), len(rows)).astype(np.float32)
     np.save(blend_csv.with_suffix(".npy"), probabilities)
+    return data, blend_csv, probabilities
 
+
+@pytest.mark.slow
+def test_per_recording_outputs_map_epochs_to_time(tmp_path):
+    import csv
+
+    data, blend_csv, probabilities = two_timed_recordings(tmp_path)
+    out_dir = blend_csv.parent
     submission = out_dir / "files_post.csv"
     run_script("postprocess.py", "--data-root", data, "--in", blend_csv, "--out", submission, "--no-recordings")
     alone = submission.read_bytes()

@@ -13,7 +13,7 @@ import edfio
 import numpy as np
 import pytest
 
-from sleepstaging.scoring import hypnogram
+from sleepstaging.scoring import night_outputs
 from sleepstaging.scoring import postprocess
 from sleepstaging.data import psg_layout
 import render_edf
@@ -199,7 +199,7 @@ def read_rows(path: Path) -> list[dict]:
 def test_hypnogram_table_gets_the_quality_columns_at_the_end(tmp_path):
     onsets, numbers = np.arange(4) * 30.0, np.arange(1, 5)
     stages, probabilities = np.array([0, 1, 2, 2]), np.full((4, 5), 0.2)
-    statistics = hypnogram.write_recording_outputs(tmp_path, "NIGHT", onsets, stages, stages, probabilities, None,
+    statistics = night_outputs.write_recording_outputs(tmp_path, "NIGHT", onsets, stages, stages, probabilities, None,
                                                    numbers, figure=False, quality=planted_quality())
     table = tmp_path / "NIGHT" / "NIGHT-hypnogram.csv"
     header = table.read_text().splitlines()[0].split(",")
@@ -214,13 +214,13 @@ def test_hypnogram_table_gets_the_quality_columns_at_the_end(tmp_path):
     saved = json.loads((tmp_path / "NIGHT" / "NIGHT-statistics.json").read_text())
     assert saved["epochs_flagged"] == 1 and list(saved)[-2:] == ["epochs_flagged", "quality_warnings"]
 
-    plain = hypnogram.write_recording_outputs(tmp_path, "OLD", onsets, stages, stages, probabilities, None, numbers,
+    plain = night_outputs.write_recording_outputs(tmp_path, "OLD", onsets, stages, stages, probabilities, None, numbers,
                                               figure=False)
     assert plain["epochs_flagged"] is None and plain["quality_warnings"] == ""
     assert all(r["quality"] == r["flat_signals"] == r["missing_signals"] == "" for r in read_rows(
         tmp_path / "OLD" / "OLD-hypnogram.csv"))
     assert json.loads((tmp_path / "OLD" / "OLD-statistics.json").read_text())["epochs_flagged"] is None
-    hypnogram.write_statistics_table(tmp_path / "stats.csv", {"NIGHT": statistics, "OLD": plain})
+    night_outputs.write_statistics_table(tmp_path / "stats.csv", {"NIGHT": statistics, "OLD": plain})
     cohort = {r["recording_id"]: r for r in read_rows(tmp_path / "stats.csv")}
     assert (cohort["NIGHT"]["epochs_flagged"], cohort["NIGHT"]["quality_warnings"]) == (
         "1", "Chin EMG flat in 60.0 % of epochs")

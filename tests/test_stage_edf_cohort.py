@@ -213,6 +213,52 @@ def test_failed_nights_are_kept_only_while_their_file_is_unchanged(tmp_path):
     assert len(pending) == 4 and done == []
 
 
+def scored_by_hand(chunk, out, run):
+    """In place of ``cohort.score_chunk``: a night whose file begins ``broken`` fails at its render; every other
+    gets the real per-night outputs of a hand-made four-epoch hypnogram (no render, no model)."""
+    import numpy as np
+
+    from sleepstaging.scoring import night_outputs
+    failures = {}
+    for source in chunk:
+        if source.edf.read_bytes().startswith(b"broken"):
+            failures[source.recording_id] = {"recording_id": source.recording_id, "edf": str(source.edf),
+                                             "step": "render", "reason": "EDF is truncated",
+                                             **cohort.file_stamp(source.edf)}
+            continue
+        stages = np.array([0, 1, 2, 2])
+        night_outputs.write_recording_outputs(out, source.recording_id, 30.0 * np.arange(4), stages, stages,
+                                              np.eye(5)[stages], None, np.arange(1, 5), figure=False)
+    return failures
+
+
+def test_the_exit_status_is_1_while_a_night_is_failed_and_0_once_all_are_scored(tmp_path, monkeypatch, capsys):
+    """stage_edf.main's exit status, with the scoring of a chunk, the models and their configurations stubbed.
+
+    A failed night (in the failures table, the other scored): 1; --resume with
+    that night's file unchanged, nothing to do: 1 again; the file repaired
+    and --resume: 0, the failures table empty.
+    """
+    monkeypatch.setattr(cohort, "score_chunk", scored_by_hand)
+    monkeypatch.setattr(stage_edf, "load_models", lambda args, configs: ({}, "cpu"))
+    monkeypatch.setattr(stage_edf.model_set, "read_model_configs", lambda *args: {})
+    nights, out = tmp_path / "nights", tmp_path / "scored"
+    nights.mkdir()
+    (nights / "bad.edf").write_bytes(b"broken")
+    (nights / "good.edf").write_bytes(b"fine")
+    argv = ("--edf", nights, "--weights-dir", tmp_path / "weights", "--out", out, "--workers", 1, "--quiet",
+            "--no-figures", "--no-review-pages")
+
+    assert stage(*argv) == 1
+    assert "1 night(s) failed, listed with their reasons" in capsys.readouterr().out
+    assert list(cohort.read_failures(out)) == ["bad"] and cohort.scored_nights(out) == ["good"]
+    assert stage(*argv, "--resume") == 1
+    assert f"nothing to do in {out}" in capsys.readouterr().out
+    (nights / "bad.edf").write_bytes(b"repaired")
+    assert stage(*argv, "--resume") == 0
+    assert cohort.read_failures(out) == {} and cohort.scored_nights(out) == ["bad", "good"]
+
+
 # --------------------------------------------------------------------------
 # A sleep lab's folder: lights in the EDF+ annotations, planted signal faults, a corrupt file
 # --------------------------------------------------------------------------

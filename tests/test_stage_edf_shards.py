@@ -24,7 +24,7 @@ from conftest import write_random_checkpoints
 from review_night import START
 from sleepstaging import script_io
 from sleepstaging.data import psg_layout
-from sleepstaging.scoring import cohort, cohort_page, hypnogram, postprocess, shards
+from sleepstaging.scoring import cohort, cohort_page, night_outputs, postprocess, shards
 from sleepstaging.script_io import InputError
 
 VIT, EFF, IMG = "test_vit", "test_efficientnet", 32
@@ -92,7 +92,7 @@ def whole_night(folder: Path, recording_id: str, stages: list[int]) -> None:
     epochs = np.arange(1, len(stages) + 1)
     probabilities = np.full((len(stages), 5), 0.1)
     probabilities[np.arange(len(stages)), stages] = 0.6
-    hypnogram.write_recording_outputs(folder, recording_id, 30.0 * (epochs - 1), np.array(stages), np.array(stages),
+    night_outputs.write_recording_outputs(folder, recording_id, 30.0 * (epochs - 1), np.array(stages), np.array(stages),
                                       probabilities, START, epochs, 30.0, figure=False)
     (folder / recording_id / "review.html").write_text("page")
 

@@ -1,4 +1,4 @@
-"""engine.py without data: loss, metrics, accumulation, models, weights files, names."""
+"""engine.py, loss.py and validation.py without data: loss, metrics, accumulation, models, weights files, names."""
 from __future__ import annotations
 
 import json
@@ -15,6 +15,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from sleepstaging import recipe
 from sleepstaging.training import engine
+from sleepstaging.training.loss import smooth_targets, soft_target_cross_entropy
+from sleepstaging.training import validation
 from sleepstaging.scoring import models
 from sleepstaging.scoring import model_set
 from sleepstaging.training import optimizers
@@ -27,7 +29,7 @@ from sleepstaging.script_io import InputError
 # --------------------------------------------------------------------------
 def test_smoothing_gives_the_originals_values():
     one_hot = torch.eye(5)[[2]]
-    np.testing.assert_allclose(engine.smooth_targets(one_hot, 0.1).numpy(), [[0.025, 0.025, 0.9, 0.025, 0.025]],
+    np.testing.assert_allclose(smooth_targets(one_hot, 0.1).numpy(), [[0.025, 0.025, 0.9, 0.025, 0.025]],
                                atol=1e-7)
 
 
@@ -36,12 +38,12 @@ def test_smoothing_after_mixing_gives_the_mixture_of_the_smoothed_targets_by_han
     # 0.1 / 4 = 0.025 elsewhere, so Wake gets 0.63 x 0.9 + 0.37 x 0.025 = 0.57625, REM gets
     # 0.37 x 0.9 + 0.63 x 0.025 = 0.34875 and the three other stages 0.025.
     mixed = torch.tensor([[0.63, 0.0, 0.0, 0.0, 0.37]], dtype=torch.float64)
-    np.testing.assert_allclose(engine.smooth_targets(mixed, 0.1).numpy(),
+    np.testing.assert_allclose(smooth_targets(mixed, 0.1).numpy(),
                                [[0.57625, 0.025, 0.025, 0.025, 0.34875]], rtol=0, atol=1e-12)
     # Three stages mixed (FMix then CutMix): 0.5 N1, 0.3 N2, 0.2 N3 with eps 0.2 (off value 0.05):
     # N1 0.5 x 0.8 + 0.5 x 0.05 = 0.425, N2 0.3 x 0.8 + 0.7 x 0.05 = 0.275, N3 0.2 x 0.8 + 0.8 x 0.05 = 0.2.
     three = torch.tensor([[0.0, 0.5, 0.3, 0.2, 0.0]], dtype=torch.float64)
-    np.testing.assert_allclose(engine.smooth_targets(three, 0.2).numpy(), [[0.05, 0.425, 0.275, 0.2, 0.05]],
+    np.testing.assert_allclose(smooth_targets(three, 0.2).numpy(), [[0.05, 0.425, 0.275, 0.2, 0.05]],
                                rtol=0, atol=1e-12)
 
 
@@ -56,10 +58,10 @@ def test_loss_on_a_hand_computed_example():
     # Row 2: 0.6 * (0.9, .025, .025, .025, .025) + 0.4 * (.025, .025, .025, .025, 0.9)
     weights = [0.6 * 0.9 + 0.4 * 0.025, 0.025, 0.025, 0.025, 0.6 * 0.025 + 0.4 * 0.9]
     row2 = -sum(w * lp for w, lp in zip(weights, log_p))
-    loss = engine.soft_target_cross_entropy(logits, targets, smoothing=0.1)
+    loss = soft_target_cross_entropy(logits, targets, smoothing=0.1)
     assert float(loss) == pytest.approx((row1 + row2) / 2, rel=1e-6)
     # Without smoothing, a one-hot target gives the usual cross entropy.
-    plain = engine.soft_target_cross_entropy(logits[:1], targets[:1], smoothing=0.0)
+    plain = soft_target_cross_entropy(logits[:1], targets[:1], smoothing=0.0)
     assert float(plain) == pytest.approx(-math.log(0.5), rel=1e-6)
 
 
@@ -72,7 +74,7 @@ def test_metrics_by_hand_and_against_sklearn():
     confusion = np.zeros((5, 5), int)
     for t, p in zip([0, 0, 1, 1, 2], [0, 1, 1, 1, 0]):
         confusion[t, p] += 1
-    metrics = engine.classification_metrics(confusion)
+    metrics = validation.classification_metrics(confusion)
     assert metrics["accuracy"] == pytest.approx(0.6)
     np.testing.assert_allclose(metrics["f1"][:3], [0.5, 0.8, 0.0])
     assert np.isnan(metrics["f1"][3:]).all()
@@ -82,7 +84,7 @@ def test_metrics_by_hand_and_against_sklearn():
     truth, predicted = rng.integers(0, 5, 300), rng.integers(0, 4, 300)
     confusion = np.zeros((5, 5), int)
     np.add.at(confusion, (truth, predicted), 1)
-    assert engine.classification_metrics(confusion)["macro_f1"] == pytest.approx(
+    assert validation.classification_metrics(confusion)["macro_f1"] == pytest.approx(
         f1_score(truth, predicted, average="macro"))
 
 
@@ -111,7 +113,7 @@ def test_accumulation_equals_one_step_on_the_group():
     expected_loss = 0.0
     for group in ([0, 1, 2, 3], [4, 5, 6, 7], [8, 9]):
         reference_optimizer.zero_grad()
-        loss = engine.soft_target_cross_entropy(reference(images[group]), targets[group])
+        loss = soft_target_cross_entropy(reference(images[group]), targets[group])
         expected_loss += loss.item() * len(group)
         loss.backward()
         reference_optimizer.step()
@@ -262,7 +264,7 @@ def test_validation_runs_in_float32_outside_autocast(monkeypatch):
             return torch.log(torch.tensor([[0.7, 0.1, 0.1, 0.05, 0.05]] * images.shape[0]))
 
     targets = torch.eye(5)[[0, 1]]
-    loss_sum, images, confusion, raw = engine.validate(Recorder(), [(torch.zeros(2, 3, 8, 8), targets)], 1,
+    loss_sum, images, confusion, raw = validation.validate(Recorder(), [(torch.zeros(2, 3, 8, 8), targets)], 1,
                                                        torch.device("cpu"))
     assert entered == [] and seen == [(torch.float32, False)]
     # smoothed targets 0.9 / 0.025: row 1 -(0.9 ln 0.7 + 0.025 (2 ln 0.1 + 2 ln 0.05)), row 2 with 0.9 on ln 0.1

@@ -303,12 +303,7 @@ def open_cache(data_root: Path | str, table: EpochTable, img_size, cache_dir: Pa
     shape = tuple(img_size)
     make_resize(shape, resize)  # an unknown resize fails before anything is built
     folder = cache_folder(cache_dir, data_root, shape, resize)
-    wanted = set(table.recording_ids) if rows is None else {table.recording_ids[r] for r in rows}
-    listed: dict[str, set[str]] = {}
-    for recording_id, idnum in zip(table.recording_ids, table.idnums):
-        if recording_id in wanted:
-            listed.setdefault(recording_id, set()).add(idnum)
-    names = {recording_id: sorted(idnums) for recording_id, idnums in listed.items()}
+    names = _recording_names(table, rows)
     manifests, stale = {}, []
     for recording_id, recording_names in names.items():
         paths = [psg_layout.image_path(data_root, recording_id, name) for name in recording_names]
@@ -320,16 +315,34 @@ def open_cache(data_root: Path | str, table: EpochTable, img_size, cache_dir: Pa
     if stale:
         _build_recordings(folder, stale, manifests, shape, workers, progress)
     order = list(names)
-    file_of = {recording_id: number for number, recording_id in enumerate(order)}
-    position_of = {(recording_id, name): position for recording_id in order
+    row_file, row_position = _row_places(table, names)
+    return ImageCache([str(folder / f"{r}.npy") for r in order], [manifests[r]["header"] for r in order],
+                      [manifests[r]["channels"] for r in order], row_file, row_position, shape)
+
+
+def _recording_names(table: EpochTable, rows: np.ndarray | None) -> dict[str, list[str]]:
+    """Recording ID -> the sorted image names the table lists for it, for the recordings holding ``rows``
+    (all when None), in the table's order of first appearance."""
+    wanted = set(table.recording_ids) if rows is None else {table.recording_ids[r] for r in rows}
+    listed: dict[str, set[str]] = {}
+    for recording_id, idnum in zip(table.recording_ids, table.idnums):
+        if recording_id in wanted:
+            listed.setdefault(recording_id, set()).add(idnum)
+    return {recording_id: sorted(idnums) for recording_id, idnums in listed.items()}
+
+
+def _row_places(table: EpochTable, names: dict[str, list[str]]) -> tuple[np.ndarray, np.ndarray]:
+    """Each table row's cache file (its recording's place in ``names``) and position in it; -1 for rows of
+    recordings not in ``names``. Both int64, shape (rows,)."""
+    file_of = {recording_id: number for number, recording_id in enumerate(names)}
+    position_of = {(recording_id, name): position for recording_id in names
                    for position, name in enumerate(names[recording_id])}
     row_file = np.full(len(table), -1, dtype=np.int64)
     row_position = np.full(len(table), -1, dtype=np.int64)
     for row, (recording_id, idnum) in enumerate(zip(table.recording_ids, table.idnums)):
         if recording_id in file_of:
             row_file[row], row_position[row] = file_of[recording_id], position_of[recording_id, idnum]
-    return ImageCache([str(folder / f"{r}.npy") for r in order], [manifests[r]["header"] for r in order],
-                      [manifests[r]["channels"] for r in order], row_file, row_position, shape)
+    return row_file, row_position
 
 
 def _build_recordings(folder: Path, stale: list, manifests: dict, shape: tuple[int, int], workers: int,

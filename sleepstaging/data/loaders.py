@@ -490,12 +490,10 @@ def make_train_loader(data_root, table: EpochTable, rows: np.ndarray, img_size, 
         CPU model the workers finish the batches with the same function.
     progress : bool
         Progress bar while the cache is built.
-    fmix_spectrum : {"original", "isotropic"}
-        The FMix masks' spectrum (:mod:`fmix`).
     img_size : (int, int)
         Model input size in pixels, (height, width).
-    resize : {"linear", "area"}
-        The resize's interpolation (:func:`image_cache.make_resize`).
+    fmix_spectrum, resize : str
+        The FMix masks' spectrum (:mod:`fmix`), the resize's interpolation (:func:`image_cache.make_resize`).
     stage_balance : float
         0: every row once per epoch in a shuffled order (the original's);
         above 0: rows drawn by :class:`StageBalancedSampler` with this power.
@@ -508,11 +506,7 @@ def make_train_loader(data_root, table: EpochTable, rows: np.ndarray, img_size, 
     (images, targets) : float32 tensors (batch, 3, height, width), (batch, 5), or a
     :class:`batch_augment.CachedBatch`, which :func:`batch_augment.finish_batch` makes into them.
     """
-    def sampler_of(dataset, numbered: bool = False):
-        if stage_balance > 0:
-            return StageBalancedSampler(table.labels[rows], stage_balance, seed, rank, world_size, numbered)
-        return DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
-
+    sampler_of = functools.partial(_train_sampler, table.labels[rows], stage_balance, seed, rank, world_size)
     if cache_dir is None:
         paths = table_image_paths(data_root, table)
         dataset = EpochImageDataset(
@@ -529,6 +523,16 @@ def make_train_loader(data_root, table: EpochTable, rows: np.ndarray, img_size, 
                                  workers=workers, integer_targets=integer_targets)
     return CachedLoader(dataset, batch_size=None, sampler=NumberedBatches(sampler_of(dataset), batch_size),
                         num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0)
+
+
+def _train_sampler(labels: np.ndarray, stage_balance: float, seed: int, rank: int, world_size: int, dataset,
+                   numbered: bool = False):
+    """The training rows' order each epoch: a :class:`StageBalancedSampler` over ``labels`` (the rows' stage
+    codes, shape (rows,)) when ``stage_balance`` is above 0, else a shuffling ``DistributedSampler`` of
+    ``dataset`` (one rank's shard of each epoch's permutation)."""
+    if stage_balance > 0:
+        return StageBalancedSampler(labels, stage_balance, seed, rank, world_size, numbered)
+    return DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
 
 
 def make_eval_loader(data_root, table: EpochTable, img_size, batch_size: int, workers: int,

@@ -6,7 +6,7 @@
 is placed by :func:`lights_seconds`), else the recording's annotations
 whose text is one of :data:`LIGHTS_LABELS` (:func:`lights_annotations`).
 They go into the timing sidecar (``epoch_timing.EpochTiming``); the epochs
-between them are ``hypnogram.in_lights_period``.
+between them are ``night_outputs.in_lights_period``.
 """
 from __future__ import annotations
 

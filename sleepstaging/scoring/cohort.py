@@ -34,8 +34,8 @@ FAILURE_COLUMNS = ("recording_id", "edf", "step", "reason", "edf_bytes", "edf_mo
 
 def scored_nights(out: Path) -> list[str]:
     """IDs of the nights whose results are in ``out`` (a night's folder appears whole, statistics included)."""
-    from sleepstaging.scoring import hypnogram
-    statistics = hypnogram.OUTPUT_FILES["statistics"]
+    from sleepstaging.scoring import night_outputs
+    statistics = night_outputs.OUTPUT_FILES["statistics"]
     return sorted(folder.name for folder in out.iterdir() if not folder.name.startswith(".")
                   and (folder / statistics.format(name=folder.name)).is_file())
 
@@ -75,15 +75,15 @@ def plan_nights(recordings: list, out: Path, resuming: bool, retry_failed: bool)
 
 def night_statistics(folder: Path, recording_id: str) -> dict:
     """The statistics of one scored night of ``folder`` (its ``<ID>/<ID>-statistics.json``)."""
-    from sleepstaging.scoring import hypnogram
-    return json.loads((folder / recording_id / hypnogram.OUTPUT_FILES["statistics"].format(
+    from sleepstaging.scoring import night_outputs
+    return json.loads((folder / recording_id / night_outputs.OUTPUT_FILES["statistics"].format(
         name=recording_id)).read_text())
 
 
 def write_cohort_tables(out: Path, statistics: dict, failures: dict) -> None:
     """``sleep_statistics.csv`` (ID -> a night's statistics) and ``failures.csv`` (ID -> row), sorted by ID."""
-    from sleepstaging.scoring import hypnogram
-    hypnogram.write_statistics_table(out / postprocess.STATISTICS_TABLE,
+    from sleepstaging.scoring import night_outputs
+    night_outputs.write_statistics_table(out / postprocess.STATISTICS_TABLE,
                                      {recording_id: statistics[recording_id] for recording_id in sorted(statistics)})
     with script_io.atomic_path(out / FAILURES) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, FAILURE_COLUMNS, lineterminator="\n")

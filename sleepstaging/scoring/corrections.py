@@ -28,7 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from sleepstaging.scoring import hypnogram
+from sleepstaging.scoring import night_outputs
+
+from sleepstaging.scoring import sleep_statistics
 from sleepstaging.data import psg_layout
 from sleepstaging.scoring import review_page
 from sleepstaging import script_io
@@ -84,9 +86,9 @@ def read_corrections(path: Path) -> tuple[str, list[Correction]]:
 
 
 def night_files(folder: Path, recording_id: str) -> dict:
-    """The night's output files (hypnogram.OUTPUT_FILES, the page and the log) by key."""
+    """The night's output files (night_outputs.OUTPUT_FILES, the page and the log) by key."""
     night = folder / recording_id
-    files = {key: night / pattern.format(name=recording_id) for key, pattern in hypnogram.OUTPUT_FILES.items()}
+    files = {key: night / pattern.format(name=recording_id) for key, pattern in night_outputs.OUTPUT_FILES.items()}
     files.update(page=night / review_page.PAGE_NAME, log=night / LOG_NAME.format(name=recording_id))
     return files
 
@@ -201,23 +203,23 @@ def apply_night(folder: Path, recording_id: str, table: list[dict], planned: lis
     after = np.array([STAGE_TO_INT[r["stage_after"]] for r in table])
     inside = np.array([r["in_lights_period"] == "1" for r in table])
     epoch_seconds = psg_layout.EPOCH_SECONDS  # every scored night's epochs are 30 s (render_edf.py)
-    statistics = {**statistics_old, **hypnogram.sleep_statistics(after[inside], epoch_seconds)}
+    statistics = {**statistics_old, **sleep_statistics.sleep_statistics(after[inside], epoch_seconds)}
     start = _start_of(files["edf"])
     probabilities = np.array([[float(r[f"p_{name}"]) for name in STAGES] for r in table])
     before = np.array([STAGE_TO_INT[r["stage_before"]] for r in table])
-    quality = [[r[key] for key in hypnogram.QUALITY_COLUMNS] for r in table]
+    quality = [[r[key] for key in night_outputs.QUALITY_COLUMNS] for r in table]
     changed = [(path, c, now) for path, c, now in planned if now != c.after]
     write_log(files["log"], recording_id, changed, applied_at, out=staged.path(files["log"]))
     if files["page"].is_file():
         review_page.rewrite_page_stages(files["page"], after.tolist(), out=staged.path(files["page"]))
-    hypnogram.write_annotation_edf(staged.path(files["edf"]), recording_id,
-                                   hypnogram.stage_annotations(onsets, after, epoch_seconds), start)
+    night_outputs.write_annotation_edf(staged.path(files["edf"]), recording_id,
+                                   night_outputs.stage_annotations(onsets, after, epoch_seconds), start)
     if files["figure"].is_file():
-        hypnogram.plot_recording(staged.path(files["figure"]), recording_id, onsets, after, probabilities, start,
+        night_outputs.plot_recording(staged.path(files["figure"]), recording_id, onsets, after, probabilities, start,
                                  epoch_seconds, statistics, inside)
     with script_io.atomic_path(staged.path(files["statistics"])) as tmp:
-        tmp.write_text(json.dumps(hypnogram.json_ready(statistics), indent=2, allow_nan=False) + "\n")
-    hypnogram.write_hypnogram_table(staged.path(files["table"]), epochs, onsets, [r["clock_time"] for r in table],
+        tmp.write_text(json.dumps(sleep_statistics.json_ready(statistics), indent=2, allow_nan=False) + "\n")
+    night_outputs.write_hypnogram_table(staged.path(files["table"]), epochs, onsets, [r["clock_time"] for r in table],
                                     inside, before, after, probabilities, quality)
     return len(changed)
 
@@ -249,5 +251,5 @@ def rebuild_statistics_table(folder: Path) -> list[str]:
     from sleepstaging.scoring import postprocess
     nights = cohort.scored_nights(folder)
     statistics = {night: json.loads(night_files(folder, night)["statistics"].read_text()) for night in nights}
-    hypnogram.write_statistics_table(folder / postprocess.STATISTICS_TABLE, statistics)
+    night_outputs.write_statistics_table(folder / postprocess.STATISTICS_TABLE, statistics)
     return nights

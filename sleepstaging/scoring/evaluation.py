@@ -13,7 +13,8 @@ from sklearn.metrics import (accuracy_score, cohen_kappa_score, confusion_matrix
 
 from sleepstaging.data import psg_layout
 from sleepstaging import script_io
-from sleepstaging.scoring.hypnogram import HYPNOGRAM_ORDER, json_ready, sleep_statistics, statistic_unit
+from sleepstaging.scoring.night_outputs import HYPNOGRAM_ORDER
+from sleepstaging.scoring.sleep_statistics import json_ready, sleep_statistics, statistic_unit
 from sleepstaging.output_names import TRAINING_LOG_GLOB, run_config_path
 from sleepstaging.scoring.hmm import hmm_from_counts
 from sleepstaging.scoring.model_set import hmm_counts_outside
@@ -176,7 +177,7 @@ def statistics_agreement(y_true: np.ndarray, y_pred: np.ndarray, recording_ids,
     ----------
     y_true, y_pred : np.ndarray of int, shape (rows,)
         True and predicted stage ints; a recording's rows, in file order,
-        are its hypnogram (listed epochs only, see hypnogram.py).
+        are its hypnogram (listed epochs only, see sleep_statistics.py).
     recording_ids : sequence of str, length rows
     epoch_seconds : float
 
@@ -184,7 +185,7 @@ def statistics_agreement(y_true: np.ndarray, y_pred: np.ndarray, recording_ids,
     -------
     dict
         ``per_recording``: ID -> ``{"true", "predicted", "difference"}``,
-        each a :func:`hypnogram.sleep_statistics` dict (difference:
+        each a :func:`sleep_statistics.sleep_statistics` dict (difference:
         predicted - true, NaN where either is undefined); ``agreement``:
         statistic -> :func:`limits_of_agreement`.
     """

@@ -297,14 +297,14 @@ def _infer_record(outputs: Path, fold: int) -> dict:
 def validation_scores(probabilities: np.ndarray, valid: psg_layout.EpochTable, model: tuple,
                       weight: float) -> dict:
     """Validation macro-F1 of the blend and the rules, and each sleep statistic's mean, true and hmm-decoded."""
-    from sleepstaging.scoring import hypnogram
+    from sleepstaging.scoring.sleep_statistics import sleep_statistics
     labels, ids = valid.labels, valid.recording_ids
     stages = blend.predict_stages(probabilities)
     decoded = hmm.hmm_decode(probabilities, ids, *model, transition_weight=weight)
     recordings = np.asarray(ids)
     statistics = {}
     for name, series in (("true", labels), ("hmm", decoded), ("blend", stages)):
-        per_night = [hypnogram.sleep_statistics(series[recordings == r]) for r in dict.fromkeys(ids)]
+        per_night = [sleep_statistics(series[recordings == r]) for r in dict.fromkeys(ids)]
         statistics[name] = {key: float(np.nanmean([night[key] for night in per_night]))
                             for key in ("TST", "WASO", "N1", "N2", "N3", "REM", "awakenings", "stage_shifts")}
     return {"blend_macro_f1": blend.macro_f1(labels, stages),

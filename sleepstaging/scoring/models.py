@@ -121,14 +121,7 @@ def create_model(arch: str, img_size, num_classes: int = psg_layout.NUM_CLASSES,
     if not timm.is_model(arch):
         raise InputError(f"unknown model architecture {arch!r} (not in timm {timm.__version__})")
     shape = tuple(img_size)
-    options = dict(num_classes=num_classes)
-    name = arch
-    if pretrained == PRETRAINED_IMAGENET:
-        name = imagenet_weights_name(arch)
-        options.update(pretrained=True)
-        check_imagenet_weights_reachable(arch)
-    elif pretrained not in (None, PRETRAINED_NONE):
-        options.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(pretrained)))
+    name, options = _timm_request(arch, num_classes, pretrained)
     try:
         model = _timm_model(name, shape, options)
         _check_patch_size(model, arch, shape)
@@ -140,19 +133,40 @@ def create_model(arch: str, img_size, num_classes: int = psg_layout.NUM_CLASSES,
             # As the original replaced its ViT's head: a plain nn.Linear, torch's default initialisation
             model.reset_classifier(num_classes)
         return model
-    except InputError:
-        raise
     except Exception as err:
-        if pretrained == PRETRAINED_IMAGENET and isinstance(err, HUB_UNREACHABLE):
-            raise InputError(f"cannot fetch timm's ImageNet weights for {arch} ({type(err).__name__}: offline, or "
-                             f"hub access disabled by HF_HUB_OFFLINE); run once online to cache them, or pass "
-                             f"--pretrained none (random initialisation) or --pretrained PATH (a local weights "
-                             f"file)") from None
-        if pretrained in (None, PRETRAINED_NONE, PRETRAINED_IMAGENET):
+        if isinstance(err, InputError) or pretrained in (None, PRETRAINED_NONE) or (
+                pretrained == PRETRAINED_IMAGENET and not isinstance(err, HUB_UNREACHABLE)):
             raise
-        # A pretrained file that is unreadable (pickle, zip or safetensors errors) or does not fit.
-        message = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise InputError(f"cannot use pretrained weights for {arch}: {message} {where(pretrained)}") from None
+        raise _pretrained_error(err, arch, pretrained) from None
+
+
+def _timm_request(arch: str, num_classes: int, pretrained) -> tuple[str, dict]:
+    """(the name timm is asked for, its keyword options) for :func:`create_model`'s ``pretrained``.
+
+    With ``imagenet``, first checks that the weights can be had
+    (:func:`check_imagenet_weights_reachable`).
+    """
+    options = dict(num_classes=num_classes)
+    name = arch
+    if pretrained == PRETRAINED_IMAGENET:
+        name = imagenet_weights_name(arch)
+        options.update(pretrained=True)
+        check_imagenet_weights_reachable(arch)
+    elif pretrained not in (None, PRETRAINED_NONE):
+        options.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(pretrained)))
+    return name, options
+
+
+def _pretrained_error(err: Exception, arch: str, pretrained) -> InputError:
+    """The one-line error for pretrained weights timm could not give: ImageNet's unreachable, or a local file
+    that is unreadable (pickle, zip or safetensors errors) or does not fit."""
+    if pretrained == PRETRAINED_IMAGENET:
+        return InputError(f"cannot fetch timm's ImageNet weights for {arch} ({type(err).__name__}: offline, or "
+                          f"hub access disabled by HF_HUB_OFFLINE); run once online to cache them, or pass "
+                          f"--pretrained none (random initialisation) or --pretrained PATH (a local weights "
+                          f"file)")
+    message = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return InputError(f"cannot use pretrained weights for {arch}: {message} {where(pretrained)}")
 
 def _classifier_loaded(model: torch.nn.Module) -> bool:
     """Whether timm loaded the pretrained classifier: it does when the model has the pretrained configuration's

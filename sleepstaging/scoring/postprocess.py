@@ -123,7 +123,7 @@ def place_recordings(data_root: str, test: psg_layout.EpochTable) -> dict:
         period holds none of the recording's listed epochs (no statistics to
         compute).
     """
-    from sleepstaging.scoring import hypnogram
+    from sleepstaging.scoring import night_outputs
     rows_of: dict[str, list] = {}
     for row, recording_id in enumerate(test.recording_ids):
         rows_of.setdefault(recording_id, []).append(row)
@@ -137,7 +137,7 @@ def place_recordings(data_root: str, test: psg_layout.EpochTable) -> dict:
                 raise InputError(f"{err} {where(test.path, row + 1)}") from None
         timing = epoch_timing.read_epoch_timing(data_root, recording_id, numbers)
         # checked here, before anything is written, rather than when the recording's outputs are
-        if not hypnogram.in_lights_period(timing.onsets(numbers), timing.epoch_seconds, timing.lights_off,
+        if not night_outputs.in_lights_period(timing.onsets(numbers), timing.epoch_seconds, timing.lights_off,
                                           timing.lights_on).any():
             sidecar = epoch_timing.timing_path(Path(data_root) / recording_id, recording_id)
             raise InputError(f"no listed epoch of recording {recording_id} lies between lights off and lights on "
@@ -168,17 +168,17 @@ def write_recordings(folder: Path, placements: dict, before: np.ndarray, after: 
     -------
     dict
         Recording ID -> its sleep statistics and signal quality summary
-        (``hypnogram.write_recording_outputs``).
+        (``night_outputs.write_recording_outputs``).
     """
-    from sleepstaging.scoring import hypnogram  # matplotlib and edfio: only when per-recording outputs are written
+    from sleepstaging.scoring import night_outputs
 
     statistics = {}
     for recording_id, (rows, epoch_numbers, timing, quality) in placements.items():
-        statistics[recording_id] = hypnogram.write_recording_outputs(
+        statistics[recording_id] = night_outputs.write_recording_outputs(
             folder, recording_id, timing.onsets(epoch_numbers), before[rows], after[rows], probabilities[rows],
             timing.start, epoch_numbers, timing.epoch_seconds, figure=figures, lights_off=timing.lights_off,
             lights_on=timing.lights_on, lights_source=timing.lights_source, quality=quality)
-    hypnogram.write_statistics_table(folder / STATISTICS_TABLE, statistics)
+    night_outputs.write_statistics_table(folder / STATISTICS_TABLE, statistics)
     return statistics
 
 

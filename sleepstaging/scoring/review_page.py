@@ -326,7 +326,7 @@ def write_review_page(night_dir: Path, recording_id: str, models: dict, image_pa
     Parameters
     ----------
     night_dir : Path
-        The night's folder (``hypnogram.write_recording_outputs``' files in it).
+        The night's folder (``night_outputs.write_recording_outputs``' files in it).
     recording_id : str
     models : dict
         Model name -> its probabilities (n, 5) in the table's epoch order, as
@@ -347,8 +347,8 @@ def write_review_page(night_dir: Path, recording_id: str, models: dict, image_pa
     workers : int
         Threads encoding the images (:func:`encode_images`).
     """
-    from sleepstaging.scoring import hypnogram
-    names = {key: night_dir / pattern.format(name=recording_id) for key, pattern in hypnogram.OUTPUT_FILES.items()}
+    from sleepstaging.scoring import night_outputs
+    names = {key: night_dir / pattern.format(name=recording_id) for key, pattern in night_outputs.OUTPUT_FILES.items()}
     table = read_hypnogram_table(names["table"])
     statistics = json.loads(names["statistics"].read_text())
     ranking = night_ranking(table, models, ordering, posterior)

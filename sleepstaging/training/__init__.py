@@ -1,1 +1,1 @@
-"""Training: the one training loop both trainers share, their command-line options and optimisers."""
+"""Training: the one training loop both trainers share, their loss, validation and its metrics, command-line options and optimisers."""

@@ -1,13 +1,13 @@
 """The shared training machinery of both trainers.
 
-One place for: the label-smoothed soft-target loss, the training loop
-(mixed precision, gradient accumulation), validation metrics, the
-learning-rate schedule, checkpoints and ``--resume``, and data-parallel
-training under ``torchrun``. The loop itself, :func:`_run_epochs`, reads
-top to bottom on one screen. The trainers' command line is
-:mod:`train_options`; the models themselves (creation, weights files,
-prediction) are :mod:`models`, which inference imports without this
-trainer.
+One place for: the training loop (mixed precision, gradient
+accumulation), the learning-rate schedule, checkpoints and ``--resume``,
+the log, and data-parallel training under ``torchrun``. The loop itself,
+:func:`_run_epochs`, reads top to bottom on one screen. The loss is
+:mod:`loss`, validation and its metrics :mod:`validation`; the trainers'
+command line is :mod:`train_options`; the models themselves (creation,
+weights files, prediction) are :mod:`models`, which inference imports
+without this trainer.
 
 Files written into ``--weights-dir`` for architecture ``A`` and fold ``k``
 (the original's names, so its README can be followed; output_names.py builds them):
@@ -38,7 +38,6 @@ import numpy as np
 import timm
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
@@ -49,13 +48,15 @@ from sleepstaging.scoring import model_set
 from sleepstaging.data import psg_layout
 from sleepstaging import script_io
 from sleepstaging.scoring.models import (MEMORY_FORMAT, PRETRAINED_IMAGENET, autocast, check_imagenet_weights_reachable,
-                    create_model, fold_to_stages, load_weights, progress_enabled, resolve_amp, resolve_device,
+                    create_model, load_weights, progress_enabled, resolve_amp, resolve_device,
                     save_weights, unwrapped)
 from sleepstaging.output_names import checkpoint_path, last_state_path, log_path, run_config_path
 from sleepstaging.script_io import InputError, where
 from sleepstaging.training.optimizers import LinearWarmup, make_optimizer, make_scheduler, optimizer_steps_per_epoch
 from sleepstaging.recipe import LABEL_SMOOTHING
+from sleepstaging.training.loss import soft_target_cross_entropy, widened
 from sleepstaging.training.train_options import RESUME_KEYS, check_args
+from sleepstaging.training.validation import classification_metrics, original_validation_metrics, validate
 
 
 # --------------------------------------------------------------------------
@@ -76,7 +77,7 @@ def _all_reduce_sum(values: torch.Tensor, world_size: int) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------
-# Loss and metrics
+# The classifier
 # --------------------------------------------------------------------------
 def model_classes(args: argparse.Namespace) -> int:
     """The classifier's outputs: the five stages, or with ``--original-defects`` as many as the original's
@@ -84,78 +85,9 @@ def model_classes(args: argparse.Namespace) -> int:
     return args.original_classes if args.original_defects else psg_layout.NUM_CLASSES
 
 
-def widened(targets: torch.Tensor, classes: int) -> torch.Tensor:
-    """Stage targets (batch, 5) with zero columns added up to ``classes``: the original trained its
-    1000-class EfficientNet against labels 0-4, so the other 995 classes were never anyone's stage."""
-    return F.pad(targets, (0, classes - targets.shape[-1])) if classes > targets.shape[-1] else targets
-
-
-def smooth_targets(targets: torch.Tensor, smoothing: float) -> torch.Tensor:
-    """The original's label smoothing: one-hot 1 -> ``1 - eps``, 0 -> ``eps / (C - 1)``.
-
-    Being affine, it maps a mixture of one-hot targets (weights summing to
-    1) to the same mixture of smoothed targets, so applying it after FMix
-    equals applying it to each one-hot target before mixing.
-
-    Parameters
-    ----------
-    targets : torch.Tensor, shape (batch, C)
-        Rows summing to 1.
-    smoothing : float
-        eps, in [0, 1).
-    """
-    classes = targets.shape[-1]
-    off_value = smoothing / (classes - 1)
-    return targets * (1.0 - smoothing - off_value) + off_value
-
-
-def soft_target_cross_entropy(logits: torch.Tensor, targets: torch.Tensor,
-                              smoothing: float = LABEL_SMOOTHING) -> torch.Tensor:
-    """Mean cross entropy of ``logits`` (batch, C) against smoothed soft ``targets`` (batch, C), in nats."""
-    log_probabilities = F.log_softmax(logits.float(), dim=-1)
-    return -(smooth_targets(targets.float(), smoothing) * log_probabilities).sum(dim=-1).mean()
-
-
-def classification_metrics(confusion: np.ndarray) -> dict:
-    """Accuracy, macro-F1 and per-class F1 from a confusion matrix, by scikit-learn.
-
-    The matrix's cells are given to ``sklearn.metrics`` as (true, predicted)
-    pairs weighted by their counts; empty cells are left out, so that the
-    classes averaged are those that occur in truth or prediction.
-
-    Parameters
-    ----------
-    confusion : np.ndarray of int, shape (C, C)
-        Rows: true class; columns: predicted class.
-
-    Returns
-    -------
-    dict
-        ``accuracy`` (float), ``macro_f1`` (float: ``f1_score(average="macro")``,
-        the mean F1 over the classes that occur in truth or prediction),
-        ``f1`` (np.ndarray (C,), NaN for classes that occur in neither); NaN
-        throughout for an empty matrix.
-    """
-    from sklearn.metrics import accuracy_score, f1_score  # here: sklearn takes a second to import
-    confusion = np.asarray(confusion, dtype=np.int64)
-    classes = np.arange(len(confusion))
-    truth, predicted = (grid.ravel() for grid in np.meshgrid(classes, classes, indexing="ij"))
-    counted = confusion.ravel() > 0
-    if not counted.any():
-        return {"accuracy": float("nan"), "macro_f1": float("nan"), "f1": np.full(len(classes), np.nan)}
-    pairs = dict(y_true=truth[counted], y_pred=predicted[counted], sample_weight=confusion.ravel()[counted])
-    return {
-        "accuracy": float(accuracy_score(**pairs)),
-        "macro_f1": float(f1_score(**pairs, average="macro")),
-        "f1": f1_score(**pairs, labels=classes, average=None, zero_division=np.nan),
-    }
-
-
 # --------------------------------------------------------------------------
-# Training, validation, prediction
+# Training
 # --------------------------------------------------------------------------
-
-
 def train_one_epoch(model: torch.nn.Module, batches, n_batches: int, optimizer: torch.optim.Optimizer,
                     scaler: torch.amp.GradScaler, device: torch.device, amp: str, accum_iter: int,
                     smoothing: float = LABEL_SMOOTHING, progress: bool = False,
@@ -165,7 +97,7 @@ def train_one_epoch(model: torch.nn.Module, batches, n_batches: int, optimizer: 
 
     Each batch is finished on ``device`` first (:func:`batch_augment.device_batches`:
     normalisation and the batch augmentation, which mixes images and targets),
-    then scored against the label-smoothed targets.
+    then scored against the label-smoothed targets (:func:`_backward`).
 
     Parameters
     ----------
@@ -194,8 +126,7 @@ def train_one_epoch(model: torch.nn.Module, batches, n_batches: int, optimizer: 
     """
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    images_seen = 0
+    loss_sum, images_seen = torch.zeros((), dtype=torch.float64, device=device), 0
     # The batch augmentation, on the device (as timm's mixup_fn): CoarseDropout and Cutout holes,
     # FMix (and CutMix with --cutmix) mixing the images and, by pixel share, their one-hot targets.
     bar = tqdm(batch_augment.device_batches(batches, device, MEMORY_FORMAT), total=n_batches, desc=description,
@@ -204,15 +135,8 @@ def train_one_epoch(model: torch.nn.Module, batches, n_batches: int, optimizer: 
         group_start = step - step % accum_iter
         group_size = min(accum_iter, n_batches - group_start)
         steps_now = step + 1 == group_start + group_size
-        # Under DDP, gradients are averaged over processes only on the last batch of a group.
-        sync = contextlib.nullcontext() if steps_now or not isinstance(model, DistributedDataParallel) \
-            else model.no_sync()
-        with sync:
-            with autocast(device, amp):
-                logits = model(images)
-            # label smoothing of the mixed targets, over every output of the classifier
-            loss = soft_target_cross_entropy(logits, widened(targets, logits.shape[-1]), smoothing)
-            scaler.scale(loss if sum_accumulated else loss / group_size).backward()
+        loss = _backward(model, images, targets, scaler, device, amp, smoothing, group_size, sum_accumulated,
+                         sync=steps_now)
         if steps_now:
             if warmup is not None:
                 warmup.before_step()
@@ -226,79 +150,25 @@ def train_one_epoch(model: torch.nn.Module, batches, n_batches: int, optimizer: 
     return float(loss_sum.item()), images_seen
 
 
-@torch.no_grad()
-def validate(model: torch.nn.Module, batches, n_batches: int, device: torch.device,
-             smoothing: float = LABEL_SMOOTHING, progress: bool = False) -> tuple[float, int, np.ndarray, np.ndarray]:
-    """Loss and confusion matrices of ``model`` over ``batches`` of (images, one-hot targets).
+def _backward(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor, scaler: torch.amp.GradScaler,
+              device: torch.device, amp: str, smoothing: float, group_size: int, sum_accumulated: bool,
+              sync: bool) -> torch.Tensor:
+    """Forward one finished batch and add its loss / ``group_size`` to the gradients; return the batch's loss.
 
-    ``batches``: the validation loader, or its batches, finished on
-    ``device`` by :func:`batch_augment.device_batches` (normalisation alone:
-    their plan is none). In float32, without autocast, as the original
-    validated (its ``valid_one_epoch`` ran outside the training loop's
-    ``autocast()``), whatever precision training uses.
-
-    Returns
-    -------
-    (loss_sum, images, confusion, raw_confusion)
-        Summed (label-smoothed, as the original) loss and image count of
-        this process; ``confusion``, int64 (5, 5), rows true and columns
-        predicted stage, a model of more outputs folded into the stages as
-        inference folds them; ``raw_confusion``, int64 (5, C) for a model of C
-        outputs, columns the argmax over all C (the original's validation of
-        its 1000-class EfficientNet; the same as ``confusion`` for C = 5).
+    ``sum_accumulated``: add the loss itself (the original's defect).
+    ``sync``: the last batch of a group, the one whose gradients
+    DistributedDataParallel averages over processes (the others accumulate
+    without communication).
     """
-    model.eval()
-    stages = psg_layout.NUM_CLASSES
-    confusion = raw_confusion = None
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    images_seen = 0
-    for images, targets in tqdm(batch_augment.device_batches(batches, device, MEMORY_FORMAT), total=n_batches,
-                                desc="valid", disable=not progress, dynamic_ncols=True):
-        logits = model(images.float())
-        classes = logits.shape[-1]
-        if confusion is None:
-            confusion = torch.zeros(stages * stages, dtype=torch.int64, device=device)
-            raw_confusion = torch.zeros(stages * classes, dtype=torch.int64, device=device)
-        loss_sum += soft_target_cross_entropy(logits, widened(targets, classes), smoothing).double() \
-            * images.shape[0]
-        truth = targets.argmax(dim=1)
-        raw_confusion += torch.bincount(truth * classes + logits.argmax(dim=1), minlength=stages * classes)
-        if classes > stages:  # the original's 1000-class EfficientNet: stages as inference folds them
-            logits = fold_to_stages(torch.softmax(logits, dim=-1))
-        confusion += torch.bincount(truth * stages + logits.argmax(dim=1), minlength=stages * stages)
-        images_seen += images.shape[0]
-    if confusion is None:  # no batches: the classifier's width is the model's
-        classes = getattr(unwrapped(model), "num_classes", stages)
-        confusion, raw_confusion = (torch.zeros(stages * width, dtype=torch.int64) for width in (stages, classes))
-    return (float(loss_sum.item()), images_seen, confusion.reshape(stages, stages).cpu().numpy(),
-            raw_confusion.reshape(stages, -1).cpu().numpy())
-
-
-def original_validation_metrics(raw_confusion: np.ndarray) -> dict:
-    """Accuracy and macro-F1 as the original's ``valid_one_epoch`` printed them for a model of C outputs.
-
-    The prediction is the argmax over all C outputs, so an output past the
-    five stages counts as wrong, and each such class predicted is one more
-    class of F1 0 in the macro average (scikit-learn's average over the
-    classes in truth or prediction).
-
-    Parameters
-    ----------
-    raw_confusion : np.ndarray of int, shape (5, C)
-        Rows true stage, columns the argmax output (:func:`validate`).
-
-    Returns
-    -------
-    dict
-        ``accuracy``, ``macro_f1`` (floats) and ``past_stages`` (int: images
-        predicted as an output past the stages).
-    """
-    stages, classes = raw_confusion.shape
-    square = np.zeros((classes, classes), dtype=np.int64)
-    square[:stages] = raw_confusion
-    metrics = classification_metrics(square)
-    return {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
-            "past_stages": int(raw_confusion[:, stages:].sum())}
+    sync_context = contextlib.nullcontext() if sync or not isinstance(model, DistributedDataParallel) \
+        else model.no_sync()
+    with sync_context:
+        with autocast(device, amp):
+            logits = model(images)
+        # label smoothing of the mixed targets, over every output of the classifier
+        loss = soft_target_cross_entropy(logits, widened(targets, logits.shape[-1]), smoothing)
+        scaler.scale(loss if sum_accumulated else loss / group_size).backward()
+    return loss
 
 
 # --------------------------------------------------------------------------

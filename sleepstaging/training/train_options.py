@@ -4,7 +4,10 @@
 defaults (``recipe.RECIPE`` plus the architecture, optimizer and classifier
 size), ``engine.train`` calls :func:`check_args` first. :data:`RESUME_KEYS`
 are the settings a ``--resume`` must share with the saved run. Imports
-argparse and the light modules only (no torch).
+argparse and the modules whose names for choices it offers: ``fmix`` (the
+FMix spectra; torch), ``image_cache`` (the resizes and the cache folder's
+check; OpenCV, albumentations) and ``models`` (the ``--pretrained`` names;
+torch, timm), so importing it loads torch.
 """
 from __future__ import annotations
 
@@ -47,13 +50,26 @@ def build_parser(defaults: dict, description: str) -> argparse.ArgumentParser:
         The script's docstring.
     """
     parser = argparse.ArgumentParser(description=description, formatter_class=_HelpFormatter)
-    d = defaults
+    # in this order in --help
+    for add_options in (_add_data_options, _add_model_and_batch_options, _add_optimisation_options,
+                        _add_run_options, _add_augmentation_and_cache_options):
+        add_options(parser, defaults)
+    parser.set_defaults(optimizer=defaults["optimizer"], original_classes=defaults["original_classes"])
+    return parser
+
+
+def _add_data_options(parser: argparse.ArgumentParser, d: dict) -> None:
+    """Where the data are and go, and the folds."""
     parser.add_argument("--data-root", default=d["data_root"], help="folder with the challenge CSVs and images")
     parser.add_argument("--weights-dir", default=d["weights_dir"], help="where checkpoints, config and log go")
     parser.add_argument("--fold", type=int, default=d["fold"], help="validation fold to train against")
     parser.add_argument("--folds", type=int, default=d["folds"], help="number of folds")
     parser.add_argument("--cv", choices=("subject", "stratified"), default=d["cv"],
                         help="subject: folds by recording (no leak); stratified: the original's split over epochs")
+
+
+def _add_model_and_batch_options(parser: argparse.ArgumentParser, d: dict) -> None:
+    """The epochs, the model, its input and the batches."""
     parser.add_argument("--epochs", type=int, default=d["epochs"], help="number of epochs")
     parser.add_argument("--model-arch", default=d["model_arch"], help="timm architecture name")
     parser.add_argument("--img-size", type=int, nargs="+", metavar="PIXELS", default=d["img_size"],
@@ -67,6 +83,10 @@ def build_parser(defaults: dict, description: str) -> argparse.ArgumentParser:
     parser.add_argument("--valid-batch-size", type=int, default=d["valid_batch_size"], help="validation batch")
     parser.add_argument("--accum-iter", type=int, default=d["accum_iter"],
                         help="batches accumulated per optimizer step")
+
+
+def _add_optimisation_options(parser: argparse.ArgumentParser, d: dict) -> None:
+    """The optimizer, the learning-rate schedule and the rows drawn."""
     parser.add_argument("--lr", type=float, default=d["lr"], help="initial learning rate")
     parser.add_argument("--min-lr", type=float, default=d["min_lr"], help="cosine schedule's minimum (eta_min)")
     parser.add_argument("--weight-decay", type=float, default=d["weight_decay"], help="optimizer weight decay")
@@ -80,6 +100,10 @@ def build_parser(defaults: dict, description: str) -> argparse.ArgumentParser:
     parser.add_argument("--stage-balance", type=float, default=d["stage_balance"],
                         help="0: every training row once per epoch (the original's); POWER > 0: rows drawn with "
                              "replacement, a stage of n rows weighted n**-POWER (1: all stages equally often)")
+
+
+def _add_run_options(parser: argparse.ArgumentParser, d: dict) -> None:
+    """Workers, seed, initial weights, precision, resuming, device."""
     parser.add_argument("--workers", type=int, default=d["workers"], help="DataLoader worker processes")
     parser.add_argument("--seed", type=int, default=d["seed"], help="seed of folds, initialisation and augmentation")
     parser.add_argument("--pretrained", default=d["pretrained"],
@@ -91,6 +115,10 @@ def build_parser(defaults: dict, description: str) -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true", help="continue from <arch>_fold_<k>_last.pt")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d["device"],
                         help="auto: CUDA when available")
+
+
+def _add_augmentation_and_cache_options(parser: argparse.ArgumentParser, d: dict) -> None:
+    """Batch augmentation, the original's defects, the image cache, compiling, progress bars."""
     parser.add_argument("--no-fmix", action="store_true", default=d["no_fmix"], help="turn off FMix (on in the original)")
     parser.add_argument("--fmix-spectrum", choices=fmix.SPECTRA, default=d["fmix_spectrum"],
                         help="original: FMix masks as the original's FMix code made them (one smooth region, "
@@ -107,8 +135,6 @@ def build_parser(defaults: dict, description: str) -> argparse.ArgumentParser:
                         help="the original's per-sample path: decode and augment every image in the workers, every epoch")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.set_defaults(optimizer=d["optimizer"], original_classes=d["original_classes"])
-    return parser
 
 
 def check_args(args: argparse.Namespace) -> None:

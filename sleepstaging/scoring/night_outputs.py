@@ -1,65 +1,50 @@
-"""Hypnograms of scored recordings: sleep statistics and per-recording output files.
+"""Per-night outputs of scored recordings: the hypnogram table, EDF+ annotations, figure and statistics.
 
 Stage codes are :data:`psg_layout.STAGES` indices: 0 Wake, 1 N1, 2 N2,
-3 N3, 4 REM. The module imports NumPy, the standard library,
-``signal_quality``, edfio and matplotlib (the last two only when a file is
-written); no torch.
+3 N3, 4 REM. The module imports NumPy, the standard library and the
+package's light modules (``psg_layout``, ``script_io``, ``signal_quality``,
+``sleep_statistics``); edfio and matplotlib only when a file is written; no
+torch.
 
-Sleep statistics
-----------------
-:func:`sleep_statistics` follows the AASM manual's definitions (Iber et al.
-2007, *The AASM manual for the scoring of sleep and associated events*,
-"sleep scoring data"), in the form YASA's ``yasa.sleep_statistics`` computes
-them (Vallat & Walker 2021, eLife 10:e70092; YASA >= 0.5 documentation). The
-hypnogram it is given is the time in bed: its first epoch is "lights out", its
-last epoch ends at "lights on". :func:`write_recording_outputs` gives it the
-epochs of the lights period only (AASM: time in bed runs from lights off to
-lights on, sleep onset latency counts from lights off): an epoch is inside
-when its midpoint lies in ``[lights_off, lights_on)``
-(:func:`in_lights_period`); without lights times the whole recording is the
-time in bed. All values are minutes unless stated.
+:func:`write_recording_outputs` writes, atomically, into
+``<out_dir>/<recording_id>/`` the files named in :data:`OUTPUT_FILES`
+(``<name>`` = recording ID), epochs in epoch-number order:
 
-* ``TIB`` time in bed: all epochs.
-* ``SPT`` sleep period time: first to last epoch of sleep (N1, N2, N3 or
-  REM), both included; 0 for a night without sleep.
-* ``TST`` total sleep time: N1 + N2 + N3 + REM epochs.
-* ``SOL`` sleep onset latency: lights out to the first epoch of any sleep
-  (sleep onset; no persistence is required: one N1 epoch is sleep onset).
-* ``WASO`` wake after sleep onset: Wake epochs inside the sleep period
-  (wake after the final awakening is not counted, as in YASA; a WASO
-  defined as TIB - SOL - TST would count it).
-* ``SE`` sleep efficiency, %: TST / TIB x 100.
-* ``SME`` sleep maintenance efficiency, %: TST / SPT x 100.
-* ``Lat_N1``, ``Lat_N2``, ``Lat_N3``, ``Lat_REM``: lights out to the first
-  epoch of that stage (YASA's convention: all latencies from lights out).
-* ``Lat_REM_from_onset``: sleep onset to the first REM epoch (the AASM
-  manual's "stage R latency"), i.e. ``Lat_REM - SOL``.
-* ``W``, ``N1``, ``N2``, ``N3``, ``REM``: minutes in each stage (Wake over
-  the whole time in bed); ``NREM`` = N1 + N2 + N3.
-* ``%N1``, ``%N2``, ``%N3``, ``%REM``, ``%NREM``: percent of TST.
-* ``awakenings``: Wake bouts inside the sleep period, i.e. runs of one or
-  more consecutive Wake epochs (minimum length one epoch, 30 s) preceded
-  and followed by sleep. Wake before sleep onset or after the final
-  awakening is not an awakening.
-* ``stage_shifts``: changes of stage between successive epochs over the
-  whole time in bed, Wake included (W-N1-N1-N2-W has 3).
+* ``<name>-hypnogram.csv``: header ``epoch,onset_s,clock_time,
+  in_lights_period,stage_before,stage_after,p_Wake,p_N1,p_N2,p_N3,
+  p_REM,quality,flat_signals,clipped_signals,missing_signals``; one row
+  per listed epoch: epoch number (the image's NNNN, from 1), onset in s
+  from the recording start (3 decimals), clock time ``YYYY-MM-DD
+  HH:MM:SS`` (empty when the start is unknown), 1 when the epoch is in the
+  lights period (:func:`in_lights_period`) else 0, the blend's stage and
+  the post-processed stage as names (Wake, N1, N2, N3, REM), the five
+  probabilities given (6 decimals; the blend's, calibrated by the model
+  set's temperature where postprocess.py or stage_edf.py write it), then ``ok`` or ``flagged`` (a key
+  row flat, clipped or missing in the epoch) and the ``;``-joined rows
+  flat, clipped and missing in it (``signal_quality``); these four empty
+  without a quality sidecar.
+* ``<name>-Hypnogram.edf``: annotations-only EDF+ in the Sleep-EDF
+  convention, ``Sleep stage W/1/2/3/R`` of the post-processed stages,
+  one annotation per run of contiguous epochs of one stage, onset in s
+  from the recording start (the header's start date and time);
+  unlisted epochs are not annotated. Readable by MNE
+  (``mne.read_annotations``) and ``scored_hypnograms.read_hypnogram``.
+* ``<name>-hypnogram.png``: the post-processed hypnogram, REM in red,
+  with the stacked stage probabilities under it, epochs outside the
+  lights period shaded (only when a figure is asked for).
+* ``<name>-statistics.json``: ``sleep_statistics.sleep_statistics`` of the
+  post-processed stages of the listed epochs in the lights period (NaN
+  as ``null``), then ``period`` (``"lights off to lights on"``, or
+  ``"whole recording"`` without lights times), ``lights_off_s``,
+  ``lights_on_s`` (s from the recording start or None),
+  ``lights_off_clock``, ``lights_on_clock`` (``HH:MM:SS``; None when
+  the start or the time is unknown), ``lights_source`` and
+  ``epochs_outside_lights`` (listed epochs left out), then
+  :func:`quality_statistics`: ``epochs_flagged`` (listed epochs
+  flagged, all of them, inside the lights period or not; ``null``
+  without a quality sidecar) and ``quality_warnings``.
 
-Undefined values are NaN (``null`` in JSON, via :func:`json_ready`), never
-an exception: a latency to a stage that never occurs; SOL, WASO,
-awakenings, ``Lat_REM_from_onset``, SME and the stage percentages of a
-night without sleep (where SPT and TST are 0 and SE is 0 %); SE of an empty
-hypnogram.
-
-Epochs that are not listed (an unscored epoch is drawn but not in the CSV)
-count nowhere: the statistics are those of the listed epochs in time order,
-each lasting one epoch, so TIB is the listed time and a latency counts the
-listed epochs before the first one of its stage.
-
-Per-recording outputs
----------------------
-:func:`write_recording_outputs` writes into ``<out_dir>/<recording_id>/``
-the files named in :data:`OUTPUT_FILES` (see its docstring for their
-content); :func:`write_statistics_table` writes one row per recording.
+:func:`write_statistics_table` writes one row of statistics per recording.
 """
 from __future__ import annotations
 
@@ -76,8 +61,8 @@ from sleepstaging.data import psg_layout
 from sleepstaging import script_io
 from sleepstaging.edf import signal_quality
 from sleepstaging.data.psg_layout import NUM_CLASSES, STAGES
+from sleepstaging.scoring.sleep_statistics import checked_stages, json_ready, sleep_statistics
 
-WAKE = psg_layout.STAGE_TO_INT["Wake"]
 REM = psg_layout.STAGE_TO_INT["REM"]
 # Hypnograms are drawn with Wake on top and N3 at the bottom, REM between
 # Wake and N1 (the clinical convention).
@@ -97,113 +82,6 @@ OUTPUT_FILES = {
 }
 # Appended to the hypnogram table: signal_quality.EpochQuality.epoch_columns, in this order.
 QUALITY_COLUMNS = ["quality", "flat_signals", "clipped_signals", "missing_signals"]
-
-
-# --------------------------------------------------------------------------
-# Sleep statistics
-# --------------------------------------------------------------------------
-def _checked_stages(stages) -> np.ndarray:
-    stages = np.asarray(stages)
-    if stages.ndim != 1:
-        raise ValueError(f"stages must be one-dimensional, got shape {stages.shape}")
-    if stages.size and not np.issubdtype(stages.dtype, np.integer):
-        raise ValueError(f"stages must be integers 0..{NUM_CLASSES - 1}, got dtype {stages.dtype}")
-    if stages.size and (stages.min() < 0 or stages.max() >= NUM_CLASSES):
-        raise ValueError(f"stage codes must be 0..{NUM_CLASSES - 1} ({', '.join(STAGES)}), "
-                         f"got values from {stages.min()} to {stages.max()}")
-    return stages.astype(np.int64)
-
-
-def _percent(part: float, whole: float) -> float:
-    """``100 * part / whole``, NaN when ``whole`` is 0."""
-    return 100.0 * part / whole if whole > 0 else math.nan
-
-
-def _first_minute(mask: np.ndarray, minutes_per_epoch: float) -> float:
-    """Minutes before the first epoch where ``mask`` holds; NaN when it never does."""
-    found = np.flatnonzero(mask)
-    return float(found[0] * minutes_per_epoch) if found.size else math.nan
-
-
-def sleep_statistics(stages: np.ndarray, epoch_seconds: float = 30.0) -> dict:
-    """The usual sleep statistics of one night (definitions in the module docstring).
-
-    Parameters
-    ----------
-    stages : np.ndarray of int, shape (n_epochs,)
-        Stage codes 0..4 (Wake, N1, N2, N3, REM) of consecutive epochs in time
-        order, from lights out to lights on. May be empty.
-    epoch_seconds : float
-        Length of one epoch, s.
-
-    Returns
-    -------
-    dict
-        Keys in this order: ``TIB``, ``SPT``, ``TST``, ``SOL``, ``WASO``
-        (minutes), ``SE``, ``SME`` (%), ``Lat_N1``, ``Lat_N2``, ``Lat_N3``,
-        ``Lat_REM``, ``Lat_REM_from_onset``, ``W``, ``N1``, ``N2``, ``N3``,
-        ``REM``, ``NREM`` (minutes), ``%N1``, ``%N2``, ``%N3``, ``%REM``,
-        ``%NREM`` (% of TST), ``awakenings``, ``stage_shifts`` (counts).
-        Values are Python floats (counts: ints), NaN where undefined.
-
-    Raises
-    ------
-    ValueError
-        Not a 1-D integer array of codes 0..4, or ``epoch_seconds`` not positive.
-
-    Examples
-    --------
-    W W N1 N2 W N2 REM W at 30 s: TIB 4, SPT 2.5 (N1..REM), TST 2, SOL 1,
-    WASO 0.5, SE 50 %, SME 80 %, Lat_REM 3, Lat_REM_from_onset 2,
-    1 awakening, 6 stage shifts.
-    """
-    if not epoch_seconds > 0:
-        raise ValueError(f"epoch_seconds must be positive, got {epoch_seconds}")
-    stages = _checked_stages(stages)
-    minutes = epoch_seconds / 60.0
-    asleep = stages != WAKE
-    sleep_epochs = np.flatnonzero(asleep)
-    tib = len(stages) * minutes
-    tst = int(asleep.sum()) * minutes
-    if sleep_epochs.size:
-        period = stages[sleep_epochs[0]:sleep_epochs[-1] + 1]  # begins and ends asleep
-        spt = len(period) * minutes
-        waso = int((period == WAKE).sum()) * minutes
-        awakenings = int(((period[:-1] != WAKE) & (period[1:] == WAKE)).sum())
-    else:
-        spt, waso, awakenings = 0.0, math.nan, math.nan
-    sol = _first_minute(asleep, minutes)
-    latencies = {f"Lat_{STAGES[s]}": _first_minute(stages == s, minutes) for s in range(1, NUM_CLASSES)}
-    durations = {("W" if s == WAKE else STAGES[s]): int((stages == s).sum()) * minutes for s in range(NUM_CLASSES)}
-    durations["NREM"] = durations["N1"] + durations["N2"] + durations["N3"]
-    return {
-        "TIB": tib, "SPT": spt, "TST": tst, "SOL": sol, "WASO": waso,
-        "SE": _percent(tst, tib), "SME": _percent(tst, spt),
-        **latencies,
-        "Lat_REM_from_onset": latencies["Lat_REM"] - sol,  # NaN when either is
-        **durations,
-        **{f"%{name}": _percent(durations[name], tst) for name in ("N1", "N2", "N3", "REM", "NREM")},
-        "awakenings": awakenings,
-        "stage_shifts": int((stages[1:] != stages[:-1]).sum()),
-    }
-
-
-def statistic_unit(key: str) -> str:
-    """Unit of a :func:`sleep_statistics` key: ``"%"``, ``"count"`` or ``"min"``."""
-    if key in ("SE", "SME") or key.startswith("%"):
-        return "%"
-    return "count" if key in ("awakenings", "stage_shifts") else "min"
-
-
-def json_ready(value):
-    """``value`` with every NaN float replaced by None (JSON ``null``), through dicts and lists."""
-    if isinstance(value, dict):
-        return {key: json_ready(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_ready(item) for item in value]
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value
 
 
 def _cell(value) -> str:
@@ -486,7 +364,7 @@ def _checked_outputs(onsets, stages_before, stages_after, probabilities, epoch_n
     onsets = np.asarray(onsets, dtype=np.float64)
     epoch_numbers = np.asarray(epoch_numbers)
     probabilities = np.asarray(probabilities, dtype=np.float64)
-    before, after = _checked_stages(stages_before), _checked_stages(stages_after)
+    before, after = checked_stages(stages_before), checked_stages(stages_after)
     n = len(onsets)
     if n == 0:
         raise ValueError("a recording needs at least one epoch")
@@ -510,49 +388,15 @@ def write_recording_outputs(out_dir: Path, recording_id: str, onsets: np.ndarray
                             epoch_numbers: np.ndarray, epoch_seconds: float = 30.0, figure: bool = True,
                             lights_off: float | None = None, lights_on: float | None = None,
                             lights_source: str | None = None, quality=None) -> dict:
-    """Write one recording's hypnogram table, EDF+ annotations, figure and statistics.
+    """Write one recording's hypnogram table, EDF+ annotations, figure and statistics (the module docstring's files).
 
-    Epochs are put in epoch-number order first. Each file is written
-    atomically into ``out_dir/<recording_id>/`` (``<name>`` = recording ID):
-
-    * ``<name>-hypnogram.csv``: header ``epoch,onset_s,clock_time,
-      in_lights_period,stage_before,stage_after,p_Wake,p_N1,p_N2,p_N3,
-      p_REM,quality,flat_signals,clipped_signals,missing_signals``; one row
-      per listed epoch: epoch number (the image's NNNN, from 1), onset in s
-      from the recording start (3 decimals), clock time ``YYYY-MM-DD
-      HH:MM:SS`` (empty when ``start`` is None), 1 when the epoch is in the
-      lights period (:func:`in_lights_period`) else 0, the blend's stage and
-      the post-processed stage as names (Wake, N1, N2, N3, REM), the five
-      probabilities given (6 decimals; the blend's, calibrated by the model
-      set's temperature where postprocess.py or stage_edf.py write it), then ``ok`` or ``flagged`` (a key
-      row flat, clipped or missing in the epoch) and the ``;``-joined rows
-      flat, clipped and missing in it (``signal_quality``); these four empty
-      without ``quality``.
-    * ``<name>-Hypnogram.edf``: annotations-only EDF+ in the Sleep-EDF
-      convention, ``Sleep stage W/1/2/3/R`` of the post-processed stages,
-      one annotation per run of contiguous epochs of one stage, onset in s
-      from the recording start (the header's start date and time);
-      unlisted epochs are not annotated. Readable by MNE
-      (``mne.read_annotations``) and ``scored_hypnograms.read_hypnogram``.
-    * ``<name>-hypnogram.png``: the post-processed hypnogram, REM in red,
-      with the stacked stage probabilities under it, epochs outside the
-      lights period shaded (only with ``figure``).
-    * ``<name>-statistics.json``: :func:`sleep_statistics` of the
-      post-processed stages of the listed epochs in the lights period (NaN
-      as ``null``), then ``period`` (``"lights off to lights on"``, or
-      ``"whole recording"`` without lights times), ``lights_off_s``,
-      ``lights_on_s`` (s from the recording start or None),
-      ``lights_off_clock``, ``lights_on_clock`` (``HH:MM:SS``; None when
-      the start or the time is unknown), ``lights_source`` and
-      ``epochs_outside_lights`` (listed epochs left out), then
-      :func:`quality_statistics`: ``epochs_flagged`` (listed epochs
-      flagged, all of them, inside the lights period or not; ``null``
-      without ``quality``) and ``quality_warnings``.
+    Epochs are put in epoch-number order first; each file is written
+    atomically into ``out_dir/<recording_id>/``.
 
     Parameters
     ----------
     out_dir : Path
-        Parent folder; the recording's folder is made if absent.
+        Parent folder of the recording's folder ``recording_id`` (made if absent).
     recording_id : str
     onsets : np.ndarray of float, shape (n,)
         Onset of each epoch, s from the recording start.
@@ -561,8 +405,7 @@ def write_recording_outputs(out_dir: Path, recording_id: str, onsets: np.ndarray
     probabilities : np.ndarray of float, shape (n, 5)
         The blended stage probabilities.
     start : datetime.datetime or None
-        Recording start date and time; None when unknown (the synthetic
-        challenge layout).
+        Recording start; None when unknown (the synthetic challenge layout).
     epoch_numbers : np.ndarray of int, shape (n,)
         Epoch number of each image (NNNN in ``<ID>_NNNN.png``, from 1).
     epoch_seconds : float
@@ -575,33 +418,51 @@ def write_recording_outputs(out_dir: Path, recording_id: str, onsets: np.ndarray
     lights_source : str or None
         Where the lights times came from (written as it is).
     quality : signal_quality.EpochQuality or None
-        The recording's signal quality sidecar; None when it has none.
+        The recording's signal quality sidecar, if it has one.
 
     Returns
     -------
     dict
-        The statistics written (NaN kept as NaN): :func:`sleep_statistics`'
-        keys, then the period's keys, then :func:`quality_statistics`'.
+        The statistics written (NaN kept): ``sleep_statistics``' keys, then
+        :func:`lights_period`'s, then :func:`quality_statistics`'.
 
     Raises
     ------
     ValueError
         Arrays of different lengths, a probability table not (n, 5), stage
-        codes outside 0..4, repeated epoch numbers, onsets that do not
-        increase with the epoch number, or no listed epoch in the lights
-        period. Nothing is written then.
+        codes outside 0..4, repeated epoch numbers, onsets not increasing
+        with the epoch number, or no listed epoch in the lights period
+        (nothing is written then).
     """
     onsets, epoch_numbers, before, after, probabilities = _checked_outputs(
         onsets, stages_before, stages_after, probabilities, epoch_numbers)
+    inside, statistics = _night_statistics(recording_id, onsets, after, epoch_numbers, start, epoch_seconds,
+                                           lights_off, lights_on, lights_source, quality)
+    _write_night_files(Path(out_dir) / recording_id, recording_id, onsets, epoch_numbers, before, after,
+                       probabilities, start, epoch_seconds, inside, statistics, quality, figure)
+    return statistics
+
+
+def _night_statistics(recording_id: str, onsets, stages, epoch_numbers, start, epoch_seconds: float, lights_off,
+                      lights_on, lights_source, quality) -> tuple[np.ndarray, dict]:
+    """(in the lights period, bool (n,); the statistics) of :func:`write_recording_outputs`' checked arrays.
+
+    Raises ValueError when no epoch lies in the lights period.
+    """
     inside = in_lights_period(onsets, epoch_seconds, lights_off, lights_on)
     period = lights_period(start, lights_off, lights_on, lights_source, int((~inside).sum()))
     if not inside.any():
         raise ValueError(f"recording {recording_id}: no epoch has its midpoint between lights off "
                          f"({_lights_text(period, 'off')}) and lights on ({_lights_text(period, 'on')})")
-    folder = Path(out_dir) / recording_id
-    names = {key: folder / pattern.format(name=recording_id) for key, pattern in OUTPUT_FILES.items()}
-    statistics = {**sleep_statistics(after[inside], epoch_seconds), **period,
+    statistics = {**sleep_statistics(stages[inside], epoch_seconds), **period,
                   **quality_statistics(quality, epoch_numbers)}
+    return inside, statistics
+
+
+def _write_night_files(folder: Path, recording_id: str, onsets, epoch_numbers, before, after, probabilities, start,
+                       epoch_seconds: float, inside, statistics: dict, quality, figure: bool) -> None:
+    """The files of :func:`write_recording_outputs` into ``folder``, from its checked, epoch-ordered arrays."""
+    names = {key: folder / pattern.format(name=recording_id) for key, pattern in OUTPUT_FILES.items()}
     write_hypnogram_table(names["table"], epoch_numbers, onsets, _clock_times(start, onsets), inside, before, after,
                           probabilities, None if quality is None else quality.epoch_columns(epoch_numbers))
     write_annotation_edf(names["edf"], recording_id, stage_annotations(onsets, after, epoch_seconds), start)
@@ -610,4 +471,3 @@ def write_recording_outputs(out_dir: Path, recording_id: str, onsets: np.ndarray
                        statistics, inside)
     with script_io.atomic_path(names["statistics"]) as tmp:
         tmp.write_text(json.dumps(json_ready(statistics), indent=2, allow_nan=False) + "\n")
-    return statistics
