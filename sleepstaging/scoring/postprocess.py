@@ -305,14 +305,9 @@ def hmm_settings(method: str, data_root: Path | str, in_csv: Path, train_csv: Pa
         Where each input came from (``counts``, ``stage_balance``,
         ``transition_weight``), for the printed configuration.
     """
-    options = (("--stage-balance", stage_balance), ("--train-csv", train_csv),
-               ("--transition-weight", transition_weight), ("--model-set", model_set_dir))
-    for option, value in options:
-        if value is not None and method != "hmm":
-            raise InputError(f"{option} is read by --method hmm only, not by --method {method}")
+    _check_hmm_flags(method, train_csv, stage_balance, transition_weight, model_set_dir)
     if method != "hmm":
         return None, None
-    _check_hmm_flags(stage_balance, transition_weight)
 
     record = model_set.read_model_set(model_set_dir) if model_set_dir is not None else None
     if model_set_dir is not None and record is None:
@@ -340,8 +335,15 @@ def hmm_settings(method: str, data_root: Path | str, in_csv: Path, train_csv: Pa
     return HmmInputs(counts, train_csv, stage_balance, transition_weight, temperature), sources
 
 
-def _check_hmm_flags(stage_balance: float | None, transition_weight: float | None) -> None:
-    """Refuse a ``--stage-balance`` or ``--transition-weight`` no decoding can use (None: not given)."""
+def _check_hmm_flags(method: str, train_csv, stage_balance: float | None, transition_weight: float | None,
+                     model_set_dir) -> None:
+    """Refuse an hmm option with another method, and a ``--stage-balance`` or ``--transition-weight`` no decoding
+    can use (None: not given)."""
+    options = (("--stage-balance", stage_balance), ("--train-csv", train_csv),
+               ("--transition-weight", transition_weight), ("--model-set", model_set_dir))
+    for option, value in options:
+        if value is not None and method != "hmm":
+            raise InputError(f"{option} is read by --method hmm only, not by --method {method}")
     if stage_balance is not None and not psg_layout.is_stage_balance(stage_balance):
         raise InputError(f"--stage-balance must be a finite number, 0 or more (the models' --stage-balance), "
                          f"got {stage_balance}")
