@@ -170,13 +170,13 @@ def test_corrections_of_several_nights_are_all_written_before_any_is_renamed(tmp
     scored, files = two_nights(tmp_path / "crash")
     plans = corrections.plan_corrections(scored, files)
     untouched = folder_digest(scored)
-    real_plot = corrections.hypnogram.plot_recording
+    real_plot = corrections.night_outputs.plot_recording
 
     def fail_on_b(path, recording_id, *args, **kwargs):  # night A is written, B's figure fails
         if recording_id == "B":
             raise OSError("disk full")
         real_plot(path, recording_id, *args, **kwargs)
-    monkeypatch.setattr(corrections.hypnogram, "plot_recording", fail_on_b)
+    monkeypatch.setattr(corrections.night_outputs, "plot_recording", fail_on_b)
     with pytest.raises(OSError, match="disk full"):
         corrections.apply_corrections(scored, plans, "2026-01-06T09:00:00+00:00")
     assert folder_digest(scored) == untouched  # nothing renamed, no staged file left
