@@ -53,7 +53,7 @@ find_python() {
     exit 2
 }
 
-# The review page's browser tests drive Debian's Chromium (tests/test_review_browser.py); installed
+# The review page's browser tests drive Debian's Chromium (tests/scoring/test_review_browser.py); installed
 # here when missing and this runs as root (CI's fresh machine), else the tests say loudly they were skipped.
 install_chromium() {
     if [[ -x /usr/bin/chromium ]]; then

@@ -27,7 +27,7 @@ def test_the_rule_reader_finds_a_planted_breach(tmp_path):
 
 def test_no_test_or_bench_edits_the_import_path():
     """pyproject.toml puts the scripts and benches on the path; nothing inserts into sys.path by hand."""
-    for path in sorted((REPO / "tests").glob("*.py")) + sorted((REPO / "bench").glob("*.py")):
+    for path in sorted((REPO / "tests").rglob("*.py")) + sorted((REPO / "bench").glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Attribute) and node.attr in ("insert", "append") and \
                     isinstance(node.value, ast.Attribute) and node.value.attr == "path" and \

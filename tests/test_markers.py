@@ -34,7 +34,7 @@ def slow_by_source(path) -> tuple[bool, set[str]]:
 
 def test_every_mark_in_the_tests_is_one_pytest_knows():
     """A misspelt ``@pytest.mark.slwo`` would put a slow test in the fast loop without a word."""
-    for path in sorted((REPO / "tests").glob("test_*.py")):
+    for path in sorted((REPO / "tests").rglob("test_*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             name = _mark_name(node)
             assert name is None or name in KNOWN_MARKS, f"{path.name}: unknown mark pytest.mark.{name}"
@@ -42,7 +42,7 @@ def test_every_mark_in_the_tests_is_one_pytest_knows():
 
 @pytest.mark.slow
 def test_not_slow_deselects_exactly_the_slow_tests():
-    files = ("tests/test_pipeline.py", "tests/test_postprocess.py")
+    files = ("tests/test_pipeline.py", "tests/scoring/test_postprocess.py")
 
     def collected(*marker):
         result = subprocess.run(
@@ -54,10 +54,10 @@ def test_not_slow_deselects_exactly_the_slow_tests():
 
     everything, fast, slow = collected(), collected("-m", "not slow"), collected("-m", "slow")
     pipeline_whole, _ = slow_by_source(REPO / "tests" / "test_pipeline.py")
-    postprocess_whole, postprocess_slow = slow_by_source(REPO / "tests" / "test_postprocess.py")
+    postprocess_whole, postprocess_slow = slow_by_source(REPO / "tests" / "scoring" / "test_postprocess.py")
     assert pipeline_whole and not postprocess_whole and "test_command_hmm" in postprocess_slow
     expected_slow = {node for node in everything if node.startswith("tests/test_pipeline.py::")
                      or node.split("::")[1] in postprocess_slow}
-    assert "tests/test_postprocess.py::test_each_rule" in fast
+    assert "tests/scoring/test_postprocess.py::test_each_rule" in fast
     assert slow == expected_slow
     assert fast == everything - slow

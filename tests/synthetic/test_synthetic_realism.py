@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow  # every test here launches a script or trains
 
 W, N1, N2, N3, REM = range(5)
 FS = 100  # EEG rate
-REAL_PROFILE = Path(__file__).parent / "data" / "real_row_profile.json"
+REAL_PROFILE = Path(__file__).parents[1] / "data" / "real_row_profile.json"
 
 
 @pytest.fixture(scope="module")
