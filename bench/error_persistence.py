@@ -20,10 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
 
 from sleepstaging.data import psg_layout
 from sleepstaging import script_io
+
+REPO = Path(__file__).resolve().parents[1]
 def lag1_autocorrelation(errors: np.ndarray) -> float | None:
     """Pearson correlation of ``errors[:-1]`` with ``errors[1:]``; None when either is constant."""
     before, after = errors[:-1].astype(float), errors[1:].astype(float)

@@ -25,7 +25,6 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
 
 import numpy as np
 from sklearn.ensemble import HistGradientBoostingClassifier
@@ -36,6 +35,8 @@ from sleepstaging.data import loaders
 from sleepstaging.data import psg_layout
 from sleepstaging import script_io
 from sleepstaging.scoring.evaluation import read_answers
+
+REPO = Path(__file__).resolve().parents[1]
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)

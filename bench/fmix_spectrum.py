@@ -26,13 +26,14 @@ import json
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
 
 import numpy as np
 
 from sleepstaging.data import fmix
 from sleepstaging import script_io
 from original_loader import reference_low_frequency_image
+
+REPO = Path(__file__).resolve().parents[1]
 
 DECAY_POWER = 3.0  # the original's
 LAMBDA = 0.65  # the middle of the original's clipped range [0.6, 0.7]

@@ -42,7 +42,6 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
 
 from sleepstaging.scoring import model_set
 from sleepstaging.data import psg_layout
@@ -52,6 +51,8 @@ from sleepstaging.scoring.evaluation import compute_metrics, read_answers
 from sleepstaging.output_names import blend_csv_path
 from cpu_info import cpu_description
 from score_night import run, scored_stages
+
+REPO = Path(__file__).resolve().parents[1]
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)

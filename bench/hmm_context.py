@@ -33,11 +33,12 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
 
 from sleepstaging.scoring import hmm
 from sleepstaging.synthetic import hypnogram as synthetic_hypnogram
 from sleepstaging.scoring.blend import macro_f1
+
+REPO = Path(__file__).resolve().parents[1]
 
 METZNER_COUNTS = np.array([[11737, 571, 84, 2, 2], [281, 6697, 1661, 11, 59], [253, 1070, 26259, 505, 272],
                            [49, 176, 279, 9630, 12], [57, 189, 84, 2, 10071]], dtype=float)

@@ -28,9 +28,10 @@ from pathlib import Path
 import numpy as np
 import yasa
 
-REPO = Path(__file__).resolve().parents[1]
 
 from sleepstaging.synthetic import hypnogram as synthetic_hypnogram
+
+REPO = Path(__file__).resolve().parents[1]
 STAGES = ("WAKE", "N1", "N2", "N3", "REM")  # yasa's names, in the project's order 0-4
 EXIT_FLOOR = 0.02  # changes real nights make in at least this share of a stage's exits must occur
 EXIT_TOLERANCE = 0.10

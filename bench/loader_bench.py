@@ -61,9 +61,8 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
 
-from sleepstaging.data import batch_augment
+from sleepstaging.data import batch_augment  # before albumentations: it keeps albumentations from asking the package index
 from sleepstaging.data import image_cache
 from sleepstaging.data import loaders
 import albumentations
@@ -75,6 +74,7 @@ from sleepstaging import script_io
 from original_loader import make_original_loader
 from cpu_info import cpu_description
 
+REPO = Path(__file__).resolve().parents[1]
 
 
 def input_size(text: str) -> tuple[int, int]:

@@ -32,12 +32,13 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
 
 import numpy as np
 
 from sleepstaging.data import psg_layout
 from sleepstaging import script_io
+
+REPO = Path(__file__).resolve().parents[1]
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 parser.add_argument("--work", type=Path, default=REPO / "bench" / "data" / "memory", help="scratch folder")

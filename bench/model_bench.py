@@ -34,7 +34,6 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
 
 import numpy as np
 import timm
@@ -48,6 +47,8 @@ from sleepstaging.training import optimizers
 from sleepstaging.data import psg_layout
 from sleepstaging import script_io
 from cpu_info import cpu_description
+
+REPO = Path(__file__).resolve().parents[1]
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)

@@ -33,7 +33,6 @@ import math
 import random
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
 
 import cv2
 import numpy as np
@@ -43,6 +42,8 @@ from torch.utils.data import DataLoader, Dataset
 from sleepstaging.data import loaders
 from sleepstaging.data import psg_layout
 from sleepstaging.recipe import FMIX_ALPHA, FMIX_DECAY_POWER, FMIX_LAMBDA_RANGE, FMIX_MAX_SOFT
+
+REPO = Path(__file__).resolve().parents[1]
 
 # The original's per-item chance of FMix: np.random.uniform(0, 1) > 0.5.
 ORIGINAL_FMIX_THRESHOLD = 0.5

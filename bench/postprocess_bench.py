@@ -33,12 +33,13 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
 
 from sleepstaging.data import psg_layout
 from sleepstaging import script_io
 from sleepstaging.output_names import blend_csv_path, dump_path, report_dir, submission_path, valid_csv_path
 from sleepstaging.scoring.rules import RULES, apply_rules
+
+REPO = Path(__file__).resolve().parents[1]
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)

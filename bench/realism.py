@@ -37,7 +37,6 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
 
 import cv2
 import edfio
@@ -48,6 +47,8 @@ from sklearn.metrics import cohen_kappa_score, confusion_matrix, f1_score
 from sleepstaging.data import psg_layout
 from sleepstaging import script_io
 from sleepstaging.data.psg_layout import STAGES
+
+REPO = Path(__file__).resolve().parents[1]
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)

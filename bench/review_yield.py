@@ -34,12 +34,13 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
 
 from sleepstaging.scoring import blend
 from sleepstaging.scoring import calibration
 from sleepstaging.scoring import hmm
 from sleepstaging.scoring import review_page
+
+REPO = Path(__file__).resolve().parents[1]
 FRACTIONS = (0.05, 0.10, 0.20)
 CHOOSE_AT = 0.10  # the target: the first 10 % hold at least 60 % of the errors
 

@@ -36,7 +36,6 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
 
 from sleepstaging.data import psg_layout
 from sleepstaging import script_io
@@ -44,6 +43,8 @@ from sleepstaging.scoring.evaluation import compute_metrics
 from sleepstaging.scoring import model_set
 from sleepstaging.output_names import blend_csv_path, report_dir, submission_path
 from cpu_info import cpu_description
+
+REPO = Path(__file__).resolve().parents[1]
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)

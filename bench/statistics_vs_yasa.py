@@ -26,11 +26,12 @@ import sys
 import warnings
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
 
 import numpy as np
 
 from sleepstaging.scoring import sleep_statistics
+
+REPO = Path(__file__).resolve().parents[1]
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 parser.add_argument("--hypnograms", type=int, default=3000, help="random hypnograms per epoch length")
