@@ -15,7 +15,7 @@ STAMP="$VENV/.requirements.sha256"
 # configuration. Same scripts, same code paths; only these arguments differ.
 # ---------------------------------------------------------------------------
 DEMO_DIR=demo                        # demo/DATA, demo/weights, demo/outputs, demo/cache, demo/logs
-DEMO_DATA_ARGS=(--train-subjects 20 --test-subjects 4 --hours 6.1 --seed 0)   # the test set: the default 4 nights
+DEMO_DATA_ARGS=(--train-subjects 16 --test-subjects 4 --hours 6.1 --seed 0)   # the test set: the default 4 nights
 DEMO_VIT_ARCH=vit_tiny_patch16_224   # the original: vit_base_patch16_224
 DEMO_EFF_ARCH=tf_efficientnet_b0     # the original: tf_efficientnet_b4_ns
 DEMO_IMG_SIZE=64                     # the original: 224
@@ -28,12 +28,12 @@ DEMO_AUGMENT=(--no-fmix)             # the original: FMix on; in a few epochs fr
                                      #   EfficientNet 0.06 validation macro-F1 (docs/demo.md)
 DEMO_BATCH=(--batch-size 16 --accum-iter 1)   # the original: 32 x 2; more optimizer steps on a small data set
 DEMO_VIT_EPOCHS=4                    # the original: 10 for both; the two trainers run side by side,
-DEMO_EFF_EPOCHS=3                    #   and these end at about the same time
+DEMO_EFF_EPOCHS=2                    #   and these end at about the same time
 # One cosine cycle over each run (T_0 = 2 x epochs: the original steps the scheduler twice per
 # epoch). The checkpoints averaged (the original kept epochs 4 and 1): each model's last two, whose
 # validation swings from epoch to epoch less in their mean.
 DEMO_VIT_KEEP=(2 3)
-DEMO_EFF_KEEP=(1 2)
+DEMO_EFF_KEEP=(0 1)
 DEMO_GEN_WORKERS=2                   # processes drawing the synthetic images
 DEMO_LOADER_WORKERS=0                # the cached data path needs no loader processes on 2 cores
 # The two trainers run at the same time with one torch thread each: on 2 cores that trains more
