@@ -45,7 +45,7 @@ from sleepstaging import script_io
 from sleepstaging.output_names import (model_set_path)
 
 # fmt: off
-from sleepstaging.scoring.model_set import validation_blend, validation_scores, BLEND_KEYS, SCORING_POSTPROCESS, hmm_counts_outside
+from sleepstaging.scoring.model_set import validation_blend, validation_scores, BLEND_KEYS, choose_postprocess, hmm_counts_outside
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=script_io.HelpFormatter)
 parser.add_argument("--data-root", default="DATA", help="the data the models were trained on (its training CSV)")
@@ -67,12 +67,13 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     config = dict(vars(args))
     print("config: " + json.dumps(config))
-    valid, probabilities, infer, tuned = validation_blend(Path(args.outputs), args.fold)
+    valid, probabilities, stages, infer, tuned = validation_blend(Path(args.outputs), args.fold)
     stage_balance = float(infer["stage_balance"][0])
     counts = hmm_counts_outside(args.data_root, valid)
     model = hmm.hmm_from_counts(counts, stage_balance)
     weight, tuning = hmm.tune_transition_weight(probabilities, valid.labels, valid.recording_ids, model)
-    scores = validation_scores(probabilities, valid, model, weight)
+    scores = validation_scores(probabilities, stages, valid, model, weight)
+    postprocess = choose_postprocess(scores)
     posterior = hmm.hmm_posterior(probabilities, valid.recording_ids, *model, transition_weight=weight)
     decoded = hmm.hmm_decode(probabilities, valid.recording_ids, *model, transition_weight=weight)
     record = {
@@ -81,7 +82,7 @@ def main(argv=None) -> None:
         "fold": args.fold,
         **{key: {"arch": infer[f"{key}_arch"], "epochs": infer[f"{key}_epochs"]} for key in ("vit", "eff")},
         "blend": {key: tuned[key] for key in (*BLEND_KEYS, "tta")},
-        "postprocess": SCORING_POSTPROCESS,
+        "postprocess": postprocess,  # the best on the validation nights (choose_postprocess)
         "hmm": {"counts": counts, "stage_balance": stage_balance, "transition_weight": weight,
                 "counted_from": f"{Path(args.data_root) / psg_layout.TRAIN_CSV} without fold {args.fold}'s "
                                 f"validation rows"},
@@ -96,8 +97,8 @@ def main(argv=None) -> None:
         f"{w:g}: macro-F1 {entry['macro_f1']:.4f}, {entry['stage_shifts_per_night']:.1f} stage shifts a night"
         for w, entry in tuning["by_weight"].items()) + f" (true {tuning['true_stage_shifts_per_night']:.1f})")
     print(f"validation macro-F1 on {scores['nights']} nights: blend {scores['blend_macro_f1']:.4f}, rules "
-          f"{scores['rules_macro_f1']:.4f}, hmm {tuning['by_weight'][weight]['macro_f1']:.4f} at transition weight "
-          f"{weight:g}")
+          f"{scores['rules_macro_f1']:.4f}, hmm {scores['hmm_macro_f1']:.4f} at transition weight {weight:g}: "
+          f"new nights get {postprocess}")
     true, decoded = scores["statistics_mean"]["true"], scores["statistics_mean"]["hmm"]
     print("per night, true -> hmm: " + ", ".join(f"{key} {true[key]:.1f} -> {decoded[key]:.1f}"
                                                  for key in ("TST", "WASO", "awakenings", "stage_shifts")))

@@ -104,7 +104,7 @@ def demo_inputs(demo: Path, scoring: Path | None) -> dict:
     else:
         inputs["y_pred"] = hmm.hmm_decode(inputs["blend"], test.recording_ids, *model, transition_weight=weight)
         inputs["scored"] = f"the model set's hmm decoded here ({scoring} is absent)"
-    valid, p_valid, _, _ = model_set.validation_blend(outputs, record.get("fold", 0))
+    valid, p_valid, _, _, _ = model_set.validation_blend(outputs, record.get("fold", 0))
     inputs["valid"] = (p_valid.astype(np.float64), valid.labels, valid.recording_ids)
     return inputs
 

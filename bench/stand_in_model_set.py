@@ -109,7 +109,7 @@ def main() -> None:
               "vit": {"arch": args.vit_arch, "epochs": args.vit_epochs},
               "eff": {"arch": args.eff_arch, "epochs": args.eff_epochs},
               "blend": dict(recipe.ORIGINAL_BLEND, tta=recipe.INFERENCE["tta"]),
-              "postprocess": model_set.SCORING_POSTPROCESS,
+              "postprocess": "hmm",  # the most a night can cost: the hmm decodes and writes its posterior
               "hmm": {"counts": hypnogram_counts(args.hypnogram_nights, args.hypnogram_hours),
                       "stage_balance": args.stage_balance, "transition_weight": 1.0,
                       "counted_from": f"{args.hypnogram_nights} synthetic hypnograms of {args.hypnogram_hours} h, "

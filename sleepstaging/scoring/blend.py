@@ -212,8 +212,11 @@ def blend_probabilities(p1: np.ndarray, p2: np.ndarray, method: str = "sqrt", we
     row; for ``avg``, ``sqrt`` and ``square`` that is the same mean of the
     unit-sum rows with the effective weight (:func:`effective_vit_weight`).
     The transforms are increasing,
-    so the argmax is that of :func:`blend_scores`. ``rank`` has no inverse:
-    its rank sums are normalised as they are (a ranking, not probabilities).
+    so the argmax is that of :func:`blend_scores`. ``rank`` has no inverse
+    and its rank sums are no probabilities (the lowest-ranked class would get
+    0, which the hmm reads as impossible): its probabilities are the plain
+    mean of the two models' unit-sum rows (rank counts both models equally),
+    whose argmax may differ from the rank blend's.
     This is what the hmm post-processing takes as class posteriors; the raw
     scores of ``sqrt`` or ``square`` are flattened posteriors, and dividing
     them by class priors would favour rare stages far too much.
@@ -228,8 +231,9 @@ def blend_probabilities(p1: np.ndarray, p2: np.ndarray, method: str = "sqrt", we
         "log1p": np.expm1,
         "square": lambda s: s ** (1.0 / power),
         "expm1": np.log1p,
-        "rank": lambda s: s,
     }
+    if method == "rank":
+        return (np.asarray(p1, dtype=np.float64) + np.asarray(p2, dtype=np.float64)) / 2.0
     probabilities = inverses[method](blend_scores(p1, p2, method, weight, power, scales))
     return probabilities / probabilities.sum(axis=1, keepdims=True)
 

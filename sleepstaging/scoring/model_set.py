@@ -24,7 +24,14 @@ from sleepstaging.script_io import InputError, where
 ORIGINAL_MODELS = recipe.ORIGINAL_MODELS
 MODEL_KEYS = tuple(ORIGINAL_MODELS)
 BLEND_KEYS = ("method", "ens_weight", "power", "dump_scale")
-SCORING_POSTPROCESS = "hmm"
+POSTPROCESS_CHOICES = ("none", "rules", "hmm")  # what new nights may get, the simplest first
+
+
+def choose_postprocess(scores: dict) -> str:
+    """The post-processing new nights get: the best validation macro-F1 of :func:`validation_scores`
+    (``none``, ``rules``, ``hmm``); a tie goes to the simpler (the first in :data:`POSTPROCESS_CHOICES`)."""
+    return max(POSTPROCESS_CHOICES, key=lambda name: (scores[f"{'blend' if name == 'none' else name}_macro_f1"],
+                                                      -POSTPROCESS_CHOICES.index(name)))
 
 
 # --------------------------------------------------------------------------
@@ -294,12 +301,12 @@ def _infer_record(outputs: Path, fold: int) -> dict:
                          f"{where(path)}")
     return script_io.read_json_object(path)
 
-def validation_scores(probabilities: np.ndarray, valid: psg_layout.EpochTable, model: tuple,
+def validation_scores(probabilities: np.ndarray, stages: np.ndarray, valid: psg_layout.EpochTable, model: tuple,
                       weight: float) -> dict:
-    """Validation macro-F1 of the blend and the rules, and each sleep statistic's mean, true and hmm-decoded."""
+    """Validation macro-F1 of the blend (``stages``), the rules and the hmm (decoding ``probabilities``), and each
+    sleep statistic's mean, true, hmm-decoded and the blend's."""
     from sleepstaging.scoring.sleep_statistics import sleep_statistics
     labels, ids = valid.labels, valid.recording_ids
-    stages = blend.predict_stages(probabilities)
     decoded = hmm.hmm_decode(probabilities, ids, *model, transition_weight=weight)
     recordings = np.asarray(ids)
     statistics = {}
@@ -309,6 +316,7 @@ def validation_scores(probabilities: np.ndarray, valid: psg_layout.EpochTable, m
                             for key in ("TST", "WASO", "N1", "N2", "N3", "REM", "awakenings", "stage_shifts")}
     return {"blend_macro_f1": blend.macro_f1(labels, stages),
             "rules_macro_f1": blend.macro_f1(labels, apply_rules(stages, ids)[0]),
+            "hmm_macro_f1": blend.macro_f1(labels, decoded),
             "nights": len(set(ids)), "statistics_mean": statistics}
 
 def validation_blend(outputs: Path, fold: int) -> tuple:
@@ -320,6 +328,8 @@ def validation_blend(outputs: Path, fold: int) -> tuple:
         ``fold_<k>_valid.csv``: the validation rows and their stages.
     probabilities : np.ndarray, shape (rows, 5)
         :func:`blend.blend_probabilities` of the two validation dumps.
+    stages : np.ndarray of int, shape (rows,)
+        The blend's stages (:func:`blend.blend_scores`' argmax, as blend.py writes them).
     infer : dict
         infer_blend.py's record (models, kept epochs, stage balance).
     tuned : dict
@@ -334,6 +344,6 @@ def validation_blend(outputs: Path, fold: int) -> tuple:
     valid = psg_layout.read_epoch_csv(labels_csv, with_labels=True)
     p1, p2 = (blend.load_probabilities(dump_path(outputs, infer[f"{key}_arch"], fold, infer[f"{key}_epochs"], "valid"),
                                        len(valid), str(labels_csv), blend.DUMP_HINT) for key in ("vit", "eff"))
-    scales = blend.row_scales(tuned["dump_scale"], tuned["tta"])
-    return (valid, blend.blend_probabilities(p1, p2, tuned["method"], tuned["ens_weight"], tuned["power"], scales),
-            infer, tuned)
+    settings = (tuned["method"], tuned["ens_weight"], tuned["power"], blend.row_scales(tuned["dump_scale"], tuned["tta"]))
+    return (valid, blend.blend_probabilities(p1, p2, *settings),
+            blend.predict_stages(blend.blend_scores(p1, p2, *settings)), infer, tuned)
