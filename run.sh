@@ -148,7 +148,8 @@ tuned = json.load(open(tune_json))
 before = json.load(open(f"{report_blend}/metrics.json"))
 after = json.load(open(f"{report}/metrics.json"))
 hmm = json.load(open(f"{report_hmm}/metrics.json"))
-weight = json.load(open(model_set_json))["hmm"]["transition_weight"]
+record = json.load(open(model_set_json))
+weight, chosen = record["hmm"]["transition_weight"], record["postprocess"]
 table = {entry["step"]: entry["macro_f1"] for entry in after["validation"]["table"]}
 effective = tuned.get("effective_vit_weight")  # None for log1p and expm1: no such weight
 share = "" if effective is None else f", ViT share {effective:.2f}"
@@ -163,6 +164,7 @@ rows = [
     ("test kappa after the original's rules", f"{after['cohen_kappa']:.3f}"),
     (f"test macro-F1 after the model set's hmm (transition weight {weight:g})", f"{hmm['macro_f1']:.3f}"),
     ("test kappa after the model set's hmm", f"{hmm['cohen_kappa']:.3f}"),
+    ("what new nights get (the model set's choice on validation)", chosen),
 ]
 width = max(len(name) for name, _ in rows)
 print()
