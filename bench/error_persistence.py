@@ -1,10 +1,10 @@
 """How persistent a model's errors are: the lag-1 autocorrelation of its error indicator within each test night.
 
-    python bench/error_persistence.py --data-root demo/DATA --pred demo/outputs/filesblend_*.csv
+    python bench/error_persistence.py --data-root demo/DATA --pred demo/outputs/files_hmm.csv
 
-``--pred`` is a prediction CSV in the challenge's labelled layout
-(``ID,IDnum,label``: the demo's blend, submission or hmm output, as
-``run.sh demo`` writes them into demo/outputs); ``--data-root``'s
+``--pred`` is a stage file as blend.py and postprocess.py write them (one
+stage name per line, in the order of ``testset-for_user.csv``: the demo's
+blend, submission or hmm output in demo/outputs); ``--data-root``'s
 ``testset-labels.csv`` holds the answers. For every test night the
 indicator ``error_t`` (1 where the prediction is wrong) is correlated with
 ``error_t+1``; the figure is the mean over nights (a night without errors,
@@ -23,6 +23,7 @@ import numpy as np
 
 from sleepstaging.data import psg_layout
 from sleepstaging import script_io
+from sleepstaging.scoring.postprocess import read_stage_lines
 
 REPO = Path(__file__).resolve().parents[1]
 def lag1_autocorrelation(errors: np.ndarray) -> float | None:
@@ -33,10 +34,10 @@ def lag1_autocorrelation(errors: np.ndarray) -> float | None:
     return float(np.corrcoef(before, after)[0, 1])
 
 
-def night_persistence(answers: psg_layout.EpochTable, predicted: psg_layout.EpochTable) -> dict:
-    """``{recording ID: lag-1 autocorrelation of its errors}`` over the answered rows."""
-    said = {(rec, idnum): label for rec, idnum, label in zip(predicted.recording_ids, predicted.idnums,
-                                                              predicted.labels)}
+def night_persistence(answers: psg_layout.EpochTable, test: psg_layout.EpochTable, stages: np.ndarray) -> dict:
+    """``{recording ID: lag-1 autocorrelation of its errors}`` over the answered rows; ``stages`` in ``test``'s
+    order."""
+    said = {(rec, idnum): stage for rec, idnum, stage in zip(test.recording_ids, test.idnums, stages)}
     nights: dict = {}
     for rec, idnum, label in zip(answers.recording_ids, answers.idnums, answers.labels):
         if (rec, idnum) not in said:
@@ -51,8 +52,9 @@ def main() -> None:
     parser.add_argument("--pred", type=Path, required=True)
     args = parser.parse_args()
     answers = psg_layout.read_epoch_csv(args.data_root / psg_layout.TEST_LABELS_CSV, with_labels=True)
-    predicted = psg_layout.read_epoch_csv(args.pred, with_labels=True)
-    per_night = night_persistence(answers, predicted)
+    test = psg_layout.read_epoch_csv(args.data_root / psg_layout.TEST_CSV, with_labels=False)
+    stages = read_stage_lines(args.pred, len(test), str(test.path), "blend.py and postprocess.py write it")
+    per_night = night_persistence(answers, test, stages)
     values = [value for value in per_night.values() if value is not None]
     print(json.dumps({"pred": str(args.pred), "mean_lag1_autocorrelation": round(float(np.mean(values)), 3)
                       if values else None, "nights": {k: None if v is None else round(v, 3)
