@@ -146,3 +146,25 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if action.default is None or "(default:" in (action.help or "") or "default: " in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
+
+
+def read_csv_with_header(path: Path | str, header: tuple, what: str) -> list[list[str]]:
+    """The rows of a CSV file after its first line, which must be ``header`` (cells stripped).
+
+    Raises
+    ------
+    InputError
+        A missing file (named as ``what``), one that is not readable CSV text,
+        or another first line (``<path>:1``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what} not found {where(path)}")
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = list(csv.reader(handle))
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise InputError(f"not a readable CSV ({type(err).__name__}: {err}) {where(path)}") from None
+    if not rows or tuple(cell.strip() for cell in rows[0]) != tuple(header):
+        raise InputError(f"{what}'s header must be {','.join(header)} {where(path, 1)}")
+    return rows[1:]

@@ -10,14 +10,13 @@ between them are ``night_outputs.in_lights_period``.
 """
 from __future__ import annotations
 
-import csv
 import datetime
 import math
 import re
 from pathlib import Path
 
 from sleepstaging.edf.edf_signals import EdfRecording
-from sleepstaging.script_io import InputError, where
+from sleepstaging.script_io import InputError, read_csv_with_header, where
 
 # Annotation texts taken as lights off / lights on, compared after lower-casing and dropping spaces,
 # underscores and hyphens: "Lights Off", "lights_off", "LIGHTS-OUT" all match.
@@ -151,17 +150,9 @@ def read_lights_table(path: Path) -> dict:
         A missing or unreadable file, another header, a value that is neither
         a clock time nor seconds, a recording listed twice (each with the file and row).
     """
-    if not path.is_file():
-        raise InputError(f"--lights-table not found {where(path)}")
-    try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            rows = list(csv.reader(handle))
-    except (UnicodeDecodeError, csv.Error) as err:
-        raise InputError(f"not a readable CSV ({type(err).__name__}: {err}) {where(path)}") from None
-    if not rows or tuple(cell.strip() for cell in rows[0]) != LIGHTS_TABLE_COLUMNS:
-        raise InputError(f"the lights table's header must be {','.join(LIGHTS_TABLE_COLUMNS)} {where(path, 1)}")
+    rows = read_csv_with_header(path, LIGHTS_TABLE_COLUMNS, "the lights table")
     table = {}
-    for number, row in enumerate(rows[1:], start=2):
+    for number, row in enumerate(rows, start=2):
         if len(row) != len(LIGHTS_TABLE_COLUMNS):
             raise InputError(f"expected {len(LIGHTS_TABLE_COLUMNS)} cells, found {len(row)} {where(path, number)}")
         recording_id, *texts = (cell.strip() for cell in row)

@@ -35,7 +35,7 @@ from sleepstaging.data import psg_layout
 from sleepstaging.scoring import review_page
 from sleepstaging import script_io
 from sleepstaging.data.psg_layout import STAGE_TO_INT, STAGES
-from sleepstaging.script_io import InputError, where
+from sleepstaging.script_io import InputError, read_csv_with_header, where
 
 LOG_NAME = "{name}-corrections-log.csv"
 LOG_COLUMNS = ("recording_id", "epoch", "stage_before", "stage_after", "when", "scorer", "applied_at", "source")
@@ -53,17 +53,9 @@ class Correction:
 
 def read_corrections(path: Path) -> tuple[str, list[Correction]]:
     """One corrections file: its recording ID and rows, checked for form (not yet against the night)."""
-    if not path.is_file():
-        raise InputError(f"no corrections file {where(path)}")
-    try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            rows = list(csv.reader(handle))
-    except (UnicodeDecodeError, csv.Error) as err:
-        raise InputError(f"not a readable CSV ({err}) {where(path)}") from None
-    if not rows or tuple(rows[0]) != review_page.CORRECTION_COLUMNS:
-        raise InputError(f"expected the header {','.join(review_page.CORRECTION_COLUMNS)} {where(path, 1)}")
+    rows = read_csv_with_header(path, review_page.CORRECTION_COLUMNS, "the corrections file")
     recording_id, corrections, epochs = None, [], set()
-    for line, cells in enumerate(rows[1:], start=2):
+    for line, cells in enumerate(rows, start=2):
         if len(cells) != len(review_page.CORRECTION_COLUMNS):
             raise InputError(f"expected {len(review_page.CORRECTION_COLUMNS)} fields, found {len(cells)} "
                              f"{where(path, line)}")
