@@ -251,6 +251,10 @@ WRITE_CALLS = {"write_text", "write_bytes", "save", "save_file", "imwrite", "sav
 def _writes_outside_atomic_path(tree: ast.AST) -> list[int]:
     """Line numbers of file writes not lexically inside ``with ... atomic_path(...)``."""
     found = []
+    # names bound to an in-memory file (``x = io.BytesIO()``): a write into one touches no file
+    in_memory = {target.id for node in ast.walk(tree) if isinstance(node, ast.Assign)
+                 and isinstance(node.value, ast.Call) and getattr(node.value.func, "attr", None) in ("BytesIO", "StringIO")
+                 for target in node.targets if isinstance(target, ast.Name)}
 
     def is_atomic(item: ast.withitem) -> bool:
         call = item.context_expr
@@ -266,7 +270,8 @@ def _writes_outside_atomic_path(tree: ast.AST) -> list[int]:
             opens_for_writing = getattr(node.func, "id", None) == "open" and any(
                 isinstance(arg, ast.Constant) and isinstance(arg.value, str) and set(arg.value) & set("wax+")
                 for arg in node.args[1:2] + [k.value for k in node.keywords if k.arg == "mode"])
-            if (name in WRITE_CALLS and owner not in ("stdout", "stderr")) or opens_for_writing:
+            into_memory = any(getattr(arg, "id", None) in in_memory for arg in node.args[:1])
+            if (name in WRITE_CALLS and owner not in ("stdout", "stderr") and not into_memory) or opens_for_writing:
                 found.append(node.lineno)
         for child in ast.iter_child_nodes(node):
             visit(child, inside)
@@ -289,6 +294,8 @@ def test_every_write_of_the_pipeline_goes_through_atomic_path(tmp_path):
     sample = "import numpy as np\ndef f(path, x):\n    np.save(path, x)\n    with atomic_path(path) as tmp:\n" \
              "        np.save(tmp, x)\n"
     assert _writes_outside_atomic_path(ast.parse(sample)) == [3]
+    in_memory = "import io\ndef f(image):\n    buffer = io.BytesIO()\n    image.save(buffer)\n    image.save('x.png')\n"
+    assert _writes_outside_atomic_path(ast.parse(in_memory)) == [5]
 
 
 @pytest.mark.slow

@@ -140,10 +140,23 @@ def test_model_set_records_models_blend_and_the_hmm_counted_without_the_validati
     for a, b in [(0, 0), (0, 1), (1, 2), (2, 2), (2, 2), (2, 4), (0, 2), (2, 2), (2, 3)]:
         expected[a, b] += 1
     assert counts["transitions"] == expected.tolist()
-    assert record["hmm"]["stage_balance"] == 1.0 and record["postprocess"] == "hmm"
+    assert record["hmm"]["stage_balance"] == 1.0
+    # what new nights get: the best validation macro-F1 of the three, as recorded beside it
+    scores = record["validation"]
+    best = max(scores["blend_macro_f1"], scores["rules_macro_f1"], scores["hmm_macro_f1"])
+    names = {"none": "blend_macro_f1", "rules": "rules_macro_f1", "hmm": "hmm_macro_f1"}
+    assert record["postprocess"] == next(name for name in ("none", "rules", "hmm") if scores[names[name]] == best)
     assert record["hmm"]["transition_weight"] in hmm.TRANSITION_WEIGHTS
     assert model_set.read_model_set(weights)["models"] == {"fold": 0, "vit_arch": VIT, "eff_arch": EFF,
                                                            "vit_epochs": [6], "eff_epochs": [3]}
+
+
+def test_new_nights_get_the_best_post_processing_on_validation_and_a_tie_the_simpler():
+    scores = {"blend_macro_f1": 0.70, "rules_macro_f1": 0.72, "hmm_macro_f1": 0.75}
+    assert model_set.choose_postprocess(scores) == "hmm"
+    assert model_set.choose_postprocess(dict(scores, hmm_macro_f1=0.60)) == "rules"
+    assert model_set.choose_postprocess(dict(scores, rules_macro_f1=0.70, hmm_macro_f1=0.70)) == "none"
+    assert model_set.choose_postprocess(dict(scores, hmm_macro_f1=0.72)) == "rules"  # a tie: the simpler
 
 
 def test_the_record_holds_the_tuned_blend_and_stage_edf_reads_it_back(tmp_path, capsys):
