@@ -94,6 +94,7 @@ def read_rows(path):
         return list(csv.DictReader(handle))
 
 
+@pytest.mark.slow
 def test_corrections_rewrite_every_output_as_computed_by_hand(scored, tmp_path):
     before = read_rows(scored / "sleep_statistics.csv")[0]
     assert float(before["TST"]) == 4.5 and float(before["WASO"]) == 0  # 9 sleep epochs of 30 s
@@ -163,6 +164,7 @@ def without_applied_at(folder):
     return digest
 
 
+@pytest.mark.slow
 def test_corrections_of_several_nights_are_all_written_before_any_is_renamed(tmp_path, monkeypatch):
     reference, files = two_nights(tmp_path / "reference")
     run_script("review.py", "apply", "--scored", reference, *files)

@@ -54,6 +54,7 @@ def open_page(browser, path: Path):
     return context, page, errors
 
 
+@pytest.mark.slow
 def test_keys_save_and_apply_change_the_statistics_as_by_hand(browser, tmp_path):
     scored = tmp_path / "scored"
     night = make_night(scored, "A", STAGES_12)
@@ -113,6 +114,7 @@ def test_recording_text_shows_as_text_and_runs_nothing(browser, tmp_path):
     assert errors == []
 
 
+@pytest.mark.slow
 def test_the_hmm_ordering_shows_its_posterior_and_starts_with_the_epoch_it_doubts_most(browser, tmp_path):
     import numpy as np
 

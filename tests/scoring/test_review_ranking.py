@@ -134,6 +134,7 @@ def write_layout(root, with_images=True):
     return data, blend_csv, blend, truth
 
 
+@pytest.mark.slow
 def test_postprocess_review_pages_order_by_the_hmm_and_show_calibrated_tables(tmp_path):
     data, blend_csv, blend, truth = write_layout(tmp_path)
     submission = blend_csv.parent / "files_hmm.csv"
@@ -177,6 +178,7 @@ def ece_by_loop(confidence, correct, bins=15):
     return total
 
 
+@pytest.mark.slow
 def test_evaluate_reports_the_hmm_posteriors_calibration_in_its_one_report(tmp_path):
     data, blend_csv, blend, truth = write_layout(tmp_path, with_images=False)
     submission = blend_csv.parent / "files_hmm.csv"
@@ -280,6 +282,7 @@ def greedy_images(encoded, order, budget):
     return uris, full
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("guess", ["sample", "estimate", "all"])
 def test_images_are_those_of_the_greedy_rule_whatever_the_first_guess(tmp_path, monkeypatch, guess):
     import cv2
