@@ -233,6 +233,7 @@ def test_dropout_keep_makes_whole_8x8_holes_inside_the_image():
     assert int((keep == 0).sum()) == 64 and (keep[3:11, 3:11] == 0).all()
 
 
+@pytest.mark.slow
 def test_dropout_statistics_match_the_per_sample_path(tmp_path):
     # White images: after Normalize nothing is 0 but a dropped pixel.
     root, count, size = tmp_path / "root", 100, (64, 64)
@@ -328,6 +329,7 @@ def test_batches_depend_on_seed_and_epoch_only(tiny_data, tmp_path):
     assert not torch.equal(reference[0][0], epoch(0, "cpu", 2)[0][0])
 
 
+@pytest.mark.slow
 def test_worker_blocks_are_refilled_only_once_the_training_process_lets_go(tiny_data, tmp_path):
     # Batches finished in 2 workers arrive in shared blocks that the workers reuse: every 5th batch is
     # held to the end (2 or 3 of each worker's, within its blocks) and must keep its numbers while

@@ -261,6 +261,7 @@ def test_stage_balanced_draws_depend_on_seed_and_epoch_and_split_over_ranks():
     assert interleaved[:16] == draws[72, 0][0]  # the one-process draws of epoch 0 (numpy's choice is prefix-stable)
 
 
+@pytest.mark.slow
 def test_per_sample_path_augments_each_balanced_draw_of_a_row_on_its_own(tiny_data):
     table = loaders.read_train_table(tiny_data)
     loader = loaders.make_train_loader(tiny_data, table, np.arange(len(table)), (16, 16), 512, 0, seed=72,

@@ -310,6 +310,7 @@ def write_shares_case(root):
     return data, blend_csv
 
 
+@pytest.mark.slow
 def test_command_hmm_divides_by_the_stage_shares_the_models_were_trained_on(tmp_path):
     data, blend_csv = write_shares_case(tmp_path)
     out = tmp_path / "outputs" / "files_post.csv"
@@ -324,6 +325,7 @@ def test_command_hmm_divides_by_the_stage_shares_the_models_were_trained_on(tmp_
     assert json.loads(out.with_suffix(".json").read_text())["stage_balance"] == 1.0
 
 
+@pytest.mark.slow
 def test_command_hmm_counts_its_transitions_from_the_train_csv_named(tmp_path):
     data, blend_csv = write_shares_case(tmp_path)
     elsewhere = tmp_path / "labels.csv"
@@ -337,6 +339,7 @@ def test_command_hmm_counts_its_transitions_from_the_train_csv_named(tmp_path):
     assert out.read_text().split() == ["N1"]  # as with the data root's own training CSV
 
 
+@pytest.mark.slow
 def test_command_hmm_reads_the_models_stage_balance_recorded_beside_the_blend(tmp_path):
     data, blend_csv = write_shares_case(tmp_path)
     out = tmp_path / "outputs" / "files_post.csv"

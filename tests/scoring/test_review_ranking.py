@@ -213,6 +213,7 @@ def test_the_bench_chooses_the_ordering_that_removes_most_errors_at_ten_percent(
     assert review_yield.choose_ordering(table) == "hmm"
 
 
+@pytest.mark.slow
 def test_the_bench_runs_on_a_demos_outputs(tmp_path):
     """A fabricated demo (validation dumps as test_model_set writes them, a model set, 2 test nights): every
     ordering measured, the choice is the table's best at 10 %, calibration figures written."""
