@@ -76,15 +76,27 @@ import json
 import sys
 from pathlib import Path
 
-
-from sleepstaging.data import psg_layout
 from sleepstaging import script_io
-from sleepstaging.output_names import (dump_path, tune_json_path,
-                          valid_csv_path)
+from sleepstaging.data import psg_layout
+from sleepstaging.output_names import dump_path, tune_json_path, valid_csv_path
+from sleepstaging.recipe import ORIGINAL_BLEND, ORIGINAL_MODELS
+from sleepstaging.scoring.blend import (
+    DUMP_HINT,
+    DUMP_SCALES,
+    ORIGINAL_TTA,
+    blend_test_dumps,
+    check_blend_settings,
+    describe_effective_weight,
+    effective_vit_weight,
+    format_tune_table,
+    load_probabilities,
+    read_tune_json,
+    resolve_tta,
+    row_scales,
+    tune_blend,
+)
 from sleepstaging.script_io import InputError, where
 
-from sleepstaging.recipe import ORIGINAL_BLEND, ORIGINAL_MODELS
-from sleepstaging.scoring.blend import blend_test_dumps, DUMP_HINT, DUMP_SCALES, ORIGINAL_TTA, check_blend_settings, describe_effective_weight, effective_vit_weight, format_tune_table, load_probabilities, read_tune_json, resolve_tta, row_scales, tune_blend
 # fmt: off
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=script_io.HelpFormatter)
@@ -110,6 +122,7 @@ parser.add_argument("--tune", action="store_true",
 parser.add_argument("--from-tune", type=Path, default=None, metavar="JSON",
                     help="take method, ens-weight, power, dump scale and tta from a blend_tune.json")
 parser.add_argument("--quiet", action="store_true", help="no progress bar")
+# fmt: on
 
 
 def run_tune(args, config: dict, quiet: bool) -> None:

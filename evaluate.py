@@ -56,13 +56,32 @@ import json
 import sys
 from pathlib import Path
 
-from sklearn.metrics import (accuracy_score, f1_score)
+from sklearn.metrics import accuracy_score, f1_score
 
-from sleepstaging.data import psg_layout
 from sleepstaging import script_io
-from sleepstaging.scoring import calibration
-from sleepstaging.scoring.blend import DUMP_SCALES, METHODS, blend_probabilities, blend_scores, load_probabilities, predict_stages, read_test_csv, resolve_tta, row_scales, tune_blend
+from sleepstaging.data import psg_layout
 from sleepstaging.output_names import dump_path, report_dir, submission_path, valid_csv_path
+from sleepstaging.scoring import calibration
+from sleepstaging.scoring.blend import (
+    DUMP_SCALES,
+    METHODS,
+    blend_probabilities,
+    blend_scores,
+    load_probabilities,
+    predict_stages,
+    read_test_csv,
+    resolve_tta,
+    row_scales,
+    tune_blend,
+)
+from sleepstaging.scoring.evaluation import (
+    compute_metrics,
+    hmm_outside_fold,
+    read_answers,
+    statistics_agreement,
+    training_cv,
+    write_report,
+)
 from sleepstaging.scoring.hmm import hmm_decode
 from sleepstaging.scoring.model_set import recorded_stage_balances
 from sleepstaging.scoring.postprocess import read_stage_lines
@@ -70,7 +89,6 @@ from sleepstaging.scoring.rules import apply_rules
 from sleepstaging.script_io import InputError
 
 # fmt: off
-from sleepstaging.scoring.evaluation import compute_metrics, hmm_outside_fold, read_answers, statistics_agreement, training_cv, write_report
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=script_io.HelpFormatter)
 parser.add_argument("--data-root", default="DATA", help="folder with testset-for_user.csv")
@@ -94,6 +112,7 @@ parser.add_argument("--tta", type=int, default=None,
                          "else 1), as blend.py's --tta")
 parser.add_argument("--hypnograms", type=int, default=3, help="how many recordings to draw")
 parser.add_argument("--quiet", action="store_true", help="no progress bar")
+# fmt: on
 
 
 def validation_table(args, quiet: bool) -> dict | None:

@@ -51,17 +51,15 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import f1_score
 
-from sleepstaging.data import loaders
-from sleepstaging.scoring import model_set
-from sleepstaging.scoring import models
-from sleepstaging.data import psg_layout
 from sleepstaging import script_io
+from sleepstaging.data import loaders, psg_layout
 from sleepstaging.output_names import run_config_path
+from sleepstaging.recipe import INFERENCE
+from sleepstaging.scoring import model_set, models
+from sleepstaging.scoring.inference import SPLIT_KEYS, model_probabilities, write_outputs
 from sleepstaging.script_io import InputError, where
 
 # fmt: off
-from sleepstaging.recipe import INFERENCE
-from sleepstaging.scoring.inference import SPLIT_KEYS, model_probabilities, write_outputs
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=script_io.HelpFormatter)
 parser.add_argument("--data-root", default="DATA", help="folder with the challenge CSVs and images")
@@ -78,6 +76,7 @@ parser.add_argument("--cache-dir", default=str(loaders.DEFAULT_CACHE_DIR),
                     help="image cache (decoded, resized uint8 arrays; built on first use), outside the data root")
 parser.add_argument("--no-cache", action="store_true", help="decode every image from its PNG (the original's path)")
 parser.add_argument("--quiet", action="store_true", help="no progress bars")
+# fmt: on
 
 
 def check_args(args) -> None:

@@ -41,16 +41,25 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from sleepstaging.data import psg_layout
 from sleepstaging import script_io
+from sleepstaging.data import psg_layout
 from sleepstaging.data.psg_layout import STAGES
 from sleepstaging.script_io import InputError
-from sleepstaging.synthetic.hypnogram import UNSCORED, recording_hypnogram
 
 # --------------------------------------------------------------------------
 # Configuration (the defaults are the demo's data set)
 # --------------------------------------------------------------------------
-from sleepstaging.synthetic.dataset import HYPNODENSITY_CSV, GENERATOR_VERSION, MARKER_NAME, MAX_HOURS, made_recordings, output_is_up_to_date
+from sleepstaging.synthetic.dataset import (
+    GENERATOR_VERSION,
+    HYPNODENSITY_CSV,
+    MARKER_NAME,
+    MAX_HOURS,
+    made_recordings,
+    output_is_up_to_date,
+)
+from sleepstaging.synthetic.hypnogram import UNSCORED, recording_hypnogram
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=script_io.HelpFormatter)

@@ -38,14 +38,19 @@ import argparse
 import json
 from pathlib import Path
 
-
-from sleepstaging.scoring import hmm
-from sleepstaging.data import psg_layout
 from sleepstaging import script_io
-from sleepstaging.output_names import (model_set_path)
+from sleepstaging.data import psg_layout
+from sleepstaging.output_names import model_set_path
+from sleepstaging.scoring import hmm
+from sleepstaging.scoring.model_set import (
+    BLEND_KEYS,
+    choose_postprocess,
+    hmm_counts_outside,
+    validation_blend,
+    validation_scores,
+)
 
 # fmt: off
-from sleepstaging.scoring.model_set import validation_blend, validation_scores, BLEND_KEYS, choose_postprocess, hmm_counts_outside
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=script_io.HelpFormatter)
 parser.add_argument("--data-root", default="DATA", help="the data the models were trained on (its training CSV)")
@@ -53,6 +58,7 @@ parser.add_argument("--weights-dir", default="weights", help="the models' folder
 parser.add_argument("--outputs", default="outputs",
                     help="infer_blend.py's dumps and record (with validation dumps) and blend.py --tune's file")
 parser.add_argument("--fold", type=int, default=0, help="the fold the models were trained against")
+# fmt: on
 
 
 

@@ -74,14 +74,19 @@ import json
 from pathlib import Path
 
 from sleepstaging import script_io
-from sleepstaging.output_names import (blend_csv_path, posterior_path, probabilities_path, recordings_dir,
-                                       submission_path)
-from sleepstaging.script_io import InputError
-
+from sleepstaging.output_names import (
+    blend_csv_path,
+    posterior_path,
+    probabilities_path,
+    recordings_dir,
+    submission_path,
+)
 from sleepstaging.recipe import ORIGINAL_BLEND, ORIGINAL_MODELS, POSTPROCESS
 from sleepstaging.scoring import calibration, review_page
 from sleepstaging.scoring.model_set import read_model_set
 from sleepstaging.scoring.postprocess import POSTPROCESS_METHODS, hmm_settings, postprocess_test
+from sleepstaging.script_io import InputError
+
 # fmt: off
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=script_io.HelpFormatter)
@@ -122,6 +127,7 @@ parser.add_argument("--temperature", type=float, default=None,
                          "and review pages show (softmax(log p / T); default: the model set's with --model-set, "
                          "else 1, as blended)")
 parser.add_argument("--quiet", action="store_true", help="print only the configuration and what is saved")
+# fmt: on
 
 
 # --------------------------------------------------------------------------

@@ -53,15 +53,14 @@ import shutil
 import sys
 from pathlib import Path
 
-
 from sleepstaging import script_io
 from sleepstaging.edf.edf_signals import detect_montage, open_edf
 from sleepstaging.edf.lights import lights_value
 from sleepstaging.edf.montages import AUTO_MONTAGE, load_montage
+from sleepstaging.edf.render import check_new_ids, find_recordings, plan_recording, render_all, split_csv_contents
 from sleepstaging.script_io import InputError, where
 
 
-from sleepstaging.edf.render import check_new_ids, find_recordings, plan_recording, render_all, split_csv_contents
 def parse_trim_wake(text: str) -> float | None:
     """``--trim-wake``: minutes of wake kept around the sleep period, or ``none``."""
     if text.strip().lower() == "none":

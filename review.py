@@ -39,8 +39,7 @@ parser.add_argument("--scored", type=Path, required=True, help="the folder of sc
 
 
 def main(argv=None) -> None:
-    from sleepstaging.scoring import cohort_page
-    from sleepstaging.scoring import corrections
+    from sleepstaging.scoring import cohort_page, corrections
     args = parser.parse_intermixed_args(argv)
     if not args.scored.is_dir():
         raise InputError(f"--scored is not a folder {where(args.scored)}")

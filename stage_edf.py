@@ -80,23 +80,29 @@ import sys
 import time
 from pathlib import Path
 
-
-
-
-from sleepstaging.scoring import blend
-from sleepstaging.scoring import calibration
-from sleepstaging.edf import lights
-from sleepstaging.scoring import model_set
-from sleepstaging.scoring import postprocess
-from sleepstaging.recipe import INFERENCE, ORIGINAL_BLEND, POSTPROCESS, RECIPE
 from sleepstaging import script_io
-from sleepstaging.scoring import cohort_page
-from sleepstaging.scoring import shards
-from sleepstaging.scoring.cohort import FAILURES, plan_nights, write_tables
+from sleepstaging.edf import lights
+from sleepstaging.recipe import INFERENCE, ORIGINAL_BLEND, POSTPROCESS, RECIPE
+from sleepstaging.scoring import blend, calibration, cohort_page, model_set, postprocess, shards
+from sleepstaging.scoring.cohort import (
+    FAILURES,
+    LOG,
+    MARKER,
+    PARTIAL,
+    STEPS,
+    check_out,
+    find_nights,
+    load_models,
+    plan_nights,
+    render_pool,
+    result_settings,
+    score_pending,
+    write_marker,
+    write_tables,
+)
 from sleepstaging.script_io import InputError, where
 
 # fmt: off
-from sleepstaging.scoring.cohort import LOG, MARKER, PARTIAL, STEPS, check_out, find_nights, load_models, render_pool, score_pending, write_marker, result_settings
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=script_io.HelpFormatter)
 parser.add_argument("--edf", type=Path, default=None,
@@ -166,6 +172,7 @@ parser.add_argument("--shard", default=None, metavar="K/N",
 parser.add_argument("--merge-shards", type=Path, nargs="+", default=None, metavar="DIR",
                     help="score nothing: merge the --out folders of all N shards into --out (sleep_statistics.csv, "
                          "failures.csv, index.html linking each night's review page in its shard's folder)")
+# fmt: on
 
 
 def resolve_settings(args) -> dict:

@@ -1,4 +1,6 @@
-"""The library behind render_edf.py: see that script for the command line."""
+"""EDF recordings into the challenge layout: pairing recordings with hypnograms, planning each night's epochs
+and lights, drawing the images and the CSVs (render_edf.py, stage_edf.py).
+"""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,6 @@
-"""The library behind blend.py: see that script for the command line."""
+"""Blending the two models' probability dumps: the original's methods and dump scales, the effective ViT
+weight, the search of method x weight on validation, and the blend CSV with its probabilities (blend.py).
+"""
 from __future__ import annotations
 
 import json
@@ -18,7 +20,6 @@ DUMP_SCALES = ("original", "unit")
 ORIGINAL_TTA = 1  # inferblend.py's CFG['tta'] for the submitted blend
 ORIGINAL_WEIGHT_SUM = 4  # sum(CFG['weights']) with weights [1, 1, 1, 1]: each dump row scaled by 1/4 per tta
 ORIGINAL_EFF_FOLD = 200  # the EfficientNet's 1000 outputs: 200 slices of 5 added, then divided by 200
-# fmt: on
 
 TUNE_WEIGHTS = np.round(np.arange(101) * 0.01, 2)  # effective ViT weights 0.00, 0.01, ..., 1.00
 

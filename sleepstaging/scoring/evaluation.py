@@ -1,4 +1,6 @@
-"""The library behind evaluate.py: see that script for the command line."""
+"""Scoring a submission against the answers: metrics, the validation table's hmm, sleep statistics
+true against predicted (Bland-Altman), the report and its figures (evaluate.py).
+"""
 from __future__ import annotations
 
 import json
@@ -21,8 +23,6 @@ from sleepstaging.scoring.model_set import hmm_counts_outside
 from sleepstaging.data.psg_layout import NUM_CLASSES, STAGES
 from sleepstaging.script_io import InputError, where
 
-# fmt: off
-# fmt: on
 
 LOG_CURVES = (("train_loss", "valid_loss"), ("valid_macro_f1", "valid_accuracy"))
 

@@ -1,4 +1,6 @@
-"""The library behind infer_blend.py: see that script for the command line."""
+"""Per-model probabilities: checkpoints loaded once, TTA rounds averaged, folded to the five stages, and the
+dumps with their record written (infer_blend.py, stage_edf.py).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,8 +19,6 @@ from sleepstaging import recipe, script_io
 from sleepstaging.output_names import checkpoint_path, dump_path, infer_config_path, valid_csv_path
 from sleepstaging.data.psg_layout import NUM_CLASSES, STAGES
 
-# fmt: off
-# fmt: on
 
 SPLIT_KEYS = ("folds", "seed", "cv")  # training options that define the validation rows
 

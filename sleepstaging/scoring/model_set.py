@@ -1,4 +1,6 @@
-"""The library behind model_set.py: see that script for the command line."""
+"""A trained model set: its record (models, kept epochs, blend, post-processing, hmm, calibration) read and
+checked, the models' training configurations, and the validation blend the record is chosen on (model_set.py).
+"""
 from __future__ import annotations
 
 import argparse
@@ -17,8 +19,6 @@ from sleepstaging.scoring.rules import apply_rules
 from sleepstaging.data.psg_layout import NUM_CLASSES
 from sleepstaging.script_io import InputError, where
 
-# fmt: off
-# fmt: on
 
 # What the scripts use without a model set or a flag: the original's models and kept epochs.
 ORIGINAL_MODELS = recipe.ORIGINAL_MODELS

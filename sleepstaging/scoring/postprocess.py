@@ -1,4 +1,6 @@
-"""The library behind postprocess.py: see that script for the command line."""
+"""Post-processing a blend: reading stage files, the hmm's inputs (flags, model set, records), the original's
+rules or the hmm over the test rows, and each recording's outputs (postprocess.py, stage_edf.py).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,8 +22,6 @@ from sleepstaging.scoring.rules import apply_rules
 from sleepstaging.data.psg_layout import STAGE_TO_INT, STAGES
 from sleepstaging.script_io import InputError, where
 
-# fmt: off
-# fmt: on
 
 POSTPROCESS_METHODS = ("rules", "hmm", "none")
 # --------------------------------------------------------------------------

@@ -300,7 +300,8 @@ def night_data(recording_id: str, table: dict, statistics: dict, models: dict, i
     p_pairs = list(models.values())
     posterior = ranking["posterior"]
     return {
-        "id": recording_id, "stages": list(STAGES), "epoch": [int(e) for e in table["epoch"]],
+        "id": recording_id, "corrections_file": CORRECTIONS_NAME.format(name=recording_id),
+        "stages": list(STAGES), "epoch": [int(e) for e in table["epoch"]],
         "clock": table["clock_time"], "onset": [float(o) for o in table["onset_s"]],
         "stage": [STAGES.index(s) for s in table["stage_after"]],
         "inside": [int(v) for v in table["in_lights_period"]],

@@ -171,7 +171,7 @@ function save() {
   const scorer = $("scorer").value.trim(), rows = [["recording_id", "epoch", "stage_before", "stage_after", "when", "scorer"]];
   [...changes.keys()].sort((a, b) => a - b).forEach((i) => rows.push([D.id, D.epoch[i], S[original[i]], S[stage[i]], changes.get(i), scorer]));
   const blob = new Blob([rows.map((r) => r.map(csvCell).join(",")).join("\n") + "\n"], {type: "text/csv"});
-  const a = document.createElement("a"); a.href = URL.createObjectURL(blob); a.download = D.id + "-corrections.csv";
+  const a = document.createElement("a"); a.href = URL.createObjectURL(blob); a.download = D.corrections_file;
   document.body.append(a); a.click(); a.remove(); dirty = false;
   $("saved").textContent = "Saved " + changes.size + " correction(s) as " + a.download + " (apply with review.py apply).";
 }

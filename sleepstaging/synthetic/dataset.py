@@ -1,4 +1,6 @@
-"""The library behind make_synthetic.py: see that script for the command line."""
+"""The synthetic data set as a whole: the generator's version, the marker that says a folder is complete and
+up to date, the nights made over worker processes (make_synthetic.py).
+"""
 from __future__ import annotations
 
 import json
