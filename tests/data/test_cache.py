@@ -205,6 +205,9 @@ def test_a_cache_error_in_a_worker_arrives_with_its_one_line_message(tmp_path, t
     with pytest.raises(InputError) as caught:
         finished(loader)
     assert str(caught.value) == f"image cache file shorter than its manifest says: delete it to rebuild ({array})"
+    # Stop the worker now: left to a later garbage collection, its shutdown can wait 5 s on a join.
+    del loader, caught
+    gc.collect()
 
 
 @pytest.mark.slow
