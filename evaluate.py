@@ -17,7 +17,9 @@ renderer write them), and writes to ``--out``:
   bins; also in ``metrics.json``, ``calibration``) when probabilities are
   beside the submission: a blend CSV's blended probabilities, before and
   after the model set's temperature, or the hmm's posterior of the stage
-  it assigned (``postprocess.py --method hmm`` writes it);
+  it assigned (``postprocess.py --method hmm`` writes it, calibrated per
+  stage assigned with a model set; the report says how, from the stage
+  file's JSON);
 * ``report.md``, which shows all of it (written once, whole).
 
 When the fold's validation dumps exist (``outputs/<arch>_fold_<k>_<epochs>_valid.npy``
@@ -83,7 +85,7 @@ from sleepstaging.scoring.evaluation import (
     write_report,
 )
 from sleepstaging.scoring.hmm import hmm_decode
-from sleepstaging.scoring.model_set import recorded_stage_balances
+from sleepstaging.scoring.model_set import read_model_set, recorded_stage_balances
 from sleepstaging.scoring.postprocess import read_stage_lines
 from sleepstaging.scoring.rules import apply_rules
 from sleepstaging.script_io import InputError
@@ -225,8 +227,8 @@ def main(argv=None) -> None:
         metrics["validation"] = validation
 
     args.out.mkdir(parents=True, exist_ok=True)
-    calibration_lines, metrics["calibration"] = calibration.evaluation_section(args.pred, args.weights_dir, y_true,
-                                                                               y_pred, args.out)  # reliability.png
+    calibration_lines, metrics["calibration"] = calibration.evaluation_section(
+        args.pred, read_model_set(args.weights_dir), y_true, y_pred, args.out)  # reliability.png
     write_report(args.out, metrics, config, y_true, y_pred, test.recording_ids, args, calibration_lines)
 
     print(f"test macro-F1 {metrics['macro_f1']:.4f}, accuracy {metrics['accuracy']:.4f}, "

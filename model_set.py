@@ -24,8 +24,11 @@ the models needs beyond their checkpoints and training configurations
   sleep statistic's mean over the validation nights, true and decoded;
 * ``calibration``: the temperatures fitted on the validation rows for the
   blended probabilities (``temperature``) and for the hmm's posterior at
-  the chosen weight (``hmm_temperature``), with each one's ECE before and
-  after (``calibration.calibration_record``).
+  the chosen weight: one per stage the hmm assigns
+  (``hmm_stage_temperatures``, Wake..REM, each fitted on the rows the hmm
+  assigned that stage; what postprocess.py applies) and one over all rows
+  (``hmm_temperature``), with the ECEs before and after
+  (``calibration.calibration_record``).
 
 Nothing of the challenge flow changes: ``postprocess.py`` still applies the
 original's rules by default. A scoring run reads the record and every flag
@@ -105,6 +108,13 @@ def main(argv=None) -> None:
     print(f"validation macro-F1 on {scores['nights']} nights: blend {scores['blend_macro_f1']:.4f}, rules "
           f"{scores['rules_macro_f1']:.4f}, hmm {scores['hmm_macro_f1']:.4f} at transition weight {weight:g}: "
           f"new nights get {postprocess}")
+    fitted = record["calibration"]
+    print(f"calibration on the validation rows (ECE, {fitted['ece_bins']} bins): blend T {fitted['temperature']:.3f}, "
+          f"{fitted['validation_ece_before']:.4f} -> {fitted['validation_ece_after']:.4f}; hmm posterior of the stage "
+          f"assigned {fitted['validation_hmm_ece_before']:.4f} -> {fitted['validation_hmm_ece_after']:.4f} with T per "
+          f"stage assigned " + ", ".join(f"{stage} {t:.3f}" for stage, t in zip(psg_layout.STAGES,
+                                                                                fitted["hmm_stage_temperatures"]))
+          + f" (one T {fitted['hmm_temperature']:.3f}: {fitted['validation_hmm_ece_after_one_temperature']:.4f})")
     true, decoded = scores["statistics_mean"]["true"], scores["statistics_mean"]["hmm"]
     print("per night, true -> hmm: " + ", ".join(f"{key} {true[key]:.1f} -> {decoded[key]:.1f}"
                                                  for key in ("TST", "WASO", "awakenings", "stage_shifts")))

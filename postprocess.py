@@ -38,9 +38,12 @@ stage name per line, test CSV order) and writes the submission
   the original's sampling, without one, which the output says), weight 1.
   Its posterior per epoch (``hmm.hmm_posterior``: forward-backward over the
   same model) is saved beside the submission (``<out>.posterior.npy``,
-  rows x 5, test CSV order), calibrated by the model set's
-  ``hmm_temperature`` when the three inputs are all the model set's;
-  evaluate.py reports its calibration, the review pages order by it.
+  rows x 5, test CSV order), calibrated when the three inputs are all the
+  model set's: each row by the model set's temperature of the stage the hmm
+  assigned it (``hmm_stage_temperatures``; a model set written before them,
+  its one ``hmm_temperature``, as then; ``hmm_sources`` in the JSON beside
+  says which); evaluate.py reports its calibration, the review pages order
+  by it.
 * ``none``: a copy.
 
 Then, for every test recording, the per-recording outputs of

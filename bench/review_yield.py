@@ -18,7 +18,11 @@ the errors at 10 % is named (``chosen_ordering``; ties: the first of
 Also the calibration (15 bins): the temperatures fitted on the validation
 rows (``calibration.calibration_record``, as ``model_set.py`` fits them)
 and the test ECE before and after, of the blend (its largest probability)
-and of the hmm's posterior of the stage the scoring assigned.
+and of the hmm's posterior of the stage the scoring assigned: calibrated
+per stage assigned (as ``postprocess.py`` writes it; the hmm ordering uses
+it) and by one temperature (as model sets did before), with each stage's
+accuracy and mean posterior, decoding by posterior marginals for
+comparison, and the hmm ordering's yield with one temperature.
 
 Writes ``bench/results/review_yield.json`` and ``.md`` (``--result``).
 
@@ -35,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 
+from sleepstaging.data import psg_layout
 from sleepstaging.scoring import blend
 from sleepstaging.scoring import calibration
 from sleepstaging.scoring import hmm
@@ -69,6 +74,12 @@ def yield_table(y_true: np.ndarray, y_pred: np.ndarray, orders: dict, fractions=
                                   for key in ("macro_f1", "kappa", "errors_left", "errors_removed_share")}
                        for f in fractions}
     return table
+
+
+def ceiling_share(epochs: int, errors: int, fraction: float = CHOOSE_AT) -> float:
+    """The largest share of the errors that checking the first ``fraction`` of ``epochs`` can remove: a perfect
+    ordering puts every wrong epoch first, so min(1, epochs checked / errors); 0 without errors."""
+    return min(1.0, int(round(fraction * epochs)) / errors) if errors else 0.0
 
 
 def choose_ordering(table: dict, fraction: float = CHOOSE_AT) -> str:
@@ -109,24 +120,51 @@ def demo_inputs(demo: Path, scoring: Path | None) -> dict:
     return inputs
 
 
-def calibrate(inputs: dict) -> tuple[dict, np.ndarray]:
-    """Temperatures fitted on validation and the test ECE before and after; the test hmm posterior, calibrated."""
+def per_stage_calibration(posterior: np.ndarray, calibrated: np.ndarray, y_pred: np.ndarray,
+                          y_true: np.ndarray) -> dict:
+    """Per stage assigned: test epochs, accuracy, mean posterior of the stage assigned before and after."""
+    rows = np.arange(len(y_pred))
+    table = {}
+    for stage, name in enumerate(psg_layout.STAGES):
+        assigned = y_pred == stage
+        if assigned.any():
+            table[name] = {"epochs": int(assigned.sum()), "accuracy": float((y_true[assigned] == stage).mean()),
+                           "confidence_before": float(posterior[rows, y_pred][assigned].mean()),
+                           "confidence_after": float(calibrated[rows, y_pred][assigned].mean())}
+    return table
+
+
+def calibrate(inputs: dict) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Temperatures fitted on validation and the test ECE before and after; the test hmm posterior calibrated
+    per stage assigned (as postprocess.py writes it) and by one temperature (as model sets did before)."""
     (model, weight), (p_valid, labels, ids) = inputs["hmm"], inputs["valid"]
     valid_posterior = hmm.hmm_posterior(p_valid, ids, *model, transition_weight=weight)
-    record = calibration.calibration_record(p_valid, labels, valid_posterior,
-                                            hmm.hmm_decode(p_valid, ids, *model, transition_weight=weight))
+    valid_decoded = hmm.hmm_decode(p_valid, ids, *model, transition_weight=weight)
+    record = calibration.calibration_record(p_valid, labels, valid_posterior, valid_decoded)
+    valid_calibrated = calibration.apply_stage_temperatures(valid_posterior, valid_decoded,
+                                                            record["hmm_stage_temperatures"])
     posterior = hmm.hmm_posterior(inputs["blend"], inputs["ids"], *model, transition_weight=weight)
-    calibrated = calibration.apply_temperature(posterior, record["hmm_temperature"])
     y_true, y_pred, p_blend = inputs["y_true"], inputs["y_pred"], inputs["blend"]
+    one_temperature = calibration.apply_temperature(posterior, record["hmm_temperature"])
+    calibrated = calibration.apply_stage_temperatures(posterior, y_pred, record["hmm_stage_temperatures"])
+    marginal = posterior.argmax(axis=1)  # decoding by posterior marginals instead of Viterbi, for comparison
     figures = {
         "temperature": record["temperature"], "hmm_temperature": record["hmm_temperature"],
+        "hmm_stage_temperatures": record["hmm_stage_temperatures"], "hmm_stage_rows": record["hmm_stage_rows"],
         "test_ece_before": calibration.reliability(p_blend, y_true)["ece"],
         "test_ece_after": calibration.reliability(calibration.apply_temperature(p_blend, record["temperature"]),
                                                   y_true)["ece"],
         "test_hmm_ece_before": calibration.assigned_reliability(posterior, y_pred, y_true)["ece"],
+        "test_hmm_ece_after_one_temperature": calibration.assigned_reliability(one_temperature, y_pred, y_true)["ece"],
         "test_hmm_ece_after": calibration.assigned_reliability(calibrated, y_pred, y_true)["ece"],
+        "test_hmm_by_stage_assigned": per_stage_calibration(posterior, calibrated, y_pred, y_true),
+        "validation_hmm_by_stage_assigned": per_stage_calibration(valid_posterior, valid_calibrated, valid_decoded,
+                                                                  labels),
+        "posterior_marginals": {"accuracy": float((marginal == y_true).mean()),
+                                "viterbi_accuracy": float((y_pred == y_true).mean()),
+                                "ece_before": calibration.reliability(posterior, y_true)["ece"]},
         "validation": {key: value for key, value in record.items() if key.startswith("validation")}}
-    return figures, calibrated
+    return figures, calibrated, one_temperature
 
 
 def orderings(inputs: dict, posterior: np.ndarray) -> dict:
@@ -150,12 +188,29 @@ def report_lines(result: dict) -> list[str]:
     lines += ["", f"Chosen ordering (largest share of the errors removed by the first {CHOOSE_AT:.0%}): {chosen}, "
               f"{share['errors_removed_share']:.0%}; review_page.DEFAULT_ORDERING is "
               f"{result['default_ordering']}" + ("." if chosen == result["default_ordering"] else
-                                                 f": set it to {chosen!r}.")]
+                                                 f": set it to {chosen!r}."),
+              f"No ordering can remove more than {ceiling_share(result['epochs'], result['errors']):.0%} of the "
+              f"errors with the first {CHOOSE_AT:.0%}: it checks {int(round(CHOOSE_AT * result['epochs']))} epochs "
+              f"of the {result['errors']} wrong ones."]
     c = result["calibration"]
-    lines += ["", f"Calibration (temperatures fitted on validation; test ECE, 15 bins): blend T {c['temperature']:.3f}, "
-              f"{c['test_ece_before']:.3f} -> {c['test_ece_after']:.3f}; hmm posterior of the stage assigned "
-              f"T {c['hmm_temperature']:.3f}, {c['test_hmm_ece_before']:.3f} -> {c['test_hmm_ece_after']:.3f}.", "",
-              f"`{result['command']}` on {result['machine']}"]
+    stages = ", ".join(f"{stage} {t:.3f}" for stage, t in zip(psg_layout.STAGES, c["hmm_stage_temperatures"]))
+    lines += ["", "Calibration (temperatures fitted on validation; test ECE, 15 bins): blend T "
+              f"{c['temperature']:.3f}, {c['test_ece_before']:.3f} -> {c['test_ece_after']:.3f}; hmm posterior of "
+              f"the stage assigned {c['test_hmm_ece_before']:.3f} -> {c['test_hmm_ece_after']:.3f} with a "
+              f"temperature per stage assigned ({stages}; validation rows {c['hmm_stage_rows']}), "
+              f"{c['test_hmm_ece_after_one_temperature']:.3f} with one temperature (T {c['hmm_temperature']:.3f}).",
+              "", "| stage assigned | rows | epochs | accuracy | mean posterior before | after |",
+              "|---|---|---|---|---|---|"]
+    lines += [f"| {name} | {rows} | {row['epochs']} | {row['accuracy']:.3f} | {row['confidence_before']:.3f} | "
+              f"{row['confidence_after']:.3f} |" for rows in ("test", "validation")
+              for name, row in c[f"{rows}_hmm_by_stage_assigned"].items()]
+    marginals, one = c["posterior_marginals"], result["hmm_one_temperature"]
+    lines += ["", f"Decoding by posterior marginals instead of Viterbi: accuracy {marginals['accuracy']:.3f} "
+              f"(Viterbi {marginals['viterbi_accuracy']:.3f}), ECE of its largest posterior "
+              f"{marginals['ece_before']:.3f} uncalibrated.",
+              f"The hmm ordering by the posterior calibrated with one temperature (as before the stage temperatures): "
+              + ", ".join(f"{float(k):.0%} {row['errors_removed_share']:.0%}" for k, row in one.items())
+              + " of the errors removed.", "", f"`{result['command']}` on {result['machine']}"]
     return lines
 
 
@@ -167,13 +222,16 @@ def main(argv=None) -> None:
     parser.add_argument("--result", type=Path, default=REPO / "bench" / "results" / "review_yield")
     args = parser.parse_args(argv)
     inputs = demo_inputs(args.demo, args.scoring)
-    figures, posterior = calibrate(inputs)
+    figures, posterior, one_temperature = calibrate(inputs)
     inputs["blend"] = calibration.apply_temperature(inputs["blend"], figures["temperature"])  # as the page shows it
     y_true, y_pred = inputs["y_true"], inputs["y_pred"]
     table = yield_table(y_true, y_pred, orderings(inputs, posterior), seeds=args.seeds)
+    before = review_page.check_order(1 - one_temperature[np.arange(len(y_pred)), y_pred])
+    hmm_one_temperature = {f"{f:g}": corrected_scores(y_true, y_pred, before, f) for f in FRACTIONS}
     result = {"scoring": inputs["scored"], "epochs": len(y_true), "errors": int((y_pred != y_true).sum()),
               "table": table, "chosen_ordering": choose_ordering(table), "chosen_at": CHOOSE_AT,
               "default_ordering": review_page.DEFAULT_ORDERING, "calibration": figures,
+              "hmm_one_temperature": hmm_one_temperature,
               "machine": platform.platform(),
               "command": "python bench/review_yield.py " + " ".join(sys.argv[1:] if argv is None else map(str, argv))}
     args.result.parent.mkdir(parents=True, exist_ok=True)

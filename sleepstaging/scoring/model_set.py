@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from sleepstaging.scoring import blend
+from sleepstaging.scoring import calibration
 from sleepstaging.scoring import hmm
 from sleepstaging import recipe
 from sleepstaging.data import psg_layout
@@ -180,6 +181,7 @@ def read_model_set(weights_dir: Path | str) -> dict | None:
         blend.check_blend_settings(settings["method"], settings["ens_weight"], settings["power"])
         blend.row_scales(settings["dump_scale"], record["blend"].get("tta", blend.ORIGINAL_TTA))
         check_hmm_record(counts, stage_balance, weight)
+        check_calibration_record(record.get("calibration"))
     except InputError as err:
         raise InputError(f"model set record: {err} {where(path)}") from None
     return dict(record, models=models, path=str(path))
@@ -201,6 +203,16 @@ def check_hmm_record(counts, stage_balance, transition_weight) -> None:
         raise InputError(f"stage_balance must be a finite number, 0 or more, got {stage_balance!r}")
     if not (isinstance(transition_weight, (int, float)) and 0 <= transition_weight < float("inf")):
         raise InputError(f"transition_weight must be a finite number, 0 or more, got {transition_weight!r}")
+
+
+def check_calibration_record(entry) -> None:
+    """Refuse stage temperatures of the hmm's posterior that are not one positive number per stage (a record
+    without them is one written before them, and reads as it did then: calibration.recorded_hmm_temperatures)."""
+    if not isinstance(entry, dict) or "hmm_stage_temperatures" not in entry:
+        return
+    if not calibration.is_temperature_list(entry["hmm_stage_temperatures"], NUM_CLASSES):
+        raise InputError(f"calibration's hmm_stage_temperatures must be {NUM_CLASSES} finite positive numbers "
+                         f"(Wake, N1, N2, N3, REM), got {entry['hmm_stage_temperatures']!r}")
 
 
 def resolve_models(args, record: dict | None) -> str:

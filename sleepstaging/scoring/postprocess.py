@@ -185,12 +185,13 @@ def write_recordings(folder: Path, placements: dict, before: np.ndarray, after: 
 @dataclass(frozen=True)
 class HmmInputs:
     """What the hmm decodes with: counted transitions (a model set's, or None: count ``train_csv``), the models'
-    stage balance and the transition weight; and the temperature its posterior is calibrated with (1: none)."""
+    stage balance and the transition weight; and the temperatures its posterior is calibrated with, one per
+    stage assigned (Wake..REM; all 1: none)."""
     counts: dict | None
     train_csv: Path | None
     stage_balance: float
     transition_weight: float
-    posterior_temperature: float = 1.0
+    posterior_temperatures: tuple[float, ...] = (1.0,) * psg_layout.NUM_CLASSES
 
     def model(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(transition, initial, priors)``: :func:`hmm.hmm_from_counts` of the counts (read if need be)."""
@@ -206,7 +207,8 @@ def postprocess_test(data_root: Path | str, in_csv: Path, out: Path, method: str
     recording's outputs; return the stages written (ints, test CSV order).
 
     ``config`` is saved beside ``out`` as JSON. With the hmm, its posterior
-    per epoch (calibrated by ``hmm.posterior_temperature``) is saved beside
+    per epoch (each row calibrated by ``hmm.posterior_temperatures`` of the
+    stage written for it) is saved beside
     ``out`` (``output_names.posterior_path``; removed there for the other
     methods, so none is left from an earlier run). The per-recording tables
     and figures show the blended probabilities calibrated by ``temperature``
@@ -236,7 +238,7 @@ def postprocess_test(data_root: Path | str, in_csv: Path, out: Path, method: str
     script_io.write_lines(out, (STAGES[s] for s in new_stages))
     with script_io.atomic_path(out.with_suffix(".json")) as tmp:
         tmp.write_text(json.dumps(config, indent=2))
-    write_posterior(out, hmm, model, probabilities, test.recording_ids)
+    write_posterior(out, hmm, model, probabilities, test.recording_ids, new_stages)
     print(f"{out} is saved ({len(new_stages)} rows)")
     if skip_recordings:
         say(f"per-recording outputs skipped: {skip_recordings}")
@@ -249,9 +251,10 @@ def postprocess_test(data_root: Path | str, in_csv: Path, out: Path, method: str
 
 
 def write_posterior(out: Path, hmm: HmmInputs | None, model: tuple | None, probabilities: np.ndarray | None,
-                    recording_ids) -> None:
+                    recording_ids, assigned: np.ndarray) -> None:
     """The hmm's calibrated posterior per epoch (rows, 5), float32, beside ``out``; without the hmm (``model``
-    None), none there."""
+    None), none there. Row i is scaled by the temperature of ``assigned[i]``, the stage the hmm wrote for it
+    (``calibration.apply_stage_temperatures``)."""
     from sleepstaging.scoring import calibration
 
     path = posterior_path(out)
@@ -260,7 +263,8 @@ def write_posterior(out: Path, hmm: HmmInputs | None, model: tuple | None, proba
         return
     posterior = hmm_posterior(probabilities, recording_ids, *model, transition_weight=hmm.transition_weight)
     with script_io.atomic_path(path) as tmp:
-        np.save(tmp, calibration.apply_temperature(posterior, hmm.posterior_temperature).astype(np.float32))
+        np.save(tmp, calibration.apply_stage_temperatures(posterior, assigned, hmm.posterior_temperatures)
+                .astype(np.float32))
 
 
 def new_stages_of(stages: np.ndarray, recording_ids, method: str, hmm: HmmInputs | None, model: tuple | None,
@@ -331,8 +335,8 @@ def hmm_settings(method: str, data_root: Path | str, in_csv: Path, train_csv: Pa
         transition_weight, sources["transition_weight"] = record["hmm"]["transition_weight"], record["path"]
     else:
         transition_weight, sources["transition_weight"] = 1.0, "1: the counted transitions"
-    temperature, sources["posterior_temperature"] = posterior_temperature(record, sources)
-    return HmmInputs(counts, train_csv, stage_balance, transition_weight, temperature), sources
+    temperatures, sources["posterior_temperature"] = posterior_calibration(record, sources)
+    return HmmInputs(counts, train_csv, stage_balance, transition_weight, tuple(temperatures)), sources
 
 
 def _check_hmm_flags(method: str, train_csv, stage_balance: float | None, transition_weight: float | None,
@@ -351,14 +355,19 @@ def _check_hmm_flags(method: str, train_csv, stage_balance: float | None, transi
         raise InputError(f"--transition-weight must be a finite number, 0 or more, got {transition_weight}")
 
 
-def posterior_temperature(record: dict | None, sources: dict) -> tuple[float, str]:
-    """The hmm posterior's calibration temperature and where it came from: the model set's (``calibration``,
-    ``hmm_temperature``) when the hmm is wholly the model set's, else 1 (fitted for another hmm, or none)."""
+def posterior_calibration(record: dict | None, sources: dict) -> tuple[list[float], str]:
+    """The hmm posterior's temperatures (one per stage assigned) and, in one line, where they came from: the
+    model set's (``calibration.recorded_hmm_temperatures``) when the hmm is wholly the model set's, else all 1
+    (fitted for another hmm, or none)."""
     from sleepstaging.scoring import calibration
 
+    ones = [1.0] * psg_layout.NUM_CLASSES
     if record is None:
-        return 1.0, "1: no model set"
+        return ones, "1: no model set"
     if any(sources[key] != record["path"] for key in ("counts", "stage_balance", "transition_weight")):
-        return 1.0, "1: the hmm is not wholly the model set's, whose temperature was fitted for its own"
-    temperature = calibration.recorded_temperature(record, "hmm_temperature")
-    return temperature, record["path"] if temperature != 1.0 else "1: the model set records none"
+        return ones, "1: the hmm is not wholly the model set's, whose temperatures were fitted for its own"
+    temperatures, what = calibration.recorded_hmm_temperatures(record, psg_layout.NUM_CLASSES)
+    if temperatures == ones:
+        return ones, what
+    return temperatures, f"{record['path']}, {what}: " + ", ".join(f"{stage} {t:.3f}" for stage, t in
+                                                                  zip(STAGES, temperatures))

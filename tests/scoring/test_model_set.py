@@ -208,6 +208,21 @@ def recorded_model_set(folder, weight=0.0):
     model_set_path(folder).write_text(json.dumps(record))
 
 
+def test_a_record_with_stage_temperatures_not_one_positive_number_per_stage_is_refused(tmp_path):
+    recorded_model_set(tmp_path)
+    record = json.loads(model_set_path(tmp_path).read_text())
+    assert "calibration" not in record and model_set.read_model_set(tmp_path)["hmm"]["transition_weight"] == 0.0
+    for good in ([0.5, 0.25, 2, 1.0, 1.5], None):  # None: the field absent, as in a record written before it
+        calibration = {"temperature": 0.6, **({} if good is None else {"hmm_stage_temperatures": good})}
+        model_set_path(tmp_path).write_text(json.dumps({**record, "calibration": calibration}))
+        assert model_set.read_model_set(tmp_path)["calibration"] == calibration
+    for bad in ([0.5, 0.25, 2.0, 1.0], [0.5, 0.25, 0.0, 1.0, 1.5], [0.5, "1", 2.0, 1.0, 1.5], [True] * 5, 0.7):
+        model_set_path(tmp_path).write_text(json.dumps({**record, "calibration": {"hmm_stage_temperatures": bad}}))
+        with pytest.raises(InputError, match=r"hmm_stage_temperatures must be 5 finite positive numbers .*"
+                                             r"model_set.json\)"):
+            model_set.read_model_set(tmp_path)
+
+
 @pytest.mark.slow
 def test_postprocess_takes_the_hmm_from_the_model_set_and_flags_override(tmp_path):
     data, out = tmp_path / "DATA", tmp_path / "outputs"

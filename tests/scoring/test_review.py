@@ -257,11 +257,16 @@ def test_evaluation_report_gets_the_ece_and_a_reliability_diagram(tmp_path):
     p = np.array([[0.8, 0.2, 0, 0, 0]] * 4 + [[0.55, 0.45, 0, 0, 0]] * 2)
     np.save(tmp_path / "blend.npy", p)
     labels = np.array([0, 0, 0, 1, 0, 1])
-    lines, summary = calibration.evaluation_section(tmp_path / "blend.csv", tmp_path / "no_weights", labels,
+    lines, summary = calibration.evaluation_section(tmp_path / "blend.csv", None, labels,
                                                     p.argmax(axis=1), tmp_path)
     assert "blend 0.0500 (mean confidence 0.717, accuracy 0.667)" in lines[2] and lines[0] == "## Calibration"
     assert summary == {"blend": {"ece": pytest.approx(0.05), "mean_confidence": pytest.approx(4.3 / 6),
                                  "accuracy": pytest.approx(4 / 6)}}
     assert (tmp_path / "reliability.png").stat().st_size > 0
-    assert calibration.evaluation_section(tmp_path / "none.csv", tmp_path, np.zeros(6, int), np.zeros(6, int),
+    # with a model set's temperature 0.5: 0.8 : 0.2 -> 16 : 1 (4 rows, 3 right), 0.55 : 0.45 -> 0.3025 : 0.2025
+    _, summary = calibration.evaluation_section(tmp_path / "blend.csv", {"calibration": {"temperature": 0.5}}, labels,
+                                                p.argmax(axis=1), tmp_path)
+    expected = (4 * (16 / 17 - 0.75) + 2 * (0.3025 / 0.505 - 0.5)) / 6
+    assert summary["blend, temperature 0.50"]["ece"] == pytest.approx(expected)
+    assert calibration.evaluation_section(tmp_path / "none.csv", None, np.zeros(6, int), np.zeros(6, int),
                                           tmp_path) == ([], {})

@@ -196,6 +196,7 @@ def test_evaluate_reports_the_hmm_posteriors_calibration_in_its_one_report(tmp_p
     text = (report / "report.md").read_text()
     assert text.startswith("# Evaluation report") and text.count("## Calibration") == 1
     assert f"hmm posterior of the stage assigned {expected:.4f}" in text and "files_hmm.posterior.npy" in text
+    assert "The hmm's posterior as postprocess.py calibrated it: 1: no model set." in text
     assert (report / "reliability.png").stat().st_size > 0
 
 
@@ -226,7 +227,8 @@ def test_the_bench_runs_on_a_demos_outputs(tmp_path):
     weights = demo / "weights"
     weights.mkdir()
     run_script("model_set.py", "--data-root", data, "--weights-dir", weights, "--outputs", out)
-    assert json.loads((weights / "model_set.json").read_text())["calibration"]["hmm_temperature"] > 0
+    fitted = json.loads((weights / "model_set.json").read_text())["calibration"]
+    assert fitted["hmm_temperature"] > 0 and len(fitted["hmm_stage_temperatures"]) == 5
     nights = {"X": "WWW1222222333322RRRR22W222", "Y": "W12222233RR2222WW2222RRRW"}
     rows = [(night, psg_layout.image_name(night, n + 1), CODE[c]) for night, text in nights.items()
             for n, c in enumerate(text)]
@@ -245,20 +247,123 @@ def test_the_bench_runs_on_a_demos_outputs(tmp_path):
     best = max(result["table"][name]["0.1"]["errors_removed_share"] for name in review_page.ORDERINGS)
     assert result["table"][result["chosen_ordering"]]["0.1"]["errors_removed_share"] == best
     assert "decoded here" in result["scoring"] and result["calibration"]["test_hmm_ece_after"] >= 0
+    by_stage = result["calibration"]["test_hmm_by_stage_assigned"]
+    assert sum(row["epochs"] for row in by_stage.values()) == len(truth)
     text = (tmp_path / "yield.md").read_text()
-    assert "| hmm | 10% |" in text and "Chosen ordering" in text
+    assert "| hmm | 10% |" in text and "Chosen ordering" in text and "with a temperature per stage assigned" in text
 
 
-def test_the_posterior_temperature_is_the_model_sets_only_for_the_model_sets_own_hmm():
+def test_the_posterior_temperatures_are_the_model_sets_only_for_the_model_sets_own_hmm():
     from sleepstaging.scoring import postprocess
 
-    record = {"path": "weights/model_set.json", "calibration": {"temperature": 0.6, "hmm_temperature": 0.7}}
+    record = {"path": "weights/model_set.json",
+              "calibration": {"temperature": 0.6, "hmm_temperature": 0.7,
+                              "hmm_stage_temperatures": [0.5, 0.25, 2.0, 1.0, 1.5]}}
     own = dict.fromkeys(("counts", "stage_balance", "transition_weight"), record["path"])
-    assert postprocess.posterior_temperature(record, own) == (0.7, record["path"])
-    assert postprocess.posterior_temperature(record, {**own, "transition_weight": "--transition-weight"})[0] == 1.0
-    assert postprocess.posterior_temperature(None, own)[0] == 1.0
-    assert postprocess.posterior_temperature({"path": "x", "calibration": {"temperature": 0.6}},
-                                             dict.fromkeys(own, "x")) == (1.0, "1: the model set records none")
+    temperatures, said = postprocess.posterior_calibration(record, own)
+    assert temperatures == [0.5, 0.25, 2.0, 1.0, 1.5]
+    assert said == ("weights/model_set.json, hmm_stage_temperatures: one per stage assigned: "
+                    "Wake 0.500, N1 0.250, N2 2.000, N3 1.000, REM 1.500")
+    assert postprocess.posterior_calibration(record, {**own, "transition_weight": "--transition-weight"})[0] == [1.0] * 5
+    assert postprocess.posterior_calibration(None, own) == ([1.0] * 5, "1: no model set")
+    assert postprocess.posterior_calibration({"path": "x", "calibration": {"temperature": 0.6}},
+                                             dict.fromkeys(own, "x")) == ([1.0] * 5, "1: the model set records none")
+
+
+def test_a_model_set_written_before_the_stage_temperatures_reads_as_then_and_says_so():
+    from sleepstaging.scoring import postprocess
+
+    old = {"path": "w/model_set.json", "calibration": {"temperature": 0.6, "hmm_temperature": 0.7}}
+    temperatures, said = postprocess.posterior_calibration(old, dict.fromkeys(("counts", "stage_balance",
+                                                                                "transition_weight"), old["path"]))
+    assert temperatures == [0.7] * 5  # its one temperature for every stage: the posterior as it was written then
+    assert said.startswith("w/model_set.json, hmm_temperature for every stage: the model set records no "
+                           "hmm_stage_temperatures (written before them)")
+    posterior = np.array([[0.6, 0.4, 0, 0, 0], [0.2, 0.8, 0, 0, 0]])
+    np.testing.assert_allclose(calibration.apply_stage_temperatures(posterior, np.array([0, 1]), temperatures),
+                               calibration.apply_temperature(posterior, 0.7), atol=1e-12)
+
+
+def test_a_temperature_per_stage_assigned_by_hand():
+    """Rows alike in a group make the fit exact: with every row [q, 1 - q] and a share r of them right, the NLL is
+    least where the top probability becomes r, so (q / (1 - q)) ** (1 / T) = r / (1 - r)."""
+    stage0 = [[0.6, 0.4, 0, 0, 0]] * 13  # odds 1.5; 9 of 13 right, odds 2.25 = 1.5 ** 2: T = 1 / 2
+    stage2 = [[0, 0.2, 0.8, 0, 0]] * 6   # odds 4; 4 of 6 right, odds 2 = 4 ** (1 / 2): T = 2
+    stage3 = [[0, 0, 0.1, 0.9, 0]] * 3   # too few rows: the fallback
+    posterior = np.array(stage0 + stage2 + stage3)
+    assigned = np.array([0] * 13 + [2] * 6 + [3] * 3)
+    labels = np.array([0] * 9 + [1] * 4 + [2] * 4 + [1] * 2 + [3] * 3)
+    fitted = calibration.fit_stage_temperatures(posterior, assigned, labels, fallback=0.8, min_rows=5)
+    # N1 none assigned, N3 3 rows: 0.8. (The zeros are calibration.FLOOR, 1e-12: at T = 2 they are 1e-6 each,
+    # which the fit offsets by a little under 2.)
+    assert fitted == pytest.approx([0.5, 0.8, 2.0, 0.8, 0.8], rel=1e-3)
+    scaled = calibration.apply_stage_temperatures(posterior, assigned, [0.5, 0.8, 2.0, 0.8, 0.8])
+    np.testing.assert_allclose(scaled[0, :2], [9 / 13, 4 / 13], atol=1e-9)  # 0.36 : 0.16
+    np.testing.assert_allclose(scaled[13, 1:3], [1 / 3, 2 / 3], atol=1e-5)  # sqrt(0.2) : sqrt(0.8) = 1 : 2 (+ floors)
+    np.testing.assert_allclose(scaled[19, 2:4], np.array([0.1, 0.9]) ** 1.25 / (0.1 ** 1.25 + 0.9 ** 1.25),
+                               atol=1e-9)  # T 0.8: each probability to the power 1 / 0.8
+    # each group's confidence is its accuracy: the first two groups' ECE is 0; one temperature for both cannot
+    groups = slice(0, 19)
+    after = calibration.assigned_reliability(scaled[groups], assigned[groups], labels[groups])["ece"]
+    one = calibration.fit_temperature(posterior[groups], labels[groups])
+    single = calibration.assigned_reliability(calibration.apply_temperature(posterior[groups], one),
+                                              assigned[groups], labels[groups])["ece"]
+    assert after == pytest.approx(0.0, abs=1e-5) and single > 0.05
+
+
+def test_the_model_sets_calibration_record_holds_the_stage_temperatures_fitted_on_validation():
+    posterior = np.array([[0.6, 0.4, 0, 0, 0]] * 13 + [[0, 0.2, 0.8, 0, 0]] * 6)
+    assigned = np.array([0] * 13 + [2] * 6)
+    labels = np.array([0] * 9 + [1] * 4 + [2] * 4 + [1] * 2)
+    record = calibration.calibration_record(posterior, labels, posterior, assigned)
+    assert record["hmm_stage_rows"] == [13, 0, 6, 0, 0]
+    # 19 rows: fewer than MIN_STAGE_ROWS in every stage, so each stage keeps the one temperature
+    assert record["hmm_stage_temperatures"] == [record["hmm_temperature"]] * 5
+    assert record["validation_hmm_ece_after"] == pytest.approx(record["validation_hmm_ece_after_one_temperature"])
+    assert calibration.MIN_STAGE_ROWS == 50 and "fewer than 50 rows" in record["hmm_stage_fitted_on"]
+
+
+def test_postprocess_writes_each_rows_posterior_at_its_assigned_stages_temperature(tmp_path):
+    """postprocess_test in this process with a model set's hmm: row i of the posterior saved is the hmm's
+    posterior at the temperature of the stage written for row i; a model set without stage temperatures
+    gives its one temperature to every row, and the JSON beside says so."""
+    from sleepstaging.scoring import postprocess
+
+    data, blend_csv, blend, truth = write_layout(tmp_path, with_images=False)
+    ids = ["A"] * len(STAGES_A) + ["B"] * len(STAGES_B)
+    counts = hmm.count_stage_sequences(truth, ["T"] * len(truth))
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    stage_temperatures = [0.5, 0.25, 2.0, 1.0, 1.5]
+    raw = hmm.hmm_posterior(blend.astype(np.float32).astype(np.float64), ids, *hmm.hmm_from_counts(counts, 0.0),
+                            transition_weight=0.5)
+    for calibration_entry, expected_of in (
+            ({"hmm_temperature": 0.7, "hmm_stage_temperatures": stage_temperatures},
+             lambda stages: np.array([calibration.apply_temperature(raw[i:i + 1], stage_temperatures[s])[0]
+                                      for i, s in enumerate(stages)])),
+            ({"hmm_temperature": 0.7}, lambda stages: calibration.apply_temperature(raw, 0.7))):
+        record = {"fold": 0, "vit": {"arch": "v", "epochs": [6]}, "eff": {"arch": "e", "epochs": [3]},
+                  "blend": {"method": "avg", "ens_weight": 0.5, "power": 0.25, "dump_scale": "unit", "tta": 1},
+                  "postprocess": "hmm", "hmm": {"counts": counts, "stage_balance": 0.0, "transition_weight": 0.5},
+                  "calibration": {"temperature": 0.6, **calibration_entry}}
+        (weights / "model_set.json").write_text(json.dumps(record))
+        inputs, sources = postprocess.hmm_settings("hmm", data, blend_csv, model_set_dir=weights)
+        out = blend_csv.parent / "files_hmm.csv"
+        stages = postprocess.postprocess_test(data, blend_csv, out, "hmm", inputs, blend_csv.with_suffix(".npy"),
+                                              None, {"hmm_sources": sources}, quiet=True)
+        np.testing.assert_allclose(np.load(posterior_path(out)), expected_of(stages), atol=1e-6)
+        said = json.loads(out.with_suffix(".json").read_text())["hmm_sources"]["posterior_temperature"]
+        assert ("one per stage assigned" in said) == ("hmm_stage_temperatures" in calibration_entry)
+        assert calibration.posterior_calibration_said(out) == said
+    assert len(set(stages.tolist())) >= 3  # the test means something: rows of several stages, several temperatures
+    assert calibration.posterior_calibration_said(tmp_path / "none.csv").startswith("not recorded")
+
+
+def test_no_ordering_removes_more_errors_than_the_epochs_it_checks():
+    import review_yield
+
+    assert review_yield.ceiling_share(2955, 541) == pytest.approx(296 / 541)  # 10 % of 2955 is 295.5: 296
+    assert review_yield.ceiling_share(1000, 80) == 1.0 and review_yield.ceiling_share(1000, 0) == 0.0
 
 
 # --------------------------------------------------------------------------
