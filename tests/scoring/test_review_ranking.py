@@ -264,7 +264,8 @@ def test_the_posterior_temperatures_are_the_model_sets_only_for_the_model_sets_o
     assert temperatures == [0.5, 0.25, 2.0, 1.0, 1.5]
     assert said == ("weights/model_set.json, hmm_stage_temperatures: one per stage assigned: "
                     "Wake 0.500, N1 0.250, N2 2.000, N3 1.000, REM 1.500")
-    assert postprocess.posterior_calibration(record, {**own, "transition_weight": "--transition-weight"})[0] == [1.0] * 5
+    flagged = {**own, "transition_weight": "--transition-weight"}
+    assert postprocess.posterior_calibration(record, flagged)[0] == [1.0] * 5
     assert postprocess.posterior_calibration(None, own) == ([1.0] * 5, "1: no model set")
     assert postprocess.posterior_calibration({"path": "x", "calibration": {"temperature": 0.6}},
                                              dict.fromkeys(own, "x")) == ([1.0] * 5, "1: the model set records none")
