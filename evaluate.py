@@ -204,7 +204,26 @@ def _post_processing_rows(args, valid, p1, p2, best: tuple, cv: str | None, conf
         decoded = hmm_decode(blend_probabilities(p1, p2, *best), valid.recording_ids, *hmm)
         rows.append(row("post-processing hmm", f"{marked}, HMM from the other folds, stage balance "
                         f"{stage_balance:g}", decoded))
+        rows += _model_set_hmm_rows(args, valid, blend_probabilities(p1, p2, *best), hmm, marked, stage_balance)
     return rows, note
+
+
+def _model_set_hmm_rows(args, valid, probabilities, hmm_model: tuple, setting: str, stage_balance: float) -> list:
+    """The hmm row at the transition weight of the model set in ``--weights-dir`` (what new nights get), when
+    it records one other than 1 for the same stage balance; else none.
+
+    That weight was chosen on these very rows (model_set.py), so the row is optimistic; it is the plain
+    hmm's row (weight 1) decoded with ``hmm_model`` at that weight.
+    """
+    record = read_model_set(args.weights_dir)
+    if record is None:
+        return []
+    weight, balance = float(record["hmm"]["transition_weight"]), float(record["hmm"]["stage_balance"])
+    if weight == 1.0 or balance != stage_balance:
+        return []
+    decoded = hmm_decode(probabilities, valid.recording_ids, *hmm_model, transition_weight=weight)
+    return [_scored_row(valid.labels, f"post-processing hmm at the model set's transition weight {weight:g}",
+                        f"{setting}, the weight chosen on these rows", decoded)]
 
 
 # --------------------------------------------------------------------------

@@ -85,7 +85,7 @@ def write_validation_case(root):
     return data, out, dumps
 
 
-def hmm_row_f1(result, dumps, stage_balance):
+def hmm_row_f1(result, dumps, stage_balance, transition_weight=1.0):
     """Macro-F1 of decoding B's tuned blend with the HMM of A and C for models trained with ``stage_balance``."""
     outside = [(s, r) for r in ("A", "C") for s in VALIDATION_CASE[r]]
     blend = result["blend"]
@@ -93,7 +93,7 @@ def hmm_row_f1(result, dumps, stage_balance):
     decoded = hmm.hmm_decode(blend_probabilities(*(dump.astype(np.float32) for dump in dumps),
                                                  blend["method"], blend["ens_weight"], blend["power"],
                                                  row_scales(blend["dump_scale"], blend["tta"])),
-                             ["B"] * len(VALIDATION_CASE["B"]), *model)
+                             ["B"] * len(VALIDATION_CASE["B"]), *model, transition_weight=transition_weight)
     return f1_score(VALIDATION_CASE["B"], decoded, average="macro")
 
 
@@ -124,6 +124,27 @@ def test_the_validation_tables_hmm_is_estimated_without_the_validation_rows(tmp_
     hmm_row = [row for row in result["table"] if row["step"] == "post-processing hmm"]
     assert len(hmm_row) == 1 and hmm_row[0]["setting"].endswith("stage balance 0")
     assert hmm_row[0]["macro_f1"] == pytest.approx(hmm_row_f1(result, dumps, 0.0))
+
+
+def test_the_validation_table_also_scores_the_hmm_at_the_model_sets_transition_weight(tmp_path, monkeypatch):
+    data, out, dumps = write_validation_case(tmp_path)
+    args = evaluate.parser.parse_args(["--data-root", str(data), "--outputs", str(out),
+                                       "--weights-dir", str(tmp_path / "none")])
+    steps = lambda result: [row["step"] for row in result["table"]]  # noqa: E731
+    assert steps(evaluate.validation_table(args, quiet=True))[-1] == "post-processing hmm"  # no model set
+    for weight, balance, rows in ((0.1, 0.0, 1), (1.0, 0.0, 0), (0.1, 1.0, 0)):  # another balance: not comparable
+        monkeypatch.setattr(evaluate, "read_model_set",
+                            lambda _: {"hmm": {"transition_weight": weight, "stage_balance": balance}})
+        result = evaluate.validation_table(args, quiet=True)
+        extra = [row for row in result["table"] if row["step"].startswith("post-processing hmm at")]
+        assert len(extra) == rows
+    monkeypatch.setattr(evaluate, "read_model_set", lambda _: {"hmm": {"transition_weight": 0.1, "stage_balance": 0}})
+    result = evaluate.validation_table(args, quiet=True)
+    row = result["table"][-1]
+    assert row["step"] == "post-processing hmm at the model set's transition weight 0.1"
+    assert row["setting"].endswith("the weight chosen on these rows")
+    assert row["macro_f1"] == pytest.approx(hmm_row_f1(result, dumps, 0.0, transition_weight=0.1))
+    assert row["macro_f1"] != pytest.approx(hmm_row_f1(result, dumps, 0.0))  # the weight matters on this case
 
 
 def test_the_validation_tables_hmm_divides_by_the_stage_shares_the_models_were_trained_on(tmp_path):
