@@ -47,7 +47,7 @@ from sleepstaging.scoring import review_page
 
 REPO = Path(__file__).resolve().parents[1]
 FRACTIONS = (0.05, 0.10, 0.20)
-CHOOSE_AT = 0.10  # the target: the first 10 % hold at least 60 % of the errors
+CHOOSE_AT = 0.10  # the review's target: the first 10 % hold at least 60 % of the errors
 
 
 def corrected_scores(y_true: np.ndarray, y_pred: np.ndarray, order: np.ndarray, fraction: float) -> dict:
