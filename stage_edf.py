@@ -96,6 +96,7 @@ from sleepstaging.scoring.cohort import (
     load_models,
     plan_nights,
     render_pool,
+    resolve_render_ahead,
     peak_rss_mib,
     result_settings,
     score_pending,
@@ -166,9 +167,10 @@ parser.add_argument("--workers", type=int, default=2,
                     help="processes drawing nights side by side (1: in this process, unless --render-ahead), and "
                          "the threads encoding the review pages' images")
 parser.add_argument("--render-ahead", type=int, default=None, metavar="N",
-                    help="nights drawn ahead of the night being inferred, so that drawing overlaps inference "
-                         "(default: twice --workers, 0 with --workers 1); 0: each chunk's nights all drawn before "
-                         "they are inferred")
+                    help="nights drawn ahead of the night being inferred, so that drawing overlaps inference, "
+                         "which then runs on the cores the drawing leaves; 0: each chunk's nights are drawn "
+                         "before they are inferred, on every core, the next chunk's (with --workers 2 or more) "
+                         "while this one is post-processed (default: twice --workers on CUDA, else 0)")
 parser.add_argument("--quiet", action="store_true", help="no progress bar")
 parser.add_argument("--shard", default=None, metavar="K/N",
                     help="score shard K of N, K from 0 to N-1 (as sbatch --array=0-(N-1) numbers its tasks): the "
@@ -231,9 +233,7 @@ def check_args(args) -> None:
     for option in ("workers", "chunk_nights"):
         if getattr(args, option) < 1:
             raise InputError(f"--{option.replace('_', '-')} must be 1 or more, got {getattr(args, option)}")
-    if args.render_ahead is None:
-        args.render_ahead = 0 if args.workers == 1 else 2 * args.workers
-    if args.render_ahead < 0:
+    if args.render_ahead is not None and args.render_ahead < 0:
         raise InputError(f"--render-ahead must be 0 or more, got {args.render_ahead}")
     args.shard_spec = shards.resolve_shard(args.shard, os.environ)  # --shard, else Slurm's job-array variables
     args.shard, args.shard_given_by = (None, None) if args.shard_spec is None else (
@@ -348,6 +348,7 @@ def score_run(args, config: dict, configs: dict, pending: list, kept: dict, resu
     run = argparse.Namespace(args=args, log=io.StringIO(), earlier_log=earlier_log, seconds=dict.fromkeys(STEPS, 0.0),
                              pool=None, renders=None)
     run.loaded, run.device = load_models(args, configs)  # a checkpoint that does not fit stops the run here
+    config["render_ahead"] = resolve_render_ahead(args, run.device)
     config["inference_threads"] = inference_threads(args)
     created = not resuming  # a new or replaced result: nothing of it stays when no night can be scored
     if out.exists() and not resuming:

@@ -308,6 +308,7 @@ def score_chunk(chunk: list, out: Path, run) -> dict:
         waited = run.renders.waited
         drawn, probabilities = infer_nights(chunk, run, data, fail)
         run.seconds["render"] += run.renders.waited - waited
+        run.renders.draw_next(run.args.chunk_nights)  # while this chunk is blended, post-processed and paged
         step = "infer"
         try:
             if isinstance(probabilities, Exception):
@@ -365,6 +366,15 @@ def load_models(args, configs: dict):
                     list(inference.load_checkpoints(arch, epochs, configs[key], args.weights_dir, args.fold, device)))
               for key, (arch, epochs) in arch_epochs.items()}
     return loaded, device
+
+
+def resolve_render_ahead(args, device) -> int:
+    """``--render-ahead``, its default resolved once the device is known: on CUDA twice ``--workers`` (the
+    GPU infers while the cores draw), on the CPU 0 (inference takes every core; the next chunk is drawn
+    while the main process blends, post-processes and writes the review pages)."""
+    if args.render_ahead is None:
+        args.render_ahead = 2 * args.workers if str(device).startswith("cuda") else 0
+    return args.render_ahead
 
 
 def inference_threads(args) -> int:

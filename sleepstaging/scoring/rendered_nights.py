@@ -138,10 +138,12 @@ class RenderAhead:
     """The run's nights, rendered in order, each handed over as a :class:`RenderedNight` or its exception.
 
     With ``ahead`` 0 a chunk's nights are all drawn (by ``pool``'s processes,
-    or here without one) before the first is handed over. Otherwise up to
-    ``ahead`` nights past the last one handed over are being drawn by
-    ``pool`` while the caller infers that one, across chunks.
-    ``waited`` sums the seconds the caller spent waiting for them.
+    or here without one) before the first is handed over, and
+    :meth:`draw_next` has the pool draw the next chunk's while the caller
+    does what follows inference. Otherwise up to ``ahead`` nights past the
+    last one handed over are being drawn by ``pool`` while the caller infers
+    that one, across chunks. ``waited`` sums the seconds the caller spent
+    waiting for them.
     """
 
     def __init__(self, nights: list, settings: RenderSettings, lights_of, pool, ahead: int):
@@ -173,6 +175,11 @@ class RenderAhead:
             self._submit(len(chunk))
             return [(source, self._take(source)) for source in chunk]
         return self._ahead(chunk)
+
+    def draw_next(self, nights: int) -> None:
+        """With ``ahead`` 0 and a pool: start drawing the next ``nights`` nights (the next chunk) now."""
+        if not self.ahead and self.pool is not None:
+            self._submit(nights)
 
     def _ahead(self, chunk: list):
         for source in chunk:

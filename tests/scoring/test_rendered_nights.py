@@ -188,18 +188,39 @@ def test_render_ahead_hands_the_nights_over_in_order_a_bad_one_as_its_error(nigh
         RenderAhead(queue, settings, dict, None, 2)
 
 
-def test_stage_edf_draws_ahead_by_default_with_more_than_one_worker(tmp_path):
+def test_with_a_pool_the_next_chunk_is_drawn_while_this_one_is_finished(nights, tmp_path):
+    """--render-ahead 0 with a pool: draw_next submits the next chunk's nights (its lights are asked for then)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    folder, sources = nights
+    queue = [sources[0], sources[1], sources[0]]
+    settings = RenderSettings(str(folder / "montage.json"), tmp_path / "DATA", {}, ((32, 32, "area"),), False, False)
+    asked = []
+    with ThreadPoolExecutor(2) as pool:
+        renders = RenderAhead(queue, settings, lambda recording_id: asked.append(recording_id) or {}, pool, 0)
+        first = renders.nights(queue[:1])
+        assert asked == [sources[0].recording_id] and first[0][1].epochs == EPOCHS
+        renders.draw_next(1)
+        assert asked == [sources[0].recording_id, sources[1].recording_id]
+        assert [night.recording_id for _, night in renders.nights(queue[1:2])] == [sources[1].recording_id]
+        ahead = RenderAhead(queue, settings, dict, pool, 1)  # drawing ahead: draw_next has nothing to add
+        ahead.draw_next(3)
+        assert not ahead.submitted
+
+
+def test_stage_edf_draws_ahead_by_default_on_cuda_only(tmp_path):
     import stage_edf
     from sleepstaging.script_io import InputError
 
-    def resolved(*extra):
+    def resolved(device, *extra):
         args = stage_edf.parser.parse_args(["--edf", str(tmp_path), "--weights-dir", str(tmp_path), "--out",
                                             str(tmp_path / "out"), *map(str, extra)])
         stage_edf.resolve_settings(args)
         stage_edf.check_args(args)
-        return args.render_ahead
+        return cohort.resolve_render_ahead(args, torch.device(device))
 
-    assert [resolved("--workers", workers) for workers in (1, 2, 3)] == [0, 4, 6]
-    assert (resolved("--workers", 1, "--render-ahead", 2), resolved("--render-ahead", 0)) == (2, 0)
+    assert [resolved("cpu", "--workers", workers) for workers in (1, 2, 3)] == [0, 0, 0]
+    assert [resolved("cuda", "--workers", workers) for workers in (1, 2, 3)] == [2, 4, 6]
+    assert (resolved("cpu", "--workers", 1, "--render-ahead", 2), resolved("cuda", "--render-ahead", 0)) == (2, 0)
     with pytest.raises(InputError, match="--render-ahead must be 0 or more, got -1"):
-        resolved("--render-ahead", -1)
+        resolved("cpu", "--render-ahead", -1)

@@ -163,9 +163,9 @@ def test_a_killed_run_is_resumed_and_its_unfinished_night_redone(tiny_data, weig
 @pytest.mark.slow
 def test_nights_drawn_ahead_in_processes_give_what_nights_drawn_here_one_chunk_at_a_time_give(
         tiny_data, weights, night_ids, tmp_path, monkeypatch):
-    """--workers 2 --render-ahead 2 (drawing overlapping inference, across chunks) against --workers 1 (each
-    chunk drawn in this process, then inferred): every file of every night the same; --keep-images keeps the
-    PNG files, not the arrays."""
+    """--workers 2 --render-ahead 2 (drawing overlapping inference, across chunks) and --workers 2 (the next
+    chunk drawn while this one is post-processed) against --workers 1 (each chunk drawn in this process, then
+    inferred): every file of every night the same; --keep-images keeps the PNG files, not the arrays."""
     import torch
 
     edf = tmp_path / "nights"
@@ -174,11 +174,15 @@ def test_nights_drawn_ahead_in_processes_give_what_nights_drawn_here_one_chunk_a
         shutil.copy(tiny_data / "edf" / f"{recording_id}.edf", edf / f"{recording_id}.edf")
     # the same inference threads both ways (the number may change the last bits: test_rendered_nights.py)
     monkeypatch.setattr(stage_edf, "inference_threads", lambda args: torch.get_num_threads())
-    serial, ahead = tmp_path / "serial", tmp_path / "ahead"
+    serial, ahead, pooled = tmp_path / "serial", tmp_path / "ahead", tmp_path / "pooled"
     assert stage(*options(edf, weights, serial)) == 0
     assert stage(*options(edf, weights, ahead), "--workers", 2, "--render-ahead", 2, "--keep-images") == 0
+    assert stage(*options(edf, weights, pooled), "--workers", 2) == 0
     marker = json.loads((ahead / cohort.MARKER).read_text())
     assert marker["render_ahead"] == 2 and marker["drawing"]["nights"] == 2
+    assert json.loads((pooled / cohort.MARKER).read_text())["render_ahead"] == 0  # the CPU's default
+    for recording_id in night_ids:
+        assert snapshot(pooled / recording_id) == snapshot(serial / recording_id)
     for recording_id in night_ids:
         kept = sorted(p.name for p in (ahead / recording_id / "images").iterdir())
         epochs = len(stages_after(serial, recording_id))
