@@ -92,9 +92,12 @@ from sleepstaging.scoring.cohort import (
     STEPS,
     check_out,
     find_nights,
+    inference_threads,
     load_models,
     plan_nights,
     render_pool,
+    resolve_render_ahead,
+    peak_rss_mib,
     result_settings,
     score_pending,
     write_marker,
@@ -161,8 +164,13 @@ parser.add_argument("--chunk-nights", type=int, default=8,
                     help="nights rendered, inferred in one batched pass and post-processed together")
 parser.add_argument("--keep-images", action="store_true", help="keep each night's rendered images in <ID>/images/")
 parser.add_argument("--workers", type=int, default=2,
-                    help="nights rendered in parallel, the inference's DataLoader workers, and the threads encoding "
-                         "the review pages' images")
+                    help="processes drawing nights side by side (1: in this process, unless --render-ahead), and "
+                         "the threads encoding the review pages' images")
+parser.add_argument("--render-ahead", type=int, default=None, metavar="N",
+                    help="nights drawn ahead of the night being inferred, so that drawing overlaps inference, "
+                         "which then runs on the cores the drawing leaves; 0: each chunk's nights are drawn "
+                         "before they are inferred, on every core, the next chunk's (with --workers 2 or more) "
+                         "while this one is post-processed (default: twice --workers on CUDA, else 0)")
 parser.add_argument("--quiet", action="store_true", help="no progress bar")
 parser.add_argument("--shard", default=None, metavar="K/N",
                     help="score shard K of N, K from 0 to N-1 (as sbatch --array=0-(N-1) numbers its tasks): the "
@@ -225,6 +233,8 @@ def check_args(args) -> None:
     for option in ("workers", "chunk_nights"):
         if getattr(args, option) < 1:
             raise InputError(f"--{option.replace('_', '-')} must be 1 or more, got {getattr(args, option)}")
+    if args.render_ahead is not None and args.render_ahead < 0:
+        raise InputError(f"--render-ahead must be 0 or more, got {args.render_ahead}")
     args.shard_spec = shards.resolve_shard(args.shard, os.environ)  # --shard, else Slurm's job-array variables
     args.shard, args.shard_given_by = (None, None) if args.shard_spec is None else (
         str(args.shard_spec), args.shard_spec.given_by)
@@ -336,8 +346,10 @@ def score_run(args, config: dict, configs: dict, pending: list, kept: dict, resu
     out = args.out
     earlier_log = (out / LOG).read_text() if resuming and (out / LOG).is_file() else ""
     run = argparse.Namespace(args=args, log=io.StringIO(), earlier_log=earlier_log, seconds=dict.fromkeys(STEPS, 0.0),
-                             pool=None)
+                             pool=None, renders=None)
     run.loaded, run.device = load_models(args, configs)  # a checkpoint that does not fit stops the run here
+    config["render_ahead"] = resolve_render_ahead(args, run.device)
+    config["inference_threads"] = inference_threads(args)
     created = not resuming  # a new or replaced result: nothing of it stays when no night can be scored
     if out.exists() and not resuming:
         shutil.rmtree(out)
@@ -345,7 +357,7 @@ def score_run(args, config: dict, configs: dict, pending: list, kept: dict, resu
     write_marker(out, config, **facts)
     started = time.perf_counter()
     try:
-        with render_pool(min(args.workers, len(pending))) as run.pool:
+        with render_pool(min(args.workers, len(pending)), args.render_ahead) as run.pool:
             failures = score_pending(pending, out, run, show_progress=not args.quiet and sys.stderr.isatty())
     finally:
         shutil.rmtree(out / PARTIAL, ignore_errors=True)
@@ -363,10 +375,19 @@ def score_run(args, config: dict, configs: dict, pending: list, kept: dict, resu
     seconds = {step: round(value, 2) for step, value in run.seconds.items()}
     total = round(time.perf_counter() - started, 2)
     write_marker(out, config, recordings=scored, failed=sorted(failures), step_seconds=seconds,
-                 total_seconds=total, **facts)
+                 total_seconds=total, drawing=drawing_facts(run.renders.renders), peak_rss_mib=peak_rss_mib(),
+                 **facts)
     report_run(out, [s.recording_id for s in pending if s.recording_id not in failures], failures, seconds, total)
     if failures:
         raise SystemExit(1)
+
+
+def drawing_facts(renders: list) -> dict:
+    """What ``stage_edf.json`` records of the drawing: nights, epochs, the drawing processes' seconds (summed;
+    they overlap inference and each other) and their peak memory (the largest, MiB)."""
+    return {"nights": len(renders), "epochs": sum(r["epochs"] for r in renders),
+            "seconds": round(sum(r["seconds"] for r in renders), 2),
+            "peak_rss_mib": max((r["peak_rss_mib"] for r in renders), default=None)}
 
 
 def merge(args) -> None:

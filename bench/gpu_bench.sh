@@ -70,9 +70,10 @@ STAND_IN=bench/data/stand_in
 "$PY" bench/stand_in_model_set.py --out "$STAND_IN" --vit-arch "$DEMO_VIT_ARCH" --eff-arch "$DEMO_EFF_ARCH" \
     --vit-epochs "${DEMO_VIT_KEEP[@]}" --eff-epochs "${DEMO_EFF_KEEP[@]}" --img-size "$DEMO_IMG_SIZE" \
     --resize "$DEMO_RESIZE" --stage-balance "$DEMO_STAGE_BALANCE"
-# every core renders (one night each) and feeds the GPU; the figure stays out of docs/ (the stand-in's stages)
+# every core renders (one night each) and feeds the GPU; the figure stays out of docs/ (the stand-in's stages);
+# no YASA: its venv would need the package index, which the machine cannot reach
 timeout 300 "$PY" bench/cohort_bench.py --weights-dir "$STAND_IN" --device cuda --workers "$(nproc)" \
-    --result bench/results/cohort_cuda.json --figure bench/data/cohort_cuda_first_night.png || {
+    --result bench/results/cohort_cuda.json --figure bench/data/cohort_cuda_first_night.png --no-yasa || {
     code=$?
     [[ $status -ne 0 ]] || status=$code
 }

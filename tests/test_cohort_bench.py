@@ -47,7 +47,7 @@ def test_a_stand_in_set_and_the_cohort_bench_on_the_cpu(tmp_path):
 
     work, result = tmp_path / "work", tmp_path / "cohort.json"
     run_script("bench/cohort_bench.py", "--weights-dir", weights, "--nights", 2, "--hours", 0.5, "--workers", 1,
-               "--device", "cpu", "--work", work, "--result", result, "--figure", tmp_path / "night.png")
+               "--device", "cpu", "--work", work, "--result", result, "--figure", tmp_path / "night.png", "--no-yasa")
     report = json.loads(result.read_text())
     ids = sorted(folder.name for folder in (work / "scored").iterdir()
                  if folder.is_dir() and folder.name.startswith("A2026"))
@@ -61,4 +61,11 @@ def test_a_stand_in_set_and_the_cohort_bench_on_the_cpu(tmp_path):
                                                       rel=0.06 / report["wall_seconds"] + 1e-3)
     assert report["settings"]["vit_arch"] == "test_vit" and report["settings"]["postprocess"] == "hmm"
     assert set(report["step_seconds"]) >= {"render", "infer", "blend", "post-process"}
+    # seconds per night: the main process's parts add up to the whole command's; the drawing's are its own
+    per_night = report["seconds_per_night"]
+    assert sum(per_night["main process"].values()) == pytest.approx(per_night["wall"], abs=0.03)
+    assert per_night["main process"]["inference"] == pytest.approx(report["step_seconds"]["infer"] / 2, abs=0.01)
+    assert per_night["drawing processes (busy, beside the main process)"] > 0
+    assert report["render_ahead"] == 0 and report["yasa"] is None  # --workers 1: drawn here; --no-yasa
+    assert all(value > 50 for value in report["peak_rss_mib"].values())  # MiB, a Python process with numpy
     assert (tmp_path / "night.png").read_bytes()[:4] == b"\x89PNG"

@@ -17,10 +17,10 @@ import zlib
 from pathlib import Path
 
 # albumentations asks the package index for a newer version at import unless told not to:
-# the project never touches the network by itself.
+# the project never touches the network by itself. It is imported where it is used: it imports torch
+# (seconds), which a process that only renders and resizes epochs (stage_edf.py's) never needs.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-import albumentations as A  # noqa: E402
-import cv2
+import cv2  # noqa: E402
 import numpy as np
 from tqdm import tqdm
 
@@ -93,14 +93,44 @@ RESIZE_INTERPOLATIONS = {"linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA}
 DEFAULT_RESIZE = "linear"  # the original's
 
 
-def make_resize(img_size, resize: str = DEFAULT_RESIZE) -> A.Resize:
+def make_resize(img_size, resize: str = DEFAULT_RESIZE):
     """The albumentations Resize to ``img_size`` ``(height, width)`` with ``resize``'s interpolation.
 
     Both the cache and the per-sample transforms use it, so their pixels are the same.
     """
+    import albumentations as A
+
     if resize not in RESIZE_INTERPOLATIONS:
         raise InputError(f"--resize must be one of {', '.join(RESIZE_INTERPOLATIONS)}, got {resize!r}")
     return A.Resize(*tuple(img_size), interpolation=RESIZE_INTERPOLATIONS[resize])
+
+
+def resize_grey(image: np.ndarray, img_size, resize: str = DEFAULT_RESIZE) -> np.ndarray:
+    """A grey image shrunk as :func:`make_resize` shrinks each channel of its RGB copy, without albumentations.
+
+    albumentations' Resize is ``cv2.resize`` to the size (the image itself
+    when it has it already), and cv2 resizes every channel alike, so this
+    gives each channel of the cache's pixels (tests/data/test_image_cache.py
+    holds the two to the bit) in a third of the time, in a process that
+    need not import albumentations and torch.
+
+    Parameters
+    ----------
+    image : np.ndarray of uint8, shape (H, W)
+    img_size : (int, int)
+        (height, width) in pixels.
+    resize : {"linear", "area"}
+
+    Returns
+    -------
+    np.ndarray of uint8, shape img_size
+    """
+    if resize not in RESIZE_INTERPOLATIONS:
+        raise InputError(f"--resize must be one of {', '.join(RESIZE_INTERPOLATIONS)}, got {resize!r}")
+    height, width = tuple(img_size)
+    if image.shape == (height, width):
+        return image
+    return cv2.resize(image, (width, height), interpolation=RESIZE_INTERPOLATIONS[resize])
 
 
 def shape_label(img_size) -> str:
@@ -140,6 +170,8 @@ def _cache_settings(shape: tuple[int, int], resize: str) -> dict:
     ``img_size`` is the int of before for a square input (so existing caches
     stay valid), ``[height, width]`` otherwise.
     """
+    import albumentations as A
+
     height, width = shape
     return {"format": CACHE_FORMAT, "img_size": height if height == width else [height, width],
             "resize": f"albumentations Resize, cv2.INTER_{resize.upper()}",

@@ -350,9 +350,13 @@ class EpochImageDataset(Dataset):
     def _one_hot_class(stage: int) -> np.ndarray:
         return np.eye(psg_layout.NUM_CLASSES, dtype=np.float64)[stage]
 
+    def _image(self, index: int) -> np.ndarray:
+        """Sample ``index``'s image, uint8 RGB (height, width, 3)."""
+        return read_image_rgb(self.image_paths[index])
+
     def _transformed(self, index: int, rng: np.random.Generator) -> torch.Tensor:
         self.transforms.set_random_state(rng, random.Random(int(rng.integers(2**63))))
-        return self.transforms(image=read_image_rgb(self.image_paths[index]))["image"]
+        return self.transforms(image=self._image(index))["image"]
 
     @input_errors_as_items
     def __getitem__(self, key: int | tuple[int, int]):

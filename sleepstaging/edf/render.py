@@ -216,11 +216,16 @@ def epoch_signals(channels: dict, rows: dict, origin: float, epoch_number: int, 
     return signals
 
 
-def render_recording(job: RenderJob, progress=None) -> list[str]:
+def render_recording(job: RenderJob, progress=None, write_images: bool = True, sink=None) -> list[str]:
     """Draw every planned epoch of one recording into ``job.staging``, with its ``render_edf.json`` and sidecars.
 
     The sidecars are the timing and the signal quality; returns the
-    recording's signal quality warnings (``signal_quality``).
+    recording's signal quality warnings (``signal_quality``). Each epoch is
+    written as its PNG file (unless not ``write_images``) and handed to
+    ``sink`` (when given), in epoch order: ``sink.begin(epochs, folder)``
+    first, ``sink.add(index, image)`` per epoch with its grey image (the
+    drawn image's one channel: :func:`psg_layout.render_epoch` draws R = G = B),
+    ``sink.finish()`` last.
     """
     channels = job.recording.read_channels({row_channel.channel for row_channel in job.rows.values()})
     fs = {row: row_channel.fs for row, row_channel in job.rows.items()}
@@ -228,13 +233,21 @@ def render_recording(job: RenderJob, progress=None) -> list[str]:
                                              {row: rc.limits for row, rc in job.rows.items()}, job.missing)
     shutil.rmtree(job.staging, ignore_errors=True)  # debris of a run that was killed
     job.staging.mkdir(parents=True)
-    for epoch_number in job.epoch_numbers:
+    if sink is not None:
+        sink.begin(len(job.epoch_numbers), job.staging)
+    for index, epoch_number in enumerate(job.epoch_numbers):
         signals = epoch_signals(channels, job.rows, job.origin, int(epoch_number), job.source.edf)
         quality.add_epoch(int(epoch_number), signals)
         image = psg_layout.render_epoch(signals, fs)
-        psg_layout.write_png(job.staging / psg_layout.image_name(job.source.recording_id, int(epoch_number)), image)
+        if write_images:
+            psg_layout.write_png(job.staging / psg_layout.image_name(job.source.recording_id, int(epoch_number)),
+                                 image)
+        if sink is not None:
+            sink.add(index, np.ascontiguousarray(image[:, :, 0]))
         if progress is not None:
             progress.put(1)
+    if sink is not None:
+        sink.finish()
     with script_io.atomic_path(job.staging / "render_edf.json") as tmp:
         tmp.write_text(json.dumps(job.record, indent=2) + "\n")
     epoch_timing.write_epoch_timing(job.staging, job.timing)
@@ -244,7 +257,7 @@ def render_recording(job: RenderJob, progress=None) -> list[str]:
 
 
 def render_unscored_night(source: RecordingSource, montage_spec: str, out: Path, config: dict,
-                          **plan_options) -> dict:
+                          write_images: bool = True, sink=None, **plan_options) -> dict:
     """Open, check, plan and draw one unscored night into ``out/<ID>/`` on its own; return its record.
 
     The EDF is opened once (:func:`edf_signals.open_edf`); montage
@@ -253,7 +266,8 @@ def render_unscored_night(source: RecordingSource, montage_spec: str, out: Path,
     ``stage_edf.py``'s way through a cohort: each night is checked only when
     its turn comes, so a bad one stops only itself. The folder appears whole
     (drawn under a hidden name, then renamed) or not at all. ``montage_spec``
-    is a :func:`montages.load_montage` spec or ``auto``; ``plan_options`` go to
+    is a :func:`montages.load_montage` spec or ``auto``; ``write_images`` and
+    ``sink`` go to :func:`render_recording`, ``plan_options`` to
     :func:`plan_recording`.
 
     Raises
@@ -265,7 +279,7 @@ def render_unscored_night(source: RecordingSource, montage_spec: str, out: Path,
     recording = open_edf(source.edf)
     job = plan_recording(source, recording, montage or detect_montage(recording), None, out, config, **plan_options)
     try:
-        render_recording(job)
+        render_recording(job, write_images=write_images, sink=sink)
         os.replace(job.staging, out / source.recording_id)
     except BaseException:
         shutil.rmtree(job.staging, ignore_errors=True)

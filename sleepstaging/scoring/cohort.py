@@ -19,6 +19,7 @@ from sleepstaging.script_io import InputError, where
 import contextlib
 import hashlib
 import functools
+import os
 import shutil
 import time
 from tqdm import tqdm
@@ -27,6 +28,9 @@ from sleepstaging.data import epoch_timing
 from sleepstaging.scoring import model_set
 from sleepstaging.data import psg_layout
 from sleepstaging.output_names import dump_path, posterior_path, probabilities_path, submission_path
+from sleepstaging.scoring.rendered_nights import (RENDERED_EPOCHS, RenderAhead, RenderedNight, RenderSettings,
+                                                  input_spec, one_thread_each, peak_rss_mib,
+                                                  rendered_images)
 
 FAILURES = "failures.csv"
 FAILURE_COLUMNS = ("recording_id", "edf", "step", "reason", "edf_bytes", "edf_modified_ns")
@@ -100,7 +104,8 @@ def write_tables(out: Path, failures: dict) -> list[str]:
 
 MARKER = "stage_edf.json"
 LOG = "stage_edf.log"
-PARTIAL = ".partial"  # the chunk being scored, inside --out; what a killed run left there is removed
+PARTIAL = ".partial"  # the nights being scored, inside --out; what a killed run left there is removed
+RENDERED, CHUNK = "DATA", "chunk"  # in PARTIAL: the drawn nights (a data root), the chunk's dumps and results
 RENDER_RECORD = "{name}-render.json"
 STEPS = ("render", "infer", "blend", "post-process", "review page")
 # What a night's result depends on: --resume goes on only with the settings of the run that wrote --out
@@ -160,18 +165,15 @@ def describe_failure(err: Exception) -> str:
     return f"{type(err).__name__}: {script_io.first_line(err)}"
 
 
-def render_chunk(chunk: list, data: Path, args, pool) -> dict:
-    """Render each night of the chunk on its own into ``data``: ID -> None (drawn) or the exception."""
-    from sleepstaging.edf import render
+def render_settings(args, specs, data: Path) -> RenderSettings:
+    """How the run's nights are drawn into ``data``: as ``render_edf.py --split test --unscored``, shrunk to the
+    model inputs ``specs``; the PNG files with ``--keep-images``, the full-size images when the review pages or
+    TTA rounds after the first need them."""
     config = {key: getattr(args, key) for key in ("montage", "lights_off", "lights_on")}
     config.update(split="test", unscored=True, edf_folder=str(args.edf),
                   lights_table=None if args.lights_table is None else str(args.lights_table))
-    render_night = functools.partial(render.render_unscored_night, montage_spec=args.montage, out=data, config=config)
-    jobs = [functools.partial(render_night, source, **night_lights(args, source.recording_id)) for source in chunk]
-    if pool is None:
-        return {source.recording_id: error_of(job) for source, job in zip(chunk, jobs)}
-    futures = {source.recording_id: pool.submit(job) for source, job in zip(chunk, jobs)}
-    return {recording_id: future.exception() for recording_id, future in futures.items()}
+    return RenderSettings(args.montage, data, config, tuple(specs), args.keep_images,
+                          keep_full=not args.no_review_pages or args.tta > 1)
 
 
 def night_lights(args, recording_id: str) -> dict:
@@ -180,15 +182,6 @@ def night_lights(args, recording_id: str) -> dict:
         lights_off, lights_on = args.lights_by_night[recording_id]
         return dict(lights_off=lights_off, lights_on=lights_on, lights_given_by=f"lights table {args.lights_table.name}")
     return {key: getattr(args, key) for key in ("lights_off", "lights_on") if getattr(args, key) is not None}
-
-
-def error_of(function, *args) -> Exception | None:
-    """What ``function(*args)`` raised, or None."""
-    try:
-        function(*args)
-    except Exception as err:  # one bad night stops only itself
-        return err
-    return None
 
 
 def write_test_csv(data: Path, recording_ids: list) -> None:
@@ -200,22 +193,48 @@ def write_test_csv(data: Path, recording_ids: list) -> None:
     script_io.write_csv_rows(data / psg_layout.TEST_CSV, rows)
 
 
-def infer_chunk(loaded: dict, infer_args, device) -> None:
-    """Both models' test dumps of the chunk's data root, from the loaded checkpoints (``infer_blend.py``'s files)."""
+def write_dumps(loaded: dict, probabilities: dict, infer_args, device) -> None:
+    """Both models' test dumps of the chunk and their record (``infer_blend.py``'s files) into ``infer_args.out``."""
     from sleepstaging.scoring import inference
-    from sleepstaging.data import loaders
-    import numpy as np
 
-    test = loaders.read_test_table(infer_args.data_root)
-    inputs = {"test": (test, np.arange(len(test)))}
     arch_epochs = {key: (arch, epochs) for key, (arch, epochs, _, _) in loaded.items()}
-    probabilities = {key: inference.checkpoint_probabilities(checkpoints, config, infer_args, inputs, device,
-                                                               label=arch)
-                     for key, (arch, _, config, checkpoints) in loaded.items()}
     options = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(infer_args).items()}
     record = dict(options, device=str(device), stage_balance=[c["stage_balance"] for _, _, c, _ in
                                                                        loaded.values()])
-    inference.write_outputs(Path(infer_args.out), infer_args, arch_epochs, probabilities, None, None, record)
+    inference.write_outputs(Path(infer_args.out), infer_args, arch_epochs,
+                            {key: {"test": p} for key, p in probabilities.items()}, None, None, record)
+
+
+def infer_nights(chunk: list, run, data: Path, fail):
+    """Take the chunk's nights as they are drawn and infer each at once; return (the drawn nights, probabilities).
+
+    A night that could not be drawn is passed to ``fail`` (step render);
+    when inference fails, every drawn night of the chunk fails with it
+    (the chunk's remaining nights are still taken, so the next chunk starts
+    with its own). Probabilities: ``cohort.load_models``' keys -> float32 (rows, 5).
+    """
+    from sleepstaging.scoring.inference import ChunkInference
+
+    inference = ChunkInference(run.loaded, infer_options(run.args, data, None), run.device)
+    drawn, error = [], None
+    for source, night in run.renders.nights(chunk):
+        if not isinstance(night, RenderedNight):
+            fail(source, "render", night)
+            continue
+        drawn.append(source)
+        if error is None:
+            started = time.perf_counter()
+            try:
+                inference.add_night(night.inputs, rendered_images(data, source.recording_id))
+            except Exception as err:  # the chunk's nights fail together; the next chunk goes on
+                error = err
+            run.seconds["infer"] += time.perf_counter() - started
+    if error is not None or not drawn:
+        return drawn, error
+    started = time.perf_counter()
+    probabilities = inference.finish()
+    run.seconds["infer"] += time.perf_counter() - started
+    return drawn, probabilities
 
 
 def infer_options(args, data: Path, outputs: Path):
@@ -250,13 +269,14 @@ def postprocess_chunk(args, data: Path, blend_csv: Path, outputs: Path, results:
 
 
 def write_review_pages(args, data: Path, outputs: Path, results: Path) -> None:
-    """Each night's ``review.html``, from the chunk's images, both models' dumps and the hmm's posterior."""
+    """Each night's ``review.html``, from its drawn images, both models' dumps and the hmm's posterior."""
     from sleepstaging.scoring import review_page
 
     dumps = {f"model {n} ({arch})": dump_path(outputs, arch, args.fold, epochs)
              for n, (arch, epochs) in enumerate(((args.vit_arch, args.vit_epochs), (args.eff_arch, args.eff_epochs)), 1)}
     review_page.write_layout_pages(data, results, dumps, args.temperature,
-                                   posterior_file=posterior_path(submission_path(outputs)), workers=args.workers)
+                                   posterior_file=posterior_path(submission_path(outputs)), workers=args.workers,
+                                   rendered=functools.partial(rendered_images, data))
 
 
 def run_step(run, step: str, function, *arguments):
@@ -271,12 +291,12 @@ def run_step(run, step: str, function, *arguments):
 def score_chunk(chunk: list, out: Path, run) -> dict:
     """Score one chunk of nights into ``out``: ID -> failure row for each night that failed (empty: none).
 
-    ``run`` holds the run's options, loaded models, pool, log and step seconds.
+    ``run`` holds the run's options, loaded models, renders (:class:`RenderAhead`), log and step seconds.
     """
-    work = out / PARTIAL
+    data, work = out / PARTIAL / RENDERED, out / PARTIAL / CHUNK
     shutil.rmtree(work, ignore_errors=True)
-    data, outputs, results = work / "DATA", work / "outputs", work / "results"
-    for folder in (data, outputs, results):
+    outputs, results = work / "outputs", work / "results"
+    for folder in (outputs, results):
         folder.mkdir(parents=True)
     failures = {}
 
@@ -284,37 +304,32 @@ def score_chunk(chunk: list, out: Path, run) -> dict:
         failures[source.recording_id] = {"recording_id": source.recording_id, "edf": str(source.edf), "step": step,
                                          "reason": describe_failure(err), **file_stamp(source.edf)}
 
-    started = time.perf_counter()
-    outcomes = render_chunk(chunk, data, run.args, run.pool)
-    run.seconds["render"] += time.perf_counter() - started
-    for source in chunk:
-        if outcomes[source.recording_id] is not None:
-            fail(source, "render", outcomes[source.recording_id])
-    drawn = [s for s in chunk if outcomes[s.recording_id] is None]
-    if not drawn:
-        shutil.rmtree(work)
-        return failures
-    step = "infer"
-    try:
-        with contextlib.redirect_stdout(run.log):
-            write_test_csv(data, [s.recording_id for s in drawn])
-            started = time.perf_counter()
-            infer_chunk(run.loaded, infer_options(run.args, data, outputs), run.device)
-            run.seconds[step] += time.perf_counter() - started
-            step = "blend"
-            blend_csv = run_step(run, step, blend_chunk, run.args, data, outputs)
-            step = "post-process"
-            run_step(run, step, postprocess_chunk, run.args, data, blend_csv, outputs, results)
-            if not run.args.no_review_pages:
-                step = "review page"
-                run_step(run, step, write_review_pages, run.args, data, outputs, results)
-    except Exception as err:  # the chunk's nights fail together; the next chunk goes on
-        for source in drawn:
-            fail(source, step, err)
-        shutil.rmtree(work)
-        return failures
+    with contextlib.redirect_stdout(run.log):
+        waited = run.renders.waited
+        drawn, probabilities = infer_nights(chunk, run, data, fail)
+        run.seconds["render"] += run.renders.waited - waited
+        run.renders.draw_next(run.args.chunk_nights)  # while this chunk is blended, post-processed and paged
+        step = "infer"
+        try:
+            if isinstance(probabilities, Exception):
+                raise probabilities
+            if drawn:
+                write_test_csv(data, [s.recording_id for s in drawn])
+                write_dumps(run.loaded, probabilities, infer_options(run.args, data, outputs), run.device)
+                step = "blend"
+                blend_csv = run_step(run, step, blend_chunk, run.args, data, outputs)
+                step = "post-process"
+                run_step(run, step, postprocess_chunk, run.args, data, blend_csv, outputs, results)
+                if not run.args.no_review_pages:
+                    step = "review page"
+                    run_step(run, step, write_review_pages, run.args, data, outputs, results)
+        except Exception as err:  # the chunk's nights fail together; the next chunk goes on
+            for source in drawn:
+                fail(source, step, err)
     for source in drawn:
-        place_night(source.recording_id, data, results, out, run.args.keep_images)
+        if source.recording_id not in failures:
+            place_night(source.recording_id, data, results, out, run.args.keep_images)
+        shutil.rmtree(data / source.recording_id, ignore_errors=True)
     shutil.rmtree(work)
     return failures
 
@@ -324,6 +339,7 @@ def place_night(recording_id: str, data: Path, results: Path, out: Path, keep_im
     night = results / recording_id
     shutil.copyfile(data / recording_id / "render_edf.json", night / RENDER_RECORD.format(name=recording_id))
     if keep_images:
+        (data / recording_id / RENDERED_EPOCHS).unlink(missing_ok=True)  # the PNG files hold the same pixels
         (data / recording_id).rename(night / "images")
     if (out / recording_id).exists():  # a night scored, then failed on a changed file: the new result replaces it
         shutil.rmtree(out / recording_id)
@@ -352,13 +368,50 @@ def load_models(args, configs: dict):
     return loaded, device
 
 
+def resolve_render_ahead(args, device) -> int:
+    """``--render-ahead``, its default resolved once the device is known: on CUDA twice ``--workers`` (the
+    GPU infers while the cores draw), on the CPU 0 (inference takes every core; the next chunk is drawn
+    while the main process blends, post-processes and writes the review pages)."""
+    if args.render_ahead is None:
+        args.render_ahead = 2 * args.workers if str(device).startswith("cuda") else 0
+    return args.render_ahead
+
+
+def inference_threads(args) -> int:
+    """Set and return the threads inference runs on: while nights are drawn ahead, the cores the drawing
+    processes leave (at least one), else torch's own choice.
+
+    Two computations that each want every core fight over them: torch's
+    threads wait for one another at each operation, and one that the
+    drawing took off its core holds the others up (on 2 busy cores a
+    forward pass took ten times as long, docs/scoring-new-recordings.md).
+    The number of threads can change the last bits of a short batch's
+    probabilities (EfficientNet's, below 1e-6), as the machine's number of
+    cores did before; the same threads give the same bits.
+    """
+    import torch
+
+    if args.render_ahead:
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) - args.workers))
+    return torch.get_num_threads()
+
+
 def write_marker(out: Path, config: dict, **facts) -> None:
     with script_io.atomic_path(out / MARKER) as tmp:
         tmp.write_text(json.dumps(dict(config, **facts), indent=2) + "\n")
 
 
 def score_pending(pending: list, out: Path, run, show_progress: bool) -> dict:
-    """Score the nights chunk by chunk, with a progress bar over nights; return the new failures."""
+    """Score the nights chunk by chunk, with a progress bar over nights; return the new failures.
+
+    The nights are drawn by ``run.pool`` (or here without one), ``--render-ahead``
+    of them ahead of the night being inferred.
+    """
+    shutil.rmtree(out / PARTIAL, ignore_errors=True)  # what a killed run left
+    specs = [input_spec(config) for _, _, config, _ in run.loaded.values()]
+    run.renders = RenderAhead(pending, render_settings(run.args, specs, out / PARTIAL / RENDERED),
+                              functools.partial(night_lights, run.args), run.pool,
+                              run.args.render_ahead if run.pool is not None else 0)
     failures = {}
     size = run.args.chunk_nights
     with tqdm(total=len(pending), unit="night", disable=not show_progress) as bar:
@@ -381,20 +434,25 @@ def find_nights(edf: Path) -> list:
 
 
 @contextlib.contextmanager
-def render_pool(workers: int):
-    """Processes that render nights side by side (None with one worker: nights rendered in this process).
+def render_pool(workers: int, ahead: int):
+    """Processes that draw nights (None with one worker and nothing to draw ahead: nights drawn in this process).
 
     Started with ``spawn``: this process holds torch and its threads, which a
-    forked child must not inherit.
+    forked child must not inherit. On the way out, nights not begun are
+    dropped (a run stopped early does not draw them).
     """
-    if workers == 1:
+    if workers == 1 and not ahead:
         yield None
         return
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=one_thread_each)
+    try:
         yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def result_settings(args) -> dict:

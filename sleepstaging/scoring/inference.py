@@ -3,15 +3,16 @@ dumps with their record written (infer_blend.py, stage_edf.py).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+import bisect
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 
+from sleepstaging.data import batch_augment
 from sleepstaging.data import image_cache
 from sleepstaging.data import loaders
 from sleepstaging.scoring import models
@@ -183,3 +184,142 @@ class InferenceOptions:
     quiet: bool = True
     no_cache: bool = True
     cache_dir: Path | None = None
+
+
+# --------------------------------------------------------------------------
+# Rendered nights, inferred as they come (stage_edf.py)
+# --------------------------------------------------------------------------
+class RenderedEpochDataset(loaders.EpochImageDataset):
+    """:class:`loaders.EpochImageDataset` over rendered grey images in memory (TTA rounds after the first).
+
+    ``images``: a sequence of uint8 (height, width) images, item ``i`` keyed
+    (its augmentation's generator) by ``i`` as the file-backed dataset keys it.
+    """
+
+    def __init__(self, images, transforms, seed: int):
+        super().__init__([], None, transforms, seed=seed)
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def _image(self, index: int) -> np.ndarray:
+        import cv2
+
+        return cv2.cvtColor(np.asarray(self.images[index]), cv2.COLOR_GRAY2RGB)
+
+
+class _ChunkImages:
+    """The full-size images of a chunk's nights as one sequence over the chunk's rows."""
+
+    def __init__(self):
+        self.starts, self.nights, self.count = [], [], 0
+
+    def add(self, images) -> None:
+        self.starts.append(self.count)
+        self.nights.append(images)
+        self.count += len(images)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, row: int) -> np.ndarray:
+        night = bisect.bisect_right(self.starts, row) - 1
+        return self.nights[night][row - self.starts[night]]
+
+
+class ChunkInference:
+    """Both models' mean probabilities over a chunk's epochs, inferred night by night as the nights come.
+
+    What :func:`checkpoint_probabilities` computes from the chunk's image
+    files, to the bit (tests/scoring/test_rendered_nights.py): the same
+    batches (``batch_size`` rows in chunk order across the nights'
+    boundaries, the last one short), the same pixels (the cache's, normalised
+    as its batches are, :func:`batch_augment.finish_batch`), TTA rounds after
+    the first drawn as :func:`tta_loader` draws them (a row's holes keyed by
+    its place in the chunk), summed over checkpoints and rounds in the same
+    order. Each batch is normalised once for all the checkpoints that take
+    its input.
+
+    Parameters
+    ----------
+    loaded : dict
+        ``key`` -> ``(arch, epochs, training configuration, [models])`` (``cohort.load_models``).
+    options : InferenceOptions
+        ``batch_size``, ``tta`` and ``amp`` are read.
+    device : torch.device
+    """
+
+    def __init__(self, loaded: dict, options, device: torch.device):
+        from sleepstaging.scoring.rendered_nights import input_spec
+
+        self.loaded, self.options, self.device = loaded, options, device
+        self.amp = models.resolve_amp(options.amp, device)
+        self.specs = {key: input_spec(config) for key, (_, _, config, _) in loaded.items()}
+        self.waiting = {spec: [] for spec in self.specs.values()}  # model inputs not yet in a batch
+        self.transforms = {spec: loaders.get_train_transforms(spec[:2], spec[2]) for spec in self.waiting}
+        self.images, self.rows, self.done = _ChunkImages(), 0, 0
+        self.sums = {key: [] for key in loaded}  # per batch, float64 (rows, 5)
+        for _, _, _, checkpoints in loaded.values():
+            for model in checkpoints:
+                model.eval().to(memory_format=models.MEMORY_FORMAT)
+
+    def add_night(self, inputs: dict, images=None) -> None:
+        """One night's model inputs (``rendered_nights.RenderedNight.inputs``), inferred batch by batch.
+
+        ``images``: its full-size grey images, uint8 (epochs, 270, 480), which
+        TTA rounds after the first need (``options.tta`` > 1).
+        """
+        if self.options.tta > 1 and images is None:
+            raise ValueError("TTA rounds after the first augment the full-size images: none were kept")
+        for spec, queue in self.waiting.items():
+            queue.append(inputs[spec])
+        if self.options.tta > 1:
+            self.images.add(images)
+        self.rows += len(inputs[next(iter(self.waiting))])
+        while self.rows - self.done >= self.options.batch_size:
+            self._batch(self.options.batch_size)
+
+    def finish(self) -> dict:
+        """``key`` -> np.ndarray of float32 (rows, 5): each model's mean over its checkpoints and TTA rounds."""
+        if self.rows > self.done:
+            self._batch(self.rows - self.done)
+        means = {}
+        for key, (_, _, _, checkpoints) in self.loaded.items():
+            total = np.concatenate(self.sums[key]) if self.sums[key] else np.zeros((0, NUM_CLASSES))
+            means[key] = (total / (len(checkpoints) * self.options.tta)).astype(np.float32)
+        return means
+
+    def _take(self, spec, count: int) -> np.ndarray:
+        """The next ``count`` waiting rows of input ``spec``, uint8 (count, 1, height, width)."""
+        queue, parts = self.waiting[spec], []
+        while count:
+            piece = queue[0][:count]
+            parts.append(piece)
+            count -= len(piece)
+            queue[0] = queue[0][len(piece):]
+            if not len(queue[0]):
+                queue.pop(0)
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+    def _augmented(self, spec, tta_round: int, count: int) -> torch.Tensor:
+        """TTA round ``tta_round``'s batch of the next ``count`` rows, finished on the device."""
+        dataset = RenderedEpochDataset(self.images, self.transforms[spec], seed=tta_round)
+        batch = default_collate([dataset[row] for row in range(self.done, self.done + count)])
+        return batch_augment.finish_batch(batch, self.device, models.MEMORY_FORMAT)
+
+    def _batch(self, count: int) -> None:
+        finished = {spec: batch_augment.finish_batch(
+            batch_augment.CachedBatch(torch.from_numpy(np.ascontiguousarray(self._take(spec, count))), None, None),
+            self.device, models.MEMORY_FORMAT) for spec in self.waiting}
+        augmented = {}
+        for key, (_, _, _, checkpoints) in self.loaded.items():
+            spec, total = self.specs[key], np.zeros((count, NUM_CLASSES))
+            for model in checkpoints:
+                for tta_round in range(self.options.tta):
+                    if tta_round and (spec, tta_round) not in augmented:
+                        augmented[spec, tta_round] = self._augmented(spec, tta_round, count)
+                    images = augmented[spec, tta_round] if tta_round else finished[spec]
+                    total += models.fold_to_stages(models.softmax_batch(model, images, self.device, self.amp).numpy())
+            self.sums[key].append(total)
+        self.done += count

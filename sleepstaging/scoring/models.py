@@ -387,9 +387,20 @@ def predict(model: torch.nn.Module, loader, device: torch.device, amp: str = "of
     probabilities = []
     for images, _ in tqdm(batch_augment.device_batches(loader, device, MEMORY_FORMAT), total=len(loader),
                           desc="predict", disable=not progress, dynamic_ncols=True):
-        with autocast(device, amp):
-            logits = model(images)
-        probabilities.append(torch.softmax(logits.float(), dim=1).cpu())
+        probabilities.append(softmax_batch(model, images, device, amp))
     if not probabilities:
         return np.zeros((0, getattr(unwrapped(model), "num_classes", psg_layout.NUM_CLASSES)), dtype=np.float32)
     return torch.cat(probabilities).numpy().astype(np.float32)
+
+
+@torch.no_grad()
+def softmax_batch(model: torch.nn.Module, images: torch.Tensor, device: torch.device, amp: str = "off") -> torch.Tensor:
+    """Softmax probabilities of one finished batch (:func:`predict`'s step; the model in eval mode on ``device``).
+
+    Returns
+    -------
+    torch.Tensor of float32 on the CPU, shape (batch, num_classes)
+    """
+    with autocast(device, amp):
+        logits = model(images)
+    return torch.softmax(logits.float(), dim=1).cpu()

@@ -138,6 +138,22 @@ def file_uri(path: Path | None, size: tuple[int, int], quality: int) -> str:
     return "" if image is None else webp_uri(image, size, quality)
 
 
+def image_uri(image, size: tuple[int, int], quality: int) -> str:
+    """:func:`file_uri` of a file (Path or None), or :func:`webp_uri` of a drawn image in memory: uint8 BGR
+    (h, w, 3), or grey (h, w), which is the PNG file's pixels in one channel (stage_edf.py keeps its nights so)."""
+    import cv2
+
+    if image is None or isinstance(image, (str, Path)):
+        return file_uri(image, size, quality)
+    image = np.asarray(image)
+    return webp_uri(cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image, size, quality)
+
+
+def _present(image) -> bool:
+    """Whether an epoch has an image to show: an array, or a file that exists."""
+    return image is not None and (not isinstance(image, (str, Path)) or Path(image).is_file())
+
+
 class _EpochImages:
     """Each epoch's data URI and whether it is full size, encoded on a thread pool."""
 
@@ -147,7 +163,7 @@ class _EpochImages:
 
     def encoded(self, indices: list[int], level: tuple) -> list[str]:
         """The epochs' images at ``level`` ((width, height), quality), not kept."""
-        return list(self.pool.map(lambda index: file_uri(self.paths[index], *level), indices))
+        return list(self.pool.map(lambda index: image_uri(self.paths[index], *level), indices))
 
     def put(self, index: int, uri: str, level: tuple) -> None:
         self.uris[index], self.full[index] = uri, level == FULL_LEVEL
@@ -176,8 +192,9 @@ def encode_images(paths: list[Path | None], order: np.ndarray, budget: int = IMA
 
     Parameters
     ----------
-    paths : list of Path or None
-        Each epoch's PNG (None or a missing file: no image, an empty string).
+    paths : list of Path, np.ndarray or None
+        Each epoch's PNG (None or a missing file: no image, an empty string),
+        or its image (:func:`image_uri`: the same page from the same pixels).
     order : np.ndarray of int, shape (n,)
         :func:`check_order`: who is raised to full size first.
     budget : int
@@ -193,7 +210,7 @@ def encode_images(paths: list[Path | None], order: np.ndarray, budget: int = IMA
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    ranked = [int(i) for i in order if paths[i] is not None and Path(paths[i]).is_file()]
+    ranked = [int(i) for i in order if _present(paths[i])]
     with ThreadPoolExecutor(max(1, workers)) as pool:
         images = _EpochImages(pool, paths)
         sample = min(SIZE_SAMPLE, len(ranked) // 2)
@@ -333,8 +350,9 @@ def write_review_page(night_dir: Path, recording_id: str, models: dict, image_pa
         Model name -> its probabilities (n, 5) in the table's epoch order, as
         the models gave them; empty when unknown (the page then shows the
         blend's only).
-    image_paths : list of Path or None, length n
-        Each epoch's rendered PSG image, in the table's epoch order.
+    image_paths : list of Path, np.ndarray or None, length n
+        Each epoch's rendered PSG image (its file, or its pixels: :func:`image_uri`),
+        in the table's epoch order.
     temperature : float
         The calibration temperature the table's blended probabilities were
         written with (``postprocess.write_recordings``), said on the page;
@@ -393,7 +411,7 @@ def page_html(data: dict) -> str:
 
 def write_layout_pages(data_root: Path, recordings_out: Path, model_dumps: dict, temperature: float = 1.0,
                        ordering: str = DEFAULT_ORDERING, posterior_file: Path | None = None,
-                       workers: int = IMAGE_WORKERS) -> list[Path]:
+                       workers: int = IMAGE_WORKERS, rendered=None) -> list[Path]:
     """A review page for every test recording of a data root whose outputs are in ``recordings_out``.
 
     Parameters
@@ -411,6 +429,10 @@ def write_layout_pages(data_root: Path, recordings_out: Path, model_dumps: dict,
         The hmm's posterior (``.npy``, test CSV order) that ``postprocess.py
         --method hmm`` writes (``output_names.posterior_path``); None or a
         missing file: none.
+    rendered : callable or None
+        Recording ID -> its images in memory, one per listed epoch in epoch
+        order (uint8, grey (n, h, w) or BGR (n, h, w, 3)), or None: its PNG
+        files (always without ``rendered``).
     """
     test = psg_layout.read_epoch_csv(Path(data_root) / psg_layout.TEST_CSV, with_labels=False)
     dumps = {name: np.load(path, allow_pickle=False) for name, path in model_dumps.items() if Path(path).is_file()}
@@ -428,7 +450,11 @@ def write_layout_pages(data_root: Path, recordings_out: Path, model_dumps: dict,
         if not night.is_dir():
             continue
         rows = sorted(rows, key=lambda r: psg_layout.epoch_number_of(test.idnums[r]))  # the table's epoch order
-        images = [psg_layout.image_path(data_root, recording_id, test.idnums[r]) for r in rows]
+        images = None if rendered is None else rendered(recording_id)
+        if images is not None and len(images) != len(rows):
+            raise ValueError(f"{recording_id}: {len(images)} images in memory for {len(rows)} listed epochs")
+        if images is None:
+            images = [psg_layout.image_path(data_root, recording_id, test.idnums[r]) for r in rows]
         pages.append(write_review_page(night, recording_id, {name: p[rows] for name, p in dumps.items()}, images,
                                        temperature, ordering, None if posterior is None else posterior[rows],
                                        workers))

@@ -237,8 +237,11 @@ def test_a_lights_table_gives_each_night_its_own_lights(tmp_path):
 
     import stage_edf
 
+    import functools
+
     from sleepstaging.scoring import cohort
     from sleepstaging.edf.render import RecordingSource
+    from sleepstaging.scoring.rendered_nights import RenderAhead, RenderedNight
 
     nights = tmp_path / "nights"
     nights.mkdir()
@@ -250,9 +253,13 @@ def test_a_lights_table_gives_each_night_its_own_lights(tmp_path):
     montage = tmp_path / "montage.json"
     montage.write_text(json.dumps({"rows": {"C3-M2": {"channel": "EEG"}}}))
     args = argparse.Namespace(edf=nights, montage=str(montage), lights_off=None, lights_on=None, lights_table=table,
-                              lights_by_night=lights.read_lights_table(table))
+                              lights_by_night=lights.read_lights_table(table), keep_images=False,
+                              no_review_pages=True, tta=1)
     chunk = [RecordingSource(name, nights / f"{name}.edf", None) for name in ("A", "B", "C")]
-    assert cohort.render_chunk(chunk, tmp_path / "DATA", args, pool=None) == dict.fromkeys("ABC")
+    renders = RenderAhead(chunk, cohort.render_settings(args, [], tmp_path / "DATA"),
+                          functools.partial(cohort.night_lights, args), None, 0)
+    assert [(source.recording_id, type(night)) for source, night in renders.nights(chunk)] == [
+        (name, RenderedNight) for name in "ABC"]
     timings = {name: epoch_timing.read_epoch_timing(tmp_path / "DATA", name, [1]) for name in "ABC"}
     assert (timings["A"].lights_off, timings["A"].lights_on, timings["A"].lights_source) == (
         60.0, 240.0, "lights table lights.csv")

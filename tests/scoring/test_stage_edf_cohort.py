@@ -76,18 +76,16 @@ def test_a_cohort_scores_the_good_nights_lists_the_bad_one_and_resume_does_nothi
     edf = cohort_folder(tiny_data, tmp_path / "nights", night_ids)
     out = tmp_path / "scored"
     loads, passes = [], []
-    load, infer = inference.load_checkpoints, inference.checkpoint_probabilities
+    load, finish = inference.load_checkpoints, inference.ChunkInference.finish
     monkeypatch.setattr(inference, "load_checkpoints", lambda arch, *a: loads.append(arch) or load(arch, *a))
-    monkeypatch.setattr(inference, "checkpoint_probabilities",
-                        lambda c, config, args, inputs, *a, **k: passes.append(len(inputs["test"][1])) or
-                        infer(c, config, args, inputs, *a, **k))
+    monkeypatch.setattr(inference.ChunkInference, "finish", lambda chunk: passes.append(chunk.rows) or finish(chunk))
 
     assert stage(*options(edf, weights, out)) == 1  # one night failed, the others scored
     printed = capsys.readouterr().out
     assert "3 night(s): 0 scored before, 0 failed before on unchanged files, 3 to score" in printed
     assert "broken (render): EDF is truncated" in printed
     assert loads == [VIT, EFF]  # the checkpoints are loaded once for the three chunks
-    assert len(passes) == 4  # one batched pass per model and chunk; the broken night's chunk had no image
+    assert len(passes) == 2  # one batched pass per chunk; the broken night's chunk had no image
 
     with open(out / cohort.FAILURES, newline="") as handle:
         failures = list(csv.DictReader(handle))
@@ -160,6 +158,38 @@ def test_a_killed_run_is_resumed_and_its_unfinished_night_redone(tiny_data, weig
         assert stages_after(out, recording_id) == stages_after(reference, recording_id)
     with open(out / postprocess.STATISTICS_TABLE, newline="") as handle:
         assert [row["recording_id"] for row in csv.DictReader(handle)] == night_ids
+
+
+@pytest.mark.slow
+def test_nights_drawn_ahead_in_processes_give_what_nights_drawn_here_one_chunk_at_a_time_give(
+        tiny_data, weights, night_ids, tmp_path, monkeypatch):
+    """--workers 2 --render-ahead 2 (drawing overlapping inference, across chunks) and --workers 2 (the next
+    chunk drawn while this one is post-processed) against --workers 1 (each chunk drawn in this process, then
+    inferred): every file of every night the same; --keep-images keeps the PNG files, not the arrays."""
+    import torch
+
+    edf = tmp_path / "nights"
+    edf.mkdir()
+    for recording_id in night_ids:
+        shutil.copy(tiny_data / "edf" / f"{recording_id}.edf", edf / f"{recording_id}.edf")
+    # the same inference threads both ways (the number may change the last bits: test_rendered_nights.py)
+    monkeypatch.setattr(stage_edf, "inference_threads", lambda args: torch.get_num_threads())
+    serial, ahead, pooled = tmp_path / "serial", tmp_path / "ahead", tmp_path / "pooled"
+    assert stage(*options(edf, weights, serial)) == 0
+    assert stage(*options(edf, weights, ahead), "--workers", 2, "--render-ahead", 2, "--keep-images") == 0
+    assert stage(*options(edf, weights, pooled), "--workers", 2) == 0
+    marker = json.loads((ahead / cohort.MARKER).read_text())
+    assert marker["render_ahead"] == 2 and marker["drawing"]["nights"] == 2
+    assert json.loads((pooled / cohort.MARKER).read_text())["render_ahead"] == 0  # the CPU's default
+    for recording_id in night_ids:
+        assert snapshot(pooled / recording_id) == snapshot(serial / recording_id)
+    for recording_id in night_ids:
+        kept = sorted(p.name for p in (ahead / recording_id / "images").iterdir())
+        epochs = len(stages_after(serial, recording_id))
+        assert len([name for name in kept if name.endswith(".png")]) == epochs and "rendered_epochs.npy" not in kept
+        shutil.rmtree(ahead / recording_id / "images")
+        assert snapshot(ahead / recording_id) == snapshot(serial / recording_id)
+    assert (ahead / postprocess.STATISTICS_TABLE).read_bytes() == (serial / postprocess.STATISTICS_TABLE).read_bytes()
 
 
 def test_resume_refuses_other_settings_and_options_that_do_not_go_together(tmp_path):
