@@ -15,6 +15,7 @@ module imports no torch: the render processes never load it.
 """
 from __future__ import annotations
 
+import contextlib
 import resource
 import time
 from collections import deque
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sleepstaging import script_io
 from sleepstaging.data import image_cache, psg_layout
 
 # A night's full-size grey images, uint8 (epochs, 270, 480), in epoch order (the order of its timing sidecar)
@@ -53,27 +55,29 @@ class EpochArrays:
 
     def __init__(self, specs, keep_full: bool):
         self.specs, self.keep_full = tuple(dict.fromkeys(specs)), keep_full
-        self.inputs, self.handle = {}, None
+        self.inputs, self.full, self.writing = {}, None, None
 
     def begin(self, epochs: int, folder: Path) -> None:
         self.inputs = {spec: np.empty((epochs, 1, spec[0], spec[1]), np.uint8) for spec in self.specs}
-        if self.keep_full:  # written epoch by epoch: the night never sits whole in this process's memory
-            self.handle = open(folder / RENDERED_EPOCHS, "wb")
-            header = {"descr": "|u1", "fortran_order": False,
-                      "shape": (epochs, psg_layout.IMAGE_HEIGHT, psg_layout.IMAGE_WIDTH)}
-            np.lib.format.write_array_header_1_0(self.handle, header)
+        if self.keep_full:  # a file mapped epoch by epoch: the night never sits whole in this process's memory
+            self.writing = contextlib.ExitStack()  # renamed into place by finish(), never seen half-written
+            tmp = self.writing.enter_context(script_io.atomic_path(folder / RENDERED_EPOCHS))
+            self.full = np.lib.format.open_memmap(
+                tmp, mode="w+", dtype=np.uint8, shape=(epochs, psg_layout.IMAGE_HEIGHT, psg_layout.IMAGE_WIDTH))
 
     def add(self, index: int, image: np.ndarray) -> None:
         """Epoch ``index``'s grey image, uint8 (270, 480)."""
         for (height, width, resize), pixels in self.inputs.items():
             pixels[index, 0] = image_cache.resize_grey(image, (height, width), resize)
-        if self.handle is not None:
-            self.handle.write(image.tobytes())
+        if self.full is not None:
+            self.full[index] = image
 
     def finish(self) -> None:
-        if self.handle is not None:
-            self.handle.close()
-            self.handle = None
+        if self.full is not None:
+            self.full.flush()
+            self.full = None
+            self.writing.close()
+            self.writing = None
 
 
 @dataclass

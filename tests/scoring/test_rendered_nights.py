@@ -224,3 +224,19 @@ def test_stage_edf_draws_ahead_by_default_on_cuda_only(tmp_path):
     assert (resolved("cpu", "--workers", 1, "--render-ahead", 2), resolved("cuda", "--render-ahead", 0)) == (2, 0)
     with pytest.raises(InputError, match="--render-ahead must be 0 or more, got -1"):
         resolved("cpu", "--render-ahead", -1)
+
+
+def test_the_full_size_epochs_file_holds_the_drawn_images_and_appears_only_when_finished(tmp_path):
+    from sleepstaging.scoring.rendered_nights import EpochArrays
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (3, psg_layout.IMAGE_HEIGHT, psg_layout.IMAGE_WIDTH), dtype=np.uint8)
+    arrays = EpochArrays([(32, 32, "area")], keep_full=True)
+    arrays.begin(3, tmp_path)
+    for index, image in enumerate(images):
+        arrays.add(index, image)
+    assert not (tmp_path / RENDERED_EPOCHS).exists()  # a night cut short leaves no file under the name
+    arrays.finish()
+    np.testing.assert_array_equal(np.load(tmp_path / RENDERED_EPOCHS), images)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [RENDERED_EPOCHS]  # no temporary file left
+    assert arrays.inputs[(32, 32, "area")].shape == (3, 1, 32, 32)
