@@ -16,11 +16,17 @@ in chunks of ``--chunk-nights``; for each chunk:
    does (every whole 30-s epoch drawn, the timing sidecar with the lights
    period: ``--lights-off``/``--lights-on``, a row of ``--lights-table``,
    else the night's EDF+ annotations; the signal-quality sidecar; the montage that fits its channels
-   with ``--montage auto``), ``--workers`` nights at a time. A night that
+   with ``--montage auto``), ``--workers`` nights at a time, each epoch
+   shrunk once to the models' inputs and handed over as arrays (PNG files
+   only with ``--keep-images``: ``sleepstaging/scoring/rendered_nights.py``);
+   the next chunk is drawn while this one is post-processed, or
+   ``--render-ahead`` nights ahead of inference. A night that
    cannot be rendered (unreadable, truncated, too short, channels no
    montage fits) is listed in the failures table and the others go on;
-2. infer: the two models' test probabilities of all the chunk's images in
-   one batched pass (as ``infer_blend.py``, with the loaded checkpoints);
+2. infer: the two models' test probabilities of the chunk's epochs, each
+   night as it comes, in the batches ``infer_blend.py`` forms over the
+   chunk's images and with the loaded checkpoints: its probabilities to the
+   bit, without the image files;
 3. blend: ``blend.py`` (the model set's, or ``--method``/``--ens-weight``/
    ``--power``/``--dump-scale``, or a ``blend_tune.json`` with ``--from-tune``);
 4. post-process: ``postprocess.py`` (``--postprocess``: the model set's hmm,
@@ -39,7 +45,7 @@ and ``postprocess.py`` run one after the other.
 Writes into ``--out``: ``<ID>/`` per scored night (``<ID>-hypnogram.csv``,
 ``<ID>-Hypnogram.edf``, ``<ID>-hypnogram.png`` unless ``--no-figures``,
 ``<ID>-statistics.json``, ``<ID>-render.json``: what was drawn from which
-channels; ``review.html``; ``images/`` with ``--keep-images``), ``index.html``,
+channels; ``review.html``; ``images/`` with ``--keep-images``: the PNG files), ``index.html``,
 ``sleep_statistics.csv`` (one
 row per scored night), ``failures.csv`` (one row per night that failed:
 its step and one-line reason), ``stage_edf.json`` (the run's settings and
@@ -162,7 +168,8 @@ parser.add_argument("--resume", action="store_true",
 parser.add_argument("--retry-failed", action="store_true", help="with --resume: try the nights that failed again")
 parser.add_argument("--chunk-nights", type=int, default=8,
                     help="nights rendered, inferred in one batched pass and post-processed together")
-parser.add_argument("--keep-images", action="store_true", help="keep each night's rendered images in <ID>/images/")
+parser.add_argument("--keep-images", action="store_true",
+                    help="keep each night's rendered images in <ID>/images/ (PNG files, written only with it)")
 parser.add_argument("--workers", type=int, default=2,
                     help="processes drawing nights side by side (1: in this process, unless --render-ahead), and "
                          "the threads encoding the review pages' images")

@@ -189,7 +189,8 @@ def main() -> None:
     yasa = None if args.no_yasa else time_yasa(args, nights, recording_ids)
     report = {
         "command": "python bench/cohort_bench.py " + " ".join(sys.argv[1:]),
-        "stage_edf": " ".join(map(str, command)),
+        "stage_edf": " ".join(os.path.relpath(part, REPO) if isinstance(part, Path) else str(part)
+                              for part in command),
         "machine": cpu_description(), "gpu": gpu_name(args.device), "python": platform.python_version(),
         "cpu_count": os.cpu_count(), "load_average_before": [round(v, 2) for v in load_before],
         "load_average_after": [round(v, 2) for v in os.getloadavg()], "weights_dir": str(args.weights_dir),

@@ -5,13 +5,13 @@
 One process, one thread (torch and OpenCV), CPU time (``time.process_time``,
 so the figures hold on a machine others share, up to their use of the
 cache and a core's other hyperthread). On one EDF night: opening, planning
-and reading it (per night); then, per epoch over the first ``--epochs``:
-cutting the signals, the signal-quality checks, drawing
+and reading it (per night, MNE already imported); then, per epoch over the
+first ``--epochs``: cutting the signals, the signal-quality checks, drawing
 (``psg_layout.render_epoch``), the PNG file it no longer needs
 (``--keep-images`` only), the shrink to the models' input, the review
 page's WebP at full and half size; and a forward pass of each model of the
-model set (batches of ``--batch-size``). Adds them up into CPU seconds per
-night at the night's epoch count and writes ``--result``.
+model set (batches of ``--batch-size``). Adds drawing and inference up into
+CPU seconds per night at the night's epoch count and writes ``--result``.
 """
 from __future__ import annotations
 
@@ -54,6 +54,7 @@ def drawing_costs(edf: Path, count: int) -> tuple[dict, list, int]:
     from sleepstaging.edf.edf_signals import detect_montage, open_edf
 
     source = render.find_recordings(edf, None, unscored=True)[0]
+    open_edf(source.edf)  # MNE imported once per drawing process, not once per night
     started = time.process_time()
     recording = open_edf(source.edf)
     job = render.plan_recording(source, recording, detect_montage(recording), None, edf.parent, {})
