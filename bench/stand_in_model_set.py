@@ -51,7 +51,8 @@ parser.add_argument("--vit-arch", required=True, help="model 1's timm architectu
 parser.add_argument("--eff-arch", required=True, help="model 2's timm architecture")
 parser.add_argument("--vit-epochs", type=int, nargs="+", required=True, help="model 1's kept checkpoints")
 parser.add_argument("--eff-epochs", type=int, nargs="+", required=True, help="model 2's kept checkpoints")
-parser.add_argument("--img-size", type=int, required=True, help="the models' input, pixels (square)")
+parser.add_argument("--img-size", type=int, nargs="+", metavar="PIXELS", required=True,
+                    help="the models' input in pixels: one (square) or two, HEIGHT WIDTH")
 parser.add_argument("--resize", choices=tuple(image_cache.RESIZE_INTERPOLATIONS), required=True,
                     help="how images are resized to the input (the trainers' --resize)")
 parser.add_argument("--stage-balance", type=float, required=True, help="the trainers' --stage-balance")
@@ -67,9 +68,9 @@ def write_checkpoints(out: Path, arch: str, epochs: list[int], number: int, args
     """One model's configuration and a random-initialised checkpoint per kept epoch (seed ``10 * number + epoch``)."""
     for epoch in epochs:
         torch.manual_seed(10 * number + epoch)
-        model = models.create_model(arch, (args.img_size, args.img_size))
+        model = models.create_model(arch, psg_layout.input_shape(args.img_size))
         models.save_weights(model, checkpoint_path(out, arch, FOLD, epoch))
-    config = dict(model_arch=arch, img_size=args.img_size, num_classes=psg_layout.NUM_CLASSES, fold=FOLD,
+    config = dict(model_arch=arch, img_size=list(psg_layout.input_shape(args.img_size)), num_classes=psg_layout.NUM_CLASSES, fold=FOLD,
                   resize=args.resize, stage_balance=args.stage_balance, pretrained="none", stand_in=STAND_IN)
     run_config_path(out, arch, FOLD).write_text(json.dumps(config, indent=2) + "\n")
 
@@ -118,7 +119,7 @@ def main() -> None:
         tmp.write_text(json.dumps(record, indent=2) + "\n")
     model_set.read_model_set(args.out)  # the record reads back as a model set, or this stops here
     print(f"{args.out}: {len(args.vit_epochs)} + {len(args.eff_epochs)} random-initialised checkpoints of "
-          f"{args.vit_arch} and {args.eff_arch} at {args.img_size} px, and {model_set_path(args.out).name}")
+          f"{args.vit_arch} and {args.eff_arch} at {image_cache.shape_label(psg_layout.input_shape(args.img_size))}, and {model_set_path(args.out).name}")
 
 
 if __name__ == "__main__":
