@@ -47,6 +47,7 @@ from sleepstaging.output_names import model_set_path
 from sleepstaging.scoring import hmm
 from sleepstaging.scoring.model_set import (
     BLEND_KEYS,
+    MACRO_F1_TOLERANCE,
     choose_postprocess,
     hmm_counts_outside,
     validation_blend,
@@ -91,7 +92,7 @@ def main(argv=None) -> None:
         "fold": args.fold,
         **{key: {"arch": infer[f"{key}_arch"], "epochs": infer[f"{key}_epochs"]} for key in ("vit", "eff")},
         "blend": {key: tuned[key] for key in (*BLEND_KEYS, "tta")},
-        "postprocess": postprocess,  # the best on the validation nights (choose_postprocess)
+        "postprocess": postprocess,  # near the best on the validation nights, fewest false stage shifts (choose_postprocess)
         "hmm": {"counts": counts, "stage_balance": stage_balance, "transition_weight": weight,
                 "counted_from": f"{Path(args.data_root) / psg_layout.TRAIN_CSV} without fold {args.fold}'s "
                                 f"validation rows"},
@@ -105,9 +106,12 @@ def main(argv=None) -> None:
     print("hmm on the validation nights, by transition weight: " + ", ".join(
         f"{w:g}: macro-F1 {entry['macro_f1']:.4f}, {entry['stage_shifts_per_night']:.1f} stage shifts a night"
         for w, entry in tuning["by_weight"].items()) + f" (true {tuning['true_stage_shifts_per_night']:.1f})")
-    print(f"validation macro-F1 on {scores['nights']} nights: blend {scores['blend_macro_f1']:.4f}, rules "
-          f"{scores['rules_macro_f1']:.4f}, hmm {scores['hmm_macro_f1']:.4f} at transition weight {weight:g}: "
-          f"new nights get {postprocess}")
+    shifts = {name: scores["statistics_mean"][name]["stage_shifts"] for name in ("blend", "rules", "hmm", "true")}
+    print(f"validation on {scores['nights']} nights, macro-F1 and stage shifts a night: blend "
+          f"{scores['blend_macro_f1']:.4f}, {shifts['blend']:.1f}; rules {scores['rules_macro_f1']:.4f}, "
+          f"{shifts['rules']:.1f}; hmm {scores['hmm_macro_f1']:.4f} at transition weight {weight:g}, "
+          f"{shifts['hmm']:.1f}; true {shifts['true']:.1f}: new nights get {postprocess} (of those within "
+          f"{MACRO_F1_TOLERANCE:g} of the best macro-F1, the closest in stage shifts)")
     fitted = record["calibration"]
     print(f"calibration on the validation rows (ECE, {fitted['ece_bins']} bins): blend T {fitted['temperature']:.3f}, "
           f"{fitted['validation_ece_before']:.4f} -> {fitted['validation_ece_after']:.4f}; hmm posterior of the stage "

@@ -120,8 +120,9 @@ def in_distribution(args, record: dict) -> dict:
     blend_csv = blend_csv_path(args.outputs, record["blend"]["method"], models["vit_epochs"], models["eff_epochs"])
     out = args.work / "in_distribution" / "files_post.csv"
     shutil.rmtree(out.parent, ignore_errors=True)
-    run("postprocess.py", "--data-root", args.data_root, "--in", blend_csv, "--out", out,
-        "--method", record["postprocess"], "--model-set", args.weights_dir, "--no-recordings", "--quiet")
+    method = record["postprocess"]  # none, rules or hmm; only the hmm reads the model set
+    run("postprocess.py", "--data-root", args.data_root, "--in", blend_csv, "--out", out, "--method", method,
+        *(["--model-set", args.weights_dir] if method == "hmm" else []), "--no-recordings", "--quiet")
 
     def stages(path: Path) -> np.ndarray:
         return np.array([psg_layout.STAGE_TO_INT[line] for line in path.read_text().split()], dtype=np.int64)

@@ -27,14 +27,28 @@ def test_row_features_by_hand():
     np.testing.assert_allclose(block_spread, [0, 0.5, 0, 0])  # each block (0, 1) has std 0.5
 
 
+def test_pixel_features_are_the_first_channel_flattened_in_unit_range():
+    images = np.zeros((2, 3, 2, 3), dtype=np.uint8)
+    images[1, 0] = [[0, 51, 102], [153, 204, 255]]
+    images[1, 1] = 255  # other channels are ignored (the images are grey)
+    features = feature_baseline.pixel_features(images)
+    assert features.shape == (2, 6) and features.dtype == np.float32
+    np.testing.assert_allclose(features[0], 0)
+    np.testing.assert_allclose(features[1], [0, 0.2, 0.4, 0.6, 0.8, 1.0], rtol=1e-6)
+
+
 @pytest.mark.slow
-def test_a_run_scores_the_test_and_validation_rows(tiny_data, tmp_path):
+@pytest.mark.parametrize("learner, features", [("trees", "rows"), ("logistic", "pixels")])
+def test_a_run_scores_the_test_and_validation_rows(tiny_data, tmp_path, learner, features):
     out = tmp_path / "baseline.json"
     result = subprocess.run([sys.executable, str(REPO / "bench" / "feature_baseline.py"), "--data-root",
                              str(tiny_data), "--cache-dir", str(tmp_path / "cache"), "--img-size", "32",
-                             "--out", str(out)], capture_output=True, text=True, cwd=tmp_path)
+                             "--learner", learner, "--features", features, "--out", str(out)],
+                            capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     found = json.loads(out.read_text())
+    assert found["what"].startswith({"trees": "HistGradientBoostingClassifier on per-row",
+                                     "logistic": "LogisticRegression (standardised features) on the pixels"}[learner])
     test_rows = sum(1 for _ in open(tiny_data / "testset-labels.csv"))
     assert found["test"]["rows"] == test_rows
     assert 0 < found["fold_0_validation"]["rows"] < sum(1 for _ in open(tiny_data / "trainset-for_user.csv"))
