@@ -111,7 +111,9 @@ def main(argv=None) -> None:
           f"{scores['blend_macro_f1']:.4f}, {shifts['blend']:.1f}; rules {scores['rules_macro_f1']:.4f}, "
           f"{shifts['rules']:.1f}; hmm {scores['hmm_macro_f1']:.4f} at transition weight {weight:g}, "
           f"{shifts['hmm']:.1f}; true {shifts['true']:.1f}: new nights get {postprocess} (of those within "
-          f"{MACRO_F1_TOLERANCE:g} of the best macro-F1, the closest in stage shifts)")
+          f"{MACRO_F1_TOLERANCE:g} of the best macro-F1, the closest in stage shifts; standard error of the "
+          f"difference from the blend: rules {scores['difference_se_vs_blend']['rules']:.4f}, hmm "
+          f"{scores['difference_se_vs_blend']['hmm']:.4f})")
     fitted = record["calibration"]
     print(f"calibration on the validation rows (ECE, {fitted['ece_bins']} bins): blend T {fitted['temperature']:.3f}, "
           f"{fitted['validation_ece_before']:.4f} -> {fitted['validation_ece_after']:.4f}; hmm posterior of the stage "

@@ -29,9 +29,37 @@ POSTPROCESS_CHOICES = ("none", "rules", "hmm")  # what new nights may get, the s
 
 
 # Validation macro-F1 within this of the best counts as as good: on the demo's 3 validation nights the
-# difference between two post-processings of one blend has a block-bootstrap standard error of about 0.01
-# (docs/demo.md), so a smaller lead says nothing about new nights.
+# difference between two post-processings of one blend has a standard error of about 0.01 (the record's
+# difference_se_vs_blend, docs/demo.md), so a smaller lead says nothing about new nights.
 MACRO_F1_TOLERANCE = 0.01
+BOOTSTRAP_BLOCK_EPOCHS = 20  # errors come in runs: resample blocks of 10 minutes, not single epochs
+BOOTSTRAP_DRAWS = 300
+
+
+def paired_difference_se(labels: np.ndarray, first: np.ndarray, second: np.ndarray, seed: int = 0) -> float:
+    """Standard error of macro-F1(first) - macro-F1(second) on the same rows: a paired block bootstrap.
+
+    Parameters
+    ----------
+    labels, first, second : np.ndarray of int, shape (rows,)
+        True stages and two predictions of them, rows in time order.
+    seed : int
+        Seed of the resampling (the figure is deterministic).
+
+    Returns
+    -------
+    float
+        The standard deviation of the difference over :data:`BOOTSTRAP_DRAWS`
+        resamplings of blocks of :data:`BOOTSTRAP_BLOCK_EPOCHS` consecutive rows.
+    """
+    rng = np.random.default_rng(seed)
+    starts = np.arange(0, len(labels), BOOTSTRAP_BLOCK_EPOCHS)
+    differences = []
+    for _ in range(BOOTSTRAP_DRAWS):
+        rows = np.concatenate([np.arange(start, min(start + BOOTSTRAP_BLOCK_EPOCHS, len(labels)))
+                               for start in rng.choice(starts, len(starts))])
+        differences.append(blend.macro_f1(labels[rows], first[rows]) - blend.macro_f1(labels[rows], second[rows]))
+    return float(np.std(differences))
 
 
 def choose_postprocess(scores: dict) -> str:
@@ -331,7 +359,8 @@ def _infer_record(outputs: Path, fold: int) -> dict:
 
 def validation_scores(probabilities: np.ndarray, stages: np.ndarray, valid: psg_layout.EpochTable, model: tuple,
                       weight: float) -> dict:
-    """Validation macro-F1 of the blend (``stages``), the rules and the hmm (decoding ``probabilities``), and each
+    """Validation macro-F1 of the blend (``stages``), the rules and the hmm (decoding ``probabilities``), the
+    standard error of the rules' and the hmm's difference from the blend (:func:`paired_difference_se`), and each
     sleep statistic's mean a night: true, the blend's, after the rules and hmm-decoded."""
     from sleepstaging.scoring.sleep_statistics import sleep_statistics
     labels, ids = valid.labels, valid.recording_ids
@@ -346,6 +375,8 @@ def validation_scores(probabilities: np.ndarray, stages: np.ndarray, valid: psg_
     return {"blend_macro_f1": blend.macro_f1(labels, stages),
             "rules_macro_f1": blend.macro_f1(labels, ruled),
             "hmm_macro_f1": blend.macro_f1(labels, decoded),
+            "difference_se_vs_blend": {"rules": paired_difference_se(labels, ruled, stages),
+                                       "hmm": paired_difference_se(labels, decoded, stages)},
             "nights": len(set(ids)), "statistics_mean": statistics}
 
 def validation_blend(outputs: Path, fold: int) -> tuple:

@@ -317,3 +317,15 @@ def test_render_edf_finds_the_montage_that_fits_the_channels(tiny_data, tmp_path
     with pytest.raises(InputError, match=r"no built-in montage \(sleep-edf, shhs, synthetic\) fits the channels "
                                          r"'Fpz-Cz'.*--montage FILE\) \(.*odd.edf\)"):
         edf_signals.detect_montage(edf_signals.open_edf(odd))
+
+
+def test_the_paired_bootstrap_error_is_zero_for_equal_predictions_and_reproducible_otherwise():
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 5, 600)
+    assert model_set.paired_difference_se(labels, labels, labels) == 0.0
+    other = labels.copy()
+    other[100:160] = (other[100:160] + 1) % 5  # one 30-min run of errors: the difference depends on its blocks
+    first = model_set.paired_difference_se(labels, labels, other)
+    assert first == model_set.paired_difference_se(labels, labels, other)  # seeded
+    assert 0.005 < first < 0.1
+    assert model_set.paired_difference_se(labels, labels, other, seed=1) != first
