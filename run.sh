@@ -23,6 +23,9 @@ DEMO_IMG_SIZE=(96 48)                # HEIGHT WIDTH; the original: 224 x 224. Th
                                      #   validation macro-F1 for each network (docs/demo.md)
 DEMO_RESIZE=area                     # the original: linear, which at 64 px keeps about 1 row in 4 of the thin traces
 DEMO_VIT_LR=1e-4                     # the original's; 5e-4 leaves the ViT stuck at the class prior
+DEMO_VIT_INPUT_NORM=data             # the original: imagenet. From random initialisation the ViT learns far more
+                                     #   when its input is rescaled to these dark images' own mean and spread
+                                     #   (docs/demo.md); the EfficientNet's batch norm does that already
 DEMO_EFF_LR=1e-3                     # the original: 1e-4, which learns too slowly from random initialisation
 DEMO_STAGE_BALANCE=0.5               # the original: 0 (each row once per epoch); 0.5: N1 drawn 2.4 times as often
                                      #   as it occurs, else the networks hardly ever predict it (6 % of the epochs)
@@ -94,6 +97,7 @@ print_profile() {
     echo "demo profile: data ${DEMO_DATA_ARGS[*]} -> $DEMO_DIR/DATA"
     echo "  model 1: $DEMO_VIT_ARCH, model 2: $DEMO_EFF_ARCH, image ${DEMO_IMG_SIZE[0]}x${DEMO_IMG_SIZE[1]} px, height x width (resize $DEMO_RESIZE),"
     echo "  lr $DEMO_VIT_LR and $DEMO_EFF_LR, ${DEMO_BATCH[*]}, $DEMO_VIT_EPOCHS and $DEMO_EFF_EPOCHS epochs (one cosine cycle each),"
+    echo "  the ViT's input rescaled to the images' own statistics (--input-norm $DEMO_VIT_INPUT_NORM),"
     echo "  --stage-balance $DEMO_STAGE_BALANCE ${DEMO_AUGMENT[*]}; both trained side by side, $DEMO_TRAINER_THREADS torch thread each;"
     echo "  checkpoints averaged: epochs ${DEMO_VIT_KEEP[*]} and ${DEMO_EFF_KEEP[*]}, fold 0 of 5"
 }
@@ -119,6 +123,7 @@ print(n.tune_json_path(sys.argv[1]), n.submission_path(sys.argv[1]), n.report_di
     step "2/6 train model 1 (ViT) and model 2 (EfficientNet), side by side"
     train_side_by_side "$DEMO_DIR/logs" \
         vit "$PY" main_vit_rgb.py "${train[@]}" --model-arch "$DEMO_VIT_ARCH" --lr "$DEMO_VIT_LR" \
+            --input-norm "$DEMO_VIT_INPUT_NORM" \
             --epochs "$DEMO_VIT_EPOCHS" --t0 $((2 * DEMO_VIT_EPOCHS)) -- \
         eff "$PY" main_eff.py "${train[@]}" --model-arch "$DEMO_EFF_ARCH" --lr "$DEMO_EFF_LR" \
             --epochs "$DEMO_EFF_EPOCHS" --t0 $((2 * DEMO_EFF_EPOCHS))

@@ -19,6 +19,7 @@ from __future__ import annotations
 RECIPE = dict(
     # input: 224 x 224, albumentations' Resize (cv2.INTER_LINEAR), from timm's ImageNet weights
     img_size=224, resize="linear", pretrained="imagenet",
+    input_norm="imagenet",  # the model sees the ImageNet-normalised pixels (see --input-norm)
     # optimiser (Adam for the ViT, AdamP for the EfficientNet: each trainer adds its own)
     lr=1e-4, min_lr=1e-6, weight_decay=1e-6,
     batch_size=32, valid_batch_size=32, accum_iter=2,  # an optimizer step every 2 batches of 32
@@ -51,6 +52,9 @@ LABEL_SMOOTHING = 0.1  # SmoothCrossEntropyLoss(smoothing=0.1): 0.9 on the stage
 # ImageNet statistics, as the original normalised with (albumentations Normalize, max_pixel_value 255).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# --input-norm data: the training images' own pixel statistics, from this many training rows spread
+# evenly over them (enough for three decimals of the mean and spread of these mostly black images)
+INPUT_STATISTICS_ROWS = 2000
 # CoarseDropout(p=0.5) and Cutout(p=0.5) with the albumentations 1.0 defaults the original ran:
 # 8 holes of 8 x 8 pixels each, filled with 0 after normalisation. CoarseDropout's holes lie inside
 # the image; Cutout's are placed by a centre anywhere in it and clipped at the bottom and right.

@@ -133,6 +133,28 @@ def resize_grey(image: np.ndarray, img_size, resize: str = DEFAULT_RESIZE) -> np
     return cv2.resize(image, (width, height), interpolation=RESIZE_INTERPOLATIONS[resize])
 
 
+def pixel_statistics(paths, img_size, resize: str = DEFAULT_RESIZE) -> tuple[list[float], list[float]]:
+    """Mean and standard deviation of each colour channel over the images, as shrunk for the model.
+
+    Parameters
+    ----------
+    paths : sequence of path-like
+        Epoch images (``--input-norm data`` passes an even sample of the training rows).
+    img_size : (int, int)
+        (height, width) in pixels: the pixels the model is given (:func:`make_resize`).
+    resize : {"linear", "area"}
+
+    Returns
+    -------
+    mean, std : list of 3 float
+        Per RGB channel, as a share of 255 (the units of ``IMAGENET_MEAN`` and ``IMAGENET_STD``).
+    """
+    resizer = make_resize(img_size, resize)
+    pixels = np.stack([resizer(image=read_image_rgb(path))["image"] for path in paths]).reshape(-1, 3)
+    pixels = pixels.astype(np.float64) / 255.0
+    return [float(value) for value in pixels.mean(axis=0)], [float(value) for value in pixels.std(axis=0)]
+
+
 def shape_label(img_size) -> str:
     """``"<S>px"`` for a square input, ``"<H>x<W>px"`` otherwise (cache folders, progress, reports).
 

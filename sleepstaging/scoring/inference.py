@@ -72,10 +72,8 @@ def load_checkpoints(arch: str, epochs, config: dict, weights_dir, fold: int, de
     ------
     torch.nn.Module
     """
-    img_size = config["img_size"]
-    classes = config.get("num_classes", NUM_CLASSES)
     for epoch in epochs:
-        model = models.create_model(arch, img_size, classes)
+        model = models.model_for_run(arch, config)
         models.load_weights(model, checkpoint_path(weights_dir, arch, fold, epoch))
         yield model.to(device)
 

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from sleepstaging.data import batch_augment
 from sleepstaging.data import psg_layout
+from sleepstaging import recipe
 from sleepstaging import script_io
 from sleepstaging.script_io import InputError, where
 
@@ -73,6 +74,51 @@ MEMORY_FORMAT = torch.channels_last
 def autocast(device: torch.device, amp: str):
     return torch.autocast(device_type=device.type, dtype=AMP_DTYPES.get(amp, torch.float32),
                           enabled=device.type == "cuda" and amp in AMP_DTYPES)
+
+def rescale_input(model: torch.nn.Module, input_mean, input_std) -> torch.nn.Module:
+    """In place: the model takes the pipeline's ImageNet-normalised images and first rescales them to
+    ``(pixel - input_mean) / input_std`` (``--input-norm data``), the training images' own statistics.
+
+    The loaders, their augmentation (dropout holes filled with 0 after the
+    ImageNet normalisation: mid-grey squares, as the original's) and every
+    inference path stay as they are; only the scale the network's first
+    layer meets changes. ``x = (p - m_I) / s_I`` becomes
+    ``x * s_I / input_std + (m_I - input_mean) / input_std``. The two
+    constants are buffers that move with the model and stay out of its
+    state dict: the checkpoints are plain timm weights, and the training
+    configuration (``input_mean``, ``input_std``) says how to rebuild the model.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    input_mean, input_std : sequence of 3 float
+        Per RGB channel, as a share of 255 (:func:`image_cache.pixel_statistics`).
+    """
+    imagenet_mean = torch.tensor(recipe.IMAGENET_MEAN, dtype=torch.float64)
+    imagenet_std = torch.tensor(recipe.IMAGENET_STD, dtype=torch.float64)
+    mean = torch.tensor(input_mean, dtype=torch.float64)
+    std = torch.tensor(input_std, dtype=torch.float64)
+    if mean.shape != (3,) or std.shape != (3,) or not bool((std > 0).all()):
+        raise InputError(f"input_mean and input_std must be 3 values each, the spreads above 0: "
+                         f"{list(input_mean)!r}, {list(input_std)!r}")
+    model.register_buffer("input_scale", (imagenet_std / std).float().view(1, 3, 1, 1), persistent=False)
+    model.register_buffer("input_shift", ((imagenet_mean - mean) / std).float().view(1, 3, 1, 1), persistent=False)
+    model.register_forward_pre_hook(_rescaled_input)
+    return model
+
+
+def _rescaled_input(model: torch.nn.Module, args: tuple) -> tuple:
+    return (torch.addcmul(model.input_shift, args[0], model.input_scale), *args[1:])
+
+
+def model_for_run(arch: str, config: dict, **options) -> torch.nn.Module:
+    """The model a training configuration describes, random or as ``options`` say (:func:`create_model`):
+    ``img_size``, ``num_classes`` (5 when absent) and, for ``input_norm`` ``data``, :func:`rescale_input`."""
+    model = create_model(arch, config["img_size"], config.get("num_classes", psg_layout.NUM_CLASSES), **options)
+    if config.get("input_norm", "imagenet") == "data":
+        rescale_input(model, config["input_mean"], config["input_std"])
+    return model
+
 
 def progress_enabled(quiet: bool) -> bool:
     """Progress bars only for a person watching: stderr a terminal and not ``--quiet``."""

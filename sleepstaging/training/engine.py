@@ -48,12 +48,12 @@ from sleepstaging.scoring import model_set
 from sleepstaging.data import psg_layout
 from sleepstaging import script_io
 from sleepstaging.scoring.models import (MEMORY_FORMAT, PRETRAINED_IMAGENET, autocast, check_imagenet_weights_reachable,
-                    create_model, load_weights, progress_enabled, resolve_amp, resolve_device,
+                    create_model, load_weights, progress_enabled, rescale_input, resolve_amp, resolve_device,
                     save_weights, unwrapped)
 from sleepstaging.output_names import checkpoint_path, last_state_path, log_path, run_config_path
 from sleepstaging.script_io import InputError, where
 from sleepstaging.training.optimizers import LinearWarmup, make_optimizer, make_scheduler, optimizer_steps_per_epoch
-from sleepstaging.recipe import LABEL_SMOOTHING
+from sleepstaging.recipe import INPUT_STATISTICS_ROWS, LABEL_SMOOTHING
 from sleepstaging.training.loss import soft_target_cross_entropy, widened
 from sleepstaging.training.train_options import RESUME_KEYS, check_args
 from sleepstaging.training.validation import classification_metrics, original_validation_metrics, validate
@@ -364,7 +364,7 @@ def _set_up_training(args: argparse.Namespace, device: torch.device, rank: int, 
         _check_weights_dir(Path(args.weights_dir))
 
     torch.manual_seed(args.seed)  # the same initial weights on every rank and every run
-    model = initial_model(args).to(device, memory_format=MEMORY_FORMAT)
+    model = initial_model(args, config).to(device, memory_format=MEMORY_FORMAT)
     optimizer = make_optimizer(args.optimizer, model.parameters(), args.lr, args.weight_decay, device)
     scheduler = make_scheduler(optimizer, args.t0, args.min_lr)
     scaler = torch.amp.GradScaler(device.type, enabled=config["amp"] == "fp16")
@@ -384,12 +384,16 @@ def _set_up_training(args: argparse.Namespace, device: torch.device, rank: int, 
                         warmup)
 
 
-def initial_model(args: argparse.Namespace) -> torch.nn.Module:
+def initial_model(args: argparse.Namespace, config: dict) -> torch.nn.Module:
     """The model a run starts from: ``--model-arch``, ``--img-size`` (height, width), the classes of
     :func:`model_classes`, ``--pretrained``; under ``--original-defects`` a pretrained classifier of that many
-    outputs is kept (the original's EfficientNet trained its 1000-class ImageNet classifier)."""
-    return create_model(args.model_arch, args.img_size, model_classes(args), args.pretrained,
-                        keep_classifier=args.original_defects)
+    outputs is kept (the original's EfficientNet trained its 1000-class ImageNet classifier); with
+    ``--input-norm data``, its input rescaled to the configuration's ``input_mean`` and ``input_std``."""
+    model = create_model(args.model_arch, args.img_size, model_classes(args), args.pretrained,
+                         keep_classifier=args.original_defects)
+    if args.input_norm == "data":
+        rescale_input(model, config["input_mean"], config["input_std"])
+    return model
 
 
 def _run_config(args, device, world_size: int, table, train_rows, valid_rows) -> dict:
@@ -402,6 +406,12 @@ def _run_config(args, device, world_size: int, table, train_rows, valid_rows) ->
         valid_recordings=sorted({table.recording_ids[r] for r in valid_rows}),
         versions={"torch": torch.__version__, "timm": timm.__version__},
     )
+    if args.input_norm == "data":  # the training rows' own pixel statistics, from an even sample of them
+        spread = np.linspace(0, train_rows.size - 1, min(train_rows.size, INPUT_STATISTICS_ROWS))
+        sample = train_rows[spread.astype(int)]
+        paths = loaders.table_image_paths(args.data_root, table)
+        config["input_mean"], config["input_std"] = image_cache.pixel_statistics(
+            [paths[row] for row in sample], args.img_size, args.resize)
     return config
 
 

@@ -79,6 +79,12 @@ def _add_model_and_batch_options(parser: argparse.ArgumentParser, d: dict) -> No
                         help="how images are shrunk to the input: linear, the original's (cv2.INTER_LINEAR, which "
                              "drops most of the 1-pixel signal traces at small sizes), or area (cv2.INTER_AREA: "
                              "each input pixel counts; for small inputs such as the demo's)")
+    parser.add_argument("--input-norm", choices=("imagenet", "data"), default=d["input_norm"],
+                        help="the scale the network sees: imagenet, the original's (the pixels normalised with "
+                             "ImageNet's mean and standard deviation, right for ImageNet weights), or data (the "
+                             "same pipeline, then rescaled inside the model to the training images' own mean and "
+                             "standard deviation: for training from random initialisation on these mostly black "
+                             "images)")
     parser.add_argument("--batch-size", type=int, default=d["batch_size"], help="training batch per process")
     parser.add_argument("--valid-batch-size", type=int, default=d["valid_batch_size"], help="validation batch")
     parser.add_argument("--accum-iter", type=int, default=d["accum_iter"],
