@@ -186,7 +186,7 @@ def test_the_original_defects_keep_the_loaded_1000_class_classifier(tmp_path, ar
     args = train_options.build_parser(main_eff.DEFAULTS, "").parse_args(options + ["--original-defects"] * defects)
     args.img_size = (32, 32)
     torch.manual_seed(4)  # another draw than the file's: a fresh classifier would differ from it
-    model = engine.initial_model(args)
+    model = engine.initial_model(args, vars(args))
     weight, bias = model.classifier.weight.detach(), model.classifier.bias.detach()
     backbone = [name for name in saved if not name.startswith("classifier.")]
     loaded = model.state_dict()
@@ -200,7 +200,7 @@ def test_the_original_defects_keep_the_loaded_1000_class_classifier(tmp_path, ar
         assert not torch.equal(weight, saved["classifier.weight"][:5])
     # without pretrained weights there is nothing to keep: a random 1000-class classifier under the switch too
     args.pretrained = "none"
-    assert engine.initial_model(args).classifier.out_features == (1000 if defects else 5)
+    assert engine.initial_model(args, vars(args)).classifier.out_features == (1000 if defects else 5)
 
 
 def original_valid_one_epoch_metrics(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
