@@ -12,8 +12,8 @@ from conftest import REPO
 
 # The original's training settings (mainViTrgb.py / mainEff.py), written out by hand.
 SHARED = dict(img_size=224, pretrained="imagenet", input_norm="imagenet", lr=1e-4, min_lr=1e-6, weight_decay=1e-6,
-              batch_size=32, valid_batch_size=32, accum_iter=2, epochs=10, t0=10, sched_steps_per_epoch=2, folds=5, fold=0,
-              cv="subject", seed=72, workers=4, amp="fp16", device="auto", data_root="DATA", weights_dir="weights",
+              batch_size=32, valid_batch_size=32, accum_iter=2, epochs=10, t0=10, sched_steps_per_epoch=2, folds=5,
+              fold=0, cv="subject", seed=72, workers=4, amp="fp16", device="auto", data_root="DATA", weights_dir="weights",
               cache_dir="cache", fmix_spectrum="original", no_fmix=False, cutmix=False, no_cache=False,
               resize="linear", warmup_epochs=0.0, stage_balance=0.0,  # cv2.INTER_LINEAR, no warm-up, each row once
               original_defects=False)  # the corrected recipe; --original-defects restores the original's three
