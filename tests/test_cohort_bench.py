@@ -36,7 +36,7 @@ def test_a_stand_in_set_and_the_cohort_bench_on_the_cpu(tmp_path):
     assert counts["stages"] == np.bincount(np.concatenate(scored), minlength=5).tolist()
     assert sum(map(sum, counts["transitions"])) == sum(len(night) - 1 for night in scored)
     config = json.loads(run_config_path(weights, "test_vit", 0).read_text())
-    assert (config["img_size"], config["resize"], config["stage_balance"]) == (32, "area", 0.5)
+    assert (config["img_size"], config["resize"], config["stage_balance"]) == ([32, 32], "area", 0.5)  # as trainers record it
     first, second = (safetensors.numpy.load_file(checkpoint_path(weights, "test_vit", 0, e)) for e in (3, 4))
     assert any(not np.array_equal(first[name], second[name]) for name in first)  # each checkpoint its own draw
     # a folder that is not a stand-in is never emptied
