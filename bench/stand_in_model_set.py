@@ -70,8 +70,9 @@ def write_checkpoints(out: Path, arch: str, epochs: list[int], number: int, args
         torch.manual_seed(10 * number + epoch)
         model = models.create_model(arch, psg_layout.input_shape(args.img_size))
         models.save_weights(model, checkpoint_path(out, arch, FOLD, epoch))
-    config = dict(model_arch=arch, img_size=list(psg_layout.input_shape(args.img_size)), num_classes=psg_layout.NUM_CLASSES, fold=FOLD,
-                  resize=args.resize, stage_balance=args.stage_balance, pretrained="none", stand_in=STAND_IN)
+    config = dict(model_arch=arch, img_size=list(psg_layout.input_shape(args.img_size)),
+                  num_classes=psg_layout.NUM_CLASSES, fold=FOLD, resize=args.resize, stage_balance=args.stage_balance,
+                  pretrained="none", stand_in=STAND_IN)
     run_config_path(out, arch, FOLD).write_text(json.dumps(config, indent=2) + "\n")
 
 
@@ -119,7 +120,8 @@ def main() -> None:
         tmp.write_text(json.dumps(record, indent=2) + "\n")
     model_set.read_model_set(args.out)  # the record reads back as a model set, or this stops here
     print(f"{args.out}: {len(args.vit_epochs)} + {len(args.eff_epochs)} random-initialised checkpoints of "
-          f"{args.vit_arch} and {args.eff_arch} at {image_cache.shape_label(psg_layout.input_shape(args.img_size))}, and {model_set_path(args.out).name}")
+          f"{args.vit_arch} and {args.eff_arch} at {image_cache.shape_label(psg_layout.input_shape(args.img_size))}, "
+          f"and {model_set_path(args.out).name}")
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ from sleepstaging.scoring import model_set
 from sleepstaging.data import psg_layout
 from sleepstaging import script_io
 from sleepstaging.scoring.models import (MEMORY_FORMAT, PRETRAINED_IMAGENET, autocast, check_imagenet_weights_reachable,
-                    create_model, load_weights, progress_enabled, rescale_input, resolve_amp, resolve_device,
+                    load_weights, model_for_run, progress_enabled, resolve_amp, resolve_device,
                     save_weights, unwrapped)
 from sleepstaging.output_names import checkpoint_path, last_state_path, log_path, run_config_path
 from sleepstaging.script_io import InputError, where
@@ -385,15 +385,11 @@ def _set_up_training(args: argparse.Namespace, device: torch.device, rank: int, 
 
 
 def initial_model(args: argparse.Namespace, config: dict) -> torch.nn.Module:
-    """The model a run starts from: ``--model-arch``, ``--img-size`` (height, width), the classes of
-    :func:`model_classes`, ``--pretrained``; under ``--original-defects`` a pretrained classifier of that many
-    outputs is kept (the original's EfficientNet trained its 1000-class ImageNet classifier); with
-    ``--input-norm data``, its input rescaled to the configuration's ``input_mean`` and ``input_std``."""
-    model = create_model(args.model_arch, args.img_size, model_classes(args), args.pretrained,
-                         keep_classifier=args.original_defects)
-    if args.input_norm == "data":
-        rescale_input(model, config["input_mean"], config["input_std"])
-    return model
+    """The model a run starts from, as its configuration (:func:`_run_config`) describes it
+    (:func:`models.model_for_run`: input size, classes, ``--input-norm``), from ``--pretrained``; under
+    ``--original-defects`` a pretrained classifier of that many outputs is kept (the original's EfficientNet
+    trained its 1000-class ImageNet classifier)."""
+    return model_for_run(args.model_arch, config, pretrained=args.pretrained, keep_classifier=args.original_defects)
 
 
 def _run_config(args, device, world_size: int, table, train_rows, valid_rows) -> dict:

@@ -176,6 +176,11 @@ def saved_1000_class_weights(arch: str, path) -> dict:
     return state
 
 
+def run_config(args) -> dict:
+    """What the model depends on in a run's configuration (engine._run_config): the options and the classes."""
+    return dict(vars(args), num_classes=engine.model_classes(args))
+
+
 @pytest.mark.parametrize("arch", ["test_efficientnet", "tf_efficientnet_b0"])
 @pytest.mark.parametrize("defects", [True, False])
 def test_the_original_defects_keep_the_loaded_1000_class_classifier(tmp_path, arch, defects):
@@ -186,7 +191,7 @@ def test_the_original_defects_keep_the_loaded_1000_class_classifier(tmp_path, ar
     args = train_options.build_parser(main_eff.DEFAULTS, "").parse_args(options + ["--original-defects"] * defects)
     args.img_size = (32, 32)
     torch.manual_seed(4)  # another draw than the file's: a fresh classifier would differ from it
-    model = engine.initial_model(args, vars(args))
+    model = engine.initial_model(args, run_config(args))
     weight, bias = model.classifier.weight.detach(), model.classifier.bias.detach()
     backbone = [name for name in saved if not name.startswith("classifier.")]
     loaded = model.state_dict()
@@ -200,7 +205,7 @@ def test_the_original_defects_keep_the_loaded_1000_class_classifier(tmp_path, ar
         assert not torch.equal(weight, saved["classifier.weight"][:5])
     # without pretrained weights there is nothing to keep: a random 1000-class classifier under the switch too
     args.pretrained = "none"
-    assert engine.initial_model(args, vars(args)).classifier.out_features == (1000 if defects else 5)
+    assert engine.initial_model(args, run_config(args)).classifier.out_features == (1000 if defects else 5)
 
 
 def original_valid_one_epoch_metrics(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
