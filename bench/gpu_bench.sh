@@ -65,10 +65,11 @@ if [[ ${COHORT_ONLY:-0} != 1 ]]; then
 fi
 
 # The demo profile (run.sh, where it is fixed): architectures, input, resize, stage balance, kept checkpoints.
-eval "$(grep -E '^DEMO_(VIT_ARCH|EFF_ARCH|IMG_SIZE|RESIZE|STAGE_BALANCE|VIT_KEEP|EFF_KEEP)=' run.sh)"
+eval "$(grep -E '^DEMO_(VIT_ARCH|EFF_ARCH|VIT_IMG_SIZE|EFF_IMG_SIZE|RESIZE|STAGE_BALANCE|VIT_KEEP|EFF_KEEP)=' run.sh)"
 STAND_IN=bench/data/stand_in
 "$PY" bench/stand_in_model_set.py --out "$STAND_IN" --vit-arch "$DEMO_VIT_ARCH" --eff-arch "$DEMO_EFF_ARCH" \
-    --vit-epochs "${DEMO_VIT_KEEP[@]}" --eff-epochs "${DEMO_EFF_KEEP[@]}" --img-size "${DEMO_IMG_SIZE[@]}" \
+    --vit-epochs "${DEMO_VIT_KEEP[@]}" --eff-epochs "${DEMO_EFF_KEEP[@]}" \
+    --vit-img-size "${DEMO_VIT_IMG_SIZE[@]}" --eff-img-size "${DEMO_EFF_IMG_SIZE[@]}" \
     --resize "$DEMO_RESIZE" --stage-balance "$DEMO_STAGE_BALANCE"
 # every core renders (one night each) and feeds the GPU; the figure stays out of docs/ (the stand-in's stages);
 # no YASA: its venv would need the package index, which the machine cannot reach

@@ -205,7 +205,8 @@ def main() -> None:
     out = args.out or REPO / "bench" / "results" / f"model_{device.type}.json"
     report = {"device": device_name(device), "torch": torch.__version__, "timm": timm.__version__, "amp": amp,
               "batch_size": args.batch_size, "infer_batch_size": args.infer_batch_size, "workers": args.workers,
-              "compile": args.compile, "command": "python bench/model_bench.py " + " ".join(sys.argv[1:]),
+              "compile": args.compile, "torch_threads": torch.get_num_threads(),
+              "command": "python bench/model_bench.py " + " ".join(sys.argv[1:]),
               "date": time.strftime("%Y-%m-%d %H:%M"), "results": results}
     with script_io.atomic_path(out) as tmp:
         tmp.write_text(json.dumps(report, indent=2) + "\n")

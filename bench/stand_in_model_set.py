@@ -23,8 +23,8 @@ The stages a run gives with it mean nothing; its times are those of a
 trained set of the same shape.
 
     python bench/stand_in_model_set.py --out bench/data/stand_in --vit-arch vit_tiny_patch16_224 \\
-        --eff-arch tf_efficientnet_b0 --vit-epochs 3 4 --eff-epochs 2 3 --img-size 64 --resize area \\
-        --stage-balance 0.5
+        --eff-arch tf_efficientnet_b0 --vit-epochs 1 2 --eff-epochs 1 --vit-img-size 96 64 --eff-img-size 96 48 \\
+        --resize area --stage-balance 0.5
 """
 from __future__ import annotations
 
@@ -51,8 +51,10 @@ parser.add_argument("--vit-arch", required=True, help="model 1's timm architectu
 parser.add_argument("--eff-arch", required=True, help="model 2's timm architecture")
 parser.add_argument("--vit-epochs", type=int, nargs="+", required=True, help="model 1's kept checkpoints")
 parser.add_argument("--eff-epochs", type=int, nargs="+", required=True, help="model 2's kept checkpoints")
-parser.add_argument("--img-size", type=int, nargs="+", metavar="PIXELS", required=True,
-                    help="the models' input in pixels: one (square) or two, HEIGHT WIDTH")
+parser.add_argument("--vit-img-size", type=int, nargs="+", metavar="PIXELS", required=True,
+                    help="model 1's input in pixels: one (square) or two, HEIGHT WIDTH")
+parser.add_argument("--eff-img-size", type=int, nargs="+", metavar="PIXELS", required=True,
+                    help="model 2's input in pixels: one (square) or two, HEIGHT WIDTH")
 parser.add_argument("--resize", choices=tuple(image_cache.RESIZE_INTERPOLATIONS), required=True,
                     help="how images are resized to the input (the trainers' --resize)")
 parser.add_argument("--stage-balance", type=float, required=True, help="the trainers' --stage-balance")
@@ -64,13 +66,14 @@ STAND_IN = ("a stand-in model set for timing (bench/stand_in_model_set.py): rand
             "no training; the stages it gives mean nothing")
 
 
-def write_checkpoints(out: Path, arch: str, epochs: list[int], number: int, args) -> None:
+def write_checkpoints(out: Path, arch: str, epochs: list[int], img_size: list[int], number: int, args) -> None:
     """One model's configuration and a random-initialised checkpoint per kept epoch (seed ``10 * number + epoch``)."""
+    shape = psg_layout.input_shape(img_size)
     for epoch in epochs:
         torch.manual_seed(10 * number + epoch)
-        model = models.create_model(arch, psg_layout.input_shape(args.img_size))
+        model = models.create_model(arch, shape)
         models.save_weights(model, checkpoint_path(out, arch, FOLD, epoch))
-    config = dict(model_arch=arch, img_size=list(psg_layout.input_shape(args.img_size)),
+    config = dict(model_arch=arch, img_size=list(shape),
                   num_classes=psg_layout.NUM_CLASSES, fold=FOLD, resize=args.resize, stage_balance=args.stage_balance,
                   pretrained="none", stand_in=STAND_IN)
     run_config_path(out, arch, FOLD).write_text(json.dumps(config, indent=2) + "\n")
@@ -105,8 +108,8 @@ def main() -> None:
     if not psg_layout.is_stage_balance(args.stage_balance):
         raise InputError(f"--stage-balance must be a finite number, 0 or more, got {args.stage_balance}")
     replace_stand_in(args.out)
-    write_checkpoints(args.out, args.vit_arch, args.vit_epochs, 0, args)
-    write_checkpoints(args.out, args.eff_arch, args.eff_epochs, 1, args)
+    write_checkpoints(args.out, args.vit_arch, args.vit_epochs, args.vit_img_size, 0, args)
+    write_checkpoints(args.out, args.eff_arch, args.eff_epochs, args.eff_img_size, 1, args)
     record = {"what": STAND_IN, "fold": FOLD,
               "vit": {"arch": args.vit_arch, "epochs": args.vit_epochs},
               "eff": {"arch": args.eff_arch, "epochs": args.eff_epochs},
@@ -120,7 +123,8 @@ def main() -> None:
         tmp.write_text(json.dumps(record, indent=2) + "\n")
     model_set.read_model_set(args.out)  # the record reads back as a model set, or this stops here
     print(f"{args.out}: {len(args.vit_epochs)} + {len(args.eff_epochs)} random-initialised checkpoints of "
-          f"{args.vit_arch} and {args.eff_arch} at {image_cache.shape_label(psg_layout.input_shape(args.img_size))}, "
+          f"{args.vit_arch} at {image_cache.shape_label(psg_layout.input_shape(args.vit_img_size))} and "
+          f"{args.eff_arch} at {image_cache.shape_label(psg_layout.input_shape(args.eff_img_size))}, "
           f"and {model_set_path(args.out).name}")
 
 

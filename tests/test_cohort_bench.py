@@ -24,8 +24,9 @@ pytestmark = pytest.mark.slow
 def test_a_stand_in_set_and_the_cohort_bench_on_the_cpu(tmp_path):
     weights = tmp_path / "stand_in"
     run_script("bench/stand_in_model_set.py", "--out", weights, "--vit-arch", "test_vit", "--eff-arch",
-               "test_efficientnet", "--vit-epochs", 3, 4, "--eff-epochs", 2, 3, "--img-size", 32, "--resize", "area",
-               "--stage-balance", 0.5, "--hypnogram-nights", 3, "--hypnogram-hours", 1.0)
+               "test_efficientnet", "--vit-epochs", 3, 4, "--eff-epochs", 2, 3, "--vit-img-size", 32, 48,
+               "--eff-img-size", 32, "--resize", "area", "--stage-balance", 0.5, "--hypnogram-nights", 3,
+               "--hypnogram-hours", 1.0)
     record = model_set.read_model_set(weights)
     assert record["models"] == {"fold": 0, "vit_arch": "test_vit", "eff_arch": "test_efficientnet",
                                 "vit_epochs": [3, 4], "eff_epochs": [2, 3]}
@@ -35,14 +36,15 @@ def test_a_stand_in_set_and_the_cohort_bench_on_the_cpu(tmp_path):
     counts = record["hmm"]["counts"]
     assert counts["stages"] == np.bincount(np.concatenate(scored), minlength=5).tolist()
     assert sum(map(sum, counts["transitions"])) == sum(len(night) - 1 for night in scored)
-    config = json.loads(run_config_path(weights, "test_vit", 0).read_text())
-    assert (config["img_size"], config["resize"], config["stage_balance"]) == ([32, 32], "area", 0.5)  # as trainers record it
+    for arch, img_size in (("test_vit", [32, 48]), ("test_efficientnet", [32, 32])):  # each model its own input
+        config = json.loads(run_config_path(weights, arch, 0).read_text())
+        assert (config["img_size"], config["resize"], config["stage_balance"]) == (img_size, "area", 0.5)  # as trainers
     first, second = (safetensors.numpy.load_file(checkpoint_path(weights, "test_vit", 0, e)) for e in (3, 4))
     assert any(not np.array_equal(first[name], second[name]) for name in first)  # each checkpoint its own draw
     # a folder that is not a stand-in is never emptied
     refused = run_script("bench/stand_in_model_set.py", "--out", tmp_path, "--vit-arch", "test_vit", "--eff-arch",
-                         "test_efficientnet", "--vit-epochs", 0, "--eff-epochs", 0, "--img-size", 32, "--resize",
-                         "area", "--stage-balance", 0, check=False)
+                         "test_efficientnet", "--vit-epochs", 0, "--eff-epochs", 0, "--vit-img-size", 32,
+                         "--eff-img-size", 32, "--resize", "area", "--stage-balance", 0, check=False)
     assert refused.returncode == 2 and "not a stand-in model set" in refused.stderr and weights.is_dir()
 
     work, result = tmp_path / "work", tmp_path / "cohort.json"
