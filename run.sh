@@ -211,9 +211,10 @@ train_side_by_side() {
     return $failed
 }
 
+# step TITLE: the step's heading, with the time since the script started (where a slow machine loses its time)
 step() {
     echo
-    echo "== $1 =="
+    echo "== $1 == ($((SECONDS / 60)) min $((SECONDS % 60)) s in)"
 }
 
 case "${1:-}" in

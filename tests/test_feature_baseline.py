@@ -50,7 +50,7 @@ def test_a_run_scores_the_test_and_validation_rows(tiny_data, tmp_path, learner,
     assert found["what"].startswith({"trees": "HistGradientBoostingClassifier on per-row",
                                      "logistic": "LogisticRegression (standardised features) on the pixels"}[learner])
     test_rows = sum(1 for _ in open(tiny_data / "testset-labels.csv"))
-    assert found["test"]["rows"] == test_rows
+    assert found["test"]["rows"] == found["test_fitted_on_fold_0_training"]["rows"] == test_rows
     assert 0 < found["fold_0_validation"]["rows"] < sum(1 for _ in open(tiny_data / "trainset-for_user.csv"))
     # Far above chance (0.2) on the tiny set's clearly drawn stages.
     assert found["test"]["macro_f1"] > 0.4

@@ -44,7 +44,7 @@ CORRECTION_COLUMNS = ("recording_id", "epoch", "stage_before", "stage_after", "w
 # How the epochs to check are ordered (doubt); bench/review_yield.py measures each on a demo's test
 # nights (the share of the errors the first 10 % hold) and names the best, which is the default here.
 ORDERINGS = ("blend", "disagreement", "blend+disagreement", "hmm")
-DEFAULT_ORDERING = "blend"
+DEFAULT_ORDERING = "hmm"
 IMAGE_BUDGET_CHARACTERS = 9_000_000  # data URIs, base64: leaves 1 MB of the 10 MB for the numbers and the page
 FULL_SIZE = (psg_layout.IMAGE_WIDTH, psg_layout.IMAGE_HEIGHT)
 HALF_SIZE = (psg_layout.IMAGE_WIDTH // 2, psg_layout.IMAGE_HEIGHT // 2)
@@ -69,7 +69,7 @@ def disagreement(p1: np.ndarray, p2: np.ndarray) -> np.ndarray:
 
 
 def doubt(blend: np.ndarray, p1: np.ndarray | None = None, p2: np.ndarray | None = None,
-          ordering: str = DEFAULT_ORDERING, hmm_confidence: np.ndarray | None = None) -> np.ndarray:
+          ordering: str = "blend", hmm_confidence: np.ndarray | None = None) -> np.ndarray:
     """How much each epoch needs a scorer's eye, shape (n,): larger first.
 
     ``blend``: 1 - the blend's largest probability; ``disagreement``: the

@@ -165,6 +165,10 @@ def test_postprocess_review_pages_order_by_the_hmm_and_show_calibrated_tables(tm
     assert ranked["ordering"] == "hmm" and ranked["order"] == review_page.check_order(1 - confidence).tolist()
     run_script("postprocess.py", "--data-root", data, "--in", blend_csv, "--out", submission, "--no-recordings")
     assert not posterior_path(submission).exists()
+    # the default ordering (the hmm's doubt) on nights scored without the hmm: the blend's, and the page says so
+    assert review_page.DEFAULT_ORDERING == "hmm"
+    pages = review_page.write_layout_pages(data, recordings, review_page.blend_model_dumps(blend_csv), 0.5)
+    assert review_page.read_page_data(pages[0])["ordering"] == "blend"
 
 
 def ece_by_loop(confidence, correct, bins=15):
