@@ -8,8 +8,9 @@ activity measures of a signal band), fits scikit-learn's
 HistGradientBoostingClassifier on the labelled training rows and scores
 it on the test rows (``testset-labels.csv``) and on fold 0 of the
 trainers' subject folds; also fitted on fold 0's training rows alone (the
-nights the networks train on) and scored on the test rows. Prints the macro-F1, Cohen's kappa and the F1 of
-each stage, and writes them to ``bench/results/feature_baseline.json``.
+nights the networks train on) and scored on the test rows. Prints the
+macro-F1, Cohen's kappa and the F1 of each stage, and writes them to
+``bench/results/feature_baseline.json``.
 
 It answers whether a model that scores low at a small input size lacks
 information or training: if the trees score high on the same pixels, the
