@@ -54,6 +54,7 @@ def test_a_run_scores_the_test_and_validation_rows(tiny_data, tmp_path, learner,
     assert 0 < found["fold_0_validation"]["rows"] < sum(1 for _ in open(tiny_data / "trainset-for_user.csv"))
     # Far above chance (0.2) on the tiny set's clearly drawn stages.
     assert found["test"]["macro_f1"] > 0.4
+    assert found["test_fitted_on_fold_0_training"]["macro_f1"] > 0.4  # fitted on fewer nights, it still learns
     assert set(found["test"]["f1"]) == {"Wake", "N1", "N2", "N3", "REM"}
 
 
