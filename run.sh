@@ -32,6 +32,9 @@ DEMO_STAGE_BALANCE=0.5               # the original: 0 (each row once per epoch)
                                      #   as it occurs, else the networks hardly ever predict it (6 % of the epochs)
 DEMO_AUGMENT=(--no-fmix)             # the original: FMix on; in a few epochs from scratch it costs the
                                      #   EfficientNet 0.06 validation macro-F1 (docs/demo.md)
+DEMO_VIT_AUGMENT=(--no-holes)        # the original: CoarseDropout and Cutout on, 8 holes of 8 px each, up to 2 %
+                                     #   of a 224-px image and 17 % of a 96 x 64 one; the ViT learns more without
+                                     #   them, the EfficientNet less (docs/demo.md)
 DEMO_BATCH=(--batch-size 16 --accum-iter 1)   # the original: 32 x 2; more optimizer steps on a small data set
 DEMO_VIT_EPOCHS=3                    # the original: 10 for both; the two trainers run side by side,
 DEMO_EFF_EPOCHS=2                    #   and these end at about the same time
@@ -101,7 +104,8 @@ print_profile() {
     echo "  ${DEMO_EFF_IMG_SIZE[0]}x${DEMO_EFF_IMG_SIZE[1]} px, height x width (resize $DEMO_RESIZE),"
     echo "  lr $DEMO_VIT_LR and $DEMO_EFF_LR, ${DEMO_BATCH[*]}, $DEMO_VIT_EPOCHS and $DEMO_EFF_EPOCHS epochs (one cosine cycle each),"
     echo "  the ViT's input rescaled to the images' own statistics (--input-norm $DEMO_VIT_INPUT_NORM),"
-    echo "  --stage-balance $DEMO_STAGE_BALANCE ${DEMO_AUGMENT[*]}; both trained side by side, $DEMO_TRAINER_THREADS torch thread each;"
+    echo "  --stage-balance $DEMO_STAGE_BALANCE ${DEMO_AUGMENT[*]}, the ViT ${DEMO_VIT_AUGMENT[*]};"
+    echo "  both trained side by side, $DEMO_TRAINER_THREADS torch thread each;"
     echo "  checkpoints averaged: epochs ${DEMO_VIT_KEEP[*]} and ${DEMO_EFF_KEEP[*]}, fold 0 of 5"
 }
 
@@ -126,7 +130,7 @@ print(n.tune_json_path(sys.argv[1]), n.submission_path(sys.argv[1]), n.report_di
     step "2/6 train model 1 (ViT) and model 2 (EfficientNet), side by side"
     train_side_by_side "$DEMO_DIR/logs" \
         vit "$PY" main_vit_rgb.py "${train[@]}" --model-arch "$DEMO_VIT_ARCH" --lr "$DEMO_VIT_LR" \
-            --img-size "${DEMO_VIT_IMG_SIZE[@]}" --input-norm "$DEMO_VIT_INPUT_NORM" \
+            --img-size "${DEMO_VIT_IMG_SIZE[@]}" --input-norm "$DEMO_VIT_INPUT_NORM" "${DEMO_VIT_AUGMENT[@]}" \
             --epochs "$DEMO_VIT_EPOCHS" --t0 $((2 * DEMO_VIT_EPOCHS)) -- \
         eff "$PY" main_eff.py "${train[@]}" --model-arch "$DEMO_EFF_ARCH" --lr "$DEMO_EFF_LR" \
             --img-size "${DEMO_EFF_IMG_SIZE[@]}" --epochs "$DEMO_EFF_EPOCHS" --t0 $((2 * DEMO_EFF_EPOCHS))

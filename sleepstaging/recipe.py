@@ -30,8 +30,8 @@ RECIPE = dict(
     stage_balance=0.0,  # every training row once per epoch, shuffled
     # folds: the original split single epochs with StratifiedKFold (--cv stratified); here by recording
     folds=5, fold=0, cv="subject", seed=72,
-    # batch augmentation: FMix on (its masks as the original drew them), CutMix off
-    no_fmix=False, fmix_spectrum="original", cutmix=False,
+    # batch augmentation: FMix on (its masks as the original drew them), CutMix off, the two hole dropouts on
+    no_fmix=False, fmix_spectrum="original", cutmix=False, no_holes=False,
     # the original's three training defects, restored on request (--original-defects): integer mixed
     # targets, the EfficientNet's 1000-class classifier, summed accumulated losses
     original_defects=False,

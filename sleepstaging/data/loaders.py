@@ -248,7 +248,8 @@ class Cutout(BaseDropout):
         return {"holes": holes, "seed": 0}  # the seed of a random fill; the fill is 0
 
 
-def get_train_transforms(img_size, resize: str = DEFAULT_RESIZE) -> A.Compose:
+def get_train_transforms(img_size, resize: str = DEFAULT_RESIZE,
+                         dropout_probability: float = DROPOUT_PROBABILITY) -> A.Compose:
     """The original's training pipeline: Resize, Normalize, CoarseDropout, Cutout, to tensor.
 
     Parameters
@@ -257,6 +258,8 @@ def get_train_transforms(img_size, resize: str = DEFAULT_RESIZE) -> A.Compose:
         Output size in pixels, (height, width).
     resize : {"linear", "area"}
         The resize's interpolation (:func:`image_cache.make_resize`; linear is the original's).
+    dropout_probability : float
+        Of each dropout (the original's 0.5; 0: no holes, ``--no-holes``).
 
     Returns
     -------
@@ -269,8 +272,8 @@ def get_train_transforms(img_size, resize: str = DEFAULT_RESIZE) -> A.Compose:
         A.CoarseDropout(num_holes_range=(DROPOUT_HOLES, DROPOUT_HOLES),
                         hole_height_range=(DROPOUT_HOLE_PIXELS, DROPOUT_HOLE_PIXELS),
                         hole_width_range=(DROPOUT_HOLE_PIXELS, DROPOUT_HOLE_PIXELS),
-                        fill=0, p=DROPOUT_PROBABILITY),
-        Cutout(p=DROPOUT_PROBABILITY),
+                        fill=0, p=dropout_probability),
+        Cutout(p=dropout_probability),
         ToTensorV2(),
     ])
 
@@ -472,21 +475,19 @@ def make_train_loader(data_root, table: EpochTable, rows: np.ndarray, img_size, 
                       rank: int = 0, world_size: int = 1, pin_memory: bool = False,
                       cache_dir: Path | str | None = DEFAULT_CACHE_DIR, device: torch.device | str = "cpu",
                       progress: bool = False, fmix_spectrum: str = fmix.DEFAULT_SPECTRUM,
-                      resize: str = DEFAULT_RESIZE, stage_balance: float = 0.0,
-                      integer_targets: bool = False) -> DataLoader:
+                      resize: str = DEFAULT_RESIZE, stage_balance: float = 0.0, integer_targets: bool = False,
+                      dropout_probability: float = DROPOUT_PROBABILITY) -> DataLoader:
     """The training DataLoader over ``rows`` of the table (shuffled; augmented).
 
-    Call :func:`set_loader_epoch` before iterating each epoch, and take
-    the batches through :func:`batch_augment.device_batches`. With ``world_size > 1`` each
-    rank gets its shard of every epoch's permutation.
+    Call :func:`set_loader_epoch` before iterating each epoch, and take the batches through
+    :func:`batch_augment.device_batches`. With ``world_size > 1`` each rank gets its shard of every epoch's permutation.
 
     Parameters
     ----------
     cache_dir : path-like or None
         The image cache's folder (built on the first pass): whole batches
         read from the cache (:class:`cached_batches.CachedTrainBatches`) and augmented by
-        :func:`batch_augment.finish_batch`. None: the
-        original's per-sample path (decode, albumentations, FMix per image).
+        :func:`batch_augment.finish_batch`. None: the original's per-sample path (decode, albumentations, FMix per image).
     device : torch.device or str
         The model's device. On CUDA the loader yields uint8 pixels with the
         batch's random plan (:class:`batch_augment.CachedBatch`), and
@@ -501,8 +502,8 @@ def make_train_loader(data_root, table: EpochTable, rows: np.ndarray, img_size, 
     stage_balance : float
         0: every row once per epoch in a shuffled order (the original's);
         above 0: rows drawn by :class:`StageBalancedSampler` with this power.
-    integer_targets : bool
-        The original's integer mixed targets (``--original-defects``).
+    integer_targets, dropout_probability : bool, float
+        The original's integer mixed targets (``--original-defects``); each hole dropout's (0: ``--no-holes``).
     (The other parameters as for :class:`EpochImageDataset` and DataLoader.)
 
     Yields
@@ -514,7 +515,7 @@ def make_train_loader(data_root, table: EpochTable, rows: np.ndarray, img_size, 
     if cache_dir is None:
         paths = table_image_paths(data_root, table)
         dataset = EpochImageDataset(
-            [paths[r] for r in rows], table.labels[rows], get_train_transforms(img_size, resize), seed=seed,
+            [paths[r] for r in rows], table.labels[rows], get_train_transforms(img_size, resize, dropout_probability), seed=seed,
             fmix_enabled=fmix_enabled, cutmix_enabled=cutmix_enabled, fmix_spectrum=fmix_spectrum,
             integer_targets=integer_targets,
         )
@@ -524,7 +525,8 @@ def make_train_loader(data_root, table: EpochTable, rows: np.ndarray, img_size, 
                                progress=progress, resize=resize)
     dataset = CachedTrainBatches(opener, rows, table.labels[rows], img_size, seed, rank, fmix_enabled,
                                  cutmix_enabled, finish=_finish_in_workers(device), fmix_spectrum=fmix_spectrum,
-                                 workers=workers, integer_targets=integer_targets)
+                                 workers=workers, integer_targets=integer_targets,
+                                 dropout_probability=dropout_probability)
     return CachedLoader(dataset, batch_size=None, sampler=NumberedBatches(sampler_of(dataset), batch_size),
                         num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0)
 

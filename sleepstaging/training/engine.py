@@ -53,7 +53,7 @@ from sleepstaging.scoring.models import (MEMORY_FORMAT, PRETRAINED_IMAGENET, aut
 from sleepstaging.output_names import checkpoint_path, last_state_path, log_path, run_config_path
 from sleepstaging.script_io import InputError, where
 from sleepstaging.training.optimizers import LinearWarmup, make_optimizer, make_scheduler, optimizer_steps_per_epoch
-from sleepstaging.recipe import INPUT_STATISTICS_ROWS, LABEL_SMOOTHING
+from sleepstaging.recipe import DROPOUT_PROBABILITY, INPUT_STATISTICS_ROWS, LABEL_SMOOTHING
 from sleepstaging.training.loss import soft_target_cross_entropy, widened
 from sleepstaging.training.train_options import RESUME_KEYS, check_args
 from sleepstaging.training.validation import classification_metrics, original_validation_metrics, validate
@@ -445,6 +445,7 @@ def _make_loaders(args, device, rank: int, world_size: int, table, train_rows, v
     train_loader = loaders.make_train_loader(
         args.data_root, table, train_rows, args.img_size, args.batch_size, args.workers, args.seed,
         fmix_enabled=not args.no_fmix, cutmix_enabled=args.cutmix, fmix_spectrum=args.fmix_spectrum,
+        dropout_probability=0.0 if args.no_holes else DROPOUT_PROBABILITY,
         stage_balance=args.stage_balance, integer_targets=args.original_defects, **loading)
     valid_loader = loaders.make_eval_loader(
         args.data_root, table, args.img_size, args.valid_batch_size, args.workers, rows=valid_rows, **loading)

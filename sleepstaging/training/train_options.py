@@ -130,6 +130,8 @@ def _add_augmentation_and_cache_options(parser: argparse.ArgumentParser, d: dict
                         help="original: FMix masks as the original's FMix code made them (one smooth region, "
                              "at most one cycle along the width); isotropic: the FMix paper's masks")
     parser.add_argument("--cutmix", action="store_true", default=d["cutmix"], help="turn on CutMix (off in the original)")
+    parser.add_argument("--no-holes", action="store_true", default=d["no_holes"],
+                        help="turn off the two hole dropouts, CoarseDropout and Cutout (on in the original)")
     parser.add_argument("--original-defects", action="store_true", default=d["original_defects"],
                         help="train as the original did, defects included: mixed targets as the mixed class index cast "
                              "to an integer, summed accumulated losses, and (main_eff.py) a 1000-class classifier, kept as "

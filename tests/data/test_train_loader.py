@@ -168,6 +168,32 @@ def test_train_transforms_drop_two_sets_of_eight_8x8_holes(tmp_path):
     np.testing.assert_allclose(valid[0].numpy(), NORMALISED_WHITE[0], rtol=1e-5)
 
 
+@pytest.mark.parametrize("cache", [False, True], ids=["per-sample path", "cached path"])
+def test_no_holes_leaves_every_training_pixel(tiny_data, tmp_path, cache):
+    # --no-holes: dropout probability 0 on both paths; on the cached one (the batch plan draws the holes
+    # whether or not they apply) the batches' other draws, order and FMix, are unchanged
+    table = loaders.read_train_table(tiny_data)
+    rows = np.arange(24)
+
+    def first_batches(dropout_probability):
+        loader = loaders.make_train_loader(tiny_data, table, rows, (32, 32), 8, 0, seed=72,
+                                           cache_dir=tmp_path if cache else None,
+                                           dropout_probability=dropout_probability)
+        loaders.set_loader_epoch(loader, 0)
+        batches = list(worker_transport.iterate_batches(loader))
+        return [batch_augment.finish_batch(b, torch.device("cpu")) if cache else b for b in batches]
+
+    def dropped(images):  # pixels zero in all three channels: a hole (no trace pixel normalises to 0)
+        return int((images == 0).all(dim=1).sum())
+
+    with_holes, without = first_batches(recipe.DROPOUT_PROBABILITY), first_batches(0.0)
+    assert sum(dropped(images) for images, _ in with_holes) > 0
+    assert sum(dropped(images) for images, _ in without) == 0
+    if cache:
+        for (_, targets_a), (_, targets_b) in zip(with_holes, without):
+            torch.testing.assert_close(targets_a, targets_b, rtol=0, atol=0)
+
+
 def test_training_loader_is_a_function_of_seed_and_epoch(tiny_data):
     table = loaders.read_train_table(tiny_data)
     rows = np.arange(40)

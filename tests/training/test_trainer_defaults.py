@@ -14,7 +14,7 @@ from conftest import REPO
 SHARED = dict(img_size=224, pretrained="imagenet", input_norm="imagenet", lr=1e-4, min_lr=1e-6, weight_decay=1e-6,
               batch_size=32, valid_batch_size=32, accum_iter=2, epochs=10, t0=10, sched_steps_per_epoch=2, folds=5,
               fold=0, cv="subject", seed=72, workers=4, amp="fp16", device="auto", data_root="DATA", weights_dir="weights",
-              cache_dir="cache", fmix_spectrum="original", no_fmix=False, cutmix=False, no_cache=False,
+              cache_dir="cache", fmix_spectrum="original", no_fmix=False, cutmix=False, no_holes=False, no_cache=False,
               resize="linear", warmup_epochs=0.0, stage_balance=0.0,  # cv2.INTER_LINEAR, no warm-up, each row once
               original_defects=False)  # the corrected recipe; --original-defects restores the original's three
 
@@ -35,7 +35,7 @@ def test_the_parsed_defaults_are_the_recipe():
 def test_resume_checks_every_recipe_key_but_length_speed_and_places():
     assert set(train_options.RESUME_KEYS) == {
         "model_arch", "img_size", "optimizer", "fold", "folds", "cv", "seed", "batch_size", "accum_iter", "lr",
-        "min_lr", "weight_decay", "t0", "sched_steps_per_epoch", "no_fmix", "fmix_spectrum", "cutmix",
+        "min_lr", "weight_decay", "t0", "sched_steps_per_epoch", "no_fmix", "fmix_spectrum", "cutmix", "no_holes",
         "pretrained", "input_norm", "no_cache", "resize", "warmup_epochs", "stage_balance", "original_defects"}
     assert len(train_options.RESUME_KEYS) == len(set(train_options.RESUME_KEYS))
 
