@@ -85,7 +85,7 @@ def choose_postprocess(scores: dict) -> str:
 # Options added after runs were first saved, with what those runs did: a configuration without
 # them reads as having used these (read_run_config), so such runs resume and infer as trained.
 ADDED_SETTINGS = dict(resize="linear", warmup_epochs=0.0, stage_balance=0.0, original_defects=False,
-                      input_norm="imagenet")
+                      input_norm="imagenet", no_holes=False)
 
 
 def read_run_config(weights_dir: Path | str, arch: str, fold: int) -> dict:
