@@ -20,12 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-
 from sleepstaging.data import psg_layout
 from sleepstaging import script_io
 from sleepstaging.scoring.postprocess import read_stage_lines
 
-REPO = Path(__file__).resolve().parents[1]
+
 def lag1_autocorrelation(errors: np.ndarray) -> float | None:
     """Pearson correlation of ``errors[:-1]`` with ``errors[1:]``; None when either is constant."""
     before, after = errors[:-1].astype(float), errors[1:].astype(float)
@@ -34,16 +33,23 @@ def lag1_autocorrelation(errors: np.ndarray) -> float | None:
     return float(np.corrcoef(before, after)[0, 1])
 
 
-def night_persistence(answers: psg_layout.EpochTable, test: psg_layout.EpochTable, stages: np.ndarray) -> dict:
-    """``{recording ID: lag-1 autocorrelation of its errors}`` over the answered rows; ``stages`` in ``test``'s
-    order."""
+def nights_true_and_predicted(data_root: Path, pred: Path) -> dict:
+    """``{recording ID: (true stages, predicted stages)}``, int arrays in row order, of the answered test rows.
+
+    ``pred`` is a stage file in ``testset-for_user.csv`` order; ``data_root``'s ``testset-labels.csv`` the answers.
+    """
+    answers = psg_layout.read_epoch_csv(data_root / psg_layout.TEST_LABELS_CSV, with_labels=True)
+    test = psg_layout.read_epoch_csv(data_root / psg_layout.TEST_CSV, with_labels=False)
+    stages = read_stage_lines(pred, len(test), str(test.path), "blend.py and postprocess.py write it")
     said = {(rec, idnum): stage for rec, idnum, stage in zip(test.recording_ids, test.idnums, stages)}
-    nights: dict = {}
+    pairs: dict = {}
     for rec, idnum, label in zip(answers.recording_ids, answers.idnums, answers.labels):
         if (rec, idnum) not in said:
-            raise script_io.InputError(f"no prediction for {idnum} ({rec})")
-        nights.setdefault(rec, []).append(said[(rec, idnum)] != label)
-    return {rec: lag1_autocorrelation(np.asarray(errors)) for rec, errors in nights.items()}
+            raise script_io.InputError(f"no prediction for {idnum} ({rec}) in {pred}")
+        truth, predicted = pairs.setdefault(rec, ([], []))
+        truth.append(label)
+        predicted.append(said[(rec, idnum)])
+    return {rec: (np.asarray(truth), np.asarray(predicted)) for rec, (truth, predicted) in pairs.items()}
 
 
 def main() -> None:
@@ -51,10 +57,8 @@ def main() -> None:
     parser.add_argument("--data-root", type=Path, required=True)
     parser.add_argument("--pred", type=Path, required=True)
     args = parser.parse_args()
-    answers = psg_layout.read_epoch_csv(args.data_root / psg_layout.TEST_LABELS_CSV, with_labels=True)
-    test = psg_layout.read_epoch_csv(args.data_root / psg_layout.TEST_CSV, with_labels=False)
-    stages = read_stage_lines(args.pred, len(test), str(test.path), "blend.py and postprocess.py write it")
-    per_night = night_persistence(answers, test, stages)
+    per_night = {rec: lag1_autocorrelation(predicted != truth)
+                 for rec, (truth, predicted) in nights_true_and_predicted(args.data_root, args.pred).items()}
     values = [value for value in per_night.values() if value is not None]
     print(json.dumps({"pred": str(args.pred), "mean_lag1_autocorrelation": round(float(np.mean(values)), 3)
                       if values else None, "nights": {k: None if v is None else round(v, 3)

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import f1_score
 
+from error_persistence import nights_true_and_predicted
 from sleepstaging import script_io
 from sleepstaging.data import psg_layout
-from sleepstaging.scoring.postprocess import read_stage_lines
 from sleepstaging.synthetic import physiology
 from sleepstaging.synthetic.hypnogram import recording_rngs
 from sleepstaging.synthetic.recording import ID_FORMAT
@@ -57,20 +57,8 @@ def main() -> None:
     if not made.is_file():
         raise script_io.InputError(f"{made}: not found; --data-root must be a data set of make_synthetic.py")
     seed = int(json.loads(made.read_text())["seed"])
-    answers = psg_layout.read_epoch_csv(args.data_root / psg_layout.TEST_LABELS_CSV, with_labels=True)
-    test = psg_layout.read_epoch_csv(args.data_root / psg_layout.TEST_CSV, with_labels=False)
-    stages = read_stage_lines(args.pred, len(test), str(test.path), "blend.py and postprocess.py write it")
-    said = {(rec, idnum): stage for rec, idnum, stage in zip(test.recording_ids, test.idnums, stages)}
-    pairs: dict = {}  # recording ID -> ([true stage, ...], [predicted stage, ...])
-    for rec, idnum, label in zip(answers.recording_ids, answers.idnums, answers.labels):
-        if (rec, idnum) not in said:
-            raise script_io.InputError(f"no prediction for {idnum} ({rec}) in {args.pred}")
-        truth, predicted = pairs.setdefault(rec, ([], []))
-        truth.append(label)
-        predicted.append(said[(rec, idnum)])
-    nights = {rec: {"chin_uv": round(subject_of(seed, rec).chin_uv, 1),
-                    **night_errors(np.asarray(truth), np.asarray(predicted))}
-              for rec, (truth, predicted) in pairs.items()}
+    nights = {rec: {"chin_uv": round(subject_of(seed, rec).chin_uv, 1), **night_errors(truth, predicted)}
+              for rec, (truth, predicted) in nights_true_and_predicted(args.data_root, args.pred).items()}
     print(json.dumps({"pred": str(args.pred), "nights": nights}, indent=1))
 
 

@@ -42,7 +42,8 @@ CORRECTIONS_NAME = "{name}-corrections.csv"
 # The corrections file the page saves; review.py apply reads it (corrections.py).
 CORRECTION_COLUMNS = ("recording_id", "epoch", "stage_before", "stage_after", "when", "scorer")
 # How the epochs to check are ordered (doubt); bench/review_yield.py measures each on a demo's test
-# nights (the share of the errors the first 10 % hold) and names the best, which is the default here.
+# nights (the share of the errors the first 10 % and 20 % hold). The default, the hmm's doubt, led at 20 %
+# in the three latest demos and at 10 % in two of them (docs/review.md).
 ORDERINGS = ("blend", "disagreement", "blend+disagreement", "hmm")
 DEFAULT_ORDERING = "hmm"
 IMAGE_BUDGET_CHARACTERS = 9_000_000  # data URIs, base64: leaves 1 MB of the 10 MB for the numbers and the page
