@@ -22,7 +22,10 @@ and of the hmm's posterior of the stage the scoring assigned: calibrated
 per stage assigned (as ``postprocess.py`` writes it; the hmm ordering uses
 it) and by one temperature (as model sets did before), with each stage's
 accuracy and mean posterior, decoding by posterior marginals for
-comparison, and the hmm ordering's yield with one temperature.
+comparison, and the hmm ordering's yield with one temperature. Whether the
+validation rows could have told the two calibrations apart: each
+validation night's ECE with the temperatures fitted on the other nights
+(:func:`held_out_night_ece`).
 
 Writes ``bench/results/review_yield.json`` and ``.md`` (``--result``).
 
@@ -134,6 +137,36 @@ def per_stage_calibration(posterior: np.ndarray, calibrated: np.ndarray, y_pred:
     return table
 
 
+def held_out_night_ece(posterior: np.ndarray, assigned: np.ndarray, labels: np.ndarray, ids) -> dict:
+    """The ECE of the hmm's posterior of the stage assigned, each night scaled by temperatures fitted on the
+    other nights: none, one temperature, one per stage assigned (as ``calibration.calibration_record`` fits
+    them); the nights' rows pooled.
+
+    Parameters
+    ----------
+    posterior : np.ndarray, shape (n, 5)
+    assigned, labels : np.ndarray of int, shape (n,)
+        The stage assigned (Viterbi) and the true stage of each row.
+    ids : sequence of str, length n
+        Each row's recording; at least two recordings.
+    """
+    ids = np.asarray(ids)
+    nights = list(dict.fromkeys(ids.tolist()))
+    if len(nights) < 2:
+        raise ValueError("held-out nights need at least two validation nights")
+    scaled = {"none": np.empty_like(posterior), "one": np.empty_like(posterior), "per stage": np.empty_like(posterior)}
+    for night in nights:
+        held, rest = ids == night, ids != night
+        temperature = calibration.fit_temperature(posterior[rest], labels[rest])
+        stage_temperatures = calibration.fit_stage_temperatures(posterior[rest], assigned[rest], labels[rest],
+                                                                temperature)
+        scaled["none"][held] = posterior[held]
+        scaled["one"][held] = calibration.apply_temperature(posterior[held], temperature)
+        scaled["per stage"][held] = calibration.apply_stage_temperatures(posterior[held], assigned[held],
+                                                                         stage_temperatures)
+    return {name: calibration.assigned_reliability(rows, assigned, labels)["ece"] for name, rows in scaled.items()}
+
+
 def calibrate(inputs: dict) -> tuple[dict, np.ndarray, np.ndarray]:
     """Temperatures fitted on validation and the test ECE before and after; the test hmm posterior calibrated
     per stage assigned (as postprocess.py writes it) and by one temperature (as model sets did before)."""
@@ -163,7 +196,9 @@ def calibrate(inputs: dict) -> tuple[dict, np.ndarray, np.ndarray]:
         "posterior_marginals": {"accuracy": float((marginal == y_true).mean()),
                                 "viterbi_accuracy": float((y_pred == y_true).mean()),
                                 "ece_before": calibration.reliability(posterior, y_true)["ece"]},
-        "validation": {key: value for key, value in record.items() if key.startswith("validation")}}
+        "validation": {key: value for key, value in record.items() if key.startswith("validation")},
+        "validation_hmm_ece_held_out_nights": (held_out_night_ece(valid_posterior, valid_decoded, labels, ids)
+                                               if len(set(ids)) > 1 else None)}  # None: one validation night
     return figures, calibrated, one_temperature
 
 
@@ -174,6 +209,14 @@ def orderings(inputs: dict, posterior: np.ndarray) -> dict:
     confidence = posterior[np.arange(len(posterior)), inputs["y_pred"]]
     return {name: review_page.check_order(review_page.doubt(inputs["blend"], p1, p2, name, confidence))
             for name in review_page.ORDERINGS}
+
+
+def held_out_line(held_out: dict | None) -> str:
+    """What :func:`held_out_night_ece` found, in one sentence."""
+    if held_out is None:
+        return "One validation night: no night held out to compare the calibrations on."
+    return ("Each validation night with the temperatures fitted on the other nights (hmm posterior ECE, pooled): "
+            + ", ".join(f"{name} {ece:.3f}" for name, ece in held_out.items()) + ".")
 
 
 def report_lines(result: dict) -> list[str]:
@@ -199,6 +242,7 @@ def report_lines(result: dict) -> list[str]:
               f"the stage assigned {c['test_hmm_ece_before']:.3f} -> {c['test_hmm_ece_after']:.3f} with a "
               f"temperature per stage assigned ({stages}; validation rows {c['hmm_stage_rows']}), "
               f"{c['test_hmm_ece_after_one_temperature']:.3f} with one temperature (T {c['hmm_temperature']:.3f}).",
+              held_out_line(c["validation_hmm_ece_held_out_nights"]),
               "", "| stage assigned | rows | epochs | accuracy | mean posterior before | after |",
               "|---|---|---|---|---|---|"]
     lines += [f"| {name} | {rows} | {row['epochs']} | {row['accuracy']:.3f} | {row['confidence_before']:.3f} | "

@@ -364,6 +364,29 @@ def test_postprocess_writes_each_rows_posterior_at_its_assigned_stages_temperatu
     assert calibration.posterior_calibration_said(tmp_path / "none.csv").startswith("not recorded")
 
 
+def test_held_out_night_calibration_scales_each_night_by_the_other_nights_temperatures():
+    """Night A always right, night B always wrong, both at posterior 0.9 for the stage assigned: fitted on the
+    other night alone, A's temperature makes B's posterior near 1 and B's makes A's near uniform. By hand:
+    unscaled, the four rows share one bin (confidence 0.9, half right): ECE 0.4; scaled, A at confidence c_A
+    (right) and B at c_B (wrong) fall in two bins: ECE = (|1 - c_A| + |0 - c_B|) / 2."""
+    import review_yield
+
+    posterior = np.tile([0.9, 0.025, 0.025, 0.025, 0.025], (4, 1))
+    assigned, labels, ids = np.zeros(4, int), np.array([0, 0, 1, 1]), ["A", "A", "B", "B"]
+    ece = review_yield.held_out_night_ece(posterior, assigned, labels, ids)
+    assert ece["none"] == pytest.approx(0.4)
+    t_from_a = calibration.fit_temperature(posterior[:2], labels[:2])  # all right: as sharp as the range allows
+    t_from_b = calibration.fit_temperature(posterior[2:], labels[2:])  # all wrong: as flat as the range allows
+    c_a = calibration.apply_temperature(posterior[:1], t_from_b)[0, 0]
+    c_b = calibration.apply_temperature(posterior[:1], t_from_a)[0, 0]
+    assert c_a < 0.3 and c_b > 0.99
+    assert ece["one"] == pytest.approx(0.5 * ((1 - c_a) + c_b))
+    # two rows per night: under MIN_STAGE_ROWS, so the stage temperatures fall back to the one temperature
+    assert ece["per stage"] == pytest.approx(ece["one"])
+    with pytest.raises(ValueError, match="at least two validation nights"):
+        review_yield.held_out_night_ece(posterior, assigned, labels, ["A"] * 4)
+
+
 def test_no_ordering_removes_more_errors_than_the_epochs_it_checks():
     import review_yield
 
