@@ -1,7 +1,8 @@
 """A stand-in model set for timing: random-initialised checkpoints with a model set record, no training.
 
-A lent GPU machine starts bare, and a trained set (the demo's four
-checkpoints, about 76 MB) is more than can be carried to it. Timing
+A lent GPU machine starts bare, and a trained set (the demo's two
+checkpoints, about 37 MB) would take most of what can be carried to it
+beside the wheels and the venv. Timing
 ``stage_edf.py`` there needs only what sets its cost: the two
 architectures, their input size and resize, how many checkpoints each
 averages (each a forward pass per image), and a model set record, so the
@@ -23,7 +24,7 @@ The stages a run gives with it mean nothing; its times are those of a
 trained set of the same shape.
 
     python bench/stand_in_model_set.py --out bench/data/stand_in --vit-arch vit_tiny_patch16_224 \\
-        --eff-arch tf_efficientnet_b0 --vit-epochs 1 2 --eff-epochs 1 --vit-img-size 96 64 --eff-img-size 96 48 \\
+        --eff-arch tf_efficientnet_b0 --vit-epochs 2 --eff-epochs 1 --vit-img-size 96 64 --eff-img-size 96 48 \\
         --resize area --stage-balance 0.5
 """
 from __future__ import annotations
