@@ -26,7 +26,7 @@ and the peak memory of the main process and of the drawing processes
 (from ``stage_edf.json``), the load average before and after, the
 resume's wall time, YASA's seconds per night, and the first night's lights
 period and flagged epochs; copies the first night's figure to
-``--figure``.
+``--figure`` (none with ``--no-figures``).
 
     python bench/cohort_bench.py --weights-dir demo/weights
 """
@@ -185,7 +185,8 @@ def main() -> None:
         raise SystemExit(f"scored {marker['recordings']}, failed {failed}; expected {recording_ids} and broken")
     epochs = sum(json.loads((out / i / f"{i}-render.json").read_text())["epochs_rendered"] for i in recording_ids)
     first = json.loads((out / recording_ids[0] / f"{recording_ids[0]}-statistics.json").read_text())
-    args.figure.write_bytes((out / recording_ids[0] / f"{recording_ids[0]}-hypnogram.png").read_bytes())
+    if not args.no_figures:  # stage_edf.py drew none to copy
+        args.figure.write_bytes((out / recording_ids[0] / f"{recording_ids[0]}-hypnogram.png").read_bytes())
     yasa = None if args.no_yasa else time_yasa(args, nights, recording_ids)
     report = {
         "command": "python bench/cohort_bench.py " + " ".join(sys.argv[1:]),

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from cpu_info import cpu_description
+from sleepstaging.scoring import rendered_nights
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,8 +46,25 @@ def cpu_ms(function, count: int) -> float:
     return (time.process_time() - started) / count * 1000
 
 
-def drawing_costs(edf: Path, count: int) -> tuple[dict, list, int]:
-    """Per-night and per-epoch CPU costs of drawing; the grey images drawn; the night's epochs."""
+def model_inputs(weights_dir: Path) -> dict:
+    """The model set's models: ``"vit"``/``"eff"`` -> ``(arch, kept epochs, training configuration, fold)``."""
+    from sleepstaging.scoring import model_set
+
+    record = model_set.read_model_set(weights_dir)["models"]
+    arch_epochs = {key: (record[f"{key}_arch"], record[f"{key}_epochs"]) for key in ("vit", "eff")}
+    configs = model_set.read_model_configs(weights_dir, record["fold"], arch_epochs)
+    return {key: (arch, epochs, configs[key], record["fold"]) for key, (arch, epochs) in arch_epochs.items()}
+
+
+def input_name(config: dict) -> str:
+    """A model's input as ``HEIGHTxWIDTH px, RESIZE``."""
+    height, width, resize = rendered_nights.input_spec(config)
+    return f"{height}x{width} px, {resize}"
+
+
+def drawing_costs(edf: Path, count: int, configs: list) -> tuple[dict, list, int]:
+    """Per-night and per-epoch CPU costs of drawing (and shrinking to each model input of ``configs``, the
+    models' training configurations); the grey images drawn; the night's epochs."""
     import cv2
 
     from sleepstaging.data import image_cache, psg_layout
@@ -75,8 +93,10 @@ def drawing_costs(edf: Path, count: int) -> tuple[dict, list, int]:
         "signal-quality checks": cpu_ms(lambda i: quality.add_epoch(numbers[i], signals[i]), len(numbers)),
         "draw (render_epoch)": cpu_ms(lambda i: psg_layout.render_epoch(signals[i], fs), len(numbers)),
         "PNG file (--keep-images only)": cpu_ms(lambda i: cv2.imencode(".png", images[i], png), len(numbers)),
-        "shrink to 64 px, area": cpu_ms(lambda i: image_cache.resize_grey(greys[i], (64, 64), "area"), len(numbers)),
     })
+    for spec in dict.fromkeys(rendered_nights.input_spec(config) for config in configs):
+        costs[f"shrink to {spec[0]}x{spec[1]} px, {spec[2]}"] = cpu_ms(
+            lambda i: image_cache.resize_grey(greys[i], spec[:2], spec[2]), len(numbers))
     return costs, greys, len(job.epoch_numbers)
 
 
@@ -89,25 +109,22 @@ def review_costs(greys: list) -> dict:
                 greys[i], *review_page.IMAGE_LEVELS[0]), len(greys))}
 
 
-def forward_costs(weights_dir: Path, batch_size: int, count: int) -> dict:
-    """CPU ms per epoch of each kept checkpoint's forward pass (random inputs of the models' size)."""
+def forward_costs(weights_dir: Path, models_of: dict, batch_size: int, count: int) -> dict:
+    """CPU ms per epoch of each kept checkpoint's forward pass (random inputs of the models' size);
+    ``models_of``: :func:`model_inputs`."""
     import torch
 
-    from sleepstaging.scoring import inference, model_set, models
+    from sleepstaging.scoring import inference, models
 
-    record = model_set.read_model_set(weights_dir)["models"]
     costs = {}
-    for key in ("vit", "eff"):
-        arch, epochs = record[f"{key}_arch"], record[f"{key}_epochs"]
-        config = model_set.read_model_configs(weights_dir, record["fold"], {key: (arch, epochs)})[key]
-        model = next(inference.load_checkpoints(arch, epochs, config, weights_dir, record["fold"],
-                                                torch.device("cpu")))
+    for arch, epochs, config, fold in models_of.values():
+        model = next(inference.load_checkpoints(arch, epochs, config, weights_dir, fold, torch.device("cpu")))
         model.eval().to(memory_format=models.MEMORY_FORMAT)
         batch = torch.randn(batch_size, 3, *config["img_size"]).contiguous(memory_format=models.MEMORY_FORMAT)
         models.softmax_batch(model, batch, torch.device("cpu"))
         batches = max(1, count // batch_size)
         per_batch = cpu_ms(lambda _: models.softmax_batch(model, batch, torch.device("cpu")), batches)
-        costs[f"forward pass, {arch} at {config['img_size'][0]} px (x{len(epochs)} checkpoints)"] = \
+        costs[f"forward pass, {arch} at {input_name(config)} (x{len(epochs)} checkpoints)"] = \
             (per_batch / batch_size, len(epochs))
     return costs
 
@@ -120,9 +137,10 @@ def main() -> None:
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     load_before = os.getloadavg()
-    costs, greys, epochs = drawing_costs(args.edf, args.epochs)
+    models_of = model_inputs(args.weights_dir)
+    costs, greys, epochs = drawing_costs(args.edf, args.epochs, [config for _, _, config, _ in models_of.values()])
     costs.update(review_costs(greys))
-    forwards = forward_costs(args.weights_dir, args.batch_size, args.epochs)
+    forwards = forward_costs(args.weights_dir, models_of, args.batch_size, args.epochs)
     per_epoch = {key: round(value, 2) for key, value in costs.items() if not key.endswith("(s per night)")}
     per_epoch.update({key: round(ms, 2) for key, (ms, _) in forwards.items()})
     drawing = sum(v for k, v in per_epoch.items() if k.startswith(("cut", "signal", "draw", "shrink")))

@@ -71,3 +71,12 @@ def test_a_stand_in_set_and_the_cohort_bench_on_the_cpu(tmp_path):
     assert report["render_ahead"] == 0 and report["yasa"] is None  # --workers 1: drawn here; --no-yasa
     assert all(value > 50 for value in report["peak_rss_mib"].values())  # MiB, a Python process with numpy
     assert (tmp_path / "night.png").read_bytes()[:4] == b"\x89PNG"
+    # without figures and review pages: stage_edf.py draws no figure, so none is copied, and the report says so
+    quiet = tmp_path / "cohort_quiet.json"
+    run_script("bench/cohort_bench.py", "--weights-dir", weights, "--nights", 2, "--hours", 0.5, "--workers", 1,
+               "--device", "cpu", "--work", work, "--result", quiet, "--figure", tmp_path / "none.png", "--no-yasa",
+               "--no-figures", "--no-review-pages")
+    settings = json.loads(quiet.read_text())["settings"]
+    assert (settings["no_figures"], settings["no_review_pages"]) == (True, True)
+    assert not (tmp_path / "none.png").exists()
+    assert not list((work / "scored").glob("*/*-hypnogram.png"))
