@@ -148,7 +148,8 @@ def create_model(arch: str, img_size, num_classes: int = psg_layout.NUM_CLASSES,
         read with ``weights_only=True``). Either way the classifier is a
         fresh ``num_classes`` ``nn.Linear`` with torch's default
         initialisation, as the original's ViT head (timm drops the
-        1000-class one), unless ``keep_classifier``.
+        1000-class one), unless ``keep_classifier``; so is an
+        EfficientNet's from random initialisation (:func:`_needs_fresh_head`).
     keep_classifier : bool
         Keep the pretrained classifier where the weights hold one of
         ``num_classes`` outputs (``--original-defects``: the original's
@@ -175,15 +176,35 @@ def create_model(arch: str, img_size, num_classes: int = psg_layout.NUM_CLASSES,
             _check_imagenet_source(model, arch)
         elif pretrained not in (None, PRETRAINED_NONE):
             _check_pretrained_coverage(model, pretrained)
-        if pretrained not in (None, PRETRAINED_NONE) and not (keep_classifier and _classifier_loaded(model)):
-            # As the original replaced its ViT's head: a plain nn.Linear, torch's default initialisation
-            model.reset_classifier(num_classes)
+        if _needs_fresh_head(model, pretrained, keep_classifier):
+            model.reset_classifier(num_classes)  # as the original replaced its ViT's head: a plain nn.Linear
         return model
     except Exception as err:
         if isinstance(err, InputError) or pretrained in (None, PRETRAINED_NONE) or (
                 pretrained == PRETRAINED_IMAGENET and not isinstance(err, HUB_UNREACHABLE)):
             raise
         raise _pretrained_error(err, arch, pretrained) from None
+
+
+def _needs_fresh_head(model: torch.nn.Module, pretrained, keep_classifier: bool) -> bool:
+    """Whether :func:`create_model` replaces ``model``'s classifier by torch's default nn.Linear: always on
+    pretrained weights (but a kept classifier), from random initialisation where timm drew it from the
+    outputs' count."""
+    if pretrained in (None, PRETRAINED_NONE):
+        return _fan_out_initialised(model)
+    return not (keep_classifier and _classifier_loaded(model))
+
+
+def _fan_out_initialised(model: torch.nn.Module) -> bool:
+    """Whether timm drew ``model``'s classifier from its outputs' count: EfficientNet and its kin (timm's
+    ``_init_weight_goog``: uniform within 1/sqrt(outputs)). For 5 stages that is +-0.447, 14 times the
+    +-0.032 of the 1000-class head the architecture was made with: from random initialisation the first
+    batches' logits reach +-27 and the loss 5 nats, and training from scratch starts by undoing it. Such
+    a head is replaced by torch's default nn.Linear (+-1/sqrt(inputs): +-0.028 for B0's 1,280 features),
+    the head these models get on pretrained weights. ViTs draw theirs with a fixed spread (0.02) and keep it."""
+    from timm.models.efficientnet import EfficientNet
+
+    return isinstance(model, EfficientNet)
 
 
 def _timm_request(arch: str, num_classes: int, pretrained) -> tuple[str, dict]:

@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 import safetensors.torch
+import timm
 import torch
 from sklearn.metrics import f1_score
 from torch.utils.data import DataLoader, TensorDataset
@@ -518,3 +519,20 @@ def test_adamp_steps_channels_last_weights_like_contiguous_ones():
         for ours, theirs in zip(_adamp_steps(optimizers.AdamP, layout), reference):
             torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
     assert optimizers.OPTIMIZERS["adamp"] is optimizers.AdamP
+
+
+def test_a_fresh_head_from_random_initialisation_is_the_same_plain_linear_as_on_pretrained_weights():
+    """timm draws an EfficientNet's classifier uniform within 1/sqrt(outputs): +-0.447 for 5 stages. From random
+    initialisation the project's EfficientNet gets torch's default nn.Linear instead, uniform within
+    1/sqrt(inputs) (test_efficientnet: 256 features, +-0.0625), weights and bias; the ViT keeps timm's head
+    (spread 0.02, bias 0), which does not depend on the number of outputs."""
+    torch.manual_seed(3)
+    timms_own = timm.create_model("test_efficientnet", num_classes=5).classifier
+    assert timms_own.weight.abs().max() > 0.3 and torch.all(timms_own.bias == 0)  # what is replaced
+    effnet = models.create_model("test_efficientnet", (64, 64)).classifier
+    bound = 1 / math.sqrt(256)
+    assert effnet.in_features == 256 and effnet.out_features == 5
+    assert effnet.weight.abs().max() <= bound and effnet.weight.abs().max() > 0.8 * bound
+    assert effnet.bias.abs().max() <= bound and effnet.bias.abs().min() > 0
+    vit = models.create_model("test_vit", (64, 64)).head
+    assert torch.all(vit.bias == 0) and 0.015 < float(vit.weight.std()) < 0.025
