@@ -196,8 +196,8 @@ def _needs_fresh_head(model: torch.nn.Module, pretrained, keep_classifier: bool)
 
 
 def _fan_out_initialised(model: torch.nn.Module) -> bool:
-    """Whether timm drew ``model``'s classifier from its outputs' count: EfficientNet and its kin (timm's
-    ``_init_weight_goog``: uniform within 1/sqrt(outputs)). For 5 stages that is +-0.447, 14 times the
+    """Whether timm drew ``model``'s classifier from its outputs' count: its EfficientNet class (B0-B8, the
+    ``tf_`` and NS variants; ``_init_weight_goog``: uniform within 1/sqrt(outputs)). For 5 stages that is +-0.447, 14 times the
     +-0.032 of the 1000-class head the architecture was made with: from random initialisation the first
     batches' logits reach +-27 and the loss 5 nats, and training from scratch starts by undoing it. Such
     a head is replaced by torch's default nn.Linear (+-1/sqrt(inputs): +-0.028 for B0's 1,280 features),
