@@ -137,10 +137,10 @@ def per_stage_calibration(posterior: np.ndarray, calibrated: np.ndarray, y_pred:
     return table
 
 
-def held_out_night_ece(posterior: np.ndarray, assigned: np.ndarray, labels: np.ndarray, ids) -> dict:
+def held_out_night_ece(posterior: np.ndarray, assigned: np.ndarray, labels: np.ndarray, ids) -> dict | None:
     """The ECE of the hmm's posterior of the stage assigned, each night scaled by temperatures fitted on the
     other nights: none, one temperature, one per stage assigned (as ``calibration.calibration_record`` fits
-    them); the nights' rows pooled.
+    them); the nights' rows pooled. None for a single night: no other night to fit on.
 
     Parameters
     ----------
@@ -148,12 +148,12 @@ def held_out_night_ece(posterior: np.ndarray, assigned: np.ndarray, labels: np.n
     assigned, labels : np.ndarray of int, shape (n,)
         The stage assigned (Viterbi) and the true stage of each row.
     ids : sequence of str, length n
-        Each row's recording; at least two recordings.
+        Each row's recording.
     """
     ids = np.asarray(ids)
     nights = list(dict.fromkeys(ids.tolist()))
     if len(nights) < 2:
-        raise ValueError("held-out nights need at least two validation nights")
+        return None
     scaled = {"none": np.empty_like(posterior), "one": np.empty_like(posterior), "per stage": np.empty_like(posterior)}
     for night in nights:
         held, rest = ids == night, ids != night
@@ -197,8 +197,7 @@ def calibrate(inputs: dict) -> tuple[dict, np.ndarray, np.ndarray]:
                                 "viterbi_accuracy": float((y_pred == y_true).mean()),
                                 "ece_before": calibration.reliability(posterior, y_true)["ece"]},
         "validation": {key: value for key, value in record.items() if key.startswith("validation")},
-        "validation_hmm_ece_held_out_nights": (held_out_night_ece(valid_posterior, valid_decoded, labels, ids)
-                                               if len(set(ids)) > 1 else None)}  # None: one validation night
+        "validation_hmm_ece_held_out_nights": held_out_night_ece(valid_posterior, valid_decoded, labels, ids)}
     return figures, calibrated, one_temperature
 
 
