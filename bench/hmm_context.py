@@ -10,18 +10,34 @@ of Metzner et al. 2021 (``METZNER_COUNTS``, the default of yasa 0.8.1's
 epoch classifier on these images: N1 the weakest, as in the demo's
 reports), its errors either independent from epoch to epoch or in runs
 (an error persists into the next epoch with probability ``RUN_PERSISTENCE``
-while the true stage stays). Its probabilities for an epoch are the column
-of ``CONFUSION`` of the stage it says, normalised: the likelihood a
-calibrated classifier would give. ``hmm.estimate_hmm`` counts the hmm on
-the first half of the nights; ``hmm.hmm_decode`` decodes the second half;
-the gain is macro-F1 after minus before. A third kind, ``generator_chain``,
-draws stationary Markov chains from the generator's own pooled transition
-counts: the same order of stages without the night's plan (cycles, N3
-early, REM late), so the bench shows which part of a gain difference the
-plan causes. A first-order chain is the hmm's own model, so the gain on
-Metzner's chain is what the hmm gains on nights that are exactly Markov;
-real nights are not (their transition probabilities change over the
-night), and neither are the generator's. Writes ``bench/results/hmm_context.json``.
+while the true stage stays). Its probabilities for an epoch are what a
+calibrated classifier gives: the column of ``CONFUSION`` of the stage it
+says (the likelihood of each true stage) times the nights' stage shares,
+normalised; the hmm divides the shares out again. ``hmm.estimate_hmm``
+counts the hmm on the first half of the nights; ``hmm.hmm_decode`` decodes
+the second half; the gain is macro-F1 after minus before.
+
+Where a gain difference comes from, nights drawn as semi-Markov chains: a
+chain of changes (where a stage goes when it is left) and, for each stage,
+how long it lasts (its bouts), taken from either kind:
+
+- ``generator_chain``: the generator's own pooled transitions as a Markov
+  chain (its order of stages and mean bouts, without the night's plan);
+- ``metzner_changes_generator_bouts`` and ``generator_changes_metzner_bouts``:
+  one kind's changes with the other's bouts (the generator's: drawn from its
+  nights' bouts of that stage; Metzner's: geometric, as its chain gives);
+- ``metzner_changes_generator_bouts_but_N1_metzner`` (and each other
+  stage): the second kind with one stage's bouts from Metzner's chain;
+- ``metzner_short_wake_bouts``: Metzner's chain with its wake bouts alone
+  drawn from a power law, most of them one epoch (Lo et al. 2002; the
+  structure target of docs/synthetic-data.md: at least half), where the
+  chain's geometric wake bouts last one epoch in 5 % of cases: what that
+  one target does to the gain on Metzner's own chain.
+
+A first-order chain is the hmm's own model, so the gain on Metzner's chain
+is what the hmm gains on nights that are exactly Markov; real nights are
+not (their transition probabilities change over the night), and neither
+are the generator's. Writes ``bench/results/hmm_context.json``.
 """
 from __future__ import annotations
 
@@ -50,6 +66,10 @@ CONFUSION = np.array([  # rows: true Wake, N1, N2, N3, REM; columns: said
     [0.02, 0.06, 0.03, 0.00, 0.89],
 ])
 RUN_PERSISTENCE = 0.8
+STAGE_NAMES = ("W", "N1", "N2", "N3", "REM")
+# Wake bouts of metzner_short_wake_bouts: survival (1 + d / scale) ** -exponent after d epochs, a
+# power law whose first epoch ends 59 % of the bouts (the generator's nights: 58-64 %)
+WAKE_POWER_LAW = (1.3, 1.0)  # (exponent, scale in epochs)
 
 
 def chain_night(rng: np.random.Generator, epochs: int, counts: np.ndarray = METZNER_COUNTS) -> np.ndarray:
@@ -63,6 +83,50 @@ def chain_night(rng: np.random.Generator, epochs: int, counts: np.ndarray = METZ
     return night
 
 
+def change_shares(counts: np.ndarray) -> np.ndarray:
+    """Where each stage goes when it is left: ``counts`` without the diagonal, rows normalised, shape (5, 5)."""
+    changes = np.array(counts, dtype=float)
+    np.fill_diagonal(changes, 0.0)
+    return changes / changes.sum(axis=1, keepdims=True)
+
+
+def stage_bouts(nights: list) -> list:
+    """The lengths (epochs) of every bout of each stage in ``nights``: 5 arrays."""
+    found = [[] for _ in range(5)]
+    for night in nights:
+        starts = np.r_[0, np.flatnonzero(np.diff(night)) + 1]
+        for stage, length in zip(night[starts], np.diff(np.r_[starts, len(night)])):
+            found[stage].append(length)
+    return [np.array(lengths) for lengths in found]
+
+
+def geometric_bouts(counts: np.ndarray) -> list:
+    """Per stage, a draw of a bout length as a Markov chain of ``counts`` gives it (geometric)."""
+    stay = np.diag(counts) / counts.sum(axis=1)
+    return [lambda rng, p=p: int(rng.geometric(1.0 - p)) for p in stay]
+
+
+def drawn_bouts(lengths: list) -> list:
+    """Per stage, a draw from the bout ``lengths`` (:func:`stage_bouts`) of that stage."""
+    return [lambda rng, found=found: int(rng.choice(found)) for found in lengths]
+
+
+def power_law_bout(rng: np.random.Generator) -> int:
+    """A bout length (epochs) whose survival beyond d epochs is about (1 + d / scale) ** -exponent."""
+    exponent, scale = WAKE_POWER_LAW
+    return max(1, int(np.ceil(scale * (rng.random() ** (-1.0 / exponent) - 1.0))))
+
+
+def semi_markov_night(rng: np.random.Generator, epochs: int, changes: np.ndarray, bouts: list) -> np.ndarray:
+    """A night that starts awake, each bout's length drawn by ``bouts[stage]`` and the next stage from
+    ``changes`` (:func:`change_shares`), shape (epochs,)."""
+    night, stage = [], 0
+    while len(night) < epochs:
+        night += [stage] * bouts[stage](rng)
+        stage = int(rng.choice(5, p=changes[stage]))
+    return np.array(night[:epochs], dtype=np.int64)
+
+
 def noisy_labels(rng: np.random.Generator, truth: np.ndarray, in_runs: bool) -> np.ndarray:
     """The stage the simulated classifier says for each epoch, shape like ``truth``."""
     said = np.empty_like(truth)
@@ -73,16 +137,51 @@ def noisy_labels(rng: np.random.Generator, truth: np.ndarray, in_runs: bool) -> 
     return said
 
 
+def calibrated_probabilities(said: np.ndarray, stage_shares: np.ndarray) -> np.ndarray:
+    """What a calibrated classifier that said ``said`` gives, shape (epochs, 5): P(true | said) on nights with these
+    ``stage_shares``, the likelihood column of :data:`CONFUSION` times the shares, normalised."""
+    posterior = CONFUSION[:, said].T * stage_shares[None, :]
+    return posterior / posterior.sum(axis=1, keepdims=True)
+
+
 def gain(nights: list, rng: np.random.Generator, in_runs: bool) -> dict:
     half = len(nights) // 2
     ids = lambda group: np.concatenate([np.full(len(n), i) for i, n in enumerate(group)]).astype(str)  # noqa: E731
     model = hmm.estimate_hmm(np.concatenate(nights[:half]), ids(nights[:half]))
     truth = np.concatenate(nights[half:])
     said = np.concatenate([noisy_labels(rng, night, in_runs) for night in nights[half:]])
-    probabilities = CONFUSION[:, said].T / CONFUSION[:, said].T.sum(axis=1, keepdims=True)
-    decoded = hmm.hmm_decode(probabilities, ids(nights[half:]), *model)
+    decoded = hmm.hmm_decode(calibrated_probabilities(said, model[2]), ids(nights[half:]), *model)
     before, after = macro_f1(truth, said), macro_f1(truth, decoded)
     return {"before": round(before, 4), "after": round(after, 4), "gain": round(after - before, 4)}
+
+
+def kinds_of_night(generator: list, seed: int) -> dict:
+    """Every kind of night the bench decodes, each as long as the generator's nights, one by one."""
+    rng = np.random.default_rng(seed)
+    own_counts = np.zeros((5, 5))
+    for night in generator:
+        np.add.at(own_counts, (night[:-1], night[1:]), 1)
+    own_bouts, metzner_bouts = drawn_bouts(stage_bouts(generator)), geometric_bouts(METZNER_COUNTS)
+    semi = {"metzner_changes_generator_bouts": (change_shares(METZNER_COUNTS), own_bouts),
+            "generator_changes_metzner_bouts": (change_shares(own_counts), metzner_bouts),
+            "metzner_short_wake_bouts": (change_shares(METZNER_COUNTS), [power_law_bout] + metzner_bouts[1:])}
+    for stage, name in enumerate(STAGE_NAMES):  # which stage's bouts carry the difference, one at a time
+        swapped = own_bouts[:stage] + [metzner_bouts[stage]] + own_bouts[stage + 1:]
+        semi[f"metzner_changes_generator_bouts_but_{name}_metzner"] = (change_shares(METZNER_COUNTS), swapped)
+    kinds = {"generator": generator,
+             "metzner": [chain_night(rng, len(night)) for night in generator],
+             "generator_chain": [chain_night(rng, len(night), own_counts) for night in generator]}
+    for kind, (changes, bouts) in semi.items():
+        kinds[kind] = [semi_markov_night(rng, len(night), changes, bouts) for night in generator]
+    return kinds
+
+
+def bout_summary(nights: list) -> dict:
+    """Mean bout (epochs) per stage, the share of wake bouts of one epoch, and REM bouts a night."""
+    lengths = stage_bouts(nights)
+    return {"mean_bout_epochs": [round(float(found.mean()), 1) if len(found) else None for found in lengths],
+            "one_epoch_wake_bouts": round(float(np.mean(lengths[0] == 1)), 3),
+            "rem_bouts_per_night": round(len(lengths[4]) / len(nights), 1)}
 
 
 def main() -> None:
@@ -96,23 +195,17 @@ def main() -> None:
     for index in range(args.nights):
         labels = synthetic_hypnogram.recording_hypnogram(args.seed, index, args.hours)
         generator.append(labels[labels >= 0].astype(np.int64))
-    rng = np.random.default_rng(args.seed)
-    metzner = [chain_night(rng, len(night)) for night in generator]
-    # the generator's own pooled transitions as a stationary chain: separates what the order of stages
-    # does to the gain (same counts, no cycles) from what the night's plan does (cycles, N3 early, REM late)
-    own_counts = np.zeros((5, 5))
-    for night in generator:
-        np.add.at(own_counts, (night[:-1], night[1:]), 1)
-    generator_chain = [chain_night(rng, len(night), own_counts) for night in generator]
+    kinds = kinds_of_night(generator, args.seed)
     result = {"command": "python bench/hmm_context.py " + " ".join(sys.argv[1:]), "confusion": CONFUSION.tolist(),
-              "run_persistence": RUN_PERSISTENCE, "nights": args.nights, "hours": args.hours}
+              "run_persistence": RUN_PERSISTENCE, "nights": args.nights, "hours": args.hours,
+              "bouts": {kind: bout_summary(nights) for kind, nights in kinds.items()}}
     for errors, in_runs in (("independent", False), ("in_runs", True)):
         found = {kind: gain(nights, np.random.default_rng([args.seed, in_runs]), in_runs)
-                 for kind, nights in (("generator", generator), ("metzner", metzner),
-                                             ("generator_chain", generator_chain))}
+                 for kind, nights in kinds.items()}
         found["gain_difference"] = round(abs(found["generator"]["gain"] - found["metzner"]["gain"]), 4)
         result[errors] = found
-        print(errors, json.dumps(found))
+        print(errors, json.dumps({kind: entry["gain"] if isinstance(entry, dict) else entry
+                                  for kind, entry in found.items()}))
     result["machine"] = {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()}
     tmp = args.out.with_name(f".{args.out.name}.tmp")
     tmp.write_text(json.dumps(result, indent=1) + "\n")

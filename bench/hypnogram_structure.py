@@ -67,7 +67,8 @@ def seed_structure(seed: int, nights: int, hours: float) -> dict:
         labels = scoring.labels[kept].astype(int)
         hypno = yasa.Hypnogram([STAGES[s] for s in labels], n_stages=5)
         counts_yasa, _ = hypno.transition_matrix()
-        counts += counts_yasa.loc[["WAKE", "N1", "N2", "N3", "REM"], ["WAKE", "N1", "N2", "N3", "REM"]].to_numpy()
+        # a night without some stage (no N3, as in many older sleepers) has no row or column for it
+        counts += counts_yasa.reindex(index=list(STAGES), columns=list(STAGES), fill_value=0).to_numpy()
         stage, length, first = bouts(labels)
         asleep = np.flatnonzero(labels != 0)
         inside = (first > asleep[0]) & (first < asleep[-1])
