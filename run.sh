@@ -86,7 +86,13 @@ setup() {
     if [[ ! -x "$PY" ]]; then
         "$(find_python)" -m venv "$VENV"
     fi
-    "$PY" -m pip install --quiet --disable-pip-version-check -r requirements.txt
+    if ! "$PY" -m pip install --quiet --disable-pip-version-check -r requirements.txt; then
+        local free
+        free=$(df -Pk "$VENV" | awk 'NR == 2 { printf "%.1f", $4 / 1048576 }')
+        echo "error: installing requirements.txt into $VENV failed (pip says why above); $free GiB left free" \
+             "on its disk, where the venv takes about 6.3 GiB (torch's CUDA build)" >&2
+        exit 2
+    fi
     # the library (sleepstaging/), importable from the scripts, benches and tests wherever they run
     "$PY" -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
     echo "$want" > "$STAMP"
