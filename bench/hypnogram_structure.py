@@ -1,6 +1,9 @@
 """The order of stages and their bouts in the synthetic nights against real nights (runs in the YASA venv).
 
-    .venv-realism/bin/python bench/hypnogram_structure.py            # seeds 1-3, 30 nights of 7 h each
+    PYTHONPATH=. .venv-realism/bin/python bench/hypnogram_structure.py   # seeds 1-3, 30 nights of 7 h each
+
+(YASA's venv, made by ``bench/realism.py``, does not have the project
+installed: ``PYTHONPATH=.`` reads the package from this checkout.)
 
 For every seed, the labels of 30 nights (``recording_hypnogram``, no
 signals) are read with YASA's own ``Hypnogram`` and ``transition_matrix``
@@ -10,7 +13,9 @@ stage, the share of its changes that go to each other stage; every change
 that real nights make in at least 2 % of a stage's exits must occur and
 lie within 0.10 of Metzner's share. Also: night-time wake bouts (after
 sleep onset, before the final awakening) of one epoch; mean N3 bout;
-REM bouts a night; stage shares of sleep (sleep onset to final awakening).
+REM bouts a night; stage shares of sleep (sleep onset to final awakening);
+each stage's mean bout (against Metzner's chain: 1 / (1 - its stay
+probability)) and wake after sleep onset, which no target bounds.
 The panel's hypnodensity gives the share of epochs on which all scorers
 agree (Bakker et al. 2022: 32-46 %). Writes
 ``bench/results/hypnogram_structure.json``.
@@ -27,7 +32,6 @@ from pathlib import Path
 
 import numpy as np
 import yasa
-
 
 from sleepstaging.synthetic import hypnogram as synthetic_hypnogram
 
@@ -52,6 +56,11 @@ def exit_shares(counts: np.ndarray) -> np.ndarray:
     return changes / changes.sum(axis=1, keepdims=True)
 
 
+def mean_bouts(counts: np.ndarray) -> np.ndarray:
+    """Each stage's mean bout (epochs) in a Markov chain of transition ``counts``: 1 / (1 - its stay probability)."""
+    return 1.0 / (1.0 - np.diag(counts) / counts.sum(axis=1))
+
+
 def bouts(stages: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(stage, length, first epoch)`` of every run of one stage, each shape (runs,)."""
     starts = np.r_[0, np.flatnonzero(np.diff(stages)) + 1]
@@ -61,6 +70,7 @@ def bouts(stages: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def seed_structure(seed: int, nights: int, hours: float) -> dict:
     counts = np.zeros((5, 5))
     one_epoch_wake, n3_bouts, rem_bouts, shares, unanimous, scored = [], [], [], np.zeros(5), 0, 0
+    bout_lengths, waso_minutes = [[] for _ in STAGES], []
     for index in range(nights):
         _, scoring = synthetic_hypnogram.recording_night(seed, index, hours)
         kept = scoring.labels >= 0
@@ -74,6 +84,9 @@ def seed_structure(seed: int, nights: int, hours: float) -> dict:
         inside = (first > asleep[0]) & (first < asleep[-1])
         one_epoch_wake += (length[(stage == 0) & inside] == 1).tolist()
         n3_bouts += length[stage == 3].tolist()
+        for code, found in enumerate(bout_lengths):
+            found += length[stage == code].tolist()
+        waso_minutes.append(float(np.sum(labels[asleep[0]:asleep[-1]] == 0)) / 2)
         rem_bouts.append(int(np.sum(stage == 4)))
         shares += np.bincount(labels[asleep[0]:asleep[-1] + 1], minlength=5)
         unanimous += int(np.sum(scoring.hypnodensity[kept].max(axis=1) == 1))
@@ -88,6 +101,8 @@ def seed_structure(seed: int, nights: int, hours: float) -> dict:
         "max_exit_share_difference": round(float(np.abs(found - reference).max()), 3),
         "one_epoch_night_wake_bouts": round(float(np.mean(one_epoch_wake)), 3),
         "n3_mean_bout_epochs": round(float(np.mean(n3_bouts)), 1),
+        "mean_bout_epochs": dict(zip(STAGES, (round(float(np.mean(found)), 1) for found in bout_lengths))),
+        "wake_after_sleep_onset_minutes": round(float(np.mean(waso_minutes)), 1),
         "rem_bouts_per_night": {"mean": round(float(np.mean(rem_bouts)), 1), "min": min(rem_bouts),
                                 "max": max(rem_bouts)},
         "sleep_shares": dict(zip(STAGES[1:], np.round(sleep_share, 3).tolist())),
@@ -102,9 +117,10 @@ def main() -> None:
     parser.add_argument("--hours", type=float, default=7.0)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "hypnogram_structure.json")
     args = parser.parse_args()
-    result = {"command": "python bench/hypnogram_structure.py " + " ".join(sys.argv[1:]),
+    result = {"command": "PYTHONPATH=. .venv-realism/bin/python bench/hypnogram_structure.py " + " ".join(sys.argv[1:]),
               "nights_per_seed": args.nights, "hours": args.hours, "yasa": yasa.__version__,
               "metzner_exit_shares": np.round(exit_shares(metzner_counts()), 3).tolist(),
+              "metzner_mean_bout_epochs": dict(zip(STAGES, np.round(mean_bouts(metzner_counts()), 1).tolist())),
               "seeds": {str(seed): seed_structure(seed, args.nights, args.hours) for seed in args.seeds},
               "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()}}
     for seed, found in result["seeds"].items():
