@@ -12,10 +12,11 @@ YASA does not compute (``Lat_REM_from_onset``, ``awakenings``,
 Exit status 1 when any statistic disagrees.
 
 Runs in the bench-only venv that holds yasa (``hypnogram``'s statistics
-need only NumPy and the standard library there):
+need only NumPy and the standard library there; ``PYTHONPATH=.`` reads the
+package from this checkout, which that venv does not have installed):
 
     python -m venv .venv-realism && .venv-realism/bin/pip install -r bench/requirements-realism.txt
-    .venv-realism/bin/python bench/statistics_vs_yasa.py
+    PYTHONPATH=. .venv-realism/bin/python bench/statistics_vs_yasa.py
 """
 from __future__ import annotations
 
@@ -96,7 +97,7 @@ def main() -> int:
     for key, cases in disagreements.items():
         print(f"  {key}: {len(cases)} disagreements, e.g. {cases[:3]}")
     print("all agree" if not disagreements else f"{len(disagreements)} statistics disagree")
-    report = {"command": "python bench/statistics_vs_yasa.py " + " ".join(sys.argv[1:]),
+    report = {"command": "PYTHONPATH=. .venv-realism/bin/python bench/statistics_vs_yasa.py " + " ".join(sys.argv[1:]),
               "yasa": yasa.__version__, "hypnograms": nights, "compared": compared,
               "not_in_yasa": sorted(not_in_yasa),
               "disagreements": {key: {"count": len(cases), "examples": cases[:3]}
