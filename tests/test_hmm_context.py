@@ -65,3 +65,21 @@ def test_geometric_bouts_have_the_chains_mean():
     draw_n1 = hmm_context.geometric_bouts(hmm_context.METZNER_COUNTS)[1]
     stay = hmm_context.METZNER_COUNTS[1, 1] / hmm_context.METZNER_COUNTS[1].sum()  # 0.769
     assert abs(np.mean([draw_n1(rng) for _ in range(20000)]) - 1 / (1 - stay)) < 0.1
+
+
+def test_the_swapped_kinds_take_their_bouts_from_the_kind_they_name():
+    # "generator" nights of fixed bouts: Wake 3, N1 2, N2 10, N3 20, REM 15 epochs, in a fixed order
+    cycle = [0] * 3 + [1] * 2 + [2] * 10 + [3] * 20 + [2] * 10 + [4] * 15
+    generator = [np.array(cycle * 20, dtype=np.int64) for _ in range(30)]  # some 350 N1 bouts of each kind
+    kinds = hmm_context.kinds_of_night(generator, seed=0)
+    assert all(len(night) == len(generator[0]) for nights in kinds.values() for night in nights)
+    means = {kind: hmm_context.bout_summary(nights)["mean_bout_epochs"] for kind, nights in kinds.items()}
+    # the generator's bouts, whatever the order of stages (a night's last bout may be cut short)
+    assert means["metzner_changes_generator_bouts"][1] <= 2.0 and means["metzner_changes_generator_bouts"][1] > 1.8
+    # Metzner's geometric N1 bouts: 1 / (1 - 0.769) = 4.3 epochs
+    assert abs(means["generator_changes_metzner_bouts"][1] - 4.3) < 0.5
+    # one stage swapped: N1's from Metzner, the rest the generator's
+    swapped = means["metzner_changes_generator_bouts_but_N1_metzner"]
+    assert abs(swapped[1] - 4.3) < 0.5 and 9.0 < swapped[2] <= 10.0
+    # power-law wake bouts: most of one epoch
+    assert hmm_context.bout_summary(kinds["metzner_short_wake_bouts"])["one_epoch_wake_bouts"] > 0.5
