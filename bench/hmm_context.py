@@ -177,11 +177,15 @@ def kinds_of_night(generator: list, seed: int) -> dict:
 
 
 def bout_summary(nights: list) -> dict:
-    """Mean bout (epochs) per stage, the share of wake bouts of one epoch, and REM bouts a night."""
+    """Mean bout (epochs) per stage, the share of wake bouts of one epoch, REM bouts a night and stage shifts an
+    hour (30-s epochs)."""
     lengths = stage_bouts(nights)
+    shifts = sum(int(np.count_nonzero(np.diff(night))) for night in nights)
+    hours = sum(len(night) for night in nights) / 120
     return {"mean_bout_epochs": [round(float(found.mean()), 1) if len(found) else None for found in lengths],
             "one_epoch_wake_bouts": round(float(np.mean(lengths[0] == 1)), 3),
-            "rem_bouts_per_night": round(len(lengths[4]) / len(nights), 1)}
+            "rem_bouts_per_night": round(len(lengths[4]) / len(nights), 1),
+            "stage_shifts_per_hour": round(shifts / hours, 1)}
 
 
 def main() -> None:
