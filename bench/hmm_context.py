@@ -1,6 +1,6 @@
 """What the hmm gains on simulated noisy labels: generator nights against nights drawn from real transitions.
 
-    python bench/hmm_context.py          # 40 nights of 7 h per kind (20 to count the hmm, 20 decoded)
+    python bench/hmm_context.py          # seeds 1-4, 40 nights of 7 h per kind (20 count the hmm, 20 decoded)
 
 Two kinds of nights: the generator's labels (``recording_hypnogram``,
 seed 1) and nights drawn as a Markov chain from the 30-s transition counts
@@ -188,29 +188,50 @@ def bout_summary(nights: list) -> dict:
             "stage_shifts_per_hour": round(shifts / hours, 1)}
 
 
+def seed_result(seed: int, nights: int, hours: float) -> dict:
+    """Every kind's bouts and hmm gains for the generator's nights of ``seed`` (and the chains drawn beside them)."""
+    generator = []
+    for index in range(nights):
+        labels = synthetic_hypnogram.recording_hypnogram(seed, index, hours)
+        generator.append(labels[labels >= 0].astype(np.int64))
+    kinds = kinds_of_night(generator, seed)
+    result = {"bouts": {kind: bout_summary(found) for kind, found in kinds.items()}}
+    for errors, in_runs in (("independent", False), ("in_runs", True)):
+        found = {kind: gain(nights_of_kind, np.random.default_rng([seed, in_runs]), in_runs)
+                 for kind, nights_of_kind in kinds.items()}
+        found["gain_difference"] = round(abs(found["generator"]["gain"] - found["metzner"]["gain"]), 4)
+        result[errors] = found
+    return result
+
+
+def gain_ranges(seeds: dict) -> dict:
+    """Per kind of errors and of night, the lowest and highest gain (and gain difference) over the seeds."""
+    ranges = {}
+    for errors in ("independent", "in_runs"):
+        values = {}
+        for found in seeds.values():
+            for kind, entry in found[errors].items():
+                values.setdefault(kind, []).append(entry["gain"] if isinstance(entry, dict) else entry)
+        ranges[errors] = {kind: [min(found), max(found)] for kind, found in values.items()}
+    return ranges
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nights", type=int, default=40)
     parser.add_argument("--hours", type=float, default=7.0)
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4])
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "hmm_context.json")
     args = parser.parse_args()
-    generator = []
-    for index in range(args.nights):
-        labels = synthetic_hypnogram.recording_hypnogram(args.seed, index, args.hours)
-        generator.append(labels[labels >= 0].astype(np.int64))
-    kinds = kinds_of_night(generator, args.seed)
+    seeds = {str(seed): seed_result(seed, args.nights, args.hours) for seed in args.seeds}
+    for seed, found in seeds.items():
+        for errors in ("independent", "in_runs"):
+            print(f"seed {seed} {errors}", json.dumps({kind: entry["gain"] if isinstance(entry, dict) else entry
+                                                       for kind, entry in found[errors].items()}))
     result = {"command": "python bench/hmm_context.py " + " ".join(sys.argv[1:]), "confusion": CONFUSION.tolist(),
               "run_persistence": RUN_PERSISTENCE, "nights": args.nights, "hours": args.hours,
-              "bouts": {kind: bout_summary(nights) for kind, nights in kinds.items()}}
-    for errors, in_runs in (("independent", False), ("in_runs", True)):
-        found = {kind: gain(nights, np.random.default_rng([args.seed, in_runs]), in_runs)
-                 for kind, nights in kinds.items()}
-        found["gain_difference"] = round(abs(found["generator"]["gain"] - found["metzner"]["gain"]), 4)
-        result[errors] = found
-        print(errors, json.dumps({kind: entry["gain"] if isinstance(entry, dict) else entry
-                                  for kind, entry in found.items()}))
-    result["machine"] = {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()}
+              "ranges_over_seeds": gain_ranges(seeds), "seeds": seeds,
+              "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()}}
     tmp = args.out.with_name(f".{args.out.name}.tmp")
     tmp.write_text(json.dumps(result, indent=1) + "\n")
     tmp.replace(args.out)

@@ -83,3 +83,13 @@ def test_the_swapped_kinds_take_their_bouts_from_the_kind_they_name():
     assert abs(swapped[1] - 4.3) < 0.5 and 9.0 < swapped[2] <= 10.0
     # power-law wake bouts: most of one epoch
     assert hmm_context.bout_summary(kinds["metzner_short_wake_bouts"])["one_epoch_wake_bouts"] > 0.5
+
+
+def test_gain_ranges_take_each_kinds_lowest_and_highest_gain_over_the_seeds():
+    seeds = {"1": {"independent": {"generator": {"gain": 0.08}, "gain_difference": 0.05},
+                   "in_runs": {"generator": {"gain": 0.004}, "gain_difference": 0.03}},
+             "2": {"independent": {"generator": {"gain": 0.09}, "gain_difference": 0.04},
+                   "in_runs": {"generator": {"gain": 0.001}, "gain_difference": 0.02}}}
+    assert hmm_context.gain_ranges(seeds) == {
+        "independent": {"generator": [0.08, 0.09], "gain_difference": [0.04, 0.05]},
+        "in_runs": {"generator": [0.001, 0.004], "gain_difference": [0.02, 0.03]}}
