@@ -84,8 +84,8 @@ def seed_structure(seed: int, nights: int, hours: float) -> dict:
         inside = (first > asleep[0]) & (first < asleep[-1])
         one_epoch_wake += (length[(stage == 0) & inside] == 1).tolist()
         n3_bouts += length[stage == 3].tolist()
-        for code, found in enumerate(bout_lengths):
-            found += length[stage == code].tolist()
+        for code, lengths_of_stage in enumerate(bout_lengths):
+            lengths_of_stage += length[stage == code].tolist()
         waso_minutes.append(float(np.sum(labels[asleep[0]:asleep[-1]] == 0)) / 2)
         rem_bouts.append(int(np.sum(stage == 4)))
         shares += np.bincount(labels[asleep[0]:asleep[-1] + 1], minlength=5)
@@ -101,7 +101,7 @@ def seed_structure(seed: int, nights: int, hours: float) -> dict:
         "max_exit_share_difference": round(float(np.abs(found - reference).max()), 3),
         "one_epoch_night_wake_bouts": round(float(np.mean(one_epoch_wake)), 3),
         "n3_mean_bout_epochs": round(float(np.mean(n3_bouts)), 1),
-        "mean_bout_epochs": dict(zip(STAGES, (round(float(np.mean(found)), 1) for found in bout_lengths))),
+        "mean_bout_epochs": dict(zip(STAGES, (round(float(np.mean(lengths_of_stage)), 1) for lengths_of_stage in bout_lengths))),
         "wake_after_sleep_onset_minutes": round(float(np.mean(waso_minutes)), 1),
         "rem_bouts_per_night": {"mean": round(float(np.mean(rem_bouts)), 1), "min": min(rem_bouts),
                                 "max": max(rem_bouts)},
