@@ -28,6 +28,14 @@ how long it lasts (its bouts), taken from either kind:
   nights' bouts of that stage; Metzner's: geometric, as its chain gives);
 - ``metzner_changes_generator_bouts_but_N1_metzner`` (and each other
   stage): the second kind with one stage's bouts from Metzner's chain;
+- ``metzner_changes_target_bouts``: Metzner's changes with geometric bouts
+  whose means give the generator's stage shares, REM bouts a night and
+  night length (:func:`bouts_for_targets`): real nights' order of stages
+  at the structure targets. Bouts balance (every bout is entered from the
+  one before it), so the changes alone fix how many bouts of each stage
+  come to one REM bout (``bouts_per_rem_bout`` in the output: 5.8 of N1
+  with Metzner's changes); the shares and the REM bouts then fix each
+  stage's mean bout;
 - ``metzner_short_wake_bouts``: Metzner's chain with its wake bouts alone
   drawn from a power law, most of them one epoch (Lo et al. 2002; the
   structure target of docs/synthetic-data.md: at least half), where the
@@ -100,10 +108,42 @@ def stage_bouts(nights: list) -> list:
     return [np.array(lengths) for lengths in found]
 
 
-def geometric_bouts(counts: np.ndarray) -> list:
-    """Per stage, a draw of a bout length as a Markov chain of ``counts`` gives it (geometric)."""
-    stay = np.diag(counts) / counts.sum(axis=1)
-    return [lambda rng, p=p: int(rng.geometric(1.0 - p)) for p in stay]
+def chain_mean_bouts(counts: np.ndarray) -> np.ndarray:
+    """Mean bout (epochs) of each stage in a Markov chain of transition ``counts``: epochs over exits, shape (5,)."""
+    epochs = counts.sum(axis=1)
+    return epochs / (epochs - np.diag(counts))
+
+
+def geometric_bouts(means: np.ndarray) -> list:
+    """Per stage, a draw of a geometric bout length (as a Markov chain gives it) of mean ``means[stage]`` epochs."""
+    if np.min(means) < 1.0:
+        raise ValueError(f"a bout lasts at least one epoch, got mean bouts {np.round(means, 2).tolist()}")
+    return [lambda rng, mean=mean: int(rng.geometric(1.0 / mean)) for mean in means]
+
+
+def bout_visit_shares(changes: np.ndarray) -> np.ndarray:
+    """The share of a long night's bouts that are bouts of each stage, for nights following ``changes``, shape (5,).
+
+    Every bout is entered from the bout before it, so the bouts balance: the
+    bouts of stage j number the sum over i of the bouts of i times
+    ``changes[i, j]`` (up to each night's first bout), whatever the bouts'
+    lengths and however the night is planned: the stationary distribution of
+    the chain of bouts.
+    """
+    values, vectors = np.linalg.eig(np.asarray(changes, dtype=float).T)
+    shares = np.real(vectors[:, np.argmin(np.abs(values - 1.0))])
+    return shares / shares.sum()
+
+
+def bouts_for_targets(changes: np.ndarray, stage_shares: np.ndarray, rem_bouts: float, epochs: float) -> np.ndarray:
+    """Mean bout (epochs) of each stage that nights of ``epochs`` following ``changes`` need to have these
+    ``stage_shares`` (of all epochs, shape (5,)) and ``rem_bouts`` REM bouts a night, shape (5,).
+
+    The bouts of each stage number ``rem_bouts`` times their share of bouts
+    (:func:`bout_visit_shares`) over REM's, and share that stage's epochs.
+    """
+    visits = bout_visit_shares(changes)
+    return np.asarray(stage_shares, dtype=float) * epochs * visits[4] / (rem_bouts * visits)
 
 
 def drawn_bouts(lengths: list) -> list:
@@ -155,19 +195,30 @@ def gain(nights: list, rng: np.random.Generator, in_runs: bool) -> dict:
     return {"before": round(before, 4), "after": round(after, 4), "gain": round(after - before, 4)}
 
 
+def target_bouts(generator: list) -> np.ndarray:
+    """The mean bouts (:func:`bouts_for_targets`) that give nights of Metzner's changes the stage shares, REM bouts a
+    night and length of the ``generator``'s nights, shape (5,)."""
+    epochs = np.concatenate(generator)
+    shares = np.bincount(epochs, minlength=5) / len(epochs)
+    rem_bouts = len(stage_bouts(generator)[4]) / len(generator)
+    return bouts_for_targets(change_shares(METZNER_COUNTS), shares, rem_bouts, len(epochs) / len(generator))
+
+
 def kinds_of_night(generator: list, seed: int) -> dict:
     """Every kind of night the bench decodes, each as long as the generator's nights, one by one."""
     rng = np.random.default_rng(seed)
     own_counts = np.zeros((5, 5))
     for night in generator:
         np.add.at(own_counts, (night[:-1], night[1:]), 1)
-    own_bouts, metzner_bouts = drawn_bouts(stage_bouts(generator)), geometric_bouts(METZNER_COUNTS)
+    own_bouts, metzner_bouts = drawn_bouts(stage_bouts(generator)), geometric_bouts(chain_mean_bouts(METZNER_COUNTS))
     semi = {"metzner_changes_generator_bouts": (change_shares(METZNER_COUNTS), own_bouts),
             "generator_changes_metzner_bouts": (change_shares(own_counts), metzner_bouts),
             "metzner_short_wake_bouts": (change_shares(METZNER_COUNTS), [power_law_bout] + metzner_bouts[1:])}
     for stage, name in enumerate(STAGE_NAMES):  # which stage's bouts carry the difference, one at a time
         swapped = own_bouts[:stage] + [metzner_bouts[stage]] + own_bouts[stage + 1:]
         semi[f"metzner_changes_generator_bouts_but_{name}_metzner"] = (change_shares(METZNER_COUNTS), swapped)
+    # last, so the kinds above draw what they drew before it was added
+    semi["metzner_changes_target_bouts"] = (change_shares(METZNER_COUNTS), geometric_bouts(target_bouts(generator)))
     kinds = {"generator": generator,
              "metzner": [chain_night(rng, len(night)) for night in generator],
              "generator_chain": [chain_night(rng, len(night), own_counts) for night in generator]}
@@ -195,7 +246,8 @@ def seed_result(seed: int, nights: int, hours: float) -> dict:
         labels = synthetic_hypnogram.recording_hypnogram(seed, index, hours)
         generator.append(labels[labels >= 0].astype(np.int64))
     kinds = kinds_of_night(generator, seed)
-    result = {"bouts": {kind: bout_summary(found) for kind, found in kinds.items()}}
+    result = {"bouts": {kind: bout_summary(found) for kind, found in kinds.items()},
+              "target_mean_bouts": np.round(target_bouts(generator), 2).tolist()}
     for errors, in_runs in (("independent", False), ("in_runs", True)):
         found = {kind: gain(nights_of_kind, np.random.default_rng([seed, in_runs]), in_runs)
                  for kind, nights_of_kind in kinds.items()}
@@ -228,8 +280,10 @@ def main() -> None:
         for errors in ("independent", "in_runs"):
             print(f"seed {seed} {errors}", json.dumps({kind: entry["gain"] if isinstance(entry, dict) else entry
                                                        for kind, entry in found[errors].items()}))
+    visits = bout_visit_shares(change_shares(METZNER_COUNTS))
     result = {"command": "python bench/hmm_context.py " + " ".join(sys.argv[1:]), "confusion": CONFUSION.tolist(),
               "run_persistence": RUN_PERSISTENCE, "nights": args.nights, "hours": args.hours,
+              "bouts_per_rem_bout": dict(zip(STAGE_NAMES, np.round(visits / visits[4], 2).tolist())),
               "ranges_over_seeds": gain_ranges(seeds), "seeds": seeds,
               "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()}}
     tmp = args.out.with_name(f".{args.out.name}.tmp")

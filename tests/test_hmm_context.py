@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 import hmm_context
 from sleepstaging.scoring import hmm
@@ -62,15 +63,35 @@ def test_power_law_wake_bouts_end_after_one_epoch_as_often_as_their_survival_say
 
 def test_geometric_bouts_have_the_chains_mean():
     rng = np.random.default_rng(2)
-    draw_n1 = hmm_context.geometric_bouts(hmm_context.METZNER_COUNTS)[1]
-    stay = hmm_context.METZNER_COUNTS[1, 1] / hmm_context.METZNER_COUNTS[1].sum()  # 0.769
-    assert abs(np.mean([draw_n1(rng) for _ in range(20000)]) - 1 / (1 - stay)) < 0.1
+    means = hmm_context.chain_mean_bouts(hmm_context.METZNER_COUNTS)
+    assert round(means[1], 2) == 4.33  # N1: 8709 epochs, 8709 - 6697 = 2012 exits
+    draw_n1 = hmm_context.geometric_bouts(means)[1]
+    assert abs(np.mean([draw_n1(rng) for _ in range(20000)]) - 8709 / 2012) < 0.1
+    with pytest.raises(ValueError, match="at least one epoch"):
+        hmm_context.geometric_bouts(np.array([2.0, 0.8, 3.0, 3.0, 3.0]))
+
+
+def test_bouts_balance_and_the_targets_fix_each_stages_mean_bout():
+    # Wake -> N1 -> N2, then N3 or REM half and half, both back to Wake: for every Wake bout one of N1 and of N2,
+    # half of N3 and half of REM
+    changes = np.zeros((5, 5))
+    changes[0, 1] = changes[1, 2] = changes[3, 0] = changes[4, 0] = 1.0
+    changes[2, 3] = changes[2, 4] = 0.5
+    np.testing.assert_allclose(hmm_context.bout_visit_shares(changes), [0.25, 0.25, 0.25, 0.125, 0.125])
+    # 10 REM bouts a night of 800 epochs: 20 bouts each of Wake, N1 and N2, 10 of N3; shares 0.1 / 0.1 / 0.5 /
+    # 0.2 / 0.1 of 800 epochs over those bouts: 4, 4, 20, 16 and 8 epochs
+    means = hmm_context.bouts_for_targets(changes, [0.1, 0.1, 0.5, 0.2, 0.1], rem_bouts=10, epochs=800)
+    np.testing.assert_allclose(means, [4.0, 4.0, 20.0, 16.0, 8.0])
+    # Metzner's changes: 5.8 N1 bouts to each REM bout
+    visits = hmm_context.bout_visit_shares(hmm_context.change_shares(hmm_context.METZNER_COUNTS))
+    assert round(visits[1] / visits[4], 1) == 5.8
 
 
 def test_the_swapped_kinds_take_their_bouts_from_the_kind_they_name():
-    # "generator" nights of fixed bouts: Wake 3, N1 2, N2 10, N3 20, REM 15 epochs, in a fixed order
-    cycle = [0] * 3 + [1] * 2 + [2] * 10 + [3] * 20 + [2] * 10 + [4] * 15
-    generator = [np.array(cycle * 20, dtype=np.int64) for _ in range(30)]  # some 350 N1 bouts of each kind
+    # "generator" nights of fixed bouts: Wake 3, N1 2, N2 10, N3 20, REM 15 epochs, in a fixed order (four N1 bouts
+    # to a REM bout: Metzner's changes need 5.8 N1 bouts to each REM bout, so each of them lasts 8 / 5.8 epochs)
+    cycle = [0] * 3 + ([1] * 2 + [2] * 10) * 2 + [3] * 20 + ([2] * 10 + [1] * 2) * 2 + [4] * 15
+    generator = [np.array(cycle * 14, dtype=np.int64) for _ in range(30)]  # some 1,000 N1 bouts of each kind
     kinds = hmm_context.kinds_of_night(generator, seed=0)
     assert all(len(night) == len(generator[0]) for nights in kinds.values() for night in nights)
     means = {kind: hmm_context.bout_summary(nights)["mean_bout_epochs"] for kind, nights in kinds.items()}
@@ -81,6 +102,10 @@ def test_the_swapped_kinds_take_their_bouts_from_the_kind_they_name():
     # one stage swapped: N1's from Metzner, the rest the generator's
     swapped = means["metzner_changes_generator_bouts_but_N1_metzner"]
     assert abs(swapped[1] - 4.3) < 0.5 and 9.0 < swapped[2] <= 10.0
+    # Metzner's changes with the bouts that give the generator's stage shares (N1 8 / 86 of the epochs, REM 15 / 86)
+    shares = np.bincount(np.concatenate(kinds["metzner_changes_target_bouts"]), minlength=5) / (30 * 14 * 86)
+    assert abs(shares[1] - 8 / 86) < 0.015 and abs(shares[4] - 15 / 86) < 0.04
+    assert abs(means["metzner_changes_target_bouts"][1] - 8 / 5.8) < 0.1
     # power-law wake bouts: most of one epoch
     assert hmm_context.bout_summary(kinds["metzner_short_wake_bouts"])["one_epoch_wake_bouts"] > 0.5
 
@@ -93,3 +118,12 @@ def test_gain_ranges_take_each_kinds_lowest_and_highest_gain_over_the_seeds():
     assert hmm_context.gain_ranges(seeds) == {
         "independent": {"generator": [0.08, 0.09], "gain_difference": [0.04, 0.05]},
         "in_runs": {"generator": [0.001, 0.004], "gain_difference": [0.02, 0.03]}}
+
+
+def test_the_target_bouts_of_nights_drawn_from_metzners_chain_are_the_chains_own():
+    # nights of Metzner's chain have its stage shares and REM bouts, so the bouts that give them are its bouts
+    rng = np.random.default_rng(3)
+    nights = [hmm_context.chain_night(rng, 2000) for _ in range(40)]
+    found = hmm_context.target_bouts(nights)
+    expected = hmm_context.chain_mean_bouts(hmm_context.METZNER_COUNTS)  # 18.8 / 4.3 / 13.5 / 19.7 / 31.3
+    np.testing.assert_allclose(found[1:], expected[1:], rtol=0.2)  # Wake: every night starts awake
