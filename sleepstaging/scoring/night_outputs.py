@@ -297,6 +297,24 @@ def quality_statistics(quality, epoch_numbers) -> dict:
     return {"epochs_flagged": flags.count(signal_quality.FLAGGED), "quality_warnings": "; ".join(quality.warnings)}
 
 
+def _draw_steps(top, bottom, edges: np.ndarray, stages: np.ndarray, probabilities: np.ndarray, labelled: bool) -> None:
+    """One run of contiguous epochs: the hypnogram's steps on ``top``, the stacked probabilities on ``bottom``.
+
+    ``edges``: the epochs' borders in hours, shape (n + 1,). Drawn as lines
+    and filled collections, not ``stairs``: a stairs patch's data limits are
+    found segment by segment in Python, most of a figure's time on a long night.
+    """
+    held = lambda values: np.append(values, values[-1])  # noqa: E731 (the value over the last edge)
+    height_of = np.array([HYPNOGRAM_ORDER.index(name) for name in STAGES])
+    top.plot(edges, held(height_of[stages]), drawstyle="steps-post", color="black", lw=1.0)
+    rem = np.where(stages == REM, height_of[REM], np.nan)
+    top.plot(edges, held(rem), drawstyle="steps-post", color=STAGE_COLOURS[REM], lw=3.0)
+    cumulative = np.concatenate([np.zeros((len(stages), 1)), np.cumsum(probabilities, axis=1)], axis=1)
+    for s in range(NUM_CLASSES):
+        bottom.fill_between(edges, held(cumulative[:, s]), held(cumulative[:, s + 1]), step="post",
+                            color=STAGE_COLOURS[s], lw=0.5, label=STAGES[s] if labelled else None)
+
+
 def plot_recording(path: Path, recording_id: str, onsets: np.ndarray, stages: np.ndarray, probabilities: np.ndarray,
                    start: datetime.datetime | None, epoch_seconds: float, statistics: dict,
                    inside: np.ndarray | None = None) -> None:
@@ -313,18 +331,11 @@ def plot_recording(path: Path, recording_id: str, onsets: np.ndarray, stages: np
 
     hours = onsets / 3600.0
     epoch_hours = epoch_seconds / 3600.0
-    height_of = np.array([HYPNOGRAM_ORDER.index(name) for name in STAGES])
     fig = Figure(figsize=(11, 4.2))
     top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": (1.3, 1)})
-    cumulative = np.concatenate([np.zeros((len(onsets), 1)), np.cumsum(probabilities, axis=1)], axis=1)
     for run in contiguous_runs(onsets, epoch_seconds):
-        edges = np.append(hours[run], hours[run][-1] + epoch_hours)
-        top.stairs(height_of[stages[run]], edges, baseline=None, color="black", lw=1.0)
-        rem = np.where(stages[run] == REM, height_of[REM], np.nan)
-        top.stairs(rem, edges, baseline=None, color=STAGE_COLOURS[REM], lw=3.0)
-        for s in range(NUM_CLASSES):
-            bottom.stairs(cumulative[run, s + 1], edges, baseline=cumulative[run, s], fill=True,
-                          color=STAGE_COLOURS[s], label=STAGES[s] if run.start == 0 else None)
+        _draw_steps(top, bottom, np.append(hours[run], hours[run][-1] + epoch_hours), stages[run],
+                    probabilities[run], labelled=run.start == 0)
     top.set_yticks(range(NUM_CLASSES), HYPNOGRAM_ORDER)
     top.set_ylim(-0.5, NUM_CLASSES - 0.5)
     shown = {key: "n/a" if math.isnan(statistics[key]) else f"{statistics[key]:.1f}" for key in ("TST", "SE", "SOL", "WASO")}
