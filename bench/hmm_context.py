@@ -252,6 +252,8 @@ def seed_result(seed: int, nights: int, hours: float) -> dict:
         found = {kind: gain(nights_of_kind, np.random.default_rng([seed, in_runs]), in_runs)
                  for kind, nights_of_kind in kinds.items()}
         found["gain_difference"] = round(abs(found["generator"]["gain"] - found["metzner"]["gain"]), 4)
+        found["gain_difference_at_target_bouts"] = round(
+            abs(found["generator"]["gain"] - found["metzner_changes_target_bouts"]["gain"]), 4)
         result[errors] = found
     return result
 
