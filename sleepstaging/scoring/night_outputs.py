@@ -304,7 +304,9 @@ def _draw_steps(top, bottom, edges: np.ndarray, stages: np.ndarray, probabilitie
     and filled collections, not ``stairs``: a stairs patch's data limits are
     found segment by segment in Python, most of a figure's time on a long night.
     """
-    held = lambda values: np.append(values, values[-1])  # noqa: E731 (the value over the last edge)
+    def held(values):  # a value per edge: the last epoch's again at the run's end
+        return np.append(values, values[-1])
+
     height_of = np.array([HYPNOGRAM_ORDER.index(name) for name in STAGES])
     top.plot(edges, held(height_of[stages]), drawstyle="steps-post", color="black", lw=1.0)
     rem = np.where(stages == REM, height_of[REM], np.nan)
