@@ -310,7 +310,7 @@ def _draw_steps(top, bottom, edges: np.ndarray, stages: np.ndarray, probabilitie
     height_of = np.array([HYPNOGRAM_ORDER.index(name) for name in STAGES])
     top.plot(edges, held(height_of[stages]), drawstyle="steps-post", color="black", lw=1.0)
     rem = np.where(stages == REM, height_of[REM], np.nan)
-    top.plot(edges, held(rem), drawstyle="steps-post", color=STAGE_COLOURS[REM], lw=3.0)
+    top.plot(edges, held(rem), drawstyle="steps-post", color=STAGE_COLOURS[REM], lw=3.0, solid_capstyle="butt")
     cumulative = np.concatenate([np.zeros((len(stages), 1)), np.cumsum(probabilities, axis=1)], axis=1)
     for s in range(NUM_CLASSES):
         bottom.fill_between(edges, held(cumulative[:, s]), held(cumulative[:, s + 1]), step="post",

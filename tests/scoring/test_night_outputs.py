@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from sleepstaging.data import psg_layout
+from sleepstaging.scoring import night_outputs
 from sleepstaging.scoring.night_outputs import (OUTPUT_FILES, QUALITY_COLUMNS, stage_annotations, write_recording_outputs,
                                                 write_statistics_table)
 from sleepstaging.scoring.sleep_statistics import json_ready, sleep_statistics
@@ -130,3 +131,32 @@ def test_recording_outputs_refuse_inconsistent_arrays(tmp_path):
     with pytest.raises(ValueError, match="increase"):
         write_recording_outputs(tmp_path, "x", onsets[::-1], before, STAGES_AFTER, probabilities, None, EPOCHS)
     assert not (tmp_path / "x").exists()
+
+
+def test_the_figure_marks_a_lone_rem_epoch_and_every_stage_band(tmp_path):
+    # 40 epochs of N2 with one REM epoch in the middle: the hypnogram's REM bar must show it (a lone
+    # epoch is the case where a step patch with gaps drew next to nothing)
+    import cv2
+
+    stages = np.full(40, 2)
+    stages[20] = 4
+    probabilities = np.full((40, 5), 0.05)
+    probabilities[np.arange(40), stages] = 0.8
+    statistics = {"TST": 20.0, "SE": 100.0, "SOL": 0.0, "WASO": 0.0}
+    path = tmp_path / "night.png"
+    night_outputs.plot_recording(path, "X", np.arange(40) * 30.0, stages, probabilities, None, 30.0, statistics)
+    image = cv2.imread(str(path))[:, :, ::-1].astype(int)  # RGB
+    red = np.array([0xd6, 0x45, 0x45])
+    is_red = np.abs(image - red).sum(axis=2) < 40
+    top_half = is_red[: image.shape[0] // 2]
+    columns = np.flatnonzero(top_half.any(axis=0))
+    # the probability panel: N2's blue fills 80 % of its height across the whole time axis
+    n2_blue = np.abs(image - np.array([0x3b, 0x8b, 0xd9])).sum(axis=2) < 40
+    blue_columns = np.flatnonzero(n2_blue[image.shape[0] // 2:].sum(axis=0) > 20)
+    axis_columns = np.arange(blue_columns[0], blue_columns[-1] + 1)  # (the REM epoch's column holds little blue)
+    assert n2_blue[image.shape[0] // 2:].sum() > 20 * top_half.sum()
+    # one bar as wide as one epoch of the 40 on the axis (3 points thick), not scattered dots
+    assert np.all(np.diff(columns) == 1) and top_half.sum() >= 3 * len(columns)
+    assert abs(len(columns) - len(axis_columns) / 40) <= 2
+    # where the epoch is: the 21st of 40
+    assert abs((columns.mean() - axis_columns[0]) / len(axis_columns) - 20.5 / 40) < 0.01
