@@ -61,6 +61,7 @@ import numpy as np
 from sleepstaging.scoring import hmm
 from sleepstaging.synthetic import hypnogram as synthetic_hypnogram
 from sleepstaging.scoring.blend import macro_f1
+from transitions import chain_mean_bouts, change_shares
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -91,13 +92,6 @@ def chain_night(rng: np.random.Generator, epochs: int, counts: np.ndarray = METZ
     return night
 
 
-def change_shares(counts: np.ndarray) -> np.ndarray:
-    """Where each stage goes when it is left: ``counts`` without the diagonal, rows normalised, shape (5, 5)."""
-    changes = np.array(counts, dtype=float)
-    np.fill_diagonal(changes, 0.0)
-    return changes / changes.sum(axis=1, keepdims=True)
-
-
 def stage_bouts(nights: list) -> list:
     """The lengths (epochs) of every bout of each stage in ``nights``: 5 arrays."""
     found = [[] for _ in range(5)]
@@ -106,12 +100,6 @@ def stage_bouts(nights: list) -> list:
         for stage, length in zip(night[starts], np.diff(np.r_[starts, len(night)])):
             found[stage].append(length)
     return [np.array(lengths) for lengths in found]
-
-
-def chain_mean_bouts(counts: np.ndarray) -> np.ndarray:
-    """Mean bout (epochs) of each stage in a Markov chain of transition ``counts``: epochs over exits, shape (5,)."""
-    epochs = counts.sum(axis=1)
-    return epochs / (epochs - np.diag(counts))
 
 
 def geometric_bouts(means: np.ndarray) -> list:

@@ -34,6 +34,7 @@ import numpy as np
 import yasa
 
 from sleepstaging.synthetic import hypnogram as synthetic_hypnogram
+from transitions import chain_mean_bouts, change_shares
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("WAKE", "N1", "N2", "N3", "REM")  # yasa's names, in the project's order 0-4
@@ -47,18 +48,6 @@ def metzner_counts() -> np.ndarray:
     block = source[source.index("trans_freqs = np.array("):]
     rows = re.findall(r"\[\s*(\d+),\s*(\d+),\s*(\d+),\s*(\d+),\s*(\d+)\s*\]", block)[:5]
     return np.array(rows, dtype=float)
-
-
-def exit_shares(counts: np.ndarray) -> np.ndarray:
-    """Each row's off-diagonal counts over their sum: where a stage's changes go, shape (5, 5)."""
-    changes = counts.copy()
-    np.fill_diagonal(changes, 0)
-    return changes / changes.sum(axis=1, keepdims=True)
-
-
-def mean_bouts(counts: np.ndarray) -> np.ndarray:
-    """Each stage's mean bout (epochs) in a Markov chain of transition ``counts``: 1 / (1 - its stay probability)."""
-    return 1.0 / (1.0 - np.diag(counts) / counts.sum(axis=1))
 
 
 def bouts(stages: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -91,8 +80,8 @@ def seed_structure(seed: int, nights: int, hours: float) -> dict:
         shares += np.bincount(labels[asleep[0]:asleep[-1] + 1], minlength=5)
         unanimous += int(np.sum(scoring.hypnodensity[kept].max(axis=1) == 1))
         scored += int(kept.sum())
-    reference = exit_shares(metzner_counts())
-    found = exit_shares(counts)
+    reference = change_shares(metzner_counts())
+    found = change_shares(counts)
     required = reference >= EXIT_FLOOR
     sleep_share = shares[1:] / shares[1:].sum()
     return {
@@ -119,8 +108,8 @@ def main() -> None:
     args = parser.parse_args()
     result = {"command": "PYTHONPATH=. .venv-realism/bin/python bench/hypnogram_structure.py " + " ".join(sys.argv[1:]),
               "nights_per_seed": args.nights, "hours": args.hours, "yasa": yasa.__version__,
-              "metzner_exit_shares": np.round(exit_shares(metzner_counts()), 3).tolist(),
-              "metzner_mean_bout_epochs": dict(zip(STAGES, np.round(mean_bouts(metzner_counts()), 1).tolist())),
+              "metzner_exit_shares": np.round(change_shares(metzner_counts()), 3).tolist(),
+              "metzner_mean_bout_epochs": dict(zip(STAGES, np.round(chain_mean_bouts(metzner_counts()), 1).tolist())),
               "seeds": {str(seed): seed_structure(seed, args.nights, args.hours) for seed in args.seeds},
               "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()}}
     for seed, found in result["seeds"].items():
