@@ -36,6 +36,13 @@ how long it lasts (its bouts), taken from either kind:
   come to one REM bout (``bouts_per_rem_bout`` in the output: 5.8 of N1
   with Metzner's changes); the shares and the REM bouts then fix each
   stage's mean bout;
+- ``structure_targets_chain``: nights that meet the structure targets of
+  docs/synthetic-data.md with bouts as long as the targets let them be:
+  changes within ``STRUCTURE_SLACK`` of Metzner's (the target allows 0.10)
+  that send the fewest bouts to N1 and N2 for each REM bout
+  (:func:`fewest_short_bouts_changes`), wake bouts from the power law
+  below, the other stages' geometric bouts with the means that give the
+  generator's stage shares and REM bouts a night (:func:`bouts_for_targets`);
 - ``metzner_short_wake_bouts``: Metzner's chain with its wake bouts alone
   drawn from a power law, most of them one epoch (Lo et al. 2002; the
   structure target of docs/synthetic-data.md: at least half), where the
@@ -79,6 +86,11 @@ STAGE_NAMES = ("W", "N1", "N2", "N3", "REM")
 # Wake bouts of metzner_short_wake_bouts: survival (1 + d / scale) ** -exponent after d epochs, a
 # power law whose first epoch ends 59 % of the bouts (the generator's nights: 58-64 %)
 WAKE_POWER_LAW = (1.3, 1.0)  # (exponent, scale in epochs)
+# structure_targets_chain: how far each change share may move from Metzner's (the structure target allows 0.10;
+# a margin is left for the sampling error of 30 nights)
+STRUCTURE_SLACK = 0.075
+MAX_N3_BOUTS_PER_REM_BOUT = 0.85  # N3 bouts of 15 epochs or more at N3's 17 % of sleep and 9-10 REM bouts a night
+EXIT_FLOOR = 0.02  # changes real nights make in at least this share of a stage's exits must occur
 
 
 def chain_night(rng: np.random.Generator, epochs: int, counts: np.ndarray = METZNER_COUNTS) -> np.ndarray:
@@ -134,6 +146,44 @@ def bouts_for_targets(changes: np.ndarray, stage_shares: np.ndarray, rem_bouts: 
     return np.asarray(stage_shares, dtype=float) * epochs * visits[4] / (rem_bouts * visits)
 
 
+def fewest_short_bouts_changes(slack: float = STRUCTURE_SLACK) -> np.ndarray:
+    """Where each stage goes when it is left, each share within ``slack`` of Metzner's, so that the fewest bouts
+    go to N1 and N2 for each REM bout, shape (5, 5) (:func:`change_shares`'s layout).
+
+    Fewer N1 and N2 bouts to each REM bout let them last longer at the same
+    stage shares and REM bouts a night (:func:`bouts_for_targets`). Minimised:
+    N1 bouts plus 0.3 times N2 bouts to a REM bout (N1's bouts weigh most on
+    the hmm's gain, N2's next), by SLSQP from Metzner's shares. The changes
+    real nights make in at least ``EXIT_FLOOR`` of a stage's exits stay at
+    that floor or above; the rarer ones stay as they are; at most
+    ``MAX_N3_BOUTS_PER_REM_BOUT`` N3 bouts come to a REM bout (the structure
+    targets' long N3 bouts).
+    """
+    from scipy.optimize import minimize
+
+    metzner = change_shares(METZNER_COUNTS)
+    free = metzner >= EXIT_FLOOR
+
+    def shares(values: np.ndarray) -> np.ndarray:
+        changes = metzner.copy()
+        changes[free] = values
+        return changes
+
+    def per_rem_bout(values: np.ndarray) -> np.ndarray:
+        visits = bout_visit_shares(shares(values))
+        return visits / visits[4]
+
+    long_n3 = {"type": "ineq", "fun": lambda values: MAX_N3_BOUTS_PER_REM_BOUT - per_rem_bout(values)[3]}
+    rows_sum_to_one = [{"type": "eq", "fun": lambda values, row=row: shares(values)[row].sum() - 1.0} for row in range(5)]
+    bounds = [(max(EXIT_FLOOR, share - slack), share + slack) for share in metzner[free]]
+    found = minimize(lambda values: per_rem_bout(values)[1] + 0.3 * per_rem_bout(values)[2], metzner[free],
+                     method="SLSQP", bounds=bounds, constraints=rows_sum_to_one + [long_n3],
+                     options={"maxiter": 500, "ftol": 1e-10})
+    if not found.success:
+        raise RuntimeError(f"no change shares within {slack} of Metzner's found: {found.message}")
+    return shares(found.x)
+
+
 def drawn_bouts(lengths: list) -> list:
     """Per stage, a draw from the bout ``lengths`` (:func:`stage_bouts`) of that stage."""
     return [lambda rng, found=found: int(rng.choice(found)) for found in lengths]
@@ -183,13 +233,14 @@ def gain(nights: list, rng: np.random.Generator, in_runs: bool) -> dict:
     return {"before": round(before, 4), "after": round(after, 4), "gain": round(after - before, 4)}
 
 
-def target_bouts(generator: list) -> np.ndarray:
-    """The mean bouts (:func:`bouts_for_targets`) that give nights of Metzner's changes the stage shares, REM bouts a
-    night and length of the ``generator``'s nights, shape (5,)."""
+def target_bouts(generator: list, changes: np.ndarray | None = None) -> np.ndarray:
+    """The mean bouts (:func:`bouts_for_targets`) that give nights of ``changes`` (default: Metzner's) the stage
+    shares, REM bouts a night and length of the ``generator``'s nights, shape (5,)."""
     epochs = np.concatenate(generator)
     shares = np.bincount(epochs, minlength=5) / len(epochs)
     rem_bouts = len(stage_bouts(generator)[4]) / len(generator)
-    return bouts_for_targets(change_shares(METZNER_COUNTS), shares, rem_bouts, len(epochs) / len(generator))
+    changes = change_shares(METZNER_COUNTS) if changes is None else changes
+    return bouts_for_targets(changes, shares, rem_bouts, len(epochs) / len(generator))
 
 
 def kinds_of_night(generator: list, seed: int) -> dict:
@@ -207,6 +258,8 @@ def kinds_of_night(generator: list, seed: int) -> dict:
         semi[f"metzner_changes_generator_bouts_but_{name}_metzner"] = (change_shares(METZNER_COUNTS), swapped)
     # last, so the kinds above draw what they drew before it was added
     semi["metzner_changes_target_bouts"] = (change_shares(METZNER_COUNTS), geometric_bouts(target_bouts(generator)))
+    longest = fewest_short_bouts_changes()
+    semi["structure_targets_chain"] = (longest, [power_law_bout] + geometric_bouts(target_bouts(generator, longest))[1:])
     kinds = {"generator": generator,
              "metzner": [chain_night(rng, len(night)) for night in generator],
              "generator_chain": [chain_night(rng, len(night), own_counts) for night in generator]}
@@ -216,12 +269,14 @@ def kinds_of_night(generator: list, seed: int) -> dict:
 
 
 def bout_summary(nights: list) -> dict:
-    """Mean bout (epochs) per stage, the share of wake bouts of one epoch, REM bouts a night and stage shifts an
-    hour (30-s epochs)."""
+    """Mean bout (epochs) per stage, the share of wake bouts of one epoch, REM bouts a night, stage shifts an
+    hour (30-s epochs) and N1, N2, N3 and REM's shares of the epochs asleep."""
     lengths = stage_bouts(nights)
     shifts = sum(int(np.count_nonzero(np.diff(night))) for night in nights)
     hours = sum(len(night) for night in nights) / 120
+    asleep = np.bincount(np.concatenate(nights), minlength=5)[1:]
     return {"mean_bout_epochs": [round(float(found.mean()), 1) if len(found) else None for found in lengths],
+            "sleep_shares": np.round(asleep / asleep.sum(), 3).tolist(),
             "one_epoch_wake_bouts": round(float(np.mean(lengths[0] == 1)), 3),
             "rem_bouts_per_night": round(len(lengths[4]) / len(nights), 1),
             "stage_shifts_per_hour": round(shifts / hours, 1)}
@@ -242,6 +297,8 @@ def seed_result(seed: int, nights: int, hours: float) -> dict:
         found["gain_difference"] = round(abs(found["generator"]["gain"] - found["metzner"]["gain"]), 4)
         found["gain_difference_at_target_bouts"] = round(
             abs(found["generator"]["gain"] - found["metzner_changes_target_bouts"]["gain"]), 4)
+        found["gain_difference_structure_targets_chain"] = round(
+            abs(found["metzner"]["gain"] - found["structure_targets_chain"]["gain"]), 4)
         result[errors] = found
     return result
 
@@ -271,9 +328,15 @@ def main() -> None:
             print(f"seed {seed} {errors}", json.dumps({kind: entry["gain"] if isinstance(entry, dict) else entry
                                                        for kind, entry in found[errors].items()}))
     visits = bout_visit_shares(change_shares(METZNER_COUNTS))
+    longest = fewest_short_bouts_changes()
+    longest_visits = bout_visit_shares(longest)
     result = {"command": "python bench/hmm_context.py " + " ".join(sys.argv[1:]), "confusion": CONFUSION.tolist(),
               "run_persistence": RUN_PERSISTENCE, "nights": args.nights, "hours": args.hours,
               "bouts_per_rem_bout": dict(zip(STAGE_NAMES, np.round(visits / visits[4], 2).tolist())),
+              "structure_targets_chain": {
+                  "changes": np.round(longest, 3).tolist(),
+                  "largest_difference_from_metzner": round(float(np.abs(longest - change_shares(METZNER_COUNTS)).max()), 3),
+                  "bouts_per_rem_bout": dict(zip(STAGE_NAMES, np.round(longest_visits / longest_visits[4], 2).tolist()))},
               "ranges_over_seeds": gain_ranges(seeds), "seeds": seeds,
               "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()}}
     tmp = args.out.with_name(f".{args.out.name}.tmp")

@@ -108,6 +108,7 @@ def test_the_swapped_kinds_take_their_bouts_from_the_kind_they_name():
     assert abs(means["metzner_changes_target_bouts"][1] - 8 / 5.8) < 0.1
     # power-law wake bouts: most of one epoch
     assert hmm_context.bout_summary(kinds["metzner_short_wake_bouts"])["one_epoch_wake_bouts"] > 0.5
+    assert hmm_context.bout_summary(kinds["structure_targets_chain"])["one_epoch_wake_bouts"] > 0.5
 
 
 def test_gain_ranges_take_each_kinds_lowest_and_highest_gain_over_the_seeds():
@@ -127,3 +128,21 @@ def test_the_target_bouts_of_nights_drawn_from_metzners_chain_are_the_chains_own
     found = hmm_context.target_bouts(nights)
     expected = hmm_context.chain_mean_bouts(hmm_context.METZNER_COUNTS)  # 18.8 / 4.3 / 13.5 / 19.7 / 31.3
     np.testing.assert_allclose(found[1:], expected[1:], rtol=0.2)  # Wake: every night starts awake
+
+
+def test_the_structure_targets_chain_moves_no_share_further_than_its_slack_and_sends_fewer_bouts_to_n1():
+    metzner = hmm_context.change_shares(hmm_context.METZNER_COUNTS)
+    changes = hmm_context.fewest_short_bouts_changes(slack=0.075)
+    np.testing.assert_allclose(changes.sum(axis=1), 1.0, atol=1e-9)
+    assert np.abs(changes - metzner).max() <= 0.075 + 1e-9
+    common = metzner >= hmm_context.EXIT_FLOOR
+    assert changes[common].min() >= hmm_context.EXIT_FLOOR - 1e-9  # every change of real nights still occurs
+    np.testing.assert_array_equal(changes[~common], metzner[~common])  # the rare ones as they were
+    visits = hmm_context.bout_visit_shares(changes)
+    per_rem = visits / visits[4]
+    assert per_rem[3] <= hmm_context.MAX_N3_BOUTS_PER_REM_BOUT + 1e-6
+    # Metzner's own changes make 5.8 N1 and 6.1 N2 bouts to a REM bout; the slack buys at least half of that back
+    assert per_rem[1] < 5.8 / 2 and per_rem[2] < 6.1 / 1.5
+    # a wider slack can only do better
+    wider = hmm_context.bout_visit_shares(hmm_context.fewest_short_bouts_changes(slack=0.10))
+    assert wider[1] / wider[4] <= per_rem[1] + 1e-6
