@@ -1,6 +1,7 @@
 """What the hmm gains on simulated noisy labels: generator nights against nights drawn from real transitions.
 
     python bench/hmm_context.py          # seeds 1-4, 40 nights of 7 h per kind (20 count the hmm, 20 decoded)
+    python bench/hmm_context.py --walk bench/walks/longer_n1_bouts.json --out OUT.json  # a candidate walk (bench/walk.py)
 
 Two kinds of nights: the generator's labels (``recording_hypnogram``,
 seed 1) and nights drawn as a Markov chain from the 30-s transition counts
@@ -69,6 +70,7 @@ from sleepstaging.scoring import hmm
 from sleepstaging.synthetic import hypnogram as synthetic_hypnogram
 from sleepstaging.scoring.blend import macro_f1
 from transitions import chain_mean_bouts, change_shares
+from walk import apply_walk
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -321,7 +323,10 @@ def main() -> None:
     parser.add_argument("--hours", type=float, default=7.0)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4])
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "hmm_context.json")
+    parser.add_argument("--walk", type=Path, default=None,
+                        help="draw the generator's nights with this walk's tables (bench/walk.py; default: its own)")
     args = parser.parse_args()
+    walk = {"file": None if args.walk is None else str(args.walk), "tables": apply_walk(args.walk)}
     seeds = {str(seed): seed_result(seed, args.nights, args.hours) for seed in args.seeds}
     for seed, found in seeds.items():
         for errors in ("independent", "in_runs"):
@@ -331,7 +336,7 @@ def main() -> None:
     longest = fewest_short_bouts_changes()
     longest_visits = bout_visit_shares(longest)
     result = {"command": "python bench/hmm_context.py " + " ".join(sys.argv[1:]), "confusion": CONFUSION.tolist(),
-              "run_persistence": RUN_PERSISTENCE, "nights": args.nights, "hours": args.hours,
+              "run_persistence": RUN_PERSISTENCE, "walk": walk, "nights": args.nights, "hours": args.hours,
               "bouts_per_rem_bout": dict(zip(STAGE_NAMES, np.round(visits / visits[4], 2).tolist())),
               "structure_targets_chain": {
                   "changes": np.round(longest, 3).tolist(),

@@ -1,6 +1,7 @@
 """The order of stages and their bouts in the synthetic nights against real nights (runs in the YASA venv).
 
     PYTHONPATH=. .venv-realism/bin/python bench/hypnogram_structure.py   # seeds 1-3, 30 nights of 7 h each
+    ... bench/hypnogram_structure.py --walk bench/walks/longer_n1_bouts.json --out OUT.json  # a candidate walk (bench/walk.py)
 
 (YASA's venv, made by ``bench/realism.py``, does not have the project
 installed: ``PYTHONPATH=.`` reads the package from this checkout.)
@@ -35,6 +36,7 @@ import yasa
 
 from sleepstaging.synthetic import hypnogram as synthetic_hypnogram
 from transitions import chain_mean_bouts, change_shares
+from walk import apply_walk
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("WAKE", "N1", "N2", "N3", "REM")  # yasa's names, in the project's order 0-4
@@ -105,9 +107,12 @@ def main() -> None:
     parser.add_argument("--nights", type=int, default=30)
     parser.add_argument("--hours", type=float, default=7.0)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "hypnogram_structure.json")
+    parser.add_argument("--walk", type=Path, default=None,
+                        help="draw the generator's nights with this walk's tables (bench/walk.py; default: its own)")
     args = parser.parse_args()
+    walk = {"file": None if args.walk is None else str(args.walk), "tables": apply_walk(args.walk)}
     result = {"command": "PYTHONPATH=. .venv-realism/bin/python bench/hypnogram_structure.py " + " ".join(sys.argv[1:]),
-              "nights_per_seed": args.nights, "hours": args.hours, "yasa": yasa.__version__,
+              "nights_per_seed": args.nights, "walk": walk, "hours": args.hours, "yasa": yasa.__version__,
               "metzner_exit_shares": np.round(change_shares(metzner_counts()), 3).tolist(),
               "metzner_mean_bout_epochs": dict(zip(STAGES, np.round(chain_mean_bouts(metzner_counts()), 1).tolist())),
               "seeds": {str(seed): seed_structure(seed, args.nights, args.hours) for seed in args.seeds},
