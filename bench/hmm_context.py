@@ -69,7 +69,7 @@ import numpy as np
 from sleepstaging.scoring import hmm
 from sleepstaging.synthetic import hypnogram as synthetic_hypnogram
 from sleepstaging.scoring.blend import macro_f1
-from transitions import chain_mean_bouts, change_shares
+from transitions import EXIT_FLOOR, chain_mean_bouts, change_shares
 from walk import apply_walk
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,7 +92,6 @@ WAKE_POWER_LAW = (1.3, 1.0)  # (exponent, scale in epochs)
 # a margin is left for the sampling error of 30 nights)
 STRUCTURE_SLACK = 0.075
 MAX_N3_BOUTS_PER_REM_BOUT = 0.85  # N3 bouts of 15 epochs or more at N3's 17 % of sleep and 9-10 REM bouts a night
-EXIT_FLOOR = 0.02  # changes real nights make in at least this share of a stage's exits must occur
 
 
 def chain_night(rng: np.random.Generator, epochs: int, counts: np.ndarray = METZNER_COUNTS) -> np.ndarray:

@@ -35,13 +35,11 @@ import numpy as np
 import yasa
 
 from sleepstaging.synthetic import hypnogram as synthetic_hypnogram
-from transitions import chain_mean_bouts, change_shares
+from transitions import EXIT_FLOOR, chain_mean_bouts, change_shares
 from walk import apply_walk
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("WAKE", "N1", "N2", "N3", "REM")  # yasa's names, in the project's order 0-4
-EXIT_FLOOR = 0.02  # changes real nights make in at least this share of a stage's exits must occur
-EXIT_TOLERANCE = 0.10
 
 
 def metzner_counts() -> np.ndarray:

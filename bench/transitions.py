@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
+# changes real nights make in at least this share of a stage's exits (Metzner's counts) must occur
+EXIT_FLOOR = 0.02
+
 
 def change_shares(counts: np.ndarray) -> np.ndarray:
     """Where each stage goes when it is left: ``counts`` without the diagonal, rows normalised, shape (5, 5)."""
