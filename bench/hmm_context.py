@@ -4,7 +4,7 @@
     python bench/hmm_context.py --walk bench/walks/longer_n1_bouts.json --out OUT.json  # a candidate walk (bench/walk.py)
 
 Two kinds of nights: the generator's labels (``recording_hypnogram``,
-seed 1) and nights drawn as a Markov chain from the 30-s transition counts
+per ``--seeds``) and nights drawn as a Markov chain from the 30-s transition counts
 of Metzner et al. 2021 (``METZNER_COUNTS``, the default of yasa 0.8.1's
 ``simulate_hypnogram``), starting awake. A classifier is simulated by
 ``CONFUSION`` (rows: true stage, columns: the stage it says; a plausible
@@ -58,6 +58,7 @@ are the generator's. Writes ``bench/results/hmm_context.json``.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import sys
@@ -147,6 +148,7 @@ def bouts_for_targets(changes: np.ndarray, stage_shares: np.ndarray, rem_bouts: 
     return np.asarray(stage_shares, dtype=float) * epochs * visits[4] / (rem_bouts * visits)
 
 
+@functools.lru_cache(maxsize=None)  # the same shares for every seed of a run
 def fewest_short_bouts_changes(slack: float = STRUCTURE_SLACK) -> np.ndarray:
     """Where each stage goes when it is left, each share within ``slack`` of Metzner's, so that the fewest bouts
     go to N1 and N2 for each REM bout, shape (5, 5) (:func:`change_shares`'s layout).
@@ -158,7 +160,7 @@ def fewest_short_bouts_changes(slack: float = STRUCTURE_SLACK) -> np.ndarray:
     real nights make in at least ``EXIT_FLOOR`` of a stage's exits stay at
     that floor or above; the rarer ones stay as they are; at most
     ``MAX_N3_BOUTS_PER_REM_BOUT`` N3 bouts come to a REM bout (the structure
-    targets' long N3 bouts).
+    targets' long N3 bouts). The array is read-only (it is cached).
     """
     from scipy.optimize import minimize
 
@@ -182,7 +184,9 @@ def fewest_short_bouts_changes(slack: float = STRUCTURE_SLACK) -> np.ndarray:
                      options={"maxiter": 500, "ftol": 1e-10})
     if not found.success:
         raise RuntimeError(f"no change shares within {slack} of Metzner's found: {found.message}")
-    return shares(found.x)
+    longest = shares(found.x)
+    longest.setflags(write=False)
+    return longest
 
 
 def drawn_bouts(lengths: list) -> list:
