@@ -1,7 +1,7 @@
 """What the hmm gains on simulated noisy labels: generator nights against nights drawn from real transitions.
 
     python bench/hmm_context.py          # seeds 1-4, 40 nights of 7 h per kind (20 count the hmm, 20 decoded)
-    python bench/hmm_context.py --walk bench/walks/longer_n1_bouts.json --out OUT.json  # a candidate walk (bench/walk.py)
+    python bench/hmm_context.py --walk my_walk.json --out OUT.json  # a candidate walk (bench/walk.py)
 
 Two kinds of nights: the generator's labels (``recording_hypnogram``,
 per ``--seeds``) and nights drawn as a Markov chain from the 30-s transition counts

@@ -1,7 +1,7 @@
 """The order of stages and their bouts in the synthetic nights against real nights (runs in the YASA venv).
 
     PYTHONPATH=. .venv-realism/bin/python bench/hypnogram_structure.py   # seeds 1-3, 30 nights of 7 h each
-    ... bench/hypnogram_structure.py --walk bench/walks/longer_n1_bouts.json --out OUT.json  # a candidate walk (bench/walk.py)
+    ... bench/hypnogram_structure.py --walk my_walk.json --out OUT.json  # a candidate walk (bench/walk.py)
 
 (YASA's venv, made by ``bench/realism.py``, does not have the project
 installed: ``PYTHONPATH=.`` reads the package from this checkout.)

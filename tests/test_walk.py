@@ -25,7 +25,7 @@ def write(tmp_path, tables: dict):
 
 def test_the_generators_own_tables_draw_the_same_night_and_other_tables_another(tmp_path, restored):
     before = hypnogram.recording_hypnogram(1, 0, 2.0)
-    own = {name: getattr(hypnogram, name).tolist() for name in walk.TABLES}
+    own = {name: np.asarray(getattr(hypnogram, name)).tolist() for name in walk.TABLES}
     assert walk.apply_walk(write(tmp_path, own))["EXIT_AWAY"] == np.round(hypnogram.EXIT_AWAY, 4).tolist()
     np.testing.assert_array_equal(hypnogram.recording_hypnogram(1, 0, 2.0), before)
     # N1 left at 0.2 an epoch away from home instead of 0.6: longer N1 bouts, another night
@@ -54,8 +54,13 @@ def test_a_bad_walk_is_refused_naming_the_file(tmp_path, restored, tables, messa
     assert message in str(raised.value)
 
 
-def test_the_candidate_walk_in_the_repository_is_a_valid_walk():
-    from pathlib import Path
-
-    tables = walk.read_walk(Path(__file__).resolve().parents[1] / "bench" / "walks" / "longer_n1_bouts.json")
-    assert set(tables) == set(walk.TABLES)
+def test_the_night_wake_exponent_is_read_and_changes_the_night(tmp_path, restored):
+    before = hypnogram.recording_hypnogram(1, 0, 7.0)
+    # a steeper power law: night-time wake bouts shorter, another night
+    assert walk.apply_walk(write(tmp_path, {"NIGHT_WAKE_EXPONENT": 3.0}))["NIGHT_WAKE_EXPONENT"] == 3.0
+    assert hypnogram.night_wake_leaving(1) == pytest.approx(hypnogram.EXIT_AWAY[0])
+    assert not np.array_equal(hypnogram.recording_hypnogram(1, 0, 7.0), before)
+    with pytest.raises(ValueError, match="walk.json: NIGHT_WAKE_EXPONENT needs a power law's exponent above 0"):
+        walk.read_walk(write(tmp_path, {"NIGHT_WAKE_EXPONENT": 0}))
+    with pytest.raises(ValueError, match=r"NIGHT_WAKE_EXPONENT has shape \(2,\), the generator's \(\)"):
+        walk.read_walk(write(tmp_path, {"NIGHT_WAKE_EXPONENT": [1.0, 2.0]}))

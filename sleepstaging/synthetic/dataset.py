@@ -16,7 +16,7 @@ from sleepstaging.synthetic.files import make_recording
 # --------------------------------------------------------------------------
 
 
-GENERATOR_VERSION = 5  # bump whenever the same arguments would give different files
+GENERATOR_VERSION = 6  # bump whenever the same arguments would give different files
 MARKER_NAME = "make_synthetic.json"
 HYPNODENSITY_CSV = "hypnodensity.csv"  # ID,IDnum and the scoring panel's share of Wake, N1, N2, N3, REM
 GENERATION_KEYS = ("train_subjects", "test_subjects", "seed", "hours", "edf", "generator_version")

@@ -54,26 +54,32 @@ CYCLE_MINUTES = (85, 105)  # planned cycle length, uniform
 # the home stage's share is multiplied by ``PULL_HOME`` (then renormalised).
 # EXIT_SHARES start from the shares of each stage's changes in the 30-s
 # transition counts of Metzner et al. 2021 (Commun Biol 4:1208), rows and
-# columns Wake, N1, N2, N3, REM. The labels are a scorer's reading of drifting
-# features (synthetic_scoring), and borderline stretches add changes of their
-# own (a brief N1 after wake read as Wake, REM with some chin tone read as
-# N1), so the process's Wake, N1 and REM rows lean the other way (Wake to
-# N1 0.95 instead of 0.866, REM to N1 0.65 instead of 0.569, N1 to REM 0.01
-# instead of 0.029): the LABELS then match Metzner's shares within 0.10
-# (bench/hypnogram_structure.py).
+# columns Wake, N1, N2, N3, REM, moved (within 0.10) towards fewer and longer
+# N1 bouts: every stage goes to N1 less often, N2 more often to N3 and REM.
+# The labels are a scorer's reading of drifting features (synthetic_scoring),
+# and borderline stretches add changes of their own (a brief N1 after wake
+# read as Wake, REM with some chin tone read as N1), so the process's Wake
+# row leans the other way (Wake to N1 0.915 instead of 0.866): the LABELS then match
+# Metzner's shares within 0.10 (bench/hypnogram_structure.py).
 EXIT_SHARES = np.array([
-    [0.0, 0.95, 0.044, 0.003, 0.003],
-    [0.140, 0.0, 0.845, 0.005, 0.010],
-    [0.120, 0.510, 0.0, 0.240, 0.130],
-    [0.095, 0.341, 0.541, 0.0, 0.023],
-    [0.150, 0.650, 0.194, 0.006, 0.0],
+    [0.0, 0.915, 0.079, 0.003, 0.003],
+    [0.076, 0.0, 0.899, 0.005, 0.020],
+    [0.087, 0.390, 0.0, 0.347, 0.176],
+    [0.083, 0.294, 0.557, 0.0, 0.066],
+    [0.173, 0.580, 0.241, 0.006, 0.0],
 ])
-EXIT_AT_HOME = np.array([0.03, 0.3, 0.06, 0.008, 0.025])
-EXIT_AWAY = np.array([0.65, 0.6, 0.45, 0.5, 0.5])
+EXIT_AT_HOME = np.array([0.03, 0.3, 0.025, 0.008, 0.018])
+EXIT_AWAY = np.array([0.67, 0.35, 0.45, 0.5, 0.5])
+# Night-time wake (away from a planned wake) is left after its first epoch with EXIT_AWAY[W], then ever
+# more rarely: survival (1 + d / scale) ** -NIGHT_WAKE_EXPONENT after d epochs, the power law of wake
+# bouts (Lo et al. 2002, Europhys Lett 57:625), most of them one epoch and a few of many minutes; past
+# about 6 min the rate stays at NIGHT_WAKE_MIN_LEAVING, so that a healthy sleeper's awakening rarely lasts an hour
+NIGHT_WAKE_EXPONENT = 1.4
+NIGHT_WAKE_MIN_LEAVING = 0.1
 PULL_HOME = np.array([  # [stage being left, home stage]
     [1.0, 1.0, 1.5, 1.5, 1.5],
     [10.0, 1.0, 10.0, 10.0, 10.0],
-    [3.0, 3.0, 1.0, 10.0, 2.0],
+    [10.0, 3.0, 1.0, 10.0, 2.0],
     [1.0, 1.0, 1.0, 1.0, 1.0],
     [1.5, 1.5, 1.5, 1.5, 1.0],
 ])
@@ -105,18 +111,38 @@ def night_plan(rng: np.random.Generator, n_scored: int, squeeze: float) -> np.nd
     return np.concatenate([homes, np.full(n_scored - len(homes), W, dtype=np.int8)])
 
 
+def night_wake_leaving(epochs_awake: int) -> float:
+    """Chance of leaving night-time wake after ``epochs_awake`` (>= 1) epochs of it: the hazard of the power law
+    whose survival is ``(1 + d / scale) ** -NIGHT_WAKE_EXPONENT``, its scale set so that the first epoch ends
+    ``EXIT_AWAY[W]`` of the bouts, and never below ``NIGHT_WAKE_MIN_LEAVING``."""
+    scale = 1.0 / ((1.0 - EXIT_AWAY[W]) ** (-1.0 / NIGHT_WAKE_EXPONENT) - 1.0)
+    power_law = 1.0 - ((scale + epochs_awake) / (scale + epochs_awake - 1)) ** -NIGHT_WAKE_EXPONENT
+    return max(NIGHT_WAKE_MIN_LEAVING, power_law)
+
+
+def leaving_rate(stage: int, home: int, epochs_in_stage: int) -> float:
+    """Chance per epoch that the sleeper leaves ``stage`` with ``home`` planned, ``epochs_in_stage`` (>= 1) into it."""
+    if stage == home:
+        return EXIT_AT_HOME[stage]
+    return night_wake_leaving(epochs_in_stage) if stage == W else EXIT_AWAY[stage]
+
+
 def walk_plan(rng: np.random.Generator, homes: np.ndarray) -> np.ndarray:
     """The stages a sleeper takes along ``homes``: leaving and returning as real nights do, shape like ``homes``."""
     uniform = rng.random((len(homes), 2))
     stages = np.empty_like(homes)
-    stage = W
+    stage, epochs_in_stage = W, 1
     for epoch, home in enumerate(homes):
-        if uniform[epoch, 0] < (EXIT_AT_HOME[stage] if stage == home else EXIT_AWAY[stage]):
+        if uniform[epoch, 0] < leaving_rate(stage, home, epochs_in_stage):
             shares = EXIT_SHARES[stage] * (UNPLANNED_DAMP if stage == N2 else 1.0)
+            if stage == home == W:  # asleep through N1 or N2: in adults REM at sleep onset is a sign of narcolepsy
+                shares[[N3, REM]] = 0.0
             if stage != home:
                 shares[home] = EXIT_SHARES[stage, home] * PULL_HOME[stage, home]
-            stage = int(np.searchsorted(np.cumsum(shares / shares.sum()), uniform[epoch, 1], side="right"))
+            stage, epochs_in_stage = int(np.searchsorted(np.cumsum(shares / shares.sum()), uniform[epoch, 1],
+                                                         side="right")), 0
         stages[epoch] = stage
+        epochs_in_stage += 1
     return stages
 
 
