@@ -73,7 +73,8 @@ EXIT_AWAY = np.array([0.67, 0.35, 0.45, 0.5, 0.5])
 # Night-time wake (away from a planned wake) is left after its first epoch with EXIT_AWAY[W], then ever
 # more rarely: survival (1 + d / scale) ** -NIGHT_WAKE_EXPONENT after d epochs, the power law of wake
 # bouts (Lo et al. 2002, Europhys Lett 57:625), most of them one epoch and a few of many minutes; past
-# about 6 min the rate stays at NIGHT_WAKE_MIN_LEAVING, so that a healthy sleeper's awakening rarely lasts an hour
+# 6 min the rate stays at NIGHT_WAKE_MIN_LEAVING: one awakening in 300 lasts 15 min, where an uncapped
+# power law would leave healthy nights with awakenings of hours
 NIGHT_WAKE_EXPONENT = 1.4
 NIGHT_WAKE_MIN_LEAVING = 0.1
 PULL_HOME = np.array([  # [stage being left, home stage]
