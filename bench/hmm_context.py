@@ -87,7 +87,7 @@ CONFUSION = np.array([  # rows: true Wake, N1, N2, N3, REM; columns: said
 RUN_PERSISTENCE = 0.8
 STAGE_NAMES = ("W", "N1", "N2", "N3", "REM")
 # Wake bouts of metzner_short_wake_bouts: survival (1 + d / scale) ** -exponent after d epochs, a
-# power law whose first epoch ends 59 % of the bouts (the generator's nights: 58-64 %)
+# power law whose first epoch ends 59 % of the bouts (the generator's labels: 56-61 %, bench/results/hypnogram_structure.json)
 WAKE_POWER_LAW = (1.3, 1.0)  # (exponent, scale in epochs)
 # structure_targets_chain: how far each change share may move from Metzner's (the structure target allows 0.10;
 # a margin is left for the sampling error of 30 nights)
